@@ -1,0 +1,209 @@
+"""The native key provider: the embedded default, no server and no prompt needed.
+
+Its KEKs live in one key store file (``keystore.vmc``) in the provider's
+directory under the management home. The key store is a vmcrypt container
+(AES-XTS-256 + HMAC) whose key is the *master key*: either a random 32-byte
+key file (``master.key``, mode 0600, the default) or, opt-in, a key derived
+from a passphrase with scrypt (the parameters travel in the container header).
+
+Backups (``export_backup``/``import_backup``) are the same container format
+under a passphrase, so a key store can move to another installation.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vmcrypt import container
+from vmcrypt.errors import ContainerError, KeyNotFoundError, KeyProviderError, WrongKeyError
+from vmcrypt.keyref import DataKey, KeyReference
+from vmcrypt.passphrase import passphrase_key, read_passphrase_key
+from vmcrypt.providers.base import KeyInfo, KeyProvider, KeyState
+
+MASTER_KEY_FILE = "master.key"
+KEYSTORE_FILE = "keystore.vmc"
+LOCK_FILE = ".lock"
+KEYSTORE_LABEL = "native-keystore"
+BACKUP_LABEL = "native-keystore-backup"
+KEK_SIZE = 32
+STORE_FORMAT = 1
+
+PassphraseSource = Callable[[], bytes]
+
+
+class NativeKeyProvider(KeyProvider):
+    """KEKs in an encrypted, authenticated file under the management home."""
+
+    kind = "native"
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        provider_id: str,
+        name: str = "native",
+        passphrase: PassphraseSource | None = None,
+    ) -> None:
+        super().__init__(provider_id, name)
+        self.directory = Path(directory)
+        self._passphrase = passphrase
+
+    # ------------------------------------------------------------------ files
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.directory / KEYSTORE_FILE
+
+    @property
+    def master_key_path(self) -> Path:
+        return self.directory / MASTER_KEY_FILE
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _master_key(self, creating: bool) -> DataKey:
+        """The key that opens the key store; created (as a key file) on first use."""
+        if self.keystore_path.exists():
+            reference = container.read_header(self.keystore_path).reference
+            if reference.wrap_algorithm.name == "SCRYPT":
+                return read_passphrase_key(reference, self._require_passphrase())
+        elif creating and self._passphrase is not None:
+            return passphrase_key(self._passphrase(), provider_id=self.provider_id)
+        path = self.master_key_path
+        if not path.exists():
+            if not creating:
+                raise KeyProviderError("the native key store has no master key yet", path)
+            material = secrets.token_bytes(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(material)
+                handle.flush()
+                os.fsync(handle.fileno())
+        material = path.read_bytes()
+        if len(material) != 32:
+            raise KeyProviderError(f"master key file must hold 32 bytes, found {len(material)}", path)
+        return DataKey(material, KeyReference(self.provider_id, "master-key-file"))
+
+    def _require_passphrase(self) -> bytes:
+        if self._passphrase is None:
+            raise KeyProviderError("this key store is protected by a passphrase; none was given", self.keystore_path)
+        return self._passphrase()
+
+    def _load(self) -> dict[str, Any]:
+        if not self.keystore_path.exists():
+            return {"format": STORE_FORMAT, "provider_id": self.provider_id, "keys": {}}
+        master = self._master_key(creating=False)
+        try:
+            raw = container.read_file(self.keystore_path, master)
+        except WrongKeyError:
+            raise WrongKeyError(
+                "wrong master key: it does not open this key store", self.keystore_path
+            ) from None
+        return _parse_store(raw, self.keystore_path)
+
+    def _save(self, store: dict[str, Any]) -> None:
+        master = self._master_key(creating=True)
+        data = json.dumps(store, sort_keys=True).encode()
+        container.write_file(self.keystore_path, data, master, label=KEYSTORE_LABEL, mode=0o600)
+
+    def initialise(self) -> None:
+        """Create the master key and an empty key store if they do not exist yet."""
+        with self._locked():
+            if not self.keystore_path.exists():
+                self._save(self._load())
+
+    # ------------------------------------------------------------------ interface
+
+    def create_key(self) -> str:
+        key_id = str(uuid.uuid4())
+        with self._locked():
+            store = self._load()
+            store["keys"][key_id] = {
+                "material": base64.b64encode(secrets.token_bytes(KEK_SIZE)).decode(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "state": KeyState.ACTIVE.value,
+            }
+            self._save(store)
+        return key_id
+
+    def get_key(self, key_id: str) -> bytes:
+        entry = self._load()["keys"].get(key_id)
+        if entry is None or entry["state"] != KeyState.ACTIVE.value:
+            state = "destroyed" if entry else "unknown"
+            raise KeyNotFoundError(f"key {key_id} is {state} in native key provider {self.name!r}")
+        return base64.b64decode(entry["material"])
+
+    def destroy_key(self, key_id: str) -> None:
+        with self._locked():
+            store = self._load()
+            entry = store["keys"].get(key_id)
+            if entry is None:
+                raise KeyNotFoundError(f"key {key_id} is unknown in native key provider {self.name!r}")
+            entry.pop("material", None)
+            entry["state"] = KeyState.DESTROYED.value
+            self._save(store)
+
+    def list_keys(self) -> list[KeyInfo]:
+        return [
+            KeyInfo(key_id, entry["created"], KeyState(entry["state"]))
+            for key_id, entry in sorted(self._load()["keys"].items(), key=lambda kv: kv[1]["created"])
+        ]
+
+    # ------------------------------------------------------------------ backup
+
+    def export_backup(self, path: str | os.PathLike[str], passphrase: bytes) -> int:
+        """Write every active key to ``path``, encrypted under ``passphrase``; return the count."""
+        store = self._load()
+        active = {k: v for k, v in store["keys"].items() if v["state"] == KeyState.ACTIVE.value}
+        backup = {"format": STORE_FORMAT, "provider_id": self.provider_id, "keys": active}
+        key = passphrase_key(passphrase, provider_id=self.provider_id)
+        container.write_file(path, json.dumps(backup, sort_keys=True).encode(), key, label=BACKUP_LABEL, mode=0o600)
+        return len(active)
+
+    def import_backup(self, path: str | os.PathLike[str], passphrase: bytes) -> int:
+        """Merge keys from a backup; keys already present are kept. Return how many were added."""
+        reference = container.read_header(path).reference
+        try:
+            raw = container.read_file(path, read_passphrase_key(reference, passphrase))
+        except WrongKeyError:
+            raise WrongKeyError("wrong passphrase for this key store backup", path) from None
+        except ContainerError:
+            raise
+        backup = _parse_store(raw, path)
+        with self._locked():
+            store = self._load()
+            added = 0
+            for key_id, entry in backup["keys"].items():
+                if key_id not in store["keys"]:
+                    store["keys"][key_id] = entry
+                    added += 1
+            if added:
+                self._save(store)
+        return added
+
+
+def _parse_store(raw: bytes, path: os.PathLike[str] | str) -> dict[str, Any]:
+    try:
+        store = json.loads(raw)
+        if store.get("format") != STORE_FORMAT or not isinstance(store.get("keys"), dict):
+            raise ValueError("unexpected layout")
+        return store
+    except ValueError as exc:
+        raise KeyProviderError(f"key store content is unreadable ({exc})", path) from None

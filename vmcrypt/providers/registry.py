@@ -1,0 +1,100 @@
+"""The key providers configured in a management home, and which one is the default.
+
+Stored as ``providers.json`` (no secrets; 0600). On first use a native
+provider named ``native`` is created and made the default, so encryption
+works with no setup at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmcrypt.atomic import write_atomic
+from vmcrypt.errors import KeyProviderError
+from vmcrypt.providers.base import KeyProvider
+from vmcrypt.providers.native import NativeKeyProvider, PassphraseSource
+
+CONFIG_FILE = "providers.json"
+DEFAULT_NATIVE_NAME = "native"
+
+
+@dataclass
+class ProviderConfig:
+    provider_id: str
+    name: str
+    kind: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderRegistry:
+    """Looks up providers by id or name; builds the provider objects on demand."""
+
+    def __init__(self, home: str | os.PathLike[str], passphrase: PassphraseSource | None = None) -> None:
+        self.home = Path(home)
+        self._passphrase = passphrase
+        self._instances: dict[str, KeyProvider] = {}
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_FILE
+
+    def _read(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            return {"default": None, "providers": []}
+        try:
+            return json.loads(self.config_path.read_text())
+        except ValueError as exc:
+            raise KeyProviderError(f"provider configuration is unreadable ({exc})", self.config_path) from None
+
+    def _write(self, config: dict[str, Any]) -> None:
+        write_atomic(self.config_path, json.dumps(config, indent=2, sort_keys=True).encode(), mode=0o600)
+
+    def configs(self) -> list[ProviderConfig]:
+        return [ProviderConfig(**entry) for entry in self._read()["providers"]]
+
+    def default_id(self) -> str | None:
+        return self._read()["default"]
+
+    def add_native(self, name: str = DEFAULT_NATIVE_NAME, *, make_default: bool = False) -> KeyProvider:
+        config = self._read()
+        if any(p["name"] == name for p in config["providers"]):
+            raise KeyProviderError(f"a key provider named {name!r} already exists")
+        entry = ProviderConfig(str(uuid.uuid4()), name, NativeKeyProvider.kind)
+        config["providers"].append(asdict(entry))
+        if make_default or config["default"] is None:
+            config["default"] = entry.provider_id
+        provider = self._build(entry)
+        assert isinstance(provider, NativeKeyProvider)
+        provider.initialise()
+        self._write(config)
+        return provider
+
+    def default(self) -> KeyProvider:
+        """The default provider; the embedded native one is created on first use."""
+        default_id = self.default_id()
+        if default_id is None:
+            return self.add_native(make_default=True)
+        return self.get(default_id)
+
+    def get(self, id_or_name: str) -> KeyProvider:
+        for entry in self.configs():
+            if id_or_name in (entry.provider_id, entry.name):
+                return self._build(entry)
+        raise KeyProviderError(f"no key provider {id_or_name!r} is configured in {self.home}")
+
+    def _build(self, entry: ProviderConfig) -> KeyProvider:
+        if entry.provider_id in self._instances:
+            return self._instances[entry.provider_id]
+        if entry.kind == NativeKeyProvider.kind:
+            provider: KeyProvider = NativeKeyProvider(
+                self.home / "native" / entry.provider_id, entry.provider_id, entry.name, self._passphrase
+            )
+        else:
+            raise KeyProviderError(f"key provider kind {entry.kind!r} is not available in this build")
+        self._instances[entry.provider_id] = provider
+        return provider
