@@ -1,0 +1,5 @@
+import sys
+
+from vmcrypt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,291 @@
+"""`vmcrypt`: create, encrypt, decrypt, rekey and describe VMs; manage key providers.
+
+Results go to stdout (``--json`` for scripts), diagnostics to stderr as
+``error: <what failed>: <why>``. Exit status: 0 success, 1 refused or
+failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vmcrypt import xts
+from vmcrypt.errors import VmcryptError
+from vmcrypt.home import resolve_home
+from vmcrypt.keys import KeyManager
+from vmcrypt.passphrase import obtain_passphrase
+from vmcrypt.progress import FileProgress
+from vmcrypt.providers.native import NativeKeyProvider
+from vmcrypt.providers.registry import ProviderRegistry
+from vmcrypt.vm import VmHome, VmSpec, create_vm, parse_size
+from vmcrypt.vm_encryption import OperationResult, decrypt_vm, describe_vm, encrypt_vm, rekey_vm
+
+MASTER_PASSPHRASE_ENV = "VMCRYPT_MASTER_PASSPHRASE"
+BACKUP_PASSPHRASE_ENV = "VMCRYPT_BACKUP_PASSPHRASE"
+
+
+class CommandFailed(Exception):
+    """Raised inside a command to exit 1 with a message."""
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+def _keys(args: argparse.Namespace) -> KeyManager:
+    home = resolve_home(args.home)
+    passphrase_file = args.master_passphrase_file
+    source: Callable[[], bytes] | None = None
+    if passphrase_file or os.environ.get(MASTER_PASSPHRASE_ENV):
+        source = lambda: obtain_passphrase(passphrase_file, MASTER_PASSPHRASE_ENV, "Master passphrase: ")  # noqa: E731
+    return KeyManager(ProviderRegistry(home, source))
+
+
+def _result_data(result: OperationResult, home: VmHome) -> dict[str, Any]:
+    return {
+        "operation": result.operation.value,
+        "vm": home.name,
+        "resumed": result.resumed,
+        "changed": [str(f.path.relative_to(home.directory)) for f in result.changed],
+        "key_provider_id": result.reference.provider_id if result.reference else None,
+        "key_id": result.reference.key_id if result.reference else None,
+    }
+
+
+def _result_text(result: OperationResult, home: VmHome, verb: str) -> str:
+    lines = [f"{verb} {home.name}" + (" (resumed an interrupted run)" if result.resumed else "")]
+    for vm_file in result.changed:
+        lines.append(f"  {vm_file.kind.value:16} {vm_file.path.relative_to(home.directory)}")
+    if not result.changed:
+        lines.append("  no file needed to change")
+    if result.reference:
+        lines.append(f"key provider {result.reference.provider_id}, key {result.reference.key_id}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_vm_create(args: argparse.Namespace) -> None:
+    path = Path(args.path)
+    spec = VmSpec(
+        name=args.name or path.name,
+        hw_version=args.hw_version,
+        firmware=args.firmware,
+        memory_mb=args.memory,
+        cpus=args.cpus,
+        disk_bytes=parse_size(args.disk) if args.disk else 0,
+    )
+    home = create_vm(path, spec)
+    files = sorted(p.name for p in home.directory.iterdir())
+    _emit(args, {"vm": home.name, "vmx": str(home.vmx_path), "files": files},
+          f"created VM {home.name} in {home.directory}\n" + "\n".join(f"  {f}" for f in files))
+
+
+def _run_vm_operation(args: argparse.Namespace, verb: str, action: Callable[..., OperationResult], **kwargs: Any) -> None:
+    home = VmHome(args.path)
+    progress = FileProgress()
+    try:
+        result = action(home, _keys(args), progress=progress, **kwargs)
+    finally:
+        progress.close()
+    _emit(args, _result_data(result, home), _result_text(result, home, verb))
+
+
+def cmd_encrypt(args: argparse.Namespace) -> None:
+    _run_vm_operation(args, "encrypted", encrypt_vm, provider=args.provider, include_disks=args.disks)
+
+
+def cmd_decrypt(args: argparse.Namespace) -> None:
+    _run_vm_operation(args, "decrypted", decrypt_vm)
+
+
+def cmd_rekey(args: argparse.Namespace) -> None:
+    verb = "deep-rekeyed (new DEK and KEK)" if args.deep else "shallow-rekeyed (new KEK)"
+    _run_vm_operation(args, verb, rekey_vm, deep=args.deep, provider=args.provider)
+
+
+def cmd_describe(args: argparse.Namespace) -> None:
+    info = describe_vm(VmHome(args.path), _keys(args))
+    lines = [f"VM            {info['vm']}", f"configuration {info['vmx']}"]
+    if info["encrypted"]:
+        provider = info["key_provider"]
+        lines += [
+            "encrypted     yes",
+            f"cipher        {info['cipher']}",
+            f"key provider  {provider['name'] or '(not configured here)'} ({provider['id']})",
+            f"key id        {info['key_id']}",
+            f"DEK wrap      {info['dek_wrap']}",
+            f".vmx secrets  {'in encryption.data' if info['vmx_sensitive_data_encrypted'] else 'in clear'}",
+        ]
+    else:
+        lines.append("encrypted     no")
+    if info["interrupted_operation"]:
+        op = info["interrupted_operation"]
+        lines.append(f"interrupted   {op['operation']} started {op['started']} (run it again, or decrypt)")
+    lines.append("files:")
+    for entry in info["files"]:
+        state = "encrypted" if entry["encrypted"] else "clear"
+        if entry.get("error"):
+            state += f" ({entry['error']})"
+        lines.append(f"  {entry['path']:28} {entry['kind']:16} {state}")
+    _emit(args, info, "\n".join(lines))
+
+
+def cmd_provider_list(args: argparse.Namespace) -> None:
+    keys = _keys(args)
+    keys.registry.default()  # the embedded default exists from first use
+    default_id = keys.registry.default_id()
+    rows = [
+        {"id": c.provider_id, "name": c.name, "kind": c.kind, "default": c.provider_id == default_id}
+        for c in keys.registry.configs()
+    ]
+    text = "\n".join(f"{'*' if r['default'] else ' '} {r['name']:16} {r['kind']:8} {r['id']}" for r in rows)
+    _emit(args, rows, text)
+
+
+def cmd_provider_keys(args: argparse.Namespace) -> None:
+    provider = _keys(args).provider(args.provider)
+    rows = [{"key_id": k.key_id, "created": k.created, "state": k.state.value} for k in provider.list_keys()]
+    text = "\n".join(f"{r['key_id']}  {r['created']}  {r['state']}" for r in rows) or "no keys"
+    _emit(args, rows, text)
+
+
+def cmd_provider_add_native(args: argparse.Namespace) -> None:
+    provider = _keys(args).registry.add_native(args.name, make_default=args.default)
+    _emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind},
+          f"added native key provider {provider.name} ({provider.provider_id})")
+
+
+def _native(args: argparse.Namespace) -> NativeKeyProvider:
+    provider = _keys(args).provider(args.provider)
+    if not isinstance(provider, NativeKeyProvider):
+        raise CommandFailed(f"key provider {provider.name!r} is not a native key provider")
+    return provider
+
+
+def cmd_provider_export(args: argparse.Namespace) -> None:
+    provider = _native(args)
+    passphrase = obtain_passphrase(args.passphrase_file, BACKUP_PASSPHRASE_ENV, "Backup passphrase: ")
+    count = provider.export_backup(args.file, passphrase)
+    _emit(args, {"file": args.file, "keys": count}, f"exported {count} keys of {provider.name} to {args.file}")
+
+
+def cmd_provider_import(args: argparse.Namespace) -> None:
+    provider = _native(args)
+    passphrase = obtain_passphrase(args.passphrase_file, BACKUP_PASSPHRASE_ENV, "Backup passphrase: ")
+    count = provider.import_backup(args.file, passphrase)
+    _emit(args, {"file": args.file, "added": count}, f"imported {count} new keys into {provider.name}")
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmcrypt",
+        description="Encrypt VM home files and disks with AES-XTS-256 under keys from a key provider.",
+        epilog="Management home: --home, else $VMCRYPT_HOME, else ~/.local/share/vmcrypt.",
+    )
+    parser.add_argument("--home", help="management home directory (key providers, key store)")
+    parser.add_argument(
+        "--master-passphrase-file",
+        help=f"file holding the native key store passphrase (or set ${MASTER_PASSPHRASE_ENV})",
+    )
+    parser.add_argument("--version", action="version", version=f"vmcrypt 0.1.0 (XTS backend: {xts.BACKEND})")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(parent: Any, name: str, func: Callable[[argparse.Namespace], None], help: str, json_out: bool = True) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        if json_out:
+            sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        return sub
+
+    vm = commands.add_parser("vm", help="create VMs", description="Create VM home directories.")
+    vm_commands = vm.add_subparsers(dest="vm_command", metavar="COMMAND", required=True)
+    create = command(vm_commands, "create", cmd_vm_create, "lay out a new unencrypted VM in PATH")
+    create.add_argument("path", help="VM directory to create (must be absent or empty)")
+    create.add_argument("--name", help="VM name (default: the directory's name)")
+    create.add_argument("--hw-version", type=int, default=14, help="virtual hardware version (default 14)")
+    create.add_argument("--firmware", choices=["efi", "bios"], default="efi", help="firmware (default efi)")
+    create.add_argument("--memory", type=int, default=2048, help="memory in MiB (default 2048)")
+    create.add_argument("--cpus", type=int, default=2, help="virtual CPUs (default 2)")
+    create.add_argument("--disk", metavar="SIZE", help="add a flat virtual disk of SIZE (e.g. 64M, 10G)")
+
+    enc = command(commands, "encrypt", cmd_encrypt, "encrypt a VM's home files (and disks with --disks)")
+    enc.add_argument("path", help="the VM's .vmx file or directory")
+    enc.add_argument("--disks", action="store_true", help="also encrypt the virtual disks")
+    enc.add_argument("--provider", help="key provider name or id (default: the default provider)")
+
+    dec = command(commands, "decrypt", cmd_decrypt, "decrypt every encrypted file of a VM (rolls back an interrupted run)")
+    dec.add_argument("path", help="the VM's .vmx file or directory")
+
+    rekey = command(commands, "rekey", cmd_rekey, "shallow rekey (new KEK) or, with --deep, new DEK and re-encryption")
+    rekey.add_argument("path", help="the VM's .vmx file or directory")
+    rekey.add_argument("--deep", action="store_true", help="new DEK: re-encrypt every file")
+    rekey.add_argument("--provider", help="move the VM to this key provider")
+
+    desc = command(commands, "describe", cmd_describe, "show key provider, key id, cipher and which files are encrypted")
+    desc.add_argument("path", help="the VM's .vmx file or directory")
+
+    prov = commands.add_parser("provider", help="key providers", description="Manage key providers.")
+    prov_commands = prov.add_subparsers(dest="provider_command", metavar="COMMAND", required=True)
+    command(prov_commands, "list", cmd_provider_list, "list key providers (* marks the default)")
+    keys_cmd = command(prov_commands, "keys", cmd_provider_keys, "list the keys of a provider (ids and states, never material)")
+    keys_cmd.add_argument("provider", nargs="?", help="provider name or id (default: the default provider)")
+    add = command(prov_commands, "add-native", cmd_provider_add_native, "add another native key provider")
+    add.add_argument("name")
+    add.add_argument("--default", action="store_true", help="make it the default provider")
+    for name, func, what in (
+        ("export", cmd_provider_export, "write a passphrase-encrypted backup of a native key store"),
+        ("import", cmd_provider_import, "merge keys from a native key store backup"),
+    ):
+        sub = command(prov_commands, name, func, what)
+        sub.add_argument("file")
+        sub.add_argument("--provider", help="native provider name or id (default: the default provider)")
+        sub.add_argument("--passphrase-file", help=f"file holding the backup passphrase (or set ${BACKUP_PASSPHRASE_ENV})")
+    return parser
+
+
+def _describe_failure(args: argparse.Namespace) -> str:
+    parts = [args.command]
+    for attr in ("vm_command", "provider_command"):
+        if getattr(args, attr, None):
+            parts.append(getattr(args, attr))
+    if getattr(args, "path", None):
+        parts.append(str(args.path))
+    return " ".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (VmcryptError, CommandFailed, OSError, ValueError) as exc:
+        message = str(exc)
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+            message += f": {exc.filename}"
+        print(f"error: {_describe_failure(args)}: {message}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", []):
+            print(f"note: {note}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
