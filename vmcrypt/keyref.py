@@ -72,7 +72,7 @@ class KeyReference:
                 provider_id=fields["provider"],
                 key_id=fields["key"],
                 wrap_algorithm=WrapAlgorithm.from_label(fields["wrap"]),
-                wrapped_dek=base64.urlsafe_b64decode(fields["dek"].encode("ascii")),
+                wrapped_dek=base64.b64decode(fields["dek"].encode("ascii"), altchars=b"-_", validate=True),
             )
         except (KeyError, ValueError) as exc:
             raise VmcryptError(f"malformed key safe: {exc}") from None

@@ -1,0 +1,57 @@
+"""Shared fixtures: isolated management homes, VMs and a CLI runner that uses real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from vmcrypt.keys import KeyManager
+from vmcrypt.providers.registry import ProviderRegistry
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "mgmt-home"
+    path.mkdir(mode=0o700)
+    return path
+
+
+@pytest.fixture
+def keys(home: Path) -> KeyManager:
+    return KeyManager(ProviderRegistry(home))
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def vmcrypt_cli(home: Path):
+    """Run the real `vmcrypt` entry point in a subprocess against the test's management home."""
+
+    def run(*args: str, env: dict[str, str] | None = None, check: bool = False) -> CliResult:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("VMCRYPT_")}
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, "-m", "vmcrypt", "--home", str(home), *args],
+            capture_output=True, text=True, env=full_env, timeout=120,
+        )
+        result = CliResult(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"vmcrypt {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return result
+
+    return run
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every regular file under ``directory`` (hidden journal/temp files included) with its bytes."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
