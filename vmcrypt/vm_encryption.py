@@ -197,11 +197,11 @@ def _run(
         # A decrypt that follows an interrupted encryption must reach disks that it encrypted.
         include_disks = include_disks or (journal.include_disks if journal else False)
         target = make_target(state)
-        journal = Journal(operation, target.reference.to_keysafe() if target else None, include_disks)
-        journal.save(home)
-
     files = _files(home, include_disks)
     _preflight(files, keys)
+    if not resumed:
+        journal = Journal(operation, target.reference.to_keysafe() if target else None, include_disks)
+        journal.save(home)
     try:
         changed = [f for f in files if _converge_file(f, target, keys, progress)]
         new_vmx = render_vmx(state.settings, target)
