@@ -52,9 +52,11 @@ def atomic_writer(path: str | os.PathLike[str], mode: int | None = None) -> Iter
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(temp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+        if isinstance(exc, OSError):
+            exc.add_note(f"while writing {target}; it was left as it was")
         raise
     fsync_directory(target.parent)
 
