@@ -44,8 +44,8 @@ def atomic_writer(path: str | os.PathLike[str], mode: int | None = None) -> Iter
         except FileNotFoundError:
             mode = 0o600
     temp = temp_path_for(target)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -53,7 +53,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: int | None = None) -> Iter
             os.fsync(handle.fileno())
         os.replace(temp, target)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # never let clean-up hide the real failure
             os.unlink(temp)
         if isinstance(exc, OSError):
             exc.add_note(f"while writing {target}; it was left as it was")
