@@ -1,20 +1,194 @@
-"""`vtpm`: serve and inspect virtual TPMs."""
+"""`vtpm`: serve a virtual TPM 2.0 to real clients, and inspect stored vTPM state.
+
+This is a composition root: it wires the engine to a state store (plain,
+key-file encrypted, or a VM's encrypted .nvram) and to a transport.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
+
+from vtpm.constants import NT, TPMA_NV
+from vtpm.crypto import HASHES
+from vtpm.engine import Tpm
+from vtpm.server.device import TpmDevice
+from vtpm.server.sockets import MssimServer, SwtpmServer
+from vtpm.state import TpmState
+from vtpm.storage import EncryptedStateStore, PlainStateStore, StateStore, StateStoreError, read_key_file
+
+STARTUP_CLEAR = bytes.fromhex("80010000000c000001440000")
+
+
+def open_store(args: argparse.Namespace) -> StateStore:
+    if args.vm:
+        from vmcrypt.vm_vtpm import VmNvramStore
+
+        return VmNvramStore.open(args.vm, home=args.home)
+    if not args.state:
+        raise StateStoreError("give --state DIR or --vm PATH/NAME.vmx")
+    if args.key_file:
+        return EncryptedStateStore(args.state, read_key_file(args.key_file))
+    return PlainStateStore(args.state)
+
+
+def load_or_manufacture(store: StateStore) -> tuple[TpmState, bool]:
+    state = store.load()
+    if state is not None:
+        return state, False
+    state = TpmState.manufacture()
+    store.save(state.to_bytes())
+    return state, True
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    state, created = load_or_manufacture(store)
+    tpm = Tpm(state, persist=store.save)
+    if args.startup_clear:
+        response = tpm.execute(0, STARTUP_CLEAR)
+        if response[6:10] != bytes(4):
+            print(f"error: vtpm serve: Startup(CLEAR) failed: 0x{response[6:10].hex()}", file=sys.stderr)
+            return 1
+    stop = threading.Event()
+    device = TpmDevice(tpm, on_terminate=stop.set)
+    if args.protocol == "mssim":
+        if args.port is None:
+            raise StateStoreError("the mssim protocol needs --port")
+        server: Any = MssimServer(device, host=args.host, port=args.port)
+        where = f"mssim tcp {args.host}:{args.port} (platform {args.port + 1})"
+    else:
+        if args.port is None and args.unix is None:
+            raise StateStoreError("give --port P and/or --unix PATH")
+        server = SwtpmServer(device, host=args.host, port=args.port, unix_path=args.unix)
+        where = " and ".join(
+            w for w in (
+                f"swtpm tcp {args.host}:{args.port} (ctrl {args.port + 1})" if args.port is not None else "",
+                f"swtpm unix {args.unix} (ctrl {args.unix}.ctrl)" if args.unix else "",
+            ) if w
+        )
+    server.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"vtpm: {'manufactured a new TPM in' if created else 'loaded'} {store.describe()}", file=sys.stderr)
+    print(f"vtpm: serving on {where}", file=sys.stderr, flush=True)
+    while not stop.wait(0.2):
+        if server.terminated.is_set():
+            break
+    server.close()
+    device.stop()
+    tpm.flush_state()
+    print("vtpm: stopped, state saved", file=sys.stderr)
+    return 0
+
+
+def describe_state(state: TpmState) -> dict[str, Any]:
+    """What is stored, without any secret: no seeds, proofs, auth values or NV contents."""
+    indices = []
+    for index in sorted(state.nv.values(), key=lambda i: i.index):
+        kind = NT(index.kind).name.lower() if index.kind in NT._value2member_map_ else str(index.kind)
+        flags = [f.name.lower() for f in TPMA_NV if f.name and f != TPMA_NV.TPM_NT_MASK and index.attributes & f]
+        indices.append({
+            "index": f"0x{index.index:08x}",
+            "type": kind,
+            "size": index.data_size,
+            "name_alg": HASHES[index.name_alg].name if index.name_alg in HASHES else index.name_alg,
+            "attributes": flags,
+            "written": bool(index.attributes & TPMA_NV.WRITTEN),
+            "auth_set": bool(index.auth_value),
+        })
+    return {
+        "pcr_banks": [HASHES[b].name for b in state.pcr_banks],
+        "pcr_banks_pending": [HASHES[b].name for b in state.pcr_banks_pending] if state.pcr_banks_pending else None,
+        "nv_indices": indices,
+        "persistent_handles": [f"0x{h:08x}" for h in sorted(getattr(state, "persistent", {}) or {})],
+        "reset_count": state.reset_count,
+        "restart_count": state.restart_count,
+        "last_shutdown": state.orderly,
+        "saved_state": state.saved is not None,
+        "hierarchy_auth_set": {
+            "owner": bool(state.owner.auth), "endorsement": bool(state.endorsement.auth), "lockout": bool(state.lockout.auth),
+        },
+        "dictionary_attack": {"failed_tries": state.failed_tries, "max_tries": state.max_tries,
+                              "recovery_time": state.recovery_time, "lockout_recovery": state.lockout_recovery},
+        "disable_clear": state.disable_clear,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    state = store.load()
+    if state is None:
+        raise StateStoreError(f"{store.describe()}: no TPM state stored there")
+    info = {"store": store.describe(), **describe_state(state)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"state          {info['store']}")
+    print(f"PCR banks      {', '.join(info['pcr_banks'])}")
+    print(f"last shutdown  {info['last_shutdown']}{' (saved state present)' if info['saved_state'] else ''}")
+    print(f"resets         {info['reset_count']} (restarts {info['restart_count']})")
+    da = info["dictionary_attack"]
+    print(f"DA lockout     {da['failed_tries']}/{da['max_tries']} failures")
+    print(f"persistent     {', '.join(info['persistent_handles']) or 'none'}")
+    print(f"NV indices     {len(info['nv_indices']) or 'none'}")
+    for entry in info["nv_indices"]:
+        print(f"  {entry['index']}  {entry['type']:8} {entry['size']:5} B  {'written' if entry['written'] else 'unwritten'}"
+              f"  {'|'.join(entry['attributes'])}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog="vtpm", description="Serve and inspect virtual TPM 2.0 devices.")
+    parser = argparse.ArgumentParser(prog="vtpm", description="Serve and inspect virtual TPM 2.0 devices.")
+    parser.add_argument("--home", help="management home (for --vm: key providers)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_state_options(sub: argparse.ArgumentParser) -> None:
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--state", metavar="DIR", help="state directory (created, with a new TPM, if absent)")
+        where.add_argument("--vm", metavar="VMX", help="serve the vTPM stored in this VM's .nvram")
+        sub.add_argument("--key-file", help="encrypt the state directory's file under this 32-byte key")
+
+    serve = commands.add_parser("serve", help="serve a vTPM on a socket", description="Serve a vTPM to TPM clients.")
+    add_state_options(serve)
+    serve.add_argument("--port", type=int, help="TCP data port P (control/platform on P+1)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--unix", metavar="PATH", help="Unix data socket PATH (control on PATH.ctrl)")
+    serve.add_argument("--protocol", choices=["swtpm", "mssim"], default="swtpm")
+    serve.add_argument("--startup-clear", action="store_true", help="run TPM2_Startup(CLEAR) before serving")
+    serve.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
+    serve.set_defaults(func=cmd_serve)
+
+    info = commands.add_parser("info", help="show what a vTPM state holds (no secrets)",
+                               description="Show NV indices, persistent handles and PCR banks of a stored vTPM.")
+    add_state_options(info)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("error: vtpm: no TPM engine is built into this version yet", file=sys.stderr)
-    return 1
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="vtpm: %(message)s")
+    try:
+        return args.func(args)
+    except (StateStoreError, OSError) as exc:
+        print(f"error: vtpm {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # VmcryptError and friends from the --vm path
+        from vmcrypt.errors import VmcryptError
+
+        if isinstance(exc, VmcryptError):
+            print(f"error: vtpm {args.command}: {exc}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":

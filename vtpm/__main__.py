@@ -1,0 +1,5 @@
+import sys
+
+from vtpm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,265 @@
+"""GetCapability and TestParms (Part 3, section 30): what this TPM is and can do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vtpm.constants import (
+    ALG, CAP, CC, ECC_CURVE, HT, NT, PT, PT_PCR, RC, RH, TPMA_ALGORITHM, TPMA_PERMANENT,
+    TPMA_STARTUP_CLEAR,
+)
+from vtpm.engine import COMMANDS, Command, Response, Tpm, command
+from vtpm.errors import TpmError
+from vtpm.marshal.primitives import U8, U32
+from vtpm.marshal.structures import (
+    MAX_CAP_BUFFER,
+    TPML_ALG_PROPERTY,
+    TPML_CC,
+    TPML_CCA,
+    TPML_ECC_CURVE,
+    TPML_HANDLE,
+    TPML_PCR_SELECTION_OUT,
+    TPML_TAGGED_PCR_PROPERTY,
+    TPML_TAGGED_TPM_PROPERTY,
+)
+from vtpm.state import PCR_COUNT
+
+MANUFACTURER = b"VMCR"
+VENDOR_STRINGS = (b"vmcr", b"ypt ", b"vTPM", b"\0\0\0\0")
+FIRMWARE_VERSION = (0x00010000, 0x00000000)
+SPEC_LEVEL, SPEC_REVISION, SPEC_DAY, SPEC_YEAR = 0, 164, 75, 2021
+
+A = TPMA_ALGORITHM
+ALGORITHMS: dict[int, int] = {
+    ALG.RSA: A.ASYMMETRIC | A.OBJECT,
+    ALG.SHA1: A.HASH,
+    ALG.HMAC: A.HASH | A.SIGNING,
+    ALG.AES: A.SYMMETRIC,
+    ALG.MGF1: A.HASH | A.METHOD,
+    ALG.KEYEDHASH: A.HASH | A.OBJECT | A.SIGNING | A.ENCRYPTING,
+    ALG.XOR: A.SYMMETRIC | A.HASH,
+    ALG.SHA256: A.HASH,
+    ALG.SHA384: A.HASH,
+    ALG.SHA512: A.HASH,
+    ALG.NULL: 0,
+    ALG.RSASSA: A.ASYMMETRIC | A.SIGNING,
+    ALG.RSAES: A.ASYMMETRIC | A.ENCRYPTING,
+    ALG.RSAPSS: A.ASYMMETRIC | A.SIGNING,
+    ALG.OAEP: A.ASYMMETRIC | A.ENCRYPTING | A.METHOD,
+    ALG.ECDSA: A.ASYMMETRIC | A.SIGNING | A.METHOD,
+    ALG.ECDH: A.ASYMMETRIC | A.METHOD,
+    ALG.KDF1_SP800_56A: A.HASH | A.METHOD,
+    ALG.KDF1_SP800_108: A.HASH | A.METHOD,
+    ALG.ECC: A.ASYMMETRIC | A.OBJECT,
+    ALG.SYMCIPHER: A.OBJECT | A.SYMMETRIC,
+    ALG.CTR: A.SYMMETRIC | A.ENCRYPTING,
+    ALG.OFB: A.SYMMETRIC | A.ENCRYPTING,
+    ALG.CBC: A.SYMMETRIC | A.ENCRYPTING,
+    ALG.CFB: A.SYMMETRIC | A.ENCRYPTING,
+    ALG.ECB: A.SYMMETRIC | A.ENCRYPTING,
+}
+ECC_CURVES = (ECC_CURVE.NIST_P256, ECC_CURVE.NIST_P384, ECC_CURVE.NIST_P521)
+AES_KEY_BITS = (128, 192, 256)
+RSA_KEY_BITS = (1024, 2048, 3072, 4096)
+PERMANENT_HANDLES = (RH.OWNER, RH.NULL, RH.PW, RH.LOCKOUT, RH.ENDORSEMENT, RH.PLATFORM, RH.PLATFORM_NV)
+# Commands after which the TPM flushes a transient handle it was given (TPMA_CC.flushed)
+FLUSHING = {CC.FlushContext, CC.SequenceComplete, CC.EventSequenceComplete}
+RESPONSE_HANDLE = {
+    CC.HashSequenceStart, CC.HMAC_Start, CC.CreatePrimary, CC.CreateLoaded, CC.Load, CC.LoadExternal,
+    CC.StartAuthSession, CC.ContextLoad,
+}
+NV_COMMANDS = {c for c in CC if c.name.startswith("NV_")} | {
+    CC.Clear, CC.ClearControl, CC.HierarchyChangeAuth, CC.DictionaryAttackLockReset,
+    CC.DictionaryAttackParameters, CC.ClockSet, CC.EvictControl, CC.PCR_Allocate, CC.SetPrimaryPolicy,
+    CC.ChangeEPS, CC.ChangePPS, CC.Shutdown, CC.Startup,
+}
+
+
+def command_attributes(code: int) -> int:
+    """TPMA_CC of an implemented command."""
+    spec = COMMANDS[code]
+    value = code & 0xFFFF
+    if code in NV_COMMANDS:
+        value |= 1 << 22
+    if code in FLUSHING:
+        value |= 1 << 24
+    value |= (len(spec.handles) & 0x7) << 25
+    if code in RESPONSE_HANDLE:
+        value |= 1 << 28
+    return value
+
+
+def tpm_properties(tpm: Tpm) -> dict[int, int]:
+    state, volatile = tpm.state, tpm.volatile
+    permanent = 0
+    if state.owner.auth:
+        permanent |= TPMA_PERMANENT.OWNER_AUTH_SET
+    if state.endorsement.auth:
+        permanent |= TPMA_PERMANENT.ENDORSEMENT_AUTH_SET
+    if state.lockout.auth:
+        permanent |= TPMA_PERMANENT.LOCKOUT_AUTH_SET
+    if state.disable_clear:
+        permanent |= TPMA_PERMANENT.DISABLE_CLEAR
+    if tpm.dictionary_attack.in_lockout():
+        permanent |= TPMA_PERMANENT.IN_LOCKOUT
+    permanent |= TPMA_PERMANENT.TPM_GENERATED_EPS
+    startup = 0
+    for flag, on in ((TPMA_STARTUP_CLEAR.PH_ENABLE, volatile.ph_enable), (TPMA_STARTUP_CLEAR.SH_ENABLE, volatile.sh_enable),
+                     (TPMA_STARTUP_CLEAR.EH_ENABLE, volatile.eh_enable), (TPMA_STARTUP_CLEAR.PH_ENABLE_NV, volatile.ph_enable_nv)):
+        if on:
+            startup |= flag
+    if state.last_startup_orderly:
+        startup |= TPMA_STARTUP_CLEAR.ORDERLY
+    counters = sum(1 for i in state.nv.values() if i.kind == NT.COUNTER)
+    loaded = len(volatile.objects)
+    from vtpm.commands.nv import MAX_NV_INDICES
+
+    return {
+        PT.FAMILY_INDICATOR: int.from_bytes(b"2.0\0", "big"),
+        PT.LEVEL: SPEC_LEVEL,
+        PT.REVISION: SPEC_REVISION,
+        PT.DAY_OF_YEAR: SPEC_DAY,
+        PT.YEAR: SPEC_YEAR,
+        PT.MANUFACTURER: int.from_bytes(MANUFACTURER, "big"),
+        PT.VENDOR_STRING_1: int.from_bytes(VENDOR_STRINGS[0], "big"),
+        PT.VENDOR_STRING_2: int.from_bytes(VENDOR_STRINGS[1], "big"),
+        PT.VENDOR_STRING_3: int.from_bytes(VENDOR_STRINGS[2], "big"),
+        PT.VENDOR_STRING_4: int.from_bytes(VENDOR_STRINGS[3], "big"),
+        PT.VENDOR_TPM_TYPE: 1,
+        PT.FIRMWARE_VERSION_1: FIRMWARE_VERSION[0],
+        PT.FIRMWARE_VERSION_2: FIRMWARE_VERSION[1],
+        PT.INPUT_BUFFER: 1024,
+        PT.HR_TRANSIENT_MIN: 3,
+        PT.HR_PERSISTENT_MIN: 7,
+        PT.HR_LOADED_MIN: 3,
+        PT.ACTIVE_SESSIONS_MAX: 64,
+        PT.PCR_COUNT: PCR_COUNT,
+        PT.PCR_SELECT_MIN: 3,
+        PT.CONTEXT_GAP_MAX: 0xFFFF,
+        PT.NV_COUNTERS_MAX: 0,
+        PT.NV_INDEX_MAX: 2048,
+        PT.MEMORY: 0x6,
+        PT.CLOCK_UPDATE: 1 << 22,
+        PT.CONTEXT_HASH: ALG.SHA256,
+        PT.CONTEXT_SYM: ALG.AES,
+        PT.CONTEXT_SYM_SIZE: 256,
+        PT.ORDERLY_COUNT: 0xFF,
+        PT.MAX_COMMAND_SIZE: 4096,
+        PT.MAX_RESPONSE_SIZE: 4096,
+        PT.MAX_DIGEST: 64,
+        PT.MAX_OBJECT_CONTEXT: 2048,
+        PT.MAX_SESSION_CONTEXT: 256,
+        PT.PS_FAMILY_INDICATOR: 1,
+        PT.PS_LEVEL: 0,
+        PT.PS_REVISION: 0x105,
+        PT.PS_DAY_OF_YEAR: 0,
+        PT.PS_YEAR: 0,
+        PT.SPLIT_MAX: 128,
+        PT.TOTAL_COMMANDS: len(COMMANDS),
+        PT.LIBRARY_COMMANDS: len(COMMANDS),
+        PT.VENDOR_COMMANDS: 0,
+        PT.NV_BUFFER_MAX: 1024,
+        PT.MODES: 0,
+        PT.MAX_CAP_BUFFER: MAX_CAP_BUFFER,
+        PT.PERMANENT: permanent,
+        PT.STARTUP_CLEAR: startup,
+        PT.HR_NV_INDEX: len(state.nv),
+        PT.HR_LOADED: loaded,
+        PT.HR_LOADED_AVAIL: max(0, 3 - loaded),
+        PT.HR_ACTIVE: 0,
+        PT.HR_ACTIVE_AVAIL: 64,
+        PT.HR_TRANSIENT_AVAIL: max(0, 3 - loaded),
+        PT.HR_PERSISTENT: 0,
+        PT.HR_PERSISTENT_AVAIL: 7,
+        PT.NV_COUNTERS: counters,
+        PT.NV_COUNTERS_AVAIL: max(0, MAX_NV_INDICES - len(state.nv)),
+        PT.ALGORITHM_SET: 0,
+        PT.LOADED_CURVES: len(ECC_CURVES),
+        PT.LOCKOUT_COUNTER: state.failed_tries,
+        PT.MAX_AUTH_FAIL: state.max_tries,
+        PT.LOCKOUT_INTERVAL: state.recovery_time,
+        PT.LOCKOUT_RECOVERY: state.lockout_recovery,
+        PT.NV_WRITE_RECOVERY: 0,
+        PT.AUDIT_COUNTER_0: 0,
+        PT.AUDIT_COUNTER_1: 0,
+    }
+
+
+def pcr_properties() -> dict[int, int]:
+    from vtpm.commands.pcr import NO_INCREMENT, PCR_ATTRIBUTES
+
+    def bitmap(predicate: Callable[[int], bool]) -> int:
+        return sum(1 << i for i in range(PCR_COUNT) if predicate(i))
+
+    props = {PT_PCR.SAVE: bitmap(lambda i: PCR_ATTRIBUTES[i].save)}
+    for locality in range(5):
+        props[PT_PCR.EXTEND_L0 + 2 * locality] = bitmap(lambda i: bool(PCR_ATTRIBUTES[i].extend_localities >> locality & 1))
+        props[PT_PCR.RESET_L0 + 2 * locality] = bitmap(lambda i: bool(PCR_ATTRIBUTES[i].reset_localities >> locality & 1))
+    props[PT_PCR.NO_INCREMENT] = bitmap(lambda i: i in NO_INCREMENT)
+    props[PT_PCR.DRTM_RESET] = bitmap(lambda i: 17 <= i <= 22)
+    props[PT_PCR.POLICY] = 0
+    props[PT_PCR.AUTH] = 0
+    return props
+
+
+def handles_of_type(tpm: Tpm, kind: int) -> list[int]:
+    if kind == HT.PCR:
+        return list(range(PCR_COUNT))
+    if kind == HT.NV_INDEX:
+        from vtpm.commands.nv import nv_handles
+
+        return nv_handles(tpm)
+    if kind == HT.PERMANENT:
+        return sorted(PERMANENT_HANDLES)
+    if kind == HT.TRANSIENT:
+        return sorted(tpm.volatile.objects)
+    if kind == HT.PERSISTENT:
+        return sorted(getattr(tpm.state, "persistent", {}) or {})
+    return []
+
+
+def _page(items: list[int], start: int, count: int, limit: int) -> tuple[list[int], bool]:
+    selected = [item for item in items if item >= start]
+    take = min(count, limit)
+    return selected[:take], len(selected) > take
+
+
+@command(CC.GetCapability, params=[("capability", U32), ("property", U32), ("propertyCount", U32)])
+def get_capability(tpm: Tpm, cmd: Command) -> Response:
+    cap, prop, count = cmd.params.capability, cmd.params.property, cmd.params.propertyCount
+    if cap == CAP.ALGS:
+        algs, more = _page(sorted(ALGORITHMS), prop, count, 127)
+        body = TPML_ALG_PROPERTY.build([{"alg": a, "algProperties": ALGORITHMS[a]} for a in algs])
+    elif cap == CAP.HANDLES:
+        kind = prop >> 24
+        if kind not in (HT.PCR, HT.NV_INDEX, HT.HMAC_SESSION, HT.POLICY_SESSION, HT.PERMANENT, HT.TRANSIENT, HT.PERSISTENT):
+            raise TpmError(RC.HANDLE, param=2)
+        handles, more = _page([h for h in handles_of_type(tpm, kind) if h >> 24 == kind], prop, count, 254)
+        body = TPML_HANDLE.build(handles)
+    elif cap == CAP.COMMANDS:
+        codes, more = _page(sorted(COMMANDS), prop, count, 254)
+        body = TPML_CCA.build([command_attributes(c) for c in codes])
+    elif cap in (CAP.PP_COMMANDS, CAP.AUDIT_COMMANDS):
+        body, more = TPML_CC.build([]), False
+    elif cap == CAP.PCRS:
+        from vtpm.commands.pcr import pcr_selection_all
+
+        body, more = TPML_PCR_SELECTION_OUT.build(pcr_selection_all(tpm.state.pcr_banks)), False
+    elif cap == CAP.TPM_PROPERTIES:
+        table = tpm_properties(tpm)
+        keys, more = _page(sorted(table), prop, count, 127)
+        if prop < 0x200:  # fixed and variable properties are separate groups
+            more = more and any(k < 0x200 for k in sorted(table) if k >= prop and k not in keys) or more
+        body = TPML_TAGGED_TPM_PROPERTY.build([{"property": k, "value": table[k]} for k in keys])
+    elif cap == CAP.PCR_PROPERTIES:
+        table = pcr_properties()
+        keys, more = _page(sorted(table), prop, count, 127)
+        body = TPML_TAGGED_PCR_PROPERTY.build(
+            [{"tag": k, "pcrSelect": table[k].to_bytes(3, "little")} for k in keys]
+        )
+    elif cap == CAP.ECC_CURVES:
+        curves, more = _page(list(ECC_CURVES), prop, count, 508)
+        body = TPML_ECC_CURVE.build(curves)
+    else:
+        raise TpmError(RC.VALUE, param=1)
+    return Response(params=U8.build(int(more)) + U32.build(cap) + body)

@@ -1,0 +1,58 @@
+"""ReadClock, ClockSet, ClockRateAdjust (Part 3, section 29)."""
+
+from __future__ import annotations
+
+from vtpm.constants import CC, RC, RH
+from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
+from vtpm.errors import TpmError
+from vtpm.marshal.primitives import U64, OneOf
+from vtpm.marshal.structures import TPMS_TIME_INFO
+
+import construct as cs
+
+MAX_CLOCK = 0xFFFF_0000_0000_0000
+RATE_STEP = {1: 10, 2: 100, 3: 1000}  # millionths per FINE/MEDIUM/COARSE adjustment
+RATE_LIMIT = 50_000  # at most 5 % off real time
+CLOCK_AUTH = handle_spec("auth", Auth.USER, permanent=(RH.OWNER, RH.PLATFORM))
+
+
+def time_info(tpm: Tpm) -> dict[str, object]:
+    state = tpm.state
+    return {
+        "time": tpm.now_ms(),
+        "clockInfo": {
+            "clock": tpm.clock_now(),
+            "resetCount": state.reset_count,
+            "restartCount": state.restart_count,
+            "safe": int(state.clock_safe),
+        },
+    }
+
+
+@command(CC.ReadClock)
+def read_clock(tpm: Tpm, cmd: Command) -> Response:
+    return Response(params=TPMS_TIME_INFO.build(time_info(tpm)))
+
+
+@command(CC.ClockSet, handles=[CLOCK_AUTH], params=[("newTime", U64)])
+def clock_set(tpm: Tpm, cmd: Command) -> Response:
+    new_time = cmd.params.newTime
+    if new_time > MAX_CLOCK or new_time < tpm.clock_now():
+        raise TpmError(RC.VALUE, param=1)
+    tpm.state.clock_ms = new_time
+    tpm.volatile.clock_base_ms = tpm.now_ms() + tpm.volatile.init_time_ms
+    tpm.mark_dirty()
+    return Response()
+
+
+@command(CC.ClockRateAdjust, handles=[CLOCK_AUTH], params=[("rateAdjust", OneOf(cs.Int8sb, range(-3, 4), RC.VALUE))])
+def clock_rate_adjust(tpm: Tpm, cmd: Command) -> Response:
+    adjust = cmd.params.rateAdjust
+    if adjust:
+        # Fold elapsed time into the clock first so the new rate only applies from now on.
+        tpm.state.clock_ms = tpm.clock_now()
+        tpm.volatile.clock_base_ms = tpm.now_ms() + tpm.volatile.init_time_ms
+        step = RATE_STEP[abs(adjust)] * (1 if adjust > 0 else -1)
+        rate = tpm.volatile.clock_rate + step
+        tpm.volatile.clock_rate = max(1_000_000 - RATE_LIMIT, min(1_000_000 + RATE_LIMIT, rate))
+    return Response()

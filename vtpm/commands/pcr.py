@@ -1,0 +1,169 @@
+"""PCRs: read, extend, event, reset, allocate (Part 3, section 22), PC Client locality rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vtpm.constants import CC, HT, RC, RH
+from vtpm.crypto import HASHES, digest
+from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
+from vtpm.errors import TpmError
+from vtpm.marshal.primitives import U32
+from vtpm.marshal.structures import (
+    PCR_SELECT_MAX,
+    TPM2B_EVENT,
+    TPML_DIGEST,
+    TPML_DIGEST_VALUES,
+    TPML_PCR_SELECTION,
+    TPML_PCR_SELECTION_OUT,
+)
+from vtpm.state import PCR_COUNT
+
+MAX_PCR_READ = 8  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
+
+
+@dataclass(frozen=True)
+class PcrAttributes:
+    save: bool
+    reset_localities: int  # bit n: locality n may reset
+    extend_localities: int  # bit n: locality n may extend
+
+
+# PC Client profile, as libtpms configures it: 0-15 static RTM, 16 debug, 17-22 DRTM, 23 application.
+PCR_ATTRIBUTES = (
+    [PcrAttributes(True, 0x00, 0x1F)] * 16
+    + [PcrAttributes(False, 0x0F, 0x1F)]  # 16
+    + [PcrAttributes(False, 0x10, 0x1C)] * 2  # 17, 18
+    + [PcrAttributes(False, 0x10, 0x0C)]  # 19
+    + [PcrAttributes(False, 0x1C, 0x0E)]  # 20
+    + [PcrAttributes(False, 0x1C, 0x04)] * 2  # 21, 22
+    + [PcrAttributes(False, 0x0F, 0x1F)]  # 23
+)
+assert len(PCR_ATTRIBUTES) == PCR_COUNT
+
+
+@entity_resolver(HT.PCR)
+def pcr_entity(tpm: Tpm, handle: int) -> Entity:
+    if handle >= PCR_COUNT:
+        raise TpmError(RC.VALUE)
+    return Entity(b"", da_protected=False)
+
+
+def _locality_bit(locality: int) -> int:
+    return 1 << locality if locality < 5 else 0
+
+
+def _selected(select: bytes) -> list[int]:
+    return [i for i in range(min(len(select) * 8, PCR_COUNT)) if select[i // 8] >> (i % 8) & 1]
+
+
+NO_INCREMENT = frozenset({16, 21, 22, 23})
+
+
+def counts_update(index: int) -> bool:
+    """Whether changing this PCR advances pcrUpdateCounter (PCRs 16, 21-23 do not)."""
+    return index not in NO_INCREMENT
+
+
+def extend(tpm: Tpm, index: int, digests: dict[int, bytes]) -> None:
+    """Extend PCR ``index`` in each allocated bank for which a digest is given."""
+    attributes = PCR_ATTRIBUTES[index]
+    if not attributes.extend_localities & _locality_bit(tpm.locality):
+        raise TpmError(RC.LOCALITY)
+    for bank, values in tpm.volatile.pcrs.items():
+        if bank in digests:
+            values[index] = digest(bank, values[index], digests[bank])
+    if counts_update(index):
+        tpm.volatile.pcr_update_counter += 1
+
+
+PCR_HANDLE = handle_spec("pcrHandle", Auth.USER, types=[HT.PCR], permanent=[RH.NULL])
+
+
+@command(CC.PCR_Extend, handles=[PCR_HANDLE], params=[("digests", TPML_DIGEST_VALUES)])
+def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
+    handle = cmd.handles[0]
+    if handle == RH.NULL:
+        return Response()
+    extend(tpm, handle, {entry.hashAlg: entry.digest for entry in cmd.params.digests})
+    return Response()
+
+
+@command(CC.PCR_Event, handles=[PCR_HANDLE], params=[("eventData", TPM2B_EVENT)])
+def pcr_event(tpm: Tpm, cmd: Command) -> Response:
+    data = cmd.params.eventData
+    digests = {alg: digest(alg, data) for alg in sorted(tpm.volatile.pcrs)}
+    if cmd.handles[0] != RH.NULL:
+        extend(tpm, cmd.handles[0], digests)
+    out = TPML_DIGEST_VALUES.build([{"hashAlg": alg, "digest": value} for alg, value in digests.items()])
+    return Response(params=out)
+
+
+@command(CC.PCR_Reset, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])])
+def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
+    index = cmd.handles[0]
+    attributes = PCR_ATTRIBUTES[index]
+    if not attributes.reset_localities:
+        raise TpmError(RC.LOCALITY)
+    if not attributes.reset_localities & _locality_bit(tpm.locality):
+        raise TpmError(RC.LOCALITY)
+    for bank, values in tpm.volatile.pcrs.items():
+        values[index] = bytes(HASHES[bank].size)
+    if counts_update(index):
+        tpm.volatile.pcr_update_counter += 1
+    return Response()
+
+
+@command(CC.PCR_Read, params=[("pcrSelectionIn", TPML_PCR_SELECTION)])
+def pcr_read(tpm: Tpm, cmd: Command) -> Response:
+    pcrs = tpm.volatile.pcrs
+    selections_out, values = [], []
+    for selection in cmd.params.pcrSelectionIn:
+        select = bytearray(selection.pcrSelect)
+        out = bytearray(len(select))
+        bank = pcrs.get(selection.hash)
+        for index in _selected(select):
+            if bank is None or len(values) == MAX_PCR_READ:
+                continue
+            out[index // 8] |= 1 << (index % 8)
+            values.append(bank[index])
+        selections_out.append({"hash": selection.hash, "pcrSelect": bytes(out)})
+    body = (
+        tpm.volatile.pcr_update_counter.to_bytes(4, "big")
+        + TPML_PCR_SELECTION_OUT.build(selections_out)
+        + TPML_DIGEST.build(values)
+    )
+    return Response(params=body)
+
+
+@command(
+    CC.PCR_Allocate,
+    handles=[handle_spec("authHandle", Auth.USER, permanent=[RH.PLATFORM])],
+    params=[("pcrAllocation", TPML_PCR_SELECTION)],
+)
+def pcr_allocate(tpm: Tpm, cmd: Command) -> Response:
+    banks = list(tpm.state.pcr_banks_pending or tpm.state.pcr_banks)
+    for selection in cmd.params.pcrAllocation:
+        chosen = _selected(bytes(selection.pcrSelect))
+        if chosen and len(chosen) != PCR_COUNT:
+            raise TpmError(RC.PCR, param=1)  # a bank is allocated whole or not at all
+        if chosen and selection.hash not in banks:
+            banks.append(selection.hash)
+        elif not chosen and selection.hash in banks:
+            banks.remove(selection.hash)
+    ok = bool(banks)
+    if ok:
+        tpm.state.pcr_banks_pending = sorted(banks)
+        tpm.mark_dirty()
+    max_pcr = PCR_COUNT if ok else 0
+    size_needed = sum(HASHES[b].size for b in banks) * PCR_COUNT
+    body = bytes([1 if ok else 0]) + U32.build(max_pcr) + U32.build(size_needed) + U32.build(4096 * 4)
+    return Response(params=body)
+
+
+def pcr_selection_all(banks: list[int]) -> list[dict[str, object]]:
+    """Every implemented bank; allocated ones select all PCRs (GetCapability PCRS)."""
+    return [
+        {"hash": bank, "pcrSelect": (b"\xff" if bank in banks else b"\x00") * PCR_SELECT_MAX}
+        for bank in sorted(HASHES)
+    ]

@@ -1,0 +1,22 @@
+"""GetRandom and StirRandom (Part 3, section 16)."""
+
+from __future__ import annotations
+
+from vtpm.constants import CC
+from vtpm.crypto import MAX_DIGEST
+from vtpm.engine import Command, Response, Tpm, command
+from vtpm.marshal.primitives import U16
+from vtpm.marshal.structures import TPM2B_DIGEST, Tpm2b
+
+
+@command(CC.GetRandom, params=[("bytesRequested", U16)])
+def get_random(tpm: Tpm, cmd: Command) -> Response:
+    # The TPM returns at most one digest's worth (TPM2B_DIGEST), as the spec allows.
+    count = min(cmd.params.bytesRequested, MAX_DIGEST)
+    return Response(params=TPM2B_DIGEST.build(tpm.random(count)))
+
+
+@command(CC.StirRandom, params=[("inData", Tpm2b(128))])
+def stir_random(tpm: Tpm, cmd: Command) -> Response:
+    # The operating system's CSPRNG needs no stirring; the input is accepted and discarded.
+    return Response()

@@ -1,0 +1,104 @@
+"""Startup, Shutdown and the self-test commands (Part 3, sections 9 and 10)."""
+
+from __future__ import annotations
+
+from vtpm.constants import CC, RC, SU
+from vtpm.engine import Command, Response, Tpm, command
+from vtpm.errors import TpmError
+from vtpm.marshal.primitives import U8, U16, OneOf
+from vtpm.marshal.structures import counted
+from vtpm.crypto import HASHES
+from vtpm.state import SavedState
+
+TPM_SU = OneOf(U16, [SU.CLEAR, SU.STATE], RC.VALUE)
+
+
+@command(CC.Startup, params=[("startupType", TPM_SU)], before_startup=True, allow_sessions=False)
+def startup(tpm: Tpm, cmd: Command) -> Response:
+    volatile, state = tpm.volatile, tpm.state
+    if volatile.started:
+        raise TpmError(RC.INITIALIZE)
+    kind = cmd.params.startupType
+    previous = state.orderly
+    if kind == SU.STATE and (previous != "state" or state.saved is None):
+        raise TpmError(RC.VALUE, param=1)
+    if state.pcr_banks_pending is not None and kind == SU.CLEAR:
+        state.pcr_banks = state.pcr_banks_pending  # PCR_Allocate takes effect at TPM Reset
+        state.pcr_banks_pending = None
+    volatile.reset_pcrs(state.pcr_banks, cmd.locality)
+    from vtpm.commands.pcr import PCR_ATTRIBUTES, counts_update
+
+    saved = kind == SU.STATE
+    if not saved:
+        volatile.pcr_update_counter = 0
+    volatile.pcr_update_counter += sum(
+        1 for i, a in enumerate(PCR_ATTRIBUTES) if counts_update(i) and not (saved and a.save)
+    )
+    if kind == SU.STATE:  # TPM Resume: saved PCRs come back
+        assert state.saved is not None
+        for bank, values in state.saved.pcrs.items():
+            if bank in volatile.pcrs:
+                for index in range(16):
+                    volatile.pcrs[bank][index] = values[index]
+        state.restart_count += 1
+    elif previous == "state":  # TPM Restart
+        state.restart_count += 1
+    else:  # TPM Reset
+        state.reset_count += 1
+        state.restart_count = 0
+        if previous == "none":
+            state.clock_safe = False
+    if kind == SU.CLEAR:
+        volatile.sh_enable = volatile.eh_enable = True
+        volatile.nv_read_locked.clear()
+        volatile.nv_write_locked_stclear.clear()
+        state.nv_global_locked = False
+        from vtpm.commands.nv import startup_clear_nv
+
+        startup_clear_nv(tpm)
+    volatile.ph_enable = True
+    volatile.platform_auth = b""
+    state.last_startup_orderly = previous != "none"
+    state.orderly = "none"
+    state.saved = None
+    volatile.started = True
+    tpm.mark_dirty()
+    return Response()
+
+
+@command(CC.Shutdown, params=[("shutdownType", TPM_SU)])
+def shutdown(tpm: Tpm, cmd: Command) -> Response:
+    state = tpm.state
+    if cmd.params.shutdownType == SU.STATE:
+        pcrs = tpm.volatile.pcrs
+        state.saved = SavedState({bank: list(values[:16]) for bank, values in pcrs.items()})
+        state.orderly = "state"
+    else:
+        state.saved = None
+        state.orderly = "clear"
+    from vtpm.commands.nv import shutdown_nv
+
+    shutdown_nv(tpm)
+    state.clock_safe = True
+    tpm.mark_dirty()
+    return Response()
+
+
+@command(CC.SelfTest, params=[("fullTest", U8)])
+def self_test(tpm: Tpm, cmd: Command) -> Response:
+    tpm.volatile.self_tested.update(HASHES)
+    return Response()
+
+
+TPML_ALG = counted(U16, 64)
+
+
+@command(CC.IncrementalSelfTest, params=[("toTest", TPML_ALG)])
+def incremental_self_test(tpm: Tpm, cmd: Command) -> Response:
+    # Every algorithm is tested at power-on, so nothing remains to be tested.
+    return Response(params=(0).to_bytes(4, "big"))
+
+
+@command(CC.GetTestResult)
+def get_test_result(tpm: Tpm, cmd: Command) -> Response:
+    return Response(params=(0).to_bytes(2, "big") + RC.SUCCESS.to_bytes(4, "big"))

@@ -1,0 +1,407 @@
+"""The TPM 2.0 engine: one entry point, ``Tpm.execute(locality, command) -> response``.
+
+Sans-IO: no sockets, no files, no wall clock. Time comes from an injected
+millisecond clock and persistent state leaves through one callback, so the
+same engine runs in-process, behind any transport, or inside a test.
+
+The engine owns the pipeline every command goes through (Part 3, section
+5): header checks, command lookup, handle checks, the authorization area
+and authorization checks, parameter parsing with parameter numbers, and the
+response layout; command modules only register small handlers.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import io
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import construct as cs
+
+from vtpm.constants import CC, HT, RC, RH, ST, TPMA_SESSION
+from vtpm.errors import TpmError
+from vtpm.marshal.structures import TPMS_AUTH_COMMAND
+from vtpm.state import TpmState, Volatile
+
+log = logging.getLogger(__name__)
+
+HEADER_SIZE = 10
+MAX_COMMAND_SIZE = 4096
+MAX_RESPONSE_SIZE = 4096
+MAX_SESSIONS = 3
+TPM12_TAG = 0x00C1
+
+
+class Auth(enum.Enum):
+    """The authorization role a handle needs (Part 3 notation: @ is USER)."""
+
+    NONE = "none"
+    USER = "user"
+    ADMIN = "admin"
+    DUP = "dup"
+
+
+@dataclass(frozen=True)
+class HandleSpec:
+    """One handle of a command: its role and which handles it accepts.
+
+    ``types`` are the handle types (top byte) accepted; ``permanent`` lists
+    the permanent handles accepted when HT.PERMANENT is among the types.
+    A handle outside these is TPM_RC_VALUE for that handle number.
+    """
+
+    name: str
+    auth: Auth = Auth.NONE
+    types: frozenset[int] = frozenset()
+    permanent: frozenset[int] = frozenset()
+
+    def accepts(self, handle: int) -> bool:
+        kind = handle >> 24
+        if kind not in self.types:
+            return False
+        return kind != HT.PERMANENT or handle in self.permanent
+
+
+def handle_spec(name: str, auth: Auth = Auth.NONE, *, types: Iterable[int] = (), permanent: Iterable[int] = ()) -> HandleSpec:
+    permanent = frozenset(int(h) for h in permanent)
+    kinds = {int(t) for t in types} | ({HT.PERMANENT} if permanent else set())
+    return HandleSpec(name, auth, frozenset(kinds), permanent)
+
+
+@dataclass
+class Session:
+    """One entry of the command's authorization area."""
+
+    handle: int
+    nonce: bytes
+    attributes: int
+    hmac: bytes
+
+
+@dataclass
+class Command:
+    """A parsed command as a handler sees it."""
+
+    code: int
+    locality: int
+    handles: list[int]
+    params: Any
+    sessions: list[Session]
+    raw_params: bytes
+    tag: int
+
+
+@dataclass
+class Response:
+    params: bytes = b""
+    handles: tuple[int, ...] = ()
+
+
+Handler = Callable[["Tpm", Command], Response]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    code: CC
+    handler: Handler
+    handles: tuple[HandleSpec, ...]
+    params: tuple[tuple[str, cs.Construct], ...]
+    before_startup: bool = False
+    allow_sessions: bool = True
+
+
+COMMANDS: dict[int, CommandSpec] = {}
+
+
+def command(
+    code: CC,
+    *,
+    handles: Iterable[HandleSpec] = (),
+    params: Iterable[tuple[str, cs.Construct]] = (),
+    before_startup: bool = False,
+    allow_sessions: bool = True,
+) -> Callable[[Handler], Handler]:
+    """Register a command handler; used by the modules in ``vtpm.commands``."""
+
+    def register(handler: Handler) -> Handler:
+        if code in COMMANDS:
+            raise RuntimeError(f"{code.name} registered twice")
+        COMMANDS[code] = CommandSpec(code, handler, tuple(handles), tuple(params), before_startup, allow_sessions)
+        return handler
+
+    return register
+
+
+@dataclass(frozen=True)
+class Entity:
+    """What authorization needs to know about the object a handle names."""
+
+    auth_value: bytes
+    da_protected: bool
+    is_lockout: bool = False
+
+
+EntityResolver = Callable[["Tpm", int], Entity]
+ENTITY_RESOLVERS: dict[int, EntityResolver] = {}
+
+
+def entity_resolver(handle_type: int) -> Callable[[EntityResolver], EntityResolver]:
+    """Register how handles of one type are looked up (existence check + auth value)."""
+
+    def register(resolver: EntityResolver) -> EntityResolver:
+        ENTITY_RESOLVERS[handle_type] = resolver
+        return resolver
+
+    return register
+
+
+def _load_command_modules() -> None:
+    import vtpm.commands  # noqa: F401  (each module registers its handlers on import)
+
+
+PersistCallback = Callable[[bytes], None]
+
+
+class Tpm:
+    """A TPM 2.0 device. Not thread-safe: one command at a time (as a real TPM)."""
+
+    def __init__(
+        self,
+        state: TpmState | None = None,
+        *,
+        persist: PersistCallback | None = None,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        _load_command_modules()
+        self.state = state or TpmState.manufacture()
+        self._persist = persist
+        self._clock_ms = clock_ms or (lambda: time.monotonic_ns() // 1_000_000)
+        self.volatile = Volatile.power_on(self.state, self._clock_ms())
+        self.dirty = False
+        self.locality = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def power_cycle(self) -> None:
+        """_TPM_Init: volatile state is lost; the next command must be Startup."""
+        self.volatile = Volatile.power_on(self.state, self._clock_ms())
+
+    def now_ms(self) -> int:
+        """Milliseconds since the last _TPM_Init."""
+        return self._clock_ms() - self.volatile.init_time_ms
+
+    def clock_now(self) -> int:
+        """TPM Clock: persistent milliseconds, advancing while powered."""
+        elapsed = self._clock_ms() - self.volatile.clock_base_ms
+        return self.state.clock_ms + elapsed * self.volatile.clock_rate // 1_000_000
+
+    def mark_dirty(self) -> None:
+        """Something the spec makes persistent changed: save it after this command."""
+        self.dirty = True
+
+    def flush_state(self) -> None:
+        self.state.clock_ms = self.clock_now()
+        self.volatile.clock_base_ms = self._clock_ms()
+        self.dirty = False
+        if self._persist is not None:
+            self._persist(self.state.to_bytes())
+
+    # ------------------------------------------------------------------ execution
+
+    def execute(self, locality: int, command: bytes) -> bytes:
+        """Run one command; always returns a well-formed response, never raises."""
+        self.locality = locality
+        try:
+            response = self._execute(bytes(command))
+        except TpmError as exc:
+            response = _error_response(exc.code)
+        except Exception:  # a bug must not take the TPM (or its server) down
+            log.exception("internal error while executing a command")
+            response = _error_response(RC.FAILURE)
+        if self.dirty:
+            try:
+                self.flush_state()
+            except Exception:
+                log.exception("persisting TPM state failed")
+                return _error_response(RC.NV_UNAVAILABLE)
+        return response
+
+    def _execute(self, data: bytes) -> bytes:
+        if len(data) < HEADER_SIZE:
+            raise TpmError(RC.COMMAND_SIZE)
+        tag = int.from_bytes(data[0:2], "big")
+        size = int.from_bytes(data[2:6], "big")
+        code = int.from_bytes(data[6:10], "big")
+        if tag == TPM12_TAG:
+            # A TPM 1.2 command (e.g. a GetTicks probe): answer as a 1.2 TPM would, TPM_BADTAG.
+            return (0x00C4).to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.BAD_TAG.to_bytes(4, "big")
+        if tag not in (ST.NO_SESSIONS, ST.SESSIONS):
+            raise TpmError(RC.BAD_TAG)
+        if size != len(data) or size > MAX_COMMAND_SIZE:
+            raise TpmError(RC.COMMAND_SIZE)
+        spec = COMMANDS.get(code)
+        if spec is None:
+            raise TpmError(RC.COMMAND_CODE)
+        if not self.volatile.started and not spec.before_startup:
+            raise TpmError(RC.INITIALIZE)
+        self.volatile.note_command(self)
+
+        offset = HEADER_SIZE
+        if len(data) < offset + 4 * len(spec.handles):
+            raise TpmError(RC.INSUFFICIENT)
+        handles = []
+        for number, hspec in enumerate(spec.handles, 1):
+            handle = int.from_bytes(data[offset : offset + 4], "big")
+            offset += 4
+            if not hspec.accepts(handle):
+                raise TpmError(RC.VALUE, handle=number)
+            handles.append(handle)
+
+        sessions: list[Session] = []
+        if tag == ST.SESSIONS:
+            if not spec.allow_sessions:
+                raise TpmError(RC.AUTH_CONTEXT)
+            sessions, offset = _parse_sessions(data, offset)
+        needs_auth = [(i, h) for i, h in enumerate(spec.handles) if h.auth != Auth.NONE]
+        if len(sessions) < len(needs_auth):
+            raise TpmError(RC.AUTH_MISSING)
+
+        entities = {}
+        for number, (hspec, handle) in enumerate(zip(spec.handles, handles), 1):
+            resolver = ENTITY_RESOLVERS.get(handle >> 24)
+            if resolver is None:
+                raise TpmError(RC.HANDLE, handle=number)
+            try:
+                entities[number] = resolver(self, handle)
+            except TpmError as exc:
+                if not (exc.handle or exc.param or exc.session):
+                    exc.handle = number
+                if exc.rc == RC.REFERENCE_H0:
+                    exc.rc = RC.REFERENCE_H0 + number - 1
+                raise
+
+        for session_number, (index, hspec) in enumerate(needs_auth, 1):
+            self._authorize(sessions[session_number - 1], session_number, hspec, entities[index + 1])
+        for extra in range(len(needs_auth), len(sessions)):
+            _check_extra_session(sessions[extra], extra + 1)
+
+        raw_params = data[offset:]
+        params = _parse_params(spec, raw_params)
+        cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
+        result = spec.handler(self, cmd)
+        return _build_response(tag, result, sessions)
+
+    def _authorize(self, session: Session, number: int, hspec: HandleSpec, entity: Entity) -> None:
+        if session.handle != RH.PW:
+            if session.handle >> 24 in (HT.HMAC_SESSION, HT.POLICY_SESSION):
+                raise TpmError(RC.REFERENCE_S0 + number - 1)
+            raise TpmError(RC.VALUE, session=number)
+        if hspec.auth in (Auth.ADMIN, Auth.DUP) and getattr(entity, "admin_needs_policy", True):
+            raise TpmError(RC.AUTH_TYPE, session=number)
+        _check_password_session(session, number)
+        self.dictionary_attack.check_allowed(entity)
+        if not hmac.compare_digest(_trim(session.hmac), _trim(entity.auth_value)):
+            raise self.dictionary_attack.failure(entity, number)
+
+    @property
+    def dictionary_attack(self) -> Any:
+        from vtpm.commands.dictionary_attack import DictionaryAttack
+
+        return DictionaryAttack(self)
+
+    def random(self, n: int) -> bytes:
+        return secrets.token_bytes(n)
+
+
+def _trim(value: bytes) -> bytes:
+    return value.rstrip(b"\x00")
+
+
+def _check_password_session(session: Session, number: int) -> None:
+    forbidden = TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | TPMA_SESSION.AUDIT
+    forbidden |= TPMA_SESSION.AUDIT_EXCLUSIVE | TPMA_SESSION.AUDIT_RESET
+    if session.attributes & forbidden:
+        raise TpmError(RC.ATTRIBUTES, session=number)
+    if session.nonce:
+        raise TpmError(RC.NONCE, session=number)
+
+
+def _check_extra_session(session: Session, number: int) -> None:
+    """Sessions beyond the authorizing ones (audit/encryption) need HMAC sessions; none exist yet."""
+    if session.handle == RH.PW:
+        raise TpmError(RC.VALUE, session=number)
+    raise TpmError(RC.REFERENCE_S0 + number - 1)
+
+
+def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
+    if len(data) < offset + 4:
+        raise TpmError(RC.AUTHSIZE)
+    auth_size = int.from_bytes(data[offset : offset + 4], "big")
+    offset += 4
+    end = offset + auth_size
+    if auth_size < 9 or end > len(data):
+        raise TpmError(RC.AUTHSIZE)
+    stream = io.BytesIO(data[offset:end])
+    sessions: list[Session] = []
+    while stream.tell() < auth_size:
+        if len(sessions) == MAX_SESSIONS:
+            raise TpmError(RC.AUTHSIZE)
+        number = len(sessions) + 1
+        try:
+            parsed = TPMS_AUTH_COMMAND.parse_stream(stream)
+        except TpmError as exc:
+            exc.session = exc.session or number
+            raise
+        except cs.ConstructError:
+            raise TpmError(RC.AUTHSIZE) from None
+        sessions.append(Session(parsed.sessionHandle, parsed.nonce, parsed.sessionAttributes, parsed.hmac))
+    return sessions, end
+
+
+def _parse_params(spec: CommandSpec, raw: bytes) -> cs.Container:
+    stream = io.BytesIO(raw)
+    params = cs.Container()
+    for number, (name, construct) in enumerate(spec.params, 1):
+        try:
+            params[name] = construct.parse_stream(stream)
+        except TpmError as exc:
+            raise exc.at_param(number)
+        except cs.StreamError:
+            raise TpmError(RC.INSUFFICIENT, param=number) from None
+        except cs.ConstructError:
+            raise TpmError(RC.VALUE, param=number) from None
+    if stream.tell() != len(raw):
+        raise TpmError(RC.SIZE)
+    return params
+
+
+def _error_response(code: int) -> bytes:
+    return ST.NO_SESSIONS.to_bytes(2, "big") + HEADER_SIZE.to_bytes(4, "big") + code.to_bytes(4, "big")
+
+
+def _build_response(tag: int, result: Response, sessions: list[Session]) -> bytes:
+    body = b"".join(h.to_bytes(4, "big") for h in result.handles)
+    if tag == ST.SESSIONS:
+        body += len(result.params).to_bytes(4, "big") + result.params
+        for session in sessions:
+            # password sessions: empty nonce, continueSession set, empty HMAC
+            attributes = session.attributes | TPMA_SESSION.CONTINUE_SESSION
+            body += b"\x00\x00" + bytes([attributes]) + b"\x00\x00"
+    else:
+        body += result.params
+    size = HEADER_SIZE + len(body)
+    if size > MAX_RESPONSE_SIZE:
+        raise TpmError(RC.SIZE)
+    return tag.to_bytes(2, "big") + size.to_bytes(4, "big") + RC.SUCCESS.to_bytes(4, "big") + body
+
+
+__all__ = [
+    "Auth", "CC", "Command", "CommandSpec", "Entity", "HandleSpec", "Response", "Tpm", "TpmError",
+    "command", "entity_resolver", "handle_spec",
+]

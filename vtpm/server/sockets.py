@@ -1,0 +1,320 @@
+"""Socket transports for served vTPMs: swtpm (data + control) and mssim (command + platform).
+
+Each listener accepts any number of connections, each served by a thread;
+commands reach the device one at a time. A client that sends garbage, lies
+about sizes or vanishes mid-command loses its connection, never the server.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vtpm.constants import RC, ST
+from vtpm.server import swtpm_ctrl
+from vtpm.server.device import TpmDevice
+
+log = logging.getLogger(__name__)
+
+MAX_WIRE_COMMAND = 64 * 1024  # refuse to buffer more than this for one command
+MID_COMMAND_TIMEOUT = 10.0  # seconds a client may take to finish sending a started command
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        chunk = sock.recv(left)
+        if not chunk:
+            raise ConnectionClosed()
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _size_error() -> bytes:
+    return ST.NO_SESSIONS.to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.COMMAND_SIZE.to_bytes(4, "big")
+
+
+def serve_tpm_commands(sock: socket.socket, device: TpmDevice) -> None:
+    """swtpm data channel: raw TPM commands in, responses out, until the peer closes."""
+    with contextlib.closing(sock):
+        while True:
+            sock.settimeout(None)
+            try:
+                header = sock.recv(10)
+                if not header:
+                    return
+                sock.settimeout(MID_COMMAND_TIMEOUT)
+                if len(header) < 10:
+                    header += recv_exact(sock, 10 - len(header))
+                size = int.from_bytes(header[2:6], "big")
+                if size < 10 or size > MAX_WIRE_COMMAND:
+                    sock.sendall(_size_error())
+                    return  # the stream is out of step: drop the connection
+                body = recv_exact(sock, size - 10)
+                sock.sendall(device.execute(header + body))
+            except (ConnectionClosed, OSError):
+                return
+
+
+def _recv_with_fd(sock: socket.socket, n: int) -> tuple[bytes, int | None]:
+    fds = array.array("i")
+    data, ancdata, _, _ = sock.recvmsg(n, socket.CMSG_SPACE(fds.itemsize))
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, (fds[0] if fds else None)
+
+
+@dataclass
+class SwtpmControlSession:
+    sock: socket.socket
+    device: TpmDevice
+    unix: bool
+    on_data_fd: Callable[[socket.socket], None]
+    on_terminate: Callable[[], None]
+
+    def run(self) -> None:
+        with contextlib.closing(self.sock):
+            while True:
+                self.sock.settimeout(None)
+                try:
+                    passed_fd = None
+                    if self.unix:
+                        head, passed_fd = _recv_with_fd(self.sock, 4)
+                    else:
+                        head = self.sock.recv(4)
+                    if not head:
+                        return
+                    self.sock.settimeout(0.5)  # swtpm allows 500 ms for a whole control request
+                    if len(head) < 4:
+                        head += recv_exact(self.sock, 4 - len(head))
+                    code = int.from_bytes(head, "big")
+                    payload = recv_exact(self.sock, swtpm_ctrl.payload_size(code))
+                    result = swtpm_ctrl.handle(self.device, code, payload, unix=self.unix)
+                    if result.accept_data_fd:
+                        if passed_fd is None:
+                            result = swtpm_ctrl.CtrlResult((swtpm_ctrl.TPM_BAD_PARAMETER).to_bytes(4, "big"))
+                        else:
+                            self.on_data_fd(socket.socket(fileno=passed_fd))
+                            passed_fd = None
+                    if passed_fd is not None:
+                        os.close(passed_fd)
+                    self.sock.sendall(result.response)
+                    if result.terminate:
+                        self.on_terminate()
+                        return
+                except (ConnectionClosed, OSError):
+                    return
+
+
+@dataclass
+class Listener:
+    """A listening socket whose connections each get a thread running ``serve``."""
+
+    sock: socket.socket
+    serve: Callable[[socket.socket], None]
+    name: str
+    thread: threading.Thread | None = None
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._accept_loop, name=f"{self.name}-accept", daemon=True)
+        self.thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                if self.closed.is_set():
+                    return
+                continue
+            threading.Thread(target=self.serve, args=(conn,), name=f"{self.name}-conn", daemon=True).start()
+
+    def close(self) -> None:
+        self.closed.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(64)
+    return sock
+
+
+def unix_listener(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return sock
+
+
+class SwtpmServer:
+    """A vTPM on swtpm's protocol: TCP ports P (data) and P+1 (control), or Unix PATH and PATH.ctrl."""
+
+    def __init__(self, device: TpmDevice, *, host: str = "127.0.0.1", port: int | None = None,
+                 unix_path: str | None = None, ctrl_unix_path: str | None = None) -> None:
+        self.device = device
+        self.terminated = threading.Event()
+        self.listeners: list[Listener] = []
+        self.unix = unix_path is not None or ctrl_unix_path is not None
+        if unix_path is not None:
+            self.listeners.append(Listener(unix_listener(unix_path), self._serve_data, "data"))
+        if ctrl_unix_path is not None or unix_path is not None:
+            ctrl = ctrl_unix_path or f"{unix_path}.ctrl"
+            self.listeners.append(Listener(unix_listener(ctrl), self._serve_ctrl, "ctrl"))
+        if port is not None:
+            self.listeners.append(Listener(tcp_listener(host, port), self._serve_data, "data"))
+            self.listeners.append(Listener(tcp_listener(host, port + 1), self._serve_ctrl, "ctrl"))
+
+    def _serve_data(self, conn: socket.socket) -> None:
+        serve_tpm_commands(conn, self.device)
+
+    def _serve_ctrl(self, conn: socket.socket) -> None:
+        unix = conn.family == socket.AF_UNIX
+        SwtpmControlSession(conn, self.device, unix, self._adopt_data_socket, self.terminated.set).run()
+
+    def _adopt_data_socket(self, sock: socket.socket) -> None:
+        threading.Thread(target=serve_tpm_commands, args=(sock, self.device), name="data-fd", daemon=True).start()
+
+    def start(self) -> "SwtpmServer":
+        for listener in self.listeners:
+            listener.start()
+        return self
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+
+
+# ----------------------------------------------------------------------------- mssim
+
+MS_SIGNAL_POWER_ON = 1
+MS_SIGNAL_POWER_OFF = 2
+MS_SIGNAL_PHYS_PRES_ON = 3
+MS_SIGNAL_PHYS_PRES_OFF = 4
+MS_SIGNAL_HASH_START = 5
+MS_SIGNAL_HASH_DATA = 6
+MS_SIGNAL_HASH_END = 7
+MS_SEND_COMMAND = 8
+MS_SIGNAL_CANCEL_ON = 9
+MS_SIGNAL_CANCEL_OFF = 10
+MS_SIGNAL_NV_ON = 11
+MS_SIGNAL_NV_OFF = 12
+MS_SIGNAL_KEY_CACHE_ON = 13
+MS_SIGNAL_KEY_CACHE_OFF = 14
+MS_REMOTE_HANDSHAKE = 15
+MS_SET_ALTERNATIVE_RESULT = 16
+MS_SIGNAL_RESET = 17
+MS_SESSION_END = 20
+MS_STOP = 21
+MS_ACT_GET_SIGNALED = 26
+MS_TEST_FAILURE_MODE = 30
+MS_PROTOCOL_VERSION = 1
+
+
+class MssimServer:
+    """A vTPM on the Microsoft simulator protocol: command port P, platform port P+1."""
+
+    def __init__(self, device: TpmDevice, *, host: str = "127.0.0.1", port: int) -> None:
+        self.device = device
+        self.terminated = threading.Event()
+        self.powered = device.running
+        self.listeners = [
+            Listener(tcp_listener(host, port), self._serve_commands, "mssim-cmd"),
+            Listener(tcp_listener(host, port + 1), self._serve_platform, "mssim-platform"),
+        ]
+
+    def start(self) -> "MssimServer":
+        for listener in self.listeners:
+            listener.start()
+        return self
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+
+    def _serve_commands(self, sock: socket.socket) -> None:
+        with contextlib.closing(sock):
+            while True:
+                sock.settimeout(None)
+                try:
+                    code = int.from_bytes(recv_exact(sock, 4), "big")
+                    sock.settimeout(MID_COMMAND_TIMEOUT)
+                    if code == MS_SEND_COMMAND:
+                        locality = recv_exact(sock, 1)[0]
+                        size = int.from_bytes(recv_exact(sock, 4), "big")
+                        if size > MAX_WIRE_COMMAND:
+                            return
+                        command = recv_exact(sock, size)
+                        response = self.device.execute(command, locality) if self.powered else _not_powered()
+                        sock.sendall(len(response).to_bytes(4, "big") + response + bytes(4))
+                    elif code == MS_REMOTE_HANDSHAKE:
+                        recv_exact(sock, 4)  # client version
+                        flags = 1 | 2 | 4  # raw mode, platform available, physical presence
+                        sock.sendall(MS_PROTOCOL_VERSION.to_bytes(4, "big") + flags.to_bytes(4, "big") + bytes(4))
+                    elif code == MS_SESSION_END:
+                        return
+                    elif code == MS_STOP:
+                        sock.sendall(bytes(4))
+                        self.terminated.set()
+                        return
+                    else:
+                        return  # unknown request: the stream cannot be trusted any more
+                except (ConnectionClosed, OSError):
+                    return
+
+    def _serve_platform(self, sock: socket.socket) -> None:
+        with contextlib.closing(sock):
+            while True:
+                sock.settimeout(None)
+                try:
+                    code = int.from_bytes(recv_exact(sock, 4), "big")
+                    if code == MS_SESSION_END:
+                        return
+                    if code == MS_SIGNAL_POWER_ON:
+                        if not self.powered:  # power-on of a running TPM changes nothing
+                            self.device.init()
+                            self.powered = True
+                    elif code == MS_SIGNAL_POWER_OFF:
+                        self.device.stop()
+                        self.powered = False
+                    elif code == MS_SIGNAL_RESET:
+                        self.device.init()
+                        self.powered = True
+                    elif code == MS_SIGNAL_HASH_DATA:
+                        size = int.from_bytes(recv_exact(sock, 4), "big")
+                        recv_exact(sock, min(size, MAX_WIRE_COMMAND))
+                    elif code == MS_STOP:
+                        sock.sendall(bytes(4))
+                        self.terminated.set()
+                        return
+                    elif code == MS_TEST_FAILURE_MODE:
+                        pass
+                    sock.sendall(bytes(4))
+                except (ConnectionClosed, OSError):
+                    return
+
+
+def _not_powered() -> bytes:
+    return ST.NO_SESSIONS.to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.FAILURE.to_bytes(4, "big")
