@@ -12,8 +12,8 @@ response layout; command modules only register small handlers.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-import hmac
 import io
 import logging
 import secrets
@@ -24,7 +24,8 @@ from typing import Any
 
 import construct as cs
 
-from vtpm.constants import CC, HT, RC, RH, ST, TPMA_SESSION
+from vtpm.authorization import AuthContext, authorize, respond
+from vtpm.constants import CC, HT, RC, ST
 from vtpm.errors import TpmError
 from vtpm.marshal.structures import TPMS_AUTH_COMMAND
 from vtpm.state import TpmState, Volatile
@@ -114,6 +115,7 @@ class CommandSpec:
     params: tuple[tuple[str, cs.Construct], ...]
     before_startup: bool = False
     allow_sessions: bool = True
+    response_tpm2b: bool = False  # the first response parameter is a TPM2B (may be encrypted)
 
 
 COMMANDS: dict[int, CommandSpec] = {}
@@ -126,13 +128,16 @@ def command(
     params: Iterable[tuple[str, cs.Construct]] = (),
     before_startup: bool = False,
     allow_sessions: bool = True,
+    response_tpm2b: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register a command handler; used by the modules in ``vtpm.commands``."""
 
     def register(handler: Handler) -> Handler:
         if code in COMMANDS:
             raise RuntimeError(f"{code.name} registered twice")
-        COMMANDS[code] = CommandSpec(code, handler, tuple(handles), tuple(params), before_startup, allow_sessions)
+        COMMANDS[code] = CommandSpec(
+            code, handler, tuple(handles), tuple(params), before_startup, allow_sessions, response_tpm2b
+        )
         return handler
 
     return register
@@ -145,6 +150,9 @@ class Entity:
     auth_value: bytes
     da_protected: bool
     is_lockout: bool = False
+    name: bytes = b""
+    auth_policy: bytes = b""
+    auth_policy_alg: int = 0x0010  # TPM_ALG_NULL
 
 
 EntityResolver = Callable[["Tpm", int], Entity]
@@ -272,42 +280,30 @@ class Tpm:
         if len(sessions) < len(needs_auth):
             raise TpmError(RC.AUTH_MISSING)
 
-        entities = {}
+        entities: dict[int, Entity] = {}
         for number, (hspec, handle) in enumerate(zip(spec.handles, handles), 1):
             resolver = ENTITY_RESOLVERS.get(handle >> 24)
             if resolver is None:
                 raise TpmError(RC.HANDLE, handle=number)
             try:
-                entities[number] = resolver(self, handle)
+                entity = resolver(self, handle)
             except TpmError as exc:
-                if not (exc.handle or exc.param or exc.session):
-                    exc.handle = number
                 if exc.rc == RC.REFERENCE_H0:
                     exc.rc = RC.REFERENCE_H0 + number - 1
+                elif not (exc.handle or exc.param or exc.session):
+                    exc.handle = number
                 raise
+            if not entity.name:
+                entity = dataclasses.replace(entity, name=handle.to_bytes(4, "big"))
+            entities[number] = entity
 
-        for session_number, (index, hspec) in enumerate(needs_auth, 1):
-            self._authorize(sessions[session_number - 1], session_number, hspec, entities[index + 1])
-        for extra in range(len(needs_auth), len(sessions)):
-            _check_extra_session(sessions[extra], extra + 1)
-
+        auth_handles = [i for i, h in enumerate(spec.handles) if h.auth != Auth.NONE]
         raw_params = data[offset:]
+        ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
         cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
         result = spec.handler(self, cmd)
-        return _build_response(tag, result, sessions)
-
-    def _authorize(self, session: Session, number: int, hspec: HandleSpec, entity: Entity) -> None:
-        if session.handle != RH.PW:
-            if session.handle >> 24 in (HT.HMAC_SESSION, HT.POLICY_SESSION):
-                raise TpmError(RC.REFERENCE_S0 + number - 1)
-            raise TpmError(RC.VALUE, session=number)
-        if hspec.auth in (Auth.ADMIN, Auth.DUP) and getattr(entity, "admin_needs_policy", True):
-            raise TpmError(RC.AUTH_TYPE, session=number)
-        _check_password_session(session, number)
-        self.dictionary_attack.check_allowed(entity)
-        if not hmac.compare_digest(_trim(session.hmac), _trim(entity.auth_value)):
-            raise self.dictionary_attack.failure(entity, number)
+        return _build_response(self, tag, code, result, ctx)
 
     @property
     def dictionary_attack(self) -> Any:
@@ -317,26 +313,6 @@ class Tpm:
 
     def random(self, n: int) -> bytes:
         return secrets.token_bytes(n)
-
-
-def _trim(value: bytes) -> bytes:
-    return value.rstrip(b"\x00")
-
-
-def _check_password_session(session: Session, number: int) -> None:
-    forbidden = TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | TPMA_SESSION.AUDIT
-    forbidden |= TPMA_SESSION.AUDIT_EXCLUSIVE | TPMA_SESSION.AUDIT_RESET
-    if session.attributes & forbidden:
-        raise TpmError(RC.ATTRIBUTES, session=number)
-    if session.nonce:
-        raise TpmError(RC.NONCE, session=number)
-
-
-def _check_extra_session(session: Session, number: int) -> None:
-    """Sessions beyond the authorizing ones (audit/encryption) need HMAC sessions; none exist yet."""
-    if session.handle == RH.PW:
-        raise TpmError(RC.VALUE, session=number)
-    raise TpmError(RC.REFERENCE_S0 + number - 1)
 
 
 def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
@@ -385,14 +361,11 @@ def _error_response(code: int) -> bytes:
     return ST.NO_SESSIONS.to_bytes(2, "big") + HEADER_SIZE.to_bytes(4, "big") + code.to_bytes(4, "big")
 
 
-def _build_response(tag: int, result: Response, sessions: list[Session]) -> bytes:
+def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: AuthContext) -> bytes:
     body = b"".join(h.to_bytes(4, "big") for h in result.handles)
     if tag == ST.SESSIONS:
-        body += len(result.params).to_bytes(4, "big") + result.params
-        for session in sessions:
-            # password sessions: empty nonce, continueSession set, empty HMAC
-            attributes = session.attributes | TPMA_SESSION.CONTINUE_SESSION
-            body += b"\x00\x00" + bytes([attributes]) + b"\x00\x00"
+        params, area = respond(tpm, ctx, code, result.params)
+        body += len(params).to_bytes(4, "big") + params + area
     else:
         body += result.params
     size = HEADER_SIZE + len(body)

@@ -216,6 +216,7 @@ class Volatile:
     null_proof: bytes = field(default_factory=lambda: secrets.token_bytes(PROOF_SIZE))
     null_seed: bytes = field(default_factory=lambda: secrets.token_bytes(SEED_SIZE))
     objects: dict[int, Any] = field(default_factory=dict)  # transient handles -> loaded objects/sequences
+    sessions: dict[int, Any] = field(default_factory=dict)  # session handles -> AuthSession
     clock_rate: int = 1_000_000  # millionths: ClockRateAdjust moves it
     lockout_auth_failed_ms: int | None = None
     da_last_decrement_ms: int = 0

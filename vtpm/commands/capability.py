@@ -213,6 +213,8 @@ def handles_of_type(tpm: Tpm, kind: int) -> list[int]:
         return sorted(PERMANENT_HANDLES)
     if kind == HT.TRANSIENT:
         return sorted(tpm.volatile.objects)
+    if kind in (HT.HMAC_SESSION, HT.POLICY_SESSION):
+        return sorted(h for h in tpm.volatile.sessions if h >> 24 == kind)
     if kind == HT.PERSISTENT:
         return sorted(getattr(tpm.state, "persistent", {}) or {})
     return []

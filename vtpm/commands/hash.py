@@ -67,7 +67,11 @@ def _check_hierarchy(tpm: Tpm, hierarchy: int, param: int) -> None:
         raise TpmError(RC.HIERARCHY, param=param)
 
 
-@command(CC.Hash, params=[("data", TPM2B_MAX_BUFFER), ("hashAlg", TPMI_ALG_HASH), ("hierarchy", TPMI_RH_HIERARCHY_NULL)])
+@command(
+    CC.Hash,
+    params=[("data", TPM2B_MAX_BUFFER), ("hashAlg", TPMI_ALG_HASH), ("hierarchy", TPMI_RH_HIERARCHY_NULL)],
+    response_tpm2b=True,
+)
 def hash_command(tpm: Tpm, cmd: Command) -> Response:
     p = cmd.params
     _check_hierarchy(tpm, p.hierarchy, 3)
@@ -126,6 +130,7 @@ def sequence_update(tpm: Tpm, cmd: Command) -> Response:
     CC.SequenceComplete,
     handles=[SEQUENCE],
     params=[("buffer", TPM2B_MAX_BUFFER), ("hierarchy", TPMI_RH_HIERARCHY_NULL)],
+    response_tpm2b=True,
 )
 def sequence_complete(tpm: Tpm, cmd: Command) -> Response:
     sequence = _sequence(tpm, cmd.handles[0], 1)

@@ -44,7 +44,13 @@ def _index(tpm: Tpm, handle: int) -> NvIndex:
 @entity_resolver(HT.NV_INDEX)
 def nv_entity(tpm: Tpm, handle: int) -> Entity:
     index = _index(tpm, handle)
-    return Entity(index.auth_value, da_protected=not index.has(TPMA_NV.NO_DA))
+    return Entity(
+        index.auth_value,
+        da_protected=not index.has(TPMA_NV.NO_DA),
+        name=index.name,
+        auth_policy=index.auth_policy,
+        auth_policy_alg=index.name_alg,
+    )
 
 
 def _session_is_policy(cmd: Command) -> bool:
@@ -181,7 +187,7 @@ def nv_undefine_space_special(tpm: Tpm, cmd: Command) -> Response:
     return Response()
 
 
-@command(CC.NV_ReadPublic, handles=[NV_INDEX])
+@command(CC.NV_ReadPublic, handles=[NV_INDEX], response_tpm2b=True)
 def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
     index = _index(tpm, cmd.handles[0])
     public = {
@@ -288,7 +294,7 @@ def nv_change_auth(tpm: Tpm, cmd: Command) -> Response:
 # ----------------------------------------------------------------------------- read side
 
 
-@command(CC.NV_Read, handles=[NV_AUTH, NV_INDEX], params=[("size", U16), ("offset", U16)])
+@command(CC.NV_Read, handles=[NV_AUTH, NV_INDEX], params=[("size", U16), ("offset", U16)], response_tpm2b=True)
 def nv_read(tpm: Tpm, cmd: Command) -> Response:
     index = _index(tpm, cmd.handles[1])
     check_read_access(tpm, cmd, cmd.handles[0], index)

@@ -9,7 +9,7 @@ from vtpm.marshal.primitives import U16
 from vtpm.marshal.structures import TPM2B_DIGEST, Tpm2b
 
 
-@command(CC.GetRandom, params=[("bytesRequested", U16)])
+@command(CC.GetRandom, params=[("bytesRequested", U16)], response_tpm2b=True)
 def get_random(tpm: Tpm, cmd: Command) -> Response:
     # The TPM returns at most one digest's worth (TPM2B_DIGEST), as the spec allows.
     count = min(cmd.params.bytesRequested, MAX_DIGEST)

@@ -99,6 +99,6 @@ def incremental_self_test(tpm: Tpm, cmd: Command) -> Response:
     return Response(params=(0).to_bytes(4, "big"))
 
 
-@command(CC.GetTestResult)
+@command(CC.GetTestResult, response_tpm2b=True)
 def get_test_result(tpm: Tpm, cmd: Command) -> Response:
     return Response(params=(0).to_bytes(2, "big") + RC.SUCCESS.to_bytes(4, "big"))

@@ -1,0 +1,268 @@
+"""The authorization area of a command and its response (Part 1 19, Part 3 5.6-5.8).
+
+``authorize`` checks every session of a command (password, HMAC or policy),
+applies dictionary-attack rules and decrypts the first parameter when a
+session asks for it; ``respond`` encrypts the first response parameter and
+builds the response authorization area with fresh nonces.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vtpm.constants import HT, RC, RH, TPMA_SESSION
+from vtpm.errors import TpmError
+from vtpm.sessions import (
+    AuthSession,
+    bind_value,
+    check_hmac,
+    cp_hash,
+    crypt_parameter,
+    rp_hash,
+    session_hmac,
+)
+
+if TYPE_CHECKING:
+    from vtpm.engine import CommandSpec, Entity, HandleSpec, Session, Tpm
+
+AUDIT_FLAGS = TPMA_SESSION.AUDIT | TPMA_SESSION.AUDIT_EXCLUSIVE | TPMA_SESSION.AUDIT_RESET
+
+
+@dataclass
+class SessionUse:
+    """One session of this command and what it authorizes."""
+
+    number: int
+    wire: "Session"
+    session: AuthSession | None  # None for a password session
+    entity: "Entity | None"
+    hspec: "HandleSpec | None"
+    handle: int | None = None  # the handle this session authorizes
+    include_auth: bool = False  # decided at command time, used again for the response
+
+    @property
+    def attributes(self) -> int:
+        return self.wire.attributes
+
+    def includes_auth_value(self) -> bool:
+        if self.entity is None or self.session is None:
+            return False
+        if self.session.is_policy:
+            return self.session.needs_auth_value
+        bound = self.session.bound_entity
+        return not (bound and hmac.compare_digest(bound, bind_value(self.entity.name, self.entity.auth_value)))
+
+    def session_value(self) -> bytes:
+        """sessionKey || authValue, the key for parameter encryption (Part 1 21.1)."""
+        assert self.session is not None
+        auth = self.entity.auth_value.rstrip(b"\x00") if self.entity is not None and self.include_auth else b""
+        return self.session.session_key + auth
+
+
+@dataclass
+class AuthContext:
+    uses: list[SessionUse] = field(default_factory=list)
+    decrypt: SessionUse | None = None
+    encrypt: SessionUse | None = None
+
+
+def _extra_nonces(ctx: AuthContext, use: SessionUse) -> bytes:
+    """nonceTPM of the decrypt/encrypt sessions, added to the HMAC of session 1 only."""
+    if use.number != 1:
+        return b""
+    extra = b""
+    if ctx.decrypt is not None and ctx.decrypt.number != 1 and ctx.decrypt.session is not None:
+        extra += ctx.decrypt.session.nonce_tpm
+    if (ctx.encrypt is not None and ctx.encrypt.number != 1 and ctx.encrypt is not ctx.decrypt
+            and ctx.encrypt.session is not None):
+        extra += ctx.encrypt.session.nonce_tpm
+    return extra
+
+
+def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], entities: dict[int, "Entity"],
+              sessions: list["Session"], raw_params: bytes, auth_handles: list[int]) -> tuple[AuthContext, bytes]:
+    """Check all sessions; return the context and the (possibly decrypted) parameter bytes."""
+    from vtpm.engine import Auth
+
+    ctx = AuthContext()
+    loaded = tpm.volatile.sessions
+    seen: set[int] = set()
+    for number, wire in enumerate(sessions, 1):
+        index = auth_handles[number - 1] if number <= len(auth_handles) else None
+        entity = entities[index + 1] if index is not None else None
+        hspec = spec.handles[index] if index is not None else None
+        handle = handles[index] if index is not None else None
+        if wire.handle == RH.PW:
+            if entity is None:
+                raise TpmError(RC.VALUE, session=number)
+            use = SessionUse(number, wire, None, entity, hspec, handle)
+        else:
+            session = loaded.get(wire.handle)
+            if session is None:
+                raise TpmError(RC.REFERENCE_S0 + number - 1)
+            if wire.handle in seen:
+                raise TpmError(RC.HANDLE, session=number)
+            if wire.attributes & AUDIT_FLAGS:
+                raise TpmError(RC.ATTRIBUTES, session=number)  # audit sessions are not supported
+            use = SessionUse(number, wire, session, entity, hspec, handle)
+            use.include_auth = use.includes_auth_value()
+        seen.add(wire.handle)
+        ctx.uses.append(use)
+        if wire.attributes & TPMA_SESSION.DECRYPT:
+            if ctx.decrypt is not None or not _first_is_tpm2b(spec):
+                raise TpmError(RC.ATTRIBUTES, session=number)
+            ctx.decrypt = use
+        if wire.attributes & TPMA_SESSION.ENCRYPT:
+            if ctx.encrypt is not None or not spec.response_tpm2b:
+                raise TpmError(RC.ATTRIBUTES, session=number)
+            ctx.encrypt = use
+
+    names = [entities[i].name for i in range(1, len(handles) + 1)]
+    hashes: dict[int, bytes] = {}
+
+    def command_hash(alg: int) -> bytes:
+        if alg not in hashes:
+            hashes[alg] = cp_hash(alg, code, names, raw_params)
+        return hashes[alg]
+
+    for use in ctx.uses:
+        if use.session is None:
+            _check_password(tpm, use)
+            continue
+        session = use.session
+        if use.entity is not None and use.hspec is not None and use.hspec.auth in (Auth.ADMIN, Auth.DUP):
+            if not session.is_policy:
+                raise TpmError(RC.AUTH_TYPE, session=use.number)
+        if session.is_policy and use.entity is not None:
+            _check_policy(tpm, use, code, command_hash(session.auth_hash))
+        if session.is_trial:
+            raise TpmError(RC.ATTRIBUTES, session=use.number)
+        if session.is_policy and session.needs_password and use.entity is not None:
+            _check_password(tpm, use)
+            continue
+        if use.entity is not None:
+            tpm.dictionary_attack.check_allowed(use.entity)
+        auth_value = use.entity.auth_value.rstrip(b"\x00") if use.include_auth and use.entity else b""
+        expected = session_hmac(session, auth_value, command_hash(session.auth_hash), use.wire.nonce,
+                                session.nonce_tpm, _extra_nonces(ctx, use), use.attributes, not use.wire.hmac)
+        if not check_hmac(expected, use.wire.hmac):
+            if use.entity is None:
+                raise TpmError(RC.AUTH_FAIL, session=use.number)
+            raise tpm.dictionary_attack.failure(use.entity, use.number)
+        session.nonce_caller = use.wire.nonce
+
+    for use in ctx.uses:
+        if use.session is not None:
+            use.session.nonce_caller = use.wire.nonce
+    if ctx.decrypt is not None and ctx.decrypt.session is not None:
+        raw_params = _crypt_first(ctx.decrypt, raw_params, encrypt=False)
+    return ctx, raw_params
+
+
+def _first_is_tpm2b(spec: "CommandSpec") -> bool:
+    from vtpm.marshal.primitives import Tpm2b, Tpm2bStruct
+
+    return bool(spec.params) and isinstance(spec.params[0][1], (Tpm2b, Tpm2bStruct))
+
+
+def _crypt_first(use: SessionUse, params: bytes, *, encrypt: bool) -> bytes:
+    """En/decrypt the data of the first (TPM2B) parameter in place."""
+    if len(params) < 2:
+        raise TpmError(RC.SIZE)
+    size = int.from_bytes(params[:2], "big")
+    if len(params) < 2 + size:
+        raise TpmError(RC.SIZE)
+    session = use.session
+    assert session is not None
+    if encrypt:  # response: nonceNewer = new nonceTPM, nonceOlder = nonceCaller
+        newer, older = session.nonce_tpm, session.nonce_caller
+    else:
+        newer, older = use.wire.nonce, session.nonce_tpm
+    data = crypt_parameter(session, use.session_value(), newer, older, params[2 : 2 + size], encrypt)
+    return params[:2] + data + params[2 + size :]
+
+
+def _check_password(tpm: "Tpm", use: SessionUse) -> None:
+    wire = use.wire
+    forbidden = TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | AUDIT_FLAGS
+    if use.session is None:
+        if wire.attributes & forbidden:
+            raise TpmError(RC.ATTRIBUTES, session=use.number)
+        if wire.nonce:
+            raise TpmError(RC.NONCE, session=use.number)
+    entity = use.entity
+    assert entity is not None
+    tpm.dictionary_attack.check_allowed(entity)
+    if not hmac.compare_digest(wire.hmac.rstrip(b"\x00"), entity.auth_value.rstrip(b"\x00")):
+        raise tpm.dictionary_attack.failure(entity, use.number)
+
+
+def _check_policy(tpm: "Tpm", use: SessionUse, code: int, command_cp_hash: bytes) -> None:
+    session, entity = use.session, use.entity
+    assert session is not None and entity is not None
+    if session.is_trial:
+        raise TpmError(RC.ATTRIBUTES, session=use.number)
+    if not entity.auth_policy or entity.auth_policy_alg != session.auth_hash:
+        raise TpmError(RC.POLICY_FAIL, session=use.number)
+    if not hmac.compare_digest(session.policy_digest, entity.auth_policy):
+        raise TpmError(RC.POLICY_FAIL, session=use.number)
+    if session.command_code is not None and session.command_code != code:
+        raise TpmError(RC.POLICY_CC, session=use.number)
+    if session.cp_hash is not None and session.cp_hash != command_cp_hash:
+        raise TpmError(RC.POLICY_FAIL, session=use.number)
+    if session.locality is not None and not session.locality & (1 << tpm.locality if tpm.locality < 5 else 0):
+        raise TpmError(RC.LOCALITY)
+    if session.expiration_ms is not None and tpm.now_ms() > session.expiration_ms:
+        raise TpmError(RC.EXPIRED, session=use.number)
+    if session.pcr_counter is not None and session.pcr_counter != tpm.volatile.pcr_update_counter:
+        raise TpmError(RC.PCR_CHANGED, session=use.number)
+
+
+def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes) -> tuple[bytes, bytes]:
+    """Encrypt the first response parameter if asked; return (params, response auth area)."""
+    for use in ctx.uses:
+        if use.session is not None:
+            use.session.nonce_tpm = tpm.random(len(use.session.nonce_tpm))
+    if ctx.encrypt is not None and ctx.encrypt.session is not None:
+        params = _crypt_first(ctx.encrypt, params, encrypt=True)
+    hashes: dict[int, bytes] = {}
+    area = b""
+    for use in ctx.uses:
+        attributes = use.attributes
+        if use.session is None:
+            area += b"\x00\x00" + bytes([attributes | TPMA_SESSION.CONTINUE_SESSION]) + b"\x00\x00"
+            continue
+        session = use.session
+        alg = session.auth_hash
+        if alg not in hashes:
+            hashes[alg] = rp_hash(alg, code, params)
+        auth_value = _current_auth(tpm, use) if use.include_auth else b""
+        if session.is_policy and session.needs_password:
+            auth_value = b""
+        mac = session_hmac(session, auth_value, hashes[alg], session.nonce_tpm, use.wire.nonce,
+                           b"", attributes, not use.wire.hmac)
+        area += len(session.nonce_tpm).to_bytes(2, "big") + session.nonce_tpm + bytes([attributes])
+        area += len(mac).to_bytes(2, "big") + mac
+        if not attributes & TPMA_SESSION.CONTINUE_SESSION:
+            tpm.volatile.sessions.pop(use.wire.handle, None)
+        elif session.is_policy and use.entity is not None:
+            session.reset_policy()
+    return params, area
+
+
+def _current_auth(tpm: "Tpm", use: SessionUse) -> bytes:
+    """The entity's auth value after the command: a changed auth (HierarchyChangeAuth,
+    NV_ChangeAuth) keys the response HMAC with the new value, as Part 1 19.6.5 requires."""
+    from vtpm.engine import ENTITY_RESOLVERS
+
+    assert use.entity is not None and use.handle is not None
+    try:
+        return ENTITY_RESOLVERS[use.handle >> 24](tpm, use.handle).auth_value.rstrip(b"\x00")
+    except TpmError:  # the entity is gone (e.g. undefined by this command)
+        return use.entity.auth_value.rstrip(b"\x00")
+
+
+def session_kind_matches(handle: int, session: AuthSession) -> bool:
+    return (handle >> 24 == HT.POLICY_SESSION) == session.is_policy

@@ -1,0 +1,142 @@
+"""Authorization sessions (Part 1, section 19): HMAC, policy and trial sessions.
+
+Session keys, command/response HMACs and parameter encryption (AES-CFB and
+XOR obfuscation) follow Part 1 exactly, so TSS stacks (tpm2-tss ESAPI) can
+use them unmodified. The engine calls into this module; command handlers
+never see sessions.
+"""
+
+from __future__ import annotations
+
+import hmac as hmac_mod
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from vtpm.constants import ALG, HT, RC, TPMA_SESSION
+from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
+from vtpm.errors import TpmError
+
+MAX_ACTIVE_SESSIONS = 64
+MAX_LOADED_SESSIONS = 3 * 8
+
+
+class SessionType:
+    HMAC = 0x00
+    POLICY = 0x01
+    TRIAL = 0x03
+
+
+@dataclass
+class SymDef:
+    algorithm: int = ALG.NULL
+    key_bits: int = 0
+    mode: int = ALG.NULL  # for XOR: the hash algorithm
+
+
+@dataclass
+class AuthSession:
+    """An HMAC or policy session held by the TPM."""
+
+    handle: int
+    session_type: int
+    auth_hash: int
+    session_key: bytes = field(repr=False)
+    nonce_tpm: bytes
+    symmetric: SymDef
+    bound_entity: bytes = b""  # name+authValue digest of the bind entity, b"" when unbound
+    policy_digest: bytes = b""
+    # policy-session flags (set by policy commands)
+    needs_auth_value: bool = False
+    needs_password: bool = False
+    command_code: int | None = None
+    cp_hash: bytes | None = None
+    name_hash: bytes | None = None
+    locality: int | None = None
+    is_trial: bool = False
+    nonce_caller: bytes = b""
+    start_nonce_tpm: bytes = b""
+    expiration_ms: int | None = None
+    pcr_counter: int | None = None
+
+    @property
+    def is_policy(self) -> bool:
+        return self.session_type in (SessionType.POLICY, SessionType.TRIAL)
+
+    def reset_policy(self) -> None:
+        self.policy_digest = bytes(HASHES[self.auth_hash].size)
+        self.needs_auth_value = self.needs_password = False
+        self.command_code = self.cp_hash = self.name_hash = self.locality = None
+        self.expiration_ms = self.pcr_counter = None
+
+
+def bind_value(name: bytes, auth_value: bytes) -> bytes:
+    """What a bound session remembers about its entity (a digest; never the auth value itself)."""
+    return digest(ALG.SHA256, b"bind", name, auth_value.rstrip(b"\x00"))
+
+
+def session_key(auth_hash: int, bind_auth: bytes, salt: bytes, nonce_tpm: bytes, nonce_caller: bytes) -> bytes:
+    """sessionKey = KDFa(authHash, bind.authValue || salt, "ATH", nonceTPM, nonceCaller, digest bits)."""
+    secret = bind_auth + salt
+    if not secret:
+        return b""
+    return kdfa(auth_hash, secret, b"ATH", nonce_tpm, nonce_caller, HASHES[auth_hash].size * 8)
+
+
+def cp_hash(alg: int, command_code: int, names: list[bytes], params: bytes) -> bytes:
+    return digest(alg, command_code.to_bytes(4, "big"), *names, params)
+
+
+def rp_hash(alg: int, command_code: int, params: bytes) -> bytes:
+    return digest(alg, (0).to_bytes(4, "big"), command_code.to_bytes(4, "big"), params)
+
+
+def session_hmac(session: AuthSession, auth_value: bytes, p_hash: bytes, nonce_newer: bytes, nonce_older: bytes,
+                 extra_nonces: bytes, attributes: int, caller_hmac_empty: bool) -> bytes:
+    """The session HMAC of Part 1 19.6.5.
+
+    With an empty key and an empty HMAC from the caller the HMAC is empty, as
+    the reference implementation and libtpms do; otherwise it is computed.
+    """
+    key = session.session_key + auth_value
+    if not key and caller_hmac_empty:
+        return b""
+    return hmac_digest(session.auth_hash, key, p_hash, nonce_newer, nonce_older, extra_nonces, bytes([attributes]))
+
+
+def check_hmac(expected: bytes, provided: bytes) -> bool:
+    return hmac_mod.compare_digest(expected, provided)
+
+
+# ----------------------------------------------------------------------------- parameter encryption
+
+
+def _cfb(session: AuthSession, session_value: bytes, nonce_newer: bytes, nonce_older: bytes, data: bytes,
+         encrypt: bool) -> bytes:
+    key_bytes = session.symmetric.key_bits // 8
+    material = kdfa(session.auth_hash, session_value, b"CFB", nonce_newer, nonce_older, (key_bytes + 16) * 8)
+    cipher = Cipher(algorithms.AES(material[:key_bytes]), modes.CFB(material[key_bytes:]))
+    ctx = cipher.encryptor() if encrypt else cipher.decryptor()
+    return ctx.update(data) + ctx.finalize()
+
+
+def _xor(session: AuthSession, session_value: bytes, nonce_newer: bytes, nonce_older: bytes, data: bytes) -> bytes:
+    mask = kdfa(session.symmetric.mode, session_value, b"XOR", nonce_newer, nonce_older, len(data) * 8)
+    return bytes(a ^ b for a, b in zip(data, mask))
+
+
+def crypt_parameter(session: AuthSession, session_value: bytes, nonce_newer: bytes, nonce_older: bytes,
+                    data: bytes, encrypt: bool) -> bytes:
+    """Encrypt or decrypt the data bytes of a TPM2B parameter under ``session``."""
+    if session.symmetric.algorithm == ALG.AES:
+        return _cfb(session, session_value, nonce_newer, nonce_older, data, encrypt)
+    if session.symmetric.algorithm == ALG.XOR:
+        return _xor(session, session_value, nonce_newer, nonce_older, data)
+    raise TpmError(RC.SYMMETRIC)
+
+
+def is_session_handle(handle: int) -> bool:
+    return handle >> 24 in (HT.HMAC_SESSION, HT.POLICY_SESSION)
+
+
+ENCRYPT_FLAGS = TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT
