@@ -11,7 +11,12 @@ from __future__ import annotations
 import hmac as hmac_mod
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+try:  # cryptography >= 47 keeps CFB among the "decrepit" modes
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:  # pragma: no cover - older cryptography
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from vtpm.constants import ALG, HT, RC, TPMA_SESSION
 from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
@@ -115,7 +120,7 @@ def _cfb(session: AuthSession, session_value: bytes, nonce_newer: bytes, nonce_o
          encrypt: bool) -> bytes:
     key_bytes = session.symmetric.key_bits // 8
     material = kdfa(session.auth_hash, session_value, b"CFB", nonce_newer, nonce_older, (key_bytes + 16) * 8)
-    cipher = Cipher(algorithms.AES(material[:key_bytes]), modes.CFB(material[key_bytes:]))
+    cipher = Cipher(algorithms.AES(material[:key_bytes]), CFB(material[key_bytes:]))
     ctx = cipher.encryptor() if encrypt else cipher.decryptor()
     return ctx.update(data) + ctx.finalize()
 

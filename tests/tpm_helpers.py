@@ -1,0 +1,459 @@
+"""Raw TPM 2.0 over TCP: start swtpm or a served vTPM, build commands, send them, read responses.
+
+Commands are built byte by byte from the layouts in TPM 2.0 Part 3 (header,
+handle area, authorization area, parameters) so that both TPMs see exactly
+the same bytes. Only loopback addresses are used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# ----------------------------------------------------------------------------- constants (Part 2)
+
+TPM_ST_NO_SESSIONS = 0x8001
+TPM_ST_SESSIONS = 0x8002
+
+TPM_SU_CLEAR = 0x0000
+TPM_SU_STATE = 0x0001
+
+TPM_RH_OWNER = 0x40000001
+TPM_RH_NULL = 0x40000007
+TPM_RS_PW = 0x40000009
+TPM_RH_ENDORSEMENT = 0x4000000B
+TPM_RH_PLATFORM = 0x4000000C
+
+TPM_ALG_SHA1 = 0x0004
+TPM_ALG_SHA256 = 0x000B
+TPM_ALG_SHA384 = 0x000C
+TPM_ALG_SHA512 = 0x000D
+TPM_ALG_NULL = 0x0010
+TPM_ALG_SM3_256 = 0x0012
+DIGEST_SIZES = {TPM_ALG_SHA1: 20, TPM_ALG_SHA256: 32, TPM_ALG_SHA384: 48, TPM_ALG_SHA512: 64}
+HASH_NAMES = {TPM_ALG_SHA1: "sha1", TPM_ALG_SHA256: "sha256", TPM_ALG_SHA384: "sha384", TPM_ALG_SHA512: "sha512"}
+
+TPM_CAP_ALGS = 0x00000000
+TPM_CAP_HANDLES = 0x00000001
+TPM_CAP_COMMANDS = 0x00000002
+TPM_CAP_PCRS = 0x00000005
+TPM_CAP_TPM_PROPERTIES = 0x00000006
+TPM_CAP_PCR_PROPERTIES = 0x00000007
+
+TPMA_SESSION_CONTINUE = 0x01
+
+# TPMA_NV bits
+TPMA_NV_PPWRITE = 0x00000001
+TPMA_NV_OWNERWRITE = 0x00000002
+TPMA_NV_AUTHWRITE = 0x00000004
+TPMA_NV_POLICYWRITE = 0x00000008
+TPM_NT_ORDINARY = 0x0 << 4
+TPM_NT_COUNTER = 0x1 << 4
+TPM_NT_BITS = 0x2 << 4
+TPM_NT_EXTEND = 0x4 << 4
+TPMA_NV_WRITEALL = 0x00001000
+TPMA_NV_PPREAD = 0x00010000
+TPMA_NV_OWNERREAD = 0x00020000
+TPMA_NV_AUTHREAD = 0x00040000
+TPMA_NV_NO_DA = 0x02000000
+TPMA_NV_ORDERLY = 0x04000000
+TPMA_NV_WRITTEN = 0x20000000
+
+CC = {
+    "NV_UndefineSpace": 0x00000122,
+    "NV_DefineSpace": 0x0000012A,
+    "PCR_Allocate": 0x0000012B,
+    "Startup": 0x00000144,
+    "Shutdown": 0x00000145,
+    "NV_Read": 0x0000014E,
+    "NV_ReadPublic": 0x00000169,
+    "NV_Write": 0x00000137,
+    "NV_Increment": 0x00000134,
+    "NV_SetBits": 0x00000135,
+    "NV_Extend": 0x00000136,
+    "PCR_Extend": 0x00000182,
+    "PCR_Reset": 0x0000013D,
+    "PCR_Read": 0x0000017E,
+    "GetCapability": 0x0000017A,
+    "GetRandom": 0x0000017B,
+    "Hash": 0x0000017D,
+}
+
+# Response codes (Part 2, 6.6), for readable messages only
+RC_NAMES = {
+    0x000: "TPM_RC_SUCCESS", 0x01E: "TPM_RC_BAD_TAG", 0x100: "TPM_RC_INITIALIZE", 0x101: "TPM_RC_FAILURE",
+    0x107: "TPM_RC_LOCALITY", 0x081: "TPM_RC_ATTRIBUTES", 0x083: "TPM_RC_HASH", 0x084: "TPM_RC_VALUE",
+    0x085: "TPM_RC_HIERARCHY", 0x08B: "TPM_RC_HANDLE", 0x08E: "TPM_RC_AUTH_FAIL", 0x095: "TPM_RC_SIZE",
+    0x09A: "TPM_RC_INSUFFICIENT", 0x0A2: "TPM_RC_BAD_AUTH", 0x0A8: "TPM_RC_PCR",
+    0x121: "TPM_RC_AUTH_MISSING", 0x124: "TPM_RC_AUTH_CONTEXT", 0x142: "TPM_RC_COMMAND_SIZE",
+    0x143: "TPM_RC_COMMAND_CODE", 0x144: "TPM_RC_AUTHSIZE", 0x145: "TPM_RC_AUTH_UNAVAILABLE",
+    0x146: "TPM_RC_NV_RANGE", 0x147: "TPM_RC_NV_SIZE", 0x148: "TPM_RC_NV_LOCKED",
+    0x149: "TPM_RC_NV_AUTHORIZATION", 0x14A: "TPM_RC_NV_UNINITIALIZED", 0x14B: "TPM_RC_NV_SPACE",
+    0x14C: "TPM_RC_NV_DEFINED", 0x921: "TPM_RC_LOCKOUT",
+}
+
+
+def describe_rc(rc: int) -> str:
+    """A response code as text: base name plus the handle/parameter/session it names."""
+    if rc == 0:
+        return "TPM_RC_SUCCESS"
+    if rc & 0x80:  # format 1: bits 8-11 number, bit 6 parameter, bit 11 session
+        base = 0x080 | (rc & 0x3F)
+        number = (rc >> 8) & 0xF
+        if rc & 0x40:
+            where = f" parameter {number}"
+        elif number & 0x8:
+            where = f" session {number & 0x7}"
+        elif number:
+            where = f" handle {number}"
+        else:
+            where = ""
+        return f"{RC_NAMES.get(base, hex(base))}{where}"
+    return RC_NAMES.get(rc, f"0x{rc:03x}")
+
+
+# ----------------------------------------------------------------------------- marshalling
+
+
+def u8(value: int) -> bytes:
+    return struct.pack(">B", value)
+
+
+def u16(value: int) -> bytes:
+    return struct.pack(">H", value)
+
+
+def u32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+def u64(value: int) -> bytes:
+    return struct.pack(">Q", value)
+
+
+def tpm2b(data: bytes) -> bytes:
+    return u16(len(data)) + data
+
+
+def build_command(code: int, handles: tuple[int, ...] | list[int] = (), params: bytes = b"",
+                  auth: bytes | None = None, tag: int | None = None) -> bytes:
+    """A command: header, handle area, optional authorization area (with its size), parameters."""
+    body = b"".join(u32(h) for h in handles)
+    if auth is not None:
+        body += u32(len(auth)) + auth
+    if tag is None:
+        tag = TPM_ST_SESSIONS if auth is not None else TPM_ST_NO_SESSIONS
+    body += params
+    return u16(tag) + u32(10 + len(body)) + u32(code) + body
+
+
+def pw_session(password: bytes = b"", attributes: int = TPMA_SESSION_CONTINUE) -> bytes:
+    """One TPMS_AUTH_COMMAND for the password session TPM_RS_PW."""
+    return u32(TPM_RS_PW) + tpm2b(b"") + u8(attributes) + tpm2b(password)
+
+
+def pcr_select(pcrs: list[int] | range, size_of_select: int = 3) -> bytes:
+    bits = bytearray(size_of_select)
+    for pcr in pcrs:
+        bits[pcr // 8] |= 1 << (pcr % 8)
+    return u8(size_of_select) + bytes(bits)
+
+
+def tpml_pcr_selection(selections: list[tuple[int, list[int] | range]], size_of_select: int = 3) -> bytes:
+    return u32(len(selections)) + b"".join(u16(alg) + pcr_select(pcrs, size_of_select) for alg, pcrs in selections)
+
+
+def startup(su: int = TPM_SU_CLEAR) -> bytes:
+    return build_command(CC["Startup"], params=u16(su))
+
+
+def get_random(count: int) -> bytes:
+    return build_command(CC["GetRandom"], params=u16(count))
+
+
+def pcr_read(selections: list[tuple[int, list[int] | range]], size_of_select: int = 3) -> bytes:
+    return build_command(CC["PCR_Read"], params=tpml_pcr_selection(selections, size_of_select))
+
+
+def pcr_extend(pcr: int, digests: list[tuple[int, bytes]], password: bytes = b"",
+               attributes: int = TPMA_SESSION_CONTINUE) -> bytes:
+    values = u32(len(digests)) + b"".join(u16(alg) + value for alg, value in digests)
+    return build_command(CC["PCR_Extend"], [pcr], values, auth=pw_session(password, attributes))
+
+
+def pcr_reset(pcr: int, password: bytes = b"") -> bytes:
+    return build_command(CC["PCR_Reset"], [pcr], auth=pw_session(password))
+
+
+def get_capability(capability: int, prop: int, count: int) -> bytes:
+    return build_command(CC["GetCapability"], params=u32(capability) + u32(prop) + u32(count))
+
+
+def hash_command(data: bytes, alg: int, hierarchy: int = TPM_RH_NULL) -> bytes:
+    return build_command(CC["Hash"], params=tpm2b(data) + u16(alg) + u32(hierarchy))
+
+
+def nv_public(index: int, attributes: int, size: int, name_alg: int = TPM_ALG_SHA256, policy: bytes = b"") -> bytes:
+    """TPMS_NV_PUBLIC (without the TPM2B size)."""
+    return u32(index) + u16(name_alg) + u32(attributes) + tpm2b(policy) + u16(size)
+
+
+def nv_define_space(index: int, attributes: int, size: int, *, auth: bytes = b"", name_alg: int = TPM_ALG_SHA256,
+                    policy: bytes = b"", auth_handle: int = TPM_RH_OWNER, password: bytes = b"") -> bytes:
+    params = tpm2b(auth) + tpm2b(nv_public(index, attributes, size, name_alg, policy))
+    return build_command(CC["NV_DefineSpace"], [auth_handle], params, auth=pw_session(password))
+
+
+def nv_undefine_space(index: int, auth_handle: int = TPM_RH_OWNER, password: bytes = b"") -> bytes:
+    return build_command(CC["NV_UndefineSpace"], [auth_handle, index], auth=pw_session(password))
+
+
+def nv_read_public(index: int) -> bytes:
+    return build_command(CC["NV_ReadPublic"], [index])
+
+
+def nv_write(index: int, data: bytes, offset: int = 0, *, auth_handle: int | None = None,
+             password: bytes = b"") -> bytes:
+    return build_command(CC["NV_Write"], [auth_handle or index, index], tpm2b(data) + u16(offset),
+                         auth=pw_session(password))
+
+
+def nv_read(index: int, size: int, offset: int = 0, *, auth_handle: int | None = None,
+            password: bytes = b"") -> bytes:
+    return build_command(CC["NV_Read"], [auth_handle or index, index], u16(size) + u16(offset),
+                         auth=pw_session(password))
+
+
+def nv_increment(index: int, *, auth_handle: int | None = None, password: bytes = b"") -> bytes:
+    return build_command(CC["NV_Increment"], [auth_handle or index, index], auth=pw_session(password))
+
+
+def nv_set_bits(index: int, bits: int, *, auth_handle: int | None = None, password: bytes = b"") -> bytes:
+    return build_command(CC["NV_SetBits"], [auth_handle or index, index], u64(bits), auth=pw_session(password))
+
+
+def nv_extend(index: int, data: bytes, *, auth_handle: int | None = None, password: bytes = b"") -> bytes:
+    return build_command(CC["NV_Extend"], [auth_handle or index, index], tpm2b(data), auth=pw_session(password))
+
+
+def response_code(response: bytes) -> int:
+    return int.from_bytes(response[6:10], "big") if len(response) >= 10 else -1
+
+
+# ----------------------------------------------------------------------------- connections
+
+
+class NoResponse(Exception):
+    """The server closed the connection or sent nothing in time instead of a response."""
+
+
+class TpmConnection:
+    """A persistent TCP connection to a TPM data port: one response per command."""
+
+    def __init__(self, port: int, host: str = HOST, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _recv_exact(self, n: int) -> bytes:
+        parts, left = [], n
+        while left:
+            try:
+                chunk = self.sock.recv(left)
+            except socket.timeout:
+                raise NoResponse("no response before the timeout") from None
+            except OSError as exc:
+                raise NoResponse(f"connection error: {exc}") from None
+            if not chunk:
+                raise NoResponse("connection closed by the server")
+            parts.append(chunk)
+            left -= len(chunk)
+        return b"".join(parts)
+
+    def transact(self, command: bytes) -> bytes:
+        try:
+            self.sock.sendall(command)
+        except OSError as exc:
+            raise NoResponse(f"send failed: {exc}") from None
+        header = self._recv_exact(10)
+        size = int.from_bytes(header[2:6], "big")
+        if size < 10:
+            raise NoResponse(f"malformed response header {header.hex()}")
+        return header + self._recv_exact(size - 10)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> "TpmConnection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def _port_pair_free(port: int) -> bool:
+    for p in (port, port + 1):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, p))
+            except OSError:
+                return False
+    return True
+
+
+def free_port_pair() -> int:
+    """A port P such that P and P+1 are both free on the loopback address right now."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port < 65535 and _port_pair_free(port):
+            return port
+    raise ServerError("could not find two adjacent free TCP ports on 127.0.0.1")
+
+
+@dataclass
+class TpmServer:
+    """A running TPM server process (swtpm or our vTPM) with a TCP data port and control port + 1."""
+
+    name: str
+    proc: subprocess.Popen
+    port: int
+    state_dir: Path
+    log_path: Path
+    _log_file: object = field(repr=False, default=None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def connect(self, timeout: float = 10.0) -> TpmConnection:
+        return TpmConnection(self.port, timeout=timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def rss_kib(self) -> int:
+        """Resident set size from /proc/PID/status (VmRSS), in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise ServerError(f"{self.name}: no VmRSS for pid {self.pid}")
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(timeout)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return self.proc.returncode
+
+
+def _wait_until_ready(server: TpmServer, ready, timeout: float) -> bool:
+    """Poll ``ready()``; False if the process ended first (e.g. its port was taken)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            return False
+        if ready():
+            return True
+        time.sleep(0.05)
+    server.stop()
+    raise ServerError(f"{server.name} did not become ready within {timeout:.0f} s; its log:\n{server.log_text()}")
+
+
+def _port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def swtpm_path() -> str:
+    path = shutil.which("swtpm")
+    if path is None:
+        raise ServerError(
+            "swtpm is not installed (no `swtpm` on PATH): the differential tests and benchmarks need the "
+            "reference TPM; install the Debian packages swtpm and swtpm-tools"
+        )
+    return path
+
+
+def _launch(name: str, argv_for_port, state_dir: Path, ready_for, env: dict[str, str] | None = None,
+            attempts: int = 5, timeout: float = 20.0) -> TpmServer:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    last_log = ""
+    for attempt in range(attempts):
+        port = free_port_pair()
+        log_path = state_dir.parent / f"{state_dir.name}.{name}.{attempt}.log"
+        log_file = open(log_path, "wb")
+        proc = subprocess.Popen(argv_for_port(port), stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
+        server = TpmServer(name, proc, port, state_dir, log_path, log_file)
+        try:
+            if _wait_until_ready(server, lambda: ready_for(server), timeout):
+                return server
+        except BaseException:
+            server.stop()
+            raise
+        last_log = server.log_text()
+        server.stop()
+    raise ServerError(f"{name} failed to start after {attempts} attempts; last log:\n{last_log}")
+
+
+def start_swtpm(state_dir: Path) -> TpmServer:
+    """swtpm on TCP port P (data) and P+1 (control), TPM 2.0, already started with Startup(CLEAR)."""
+    binary = swtpm_path()
+
+    def argv(port: int) -> list[str]:
+        return [binary, "socket", "--tpm2",
+                "--server", f"type=tcp,port={port},bindaddr={HOST}",
+                "--ctrl", f"type=tcp,port={port + 1},bindaddr={HOST}",
+                "--tpmstate", f"dir={state_dir}",
+                "--flags", "not-need-init,startup-clear"]
+
+    return _launch("swtpm", argv, state_dir, lambda s: _port_accepts(s.port + 1))
+
+
+def start_vtpm(state_dir: Path, python: str | None = None) -> TpmServer:
+    """Our vTPM (`python -m vtpm serve`) on the swtpm protocol, already started with Startup(CLEAR)."""
+    python = python or sys.executable
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+
+    def argv(port: int) -> list[str]:
+        return [python, "-m", "vtpm", "serve", "--state", str(state_dir), "--port", str(port),
+                "--host", HOST, "--protocol", "swtpm", "--startup-clear"]
+
+    return _launch("vtpm", argv, state_dir, lambda s: "vtpm: serving on" in s.log_text(), env=env)
