@@ -1,0 +1,102 @@
+"""A VM's vTPM state, kept in the vTPM section of its ``.nvram``.
+
+For an encrypted VM the ``.nvram`` is a vmcrypt container under the VM's
+DEK (unwrapped through the key safe and the key provider); every change the
+TPM makes persistent rewrites it atomically. The EFI variable section and
+any other section are carried along unchanged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from vmcrypt import container
+from vmcrypt.atomic import write_atomic
+from vmcrypt.errors import VmError
+from vmcrypt.home import resolve_home
+from vmcrypt.keyref import DataKey
+from vmcrypt.keys import KeyManager
+from vmcrypt.nvram import Nvram
+from vmcrypt.providers.registry import ProviderRegistry
+from vmcrypt.vm import FileKind, VmFile, VmHome
+from vmcrypt.vm_encryption import Journal, read_vmx
+from vtpm.state import StateError, TpmState
+from vtpm.storage import StateStoreError
+
+
+class VmNvramStore:
+    """StateStore for ``vtpm serve --vm``: the vTPM section of the VM's (encrypted) .nvram."""
+
+    def __init__(self, home: VmHome, key: DataKey | None) -> None:
+        self.vm = home
+        self.key = key
+        self.nvram_file = VmFile(home.nvram_path, FileKind.NVRAM)
+        self._lock_fd: int | None = None
+        self._nvram: Nvram | None = None  # other sections, read once while we hold the lock
+
+    @classmethod
+    def open(cls, vmx: str | os.PathLike[str], home: str | None = None) -> "VmNvramStore":
+        vm = VmHome(vmx)
+        journal = Journal.load(vm)
+        if journal is not None:
+            raise VmError(
+                f"an interrupted '{journal.operation.value}' must finish before the vTPM can run", vm.vmx_path
+            )
+        if not vm.nvram_path.exists():
+            raise VmError("the VM has no .nvram file", vm.nvram_path)
+        keys = KeyManager(ProviderRegistry(resolve_home(home)))
+        reference = read_vmx(vm, None).reference
+        key = keys.unlock(reference) if reference is not None else None
+        store = cls(vm, key)
+        store._lock()
+        return store
+
+    def _lock(self) -> None:
+        """One server per VM: a second `vtpm serve --vm` on the same VM is refused."""
+        path = self.vm.directory / f".{self.vm.name}.vtpm.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise VmError("the vTPM of this VM is already being served", self.vm.vmx_path) from None
+        self._lock_fd = fd
+
+    def describe(self) -> str:
+        kind = "encrypted" if self.key else "unencrypted"
+        return f"{self.vm.nvram_path} (vTPM section, {kind})"
+
+    def _read_nvram(self) -> Nvram:
+        path = self.vm.nvram_path
+        if container.is_container(path):
+            if self.key is None:
+                raise VmError("the .nvram is encrypted but the VM has no key safe", path)
+            raw = container.read_file(path, self.key)
+        else:
+            if self.key is not None:
+                raise VmError("the VM is encrypted but its .nvram is not", path)
+            raw = Path(path).read_bytes()
+        return Nvram.parse(raw, str(path))
+
+    def load(self) -> TpmState | None:
+        self._nvram = self._read_nvram()
+        section = self._nvram.vtpm_state
+        if section is None:
+            return None
+        try:
+            return TpmState.from_bytes(section)
+        except StateError as exc:
+            raise StateStoreError(f"{self.vm.nvram_path}: vTPM section: {exc}") from None
+
+    def save(self, raw: bytes) -> None:
+        if self._nvram is None:
+            self._nvram = self._read_nvram()
+        nvram = self._nvram
+        nvram.vtpm_state = raw
+        data = nvram.build()
+        if self.key is None:
+            write_atomic(self.vm.nvram_path, data)
+        else:
+            container.write_file(self.vm.nvram_path, data, self.key, label=self.nvram_file.label)
