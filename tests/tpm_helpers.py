@@ -457,3 +457,21 @@ def start_vtpm(state_dir: Path, python: str | None = None) -> TpmServer:
                 "--host", HOST, "--protocol", "swtpm", "--startup-clear"]
 
     return _launch("vtpm", argv, state_dir, lambda s: "vtpm: serving on" in s.log_text(), env=env)
+
+
+# ----------------------------------------------------------------------------- control channel
+
+CTRL_SET_LOCALITY = 0x05
+
+
+def ctrl_set_locality(server: TpmServer, locality: int, timeout: float = 5.0) -> int:
+    """swtpm control channel (port P+1) CMD_SET_LOCALITY; returns its TPM 1.2-style result code."""
+    with socket.create_connection((HOST, server.port + 1), timeout=timeout) as sock:
+        sock.sendall(u32(CTRL_SET_LOCALITY) + u8(locality))
+        answer = b""
+        while len(answer) < 4:
+            chunk = sock.recv(4 - len(answer))
+            if not chunk:
+                raise NoResponse(f"{server.name}: control channel closed before answering SET_LOCALITY")
+            answer += chunk
+    return int.from_bytes(answer, "big")
