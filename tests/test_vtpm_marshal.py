@@ -86,3 +86,20 @@ def test_nv_public_with_extra_inner_bytes() -> None:
     with pytest.raises(TpmError) as info:
         parse_exact(s.TPM2B_NV_PUBLIC, (len(inner) + 1).to_bytes(2, "big") + inner + b"\x00")
     assert info.value.rc == RC.SIZE
+
+
+@given(
+    entries=st.lists(
+        st.fixed_dictionaries({"sessionHandle": u32, "nonce": digests, "sessionAttributes": st.integers(0, 255), "hmac": digests}),
+        min_size=1, max_size=3,
+    )
+)
+def test_engine_auth_area_reader_matches_the_declared_layout(entries) -> None:  # type: ignore[no-untyped-def]
+    from vtpm.engine import _parse_sessions
+
+    area = b"".join(s.TPMS_AUTH_COMMAND.build(e) for e in entries)
+    sessions, end = _parse_sessions(len(area).to_bytes(4, "big") + area, 0)
+    assert end == 4 + len(area)
+    assert [(x.handle, x.nonce, x.attributes, x.hmac) for x in sessions] == [
+        (e["sessionHandle"], e["nonce"], e["sessionAttributes"], e["hmac"]) for e in entries
+    ]

@@ -27,7 +27,11 @@ from vtpm.sessions import (
 if TYPE_CHECKING:
     from vtpm.engine import CommandSpec, Entity, HandleSpec, Session, Tpm
 
-AUDIT_FLAGS = TPMA_SESSION.AUDIT | TPMA_SESSION.AUDIT_EXCLUSIVE | TPMA_SESSION.AUDIT_RESET
+AUDIT_FLAGS = int(TPMA_SESSION.AUDIT | TPMA_SESSION.AUDIT_EXCLUSIVE | TPMA_SESSION.AUDIT_RESET)
+DECRYPT = int(TPMA_SESSION.DECRYPT)
+ENCRYPT = int(TPMA_SESSION.ENCRYPT)
+CONTINUE = int(TPMA_SESSION.CONTINUE_SESSION)
+PASSWORD_FORBIDDEN = ENCRYPT | DECRYPT | AUDIT_FLAGS
 
 
 @dataclass
@@ -52,7 +56,8 @@ class SessionUse:
         if self.session.is_policy:
             return self.session.needs_auth_value
         bound = self.session.bound_entity
-        return not (bound and hmac.compare_digest(bound, bind_value(self.entity.name, self.entity.auth_value)))
+        name = self.entity.name or (self.handle or 0).to_bytes(4, "big")
+        return not (bound and hmac.compare_digest(bound, bind_value(name, self.entity.auth_value)))
 
     def session_value(self) -> bytes:
         """sessionKey || authValue, the key for parameter encryption (Part 1 21.1)."""
@@ -110,16 +115,16 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
             use.include_auth = use.includes_auth_value()
         seen.add(wire.handle)
         ctx.uses.append(use)
-        if wire.attributes & TPMA_SESSION.DECRYPT:
+        if wire.attributes & DECRYPT:
             if ctx.decrypt is not None or not _first_is_tpm2b(spec):
                 raise TpmError(RC.ATTRIBUTES, session=number)
             ctx.decrypt = use
-        if wire.attributes & TPMA_SESSION.ENCRYPT:
+        if wire.attributes & ENCRYPT:
             if ctx.encrypt is not None or not spec.response_tpm2b:
                 raise TpmError(RC.ATTRIBUTES, session=number)
             ctx.encrypt = use
 
-    names = [entities[i].name for i in range(1, len(handles) + 1)]
+    names = [entities[i].name or handles[i - 1].to_bytes(4, "big") for i in range(1, len(handles) + 1)]
     hashes: dict[int, bytes] = {}
 
     def command_hash(alg: int) -> bytes:
@@ -186,9 +191,8 @@ def _crypt_first(use: SessionUse, params: bytes, *, encrypt: bool) -> bytes:
 
 def _check_password(tpm: "Tpm", use: SessionUse) -> None:
     wire = use.wire
-    forbidden = TPMA_SESSION.ENCRYPT | TPMA_SESSION.DECRYPT | AUDIT_FLAGS
     if use.session is None:
-        if wire.attributes & forbidden:
+        if wire.attributes & PASSWORD_FORBIDDEN:
             raise TpmError(RC.ATTRIBUTES, session=use.number)
         if wire.nonce:
             raise TpmError(RC.NONCE, session=use.number)
@@ -232,7 +236,7 @@ def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes) -> tuple[byt
     for use in ctx.uses:
         attributes = use.attributes
         if use.session is None:
-            area += b"\x00\x00" + bytes([attributes | TPMA_SESSION.CONTINUE_SESSION]) + b"\x00\x00"
+            area += b"\x00\x00" + bytes([attributes | CONTINUE]) + b"\x00\x00"
             continue
         session = use.session
         alg = session.auth_hash
@@ -245,7 +249,7 @@ def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes) -> tuple[byt
                            b"", attributes, not use.wire.hmac)
         area += len(session.nonce_tpm).to_bytes(2, "big") + session.nonce_tpm + bytes([attributes])
         area += len(mac).to_bytes(2, "big") + mac
-        if not attributes & TPMA_SESSION.CONTINUE_SESSION:
+        if not attributes & CONTINUE:
             tpm.volatile.sessions.pop(use.wire.handle, None)
         elif session.is_policy and use.entity is not None:
             session.reset_policy()

@@ -12,7 +12,6 @@ response layout; command modules only register small handlers.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import io
 import logging
@@ -25,9 +24,9 @@ from typing import Any
 import construct as cs
 
 from vtpm.authorization import AuthContext, authorize, respond
+from vtpm.crypto import MAX_DIGEST
 from vtpm.constants import CC, HT, RC, ST
 from vtpm.errors import TpmError
-from vtpm.marshal.structures import TPMS_AUTH_COMMAND
 from vtpm.state import TpmState, Volatile
 
 log = logging.getLogger(__name__)
@@ -293,8 +292,6 @@ class Tpm:
                 elif not (exc.handle or exc.param or exc.session):
                     exc.handle = number
                 raise
-            if not entity.name:
-                entity = dataclasses.replace(entity, name=handle.to_bytes(4, "big"))
             entities[number] = entity
 
         auth_handles = [i for i, h in enumerate(spec.handles) if h.auth != Auth.NONE]
@@ -316,27 +313,43 @@ class Tpm:
 
 
 def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
+    """The authorization area (TPMS_AUTH_COMMAND entries).
+
+    Every authorized command passes here, so it reads the bytes directly rather
+    than through `construct` (TPMS_AUTH_COMMAND in marshal.structures declares
+    the same layout and tests hold the two to each other).
+    """
     if len(data) < offset + 4:
         raise TpmError(RC.AUTHSIZE)
     auth_size = int.from_bytes(data[offset : offset + 4], "big")
-    offset += 4
-    end = offset + auth_size
+    start = offset + 4
+    end = start + auth_size
     if auth_size < 9 or end > len(data):
         raise TpmError(RC.AUTHSIZE)
-    stream = io.BytesIO(data[offset:end])
     sessions: list[Session] = []
-    while stream.tell() < auth_size:
-        if len(sessions) == MAX_SESSIONS:
-            raise TpmError(RC.AUTHSIZE)
+    pos = start
+    while pos < end:
         number = len(sessions) + 1
-        try:
-            parsed = TPMS_AUTH_COMMAND.parse_stream(stream)
-        except TpmError as exc:
-            exc.session = exc.session or number
-            raise
-        except cs.ConstructError:
-            raise TpmError(RC.AUTHSIZE) from None
-        sessions.append(Session(parsed.sessionHandle, parsed.nonce, parsed.sessionAttributes, parsed.hmac))
+        if number > MAX_SESSIONS or end - pos < 9:
+            raise TpmError(RC.AUTHSIZE)
+        handle = int.from_bytes(data[pos : pos + 4], "big")
+        nonce_size = int.from_bytes(data[pos + 4 : pos + 6], "big")
+        if nonce_size > MAX_DIGEST:
+            raise TpmError(RC.SIZE, session=number)
+        pos += 6
+        if pos + nonce_size + 3 > end:
+            raise TpmError(RC.AUTHSIZE)
+        nonce = data[pos : pos + nonce_size]
+        attributes = data[pos + nonce_size]
+        pos += nonce_size + 1
+        hmac_size = int.from_bytes(data[pos : pos + 2], "big")
+        if hmac_size > MAX_DIGEST:
+            raise TpmError(RC.SIZE, session=number)
+        pos += 2
+        if pos + hmac_size > end:
+            raise TpmError(RC.AUTHSIZE)
+        sessions.append(Session(handle, nonce, attributes, data[pos : pos + hmac_size]))
+        pos += hmac_size
     return sessions, end
 
 
