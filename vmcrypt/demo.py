@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,11 +98,73 @@ def run(out: Path, disk: str) -> int:
     same = before == after
     print(f"  {len(after)} files, byte-for-byte identical to before encryption: {same}")
 
+    _vtpm_step(home_dir, vm_dir)
+
     _step("result")
     print(f"  encrypted VM:    {vm_dir}")
     print(f"  management home: {home_dir}")
     print(f"  try: .venv/bin/vmcrypt --home {home_dir} describe {vm_dir} --json")
     return 0 if same else 1
+
+
+def _free_port_pair() -> int:
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
+    """Serve the VM's vTPM from its encrypted .nvram and drive it with tpm2-tools."""
+    _step("serve the VM's vTPM from its encrypted .nvram (vtpm serve --vm) and use it with tpm2-tools")
+    if shutil.which("tpm2_getrandom") is None:
+        print("  tpm2-tools are not installed; skipping (scripts/bootstrap.sh installs them)")
+        return
+    port = _free_port_pair()
+    env = {**os.environ, "VMCRYPT_HOME": str(home_dir), "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vtpm", "serve", "--vm", str(vm_dir / "demo-vm.vmx"), "--port", str(port),
+         "--startup-clear"],
+        stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            print(f"  {line.decode().rstrip()}")
+            if b"serving on" in line:
+                break
+
+        def tool(*args: str, stdin: bytes | None = None) -> str:
+            done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(args)}: {done.stderr.decode().strip()}")
+            return done.stdout.decode().strip()
+
+        print(f"  $ tpm2_getrandom --hex 16          -> {tool('tpm2_getrandom', '--hex', '16')}")
+        tool("tpm2_pcrextend", "16:sha256=" + hashlib.sha256(b"demo boot event").hexdigest())
+        pcr = tool("tpm2_pcrread", "sha256:16").splitlines()[-1].strip()
+        print(f"  $ tpm2_pcrextend 16:sha256=...; tpm2_pcrread -> {pcr}")
+        tool("tpm2_nvdefine", "0x1500016", "-C", "o", "-s", "21", "-a", "ownerread|ownerwrite")
+        tool("tpm2_nvwrite", "0x1500016", "-C", "o", "-i", "-", stdin=b"DEMO-VTPM-NV-SECRET!!")
+        print("  $ tpm2_nvdefine 0x1500016 + tpm2_nvwrite 'DEMO-VTPM-NV-SECRET!!'")
+    finally:
+        server.terminate()
+        server.wait(10)
+    nvram = (vm_dir / "demo-vm.nvram").read_bytes()
+    print(f"  .nvram is still an encrypted container: {nvram.startswith(container.MAGIC)}; "
+          f"NV secret readable in it: {b'DEMO-VTPM-NV-SECRET' in nvram}")
+    info = subprocess.run([sys.executable, "-m", "vtpm", "info", "--vm", str(vm_dir / "demo-vm.vmx")],
+                          env=env, capture_output=True, text=True, timeout=60)
+    for line in info.stdout.splitlines():
+        print(f"  {line}")
 
 
 def main() -> int:
