@@ -103,10 +103,20 @@ def test_format1_numbers(tpm: Tpm) -> None:
     # an unknown session handle: TPM_RC_REFERENCE_S0
     bogus = (0x02000123).to_bytes(4, "big") + b"\x00\x00\x01\x00\x00"
     assert rc(tpm.execute(0, cmd(CC.PCR_Reset, handles=(16,), auth=bogus))) == RC.REFERENCE_S0
-    # an authorization area that claims more bytes than there are
+    # an authorization area that claims more bytes than there are: TPM_RC_SIZE, as libtpms answers
     raw = bytearray(cmd(CC.PCR_Reset, handles=(16,), auth=pw()))
     raw[17] = 0x40
-    assert rc(tpm.execute(0, bytes(raw))) == RC.AUTHSIZE
+    assert rc(tpm.execute(0, bytes(raw))) == RC.SIZE
+    # a password session that authorizes no handle: TPM_RC_HANDLE + session 1
+    assert rc(tpm.execute(0, cmd(CC.GetRandom, b"\x00\x08", auth=pw()))) == RC.HANDLE | 0x800 | 0x100
+    # an index without AUTHREAD cannot authorize its own read: TPM_RC_AUTH_UNAVAILABLE
+    public = (0x01000077).to_bytes(4, "big") + ALG.SHA256.to_bytes(2, "big") + (0x00020002).to_bytes(4, "big") + b"\x00\x00\x00\x04"
+    body = b"\x00\x00" + len(public).to_bytes(2, "big") + public
+    assert rc(tpm.execute(0, cmd(CC.NV_DefineSpace, body, handles=(RH.OWNER,), auth=pw()))) == 0
+    read_self = cmd(CC.NV_Read, b"\x00\x04\x00\x00", handles=(0x01000077, 0x01000077), auth=pw())
+    assert rc(tpm.execute(0, read_self)) == RC.AUTH_UNAVAILABLE
+    # a truncated handle area names the handle
+    assert rc(tpm.execute(0, cmd(CC.NV_ReadPublic, b"\x01\x00"))) == RC.INSUFFICIENT | 0x100
     # PCR 0 cannot be reset from locality 0
     assert rc(tpm.execute(0, cmd(CC.PCR_Reset, handles=(0,), auth=pw()))) == RC.LOCALITY
     # PCR 20 may be reset from locality 2 only among 0-2

@@ -19,7 +19,7 @@ from vtpm.marshal.primitives import parse_exact
 
 hash_algs = st.sampled_from(sorted(HASHES))
 digests = st.binary(max_size=64)
-selections = st.builds(lambda h, sel: {"hash": h, "pcrSelect": sel}, hash_algs, st.binary(max_size=3))
+selections = st.builds(lambda h, sel: {"hash": h, "pcrSelect": sel}, hash_algs, st.binary(min_size=3, max_size=3))
 ha = hash_algs.flatmap(lambda a: st.builds(lambda d: {"hashAlg": a, "digest": d}, st.binary(min_size=HASHES[a].size, max_size=HASHES[a].size)))
 nv_public = st.fixed_dictionaries({
     "nvIndex": st.integers(0x01000000, 0x01FFFFFF),
@@ -66,6 +66,7 @@ def test_round_trip(construct, strategy, data) -> None:  # type: ignore[no-untyp
         (s.TPML_DIGEST, (9).to_bytes(4, "big"), RC.SIZE),
         (s.TPMT_HA, b"\x12\x34" + bytes(32), RC.HASH),
         (s.TPMS_PCR_SELECTION, b"\x00\x0b\x04\xff\xff\xff\xff", RC.VALUE),
+        (s.TPMS_PCR_SELECTION, b"\x00\x0b\x01\xff", RC.VALUE),  # below PCR_SELECT_MIN
         (s.TPM2B_NV_PUBLIC, b"\x00\x00", RC.SIZE),
         (s.TPM2B_NV_PUBLIC, b"\x00\x10" + bytes(16), RC.HASH),  # nameAlg 0 is checked first
         (s.TPM2B_DIGEST, b"\x00\x02\x01", None),

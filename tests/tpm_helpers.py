@@ -8,6 +8,7 @@ the same bytes. Only loopback addresses are used.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -284,7 +285,7 @@ class TpmConnection:
         while left:
             try:
                 chunk = self.sock.recv(left)
-            except socket.timeout:
+            except TimeoutError:
                 raise NoResponse("no response before the timeout") from None
             except OSError as exc:
                 raise NoResponse(f"connection error: {exc}") from None
@@ -308,12 +309,6 @@ class TpmConnection:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
-
-    def __enter__(self) -> "TpmConnection":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # ----------------------------------------------------------------------------- servers
@@ -353,7 +348,6 @@ class TpmServer:
     port: int
     state_dir: Path
     log_path: Path
-    _log_file: object = field(repr=False, default=None)
 
     @property
     def pid(self) -> int:
@@ -386,19 +380,16 @@ class TpmServer:
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.kill()
                 self.proc.wait(timeout)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
         return self.proc.returncode
 
 
 def _wait_until_ready(server: TpmServer, ready, timeout: float) -> bool:
-    """Poll ``ready()``; False if the process ended first (e.g. its port was taken)."""
+    """Poll ``ready(server)``; False if the process ended first (e.g. its port was taken)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             return False
-        if ready():
+        if ready(server):
             return True
         time.sleep(0.05)
     server.stop()
@@ -430,12 +421,12 @@ def _launch(name: str, argv_for_port, state_dir: Path, ready_for, env: dict[str,
     for attempt in range(attempts):
         port = free_port_pair()
         log_path = state_dir.parent / f"{state_dir.name}.{name}.{attempt}.log"
-        log_file = open(log_path, "wb")
-        proc = subprocess.Popen(argv_for_port(port), stdin=subprocess.DEVNULL, stdout=log_file,
-                                stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
-        server = TpmServer(name, proc, port, state_dir, log_path, log_file)
+        with open(log_path, "wb") as log_file:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv_for_port(port), stdin=subprocess.DEVNULL, stdout=log_file,
+                                    stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
+        server = TpmServer(name, proc, port, state_dir, log_path)
         try:
-            if _wait_until_ready(server, lambda: ready_for(server), timeout):
+            if _wait_until_ready(server, ready_for, timeout):
                 return server
         except BaseException:
             server.stop()
@@ -488,3 +479,46 @@ def ctrl_set_locality(server: TpmServer, locality: int, timeout: float = 5.0) ->
                 raise NoResponse(f"{server.name}: control channel closed before answering SET_LOCALITY")
             answer += chunk
     return int.from_bytes(answer, "big")
+
+
+# ----------------------------------------------------------------------------- latency measurements
+
+LATENCY_NV_INDEX = 0x01000200
+LATENCY_NV_ATTRIBUTES = TPMA_NV_OWNERWRITE | TPMA_NV_OWNERREAD | TPMA_NV_AUTHWRITE | TPMA_NV_AUTHREAD | TPMA_NV_NO_DA
+
+
+def latency_commands() -> dict[str, tuple[bytes, ...]]:
+    """The commands whose round-trip latency is measured, as the variants sent in turn.
+
+    NV_Write alternates two different payloads so that every write changes the
+    index: libtpms skips the NV store when the new data equals the stored data.
+    """
+    return {
+        "GetRandom(16)": (get_random(16),),
+        "PCR_Extend(sha256, PCR 16)": (pcr_extend(16, [(TPM_ALG_SHA256, bytes(range(32)))]),),
+        "NV_Write(32 B)": tuple(nv_write(LATENCY_NV_INDEX, bytes([fill]) * 32, auth_handle=TPM_RH_OWNER)
+                                for fill in (0x5A, 0xA5)),
+    }
+
+
+def command_sender(conn: TpmConnection, variants: tuple[bytes, ...]):
+    """A zero-argument callable sending the next variant in turn and returning its response."""
+    next_command = itertools.cycle(variants).__next__
+    transact = conn.transact
+
+    def send() -> bytes:
+        return transact(next_command())
+
+    return send
+
+
+def prepare_latency_target(conn: TpmConnection) -> None:
+    """Define the owner NV index that NV_Write goes to (32 bytes, owner password session); try every command."""
+    response = conn.transact(nv_define_space(LATENCY_NV_INDEX, LATENCY_NV_ATTRIBUTES, 32))
+    if response_code(response) not in (0x000, 0x14C):  # success or TPM_RC_NV_DEFINED
+        raise ServerError(f"NV_DefineSpace for the latency index failed: {describe_rc(response_code(response))}")
+    for name, variants in latency_commands().items():
+        for command in variants:
+            rc = response_code(conn.transact(command))
+            if rc != 0:
+                raise ServerError(f"{name} failed: {describe_rc(rc)}")

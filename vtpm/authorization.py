@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vtpm.constants import HT, RC, RH, TPMA_SESSION
@@ -100,8 +101,12 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
         hspec = spec.handles[index] if index is not None else None
         handle = handles[index] if index is not None else None
         if wire.handle == RH.PW:
-            if entity is None:
-                raise TpmError(RC.VALUE, session=number)
+            if entity is None:  # a password session must authorize a handle
+                raise TpmError(RC.HANDLE, session=number)
+            if wire.attributes & PASSWORD_FORBIDDEN:
+                raise TpmError(RC.ATTRIBUTES, session=number)
+            if wire.nonce:
+                raise TpmError(RC.NONCE, session=number)
             use = SessionUse(number, wire, None, entity, hspec, handle)
         else:
             session = loaded.get(wire.handle)
@@ -133,30 +138,12 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
         return hashes[alg]
 
     for use in ctx.uses:
-        if use.session is None:
-            _check_password(tpm, use)
-            continue
         session = use.session
-        if use.entity is not None and use.hspec is not None and use.hspec.auth in (Auth.ADMIN, Auth.DUP):
-            if not session.is_policy:
-                raise TpmError(RC.AUTH_TYPE, session=use.number)
-        if session.is_policy and use.entity is not None:
-            _check_policy(tpm, use, code, command_hash(session.auth_hash))
-        if session.is_trial:
-            raise TpmError(RC.ATTRIBUTES, session=use.number)
-        if session.is_policy and session.needs_password and use.entity is not None:
-            _check_password(tpm, use)
+        if use.entity is None:  # a session used only for encryption: its HMAC still has to match
+            assert session is not None
+            _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
             continue
-        if use.entity is not None:
-            tpm.dictionary_attack.check_allowed(use.entity)
-        auth_value = use.entity.auth_value.rstrip(b"\x00") if use.include_auth and use.entity else b""
-        expected = session_hmac(session, auth_value, command_hash(session.auth_hash), use.wire.nonce,
-                                session.nonce_tpm, _extra_nonces(ctx, use), use.attributes, not use.wire.hmac)
-        if not check_hmac(expected, use.wire.hmac):
-            if use.entity is None:
-                raise TpmError(RC.AUTH_FAIL, session=use.number)
-            raise tpm.dictionary_attack.failure(use.entity, use.number)
-        session.nonce_caller = use.wire.nonce
+        _check_authorization(tpm, ctx, use, code, command_hash)
 
     for use in ctx.uses:
         if use.session is not None:
@@ -164,6 +151,52 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
     if ctx.decrypt is not None and ctx.decrypt.session is not None:
         raw_params = _crypt_first(ctx.decrypt, raw_params, encrypt=False)
     return ctx, raw_params
+
+
+def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: int,
+                         command_hash: Callable[[int], bytes]) -> None:
+    """One authorization session, in the reference implementation's order (Part 1 19.6):
+    lockout, session kind, whether the entity's auth may be used at all, then the proof."""
+    from vtpm.engine import Auth
+
+    session, entity = use.session, use.entity
+    assert entity is not None
+    admin = use.hspec is not None and use.hspec.auth in (Auth.ADMIN, Auth.DUP)
+    if session is None:
+        auth_used = True
+    elif session.is_policy:
+        use.include_auth = session.needs_auth_value or session.needs_password
+        auth_used = use.include_auth
+    else:
+        auth_used = use.include_auth
+    if auth_used:
+        tpm.dictionary_attack.check_allowed(entity)
+    if session is None or not session.is_policy:
+        if admin:
+            raise TpmError(RC.AUTH_TYPE)
+        if entity.auth_available is not None and not entity.auth_available(code, False, admin):
+            raise TpmError(RC.AUTH_UNAVAILABLE)
+    else:
+        available = entity.auth_available(code, True, admin) if entity.auth_available else bool(entity.auth_policy)
+        if not available:
+            raise TpmError(RC.AUTH_UNAVAILABLE)
+        _check_policy(tpm, use, code, command_hash(session.auth_hash))
+    if session is None or session.needs_password:
+        _check_password(tpm, use)
+    else:
+        _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
+
+
+def _check_hmac(tpm: "Tpm", ctx: AuthContext, use: SessionUse, p_hash: bytes) -> None:
+    session = use.session
+    assert session is not None
+    auth_value = use.entity.auth_value.rstrip(b"\x00") if use.include_auth and use.entity else b""
+    expected = session_hmac(session, auth_value, p_hash, use.wire.nonce, session.nonce_tpm,
+                            _extra_nonces(ctx, use), use.attributes, not use.wire.hmac)
+    if not check_hmac(expected, use.wire.hmac):
+        if use.entity is None:
+            raise TpmError(RC.AUTH_FAIL, session=use.number)
+        raise tpm.dictionary_attack.failure(use.entity, use.number)
 
 
 def _first_is_tpm2b(spec: "CommandSpec") -> bool:
@@ -191,14 +224,8 @@ def _crypt_first(use: SessionUse, params: bytes, *, encrypt: bool) -> bytes:
 
 def _check_password(tpm: "Tpm", use: SessionUse) -> None:
     wire = use.wire
-    if use.session is None:
-        if wire.attributes & PASSWORD_FORBIDDEN:
-            raise TpmError(RC.ATTRIBUTES, session=use.number)
-        if wire.nonce:
-            raise TpmError(RC.NONCE, session=use.number)
     entity = use.entity
     assert entity is not None
-    tpm.dictionary_attack.check_allowed(entity)
     if not hmac.compare_digest(wire.hmac.rstrip(b"\x00"), entity.auth_value.rstrip(b"\x00")):
         raise tpm.dictionary_attack.failure(entity, use.number)
 

@@ -152,6 +152,8 @@ class Entity:
     name: bytes = b""
     auth_policy: bytes = b""
     auth_policy_alg: int = 0x0010  # TPM_ALG_NULL
+    # (command code, policy session?, admin role?) -> may this entity's auth be used at all?
+    auth_available: Callable[[int, bool, bool], bool] | None = None
 
 
 EntityResolver = Callable[["Tpm", int], Entity]
@@ -260,10 +262,10 @@ class Tpm:
         self.volatile.note_command(self)
 
         offset = HEADER_SIZE
-        if len(data) < offset + 4 * len(spec.handles):
-            raise TpmError(RC.INSUFFICIENT)
         handles = []
         for number, hspec in enumerate(spec.handles, 1):
+            if len(data) < offset + 4:
+                raise TpmError(RC.INSUFFICIENT, handle=number)
             handle = int.from_bytes(data[offset : offset + 4], "big")
             offset += 4
             if not hspec.accepts(handle):
@@ -313,32 +315,34 @@ class Tpm:
 
 
 def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
-    """The authorization area (TPMS_AUTH_COMMAND entries).
+    """The authorization area (TPMS_AUTH_COMMAND entries), with the reference implementation's codes.
 
     Every authorized command passes here, so it reads the bytes directly rather
     than through `construct` (TPMS_AUTH_COMMAND in marshal.structures declares
-    the same layout and tests hold the two to each other).
+    the same layout and a property test holds the two to each other).
     """
     if len(data) < offset + 4:
-        raise TpmError(RC.AUTHSIZE)
+        raise TpmError(RC.INSUFFICIENT)
     auth_size = int.from_bytes(data[offset : offset + 4], "big")
     start = offset + 4
     end = start + auth_size
     if auth_size < 9 or end > len(data):
-        raise TpmError(RC.AUTHSIZE)
+        raise TpmError(RC.SIZE)
     sessions: list[Session] = []
     pos = start
     while pos < end:
         number = len(sessions) + 1
-        if number > MAX_SESSIONS or end - pos < 9:
+        if number > MAX_SESSIONS:
             raise TpmError(RC.AUTHSIZE)
+        if end - pos < 6:
+            raise TpmError(RC.INSUFFICIENT, session=number)
         handle = int.from_bytes(data[pos : pos + 4], "big")
         nonce_size = int.from_bytes(data[pos + 4 : pos + 6], "big")
         if nonce_size > MAX_DIGEST:
             raise TpmError(RC.SIZE, session=number)
         pos += 6
         if pos + nonce_size + 3 > end:
-            raise TpmError(RC.AUTHSIZE)
+            raise TpmError(RC.INSUFFICIENT, session=number)
         nonce = data[pos : pos + nonce_size]
         attributes = data[pos + nonce_size]
         pos += nonce_size + 1
@@ -347,7 +351,7 @@ def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
             raise TpmError(RC.SIZE, session=number)
         pos += 2
         if pos + hmac_size > end:
-            raise TpmError(RC.AUTHSIZE)
+            raise TpmError(RC.INSUFFICIENT, session=number)
         sessions.append(Session(handle, nonce, attributes, data[pos : pos + hmac_size]))
         pos += hmac_size
     return sessions, end

@@ -106,6 +106,7 @@ class TpmState:
     saved: SavedState | None = None
     nv_global_locked: bool = False
     max_nv_counter: int = 0
+    pcr_group_policy: Hierarchy = field(default_factory=Hierarchy)  # authPolicy of PCRs 20-22
     total_commands: int = 0
 
     @classmethod
@@ -175,7 +176,9 @@ def _decode(body: dict[str, Any]) -> TpmState:
     body = _unhex(body)
     nv = {int(entry["index"]): NvIndex(**entry) for entry in body.pop("nv")}
     saved = body.pop("saved")
-    hierarchies = {k: Hierarchy(**body.pop(k)) for k in ("owner", "endorsement", "lockout", "platform_policy")}
+    hierarchies = {
+        k: Hierarchy(**body.pop(k)) for k in ("owner", "endorsement", "lockout", "platform_policy", "pcr_group_policy")
+    }
     state = TpmState(**body, **hierarchies, nv=nv)
     if saved is not None:
         state.saved = SavedState({int(k): v for k, v in saved["pcrs"].items()})
@@ -223,6 +226,7 @@ class Volatile:
     nv_read_locked: set[int] = field(default_factory=set)
     nv_write_locked_stclear: set[int] = field(default_factory=set)
     self_tested: set[int] = field(default_factory=set)
+    pcr_group_auth: bytes = b""  # authValue of PCRs 20-22, until the next TPM Reset
     commands_since_startup: int = 0
 
     @classmethod

@@ -186,7 +186,7 @@ def tpm_properties(tpm: Tpm) -> dict[int, int]:
 
 
 def pcr_properties() -> dict[int, int]:
-    from vtpm.commands.pcr import NO_INCREMENT, PCR_ATTRIBUTES
+    from vtpm.commands.pcr import NO_INCREMENT, PCR_ATTRIBUTES, PCR_GROUP
 
     def bitmap(predicate: Callable[[int], bool]) -> int:
         return sum(1 << i for i in range(PCR_COUNT) if predicate(i))
@@ -197,8 +197,8 @@ def pcr_properties() -> dict[int, int]:
         props[PT_PCR.RESET_L0 + 2 * locality] = bitmap(lambda i: bool(PCR_ATTRIBUTES[i].reset_localities >> locality & 1))
     props[PT_PCR.NO_INCREMENT] = bitmap(lambda i: i in NO_INCREMENT)
     props[PT_PCR.DRTM_RESET] = bitmap(lambda i: 17 <= i <= 22)
-    props[PT_PCR.POLICY] = 0
-    props[PT_PCR.AUTH] = 0
+    props[PT_PCR.POLICY] = bitmap(lambda i: i in PCR_GROUP)
+    props[PT_PCR.AUTH] = bitmap(lambda i: i in PCR_GROUP)
     return props
 
 
@@ -245,6 +245,9 @@ def get_capability(tpm: Tpm, cmd: Command) -> Response:
         body, more = TPML_CC.build([]), False
     elif cap == CAP.PCRS:
         from vtpm.commands.pcr import pcr_selection_all
+
+        if prop != 0:
+            raise TpmError(RC.VALUE, param=2)
 
         body, more = TPML_PCR_SELECTION_OUT.build(pcr_selection_all(tpm.state.pcr_banks)), False
     elif cap == CAP.TPM_PROPERTIES:

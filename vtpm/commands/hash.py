@@ -158,6 +158,6 @@ def event_sequence_complete(tpm: Tpm, cmd: Command) -> Response:
     if cmd.handles[0] != RH.NULL:
         from vtpm.commands.pcr import extend
 
-        extend(tpm, cmd.handles[0], digests)
+        extend(tpm, cmd.handles[0], list(digests.items()))
     del tpm.volatile.objects[cmd.handles[1]]
     return Response(params=TPML_DIGEST_VALUES.build([{"hashAlg": a, "digest": d} for a, d in digests.items()]))

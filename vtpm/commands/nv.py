@@ -6,6 +6,8 @@ indices get the same durability (stronger than the spec requires).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vtpm.constants import CC, HT, NT, NV_RESERVED_MASK, RC, RH, TPMA_NV
 from vtpm.crypto import HASHES, digest
 from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
@@ -35,10 +37,34 @@ NV_INDEX = handle_spec("nvIndex", types=[HT.NV_INDEX])
 
 
 def _index(tpm: Tpm, handle: int) -> NvIndex:
+    """The index, if it exists and its hierarchy is enabled (hidden indices are TPM_RC_HANDLE)."""
     index = tpm.state.nv.get(handle)
-    if index is None or (index.has(TPMA_NV.PLATFORMCREATE) and not tpm.volatile.ph_enable_nv):
+    if index is None:
+        raise TpmError(RC.HANDLE)
+    if index.has(TPMA_NV.PLATFORMCREATE):
+        if not tpm.volatile.ph_enable_nv:
+            raise TpmError(RC.HANDLE)
+    elif not tpm.volatile.sh_enable:
         raise TpmError(RC.HANDLE)
     return index
+
+
+# Commands that count as writes when an index authorizes itself (the others are reads).
+WRITE_OPERATIONS = frozenset({CC.NV_Write, CC.NV_Increment, CC.NV_SetBits, CC.NV_Extend, CC.NV_WriteLock})
+
+
+def _auth_available(index: NvIndex) -> Callable[[int, bool, bool], bool]:
+    """May the index's authValue (or authPolicy) authorize this command? (Part 1 19.7)"""
+
+    def available(code: int, policy: bool, admin: bool) -> bool:
+        write = code in WRITE_OPERATIONS
+        if policy:
+            if not index.auth_policy:
+                return False
+            return admin or index.has(TPMA_NV.POLICYWRITE if write else TPMA_NV.POLICYREAD)
+        return index.has(TPMA_NV.AUTHWRITE if write else TPMA_NV.AUTHREAD)
+
+    return available
 
 
 @entity_resolver(HT.NV_INDEX)
@@ -50,34 +76,35 @@ def nv_entity(tpm: Tpm, handle: int) -> Entity:
         name=index.name,
         auth_policy=index.auth_policy,
         auth_policy_alg=index.name_alg,
+        auth_available=_auth_available(index),
     )
 
 
-def _session_is_policy(cmd: Command) -> bool:
-    return bool(cmd.sessions) and cmd.sessions[0].handle >> 24 == HT.POLICY_SESSION
-
-
 def check_write_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
+    """Write side of Part 3 31.3: lock first, then which hierarchy may write."""
     if index.has(TPMA_NV.WRITELOCKED):
         raise TpmError(RC.NV_LOCKED)
-    _check_auth_attributes(cmd, auth, index, TPMA_NV.PPWRITE, TPMA_NV.OWNERWRITE, TPMA_NV.AUTHWRITE, TPMA_NV.POLICYWRITE)
+    _check_hierarchy_access(auth, index, TPMA_NV.PPWRITE, TPMA_NV.OWNERWRITE)
 
 
 def check_read_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
+    """Read side: lock, hierarchy, then the index must have been written."""
     if index.has(TPMA_NV.READLOCKED):
         raise TpmError(RC.NV_LOCKED)
-    _check_auth_attributes(cmd, auth, index, TPMA_NV.PPREAD, TPMA_NV.OWNERREAD, TPMA_NV.AUTHREAD, TPMA_NV.POLICYREAD)
+    _check_hierarchy_access(auth, index, TPMA_NV.PPREAD, TPMA_NV.OWNERREAD)
+    if not index.has(TPMA_NV.WRITTEN):
+        raise TpmError(RC.NV_UNINITIALIZED)
 
 
-def _check_auth_attributes(cmd: Command, auth: int, index: NvIndex, pp: int, owner: int, by_auth: int, by_policy: int) -> None:
+def _check_hierarchy_access(auth: int, index: NvIndex, pp: int, owner: int) -> None:
+    # An index authorizing itself was already checked (AUTHREAD/AUTHWRITE or the POLICY bits)
+    # when its session was verified: TPM_RC_AUTH_UNAVAILABLE otherwise.
     if auth == RH.PLATFORM:
         allowed = index.attributes & pp
     elif auth == RH.OWNER:
         allowed = index.attributes & owner
-    elif auth == index.index:
-        allowed = index.attributes & (by_policy if _session_is_policy(cmd) else by_auth)
     else:
-        allowed = 0
+        allowed = auth == index.index
     if not allowed:
         raise TpmError(RC.NV_AUTHORIZATION)
 
@@ -207,7 +234,8 @@ def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
 def nv_write(tpm: Tpm, cmd: Command) -> Response:
     index = _index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
-    _require_kind(index, NT.ORDINARY)
+    if index.kind != NT.ORDINARY:
+        raise TpmError(RC.ATTRIBUTES)
     data, offset = cmd.params.data, cmd.params.offset
     if offset > index.data_size:
         raise TpmError(RC.VALUE, param=2)
@@ -259,9 +287,14 @@ def nv_set_bits(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.NV_WriteLock, handles=[NV_AUTH, NV_INDEX])
 def nv_write_lock(tpm: Tpm, cmd: Command) -> Response:
     index = _index(tpm, cmd.handles[1])
+    try:
+        check_write_access(tpm, cmd, cmd.handles[0], index)
+    except TpmError as exc:
+        if exc.rc == RC.NV_LOCKED:
+            return Response()  # already locked: nothing to do
+        raise
     if not index.attributes & (TPMA_NV.WRITEDEFINE | TPMA_NV.WRITE_STCLEAR):
         raise TpmError(RC.ATTRIBUTES, handle=2)
-    check_write_access(tpm, cmd, cmd.handles[0], index)
     index.attributes |= TPMA_NV.WRITELOCKED
     tpm.mark_dirty()
     return Response()
@@ -298,8 +331,6 @@ def nv_change_auth(tpm: Tpm, cmd: Command) -> Response:
 def nv_read(tpm: Tpm, cmd: Command) -> Response:
     index = _index(tpm, cmd.handles[1])
     check_read_access(tpm, cmd, cmd.handles[0], index)
-    if not index.has(TPMA_NV.WRITTEN):
-        raise TpmError(RC.NV_UNINITIALIZED)
     size, offset = cmd.params.size, cmd.params.offset
     if offset > index.data_size:
         raise TpmError(RC.VALUE, param=2)
@@ -313,9 +344,15 @@ def nv_read(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.NV_ReadLock, handles=[NV_AUTH, NV_INDEX])
 def nv_read_lock(tpm: Tpm, cmd: Command) -> Response:
     index = _index(tpm, cmd.handles[1])
+    try:
+        check_read_access(tpm, cmd, cmd.handles[0], index)
+    except TpmError as exc:
+        if exc.rc == RC.NV_LOCKED:
+            return Response()  # already locked
+        if exc.rc != RC.NV_UNINITIALIZED:  # an unwritten index may still be read-locked
+            raise
     if not index.has(TPMA_NV.READ_STCLEAR):
         raise TpmError(RC.ATTRIBUTES, handle=2)
-    check_read_access(tpm, cmd, cmd.handles[0], index)
     index.attributes |= TPMA_NV.READLOCKED
     tpm.mark_dirty()
     return Response()

@@ -11,6 +11,8 @@ from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32
 from vtpm.marshal.structures import (
     PCR_SELECT_MAX,
+    TPM2B_DIGEST,
+    TPMI_ALG_HASH_NULL,
     TPM2B_EVENT,
     TPML_DIGEST,
     TPML_DIGEST_VALUES,
@@ -19,7 +21,8 @@ from vtpm.marshal.structures import (
 )
 from vtpm.state import PCR_COUNT
 
-MAX_PCR_READ = 8  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
+MAX_PCR_READ = 8
+DRTM_LOCALITY = 4  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
 
 
 @dataclass(frozen=True)
@@ -35,18 +38,53 @@ PCR_ATTRIBUTES = (
     + [PcrAttributes(False, 0x0F, 0x1F)]  # 16
     + [PcrAttributes(False, 0x10, 0x1C)] * 2  # 17, 18
     + [PcrAttributes(False, 0x10, 0x0C)]  # 19
-    + [PcrAttributes(False, 0x1C, 0x0E)]  # 20
-    + [PcrAttributes(False, 0x1C, 0x04)] * 2  # 21, 22
+    + [PcrAttributes(False, 0x14, 0x0E)]  # 20
+    + [PcrAttributes(False, 0x14, 0x04)] * 2  # 21, 22
     + [PcrAttributes(False, 0x0F, 0x1F)]  # 23
 )
 assert len(PCR_ATTRIBUTES) == PCR_COUNT
+
+
+# PCRs 20-22 share one authValue and one authPolicy (PCR_SetAuthValue/PCR_SetAuthPolicy),
+# as in the reference implementation's PC Client configuration.
+PCR_GROUP = frozenset({20, 21, 22})
 
 
 @entity_resolver(HT.PCR)
 def pcr_entity(tpm: Tpm, handle: int) -> Entity:
     if handle >= PCR_COUNT:
         raise TpmError(RC.VALUE)
+    if handle in PCR_GROUP:
+        policy = tpm.state.pcr_group_policy
+        return Entity(tpm.volatile.pcr_group_auth, da_protected=False,
+                      auth_policy=policy.policy, auth_policy_alg=policy.policy_alg)
     return Entity(b"", da_protected=False)
+
+
+@command(CC.PCR_SetAuthValue, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])],
+         params=[("auth", TPM2B_DIGEST)])
+def pcr_set_auth_value(tpm: Tpm, cmd: Command) -> Response:
+    if cmd.handles[0] not in PCR_GROUP:
+        raise TpmError(RC.VALUE, handle=1)
+    tpm.volatile.pcr_group_auth = cmd.params.auth.rstrip(b"\x00")
+    return Response()
+
+
+@command(
+    CC.PCR_SetAuthPolicy,
+    handles=[handle_spec("authHandle", Auth.USER, permanent=[RH.PLATFORM])],
+    params=[("authPolicy", TPM2B_DIGEST), ("hashAlg", TPMI_ALG_HASH_NULL), ("pcrNum", U32)],
+)
+def pcr_set_auth_policy(tpm: Tpm, cmd: Command) -> Response:
+    p = cmd.params
+    if p.pcrNum not in PCR_GROUP:
+        raise TpmError(RC.VALUE, param=3)
+    if len(p.authPolicy) != (HASHES[p.hashAlg].size if p.hashAlg in HASHES else 0):
+        raise TpmError(RC.SIZE, param=1)
+    group = tpm.state.pcr_group_policy
+    group.policy, group.policy_alg = p.authPolicy, p.hashAlg
+    tpm.mark_dirty()
+    return Response()
 
 
 def _locality_bit(locality: int) -> int:
@@ -65,16 +103,22 @@ def counts_update(index: int) -> bool:
     return index not in NO_INCREMENT
 
 
-def extend(tpm: Tpm, index: int, digests: dict[int, bytes]) -> None:
-    """Extend PCR ``index`` in each allocated bank for which a digest is given."""
+def extend(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> None:
+    """Extend PCR ``index`` with each (bank, digest) in order; unallocated banks are skipped.
+
+    Each bank extended counts once in pcrUpdateCounter, as the reference implementation does.
+    """
     attributes = PCR_ATTRIBUTES[index]
     if not attributes.extend_localities & _locality_bit(tpm.locality):
         raise TpmError(RC.LOCALITY)
-    for bank, values in tpm.volatile.pcrs.items():
-        if bank in digests:
-            values[index] = digest(bank, values[index], digests[bank])
-    if counts_update(index):
-        tpm.volatile.pcr_update_counter += 1
+    pcrs = tpm.volatile.pcrs
+    for bank, value in digests:
+        values = pcrs.get(bank)
+        if values is None:
+            continue
+        values[index] = digest(bank, values[index], value)
+        if counts_update(index):
+            tpm.volatile.pcr_update_counter += 1
 
 
 PCR_HANDLE = handle_spec("pcrHandle", Auth.USER, types=[HT.PCR], permanent=[RH.NULL])
@@ -85,17 +129,17 @@ def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
     handle = cmd.handles[0]
     if handle == RH.NULL:
         return Response()
-    extend(tpm, handle, {entry.hashAlg: entry.digest for entry in cmd.params.digests})
+    extend(tpm, handle, [(entry.hashAlg, entry.digest) for entry in cmd.params.digests])
     return Response()
 
 
 @command(CC.PCR_Event, handles=[PCR_HANDLE], params=[("eventData", TPM2B_EVENT)])
 def pcr_event(tpm: Tpm, cmd: Command) -> Response:
     data = cmd.params.eventData
-    digests = {alg: digest(alg, data) for alg in sorted(tpm.volatile.pcrs)}
+    digests = [(alg, digest(alg, data)) for alg in sorted(HASHES)]
     if cmd.handles[0] != RH.NULL:
         extend(tpm, cmd.handles[0], digests)
-    out = TPML_DIGEST_VALUES.build([{"hashAlg": alg, "digest": value} for alg, value in digests.items()])
+    out = TPML_DIGEST_VALUES.build([{"hashAlg": alg, "digest": value} for alg, value in digests])
     return Response(params=out)
 
 
@@ -105,7 +149,8 @@ def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
     attributes = PCR_ATTRIBUTES[index]
     if not attributes.reset_localities:
         raise TpmError(RC.LOCALITY)
-    if not attributes.reset_localities & _locality_bit(tpm.locality):
+    if not attributes.reset_localities & _locality_bit(tpm.locality) or tpm.locality == DRTM_LOCALITY:
+        # A TPM with DRTM resets the DRTM PCRs only through the DRTM sequence, never from locality 4.
         raise TpmError(RC.LOCALITY)
     for bank, values in tpm.volatile.pcrs.items():
         values[index] = bytes(HASHES[bank].size)

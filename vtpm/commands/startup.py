@@ -50,6 +50,7 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
             state.clock_safe = False
     if kind == SU.CLEAR:
         volatile.sh_enable = volatile.eh_enable = True
+        volatile.pcr_group_auth = b""
         volatile.nv_read_locked.clear()
         volatile.nv_write_locked_stclear.clear()
         state.nv_global_locked = False

@@ -10,6 +10,7 @@ from vtpm.marshal.primitives import U8, U16, U32, U64, OneOf, Tpm2b, Tpm2bStruct
 
 HASH_COUNT = len(HASHES)
 PCR_SELECT_MAX = 3  # 24 PCRs
+PCR_SELECT_MIN = 3  # the PC Client profile: a selection always covers PCRs 0-23
 MAX_DIGEST_BUFFER = 1024
 MAX_NV_BUFFER_SIZE = 1024
 MAX_CAP_BUFFER = 1024
@@ -40,7 +41,7 @@ class PcrSelectBytes(cs.Construct):
 
     def _parse(self, stream, context, path):  # type: ignore[no-untyped-def]
         n = cs.stream_read(stream, 1, path)[0]
-        if n > PCR_SELECT_MAX:
+        if not PCR_SELECT_MIN <= n <= PCR_SELECT_MAX:
             from vtpm.errors import TpmError
 
             raise TpmError(RC.VALUE)
