@@ -8,7 +8,7 @@ from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U16, OneOf
 from vtpm.marshal.structures import counted
 from vtpm.crypto import HASHES
-from vtpm.state import SavedState
+from vtpm.state import PROOF_SIZE, SEED_SIZE, SavedState
 
 TPM_SU = OneOf(U16, [SU.CLEAR, SU.STATE], RC.VALUE)
 
@@ -43,9 +43,11 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         state.restart_count += 1
     elif previous == "state":  # TPM Restart
         state.restart_count += 1
-    else:  # TPM Reset
+    else:  # TPM Reset: a new null hierarchy
         state.reset_count += 1
         state.restart_count = 0
+        volatile.null_seed = tpm.random(SEED_SIZE)
+        volatile.null_proof = tpm.random(PROOF_SIZE)
         if previous == "none":
             state.clock_safe = False
     if kind == SU.CLEAR:

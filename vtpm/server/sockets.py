@@ -46,22 +46,26 @@ def _size_error() -> bytes:
 
 
 def serve_tpm_commands(sock: socket.socket, device: TpmDevice) -> None:
-    """swtpm data channel: raw TPM commands in, responses out, until the peer closes."""
+    """swtpm data channel: raw TPM commands in, responses out, until the peer closes.
+
+    The socket stays blocking with no timeout (a timeout costs two fcntl calls per
+    command): a client that stalls mid-command only holds its own thread, and one
+    that disconnects ends it.
+    """
     with contextlib.closing(sock):
+        sock.settimeout(None)
         while True:
-            sock.settimeout(None)
             try:
                 header = sock.recv(10)
                 if not header:
                     return
-                sock.settimeout(MID_COMMAND_TIMEOUT)
                 if len(header) < 10:
                     header += recv_exact(sock, 10 - len(header))
                 size = int.from_bytes(header[2:6], "big")
                 if size < 10 or size > MAX_WIRE_COMMAND:
                     sock.sendall(_size_error())
                     return  # the stream is out of step: drop the connection
-                body = recv_exact(sock, size - 10)
+                body = recv_exact(sock, size - 10) if size > 10 else b""
                 sock.sendall(device.execute(header + body))
             except (ConnectionClosed, OSError):
                 return
