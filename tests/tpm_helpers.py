@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vtpm.server.sockets import free_port_pair
+
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -316,27 +318,6 @@ class TpmConnection:
 
 class ServerError(RuntimeError):
     pass
-
-
-def _port_pair_free(port: int) -> bool:
-    for p in (port, port + 1):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((HOST, p))
-            except OSError:
-                return False
-    return True
-
-
-def free_port_pair() -> int:
-    """A port P such that P and P+1 are both free on the loopback address right now."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if port < 65535 and _port_pair_free(port):
-            return port
-    raise ServerError("could not find two adjacent free TCP ports on 127.0.0.1")
 
 
 @dataclass

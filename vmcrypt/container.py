@@ -395,15 +395,8 @@ def decrypt_stream(
     Plaintext is written before the MAC at the end is checked, so ``dst``
     must be a place that is discarded when this raises (see :func:`decrypt_file`).
     """
-    src.seek(0, io.SEEK_END)
-    size = src.tell()
-    src.seek(0)
-    start = src.read(min(size, MAX_HEADER))
-    header = parse_header(start, name)
-    _check_size(header, size, name)
-    keys = _open_keys(key, header, name)
-    mac_state = hmac.new(keys.mac_key, start[: header.header_length], hashlib.sha256)
-    src.seek(header.header_length)
+    header, keys, raw_header = _open_stream(src, key, name)
+    mac_state = hmac.new(keys.mac_key, raw_header, hashlib.sha256)
     chunk = CHUNK_UNITS_BYTES // header.unit_size * header.unit_size
     left, unit, done = header.ciphertext_length, 0, 0
     while left:
@@ -424,6 +417,20 @@ def decrypt_stream(
         if not hmac.compare_digest(stored, mac_state.digest()):
             raise IntegrityError("integrity check failed: the file was modified or damaged", name)
     return header
+
+
+def _open_stream(src: BinaryIO, key: KeySource, name: str | os.PathLike[str]) -> tuple[ContainerHeader, _FileKeys, bytes]:
+    """Parse and check the header of a container stream, open its keys, and leave the
+    stream at the first ciphertext byte. Returns the header, the keys and the raw header."""
+    src.seek(0, io.SEEK_END)
+    size = src.tell()
+    src.seek(0)
+    start = src.read(min(size, MAX_HEADER))
+    header = parse_header(start, name)
+    _check_size(header, size, name)
+    keys = _open_keys(key, header, name)
+    src.seek(header.header_length)
+    return header, keys, start[: header.header_length]
 
 
 def _check_size(header: ContainerHeader, size: int, name: str | os.PathLike[str]) -> None:
@@ -488,13 +495,7 @@ def recrypt_file(
     The old MAC is verified before the new file replaces the old one.
     """
     with open(path, "rb") as src:
-        src.seek(0, io.SEEK_END)
-        size = src.tell()
-        src.seek(0)
-        start = src.read(min(size, MAX_HEADER))
-        old = parse_header(start, path)
-        _check_size(old, size, path)
-        old_keys = _open_keys(old_key, old, path)
+        old, old_keys, raw_old = _open_stream(src, old_key, path)
         same_dek = hmac.compare_digest(old_keys.key_check, _derive(new_key.dek, old.salt).key_check)
         salt = old.salt if same_dek else secrets.token_bytes(SALT_SIZE)
         new_keys = old_keys if same_dek else _derive(new_key.dek, salt)
@@ -503,9 +504,8 @@ def recrypt_file(
         )
         align = DISK_HEADER_ALIGN if old.header_length % DISK_HEADER_ALIGN == 0 else 0
         raw_new = new.encode(align)
-        old_mac = hmac.new(old_keys.mac_key, start[: old.header_length], hashlib.sha256)
+        old_mac = hmac.new(old_keys.mac_key, raw_old, hashlib.sha256)
         new_mac = hmac.new(new_keys.mac_key, raw_new, hashlib.sha256)
-        src.seek(old.header_length)
         chunk = CHUNK_UNITS_BYTES // old.unit_size * old.unit_size
         with atomic_writer(path) as dst:
             dst.write(raw_new)

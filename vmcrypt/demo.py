@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -107,28 +106,15 @@ def run(out: Path, disk: str) -> int:
     return 0 if same else 1
 
 
-def _free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
-
 def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
     """Serve the VM's vTPM from its encrypted .nvram and drive it with tpm2-tools."""
     _step("serve the VM's vTPM from its encrypted .nvram (vtpm serve --vm) and use it with tpm2-tools")
     if shutil.which("tpm2_getrandom") is None:
         print("  tpm2-tools are not installed; skipping (scripts/bootstrap.sh installs them)")
         return
-    port = _free_port_pair()
+    from vtpm.server.sockets import free_port_pair
+
+    port = free_port_pair()
     env = {**os.environ, "VMCRYPT_HOME": str(home_dir), "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
     server = subprocess.Popen(
         [sys.executable, "-m", "vtpm", "serve", "--vm", str(vm_dir / "demo-vm.vmx"), "--port", str(port),

@@ -90,7 +90,6 @@ def _extra_nonces(ctx: AuthContext, use: SessionUse) -> bytes:
 def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], entities: dict[int, "Entity"],
               sessions: list["Session"], raw_params: bytes, auth_handles: list[int]) -> tuple[AuthContext, bytes]:
     """Check all sessions; return the context and the (possibly decrypted) parameter bytes."""
-    from vtpm.engine import Auth
 
     ctx = AuthContext()
     loaded = tpm.volatile.sessions

@@ -173,7 +173,40 @@ def unix_listener(path: str) -> socket.socket:
     return sock
 
 
-class SwtpmServer:
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """A port P such that P and P+1 are both free on ``host`` (for a data/control pair)."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+        if port >= 65535:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind((host, port))
+                b.bind((host, port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError(f"no free port pair on {host}")
+
+
+class _Server:
+    """Listeners started and closed together."""
+
+    listeners: list[Listener]
+
+    def start(self) -> "_Server":
+        for listener in self.listeners:
+            listener.start()
+        return self
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+
+
+class SwtpmServer(_Server):
     """A vTPM on swtpm's protocol: TCP ports P (data) and P+1 (control), or Unix PATH and PATH.ctrl."""
 
     def __init__(self, device: TpmDevice, *, host: str = "127.0.0.1", port: int | None = None,
@@ -200,15 +233,6 @@ class SwtpmServer:
 
     def _adopt_data_socket(self, sock: socket.socket) -> None:
         threading.Thread(target=serve_tpm_commands, args=(sock, self.device), name="data-fd", daemon=True).start()
-
-    def start(self) -> "SwtpmServer":
-        for listener in self.listeners:
-            listener.start()
-        return self
-
-    def close(self) -> None:
-        for listener in self.listeners:
-            listener.close()
 
 
 # ----------------------------------------------------------------------------- mssim
@@ -237,7 +261,7 @@ MS_TEST_FAILURE_MODE = 30
 MS_PROTOCOL_VERSION = 1
 
 
-class MssimServer:
+class MssimServer(_Server):
     """A vTPM on the Microsoft simulator protocol: command port P, platform port P+1."""
 
     def __init__(self, device: TpmDevice, *, host: str = "127.0.0.1", port: int) -> None:
@@ -248,15 +272,6 @@ class MssimServer:
             Listener(tcp_listener(host, port), self._serve_commands, "mssim-cmd"),
             Listener(tcp_listener(host, port + 1), self._serve_platform, "mssim-platform"),
         ]
-
-    def start(self) -> "MssimServer":
-        for listener in self.listeners:
-            listener.start()
-        return self
-
-    def close(self) -> None:
-        for listener in self.listeners:
-            listener.close()
 
     def _serve_commands(self, sock: socket.socket) -> None:
         with contextlib.closing(sock):
