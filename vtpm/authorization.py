@@ -171,7 +171,7 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
     if auth_used:
         tpm.dictionary_attack.check_allowed(entity)
     if session is None or not session.is_policy:
-        if admin:
+        if (entity.admin_needs_policy if admin else entity.user_needs_policy):
             raise TpmError(RC.AUTH_TYPE)
         if entity.auth_available is not None and not entity.auth_available(code, False, admin):
             raise TpmError(RC.AUTH_UNAVAILABLE)

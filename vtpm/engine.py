@@ -154,6 +154,8 @@ class Entity:
     auth_policy_alg: int = 0x0010  # TPM_ALG_NULL
     # (command code, policy session?, admin role?) -> may this entity's auth be used at all?
     auth_available: Callable[[int, bool, bool], bool] | None = None
+    user_needs_policy: bool = False  # objects with userWithAuth clear
+    admin_needs_policy: bool = True  # objects with adminWithPolicy clear may use their authValue
 
 
 EntityResolver = Callable[["Tpm", int], Entity]
