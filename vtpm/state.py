@@ -107,6 +107,9 @@ class TpmState:
     nv_global_locked: bool = False
     max_nv_counter: int = 0
     pcr_group_policy: Hierarchy = field(default_factory=Hierarchy)  # authPolicy of PCRs 20-22
+    persistent: dict[int, dict[str, Any]] = field(default_factory=dict)  # EvictControl'd objects
+    primary_cache: dict[str, dict[str, bytes]] = field(default_factory=dict)  # RSA primaries by seed+template
+    context_counter: int = 0
     total_commands: int = 0
 
     @classmethod
@@ -169,6 +172,7 @@ def _encode(state: TpmState) -> dict[str, Any]:
     body = asdict(state)
     body["nv"] = [asdict(index) for index in state.nv.values()]
     body["saved"] = None if state.saved is None else {"pcrs": {str(k): v for k, v in state.saved.pcrs.items()}}
+    body["persistent"] = {str(k): v for k, v in state.persistent.items()}
     return {"format": STATE_FORMAT, "version": STATE_VERSION, "state": _hex_fields(body)}
 
 
@@ -179,7 +183,8 @@ def _decode(body: dict[str, Any]) -> TpmState:
     hierarchies = {
         k: Hierarchy(**body.pop(k)) for k in ("owner", "endorsement", "lockout", "platform_policy", "pcr_group_policy")
     }
-    state = TpmState(**body, **hierarchies, nv=nv)
+    persistent = {int(k): v for k, v in body.pop("persistent", {}).items()}
+    state = TpmState(**body, **hierarchies, nv=nv, persistent=persistent)
     if saved is not None:
         state.saved = SavedState({int(k): v for k, v in saved["pcrs"].items()})
     for seed in (state.eps, state.sps, state.pps):
@@ -227,6 +232,8 @@ class Volatile:
     nv_write_locked_stclear: set[int] = field(default_factory=set)
     self_tested: set[int] = field(default_factory=set)
     pcr_group_auth: bytes = b""  # authValue of PCRs 20-22, until the next TPM Reset
+    persistent_cache: dict[int, Any] = field(default_factory=dict)  # persistent objects, parsed
+    saved_sessions: dict[int, int] = field(default_factory=dict)  # session handle -> context sequence
     commands_since_startup: int = 0
 
     @classmethod

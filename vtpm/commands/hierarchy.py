@@ -116,8 +116,10 @@ def clear(tpm: Tpm, cmd: Command) -> Response:
     state.lockout = Hierarchy()
     tpm.volatile.sh_enable = tpm.volatile.eh_enable = True
     from vtpm.commands.nv import clear_owner_indices
+    from vtpm.commands.objects import clear_hierarchy_objects
 
     clear_owner_indices(tpm)
+    clear_hierarchy_objects(tpm, (RH.OWNER,))
     state.reset_count = 0
     state.restart_count = 0
     state.failed_tries = 0
@@ -136,4 +138,27 @@ def clear_control(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.AUTH_FAIL, handle=1)
     tpm.state.disable_clear = disable
     tpm.mark_dirty()
+    return Response()
+
+
+@command(CC.ChangeEPS, handles=[handle_spec("authHandle", Auth.USER, permanent=[RH.PLATFORM])])
+def change_eps(tpm: Tpm, cmd: Command) -> Response:
+    """A new endorsement seed: every endorsement key (the EK included) changes."""
+    from vtpm.commands.objects import clear_hierarchy_objects
+
+    tpm.state.eps = secrets.token_bytes(SEED_SIZE)
+    tpm.state.eh_proof = secrets.token_bytes(PROOF_SIZE)
+    tpm.state.endorsement = Hierarchy()
+    clear_hierarchy_objects(tpm, (RH.ENDORSEMENT,))
+    return Response()
+
+
+@command(CC.ChangePPS, handles=[handle_spec("authHandle", Auth.USER, permanent=[RH.PLATFORM])])
+def change_pps(tpm: Tpm, cmd: Command) -> Response:
+    from vtpm.commands.objects import clear_hierarchy_objects
+
+    tpm.state.pps = secrets.token_bytes(SEED_SIZE)
+    tpm.state.ph_proof = secrets.token_bytes(PROOF_SIZE)
+    tpm.state.platform_policy = Hierarchy()
+    clear_hierarchy_objects(tpm, (RH.PLATFORM,))
     return Response()

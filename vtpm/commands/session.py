@@ -61,7 +61,7 @@ def _free_handle(tpm: Tpm, policy: bool) -> int:
         raise TpmError(RC.SESSION_MEMORY)
     base = POLICY_SESSION_FIRST if policy else HMAC_SESSION_FIRST
     handle = base
-    while handle in sessions:
+    while handle in sessions or handle in tpm.volatile.saved_sessions:
         handle += 1
     return handle
 

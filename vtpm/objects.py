@@ -1,0 +1,390 @@
+"""TPM objects: templates, key generation (deterministic for primaries), protection of
+private areas under a parent, and the keys as `cryptography` objects.
+
+Primary keys come from the hierarchy seed and the template: the same seed and
+template always give the same key (an EK re-created from the same state is the
+same EK). RSA primes are found by pycryptodome's generator fed by a KDFa stream;
+the result is cached by the engine, since prime search takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import construct as cs
+from Crypto.PublicKey import RSA as CryptoRSA
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from vtpm.constants import ALG, ECC_CURVE, OBJECT_RESERVED_MASK, RC, TPMA_OBJECT
+from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
+from vtpm.errors import TpmError
+from vtpm.marshal.objects import TPM2B_SENSITIVE, TPMT_PUBLIC
+from vtpm.sessions import CFB
+
+A = TPMA_OBJECT
+CURVES: dict[int, tuple[ec.EllipticCurve, int]] = {
+    ECC_CURVE.NIST_P256: (ec.SECP256R1(), 32),
+    ECC_CURVE.NIST_P384: (ec.SECP384R1(), 48),
+    ECC_CURVE.NIST_P521: (ec.SECP521R1(), 66),
+}
+CURVE_ORDERS = {
+    ECC_CURVE.NIST_P256: 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    ECC_CURVE.NIST_P384: int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16),
+    ECC_CURVE.NIST_P521: int(
+        "01FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+        "FFFA51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409", 16),
+}
+RSA_KEY_BITS = (1024, 2048, 3072, 4096)
+AES_KEY_BITS = (128, 192, 256)
+DEFAULT_EXPONENT = 65537
+
+
+@dataclass
+class Public:
+    """A parsed public area with its canonical bytes and Name."""
+
+    area: Any  # construct Container of TPMT_PUBLIC
+    raw: bytes
+
+    @classmethod
+    def from_container(cls, area: Any) -> "Public":
+        return cls(area, TPMT_PUBLIC.build(area))
+
+    @classmethod
+    def parse(cls, raw: bytes) -> "Public":
+        return cls.from_container(TPMT_PUBLIC.parse(raw))
+
+    @property
+    def type(self) -> int:
+        return self.area.type
+
+    @property
+    def name_alg(self) -> int:
+        return self.area.nameAlg
+
+    @property
+    def attributes(self) -> int:
+        return self.area.objectAttributes
+
+    def has(self, flag: int) -> bool:
+        return bool(self.attributes & flag)
+
+    @property
+    def name(self) -> bytes:
+        return self.name_alg.to_bytes(2, "big") + digest(self.name_alg, self.raw)
+
+    @property
+    def is_storage_parent(self) -> bool:
+        return self.has(A.RESTRICTED) and self.has(A.DECRYPT) and not self.has(A.SIGN_ENCRYPT)
+
+    def symmetric(self) -> Any:
+        params = self.area.parameters
+        return params.sym if self.type == ALG.SYMCIPHER else getattr(params, "symmetric", None)
+
+
+@dataclass
+class Sensitive:
+    """The secret part of an object: authValue, seedValue and the key or data."""
+
+    sensitive_type: int
+    auth_value: bytes = field(repr=False)
+    seed_value: bytes = field(repr=False)
+    secret: bytes = field(repr=False)  # RSA prime p, ECC private scalar, symmetric key or keyed-hash data
+
+    def build(self) -> bytes:
+        return TPM2B_SENSITIVE.build({
+            "sensitiveType": self.sensitive_type,
+            "authValue": self.auth_value,
+            "seedValue": self.seed_value,
+            "sensitive": self.secret,
+        })
+
+    @classmethod
+    def parse_tpm2b(cls, raw: bytes) -> "Sensitive":
+        parsed = TPM2B_SENSITIVE.parse(raw)
+        return cls(parsed.sensitiveType, parsed.authValue, parsed.seedValue, parsed.sensitive)
+
+
+# ----------------------------------------------------------------------------- template checks
+
+
+def _hash_or(alg: int, rc: int, allow_null: bool = False) -> None:
+    if alg not in HASHES and not (allow_null and alg == ALG.NULL):
+        raise TpmError(rc)
+
+
+def check_template(public: Public, *, param: int, primary: bool) -> None:
+    """The consistency rules of Part 1 27 and Part 3 12.1 for a new object's template."""
+    attrs = public.attributes
+    try:
+        if attrs & OBJECT_RESERVED_MASK:
+            raise TpmError(RC.RESERVED_BITS)
+        _hash_or(public.name_alg, RC.HASH)
+        if public.area.authPolicy and len(public.area.authPolicy) != HASHES[public.name_alg].size:
+            raise TpmError(RC.SIZE)
+        if attrs & A.FIXED_TPM and not attrs & A.FIXED_PARENT:
+            raise TpmError(RC.ATTRIBUTES)
+        if primary and bool(attrs & A.FIXED_TPM) != bool(attrs & A.FIXED_PARENT):
+            raise TpmError(RC.ATTRIBUTES)
+        restricted, decrypt, sign = attrs & A.RESTRICTED, attrs & A.DECRYPT, attrs & A.SIGN_ENCRYPT
+        if restricted and decrypt and sign:
+            raise TpmError(RC.ATTRIBUTES)
+        kind = public.type
+        params = public.area.parameters
+        if kind == ALG.KEYEDHASH:
+            scheme = params.scheme.scheme
+            if scheme == ALG.HMAC:
+                if not sign or decrypt:
+                    raise TpmError(RC.SCHEME)
+                _hash_or(params.scheme.details.hashAlg, RC.HASH)
+            elif scheme == ALG.XOR:
+                if sign or not decrypt:
+                    raise TpmError(RC.SCHEME)
+                _hash_or(params.scheme.details.hashAlg, RC.HASH)
+            elif scheme != ALG.NULL:
+                raise TpmError(RC.SCHEME)
+            elif sign or decrypt:  # a sealed data object neither signs nor decrypts
+                raise TpmError(RC.ATTRIBUTES)
+        elif kind == ALG.SYMCIPHER:
+            _check_sym(params.sym, allow_null=False)
+            if sign:
+                raise TpmError(RC.ATTRIBUTES)
+        elif kind in (ALG.RSA, ALG.ECC):
+            if restricted and decrypt:
+                _check_sym(params.symmetric, allow_null=False)
+            elif params.symmetric.algorithm != ALG.NULL:
+                raise TpmError(RC.SYMMETRIC)
+            scheme = params.scheme.scheme
+            if restricted and decrypt and scheme != ALG.NULL:
+                raise TpmError(RC.SCHEME)
+            if scheme != ALG.NULL and scheme not in (ALG.RSAES,):
+                _hash_or(params.scheme.details.hashAlg, RC.HASH)
+            if kind == ALG.RSA:
+                if params.keyBits not in RSA_KEY_BITS:
+                    raise TpmError(RC.KEY_SIZE)
+                if scheme not in (ALG.NULL, ALG.RSASSA, ALG.RSAPSS, ALG.RSAES, ALG.OAEP):
+                    raise TpmError(RC.SCHEME)
+                if params.exponent not in (0, DEFAULT_EXPONENT) and (params.exponent < 3 or params.exponent % 2 == 0):
+                    raise TpmError(RC.VALUE)
+            else:
+                if params.curveID not in CURVES:
+                    raise TpmError(RC.CURVE)
+                if scheme not in (ALG.NULL, ALG.ECDSA, ALG.ECDH):
+                    raise TpmError(RC.SCHEME)
+                if params.kdf.scheme != ALG.NULL:
+                    raise TpmError(RC.KDF)
+            if sign and scheme in (ALG.RSAES, ALG.OAEP, ALG.ECDH):
+                raise TpmError(RC.SCHEME)
+            if decrypt and not sign and scheme in (ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA):
+                raise TpmError(RC.SCHEME)
+        else:
+            raise TpmError(RC.TYPE)
+    except TpmError as exc:
+        raise exc.at_param(param) from None
+
+
+def _check_sym(sym: Any, *, allow_null: bool) -> None:
+    if sym.algorithm == ALG.NULL:
+        if not allow_null:
+            raise TpmError(RC.SYMMETRIC)
+        return
+    if sym.algorithm != ALG.AES:
+        raise TpmError(RC.SYMMETRIC)
+    if sym.keyBits not in AES_KEY_BITS:
+        raise TpmError(RC.KEY_SIZE)
+    if sym.mode not in (ALG.CFB, ALG.CTR, ALG.OFB, ALG.CBC, ALG.ECB, ALG.NULL):
+        raise TpmError(RC.MODE)
+
+
+# ----------------------------------------------------------------------------- key generation
+
+
+class KdfStream:
+    """A deterministic byte stream from KDFa: the randomness of primary-key generation."""
+
+    def __init__(self, alg: int, seed: bytes, label: bytes, context: bytes) -> None:
+        self.alg, self.seed, self.label, self.context = alg, seed, label, context
+        self.counter = 0
+
+    def __call__(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            self.counter += 1
+            out += kdfa(self.alg, self.seed, self.label, self.context, self.counter.to_bytes(4, "big"),
+                        HASHES[self.alg].size * 8)
+        return out[:n]
+
+
+def _rsa_exponent(public: Public) -> int:
+    return public.area.parameters.exponent or DEFAULT_EXPONENT
+
+
+def generate(public: Public, data: bytes, random: Any) -> tuple[Public, bytes, bytes]:
+    """Generate the key of ``public`` with ``random`` (a callable n -> bytes).
+
+    Returns the completed public area (unique filled in), the secret and a seedValue.
+    """
+    area = public.area
+    kind = public.type
+    size = HASHES[public.name_alg].size
+    seed_value = random(size) if public.is_storage_parent or kind == ALG.KEYEDHASH else b""
+    if kind == ALG.RSA:
+        key = CryptoRSA.generate(area.parameters.keyBits, randfunc=random, e=_rsa_exponent(public))
+        secret = key.p.to_bytes(area.parameters.keyBits // 16, "big")
+        area.unique = key.n.to_bytes(area.parameters.keyBits // 8, "big")
+    elif kind == ALG.ECC:
+        curve, length = CURVES[area.parameters.curveID]
+        order = CURVE_ORDERS[area.parameters.curveID]
+        scalar = int.from_bytes(random(length + 8), "big") % (order - 1) + 1
+        point = ec.derive_private_key(scalar, curve).public_key().public_numbers()
+        secret = scalar.to_bytes(length, "big")
+        area.unique = {"x": point.x.to_bytes(length, "big"), "y": point.y.to_bytes(length, "big")}
+    elif kind == ALG.SYMCIPHER:
+        secret = random(area.parameters.sym.keyBits // 8)
+        seed_value = random(size)
+        area.unique = digest(public.name_alg, seed_value, secret)
+    else:  # KEYEDHASH: sealed data, or an HMAC key
+        secret = data if data else random(size)
+        area.unique = digest(public.name_alg, seed_value, secret)
+    return Public.from_container(area), secret, seed_value
+
+
+def primary_context(template: Public, data: bytes) -> bytes:
+    """What a primary key is derived from, besides the seed: the template and sensitive data."""
+    return hashlib.sha512(template.raw + b"\0" + data).digest()
+
+
+# ----------------------------------------------------------------------------- loaded objects
+
+
+@dataclass
+class LoadedObject:
+    """An object in a transient slot: public area, sensitive area and where it belongs."""
+
+    public: Public
+    sensitive: Sensitive | None  # None for a public-only object (LoadExternal of a public key)
+    hierarchy: int
+    qualified_name: bytes
+    _private_key: Any = field(default=None, repr=False)
+
+    @property
+    def name(self) -> bytes:
+        return self.public.name
+
+    def entity(self) -> Any:
+        from vtpm.engine import Entity
+
+        auth = self.sensitive.auth_value if self.sensitive else b""
+        return Entity(
+            auth,
+            da_protected=not self.public.has(A.NO_DA),
+            name=self.name,
+            auth_policy=self.public.area.authPolicy,
+            auth_policy_alg=self.public.name_alg,
+            user_needs_policy=not self.public.has(A.USER_WITH_AUTH),
+            admin_needs_policy=self.public.has(A.ADMIN_WITH_POLICY),
+        )
+
+    def public_key(self) -> Any:
+        area = self.public.area
+        if self.public.type == ALG.RSA:
+            return rsa.RSAPublicNumbers(_rsa_exponent(self.public), int.from_bytes(area.unique, "big")).public_key()
+        if self.public.type == ALG.ECC:
+            curve, _ = CURVES[area.parameters.curveID]
+            return ec.EllipticCurvePublicNumbers(
+                int.from_bytes(area.unique.x, "big"), int.from_bytes(area.unique.y, "big"), curve
+            ).public_key()
+        raise TpmError(RC.TYPE)
+
+    def private_key(self) -> Any:
+        if self._private_key is not None:
+            return self._private_key
+        if self.sensitive is None:
+            raise TpmError(RC.KEY)
+        area = self.public.area
+        if self.public.type == ALG.RSA:
+            n = int.from_bytes(area.unique, "big")
+            p = int.from_bytes(self.sensitive.secret, "big")
+            e = _rsa_exponent(self.public)
+            if not p or n % p:
+                raise TpmError(RC.BINDING)
+            q = n // p
+            d = pow(e, -1, (p - 1) * (q - 1))
+            numbers = rsa.RSAPrivateNumbers(
+                p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
+                rsa.RSAPublicNumbers(e, n),
+            )
+            self._private_key = numbers.private_key()
+        elif self.public.type == ALG.ECC:
+            curve, _ = CURVES[area.parameters.curveID]
+            self._private_key = ec.derive_private_key(int.from_bytes(self.sensitive.secret, "big"), curve)
+            if self._private_key.public_key().public_numbers() != self.public_key().public_numbers():
+                raise TpmError(RC.BINDING)
+        else:
+            raise TpmError(RC.TYPE)
+        return self._private_key
+
+
+def check_binding(obj: LoadedObject) -> None:
+    """The sensitive area must belong to the public area (Part 1 27.4)."""
+    if obj.sensitive is None:
+        return
+    if obj.sensitive.sensitive_type != obj.public.type:
+        raise TpmError(RC.TYPE)
+    if obj.public.type in (ALG.RSA, ALG.ECC):
+        obj.private_key()
+    else:
+        expected = digest(obj.public.name_alg, obj.sensitive.seed_value, obj.sensitive.secret)
+        if expected != obj.public.area.unique:
+            raise TpmError(RC.BINDING)
+
+
+# ----------------------------------------------------------------------------- protection under a parent
+
+
+def _parent_keys(parent: LoadedObject, name: bytes) -> tuple[bytes, bytes]:
+    """(symmetric key, HMAC key) protecting a child's private area (Part 1 22.3, 22.5)."""
+    if parent.sensitive is None:
+        raise TpmError(RC.KEY)
+    sym = parent.public.symmetric()
+    alg = parent.public.name_alg
+    seed = parent.sensitive.seed_value
+    sym_key = kdfa(alg, seed, b"STORAGE", name, b"", sym.keyBits)
+    hmac_key = kdfa(alg, seed, b"INTEGRITY", b"", b"", HASHES[alg].size * 8)
+    return sym_key, hmac_key
+
+
+def wrap_private(parent: LoadedObject, sensitive: Sensitive, name: bytes) -> bytes:
+    """TPM2B_PRIVATE content: integrity HMAC, then the CFB-encrypted TPM2B_SENSITIVE."""
+    sym_key, hmac_key = _parent_keys(parent, name)
+    enc = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
+    encrypted = enc.update(sensitive.build()) + enc.finalize()
+    integrity = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
+    return len(integrity).to_bytes(2, "big") + integrity + encrypted
+
+
+def unwrap_private(parent: LoadedObject, blob: bytes, name: bytes, *, param: int) -> Sensitive:
+    sym_key, hmac_key = _parent_keys(parent, name)
+    if len(blob) < 2:
+        raise TpmError(RC.SIZE, param=param)
+    size = int.from_bytes(blob[:2], "big")
+    integrity, encrypted = blob[2 : 2 + size], blob[2 + size :]
+    expected = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
+    if size != len(expected) or not _equal(integrity, expected):
+        raise TpmError(RC.INTEGRITY, param=param)
+    dec = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).decryptor()
+    plain = dec.update(encrypted) + dec.finalize()
+    try:
+        return Sensitive.parse_tpm2b(plain)
+    except (cs.ConstructError, TpmError):
+        raise TpmError(RC.SENSITIVE) from None
+
+
+def _equal(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
