@@ -31,11 +31,16 @@ BIND_PERMANENT = [RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.LOCKOUT, RH.NULL]
 
 
 def salt_decryptor(tpm: Tpm, key_handle: int, encrypted: bytes) -> bytes:
-    """Recover a session salt sent under a loaded key (RSA-OAEP or ECDH); objects add this."""
-    decrypt = getattr(tpm, "decrypt_salt", None)
-    if decrypt is None:
+    """Recover a session salt sent under a loaded key: RSA-OAEP or ECDH with the label "SECRET"."""
+    from vtpm.commands.objects import get_object
+    from vtpm.keyops import decrypt_secret
+
+    key = get_object(tpm, key_handle)
+    if key.public.type not in (ALG.RSA, ALG.ECC):
         raise TpmError(RC.KEY, handle=1)
-    return decrypt(key_handle, encrypted)
+    if not encrypted:
+        raise TpmError(RC.VALUE, param=2)
+    return decrypt_secret(key, encrypted, b"SECRET", 2)
 
 
 def _symmetric(tpm: Tpm, raw: cs.Container) -> SymDef:

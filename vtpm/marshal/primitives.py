@@ -50,11 +50,20 @@ class Tpm2b(cs.Construct):
 
 
 class Tpm2bStruct(cs.Subconstruct):
-    """A structure wrapped in a TPM2B size (e.g. TPM2B_NV_PUBLIC); the size must match exactly."""
+    """A structure wrapped in a TPM2B size (e.g. TPM2B_NV_PUBLIC); the size must match exactly.
+
+    With ``optional`` a size of 0 parses as None (e.g. LoadExternal's absent sensitive area).
+    """
+
+    def __init__(self, subcon: cs.Construct, optional: bool = False) -> None:
+        super().__init__(subcon)
+        self.optional = optional
 
     def _parse(self, stream: Any, context: Any, path: str) -> Any:
         n = int.from_bytes(cs.stream_read(stream, 2, path), "big")
         if n == 0:
+            if self.optional:
+                return None
             raise TpmError(RC.SIZE)
         data = cs.stream_read(stream, n, path)
         inner = io.BytesIO(data)
@@ -67,7 +76,7 @@ class Tpm2bStruct(cs.Subconstruct):
         return value
 
     def _build(self, obj: Any, stream: Any, context: Any, path: str) -> Any:
-        data = self.subcon.build(obj)
+        data = b"" if obj is None and self.optional else self.subcon.build(obj)
         cs.stream_write(stream, len(data).to_bytes(2, "big") + data, 2 + len(data), path)
         return obj
 

@@ -1,0 +1,156 @@
+"""What loaded keys do: sign and verify digests, decrypt secrets (salts, credential seeds),
+and the KDFe of ECC secret sharing. Scheme selection follows Part 1 (the key's own
+scheme wins; a caller may only choose when the key leaves it open)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+
+from vtpm.constants import ALG, RC
+from vtpm.crypto import HASHES, digest, hmac_digest
+from vtpm.errors import TpmError
+from vtpm.objects import CURVES, LoadedObject
+
+_HASH_CLASSES = {ALG.SHA1: hashes.SHA1, ALG.SHA256: hashes.SHA256, ALG.SHA384: hashes.SHA384, ALG.SHA512: hashes.SHA512}
+SIGNING_SCHEMES = {ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA, ALG.HMAC}
+
+
+def hash_class(alg: int) -> hashes.HashAlgorithm:
+    try:
+        return _HASH_CLASSES[alg]()
+    except KeyError:
+        raise TpmError(RC.HASH) from None
+
+
+def key_scheme(key: LoadedObject) -> tuple[int, int]:
+    """(scheme, hash) fixed by the key's public area; (NULL, NULL) if the key leaves it open."""
+    params = key.public.area.parameters
+    if key.public.type == ALG.KEYEDHASH:
+        scheme = params.scheme
+    else:
+        scheme = params.scheme
+    if scheme.scheme == ALG.NULL or scheme.details is None:
+        return scheme.scheme, ALG.NULL
+    return scheme.scheme, scheme.details.hashAlg
+
+
+def select_sign_scheme(key: LoadedObject, requested: Any, param: int) -> tuple[int, int]:
+    """The signing scheme for this operation (Part 3 20.2 and the reference's CryptSelectSignScheme)."""
+    fixed_scheme, fixed_hash = key_scheme(key)
+    asked_scheme = requested.scheme
+    asked_hash = requested.details.hashAlg if requested.details is not None and asked_scheme != ALG.NULL else ALG.NULL
+    if fixed_scheme == ALG.NULL:
+        if asked_scheme == ALG.NULL:
+            raise TpmError(RC.SCHEME, param=param)
+        scheme, alg = asked_scheme, asked_hash
+    else:
+        if asked_scheme != ALG.NULL and (asked_scheme != fixed_scheme or asked_hash != fixed_hash):
+            raise TpmError(RC.SCHEME, param=param)
+        scheme, alg = fixed_scheme, fixed_hash
+    allowed = {ALG.RSA: {ALG.RSASSA, ALG.RSAPSS}, ALG.ECC: {ALG.ECDSA}, ALG.KEYEDHASH: {ALG.HMAC}}
+    if scheme not in allowed.get(key.public.type, set()):
+        raise TpmError(RC.SCHEME, param=param)
+    if alg not in HASHES:
+        raise TpmError(RC.HASH, param=param)
+    return scheme, alg
+
+
+def sign_digest(key: LoadedObject, scheme: int, alg: int, data_digest: bytes) -> dict[str, Any]:
+    """A TPMT_SIGNATURE (as a dict for construct) over ``data_digest``."""
+    if scheme == ALG.HMAC:
+        assert key.sensitive is not None
+        return {"sigAlg": ALG.HMAC, "signature": {"hashAlg": alg, "digest": hmac_digest(alg, key.sensitive.secret, data_digest)}}
+    private = key.private_key()
+    prehashed = utils.Prehashed(hash_class(alg))
+    if scheme == ALG.RSASSA:
+        sig = private.sign(data_digest, padding.PKCS1v15(), prehashed)
+        return {"sigAlg": scheme, "signature": {"hash": alg, "sig": sig}}
+    if scheme == ALG.RSAPSS:
+        pss = padding.PSS(mgf=padding.MGF1(hash_class(alg)), salt_length=padding.PSS.DIGEST_LENGTH)
+        return {"sigAlg": scheme, "signature": {"hash": alg, "sig": private.sign(data_digest, pss, prehashed)}}
+    if scheme == ALG.ECDSA:
+        r, s = utils.decode_dss_signature(private.sign(data_digest, ec.ECDSA(prehashed)))
+        size = CURVES[key.public.area.parameters.curveID][1]
+        return {"sigAlg": scheme, "signature": {"hash": alg, "signatureR": r.to_bytes(size, "big"),
+                                                  "signatureS": s.to_bytes(size, "big")}}
+    raise TpmError(RC.SCHEME)
+
+
+def verify_digest(key: LoadedObject, signature: Any, data_digest: bytes, param: int) -> None:
+    """Raise TPM_RC_SIGNATURE (for ``param``) unless ``signature`` is good for ``data_digest``."""
+    sig_alg = signature.sigAlg
+    try:
+        if sig_alg == ALG.HMAC:
+            if key.public.type != ALG.KEYEDHASH or key.sensitive is None:
+                raise TpmError(RC.SCHEME, param=param)
+            body = signature.signature
+            expected = hmac_digest(body.hashAlg, key.sensitive.secret, data_digest)
+            import hmac
+
+            if not hmac.compare_digest(expected, body.digest):
+                raise InvalidSignature()
+            return
+        public = key.public_key()
+        body = signature.signature
+        prehashed = utils.Prehashed(hash_class(body.hash))
+        if len(data_digest) != HASHES[body.hash].size:
+            raise TpmError(RC.SIZE, param=param - 1)
+        if sig_alg == ALG.RSASSA and key.public.type == ALG.RSA:
+            public.verify(body.sig, data_digest, padding.PKCS1v15(), prehashed)
+        elif sig_alg == ALG.RSAPSS and key.public.type == ALG.RSA:
+            pss = padding.PSS(mgf=padding.MGF1(hash_class(body.hash)), salt_length=padding.PSS.AUTO)
+            public.verify(body.sig, data_digest, pss, prehashed)
+        elif sig_alg == ALG.ECDSA and key.public.type == ALG.ECC:
+            der = utils.encode_dss_signature(int.from_bytes(body.signatureR, "big"), int.from_bytes(body.signatureS, "big"))
+            public.verify(der, data_digest, ec.ECDSA(prehashed))
+        else:
+            raise TpmError(RC.SCHEME, param=param)
+    except (InvalidSignature, ValueError):
+        raise TpmError(RC.SIGNATURE, param=param) from None
+
+
+# ----------------------------------------------------------------------------- secret sharing
+
+
+def kdfe(alg: int, z: bytes, label: bytes, party_u: bytes, party_v: bytes, bits: int) -> bytes:
+    """KDFe (SP 800-56A concatenation KDF, Part 1 11.4.10.3), the label NUL-terminated."""
+    if label and not label.endswith(b"\x00"):
+        label += b"\x00"
+    out, counter = b"", 1
+    while len(out) * 8 < bits:
+        out += digest(alg, counter.to_bytes(4, "big"), z, label, party_u, party_v)
+        counter += 1
+    return out[: (bits + 7) // 8]
+
+
+def decrypt_secret(key: LoadedObject, encrypted: bytes, label: bytes, param: int) -> bytes:
+    """Recover a seed sent to ``key`` (Part 1 24): RSA-OAEP with the label, or ECDH + KDFe."""
+    if not (key.public.has(1 << 17)):  # decrypt attribute
+        raise TpmError(RC.ATTRIBUTES, handle=1)
+    alg = key.public.name_alg
+    if key.public.type == ALG.RSA:
+        oaep = padding.OAEP(mgf=padding.MGF1(hash_class(alg)), algorithm=hash_class(alg), label=label + b"\x00")
+        try:
+            return key.private_key().decrypt(encrypted, oaep)
+        except ValueError:
+            raise TpmError(RC.VALUE, param=param) from None
+    if key.public.type == ALG.ECC:
+        from vtpm.marshal.objects import TPMS_ECC_POINT
+        from vtpm.marshal.primitives import parse_exact
+
+        try:
+            point = parse_exact(TPMS_ECC_POINT, encrypted)
+        except Exception:
+            raise TpmError(RC.VALUE, param=param) from None
+        curve, size = CURVES[key.public.area.parameters.curveID]
+        try:
+            peer = ec.EllipticCurvePublicNumbers(int.from_bytes(point.x, "big"), int.from_bytes(point.y, "big"), curve).public_key()
+        except ValueError:
+            raise TpmError(RC.ECC_POINT, param=param) from None
+        z = key.private_key().exchange(ec.ECDH(), peer)
+        return kdfe(alg, z, label, point.x, key.public.area.unique.x, HASHES[alg].size * 8)
+    raise TpmError(RC.KEY, handle=1)
