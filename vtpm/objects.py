@@ -151,7 +151,7 @@ def check_template(public: Public, *, param: int, primary: bool) -> None:
                 raise TpmError(RC.ATTRIBUTES)
         elif kind == ALG.SYMCIPHER:
             _check_sym(params.sym, allow_null=False)
-            if sign:
+            if restricted and sign:  # a restricted symmetric key is a storage parent: decrypt only
                 raise TpmError(RC.ATTRIBUTES)
         elif kind in (ALG.RSA, ALG.ECC):
             if restricted and decrypt:

@@ -11,7 +11,6 @@ from vtpm.crypto import HASHES, digest, hmac_digest
 from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import (
-    TPM2B_CREATION_DATA,
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
@@ -343,3 +342,35 @@ def clear_hierarchy_objects(tpm: Tpm, hierarchies: tuple[int, ...]) -> None:
     tpm.state.primary_cache.clear()
     tpm.mark_dirty()
 
+
+
+@command(
+    CC.CreateLoaded,
+    handles=[handle_spec("parentHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=HIERARCHIES)],
+    params=[("inSensitive", TPM2B_SENSITIVE_CREATE), ("inPublic", TPM2B_PUBLIC)],
+    response_tpm2b=True,
+)
+def create_loaded(tpm: Tpm, cmd: Command) -> Response:
+    """Create and load in one step: a primary under a hierarchy, or an ordinary child of a storage parent."""
+    parent_handle = cmd.handles[0]
+    p = cmd.params
+    template = Public.from_container(p.inPublic)
+    primary = parent_handle >> 24 == HT.PERMANENT
+    check_template(template, param=2, primary=primary)
+    _check_sensitive_data(template, p.inSensitive.data)
+    auth = p.inSensitive.userAuth.rstrip(b"\x00")
+    if primary:
+        public, secret, seed_value = _primary_material(tpm, parent_handle, template, p.inSensitive.data)
+        sensitive = Sensitive(public.type, auth, seed_value, secret)
+        obj = LoadedObject(public, sensitive, parent_handle, qualified_name(parent_handle.to_bytes(4, "big"), public))
+        private = b""
+    else:
+        parent = _storage_parent(tpm, parent_handle)
+        _check_parent_rules(parent, template, 2)
+        public, secret, seed_value = generate(template, p.inSensitive.data, tpm.random)
+        sensitive = Sensitive(public.type, auth, seed_value, secret)
+        obj = LoadedObject(public, sensitive, parent.hierarchy, qualified_name(parent.qualified_name, public))
+        private = wrap_private(parent, sensitive, public.name)
+    handle = allocate_transient(tpm, obj)
+    body = TPM2B_PRIVATE.build(private) + len(public.raw).to_bytes(2, "big") + public.raw + TPM2B_NAME.build(public.name)
+    return Response(params=body, handles=(handle,))
