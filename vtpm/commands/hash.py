@@ -32,6 +32,7 @@ class HashSequence:
     auth_value: bytes
     hashers: dict[int, Any] = field(default_factory=dict)
     first_bytes: bytes = b""
+    is_hmac: bool = False  # an HMAC sequence (HMAC_Start): its hasher is an HMAC
 
     @property
     def is_event(self) -> bool:
@@ -140,7 +141,8 @@ def sequence_complete(tpm: Tpm, cmd: Command) -> Response:
     sequence.update(cmd.params.buffer)
     out = sequence.hashers[sequence.hash_alg].digest()
     del tpm.volatile.objects[cmd.handles[0]]
-    ticket = hash_check_ticket(tpm, cmd.params.hierarchy, sequence.hash_alg, out, sequence.first_bytes)
+    hierarchy = RH.NULL if sequence.is_hmac else cmd.params.hierarchy  # an HMAC is no digest to sign
+    ticket = hash_check_ticket(tpm, hierarchy, sequence.hash_alg, out, sequence.first_bytes)
     return Response(params=TPM2B_DIGEST.build(out) + ticket)
 
 
@@ -161,3 +163,34 @@ def event_sequence_complete(tpm: Tpm, cmd: Command) -> Response:
         extend(tpm, cmd.handles[0], list(digests.items()))
     del tpm.volatile.objects[cmd.handles[1]]
     return Response(params=TPML_DIGEST_VALUES.build([{"hashAlg": a, "digest": d} for a, d in digests.items()]))
+
+
+@command(
+    CC.HMAC_Start,
+    handles=[handle_spec("handle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])],
+    params=[("auth", TPM2B_AUTH), ("hashAlg", TPMI_ALG_HASH_NULL)],
+)
+def hmac_start(tpm: Tpm, cmd: Command) -> Response:
+    """An HMAC sequence keyed by a loaded HMAC key (Part 3 17.2)."""
+    import hmac as hmac_mod
+
+    from vtpm.commands.objects import get_object
+    from vtpm.constants import TPMA_OBJECT
+
+    key = get_object(tpm, cmd.handles[0])
+    if key.public.type != ALG.KEYEDHASH or not key.public.has(TPMA_OBJECT.SIGN_ENCRYPT):
+        raise TpmError(RC.TYPE, handle=1)
+    if key.public.has(TPMA_OBJECT.RESTRICTED):
+        raise TpmError(RC.ATTRIBUTES, handle=1)
+    scheme = key.public.area.parameters.scheme
+    alg = cmd.params.hashAlg
+    if scheme.scheme == ALG.HMAC:
+        if alg not in (ALG.NULL, scheme.details.hashAlg):
+            raise TpmError(RC.VALUE, param=2)
+        alg = scheme.details.hashAlg
+    elif alg == ALG.NULL:
+        raise TpmError(RC.VALUE, param=2)
+    assert key.sensitive is not None
+    hasher = hmac_mod.new(key.sensitive.secret, digestmod=HASHES[alg].name)
+    sequence = HashSequence(alg, cmd.params.auth.rstrip(b"\x00"), {alg: hasher}, is_hmac=True)
+    return Response(handles=(allocate_transient(tpm, sequence),))

@@ -15,6 +15,7 @@ from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.keyops import select_sign_scheme, sign_digest, verify_digest
 from vtpm.marshal.objects import TPMS_ATTEST, TPMT_ASYM_SCHEME, TPMT_SIGNATURE, TPMT_TK
+from vtpm.marshal.primitives import U16
 from vtpm.marshal.structures import TPM2B_DATA, TPM2B_DIGEST, TPM2B_MAX_BUFFER, TPMI_ALG_HASH_NULL, TPML_PCR_SELECTION
 from vtpm.objects import LoadedObject
 
@@ -164,3 +165,43 @@ def get_time(tpm: Tpm, cmd: Command) -> Response:
     return Response(params=signed_attestation(tpm, key, cmd.params.inScheme, 2, ST.ATTEST_TIME,
                                               cmd.params.qualifyingData, info))
 
+
+
+@command(CC.CertifyCreation,
+         handles=[handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL]),
+                  handle_spec("objectHandle", types=[HT.TRANSIENT, HT.PERSISTENT])],
+         params=[("qualifyingData", TPM2B_DATA), ("creationHash", TPM2B_DIGEST), ("inScheme", TPMT_ASYM_SCHEME),
+                 ("creationTicket", TPMT_TK)])
+def certify_creation(tpm: Tpm, cmd: Command) -> Response:
+    """Vouch that the TPM created an object with this creation data (the ticket proves it)."""
+    key = _optional_signer(tpm, cmd.handles[0], 1)
+    obj = get_object(tpm, cmd.handles[1], 2)
+    p = cmd.params
+    ticket = p.creationTicket
+    if ticket.tag != ST.CREATION or ticket.hierarchy == RH.NULL or ticket.hierarchy not in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM):
+        raise TpmError(RC.TICKET, param=4)
+    expected = hmac_digest(obj.public.name_alg, proof_for(tpm, ticket.hierarchy), ST.CREATION.to_bytes(2, "big"),
+                           obj.name, p.creationHash)
+    if not hmac.compare_digest(expected, ticket.digest):
+        raise TpmError(RC.TICKET, param=4)
+    info = {"objectName": obj.name, "creationHash": p.creationHash}
+    return Response(params=signed_attestation(tpm, key, p.inScheme, 3, ST.ATTEST_CREATION, p.qualifyingData, info))
+
+
+@command(CC.NV_Certify,
+         handles=[handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL]),
+                  handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=(RH.OWNER, RH.PLATFORM)),
+                  handle_spec("nvIndex", types=[HT.NV_INDEX])],
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME), ("size", U16), ("offset", U16)])
+def nv_certify(tpm: Tpm, cmd: Command) -> Response:
+    """Sign the contents of an NV index the caller may read (Part 3 31.16)."""
+    from vtpm.commands.nv import _index, check_read_access
+
+    key = _optional_signer(tpm, cmd.handles[0], 1)
+    index = _index(tpm, cmd.handles[2])
+    check_read_access(tpm, cmd, cmd.handles[1], index)
+    p = cmd.params
+    if p.offset > index.data_size or p.size > index.data_size - p.offset:
+        raise TpmError(RC.NV_RANGE)
+    info = {"indexName": index.name, "offset": p.offset, "nvContents": index.data[p.offset : p.offset + p.size]}
+    return Response(params=signed_attestation(tpm, key, p.inScheme, 2, ST.ATTEST_NV, p.qualifyingData, info))
