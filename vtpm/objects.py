@@ -242,7 +242,7 @@ def generate(public: Public, data: bytes, random: Any) -> tuple[Public, bytes, b
         scalar = int.from_bytes(random(length + 8), "big") % (order - 1) + 1
         point = ec.derive_private_key(scalar, curve).public_key().public_numbers()
         secret = scalar.to_bytes(length, "big")
-        area.unique = {"x": point.x.to_bytes(length, "big"), "y": point.y.to_bytes(length, "big")}
+        area.unique = cs.Container(x=point.x.to_bytes(length, "big"), y=point.y.to_bytes(length, "big"))
     elif kind == ALG.SYMCIPHER:
         secret = random(area.parameters.sym.keyBits // 8)
         seed_value = random(size)

@@ -140,7 +140,7 @@ def _multiply(key: LoadedObject, scalar: int, x: bytes, y: bytes, param: int) ->
     return {"x": int(result.x).to_bytes(size, "big"), "y": int(result.y).to_bytes(size, "big")}
 
 
-@command(CC.ECDH_KeyGen, handles=[PUBLIC_KEY])
+@command(CC.ECDH_KeyGen, handles=[PUBLIC_KEY], response_tpm2b=True)
 def ecdh_keygen(tpm: Tpm, cmd: Command) -> Response:
     key = _ecdh_key(tpm, cmd.handles[0])
     curve, size = CURVES[key.public.area.parameters.curveID]

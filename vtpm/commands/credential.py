@@ -30,7 +30,7 @@ TPMI_RH_HIERARCHY_NULL = OneOf(U32, [RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.N
     CC.LoadExternal,
     params=[("inPrivate", Tpm2bStruct(TPMT_SENSITIVE, optional=True)), ("inPublic", Tpm2bStruct(TPMT_PUBLIC)),
             ("hierarchy", TPMI_RH_HIERARCHY_NULL)],
-    response_tpm2b=False,
+    response_tpm2b=True,
 )
 def load_external(tpm: Tpm, cmd: Command) -> Response:
     p = cmd.params

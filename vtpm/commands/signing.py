@@ -133,7 +133,8 @@ def _optional_signer(tpm: Tpm, handle: int, number: int) -> LoadedObject | None:
 
 
 @command(CC.Quote, handles=[SIGN_HANDLE],
-         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME), ("PCRselect", TPML_PCR_SELECTION)])
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME), ("PCRselect", TPML_PCR_SELECTION)],
+         response_tpm2b=True)
 def quote(tpm: Tpm, cmd: Command) -> Response:
     key = _optional_signer(tpm, cmd.handles[0], 1)
     p = cmd.params
@@ -146,7 +147,7 @@ def quote(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.Certify,
          handles=[handle_spec("objectHandle", Auth.ADMIN, types=[HT.TRANSIENT, HT.PERSISTENT]),
                   handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL])],
-         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME)])
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME)], response_tpm2b=True)
 def certify(tpm: Tpm, cmd: Command) -> Response:
     obj = get_object(tpm, cmd.handles[0])
     key = _optional_signer(tpm, cmd.handles[1], 2)
@@ -158,7 +159,7 @@ def certify(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.GetTime,
          handles=[handle_spec("privacyAdminHandle", Auth.USER, permanent=[RH.ENDORSEMENT]),
                   handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL])],
-         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME)])
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME)], response_tpm2b=True)
 def get_time(tpm: Tpm, cmd: Command) -> Response:
     key = _optional_signer(tpm, cmd.handles[1], 2)
     info = {"time": time_info(tpm), "firmwareVersion": FIRMWARE_VERSION}
@@ -171,7 +172,7 @@ def get_time(tpm: Tpm, cmd: Command) -> Response:
          handles=[handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL]),
                   handle_spec("objectHandle", types=[HT.TRANSIENT, HT.PERSISTENT])],
          params=[("qualifyingData", TPM2B_DATA), ("creationHash", TPM2B_DIGEST), ("inScheme", TPMT_ASYM_SCHEME),
-                 ("creationTicket", TPMT_TK)])
+                 ("creationTicket", TPMT_TK)], response_tpm2b=True)
 def certify_creation(tpm: Tpm, cmd: Command) -> Response:
     """Vouch that the TPM created an object with this creation data (the ticket proves it)."""
     key = _optional_signer(tpm, cmd.handles[0], 1)
@@ -192,7 +193,8 @@ def certify_creation(tpm: Tpm, cmd: Command) -> Response:
          handles=[handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL]),
                   handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=(RH.OWNER, RH.PLATFORM)),
                   handle_spec("nvIndex", types=[HT.NV_INDEX])],
-         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME), ("size", U16), ("offset", U16)])
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME), ("size", U16), ("offset", U16)],
+         response_tpm2b=True)
 def nv_certify(tpm: Tpm, cmd: Command) -> Response:
     """Sign the contents of an NV index the caller may read (Part 3 31.16)."""
     from vtpm.commands.nv import _index, check_read_access

@@ -1,0 +1,168 @@
+"""tpm2-pytss (ESAPI over the swtpm TCTI) against the vTPM, and the same suite against swtpm,
+so the checks are about TPM behaviour rather than this implementation's assumptions.
+
+Every authorized command runs in a salted (RSA and ECC salt keys), bound-free HMAC session
+with AES-128-CFB parameter encryption in both directions, as ESAPI clients use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytss = pytest.importorskip("tpm2_pytss", reason="tpm2-pytss is installed by the test extras")
+
+from tpm2_pytss import ESAPI, TCTILdr  # noqa: E402
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_NV, TPMA_SESSION, TPM2_RH  # noqa: E402
+from tpm2_pytss.TSS2_Exception import TSS2_Exception  # noqa: E402
+from tpm2_pytss.types import (  # noqa: E402
+    TPM2B_AUTH,
+    TPM2B_DIGEST,
+    TPM2B_NV_PUBLIC,
+    TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE,
+    TPML_PCR_SELECTION,
+    TPMS_NV_PUBLIC,
+    TPMS_SENSITIVE_CREATE,
+    TPMT_SIG_SCHEME,
+    TPMT_SYM_DEF,
+    TPMT_TK_HASHCHECK,
+)
+
+from vtpm.server.sockets import free_port_pair  # noqa: E402
+from vtpm_server import start_vtpm  # noqa: E402
+
+AES128CFB = TPMT_SYM_DEF(algorithm=TPM2_ALG.AES)
+AES128CFB.keyBits.aes = 128
+AES128CFB.mode.aes = TPM2_ALG.CFB
+
+
+def _start_swtpm(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    if shutil.which("swtpm") is None:
+        pytest.fail("swtpm is not installed (scripts/bootstrap.sh installs it)")
+    port = free_port_pair()
+    state = tmp_path / "swtpm"
+    state.mkdir()
+    proc = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port}", "--ctrl", f"type=tcp,port={port + 1}",
+         "--tpmstate", f"dir={state}", "--flags", "not-need-init,startup-clear"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    return proc, port
+
+
+@pytest.fixture(params=["vtpm", "swtpm"])
+def esapi(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ESAPI]:
+    if request.param == "vtpm":
+        server = start_vtpm(["--state", str(tmp_path / "vtpm"), "--startup-clear"], tmp_path / "log")
+        port, stop = server.port, server.stop
+    else:
+        proc, port = _start_swtpm(tmp_path)
+
+        def stop() -> int:
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait(10)
+
+    tcti = TCTILdr("swtpm", f"host=127.0.0.1,port={port}")
+    ectx = ESAPI(tcti)
+    try:
+        yield ectx
+    finally:
+        ectx.close()
+        tcti.close()
+        stop()
+
+
+def salted_session(ectx: ESAPI, salt_key: ESYS_TR) -> ESYS_TR:
+    session = ectx.start_auth_session(salt_key, ESYS_TR.NONE, TPM2_SE.HMAC, AES128CFB, TPM2_ALG.SHA256)
+    ectx.trsess_set_attributes(
+        session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT
+    )
+    return session
+
+
+def _srk(ectx: ESAPI, alg: str = "rsa2048") -> ESYS_TR:
+    handle, *_ = ectx.create_primary(None, alg)
+    return handle
+
+
+@pytest.mark.parametrize("salt", ["rsa2048", "ecc256"])
+def test_keys_sign_and_unseal_in_salted_encrypted_sessions(esapi: ESAPI, salt: str) -> None:
+    srk = _srk(esapi, salt)
+    session = salted_session(esapi, srk)
+
+    sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(b"keypass")))
+    template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes="userwithauth|sign|fixedtpm|fixedparent|sensitivedataorigin")
+    priv, pub, *_ = esapi.create(srk, sensitive, template, session1=session)
+    key = esapi.load(srk, priv, pub, session1=session)
+    esapi.tr_set_auth(key, b"keypass")
+    digest = hashlib.sha256(b"attested payload").digest()
+    scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL)
+    ticket = TPMT_TK_HASHCHECK(tag=0x8024, hierarchy=TPM2_RH.NULL)
+    signature = esapi.sign(key, TPM2B_DIGEST(digest), scheme, ticket, session1=session)
+    esapi.verify_signature(key, TPM2B_DIGEST(digest), signature)
+    with pytest.raises(TSS2_Exception):
+        esapi.verify_signature(key, TPM2B_DIGEST(hashlib.sha256(b"other").digest()), signature)
+
+    seal = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(b"sealpass"), data=b"sealed secret"))
+    seal_template = TPM2B_PUBLIC.parse("keyedhash", objectAttributes="userwithauth|fixedtpm|fixedparent")
+    priv, pub, *_ = esapi.create(srk, seal, seal_template, session1=session)
+    sealed = esapi.load(srk, priv, pub, session1=session)
+    esapi.tr_set_auth(sealed, b"sealpass")
+    assert bytes(esapi.unseal(sealed, session1=session)) == b"sealed secret"
+    esapi.tr_set_auth(sealed, b"wrong")
+    with pytest.raises(TSS2_Exception):
+        esapi.unseal(sealed, session1=session)
+    esapi.flush_context(session)
+
+
+def test_quote_with_restricted_key(esapi: ESAPI) -> None:
+    srk = _srk(esapi)
+    session = salted_session(esapi, srk)
+    template = TPM2B_PUBLIC.parse(
+        "rsa2048:rsassa-sha256:null",  # a signing key has no symmetric algorithm
+        objectAttributes="userwithauth|sign|restricted|fixedtpm|fixedparent|sensitivedataorigin",
+    )
+    priv, pub, *_ = esapi.create(srk, None, template, session1=session)
+    ak = esapi.load(srk, priv, pub, session1=session)
+    selection = TPML_PCR_SELECTION.parse("sha256:0,1,2,16")
+    quoted, signature = esapi.quote(ak, selection, b"nonce-1234", TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL), session1=session)
+    attest = bytes(quoted.marshal())[2:]
+    assert attest[:4] == bytes.fromhex("ff544347")  # TPM_GENERATED_VALUE
+    assert b"nonce-1234" in attest
+    _, _, values = esapi.pcr_read(selection)
+    assert hashlib.sha256(b"".join(bytes(v) for v in values)).digest() in attest
+    digest = hashlib.sha256(attest).digest()
+    esapi.verify_signature(ak, TPM2B_DIGEST(digest), signature)
+    # a restricted key will not sign an arbitrary digest without a hash-check ticket
+    with pytest.raises(TSS2_Exception):
+        esapi.sign(ak, TPM2B_DIGEST(digest), TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL),
+                   TPMT_TK_HASHCHECK(tag=0x8024, hierarchy=TPM2_RH.NULL), session1=session)
+    esapi.flush_context(session)
+
+
+def test_nv_in_encrypted_session(esapi: ESAPI) -> None:
+    srk = _srk(esapi)
+    session = salted_session(esapi, srk)
+    public = TPM2B_NV_PUBLIC(TPMS_NV_PUBLIC(
+        nvIndex=0x01500100, nameAlg=TPM2_ALG.SHA256,
+        attributes=TPMA_NV.AUTHREAD | TPMA_NV.AUTHWRITE | TPMA_NV.NO_DA, dataSize=32,
+    ))
+    index = esapi.nv_define_space(TPM2B_AUTH(b"nvpass"), public, session1=session)
+    esapi.tr_set_auth(index, b"nvpass")
+    esapi.nv_write(index, b"confidential nv data", 0, auth_handle=index, session1=session)
+    assert bytes(esapi.nv_read(index, 20, 0, auth_handle=index, session1=session)) == b"confidential nv data"
+    esapi.tr_set_auth(index, b"bad")
+    with pytest.raises(TSS2_Exception):
+        esapi.nv_read(index, 20, 0, auth_handle=index, session1=session)
+    esapi.tr_set_auth(index, b"nvpass")
+    esapi.nv_undefine_space(index, session1=session)
+    esapi.flush_context(session)
