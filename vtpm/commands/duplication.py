@@ -1,0 +1,138 @@
+"""Duplicate and Import (Part 3, 13.1 and 13.3; Part 1, 23.3): moving a key to another
+parent, possibly on another TPM, under an optional inner (symmetric) and outer
+(seed sealed to the new parent) wrapper."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from vtpm.commands.credential import _seal_to
+from vtpm.commands.objects import _storage_parent, get_object
+from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT
+from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
+from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
+from vtpm.errors import TpmError
+from vtpm.keyops import decrypt_secret
+from vtpm.marshal.objects import TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_PUBLIC, TPMT_SYM_DEF_OBJECT
+from vtpm.marshal.structures import TPM2B_DATA
+from vtpm.objects import LoadedObject, Public, Sensitive, check_binding, check_template, wrap_private
+from vtpm.sessions import CFB
+
+A = TPMA_OBJECT
+
+
+def _cfb(key: bytes, data: bytes, encrypt: bool) -> bytes:
+    cipher = Cipher(algorithms.AES(key), CFB(bytes(16)))
+    op = cipher.encryptor() if encrypt else cipher.decryptor()
+    return op.update(data) + op.finalize()
+
+
+def _sym_bits(sym: object, param: int) -> int:
+    if sym.algorithm == ALG.NULL:  # type: ignore[attr-defined]
+        return 0
+    if sym.algorithm != ALG.AES or sym.mode != ALG.CFB or sym.keyBits not in (128, 192, 256):  # type: ignore[attr-defined]
+        raise TpmError(RC.SYMMETRIC, param=param)
+    return sym.keyBits  # type: ignore[attr-defined,no-any-return]
+
+
+def _outer_keys(parent: LoadedObject, seed: bytes, name: bytes) -> tuple[bytes, bytes]:
+    alg = parent.public.name_alg
+    bits = parent.public.symmetric().keyBits
+    return (kdfa(alg, seed, b"STORAGE", name, b"", bits), kdfa(alg, seed, b"INTEGRITY", b"", b"", HASHES[alg].size * 8))
+
+
+@command(
+    CC.Duplicate,
+    handles=[handle_spec("objectHandle", Auth.DUP, types=[HT.TRANSIENT]),
+             handle_spec("newParentHandle", types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL])],
+    params=[("encryptionKeyIn", TPM2B_DATA), ("symmetricAlg", TPMT_SYM_DEF_OBJECT)],
+    response_tpm2b=True,
+)
+def duplicate(tpm: Tpm, cmd: Command) -> Response:
+    obj = get_object(tpm, cmd.handles[0])
+    if obj.public.has(A.FIXED_PARENT):
+        raise TpmError(RC.ATTRIBUTES, handle=1)
+    bits = _sym_bits(cmd.params.symmetricAlg, 2)
+    new_parent = None if cmd.handles[1] == RH.NULL else get_object(tpm, cmd.handles[1], 2)
+    if obj.public.has(A.ENCRYPTED_DUPLICATION):
+        if not bits:
+            raise TpmError(RC.SYMMETRIC, param=2)
+        if new_parent is None:
+            raise TpmError(RC.HIERARCHY, handle=2)
+    key_in = cmd.params.encryptionKeyIn
+    if not bits and key_in:
+        raise TpmError(RC.SIZE, param=1)
+    assert obj.sensitive is not None
+    sensitive = obj.sensitive.build()
+    name = obj.name
+    key_out = b""
+    blob = sensitive
+    if bits:
+        if key_in and len(key_in) != bits // 8:
+            raise TpmError(RC.SIZE, param=1)
+        key = key_in or secrets.token_bytes(bits // 8)
+        key_out = b"" if key_in else key
+        inner = digest(obj.public.name_alg, sensitive, name)
+        blob = _cfb(key, len(inner).to_bytes(2, "big") + inner + sensitive, True)
+    seed_out = b""
+    if new_parent is not None:
+        if not new_parent.public.is_storage_parent:
+            raise TpmError(RC.TYPE, handle=2)
+        seed, seed_out = _seal_to(new_parent, b"DUPLICATE")
+        sym_key, hmac_key = _outer_keys(new_parent, seed, name)
+        encrypted = _cfb(sym_key, blob, True)
+        outer = hmac_digest(new_parent.public.name_alg, hmac_key, encrypted, name)
+        blob = len(outer).to_bytes(2, "big") + outer + encrypted
+    body = TPM2B_DATA.build(key_out) + TPM2B_PRIVATE.build(blob) + TPM2B_ENCRYPTED_SECRET.build(seed_out)
+    return Response(params=body)
+
+
+@command(
+    CC.Import,
+    handles=[handle_spec("parentHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])],
+    params=[("encryptionKey", TPM2B_DATA), ("objectPublic", TPM2B_PUBLIC), ("duplicate", TPM2B_PRIVATE),
+            ("inSymSeed", TPM2B_ENCRYPTED_SECRET), ("symmetricAlg", TPMT_SYM_DEF_OBJECT)],
+    response_tpm2b=True,
+)
+def import_object(tpm: Tpm, cmd: Command) -> Response:
+    parent = _storage_parent(tpm, cmd.handles[0])
+    p = cmd.params
+    public = Public.from_container(p.objectPublic)
+    check_template(public, param=2, primary=False)
+    if public.attributes & (A.FIXED_TPM | A.FIXED_PARENT):
+        raise TpmError(RC.ATTRIBUTES, param=2)
+    bits = _sym_bits(p.symmetricAlg, 5)
+    if public.has(A.ENCRYPTED_DUPLICATION) and (not bits or not p.inSymSeed):
+        raise TpmError(RC.ATTRIBUTES, param=2)
+    name = public.name
+    blob = p.duplicate
+    if p.inSymSeed:
+        seed = decrypt_secret(parent, p.inSymSeed, b"DUPLICATE", 4)
+        sym_key, hmac_key = _outer_keys(parent, seed, name)
+        size = int.from_bytes(blob[:2], "big") if len(blob) >= 2 else -1
+        outer, encrypted = blob[2 : 2 + size], blob[2 + size :]
+        expected = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
+        if size != len(expected) or not hmac.compare_digest(outer, expected):
+            raise TpmError(RC.INTEGRITY, param=3)
+        blob = _cfb(sym_key, encrypted, False)
+    if bits:
+        if len(p.encryptionKey) != bits // 8:
+            raise TpmError(RC.SIZE, param=1)
+        plain = _cfb(p.encryptionKey, blob, False)
+        size = int.from_bytes(plain[:2], "big")
+        inner, blob = plain[2 : 2 + size], plain[2 + size :]
+        if not hmac.compare_digest(inner, digest(public.name_alg, blob, name)):
+            raise TpmError(RC.INTEGRITY, param=3)
+    try:
+        sensitive = Sensitive.parse_tpm2b(blob)
+    except Exception:
+        raise TpmError(RC.INTEGRITY, param=3) from None
+    obj = LoadedObject(public, sensitive, parent.hierarchy, name)
+    try:
+        check_binding(obj)
+    except TpmError as exc:
+        raise exc.at_param(3) from None
+    return Response(params=TPM2B_PRIVATE.build(wrap_private(parent, sensitive, name)))
