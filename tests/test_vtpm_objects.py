@@ -17,7 +17,6 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from test_vtpm_tools import tools
 from vtpm_server import ServedTpm, served
 
 pytestmark = pytest.mark.skipif(

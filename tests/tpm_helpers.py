@@ -92,6 +92,25 @@ CC = {
     "GetCapability": 0x0000017A,
     "GetRandom": 0x0000017B,
     "Hash": 0x0000017D,
+    "StartAuthSession": 0x00000176,
+    "FlushContext": 0x00000165,
+    "NV_ChangeAuth": 0x0000013B,
+    "PCR_SetAuthPolicy": 0x0000012C,
+    "PolicyNV": 0x00000149,
+    "PolicySecret": 0x00000151,
+    "PolicyAuthValue": 0x0000016B,
+    "PolicyCommandCode": 0x0000016C,
+    "PolicyCounterTimer": 0x0000016D,
+    "PolicyCpHash": 0x0000016E,
+    "PolicyLocality": 0x0000016F,
+    "PolicyNameHash": 0x00000170,
+    "PolicyOR": 0x00000171,
+    "PolicyPCR": 0x0000017F,
+    "PolicyRestart": 0x00000180,
+    "PolicyDuplicationSelect": 0x00000188,
+    "PolicyGetDigest": 0x00000189,
+    "PolicyPassword": 0x0000018C,
+    "PolicyNvWritten": 0x0000018F,
 }
 
 # Response codes (Part 2, 6.6; values as in libtpms TpmTypes.h), for readable messages only
@@ -262,6 +281,83 @@ def nv_set_bits(index: int, bits: int, *, auth_handle: int | None = None, passwo
 
 def nv_extend(index: int, data: bytes, *, auth_handle: int | None = None, password: bytes = b"") -> bytes:
     return build_command(CC["NV_Extend"], [auth_handle or index, index], tpm2b(data), auth=pw_session(password))
+
+
+# ----------------------------------------------------------------------------- sessions and policy commands
+
+TPM_SE_HMAC = 0x00
+TPM_SE_POLICY = 0x01
+TPM_SE_TRIAL = 0x03
+TPMA_NV_POLICYREAD = 0x00080000
+
+
+def start_auth_session(session_type: int, auth_hash: int = TPM_ALG_SHA256, nonce_caller: bytes = bytes(range(16)),
+                       bind: int = TPM_RH_NULL) -> bytes:
+    """StartAuthSession: unsalted, no parameter encryption (symmetric TPM_ALG_NULL)."""
+    params = tpm2b(nonce_caller) + tpm2b(b"") + u8(session_type) + u16(TPM_ALG_NULL) + u16(auth_hash)
+    return build_command(CC["StartAuthSession"], [TPM_RH_NULL, bind], params)
+
+
+def session_from_response(response: bytes) -> tuple[int, bytes]:
+    """(sessionHandle, nonceTPM) from a StartAuthSession response."""
+    size = int.from_bytes(response[14:16], "big")
+    return int.from_bytes(response[10:14], "big"), response[16 : 16 + size]
+
+
+def flush_context(handle: int) -> bytes:
+    return build_command(CC["FlushContext"], params=u32(handle))
+
+
+def policy_simple(name: str, session: int) -> bytes:
+    """A policy command whose only input is the session: PolicyAuthValue, PolicyPassword,
+    PolicyRestart, PolicyGetDigest."""
+    return build_command(CC[name], [session])
+
+
+def policy_pcr(session: int, pcr_digest: bytes, selections: list[tuple[int, list[int] | range]]) -> bytes:
+    return build_command(CC["PolicyPCR"], [session], tpm2b(pcr_digest) + tpml_pcr_selection(selections))
+
+
+def policy_command_code(session: int, code: int) -> bytes:
+    return build_command(CC["PolicyCommandCode"], [session], u32(code))
+
+
+def policy_digest_param(name: str, session: int, value: bytes) -> bytes:
+    """PolicyCpHash or PolicyNameHash: one TPM2B_DIGEST."""
+    return build_command(CC[name], [session], tpm2b(value))
+
+
+def policy_or(session: int, digests: list[bytes]) -> bytes:
+    return build_command(CC["PolicyOR"], [session], u32(len(digests)) + b"".join(tpm2b(d) for d in digests))
+
+
+def policy_locality(session: int, locality: int) -> bytes:
+    return build_command(CC["PolicyLocality"], [session], u8(locality))
+
+
+def policy_nv_written(session: int, written: int) -> bytes:
+    return build_command(CC["PolicyNvWritten"], [session], u8(written))
+
+
+def policy_nv(auth_handle: int, index: int, session: int, operand: bytes, offset: int, operation: int,
+              password: bytes = b"") -> bytes:
+    return build_command(CC["PolicyNV"], [auth_handle, index, session], tpm2b(operand) + u16(offset) + u16(operation),
+                         auth=pw_session(password))
+
+
+def policy_counter_timer(session: int, operand: bytes, offset: int, operation: int) -> bytes:
+    return build_command(CC["PolicyCounterTimer"], [session], tpm2b(operand) + u16(offset) + u16(operation))
+
+
+def policy_secret(auth_handle: int, session: int, *, nonce_tpm: bytes = b"", cp_hash: bytes = b"",
+                  policy_ref: bytes = b"", expiration: int = 0, password: bytes = b"") -> bytes:
+    params = tpm2b(nonce_tpm) + tpm2b(cp_hash) + tpm2b(policy_ref) + struct.pack(">i", expiration)
+    return build_command(CC["PolicySecret"], [auth_handle, session], params, auth=pw_session(password))
+
+
+def policy_duplication_select(session: int, object_name: bytes, parent_name: bytes, include: int) -> bytes:
+    return build_command(CC["PolicyDuplicationSelect"], [session],
+                         tpm2b(object_name) + tpm2b(parent_name) + u8(include))
 
 
 def response_code(response: bytes) -> int:

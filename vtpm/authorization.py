@@ -115,6 +115,8 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
                 raise TpmError(RC.HANDLE, session=number)
             if wire.attributes & AUDIT_FLAGS:
                 raise TpmError(RC.ATTRIBUTES, session=number)  # audit sessions are not supported
+            if session.is_trial:  # a trial policy session only computes a digest: it never appears here
+                raise TpmError(RC.ATTRIBUTES, session=number)
             use = SessionUse(number, wire, session, entity, hspec, handle)
             use.include_auth = use.includes_auth_value()
         seen.add(wire.handle)
@@ -142,7 +144,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
             assert session is not None
             _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
             continue
-        _check_authorization(tpm, ctx, use, code, command_hash)
+        _check_authorization(tpm, ctx, use, code, command_hash, names)
 
     for use in ctx.uses:
         if use.session is not None:
@@ -153,7 +155,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
 
 
 def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: int,
-                         command_hash: Callable[[int], bytes]) -> None:
+                         command_hash: Callable[[int], bytes], names: list[bytes]) -> None:
     """One authorization session, in the reference implementation's order (Part 1 19.6):
     lockout, session kind, whether the entity's auth may be used at all, then the proof."""
     from vtpm.engine import Auth
@@ -171,7 +173,8 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
     if auth_used:
         tpm.dictionary_attack.check_allowed(entity)
     if session is None or not session.is_policy:
-        if (entity.admin_needs_policy if admin else entity.user_needs_policy):
+        dup = use.hspec is not None and use.hspec.auth == Auth.DUP  # the DUP role always needs a policy
+        if dup or (entity.admin_needs_policy if admin else entity.user_needs_policy):
             raise TpmError(RC.AUTH_TYPE)
         if entity.auth_available is not None and not entity.auth_available(code, False, admin):
             raise TpmError(RC.AUTH_UNAVAILABLE)
@@ -179,7 +182,7 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
         available = entity.auth_available(code, True, admin) if entity.auth_available else bool(entity.auth_policy)
         if not available:
             raise TpmError(RC.AUTH_UNAVAILABLE)
-        _check_policy(tpm, use, code, command_hash(session.auth_hash))
+        _check_policy(tpm, use, code, command_hash(session.auth_hash), names)
     if session is None or session.needs_password:
         _check_password(tpm, use)
     else:
@@ -229,25 +232,50 @@ def _check_password(tpm: "Tpm", use: SessionUse) -> None:
         raise tpm.dictionary_attack.failure(entity, use.number)
 
 
-def _check_policy(tpm: "Tpm", use: SessionUse, code: int, command_cp_hash: bytes) -> None:
+def _check_policy(tpm: "Tpm", use: SessionUse, code: int, command_cp_hash: bytes, names: list[bytes]) -> None:
+    """Is every assertion the policy session collected true for this command? (Part 1 19.7)
+
+    In the reference implementation's order, so both answer the same code first.
+    """
+    from vtpm.constants import CC, HT, TPMA_NV
+    from vtpm.crypto import digest
+    from vtpm.engine import Auth
+
     session, entity = use.session, use.entity
     assert session is not None and entity is not None
-    if session.is_trial:
-        raise TpmError(RC.ATTRIBUTES, session=use.number)
-    if not entity.auth_policy or entity.auth_policy_alg != session.auth_hash:
-        raise TpmError(RC.POLICY_FAIL, session=use.number)
-    if not hmac.compare_digest(session.policy_digest, entity.auth_policy):
-        raise TpmError(RC.POLICY_FAIL, session=use.number)
-    if session.command_code is not None and session.command_code != code:
-        raise TpmError(RC.POLICY_CC, session=use.number)
-    if session.cp_hash is not None and session.cp_hash != command_cp_hash:
-        raise TpmError(RC.POLICY_FAIL, session=use.number)
-    if session.locality is not None and not session.locality & (1 << tpm.locality if tpm.locality < 5 else 0):
-        raise TpmError(RC.LOCALITY)
-    if session.expiration_ms is not None and tpm.now_ms() > session.expiration_ms:
-        raise TpmError(RC.EXPIRED, session=use.number)
+    number = use.number
+    if code == CC.PolicySecret and not (session.needs_password or session.needs_auth_value):
+        raise TpmError(RC.MODE, session=number)  # PolicySecret proves knowledge of an authValue
     if session.pcr_counter is not None and session.pcr_counter != tpm.volatile.pcr_update_counter:
-        raise TpmError(RC.PCR_CHANGED, session=use.number)
+        raise TpmError(RC.PCR_CHANGED)
+    if not entity.auth_policy or not hmac.compare_digest(session.policy_digest, entity.auth_policy):
+        raise TpmError(RC.POLICY_FAIL, session=number)
+    if entity.auth_policy_alg != session.auth_hash:
+        raise TpmError(RC.POLICY_FAIL, session=number)
+    if session.expiration_ms is not None and tpm.now_ms() > session.expiration_ms:
+        raise TpmError(RC.EXPIRED, session=number)
+    if session.command_code is not None:
+        if session.command_code != code:
+            raise TpmError(RC.POLICY_CC, session=number)
+    elif use.hspec is not None and use.hspec.auth in (Auth.ADMIN, Auth.DUP):
+        raise TpmError(RC.POLICY_FAIL, session=number)  # ADMIN and DUP roles need PolicyCommandCode
+    if session.locality is not None and not _locality_allowed(session.locality, tpm.locality):
+        raise TpmError(RC.LOCALITY)
+    if session.cp_hash is not None and session.cp_hash != command_cp_hash:
+        raise TpmError(RC.POLICY_FAIL, session=number)
+    if session.name_hash is not None and session.name_hash != digest(session.auth_hash, *names):
+        raise TpmError(RC.POLICY_FAIL, session=number)
+    if session.nv_written is not None:
+        index = tpm.state.nv.get(use.handle) if use.handle is not None and use.handle >> 24 == HT.NV_INDEX else None
+        if index is None or index.has(TPMA_NV.WRITTEN) != session.nv_written:
+            raise TpmError(RC.POLICY_FAIL, session=number)
+
+
+def _locality_allowed(allowed: int, locality: int) -> bool:
+    """TPMA_LOCALITY: a bit per locality 0-4, or one extended locality (32-255) as a value."""
+    if locality < 5:
+        return allowed < 32 and bool(allowed & (1 << locality))
+    return locality > 31 and allowed == locality
 
 
 def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes) -> tuple[bytes, bytes]:
@@ -270,9 +298,10 @@ def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes) -> tuple[byt
             hashes[alg] = rp_hash(alg, code, params)
         auth_value = _current_auth(tpm, use) if use.include_auth else b""
         if session.is_policy and session.needs_password:
-            auth_value = b""
-        mac = session_hmac(session, auth_value, hashes[alg], session.nonce_tpm, use.wire.nonce,
-                           b"", attributes, not use.wire.hmac)
+            mac = b""  # PolicyPassword: the caller sent the password in the clear, the answer has no HMAC
+        else:
+            mac = session_hmac(session, auth_value, hashes[alg], session.nonce_tpm, use.wire.nonce,
+                               b"", attributes, not use.wire.hmac)
         area += len(session.nonce_tpm).to_bytes(2, "big") + session.nonce_tpm + bytes([attributes])
         area += len(mac).to_bytes(2, "big") + mac
         if not attributes & CONTINUE:

@@ -23,7 +23,7 @@ from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
 from vtpm.errors import TpmError
 
 MAX_ACTIVE_SESSIONS = 64
-MAX_LOADED_SESSIONS = 3 * 8
+MAX_LOADED_SESSIONS = 3  # as libtpms: a client without a resource manager flushes or saves sessions
 
 
 class SessionType:
@@ -63,6 +63,8 @@ class AuthSession:
     start_nonce_tpm: bytes = b""
     expiration_ms: int | None = None
     pcr_counter: int | None = None
+    nv_written: bool | None = None  # PolicyNvWritten: the WRITTEN state the authorized index must have
+    start_ms: int = 0  # TPM time at StartAuthSession: PolicySecret expirations given with nonceTPM count from it
 
     @property
     def is_policy(self) -> bool:
@@ -72,7 +74,7 @@ class AuthSession:
         self.policy_digest = bytes(HASHES[self.auth_hash].size)
         self.needs_auth_value = self.needs_password = False
         self.command_code = self.cp_hash = self.name_hash = self.locality = None
-        self.expiration_ms = self.pcr_counter = None
+        self.expiration_ms = self.pcr_counter = self.nv_written = None
 
 
 def bind_value(name: bytes, auth_value: bytes) -> bytes:

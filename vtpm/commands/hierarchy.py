@@ -38,11 +38,14 @@ def permanent_entity(tpm: Tpm, handle: int) -> Entity:
     if not hierarchy_enabled(tpm, handle):
         raise TpmError(RC.HIERARCHY)
     if handle == RH.PLATFORM:
-        return Entity(tpm.volatile.platform_auth, da_protected=False)
+        h = tpm.state.platform_policy
+        return Entity(tpm.volatile.platform_auth, da_protected=False, auth_policy=h.policy, auth_policy_alg=h.policy_alg)
     if handle in (RH.OWNER, RH.ENDORSEMENT):
-        return Entity(stored_hierarchy(tpm, handle).auth, da_protected=False)
+        h = stored_hierarchy(tpm, handle)
+        return Entity(h.auth, da_protected=False, auth_policy=h.policy, auth_policy_alg=h.policy_alg)
     if handle == RH.LOCKOUT:
-        return Entity(tpm.state.lockout.auth, da_protected=True, is_lockout=True)
+        h = tpm.state.lockout
+        return Entity(h.auth, da_protected=True, is_lockout=True, auth_policy=h.policy, auth_policy_alg=h.policy_alg)
     return Entity(b"", da_protected=False)
 
 

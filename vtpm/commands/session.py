@@ -120,6 +120,7 @@ def start_auth_session(tpm: Tpm, cmd: Command) -> Response:
         is_trial=p.sessionType == SessionType.TRIAL,
         nonce_caller=p.nonceCaller,
         start_nonce_tpm=nonce_tpm,
+        start_ms=tpm.now_ms(),  # PolicySecret/PolicySigned expirations count from here
     )
     session.reset_policy()
     tpm.volatile.sessions[handle] = session
