@@ -1,0 +1,135 @@
+"""Policy assertions proven with keys and tickets (Part 3, 23.3, 23.5, 23.16):
+PolicySigned, PolicyTicket and PolicyAuthorize.
+
+PolicySigned: the holder of a signing key approves this session (its nonce,
+an expiration, a cpHash and a policyRef). PolicyTicket replays an earlier
+PolicySigned or PolicySecret through the ticket the TPM issued. PolicyAuthorize
+replaces the session's digest by "whatever this key approved", which lets a
+policy be updated without re-creating the objects that use it.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from vtpm.commands.objects import get_object
+from vtpm.commands.policy import POLICY_SESSION, extend, session_of
+from vtpm.commands.policy_secret import (
+    EXPIRES_ON_RESET,
+    auth_ticket_digest,
+    auth_timeout,
+    check_parameters,
+    update_context,
+)
+from vtpm.commands.hash import proof_for
+from vtpm.constants import CC, HT, RC, RH, ST
+from vtpm.crypto import HASHES, digest, hmac_digest
+from vtpm.engine import Command, Response, Tpm, command, handle_spec
+from vtpm.errors import TpmError
+from vtpm.keyops import verify_digest
+from vtpm.marshal.objects import TPMT_SIGNATURE, TPMT_TK
+from vtpm.marshal.primitives import I32, U16
+from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NAME, TPM2B_NONCE
+
+TPM2B_TIMEOUT = TPM2B_DIGEST  # 8 bytes in practice; up to a digest in size
+
+
+def _signature_hash(signature: object) -> int:
+    body = signature.signature  # type: ignore[attr-defined]
+    alg = getattr(body, "hash", None)
+    if alg is None:
+        alg = getattr(body, "hashAlg", None)
+    if alg not in HASHES:
+        raise TpmError(RC.SCHEME, param=5)
+    return alg
+
+
+@command(
+    CC.PolicySigned,
+    handles=[handle_spec("authObject", types=[HT.TRANSIENT, HT.PERSISTENT]), POLICY_SESSION],
+    params=[("nonceTPM", TPM2B_NONCE), ("cpHashA", TPM2B_DIGEST), ("policyRef", TPM2B_NONCE), ("expiration", I32),
+            ("auth", TPMT_SIGNATURE)],
+    response_tpm2b=True,
+)
+def policy_signed(tpm: Tpm, cmd: Command) -> Response:
+    key = get_object(tpm, cmd.handles[0])
+    session = session_of(tpm, cmd.handles[1], 2)
+    p = cmd.params
+    timeout = 0
+    if not session.is_trial:
+        timeout = auth_timeout(tpm, session, p.expiration, p.nonceTPM)
+        check_parameters(tpm, session, timeout, p.cpHashA, p.nonceTPM)
+        alg = _signature_hash(p.auth)
+        a_hash = digest(alg, p.nonceTPM, p.expiration.to_bytes(4, "big", signed=True), p.cpHashA, p.policyRef)
+        verify_digest(key, p.auth, a_hash, 5)
+    update_context(session, CC.PolicySigned, key.name, p.policyRef, p.cpHashA, timeout)
+    if p.expiration < 0 and not session.is_trial:
+        expires_on_reset = not p.nonceTPM
+        ticket = auth_ticket_digest(tpm, ST.AUTH_SIGNED, key.hierarchy, timeout, expires_on_reset, p.cpHashA,
+                                    p.policyRef, key.name)
+        flagged = timeout | (EXPIRES_ON_RESET if expires_on_reset else 0)
+        out = TPM2B_DIGEST.build(flagged.to_bytes(8, "big"))
+        out += U16.build(ST.AUTH_SIGNED) + key.hierarchy.to_bytes(4, "big") + TPM2B_DIGEST.build(ticket)
+    else:
+        out = TPM2B_DIGEST.build(b"") + U16.build(ST.AUTH_SIGNED) + RH.NULL.to_bytes(4, "big") + TPM2B_DIGEST.build(b"")
+    return Response(params=out)
+
+
+@command(
+    CC.PolicyTicket,
+    handles=[POLICY_SESSION],
+    params=[("timeout", TPM2B_TIMEOUT), ("cpHashA", TPM2B_DIGEST), ("policyRef", TPM2B_NONCE),
+            ("authName", TPM2B_NAME), ("ticket", TPMT_TK)],
+)
+def policy_ticket(tpm: Tpm, cmd: Command) -> Response:
+    session = session_of(tpm, cmd.handles[0])
+    p = cmd.params
+    codes = {ST.AUTH_SIGNED: CC.PolicySigned, ST.AUTH_SECRET: CC.PolicySecret}
+    if p.ticket.tag not in codes:
+        raise TpmError(RC.TAG, param=5)
+    if len(p.timeout) not in (0, 8):
+        raise TpmError(RC.SIZE, param=1)
+    flagged = int.from_bytes(p.timeout, "big") if p.timeout else 0
+    timeout = flagged & ~EXPIRES_ON_RESET
+    if not p.timeout:
+        raise TpmError(RC.TICKET, param=5)  # only assertions with a timeout produce tickets
+    expected = auth_ticket_digest(tpm, p.ticket.tag, p.ticket.hierarchy, timeout, bool(flagged & EXPIRES_ON_RESET),
+                                  p.cpHashA, p.policyRef, p.authName)
+    if not hmac.compare_digest(expected, p.ticket.digest):
+        raise TpmError(RC.TICKET, param=5)
+    if timeout < tpm.now_ms():
+        raise TpmError(RC.EXPIRED, param=1)
+    check_parameters(tpm, session, 0, p.cpHashA, b"")
+    update_context(session, codes[p.ticket.tag], p.authName, p.policyRef, p.cpHashA, timeout)
+    return Response()
+
+
+@command(
+    CC.PolicyAuthorize,
+    handles=[POLICY_SESSION],
+    params=[("approvedPolicy", TPM2B_DIGEST), ("policyRef", TPM2B_NONCE), ("keySign", TPM2B_NAME),
+            ("checkTicket", TPMT_TK)],
+)
+def policy_authorize(tpm: Tpm, cmd: Command) -> Response:
+    session = session_of(tpm, cmd.handles[0])
+    p = cmd.params
+    key_name = p.keySign
+    if len(key_name) < 2 or int.from_bytes(key_name[:2], "big") not in HASHES:
+        raise TpmError(RC.HASH, param=3)
+    name_alg = int.from_bytes(key_name[:2], "big")
+    if len(key_name) != 2 + HASHES[name_alg].size:
+        raise TpmError(RC.SIZE, param=3)
+    if not session.is_trial:
+        if not hmac.compare_digest(p.approvedPolicy, session.policy_digest):
+            raise TpmError(RC.VALUE, param=1)
+        ticket = p.checkTicket
+        if ticket.tag != ST.VERIFIED or ticket.hierarchy not in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM):
+            raise TpmError(RC.VALUE, param=4)
+        a_hash = digest(name_alg, p.approvedPolicy, p.policyRef)
+        expected = hmac_digest(name_alg, proof_for(tpm, ticket.hierarchy), ST.VERIFIED.to_bytes(2, "big"), a_hash, key_name)
+        if not hmac.compare_digest(expected, ticket.digest):
+            raise TpmError(RC.VALUE, param=4)
+    session.policy_digest = bytes(HASHES[session.auth_hash].size)
+    extend(session, CC.PolicyAuthorize, key_name)
+    session.policy_digest = digest(session.auth_hash, session.policy_digest, p.policyRef)
+    return Response()
