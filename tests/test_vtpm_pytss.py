@@ -20,11 +20,12 @@ import pytest
 pytss = pytest.importorskip("tpm2_pytss", reason="tpm2-pytss is installed by the test extras")
 
 from tpm2_pytss import ESAPI, TCTILdr  # noqa: E402
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_NV, TPMA_SESSION, TPM2_RH  # noqa: E402
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CC, TPM2_RH, TPM2_SE, TPMA_NV, TPMA_SESSION  # noqa: E402
 from tpm2_pytss.TSS2_Exception import TSS2_Exception  # noqa: E402
 from tpm2_pytss.types import (  # noqa: E402
     TPM2B_AUTH,
     TPM2B_DIGEST,
+    TPM2B_IV,
     TPM2B_NV_PUBLIC,
     TPM2B_PUBLIC,
     TPM2B_SENSITIVE_CREATE,
@@ -166,3 +167,78 @@ def test_nv_in_encrypted_session(esapi: ESAPI) -> None:
     esapi.tr_set_auth(index, b"nvpass")
     esapi.nv_undefine_space(index, session1=session)
     esapi.flush_context(session)
+
+
+def test_nv_with_policy_session(esapi: ESAPI) -> None:
+    """An NV index readable only through PolicyCommandCode(NV_Read) + PolicyAuthValue."""
+    trial = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.TRIAL, TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL),
+                                     TPM2_ALG.SHA256)
+    esapi.policy_command_code(trial, TPM2_CC.NV_Read)
+    esapi.policy_auth_value(trial)
+    policy = esapi.policy_get_digest(trial)
+    esapi.flush_context(trial)
+    public = TPM2B_NV_PUBLIC(TPMS_NV_PUBLIC(
+        nvIndex=0x01500200, nameAlg=TPM2_ALG.SHA256, authPolicy=policy,
+        attributes=TPMA_NV.AUTHWRITE | TPMA_NV.POLICYREAD | TPMA_NV.NO_DA, dataSize=16,
+    ))
+    index = esapi.nv_define_space(TPM2B_AUTH(b"pol"), public)
+    esapi.tr_set_auth(index, b"pol")
+    esapi.nv_write(index, b"policy protected", 0, auth_handle=index)
+    with pytest.raises(TSS2_Exception):  # AUTHREAD is clear: a password cannot read
+        esapi.nv_read(index, 16, 0, auth_handle=index)
+    session = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY, AES128CFB, TPM2_ALG.SHA256)
+    esapi.policy_command_code(session, TPM2_CC.NV_Read)
+    esapi.policy_auth_value(session)
+    esapi.trsess_set_attributes(session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT)
+    assert bytes(esapi.nv_read(index, 16, 0, auth_handle=index, session1=session)) == b"policy protected"
+    esapi.flush_context(session)
+    esapi.nv_undefine_space(index)
+
+
+@pytest.mark.parametrize("mode", ["cfb", "cbc", "ctr", "ofb", "ecb"])
+def test_symmetric_modes_and_chaining_values(esapi: ESAPI, mode: str) -> None:
+    """EncryptDecrypt2 with a key of known value: output and ivOut checked against `cryptography`."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from vtpm.sessions import CFB
+
+    try:
+        from cryptography.hazmat.decrepit.ciphers.modes import OFB
+    except ImportError:  # older cryptography
+        OFB = modes.OFB  # noqa: N806
+
+    key_bytes = bytes(range(16))
+    srk = _srk(esapi)
+    sensitive = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=key_bytes))
+    template = TPM2B_PUBLIC.parse(f"aes128{mode}", objectAttributes="userwithauth|decrypt|sign|fixedtpm|fixedparent")
+    priv, pub, *_ = esapi.create(srk, sensitive, template)
+    key = esapi.load(srk, priv, pub)
+    iv = b"" if mode == "ecb" else bytes(range(100, 116))  # ECB takes no IV
+    data = bytes(range(64))
+    out, iv_out = esapi.encrypt_decrypt_2(key, False, TPM2_ALG.NULL, TPM2B_IV(iv), data)
+    reference = {"cfb": CFB(iv), "cbc": modes.CBC(iv), "ctr": modes.CTR(iv), "ofb": OFB(iv), "ecb": modes.ECB()}
+    enc = Cipher(algorithms.AES(key_bytes), reference[mode]).encryptor()
+    assert bytes(out) == enc.update(data) + enc.finalize()
+    expected_iv = {"cfb": bytes(out)[-16:], "cbc": bytes(out)[-16:], "ecb": iv,
+                   "ctr": (int.from_bytes(iv, "big") + 4).to_bytes(16, "big")}.get(mode)
+    if expected_iv is not None:
+        assert bytes(iv_out) == expected_iv
+    back, _ = esapi.encrypt_decrypt_2(key, True, TPM2_ALG.NULL, TPM2B_IV(iv), bytes(out))
+    assert bytes(back) == data
+
+
+def test_object_change_auth_rsa_and_ecdh(esapi: ESAPI) -> None:
+    srk = _srk(esapi)
+    template = TPM2B_PUBLIC.parse("ecc256:ecdh", objectAttributes="userwithauth|decrypt|fixedtpm|fixedparent|sensitivedataorigin")
+    priv, pub, *_ = esapi.create(srk, TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(b"old"))), template)
+    key = esapi.load(srk, priv, pub)
+    esapi.tr_set_auth(key, b"old")
+    new_priv = esapi.object_change_auth(key, srk, TPM2B_AUTH(b"new"))
+    esapi.flush_context(key)
+    key = esapi.load(srk, new_priv, pub)
+    esapi.tr_set_auth(key, b"new")
+    z_point, pub_point = esapi.ecdh_key_gen(key)
+    assert bytes(esapi.ecdh_zgen(key, pub_point).point.x) == bytes(z_point.point.x)
+    esapi.tr_set_auth(key, b"old")
+    with pytest.raises(TSS2_Exception):
+        esapi.ecdh_zgen(key, pub_point)

@@ -245,7 +245,10 @@ def generate(public: Public, data: bytes, random: Any) -> tuple[Public, bytes, b
         secret = scalar.to_bytes(length, "big")
         area.unique = cs.Container(x=point.x.to_bytes(length, "big"), y=point.y.to_bytes(length, "big"))
     elif kind == ALG.SYMCIPHER:
-        secret = random(area.parameters.sym.keyBits // 8)
+        size_bytes = area.parameters.sym.keyBits // 8
+        if data and len(data) != size_bytes:
+            raise TpmError(RC.KEY_SIZE, param=1)
+        secret = data or random(size_bytes)
         seed_value = random(size)
         area.unique = digest(public.name_alg, seed_value, secret)
     else:  # KEYEDHASH: sealed data, or an HMAC key

@@ -226,7 +226,7 @@ def _encrypt_decrypt(tpm: Tpm, cmd: Command, data: bytes, decrypt: bool, mode: i
         mode = key_mode
     elif mode == ALG.NULL:
         raise TpmError(RC.MODE, param=numbers["mode"])
-    if len(iv) != BLOCK and mode != ALG.ECB:
+    if len(iv) != (0 if mode == ALG.ECB else BLOCK):  # ECB takes no IV at all
         raise TpmError(RC.SIZE, param=numbers["iv"])
     if mode in (ALG.CBC, ALG.ECB) and len(data) % BLOCK:
         raise TpmError(RC.SIZE, param=numbers["data"])
