@@ -242,3 +242,22 @@ def test_object_change_auth_rsa_and_ecdh(esapi: ESAPI) -> None:
     esapi.tr_set_auth(key, b"old")
     with pytest.raises(TSS2_Exception):
         esapi.ecdh_zgen(key, pub_point)
+
+
+def test_hmac_and_hmac_sequences(esapi: ESAPI) -> None:
+    import hmac
+
+    secret = bytes(range(32))
+    srk = _srk(esapi)
+    template = TPM2B_PUBLIC.parse("hmac:sha256", objectAttributes="userwithauth|sign|fixedtpm|fixedparent")
+    priv, pub, *_ = esapi.create(srk, TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=secret)), template)
+    key = esapi.load(srk, priv, pub)
+    message = b"measured boot event log" * 100
+    expected = hmac.new(secret, message, "sha256").digest()
+    assert bytes(esapi.hmac(key, message[:1024], TPM2_ALG.SHA256)) == hmac.new(secret, message[:1024], "sha256").digest()
+    sequence = esapi.hmac_start(key, TPM2B_AUTH(b""), TPM2_ALG.SHA256)
+    for offset in range(0, len(message) - 1024, 1024):
+        esapi.sequence_update(sequence, message[offset : offset + 1024])
+    rest = message[(len(message) - 1) // 1024 * 1024 :]
+    result, _ = esapi.sequence_complete(sequence, rest)
+    assert bytes(result) == expected

@@ -28,9 +28,10 @@ SYM_MODES = (ALG.CTR, ALG.OFB, ALG.CBC, ALG.CFB, ALG.ECB, ALG.NULL)
 # ----------------------------------------------------------------------------- RSA
 
 
-def _rsa_key(tpm: Tpm, handle: int) -> LoadedObject:
+def _decryption_key(tpm: Tpm, handle: int, kind: int) -> LoadedObject:
+    """An unrestricted decryption key of type ``kind`` (RSA for RSA_*, ECC for ECDH_*)."""
     key = get_object(tpm, handle)
-    if key.public.type != ALG.RSA:
+    if key.public.type != kind:
         raise TpmError(RC.KEY, handle=1)
     if key.public.has(A.RESTRICTED) or not key.public.has(A.DECRYPT):
         raise TpmError(RC.ATTRIBUTES, handle=1)
@@ -56,7 +57,7 @@ def _label(label: bytes) -> bytes:
          params=[("message", TPM2B_PUBLIC_KEY_RSA), ("inScheme", TPMT_ASYM_SCHEME), ("label", TPM2B_DATA)],
          response_tpm2b=True)
 def rsa_encrypt(tpm: Tpm, cmd: Command) -> Response:
-    key = _rsa_key(tpm, cmd.handles[0])
+    key = _decryption_key(tpm, cmd.handles[0], ALG.RSA)
     scheme, alg = _rsa_scheme(key, cmd.params.inScheme)
     public = key.public_key()
     message = cmd.params.message
@@ -80,7 +81,7 @@ def rsa_encrypt(tpm: Tpm, cmd: Command) -> Response:
          params=[("cipherText", TPM2B_PUBLIC_KEY_RSA), ("inScheme", TPMT_ASYM_SCHEME), ("label", TPM2B_DATA)],
          response_tpm2b=True)
 def rsa_decrypt(tpm: Tpm, cmd: Command) -> Response:
-    key = _rsa_key(tpm, cmd.handles[0])
+    key = _decryption_key(tpm, cmd.handles[0], ALG.RSA)
     scheme, alg = _rsa_scheme(key, cmd.params.inScheme)
     private = key.private_key()
     data = cmd.params.cipherText
@@ -104,15 +105,6 @@ def rsa_decrypt(tpm: Tpm, cmd: Command) -> Response:
 
 
 # ----------------------------------------------------------------------------- ECDH
-
-
-def _ecdh_key(tpm: Tpm, handle: int) -> LoadedObject:
-    key = get_object(tpm, handle)
-    if key.public.type != ALG.ECC:
-        raise TpmError(RC.KEY, handle=1)
-    if key.public.has(A.RESTRICTED) or not key.public.has(A.DECRYPT):
-        raise TpmError(RC.ATTRIBUTES, handle=1)
-    return key
 
 
 def _point(key: LoadedObject, public: Any) -> dict[str, bytes]:
@@ -142,7 +134,7 @@ def _multiply(key: LoadedObject, scalar: int, x: bytes, y: bytes, param: int) ->
 
 @command(CC.ECDH_KeyGen, handles=[PUBLIC_KEY], response_tpm2b=True)
 def ecdh_keygen(tpm: Tpm, cmd: Command) -> Response:
-    key = _ecdh_key(tpm, cmd.handles[0])
+    key = _decryption_key(tpm, cmd.handles[0], ALG.ECC)
     curve, size = CURVES[key.public.area.parameters.curveID]
     ephemeral = ec.generate_private_key(curve)
     unique = key.public.area.unique
@@ -153,7 +145,7 @@ def ecdh_keygen(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.ECDH_ZGen, handles=[KEY], params=[("inPoint", TPM2B_ECC_POINT)], response_tpm2b=True)
 def ecdh_zgen(tpm: Tpm, cmd: Command) -> Response:
-    key = _ecdh_key(tpm, cmd.handles[0])
+    key = _decryption_key(tpm, cmd.handles[0], ALG.ECC)
     p = cmd.params.inPoint
     scalar = key.private_key().private_numbers().private_value
     return Response(params=TPM2B_ECC_POINT.build(_multiply(key, scalar, p.x, p.y, 1)))

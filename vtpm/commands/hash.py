@@ -174,23 +174,9 @@ def hmac_start(tpm: Tpm, cmd: Command) -> Response:
     """An HMAC sequence keyed by a loaded HMAC key (Part 3 17.2)."""
     import hmac as hmac_mod
 
-    from vtpm.commands.objects import get_object
-    from vtpm.constants import TPMA_OBJECT
+    from vtpm.commands.signing import hmac_key
 
-    key = get_object(tpm, cmd.handles[0])
-    if key.public.type != ALG.KEYEDHASH or not key.public.has(TPMA_OBJECT.SIGN_ENCRYPT):
-        raise TpmError(RC.TYPE, handle=1)
-    if key.public.has(TPMA_OBJECT.RESTRICTED):
-        raise TpmError(RC.ATTRIBUTES, handle=1)
-    scheme = key.public.area.parameters.scheme
-    alg = cmd.params.hashAlg
-    if scheme.scheme == ALG.HMAC:
-        if alg not in (ALG.NULL, scheme.details.hashAlg):
-            raise TpmError(RC.VALUE, param=2)
-        alg = scheme.details.hashAlg
-    elif alg == ALG.NULL:
-        raise TpmError(RC.VALUE, param=2)
-    assert key.sensitive is not None
-    hasher = hmac_mod.new(key.sensitive.secret, digestmod=HASHES[alg].name)
+    secret, alg = hmac_key(tpm, cmd.handles[0], cmd.params.hashAlg)
+    hasher = hmac_mod.new(secret, digestmod=HASHES[alg].name)
     sequence = HashSequence(alg, cmd.params.auth.rstrip(b"\x00"), {alg: hasher}, is_hmac=True)
     return Response(handles=(allocate_transient(tpm, sequence),))

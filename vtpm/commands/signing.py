@@ -75,13 +75,19 @@ def verify_signature(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.HMAC, handles=[handle_spec("handle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])],
          params=[("buffer", TPM2B_MAX_BUFFER), ("hashAlg", TPMI_ALG_HASH_NULL)], response_tpm2b=True)
 def hmac_command(tpm: Tpm, cmd: Command) -> Response:
-    key = get_object(tpm, cmd.handles[0])
+    key, alg = hmac_key(tpm, cmd.handles[0], cmd.params.hashAlg)
+    return Response(params=TPM2B_DIGEST.build(hmac_digest(alg, key, cmd.params.buffer)))
+
+
+def hmac_key(tpm: Tpm, handle: int, requested: int) -> tuple[bytes, int]:
+    """The secret of an unrestricted HMAC key and the hash to use (its scheme's, or the caller's)."""
+    key = get_object(tpm, handle)
     if key.public.type != ALG.KEYEDHASH or not key.public.has(A.SIGN_ENCRYPT):
         raise TpmError(RC.TYPE, handle=1)
     if key.public.has(A.RESTRICTED):
         raise TpmError(RC.ATTRIBUTES, handle=1)
     scheme = key.public.area.parameters.scheme
-    alg = cmd.params.hashAlg
+    alg = requested
     if scheme.scheme == ALG.HMAC:
         if alg not in (ALG.NULL, scheme.details.hashAlg):
             raise TpmError(RC.VALUE, param=2)
@@ -89,7 +95,7 @@ def hmac_command(tpm: Tpm, cmd: Command) -> Response:
     elif alg == ALG.NULL:
         raise TpmError(RC.VALUE, param=2)
     assert key.sensitive is not None
-    return Response(params=TPM2B_DIGEST.build(hmac_digest(alg, key.sensitive.secret, cmd.params.buffer)))
+    return key.sensitive.secret, alg
 
 
 # ----------------------------------------------------------------------------- attestation
