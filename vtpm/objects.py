@@ -166,7 +166,7 @@ def check_template(public: Public, *, param: int, primary: bool) -> None:
                 _hash_or(params.scheme.details.hashAlg, RC.HASH)
             if kind == ALG.RSA:
                 if params.keyBits not in RSA_KEY_BITS:
-                    raise TpmError(RC.KEY_SIZE)
+                    raise TpmError(RC.VALUE)  # TPMI_RSA_KEY_BITS does not take it (as libtpms)
                 if scheme not in (ALG.NULL, ALG.RSASSA, ALG.RSAPSS, ALG.RSAES, ALG.OAEP):
                     raise TpmError(RC.SCHEME)
                 if params.exponent not in (0, DEFAULT_EXPONENT) and (params.exponent < 3 or params.exponent % 2 == 0):

@@ -16,8 +16,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from vtpm.commands.hash import HashSequence, allocate_transient
-from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT
+from vtpm.commands.hash import MAX_LOADED_OBJECTS, HashSequence, allocate_transient
+from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT, TRANSIENT_FIRST
 from vtpm.crypto import HASHES, hmac_digest, kdfa
 from vtpm.engine import Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
@@ -156,6 +156,8 @@ def flush_context(tpm: Tpm, cmd: Command) -> Response:
     handle = cmd.params.flushHandle
     kind = handle >> 24
     if kind == HT.TRANSIENT:
+        if handle >= TRANSIENT_FIRST + MAX_LOADED_OBJECTS:  # outside TPMI_DH_CONTEXT's range
+            raise TpmError(RC.VALUE, param=1)
         if tpm.volatile.objects.pop(handle, None) is None:
             raise TpmError(RC.HANDLE, param=1)
         return Response()

@@ -117,8 +117,6 @@ def attest(tpm: Tpm, key: LoadedObject, kind: int, extra: bytes, attested: dict[
 def signed_attestation(tpm: Tpm, key: LoadedObject | None, scheme_param: Any, param: int, kind: int, extra: bytes,
                        attested: dict[str, Any]) -> bytes:
     """TPM2B_ATTEST and TPMT_SIGNATURE; an unsigned attestation when the sign handle is TPM_RH_NULL."""
-    if len(extra) > 64:
-        raise TpmError(RC.SIZE, param=1)
     if key is None:
         body = TPMS_ATTEST.build({
             "magic": TPM_GENERATED_VALUE, "type": kind, "qualifiedSigner": b"", "extraData": extra,

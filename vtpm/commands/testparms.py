@@ -70,7 +70,7 @@ def test_parms(tpm: Tpm, cmd: Command) -> Response:
         _symmetric(reader, allow_null=True)
         _scheme(reader, RSA_SCHEMES)
         if reader.u16() not in RSA_KEY_BITS:
-            raise TpmError(RC.KEY_SIZE, param=1)
+            raise TpmError(RC.VALUE, param=1)
         exponent = reader.u32()
         if exponent not in (0, 65537) and (exponent < 3 or exponent % 2 == 0):
             raise TpmError(RC.VALUE, param=1)

@@ -28,7 +28,7 @@ TPM2B_MAX_BUFFER = Tpm2b(MAX_DIGEST_BUFFER)
 TPM2B_MAX_NV_BUFFER = Tpm2b(MAX_NV_BUFFER_SIZE)
 TPM2B_EVENT = Tpm2b(MAX_EVENT)
 TPM2B_SENSITIVE_DATA = Tpm2b(256)
-TPM2B_DATA = Tpm2b(64)
+TPM2B_DATA = Tpm2b(MAX_DIGEST + 2)  # sizeof(TPMT_HA)
 
 
 def counted(element: cs.Construct, max_count: int) -> cs.Construct:
