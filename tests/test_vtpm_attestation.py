@@ -81,3 +81,34 @@ def test_pcr_policy_sealing(t: Tools, tmp_path: Path) -> None:
     t("tpm2_pcrextend", "7:sha256=" + "08" * 32)
     refused = t("tpm2_unseal", "-c", "s.ctx", "-p", "pcr:sha256:7", check=False)
     assert refused.returncode != 0 and "0x99d" in refused.stderr.lower()  # TPM_RC_POLICY_FAIL, session 1
+
+
+def test_certify_certifycreation_gettime_nvcertify(t: Tools, tmp_path: Path) -> None:
+    t("tpm2_createprimary", "-C", "o", "-c", "prim.ctx", "--creation-data", "cd.dat", "-d", "cd.digest", "-t", "cd.ticket")
+    t("tpm2_create", "-C", "prim.ctx", "-G", "ecc", "-u", "sig.pub", "-r", "sig.priv",
+      "-a", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign")
+    t("tpm2_load", "-C", "prim.ctx", "-u", "sig.pub", "-r", "sig.priv", "-c", "sig.ctx")
+    t("tpm2_nvdefine", "0x1500030", "-C", "o", "-s", "16", "-a", "ownerread|ownerwrite|authread|authwrite")
+    t("tpm2_nvwrite", "0x1500030", "-C", "o", "-i", "-", stdin=b"0123456789abcdef")
+    runs = {
+        "certify": ("tpm2_certify", "-c", "prim.ctx", "-C", "sig.ctx", "-g", "sha256", "-o", "certify.attest",
+                    "-s", "certify.sig"),
+        "creation": ("tpm2_certifycreation", "-C", "sig.ctx", "-c", "prim.ctx", "-d", "cd.digest", "-t", "cd.ticket",
+                     "-g", "sha256", "-o", "creation.sig", "--attestation", "creation.attest"),
+        "time": ("tpm2_gettime", "-c", "sig.ctx", "-o", "time.sig", "--attestation", "time.attest"),
+        "nv": ("tpm2_nvcertify", "-C", "sig.ctx", "-g", "sha256", "-o", "nv.sig", "--attestation", "nv.attest",
+               "--size", "16", "0x1500030"),
+    }
+    for name, args in runs.items():
+        t(*args)
+        attest = (tmp_path / (f"{name}.attest")).read_bytes()
+        assert attest[:4] == bytes.fromhex("ff544347"), name  # TPM_GENERATED_VALUE
+        t("tpm2_verifysignature", "-c", "sig.ctx", "-g", "sha256", "-m", f"{name}.attest", "-s", f"{name}.sig")
+    assert b"0123456789abcdef" in (tmp_path / "nv.attest").read_bytes()
+    # a creation ticket for another digest is refused
+    digest = bytearray((tmp_path / "cd.digest").read_bytes())
+    digest[-1] ^= 1
+    (tmp_path / "bad.digest").write_bytes(bytes(digest))
+    bad = t("tpm2_certifycreation", "-C", "sig.ctx", "-c", "prim.ctx", "-d", "bad.digest", "-t", "cd.ticket",
+            "-g", "sha256", "-o", "x.sig", "--attestation", "x.attest", check=False)
+    assert bad.returncode != 0 and "0x4a0" in bad.stderr.lower()  # TPM_RC_TICKET, parameter 4

@@ -261,3 +261,25 @@ def test_hmac_and_hmac_sequences(esapi: ESAPI) -> None:
     rest = message[(len(message) - 1) // 1024 * 1024 :]
     result, _ = esapi.sequence_complete(sequence, rest)
     assert bytes(result) == expected
+
+
+@pytest.mark.parametrize("parameter_encryption", ["aes", "xor"])
+def test_bound_sessions_and_xor_obfuscation(esapi: ESAPI, parameter_encryption: str) -> None:
+    """A session bound to the sealed object (its authValue keys the session, not each HMAC),
+    with AES-CFB or XOR parameter encryption, unseals; bound to another entity it still works."""
+    srk = _srk(esapi)
+    seal = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(b"sealpw"), data=b"bound secret"))
+    template = TPM2B_PUBLIC.parse("keyedhash", objectAttributes="userwithauth|fixedtpm|fixedparent")
+    priv, pub, *_ = esapi.create(srk, seal, template)
+    sealed = esapi.load(srk, priv, pub)
+    esapi.tr_set_auth(sealed, b"sealpw")
+    if parameter_encryption == "xor":
+        symmetric = TPMT_SYM_DEF(algorithm=TPM2_ALG.XOR)
+        symmetric.keyBits.exclusiveOr = TPM2_ALG.SHA256
+    else:
+        symmetric = AES128CFB
+    for bind in (sealed, srk):
+        session = esapi.start_auth_session(ESYS_TR.NONE, bind, TPM2_SE.HMAC, symmetric, TPM2_ALG.SHA256)
+        esapi.trsess_set_attributes(session, TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.ENCRYPT)
+        assert bytes(esapi.unseal(sealed, session1=session)) == b"bound secret"
+        esapi.flush_context(session)

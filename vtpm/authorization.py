@@ -60,11 +60,17 @@ class SessionUse:
         name = self.entity.name or (self.handle or 0).to_bytes(4, "big")
         return not (bound and hmac.compare_digest(bound, bind_value(name, self.entity.auth_value)))
 
-    def session_value(self) -> bytes:
-        """sessionKey || authValue, the key for parameter encryption (Part 1 21.1)."""
+    def session_value(self, auth_value: bytes | None = None) -> bytes:
+        """sessionKey || authValue, the key for parameter encryption (Part 1 21.1).
+
+        The authValue of the entity the session authorizes is always part of it, bound
+        session or not (as the reference implementation does); ``auth_value`` overrides
+        it for the response of a command that changed it.
+        """
         assert self.session is not None
-        auth = self.entity.auth_value.rstrip(b"\x00") if self.entity is not None and self.include_auth else b""
-        return self.session.session_key + auth
+        if auth_value is None:
+            auth_value = self.entity.auth_value.rstrip(b"\x00") if self.entity is not None else b""
+        return self.session.session_key + auth_value
 
 
 @dataclass
@@ -207,7 +213,7 @@ def _first_is_tpm2b(spec: "CommandSpec") -> bool:
     return bool(spec.params) and isinstance(spec.params[0][1], (Tpm2b, Tpm2bStruct))
 
 
-def _crypt_first(use: SessionUse, params: bytes, *, encrypt: bool) -> bytes:
+def _crypt_first(use: SessionUse, params: bytes, *, encrypt: bool, auth_value: bytes | None = None) -> bytes:
     """En/decrypt the data of the first (TPM2B) parameter in place."""
     if len(params) < 2:
         raise TpmError(RC.SIZE)
@@ -220,7 +226,7 @@ def _crypt_first(use: SessionUse, params: bytes, *, encrypt: bool) -> bytes:
         newer, older = session.nonce_tpm, session.nonce_caller
     else:
         newer, older = use.wire.nonce, session.nonce_tpm
-    data = crypt_parameter(session, use.session_value(), newer, older, params[2 : 2 + size], encrypt)
+    data = crypt_parameter(session, use.session_value(auth_value), newer, older, params[2 : 2 + size], encrypt)
     return params[:2] + data + params[2 + size :]
 
 
@@ -284,7 +290,9 @@ def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes) -> tuple[byt
         if use.session is not None:
             use.session.nonce_tpm = tpm.random(len(use.session.nonce_tpm))
     if ctx.encrypt is not None and ctx.encrypt.session is not None:
-        params = _crypt_first(ctx.encrypt, params, encrypt=True)
+        use = ctx.encrypt
+        current = _current_auth(tpm, use) if use.entity is not None and use.handle is not None else b""
+        params = _crypt_first(use, params, encrypt=True, auth_value=current)
     hashes: dict[int, bytes] = {}
     area = b""
     for use in ctx.uses:

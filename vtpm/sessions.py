@@ -82,12 +82,16 @@ def bind_value(name: bytes, auth_value: bytes) -> bytes:
     return digest(ALG.SHA256, b"bind", name, auth_value.rstrip(b"\x00"))
 
 
-def session_key(auth_hash: int, bind_auth: bytes, salt: bytes, nonce_tpm: bytes, nonce_caller: bytes) -> bytes:
-    """sessionKey = KDFa(authHash, bind.authValue || salt, "ATH", nonceTPM, nonceCaller, digest bits)."""
-    secret = bind_auth + salt
-    if not secret:
+def session_key(auth_hash: int, bind_auth: bytes, salt: bytes, nonce_tpm: bytes, nonce_caller: bytes,
+                *, bound_or_salted: bool) -> bytes:
+    """sessionKey = KDFa(authHash, bind.authValue || salt, "ATH", nonceTPM, nonceCaller, digest bits).
+
+    Only a session with neither a bind entity nor a salt key has an empty sessionKey
+    (Part 1 19.6.8); a bound session with an empty authValue still derives one.
+    """
+    if not bound_or_salted:
         return b""
-    return kdfa(auth_hash, secret, b"ATH", nonce_tpm, nonce_caller, HASHES[auth_hash].size * 8)
+    return kdfa(auth_hash, bind_auth + salt, b"ATH", nonce_tpm, nonce_caller, HASHES[auth_hash].size * 8)
 
 
 def cp_hash(alg: int, command_code: int, names: list[bytes], params: bytes) -> bytes:
