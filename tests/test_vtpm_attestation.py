@@ -111,4 +111,4 @@ def test_certify_certifycreation_gettime_nvcertify(t: Tools, tmp_path: Path) -> 
     (tmp_path / "bad.digest").write_bytes(bytes(digest))
     bad = t("tpm2_certifycreation", "-C", "sig.ctx", "-c", "prim.ctx", "-d", "bad.digest", "-t", "cd.ticket",
             "-g", "sha256", "-o", "x.sig", "--attestation", "x.attest", check=False)
-    assert bad.returncode != 0 and "0x4a0" in bad.stderr.lower()  # TPM_RC_TICKET, parameter 4
+    assert bad.returncode != 0 and "0x4e0" in bad.stderr.lower()  # TPM_RC_TICKET, parameter 4
