@@ -188,6 +188,107 @@ def cmd_provider_import(args: argparse.Namespace) -> None:
     _emit(args, {"file": args.file, "added": count}, f"imported {count} new keys into {provider.name}")
 
 
+def _ca(args: argparse.Namespace) -> Any:
+    from certs.ca import CertificateAuthority
+
+    keys = _keys(args)
+    return CertificateAuthority(keys.registry.home, keys), keys
+
+
+def _ek_rows(eks: list[Any]) -> list[dict[str, Any]]:
+    return [{"ek": e.kind.value, "nv_index": f"0x{e.nv_index:08x}", "serial": f"{e.certificate.serial_number:x}",
+             "issuer": e.certificate.issuer.rfc4514_string()} for e in eks]
+
+
+def cmd_vtpm_add(args: argparse.Namespace) -> None:
+    from vmcrypt.vtpm_provision import add_vtpm
+
+    ca, keys = _ca(args)
+    vm = VmHome(args.path)
+    rows = _ek_rows(add_vtpm(vm, keys, ca))
+    _emit(args, {"vm": vm.name, "eks": rows}, f"added a vTPM to {vm.name} (VM encrypted)\n"
+          + "\n".join(f"  EK {r['ek']:9} certificate in NV {r['nv_index']} (serial {r['serial']})" for r in rows))
+
+
+def cmd_ca_show(args: argparse.Namespace) -> None:
+    ca, _ = _ca(args)
+    info = ca.describe()
+    _emit(args, info, "\n".join(f"{k:20} {v}" for k, v in info.items()))
+
+
+def _write_or_print(data: bytes, out: str | None) -> None:
+    if out:
+        Path(out).write_bytes(data)
+    else:
+        sys.stdout.write(data.decode())
+
+
+def cmd_ca_export_root(args: argparse.Namespace) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    ca, _ = _ca(args)
+    certs = ca.chain() if args.chain else [ca.root()]
+    _write_or_print(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs), args.out)
+
+
+def cmd_ca_verify_ek(args: argparse.Namespace) -> None:
+    from vmcrypt.vtpm_provision import verify_ek_certificates
+
+    ca, keys = _ca(args)
+    chain = ca.chain()
+    vm = VmHome(args.path)
+    rows = verify_ek_certificates(vm, keys, [chain[-1]], chain[:-1])
+    text = "\n".join(f"{r['ek']:9} {r['nv_index']}  {'OK' if r['valid'] else 'INVALID: ' + r['reason']}" for r in rows)
+    _emit(args, {"vm": vm.name, "certificates": rows}, text)
+    if not all(r["valid"] for r in rows):
+        raise CommandFailed("an EK certificate did not validate against the CA")
+
+
+def cmd_ca_reissue_ek(args: argparse.Namespace) -> None:
+    from vmcrypt.vtpm_provision import reissue_ek_certificates
+
+    ca, keys = _ca(args)
+    rows = []
+    for path in args.paths:
+        vm = VmHome(path)
+        rows += [{"vm": vm.name, **r} for r in _ek_rows(reissue_ek_certificates(vm, keys, ca))]
+    _emit(args, rows, "\n".join(f"{r['vm']}: EK {r['ek']} reissued by {r['issuer']} (serial {r['serial']})" for r in rows))
+
+
+def cmd_ca_import(args: argparse.Namespace) -> None:
+    ca, _ = _ca(args)
+    password = Path(args.password_file).read_bytes().rstrip(b"\r\n") if args.password_file else None
+    key = Path(args.key).read_bytes() if args.key else None
+    ca.import_files(Path(args.cert).read_bytes(), key, password)
+    info = ca.describe()
+    _emit(args, info, f"the CA is now {info['subject']} (chain: {' <- '.join(info['chain'])})")
+
+
+def cmd_ca_csr(args: argparse.Namespace) -> None:
+    ca, _ = _ca(args)
+    _write_or_print(ca.create_csr(args.cn), args.out)
+
+
+def cmd_ca_import_signed(args: argparse.Namespace) -> None:
+    ca, _ = _ca(args)
+    ca.import_signed(Path(args.chain).read_bytes())
+    info = ca.describe()
+    _emit(args, info, f"the CA is now {info['subject']} (chain: {' <- '.join(info['chain'])})")
+
+
+def cmd_ca_revoke(args: argparse.Namespace) -> None:
+    ca, _ = _ca(args)
+    ca.revoke(int(args.serial, 16))
+    _emit(args, {"revoked": args.serial}, f"revoked {args.serial}")
+
+
+def cmd_ca_crl(args: argparse.Namespace) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    ca, _ = _ca(args)
+    _write_or_print(ca.crl().public_bytes(serialization.Encoding.PEM), args.out)
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -239,6 +340,36 @@ def build_parser() -> argparse.ArgumentParser:
     desc = command(commands, "describe", cmd_describe, "show key provider, key id, cipher and which files are encrypted")
     desc.add_argument("path", help="the VM's .vmx file or directory")
 
+    vtpm = commands.add_parser("vtpm", help="virtual TPMs of VMs", description="Add a vTPM to a VM.")
+    vtpm_commands = vtpm.add_subparsers(dest="vtpm_command", metavar="COMMAND", required=True)
+    add_vtpm_cmd = command(vtpm_commands, "add", cmd_vtpm_add,
+                           "add a vTPM (EFI, hardware version 14+; encrypts the VM; EK certificates from the CA)")
+    add_vtpm_cmd.add_argument("path", help="the VM's .vmx file or directory")
+
+    ca = commands.add_parser("ca", help="the certificate authority", description="The CA that certifies vTPM EKs.")
+    ca_commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
+    command(ca_commands, "show", cmd_ca_show, "show the issuing CA and its chain")
+    export = command(ca_commands, "export-root", cmd_ca_export_root, "print (or write) the root certificate", json_out=False)
+    export.add_argument("--out", help="write the PEM here instead of stdout")
+    export.add_argument("--chain", action="store_true", help="the whole chain, issuing certificate first")
+    verify = command(ca_commands, "verify-ek", cmd_ca_verify_ek, "validate a VM's EK certificates against this CA")
+    verify.add_argument("path", help="the VM's .vmx file or directory")
+    reissue = command(ca_commands, "reissue-ek", cmd_ca_reissue_ek, "new EK certificates from the current CA (same EKs)")
+    reissue.add_argument("paths", nargs="+", metavar="PATH", help="VMs (.vmx files or directories)")
+    imp = command(ca_commands, "import", cmd_ca_import, "use a third-party CA: PEM chain + key, or a PKCS#12 file")
+    imp.add_argument("--cert", required=True, help="PEM chain (issuing certificate first) or PKCS#12 file")
+    imp.add_argument("--key", help="PEM private key (omit for PKCS#12)")
+    imp.add_argument("--password-file", help="file holding the key or PKCS#12 password")
+    csr = command(ca_commands, "csr", cmd_ca_csr, "a CSR for a subordinate CA signed by your CA", json_out=False)
+    csr.add_argument("--cn", required=True, help="common name of the subordinate CA")
+    csr.add_argument("--out", help="write the CSR here instead of stdout")
+    signed = command(ca_commands, "import-signed", cmd_ca_import_signed, "import the signed subordinate CA certificate")
+    signed.add_argument("--chain", required=True, help="PEM: the signed certificate, then its chain")
+    revoke = command(ca_commands, "revoke", cmd_ca_revoke, "revoke an issued certificate")
+    revoke.add_argument("serial", help="serial number (hex)")
+    crl = command(ca_commands, "crl", cmd_ca_crl, "print (or write) the current CRL", json_out=False)
+    crl.add_argument("--out", help="write the PEM here instead of stdout")
+
     prov = commands.add_parser("provider", help="key providers", description="Manage key providers.")
     prov_commands = prov.add_subparsers(dest="provider_command", metavar="COMMAND", required=True)
     command(prov_commands, "list", cmd_provider_list, "list key providers (* marks the default)")
@@ -260,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe_failure(args: argparse.Namespace) -> str:
     parts = [args.command]
-    for attr in ("vm_command", "provider_command"):
+    for attr in ("vm_command", "provider_command", "vtpm_command", "ca_command"):
         if getattr(args, attr, None):
             parts.append(getattr(args, attr))
     if getattr(args, "path", None):

@@ -64,6 +64,18 @@ class VmNvramStore:
             raise VmError("the vTPM of this VM is already being served", self.vm.vmx_path) from None
         self._lock_fd = fd
 
+    def close(self) -> None:
+        """Release the per-VM lock (another server or tool may open the vTPM now)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "VmNvramStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def describe(self) -> str:
         kind = "encrypted" if self.key else "unencrypted"
         return f"{self.vm.nvram_path} (vTPM section, {kind})"

@@ -1,0 +1,250 @@
+"""The management plane's certificate authority (like vSphere's VMCA).
+
+Kept under ``<home>/ca``: the issuing certificate and its chain (PEM, public),
+the private key as a vmcrypt container whose DEK is wrapped by a key of the
+default key provider (never in clear on disk), a log of issued certificates
+(serials are unique), and revocations from which a CRL is built. A root
+(ECC P-384) is created on first use; a third-party CA can replace it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from certs.ek import TpmIdentity, build_ek_certificate
+from vmcrypt import container
+from vmcrypt.atomic import write_atomic
+from vmcrypt.errors import VmcryptError
+from vmcrypt.keys import KeyManager
+
+CA_DIR = "ca"
+KEY_FILE = "ca-key.vmc"
+CHAIN_FILE = "chain.pem"  # issuing certificate first, then up to the root
+ISSUED_FILE = "issued.json"
+KEY_LABEL = "ca-private-key"
+ROOT_VALIDITY = datetime.timedelta(days=365 * 10)
+
+
+class CaError(VmcryptError):
+    """The CA cannot do what was asked."""
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    serial: int
+    kind: str
+    subject: str
+    not_after: str
+    revoked: str | None = None
+
+
+def _hash_for(key: Any) -> hashes.HashAlgorithm:
+    return hashes.SHA384() if isinstance(key, ec.EllipticCurvePrivateKey) else hashes.SHA256()
+
+
+class CertificateAuthority:
+    def __init__(self, home: str | os.PathLike[str], keys: KeyManager) -> None:
+        self.directory = Path(home) / CA_DIR
+        self.keys = keys
+
+    # ------------------------------------------------------------------ storage
+
+    @property
+    def chain_path(self) -> Path:
+        return self.directory / CHAIN_FILE
+
+    @property
+    def key_path(self) -> Path:
+        return self.directory / KEY_FILE
+
+    def exists(self) -> bool:
+        return self.chain_path.exists() and self.key_path.exists()
+
+    def ensure(self) -> None:
+        """Create the root CA on first use."""
+        if not self.exists():
+            self.create_root()
+
+    def chain(self) -> list[x509.Certificate]:
+        self.ensure()
+        return x509.load_pem_x509_certificates(self.chain_path.read_bytes())
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.chain()[0]
+
+    def root(self) -> x509.Certificate:
+        return self.chain()[-1]
+
+    def _store_key(self, key: Any) -> None:
+        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        data_key = self.keys.new_data_key()
+        container.write_file(self.key_path, der, data_key, label=KEY_LABEL, mode=0o600)
+
+    def _private_key(self) -> Any:
+        self.ensure()
+        der = container.read_file(self.key_path, self.keys.header_key)
+        return serialization.load_der_private_key(der, password=None)
+
+    def _store_chain(self, chain: list[x509.Certificate]) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+        write_atomic(self.chain_path, pem, mode=0o644)
+
+    # ------------------------------------------------------------------ creation and replacement
+
+    def create_root(self, common_name: str = "vmcrypt VMCA") -> x509.Certificate:
+        key = ec.generate_private_key(ec.SECP384R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vmcrypt")])
+        now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + ROOT_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA384())
+        )
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._store_key(key)
+        self._store_chain([cert])
+        return cert
+
+    def import_ca(self, chain: list[x509.Certificate], key: Any) -> None:
+        """Replace the issuing CA: ``chain`` starts with the certificate of ``key``."""
+        if not chain:
+            raise CaError("no certificate given")
+        public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ours = chain[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if public != ours:
+            raise CaError("the private key does not belong to the first certificate")
+        try:
+            if not chain[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                raise CaError("the certificate is not a CA certificate")
+        except x509.ExtensionNotFound:
+            raise CaError("the certificate has no basicConstraints: not a CA certificate") from None
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._store_key(key)
+        self._store_chain(chain)
+
+    def import_files(self, certificate: bytes, key: bytes | None, password: bytes | None) -> None:
+        """PEM chain + PEM key, or a PKCS#12 bundle (``key`` None)."""
+        try:
+            if key is None:
+                private, cert, extra = pkcs12.load_key_and_certificates(certificate, password)
+                if private is None or cert is None:
+                    raise CaError("the PKCS#12 file holds no key and certificate")
+                self.import_ca([cert, *extra], private)
+            else:
+                self.import_ca(x509.load_pem_x509_certificates(certificate),
+                               serialization.load_pem_private_key(key, password))
+        except (ValueError, TypeError) as exc:
+            raise CaError(f"cannot read the CA files: {exc}") from None
+
+    def create_csr(self, common_name: str) -> bytes:
+        """A CSR for a subordinate CA; the new key waits (encrypted) for the signed certificate."""
+        key = ec.generate_private_key(ec.SECP384R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA384())
+        )
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        container.write_file(self.directory / "pending-key.vmc", der, self.keys.new_data_key(), label=KEY_LABEL, mode=0o600)
+        return csr.public_bytes(serialization.Encoding.PEM)
+
+    def import_signed(self, chain_pem: bytes) -> None:
+        """Finish a CSR: the signed certificate (and its chain) for the pending key."""
+        pending = self.directory / "pending-key.vmc"
+        if not pending.exists():
+            raise CaError("no certificate request is pending (create one with 'ca csr')")
+        key = serialization.load_der_private_key(container.read_file(pending, self.keys.header_key), None)
+        self.import_ca(x509.load_pem_x509_certificates(chain_pem), key)
+        pending.unlink()
+
+    # ------------------------------------------------------------------ issuing
+
+    def _issued(self) -> list[IssuedCertificate]:
+        path = self.directory / ISSUED_FILE
+        if not path.exists():
+            return []
+        return [IssuedCertificate(**entry) for entry in json.loads(path.read_text())]
+
+    def _save_issued(self, entries: list[IssuedCertificate]) -> None:
+        body = [entry.__dict__ for entry in entries]
+        write_atomic(self.directory / ISSUED_FILE, json.dumps(body, indent=1).encode(), mode=0o600)
+
+    def _new_serial(self, taken: set[int]) -> int:
+        while True:
+            serial = secrets.randbits(63) | 1 << 62  # positive, 63 bits, never reused
+            if serial not in taken:
+                return serial
+
+    def issue_ek(self, ek_public: Any, identity: TpmIdentity, subject: str) -> x509.Certificate:
+        """An EK certificate for ``ek_public``, logged under ``subject`` (e.g. the VM's name)."""
+        issued = self._issued()
+        serial = self._new_serial({entry.serial for entry in issued})
+        cert = build_ek_certificate(ek_public, identity, self.certificate, self._private_key(), serial)
+        issued.append(IssuedCertificate(serial, "ek", subject, cert.not_valid_after_utc.isoformat()))
+        self._save_issued(issued)
+        return cert
+
+    def revoke(self, serial: int) -> None:
+        issued = self._issued()
+        for index, entry in enumerate(issued):
+            if entry.serial == serial:
+                if entry.revoked:
+                    return
+                issued[index] = IssuedCertificate(entry.serial, entry.kind, entry.subject, entry.not_after,
+                                                  datetime.datetime.now(datetime.timezone.utc).isoformat())
+                self._save_issued(issued)
+                return
+        raise CaError(f"no certificate with serial {serial:x} was issued by this CA")
+
+    def crl(self) -> x509.CertificateRevocationList:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.certificate.subject)
+                   .last_update(now).next_update(now + datetime.timedelta(days=7)))
+        for entry in self._issued():
+            if entry.revoked:
+                builder = builder.add_revoked_certificate(
+                    x509.RevokedCertificateBuilder().serial_number(entry.serial)
+                    .revocation_date(datetime.datetime.fromisoformat(entry.revoked)).build())
+        key = self._private_key()
+        return builder.sign(key, _hash_for(key))
+
+    def describe(self) -> dict[str, Any]:
+        chain = self.chain()
+        cert = chain[0]
+        return {
+            "subject": cert.subject.rfc4514_string(),
+            "issuer": cert.issuer.rfc4514_string(),
+            "serial": f"{cert.serial_number:x}",
+            "not_after": cert.not_valid_after_utc.isoformat(),
+            "key": "ECC " + cert.public_key().curve.name if isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+            else f"RSA {cert.public_key().key_size}" if isinstance(cert.public_key(), rsa.RSAPublicKey) else "other",
+            "chain": [c.subject.rfc4514_string() for c in chain],
+            "sha256_fingerprint": cert.fingerprint(hashes.SHA256()).hex(),
+            "issued": len(self._issued()),
+            "revoked": sum(1 for e in self._issued() if e.revoked),
+        }
