@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -48,6 +49,10 @@ class IssuedCertificate:
     subject: str
     not_after: str
     revoked: str | None = None
+
+
+def _spki(key: Any) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _hash_for(key: Any) -> hashes.HashAlgorithm:
@@ -132,15 +137,19 @@ class CertificateAuthority:
         """Replace the issuing CA: ``chain`` starts with the certificate of ``key``."""
         if not chain:
             raise CaError("no certificate given")
-        public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        ours = chain[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if public != ours:
+        if _spki(key.public_key()) != _spki(chain[0].public_key()):
             raise CaError("the private key does not belong to the first certificate")
         try:
             if not chain[0].extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
                 raise CaError("the certificate is not a CA certificate")
         except x509.ExtensionNotFound:
             raise CaError("the certificate has no basicConstraints: not a CA certificate") from None
+        for child, parent in zip(chain, chain[1:]):
+            try:
+                child.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature):
+                raise CaError(f"'{child.subject.rfc4514_string()}' is not signed by the next certificate in the chain "
+                              f"('{parent.subject.rfc4514_string()}'): give the chain issuing certificate first") from None
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._store_key(key)
         self._store_chain(chain)
@@ -179,7 +188,13 @@ class CertificateAuthority:
         if not pending.exists():
             raise CaError("no certificate request is pending (create one with 'ca csr')")
         key = serialization.load_der_private_key(container.read_file(pending, self.keys.header_key), None)
-        self.import_ca(x509.load_pem_x509_certificates(chain_pem), key)
+        try:
+            chain = x509.load_pem_x509_certificates(chain_pem)
+        except ValueError as exc:
+            raise CaError(f"cannot read the signed chain: {exc}") from None
+        if chain and _spki(chain[0].public_key()) != _spki(key.public_key()):
+            raise CaError("the signed certificate is not for the key of the pending CSR")
+        self.import_ca(chain, key)
         pending.unlink()
 
     # ------------------------------------------------------------------ issuing
@@ -220,6 +235,18 @@ class CertificateAuthority:
                 self._save_issued(issued)
                 return
         raise CaError(f"no certificate with serial {serial:x} was issued by this CA")
+
+    def supersede(self, cert: x509.Certificate) -> bool:
+        """Revoke a certificate being replaced, if this CA issued it; True when it did."""
+        if cert.issuer != self.certificate.subject:
+            return False
+        if not any(entry.serial == cert.serial_number for entry in self._issued()):
+            return False
+        self.revoke(cert.serial_number)
+        return True
+
+    def revoked_serials(self) -> set[int]:
+        return {entry.serial for entry in self._issued() if entry.revoked}
 
     def crl(self) -> x509.CertificateRevocationList:
         now = datetime.datetime.now(datetime.timezone.utc)

@@ -129,7 +129,7 @@ def build_ek_certificate(
         .public_key(ek_public)
         .serial_number(serial)
         .not_valid_before(start)
-        .not_valid_after(start + validity)
+        .not_valid_after(min(start + validity, issuer.not_valid_after_utc))  # never outlives its issuer
         .add_extension(tcg_san(identity), critical=True)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, data_encipherment=False,

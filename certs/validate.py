@@ -39,6 +39,18 @@ def _check_validity(cert: x509.Certificate, now: datetime.datetime, what: str) -
         raise EkCertificateError(f"{what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
 
 
+def _check_revocation(cert: x509.Certificate, issuer: x509.Certificate,
+                      crls: list[x509.CertificateRevocationList]) -> None:
+    for crl in crls:
+        if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):
+            continue
+        entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        if entry is not None:
+            what = "the EK certificate" if not cert.subject else f"'{cert.subject.rfc4514_string()}'"
+            raise EkCertificateError(f"{what} (serial {cert.serial_number:x}) was revoked on "
+                                     f"{entry.revocation_date_utc:%Y-%m-%d %H:%M} UTC")
+
+
 def tcg_fields(cert: x509.Certificate) -> dict[str, str]:
     """tpmManufacturer, tpmModel and tpmVersion from the SAN directoryName."""
     try:
@@ -75,17 +87,20 @@ def validate_ek_certificate(
     trust_store: Iterable[x509.Certificate],
     *,
     intermediates: Iterable[x509.Certificate] = (),
+    crls: Iterable[x509.CertificateRevocationList] = (),
     now: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     """Check ``cert`` against the EK and the trust anchors; return what it certifies.
 
     Raises EkCertificateError naming the first problem: a key that is not the EK,
-    a missing EK EKU or TCG field, a date outside the validity, or no path to a
-    trusted issuer.
+    a missing EK EKU or TCG field, a date outside the validity, a serial on one of
+    ``crls`` (checked only when the CRL carries the issuer's signature), or no path
+    to a trusted issuer.
     """
     now = now or datetime.datetime.now(datetime.timezone.utc)
     anchors = list(trust_store)
     pool = anchors + list(intermediates)
+    revocation_lists = list(crls)
     if _spki(cert.public_key()) != _spki(ek_public):
         raise EkCertificateError("the certificate's public key is not the TPM's EK")
     try:
@@ -105,6 +120,7 @@ def validate_ek_certificate(
         if issuer is None:
             raise EkCertificateError(f"no trusted issuer found for '{current.issuer.rfc4514_string() or '(empty)'}'")
         _check_validity(issuer, now, f"issuer '{issuer.subject.rfc4514_string()}'")
+        _check_revocation(current, issuer, revocation_lists)
         try:
             if not issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
                 raise EkCertificateError(f"issuer '{issuer.subject.rfc4514_string()}' is not a CA")
@@ -113,6 +129,6 @@ def validate_ek_certificate(
         chain.append(issuer)
         if _spki(issuer.public_key()) in anchor_spkis:
             return {"tpm": fields, "chain": [c.subject.rfc4514_string() for c in chain[1:]],
-                    "serial": cert.serial_number, "not_after": cert.not_valid_after_utc.isoformat()}
+                    "serial": f"{cert.serial_number:x}", "not_after": cert.not_valid_after_utc.isoformat()}
         current = issuer
     raise EkCertificateError("the issuer chain is too long")

@@ -237,7 +237,7 @@ def cmd_ca_verify_ek(args: argparse.Namespace) -> None:
     ca, keys = _ca(args)
     chain = ca.chain()
     vm = VmHome(args.path)
-    rows = verify_ek_certificates(vm, keys, [chain[-1]], chain[:-1])
+    rows = verify_ek_certificates(vm, keys, [chain[-1]], chain[:-1], [ca.crl()])
     text = "\n".join(f"{r['ek']:9} {r['nv_index']}  {'OK' if r['valid'] else 'INVALID: ' + r['reason']}" for r in rows)
     _emit(args, {"vm": vm.name, "certificates": rows}, text)
     if not all(r["valid"] for r in rows):

@@ -108,6 +108,14 @@ def run(out: Path, disk: str) -> int:
 
 def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
     """Serve the VM's vTPM from its encrypted .nvram and drive it with tpm2-tools."""
+    _step("add a vTPM: EKs created in the vTPM, certified by the management CA, certificates in NV")
+    common = ["--home", str(home_dir)]
+    if cli.main([*common, "vtpm", "add", str(vm_dir)]) != 0:
+        raise RuntimeError("vtpm add failed")
+    cli.main([*common, "ca", "show"])
+    root_pem = vm_dir.parent.parent / "vmca-root.pem"
+    cli.main([*common, "ca", "export-root", "--out", str(root_pem)])
+
     _step("serve the VM's vTPM from its encrypted .nvram (vtpm serve --vm) and use it with tpm2-tools")
     if shutil.which("tpm2_getrandom") is None:
         print("  tpm2-tools are not installed; skipping (scripts/bootstrap.sh installs them)")
@@ -141,6 +149,19 @@ def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
         tool("tpm2_nvdefine", "0x1500016", "-C", "o", "-s", "21", "-a", "ownerread|ownerwrite")
         tool("tpm2_nvwrite", "0x1500016", "-C", "o", "-i", "-", stdin=b"DEMO-VTPM-NV-SECRET!!")
         print("  $ tpm2_nvdefine 0x1500016 + tpm2_nvwrite 'DEMO-VTPM-NV-SECRET!!'")
+        ek_der = root_pem.with_name("ek-rsa.der")
+        tool("tpm2_nvread", "0x01c00002", "-o", str(ek_der))
+        ek_pem = root_pem.with_name("ek-rsa.pem")
+        tool("openssl", "x509", "-inform", "DER", "-in", str(ek_der), "-out", str(ek_pem))
+        san = [line.strip() for line in tool("openssl", "x509", "-in", str(ek_pem), "-noout", "-ext",
+                                             "subjectAltName,extendedKeyUsage").splitlines()]
+        print(f"  $ tpm2_nvread 0x01c00002 (RSA EK certificate, {ek_der.stat().st_size} bytes DER): {' '.join(san)}")
+        print(f"  $ openssl verify -CAfile vmca-root.pem ek-rsa.pem -> "
+              f"{tool('openssl', 'verify', '-CAfile', str(root_pem), str(ek_pem)).split(': ')[-1]}")
+        ek_pub = root_pem.with_name("ek-rsa.pub")
+        tool("tpm2_createek", "-c", str(root_pem.with_name("ek.ctx")), "-G", "rsa", "-u", str(ek_pub), "-f", "pem")
+        same = tool("openssl", "x509", "-in", str(ek_pem), "-pubkey", "-noout") == ek_pub.read_text().strip()
+        print(f"  $ tpm2_createek -G rsa: same public key as the certificate: {same}")
     finally:
         server.terminate()
         server.wait(10)

@@ -60,14 +60,25 @@ def provision_ek_certificates(client: TpmClient, ca: CertificateAuthority, subje
         cert = ca.issue_ek(ek_public_key(client, kind), IDENTITY, f"{subject} {kind.value}")
         der = cert.public_bytes(serialization.Encoding.DER)
         if replace:
-            try:
+            previous = _stored_certificate(client, template.cert_index)
+            if previous is not None:
+                ca.supersede(previous)
                 client.nv_undefine(template.cert_index)
-            except TpmCommandError:
-                pass  # not there yet
         client.nv_define(template.cert_index, EK_CERT_NV_ATTRIBUTES, len(der))
         client.nv_write(template.cert_index, der)
         done.append(ProvisionedEk(kind, template.cert_index, cert))
     return done
+
+
+def _stored_certificate(client: TpmClient, index: int) -> x509.Certificate | None:
+    try:
+        size = client.nv_read_public(index)
+    except TpmCommandError:
+        return None  # not there yet
+    try:
+        return x509.load_der_x509_certificate(client.nv_read(index, size))
+    except ValueError:
+        return None  # unreadable: replaced all the same
 
 
 def manufacture(ca: CertificateAuthority, subject: str, banks: tuple[int, ...] = DEFAULT_BANKS) -> tuple[TpmState, list[ProvisionedEk]]:
@@ -117,30 +128,30 @@ def _vm_tpm(store: VmNvramStore, vm: VmHome, *, persist: bool) -> tuple[Tpm, Tpm
 def reissue_ek_certificates(vm: VmHome, keys: KeyManager, ca: CertificateAuthority) -> list[ProvisionedEk]:
     """New EK certificates from the current CA; the EKs themselves do not change."""
     with VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)) as store:
-        tpm, client = _vm_tpm(store, vm, persist=True)
-        present = [kind for kind in DEFAULT_EKS if ek_template(kind).cert_index in tpm.state.nv]
-        eks = provision_ek_certificates(client, ca, vm.name, tuple(present) or DEFAULT_EKS, replace=True)
+        tpm, client = _vm_tpm(store, vm, persist=False)
+        eks = provision_ek_certificates(client, ca, vm.name, DEFAULT_EKS, replace=True)
         client.shutdown()
-        tpm.flush_state()
+        store.save(tpm.state.to_bytes())  # one atomic write: old certificates or new ones, never none
     return eks
 
 
 def verify_ek_certificates(vm: VmHome, keys: KeyManager, trust_store: list[x509.Certificate],
-                           intermediates: list[x509.Certificate]) -> list[dict[str, Any]]:
+                           intermediates: list[x509.Certificate],
+                           crls: list[x509.CertificateRevocationList] = ()) -> list[dict[str, Any]]:
     """Each EK certificate in the VM's vTPM checked against its EK and the trust store."""
     results = []
     with VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)) as store:
         tpm, client = _vm_tpm(store, vm, persist=False)  # checking changes nothing
         for kind in DEFAULT_EKS:
             index = ek_template(kind).cert_index
-            nv = tpm.state.nv.get(index)
-            if nv is None:
-                results.append({"ek": kind.value, "nv_index": f"0x{index:08x}", "valid": False, "reason": "no certificate"})
+            cert = _stored_certificate(client, index)
+            if cert is None:
+                results.append({"ek": kind.value, "nv_index": f"0x{index:08x}", "valid": False,
+                                "reason": "no readable certificate in NV"})
                 continue
-            der = client.nv_read(index, nv.data_size)
-            cert = x509.load_der_x509_certificate(der)
             try:
-                info = validate_ek_certificate(cert, ek_public_key(client, kind), trust_store, intermediates=intermediates)
+                info = validate_ek_certificate(cert, ek_public_key(client, kind), trust_store,
+                                               intermediates=intermediates, crls=crls)
                 results.append({"ek": kind.value, "nv_index": f"0x{index:08x}", "valid": True, **info})
             except EkCertificateError as exc:
                 results.append({"ek": kind.value, "nv_index": f"0x{index:08x}", "valid": False, "reason": exc.reason})

@@ -74,6 +74,12 @@ class TpmClient:
             params = TPM2B_MAX_NV_BUFFER.build(chunk) + offset.to_bytes(2, "big")
             self._run("NV_Write", CC.NV_Write, (auth_handle, index), params, auth=True)
 
+    def nv_read_public(self, index: int) -> int:
+        """The index's data size (NV_ReadPublic)."""
+        response = self._run("NV_ReadPublic", CC.NV_ReadPublic, (index,))
+        public = TPM2B_NV_PUBLIC.parse(response[10:])
+        return int(public.dataSize)
+
     def nv_read(self, index: int, size: int, auth_handle: int = RH.OWNER) -> bytes:
         out = b""
         for offset in range(0, size, 1024):

@@ -1,0 +1,434 @@
+"""EK certificates: issued by the management CA at vTPM creation, read back by real clients.
+
+Checked with tools other than ours: tpm2_nvread/tpm2_createek over the vTPM's socket,
+`openssl x509`/`openssl verify` on what they return. The validator is also run against
+the certificates swtpm_localca issues for swtpm.
+
+Inputs tried for rejection: a certificate for another key, one without the EK EKU, one
+past its validity, one from an untrusted issuer, one with a forged issuer name, a
+revoked one; a CA import with a key that does not match, a signed CSR answer for
+another key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+
+from certs.ca import CertificateAuthority
+from certs.ek import TCG_KP_EK_CERTIFICATE, build_ek_certificate, tcg_san
+from certs.validate import EkCertificateError, validate_ek_certificate
+from test_vtpm_tools import tools
+from tpm_helpers import HOST, start_swtpm
+from vmcrypt.keys import KeyManager
+from vmcrypt.providers.registry import ProviderRegistry
+from vtpm_server import served
+
+from vmcrypt.vtpm_provision import IDENTITY
+
+RSA_CERT_INDEX, ECC_CERT_INDEX = "0x01c00002", "0x01c0000a"
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def openssl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args)} failed: {result.stdout}{result.stderr}")
+    return result
+
+
+def make_ca(common_name: str, key=None, issuer: tuple[x509.Certificate, object] | None = None,
+            path_length: int | None = None) -> tuple[x509.Certificate, object]:
+    """A CA certificate as an outside PKI would make it (self-signed root or subordinate)."""
+    key = key or ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Corp")])
+    issuer_cert, issuer_key = issuer if issuer else (None, key)
+    builder = (x509.CertificateBuilder().subject_name(name)
+               .issuer_name(issuer_cert.subject if issuer_cert else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - datetime.timedelta(days=1)).not_valid_after(NOW + datetime.timedelta(days=3650))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
+    return builder.sign(issuer_key, hashes.SHA384()), key
+
+
+def pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def read_ek_certs(vm: Path, home: Path, workdir: Path) -> dict[str, Path]:
+    """Serve the VM's vTPM and read both EK certificates and both EKs with tpm2-tools."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ["VMCRYPT_HOME"] = str(home)
+    out: dict[str, Path] = {}
+    try:
+        with served(["--vm", str(next(vm.glob("*.vmx"))), "--startup-clear"], workdir / "serve.log") as tpm:
+            for label, index, alg in (("rsa", RSA_CERT_INDEX, "rsa"), ("ecc", ECC_CERT_INDEX, "ecc")):
+                der = workdir / f"{label}.der"
+                tools(tpm, "tpm2_nvread", index, "-o", str(der))
+                openssl("x509", "-inform", "DER", "-in", str(der), "-out", str(workdir / f"{label}.pem"))
+                tools(tpm, "tpm2_createek", "-c", str(workdir / f"{label}.ctx"), "-G", alg,
+                      "-u", str(workdir / f"{label}-ek.pub"), "-f", "pem")
+                out[label] = workdir / f"{label}.pem"
+                out[f"{label}-ek"] = workdir / f"{label}-ek.pub"
+    finally:
+        os.environ.pop("VMCRYPT_HOME", None)
+    return out
+
+
+def cert_pubkey(cert_pem: Path) -> str:
+    return openssl("x509", "-in", str(cert_pem), "-pubkey", "-noout").stdout
+
+
+@pytest.fixture
+def vm_with_vtpm(tmp_path: Path, vmcrypt_cli) -> Path:
+    vm = tmp_path / "ds" / "vm1"
+    vmcrypt_cli("vm", "create", str(vm), check=True)
+    result = vmcrypt_cli("vtpm", "add", str(vm), check=True)
+    assert "0x01c00002" in result.stdout and "0x01c0000a" in result.stdout
+    return vm
+
+
+def ca_files(vmcrypt_cli, directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    root, chain = directory / "root.pem", directory / "chain.pem"
+    vmcrypt_cli("ca", "export-root", "--out", str(root), check=True)
+    vmcrypt_cli("ca", "export-root", "--chain", "--out", str(chain), check=True)
+    return root, chain
+
+
+# ----------------------------------------------------------------------------- our certificates
+
+
+def test_ek_certificates_read_by_real_clients(tmp_path: Path, home: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
+    root, chain = ca_files(vmcrypt_cli, tmp_path)
+    got = read_ek_certs(vm_with_vtpm, home, tmp_path / "read")
+    for label, key_usage in (("rsa", "Key Encipherment"), ("ecc", "Key Agreement")):
+        text = openssl("x509", "-in", str(got[label]), "-text", "-noout").stdout
+        assert "Subject Alternative Name: critical" in text
+        assert "2.23.133.2.1=id:564D4352" in text and "2.23.133.2.2=vmcrypt-vtpm" in text and "2.23.133.2.3=id:" in text
+        assert "Extended Key Usage" in text and "2.23.133.8.1" in text
+        assert "CA:FALSE" in text and key_usage in text and "Authority Key Identifier" in text
+        assert "Subject: \n" in text or "Subject:\n" in text  # empty subject, as the profile asks
+        assert "Subject Directory Attributes" in text
+        # the chain verifies with openssl, against the root alone and the exported chain
+        assert "OK" in openssl("verify", "-CAfile", str(root), str(got[label])).stdout
+        assert "OK" in openssl("verify", "-CAfile", str(chain), str(got[label])).stdout
+        # the certified key is the EK the TPM recreates from its seed
+        assert cert_pubkey(got[label]) == Path(got[f"{label}-ek"]).read_text()
+    assert "OK" in vmcrypt_cli("ca", "verify-ek", str(vm_with_vtpm), check=True).stdout
+
+
+def test_ek_nv_indices_are_platform_owned(tmp_path: Path, home: Path, vm_with_vtpm: Path) -> None:
+    os.environ["VMCRYPT_HOME"] = str(home)
+    try:
+        with served(["--vm", str(vm_with_vtpm / "vm1.vmx"), "--startup-clear"], tmp_path / "log") as tpm:
+            public = tools(tpm, "tpm2_nvreadpublic", RSA_CERT_INDEX).stdout
+            assert "platformcreate" in public and "ppwrite" in public and "ownerwrite" not in public
+            # the owner can neither delete nor overwrite the certificate
+            assert tools(tpm, "tpm2_nvundefine", RSA_CERT_INDEX, "-C", "o", check=False).returncode != 0
+            assert tools(tpm, "tpm2_nvwrite", RSA_CERT_INDEX, "-C", "o", "-i", "-", stdin=b"x", check=False).returncode != 0
+    finally:
+        os.environ.pop("VMCRYPT_HOME", None)
+
+
+# ----------------------------------------------------------------------------- the validator
+
+
+@pytest.fixture(scope="module")
+def localca_swtpm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """swtpm manufactured by swtpm_setup with EK certificates from its own local CA."""
+    base = tmp_path_factory.mktemp("localca")
+    (base / "ca").mkdir()
+    (base / "localca.conf").write_text(f"statedir = {base / 'ca'}\nsigningkey = {base / 'ca' / 'signkey.pem'}\n"
+                                       f"issuercert = {base / 'ca' / 'issuercert.pem'}\ncertserial = {base / 'ca' / 'certserial'}\n")
+    (base / "localca.options").write_text("--platform-manufacturer Debian\n--platform-version 2.1\n--platform-model QEMU\n")
+    (base / "setup.conf").write_text(f"create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {base / 'localca.conf'}\n"
+                                     f"create_certs_tool_options = {base / 'localca.options'}\nactive_pcr_banks = sha256\n")
+    state = base / "state"
+    state.mkdir()
+    result = subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--create-ek-cert", "--ecc",
+                             "--config", str(base / "setup.conf")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    server = start_swtpm(state)
+    try:
+        env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host={HOST},port={server.port}"}
+        files = {"root": base / "ca" / "swtpm-localca-rootca-cert.pem", "issuer": base / "ca" / "issuercert.pem"}
+        for label, index, handle in (("rsa", "0x1c00002", "0x81010001"), ("ecc", "0x1c00016", "0x81010016")):
+            der = base / f"{label}.der"
+            subprocess.run(["tpm2_nvread", index, "-C", "o", "-o", str(der)], env=env, check=True, capture_output=True)
+            subprocess.run(["tpm2_readpublic", "-c", handle, "-f", "pem", "-o", str(base / f"{label}-ek.pem")],
+                           env=env, check=True, capture_output=True)
+            files[label], files[f"{label}-ek"] = der, base / f"{label}-ek.pem"
+    finally:
+        server.stop()
+    return files
+
+
+def load_pem_cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def load_ek(path: Path):
+    return serialization.load_pem_public_key(path.read_bytes())
+
+
+def test_validator_accepts_swtpm_localca_certificates(localca_swtpm: dict[str, Path]) -> None:
+    root, issuer = load_pem_cert(localca_swtpm["root"]), load_pem_cert(localca_swtpm["issuer"])
+    for label in ("rsa", "ecc"):
+        cert = x509.load_der_x509_certificate(localca_swtpm[label].read_bytes())
+        info = validate_ek_certificate(cert, load_ek(localca_swtpm[f"{label}-ek"]), [root], intermediates=[issuer])
+        assert info["tpm"]["model"] == "swtpm" and info["tpm"]["manufacturer"] == "id:00001014"
+        assert info["chain"] == [issuer.subject.rfc4514_string(), root.subject.rfc4514_string()]
+        # without the intermediate there is no path to the root
+        with pytest.raises(EkCertificateError, match="no trusted issuer"):
+            validate_ek_certificate(cert, load_ek(localca_swtpm[f"{label}-ek"]), [root])
+    rsa_cert = x509.load_der_x509_certificate(localca_swtpm["rsa"].read_bytes())
+    with pytest.raises(EkCertificateError, match="not the TPM's EK"):
+        validate_ek_certificate(rsa_cert, load_ek(localca_swtpm["ecc-ek"]), [root], intermediates=[issuer])
+
+
+def _test_ca() -> tuple[x509.Certificate, object]:
+    return make_ca("Test EK CA")
+
+
+def test_validator_rejections(localca_swtpm: dict[str, Path]) -> None:
+    ca_cert, ca_key = _test_ca()
+    ek = rsa.generate_private_key(65537, 2048).public_key()
+    good = build_ek_certificate(ek, IDENTITY, ca_cert, ca_key, 1001)
+    info = validate_ek_certificate(good, ek, [ca_cert])
+    assert info["tpm"]["model"] == "vmcrypt-vtpm"
+
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(EkCertificateError, match="public key is not the TPM's EK"):
+        validate_ek_certificate(good, other, [ca_cert])
+
+    no_eku = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_cert.subject).public_key(ek)
+              .serial_number(1002).not_valid_before(NOW - datetime.timedelta(days=1))
+              .not_valid_after(NOW + datetime.timedelta(days=30))
+              .add_extension(tcg_san(IDENTITY), critical=True).sign(ca_key, hashes.SHA384()))
+    with pytest.raises(EkCertificateError, match="no extended key usage"):
+        validate_ek_certificate(no_eku, ek, [ca_cert])
+    server_auth = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca_cert.subject).public_key(ek)
+                   .serial_number(1003).not_valid_before(NOW - datetime.timedelta(days=1))
+                   .not_valid_after(NOW + datetime.timedelta(days=30))
+                   .add_extension(tcg_san(IDENTITY), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                   .sign(ca_key, hashes.SHA384()))
+    with pytest.raises(EkCertificateError, match="does not include tcg-kp-EKCertificate"):
+        validate_ek_certificate(server_auth, ek, [ca_cert])
+
+    expired = build_ek_certificate(ek, IDENTITY, ca_cert, ca_key, 1004, not_before=NOW - datetime.timedelta(days=40),
+                                   validity=datetime.timedelta(days=10))
+    with pytest.raises(EkCertificateError, match="expired on"):
+        validate_ek_certificate(expired, ek, [ca_cert])
+    with pytest.raises(EkCertificateError, match="not valid before"):
+        validate_ek_certificate(good, ek, [ca_cert], now=NOW - datetime.timedelta(days=2))
+
+    untrusted_root = load_pem_cert(localca_swtpm["root"])
+    with pytest.raises(EkCertificateError, match="no trusted issuer found for 'O=Example Corp,CN=Test EK CA'"):
+        validate_ek_certificate(good, ek, [untrusted_root])
+    # same issuer name, different key: the signature decides, not the name
+    impostor, _ = make_ca("Test EK CA")
+    with pytest.raises(EkCertificateError, match="no trusted issuer"):
+        validate_ek_certificate(good, ek, [impostor])
+
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(NOW)
+           .next_update(NOW + datetime.timedelta(days=1))
+           .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(1001).revocation_date(NOW).build())
+           .sign(ca_key, hashes.SHA384()))
+    with pytest.raises(EkCertificateError, match="serial 3e9\\) was revoked"):
+        validate_ek_certificate(good, ek, [ca_cert], crls=[crl])
+    # a CRL not signed by the issuer is ignored
+    forged_crl = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(NOW)
+                  .next_update(NOW + datetime.timedelta(days=1))
+                  .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(1001).revocation_date(NOW).build())
+                  .sign(ec.generate_private_key(ec.SECP384R1()), hashes.SHA384()))
+    assert validate_ek_certificate(good, ek, [ca_cert], crls=[forged_crl])["serial"] == "3e9"
+    assert TCG_KP_EK_CERTIFICATE.dotted_string == "2.23.133.8.1"
+
+
+# ----------------------------------------------------------------------------- third-party CA
+
+
+def test_third_party_ca_and_reissue(tmp_path: Path, home: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
+    old_root, _ = ca_files(vmcrypt_cli, tmp_path / "old")
+    before = read_ek_certs(vm_with_vtpm, home, tmp_path / "before")
+
+    corp_root, corp_root_key = make_ca("Corp Root CA", key=rsa.generate_private_key(65537, 3072))
+    corp_issuing, corp_issuing_key = make_ca("Corp vTPM CA", issuer=(corp_root, corp_root_key), path_length=0)
+    (tmp_path / "corp-chain.pem").write_bytes(pem(corp_issuing, corp_root))
+    (tmp_path / "corp-root.pem").write_bytes(pem(corp_root))
+    (tmp_path / "corp-issuing.pem").write_bytes(pem(corp_issuing))
+    (tmp_path / "pw").write_text("corp secret\n")
+    (tmp_path / "corp-key.pem").write_bytes(corp_issuing_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"corp secret")))
+    # a key that does not belong to the certificate is refused and changes nothing
+    (tmp_path / "wrong-key.pem").write_bytes(corp_root_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    refused = vmcrypt_cli("ca", "import", "--cert", str(tmp_path / "corp-chain.pem"), "--key", str(tmp_path / "wrong-key.pem"))
+    assert refused.returncode != 0 and "does not belong to the first certificate" in refused.stderr
+    (tmp_path / "reversed.pem").write_bytes(pem(corp_root, corp_issuing))
+    refused = vmcrypt_cli("ca", "import", "--cert", str(tmp_path / "reversed.pem"), "--key", str(tmp_path / "wrong-key.pem"))
+    assert refused.returncode != 0 and "issuing certificate first" in refused.stderr
+    assert "vmcrypt VMCA" in vmcrypt_cli("ca", "show", check=True).stdout
+
+    vmcrypt_cli("ca", "import", "--cert", str(tmp_path / "corp-chain.pem"), "--key", str(tmp_path / "corp-key.pem"),
+                "--password-file", str(tmp_path / "pw"), check=True)
+    assert "Corp vTPM CA" in vmcrypt_cli("ca", "show", check=True).stdout
+    # existing vTPMs keep their old certificates until reissued
+    assert "INVALID" in vmcrypt_cli("ca", "verify-ek", str(vm_with_vtpm)).stdout
+    reissued = vmcrypt_cli("ca", "reissue-ek", str(vm_with_vtpm), check=True)
+    assert reissued.stdout.count("Corp vTPM CA") == 2
+    after = read_ek_certs(vm_with_vtpm, home, tmp_path / "after")
+
+    for label in ("rsa", "ecc"):
+        new_ok = openssl("verify", "-CAfile", str(tmp_path / "corp-root.pem"), "-untrusted", str(tmp_path / "corp-issuing.pem"),
+                         str(after[label]))
+        assert new_ok.returncode == 0 and "OK" in new_ok.stdout
+        assert openssl("verify", "-CAfile", str(old_root), str(after[label]), check=False).returncode != 0
+        assert openssl("verify", "-CAfile", str(tmp_path / "corp-root.pem"), "-untrusted", str(tmp_path / "corp-issuing.pem"),
+                       str(before[label]), check=False).returncode != 0
+        # the EK itself did not change
+        assert cert_pubkey(after[label]) == cert_pubkey(before[label]) == before[f"{label}-ek"].read_text()
+        assert after[f"{label}-ek"].read_text() == before[f"{label}-ek"].read_text()
+    assert vmcrypt_cli("ca", "verify-ek", str(vm_with_vtpm)).stdout.count("OK") == 2
+
+    # new vTPMs get certificates from the new chain
+    vm2 = tmp_path / "ds" / "vm2"
+    vmcrypt_cli("vm", "create", str(vm2), check=True)
+    vmcrypt_cli("vtpm", "add", str(vm2), check=True)
+    fresh = read_ek_certs(vm2, home, tmp_path / "vm2")
+    assert openssl("verify", "-CAfile", str(tmp_path / "corp-root.pem"), "-untrusted", str(tmp_path / "corp-issuing.pem"),
+                   str(fresh["ecc"])).returncode == 0
+    assert_no_clear_private_key(home, corp_issuing_key)
+
+
+def test_subordinate_ca_from_csr_and_pkcs12(tmp_path: Path, home: Path, vmcrypt_cli) -> None:
+    corp_root, corp_root_key = make_ca("Corp Root CA")
+    vmcrypt_cli("ca", "csr", "--cn", "vmcrypt subordinate", "--out", str(tmp_path / "sub.csr"), check=True)
+    csr = x509.load_pem_x509_csr((tmp_path / "sub.csr").read_bytes())
+    assert csr.is_signature_valid and csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "vmcrypt subordinate"
+    # an answer for some other key is refused
+    stranger, _ = make_ca("vmcrypt subordinate", issuer=(corp_root, corp_root_key), path_length=0)
+    (tmp_path / "wrong.pem").write_bytes(pem(stranger, corp_root))
+    refused = vmcrypt_cli("ca", "import-signed", "--chain", str(tmp_path / "wrong.pem"))
+    assert refused.returncode != 0 and "not for the key of the pending CSR" in refused.stderr
+
+    signed = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(corp_root.subject).public_key(csr.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(hours=1))
+              .not_valid_after(NOW + datetime.timedelta(days=1000))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+              .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                           data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                           encipher_only=False, decipher_only=False), critical=True)
+              .sign(corp_root_key, hashes.SHA384()))
+    (tmp_path / "signed.pem").write_bytes(pem(signed, corp_root))
+    (tmp_path / "root.pem").write_bytes(pem(corp_root))
+    (tmp_path / "sub.pem").write_bytes(pem(signed))
+    vmcrypt_cli("ca", "import-signed", "--chain", str(tmp_path / "signed.pem"), check=True)
+    vm = tmp_path / "ds" / "vm3"
+    vmcrypt_cli("vm", "create", str(vm), check=True)
+    vmcrypt_cli("vtpm", "add", str(vm), check=True)
+    got = read_ek_certs(vm, home, tmp_path / "read")
+    assert openssl("verify", "-CAfile", str(tmp_path / "root.pem"), "-untrusted", str(tmp_path / "sub.pem"),
+                   str(got["rsa"])).returncode == 0
+    exported = vmcrypt_cli("ca", "export-root", check=True).stdout
+    assert exported.encode() == pem(corp_root)
+
+    # a PKCS#12 bundle replaces it again
+    p12_root, p12_key = make_ca("P12 CA", key=rsa.generate_private_key(65537, 3072))
+    bundle = pkcs12.serialize_key_and_certificates(b"p12", p12_key, p12_root, None,
+                                                    serialization.BestAvailableEncryption(b"bundle pw"))
+    (tmp_path / "ca.p12").write_bytes(bundle)
+    (tmp_path / "pw").write_text("bundle pw")
+    vmcrypt_cli("ca", "import", "--cert", str(tmp_path / "ca.p12"), "--password-file", str(tmp_path / "pw"), check=True)
+    vmcrypt_cli("ca", "reissue-ek", str(vm), check=True)
+    assert vmcrypt_cli("ca", "verify-ek", str(vm), check=True).stdout.count("OK") == 2
+    assert_no_clear_private_key(home, p12_key)
+
+
+# ----------------------------------------------------------------------------- revocation and keys at rest
+
+
+def test_revocation_and_crl(tmp_path: Path, home: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
+    root, _ = ca_files(vmcrypt_cli, tmp_path)
+    got = read_ek_certs(vm_with_vtpm, home, tmp_path / "read")
+    serial = load_pem_cert(got["rsa"]).serial_number
+    refused = vmcrypt_cli("ca", "revoke", "123456")
+    assert refused.returncode != 0 and "no certificate with serial 123456" in refused.stderr
+    vmcrypt_cli("ca", "revoke", f"{serial:x}", check=True)
+    vmcrypt_cli("ca", "crl", "--out", str(tmp_path / "crl.pem"), check=True)
+    revoked = openssl("verify", "-crl_check", "-CRLfile", str(tmp_path / "crl.pem"), "-CAfile", str(root), str(got["rsa"]),
+                      check=False)
+    assert revoked.returncode != 0 and "revoked" in (revoked.stdout + revoked.stderr)
+    assert openssl("verify", "-crl_check", "-CRLfile", str(tmp_path / "crl.pem"), "-CAfile", str(root),
+                   str(got["ecc"])).returncode == 0
+    verdict = vmcrypt_cli("ca", "verify-ek", str(vm_with_vtpm))
+    assert verdict.returncode != 0 and "was revoked" in verdict.stdout and "ecc-p256  0x01c0000a  OK" in verdict.stdout
+    # reissuing supersedes: the new certificate is good, the old serial stays revoked
+    vmcrypt_cli("ca", "reissue-ek", str(vm_with_vtpm), check=True)
+    assert vmcrypt_cli("ca", "verify-ek", str(vm_with_vtpm), check=True).stdout.count("OK") == 2
+    assert '"revoked": 2' in vmcrypt_cli("ca", "show", "--json", check=True).stdout
+
+
+def assert_no_clear_private_key(home: Path, key) -> None:
+    forms = [
+        key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()),
+    ]
+    numbers = key.private_numbers()
+    secret = numbers.private_value if isinstance(key, ec.EllipticCurvePrivateKey) else numbers.d
+    forms.append(secret.to_bytes((secret.bit_length() + 7) // 8, "big"))
+    files = [p for p in home.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        assert b"PRIVATE KEY" not in data or b"ENCRYPTED PRIVATE KEY" in data, path
+        for form in forms:
+            assert form not in data, f"{path} holds the CA key in clear"
+
+
+def test_ca_private_key_never_in_clear(home: Path, vm_with_vtpm: Path) -> None:
+    ca = CertificateAuthority(home, KeyManager(ProviderRegistry(home)))
+    key = ca._private_key()  # only reachable through the key provider
+    assert isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
+    assert_no_clear_private_key(home, key)
+    assert_no_clear_private_key(vm_with_vtpm, key)
+    assert (ca.key_path.stat().st_mode & 0o777) == 0o600
+
+
+def test_vtpm_add_refusals(tmp_path: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
+    """BIOS firmware, hardware version 13, a second vTPM: refused, and the VM is left as it was."""
+    from conftest import snapshot
+
+    for name, extra, reason in (("bios", ["--firmware", "bios"], "needs EFI firmware"),
+                                ("old", ["--hw-version", "13"], "virtual hardware version 14 or later")):
+        vm = tmp_path / "ds" / name
+        vmcrypt_cli("vm", "create", str(vm), *extra, check=True)
+        before = snapshot(vm)
+        result = vmcrypt_cli("vtpm", "add", str(vm))
+        assert result.returncode != 0 and reason in result.stderr
+        assert snapshot(vm) == before
+    before = snapshot(vm_with_vtpm)
+    again = vmcrypt_cli("vtpm", "add", str(vm_with_vtpm))
+    assert again.returncode != 0 and "already has a vTPM" in again.stderr
+    assert snapshot(vm_with_vtpm) == before
