@@ -10,6 +10,7 @@ default key provider (never in clear on disk), a log of issued certificates
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import secrets
@@ -31,7 +32,7 @@ from vmcrypt.errors import VmcryptError
 from vmcrypt.keys import KeyManager
 
 CA_DIR = "ca"
-KEY_FILE = "ca-key.vmc"
+KEY_FILE = "ca-key-{}.vmc"  # named by the key's SPKI hash: the chain file picks the key
 CHAIN_FILE = "chain.pem"  # issuing certificate first, then up to the root
 ISSUED_FILE = "issued.json"
 KEY_LABEL = "ca-private-key"
@@ -70,12 +71,17 @@ class CertificateAuthority:
     def chain_path(self) -> Path:
         return self.directory / CHAIN_FILE
 
+    @staticmethod
+    def _key_file(public_key: Any) -> str:
+        return KEY_FILE.format(hashlib.sha256(_spki(public_key)).hexdigest()[:16])
+
     @property
     def key_path(self) -> Path:
-        return self.directory / KEY_FILE
+        """The encrypted private key of the current issuing certificate."""
+        return self.directory / self._key_file(self.certificate.public_key())
 
     def exists(self) -> bool:
-        return self.chain_path.exists() and self.key_path.exists()
+        return self.chain_path.exists()
 
     def ensure(self) -> None:
         """Create the root CA on first use."""
@@ -97,17 +103,31 @@ class CertificateAuthority:
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         data_key = self.keys.new_data_key()
-        container.write_file(self.key_path, der, data_key, label=KEY_LABEL, mode=0o600)
+        path = self.directory / self._key_file(key.public_key())
+        container.write_file(path, der, data_key, label=KEY_LABEL, mode=0o600)
 
     def _private_key(self) -> Any:
         self.ensure()
-        der = container.read_file(self.key_path, self.keys.header_key)
+        path = self.key_path
+        if not path.exists():
+            raise CaError(f"the private key of the issuing CA is missing ({path.name})")
+        der = container.read_file(path, self.keys.header_key)
         return serialization.load_der_private_key(der, password=None)
 
-    def _store_chain(self, chain: list[x509.Certificate]) -> None:
+    def _install(self, chain: list[x509.Certificate], key: Any) -> None:
+        """Key first, then the chain (one atomic rename switches CAs), then old keys go.
+
+        A crash at any point leaves the old CA or the new one usable, never a chain
+        without its key.
+        """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._store_key(key)
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
         write_atomic(self.chain_path, pem, mode=0o644)
+        current = self._key_file(key.public_key())
+        for stale in self.directory.glob(KEY_FILE.format("*")):
+            if stale.name != current:
+                stale.unlink()
 
     # ------------------------------------------------------------------ creation and replacement
 
@@ -128,9 +148,7 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA384())
         )
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._store_key(key)
-        self._store_chain([cert])
+        self._install([cert], key)
         return cert
 
     def import_ca(self, chain: list[x509.Certificate], key: Any) -> None:
@@ -150,9 +168,7 @@ class CertificateAuthority:
             except (ValueError, TypeError, InvalidSignature):
                 raise CaError(f"'{child.subject.rfc4514_string()}' is not signed by the next certificate in the chain "
                               f"('{parent.subject.rfc4514_string()}'): give the chain issuing certificate first") from None
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._store_key(key)
-        self._store_chain(chain)
+        self._install(chain, key)
 
     def import_files(self, certificate: bytes, key: bytes | None, password: bytes | None) -> None:
         """PEM chain + PEM key, or a PKCS#12 bundle (``key`` None)."""

@@ -432,3 +432,26 @@ def test_vtpm_add_refusals(tmp_path: Path, vm_with_vtpm: Path, vmcrypt_cli) -> N
     again = vmcrypt_cli("vtpm", "add", str(vm_with_vtpm))
     assert again.returncode != 0 and "already has a vTPM" in again.stderr
     assert snapshot(vm_with_vtpm) == before
+
+
+def test_failed_ca_switch_keeps_the_old_ca(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk fails while the new chain is written: the old CA still issues, with its own key."""
+    import certs.ca as ca_module
+
+    ca = CertificateAuthority(home, KeyManager(ProviderRegistry(home)))
+    old = ca.certificate
+    new_cert, new_key = make_ca("Replacement CA")
+
+    def failing_write(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ca_module, "write_atomic", failing_write)
+    with pytest.raises(OSError):
+        ca.import_ca([new_cert], new_key)
+    monkeypatch.undo()
+    assert ca.certificate == old
+    ek = ec.generate_private_key(ec.SECP256R1()).public_key()
+    cert = ca.issue_ek(ek, IDENTITY, "after a failed switch")
+    assert validate_ek_certificate(cert, ek, [old])["chain"] == [old.subject.rfc4514_string()]
+    ca.import_ca([new_cert], new_key)
+    assert ca.certificate == new_cert and len(list((home / "ca").glob("ca-key-*.vmc"))) == 1
