@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from certs.ca import CertificateAuthority
 from certs.ek import TCG_KP_EK_CERTIFICATE, build_ek_certificate, tcg_san
-from certs.validate import EkCertificateError, validate_ek_certificate
+from certs import EkCertificateError, validate_ek_certificate
 from test_vtpm_tools import tools
 from tpm_helpers import HOST, start_swtpm
 from vmcrypt.keys import KeyManager
