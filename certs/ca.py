@@ -9,6 +9,7 @@ default key provider (never in clear on disk), a log of issued certificates
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -50,6 +51,7 @@ class IssuedCertificate:
     subject: str
     not_after: str
     revoked: str | None = None
+    vm_path: str | None = None  # the .vmx of the VM whose vTPM holds it, for reissuing them all
 
 
 def _spki(key: Any) -> bytes:
@@ -231,12 +233,12 @@ class CertificateAuthority:
             if serial not in taken:
                 return serial
 
-    def issue_ek(self, ek_public: Any, identity: TpmIdentity, subject: str) -> x509.Certificate:
+    def issue_ek(self, ek_public: Any, identity: TpmIdentity, subject: str, vm_path: str | None = None) -> x509.Certificate:
         """An EK certificate for ``ek_public``, logged under ``subject`` (e.g. the VM's name)."""
         issued = self._issued()
         serial = self._new_serial({entry.serial for entry in issued})
         cert = build_ek_certificate(ek_public, identity, self.certificate, self._private_key(), serial)
-        issued.append(IssuedCertificate(serial, "ek", subject, cert.not_valid_after_utc.isoformat()))
+        issued.append(IssuedCertificate(serial, "ek", subject, cert.not_valid_after_utc.isoformat(), vm_path=vm_path))
         self._save_issued(issued)
         return cert
 
@@ -246,8 +248,7 @@ class CertificateAuthority:
             if entry.serial == serial:
                 if entry.revoked:
                     return
-                issued[index] = IssuedCertificate(entry.serial, entry.kind, entry.subject, entry.not_after,
-                                                  datetime.datetime.now(datetime.timezone.utc).isoformat())
+                issued[index] = dataclasses.replace(entry, revoked=datetime.datetime.now(datetime.timezone.utc).isoformat())
                 self._save_issued(issued)
                 return
         raise CaError(f"no certificate with serial {serial:x} was issued by this CA")
@@ -260,6 +261,14 @@ class CertificateAuthority:
             return False
         self.revoke(cert.serial_number)
         return True
+
+    def certified_vms(self) -> list[str]:
+        """The .vmx paths of every VM this management home gave an EK certificate, oldest first."""
+        seen: dict[str, None] = {}
+        for entry in self._issued():
+            if entry.vm_path:
+                seen.setdefault(entry.vm_path)
+        return list(seen)
 
     def revoked_serials(self) -> set[int]:
         return {entry.serial for entry in self._issued() if entry.revoked}

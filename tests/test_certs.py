@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -268,6 +269,10 @@ def test_validator_rejections(localca_swtpm: dict[str, Path]) -> None:
 
 def test_third_party_ca_and_reissue(tmp_path: Path, home: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
     old_root, _ = ca_files(vmcrypt_cli, tmp_path / "old")
+    gone = tmp_path / "ds" / "gone"  # a VM that got a vTPM and was deleted since
+    vmcrypt_cli("vm", "create", str(gone), check=True)
+    vmcrypt_cli("vtpm", "add", str(gone), check=True)
+    shutil.rmtree(gone)
     before = read_ek_certs(vm_with_vtpm, home, tmp_path / "before")
 
     corp_root, corp_root_key = make_ca("Corp Root CA", key=rsa.generate_private_key(65537, 3072))
@@ -294,8 +299,11 @@ def test_third_party_ca_and_reissue(tmp_path: Path, home: Path, vm_with_vtpm: Pa
     assert "Corp vTPM CA" in vmcrypt_cli("ca", "show", check=True).stdout
     # existing vTPMs keep their old certificates until reissued
     assert "INVALID" in vmcrypt_cli("ca", "verify-ek", str(vm_with_vtpm)).stdout
-    reissued = vmcrypt_cli("ca", "reissue-ek", str(vm_with_vtpm), check=True)
-    assert reissued.stdout.count("Corp vTPM CA") == 2
+    both = vmcrypt_cli("ca", "reissue-ek", str(vm_with_vtpm), "--all")
+    assert both.returncode != 0 and "not both" in both.stderr
+    reissued = vmcrypt_cli("ca", "reissue-ek", "--all", check=True)
+    assert reissued.stdout.count("Corp vTPM CA") == 2 and "vm1: EK rsa2048" in reissued.stdout
+    assert f"{gone / 'gone.vmx'}: skipped (no longer there)" in reissued.stdout
     after = read_ek_certs(vm_with_vtpm, home, tmp_path / "after")
 
     for label in ("rsa", "ecc"):

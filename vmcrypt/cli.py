@@ -248,11 +248,25 @@ def cmd_ca_reissue_ek(args: argparse.Namespace) -> None:
     from vmcrypt.vtpm_provision import reissue_ek_certificates
 
     ca, keys = _ca(args)
-    rows = []
-    for path in args.paths:
-        vm = VmHome(path)
-        rows += [{"vm": vm.name, **r} for r in _ek_rows(reissue_ek_certificates(vm, keys, ca))]
-    _emit(args, rows, "\n".join(f"{r['vm']}: EK {r['ek']} reissued by {r['issuer']} (serial {r['serial']})" for r in rows))
+    if bool(args.paths) == bool(args.all):
+        raise CommandFailed("name the VMs or give --all (not both)")
+    paths = args.paths or ca.certified_vms()
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    for path in paths:
+        if args.all and not Path(path).exists():
+            skipped.append({"vm": path, "reason": "no longer there"})
+            continue
+        try:
+            vm = VmHome(path)
+            rows += [{"vm": vm.name, **r} for r in _ek_rows(reissue_ek_certificates(vm, keys, ca))]
+        except VmcryptError as exc:
+            if not args.all:
+                raise
+            skipped.append({"vm": path, "reason": str(exc)})
+    lines = [f"{r['vm']}: EK {r['ek']} reissued by {r['issuer']} (serial {r['serial']})" for r in rows]
+    lines += [f"{s['vm']}: skipped ({s['reason']})" for s in skipped]
+    _emit(args, {"reissued": rows, "skipped": skipped}, "\n".join(lines) or "no VM holds a certificate from this CA")
 
 
 def cmd_ca_import(args: argparse.Namespace) -> None:
@@ -355,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify = command(ca_commands, "verify-ek", cmd_ca_verify_ek, "validate a VM's EK certificates against this CA")
     verify.add_argument("path", help="the VM's .vmx file or directory")
     reissue = command(ca_commands, "reissue-ek", cmd_ca_reissue_ek, "new EK certificates from the current CA (same EKs)")
-    reissue.add_argument("paths", nargs="+", metavar="PATH", help="VMs (.vmx files or directories)")
+    reissue.add_argument("paths", nargs="*", metavar="PATH", help="VMs (.vmx files or directories)")
+    reissue.add_argument("--all", action="store_true", help="every VM this management home gave a vTPM")
     imp = command(ca_commands, "import", cmd_ca_import, "use a third-party CA: PEM chain + key, or a PKCS#12 file")
     imp.add_argument("--cert", required=True, help="PEM chain (issuing certificate first) or PKCS#12 file")
     imp.add_argument("--key", help="PEM private key (omit for PKCS#12)")

@@ -53,11 +53,12 @@ def ek_public_key(client: TpmClient, kind: EkKind) -> Any:
 
 
 def provision_ek_certificates(client: TpmClient, ca: CertificateAuthority, subject: str,
-                              kinds: tuple[EkKind, ...] = DEFAULT_EKS, *, replace: bool = False) -> list[ProvisionedEk]:
+                              kinds: tuple[EkKind, ...] = DEFAULT_EKS, *, replace: bool = False,
+                              vm_path: str | None = None) -> list[ProvisionedEk]:
     done = []
     for kind in kinds:
         template = ek_template(kind)
-        cert = ca.issue_ek(ek_public_key(client, kind), IDENTITY, f"{subject} {kind.value}")
+        cert = ca.issue_ek(ek_public_key(client, kind), IDENTITY, f"{subject} {kind.value}", vm_path)
         der = cert.public_bytes(serialization.Encoding.DER)
         if replace:
             previous = _stored_certificate(client, template.cert_index)
@@ -81,13 +82,14 @@ def _stored_certificate(client: TpmClient, index: int) -> x509.Certificate | Non
         return None  # unreadable: replaced all the same
 
 
-def manufacture(ca: CertificateAuthority, subject: str, banks: tuple[int, ...] = DEFAULT_BANKS) -> tuple[TpmState, list[ProvisionedEk]]:
+def manufacture(ca: CertificateAuthority, subject: str, banks: tuple[int, ...] = DEFAULT_BANKS,
+                vm_path: str | None = None) -> tuple[TpmState, list[ProvisionedEk]]:
     """A new vTPM: fresh seeds, the VM's PCR banks, EK certificates; shut down cleanly."""
     tpm = Tpm(TpmState.manufacture())
     client = TpmClient(tpm)
     client.startup()
     client.pcr_allocate(list(banks))
-    eks = provision_ek_certificates(client, ca, subject)
+    eks = provision_ek_certificates(client, ca, subject, vm_path=vm_path)
     client.shutdown()
     return tpm.state, eks
 
@@ -106,7 +108,7 @@ def add_vtpm(vm: VmHome, keys: KeyManager, ca: CertificateAuthority) -> list[Pro
     with VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)) as store:
         if store.load() is not None:
             raise VmError("the VM already has a vTPM", vm.vmx_path)
-        tpm_state, eks = manufacture(ca, vm.name)
+        tpm_state, eks = manufacture(ca, vm.name, vm_path=str(vm.vmx_path.resolve()))
         store.save(tpm_state.to_bytes())
     full = read_vmx(vm, keys)
     full.settings["vtpm.present"] = "TRUE"
@@ -129,7 +131,8 @@ def reissue_ek_certificates(vm: VmHome, keys: KeyManager, ca: CertificateAuthori
     """New EK certificates from the current CA; the EKs themselves do not change."""
     with VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)) as store:
         tpm, client = _vm_tpm(store, vm, persist=False)
-        eks = provision_ek_certificates(client, ca, vm.name, DEFAULT_EKS, replace=True)
+        eks = provision_ek_certificates(client, ca, vm.name, DEFAULT_EKS, replace=True,
+                                        vm_path=str(vm.vmx_path.resolve()))
         client.shutdown()
         store.save(tpm.state.to_bytes())  # one atomic write: old certificates or new ones, never none
     return eks
