@@ -102,7 +102,8 @@ class VmNvramStore:
         except StateError as exc:
             raise StateStoreError(f"{self.vm.nvram_path}: vTPM section: {exc}") from None
 
-    def save(self, raw: bytes) -> None:
+    def save(self, raw: bytes | None) -> None:
+        """Write the vTPM section (None removes it), keeping the EFI variables."""
         if self._nvram is None:
             self._nvram = self._read_nvram()
         nvram = self._nvram

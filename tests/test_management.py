@@ -1,0 +1,214 @@
+"""Inventory, roles and the VM lifecycle through the library API.
+
+Table: role (Administrator, No Cryptography Administrator, Read-only) x operation
+(console, download, browse, remove vTPM, power on, power off) x VM encrypted or not.
+A refusal must name the missing privilege, be in the audit log, and leave every
+file of the VM as it was. Inputs tried for refusal besides privileges: a wrong
+password, an unknown user, a second power-on, removing a vTPM from a VM without
+one, a path outside the VM's directory, a reused console ticket.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import snapshot
+from vmcrypt import container
+from vmcrypt.errors import VmError
+from vmcrypt.inventory import ROOT, Inventory, InventoryError
+from vmcrypt.management import Management, PermissionDenied
+from vmcrypt.rbac import Privilege
+
+PASSWORDS = {"admin": "admin-pw", "nocrypto": "nocrypto-pw", "reader": "reader-pw"}
+
+
+@pytest.fixture
+def mgmt(home: Path, tmp_path: Path):
+    m = Management(home)
+    inv = m.inventory
+    for user, password in PASSWORDS.items():
+        inv.add_user(user, password)
+    inv.grant(ROOT, "admin", "Administrator")
+    inv.grant(ROOT, "nocrypto", "No Cryptography Administrator")
+    inv.grant(ROOT, "reader", "Read-only")
+    inv.add_datastore("ds1", tmp_path / "ds1")
+    admin = m.login("admin", PASSWORDS["admin"])
+    admin.create_vm("ds1", "enc")
+    admin.add_vtpm("enc")
+    admin.create_vm("ds1", "plain")
+    yield m
+    for record in inv.vms():
+        if record.power_state == "on":
+            admin.power_off(record.name)
+    m.close()
+
+
+def _attempt(session, operation: str, vm: str):
+    if operation == "console":
+        return session.open_console(vm)
+    if operation == "download":
+        return session.download(vm, f"{vm}.nvram")
+    if operation == "browse":
+        return session.browse(vm)
+    if operation == "remove vTPM":
+        return session.remove_vtpm(vm)
+    if operation == "power on":
+        return session.power_on(vm)
+    if operation == "power off":
+        return session.power_off(vm)
+    raise AssertionError(operation)
+
+
+# (user, operation, vm) -> the missing privilege, or None when allowed
+CASES = [
+    ("admin", "console", "enc", None), ("admin", "console", "plain", None),
+    ("admin", "download", "enc", None), ("admin", "download", "plain", None),
+    ("admin", "browse", "enc", None),
+    ("nocrypto", "console", "enc", Privilege.CRYPTO_ACCESS), ("nocrypto", "console", "plain", None),
+    ("nocrypto", "download", "enc", Privilege.CRYPTO_ACCESS), ("nocrypto", "download", "plain", None),
+    ("nocrypto", "browse", "enc", None),
+    ("nocrypto", "remove vTPM", "enc", Privilege.CRYPTO_DECRYPT),
+    ("nocrypto", "power on", "enc", None), ("nocrypto", "power on", "plain", None),
+    ("reader", "console", "plain", Privilege.CONSOLE), ("reader", "download", "plain", Privilege.DATASTORE_BROWSE),
+    ("reader", "power on", "enc", Privilege.POWER_ON), ("reader", "remove vTPM", "enc", Privilege.ADD_REMOVE_DEVICE),
+    ("admin", "remove vTPM", "enc", None),
+]
+
+
+@pytest.mark.parametrize(("user", "operation", "vm", "missing"), CASES, ids=[f"{u}-{o}-{v}" for u, o, v, _ in CASES])
+def test_role_operation_table(mgmt: Management, user: str, operation: str, vm: str, missing: Privilege | None) -> None:
+    session = mgmt.login(user, PASSWORDS[user])
+    record = mgmt.inventory.vm(vm)
+    directory = Path(record.vmx_path).parent
+    before = snapshot(directory)
+    audit_before = len(mgmt.inventory.audit_log())
+    if missing is None:
+        result = _attempt(session, operation, vm)
+        last = mgmt.inventory.audit_log()[-1]
+        assert (last.user, last.outcome) == (user, "ok") and len(mgmt.inventory.audit_log()) == audit_before + 1
+        if operation == "download":
+            assert result == (directory / f"{vm}.nvram").read_bytes()
+            assert container.is_container(directory / f"{vm}.nvram") == record.encrypted  # raw datastore bytes
+        if operation == "console":
+            assert mgmt.inventory.redeem_console_ticket(result) == (vm, user)
+        if operation == "remove vTPM":
+            assert not mgmt.inventory.vm(vm).vtpm
+        if operation == "power on":
+            assert mgmt.inventory.vm(vm).power_state == "on"
+            session.power_off(vm)
+    else:
+        with pytest.raises(PermissionDenied) as refused:
+            _attempt(session, operation, vm)
+        assert missing in refused.value.missing and missing.value in str(refused.value)
+        assert snapshot(directory) == before
+        entries = mgmt.inventory.audit_log()
+        assert len(entries) == audit_before + 1
+        assert (entries[-1].user, entries[-1].outcome) == (user, "denied") and missing.value in entries[-1].detail
+
+
+def test_lifecycle_with_served_vtpm(mgmt: Management, tmp_path: Path) -> None:
+    """NV data and PCRs written through the powered-on VM's vTPM survive power off/on, encrypted at rest."""
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    nocrypto = mgmt.login("nocrypto", PASSWORDS["nocrypto"])
+    on = nocrypto.power_on("enc")  # No Cryptography Administrator may power on an encrypted VM
+    with pytest.raises(VmError, match="already powered on"):
+        nocrypto.power_on("enc")
+    env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={on.vtpm_port}"}
+
+    def tool(*args: str, stdin: bytes | None = None) -> str:
+        done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode()
+
+    tool("tpm2_startup", "-c")
+    tool("tpm2_nvdefine", "0x1500020", "-C", "o", "-s", "16", "-a", "ownerread|ownerwrite")
+    tool("tpm2_nvwrite", "0x1500020", "-C", "o", "-i", "-", stdin=b"LIFECYCLE-SECRET")
+    tool("tpm2_pcrextend", "16:sha256=" + "ab" * 32)
+    pcr16 = tool("tpm2_pcrread", "sha256:16")
+    nocrypto.power_off("enc")
+    nvram = Path(mgmt.inventory.vm("enc").vmx_path).with_suffix(".nvram")
+    assert container.is_container(nvram) and b"LIFECYCLE-SECRET" not in nvram.read_bytes()
+    with pytest.raises(PermissionDenied, match="Cryptographer.Access"):
+        nocrypto.download("enc", "enc.nvram")
+    with pytest.raises(PermissionDenied, match="Cryptographer.Decrypt"):
+        nocrypto.remove_vtpm("enc")
+    again = admin.power_on("enc")
+    env["TPM2TOOLS_TCTI"] = f"swtpm:host=127.0.0.1,port={again.vtpm_port}"
+    tool("tpm2_startup", "-c")
+    out = tmp_path / "nv.out"
+    tool("tpm2_nvread", "0x1500020", "-C", "o", "-o", str(out))
+    assert out.read_bytes() == b"LIFECYCLE-SECRET"
+    assert tool("tpm2_pcrread", "sha256:16") != pcr16  # a cold boot resets PCR 16
+    admin.power_off("enc")
+    with pytest.raises(VmError, match="already powered off"):
+        admin.power_off("enc")
+
+
+def test_refusals_and_audit(mgmt: Management, home: Path) -> None:
+    with pytest.raises(InventoryError, match="login failed"):
+        mgmt.login("admin", "wrong")
+    with pytest.raises(InventoryError, match="login failed"):
+        mgmt.login("nobody", "x")
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    with pytest.raises(VmError, match="has no vTPM"):
+        admin.remove_vtpm("plain")
+    with pytest.raises(VmError, match="no file"):
+        admin.download("plain", "../enc/enc.nvram")
+    ticket = admin.open_console("enc")
+    assert mgmt.inventory.redeem_console_ticket(ticket) == ("enc", "admin")
+    with pytest.raises(InventoryError, match="already used"):
+        mgmt.inventory.redeem_console_ticket(ticket)
+    with pytest.raises(VmError, match="stays encrypted"):
+        admin.decrypt("enc")
+    log = mgmt.inventory.audit_log()
+    assert [e.outcome for e in log if e.action == "login"] == ["denied", "denied"]
+    assert any(e.action == "remove vTPM" and e.outcome == "failed" for e in log)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        mgmt.inventory.db.execute("DELETE FROM audit")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        mgmt.inventory.db.execute("UPDATE audit SET outcome = 'ok'")
+    assert (home / "inventory.db").stat().st_mode & 0o777 == 0o600
+    raw = (home / "inventory.db").read_bytes()
+    assert all(p.encode() not in raw for p in PASSWORDS.values())
+
+
+def test_permission_propagation_and_groups(home: Path, tmp_path: Path) -> None:
+    with Inventory(home) as inv:
+        assert inv.schema_version == 1
+        inv.add_user("ann", "pw")
+        inv.add_datastore("ds", tmp_path / "ds")
+        inv.add_group("ops")
+        inv.add_to_group("ops", "ann")
+        inv.grant(ROOT, "ops", "Administrator", group=True)
+        assert Privilege.CRYPTO_ACCESS in inv.privileges("ann", ("datastore", "ds"))
+        # nearer permission wins: No Cryptography Administrator on the datastore
+        inv.grant(("datastore", "ds"), "ops", "No Cryptography Administrator", group=True)
+        assert Privilege.CRYPTO_ACCESS not in inv.privileges("ann", ("datastore", "ds"))
+        assert Privilege.POWER_ON in inv.privileges("ann", ("datastore", "ds"))
+        # the user's own permission beats the group's at the same level
+        inv.grant(("datastore", "ds"), "ann", "Read-only")
+        assert inv.privileges("ann", ("datastore", "ds")) == frozenset({Privilege.SYSTEM_VIEW, Privilege.SYSTEM_READ})
+        # a non-propagating permission stays on its object
+        inv.add_user("bob", "pw")
+        inv.grant(ROOT, "bob", "Administrator", propagate=False)
+        assert inv.privileges("bob", ("datastore", "ds")) == frozenset()
+        assert Privilege.CRYPTO_ACCESS in inv.privileges("bob", ROOT)
+        inv.add_role("Operator", {Privilege.POWER_ON, Privilege.POWER_OFF})
+        inv.grant(("datastore", "ds"), "bob", "Operator")
+        assert inv.privileges("bob", ("datastore", "ds")) == frozenset({Privilege.POWER_ON, Privilege.POWER_OFF})
+        with pytest.raises(InventoryError, match="no role"):
+            inv.grant(ROOT, "bob", "Superuser")
+        with pytest.raises(InventoryError, match="no user"):
+            inv.grant(ROOT, "carol", "Administrator")
+        assert "TrustedAdmins" in [r[0] for r in inv.db.execute("SELECT name FROM groups")]
+    # reopening keeps the schema and refuses a newer one
+    with Inventory(home) as inv:
+        assert inv.users() == ["ann", "bob"]
+        inv.db.execute("PRAGMA user_version = 99")
+    with pytest.raises(InventoryError, match="schema version 99"):
+        Inventory(home)

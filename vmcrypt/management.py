@@ -1,0 +1,282 @@
+"""VM lifecycle for a logged-in user: every call checks privileges, acts, and is audited.
+
+``Management(home)`` holds the inventory, the key providers and the CA of one
+management home; ``management.login(user, password)`` gives a ``UserSession``
+whose methods are the operations an operator can ask for. A refused operation
+raises ``PermissionDenied`` naming the missing privileges, is written to the
+audit log, and touches nothing on disk.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from certs.ca import CertificateAuthority
+from vmcrypt.errors import VmcryptError, VmError
+from vmcrypt.inventory import Inventory, InventoryError, VmRecord
+from vmcrypt.keys import KeyManager
+from vmcrypt.providers.registry import ProviderRegistry
+from vmcrypt.rbac import Operation, Privilege, missing_privileges
+from vmcrypt.vm import VmHome, VmSpec, create_vm
+from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm, render_vmx
+from vmcrypt.atomic import write_atomic
+
+CONSOLE_TICKET_LIFETIME = datetime.timedelta(minutes=2)
+POWER_ON_TIMEOUT = 30.0
+T = TypeVar("T")
+
+
+class PermissionDenied(VmcryptError):
+    """The user lacks a privilege; ``missing`` lists which."""
+
+    def __init__(self, user: str, operation: Operation, entity: str, missing: list[Privilege]) -> None:
+        self.missing = missing
+        names = ", ".join(p.value for p in missing)
+        super().__init__(f"'{user}' may not {operation.value} on {entity}: missing privilege {names}")
+
+
+class Management:
+    def __init__(self, home: str | os.PathLike[str]) -> None:
+        self.home = Path(home)
+        self.inventory = Inventory(self.home)
+        self.keys = KeyManager(ProviderRegistry(self.home))
+        self.ca = CertificateAuthority(self.home, self.keys)
+
+    def close(self) -> None:
+        self.inventory.close()
+
+    def login(self, user: str, password: str) -> "UserSession":
+        try:
+            self.inventory.authenticate(user, password)
+        except InventoryError:
+            self.inventory.audit(user, "login", "", "denied", "bad user name or password")
+            raise
+        return UserSession(self, user)
+
+
+def _describe_on_disk(vmx: Path, datastore: str, previous: VmRecord | None = None) -> VmRecord:
+    vm = VmHome(vmx)
+    state = read_vmx(vm, None)
+    settings = state.settings
+    ref = state.reference
+    return VmRecord(
+        name=vm.name, vmx_path=str(vm.vmx_path.resolve()), datastore=datastore,
+        hw_version=int(settings.get("virtualHW.version", "0") or 0), firmware=(settings.get("firmware") or "bios").lower(),
+        encrypted=ref is not None, provider_id=ref.provider_id if ref else None, key_id=ref.key_id if ref else None,
+        vtpm=(settings.get("vtpm.present") or "").upper() == "TRUE",
+        power_state=previous.power_state if previous else "off",
+        vtpm_pid=previous.vtpm_pid if previous else None, vtpm_port=previous.vtpm_port if previous else None,
+    )
+
+
+class UserSession:
+    def __init__(self, management: Management, user: str) -> None:
+        self.m = management
+        self.user = user
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.m.inventory
+
+    # ------------------------------------------------------------------ the one gate
+
+    def _run(self, operation: Operation, entity: tuple[str, str], encrypted: bool, action: Callable[[], T],
+             detail: str = "") -> T:
+        label = f"{entity[0]} {entity[1]}".strip()
+        missing = missing_privileges(self.inventory.privileges(self.user, entity), operation, encrypted)
+        if missing:
+            self.inventory.audit(self.user, operation.value, label, "denied",
+                                 "missing " + ", ".join(p.value for p in missing))
+            raise PermissionDenied(self.user, operation, label, missing)
+        try:
+            result = action()
+        except Exception as exc:
+            self.inventory.audit(self.user, operation.value, label, "failed", str(exc))
+            raise
+        self.inventory.audit(self.user, operation.value, label, "ok", detail)
+        return result
+
+    def _vm(self, name: str) -> tuple[VmRecord, VmHome]:
+        record = self.inventory.vm(name)
+        fresh = _describe_on_disk(Path(record.vmx_path), record.datastore, record)
+        if fresh != record:
+            self.inventory.put_vm(fresh)
+        return fresh, VmHome(fresh.vmx_path)
+
+    def _refresh(self, name: str) -> VmRecord:
+        return self._vm(name)[0]
+
+    def _require_off(self, record: VmRecord) -> None:
+        if record.power_state != "off":
+            raise VmError("the VM must be powered off first", record.vmx_path)
+
+    # ------------------------------------------------------------------ inventory
+
+    def create_vm(self, datastore: str, name: str, spec: VmSpec | None = None) -> VmRecord:
+        def act() -> VmRecord:
+            directory = self.inventory.datastore_path(datastore) / name
+            vm = create_vm(directory, spec or VmSpec(name=name))
+            record = _describe_on_disk(vm.vmx_path, datastore)
+            self.inventory.put_vm(record)
+            return record
+        return self._run(Operation.CREATE_VM, ("datastore", datastore), False, act)
+
+    def vm(self, name: str) -> VmRecord:
+        return self._refresh(name)
+
+    # ------------------------------------------------------------------ encryption and the vTPM
+
+    def add_vtpm(self, name: str) -> VmRecord:
+        from vmcrypt.vtpm_provision import add_vtpm
+
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            self._require_off(record)
+            add_vtpm(vm, self.m.keys, self.m.ca)
+            return self._refresh(name)
+        return self._run(Operation.ADD_VTPM, ("vm", name), record.encrypted, act)
+
+    def remove_vtpm(self, name: str) -> VmRecord:
+        from vmcrypt.vm_vtpm import VmNvramStore
+
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            self._require_off(record)
+            if not record.vtpm:
+                raise VmError("the VM has no vTPM", vm.vmx_path)
+            with VmNvramStore.open(vm.vmx_path, home=str(self.m.home)) as store:
+                store.load()
+                store.save(None)
+            full = read_vmx(vm, self.m.keys)
+            full.settings["vtpm.present"] = "FALSE"
+            write_atomic(vm.vmx_path, render_vmx(full.settings, self.m.keys.unlock(full.reference) if full.reference else None))
+            return self._refresh(name)
+        return self._run(Operation.REMOVE_VTPM, ("vm", name), record.encrypted, act)
+
+    def encrypt(self, name: str) -> VmRecord:
+        record, vm = self._vm(name)
+        return self._run(Operation.ENCRYPT, ("vm", name), record.encrypted,
+                         lambda: (self._require_off(record), encrypt_vm(vm, self.m.keys), self._refresh(name))[-1])
+
+    def decrypt(self, name: str) -> VmRecord:
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            self._require_off(record)
+            if record.vtpm:
+                raise VmError("a VM with a vTPM stays encrypted: remove the vTPM first", vm.vmx_path)
+            decrypt_vm(vm, self.m.keys)
+            return self._refresh(name)
+        return self._run(Operation.DECRYPT, ("vm", name), record.encrypted, act)
+
+    def rekey(self, name: str) -> VmRecord:
+        record, vm = self._vm(name)
+        return self._run(Operation.REKEY, ("vm", name), record.encrypted,
+                         lambda: (rekey_vm(vm, self.m.keys), self._refresh(name))[-1])
+
+    # ------------------------------------------------------------------ power
+
+    def power_on(self, name: str) -> VmRecord:
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            if record.power_state == "on":
+                raise VmError("the VM is already powered on", vm.vmx_path)
+            pid = port = None
+            if record.vtpm:
+                pid, port = self._serve_vtpm(vm)
+            updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
+            self.inventory.put_vm(updated)
+            return updated
+        return self._run(Operation.POWER_ON, ("vm", name), record.encrypted, act)
+
+    def _serve_vtpm(self, vm: VmHome) -> tuple[int, int]:
+        """The VM's vTPM on the swtpm protocol, as its own process (like the VMX process would)."""
+        from vtpm.server.sockets import free_port_pair
+
+        run_dir = self.m.home / "run"
+        run_dir.mkdir(mode=0o700, exist_ok=True)
+        log = run_dir / f"{vm.name}.vtpm.log"
+        port = free_port_pair()
+        with open(log, "wb") as handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "vtpm", "serve", "--vm", str(vm.vmx_path), "--port", str(port)],
+                stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, "VMCRYPT_HOME": str(self.m.home)},
+            )
+        deadline = time.monotonic() + POWER_ON_TIMEOUT
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if "serving on" in text:
+                return process.pid, port
+            if process.poll() is not None:
+                raise VmError(f"the vTPM did not start: {text.strip().splitlines()[-1] if text.strip() else 'no output'}",
+                              vm.vmx_path)
+            time.sleep(0.05)
+        process.kill()
+        raise VmError("the vTPM did not start in time", vm.vmx_path)
+
+    def power_off(self, name: str) -> VmRecord:
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            if record.power_state == "off":
+                raise VmError("the VM is already powered off", vm.vmx_path)
+            if record.vtpm_pid:
+                _stop(record.vtpm_pid)
+            updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None})
+            self.inventory.put_vm(updated)
+            return updated
+        return self._run(Operation.POWER_OFF, ("vm", name), record.encrypted, act)
+
+    # ------------------------------------------------------------------ console and files
+
+    def open_console(self, name: str) -> str:
+        record, _ = self._vm(name)
+        return self._run(Operation.CONSOLE, ("vm", name), record.encrypted,
+                         lambda: self.inventory.issue_console_ticket(name, self.user, CONSOLE_TICKET_LIFETIME))
+
+    def browse(self, name: str) -> list[str]:
+        record, vm = self._vm(name)
+        return self._run(Operation.BROWSE, ("vm", name), record.encrypted,
+                         lambda: sorted(p.name for p in vm.directory.iterdir() if p.is_file() and not p.name.startswith(".")))
+
+    def download(self, name: str, filename: str) -> bytes:
+        record, vm = self._vm(name)
+
+        def act() -> bytes:
+            path = (vm.directory / filename).resolve()
+            if path.parent != vm.directory.resolve() or not path.is_file():
+                raise VmError(f"no file '{filename}' in the VM's directory", vm.directory)
+            return path.read_bytes()
+        return self._run(Operation.DOWNLOAD, ("vm", name), record.encrypted, act, detail=filename)
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        except ChildProcessError:  # not our child (another process powered it on): poll for its end
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
