@@ -23,6 +23,7 @@ from vmcrypt.passphrase import obtain_passphrase
 from vmcrypt.progress import FileProgress
 from vmcrypt.providers.native import NativeKeyProvider
 from vmcrypt.providers.registry import ProviderRegistry
+from vmcrypt.rbac import Operation
 from vmcrypt.vm import VmHome, VmSpec, create_vm, parse_size
 from vmcrypt.vm_encryption import OperationResult, decrypt_vm, describe_vm, encrypt_vm, rekey_vm
 
@@ -86,20 +87,28 @@ def cmd_vm_create(args: argparse.Namespace) -> None:
         cpus=args.cpus,
         disk_bytes=parse_size(args.disk) if args.disk else 0,
     )
-    home = create_vm(path, spec)
+    from vmcrypt.cli_inventory import guarded_create
+
+    home = guarded_create(args, str(path), lambda: create_vm(path, spec))
     files = sorted(p.name for p in home.directory.iterdir())
     _emit(args, {"vm": home.name, "vmx": str(home.vmx_path), "files": files},
           f"created VM {home.name} in {home.directory}\n" + "\n".join(f"  {f}" for f in files))
 
 
 def _run_vm_operation(args: argparse.Namespace, verb: str, action: Callable[..., OperationResult], **kwargs: Any) -> None:
+    from vmcrypt.cli_inventory import guarded_vm
+
     home = VmHome(args.path)
     progress = FileProgress()
     try:
-        result = action(home, _keys(args), progress=progress, **kwargs)
+        result = guarded_vm(args, OPERATION_OF[action.__name__], args.path,
+                            lambda: action(home, _keys(args), progress=progress, **kwargs))
     finally:
         progress.close()
     _emit(args, _result_data(result, home), _result_text(result, home, verb))
+
+
+OPERATION_OF = {"encrypt_vm": Operation.ENCRYPT, "decrypt_vm": Operation.DECRYPT, "rekey_vm": Operation.REKEY}
 
 
 def cmd_encrypt(args: argparse.Namespace) -> None:
@@ -203,9 +212,11 @@ def _ek_rows(eks: list[Any]) -> list[dict[str, Any]]:
 def cmd_vtpm_add(args: argparse.Namespace) -> None:
     from vmcrypt.vtpm_provision import add_vtpm
 
+    from vmcrypt.cli_inventory import guarded_vm
+
     ca, keys = _ca(args)
     vm = VmHome(args.path)
-    rows = _ek_rows(add_vtpm(vm, keys, ca))
+    rows = _ek_rows(guarded_vm(args, Operation.ADD_VTPM, args.path, lambda: add_vtpm(vm, keys, ca)))
     _emit(args, {"vm": vm.name, "eks": rows}, f"added a vTPM to {vm.name} (VM encrypted)\n"
           + "\n".join(f"  EK {r['ek']:9} certificate in NV {r['nv_index']} (serial {r['serial']})" for r in rows))
 
@@ -317,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--master-passphrase-file",
         help=f"file holding the native key store passphrase (or set ${MASTER_PASSPHRASE_ENV})",
     )
+    parser.add_argument("--user", help="act as this inventory user: privileges checked, outcome audited "
+                        "(password: $VMCRYPT_PASSWORD or a prompt)")
     parser.add_argument("--version", action="version", version=f"vmcrypt 0.1.0 (XTS backend: {xts.BACKEND})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -327,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print the result as JSON")
         return sub
 
-    vm = commands.add_parser("vm", help="create VMs", description="Create VM home directories.")
+    vm = commands.add_parser("vm", help="VMs: create, register, power, console, files",
+                             description="Create VMs; with --user also register, power on/off, console, browse, download.")
     vm_commands = vm.add_subparsers(dest="vm_command", metavar="COMMAND", required=True)
     create = command(vm_commands, "create", cmd_vm_create, "lay out a new unencrypted VM in PATH")
     create.add_argument("path", help="VM directory to create (must be absent or empty)")
@@ -354,11 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     desc = command(commands, "describe", cmd_describe, "show key provider, key id, cipher and which files are encrypted")
     desc.add_argument("path", help="the VM's .vmx file or directory")
 
-    vtpm = commands.add_parser("vtpm", help="virtual TPMs of VMs", description="Add a vTPM to a VM.")
+    vtpm = commands.add_parser("vtpm", help="virtual TPMs of VMs", description="Add a vTPM to a VM, or remove it (--user).")
     vtpm_commands = vtpm.add_subparsers(dest="vtpm_command", metavar="COMMAND", required=True)
     add_vtpm_cmd = command(vtpm_commands, "add", cmd_vtpm_add,
                            "add a vTPM (EFI, hardware version 14+; encrypts the VM; EK certificates from the CA)")
     add_vtpm_cmd.add_argument("path", help="the VM's .vmx file or directory")
+
+    from vmcrypt.cli_inventory import register as register_inventory_commands
+
+    register_inventory_commands(commands, vm_commands, vtpm_commands, command)
 
     ca = commands.add_parser("ca", help="the certificate authority", description="The CA that certifies vTPM EKs.")
     ca_commands = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from certs.ca import CertificateAuthority
 from vmcrypt.errors import VmcryptError, VmError
-from vmcrypt.inventory import Inventory, InventoryError, VmRecord
+from vmcrypt.inventory import ROOT, Inventory, InventoryError, VmRecord
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege, missing_privileges
@@ -52,6 +52,14 @@ class Management:
 
     def close(self) -> None:
         self.inventory.close()
+
+    def bootstrap(self, admin: str, password: str) -> None:
+        """The first user, Administrator on the root; refused once any user exists."""
+        if self.inventory.users():
+            raise InventoryError("the inventory already has users: log in as an administrator instead")
+        self.inventory.add_user(admin, password)
+        self.inventory.grant(ROOT, admin, "Administrator")
+        self.inventory.audit(admin, "bootstrap", "root", "ok", "first administrator")
 
     def login(self, user: str, password: str) -> "UserSession":
         try:
@@ -88,8 +96,9 @@ class UserSession:
 
     # ------------------------------------------------------------------ the one gate
 
-    def _run(self, operation: Operation, entity: tuple[str, str], encrypted: bool, action: Callable[[], T],
-             detail: str = "") -> T:
+    def checked(self, operation: Operation, entity: tuple[str, str], encrypted: bool, action: Callable[[], T],
+                detail: str = "") -> T:
+        """Run ``action`` if this user holds what ``operation`` needs on ``entity``; audit the outcome."""
         label = f"{entity[0]} {entity[1]}".strip()
         missing = missing_privileges(self.inventory.privileges(self.user, entity), operation, encrypted)
         if missing:
@@ -111,6 +120,27 @@ class UserSession:
             self.inventory.put_vm(fresh)
         return fresh, VmHome(fresh.vmx_path)
 
+    def vm_at(self, vmx: str | os.PathLike[str]) -> VmRecord:
+        """The inventory's VM whose .vmx is ``vmx`` (a file or the VM's directory)."""
+        wanted = str(VmHome(vmx).vmx_path.resolve())
+        for record in self.inventory.vms():
+            if record.vmx_path == wanted:
+                return self._refresh(record.name)
+        raise InventoryError(f"no VM at {wanted} in the inventory (register it first)")
+
+    def datastore_of(self, path: str | os.PathLike[str]) -> str:
+        """The registered datastore a path lies in."""
+        target = Path(path).resolve()
+        for name, root in self.inventory.db.execute("SELECT name, path FROM datastores"):
+            if Path(root) == target or Path(root) in target.parents:
+                return name
+        raise InventoryError(f"{target} is not inside a datastore of the inventory")
+
+    def register_created(self, vmx: str | os.PathLike[str], datastore: str) -> VmRecord:
+        record = _describe_on_disk(Path(vmx), datastore)
+        self.inventory.put_vm(record)
+        return record
+
     def _refresh(self, name: str) -> VmRecord:
         return self._vm(name)[0]
 
@@ -127,10 +157,53 @@ class UserSession:
             record = _describe_on_disk(vm.vmx_path, datastore)
             self.inventory.put_vm(record)
             return record
-        return self._run(Operation.CREATE_VM, ("datastore", datastore), False, act)
+        return self.checked(Operation.CREATE_VM, ("datastore", datastore), False, act)
 
     def vm(self, name: str) -> VmRecord:
         return self._refresh(name)
+
+    def vms(self) -> list[VmRecord]:
+        """The VMs this user may at least see."""
+        return [self._refresh(r.name) for r in self.inventory.vms()
+                if Privilege.SYSTEM_VIEW in self.inventory.privileges(self.user, ("vm", r.name))]
+
+    def register_vm(self, vmx: str | os.PathLike[str], datastore: str) -> VmRecord:
+        """Add an existing VM (restored, copied, or from another management home) to the inventory."""
+        vm = VmHome(vmx)
+        record = _describe_on_disk(vm.vmx_path, datastore)
+
+        def act() -> VmRecord:
+            root = self.inventory.datastore_path(datastore)
+            if root not in Path(record.vmx_path).parents:
+                raise VmError(f"the VM is not inside datastore '{datastore}' ({root})", vm.vmx_path)
+            if any(r.name == record.name for r in self.inventory.vms()):
+                raise InventoryError(f"a VM named '{record.name}' is already in the inventory")
+            if record.encrypted:
+                self.m.keys.unlock(read_vmx(vm, None).reference)  # the key provider must deliver its key
+            self.inventory.put_vm(record)
+            return record
+        return self.checked(Operation.REGISTER, ("datastore", datastore), record.encrypted, act)
+
+    def unregister_vm(self, name: str) -> None:
+        record, _ = self._vm(name)
+
+        def act() -> None:
+            self._require_off(record)
+            self.inventory.remove_vm(name)
+        self.checked(Operation.UNREGISTER, ("vm", name), record.encrypted, act)
+
+    # ------------------------------------------------------------------ administration
+
+    def add_datastore(self, name: str, path: str | os.PathLike[str]) -> None:
+        self.checked(Operation.ADD_DATASTORE, ROOT, False, lambda: self.inventory.add_datastore(name, path))
+
+    def add_user(self, name: str, password: str) -> None:
+        self.checked(Operation.MANAGE_USERS, ROOT, False, lambda: self.inventory.add_user(name, password), detail=name)
+
+    def grant(self, entity: tuple[str, str], principal: str, role: str, *, group: bool = False) -> None:
+        self.checked(Operation.MANAGE_USERS, ROOT, False,
+                  lambda: self.inventory.grant(entity, principal, role, group=group),
+                  detail=f"{role} for {principal} on {entity[0]} {entity[1]}".strip())
 
     # ------------------------------------------------------------------ encryption and the vTPM
 
@@ -143,7 +216,7 @@ class UserSession:
             self._require_off(record)
             add_vtpm(vm, self.m.keys, self.m.ca)
             return self._refresh(name)
-        return self._run(Operation.ADD_VTPM, ("vm", name), record.encrypted, act)
+        return self.checked(Operation.ADD_VTPM, ("vm", name), record.encrypted, act)
 
     def remove_vtpm(self, name: str) -> VmRecord:
         from vmcrypt.vm_vtpm import VmNvramStore
@@ -161,12 +234,16 @@ class UserSession:
             full.settings["vtpm.present"] = "FALSE"
             write_atomic(vm.vmx_path, render_vmx(full.settings, self.m.keys.unlock(full.reference) if full.reference else None))
             return self._refresh(name)
-        return self._run(Operation.REMOVE_VTPM, ("vm", name), record.encrypted, act)
+        return self.checked(Operation.REMOVE_VTPM, ("vm", name), record.encrypted, act)
 
     def encrypt(self, name: str) -> VmRecord:
         record, vm = self._vm(name)
-        return self._run(Operation.ENCRYPT, ("vm", name), record.encrypted,
-                         lambda: (self._require_off(record), encrypt_vm(vm, self.m.keys), self._refresh(name))[-1])
+
+        def act() -> VmRecord:
+            self._require_off(record)
+            encrypt_vm(vm, self.m.keys)
+            return self._refresh(name)
+        return self.checked(Operation.ENCRYPT, ("vm", name), record.encrypted, act)
 
     def decrypt(self, name: str) -> VmRecord:
         record, vm = self._vm(name)
@@ -177,12 +254,15 @@ class UserSession:
                 raise VmError("a VM with a vTPM stays encrypted: remove the vTPM first", vm.vmx_path)
             decrypt_vm(vm, self.m.keys)
             return self._refresh(name)
-        return self._run(Operation.DECRYPT, ("vm", name), record.encrypted, act)
+        return self.checked(Operation.DECRYPT, ("vm", name), record.encrypted, act)
 
     def rekey(self, name: str) -> VmRecord:
         record, vm = self._vm(name)
-        return self._run(Operation.REKEY, ("vm", name), record.encrypted,
-                         lambda: (rekey_vm(vm, self.m.keys), self._refresh(name))[-1])
+
+        def act() -> VmRecord:
+            rekey_vm(vm, self.m.keys)
+            return self._refresh(name)
+        return self.checked(Operation.REKEY, ("vm", name), record.encrypted, act)
 
     # ------------------------------------------------------------------ power
 
@@ -198,7 +278,7 @@ class UserSession:
             updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
             self.inventory.put_vm(updated)
             return updated
-        return self._run(Operation.POWER_ON, ("vm", name), record.encrypted, act)
+        return self.checked(Operation.POWER_ON, ("vm", name), record.encrypted, act)
 
     def _serve_vtpm(self, vm: VmHome) -> tuple[int, int]:
         """The VM's vTPM on the swtpm protocol, as its own process (like the VMX process would)."""
@@ -237,18 +317,18 @@ class UserSession:
             updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None})
             self.inventory.put_vm(updated)
             return updated
-        return self._run(Operation.POWER_OFF, ("vm", name), record.encrypted, act)
+        return self.checked(Operation.POWER_OFF, ("vm", name), record.encrypted, act)
 
     # ------------------------------------------------------------------ console and files
 
     def open_console(self, name: str) -> str:
         record, _ = self._vm(name)
-        return self._run(Operation.CONSOLE, ("vm", name), record.encrypted,
+        return self.checked(Operation.CONSOLE, ("vm", name), record.encrypted,
                          lambda: self.inventory.issue_console_ticket(name, self.user, CONSOLE_TICKET_LIFETIME))
 
     def browse(self, name: str) -> list[str]:
         record, vm = self._vm(name)
-        return self._run(Operation.BROWSE, ("vm", name), record.encrypted,
+        return self.checked(Operation.BROWSE, ("vm", name), record.encrypted,
                          lambda: sorted(p.name for p in vm.directory.iterdir() if p.is_file() and not p.name.startswith(".")))
 
     def download(self, name: str, filename: str) -> bytes:
@@ -259,7 +339,7 @@ class UserSession:
             if path.parent != vm.directory.resolve() or not path.is_file():
                 raise VmError(f"no file '{filename}' in the VM's directory", vm.directory)
             return path.read_bytes()
-        return self._run(Operation.DOWNLOAD, ("vm", name), record.encrypted, act, detail=filename)
+        return self.checked(Operation.DOWNLOAD, ("vm", name), record.encrypted, act, detail=filename)
 
 
 def _stop(pid: int) -> None:

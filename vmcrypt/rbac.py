@@ -43,6 +43,7 @@ class Privilege(str, enum.Enum):
     COLD_MIGRATE = "Resource.ColdMigrate"
     DATASTORE_BROWSE = "Datastore.Browse"
     DATASTORE_FILES = "Datastore.FileManagement"
+    DATASTORE_CONFIG = "Datastore.Config"
     SYSTEM_VIEW = "System.View"
     SYSTEM_READ = "System.Read"
     MODIFY_PERMISSIONS = "Authorization.ModifyPermissions"
@@ -81,8 +82,11 @@ class Operation(str, enum.Enum):
     CONSOLE = "open console"
     BROWSE = "browse datastore"
     DOWNLOAD = "download file"
+    REGISTER = "register"
     UNREGISTER = "unregister"
     DELETE = "delete"
+    ADD_DATASTORE = "add datastore"
+    MANAGE_USERS = "manage users and permissions"
 
 
 _BASE: dict[Operation, frozenset[Privilege]] = {
@@ -97,7 +101,10 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.CONSOLE: frozenset({Privilege.CONSOLE}),
     Operation.BROWSE: frozenset({Privilege.DATASTORE_BROWSE}),
     Operation.DOWNLOAD: frozenset({Privilege.DATASTORE_BROWSE, Privilege.DATASTORE_FILES}),
+    Operation.REGISTER: frozenset({Privilege.VM_REGISTER}),
     Operation.UNREGISTER: frozenset({Privilege.VM_UNREGISTER}),
+    Operation.ADD_DATASTORE: frozenset({Privilege.DATASTORE_CONFIG}),
+    Operation.MANAGE_USERS: frozenset({Privilege.MODIFY_PERMISSIONS}),
     Operation.DELETE: frozenset({Privilege.VM_DELETE}),
 }
 # What an encrypted VM adds: reading its plaintext (console, files) or taking its vTPM away.
@@ -105,6 +112,7 @@ _ON_ENCRYPTED: dict[Operation, frozenset[Privilege]] = {
     Operation.CONSOLE: frozenset({Privilege.CRYPTO_ACCESS}),
     Operation.DOWNLOAD: frozenset({Privilege.CRYPTO_ACCESS}),
     Operation.REMOVE_VTPM: frozenset({Privilege.CRYPTO_DECRYPT}),
+    Operation.REGISTER: frozenset({Privilege.CRYPTO_REGISTER_VM}),
 }
 
 

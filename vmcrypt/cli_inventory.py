@@ -1,0 +1,197 @@
+"""The `--user` side of the command line: inventory commands and privilege-checked VM operations.
+
+With ``--user U`` (password from ``$VMCRYPT_PASSWORD`` or a prompt) a command runs
+as that inventory user: its privileges are checked and the outcome is audited.
+Without ``--user`` the path-based commands work directly on files, as a local
+administrator would; the inventory-only commands refuse to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vmcrypt.errors import VmcryptError
+from vmcrypt.home import resolve_home
+from vmcrypt.inventory import ROOT
+from vmcrypt.management import Management, UserSession
+from vmcrypt.rbac import Operation
+
+PASSWORD_ENV = "VMCRYPT_PASSWORD"
+NEW_PASSWORD_ENV = "VMCRYPT_NEW_PASSWORD"
+T = TypeVar("T")
+
+
+class NeedsUser(VmcryptError):
+    pass
+
+
+def _password(env: str, prompt: str) -> str:
+    value = os.environ.get(env)
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise VmcryptError(f"no password: set ${env} or run on a terminal")
+    return getpass.getpass(prompt)
+
+
+def management(args: argparse.Namespace) -> Management:
+    return Management(resolve_home(args.home))
+
+
+def session(args: argparse.Namespace, required: bool = True) -> UserSession | None:
+    if not args.user:
+        if required:
+            raise NeedsUser("this command acts on the inventory: give --user NAME")
+        return None
+    return management(args).login(args.user, _password(PASSWORD_ENV, f"Password for {args.user}: "))
+
+
+def guarded_vm(args: argparse.Namespace, operation: Operation, path: str, action: Callable[[], T]) -> T:
+    """Run a path-based VM command, through the inventory's privilege check when --user is given."""
+    user = session(args, required=False)
+    if user is None:
+        return action()
+    record = user.vm_at(path)
+    return user.checked(operation, ("vm", record.name), record.encrypted, action)
+
+
+def guarded_create(args: argparse.Namespace, path: str, action: Callable[[], Any]) -> Any:
+    user = session(args, required=False)
+    if user is None:
+        return action()
+    datastore = user.datastore_of(Path(path).parent)
+
+    def create_and_register() -> Any:
+        home = action()
+        user.register_created(home.vmx_path, datastore)
+        return home
+    return user.checked(Operation.CREATE_VM, ("datastore", datastore), False, create_and_register)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    from vmcrypt.cli import _emit as emit
+
+    emit(args, data, text)
+
+
+def _vm_row(record: Any) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k != "vtpm_pid"}
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    m = management(args)
+    m.bootstrap(args.admin, _password(PASSWORD_ENV, f"New password for {args.admin}: "))
+    _emit(args, {"admin": args.admin, "inventory": str(m.inventory.path)},
+          f"inventory {m.inventory.path} created; {args.admin} is Administrator")
+
+
+def cmd_user_add(args: argparse.Namespace) -> None:
+    user = session(args)
+    user.add_user(args.name, _password(NEW_PASSWORD_ENV, f"New password for {args.name}: "))
+    if args.role:
+        user.grant(ROOT, args.name, args.role)
+    _emit(args, {"user": args.name, "role": args.role}, f"added user {args.name}" + (f" as {args.role}" if args.role else ""))
+
+
+def cmd_datastore_add(args: argparse.Namespace) -> None:
+    session(args).add_datastore(args.name, args.path)
+    _emit(args, {"datastore": args.name, "path": str(Path(args.path).resolve())}, f"added datastore {args.name}")
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    session(args)  # any logged-in user may read the audit log
+    entries = management(args).inventory.audit_log()
+    _emit(args, [e.__dict__ for e in entries],
+          "\n".join(f"{e.at}  {e.user:12} {e.outcome:7} {e.action} {e.entity}  {e.detail}" for e in entries))
+
+
+def cmd_vm_register(args: argparse.Namespace) -> None:
+    record = session(args).register_vm(args.path, args.datastore)
+    _emit(args, _vm_row(record), f"registered {record.name} ({'encrypted' if record.encrypted else 'not encrypted'})")
+
+
+def cmd_vm_unregister(args: argparse.Namespace) -> None:
+    session(args).unregister_vm(args.name)
+    _emit(args, {"unregistered": args.name}, f"unregistered {args.name} (its files stay on the datastore)")
+
+
+def cmd_vm_list(args: argparse.Namespace) -> None:
+    rows = [_vm_row(r) for r in session(args).vms()]
+    _emit(args, rows, "\n".join(
+        f"{r['name']:16} {r['power_state']:3}  {'encrypted' if r['encrypted'] else 'clear    '}  "
+        f"{'vTPM' if r['vtpm'] else '    '}  {r['vmx_path']}" for r in rows) or "no VMs")
+
+
+def cmd_power_on(args: argparse.Namespace) -> None:
+    record = session(args).power_on(args.name)
+    tcti = f"swtpm:host=127.0.0.1,port={record.vtpm_port}" if record.vtpm_port else None
+    _emit(args, _vm_row(record), f"{record.name} powered on" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
+
+
+def cmd_power_off(args: argparse.Namespace) -> None:
+    record = session(args).power_off(args.name)
+    _emit(args, _vm_row(record), f"{record.name} powered off")
+
+
+def cmd_console(args: argparse.Namespace) -> None:
+    ticket = session(args).open_console(args.name)
+    _emit(args, {"vm": args.name, "ticket": ticket}, f"console ticket for {args.name}: {ticket}")
+
+
+def cmd_browse(args: argparse.Namespace) -> None:
+    files = session(args).browse(args.name)
+    _emit(args, files, "\n".join(files))
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    data = session(args).download(args.name, args.file)
+    out = Path(args.out or args.file)
+    out.write_bytes(data)
+    _emit(args, {"vm": args.name, "file": args.file, "bytes": len(data), "out": str(out)},
+          f"downloaded {args.file} ({len(data)} bytes) to {out}")
+
+
+def cmd_vtpm_remove(args: argparse.Namespace) -> None:
+    record = session(args).remove_vtpm(args.name)
+    _emit(args, _vm_row(record), f"removed the vTPM of {record.name}")
+
+
+def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Callable[..., Any]) -> None:
+    inv = commands.add_parser("inventory", help="users, datastores and the audit log (needs --user)",
+                              description="The management inventory: users, roles, datastores, audit log.")
+    inv_commands = inv.add_subparsers(dest="inventory_command", metavar="COMMAND", required=True)
+    init = command(inv_commands, "init", cmd_init, f"create the inventory and its first Administrator (password: ${PASSWORD_ENV})")
+    init.add_argument("--admin", required=True, help="name of the first administrator")
+    user_add = command(inv_commands, "user-add", cmd_user_add, f"add a user (password: ${NEW_PASSWORD_ENV})")
+    user_add.add_argument("name")
+    user_add.add_argument("--role", help="grant this role on the whole inventory (e.g. 'No Cryptography Administrator')")
+    ds = command(inv_commands, "datastore-add", cmd_datastore_add, "add a datastore (a directory)")
+    ds.add_argument("name")
+    ds.add_argument("path")
+    command(inv_commands, "audit", cmd_audit, "show the audit log, denials included")
+
+    reg = command(vm_commands, "register", cmd_vm_register, "add an existing VM to the inventory")
+    reg.add_argument("path", help="the VM's .vmx file or directory")
+    reg.add_argument("--datastore", required=True)
+    for name, func, text in (("unregister", cmd_vm_unregister, "remove a VM from the inventory (files stay)"),
+                             ("power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)"),
+                             ("power-off", cmd_power_off, "power off (stops the vTPM; its state is already on disk)"),
+                             ("console", cmd_console, "open the console: prints a one-time console ticket"),
+                             ("browse", cmd_browse, "list the VM's files on its datastore")):
+        command(vm_commands, name, func, text).add_argument("name", help="the VM's inventory name")
+    command(vm_commands, "list", cmd_vm_list, "VMs you may see, with power and encryption state")
+    down = command(vm_commands, "download", cmd_download, "download a file of the VM from its datastore")
+    down.add_argument("name", help="the VM's inventory name")
+    down.add_argument("file", help="file name inside the VM's directory")
+    down.add_argument("--out", help="where to write it (default: the file name)")
+    remove = command(vtpm_commands, "remove", cmd_vtpm_remove, "remove a VM's vTPM (its keys and NV data are gone)")
+    remove.add_argument("name", help="the VM's inventory name")
