@@ -212,3 +212,48 @@ def test_permission_propagation_and_groups(home: Path, tmp_path: Path) -> None:
         inv.db.execute("PRAGMA user_version = 99")
     with pytest.raises(InventoryError, match="schema version 99"):
         Inventory(home)
+
+
+def test_snapshot_revert_and_delete(mgmt: Management, tmp_path: Path) -> None:
+    """Reverting a snapshot rolls the vTPM back: an NV index written after the snapshot reads as before."""
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    reader = mgmt.login("reader", PASSWORDS["reader"])
+
+    def with_tpm(*commands: tuple[str, ...], stdin: bytes | None = None) -> None:
+        record = admin.power_on("enc")
+        env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={record.vtpm_port}"}
+        try:
+            subprocess.run(["tpm2_startup", "-c"], env=env, check=True, capture_output=True)
+            for command in commands:
+                subprocess.run(command, env=env, check=True, capture_output=True, input=stdin if "-i" in command else None)
+        finally:
+            admin.power_off("enc")
+
+    with_tpm(("tpm2_nvdefine", "0x1500040", "-C", "o", "-s", "8", "-a", "ownerread|ownerwrite"),
+             ("tpm2_nvwrite", "0x1500040", "-C", "o", "-i", "-"), stdin=b"BEFORE!!")
+    with pytest.raises(PermissionDenied, match="VirtualMachine.State.CreateSnapshot"):
+        reader.snapshot("enc")
+    snap = admin.snapshot("enc")
+    assert snap.number == 1 and container.is_container(snap.path) and b"BEFORE!!" not in snap.path.read_bytes()
+    with_tpm(("tpm2_nvwrite", "0x1500040", "-C", "o", "-i", "-"), stdin=b"AFTER!!!")
+    nvram = Path(mgmt.inventory.vm("enc").vmx_path).with_suffix(".nvram")
+    # a damaged snapshot is refused and the .nvram stays as it is
+    good = snap.path.read_bytes()
+    snap.path.write_bytes(good[:-10])
+    current = nvram.read_bytes()
+    with pytest.raises(Exception, match="enc-Snapshot1.vmsn"):
+        admin.revert("enc")
+    assert nvram.read_bytes() == current
+    snap.path.write_bytes(good)
+    assert admin.revert("enc").number == 1
+    with_tpm(("tpm2_nvread", "0x1500040", "-C", "o", "-o", str(tmp_path / "nv")))
+    assert (tmp_path / "nv").read_bytes() == b"BEFORE!!"
+    with pytest.raises(VmError, match="no snapshot 7"):
+        admin.revert("enc", 7)
+
+    directory = Path(mgmt.inventory.vm("plain").vmx_path).parent
+    with pytest.raises(PermissionDenied, match="VirtualMachine.Inventory.Delete"):
+        reader.delete_vm("plain")
+    assert directory.exists()
+    admin.delete_vm("plain")
+    assert not directory.exists() and [r.name for r in mgmt.inventory.vms()] == ["enc"]

@@ -112,3 +112,14 @@ def test_cli_refusals(tmp_path: Path, setup: Path, vmcrypt_cli) -> None:
     assert not (tmp_path / "elsewhere" / "vm9").exists()
     # without --user the path commands act on files directly, as before
     assert vmcrypt_cli("describe", str(setup / "plain"), check=True).returncode == 0
+
+
+def test_snapshot_and_delete_through_the_cli(setup: Path, vmcrypt_cli) -> None:
+    snap = vmcrypt_cli("--user", "nocrypto", "vm", "snapshot", "enc", env=NOCRYPTO, check=True)
+    assert "snapshot 1 of enc in enc-Snapshot1.vmsn" in snap.stdout
+    assert (setup / "enc" / "enc-Snapshot1.vmsn").exists()
+    assert "reverted to snapshot 1" in vmcrypt_cli("--user", "admin", "vm", "revert", "enc", env=ADMIN, check=True).stdout
+    vmcrypt_cli("--user", "nocrypto", "vm", "delete", "plain", env=NOCRYPTO, check=True)
+    assert not (setup / "plain").exists()
+    listing = json.loads(vmcrypt_cli("--user", "admin", "vm", "list", "--json", env=ADMIN, check=True).stdout)
+    assert [r["name"] for r in listing] == ["enc"]

@@ -160,6 +160,22 @@ def cmd_download(args: argparse.Namespace) -> None:
           f"downloaded {args.file} ({len(data)} bytes) to {out}")
 
 
+def cmd_snapshot(args: argparse.Namespace) -> None:
+    snap = session(args).snapshot(args.name)
+    _emit(args, {"vm": args.name, "snapshot": snap.number, "file": str(snap.path)},
+          f"snapshot {snap.number} of {args.name} in {snap.path.name}")
+
+
+def cmd_revert(args: argparse.Namespace) -> None:
+    snap = session(args).revert(args.name, args.number)
+    _emit(args, {"vm": args.name, "snapshot": snap.number}, f"{args.name} reverted to snapshot {snap.number}")
+
+
+def cmd_delete(args: argparse.Namespace) -> None:
+    session(args).delete_vm(args.name)
+    _emit(args, {"deleted": args.name}, f"deleted {args.name} (inventory and files)")
+
+
 def cmd_vtpm_remove(args: argparse.Namespace) -> None:
     record = session(args).remove_vtpm(args.name)
     _emit(args, _vm_row(record), f"removed the vTPM of {record.name}")
@@ -186,8 +202,13 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
                              ("power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)"),
                              ("power-off", cmd_power_off, "power off (stops the vTPM; its state is already on disk)"),
                              ("console", cmd_console, "open the console: prints a one-time console ticket"),
-                             ("browse", cmd_browse, "list the VM's files on its datastore")):
+                             ("browse", cmd_browse, "list the VM's files on its datastore"),
+                             ("snapshot", cmd_snapshot, "snapshot the VM's vTPM and EFI state into an encrypted .vmsn"),
+                             ("delete", cmd_delete, "delete the VM: inventory entry and files")):
         command(vm_commands, name, func, text).add_argument("name", help="the VM's inventory name")
+    revert = command(vm_commands, "revert", cmd_revert, "revert to a snapshot (the latest by default)")
+    revert.add_argument("name", help="the VM's inventory name")
+    revert.add_argument("--number", type=int, help="snapshot number")
     command(vm_commands, "list", cmd_vm_list, "VMs you may see, with power and encryption state")
     down = command(vm_commands, "download", cmd_download, "download a file of the VM from its datastore")
     down.add_argument("name", help="the VM's inventory name")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from vmcrypt.inventory import ROOT, Inventory, InventoryError, VmRecord
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege, missing_privileges
+from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
 from vmcrypt.vm import VmHome, VmSpec, create_vm
 from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm, render_vmx
 from vmcrypt.atomic import write_atomic
@@ -191,6 +193,32 @@ class UserSession:
             self._require_off(record)
             self.inventory.remove_vm(name)
         self.checked(Operation.UNREGISTER, ("vm", name), record.encrypted, act)
+
+    def delete_vm(self, name: str) -> None:
+        """Remove the VM from the inventory and its directory from the datastore."""
+        record, vm = self._vm(name)
+
+        def act() -> None:
+            self._require_off(record)
+            shutil.rmtree(vm.directory)
+            self.inventory.remove_vm(name)
+        self.checked(Operation.DELETE, ("vm", name), record.encrypted, act)
+
+    def snapshot(self, name: str) -> Snapshot:
+        record, vm = self._vm(name)
+
+        def act() -> Snapshot:
+            self._require_off(record)
+            return take_snapshot(vm, str(self.m.home))
+        return self.checked(Operation.SNAPSHOT, ("vm", name), record.encrypted, act)
+
+    def revert(self, name: str, number: int | None = None) -> Snapshot:
+        record, vm = self._vm(name)
+
+        def act() -> Snapshot:
+            self._require_off(record)
+            return revert_snapshot(vm, self.m.keys, str(self.m.home), number)
+        return self.checked(Operation.REVERT, ("vm", name), record.encrypted, act)
 
     # ------------------------------------------------------------------ administration
 

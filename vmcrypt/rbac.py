@@ -84,6 +84,8 @@ class Operation(str, enum.Enum):
     DOWNLOAD = "download file"
     REGISTER = "register"
     UNREGISTER = "unregister"
+    SNAPSHOT = "take snapshot"
+    REVERT = "revert to snapshot"
     DELETE = "delete"
     ADD_DATASTORE = "add datastore"
     MANAGE_USERS = "manage users and permissions"
@@ -106,6 +108,8 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.ADD_DATASTORE: frozenset({Privilege.DATASTORE_CONFIG}),
     Operation.MANAGE_USERS: frozenset({Privilege.MODIFY_PERMISSIONS}),
     Operation.DELETE: frozenset({Privilege.VM_DELETE}),
+    Operation.SNAPSHOT: frozenset({Privilege.CREATE_SNAPSHOT}),
+    Operation.REVERT: frozenset({Privilege.REVERT_SNAPSHOT}),
 }
 # What an encrypted VM adds: reading its plaintext (console, files) or taking its vTPM away.
 _ON_ENCRYPTED: dict[Operation, frozenset[Privilege]] = {

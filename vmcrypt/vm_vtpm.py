@@ -92,6 +92,19 @@ class VmNvramStore:
             raw = Path(path).read_bytes()
         return Nvram.parse(raw, str(path))
 
+    def read_plain(self) -> bytes:
+        """The whole .nvram (EFI variables and vTPM section) in clear, for snapshots."""
+        return self._read_nvram().build()
+
+    def write_plain(self, data: bytes) -> None:
+        """Replace the whole .nvram (a snapshot being reverted), encrypted if the VM is."""
+        nvram = Nvram.parse(data, str(self.vm.nvram_path))
+        self._nvram = nvram
+        if self.key is None:
+            write_atomic(self.vm.nvram_path, nvram.build())
+        else:
+            container.write_file(self.vm.nvram_path, nvram.build(), self.key, label=self.nvram_file.label)
+
     def load(self) -> TpmState | None:
         self._nvram = self._read_nvram()
         section = self._nvram.vtpm_state

@@ -1,0 +1,91 @@
+"""VM snapshots of the state a vTPM lives in: the whole .nvram, kept in a .vmsn file.
+
+A snapshot holds the .nvram in clear *inside* the .vmsn, and the .vmsn is an
+encrypted home file like the others (same DEK, label bound to its name), so a
+deep rekey re-encrypts snapshots too and a revert writes the .nvram back under
+the VM's current key. Reverting rolls the vTPM back with the rest of the VM:
+NV indices, persistent keys and seeds are those of the snapshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmcrypt import container
+from vmcrypt.atomic import write_atomic
+from vmcrypt.errors import VmError
+from vmcrypt.keys import KeyManager
+from vmcrypt.vm import FileKind, VmFile, VmHome
+from vmcrypt.vm_encryption import read_vmx
+from vmcrypt.vm_vtpm import VmNvramStore
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    number: int
+    path: Path
+    taken: str
+
+
+def _snapshot_path(vm: VmHome, number: int) -> Path:
+    return vm.directory / f"{vm.name}-Snapshot{number}.vmsn"
+
+
+def list_snapshots(vm: VmHome) -> list[Snapshot]:
+    found = []
+    pattern = re.compile(re.escape(vm.name) + r"-Snapshot(\d+)\.vmsn$")
+    for path in vm.directory.glob(f"{vm.name}-Snapshot*.vmsn"):
+        match = pattern.match(path.name)
+        if match:
+            found.append(Snapshot(int(match.group(1)), path, datetime.datetime.fromtimestamp(
+                path.stat().st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")))
+    return sorted(found, key=lambda s: s.number)
+
+
+def take_snapshot(vm: VmHome, home: str) -> Snapshot:
+    existing = list_snapshots(vm)
+    number = (existing[-1].number + 1) if existing else 1
+    path = _snapshot_path(vm, number)
+    with VmNvramStore.open(vm.vmx_path, home=home) as store:
+        nvram = store.read_plain()
+        body = json.dumps({"format": FORMAT, "vm": vm.name,
+                           "taken": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           "nvram": base64.b64encode(nvram).decode()}).encode()
+        if store.key is None:
+            write_atomic(path, body)
+        else:
+            container.write_file(path, body, store.key, label=VmFile(path, FileKind.SNAPSHOT_MEMORY).label)
+    return list_snapshots(vm)[-1]
+
+
+def revert_snapshot(vm: VmHome, keys: KeyManager, home: str, number: int | None = None) -> Snapshot:
+    snapshots = list_snapshots(vm)
+    if not snapshots:
+        raise VmError("the VM has no snapshot", vm.vmx_path)
+    chosen = snapshots[-1] if number is None else next((s for s in snapshots if s.number == number), None)
+    if chosen is None:
+        raise VmError(f"the VM has no snapshot {number}", vm.vmx_path)
+    reference = read_vmx(vm, None).reference
+    if container.is_container(chosen.path):
+        if reference is None:
+            raise VmError("the snapshot is encrypted but the VM has no key safe", chosen.path)
+        raw = container.read_file(chosen.path, keys.unlock(reference))
+    else:
+        raw = chosen.path.read_bytes()
+    try:
+        body = json.loads(raw)
+        if body.get("format") != FORMAT:
+            raise ValueError(f"format {body.get('format')!r}")
+        nvram = base64.b64decode(body["nvram"], validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VmError(f"the snapshot cannot be read ({exc})", chosen.path) from None
+    with VmNvramStore.open(vm.vmx_path, home=home) as store:
+        store.write_plain(nvram)
+    return chosen
