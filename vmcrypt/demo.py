@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from vmcrypt import cli, container, xts
 from vmcrypt.errors import IntegrityError
 from vmcrypt.home import resolve_home
+from vmcrypt.inventory import ROOT
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 
@@ -107,41 +109,45 @@ def run(out: Path, disk: str) -> int:
 
 
 def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
-    """Serve the VM's vTPM from its encrypted .nvram and drive it with tpm2-tools."""
-    _step("add a vTPM: EKs created in the vTPM, certified by the management CA, certificates in NV")
+    """The management-plane story: roles, a vTPM, power cycles, refusals for No Cryptography Administrator."""
+    from vmcrypt.management import Management, PermissionDenied
+
+    _step("inventory: an Administrator and a No Cryptography Administrator; the datastore; the VM registered")
+    management = Management(home_dir)
+    passwords = {"administrator": secrets.token_urlsafe(12), "operator": secrets.token_urlsafe(12)}
+    management.bootstrap("administrator", passwords["administrator"])
+    admin = management.login("administrator", passwords["administrator"])
+    admin.add_user("operator", passwords["operator"])
+    admin.grant(ROOT, "operator", "No Cryptography Administrator")
+    admin.add_datastore("datastore1", vm_dir.parent)
+    admin.register_vm(vm_dir / "demo-vm.vmx", "datastore1")
+    operator = management.login("operator", passwords["operator"])
+    print("  administrator: Administrator on the root; operator: No Cryptography Administrator on the root")
+
+    _step("add a vTPM (administrator): EKs created in the vTPM, certified by the management CA, certificates in NV")
+    admin.add_vtpm("demo-vm")
     common = ["--home", str(home_dir)]
-    if cli.main([*common, "vtpm", "add", str(vm_dir)]) != 0:
-        raise RuntimeError("vtpm add failed")
     cli.main([*common, "ca", "show"])
     root_pem = vm_dir.parent.parent / "vmca-root.pem"
     cli.main([*common, "ca", "export-root", "--out", str(root_pem)])
 
-    _step("serve the VM's vTPM from its encrypted .nvram (vtpm serve --vm) and use it with tpm2-tools")
     if shutil.which("tpm2_getrandom") is None:
-        print("  tpm2-tools are not installed; skipping (scripts/bootstrap.sh installs them)")
+        print("  tpm2-tools are not installed; skipping the vTPM story (scripts/bootstrap.sh installs them)")
         return
-    from vtpm.server.sockets import free_port_pair
 
-    port = free_port_pair()
-    env = {**os.environ, "VMCRYPT_HOME": str(home_dir), "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vtpm", "serve", "--vm", str(vm_dir / "demo-vm.vmx"), "--port", str(port),
-         "--startup-clear"],
-        stderr=subprocess.PIPE, env=env,
-    )
+    _step("power on (operator): the VM's vTPM is served from its encrypted .nvram; tpm2-tools act as the guest")
+    record = operator.power_on("demo-vm")
+    env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={record.vtpm_port}"}
+    print(f"  vTPM at TPM2TOOLS_TCTI={env['TPM2TOOLS_TCTI']}")
+
+    def tool(*args: str, stdin: bytes | None = None) -> str:
+        done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args)}: {done.stderr.decode().strip()}")
+        return done.stdout.decode().strip()
+
     try:
-        assert server.stderr is not None
-        for line in server.stderr:
-            print(f"  {line.decode().rstrip()}")
-            if b"serving on" in line:
-                break
-
-        def tool(*args: str, stdin: bytes | None = None) -> str:
-            done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(args)}: {done.stderr.decode().strip()}")
-            return done.stdout.decode().strip()
-
+        tool("tpm2_startup", "-c")
         print(f"  $ tpm2_getrandom --hex 16          -> {tool('tpm2_getrandom', '--hex', '16')}")
         tool("tpm2_pcrextend", "16:sha256=" + hashlib.sha256(b"demo boot event").hexdigest())
         pcr = tool("tpm2_pcrread", "sha256:16").splitlines()[-1].strip()
@@ -149,29 +155,61 @@ def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
         tool("tpm2_nvdefine", "0x1500016", "-C", "o", "-s", "21", "-a", "ownerread|ownerwrite")
         tool("tpm2_nvwrite", "0x1500016", "-C", "o", "-i", "-", stdin=b"DEMO-VTPM-NV-SECRET!!")
         print("  $ tpm2_nvdefine 0x1500016 + tpm2_nvwrite 'DEMO-VTPM-NV-SECRET!!'")
-        ek_der = root_pem.with_name("ek-rsa.der")
-        tool("tpm2_nvread", "0x01c00002", "-o", str(ek_der))
-        ek_pem = root_pem.with_name("ek-rsa.pem")
-        tool("openssl", "x509", "-inform", "DER", "-in", str(ek_der), "-out", str(ek_pem))
-        san = [line.strip() for line in tool("openssl", "x509", "-in", str(ek_pem), "-noout", "-ext",
-                                             "subjectAltName,extendedKeyUsage").splitlines()]
-        print(f"  $ tpm2_nvread 0x01c00002 (RSA EK certificate, {ek_der.stat().st_size} bytes DER): {' '.join(san)}")
-        print(f"  $ openssl verify -CAfile vmca-root.pem ek-rsa.pem -> "
-              f"{tool('openssl', 'verify', '-CAfile', str(root_pem), str(ek_pem)).split(': ')[-1]}")
-        ek_pub = root_pem.with_name("ek-rsa.pub")
-        tool("tpm2_createek", "-c", str(root_pem.with_name("ek.ctx")), "-G", "rsa", "-u", str(ek_pub), "-f", "pem")
-        same = tool("openssl", "x509", "-in", str(ek_pem), "-pubkey", "-noout") == ek_pub.read_text().strip()
-        print(f"  $ tpm2_createek -G rsa: same public key as the certificate: {same}")
+        _show_ek_certificate(tool, root_pem)
     finally:
-        server.terminate()
-        server.wait(10)
+        operator.power_off("demo-vm")
+    print("  powered off (operator)")
+
     nvram = (vm_dir / "demo-vm.nvram").read_bytes()
     print(f"  .nvram is still an encrypted container: {nvram.startswith(container.MAGIC)}; "
           f"NV secret readable in it: {b'DEMO-VTPM-NV-SECRET' in nvram}")
+
+    _step("No Cryptography Administrator on an encrypted VM: no console, no download, no vTPM removal")
+    before = _digests(vm_dir)
+    for attempt in (lambda: operator.open_console("demo-vm"), lambda: operator.download("demo-vm", "demo-vm.nvram"),
+                    lambda: operator.remove_vtpm("demo-vm")):
+        try:
+            attempt()
+            print("  allowed (bad)")
+        except PermissionDenied as exc:
+            print(f"  refused: {exc}")
+    print(f"  VM files unchanged: {_digests(vm_dir) == before}")
+
+    _step("power on again (administrator) and read the NV index back")
+    record = admin.power_on("demo-vm")
+    env["TPM2TOOLS_TCTI"] = f"swtpm:host=127.0.0.1,port={record.vtpm_port}"
+    try:
+        tool("tpm2_startup", "-c")
+        secret_file = root_pem.with_name("nv.out")
+        tool("tpm2_nvread", "0x1500016", "-C", "o", "-o", str(secret_file))
+        print(f"  $ tpm2_nvread 0x1500016 -> {secret_file.read_bytes().decode()!r}")
+    finally:
+        admin.power_off("demo-vm")
     info = subprocess.run([sys.executable, "-m", "vtpm", "info", "--vm", str(vm_dir / "demo-vm.vmx")],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env={**env, "VMCRYPT_HOME": str(home_dir)}, capture_output=True, text=True, timeout=60)
     for line in info.stdout.splitlines():
         print(f"  {line}")
+
+    _step("audit log")
+    for entry in management.inventory.audit_log():
+        print(f"  {entry.user:13} {entry.outcome:7} {entry.action} {entry.entity} {entry.detail}".rstrip())
+    management.close()
+
+
+def _show_ek_certificate(tool, root_pem: Path) -> None:
+    ek_der = root_pem.with_name("ek-rsa.der")
+    tool("tpm2_nvread", "0x01c00002", "-o", str(ek_der))
+    ek_pem = root_pem.with_name("ek-rsa.pem")
+    tool("openssl", "x509", "-inform", "DER", "-in", str(ek_der), "-out", str(ek_pem))
+    san = [line.strip() for line in tool("openssl", "x509", "-in", str(ek_pem), "-noout", "-ext",
+                                         "subjectAltName,extendedKeyUsage").splitlines()]
+    print(f"  $ tpm2_nvread 0x01c00002 (RSA EK certificate, {ek_der.stat().st_size} bytes DER): {' '.join(san)}")
+    print(f"  $ openssl verify -CAfile vmca-root.pem ek-rsa.pem -> "
+          f"{tool('openssl', 'verify', '-CAfile', str(root_pem), str(ek_pem)).split(': ')[-1]}")
+    ek_pub = root_pem.with_name("ek-rsa.pub")
+    tool("tpm2_createek", "-c", str(root_pem.with_name("ek.ctx")), "-G", "rsa", "-u", str(ek_pub), "-f", "pem")
+    same = tool("openssl", "x509", "-in", str(ek_pem), "-pubkey", "-noout") == ek_pub.read_text().strip()
+    print(f"  $ tpm2_createek -G rsa: same public key as the certificate: {same}")
 
 
 def main() -> int:
