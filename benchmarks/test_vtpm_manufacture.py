@@ -17,14 +17,18 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from certs.ca import CertificateAuthority
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vtpm_provision import manufacture
+from tpm_helpers import swtpm_localca_setup_config  # noqa: E402
 
 ROUNDS = 5
 
@@ -33,14 +37,7 @@ ROUNDS = 5
 def localca_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("swtpm_setup") is None:
         pytest.fail("swtpm_setup is not installed (Debian package swtpm-tools)", pytrace=False)
-    base = tmp_path_factory.mktemp("localca")
-    (base / "ca").mkdir()
-    (base / "localca.conf").write_text(f"statedir = {base / 'ca'}\nsigningkey = {base / 'ca' / 'signkey.pem'}\n"
-                                       f"issuercert = {base / 'ca' / 'issuercert.pem'}\ncertserial = {base / 'ca' / 'certserial'}\n")
-    (base / "localca.options").write_text("--platform-manufacturer Debian\n--platform-version 2.1\n--platform-model QEMU\n")
-    (base / "setup.conf").write_text(f"create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {base / 'localca.conf'}\n"
-                                     f"create_certs_tool_options = {base / 'localca.options'}\nactive_pcr_banks = sha256\n")
-    return base
+    return swtpm_localca_setup_config(tmp_path_factory.mktemp("localca"))
 
 
 @pytest.mark.benchmark(group="manufacture vTPM + EK certificates")
@@ -61,7 +58,7 @@ def test_manufacture_swtpm_setup(benchmark, tmp_path: Path, localca_config: Path
         state = tmp_path / f"state{next(counter)}"
         state.mkdir()
         done = subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--create-ek-cert",
-                               "--config", str(localca_config / "setup.conf")], capture_output=True, timeout=120)
+                               "--config", str(localca_config)], capture_output=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
 
     benchmark.pedantic(setup_one, rounds=ROUNDS, iterations=1)

@@ -29,7 +29,7 @@ from certs.ca import CertificateAuthority
 from certs.ek import TCG_KP_EK_CERTIFICATE, build_ek_certificate, tcg_san
 from certs import EkCertificateError, validate_ek_certificate
 from test_vtpm_tools import tools
-from tpm_helpers import HOST, start_swtpm
+from tpm_helpers import HOST, start_swtpm, swtpm_localca_setup_config
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vtpm_server import served
@@ -155,16 +155,11 @@ def test_ek_nv_indices_are_platform_owned(tmp_path: Path, home: Path, vm_with_vt
 def localca_swtpm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """swtpm manufactured by swtpm_setup with EK certificates from its own local CA."""
     base = tmp_path_factory.mktemp("localca")
-    (base / "ca").mkdir()
-    (base / "localca.conf").write_text(f"statedir = {base / 'ca'}\nsigningkey = {base / 'ca' / 'signkey.pem'}\n"
-                                       f"issuercert = {base / 'ca' / 'issuercert.pem'}\ncertserial = {base / 'ca' / 'certserial'}\n")
-    (base / "localca.options").write_text("--platform-manufacturer Debian\n--platform-version 2.1\n--platform-model QEMU\n")
-    (base / "setup.conf").write_text(f"create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {base / 'localca.conf'}\n"
-                                     f"create_certs_tool_options = {base / 'localca.options'}\nactive_pcr_banks = sha256\n")
+    setup_conf = swtpm_localca_setup_config(base)
     state = base / "state"
     state.mkdir()
     result = subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--create-ek-cert", "--ecc",
-                             "--config", str(base / "setup.conf")], capture_output=True, text=True, timeout=120)
+                             "--config", str(setup_conf)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     server = start_swtpm(state)
     try:

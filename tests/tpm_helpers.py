@@ -599,3 +599,16 @@ def prepare_latency_target(conn: TpmConnection) -> None:
             rc = response_code(conn.transact(command))
             if rc != 0:
                 raise ServerError(f"{name} failed: {describe_rc(rc)}")
+
+
+def swtpm_localca_setup_config(base: Path) -> Path:
+    """A swtpm_setup configuration whose swtpm_localca keeps its CA under ``base`` (not /var/lib)."""
+    ca = base / "ca"
+    ca.mkdir(parents=True, exist_ok=True)
+    (base / "localca.conf").write_text(f"statedir = {ca}\nsigningkey = {ca / 'signkey.pem'}\n"
+                                       f"issuercert = {ca / 'issuercert.pem'}\ncertserial = {ca / 'certserial'}\n")
+    (base / "localca.options").write_text("--platform-manufacturer Debian\n--platform-version 2.1\n--platform-model QEMU\n")
+    setup = base / "setup.conf"
+    setup.write_text(f"create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {base / 'localca.conf'}\n"
+                     f"create_certs_tool_options = {base / 'localca.options'}\nactive_pcr_banks = sha256\n")
+    return setup
