@@ -257,3 +257,59 @@ def test_snapshot_revert_and_delete(mgmt: Management, tmp_path: Path) -> None:
     assert directory.exists()
     admin.delete_vm("plain")
     assert not directory.exists() and [r.name for r in mgmt.inventory.vms()] == ["enc"]
+
+
+def _vtpm_state(mgmt: Management, name: str):
+    from vmcrypt.vm_vtpm import VmNvramStore
+
+    with VmNvramStore.open(mgmt.inventory.vm(name).vmx_path, home=str(mgmt.home)) as store:
+        return store.load()
+
+
+def test_clone_new_identity_and_exact(mgmt: Management, tmp_path: Path) -> None:
+    """A default clone answers as a new TPM; an exact clone (Cryptographer.Clone) as the same one."""
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    nocrypto = mgmt.login("nocrypto", PASSWORDS["nocrypto"])
+    source = _vtpm_state(mgmt, "enc")
+    cert_index = 0x01C00002
+
+    fresh = admin.clone("enc", "enc-clone")
+    assert fresh.encrypted and fresh.vtpm and fresh.key_id != mgmt.inventory.vm("enc").key_id
+    clone_state = _vtpm_state(mgmt, "enc-clone")
+    assert clone_state.eps != source.eps and clone_state.nv[cert_index].data != source.nv[cert_index].data
+    nvram = Path(fresh.vmx_path).with_suffix(".nvram")
+    assert container.is_container(nvram)
+
+    exact = admin.clone("enc", "enc-twin", exact=True)
+    twin = _vtpm_state(mgmt, "enc-twin")
+    assert twin.eps == source.eps and twin.nv[cert_index].data == source.nv[cert_index].data
+    assert exact.key_id != mgmt.inventory.vm("enc").key_id  # same TPM, its own keys
+    assert b"vmcrypt-vtpm" not in Path(exact.vmx_path).with_suffix(".nvram").read_bytes()
+
+    with pytest.raises(PermissionDenied, match="Cryptographer.Clone"):
+        nocrypto.clone("enc", "nope")
+    assert not (Path(fresh.vmx_path).parent.parent / "nope").exists()
+    plain_clone = nocrypto.clone("plain", "plain-clone")
+    assert not plain_clone.encrypted and not plain_clone.vtpm
+    with pytest.raises(InventoryError, match="already in the inventory"):
+        admin.clone("plain", "plain-clone")
+
+
+def test_clone_copies_an_encrypted_disk(mgmt: Management) -> None:
+    from vmcrypt.vm import VmHome, VmSpec
+    from vmcrypt.vm_encryption import encrypt_vm
+
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    record = admin.create_vm("ds1", "disky", VmSpec(name="disky", disk_bytes=1 << 20))
+    extent = Path(record.vmx_path).parent / "disky-flat.vmdk"
+    pattern = os.urandom(1 << 20)
+    extent.write_bytes(pattern)
+    encrypt_vm(VmHome(record.vmx_path), mgmt.keys, include_disks=True)
+    assert pattern[:4096] not in extent.read_bytes()
+    clone = admin.clone("disky", "disky2")
+    clone_extent = Path(clone.vmx_path).parent / "disky2-flat.vmdk"
+    assert clone.encrypted and container.is_container(clone_extent) and pattern[:4096] not in clone_extent.read_bytes()
+    assert container.read_header(clone_extent).reference.key_id != container.read_header(extent).reference.key_id
+    out = Path(clone.vmx_path).parent / "check.bin"
+    container.decrypt_file(clone_extent, mgmt.keys.unlock(container.read_header(clone_extent).reference), out)
+    assert out.read_bytes() == pattern

@@ -119,7 +119,11 @@ def test_snapshot_and_delete_through_the_cli(setup: Path, vmcrypt_cli) -> None:
     assert "snapshot 1 of enc in enc-Snapshot1.vmsn" in snap.stdout
     assert (setup / "enc" / "enc-Snapshot1.vmsn").exists()
     assert "reverted to snapshot 1" in vmcrypt_cli("--user", "admin", "vm", "revert", "enc", env=ADMIN, check=True).stdout
+    refused = vmcrypt_cli("--user", "nocrypto", "vm", "clone", "enc", "enc2", "--exact", env=NOCRYPTO)
+    assert refused.returncode == 1 and "missing privilege Cryptographer.Clone" in refused.stderr
+    cloned = vmcrypt_cli("--user", "admin", "vm", "clone", "enc", "enc2", env=ADMIN, check=True)
+    assert "cloned enc to enc2 with a new identity" in cloned.stdout
     vmcrypt_cli("--user", "nocrypto", "vm", "delete", "plain", env=NOCRYPTO, check=True)
     assert not (setup / "plain").exists()
     listing = json.loads(vmcrypt_cli("--user", "admin", "vm", "list", "--json", env=ADMIN, check=True).stdout)
-    assert [r["name"] for r in listing] == ["enc"]
+    assert [r["name"] for r in listing] == ["enc", "enc2"]

@@ -171,6 +171,12 @@ def cmd_revert(args: argparse.Namespace) -> None:
     _emit(args, {"vm": args.name, "snapshot": snap.number}, f"{args.name} reverted to snapshot {snap.number}")
 
 
+def cmd_clone(args: argparse.Namespace) -> None:
+    record = session(args).clone(args.name, args.new_name, exact=args.exact)
+    identity = "the same vTPM" if args.exact else "a new identity"
+    _emit(args, _vm_row(record), f"cloned {args.name} to {record.name} with {identity}")
+
+
 def cmd_delete(args: argparse.Namespace) -> None:
     session(args).delete_vm(args.name)
     _emit(args, {"deleted": args.name}, f"deleted {args.name} (inventory and files)")
@@ -209,6 +215,10 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     revert = command(vm_commands, "revert", cmd_revert, "revert to a snapshot (the latest by default)")
     revert.add_argument("name", help="the VM's inventory name")
     revert.add_argument("--number", type=int, help="snapshot number")
+    clone = command(vm_commands, "clone", cmd_clone, "clone a powered-off VM (new vTPM and keys unless --exact)")
+    clone.add_argument("name", help="the VM's inventory name")
+    clone.add_argument("new_name", help="name of the clone (same datastore)")
+    clone.add_argument("--exact", action="store_true", help="copy the vTPM as it is (needs Cryptographer.Clone)")
     command(vm_commands, "list", cmd_vm_list, "VMs you may see, with power and encryption state")
     down = command(vm_commands, "download", cmd_download, "download a file of the VM from its datastore")
     down.add_argument("name", help="the VM's inventory name")

@@ -28,8 +28,8 @@ from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege, missing_privileges
 from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
 from vmcrypt.vm import VmHome, VmSpec, create_vm
-from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm, render_vmx
-from vmcrypt.atomic import write_atomic
+from vmcrypt.vtpm_provision import set_vtpm_present
+from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm
 
 CONSOLE_TICKET_LIFETIME = datetime.timedelta(minutes=2)
 POWER_ON_TIMEOUT = 30.0
@@ -204,6 +204,22 @@ class UserSession:
             self.inventory.remove_vm(name)
         self.checked(Operation.DELETE, ("vm", name), record.encrypted, act)
 
+    def clone(self, name: str, new_name: str, *, exact: bool = False) -> VmRecord:
+        """A new VM in the same datastore; new identity unless ``exact`` (which needs Cryptographer.Clone)."""
+        from vmcrypt.clone import clone_vm
+
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            self._require_off(record)
+            if any(r.name == new_name for r in self.inventory.vms()):
+                raise InventoryError(f"a VM named '{new_name}' is already in the inventory")
+            target = self.inventory.datastore_path(record.datastore) / new_name
+            clone = clone_vm(vm, target, new_name, self.m.keys, self.m.ca, exact=exact)
+            return self.register_created(clone.vmx_path, record.datastore)
+        operation = Operation.CLONE_EXACT if exact else Operation.CLONE
+        return self.checked(operation, ("vm", name), record.encrypted, act, detail=new_name)
+
     def snapshot(self, name: str) -> Snapshot:
         record, vm = self._vm(name)
 
@@ -258,9 +274,7 @@ class UserSession:
             with VmNvramStore.open(vm.vmx_path, home=str(self.m.home)) as store:
                 store.load()
                 store.save(None)
-            full = read_vmx(vm, self.m.keys)
-            full.settings["vtpm.present"] = "FALSE"
-            write_atomic(vm.vmx_path, render_vmx(full.settings, self.m.keys.unlock(full.reference) if full.reference else None))
+            set_vtpm_present(vm, self.m.keys, False)
             return self._refresh(name)
         return self.checked(Operation.REMOVE_VTPM, ("vm", name), record.encrypted, act)
 

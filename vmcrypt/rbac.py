@@ -85,6 +85,8 @@ class Operation(str, enum.Enum):
     REGISTER = "register"
     UNREGISTER = "unregister"
     SNAPSHOT = "take snapshot"
+    CLONE = "clone"
+    CLONE_EXACT = "clone with the same vTPM"
     REVERT = "revert to snapshot"
     DELETE = "delete"
     ADD_DATASTORE = "add datastore"
@@ -109,6 +111,8 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.MANAGE_USERS: frozenset({Privilege.MODIFY_PERMISSIONS}),
     Operation.DELETE: frozenset({Privilege.VM_DELETE}),
     Operation.SNAPSHOT: frozenset({Privilege.CREATE_SNAPSHOT}),
+    Operation.CLONE: frozenset({Privilege.CLONE}),
+    Operation.CLONE_EXACT: frozenset({Privilege.CLONE, Privilege.CRYPTO_CLONE}),
     Operation.REVERT: frozenset({Privilege.REVERT_SNAPSHOT}),
 }
 # What an encrypted VM adds: reading its plaintext (console, files) or taking its vTPM away.
@@ -117,6 +121,7 @@ _ON_ENCRYPTED: dict[Operation, frozenset[Privilege]] = {
     Operation.DOWNLOAD: frozenset({Privilege.CRYPTO_ACCESS}),
     Operation.REMOVE_VTPM: frozenset({Privilege.CRYPTO_DECRYPT}),
     Operation.REGISTER: frozenset({Privilege.CRYPTO_REGISTER_VM}),
+    Operation.CLONE: frozenset({Privilege.CRYPTO_CLONE}),
 }
 
 

@@ -110,10 +110,15 @@ def add_vtpm(vm: VmHome, keys: KeyManager, ca: CertificateAuthority) -> list[Pro
             raise VmError("the VM already has a vTPM", vm.vmx_path)
         tpm_state, eks = manufacture(ca, vm.name, vm_path=str(vm.vmx_path.resolve()))
         store.save(tpm_state.to_bytes())
-    full = read_vmx(vm, keys)
-    full.settings["vtpm.present"] = "TRUE"
-    write_atomic(vm.vmx_path, render_vmx(full.settings, keys.unlock(full.reference) if full.reference else None))
+    set_vtpm_present(vm, keys, True)
     return eks
+
+
+def set_vtpm_present(vm: VmHome, keys: KeyManager, present: bool) -> None:
+    """Record in the .vmx whether the VM has a vTPM device."""
+    full = read_vmx(vm, keys)
+    full.settings["vtpm.present"] = "TRUE" if present else "FALSE"
+    write_atomic(vm.vmx_path, render_vmx(full.settings, keys.unlock(full.reference) if full.reference else None))
 
 
 def _vm_tpm(store: VmNvramStore, vm: VmHome, *, persist: bool) -> tuple[Tpm, TpmClient]:
