@@ -313,3 +313,39 @@ def test_clone_copies_an_encrypted_disk(mgmt: Management) -> None:
     out = Path(clone.vmx_path).parent / "check.bin"
     container.decrypt_file(clone_extent, mgmt.keys.unlock(container.read_header(clone_extent).reference), out)
     assert out.read_bytes() == pattern
+
+
+def test_suspend_and_resume_keep_the_pcrs(mgmt: Management) -> None:
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    reader = mgmt.login("reader", PASSWORDS["reader"])
+    record = admin.power_on("enc")
+
+    def tools(port: int, *args: str) -> str:
+        env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
+        return subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+
+    tools(record.vtpm_port, "tpm2_startup", "-c")
+    tools(record.vtpm_port, "tpm2_pcrextend", "7:sha256=" + "5a" * 32)
+    before = tools(record.vtpm_port, "tpm2_pcrread", "sha256:7")
+    with pytest.raises(PermissionDenied, match="VirtualMachine.Interact.Suspend"):
+        reader.suspend("enc")
+    suspended = admin.suspend("enc")
+    assert suspended.power_state == "suspended" and suspended.vtpm_pid is None
+    vmss = Path(suspended.vmx_path).with_suffix(".vmss")
+    pcr_hex = before.split("0x")[-1].strip().lower()
+    assert container.is_container(vmss) and pcr_hex.encode() not in vmss.read_bytes()
+    with pytest.raises(VmError, match="is suspended"):
+        admin.power_on("enc")
+    resumed = admin.resume("enc")
+    assert not vmss.exists()
+    # the guest does not start the TPM again: it is running, with PCR 7 as it was
+    assert tools(resumed.vtpm_port, "tpm2_pcrread", "sha256:7") == before
+    admin.suspend("enc")
+    admin.power_off("enc")  # discards the suspended state
+    assert not vmss.exists()
+    cold = admin.power_on("enc")
+    tools(cold.vtpm_port, "tpm2_startup", "-c")
+    assert tools(cold.vtpm_port, "tpm2_pcrread", "sha256:7") != before
+    admin.power_off("enc")
+    with pytest.raises(VmError, match="not suspended"):
+        admin.resume("enc")

@@ -97,7 +97,16 @@ def test_lifecycle_story_through_the_cli(tmp_path: Path, setup: Path, vmcrypt_cl
     run("tpm2_startup", "-c")
     run("tpm2_nvread", "0x1500030", "-C", "o", "-o", str(tmp_path / "nv"))
     assert (tmp_path / "nv").read_bytes() == b"CLI-STORY"
+    assert "enc suspended" in vmcrypt_cli("--user", "admin", "vm", "suspend", "enc", env=ADMIN, check=True).stdout
+    assert container_magic(setup / "enc" / "enc.vmss")
+    assert "enc resumed; vTPM at" in vmcrypt_cli("--user", "admin", "vm", "resume", "enc", env=ADMIN, check=True).stdout
     vmcrypt_cli("--user", "admin", "vm", "power-off", "enc", env=ADMIN, check=True)
+
+
+def container_magic(path: Path) -> bool:
+    from vmcrypt import container
+
+    return container.is_container(path)
 
 
 def test_cli_refusals(tmp_path: Path, setup: Path, vmcrypt_cli) -> None:

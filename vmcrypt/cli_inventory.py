@@ -142,6 +142,17 @@ def cmd_power_off(args: argparse.Namespace) -> None:
     _emit(args, _vm_row(record), f"{record.name} powered off")
 
 
+def cmd_suspend(args: argparse.Namespace) -> None:
+    record = session(args).suspend(args.name)
+    _emit(args, _vm_row(record), f"{record.name} suspended (vTPM state in {record.name}.vmss)")
+
+
+def cmd_resume(args: argparse.Namespace) -> None:
+    record = session(args).resume(args.name)
+    tcti = f"swtpm:host=127.0.0.1,port={record.vtpm_port}" if record.vtpm_port else None
+    _emit(args, _vm_row(record), f"{record.name} resumed" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
+
+
 def cmd_console(args: argparse.Namespace) -> None:
     ticket = session(args).open_console(args.name)
     _emit(args, {"vm": args.name, "ticket": ticket}, f"console ticket for {args.name}: {ticket}")
@@ -207,6 +218,8 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     for name, func, text in (("unregister", cmd_vm_unregister, "remove a VM from the inventory (files stay)"),
                              ("power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)"),
                              ("power-off", cmd_power_off, "power off (stops the vTPM; its state is already on disk)"),
+                             ("suspend", cmd_suspend, "suspend: the vTPM's saved state goes into the encrypted .vmss"),
+                             ("resume", cmd_resume, "resume a suspended VM: the vTPM continues with its PCRs"),
                              ("console", cmd_console, "open the console: prints a one-time console ticket"),
                              ("browse", cmd_browse, "list the VM's files on its datastore"),
                              ("snapshot", cmd_snapshot, "snapshot the VM's vTPM and EFI state into an encrypted .vmsn"),

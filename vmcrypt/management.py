@@ -314,6 +314,8 @@ class UserSession:
         def act() -> VmRecord:
             if record.power_state == "on":
                 raise VmError("the VM is already powered on", vm.vmx_path)
+            if record.power_state == "suspended":
+                raise VmError("the VM is suspended: resume it (or discard its .vmss with power off)", vm.vmx_path)
             pid = port = None
             if record.vtpm:
                 pid, port = self._serve_vtpm(vm)
@@ -348,6 +350,49 @@ class UserSession:
         process.kill()
         raise VmError("the vTPM did not start in time", vm.vmx_path)
 
+    def suspend(self, name: str) -> VmRecord:
+        """Save the vTPM's state (Shutdown(STATE)) into the encrypted .vmss and stop it."""
+        from vmcrypt.suspend import save_tpm_state, write_suspend_state
+
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            if record.power_state != "on":
+                raise VmError("only a powered-on VM can be suspended", vm.vmx_path)
+            started = save_tpm_state(record.vtpm_port) if record.vtpm_port else False
+            if record.vtpm_pid:
+                _stop(record.vtpm_pid)
+            write_suspend_state(vm, str(self.m.home), started)
+            updated = VmRecord(**{**record.__dict__, "power_state": "suspended", "vtpm_pid": None, "vtpm_port": None})
+            self.inventory.put_vm(updated)
+            return updated
+        return self.checked(Operation.SUSPEND, ("vm", name), record.encrypted, act)
+
+    def resume(self, name: str) -> VmRecord:
+        """Power on from the .vmss: the vTPM comes back with Startup(STATE), its PCRs as they were."""
+        from vmcrypt.suspend import TPM_CC_STARTUP, TPM_SU_STATE, read_suspend_state, restore_tpm_state, tpm_command
+
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            if record.power_state != "suspended":
+                raise VmError("the VM is not suspended", vm.vmx_path)
+            body = read_suspend_state(vm, self.m.keys)
+            restore_tpm_state(vm, str(self.m.home), body)
+            pid = port = None
+            if record.vtpm:
+                pid, port = self._serve_vtpm(vm)
+                if body.get("tpm_started"):
+                    rc = tpm_command(port, TPM_CC_STARTUP, TPM_SU_STATE)
+                    if rc != 0:
+                        _stop(pid)
+                        raise VmError(f"the vTPM refused Startup(STATE) (response code 0x{rc:03x})", vm.vmx_path)
+            (vm.directory / f"{vm.name}.vmss").unlink()
+            updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
+            self.inventory.put_vm(updated)
+            return updated
+        return self.checked(Operation.POWER_ON, ("vm", name), record.encrypted, act, detail="resume")
+
     def power_off(self, name: str) -> VmRecord:
         record, vm = self._vm(name)
 
@@ -356,6 +401,8 @@ class UserSession:
                 raise VmError("the VM is already powered off", vm.vmx_path)
             if record.vtpm_pid:
                 _stop(record.vtpm_pid)
+            if record.power_state == "suspended":  # discards the suspended state: the next power on is cold
+                (vm.directory / f"{vm.name}.vmss").unlink(missing_ok=True)
             updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None})
             self.inventory.put_vm(updated)
             return updated

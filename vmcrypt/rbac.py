@@ -79,6 +79,7 @@ class Operation(str, enum.Enum):
     REKEY = "rekey"
     POWER_ON = "power on"
     POWER_OFF = "power off"
+    SUSPEND = "suspend"
     CONSOLE = "open console"
     BROWSE = "browse datastore"
     DOWNLOAD = "download file"
@@ -102,6 +103,7 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.REKEY: frozenset({Privilege.SETTINGS, Privilege.CRYPTO_RECRYPT}),
     Operation.POWER_ON: frozenset({Privilege.POWER_ON}),
     Operation.POWER_OFF: frozenset({Privilege.POWER_OFF}),
+    Operation.SUSPEND: frozenset({Privilege.SUSPEND}),
     Operation.CONSOLE: frozenset({Privilege.CONSOLE}),
     Operation.BROWSE: frozenset({Privilege.DATASTORE_BROWSE}),
     Operation.DOWNLOAD: frozenset({Privilege.DATASTORE_BROWSE, Privilege.DATASTORE_FILES}),

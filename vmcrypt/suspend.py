@@ -1,0 +1,112 @@
+"""Suspend and resume: the vTPM's saved state travels in the VM's encrypted .vmss.
+
+Suspending asks the running vTPM for TPM2_Shutdown(STATE), as a platform does
+before it loses power with the intent to resume, stops it, and moves the saved
+state (the PCRs that Startup(STATE) restores) out of the .nvram into the .vmss.
+Resuming puts it back, starts the vTPM and issues TPM2_Startup(STATE), so the
+guest finds its PCRs as it left them. Discarding the .vmss means the next power
+on is a cold boot (Startup(STATE) is then refused by the TPM, as it should be).
+Transient objects and sessions do not survive, as across a TPM Resume.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import struct
+
+from vmcrypt import container
+from vmcrypt.atomic import write_atomic
+from vmcrypt.errors import VmError
+from vmcrypt.keys import KeyManager
+from vmcrypt.vm import FileKind, VmFile, VmHome
+from vmcrypt.vm_encryption import read_vmx
+from vmcrypt.vm_vtpm import VmNvramStore
+from vtpm.state import SavedState
+
+FORMAT = 1
+TPM_CC_STARTUP, TPM_CC_SHUTDOWN, TPM_SU_STATE = 0x144, 0x145, 0x0001
+TPM_RC_INITIALIZE = 0x100
+
+
+def suspend_file(vm: VmHome) -> VmFile:
+    return VmFile(vm.directory / f"{vm.name}.vmss", FileKind.SUSPEND)
+
+
+def tpm_command(port: int, code: int, su: int, timeout: float = 10.0) -> int:
+    """Send Startup/Shutdown(su) to a served vTPM's data port; return the response code."""
+    command = struct.pack(">HIIH", 0x8001, 12, code, su)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(command)
+        response = b""
+        while len(response) < 10:
+            chunk = sock.recv(10 - len(response))
+            if not chunk:
+                raise VmError("the vTPM closed the connection")
+            response += chunk
+    return struct.unpack(">I", response[6:10])[0]
+
+
+def save_tpm_state(port: int) -> bool:
+    """Shutdown(STATE) on the running vTPM; False when the guest never started the TPM."""
+    rc = tpm_command(port, TPM_CC_SHUTDOWN, TPM_SU_STATE)
+    if rc == TPM_RC_INITIALIZE:
+        return False
+    if rc != 0:
+        raise VmError(f"the vTPM refused Shutdown(STATE) (response code 0x{rc:03x})")
+    return True
+
+
+def write_suspend_state(vm: VmHome, home: str, tpm_started: bool) -> None:
+    """Move the TPM's saved state from the .nvram into the .vmss (written first)."""
+    target = suspend_file(vm)
+    with VmNvramStore.open(vm.vmx_path, home=home) as store:
+        state = store.load()
+        saved = None
+        if state is not None and tpm_started:
+            if state.saved is None:
+                raise VmError("the vTPM has no saved state after Shutdown(STATE)", vm.nvram_path)
+            saved = {str(bank): [v.hex() for v in values] for bank, values in state.saved.pcrs.items()}
+        body = json.dumps({"format": FORMAT, "vm": vm.name, "tpm_started": tpm_started, "saved_pcrs": saved,
+                           "suspended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}).encode()
+        if store.key is None:
+            write_atomic(target.path, body)
+        else:
+            container.write_file(target.path, body, store.key, label=target.label)
+        if saved is not None:
+            state.saved = None
+            store.save(state.to_bytes())
+
+
+def read_suspend_state(vm: VmHome, keys: KeyManager) -> dict:
+    target = suspend_file(vm)
+    if not target.path.exists():
+        raise VmError("the VM is not suspended (no .vmss)", vm.vmx_path)
+    if container.is_container(target.path):
+        reference = read_vmx(vm, None).reference
+        if reference is None:
+            raise VmError("the .vmss is encrypted but the VM has no key safe", target.path)
+        raw = container.read_file(target.path, keys.unlock(reference))
+    else:
+        raw = target.path.read_bytes()
+    try:
+        body = json.loads(raw)
+        if body.get("format") != FORMAT:
+            raise ValueError(f"format {body.get('format')!r}")
+        return body
+    except ValueError as exc:
+        raise VmError(f"the suspend state cannot be read ({exc})", target.path) from None
+
+
+def restore_tpm_state(vm: VmHome, home: str, body: dict) -> None:
+    """Put the saved PCRs back so that Startup(STATE) finds them."""
+    if not body.get("saved_pcrs"):
+        return
+    with VmNvramStore.open(vm.vmx_path, home=home) as store:
+        state = store.load()
+        if state is None:
+            raise VmError("the VM's vTPM is gone", vm.nvram_path)
+        state.saved = SavedState({int(b): [bytes.fromhex(v) for v in values] for b, values in body["saved_pcrs"].items()})
+        state.orderly = "state"
+        store.save(state.to_bytes())
