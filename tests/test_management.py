@@ -37,6 +37,7 @@ def mgmt(home: Path, tmp_path: Path):
     inv.grant(ROOT, "nocrypto", "No Cryptography Administrator")
     inv.grant(ROOT, "reader", "Read-only")
     inv.add_datastore("ds1", tmp_path / "ds1")
+    inv.add_datastore("ds2", tmp_path / "ds2")
     admin = m.login("admin", PASSWORDS["admin"])
     admin.create_vm("ds1", "enc")
     admin.add_vtpm("enc")
@@ -61,6 +62,18 @@ def _attempt(session, operation: str, vm: str):
         return session.power_on(vm)
     if operation == "power off":
         return session.power_off(vm)
+    if operation == "encrypt":
+        return session.encrypt(vm)
+    if operation == "rekey":
+        return session.rekey(vm)
+    if operation == "add vTPM":
+        return session.add_vtpm(vm)
+    if operation == "snapshot":
+        return session.snapshot(vm)
+    if operation == "clone":
+        return session.clone(vm, f"{vm}-copy")
+    if operation == "migrate":
+        return session.migrate(vm, "ds2")
     raise AssertionError(operation)
 
 
@@ -77,6 +90,14 @@ CASES = [
     ("reader", "console", "plain", Privilege.CONSOLE), ("reader", "download", "plain", Privilege.DATASTORE_BROWSE),
     ("reader", "power on", "enc", Privilege.POWER_ON), ("reader", "remove vTPM", "enc", Privilege.ADD_REMOVE_DEVICE),
     ("admin", "remove vTPM", "enc", None),
+    ("nocrypto", "encrypt", "plain", Privilege.CRYPTO_ENCRYPT), ("admin", "encrypt", "plain", None),
+    ("nocrypto", "rekey", "enc", Privilege.CRYPTO_RECRYPT), ("admin", "rekey", "enc", None),
+    ("nocrypto", "add vTPM", "plain", Privilege.CRYPTO_ENCRYPT), ("admin", "add vTPM", "plain", None),
+    ("nocrypto", "snapshot", "enc", None), ("reader", "snapshot", "enc", Privilege.CREATE_SNAPSHOT),
+    ("nocrypto", "clone", "enc", Privilege.CRYPTO_CLONE), ("nocrypto", "clone", "plain", None),
+    ("admin", "clone", "enc", None),
+    ("nocrypto", "migrate", "enc", None), ("nocrypto", "migrate", "plain", None),
+    ("reader", "migrate", "enc", Privilege.COLD_MIGRATE),
 ]
 
 
@@ -101,6 +122,15 @@ def test_role_operation_table(mgmt: Management, user: str, operation: str, vm: s
         if operation == "power on":
             assert mgmt.inventory.vm(vm).power_state == "on"
             session.power_off(vm)
+        if operation in ("encrypt", "add vTPM"):
+            assert mgmt.inventory.vm(vm).encrypted
+        if operation == "clone":
+            assert mgmt.inventory.vm(f"{vm}-copy").encrypted == record.encrypted
+        if operation == "migrate":
+            moved = mgmt.inventory.vm(vm)
+            assert moved.datastore == "ds2" and Path(moved.vmx_path).exists() and not directory.exists()
+            if moved.vtpm:  # the vTPM still opens from the new place
+                assert _vtpm_state(mgmt, vm) is not None
     else:
         with pytest.raises(PermissionDenied) as refused:
             _attempt(session, operation, vm)

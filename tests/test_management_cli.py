@@ -132,6 +132,13 @@ def test_snapshot_and_delete_through_the_cli(setup: Path, vmcrypt_cli) -> None:
     assert refused.returncode == 1 and "missing privilege Cryptographer.Clone" in refused.stderr
     cloned = vmcrypt_cli("--user", "admin", "vm", "clone", "enc", "enc2", env=ADMIN, check=True)
     assert "cloned enc to enc2 with a new identity" in cloned.stdout
+    vmcrypt_cli("--user", "admin", "inventory", "datastore-add", "ds2", str(setup.parent / "ds2"), env=ADMIN, check=True)
+    vmcrypt_cli("--user", "admin", "inventory", "host-add", "esx01", env=ADMIN, check=True)
+    allowed = vmcrypt_cli("--user", "nocrypto", "inventory", "host-add", "esx02", env=NOCRYPTO)
+    assert allowed.returncode == 0  # Host.Inventory.* is not a Cryptographer privilege
+    moved = vmcrypt_cli("--user", "nocrypto", "vm", "migrate", "enc", "--datastore", "ds2", env=NOCRYPTO, check=True)
+    assert "enc migrated to ds2" in moved.stdout and (setup.parent / "ds2" / "enc" / "enc.vmx").exists()
+    assert not (setup / "enc").exists()
     vmcrypt_cli("--user", "nocrypto", "vm", "delete", "plain", env=NOCRYPTO, check=True)
     assert not (setup / "plain").exists()
     listing = json.loads(vmcrypt_cli("--user", "admin", "vm", "list", "--json", env=ADMIN, check=True).stdout)

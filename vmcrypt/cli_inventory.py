@@ -188,6 +188,17 @@ def cmd_clone(args: argparse.Namespace) -> None:
     _emit(args, _vm_row(record), f"cloned {args.name} to {record.name} with {identity}")
 
 
+def cmd_migrate(args: argparse.Namespace) -> None:
+    record = session(args).migrate(args.name, args.datastore)
+    _emit(args, _vm_row(record), f"{record.name} migrated to {record.datastore} ({record.vmx_path})")
+
+
+def cmd_host_add(args: argparse.Namespace) -> None:
+    user = session(args)
+    user.checked(Operation.ADD_HOST, ROOT, False, lambda: user.inventory.add_host(args.name), detail=args.name)
+    _emit(args, {"host": args.name}, f"added host {args.name}")
+
+
 def cmd_delete(args: argparse.Namespace) -> None:
     session(args).delete_vm(args.name)
     _emit(args, {"deleted": args.name}, f"deleted {args.name} (inventory and files)")
@@ -211,6 +222,7 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     ds.add_argument("name")
     ds.add_argument("path")
     command(inv_commands, "audit", cmd_audit, "show the audit log, denials included")
+    command(inv_commands, "host-add", cmd_host_add, "add a host").add_argument("name")
 
     reg = command(vm_commands, "register", cmd_vm_register, "add an existing VM to the inventory")
     reg.add_argument("path", help="the VM's .vmx file or directory")
@@ -232,6 +244,9 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     clone.add_argument("name", help="the VM's inventory name")
     clone.add_argument("new_name", help="name of the clone (same datastore)")
     clone.add_argument("--exact", action="store_true", help="copy the vTPM as it is (needs Cryptographer.Clone)")
+    migrate = command(vm_commands, "migrate", cmd_migrate, "cold-migrate a powered-off VM to another datastore")
+    migrate.add_argument("name", help="the VM's inventory name")
+    migrate.add_argument("--datastore", required=True, help="target datastore")
     command(vm_commands, "list", cmd_vm_list, "VMs you may see, with power and encryption state")
     down = command(vm_commands, "download", cmd_download, "download a file of the VM from its datastore")
     down.add_argument("name", help="the VM's inventory name")

@@ -194,6 +194,27 @@ class UserSession:
             self.inventory.remove_vm(name)
         self.checked(Operation.UNREGISTER, ("vm", name), record.encrypted, act)
 
+    def migrate(self, name: str, datastore: str) -> VmRecord:
+        """Cold migration to another datastore of this inventory (the files move; keys do not change)."""
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            self._require_off(record)
+            target = self.inventory.datastore_path(datastore) / vm.directory.name
+            if target.exists():
+                raise VmError(f"{target} already exists", target)
+            if datastore == record.datastore:
+                raise VmError(f"the VM is already on datastore '{datastore}'", vm.vmx_path)
+            staging = target.with_name(f".{target.name}.migrating")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(vm.directory, staging)  # the source stays whole until the copy is complete
+            staging.rename(target)
+            moved = _describe_on_disk(target / vm.vmx_path.name, datastore, record)
+            self.inventory.put_vm(moved)
+            shutil.rmtree(vm.directory)
+            return moved
+        return self.checked(Operation.MIGRATE, ("vm", name), record.encrypted, act, detail=f"to {datastore}")
+
     def delete_vm(self, name: str) -> None:
         """Remove the VM from the inventory and its directory from the datastore."""
         record, vm = self._vm(name)

@@ -44,6 +44,7 @@ class Privilege(str, enum.Enum):
     DATASTORE_BROWSE = "Datastore.Browse"
     DATASTORE_FILES = "Datastore.FileManagement"
     DATASTORE_CONFIG = "Datastore.Config"
+    HOST_ADD = "Host.Inventory.AddStandaloneHost"
     SYSTEM_VIEW = "System.View"
     SYSTEM_READ = "System.Read"
     MODIFY_PERMISSIONS = "Authorization.ModifyPermissions"
@@ -80,6 +81,7 @@ class Operation(str, enum.Enum):
     POWER_ON = "power on"
     POWER_OFF = "power off"
     SUSPEND = "suspend"
+    MIGRATE = "migrate"
     CONSOLE = "open console"
     BROWSE = "browse datastore"
     DOWNLOAD = "download file"
@@ -91,6 +93,7 @@ class Operation(str, enum.Enum):
     REVERT = "revert to snapshot"
     DELETE = "delete"
     ADD_DATASTORE = "add datastore"
+    ADD_HOST = "add host"
     MANAGE_USERS = "manage users and permissions"
 
 
@@ -104,12 +107,14 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.POWER_ON: frozenset({Privilege.POWER_ON}),
     Operation.POWER_OFF: frozenset({Privilege.POWER_OFF}),
     Operation.SUSPEND: frozenset({Privilege.SUSPEND}),
+    Operation.MIGRATE: frozenset({Privilege.COLD_MIGRATE}),
     Operation.CONSOLE: frozenset({Privilege.CONSOLE}),
     Operation.BROWSE: frozenset({Privilege.DATASTORE_BROWSE}),
     Operation.DOWNLOAD: frozenset({Privilege.DATASTORE_BROWSE, Privilege.DATASTORE_FILES}),
     Operation.REGISTER: frozenset({Privilege.VM_REGISTER}),
     Operation.UNREGISTER: frozenset({Privilege.VM_UNREGISTER}),
     Operation.ADD_DATASTORE: frozenset({Privilege.DATASTORE_CONFIG}),
+    Operation.ADD_HOST: frozenset({Privilege.HOST_ADD}),
     Operation.MANAGE_USERS: frozenset({Privilege.MODIFY_PERMISSIONS}),
     Operation.DELETE: frozenset({Privilege.VM_DELETE}),
     Operation.SNAPSHOT: frozenset({Privilege.CREATE_SNAPSHOT}),
