@@ -270,6 +270,12 @@ class CertificateAuthority:
                 seen.setdefault(entry.vm_path)
         return list(seen)
 
+    def relocate_vm(self, old_vmx: str, new_vmx: str) -> None:
+        """A VM moved (cold migration): its certificates now belong to the new path."""
+        issued = self._issued()
+        if any(entry.vm_path == old_vmx for entry in issued):
+            self._save_issued([dataclasses.replace(e, vm_path=new_vmx) if e.vm_path == old_vmx else e for e in issued])
+
     def revoked_serials(self) -> set[int]:
         return {entry.serial for entry in self._issued() if entry.revoked}
 

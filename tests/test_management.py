@@ -129,8 +129,9 @@ def test_role_operation_table(mgmt: Management, user: str, operation: str, vm: s
         if operation == "migrate":
             moved = mgmt.inventory.vm(vm)
             assert moved.datastore == "ds2" and Path(moved.vmx_path).exists() and not directory.exists()
-            if moved.vtpm:  # the vTPM still opens from the new place
+            if moved.vtpm:  # the vTPM still opens from the new place, and the CA knows where it went
                 assert _vtpm_state(mgmt, vm) is not None
+                assert moved.vmx_path in mgmt.ca.certified_vms() and record.vmx_path not in mgmt.ca.certified_vms()
     else:
         with pytest.raises(PermissionDenied) as refused:
             _attempt(session, operation, vm)

@@ -211,6 +211,8 @@ class UserSession:
             staging.rename(target)
             moved = _describe_on_disk(target / vm.vmx_path.name, datastore, record)
             self.inventory.put_vm(moved)
+            if moved.vtpm:
+                self.m.ca.relocate_vm(record.vmx_path, moved.vmx_path)
             shutil.rmtree(vm.directory)
             return moved
         return self.checked(Operation.MIGRATE, ("vm", name), record.encrypted, act, detail=f"to {datastore}")
