@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from certs.ca import CertificateAuthority
 from vmcrypt.errors import VmcryptError, VmError
@@ -30,6 +30,9 @@ from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
 from vmcrypt.vm import VmHome, VmSpec, create_vm
 from vmcrypt.vtpm_provision import set_vtpm_present
 from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm
+
+if TYPE_CHECKING:
+    from vmcrypt.backup import Manifest
 
 CONSOLE_TICKET_LIFETIME = datetime.timedelta(minutes=2)
 POWER_ON_TIMEOUT = 30.0
@@ -216,6 +219,30 @@ class UserSession:
             shutil.rmtree(vm.directory)
             return moved
         return self.checked(Operation.MIGRATE, ("vm", name), record.encrypted, act, detail=f"to {datastore}")
+
+    def backup(self, name: str, destination: str | os.PathLike[str], *, include_disks: bool = True,
+               progress: Callable | None = None) -> "Manifest":
+        from vmcrypt.backup import backup_vm
+
+        record, vm = self._vm(name)
+
+        def act() -> "Manifest":
+            self._require_off(record)
+            return backup_vm(vm, self.m.keys, destination, include_disks=include_disks, progress=progress)
+        return self.checked(Operation.BACKUP, ("vm", name), record.encrypted, act, detail=str(destination))
+
+    def restore(self, archive: str | os.PathLike[str], datastore: str) -> VmRecord:
+        """Check the archive and the key first; then restore into the datastore and register."""
+        from vmcrypt.backup import check_restorable, restore_vm
+
+        manifest = check_restorable(archive, self.m.keys)
+
+        def act() -> VmRecord:
+            if any(r.name == manifest.vm for r in self.inventory.vms()):
+                raise InventoryError(f"a VM named '{manifest.vm}' is already in the inventory")
+            vm = restore_vm(archive, self.inventory.datastore_path(datastore) / manifest.vm, self.m.keys)
+            return self.register_created(vm.vmx_path, datastore)
+        return self.checked(Operation.RESTORE, ("datastore", datastore), manifest.encrypted, act, detail=str(archive))
 
     def delete_vm(self, name: str) -> None:
         """Remove the VM from the inventory and its directory from the datastore."""

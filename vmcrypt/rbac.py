@@ -82,6 +82,8 @@ class Operation(str, enum.Enum):
     POWER_OFF = "power off"
     SUSPEND = "suspend"
     MIGRATE = "migrate"
+    BACKUP = "back up"
+    RESTORE = "restore"
     CONSOLE = "open console"
     BROWSE = "browse datastore"
     DOWNLOAD = "download file"
@@ -108,6 +110,8 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.POWER_OFF: frozenset({Privilege.POWER_OFF}),
     Operation.SUSPEND: frozenset({Privilege.SUSPEND}),
     Operation.MIGRATE: frozenset({Privilege.COLD_MIGRATE}),
+    Operation.BACKUP: frozenset({Privilege.DATASTORE_BROWSE, Privilege.DATASTORE_FILES}),
+    Operation.RESTORE: frozenset({Privilege.VM_REGISTER, Privilege.DATASTORE_FILES}),
     Operation.CONSOLE: frozenset({Privilege.CONSOLE}),
     Operation.BROWSE: frozenset({Privilege.DATASTORE_BROWSE}),
     Operation.DOWNLOAD: frozenset({Privilege.DATASTORE_BROWSE, Privilege.DATASTORE_FILES}),
@@ -129,6 +133,8 @@ _ON_ENCRYPTED: dict[Operation, frozenset[Privilege]] = {
     Operation.REMOVE_VTPM: frozenset({Privilege.CRYPTO_DECRYPT}),
     Operation.REGISTER: frozenset({Privilege.CRYPTO_REGISTER_VM}),
     Operation.CLONE: frozenset({Privilege.CRYPTO_CLONE}),
+    Operation.BACKUP: frozenset({Privilege.CRYPTO_ACCESS}),
+    Operation.RESTORE: frozenset({Privilege.CRYPTO_REGISTER_VM}),
 }
 
 

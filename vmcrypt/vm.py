@@ -45,6 +45,7 @@ class FileKind(str, enum.Enum):
     NAMESPACEDB = "namespacedb"
     DEPLOY_PACKAGE = "deploy-package"
     DISK = "disk"
+    CONFIG = "config"  # .vmx and disk descriptors: never containers, listed for backups
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,222 @@
+"""Backup and restore of a VM: one tar archive with a manifest, files as they are on disk.
+
+Encrypted files go into the archive still encrypted, so a backup holds no
+plaintext and no key material; the manifest names the key provider and key id so
+a restore can check, before it writes anything, that the key is still there.
+A VM with a vTPM is only restorable with its .nvram: without it the TPM's seeds,
+EKs and NV data would be gone, so such an archive is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmcrypt import container
+from vmcrypt.atomic import atomic_writer, fsync_directory
+from vmcrypt.errors import VmcryptError
+from vmcrypt.keys import KeyManager
+from vmcrypt.vm import FileKind, VmFile, VmHome
+from vmcrypt.vm_encryption import read_vmx
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+CHUNK = 1 << 20
+ProgressFn = Callable[[VmFile, int, int], None]
+
+
+class BackupError(VmcryptError):
+    """The archive cannot be made, is incomplete or damaged, or cannot be restored here."""
+
+
+@dataclass(frozen=True)
+class BackupEntry:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    vm: str
+    created: str
+    encrypted: bool
+    provider_id: str | None
+    key_id: str | None
+    vtpm: bool
+    disks_included: bool
+    files: tuple[BackupEntry, ...]
+
+    def to_json(self) -> bytes:
+        body = {**self.__dict__, "format": FORMAT, "files": [e.__dict__ for e in self.files]}
+        return json.dumps(body, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, archive: Path) -> "Manifest":
+        try:
+            body = json.loads(raw)
+            if body.pop("format") != FORMAT:
+                raise ValueError("unknown format")
+            files = tuple(BackupEntry(**e) for e in body.pop("files"))
+            return cls(**body, files=files)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackupError(f"the manifest is not readable ({exc})", archive) from None
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def backup_vm(vm: VmHome, keys: KeyManager, destination: str | os.PathLike[str], *, include_disks: bool = True,
+              progress: ProgressFn | None = None) -> Manifest:
+    """Write ``destination`` atomically: every VM file (disks unless excluded) and a manifest."""
+    state = read_vmx(vm, keys)
+    has_vtpm = (state.settings.get("vtpm.present") or "").upper() == "TRUE"
+    files = {vm.vmx_path: VmFile(vm.vmx_path, FileKind.CONFIG)}
+    files.update({f.path: f for f in vm.home_files()})
+    files.update({p: VmFile(p, FileKind.CONFIG) for p in vm.descriptors()})
+    if include_disks:
+        files.update({f.path: f for f in vm.disk_files()})
+    if has_vtpm and vm.nvram_path not in files:
+        raise BackupError("the VM has a vTPM but no .nvram: there is nothing to back its TPM up from", vm.vmx_path)
+    entries = []
+    for path in files:
+        size, digest = _hash_file(path)
+        entries.append(BackupEntry(path.name, size, digest))
+    ref = state.reference
+    manifest = Manifest(vm.name, datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        ref is not None, ref.provider_id if ref else None, ref.key_id if ref else None,
+                        has_vtpm, include_disks, tuple(entries))
+    with atomic_writer(destination) as out:
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            raw = manifest.to_json()
+            info = tarfile.TarInfo(MANIFEST)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+            for entry in entries:
+                path = vm.directory / entry.name
+                info = tarfile.TarInfo(f"vm/{entry.name}")
+                info.size, info.mode = entry.size, 0o600
+                with open(path, "rb") as handle:
+                    tar.addfile(info, _Counting(handle, files[path], entry.size, progress))
+    return manifest
+
+
+class _Counting(io.RawIOBase):
+    """A file reader that reports progress as tarfile copies it."""
+
+    def __init__(self, handle, vm_file: VmFile, total: int, progress: ProgressFn | None) -> None:
+        self.handle, self.vm_file, self.total, self.progress, self.done = handle, vm_file, total, progress, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.done += len(data)
+        if self.progress:
+            self.progress(self.vm_file, self.done, self.total)
+        return data
+
+
+def verify_backup(archive: str | os.PathLike[str]) -> Manifest:
+    """Every file the manifest names is there with its size and SHA-256; nothing else is."""
+    archive = Path(archive)
+    try:
+        with tarfile.open(archive, mode="r") as tar:
+            member = tar.getmember(MANIFEST) if MANIFEST in tar.getnames() else None
+            if member is None:
+                raise BackupError("the archive has no manifest", archive)
+            manifest = Manifest.from_json(tar.extractfile(member).read(), archive)
+            present = {m.name: m for m in tar.getmembers() if m.name != MANIFEST}
+            expected = {f"vm/{e.name}": e for e in manifest.files}
+            missing = sorted(set(expected) - set(present))
+            if missing:
+                raise BackupError(f"the archive is incomplete: {', '.join(n[3:] for n in missing)} missing", archive)
+            extra = sorted(set(present) - set(expected))
+            if extra:
+                raise BackupError(f"the archive holds files its manifest does not name: {', '.join(extra)}", archive)
+            for name, entry in expected.items():
+                member = present[name]
+                if not member.isfile() or "/" in entry.name or entry.name.startswith("."):
+                    raise BackupError(f"unexpected archive member {name}", archive)
+                digest = hashlib.sha256()
+                handle = tar.extractfile(member)
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+                if member.size != entry.size or digest.hexdigest() != entry.sha256:
+                    raise BackupError(f"{entry.name} in the archive does not match its manifest entry", archive)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, VmcryptError):
+            raise
+        raise BackupError(f"the archive cannot be read ({exc})", archive) from None
+    return manifest
+
+
+def check_restorable(archive: str | os.PathLike[str], keys: KeyManager) -> Manifest:
+    """Everything a restore needs, checked before anything is written."""
+    manifest = verify_backup(archive)
+    names = {e.name for e in manifest.files}
+    if f"{manifest.vm}.vmx" not in names:
+        raise BackupError("the archive has no .vmx", archive)
+    if manifest.vtpm and f"{manifest.vm}.nvram" not in names:
+        raise BackupError("the VM has a vTPM but the archive has no .nvram: its TPM cannot be restored", archive)
+    if manifest.encrypted:
+        from vmcrypt.keyref import KeyReference
+
+        with tarfile.open(archive, mode="r") as tar:
+            vmx = tar.extractfile(f"vm/{manifest.vm}.vmx").read().decode(errors="replace")
+        keysafe = next((line.split("=", 1)[1].strip().strip('"') for line in vmx.splitlines()
+                        if line.split("=", 1)[0].strip() == "encryption.keySafe"), None)
+        if keysafe is None:
+            raise BackupError("the manifest says encrypted but the .vmx has no key safe", archive)
+        try:
+            keys.unlock(KeyReference.from_keysafe(keysafe))
+        except VmcryptError as exc:
+            raise BackupError(f"the VM's key is not available from its key provider: {exc.reason}", archive) from None
+    return manifest
+
+
+def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str], keys: KeyManager) -> VmHome:
+    """Check, then extract into ``directory`` (absent or empty); a failed restore leaves nothing behind."""
+    manifest = check_restorable(archive, keys)
+    target = Path(directory)
+    if target.exists() and any(target.iterdir()):
+        raise BackupError(f"{target} exists and is not empty", archive)
+    staging = target.with_name(f".{target.name}.restoring")
+    if staging.exists():
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+    staging.mkdir(mode=0o700, parents=True)
+    try:
+        with tarfile.open(archive, mode="r") as tar:
+            for entry in manifest.files:
+                source = tar.extractfile(f"vm/{entry.name}")
+                with atomic_writer(staging / entry.name) as out:
+                    while chunk := source.read(CHUNK):
+                        out.write(chunk)
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+        fsync_directory(target.parent)
+    except BaseException:
+        for leftover in staging.glob("*") if staging.exists() else ():
+            leftover.unlink()
+        if staging.exists():
+            staging.rmdir()
+        raise
+    vm = VmHome(target / f"{manifest.vm}.vmx")
+    if manifest.encrypted and container.is_container(vm.nvram_path):
+        container.verify_file(vm.nvram_path, keys.unlock(read_vmx(vm, None).reference))
+    return vm
