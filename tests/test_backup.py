@@ -139,3 +139,25 @@ def test_backup_privileges(admin, tmp_path: Path) -> None:
     with pytest.raises(PermissionDenied, match="Cryptographer.Access"):
         nocrypto.backup("vm1", tmp_path / "x.tar")
     assert not (tmp_path / "x.tar").exists()
+
+
+def test_backup_and_restore_through_the_cli(tmp_path: Path, vmcrypt_cli) -> None:
+    env = {"VMCRYPT_PASSWORD": "pw"}
+    vmcrypt_cli("inventory", "init", "--admin", "admin", env=env, check=True)
+    user = ["--user", "admin"]
+    vmcrypt_cli(*user, "inventory", "datastore-add", "ds1", str(tmp_path / "ds1"), env=env, check=True)
+    vmcrypt_cli(*user, "vm", "create", str(tmp_path / "ds1" / "vm1"), "--disk", "1M", env=env, check=True)
+    vmcrypt_cli(*user, "vtpm", "add", str(tmp_path / "ds1" / "vm1"), env=env, check=True)
+    archive = tmp_path / "vm1.tar"
+    made = vmcrypt_cli(*user, "backup", "vm1", str(archive), env=env, check=True)
+    assert "backed up vm1: 6 files" in made.stdout
+    assert "complete and intact (6 files of VM vm1, vTPM: yes)" in vmcrypt_cli("backup", "verify", str(archive), check=True).stdout
+    _rewrite(archive, tmp_path / "no-nvram.tar", drop="vm/vm1.nvram")
+    vmcrypt_cli(*user, "vm", "delete", "vm1", env=env, check=True)
+    refused = vmcrypt_cli(*user, "restore", str(tmp_path / "no-nvram.tar"), "--datastore", "ds1", env=env)
+    assert refused.returncode == 1 and "vm1.nvram missing" in refused.stderr
+    assert list((tmp_path / "ds1").iterdir()) == []
+    done = vmcrypt_cli(*user, "restore", str(archive), "--datastore", "ds1", env=env, check=True)
+    assert "restored vm1 into ds1" in done.stdout
+    assert "vm1" in vmcrypt_cli(*user, "vm", "list", env=env, check=True).stdout
+    assert "OK" in vmcrypt_cli("ca", "verify-ek", str(tmp_path / "ds1" / "vm1"), check=True).stdout

@@ -204,6 +204,43 @@ def cmd_delete(args: argparse.Namespace) -> None:
     _emit(args, {"deleted": args.name}, f"deleted {args.name} (inventory and files)")
 
 
+def _manifest_row(manifest: Any) -> dict[str, Any]:
+    return {**manifest.__dict__, "files": [e.__dict__ for e in manifest.files]}
+
+
+def cmd_backup(args: argparse.Namespace) -> None:
+    """`backup VM DEST` (VM: inventory name with --user, else a path) or `backup verify DEST`."""
+    from vmcrypt.backup import backup_vm, verify_backup
+    from vmcrypt.progress import FileProgress
+    from vmcrypt.vm import VmHome
+
+    if args.vm == "verify":
+        manifest = verify_backup(args.destination)
+        _emit(args, _manifest_row(manifest), f"{args.destination}: complete and intact "
+              f"({len(manifest.files)} files of VM {manifest.vm}, vTPM: {'yes' if manifest.vtpm else 'no'})")
+        return
+    progress = FileProgress()
+    try:
+        user = session(args, required=False)
+        if user is None:
+            from vmcrypt.cli import _keys
+
+            manifest = backup_vm(VmHome(args.vm), _keys(args), args.destination, include_disks=not args.no_disks,
+                                 progress=progress)
+        else:
+            manifest = user.backup(args.vm, args.destination, include_disks=not args.no_disks, progress=progress)
+    finally:
+        progress.close()
+    total = sum(e.size for e in manifest.files)
+    _emit(args, _manifest_row(manifest), f"backed up {manifest.vm}: {len(manifest.files)} files, {total} bytes "
+          f"-> {args.destination}")
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    record = session(args).restore(args.archive, args.datastore)
+    _emit(args, _vm_row(record), f"restored {record.name} into {record.datastore} and registered it")
+
+
 def cmd_vtpm_remove(args: argparse.Namespace) -> None:
     record = session(args).remove_vtpm(args.name)
     _emit(args, _vm_row(record), f"removed the vTPM of {record.name}")
@@ -223,6 +260,14 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     ds.add_argument("path")
     command(inv_commands, "audit", cmd_audit, "show the audit log, denials included")
     command(inv_commands, "host-add", cmd_host_add, "add a host").add_argument("name")
+
+    backup = command(commands, "backup", cmd_backup, "back up a VM into one archive, or `backup verify ARCHIVE`")
+    backup.add_argument("vm", metavar="VM|verify", help="inventory name (with --user) or the VM's path; or 'verify'")
+    backup.add_argument("destination", metavar="ARCHIVE", help="the archive to write (or to verify)")
+    backup.add_argument("--no-disks", action="store_true", help="leave the virtual disks out")
+    restore = command(commands, "restore", cmd_restore, "check an archive and its key, then restore and register the VM")
+    restore.add_argument("archive")
+    restore.add_argument("--datastore", required=True)
 
     reg = command(vm_commands, "register", cmd_vm_register, "add an existing VM to the inventory")
     reg.add_argument("path", help="the VM's .vmx file or directory")
