@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,42 @@ def cmd_provider_add_native(args: argparse.Namespace) -> None:
     provider = _keys(args).registry.add_native(args.name, make_default=args.default)
     _emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind},
           f"added native key provider {provider.name} ({provider.provider_id})")
+
+
+def cmd_provider_add_kmip(args: argparse.Namespace) -> None:
+    provider = _keys(args).registry.add_kmip(
+        args.name, args.server, args.ca, args.cert, args.key,
+        timeout=args.timeout, cache_seconds=args.cache_seconds, make_default=args.default)
+    servers = ", ".join(args.server)
+    _emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind, "servers": args.server},
+          f"added KMIP key provider {provider.name} ({provider.provider_id}): {servers}")
+
+
+def cmd_provider_test(args: argparse.Namespace) -> None:
+    """Create, fetch and destroy a probe key: proves the provider works end to end."""
+    provider = _keys(args).registry.get(args.name)
+    started = time.perf_counter()
+    key_id = provider.create_key()
+    try:
+        if len(provider.get_key(key_id)) != 32:
+            raise CommandFailed(f"key provider {provider.name!r} returned a key of the wrong size")
+    finally:
+        provider.destroy_key(key_id)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    server = getattr(provider, "last_server", None)
+    trips = getattr(provider, "round_trips", None)
+    data = {"name": provider.name, "kind": provider.kind, "ok": True, "server": server,
+            "round_trips": trips, "elapsed_ms": round(elapsed_ms, 1),
+            "ms_per_round_trip": round(elapsed_ms / trips, 2) if trips else None}
+    where = f" via {server}" if server else ""
+    per_trip = f", {data['ms_per_round_trip']} ms per round trip ({trips})" if trips else ""
+    _emit(args, data, f"key provider {provider.name} works{where}: create, get, destroy in {elapsed_ms:.1f} ms{per_trip}")
+
+
+def cmd_provider_set_default(args: argparse.Namespace) -> None:
+    provider = _keys(args).registry.set_default(args.name)
+    _emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind},
+          f"default key provider is now {provider.name} ({provider.provider_id})")
 
 
 def _native(args: argparse.Namespace) -> NativeKeyProvider:
@@ -411,6 +448,21 @@ def build_parser() -> argparse.ArgumentParser:
     add = command(prov_commands, "add-native", cmd_provider_add_native, "add another native key provider")
     add.add_argument("name")
     add.add_argument("--default", action="store_true", help="make it the default provider")
+    kmip = command(prov_commands, "add-kmip", cmd_provider_add_kmip, "add a KMIP key server cluster (mutual TLS, failover)")
+    kmip.add_argument("name")
+    kmip.add_argument("--server", action="append", required=True, metavar="HOST:PORT",
+                      help="a KMIP server; repeat for a cluster, tried in order")
+    kmip.add_argument("--ca", required=True, help="PEM CA certificate that verifies the servers")
+    kmip.add_argument("--cert", required=True, help="PEM client certificate (EKU clientAuth)")
+    kmip.add_argument("--key", required=True, help="PEM client private key")
+    kmip.add_argument("--timeout", type=float, default=2.0, help="seconds per KMIP operation (default 2)")
+    kmip.add_argument("--cache-seconds", type=float, default=300,
+                      help="keep fetched KEKs in memory this long; 0 disables (default 300)")
+    kmip.add_argument("--default", action="store_true", help="make it the default provider")
+    probe = command(prov_commands, "test", cmd_provider_test, "create, fetch and destroy a probe key")
+    probe.add_argument("name", help="provider name or id")
+    default_cmd = command(prov_commands, "set-default", cmd_provider_set_default, "make a provider the default")
+    default_cmd.add_argument("name", help="provider name or id")
     for name, func, what in (
         ("export", cmd_provider_export, "write a passphrase-encrypted backup of a native key store"),
         ("import", cmd_provider_import, "merge keys from a native key store backup"),

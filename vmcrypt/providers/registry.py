@@ -17,6 +17,7 @@ from typing import Any
 from vmcrypt.atomic import write_atomic
 from vmcrypt.errors import KeyProviderError
 from vmcrypt.providers.base import KeyProvider
+from vmcrypt.providers.kmip import DEFAULT_CACHE_SECONDS, DEFAULT_TIMEOUT, KmipKeyProvider, KmipSettings, parse_server
 from vmcrypt.providers.native import NativeKeyProvider, PassphraseSource
 
 CONFIG_FILE = "providers.json"
@@ -74,6 +75,54 @@ class ProviderRegistry:
         self._write(config)
         return provider
 
+    def add_kmip(
+        self,
+        name: str,
+        servers: list[str],
+        ca: str | os.PathLike[str],
+        cert: str | os.PathLike[str],
+        key: str | os.PathLike[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+        make_default: bool = False,
+    ) -> KeyProvider:
+        """Configure a KMIP cluster; paths are stored absolute so any working directory can use them."""
+        config = self._read()
+        if any(p["name"] == name for p in config["providers"]):
+            raise KeyProviderError(f"a key provider named {name!r} already exists")
+        if not servers:
+            raise KeyProviderError("a KMIP key provider needs at least one server")
+        for server in servers:
+            parse_server(server)
+        for path in (ca, cert, key):
+            if not Path(path).is_file():
+                raise KeyProviderError("KMIP CA, certificate or key file not found", path)
+        if timeout <= 0 or cache_seconds < 0:
+            raise KeyProviderError("KMIP timeout must be positive and cache seconds not negative")
+        settings = {
+            "servers": list(servers),
+            "ca": str(Path(ca).resolve()),
+            "cert": str(Path(cert).resolve()),
+            "key": str(Path(key).resolve()),
+            "timeout": float(timeout),
+            "cache_seconds": float(cache_seconds),
+        }
+        entry = ProviderConfig(str(uuid.uuid4()), name, KmipKeyProvider.kind, settings)
+        config["providers"].append(asdict(entry))
+        if make_default:
+            config["default"] = entry.provider_id
+        self._write(config)
+        return self._build(entry)
+
+    def set_default(self, id_or_name: str) -> KeyProvider:
+        """Make an already configured provider the default for new encryptions."""
+        provider = self.get(id_or_name)
+        config = self._read()
+        config["default"] = provider.provider_id
+        self._write(config)
+        return provider
+
     def default(self) -> KeyProvider:
         """The default provider; the embedded native one is created on first use."""
         default_id = self.default_id()
@@ -94,6 +143,8 @@ class ProviderRegistry:
             provider: KeyProvider = NativeKeyProvider(
                 self.home / "native" / entry.provider_id, entry.provider_id, entry.name, self._passphrase
             )
+        elif entry.kind == KmipKeyProvider.kind:
+            provider = KmipKeyProvider(entry.provider_id, entry.name, KmipSettings.from_dict(entry.settings))
         else:
             raise KeyProviderError(f"key provider kind {entry.kind!r} is not available in this build")
         self._instances[entry.provider_id] = provider
