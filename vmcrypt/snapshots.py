@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmcrypt import container
-from vmcrypt.atomic import write_atomic
 from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
-from vmcrypt.vm_encryption import read_vmx
+from vmcrypt.home_json import read_home_json, write_home_json
 from vmcrypt.vm_vtpm import VmNvramStore
 
 FORMAT = 1
@@ -55,13 +52,9 @@ def take_snapshot(vm: VmHome, home: str) -> Snapshot:
     path = _snapshot_path(vm, number)
     with VmNvramStore.open(vm.vmx_path, home=home) as store:
         nvram = store.read_plain()
-        body = json.dumps({"format": FORMAT, "vm": vm.name,
-                           "taken": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                           "nvram": base64.b64encode(nvram).decode()}).encode()
-        if store.key is None:
-            write_atomic(path, body)
-        else:
-            container.write_file(path, body, store.key, label=VmFile(path, FileKind.SNAPSHOT_MEMORY).label)
+        body = {"format": FORMAT, "vm": vm.name, "nvram": base64.b64encode(nvram).decode(),
+                "taken": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        write_home_json(VmFile(path, FileKind.SNAPSHOT_MEMORY), body, store.key)
     return list_snapshots(vm)[-1]
 
 
@@ -72,17 +65,8 @@ def revert_snapshot(vm: VmHome, keys: KeyManager, home: str, number: int | None 
     chosen = snapshots[-1] if number is None else next((s for s in snapshots if s.number == number), None)
     if chosen is None:
         raise VmError(f"the VM has no snapshot {number}", vm.vmx_path)
-    reference = read_vmx(vm, None).reference
-    if container.is_container(chosen.path):
-        if reference is None:
-            raise VmError("the snapshot is encrypted but the VM has no key safe", chosen.path)
-        raw = container.read_file(chosen.path, keys.unlock(reference))
-    else:
-        raw = chosen.path.read_bytes()
+    body = read_home_json(vm, VmFile(chosen.path, FileKind.SNAPSHOT_MEMORY), keys, FORMAT, "snapshot")
     try:
-        body = json.loads(raw)
-        if body.get("format") != FORMAT:
-            raise ValueError(f"format {body.get('format')!r}")
         nvram = base64.b64decode(body["nvram"], validate=True)
     except (ValueError, KeyError, TypeError) as exc:
         raise VmError(f"the snapshot cannot be read ({exc})", chosen.path) from None

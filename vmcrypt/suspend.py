@@ -12,16 +12,13 @@ Transient objects and sessions do not survive, as across a TPM Resume.
 from __future__ import annotations
 
 import datetime
-import json
 import socket
 import struct
 
-from vmcrypt import container
-from vmcrypt.atomic import write_atomic
 from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
-from vmcrypt.vm_encryption import read_vmx
+from vmcrypt.home_json import read_home_json, write_home_json
 from vmcrypt.vm_vtpm import VmNvramStore
 from vtpm.state import SavedState
 
@@ -68,12 +65,9 @@ def write_suspend_state(vm: VmHome, home: str, tpm_started: bool) -> None:
             if state.saved is None:
                 raise VmError("the vTPM has no saved state after Shutdown(STATE)", vm.nvram_path)
             saved = {str(bank): [v.hex() for v in values] for bank, values in state.saved.pcrs.items()}
-        body = json.dumps({"format": FORMAT, "vm": vm.name, "tpm_started": tpm_started, "saved_pcrs": saved,
-                           "suspended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}).encode()
-        if store.key is None:
-            write_atomic(target.path, body)
-        else:
-            container.write_file(target.path, body, store.key, label=target.label)
+        body = {"format": FORMAT, "vm": vm.name, "tpm_started": tpm_started, "saved_pcrs": saved,
+                "suspended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        write_home_json(target, body, store.key)
         if saved is not None:
             state.saved = None
             store.save(state.to_bytes())
@@ -83,20 +77,7 @@ def read_suspend_state(vm: VmHome, keys: KeyManager) -> dict:
     target = suspend_file(vm)
     if not target.path.exists():
         raise VmError("the VM is not suspended (no .vmss)", vm.vmx_path)
-    if container.is_container(target.path):
-        reference = read_vmx(vm, None).reference
-        if reference is None:
-            raise VmError("the .vmss is encrypted but the VM has no key safe", target.path)
-        raw = container.read_file(target.path, keys.unlock(reference))
-    else:
-        raw = target.path.read_bytes()
-    try:
-        body = json.loads(raw)
-        if body.get("format") != FORMAT:
-            raise ValueError(f"format {body.get('format')!r}")
-        return body
-    except ValueError as exc:
-        raise VmError(f"the suspend state cannot be read ({exc})", target.path) from None
+    return read_home_json(vm, target, keys, FORMAT, "suspend state")
 
 
 def restore_tpm_state(vm: VmHome, home: str, body: dict) -> None:
