@@ -180,7 +180,7 @@ def cmd_provider_add_native(args: argparse.Namespace) -> None:
 def cmd_provider_add_kmip(args: argparse.Namespace) -> None:
     provider = _keys(args).registry.add_kmip(
         args.name, args.server, args.ca, args.cert, args.key,
-        timeout=args.timeout, cache_seconds=args.cache_seconds, make_default=args.default)
+        timeout=args.timeout, cache_seconds=args.cache_seconds, make_default=args.default, provider_id=args.id)
     servers = ", ".join(args.server)
     _emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind, "servers": args.server},
           f"added KMIP key provider {provider.name} ({provider.provider_id}): {servers}")
@@ -459,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     kmip.add_argument("--cache-seconds", type=float, default=300,
                       help="keep fetched KEKs in memory this long; 0 disables (default 300)")
     kmip.add_argument("--default", action="store_true", help="make it the default provider")
+    kmip.add_argument("--id", help="reuse the provider id another management home gave this cluster "
+                      "(disaster recovery: VMs name their provider by id)")
     probe = command(prov_commands, "test", cmd_provider_test, "create, fetch and destroy a probe key")
     probe.add_argument("name", help="provider name or id")
     default_cmd = command(prov_commands, "set-default", cmd_provider_set_default, "make a provider the default")

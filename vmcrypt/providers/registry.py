@@ -86,9 +86,21 @@ class ProviderRegistry:
         timeout: float = DEFAULT_TIMEOUT,
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         make_default: bool = False,
+        provider_id: str | None = None,
     ) -> KeyProvider:
-        """Configure a KMIP cluster; paths are stored absolute so any working directory can use them."""
+        """Configure a KMIP cluster; paths are stored absolute so any working directory can use them.
+
+        ``provider_id`` reconnects a cluster another management home already used (disaster
+        recovery, a second installation): VMs name their provider by id in their key safe.
+        """
         config = self._read()
+        if provider_id is not None:
+            try:
+                provider_id = str(uuid.UUID(provider_id))
+            except ValueError:
+                raise KeyProviderError(f"provider id {provider_id!r} is not a UUID") from None
+            if any(p["provider_id"] == provider_id for p in config["providers"]):
+                raise KeyProviderError(f"a key provider with id {provider_id} already exists")
         if any(p["name"] == name for p in config["providers"]):
             raise KeyProviderError(f"a key provider named {name!r} already exists")
         if not servers:
@@ -108,7 +120,7 @@ class ProviderRegistry:
             "timeout": float(timeout),
             "cache_seconds": float(cache_seconds),
         }
-        entry = ProviderConfig(str(uuid.uuid4()), name, KmipKeyProvider.kind, settings)
+        entry = ProviderConfig(provider_id or str(uuid.uuid4()), name, KmipKeyProvider.kind, settings)
         config["providers"].append(asdict(entry))
         if make_default:
             config["default"] = entry.provider_id

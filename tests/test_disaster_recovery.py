@@ -1,0 +1,88 @@
+"""Disaster recovery: the management home is lost; a new one on the same KMIP cluster gets the VM back.
+
+Real pykmip-server, real vTPM processes, real tpm2-tools. Also tried: a home that
+is not connected to the VM's key provider must refuse to register it, with the
+VM's files unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import snapshot
+from kmip_server import make_pki, start_server
+from vmcrypt.errors import KeyProviderError
+from vmcrypt.management import Management
+
+
+@pytest.fixture(scope="module")
+def kms(tmp_path_factory: pytest.TempPathFactory):
+    pki = make_pki(tmp_path_factory.mktemp("dr-pki"))
+    server = start_server(tmp_path_factory.mktemp("dr-kmip"), pki)
+    yield pki, server
+    server.stop()
+
+
+def _home(path: Path, pki, server, provider_id: str | None = None) -> tuple[Management, str]:
+    management = Management(path)
+    provider = management.keys.registry.add_kmip("corp-kms", [server.address], pki.ca, pki.client_cert,
+                                                 pki.client_key, make_default=True, provider_id=provider_id)
+    management.bootstrap("admin", "pw")
+    return management, provider.provider_id
+
+
+def _tools(port: int, *args: str, stdin: bytes | None = None) -> str:
+    env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
+    done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+def test_new_home_same_kms_same_vtpm(tmp_path: Path, kms) -> None:
+    pki, server = kms
+    datastore = tmp_path / "ds1"
+    first, provider_id = _home(tmp_path / "home-a", pki, server)
+    admin = first.login("admin", "pw")
+    admin.add_datastore("ds1", datastore)
+    admin.create_vm("ds1", "vm1")
+    record = admin.add_vtpm("vm1")
+    assert record.provider_id == provider_id
+    on = admin.power_on("vm1")
+    _tools(on.vtpm_port, "tpm2_startup", "-c")
+    _tools(on.vtpm_port, "tpm2_nvdefine", "0x1500060", "-C", "o", "-s", "2", "-a", "ownerread|ownerwrite")
+    _tools(on.vtpm_port, "tpm2_nvwrite", "0x1500060", "-C", "o", "-i", "-", stdin=b"DR")
+    _tools(on.vtpm_port, "tpm2_createek", "-c", str(tmp_path / "ek.ctx"), "-G", "ecc", "-u", str(tmp_path / "ek-a.pem"), "-f", "pem")
+    admin.power_off("vm1")
+    first.close()
+    shutil.rmtree(tmp_path / "home-a")  # the management plane is gone; the datastore and the KMS remain
+
+    # a home that does not know the VM's key provider cannot take the VM
+    stranger = Management(tmp_path / "home-x")
+    stranger.bootstrap("admin", "pw")
+    outsider = stranger.login("admin", "pw")
+    outsider.add_datastore("ds1", datastore)
+    before = snapshot(datastore)
+    with pytest.raises(KeyProviderError, match=f"no key provider '{provider_id}'"):
+        outsider.register_vm(datastore / "vm1" / "vm1.vmx", "ds1")
+    assert snapshot(datastore) == before and stranger.inventory.vms() == []
+
+    second, same_id = _home(tmp_path / "home-b", pki, server, provider_id=provider_id)
+    assert same_id == provider_id
+    admin = second.login("admin", "pw")
+    admin.add_datastore("ds1", datastore)
+    restored = admin.register_vm(datastore / "vm1" / "vm1.vmx", "ds1")
+    assert restored.vtpm and restored.encrypted
+    on = admin.power_on("vm1")
+    _tools(on.vtpm_port, "tpm2_startup", "-c")
+    out = tmp_path / "nv"
+    _tools(on.vtpm_port, "tpm2_nvread", "0x1500060", "-C", "o", "-o", str(out))
+    _tools(on.vtpm_port, "tpm2_createek", "-c", str(tmp_path / "ek2.ctx"), "-G", "ecc", "-u", str(tmp_path / "ek-b.pem"), "-f", "pem")
+    admin.power_off("vm1")
+    assert out.read_bytes() == b"DR"
+    assert (tmp_path / "ek-b.pem").read_bytes() == (tmp_path / "ek-a.pem").read_bytes()
+    second.close()
