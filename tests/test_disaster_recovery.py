@@ -86,3 +86,46 @@ def test_new_home_same_kms_same_vtpm(tmp_path: Path, kms) -> None:
     assert out.read_bytes() == b"DR"
     assert (tmp_path / "ek-b.pem").read_bytes() == (tmp_path / "ek-a.pem").read_bytes()
     second.close()
+
+
+def test_cold_migration_to_another_home(tmp_path: Path, kms, vmcrypt_cli) -> None:
+    """Through the CLI: refused while powered on and towards a home without the KMS; then moved and working."""
+    from vmcrypt.errors import VmError
+
+    pki, server = kms
+    source, provider_id = _home(tmp_path / "home-a", pki, server)
+    admin = source.login("admin", "pw")
+    admin.add_datastore("ds1", tmp_path / "ds1")
+    admin.create_vm("ds1", "vm1")
+    admin.add_vtpm("vm1")
+    on = admin.power_on("vm1")
+    _tools(on.vtpm_port, "tpm2_startup", "-c")
+    _tools(on.vtpm_port, "tpm2_nvdefine", "0x1500061", "-C", "o", "-s", "3", "-a", "ownerread|ownerwrite")
+    _tools(on.vtpm_port, "tpm2_nvwrite", "0x1500061", "-C", "o", "-i", "-", stdin=b"MIG")
+
+    target, _ = _home(tmp_path / "home-b", pki, server, provider_id=provider_id)
+    target.login("admin", "pw").add_datastore("ds2", tmp_path / "ds2")
+    lonely = Management(tmp_path / "home-c")
+    lonely.bootstrap("admin", "pw")
+    lonely.login("admin", "pw").add_datastore("ds3", tmp_path / "ds3")
+    env = {"VMCRYPT_PASSWORD": "pw"}
+    live = vmcrypt_cli("--home", str(tmp_path / "home-a"), "--user", "admin", "vm", "migrate", "vm1",
+                       "--datastore", "ds2", "--to-home", str(tmp_path / "home-b"), env=env)
+    assert live.returncode == 1 and "live migration" in live.stderr
+    admin.power_off("vm1")
+    before = snapshot(tmp_path / "ds1")
+    with pytest.raises(VmError, match="no access to the VM's key provider"):
+        admin.migrate_to_home("vm1", lonely.login("admin", "pw"), "ds3")
+    assert snapshot(tmp_path / "ds1") == before and list((tmp_path / "ds3").iterdir()) == []
+
+    moved = vmcrypt_cli("--home", str(tmp_path / "home-a"), "--user", "admin", "vm", "migrate", "vm1",
+                        "--datastore", "ds2", "--to-home", str(tmp_path / "home-b"), env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert not (tmp_path / "ds1" / "vm1").exists() and source.inventory.vms() == []
+    admin_b = target.login("admin", "pw")
+    on = admin_b.power_on("vm1")
+    _tools(on.vtpm_port, "tpm2_startup", "-c")
+    out = tmp_path / "nv"
+    _tools(on.vtpm_port, "tpm2_nvread", "0x1500061", "-C", "o", "-o", str(out))
+    admin_b.power_off("vm1")
+    assert out.read_bytes() == b"MIG"

@@ -24,6 +24,7 @@ from vmcrypt.rbac import Operation
 
 PASSWORD_ENV = "VMCRYPT_PASSWORD"
 NEW_PASSWORD_ENV = "VMCRYPT_NEW_PASSWORD"
+TO_PASSWORD_ENV = "VMCRYPT_TO_PASSWORD"
 T = TypeVar("T")
 
 
@@ -189,6 +190,14 @@ def cmd_clone(args: argparse.Namespace) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
+    if args.to_home:
+        source = session(args)
+        target_user = args.to_user or args.user
+        password = os.environ.get(TO_PASSWORD_ENV) or _password(PASSWORD_ENV, f"Password for {target_user} at {args.to_home}: ")
+        target = Management(args.to_home).login(target_user, password)
+        record = source.migrate_to_home(args.name, target, args.datastore)
+        _emit(args, _vm_row(record), f"{record.name} migrated to {args.to_home} datastore {record.datastore}")
+        return
     record = session(args).migrate(args.name, args.datastore)
     _emit(args, _vm_row(record), f"{record.name} migrated to {record.datastore} ({record.vmx_path})")
 
@@ -292,6 +301,8 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     migrate = command(vm_commands, "migrate", cmd_migrate, "cold-migrate a powered-off VM to another datastore")
     migrate.add_argument("name", help="the VM's inventory name")
     migrate.add_argument("--datastore", required=True, help="target datastore")
+    migrate.add_argument("--to-home", help="another management home (installation) sharing the key provider")
+    migrate.add_argument("--to-user", help=f"user in that home (default: the same name; password: ${TO_PASSWORD_ENV})")
     command(vm_commands, "list", cmd_vm_list, "VMs you may see, with power and encryption state")
     down = command(vm_commands, "download", cmd_download, "download a file of the VM from its datastore")
     down.add_argument("name", help="the VM's inventory name")

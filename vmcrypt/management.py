@@ -244,6 +244,44 @@ class UserSession:
             return self.register_created(vm.vmx_path, datastore)
         return self.checked(Operation.RESTORE, ("datastore", datastore), manifest.encrypted, act, detail=str(archive))
 
+    def migrate_to_home(self, name: str, target: "UserSession", datastore: str) -> VmRecord:
+        """Cold migration to another management home (another installation) sharing the key provider.
+
+        Refused while the VM runs (no live migration across installations) and when the
+        target cannot fetch the VM's key; the source stays whole until the target has
+        registered the copy.
+        """
+        record, vm = self._vm(name)
+
+        def act() -> VmRecord:
+            if record.power_state != "off":
+                raise VmError("live migration to another management home is not supported: power the VM off first",
+                              vm.vmx_path)
+            reference = read_vmx(vm, None).reference
+            if reference is not None:
+                try:
+                    target.m.keys.unlock(reference)
+                except VmcryptError as exc:
+                    raise VmError(f"the target management home has no access to the VM's key provider: {exc.reason}",
+                                  vm.vmx_path) from None
+            destination = target.inventory.datastore_path(datastore) / vm.directory.name
+            if destination.exists():
+                raise VmError(f"{destination} already exists", destination)
+            staging = destination.with_name(f".{destination.name}.migrating")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(vm.directory, staging)
+            staging.rename(destination)
+            try:
+                moved = target.register_vm(destination / vm.vmx_path.name, datastore)
+            except BaseException:
+                shutil.rmtree(destination, ignore_errors=True)
+                raise
+            self.inventory.remove_vm(name)
+            shutil.rmtree(vm.directory)
+            return moved
+        return self.checked(Operation.MIGRATE_AWAY, ("vm", name), record.encrypted, act,
+                            detail=f"to {target.m.home} datastore {datastore}")
+
     def delete_vm(self, name: str) -> None:
         """Remove the VM from the inventory and its directory from the datastore."""
         record, vm = self._vm(name)

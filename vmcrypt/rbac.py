@@ -82,6 +82,7 @@ class Operation(str, enum.Enum):
     POWER_OFF = "power off"
     SUSPEND = "suspend"
     MIGRATE = "migrate"
+    MIGRATE_AWAY = "migrate to another management home"
     BACKUP = "back up"
     RESTORE = "restore"
     CONSOLE = "open console"
@@ -110,6 +111,7 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.POWER_OFF: frozenset({Privilege.POWER_OFF}),
     Operation.SUSPEND: frozenset({Privilege.SUSPEND}),
     Operation.MIGRATE: frozenset({Privilege.COLD_MIGRATE}),
+    Operation.MIGRATE_AWAY: frozenset({Privilege.COLD_MIGRATE}),
     Operation.BACKUP: frozenset({Privilege.DATASTORE_BROWSE, Privilege.DATASTORE_FILES}),
     Operation.RESTORE: frozenset({Privilege.VM_REGISTER, Privilege.DATASTORE_FILES}),
     Operation.CONSOLE: frozenset({Privilege.CONSOLE}),
@@ -134,6 +136,7 @@ _ON_ENCRYPTED: dict[Operation, frozenset[Privilege]] = {
     Operation.REGISTER: frozenset({Privilege.CRYPTO_REGISTER_VM}),
     Operation.CLONE: frozenset({Privilege.CRYPTO_CLONE}),
     Operation.BACKUP: frozenset({Privilege.CRYPTO_ACCESS}),
+    Operation.MIGRATE_AWAY: frozenset({Privilege.CRYPTO_MIGRATE}),
     Operation.RESTORE: frozenset({Privilege.CRYPTO_REGISTER_VM}),
 }
 
