@@ -129,3 +129,46 @@ def test_cold_migration_to_another_home(tmp_path: Path, kms, vmcrypt_cli) -> Non
     _tools(on.vtpm_port, "tpm2_nvread", "0x1500061", "-C", "o", "-o", str(out))
     admin_b.power_off("vm1")
     assert out.read_bytes() == b"MIG"
+
+
+def test_power_ons_survive_a_kms_crash(tmp_path: Path, kms) -> None:
+    """Two KMIP servers in one provider; the first is SIGKILLed mid-run; every power-on still succeeds.
+
+    Each power-on starts a new vTPM process that fetches the VM's key (no cache to lean on).
+    With both servers down, power-on fails naming both and nothing on disk changes.
+    """
+    from kmip_server import start_server as start
+    from test_kmip import register_copy
+    from vmcrypt.errors import VmError
+
+    pki, _ = kms
+    first, second = start(tmp_path / "kms1", pki), start(tmp_path / "kms2", pki)
+    try:
+        management = Management(tmp_path / "home")
+        management.keys.registry.add_kmip("cluster", [first.address, second.address], pki.ca, pki.client_cert,
+                                          pki.client_key, make_default=True, cache_seconds=0)
+        management.bootstrap("admin", "pw")
+        admin = management.login("admin", "pw")
+        admin.add_datastore("ds1", tmp_path / "ds1")
+        admin.create_vm("ds1", "vm1")
+        record = admin.add_vtpm("vm1")
+        provider = management.keys.registry.get("cluster")
+        register_copy(pki, second, record.key_id, provider.get_key(record.key_id))
+        provider.close()
+        for round_number in range(6):
+            if round_number == 3:
+                first.kill()
+            on = admin.power_on("vm1")
+            _tools(on.vtpm_port, "tpm2_startup", "-c")  # the guest's firmware
+            assert len(_tools(on.vtpm_port, "tpm2_getrandom", "--hex", "4").strip()) == 8
+            admin.power_off("vm1")
+        second.stop()
+        before = snapshot(tmp_path / "ds1")
+        with pytest.raises(VmError, match="no KMIP server of provider 'cluster' answered"):
+            admin.power_on("vm1")
+        assert snapshot(tmp_path / "ds1") == before
+        assert management.inventory.vm("vm1").power_state == "off"
+        management.close()
+    finally:
+        first.stop()
+        second.stop()
