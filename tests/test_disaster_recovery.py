@@ -85,6 +85,28 @@ def test_new_home_same_kms_same_vtpm(tmp_path: Path, kms) -> None:
     admin.power_off("vm1")
     assert out.read_bytes() == b"DR"
     assert (tmp_path / "ek-b.pem").read_bytes() == (tmp_path / "ek-a.pem").read_bytes()
+
+    # rekeying on the KMS works as with the native provider; the vTPM keeps its contents
+    old_key = admin.vm("vm1").key_id
+    rekeyed = admin.rekey("vm1")
+    assert rekeyed.key_id != old_key and rekeyed.provider_id == provider_id
+    on = admin.power_on("vm1")
+    _tools(on.vtpm_port, "tpm2_startup", "-c")
+    _tools(on.vtpm_port, "tpm2_nvread", "0x1500060", "-C", "o", "-o", str(out))
+    admin.power_off("vm1")
+    assert out.read_bytes() == b"DR"
+
+    # a backup whose key is then destroyed on the KMS cannot be restored, and nothing is written
+    archive = tmp_path / "vm1.tar"
+    admin.backup("vm1", archive)
+    assert admin.vm("vm1").key_id == rekeyed.key_id
+    admin.delete_vm("vm1", destroy_key=True)  # revoked and destroyed on the KMS
+    later = Management(tmp_path / "home-b").login("admin", "pw")  # a new process: nothing cached
+    from vmcrypt.backup import BackupError
+
+    with pytest.raises(BackupError, match="key is not available"):
+        later.restore(archive, "ds1")
+    assert list(datastore.iterdir()) == []
     second.close()
 
 

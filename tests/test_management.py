@@ -74,6 +74,8 @@ def _attempt(session, operation: str, vm: str):
         return session.clone(vm, f"{vm}-copy")
     if operation == "migrate":
         return session.migrate(vm, "ds2")
+    if operation == "delete with key":
+        return session.delete_vm(vm, destroy_key=True)
     raise AssertionError(operation)
 
 
@@ -98,6 +100,7 @@ CASES = [
     ("admin", "clone", "enc", None),
     ("nocrypto", "migrate", "enc", None), ("nocrypto", "migrate", "plain", None),
     ("reader", "migrate", "enc", Privilege.COLD_MIGRATE),
+    ("nocrypto", "delete with key", "enc", Privilege.CRYPTO_MANAGE_KEYS),
 ]
 
 

@@ -209,8 +209,9 @@ def cmd_host_add(args: argparse.Namespace) -> None:
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
-    session(args).delete_vm(args.name)
-    _emit(args, {"deleted": args.name}, f"deleted {args.name} (inventory and files)")
+    session(args).delete_vm(args.name, destroy_key=args.destroy_key)
+    gone = "inventory, files and key" if args.destroy_key else "inventory and files; its key stays for backups"
+    _emit(args, {"deleted": args.name, "key_destroyed": args.destroy_key}, f"deleted {args.name} ({gone})")
 
 
 def _manifest_row(manifest: Any) -> dict[str, Any]:
@@ -288,9 +289,12 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
                              ("resume", cmd_resume, "resume a suspended VM: the vTPM continues with its PCRs"),
                              ("console", cmd_console, "open the console: prints a one-time console ticket"),
                              ("browse", cmd_browse, "list the VM's files on its datastore"),
-                             ("snapshot", cmd_snapshot, "snapshot the VM's vTPM and EFI state into an encrypted .vmsn"),
-                             ("delete", cmd_delete, "delete the VM: inventory entry and files")):
+                             ("snapshot", cmd_snapshot, "snapshot the VM's vTPM and EFI state into an encrypted .vmsn")):
         command(vm_commands, name, func, text).add_argument("name", help="the VM's inventory name")
+    delete = command(vm_commands, "delete", cmd_delete, "delete the VM: inventory entry and files")
+    delete.add_argument("name", help="the VM's inventory name")
+    delete.add_argument("--destroy-key", action="store_true",
+                        help="also destroy its KEK at the key provider (its backups become unrestorable)")
     revert = command(vm_commands, "revert", cmd_revert, "revert to a snapshot (the latest by default)")
     revert.add_argument("name", help="the VM's inventory name")
     revert.add_argument("--number", type=int, help="snapshot number")

@@ -282,15 +282,22 @@ class UserSession:
         return self.checked(Operation.MIGRATE_AWAY, ("vm", name), record.encrypted, act,
                             detail=f"to {target.m.home} datastore {datastore}")
 
-    def delete_vm(self, name: str) -> None:
-        """Remove the VM from the inventory and its directory from the datastore."""
+    def delete_vm(self, name: str, *, destroy_key: bool = False) -> None:
+        """Remove the VM from the inventory and its directory from the datastore.
+
+        The VM's KEK stays at its provider unless ``destroy_key``: backups of the VM
+        remain restorable only while it exists. Destroying it needs Cryptographer.ManageKeys.
+        """
         record, vm = self._vm(name)
 
         def act() -> None:
             self._require_off(record)
             shutil.rmtree(vm.directory)
             self.inventory.remove_vm(name)
-        self.checked(Operation.DELETE, ("vm", name), record.encrypted, act)
+            if destroy_key and record.provider_id and record.key_id:
+                self.m.keys.registry.get(record.provider_id).destroy_key(record.key_id)
+        operation = Operation.DELETE_WITH_KEY if destroy_key else Operation.DELETE
+        self.checked(operation, ("vm", name), record.encrypted, act)
 
     def clone(self, name: str, new_name: str, *, exact: bool = False) -> VmRecord:
         """A new VM in the same datastore; new identity unless ``exact`` (which needs Cryptographer.Clone)."""

@@ -95,6 +95,7 @@ class Operation(str, enum.Enum):
     CLONE_EXACT = "clone with the same vTPM"
     REVERT = "revert to snapshot"
     DELETE = "delete"
+    DELETE_WITH_KEY = "delete and destroy its key"
     ADD_DATASTORE = "add datastore"
     ADD_HOST = "add host"
     MANAGE_USERS = "manage users and permissions"
@@ -123,6 +124,7 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.ADD_HOST: frozenset({Privilege.HOST_ADD}),
     Operation.MANAGE_USERS: frozenset({Privilege.MODIFY_PERMISSIONS}),
     Operation.DELETE: frozenset({Privilege.VM_DELETE}),
+    Operation.DELETE_WITH_KEY: frozenset({Privilege.VM_DELETE, Privilege.CRYPTO_MANAGE_KEYS}),
     Operation.SNAPSHOT: frozenset({Privilege.CREATE_SNAPSHOT}),
     Operation.CLONE: frozenset({Privilege.CLONE}),
     Operation.CLONE_EXACT: frozenset({Privilege.CLONE, Privilege.CRYPTO_CLONE}),
