@@ -2,7 +2,7 @@
 
 One group, two benchmarks over one persistent connection:
 
-- uncached: every get locates the key by name and fetches it (the cache is off)
+- uncached: every get is one KMIP Get at the uid in the key id (the cache is off)
 - cached: every get is served from the provider's in-memory KEK cache
 
 Each benchmark also records the round trips and fetches per get in its
@@ -58,5 +58,6 @@ def test_kek_fetch(benchmark, kms, cache_seconds: float) -> None:
         assert provider.round_trips == start_trips
     else:
         assert provider.fetches - start_fetches == calls
+        assert provider.round_trips - start_trips == calls  # one round trip per uncached get
     provider.destroy_key(key_id)
     provider.close()

@@ -157,6 +157,8 @@ def test_power_ons_survive_a_kms_crash(tmp_path: Path, kms) -> None:
     """Two KMIP servers in one provider; the first is SIGKILLed mid-run; every power-on still succeeds.
 
     Each power-on starts a new vTPM process that fetches the VM's key (no cache to lean on).
+    On the second server the key id's uid hint names a decoy key: the KEK fails to unwrap and
+    is fetched again by name.
     With both servers down, power-on fails naming both and nothing on disk changes.
     """
     from kmip_server import start_server as start
@@ -175,6 +177,11 @@ def test_power_ons_survive_a_kms_crash(tmp_path: Path, kms) -> None:
         admin.create_vm("ds1", "vm1")
         record = admin.add_vtpm("vm1")
         provider = management.keys.registry.get("cluster")
+        # the second server numbers its objects differently: a decoy takes the uid the first server gave
+        from vmcrypt.providers.kmip import split_key_id
+
+        assert split_key_id(record.key_id)[1] == "1"  # the VM's KEK was the first object on the first server
+        register_copy(pki, second, "00000000-0000-4000-8000-000000000000", os.urandom(32))
         register_copy(pki, second, record.key_id, provider.get_key(record.key_id))
         provider.close()
         for round_number in range(6):

@@ -16,7 +16,7 @@ import pytest
 from conftest import snapshot
 from kmip_server import KmipServer, Pki, make_pki, start_server
 from vmcrypt.errors import KeyNotFoundError, KeyProviderError
-from vmcrypt.providers.kmip import KmipKeyProvider, KmipSettings, parse_server
+from vmcrypt.providers.kmip import KmipKeyProvider, KmipSettings, parse_server, split_key_id
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,8 @@ def register_copy(pki: Pki, server: KmipServer, key_id: str, material: bytes) ->
 
     host, port = parse_server(server.address)
     key = SymmetricKey(enums.CryptographicAlgorithm.AES, 256, material,
-                       [enums.CryptographicUsageMask.ENCRYPT, enums.CryptographicUsageMask.DECRYPT], name=key_id)
+                       [enums.CryptographicUsageMask.ENCRYPT, enums.CryptographicUsageMask.DECRYPT],
+                       name=split_key_id(key_id)[0])
     with ProxyKmipClient(hostname=host, port=port, cert=str(pki.client_cert), key=str(pki.client_key),
                          ca=str(pki.ca)) as client:
         client.activate(client.register(key))
@@ -75,6 +76,7 @@ def test_cache_avoids_round_trips(pki: Pki, server: KmipServer) -> None:
     before = (provider.round_trips, provider.fetches)
     first = provider.get_key(key_id)
     assert provider.fetches - before[1] == 1
+    assert provider.round_trips - before[0] == 1  # one Get at the uid the creating server gave
     middle = provider.round_trips
     assert provider.get_key(key_id) == first
     assert provider.round_trips == middle  # served from memory: no round trip at all

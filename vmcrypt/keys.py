@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.keywrap import (
 )
 
 from vmcrypt.container import ContainerHeader
-from vmcrypt.errors import KeyProviderError, WrongKeyError
+from vmcrypt.errors import WrongKeyError
 from vmcrypt.keyref import DataKey, KeyReference, WrapAlgorithm
 from vmcrypt.providers.base import KeyProvider
 from vmcrypt.providers.registry import ProviderRegistry
@@ -84,11 +84,14 @@ class KeyManager:
 
     def unlock(self, reference: KeyReference) -> DataKey:
         """Fetch the KEK named by ``reference`` and unwrap its DEK."""
+        kek = self._kek(reference.provider_id, reference.key_id)
         try:
-            kek = self._kek(reference.provider_id, reference.key_id)
-        except KeyProviderError:
-            raise
-        return DataKey(unwrap_dek(kek, reference), reference)
+            return DataKey(unwrap_dek(kek, reference), reference)
+        except WrongKeyError:
+            # a provider's fast path (e.g. a KMIP uid hint) may have named another key: ask once more, surely
+            kek = self.registry.get(reference.provider_id).get_key_again(reference.key_id)
+            self._kek_cache[(reference.provider_id, reference.key_id)] = kek
+            return DataKey(unwrap_dek(kek, reference), reference)
 
     def header_key(self, header: ContainerHeader) -> bytes:
         """Key source for container reads: unwrap the DEK named in the file's own header."""

@@ -53,6 +53,15 @@ class KmipSettings:
                    float(data.get("cache_seconds", DEFAULT_CACHE_SECONDS)))
 
 
+UID_SEPARATOR = "@"
+
+
+def split_key_id(key_id: str) -> tuple[str, str | None]:
+    """Our key id: the key's KMIP Name, then ``@uid`` on the server that created it (a fetch hint)."""
+    name, _, uid = key_id.partition(UID_SEPARATOR)
+    return name, uid or None
+
+
 def parse_server(server: str) -> tuple[str, int]:
     """Split ``host:port``; a KMIP cluster's servers may each listen on their own port."""
     host, sep, port = server.rpartition(":")
@@ -175,18 +184,31 @@ class KmipKeyProvider(KeyProvider):
         """A fresh id per attempt: a retried create never gives one name two different keys."""
         from kmip import enums
 
-        key_id = str(uuid.uuid4())
+        name = str(uuid.uuid4())
         mask = [enums.CryptographicUsageMask.ENCRYPT, enums.CryptographicUsageMask.DECRYPT,
                 enums.CryptographicUsageMask.WRAP_KEY, enums.CryptographicUsageMask.UNWRAP_KEY]
         uid = self._request(client.create, enums.CryptographicAlgorithm.AES, KEK_SIZE * 8,
-                            name=key_id, cryptographic_usage_mask=mask)
+                            name=name, cryptographic_usage_mask=mask)
         self._request(client.activate, uid)
-        return key_id
+        return f"{name}{UID_SEPARATOR}{uid}"
 
-    def _fetch(self, client: Any, key_id: str) -> bytes:
-        uid = self._require(client, key_id)[0]
+    def _fetch(self, client: Any, key_id: str, *, use_hint: bool = True) -> bytes:
+        """One Get at the creating server's uid when the id carries it, else Locate by name + Get.
+
+        Get does not return the Name, so a hinted fetch is checked where it is used: a KEK
+        that does not unwrap its DEK is fetched again by name (get_key_again).
+        """
+        from kmip.pie.exceptions import KmipOperationFailure
+
+        name, uid = split_key_id(key_id)
+        managed = None
+        if uid and use_hint:
+            with contextlib.suppress(KmipOperationFailure):  # not on this server: look it up by name
+                managed = self._request(client.get, uid)
+        if managed is None:
+            managed = self._request(client.get, self._require(client, name)[0])
         self.fetches += 1
-        material = bytes(self._request(client.get, uid).value)
+        material = bytes(managed.value)
         if len(material) != KEK_SIZE:
             raise KeyProviderError(f"KMIP key {key_id} holds {len(material)} bytes, not {KEK_SIZE}")
         return material
@@ -195,7 +217,7 @@ class KmipKeyProvider(KeyProvider):
         from kmip import enums
         from kmip.pie.exceptions import KmipOperationFailure
 
-        for uid in self._require(client, key_id):
+        for uid in self._require(client, split_key_id(key_id)[0]):
             with contextlib.suppress(KmipOperationFailure):  # not active: nothing to revoke
                 self._request(client.revoke, enums.RevocationReasonCode.CESSATION_OF_OPERATION, uid)
             self._request(client.destroy, uid)
@@ -211,7 +233,7 @@ class KmipKeyProvider(KeyProvider):
                 uuid.UUID(key_id)
                 created = values.get("Initial Date")
                 stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(created.value)) if created else ""
-                infos.append(KeyInfo(key_id, stamp, KeyState.ACTIVE))
+                infos.append(KeyInfo(f"{key_id}{UID_SEPARATOR}{uid}", stamp, KeyState.ACTIVE))
         return infos
 
     # ------------------------------------------------------------------ cache
@@ -244,6 +266,16 @@ class KmipKeyProvider(KeyProvider):
             return material
         try:
             material = self._call("get", lambda client: self._fetch(client, key_id))
+        except _KeyAbsent:
+            raise KeyNotFoundError(
+                f"key {key_id} is unknown to KMIP server {self.last_server} of provider {self.name!r}") from None
+        self._remember(key_id, material)
+        return material
+
+    def get_key_again(self, key_id: str) -> bytes:
+        self._cache.pop(key_id, None)
+        try:
+            material = self._call("get", lambda client: self._fetch(client, key_id, use_hint=False))
         except _KeyAbsent:
             raise KeyNotFoundError(
                 f"key {key_id} is unknown to KMIP server {self.last_server} of provider {self.name!r}") from None
