@@ -31,7 +31,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from tpm_helpers import ServerError, TpmConnection, flush_context, response_code, start_swtpm, start_vtpm, swtpm_path
+from tpm_helpers import TpmConnection, flush_context, response_code, start_swtpm, start_vtpm, require_swtpm
 from tpm_key_helpers import (
     KeyTargets,
     UniqueSource,
@@ -61,13 +61,7 @@ class Target:
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory):
     """One started server of each kind, a persistent connection to it, and its signing keys loaded."""
-    missing = None
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        missing = str(exc)
-    if missing:
-        pytest.fail(missing, pytrace=False)
+    require_swtpm()
     base = tmp_path_factory.mktemp("tpm-key-ops")
     servers = []
     prepared: dict[str, Target] = {}

@@ -22,14 +22,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from tpm_helpers import (
-    ServerError,
     command_sender,
     latency_commands,
     prepare_latency_target,
     response_code,
     start_swtpm,
     start_vtpm,
-    swtpm_path,
+    require_swtpm,
 )
 
 SERVERS = ("vtpm", "swtpm")
@@ -39,13 +38,7 @@ COMMANDS = latency_commands()
 @pytest.fixture(scope="module")
 def connections(tmp_path_factory):
     """One started server of each kind with a persistent, prepared connection to it."""
-    missing = None
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        missing = str(exc)
-    if missing:
-        pytest.fail(missing, pytrace=False)
+    require_swtpm()
     base = tmp_path_factory.mktemp("tpm-latency")
     servers = []
     conns = {}

@@ -50,7 +50,6 @@ from tpm_helpers import (
     TPMA_NV_OWNERWRITE,
     TPMA_NV_WRITEALL,
     NoResponse,
-    ServerError,
     TpmConnection,
     TpmServer,
     build_command,
@@ -74,7 +73,7 @@ from tpm_helpers import (
     start_swtpm,
     start_vtpm,
     startup,
-    swtpm_path,
+    require_swtpm,
     tpml_pcr_selection,
     u16,
     u32,
@@ -226,13 +225,7 @@ class Differential:
 @pytest.fixture
 def tpms(tmp_path: Path):
     """A fresh swtpm and a fresh vTPM, both after Startup(CLEAR), stopped (SIGTERM, then SIGKILL) afterwards."""
-    missing = None
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        missing = str(exc)
-    if missing:
-        pytest.fail(missing, pytrace=False)
+    require_swtpm()
     ref = start_swtpm(tmp_path / "swtpm-state")
     ours = None
     try:

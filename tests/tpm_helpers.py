@@ -491,6 +491,16 @@ def swtpm_path() -> str:
     return path
 
 
+def require_swtpm() -> None:
+    """Fail (never skip) the calling test when the reference TPM is not installed."""
+    import pytest
+
+    try:
+        swtpm_path()
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
 def _launch(name: str, argv_for_port, state_dir: Path, ready_for, env: dict[str, str] | None = None,
             attempts: int = 5, timeout: float = 20.0) -> TpmServer:
     state_dir.mkdir(parents=True, exist_ok=True)
