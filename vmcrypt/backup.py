@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,10 +195,7 @@ def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str
     if target.exists() and any(target.iterdir()):
         raise BackupError(f"{target} exists and is not empty", archive)
     staging = target.with_name(f".{target.name}.restoring")
-    if staging.exists():
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted restore
     staging.mkdir(mode=0o700, parents=True)
     try:
         with tarfile.open(archive, mode="r") as tar:
@@ -211,10 +209,7 @@ def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str
         staging.rename(target)
         fsync_directory(target.parent)
     except BaseException:
-        for leftover in staging.glob("*") if staging.exists() else ():
-            leftover.unlink()
-        if staging.exists():
-            staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)  # temp files included: nothing half-restored stays
         raise
     vm = VmHome(target / f"{manifest.vm}.vmx")
     if manifest.encrypted and container.is_container(vm.nvram_path):
