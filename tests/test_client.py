@@ -11,10 +11,12 @@ mssim platform port are driven too, and vmcrypt's suspend/resume over the socket
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -39,6 +41,17 @@ NV_ATTRIBUTES = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA
 HASHES = {ALG.SHA1: hashlib.sha1, ALG.SHA256: hashlib.sha256, ALG.SHA384: hashlib.sha384, ALG.SHA512: hashlib.sha512}
 
 
+@contextlib.contextmanager
+def served(server_class: type, **where: object) -> Iterator[tuple[TpmDevice, Any]]:
+    """A fresh vTPM served by ``server_class`` (SwtpmServer or MssimServer) in this process's threads."""
+    device = TpmDevice(Tpm())
+    server = server_class(device, **where).start()
+    try:
+        yield device, server
+    finally:
+        server.close()
+
+
 @pytest.fixture(params=TRANSPORTS)
 def client(request, tmp_path: Path) -> Iterator[TpmClient]:
     """A started TPM behind the transport named by the parameter."""
@@ -57,22 +70,16 @@ def client(request, tmp_path: Path) -> Iterator[TpmClient]:
         finally:
             server.stop()
         return
-    device = TpmDevice(Tpm())
-    port = free_port_pair()
+    port, path = free_port_pair(), str(tmp_path / "vtpm.sock")
     if kind == "swtpm-tcp":
-        served, connect = SwtpmServer(device, port=port), lambda: TpmClient.swtpm_tcp(port)
+        server, where, connect = SwtpmServer, {"port": port}, lambda: TpmClient.swtpm_tcp(port)
     elif kind == "swtpm-unix":
-        path = str(tmp_path / "vtpm.sock")
-        served, connect = SwtpmServer(device, unix_path=path), lambda: TpmClient.swtpm_unix(path)
+        server, where, connect = SwtpmServer, {"unix_path": path}, lambda: TpmClient.swtpm_unix(path)
     else:
-        served, connect = MssimServer(device, port=port), lambda: TpmClient.mssim(port)
-    served.start()
-    try:
-        with connect() as tpm:
-            tpm.startup()
-            yield tpm
-    finally:
-        served.close()
+        server, where, connect = MssimServer, {"port": port}, lambda: TpmClient.mssim(port)
+    with served(server, **where), connect() as tpm:
+        tpm.startup()
+        yield tpm
 
 
 def extend(alg: int, old: bytes, digest: bytes) -> bytes:
@@ -189,9 +196,7 @@ def test_in_process_client_keeps_its_api() -> None:
 def test_swtpm_control_channel_over_tcp_and_unix(tmp_path: Path) -> None:
     port = free_port_pair()
     path = str(tmp_path / "vtpm.sock")
-    device = TpmDevice(Tpm())
-    server = SwtpmServer(device, port=port, unix_path=path).start()
-    try:
+    with served(SwtpmServer, port=port, unix_path=path) as (device, server):
         for control, connect in ((SwtpmControl(port=port + 1), lambda: SocketTransport.tcp(port)),
                                  (SwtpmControl(path=path + ".ctrl"), lambda: SocketTransport.unix(path))):
             assert control.capabilities() & 0x1  # CMD_INIT
@@ -206,8 +211,6 @@ def test_swtpm_control_channel_over_tcp_and_unix(tmp_path: Path) -> None:
                 assert stopped.value.rc == RC.FAILURE
         assert SwtpmControl(port=port + 1).shutdown() == 0
         assert server.terminated.wait(5)
-    finally:
-        server.close()
     with pytest.raises(ValueError):
         SwtpmControl()
 
@@ -233,9 +236,7 @@ def test_swtpm_control_channel_of_the_reference(tmp_path: Path) -> None:
 
 def test_mssim_platform_power() -> None:
     port = free_port_pair()
-    device = TpmDevice(Tpm())
-    server = MssimServer(device, port=port).start()
-    try:
+    with served(MssimServer, port=port):
         transport = MssimTransport(port)
         with TpmClient(transport) as tpm:
             transport.power_on()
@@ -247,8 +248,6 @@ def test_mssim_platform_power() -> None:
             transport.power_on()
             tpm.startup()
             assert len(tpm.get_random(8)) == 8
-    finally:
-        server.close()
 
 
 def test_transport_errors() -> None:
@@ -264,9 +263,7 @@ def test_transport_errors() -> None:
 
 def test_suspend_and_resume_commands_over_the_socket(tmp_path: Path) -> None:
     port = free_port_pair()
-    device = TpmDevice(Tpm())
-    server = SwtpmServer(device, port=port).start()
-    try:
+    with served(SwtpmServer, port=port):
         assert save_tpm_state(port) is False  # never started: nothing to save
         with TpmClient.swtpm_tcp(port) as tpm:
             tpm.startup()
@@ -279,7 +276,5 @@ def test_suspend_and_resume_commands_over_the_socket(tmp_path: Path) -> None:
             assert tpm.pcr_read({ALG.SHA256: [7]}) == value  # Startup(STATE) kept the PCR
         with pytest.raises(VmError, match=r"refused Startup\(STATE\) \(response code 0x100\)"):
             resume_tpm_state(port, tmp_path / "vm.vmx")  # already started
-    finally:
-        server.close()
     with pytest.raises(VmError, match="did not answer"):
         save_tpm_state(port)

@@ -12,13 +12,14 @@ exact bytes and returns the response as it came.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vtpm import wire
 from vtpm.constants import ALG, CAP, CC, RC, RH, SU, TPMA_NV
 from vtpm.marshal.structures import TPML_TAGGED_TPM_PROPERTY
-from vtpm.transport import InProcessTransport, MssimTransport, SocketTransport, Transport
+from vtpm.transport import HOST, InProcessTransport, MssimTransport, SocketTransport, Transport
 
 # The EK Credential Profile's EK certificate index: written by the platform, readable by owner and
 # with its (empty) authValue, never deletable by the owner.
@@ -36,8 +37,9 @@ class TpmCommandError(Exception):
         self.rc = rc
 
 
-class TpmClient:
-    """Commands to one TPM. Not thread-safe: one command at a time, as on the TPM."""
+class TpmClient(contextlib.AbstractContextManager):
+    """Commands to one TPM. Not thread-safe: one command at a time, as on the TPM.
+    As a context manager it closes its transport."""
 
     def __init__(self, transport: Transport | Any, locality: int = 0) -> None:
         if not hasattr(transport, "transact"):  # an engine: Tpm.execute(locality, command)
@@ -45,7 +47,7 @@ class TpmClient:
         self.transport: Transport = transport
 
     @classmethod
-    def swtpm_tcp(cls, port: int, host: str = "127.0.0.1", timeout: float | None = 10.0) -> "TpmClient":
+    def swtpm_tcp(cls, port: int, host: str = HOST, timeout: float | None = 10.0) -> "TpmClient":
         return cls(SocketTransport.tcp(port, host, timeout))
 
     @classmethod
@@ -53,7 +55,7 @@ class TpmClient:
         return cls(SocketTransport.unix(path, timeout))
 
     @classmethod
-    def mssim(cls, port: int, host: str = "127.0.0.1", locality: int = 0) -> "TpmClient":
+    def mssim(cls, port: int, host: str = HOST, locality: int = 0) -> "TpmClient":
         return cls(MssimTransport(port, host, locality))
 
     @property
@@ -63,9 +65,6 @@ class TpmClient:
 
     def close(self) -> None:
         self.transport.close()
-
-    def __enter__(self) -> "TpmClient":
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
