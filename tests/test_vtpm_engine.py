@@ -19,31 +19,20 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vtpm import wire
 from vtpm.constants import ALG, CC, RC, RH, ST
 from vtpm.crypto import kdfa
 from vtpm.engine import COMMANDS, Tpm
 from vtpm.errors import TpmError
 from vtpm.state import TpmState
 
-PW = RH.PW
-
 
 def cmd(code: int, body: bytes = b"", *, handles: tuple[int, ...] = (), auth: bytes | None = None) -> bytes:
-    area = b"".join(h.to_bytes(4, "big") for h in handles)
-    tag = ST.NO_SESSIONS
-    if auth is not None:
-        tag = ST.SESSIONS
-        area += len(auth).to_bytes(4, "big") + auth
-    payload = area + body
-    return struct.pack(">HII", tag, 10 + len(payload), code) + payload
+    return wire.build_command(code, handles, body, auth)
 
 
-def pw(password: bytes = b"", attributes: int = 1, nonce: bytes = b"") -> bytes:
-    return PW.to_bytes(4, "big") + len(nonce).to_bytes(2, "big") + nonce + bytes([attributes]) + len(password).to_bytes(2, "big") + password
-
-
-def rc(response: bytes) -> int:
-    return int.from_bytes(response[6:10], "big")
+pw = wire.password_session  # (password=b"", attributes=continueSession, nonce=b"")
+rc = wire.response_code
 
 
 class FakeClock:

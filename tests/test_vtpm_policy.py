@@ -71,6 +71,7 @@ from tpm_helpers import (
     u64,
 )
 
+from vtpm.client import TpmClient
 from vtpm.engine import Tpm
 from vtpm.state import TpmState
 
@@ -155,14 +156,12 @@ class FakeClock:
         return self.ms
 
 
-class Client:
-    """Raw commands to an in-process engine, and the session bookkeeping a caller keeps."""
-
-    def __init__(self, tpm: Tpm) -> None:
-        self.tpm = tpm
+class Client(TpmClient):
+    """An in-process TpmClient with raw sends at any locality and the session bookkeeping a caller keeps."""
 
     def send(self, command: bytes, locality: int = 0) -> bytes:
-        return self.tpm.execute(locality, command)
+        self.transport.locality = locality
+        return self.transact(command)
 
     def rc(self, command: bytes, locality: int = 0) -> int:
         return response_code(self.send(command, locality))
@@ -180,11 +179,11 @@ class Client:
         self.tpm.volatile.sessions.clear()
 
     def digest(self, session: int) -> bytes:
-        response = self.ok(policy_simple("PolicyGetDigest", session))
-        return response[12 : 12 + int.from_bytes(response[10:12], "big")]
+        params = self.call(policy_simple("PolicyGetDigest", session)).parameters()
+        return params[2 : 2 + int.from_bytes(params[:2], "big")]
 
     def define(self, index: int, attributes: int, size: int, *, auth: bytes = b"", policy: bytes = b"") -> None:
-        self.ok(nv_define_space(index, attributes, size, auth=auth, policy=policy))
+        self.nv_define(index, attributes, size, auth_handle=TPM_RH_OWNER, auth=auth, policy=policy)
 
 
 @pytest.fixture
@@ -196,7 +195,7 @@ def clock() -> FakeClock:
 def client(clock: FakeClock) -> Client:
     engine = Tpm(TpmState.manufacture(), clock_ms=clock)
     c = Client(engine)
-    c.ok(build_command(CC["Startup"], params=u16(0)))
+    c.startup()
     return c
 
 

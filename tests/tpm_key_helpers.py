@@ -41,6 +41,7 @@ from tpm_helpers import (
     u32,
 )
 
+from vtpm import wire
 from vtpm.marshal.objects import TPMT_PUBLIC
 
 # ----------------------------------------------------------------------------- constants (Part 2)
@@ -140,8 +141,7 @@ EMPTY_SENSITIVE_CREATE = tpm2b(tpm2b(b"") + tpm2b(b""))  # TPM2B_SENSITIVE_CREAT
 
 def create_primary(template: bytes, hierarchy: int = TPM_RH_OWNER, password: bytes = b"") -> bytes:
     """CreatePrimary with an empty userAuth, no outsideInfo and no creation PCRs."""
-    params = EMPTY_SENSITIVE_CREATE + tpm2b(template) + tpm2b(b"") + u32(0)
-    return build_command(KEY_CC["CreatePrimary"], [hierarchy], params, auth=pw_session(password))
+    return wire.create_primary(template, hierarchy, password=password)
 
 
 def create(parent: int, template: bytes, password: bytes = b"") -> bytes:

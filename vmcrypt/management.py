@@ -465,7 +465,7 @@ class UserSession:
 
     def resume(self, name: str) -> VmRecord:
         """Power on from the .vmss: the vTPM comes back with Startup(STATE), its PCRs as they were."""
-        from vmcrypt.suspend import TPM_CC_STARTUP, TPM_SU_STATE, read_suspend_state, restore_tpm_state, tpm_command
+        from vmcrypt.suspend import read_suspend_state, restore_tpm_state, resume_tpm_state
 
         record, vm = self._vm(name)
 
@@ -478,10 +478,11 @@ class UserSession:
             if record.vtpm:
                 pid, port = self._serve_vtpm(vm)
                 if body.get("tpm_started"):
-                    rc = tpm_command(port, TPM_CC_STARTUP, TPM_SU_STATE)
-                    if rc != 0:
+                    try:
+                        resume_tpm_state(port, vm.vmx_path)
+                    except VmError:
                         _stop(pid)
-                        raise VmError(f"the vTPM refused Startup(STATE) (response code 0x{rc:03x})", vm.vmx_path)
+                        raise
             (vm.directory / f"{vm.name}.vmss").unlink()
             updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
             self.inventory.put_vm(updated)

@@ -12,47 +12,55 @@ Transient objects and sessions do not survive, as across a TPM Resume.
 from __future__ import annotations
 
 import datetime
-import socket
-import struct
+from pathlib import Path
 
 from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.home_json import read_home_json, write_home_json
 from vmcrypt.vm_vtpm import VmNvramStore
+from vtpm.client import TpmClient, TpmCommandError
+from vtpm.constants import RC
 from vtpm.state import SavedState
+from vtpm.transport import TransportError
 
 FORMAT = 1
-TPM_CC_STARTUP, TPM_CC_SHUTDOWN, TPM_SU_STATE = 0x144, 0x145, 0x0001
-TPM_RC_INITIALIZE = 0x100
 
 
 def suspend_file(vm: VmHome) -> VmFile:
     return VmFile(vm.directory / f"{vm.name}.vmss", FileKind.SUSPEND)
 
 
-def tpm_command(port: int, code: int, su: int, timeout: float = 10.0) -> int:
-    """Send Startup/Shutdown(su) to a served vTPM's data port; return the response code."""
-    command = struct.pack(">HIIH", 0x8001, 12, code, su)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(command)
-        response = b""
-        while len(response) < 10:
-            chunk = sock.recv(10 - len(response))
-            if not chunk:
-                raise VmError("the vTPM closed the connection")
-            response += chunk
-    return struct.unpack(">I", response[6:10])[0]
+def _state_command(port: int, startup: bool, path: Path | None = None) -> int:
+    """Startup(STATE) or Shutdown(STATE) on the vTPM served on ``port``; its response code."""
+    try:
+        with TpmClient.swtpm_tcp(port) as tpm:
+            if startup:
+                tpm.startup(clear=False)
+            else:
+                tpm.shutdown(clear=False)
+    except TpmCommandError as exc:
+        return exc.rc
+    except TransportError as exc:
+        raise VmError(f"the vTPM did not answer {'Startup' if startup else 'Shutdown'}(STATE): {exc}", path) from None
+    return RC.SUCCESS
 
 
 def save_tpm_state(port: int) -> bool:
     """Shutdown(STATE) on the running vTPM; False when the guest never started the TPM."""
-    rc = tpm_command(port, TPM_CC_SHUTDOWN, TPM_SU_STATE)
-    if rc == TPM_RC_INITIALIZE:
+    rc = _state_command(port, startup=False)
+    if rc == RC.INITIALIZE:
         return False
-    if rc != 0:
+    if rc != RC.SUCCESS:
         raise VmError(f"the vTPM refused Shutdown(STATE) (response code 0x{rc:03x})")
     return True
+
+
+def resume_tpm_state(port: int, vmx_path: Path) -> None:
+    """Startup(STATE) on the restarted vTPM: its PCRs come back as they were saved."""
+    rc = _state_command(port, startup=True, path=vmx_path)
+    if rc != RC.SUCCESS:
+        raise VmError(f"the vTPM refused Startup(STATE) (response code 0x{rc:03x})", vmx_path)
 
 
 def write_suspend_state(vm: VmHome, home: str, tpm_started: bool) -> None:

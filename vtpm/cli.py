@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from vtpm import wire
 from vtpm.constants import NT, TPMA_NV
 from vtpm.crypto import HASHES
 from vtpm.engine import Tpm
@@ -22,8 +23,6 @@ from vtpm.server.device import TpmDevice
 from vtpm.server.sockets import MssimServer, SwtpmServer
 from vtpm.state import TpmState
 from vtpm.storage import EncryptedStateStore, PlainStateStore, StateStore, StateStoreError, read_key_file
-
-STARTUP_CLEAR = bytes.fromhex("80010000000c000001440000")
 
 
 def open_store(args: argparse.Namespace) -> StateStore:
@@ -52,7 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state, created = load_or_manufacture(store)
     tpm = Tpm(state, persist=store.save)
     if args.startup_clear:
-        response = tpm.execute(0, STARTUP_CLEAR)
+        response = tpm.execute(0, wire.STARTUP_CLEAR)
         if response[6:10] != bytes(4):
             print(f"error: vtpm serve: Startup(CLEAR) failed: 0x{response[6:10].hex()}", file=sys.stderr)
             return 1

@@ -11,17 +11,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vtpm.constants import CC, RC, ST, SU
+from vtpm import wire
+from vtpm.constants import CC, RC
 from vtpm.engine import Tpm
 
 log = logging.getLogger(__name__)
 
 BUFFER_MIN, BUFFER_MAX = 1024, 4096
-SHUTDOWN_CLEAR = (
-    ST.NO_SESSIONS.to_bytes(2, "big") + (12).to_bytes(4, "big") + CC.Shutdown.to_bytes(4, "big")
-    + SU.CLEAR.to_bytes(2, "big")
-)
-FAILURE_RESPONSE = ST.NO_SESSIONS.to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.FAILURE.to_bytes(4, "big")
+FAILURE_RESPONSE = wire.error_response(RC.FAILURE)
 
 
 @dataclass
@@ -43,17 +40,15 @@ class TpmDevice:
             if not self.running:
                 return FAILURE_RESPONSE
             if len(command) > self.buffer_size:
-                return (
-                    ST.NO_SESSIONS.to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.COMMAND_SIZE.to_bytes(4, "big")
-                )
-            if len(command) >= 10:
-                self.last_command = int.from_bytes(command[6:10], "big")
+                return wire.error_response(RC.COMMAND_SIZE)
+            if len(command) >= wire.HEADER_SIZE:
+                self.last_command = wire.parse_header(command)[2]
             return self.tpm.execute(self.locality if locality is None else locality, command)
 
     def _orderly_stop(self) -> None:
         """Send Shutdown(CLEAR) if the OS did not, so stopping is never counted as a crash."""
         if self.running and self.last_command != CC.Shutdown and self.tpm.volatile.started:
-            self.tpm.execute(0, SHUTDOWN_CLEAR)
+            self.tpm.execute(0, wire.SHUTDOWN_CLEAR)
 
     def init(self, delete_volatile: bool = False) -> None:
         """_TPM_Init: power-cycle the TPM; it waits for Startup again."""

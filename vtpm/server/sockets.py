@@ -16,7 +16,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vtpm.constants import RC, ST
+from vtpm import wire
+from vtpm.constants import RC
 from vtpm.server import swtpm_ctrl
 from vtpm.server.device import TpmDevice
 
@@ -41,10 +42,6 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _size_error() -> bytes:
-    return ST.NO_SESSIONS.to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.COMMAND_SIZE.to_bytes(4, "big")
-
-
 def serve_tpm_commands(sock: socket.socket, device: TpmDevice) -> None:
     """swtpm data channel: raw TPM commands in, responses out, until the peer closes.
 
@@ -56,16 +53,16 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice) -> None:
         sock.settimeout(None)
         while True:
             try:
-                header = sock.recv(10)
+                header = sock.recv(wire.HEADER_SIZE)
                 if not header:
                     return
-                if len(header) < 10:
-                    header += recv_exact(sock, 10 - len(header))
-                size = int.from_bytes(header[2:6], "big")
-                if size < 10 or size > MAX_WIRE_COMMAND:
-                    sock.sendall(_size_error())
+                if len(header) < wire.HEADER_SIZE:
+                    header += recv_exact(sock, wire.HEADER_SIZE - len(header))
+                size = wire.parse_header(header)[1]
+                if size < wire.HEADER_SIZE or size > MAX_WIRE_COMMAND:
+                    sock.sendall(wire.error_response(RC.COMMAND_SIZE))
                     return  # the stream is out of step: drop the connection
-                body = recv_exact(sock, size - 10) if size > 10 else b""
+                body = recv_exact(sock, size - wire.HEADER_SIZE) if size > wire.HEADER_SIZE else b""
                 sock.sendall(device.execute(header + body))
             except (ConnectionClosed, OSError):
                 return
@@ -286,7 +283,7 @@ class MssimServer(_Server):
                         if size > MAX_WIRE_COMMAND:
                             return
                         command = recv_exact(sock, size)
-                        response = self.device.execute(command, locality) if self.powered else _not_powered()
+                        response = self.device.execute(command, locality) if self.powered else wire.error_response(RC.FAILURE)
                         sock.sendall(len(response).to_bytes(4, "big") + response + bytes(4))
                     elif code == MS_REMOTE_HANDSHAKE:
                         recv_exact(sock, 4)  # client version
@@ -333,7 +330,3 @@ class MssimServer(_Server):
                     sock.sendall(bytes(4))
                 except (ConnectionClosed, OSError):
                     return
-
-
-def _not_powered() -> bytes:
-    return ST.NO_SESSIONS.to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.FAILURE.to_bytes(4, "big")
