@@ -79,12 +79,17 @@ def test_sigkill_mid_vm_encrypt(tmp_path: Path, home: Path, vmcrypt_cli, recover
         disk.write(os.urandom(1 << 20))
     original = snapshot(vm)
     interrupted = 0
-    for delay in (0.3, 0.5, 0.7, 0.9, 1.1, 0.4, 0.6):
+    journal = vm / ".vm.vmcrypt-journal"
+    for delay in (0.05, 0.2, 0.0, 0.1, 0.3, 0.02, 0.15):
         proc = _start(home, "encrypt", str(vm), "--disks")
+        # Kill once the operation is under way (its journal exists), however slow the start-up.
+        deadline = time.monotonic() + 60
+        while not journal.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if proc.returncode == -signal.SIGKILL and (vm / ".vm.vmcrypt-journal").exists():
+        if proc.returncode == -signal.SIGKILL and journal.exists():
             interrupted += 1
             break
         if container.is_container(vm / "vm.nvram"):  # finished before the kill: start over
