@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from certs.ek import TpmIdentity, build_ek_certificate
+from durable.atomic import write_atomic
 from vmcrypt import container
-from vmcrypt.atomic import write_atomic
 from vmcrypt.errors import VmcryptError
 from vmcrypt.keys import KeyManager
 

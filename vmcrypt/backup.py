@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from durable.atomic import atomic_writer, fsync_directory
 from vmcrypt import container
-from vmcrypt.atomic import atomic_writer, fsync_directory
 from vmcrypt.errors import VmcryptError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome

@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from durable.atomic import write_atomic
 from vmcrypt import container
-from vmcrypt.atomic import write_atomic
 from vmcrypt.errors import VmcryptError
 from vmcrypt.keyref import DataKey, KeyReference, WrapAlgorithm
 from vtpm.state import StateError, TpmState
