@@ -14,13 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from certs.ca import CertificateAuthority
+from vmcrypt import vtpm_command
 from vmcrypt.errors import VmcryptError, VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError, VmRecord
 from vmcrypt.keys import KeyManager
@@ -429,7 +429,7 @@ class UserSession:
         port = free_port_pair()
         with open(log, "wb") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "vtpm", "serve", "--vm", str(vm.vmx_path), "--port", str(port)],
+                vtpm_command.command_line("serve", "--vm", str(vm.vmx_path), "--port", str(port)),
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, "VMCRYPT_HOME": str(self.m.home)},
             )
