@@ -16,7 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from certs.ca import CaError, CertificateAuthority
 from vmcrypt import xts
+from vmcrypt.ca_keys import open_ca
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
 from vmcrypt.keys import KeyManager
@@ -234,11 +236,9 @@ def cmd_provider_import(args: argparse.Namespace) -> None:
     _emit(args, {"file": args.file, "added": count}, f"imported {count} new keys into {provider.name}")
 
 
-def _ca(args: argparse.Namespace) -> Any:
-    from certs.ca import CertificateAuthority
-
+def _ca(args: argparse.Namespace) -> tuple[CertificateAuthority, KeyManager]:
     keys = _keys(args)
-    return CertificateAuthority(keys.registry.home, keys), keys
+    return open_ca(keys.registry.home, keys), keys
 
 
 def _ek_rows(eks: list[Any]) -> list[dict[str, Any]]:
@@ -308,7 +308,7 @@ def cmd_ca_reissue_ek(args: argparse.Namespace) -> None:
         try:
             vm = VmHome(path)
             rows += [{"vm": vm.name, **r} for r in _ek_rows(reissue_ek_certificates(vm, keys, ca))]
-        except VmcryptError as exc:
+        except (VmcryptError, CaError) as exc:
             if not args.all:
                 raise
             skipped.append({"vm": path, "reason": str(exc)})
@@ -491,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (VmcryptError, CommandFailed, OSError, ValueError) as exc:
+    except (VmcryptError, CaError, CommandFailed, OSError, ValueError) as exc:
         message = str(exc)
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
             message += f": {exc.filename}"

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from certs.ca import CertificateAuthority
 from vmcrypt import vtpm_command
+from vmcrypt.ca_keys import open_ca
 from vmcrypt.errors import VmcryptError, VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError, VmRecord
 from vmcrypt.keys import KeyManager
@@ -53,7 +53,7 @@ class Management:
         self.home = Path(home)
         self.inventory = Inventory(self.home)
         self.keys = KeyManager(ProviderRegistry(self.home))
-        self.ca = CertificateAuthority(self.home, self.keys)
+        self.ca = open_ca(self.home, self.keys)
 
     def close(self) -> None:
         self.inventory.close()
