@@ -24,6 +24,7 @@ from vmcrypt.errors import IntegrityError
 from vmcrypt.home import resolve_home
 from vmcrypt.inventory import ROOT
 from vmcrypt.keys import KeyManager
+from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.providers.registry import ProviderRegistry
 
 
@@ -110,8 +111,6 @@ def run(out: Path, disk: str) -> int:
 
 def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
     """The management-plane story: roles, a vTPM, power cycles, refusals for No Cryptography Administrator."""
-    from vmcrypt.management import Management, PermissionDenied
-
     _step("inventory: an Administrator and a No Cryptography Administrator; the datastore; the VM registered")
     management = Management(home_dir)
     passwords = {"administrator": secrets.token_urlsafe(12), "operator": secrets.token_urlsafe(12)}
