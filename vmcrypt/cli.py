@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from certs.ca import CaError, CertificateAuthority
+from durable.atomic import write_atomic
 from vmcrypt import xts
 from vmcrypt.ca_keys import open_ca
 from vmcrypt.cli_common import MASTER_PASSPHRASE_ENV, emit, key_manager
@@ -241,10 +242,13 @@ def cmd_ca_show(args: argparse.Namespace) -> None:
 
 
 def _write_or_print(data: bytes, out: str | None) -> None:
-    if out:
+    """PEM (certificates, a CSR, the CRL) to ``out`` atomically, or to stdout."""
+    if not out:
+        sys.stdout.write(data.decode())
+    elif Path(out).exists() and not Path(out).is_file():  # a device or a pipe: nothing to replace
         Path(out).write_bytes(data)
     else:
-        sys.stdout.write(data.decode())
+        write_atomic(out, data, mode=None if Path(out).exists() else 0o644)
 
 
 def cmd_ca_export_root(args: argparse.Namespace) -> None:
