@@ -24,7 +24,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from certs.ca import CertificateAuthority
+from vmcrypt.ca_keys import open_ca
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vtpm_provision import manufacture
@@ -44,7 +44,7 @@ def localca_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_manufacture_ours(benchmark, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    ca = CertificateAuthority(home, KeyManager(ProviderRegistry(home)))
+    ca = open_ca(home, KeyManager(ProviderRegistry(home)))
     ca.ensure()
     state, eks = benchmark.pedantic(lambda: manufacture(ca, "bench"), rounds=ROUNDS, iterations=1)
     assert len(eks) == 2 and len(state.to_bytes()) > 1000

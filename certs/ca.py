@@ -1,10 +1,10 @@
 """The management plane's certificate authority (like vSphere's VMCA).
 
 Kept under ``<home>/ca``: the issuing certificate and its chain (PEM, public),
-the private key as a vmcrypt container whose DEK is wrapped by a key of the
-default key provider (never in clear on disk), a log of issued certificates
-(serials are unique), and revocations from which a CRL is built. A root
-(ECC P-384) is created on first use; a third-party CA can replace it.
+the private key sealed by a ``CaKeyStore`` (never in clear on disk; vmcrypt's
+seals it in a container under a key of the default key provider), a log of
+issued certificates (serials are unique), and revocations from which a CRL is
+built. A root (ECC P-384) is created on first use; a third-party CA can replace it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,21 +27,32 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from certs.ek import TpmIdentity, build_ek_certificate
-from vmcrypt import container
-from vmcrypt.atomic import write_atomic
-from vmcrypt.errors import VmcryptError
-from vmcrypt.keys import KeyManager
+from durable.atomic import write_atomic
 
 CA_DIR = "ca"
 KEY_FILE = "ca-key-{}.vmc"  # named by the key's SPKI hash: the chain file picks the key
+PENDING_KEY_FILE = "pending-key.vmc"  # the key of a CSR, waiting for its signed certificate
 CHAIN_FILE = "chain.pem"  # issuing certificate first, then up to the root
 ISSUED_FILE = "issued.json"
-KEY_LABEL = "ca-private-key"
 ROOT_VALIDITY = datetime.timedelta(days=365 * 10)
 
 
-class CaError(VmcryptError):
-    """The CA cannot do what was asked."""
+class CaError(Exception):
+    """The CA cannot do what was asked; ``reason`` says why in plain words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CaKeyStore(Protocol):
+    """Keeps the CA's private keys (PKCS#8 DER) sealed in files of the CA's directory, never in clear."""
+
+    def seal(self, path: Path, secret: bytes) -> None:
+        """Write ``secret`` sealed to ``path``, atomically, readable by the owner only."""
+
+    def unseal(self, path: Path) -> bytes:
+        """The secret sealed in ``path``."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,9 @@ def _hash_for(key: Any) -> hashes.HashAlgorithm:
 
 
 class CertificateAuthority:
-    def __init__(self, home: str | os.PathLike[str], keys: KeyManager) -> None:
+    def __init__(self, home: str | os.PathLike[str], key_store: CaKeyStore) -> None:
         self.directory = Path(home) / CA_DIR
-        self.keys = keys
+        self.key_store = key_store
 
     # ------------------------------------------------------------------ storage
 
@@ -101,20 +112,20 @@ class CertificateAuthority:
     def root(self) -> x509.Certificate:
         return self.chain()[-1]
 
-    def _store_key(self, key: Any) -> None:
+    def _seal_key(self, key: Any, path: Path) -> None:
         der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        data_key = self.keys.new_data_key()
-        path = self.directory / self._key_file(key.public_key())
-        container.write_file(path, der, data_key, label=KEY_LABEL, mode=0o600)
+        self.key_store.seal(path, der)
+
+    def _unseal_key(self, path: Path) -> Any:
+        return serialization.load_der_private_key(self.key_store.unseal(path), password=None)
 
     def _private_key(self) -> Any:
         self.ensure()
         path = self.key_path
         if not path.exists():
             raise CaError(f"the private key of the issuing CA is missing ({path.name})")
-        der = container.read_file(path, self.keys.header_key)
-        return serialization.load_der_private_key(der, password=None)
+        return self._unseal_key(path)
 
     def _install(self, chain: list[x509.Certificate], key: Any) -> None:
         """Key first, then the chain (one atomic rename switches CAs), then old keys go.
@@ -123,7 +134,7 @@ class CertificateAuthority:
         without its key.
         """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._store_key(key)
+        self._seal_key(key, self.directory / self._key_file(key.public_key()))
         pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
         write_atomic(self.chain_path, pem, mode=0o644)
         current = self._key_file(key.public_key())
@@ -196,16 +207,15 @@ class CertificateAuthority:
             .sign(key, hashes.SHA384())
         )
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        container.write_file(self.directory / "pending-key.vmc", der, self.keys.new_data_key(), label=KEY_LABEL, mode=0o600)
+        self._seal_key(key, self.directory / PENDING_KEY_FILE)
         return csr.public_bytes(serialization.Encoding.PEM)
 
     def import_signed(self, chain_pem: bytes) -> None:
         """Finish a CSR: the signed certificate (and its chain) for the pending key."""
-        pending = self.directory / "pending-key.vmc"
+        pending = self.directory / PENDING_KEY_FILE
         if not pending.exists():
             raise CaError("no certificate request is pending (create one with 'ca csr')")
-        key = serialization.load_der_private_key(container.read_file(pending, self.keys.header_key), None)
+        key = self._unseal_key(pending)
         try:
             chain = x509.load_pem_x509_certificates(chain_pem)
         except ValueError as exc:

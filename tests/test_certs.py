@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from certs.ca import CertificateAuthority
 from certs.ek import TCG_KP_EK_CERTIFICATE, build_ek_certificate, tcg_san
 from certs import EkCertificateError, validate_ek_certificate
 from test_vtpm_tools import tools
 from tpm_helpers import HOST, start_swtpm, swtpm_localca_setup_config
+from vmcrypt.ca_keys import open_ca
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vtpm_server import served
@@ -411,7 +411,7 @@ def assert_no_clear_private_key(home: Path, key) -> None:
 
 
 def test_ca_private_key_never_in_clear(home: Path, vm_with_vtpm: Path) -> None:
-    ca = CertificateAuthority(home, KeyManager(ProviderRegistry(home)))
+    ca = open_ca(home, KeyManager(ProviderRegistry(home)))
     key = ca._private_key()  # only reachable through the key provider
     assert isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))
     assert_no_clear_private_key(home, key)
@@ -441,7 +441,7 @@ def test_failed_ca_switch_keeps_the_old_ca(home: Path, monkeypatch: pytest.Monke
     """The disk fails while the new chain is written: the old CA still issues, with its own key."""
     import certs.ca as ca_module
 
-    ca = CertificateAuthority(home, KeyManager(ProviderRegistry(home)))
+    ca = open_ca(home, KeyManager(ProviderRegistry(home)))
     old = ca.certificate
     new_cert, new_key = make_ca("Replacement CA")
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import snapshot
+from durable.atomic import TEMP_PREFIX, remove_stale_temp_files
 from vmcrypt import container
-from vmcrypt.atomic import TEMP_PREFIX, remove_stale_temp_files
 from vmcrypt.keyref import DataKey, KeyReference
 
 WRITER = textwrap.dedent(

@@ -151,7 +151,7 @@ def test_hierarchy_auth_change_and_use(tmp_path: Path) -> None:
 
 
 def _vtpm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vtpm", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "vmcrypt.vtpm_command", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_encrypted_state_with_key_file(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_vtpm_state_in_encrypted_nvram(tmp_path: Path, home: Path, encrypted_vm:
         with served(args, tmp_path / "log1") as tpm:
             tools(tpm, "tpm2_nvdefine", "0x1500060", "-C", "o", "-s", "20", "-a", "ownerread|ownerwrite")
             tools(tpm, "tpm2_nvwrite", "0x1500060", "-C", "o", "-i", "-", stdin=b"VTPM-SECRET-IN-NVRAM")
-            second = subprocess.run([sys.executable, "-m", "vtpm", "serve", *args, "--port", "1"],
+            second = subprocess.run([sys.executable, "-m", "vmcrypt.vtpm_command", "serve", *args, "--port", "1"],
                                     capture_output=True, text=True, timeout=30)
             assert second.returncode == 1 and "already being served" in second.stderr
         blob = nvram.read_bytes()
@@ -64,14 +64,25 @@ def test_refusals(tmp_path: Path, home: Path, encrypted_vm: Path) -> None:
     (encrypted_vm / ".vm1.vmcrypt-journal").write_text(
         '{"format": 1, "operation": "encrypt", "target": null, "include_disks": false, "started": "x"}'
     )
-    result = subprocess.run([sys.executable, "-m", "vtpm", "serve", "--vm", str(encrypted_vm / "vm1.vmx"), "--port", "1"],
+    result = subprocess.run([sys.executable, "-m", "vmcrypt.vtpm_command", "serve", "--vm", str(encrypted_vm / "vm1.vmx"), "--port", "1"],
                             capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 1 and "interrupted" in result.stderr
     (encrypted_vm / ".vm1.vmcrypt-journal").unlink()
     (master,) = home.glob("native/*/master.key")
     master.write_bytes(os.urandom(32))
     before = (encrypted_vm / "vm1.nvram").read_bytes()
-    result = subprocess.run([sys.executable, "-m", "vtpm", "serve", "--vm", str(encrypted_vm / "vm1.vmx"), "--port", "1"],
+    result = subprocess.run([sys.executable, "-m", "vmcrypt.vtpm_command", "serve", "--vm", str(encrypted_vm / "vm1.vmx"), "--port", "1"],
                             capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 1 and "wrong master key" in result.stderr
     assert (encrypted_vm / "vm1.nvram").read_bytes() == before
+
+
+def test_python_m_vtpm_serves_plain_state_only(tmp_path: Path, encrypted_vm: Path) -> None:
+    """vtpm alone has no encrypted stores: --vm and --key-file are usage errors that name the `vtpm` command."""
+    key = tmp_path / "k"
+    key.write_bytes(os.urandom(32))
+    for args in (["serve", "--vm", str(encrypted_vm / "vm1.vmx"), "--port", "1"],
+                 ["info", "--state", str(tmp_path / "s"), "--key-file", str(key)]):
+        result = subprocess.run([sys.executable, "-m", "vtpm", *args], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and "vmcrypt.vtpm_command" in result.stderr, result.stderr
+    assert not (tmp_path / "s").exists()

@@ -46,7 +46,7 @@ def start_vtpm(args: list[str], log: Path, protocol: str = "swtpm", port: int | 
     port = port or free_port_pair()
     handle = open(log, "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "vtpm", "serve", "--port", str(port), "--protocol", protocol, *args],
+        [sys.executable, "-m", "vmcrypt.vtpm_command", "serve", "--port", str(port), "--protocol", protocol, *args],
         stdout=handle, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from durable.atomic import atomic_writer, fsync_directory
 from vmcrypt import container
-from vmcrypt.atomic import atomic_writer, fsync_directory
 from vmcrypt.errors import VmcryptError
+from vmcrypt.keyref import KeyReference
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.vm_encryption import read_vmx
@@ -173,8 +174,6 @@ def check_restorable(archive: str | os.PathLike[str], keys: KeyManager) -> Manif
     if manifest.vtpm and f"{manifest.vm}.nvram" not in names:
         raise BackupError("the VM has a vTPM but the archive has no .nvram: its TPM cannot be restored", archive)
     if manifest.encrypted:
-        from vmcrypt.keyref import KeyReference
-
         with tarfile.open(archive, mode="r") as tar:
             vmx = tar.extractfile(f"vm/{manifest.vm}.vmx").read().decode(errors="replace")
         keysafe = next((line.split("=", 1)[1].strip().strip('"') for line in vmx.splitlines()

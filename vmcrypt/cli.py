@@ -8,49 +8,36 @@ failed, 2 usage error.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
+from certs.ca import CaError, CertificateAuthority
+from durable.atomic import write_atomic
 from vmcrypt import xts
+from vmcrypt.ca_keys import open_ca
+from vmcrypt.cli_common import MASTER_PASSPHRASE_ENV, emit, key_manager
+from vmcrypt.cli_inventory import guarded_create, guarded_vm
+from vmcrypt.cli_inventory import register as register_inventory_commands
 from vmcrypt.errors import VmcryptError
-from vmcrypt.home import resolve_home
 from vmcrypt.keys import KeyManager
 from vmcrypt.passphrase import obtain_passphrase
 from vmcrypt.progress import FileProgress
 from vmcrypt.providers.native import NativeKeyProvider
-from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation
 from vmcrypt.vm import VmHome, VmSpec, create_vm, parse_size
 from vmcrypt.vm_encryption import OperationResult, decrypt_vm, describe_vm, encrypt_vm, rekey_vm
+from vmcrypt.vtpm_provision import add_vtpm, reissue_ek_certificates, verify_ek_certificates
 
-MASTER_PASSPHRASE_ENV = "VMCRYPT_MASTER_PASSPHRASE"
 BACKUP_PASSPHRASE_ENV = "VMCRYPT_BACKUP_PASSPHRASE"
 
 
 class CommandFailed(Exception):
     """Raised inside a command to exit 1 with a message."""
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    if getattr(args, "json", False):
-        json.dump(data, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(text.rstrip("\n") + "\n")
-
-
-def _keys(args: argparse.Namespace) -> KeyManager:
-    home = resolve_home(args.home)
-    passphrase_file = args.master_passphrase_file
-    source: Callable[[], bytes] | None = None
-    if passphrase_file or os.environ.get(MASTER_PASSPHRASE_ENV):
-        source = lambda: obtain_passphrase(passphrase_file, MASTER_PASSPHRASE_ENV, "Master passphrase: ")  # noqa: E731
-    return KeyManager(ProviderRegistry(home, source))
 
 
 def _result_data(result: OperationResult, home: VmHome) -> dict[str, Any]:
@@ -88,25 +75,21 @@ def cmd_vm_create(args: argparse.Namespace) -> None:
         cpus=args.cpus,
         disk_bytes=parse_size(args.disk) if args.disk else 0,
     )
-    from vmcrypt.cli_inventory import guarded_create
-
     home = guarded_create(args, str(path), lambda: create_vm(path, spec))
     files = sorted(p.name for p in home.directory.iterdir())
-    _emit(args, {"vm": home.name, "vmx": str(home.vmx_path), "files": files},
-          f"created VM {home.name} in {home.directory}\n" + "\n".join(f"  {f}" for f in files))
+    emit(args, {"vm": home.name, "vmx": str(home.vmx_path), "files": files},
+         f"created VM {home.name} in {home.directory}\n" + "\n".join(f"  {f}" for f in files))
 
 
 def _run_vm_operation(args: argparse.Namespace, verb: str, action: Callable[..., OperationResult], **kwargs: Any) -> None:
-    from vmcrypt.cli_inventory import guarded_vm
-
     home = VmHome(args.path)
     progress = FileProgress()
     try:
         result = guarded_vm(args, OPERATION_OF[action.__name__], args.path,
-                            lambda: action(home, _keys(args), progress=progress, **kwargs))
+                            lambda: action(home, key_manager(args), progress=progress, **kwargs))
     finally:
         progress.close()
-    _emit(args, _result_data(result, home), _result_text(result, home, verb))
+    emit(args, _result_data(result, home), _result_text(result, home, verb))
 
 
 OPERATION_OF = {"encrypt_vm": Operation.ENCRYPT, "decrypt_vm": Operation.DECRYPT, "rekey_vm": Operation.REKEY}
@@ -126,7 +109,7 @@ def cmd_rekey(args: argparse.Namespace) -> None:
 
 
 def cmd_describe(args: argparse.Namespace) -> None:
-    info = describe_vm(VmHome(args.path), _keys(args))
+    info = describe_vm(VmHome(args.path), key_manager(args))
     lines = [f"VM            {info['vm']}", f"configuration {info['vmx']}"]
     if info["encrypted"]:
         provider = info["key_provider"]
@@ -149,11 +132,11 @@ def cmd_describe(args: argparse.Namespace) -> None:
         if entry.get("error"):
             state += f" ({entry['error']})"
         lines.append(f"  {entry['path']:28} {entry['kind']:16} {state}")
-    _emit(args, info, "\n".join(lines))
+    emit(args, info, "\n".join(lines))
 
 
 def cmd_provider_list(args: argparse.Namespace) -> None:
-    keys = _keys(args)
+    keys = key_manager(args)
     keys.registry.default()  # the embedded default exists from first use
     default_id = keys.registry.default_id()
     rows = [
@@ -161,34 +144,34 @@ def cmd_provider_list(args: argparse.Namespace) -> None:
         for c in keys.registry.configs()
     ]
     text = "\n".join(f"{'*' if r['default'] else ' '} {r['name']:16} {r['kind']:8} {r['id']}" for r in rows)
-    _emit(args, rows, text)
+    emit(args, rows, text)
 
 
 def cmd_provider_keys(args: argparse.Namespace) -> None:
-    provider = _keys(args).provider(args.provider)
+    provider = key_manager(args).provider(args.provider)
     rows = [{"key_id": k.key_id, "created": k.created, "state": k.state.value} for k in provider.list_keys()]
     text = "\n".join(f"{r['key_id']}  {r['created']}  {r['state']}" for r in rows) or "no keys"
-    _emit(args, rows, text)
+    emit(args, rows, text)
 
 
 def cmd_provider_add_native(args: argparse.Namespace) -> None:
-    provider = _keys(args).registry.add_native(args.name, make_default=args.default)
-    _emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind},
-          f"added native key provider {provider.name} ({provider.provider_id})")
+    provider = key_manager(args).registry.add_native(args.name, make_default=args.default)
+    emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind},
+         f"added native key provider {provider.name} ({provider.provider_id})")
 
 
 def cmd_provider_add_kmip(args: argparse.Namespace) -> None:
-    provider = _keys(args).registry.add_kmip(
+    provider = key_manager(args).registry.add_kmip(
         args.name, args.server, args.ca, args.cert, args.key,
         timeout=args.timeout, cache_seconds=args.cache_seconds, make_default=args.default, provider_id=args.id)
     servers = ", ".join(args.server)
-    _emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind, "servers": args.server},
-          f"added KMIP key provider {provider.name} ({provider.provider_id}): {servers}")
+    emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind, "servers": args.server},
+         f"added KMIP key provider {provider.name} ({provider.provider_id}): {servers}")
 
 
 def cmd_provider_test(args: argparse.Namespace) -> None:
     """Create, fetch and destroy a probe key: proves the provider works end to end."""
-    provider = _keys(args).registry.get(args.name)
+    provider = key_manager(args).registry.get(args.name)
     started = time.perf_counter()
     key_id = provider.create_key()
     try:
@@ -204,17 +187,17 @@ def cmd_provider_test(args: argparse.Namespace) -> None:
             "ms_per_round_trip": round(elapsed_ms / trips, 2) if trips else None}
     where = f" via {server}" if server else ""
     per_trip = f", {data['ms_per_round_trip']} ms per round trip ({trips})" if trips else ""
-    _emit(args, data, f"key provider {provider.name} works{where}: create, get, destroy in {elapsed_ms:.1f} ms{per_trip}")
+    emit(args, data, f"key provider {provider.name} works{where}: create, get, destroy in {elapsed_ms:.1f} ms{per_trip}")
 
 
 def cmd_provider_set_default(args: argparse.Namespace) -> None:
-    provider = _keys(args).registry.set_default(args.name)
-    _emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind},
-          f"default key provider is now {provider.name} ({provider.provider_id})")
+    provider = key_manager(args).registry.set_default(args.name)
+    emit(args, {"id": provider.provider_id, "name": provider.name, "kind": provider.kind},
+         f"default key provider is now {provider.name} ({provider.provider_id})")
 
 
 def _native(args: argparse.Namespace) -> NativeKeyProvider:
-    provider = _keys(args).provider(args.provider)
+    provider = key_manager(args).provider(args.provider)
     if not isinstance(provider, NativeKeyProvider):
         raise CommandFailed(f"key provider {provider.name!r} is not a native key provider")
     return provider
@@ -224,21 +207,19 @@ def cmd_provider_export(args: argparse.Namespace) -> None:
     provider = _native(args)
     passphrase = obtain_passphrase(args.passphrase_file, BACKUP_PASSPHRASE_ENV, "Backup passphrase: ")
     count = provider.export_backup(args.file, passphrase)
-    _emit(args, {"file": args.file, "keys": count}, f"exported {count} keys of {provider.name} to {args.file}")
+    emit(args, {"file": args.file, "keys": count}, f"exported {count} keys of {provider.name} to {args.file}")
 
 
 def cmd_provider_import(args: argparse.Namespace) -> None:
     provider = _native(args)
     passphrase = obtain_passphrase(args.passphrase_file, BACKUP_PASSPHRASE_ENV, "Backup passphrase: ")
     count = provider.import_backup(args.file, passphrase)
-    _emit(args, {"file": args.file, "added": count}, f"imported {count} new keys into {provider.name}")
+    emit(args, {"file": args.file, "added": count}, f"imported {count} new keys into {provider.name}")
 
 
-def _ca(args: argparse.Namespace) -> Any:
-    from certs.ca import CertificateAuthority
-
-    keys = _keys(args)
-    return CertificateAuthority(keys.registry.home, keys), keys
+def _ca(args: argparse.Namespace) -> tuple[CertificateAuthority, KeyManager]:
+    keys = key_manager(args)
+    return open_ca(keys.registry.home, keys), keys
 
 
 def _ek_rows(eks: list[Any]) -> list[dict[str, Any]]:
@@ -247,54 +228,47 @@ def _ek_rows(eks: list[Any]) -> list[dict[str, Any]]:
 
 
 def cmd_vtpm_add(args: argparse.Namespace) -> None:
-    from vmcrypt.vtpm_provision import add_vtpm
-
-    from vmcrypt.cli_inventory import guarded_vm
-
     ca, keys = _ca(args)
     vm = VmHome(args.path)
     rows = _ek_rows(guarded_vm(args, Operation.ADD_VTPM, args.path, lambda: add_vtpm(vm, keys, ca)))
-    _emit(args, {"vm": vm.name, "eks": rows}, f"added a vTPM to {vm.name} (VM encrypted)\n"
-          + "\n".join(f"  EK {r['ek']:9} certificate in NV {r['nv_index']} (serial {r['serial']})" for r in rows))
+    emit(args, {"vm": vm.name, "eks": rows}, f"added a vTPM to {vm.name} (VM encrypted)\n"
+         + "\n".join(f"  EK {r['ek']:9} certificate in NV {r['nv_index']} (serial {r['serial']})" for r in rows))
 
 
 def cmd_ca_show(args: argparse.Namespace) -> None:
     ca, _ = _ca(args)
     info = ca.describe()
-    _emit(args, info, "\n".join(f"{k:20} {v}" for k, v in info.items()))
+    emit(args, info, "\n".join(f"{k:20} {v}" for k, v in info.items()))
 
 
 def _write_or_print(data: bytes, out: str | None) -> None:
-    if out:
+    """PEM (certificates, a CSR, the CRL) to ``out`` atomically, or to stdout."""
+    if not out:
+        sys.stdout.write(data.decode())
+    elif Path(out).exists() and not Path(out).is_file():  # a device or a pipe: nothing to replace
         Path(out).write_bytes(data)
     else:
-        sys.stdout.write(data.decode())
+        write_atomic(out, data, mode=None if Path(out).exists() else 0o644)
 
 
 def cmd_ca_export_root(args: argparse.Namespace) -> None:
-    from cryptography.hazmat.primitives import serialization
-
     ca, _ = _ca(args)
     certs = ca.chain() if args.chain else [ca.root()]
     _write_or_print(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs), args.out)
 
 
 def cmd_ca_verify_ek(args: argparse.Namespace) -> None:
-    from vmcrypt.vtpm_provision import verify_ek_certificates
-
     ca, keys = _ca(args)
     chain = ca.chain()
     vm = VmHome(args.path)
     rows = verify_ek_certificates(vm, keys, [chain[-1]], chain[:-1], [ca.crl()])
     text = "\n".join(f"{r['ek']:9} {r['nv_index']}  {'OK' if r['valid'] else 'INVALID: ' + r['reason']}" for r in rows)
-    _emit(args, {"vm": vm.name, "certificates": rows}, text)
+    emit(args, {"vm": vm.name, "certificates": rows}, text)
     if not all(r["valid"] for r in rows):
         raise CommandFailed("an EK certificate did not validate against the CA")
 
 
 def cmd_ca_reissue_ek(args: argparse.Namespace) -> None:
-    from vmcrypt.vtpm_provision import reissue_ek_certificates
-
     ca, keys = _ca(args)
     if bool(args.paths) == bool(args.all):
         raise CommandFailed("name the VMs or give --all (not both)")
@@ -308,13 +282,13 @@ def cmd_ca_reissue_ek(args: argparse.Namespace) -> None:
         try:
             vm = VmHome(path)
             rows += [{"vm": vm.name, **r} for r in _ek_rows(reissue_ek_certificates(vm, keys, ca))]
-        except VmcryptError as exc:
+        except (VmcryptError, CaError) as exc:
             if not args.all:
                 raise
             skipped.append({"vm": path, "reason": str(exc)})
     lines = [f"{r['vm']}: EK {r['ek']} reissued by {r['issuer']} (serial {r['serial']})" for r in rows]
     lines += [f"{s['vm']}: skipped ({s['reason']})" for s in skipped]
-    _emit(args, {"reissued": rows, "skipped": skipped}, "\n".join(lines) or "no VM holds a certificate from this CA")
+    emit(args, {"reissued": rows, "skipped": skipped}, "\n".join(lines) or "no VM holds a certificate from this CA")
 
 
 def cmd_ca_import(args: argparse.Namespace) -> None:
@@ -323,7 +297,7 @@ def cmd_ca_import(args: argparse.Namespace) -> None:
     key = Path(args.key).read_bytes() if args.key else None
     ca.import_files(Path(args.cert).read_bytes(), key, password)
     info = ca.describe()
-    _emit(args, info, f"the CA is now {info['subject']} (chain: {' <- '.join(info['chain'])})")
+    emit(args, info, f"the CA is now {info['subject']} (chain: {' <- '.join(info['chain'])})")
 
 
 def cmd_ca_csr(args: argparse.Namespace) -> None:
@@ -335,18 +309,16 @@ def cmd_ca_import_signed(args: argparse.Namespace) -> None:
     ca, _ = _ca(args)
     ca.import_signed(Path(args.chain).read_bytes())
     info = ca.describe()
-    _emit(args, info, f"the CA is now {info['subject']} (chain: {' <- '.join(info['chain'])})")
+    emit(args, info, f"the CA is now {info['subject']} (chain: {' <- '.join(info['chain'])})")
 
 
 def cmd_ca_revoke(args: argparse.Namespace) -> None:
     ca, _ = _ca(args)
     ca.revoke(int(args.serial, 16))
-    _emit(args, {"revoked": args.serial}, f"revoked {args.serial}")
+    emit(args, {"revoked": args.serial}, f"revoked {args.serial}")
 
 
 def cmd_ca_crl(args: argparse.Namespace) -> None:
-    from cryptography.hazmat.primitives import serialization
-
     ca, _ = _ca(args)
     _write_or_print(ca.crl().public_bytes(serialization.Encoding.PEM), args.out)
 
@@ -410,8 +382,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_vtpm_cmd = command(vtpm_commands, "add", cmd_vtpm_add,
                            "add a vTPM (EFI, hardware version 14+; encrypts the VM; EK certificates from the CA)")
     add_vtpm_cmd.add_argument("path", help="the VM's .vmx file or directory")
-
-    from vmcrypt.cli_inventory import register as register_inventory_commands
 
     register_inventory_commands(commands, vm_commands, vtpm_commands, command)
 
@@ -491,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (VmcryptError, CommandFailed, OSError, ValueError) as exc:
+    except (VmcryptError, CaError, CommandFailed, OSError, ValueError) as exc:
         message = str(exc)
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
             message += f": {exc.filename}"

@@ -16,11 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vmcrypt.backup import backup_vm, verify_backup
+from vmcrypt.cli_common import emit, key_manager
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
 from vmcrypt.inventory import ROOT
 from vmcrypt.management import Management, UserSession
+from vmcrypt.progress import FileProgress
 from vmcrypt.rbac import Operation
+from vmcrypt.vm import VmHome
 
 PASSWORD_ENV = "VMCRYPT_PASSWORD"
 NEW_PASSWORD_ENV = "VMCRYPT_NEW_PASSWORD"
@@ -75,12 +79,6 @@ def guarded_create(args: argparse.Namespace, path: str, action: Callable[[], Any
     return user.checked(Operation.CREATE_VM, ("datastore", datastore), False, create_and_register)
 
 
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    from vmcrypt.cli import _emit as emit
-
-    emit(args, data, text)
-
-
 def _vm_row(record: Any) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k != "vtpm_pid"}
 
@@ -91,8 +89,8 @@ def _vm_row(record: Any) -> dict[str, Any]:
 def cmd_init(args: argparse.Namespace) -> None:
     m = management(args)
     m.bootstrap(args.admin, _password(PASSWORD_ENV, f"New password for {args.admin}: "))
-    _emit(args, {"admin": args.admin, "inventory": str(m.inventory.path)},
-          f"inventory {m.inventory.path} created; {args.admin} is Administrator")
+    emit(args, {"admin": args.admin, "inventory": str(m.inventory.path)},
+         f"inventory {m.inventory.path} created; {args.admin} is Administrator")
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
@@ -100,34 +98,34 @@ def cmd_user_add(args: argparse.Namespace) -> None:
     user.add_user(args.name, _password(NEW_PASSWORD_ENV, f"New password for {args.name}: "))
     if args.role:
         user.grant(ROOT, args.name, args.role)
-    _emit(args, {"user": args.name, "role": args.role}, f"added user {args.name}" + (f" as {args.role}" if args.role else ""))
+    emit(args, {"user": args.name, "role": args.role}, f"added user {args.name}" + (f" as {args.role}" if args.role else ""))
 
 
 def cmd_datastore_add(args: argparse.Namespace) -> None:
     session(args).add_datastore(args.name, args.path)
-    _emit(args, {"datastore": args.name, "path": str(Path(args.path).resolve())}, f"added datastore {args.name}")
+    emit(args, {"datastore": args.name, "path": str(Path(args.path).resolve())}, f"added datastore {args.name}")
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
     session(args)  # any logged-in user may read the audit log
     entries = management(args).inventory.audit_log()
-    _emit(args, [e.__dict__ for e in entries],
-          "\n".join(f"{e.at}  {e.user:12} {e.outcome:7} {e.action} {e.entity}  {e.detail}" for e in entries))
+    emit(args, [e.__dict__ for e in entries],
+         "\n".join(f"{e.at}  {e.user:12} {e.outcome:7} {e.action} {e.entity}  {e.detail}" for e in entries))
 
 
 def cmd_vm_register(args: argparse.Namespace) -> None:
     record = session(args).register_vm(args.path, args.datastore)
-    _emit(args, _vm_row(record), f"registered {record.name} ({'encrypted' if record.encrypted else 'not encrypted'})")
+    emit(args, _vm_row(record), f"registered {record.name} ({'encrypted' if record.encrypted else 'not encrypted'})")
 
 
 def cmd_vm_unregister(args: argparse.Namespace) -> None:
     session(args).unregister_vm(args.name)
-    _emit(args, {"unregistered": args.name}, f"unregistered {args.name} (its files stay on the datastore)")
+    emit(args, {"unregistered": args.name}, f"unregistered {args.name} (its files stay on the datastore)")
 
 
 def cmd_vm_list(args: argparse.Namespace) -> None:
     rows = [_vm_row(r) for r in session(args).vms()]
-    _emit(args, rows, "\n".join(
+    emit(args, rows, "\n".join(
         f"{r['name']:16} {r['power_state']:3}  {'encrypted' if r['encrypted'] else 'clear    '}  "
         f"{'vTPM' if r['vtpm'] else '    '}  {r['vmx_path']}" for r in rows) or "no VMs")
 
@@ -135,58 +133,58 @@ def cmd_vm_list(args: argparse.Namespace) -> None:
 def cmd_power_on(args: argparse.Namespace) -> None:
     record = session(args).power_on(args.name)
     tcti = f"swtpm:host=127.0.0.1,port={record.vtpm_port}" if record.vtpm_port else None
-    _emit(args, _vm_row(record), f"{record.name} powered on" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
+    emit(args, _vm_row(record), f"{record.name} powered on" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
 
 
 def cmd_power_off(args: argparse.Namespace) -> None:
     record = session(args).power_off(args.name)
-    _emit(args, _vm_row(record), f"{record.name} powered off")
+    emit(args, _vm_row(record), f"{record.name} powered off")
 
 
 def cmd_suspend(args: argparse.Namespace) -> None:
     record = session(args).suspend(args.name)
-    _emit(args, _vm_row(record), f"{record.name} suspended (vTPM state in {record.name}.vmss)")
+    emit(args, _vm_row(record), f"{record.name} suspended (vTPM state in {record.name}.vmss)")
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
     record = session(args).resume(args.name)
     tcti = f"swtpm:host=127.0.0.1,port={record.vtpm_port}" if record.vtpm_port else None
-    _emit(args, _vm_row(record), f"{record.name} resumed" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
+    emit(args, _vm_row(record), f"{record.name} resumed" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
 
 
 def cmd_console(args: argparse.Namespace) -> None:
     ticket = session(args).open_console(args.name)
-    _emit(args, {"vm": args.name, "ticket": ticket}, f"console ticket for {args.name}: {ticket}")
+    emit(args, {"vm": args.name, "ticket": ticket}, f"console ticket for {args.name}: {ticket}")
 
 
 def cmd_browse(args: argparse.Namespace) -> None:
     files = session(args).browse(args.name)
-    _emit(args, files, "\n".join(files))
+    emit(args, files, "\n".join(files))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
     data = session(args).download(args.name, args.file)
     out = Path(args.out or args.file)
     out.write_bytes(data)
-    _emit(args, {"vm": args.name, "file": args.file, "bytes": len(data), "out": str(out)},
-          f"downloaded {args.file} ({len(data)} bytes) to {out}")
+    emit(args, {"vm": args.name, "file": args.file, "bytes": len(data), "out": str(out)},
+         f"downloaded {args.file} ({len(data)} bytes) to {out}")
 
 
 def cmd_snapshot(args: argparse.Namespace) -> None:
     snap = session(args).snapshot(args.name)
-    _emit(args, {"vm": args.name, "snapshot": snap.number, "file": str(snap.path)},
-          f"snapshot {snap.number} of {args.name} in {snap.path.name}")
+    emit(args, {"vm": args.name, "snapshot": snap.number, "file": str(snap.path)},
+         f"snapshot {snap.number} of {args.name} in {snap.path.name}")
 
 
 def cmd_revert(args: argparse.Namespace) -> None:
     snap = session(args).revert(args.name, args.number)
-    _emit(args, {"vm": args.name, "snapshot": snap.number}, f"{args.name} reverted to snapshot {snap.number}")
+    emit(args, {"vm": args.name, "snapshot": snap.number}, f"{args.name} reverted to snapshot {snap.number}")
 
 
 def cmd_clone(args: argparse.Namespace) -> None:
     record = session(args).clone(args.name, args.new_name, exact=args.exact)
     identity = "the same vTPM" if args.exact else "a new identity"
-    _emit(args, _vm_row(record), f"cloned {args.name} to {record.name} with {identity}")
+    emit(args, _vm_row(record), f"cloned {args.name} to {record.name} with {identity}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
@@ -196,22 +194,22 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         password = os.environ.get(TO_PASSWORD_ENV) or _password(PASSWORD_ENV, f"Password for {target_user} at {args.to_home}: ")
         target = Management(args.to_home).login(target_user, password)
         record = source.migrate_to_home(args.name, target, args.datastore)
-        _emit(args, _vm_row(record), f"{record.name} migrated to {args.to_home} datastore {record.datastore}")
+        emit(args, _vm_row(record), f"{record.name} migrated to {args.to_home} datastore {record.datastore}")
         return
     record = session(args).migrate(args.name, args.datastore)
-    _emit(args, _vm_row(record), f"{record.name} migrated to {record.datastore} ({record.vmx_path})")
+    emit(args, _vm_row(record), f"{record.name} migrated to {record.datastore} ({record.vmx_path})")
 
 
 def cmd_host_add(args: argparse.Namespace) -> None:
     user = session(args)
     user.checked(Operation.ADD_HOST, ROOT, False, lambda: user.inventory.add_host(args.name), detail=args.name)
-    _emit(args, {"host": args.name}, f"added host {args.name}")
+    emit(args, {"host": args.name}, f"added host {args.name}")
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
     session(args).delete_vm(args.name, destroy_key=args.destroy_key)
     gone = "inventory, files and key" if args.destroy_key else "inventory and files; its key stays for backups"
-    _emit(args, {"deleted": args.name, "key_destroyed": args.destroy_key}, f"deleted {args.name} ({gone})")
+    emit(args, {"deleted": args.name, "key_destroyed": args.destroy_key}, f"deleted {args.name} ({gone})")
 
 
 def _manifest_row(manifest: Any) -> dict[str, Any]:
@@ -220,40 +218,34 @@ def _manifest_row(manifest: Any) -> dict[str, Any]:
 
 def cmd_backup(args: argparse.Namespace) -> None:
     """`backup VM DEST` (VM: inventory name with --user, else a path) or `backup verify DEST`."""
-    from vmcrypt.backup import backup_vm, verify_backup
-    from vmcrypt.progress import FileProgress
-    from vmcrypt.vm import VmHome
-
     if args.vm == "verify":
         manifest = verify_backup(args.destination)
-        _emit(args, _manifest_row(manifest), f"{args.destination}: complete and intact "
-              f"({len(manifest.files)} files of VM {manifest.vm}, vTPM: {'yes' if manifest.vtpm else 'no'})")
+        emit(args, _manifest_row(manifest), f"{args.destination}: complete and intact "
+             f"({len(manifest.files)} files of VM {manifest.vm}, vTPM: {'yes' if manifest.vtpm else 'no'})")
         return
     progress = FileProgress()
     try:
         user = session(args, required=False)
         if user is None:
-            from vmcrypt.cli import _keys
-
-            manifest = backup_vm(VmHome(args.vm), _keys(args), args.destination, include_disks=not args.no_disks,
+            manifest = backup_vm(VmHome(args.vm), key_manager(args), args.destination, include_disks=not args.no_disks,
                                  progress=progress)
         else:
             manifest = user.backup(args.vm, args.destination, include_disks=not args.no_disks, progress=progress)
     finally:
         progress.close()
     total = sum(e.size for e in manifest.files)
-    _emit(args, _manifest_row(manifest), f"backed up {manifest.vm}: {len(manifest.files)} files, {total} bytes "
-          f"-> {args.destination}")
+    emit(args, _manifest_row(manifest), f"backed up {manifest.vm}: {len(manifest.files)} files, {total} bytes "
+         f"-> {args.destination}")
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
     record = session(args).restore(args.archive, args.datastore)
-    _emit(args, _vm_row(record), f"restored {record.name} into {record.datastore} and registered it")
+    emit(args, _vm_row(record), f"restored {record.name} into {record.datastore} and registered it")
 
 
 def cmd_vtpm_remove(args: argparse.Namespace) -> None:
     record = session(args).remove_vtpm(args.name)
-    _emit(args, _vm_row(record), f"removed the vTPM of {record.name}")
+    emit(args, _vm_row(record), f"removed the vTPM of {record.name}")
 
 
 def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Callable[..., Any]) -> None:

@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 from certs.ca import CertificateAuthority
+from durable.atomic import write_atomic
 from vmcrypt import container
-from vmcrypt.atomic import write_atomic
 from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram

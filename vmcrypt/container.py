@@ -34,7 +34,7 @@ import construct as cs
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from vmcrypt.atomic import atomic_writer
+from durable.atomic import atomic_writer
 from vmcrypt.errors import (
     CorruptError,
     IntegrityError,

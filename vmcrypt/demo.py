@@ -19,11 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from vmcrypt import cli, container, xts
+from vmcrypt import cli, container, vtpm_command, xts
 from vmcrypt.errors import IntegrityError
 from vmcrypt.home import resolve_home
 from vmcrypt.inventory import ROOT
 from vmcrypt.keys import KeyManager
+from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.providers.registry import ProviderRegistry
 
 
@@ -110,8 +111,6 @@ def run(out: Path, disk: str) -> int:
 
 def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
     """The management-plane story: roles, a vTPM, power cycles, refusals for No Cryptography Administrator."""
-    from vmcrypt.management import Management, PermissionDenied
-
     _step("inventory: an Administrator and a No Cryptography Administrator; the datastore; the VM registered")
     management = Management(home_dir)
     passwords = {"administrator": secrets.token_urlsafe(12), "operator": secrets.token_urlsafe(12)}
@@ -185,7 +184,7 @@ def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
         print(f"  $ tpm2_nvread 0x1500016 -> {secret_file.read_bytes().decode()!r}")
     finally:
         admin.power_off("demo-vm")
-    info = subprocess.run([sys.executable, "-m", "vtpm", "info", "--vm", str(vm_dir / "demo-vm.vmx")],
+    info = subprocess.run(vtpm_command.command_line("info", "--vm", str(vm_dir / "demo-vm.vmx")),
                           env={**env, "VMCRYPT_HOME": str(home_dir)}, capture_output=True, text=True, timeout=60)
     for line in info.stdout.splitlines():
         print(f"  {line}")

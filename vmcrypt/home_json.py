@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from durable.atomic import write_atomic
 from vmcrypt import container
-from vmcrypt.atomic import write_atomic
 from vmcrypt.errors import VmError
 from vmcrypt.keyref import DataKey
 from vmcrypt.keys import KeyManager

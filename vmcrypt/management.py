@@ -14,25 +14,33 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-from certs.ca import CertificateAuthority
+from vmcrypt import vtpm_command
+from vmcrypt.backup import Manifest, backup_vm, check_restorable, restore_vm
+from vmcrypt.ca_keys import open_ca
+from vmcrypt.clone import clone_vm
 from vmcrypt.errors import VmcryptError, VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError, VmRecord
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege, missing_privileges
 from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
+from vmcrypt.suspend import (
+    read_suspend_state,
+    restore_tpm_state,
+    resume_tpm_state,
+    save_tpm_state,
+    write_suspend_state,
+)
 from vmcrypt.vm import VmHome, VmSpec, create_vm
-from vmcrypt.vtpm_provision import set_vtpm_present
 from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm
-
-if TYPE_CHECKING:
-    from vmcrypt.backup import Manifest
+from vmcrypt.vm_vtpm import VmNvramStore
+from vmcrypt.vtpm_provision import add_vtpm, set_vtpm_present
+from vtpm.server.sockets import free_port_pair
 
 CONSOLE_TICKET_LIFETIME = datetime.timedelta(minutes=2)
 POWER_ON_TIMEOUT = 30.0
@@ -53,7 +61,7 @@ class Management:
         self.home = Path(home)
         self.inventory = Inventory(self.home)
         self.keys = KeyManager(ProviderRegistry(self.home))
-        self.ca = CertificateAuthority(self.home, self.keys)
+        self.ca = open_ca(self.home, self.keys)
 
     def close(self) -> None:
         self.inventory.close()
@@ -221,20 +229,16 @@ class UserSession:
         return self.checked(Operation.MIGRATE, ("vm", name), record.encrypted, act, detail=f"to {datastore}")
 
     def backup(self, name: str, destination: str | os.PathLike[str], *, include_disks: bool = True,
-               progress: Callable | None = None) -> "Manifest":
-        from vmcrypt.backup import backup_vm
-
+               progress: Callable | None = None) -> Manifest:
         record, vm = self._vm(name)
 
-        def act() -> "Manifest":
+        def act() -> Manifest:
             self._require_off(record)
             return backup_vm(vm, self.m.keys, destination, include_disks=include_disks, progress=progress)
         return self.checked(Operation.BACKUP, ("vm", name), record.encrypted, act, detail=str(destination))
 
     def restore(self, archive: str | os.PathLike[str], datastore: str) -> VmRecord:
         """Check the archive and the key first; then restore into the datastore and register."""
-        from vmcrypt.backup import check_restorable, restore_vm
-
         manifest = check_restorable(archive, self.m.keys)
 
         def act() -> VmRecord:
@@ -301,8 +305,6 @@ class UserSession:
 
     def clone(self, name: str, new_name: str, *, exact: bool = False) -> VmRecord:
         """A new VM in the same datastore; new identity unless ``exact`` (which needs Cryptographer.Clone)."""
-        from vmcrypt.clone import clone_vm
-
         record, vm = self._vm(name)
 
         def act() -> VmRecord:
@@ -347,8 +349,6 @@ class UserSession:
     # ------------------------------------------------------------------ encryption and the vTPM
 
     def add_vtpm(self, name: str) -> VmRecord:
-        from vmcrypt.vtpm_provision import add_vtpm
-
         record, vm = self._vm(name)
 
         def act() -> VmRecord:
@@ -358,8 +358,6 @@ class UserSession:
         return self.checked(Operation.ADD_VTPM, ("vm", name), record.encrypted, act)
 
     def remove_vtpm(self, name: str) -> VmRecord:
-        from vmcrypt.vm_vtpm import VmNvramStore
-
         record, vm = self._vm(name)
 
         def act() -> VmRecord:
@@ -421,15 +419,13 @@ class UserSession:
 
     def _serve_vtpm(self, vm: VmHome) -> tuple[int, int]:
         """The VM's vTPM on the swtpm protocol, as its own process (like the VMX process would)."""
-        from vtpm.server.sockets import free_port_pair
-
         run_dir = self.m.home / "run"
         run_dir.mkdir(mode=0o700, exist_ok=True)
         log = run_dir / f"{vm.name}.vtpm.log"
         port = free_port_pair()
         with open(log, "wb") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", "vtpm", "serve", "--vm", str(vm.vmx_path), "--port", str(port)],
+                vtpm_command.command_line("serve", "--vm", str(vm.vmx_path), "--port", str(port)),
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, "VMCRYPT_HOME": str(self.m.home)},
             )
@@ -447,8 +443,6 @@ class UserSession:
 
     def suspend(self, name: str) -> VmRecord:
         """Save the vTPM's state (Shutdown(STATE)) into the encrypted .vmss and stop it."""
-        from vmcrypt.suspend import save_tpm_state, write_suspend_state
-
         record, vm = self._vm(name)
 
         def act() -> VmRecord:
@@ -465,8 +459,6 @@ class UserSession:
 
     def resume(self, name: str) -> VmRecord:
         """Power on from the .vmss: the vTPM comes back with Startup(STATE), its PCRs as they were."""
-        from vmcrypt.suspend import read_suspend_state, restore_tpm_state, resume_tpm_state
-
         record, vm = self._vm(name)
 
         def act() -> VmRecord:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vmcrypt.atomic import fsync_directory, write_atomic
+from durable.atomic import fsync_directory, write_atomic
 from vmcrypt.errors import VmError
 from vmcrypt.nvram import Nvram, default_nvram
 from vmcrypt.vmx import VmxConfig

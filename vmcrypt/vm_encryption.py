@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from durable.atomic import fsync_directory, remove_stale_temp_files, write_atomic
 from vmcrypt import container
-from vmcrypt.atomic import fsync_directory, remove_stale_temp_files, write_atomic
 from vmcrypt.container import Mac
 from vmcrypt.errors import ContainerError, InterruptedOperationError, VmcryptError, VmError
 from vmcrypt.keyref import DataKey, KeyReference

@@ -12,8 +12,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from durable.atomic import write_atomic
 from vmcrypt import container
-from vmcrypt.atomic import write_atomic
 from vmcrypt.errors import VmError
 from vmcrypt.home import resolve_home
 from vmcrypt.keyref import DataKey

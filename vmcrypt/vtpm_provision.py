@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives import serialization
 from certs.ca import CertificateAuthority
 from certs.ek import TpmIdentity
 from certs.validate import EkCertificateError, validate_ek_certificate
+from durable.atomic import write_atomic
 from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_encryption import encrypt_vm, read_vmx, render_vmx
 from vmcrypt.vm_vtpm import VmNvramStore
-from vmcrypt.atomic import write_atomic
 from vtpm.client import EK_CERT_NV_ATTRIBUTES, TpmClient, TpmCommandError
 from vtpm.commands.capability import FIRMWARE_VERSION, MANUFACTURER, SPEC_LEVEL, SPEC_REVISION
 from vtpm.constants import ALG, RH

@@ -1,7 +1,10 @@
-"""`vtpm`: serve a virtual TPM 2.0 to real clients, and inspect stored vTPM state.
+"""`python -m vtpm`: serve a virtual TPM 2.0 to real clients, and inspect stored vTPM state.
 
-This is a composition root: it wires the engine to a state store (plain,
-key-file encrypted, or a VM's encrypted .nvram) and to a transport.
+This wires the engine to a state store and to a transport. Which stores the
+command line can name comes from a ``StoreOptions``: by itself vtpm knows plain
+state directories (``--state DIR``); the `vtpm` command that is installed
+(``python -m vmcrypt.vtpm_command``) passes its own, which add the encrypted
+stores (``--key-file``, ``--vm``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from vtpm import wire
 from vtpm.constants import NT, TPMA_NV
@@ -22,19 +25,46 @@ from vtpm.engine import Tpm
 from vtpm.server.device import TpmDevice
 from vtpm.server.sockets import MssimServer, SwtpmServer
 from vtpm.state import TpmState
-from vtpm.storage import EncryptedStateStore, PlainStateStore, StateStore, StateStoreError, read_key_file
+from vtpm.storage import PlainStateStore, StateStore, StateStoreError
+
+ENGINE_COMMAND = "the `vtpm` command (python -m vmcrypt.vtpm_command)"
 
 
-def open_store(args: argparse.Namespace) -> StateStore:
-    if args.vm:
-        from vmcrypt.vm_vtpm import VmNvramStore
+class StoreOptions(Protocol):
+    """The options that name a state store, and how to open the store they name."""
 
-        return VmNvramStore.open(args.vm, home=args.home)
-    if not args.state:
-        raise StateStoreError("give --state DIR or --vm PATH/NAME.vmx")
-    if args.key_file:
-        return EncryptedStateStore(args.state, read_key_file(args.key_file))
-    return PlainStateStore(args.state)
+    #: exceptions of the stores, reported as ``error: vtpm COMMAND: ...`` with exit status 1
+    failures: tuple[type[Exception], ...]
+
+    def add_global_options(self, parser: argparse.ArgumentParser) -> None: ...
+    def add_store_options(self, command: argparse.ArgumentParser, where: Any) -> None:
+        """Options of `serve` and `info`; ``where`` is the group of mutually exclusive ones (``--state``)."""
+    def open(self, args: argparse.Namespace) -> StateStore: ...
+
+
+class _NeedsEngine(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"{option_string} (encrypted state) needs {ENGINE_COMMAND}; "
+                     "python -m vtpm serves plain --state directories only")
+
+
+class PlainStoreOptions:
+    """``--state DIR`` only; ``--vm`` and ``--key-file`` are refused with a pointer to the `vtpm` command."""
+
+    failures: tuple[type[Exception], ...] = ()
+
+    def add_global_options(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--home", help=argparse.SUPPRESS)  # only --vm uses it; accepted as before
+
+    def add_store_options(self, command: argparse.ArgumentParser, where: Any) -> None:
+        where.add_argument("--vm", action=_NeedsEngine, help=argparse.SUPPRESS)
+        command.add_argument("--key-file", action=_NeedsEngine, help=argparse.SUPPRESS)
+
+    def open(self, args: argparse.Namespace) -> StateStore:
+        if not args.state:
+            raise StateStoreError("give --state DIR")
+        return PlainStateStore(args.state)
 
 
 def load_or_manufacture(store: StateStore) -> tuple[TpmState, bool]:
@@ -46,8 +76,7 @@ def load_or_manufacture(store: StateStore) -> tuple[TpmState, bool]:
     return state, True
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    store = open_store(args)
+def cmd_serve(args: argparse.Namespace, store: StateStore) -> int:
     state, created = load_or_manufacture(store)
     tpm = Tpm(state, persist=store.save)
     if args.startup_clear:
@@ -120,8 +149,7 @@ def describe_state(state: TpmState) -> dict[str, Any]:
     }
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    store = open_store(args)
+def cmd_info(args: argparse.Namespace, store: StateStore) -> int:
     state = store.load()
     if state is None:
         raise StateStoreError(f"{store.describe()}: no TPM state stored there")
@@ -143,16 +171,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtpm", description="Serve and inspect virtual TPM 2.0 devices.")
-    parser.add_argument("--home", help="management home (for --vm: key providers)")
+    stores.add_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add_state_options(sub: argparse.ArgumentParser) -> None:
         where = sub.add_mutually_exclusive_group()
         where.add_argument("--state", metavar="DIR", help="state directory (created, with a new TPM, if absent)")
-        where.add_argument("--vm", metavar="VMX", help="serve the vTPM stored in this VM's .nvram")
-        sub.add_argument("--key-file", help="encrypt the state directory's file under this 32-byte key")
+        stores.add_store_options(sub, where)
 
     serve = commands.add_parser("serve", help="serve a vTPM on a socket", description="Serve a vTPM to TPM clients.")
     add_state_options(serve)
@@ -172,22 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) -> int:
+    stores = stores or PlainStoreOptions()
+    args = build_parser(stores).parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="vtpm: %(message)s")
     try:
-        return args.func(args)
-    except (StateStoreError, OSError) as exc:
+        return args.func(args, stores.open(args))
+    except (StateStoreError, OSError, *stores.failures) as exc:
         print(f"error: vtpm {args.command}: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # VmcryptError and friends from the --vm path
-        from vmcrypt.errors import VmcryptError
-
-        if isinstance(exc, VmcryptError):
-            print(f"error: vtpm {args.command}: {exc}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

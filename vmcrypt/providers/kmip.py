@@ -106,6 +106,8 @@ class KmipKeyProvider(KeyProvider):
     # ------------------------------------------------------------------ connection
 
     def _open(self, server: str) -> Any:
+        # PyKMIP is imported inside the methods that talk to a server: it takes about a second to
+        # import, and every vmcrypt command would pay for it though most homes have no KMIP provider.
         from kmip.pie.client import ProxyKmipClient
 
         host, port = parse_server(server)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmcrypt.atomic import write_atomic
+from durable.atomic import write_atomic
 from vmcrypt.errors import KeyProviderError
 from vmcrypt.providers.base import KeyProvider
 from vmcrypt.providers.kmip import DEFAULT_CACHE_SECONDS, DEFAULT_TIMEOUT, KmipKeyProvider, KmipSettings, parse_server

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+# Kept from when this module was part of vmcrypt: crash recovery finds temp files by this prefix.
 TEMP_PREFIX = ".vmcrypt-tmp-"
 
 

@@ -1,0 +1,33 @@
+"""The management CA of a management home, its private keys sealed by vmcrypt.
+
+Each key is a vmcrypt container (label ``ca-private-key``, mode 0600) whose
+DEK is wrapped by a new key of the default key provider: the
+``certs.ca.CaKeyStore`` that ``open_ca`` hands the CA.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from certs.ca import CertificateAuthority
+from vmcrypt import container
+from vmcrypt.keys import KeyManager
+
+KEY_LABEL = "ca-private-key"
+
+
+class ContainerKeyStore:
+    def __init__(self, keys: KeyManager) -> None:
+        self.keys = keys
+
+    def seal(self, path: Path, secret: bytes) -> None:
+        container.write_file(path, secret, self.keys.new_data_key(), label=KEY_LABEL, mode=0o600)
+
+    def unseal(self, path: Path) -> bytes:
+        return container.read_file(path, self.keys.header_key)
+
+
+def open_ca(home: str | os.PathLike[str], keys: KeyManager) -> CertificateAuthority:
+    """The CA kept under ``<home>/ca``, its keys sealed through ``keys``."""
+    return CertificateAuthority(home, ContainerKeyStore(keys))

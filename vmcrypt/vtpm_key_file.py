@@ -1,0 +1,61 @@
+"""A vTPM state directory encrypted under a key file (`vtpm serve --state DIR --key-file F`).
+
+The state is a vmcrypt container (AES-XTS-256 + HMAC) named ``tpm2-state.vmc``
+in the state directory, under a 32-byte key read from a file. It is handed to
+the vTPM server as a ``vtpm.storage.StateStore``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from vmcrypt import container
+from vmcrypt.errors import VmcryptError
+from vmcrypt.keyref import DataKey, KeyReference, WrapAlgorithm
+from vtpm.state import TpmState
+from vtpm.storage import ENCRYPTED_STATE_FILE, PLAIN_STATE_FILE, StateStoreError, parse_state
+
+STATE_LABEL = "vtpm-state"
+
+
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """A 32-byte key: raw bytes, or 64 hex digits (a trailing newline is allowed)."""
+    raw = Path(path).read_bytes()
+    text = raw.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    if len(raw) == 32:
+        return raw
+    raise StateStoreError(f"{path}: a key file must hold 32 bytes or 64 hex digits")
+
+
+class EncryptedStateStore:
+    def __init__(self, directory: str | os.PathLike[str], key: bytes) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / ENCRYPTED_STATE_FILE
+        # The key id is a fingerprint that tells keys apart without revealing them.
+        fingerprint = hashlib.sha256(b"vtpm key-file id" + key).hexdigest()[:16]
+        self.key = DataKey(key, KeyReference("key-file", fingerprint, WrapAlgorithm.NONE))
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def load(self) -> TpmState | None:
+        if not self.path.exists():
+            if (self.directory / PLAIN_STATE_FILE).exists():
+                raise StateStoreError(f"{self.directory}: holds unencrypted state; drop --key-file")
+            return None
+        try:
+            raw = container.read_file(self.path, self.key)
+        except VmcryptError as exc:
+            raise StateStoreError(str(exc)) from None
+        return parse_state(raw, self.path)
+
+    def save(self, raw: bytes) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        container.write_file(self.path, raw, self.key, label=STATE_LABEL, mode=0o600)
