@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Callable
 
 from vtpm.constants import (
     ALG, CAP, CC, ECC_CURVE, HT, NT, PT, PT_PCR, RC, RH, TPMA_ALGORITHM, TPMA_PERMANENT,
     TPMA_STARTUP_CLEAR,
 )
-from vtpm.engine import COMMANDS, Command, Response, Tpm, command
+from vtpm.core import COMMANDS, Command, Response, command
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U32
 from vtpm.marshal.structures import (
@@ -23,6 +25,9 @@ from vtpm.marshal.structures import (
     TPML_TAGGED_TPM_PROPERTY,
 )
 from vtpm.state import PCR_COUNT
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 MANUFACTURER = b"VMCR"
 VENDOR_STRINGS = (b"vmcr", b"ypt ", b"vTPM", b"\0\0\0\0")

@@ -3,20 +3,23 @@ ECDH_KeyGen, ECDH_ZGen, EncryptDecrypt, EncryptDecrypt2."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from vtpm.commands.objects import get_object
 from vtpm.constants import ALG, CC, HT, RC, TPMA_OBJECT
-from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.keyops import hash_class
 from vtpm.marshal.objects import TPM2B_ECC_POINT, TPM2B_IV, TPM2B_PUBLIC_KEY_RSA, TPMT_ASYM_SCHEME
 from vtpm.marshal.primitives import U8, U16, OneOf
 from vtpm.marshal.structures import TPM2B_DATA, TPM2B_MAX_BUFFER
 from vtpm.objects import CURVES, LoadedObject
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 A = TPMA_OBJECT
 BLOCK = 16

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vtpm.constants import CC, RC, RH
-from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U64, OneOf
 from vtpm.marshal.structures import TPMS_TIME_INFO
 
 import construct as cs
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 MAX_CLOCK = 0xFFFF_0000_0000_0000
 RATE_STEP = {1: 10, 2: 100, 3: 1000}  # millionths per FINE/MEDIUM/COARSE adjustment

@@ -12,19 +12,22 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from vtpm.commands.hash import MAX_LOADED_OBJECTS, HashSequence, allocate_transient
 from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT, TRANSIENT_FIRST
+from vtpm.core import Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, hmac_digest, kdfa
-from vtpm.engine import Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import TPMS_CONTEXT
 from vtpm.marshal.primitives import U32
 from vtpm.objects import LoadedObject, Public, Sensitive
 from vtpm.sessions import CFB, AuthSession, SymDef
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 CONTEXT_HASH = ALG.SHA256
 SAVED_OBJECT = 0x80000000

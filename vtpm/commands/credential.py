@@ -3,6 +3,8 @@ the credential protocol an attestation service uses to trust an AK by its EK."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hmac
 import secrets
 
@@ -12,8 +14,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from vtpm.commands.hash import allocate_transient
 from vtpm.commands.objects import get_object
 from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, hmac_digest, kdfa
-from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.keyops import decrypt_secret, hash_class, kdfe
 from vtpm.marshal.objects import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPMS_ECC_POINT, TPMT_PUBLIC, TPMT_SENSITIVE
@@ -21,6 +23,9 @@ from vtpm.marshal.primitives import OneOf, Tpm2bStruct, U32
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NAME
 from vtpm.objects import CURVES, LoadedObject, Public, Sensitive, check_binding, check_template
 from vtpm.sessions import CFB
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 A = TPMA_OBJECT
 TPMI_RH_HIERARCHY_NULL = OneOf(U32, [RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.NULL], RC.VALUE)

@@ -9,10 +9,15 @@ resets the counter. A failed lockoutAuth locks lockoutAuth itself for
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vtpm.constants import CC, RC, RH
-from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, handle_spec
+from vtpm.core import Auth, Command, Entity, Response, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 
 class DictionaryAttack:

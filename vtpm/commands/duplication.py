@@ -4,6 +4,8 @@ parent, possibly on another TPM, under an optional inner (symmetric) and outer
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hmac
 import secrets
 
@@ -12,14 +14,17 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from vtpm.commands.credential import _seal_to
 from vtpm.commands.objects import _storage_parent, get_object
 from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
-from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.keyops import decrypt_secret
 from vtpm.marshal.objects import TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_PUBLIC, TPMT_SYM_DEF_OBJECT
 from vtpm.marshal.structures import TPM2B_DATA
 from vtpm.objects import LoadedObject, Public, Sensitive, check_binding, check_template, wrap_private
 from vtpm.sessions import CFB
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 A = TPMA_OBJECT
 

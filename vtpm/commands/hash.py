@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vtpm.constants import ALG, CC, HT, RC, RH, ST, TPM_GENERATED_VALUE, TRANSIENT_FIRST
+from vtpm.core import Auth, Command, Entity, Response, command, entity_resolver, handle_spec
 from vtpm.crypto import HASHES, hmac_digest, new_hash
-from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32, OneOf
 from vtpm.marshal.structures import (
@@ -19,6 +19,9 @@ from vtpm.marshal.structures import (
     TPML_DIGEST_VALUES,
     TPMT_TK_HASHCHECK,
 )
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 MAX_LOADED_OBJECTS = 3
 TPMI_RH_HIERARCHY_NULL = OneOf(U32, [RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.NULL], RC.VALUE)

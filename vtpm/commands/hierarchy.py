@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import secrets
 
 from vtpm.constants import CC, HT, RC, RH, ALG
-from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
+from vtpm.core import Auth, Command, Entity, Response, command, entity_resolver, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U32, OneOf
 from vtpm.marshal.structures import TPM2B_AUTH, TPM2B_DIGEST, TPMI_ALG_HASH_NULL
 from vtpm.crypto import HASHES
 from vtpm.state import Hierarchy, SEED_SIZE, PROOF_SIZE
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 HIERARCHY_AUTH = (RH.LOCKOUT, RH.ENDORSEMENT, RH.OWNER, RH.PLATFORM)
 

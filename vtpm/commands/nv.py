@@ -6,11 +6,13 @@ indices get the same durability (stronger than the spec requires).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Callable
 
 from vtpm.constants import CC, HT, NT, NV_RESERVED_MASK, RC, RH, TPMA_NV
+from vtpm.core import Auth, Command, Entity, Response, command, entity_resolver, handle_spec
 from vtpm.crypto import HASHES, digest
-from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U16, U64
 from vtpm.marshal.structures import (
@@ -21,6 +23,9 @@ from vtpm.marshal.structures import (
     TPM2B_NV_PUBLIC,
 )
 from vtpm.state import NvIndex
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 MAX_NV_INDEX_SIZE = 2048
 MAX_NV_INDICES = 256

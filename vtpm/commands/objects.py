@@ -3,12 +3,12 @@ Unseal, ObjectChangeAuth, EvictControl; persistent objects."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vtpm.commands.hash import allocate_transient, proof_for
 from vtpm.constants import ALG, CC, HT, RC, RH, ST, TPMA_OBJECT
+from vtpm.core import Auth, Command, Entity, Response, command, entity_resolver, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
-from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import (
     TPM2B_PRIVATE,
@@ -31,6 +31,9 @@ from vtpm.objects import (
     unwrap_private,
     wrap_private,
 )
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 A = TPMA_OBJECT
 HIERARCHIES = (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.NULL)

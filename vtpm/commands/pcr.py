@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 from vtpm.constants import CC, HT, RC, RH
+from vtpm.core import Auth, Command, Entity, Response, command, entity_resolver, handle_spec
 from vtpm.crypto import HASHES, digest
-from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32
 from vtpm.marshal.structures import (
@@ -20,6 +22,9 @@ from vtpm.marshal.structures import (
     TPML_PCR_SELECTION_OUT,
 )
 from vtpm.state import PCR_COUNT
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 MAX_PCR_READ = 8
 DRTM_LOCALITY = 4  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)

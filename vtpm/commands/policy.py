@@ -12,15 +12,20 @@ PolicySecret lives in vtpm.commands.policy_secret.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import construct as cs
 
 from vtpm.constants import CC, HT, RC, RH
+from vtpm.core import COMMANDS, Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest
-from vtpm.engine import COMMANDS, Auth, Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U16, U32, OneOf
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NAME, TPML_PCR_SELECTION, TPMS_TIME_INFO
 from vtpm.sessions import AuthSession
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 POLICY_SESSION = handle_spec("policySession", types=[HT.POLICY_SESSION])
 TPMI_YES_NO = OneOf(U8, [0, 1], RC.VALUE)

@@ -10,15 +10,20 @@ can make or check them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 
 from vtpm.commands.policy import POLICY_SESSION, extend, session_of
 from vtpm.constants import ALG, CC, HT, NT, RC, RH, ST, TPMA_NV
+from vtpm.core import ENTITY_RESOLVERS, Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
-from vtpm.engine import ENTITY_RESOLVERS, Auth, Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import I32, U16
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NONCE
 from vtpm.sessions import AuthSession
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 TICKET_HASH = ALG.SHA256  # HMAC of TPMT_TK_AUTH tickets (only this TPM checks them)
 EXPIRES_ON_RESET = 1 << 63  # flag in the timeout returned with a ticket

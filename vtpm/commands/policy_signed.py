@@ -10,6 +10,8 @@ policy be updated without re-creating the objects that use it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hmac
 
 from vtpm.commands.objects import get_object
@@ -23,13 +25,16 @@ from vtpm.commands.policy_secret import (
 )
 from vtpm.commands.hash import proof_for
 from vtpm.constants import CC, HT, RC, RH, ST
+from vtpm.core import Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
-from vtpm.engine import Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.keyops import verify_digest
 from vtpm.marshal.objects import TPMT_SIGNATURE, TPMT_TK
 from vtpm.marshal.primitives import I32, U16
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NAME, TPM2B_NONCE
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 TPM2B_TIMEOUT = TPM2B_DIGEST  # 8 bytes in practice; up to a digest in size
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import construct as cs
 
 from vtpm.constants import ALG, CC, HT, RC, RH, HMAC_SESSION_FIRST, POLICY_SESSION_FIRST
+from vtpm.core import ENTITY_RESOLVERS, Command, Entity, Response, command, entity_resolver, handle_spec
 from vtpm.crypto import HASHES
-from vtpm.engine import Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, Tpm2b, OneOf
 from vtpm.marshal.structures import TPM2B_NONCE, TPMI_ALG_HASH
 from vtpm.sessions import MAX_LOADED_SESSIONS, AuthSession, SessionType, SymDef, bind_value, session_key
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 TPM2B_ENCRYPTED_SECRET = Tpm2b(512)
 TPM_SE = OneOf(U8, [SessionType.HMAC, SessionType.POLICY, SessionType.TRIAL], RC.VALUE)
@@ -101,8 +106,6 @@ def start_auth_session(tpm: Tpm, cmd: Command) -> Response:
     symmetric = _symmetric(tpm, p.symmetric)
     bind_auth, bound = b"", b""
     if bind_handle != RH.NULL:
-        from vtpm.engine import ENTITY_RESOLVERS
-
         entity = ENTITY_RESOLVERS[bind_handle >> 24](tpm, bind_handle)
         bind_auth = entity.auth_value.rstrip(b"\x00")
         bound = bind_value(entity.name or bind_handle.to_bytes(4, "big"), entity.auth_value)

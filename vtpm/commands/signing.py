@@ -4,20 +4,23 @@ Quote, Certify, GetTime."""
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vtpm.commands.clock import time_info
 from vtpm.commands.hash import proof_for
 from vtpm.commands.objects import get_object, pcr_digest
 from vtpm.constants import ALG, CC, HT, RC, RH, ST, TPM_GENERATED_VALUE, TPMA_OBJECT
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
-from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
 from vtpm.errors import TpmError
 from vtpm.keyops import select_sign_scheme, sign_digest, verify_digest
 from vtpm.marshal.objects import TPMS_ATTEST, TPMT_ASYM_SCHEME, TPMT_SIGNATURE, TPMT_TK
 from vtpm.marshal.primitives import U16
 from vtpm.marshal.structures import TPM2B_DATA, TPM2B_DIGEST, TPM2B_MAX_BUFFER, TPMI_ALG_HASH_NULL, TPML_PCR_SELECTION
 from vtpm.objects import LoadedObject
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 A = TPMA_OBJECT
 KEY = handle_spec("keyHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vtpm.constants import CC, RC, SU
-from vtpm.engine import Command, Response, Tpm, command
+from vtpm.core import Command, Response, command
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U16, OneOf
 from vtpm.marshal.structures import counted
 from vtpm.crypto import HASHES
 from vtpm.state import PROOF_SIZE, SEED_SIZE, SavedState
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 TPM_SU = OneOf(U16, [SU.CLEAR, SU.STATE], RC.VALUE)
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io
 
 from vtpm.commands.capability import AES_KEY_BITS, ECC_CURVES, RSA_KEY_BITS
 from vtpm.constants import ALG, CC, RC
+from vtpm.core import Command, Response, command
 from vtpm.crypto import HASHES
-from vtpm.engine import Command, Response, Tpm, command
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U16
 from vtpm.marshal.structures import TPM2B_MAX_BUFFER  # noqa: F401  (shared buffer limits)
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 SYM_MODES = {ALG.CFB}  # storage keys' symmetric definitions use CFB
 RSA_SCHEMES = {ALG.RSASSA, ALG.RSAPSS, ALG.RSAES, ALG.OAEP, ALG.NULL}
