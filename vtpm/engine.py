@@ -22,7 +22,6 @@ import construct as cs
 
 import vtpm.commands  # noqa: F401  (each command module registers its handlers on import)
 from vtpm.authorization import AuthContext, authorize, respond
-from vtpm.commands.dictionary_attack import DictionaryAttack
 from vtpm.constants import CC, RC, ST
 from vtpm.core import (
     COMMANDS,
@@ -40,6 +39,8 @@ from vtpm.core import (
     handle_spec,
 )
 from vtpm.crypto import MAX_DIGEST
+from vtpm.entities import hierarchy, nv, object_table, pcr, session_table  # noqa: F401  (entity resolvers)
+from vtpm.entities.dictionary_attack import DictionaryAttack
 from vtpm.errors import TpmError
 from vtpm.state import TpmState, Volatile
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from vtpm.constants import (
     ALG, CAP, CC, ECC_CURVE, HT, NT, PT, PT_PCR, RC, RH, TPMA_ALGORITHM, TPMA_PERMANENT,
     TPMA_STARTUP_CLEAR,
 )
 from vtpm.core import COMMANDS, Command, Response, command
+from vtpm.entities.nv import MAX_NV_INDICES, nv_handles
+from vtpm.entities.pcr import NO_INCREMENT, PCR_ATTRIBUTES, PCR_GROUP, pcr_selection_all
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U32
 from vtpm.marshal.structures import (
@@ -117,8 +118,6 @@ def tpm_properties(tpm: Tpm) -> dict[int, int]:
         startup |= TPMA_STARTUP_CLEAR.ORDERLY
     counters = sum(1 for i in state.nv.values() if i.kind == NT.COUNTER)
     loaded = len(volatile.objects)
-    from vtpm.commands.nv import MAX_NV_INDICES
-
     return {
         PT.FAMILY_INDICATOR: int.from_bytes(b"2.0\0", "big"),
         PT.LEVEL: SPEC_LEVEL,
@@ -191,8 +190,6 @@ def tpm_properties(tpm: Tpm) -> dict[int, int]:
 
 
 def pcr_properties() -> dict[int, int]:
-    from vtpm.commands.pcr import NO_INCREMENT, PCR_ATTRIBUTES, PCR_GROUP
-
     def bitmap(predicate: Callable[[int], bool]) -> int:
         return sum(1 << i for i in range(PCR_COUNT) if predicate(i))
 
@@ -211,8 +208,6 @@ def handles_of_type(tpm: Tpm, kind: int) -> list[int]:
     if kind == HT.PCR:
         return list(range(PCR_COUNT))
     if kind == HT.NV_INDEX:
-        from vtpm.commands.nv import nv_handles
-
         return nv_handles(tpm)
     if kind == HT.PERMANENT:
         return sorted(PERMANENT_HANDLES)
@@ -249,8 +244,6 @@ def get_capability(tpm: Tpm, cmd: Command) -> Response:
     elif cap in (CAP.PP_COMMANDS, CAP.AUDIT_COMMANDS):
         body, more = TPML_CC.build([]), False
     elif cap == CAP.PCRS:
-        from vtpm.commands.pcr import pcr_selection_all
-
         if prop != 0:
             raise TpmError(RC.VALUE, param=2)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from Crypto.PublicKey import ECC
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from vtpm.commands.objects import get_object
 from vtpm.constants import ALG, CC, HT, RC, TPMA_OBJECT
-from vtpm.core import Auth, Command, Response, command, handle_spec
+from vtpm.core import Command, Response, command, handle_spec
+from vtpm.entities.keys import KEY
+from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
 from vtpm.keyops import hash_class
 from vtpm.marshal.objects import TPM2B_ECC_POINT, TPM2B_IV, TPM2B_PUBLIC_KEY_RSA, TPMT_ASYM_SCHEME
@@ -23,7 +25,6 @@ if TYPE_CHECKING:
 
 A = TPMA_OBJECT
 BLOCK = 16
-KEY = handle_spec("keyHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])
 PUBLIC_KEY = handle_spec("keyHandle", types=[HT.TRANSIENT, HT.PERSISTENT])
 SYM_MODES = (ALG.CTR, ALG.OFB, ALG.CBC, ALG.CFB, ALG.ECB, ALG.NULL)
 
@@ -121,8 +122,6 @@ _PYCRYPTODOME_CURVES = {0x0003: "P-256", 0x0004: "P-384", 0x0005: "P-521"}
 
 def _multiply(key: LoadedObject, scalar: int, x: bytes, y: bytes, param: int) -> dict[str, bytes]:
     """The full point scalar*(x, y) on the key's curve; the TPM returns both coordinates."""
-    from Crypto.PublicKey import ECC
-
     curve_id = key.public.area.parameters.curveID
     size = CURVES[curve_id][1]
     try:

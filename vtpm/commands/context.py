@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from vtpm.commands.hash import MAX_LOADED_OBJECTS, HashSequence, allocate_transient
 from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT, TRANSIENT_FIRST
 from vtpm.core import Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, hmac_digest, kdfa
+from vtpm.entities.hierarchy import hierarchy_enabled, hierarchy_proof
+from vtpm.entities.object_table import MAX_LOADED_OBJECTS, allocate_transient
+from vtpm.entities.sequences import HashSequence
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import TPMS_CONTEXT
 from vtpm.marshal.primitives import U32
@@ -35,16 +37,8 @@ SAVED_SEQUENCE = 0x80000001
 SAVED_ST_CLEAR = 0x80000002
 
 
-def _proof(tpm: Tpm, hierarchy: int) -> bytes:
-    return {
-        RH.OWNER: tpm.state.sh_proof,
-        RH.ENDORSEMENT: tpm.state.eh_proof,
-        RH.PLATFORM: tpm.state.ph_proof,
-    }.get(hierarchy, tpm.volatile.null_proof)
-
-
 def _keys(tpm: Tpm, hierarchy: int, sequence: int, saved_handle: int) -> tuple[bytes, bytes, bytes]:
-    proof = _proof(tpm, hierarchy)
+    proof = hierarchy_proof(tpm, hierarchy)
     context = sequence.to_bytes(8, "big") + saved_handle.to_bytes(4, "big")
     material = kdfa(CONTEXT_HASH, proof, b"CONTEXT", context, b"", (32 + 16) * 8)
     integrity = kdfa(CONTEXT_HASH, proof, b"INTEGRITY", b"", b"", HASHES[CONTEXT_HASH].size * 8)
@@ -143,8 +137,6 @@ def context_load(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.HANDLE, param=1)
     if context.hierarchy not in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.NULL):
         raise TpmError(RC.HIERARCHY, param=1)
-    from vtpm.commands.hierarchy import hierarchy_enabled
-
     if not hierarchy_enabled(tpm, context.hierarchy):
         raise TpmError(RC.HIERARCHY, param=1)
     payload = json.loads(_open(tpm, context))

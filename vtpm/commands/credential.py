@@ -3,32 +3,28 @@ the credential protocol an attestation service uses to trust an AK by its EK."""
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 
-import hmac
-import secrets
-
-from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from vtpm.commands.hash import allocate_transient
-from vtpm.commands.objects import get_object
 from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT
 from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, hmac_digest, kdfa
+from vtpm.entities.hierarchy import TPMI_RH_HIERARCHY_NULL
+from vtpm.entities.object_table import allocate_transient, get_object
 from vtpm.errors import TpmError
-from vtpm.keyops import decrypt_secret, hash_class, kdfe
-from vtpm.marshal.objects import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPMS_ECC_POINT, TPMT_PUBLIC, TPMT_SENSITIVE
-from vtpm.marshal.primitives import OneOf, Tpm2bStruct, U32
+from vtpm.keyops import decrypt_secret, seal_to
+from vtpm.marshal.objects import TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPMT_PUBLIC, TPMT_SENSITIVE
+from vtpm.marshal.primitives import Tpm2bStruct
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NAME
-from vtpm.objects import CURVES, LoadedObject, Public, Sensitive, check_binding, check_template
+from vtpm.objects import LoadedObject, Public, Sensitive, check_binding, check_template
 from vtpm.sessions import CFB
 
 if TYPE_CHECKING:
     from vtpm.engine import Tpm
 
 A = TPMA_OBJECT
-TPMI_RH_HIERARCHY_NULL = OneOf(U32, [RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.NULL], RC.VALUE)
 
 
 @command(
@@ -64,22 +60,6 @@ def _protection_key(key: LoadedObject) -> tuple[int, int]:
     return key.public.name_alg, key.public.symmetric().keyBits
 
 
-def _seal_to(key: LoadedObject, label: bytes) -> tuple[bytes, bytes]:
-    """(seed, encrypted secret) for ``key``: RSA-OAEP or ephemeral ECDH + KDFe."""
-    alg = key.public.name_alg
-    if key.public.type == ALG.RSA:
-        seed = secrets.token_bytes(HASHES[alg].size)
-        oaep = padding.OAEP(mgf=padding.MGF1(hash_class(alg)), algorithm=hash_class(alg), label=label + b"\x00")
-        return seed, key.public_key().encrypt(seed, oaep)
-    curve, size = CURVES[key.public.area.parameters.curveID]
-    ephemeral = ec.generate_private_key(curve)
-    numbers = ephemeral.public_key().public_numbers()
-    ex = numbers.x.to_bytes(size, "big")
-    z = ephemeral.exchange(ec.ECDH(), key.public_key())
-    seed = kdfe(alg, z, label, ex, key.public.area.unique.x, HASHES[alg].size * 8)
-    return seed, TPMS_ECC_POINT.build({"x": ex, "y": numbers.y.to_bytes(size, "big")})
-
-
 def _credential_keys(alg: int, seed: bytes, name: bytes, bits: int) -> tuple[bytes, bytes]:
     return kdfa(alg, seed, b"STORAGE", name, b"", bits), kdfa(alg, seed, b"INTEGRITY", b"", b"", HASHES[alg].size * 8)
 
@@ -94,7 +74,7 @@ def make_credential(tpm: Tpm, cmd: Command) -> Response:
     key = get_object(tpm, cmd.handles[0])
     alg, bits = _protection_key(key)
     name = cmd.params.objectName
-    seed, secret = _seal_to(key, b"IDENTITY")
+    seed, secret = seal_to(key, b"IDENTITY")
     sym_key, hmac_key = _credential_keys(alg, seed, name, bits)
     enc = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
     enc_identity = enc.update(TPM2B_DIGEST.build(cmd.params.credential)) + enc.finalize()

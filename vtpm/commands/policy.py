@@ -19,6 +19,9 @@ import construct as cs
 from vtpm.constants import CC, HT, RC, RH
 from vtpm.core import COMMANDS, Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest
+from vtpm.entities.clock import time_info
+from vtpm.entities.nv import check_read_access
+from vtpm.entities.pcr import pcr_digest as current_pcr_digest
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U16, U32, OneOf
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NAME, TPML_PCR_SELECTION, TPMS_TIME_INFO
@@ -200,8 +203,6 @@ def _allocated_only(tpm: Tpm, selection: list[cs.Container]) -> list[tuple[int, 
 @command(CC.PolicyPCR, handles=[POLICY_SESSION], params=[("pcrDigest", TPM2B_DIGEST), ("pcrs", TPML_PCR_SELECTION)])
 def policy_pcr(tpm: Tpm, cmd: Command) -> Response:
     """Binds the policy to PCR values; a later PCR change voids the session (pcrUpdateCounter)."""
-    from vtpm.commands.objects import pcr_digest as current_pcr_digest
-
     session = session_of(tpm, cmd.handles[0])
     selection = _allocated_only(tpm, cmd.params.pcrs)
     pcr_digest = current_pcr_digest(tpm, session.auth_hash, cmd.params.pcrs)  # unallocated banks add nothing
@@ -256,8 +257,6 @@ CONDITION_PARAMS = [("operandB", TPM2B_OPERAND), ("offset", U16), ("operation", 
 )
 def policy_nv(tpm: Tpm, cmd: Command) -> Response:
     """A comparison against NV index data; the index is read with its read authorization."""
-    from vtpm.commands.nv import check_read_access
-
     auth, handle, session_handle = cmd.handles
     session = session_of(tpm, session_handle, 3)
     index = tpm.state.nv[handle]
@@ -277,8 +276,6 @@ def policy_nv(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.PolicyCounterTimer, handles=[POLICY_SESSION], params=CONDITION_PARAMS)
 def policy_counter_timer(tpm: Tpm, cmd: Command) -> Response:
     """A comparison against TPMS_TIME_INFO (time, clock, resetCount, restartCount, safe)."""
-    from vtpm.commands.clock import time_info
-
     session = session_of(tpm, cmd.handles[0])
     p = cmd.params
     info = TPMS_TIME_INFO.build(time_info(tpm))

@@ -17,6 +17,7 @@ from vtpm.commands.policy import POLICY_SESSION, extend, session_of
 from vtpm.constants import ALG, CC, HT, NT, RC, RH, ST, TPMA_NV
 from vtpm.core import ENTITY_RESOLVERS, Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
+from vtpm.entities.hierarchy import hierarchy_proof
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import I32, U16
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NONCE
@@ -49,12 +50,6 @@ def hierarchy_of(tpm: Tpm, handle: int) -> int:
     return entry["hierarchy"] if entry else RH.NULL
 
 
-def _proof(tpm: Tpm, hierarchy: int) -> bytes:
-    from vtpm.commands.hash import proof_for
-
-    return tpm.volatile.null_proof if hierarchy == RH.NULL else proof_for(tpm, hierarchy)
-
-
 def auth_ticket_digest(tpm: Tpm, tag: int, hierarchy: int, timeout: int, expires_on_reset: bool, cp_hash: bytes,
                        policy_ref: bytes, name: bytes) -> bytes:
     """The HMAC of a TPMT_TK_AUTH ticket, keyed by the hierarchy's proof.
@@ -67,7 +62,7 @@ def auth_ticket_digest(tpm: Tpm, tag: int, hierarchy: int, timeout: int, expires
         parts.append(tpm.volatile.null_proof)
         if expires_on_reset:
             parts.append(tpm.state.reset_count.to_bytes(4, "big"))
-    return hmac_digest(TICKET_HASH, _proof(tpm, hierarchy), *parts)
+    return hmac_digest(TICKET_HASH, hierarchy_proof(tpm, hierarchy), *parts)
 
 
 def auth_timeout(tpm: Tpm, session: AuthSession, expiration: int, nonce: bytes) -> int:

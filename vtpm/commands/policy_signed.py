@@ -10,11 +10,9 @@ policy be updated without re-creating the objects that use it.
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 
-import hmac
-
-from vtpm.commands.objects import get_object
 from vtpm.commands.policy import POLICY_SESSION, extend, session_of
 from vtpm.commands.policy_secret import (
     EXPIRES_ON_RESET,
@@ -23,10 +21,11 @@ from vtpm.commands.policy_secret import (
     check_parameters,
     update_context,
 )
-from vtpm.commands.hash import proof_for
 from vtpm.constants import CC, HT, RC, RH, ST
 from vtpm.core import Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
+from vtpm.entities.hierarchy import hierarchy_proof
+from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
 from vtpm.keyops import verify_digest
 from vtpm.marshal.objects import TPMT_SIGNATURE, TPMT_TK
@@ -131,7 +130,7 @@ def policy_authorize(tpm: Tpm, cmd: Command) -> Response:
         if ticket.tag != ST.VERIFIED or ticket.hierarchy not in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM):
             raise TpmError(RC.VALUE, param=4)
         a_hash = digest(name_alg, p.approvedPolicy, p.policyRef)
-        expected = hmac_digest(name_alg, proof_for(tpm, ticket.hierarchy), ST.VERIFIED.to_bytes(2, "big"), a_hash, key_name)
+        expected = hmac_digest(name_alg, hierarchy_proof(tpm, ticket.hierarchy), ST.VERIFIED.to_bytes(2, "big"), a_hash, key_name)
         if not hmac.compare_digest(expected, ticket.digest):
             raise TpmError(RC.VALUE, param=4)
     session.policy_digest = bytes(HASHES[session.auth_hash].size)

@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 import construct as cs
 
 from vtpm.constants import ALG, CC, HT, RC, RH, HMAC_SESSION_FIRST, POLICY_SESSION_FIRST
-from vtpm.core import ENTITY_RESOLVERS, Command, Entity, Response, command, entity_resolver, handle_spec
+from vtpm.core import ENTITY_RESOLVERS, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES
+from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
+from vtpm.keyops import decrypt_secret
 from vtpm.marshal.primitives import U8, Tpm2b, OneOf
 from vtpm.marshal.structures import TPM2B_NONCE, TPMI_ALG_HASH
 from vtpm.sessions import MAX_LOADED_SESSIONS, AuthSession, SessionType, SymDef, bind_value, session_key
@@ -37,9 +39,6 @@ BIND_PERMANENT = [RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.LOCKOUT, RH.NULL]
 
 def salt_decryptor(tpm: Tpm, key_handle: int, encrypted: bytes) -> bytes:
     """Recover a session salt sent under a loaded key: RSA-OAEP or ECDH with the label "SECRET"."""
-    from vtpm.commands.objects import get_object
-    from vtpm.keyops import decrypt_secret
-
     key = get_object(tpm, key_handle)
     if key.public.type not in (ALG.RSA, ALG.ECC):
         raise TpmError(RC.KEY, handle=1)
@@ -138,13 +137,3 @@ def policy_restart(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.HANDLE, handle=1)
     session.reset_policy()
     return Response()
-
-
-def _session_entity(tpm: Tpm, handle: int) -> Entity:
-    if handle not in tpm.volatile.sessions:
-        raise TpmError(RC.REFERENCE_H0)
-    return Entity(b"", da_protected=False)
-
-
-entity_resolver(HT.HMAC_SESSION)(_session_entity)
-entity_resolver(HT.POLICY_SESSION)(_session_entity)

@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, RC, SU
 from vtpm.core import Command, Response, command
+from vtpm.crypto import HASHES
+from vtpm.entities.nv import shutdown_nv, startup_clear_nv
+from vtpm.entities.pcr import PCR_ATTRIBUTES, counts_update
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U16, OneOf
 from vtpm.marshal.structures import counted
-from vtpm.crypto import HASHES
 from vtpm.state import PROOF_SIZE, SEED_SIZE, SavedState
 
 if TYPE_CHECKING:
@@ -31,8 +33,6 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         state.pcr_banks = state.pcr_banks_pending  # PCR_Allocate takes effect at TPM Reset
         state.pcr_banks_pending = None
     volatile.reset_pcrs(state.pcr_banks, cmd.locality)
-    from vtpm.commands.pcr import PCR_ATTRIBUTES, counts_update
-
     saved = kind == SU.STATE
     if not saved:
         volatile.pcr_update_counter = 0
@@ -61,8 +61,6 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         volatile.nv_read_locked.clear()
         volatile.nv_write_locked_stclear.clear()
         state.nv_global_locked = False
-        from vtpm.commands.nv import startup_clear_nv
-
         startup_clear_nv(tpm)
     volatile.ph_enable = True
     volatile.platform_auth = b""
@@ -84,8 +82,6 @@ def shutdown(tpm: Tpm, cmd: Command) -> Response:
     else:
         state.saved = None
         state.orderly = "clear"
-    from vtpm.commands.nv import shutdown_nv
-
     shutdown_nv(tpm)
     state.clock_safe = True
     tpm.mark_dirty()

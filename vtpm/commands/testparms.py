@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import io
+from typing import TYPE_CHECKING
 
 from vtpm.commands.capability import AES_KEY_BITS, ECC_CURVES, RSA_KEY_BITS
 from vtpm.constants import ALG, CC, RC
