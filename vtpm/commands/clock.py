@@ -1,4 +1,4 @@
-"""ReadClock, ClockSet, ClockRateAdjust (Part 3, section 29)."""
+"""Clocks and Timers (Part 3, section 29): ReadClock, ClockSet, ClockRateAdjust."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Duplicate and Import (Part 3, 13.1 and 13.3; Part 1, 23.3): moving a key to another
-parent, possibly on another TPM, under an optional inner (symmetric) and outer
-(seed sealed to the new parent) wrapper."""
+"""Duplication Commands (Part 3, section 13): Duplicate and Import (Part 1, 23.3),
+moving a key to another parent, possibly on another TPM, under an optional inner
+(symmetric) and outer (seed sealed to the new parent) wrapper."""
 
 from __future__ import annotations
 

@@ -1,22 +1,23 @@
-"""NV storage: define, undefine, read, write, counters, bits, extend, locks (Part 3, section 31).
-
-Index data is written through to persistent state on every change; orderly
-indices get the same durability (stronger than the spec requires).
+"""Non-volatile Storage (Part 3, section 31): define, undefine, read, write, counters,
+bits, extend, locks, and NV_Certify. The indices themselves are in vtpm.entities.nv.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vtpm.constants import CC, HT, NT, NV_RESERVED_MASK, RC, RH, TPMA_NV
+from vtpm.constants import CC, HT, NT, NV_RESERVED_MASK, RC, RH, ST, TPMA_NV
 from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest
+from vtpm.entities.attestation import optional_signer, signed_attestation
 from vtpm.entities.nv import MAX_NV_INDICES, check_read_access, check_write_access, nv_index, remove_index
 from vtpm.errors import TpmError
+from vtpm.marshal.objects import TPMT_ASYM_SCHEME
 from vtpm.marshal.primitives import U16, U64
 from vtpm.marshal.structures import (
     MAX_NV_BUFFER_SIZE,
     TPM2B_AUTH,
+    TPM2B_DATA,
     TPM2B_MAX_NV_BUFFER,
     TPM2B_NAME,
     TPM2B_NV_PUBLIC,
@@ -281,3 +282,22 @@ def nv_read_lock(tpm: Tpm, cmd: Command) -> Response:
     return Response()
 
 
+# ----------------------------------------------------------------------------- certify
+
+
+@command(CC.NV_Certify,
+         handles=[handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL]),
+                  handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=(RH.OWNER, RH.PLATFORM)),
+                  handle_spec("nvIndex", types=[HT.NV_INDEX])],
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME), ("size", U16), ("offset", U16)],
+         response_tpm2b=True)
+def nv_certify(tpm: Tpm, cmd: Command) -> Response:
+    """Sign the contents of an NV index the caller may read (Part 3 31.16)."""
+    key = optional_signer(tpm, cmd.handles[0], 1)
+    index = nv_index(tpm, cmd.handles[2])
+    check_read_access(tpm, cmd, cmd.handles[1], index)
+    p = cmd.params
+    if p.offset > index.data_size or p.size > index.data_size - p.offset:
+        raise TpmError(RC.NV_RANGE)
+    info = {"indexName": index.name, "offset": p.offset, "nvContents": index.data[p.offset : p.offset + p.size]}
+    return Response(params=signed_attestation(tpm, key, p.inScheme, 2, ST.ATTEST_NV, p.qualifyingData, info))

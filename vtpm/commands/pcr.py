@@ -1,4 +1,5 @@
-"""PCRs: read, extend, event, reset, allocate (Part 3, section 22), PC Client locality rules."""
+"""Integrity Collection (PCR) (Part 3, section 22): PCR_Extend, PCR_Event, PCR_Read, PCR_Allocate,
+PCR_SetAuthPolicy, PCR_SetAuthValue, PCR_Reset, with the PC Client locality rules of vtpm.entities.pcr."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GetRandom and StirRandom (Part 3, section 16)."""
+"""Random Number Generator (Part 3, section 16): GetRandom and StirRandom."""
 
 from __future__ import annotations
 

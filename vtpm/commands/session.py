@@ -1,4 +1,4 @@
-"""StartAuthSession and PolicyRestart (Part 3, sections 11 and 23.20)."""
+"""Session Commands (Part 3, section 11): StartAuthSession and PolicyRestart."""
 
 from __future__ import annotations
 

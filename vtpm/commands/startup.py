@@ -1,4 +1,4 @@
-"""Startup, Shutdown and the self-test commands (Part 3, sections 9 and 10)."""
+"""Start-up (Part 3, section 9): Startup and Shutdown."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, RC, SU
 from vtpm.core import Command, Response, command
-from vtpm.crypto import HASHES
 from vtpm.entities.nv import shutdown_nv, startup_clear_nv
 from vtpm.entities.pcr import PCR_ATTRIBUTES, counts_update
 from vtpm.errors import TpmError
-from vtpm.marshal.primitives import U8, U16, OneOf
-from vtpm.marshal.structures import counted
+from vtpm.marshal.primitives import U16, OneOf
 from vtpm.state import PROOF_SIZE, SEED_SIZE, SavedState
 
 if TYPE_CHECKING:
@@ -86,23 +84,3 @@ def shutdown(tpm: Tpm, cmd: Command) -> Response:
     state.clock_safe = True
     tpm.mark_dirty()
     return Response()
-
-
-@command(CC.SelfTest, params=[("fullTest", U8)])
-def self_test(tpm: Tpm, cmd: Command) -> Response:
-    tpm.volatile.self_tested.update(HASHES)
-    return Response()
-
-
-TPML_ALG = counted(U16, 64)
-
-
-@command(CC.IncrementalSelfTest, params=[("toTest", TPML_ALG)])
-def incremental_self_test(tpm: Tpm, cmd: Command) -> Response:
-    # Every algorithm is tested at power-on, so nothing remains to be tested.
-    return Response(params=(0).to_bytes(4, "big"))
-
-
-@command(CC.GetTestResult, response_tpm2b=True)
-def get_test_result(tpm: Tpm, cmd: Command) -> Response:
-    return Response(params=(0).to_bytes(2, "big") + RC.SUCCESS.to_bytes(4, "big"))

@@ -1,4 +1,5 @@
-"""Hash and hash/event sequences (Part 3, sections 15 and 17), with hash-check tickets."""
+"""Hash/HMAC/Event Sequences (Part 3, section 17): HMAC_Start, HashSequenceStart,
+SequenceUpdate, SequenceComplete, EventSequenceComplete."""
 
 from __future__ import annotations
 
@@ -15,32 +16,23 @@ from vtpm.entities.pcr import extend
 from vtpm.entities.sequences import HashSequence
 from vtpm.entities.tickets import check_ticket_hierarchy, hash_check_ticket
 from vtpm.errors import TpmError
-from vtpm.marshal.structures import (
-    TPM2B_AUTH,
-    TPM2B_DIGEST,
-    TPM2B_MAX_BUFFER,
-    TPMI_ALG_HASH,
-    TPMI_ALG_HASH_NULL,
-    TPML_DIGEST_VALUES,
-)
+from vtpm.marshal.structures import TPM2B_AUTH, TPM2B_DIGEST, TPM2B_MAX_BUFFER, TPMI_ALG_HASH_NULL, TPML_DIGEST_VALUES
 
 if TYPE_CHECKING:
     from vtpm.engine import Tpm
 
 
-
 @command(
-    CC.Hash,
-    params=[("data", TPM2B_MAX_BUFFER), ("hashAlg", TPMI_ALG_HASH), ("hierarchy", TPMI_RH_HIERARCHY_NULL)],
-    response_tpm2b=True,
+    CC.HMAC_Start,
+    handles=[handle_spec("handle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])],
+    params=[("auth", TPM2B_AUTH), ("hashAlg", TPMI_ALG_HASH_NULL)],
 )
-def hash_command(tpm: Tpm, cmd: Command) -> Response:
-    p = cmd.params
-    check_ticket_hierarchy(tpm, p.hierarchy, 3)
-    hasher = new_hash(p.hashAlg)
-    hasher.update(p.data)
-    out = hasher.digest()
-    return Response(params=TPM2B_DIGEST.build(out) + hash_check_ticket(tpm, p.hierarchy, p.hashAlg, out, p.data))
+def hmac_start(tpm: Tpm, cmd: Command) -> Response:
+    """An HMAC sequence keyed by a loaded HMAC key (Part 3 17.2)."""
+    secret, alg = hmac_key(tpm, cmd.handles[0], cmd.params.hashAlg)
+    hasher = hmac.new(secret, digestmod=HASHES[alg].name)
+    sequence = HashSequence(alg, cmd.params.auth.rstrip(b"\x00"), {alg: hasher}, is_hmac=True)
+    return Response(handles=(allocate_transient(tpm, sequence),))
 
 
 @command(CC.HashSequenceStart, params=[("auth", TPM2B_AUTH), ("hashAlg", TPMI_ALG_HASH_NULL)])
@@ -101,16 +93,3 @@ def event_sequence_complete(tpm: Tpm, cmd: Command) -> Response:
         extend(tpm, cmd.handles[0], list(digests.items()))
     del tpm.volatile.objects[cmd.handles[1]]
     return Response(params=TPML_DIGEST_VALUES.build([{"hashAlg": a, "digest": d} for a, d in digests.items()]))
-
-
-@command(
-    CC.HMAC_Start,
-    handles=[handle_spec("handle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])],
-    params=[("auth", TPM2B_AUTH), ("hashAlg", TPMI_ALG_HASH_NULL)],
-)
-def hmac_start(tpm: Tpm, cmd: Command) -> Response:
-    """An HMAC sequence keyed by a loaded HMAC key (Part 3 17.2)."""
-    secret, alg = hmac_key(tpm, cmd.handles[0], cmd.params.hashAlg)
-    hasher = hmac.new(secret, digestmod=HASHES[alg].name)
-    sequence = HashSequence(alg, cmd.params.auth.rstrip(b"\x00"), {alg: hasher}, is_hmac=True)
-    return Response(handles=(allocate_transient(tpm, sequence),))

@@ -13,12 +13,14 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
-from vtpm.commands.policy import POLICY_SESSION, extend, session_of
-from vtpm.commands.policy_secret import (
+from vtpm.commands.ea.common import (
     EXPIRES_ON_RESET,
+    POLICY_SESSION,
     auth_ticket_digest,
     auth_timeout,
     check_parameters,
+    extend,
+    session_of,
     update_context,
 )
 from vtpm.constants import CC, HT, RC, RH, ST
@@ -130,7 +132,8 @@ def policy_authorize(tpm: Tpm, cmd: Command) -> Response:
         if ticket.tag != ST.VERIFIED or ticket.hierarchy not in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM):
             raise TpmError(RC.VALUE, param=4)
         a_hash = digest(name_alg, p.approvedPolicy, p.policyRef)
-        expected = hmac_digest(name_alg, hierarchy_proof(tpm, ticket.hierarchy), ST.VERIFIED.to_bytes(2, "big"), a_hash, key_name)
+        expected = hmac_digest(name_alg, hierarchy_proof(tpm, ticket.hierarchy), ST.VERIFIED.to_bytes(2, "big"), a_hash,
+                               key_name)
         if not hmac.compare_digest(expected, ticket.digest):
             raise TpmError(RC.VALUE, param=4)
     session.policy_digest = bytes(HASHES[session.auth_hash].size)
