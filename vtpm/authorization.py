@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from vtpm.constants import HT, RC, RH, TPMA_SESSION
+from vtpm.constants import CC, HT, RC, RH, TPMA_NV, TPMA_SESSION
+from vtpm.core import ENTITY_RESOLVERS, Auth, CommandSpec, Entity, HandleSpec, Session
+from vtpm.crypto import digest
 from vtpm.errors import TpmError
+from vtpm.marshal.primitives import Tpm2b, Tpm2bStruct
 from vtpm.sessions import (
     AuthSession,
     bind_value,
@@ -26,7 +29,7 @@ from vtpm.sessions import (
 )
 
 if TYPE_CHECKING:
-    from vtpm.engine import CommandSpec, Entity, HandleSpec, Session, Tpm
+    from vtpm.engine import Tpm
 
 AUDIT_FLAGS = int(TPMA_SESSION.AUDIT | TPMA_SESSION.AUDIT_EXCLUSIVE | TPMA_SESSION.AUDIT_RESET)
 DECRYPT = int(TPMA_SESSION.DECRYPT)
@@ -164,8 +167,6 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
                          command_hash: Callable[[int], bytes], names: list[bytes]) -> None:
     """One authorization session, in the reference implementation's order (Part 1 19.6):
     lockout, session kind, whether the entity's auth may be used at all, then the proof."""
-    from vtpm.engine import Auth
-
     session, entity = use.session, use.entity
     assert entity is not None
     admin = use.hspec is not None and use.hspec.auth in (Auth.ADMIN, Auth.DUP)
@@ -208,8 +209,6 @@ def _check_hmac(tpm: "Tpm", ctx: AuthContext, use: SessionUse, p_hash: bytes) ->
 
 
 def _first_is_tpm2b(spec: "CommandSpec") -> bool:
-    from vtpm.marshal.primitives import Tpm2b, Tpm2bStruct
-
     return bool(spec.params) and isinstance(spec.params[0][1], (Tpm2b, Tpm2bStruct))
 
 
@@ -243,10 +242,6 @@ def _check_policy(tpm: "Tpm", use: SessionUse, code: int, command_cp_hash: bytes
 
     In the reference implementation's order, so both answer the same code first.
     """
-    from vtpm.constants import CC, HT, TPMA_NV
-    from vtpm.crypto import digest
-    from vtpm.engine import Auth
-
     session, entity = use.session, use.entity
     assert session is not None and entity is not None
     number = use.number
@@ -322,8 +317,6 @@ def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes) -> tuple[byt
 def _current_auth(tpm: "Tpm", use: SessionUse) -> bytes:
     """The entity's auth value after the command: a changed auth (HierarchyChangeAuth,
     NV_ChangeAuth) keys the response HMAC with the new value, as Part 1 19.6.5 requires."""
-    from vtpm.engine import ENTITY_RESOLVERS
-
     assert use.entity is not None and use.handle is not None
     try:
         return ENTITY_RESOLVERS[use.handle >> 24](tpm, use.handle).auth_value.rstrip(b"\x00")

@@ -12,20 +12,35 @@ response layout; command modules only register small handlers.
 
 from __future__ import annotations
 
-import enum
 import io
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
 import construct as cs
 
+import vtpm.commands  # noqa: F401  (each command module registers its handlers on import)
 from vtpm.authorization import AuthContext, authorize, respond
+from vtpm.constants import CC, RC, ST
+from vtpm.core import (
+    COMMANDS,
+    ENTITY_RESOLVERS,
+    Auth,
+    Command,
+    CommandSpec,
+    Entity,
+    HandleSpec,
+    Handler,
+    Response,
+    Session,
+    command,
+    entity_resolver,
+    handle_spec,
+)
 from vtpm.crypto import MAX_DIGEST
-from vtpm.constants import CC, HT, RC, ST
+from vtpm.entities import hierarchy, nv, object_table, pcr, session_table  # noqa: F401  (entity resolvers)
+from vtpm.entities.dictionary_attack import DictionaryAttack
 from vtpm.errors import TpmError
 from vtpm.state import TpmState, Volatile
 
@@ -36,144 +51,6 @@ MAX_COMMAND_SIZE = 4096
 MAX_RESPONSE_SIZE = 4096
 MAX_SESSIONS = 3
 TPM12_TAG = 0x00C1
-
-
-class Auth(enum.Enum):
-    """The authorization role a handle needs (Part 3 notation: @ is USER)."""
-
-    NONE = "none"
-    USER = "user"
-    ADMIN = "admin"
-    DUP = "dup"
-
-
-@dataclass(frozen=True)
-class HandleSpec:
-    """One handle of a command: its role and which handles it accepts.
-
-    ``types`` are the handle types (top byte) accepted; ``permanent`` lists
-    the permanent handles accepted when HT.PERMANENT is among the types.
-    A handle outside these is TPM_RC_VALUE for that handle number.
-    """
-
-    name: str
-    auth: Auth = Auth.NONE
-    types: frozenset[int] = frozenset()
-    permanent: frozenset[int] = frozenset()
-
-    def accepts(self, handle: int) -> bool:
-        kind = handle >> 24
-        if kind not in self.types:
-            return False
-        return kind != HT.PERMANENT or handle in self.permanent
-
-
-def handle_spec(name: str, auth: Auth = Auth.NONE, *, types: Iterable[int] = (), permanent: Iterable[int] = ()) -> HandleSpec:
-    permanent = frozenset(int(h) for h in permanent)
-    kinds = {int(t) for t in types} | ({HT.PERMANENT} if permanent else set())
-    return HandleSpec(name, auth, frozenset(kinds), permanent)
-
-
-@dataclass
-class Session:
-    """One entry of the command's authorization area."""
-
-    handle: int
-    nonce: bytes
-    attributes: int
-    hmac: bytes
-
-
-@dataclass
-class Command:
-    """A parsed command as a handler sees it."""
-
-    code: int
-    locality: int
-    handles: list[int]
-    params: Any
-    sessions: list[Session]
-    raw_params: bytes
-    tag: int
-
-
-@dataclass
-class Response:
-    params: bytes = b""
-    handles: tuple[int, ...] = ()
-
-
-Handler = Callable[["Tpm", Command], Response]
-
-
-@dataclass(frozen=True)
-class CommandSpec:
-    code: CC
-    handler: Handler
-    handles: tuple[HandleSpec, ...]
-    params: tuple[tuple[str, cs.Construct], ...]
-    before_startup: bool = False
-    allow_sessions: bool = True
-    response_tpm2b: bool = False  # the first response parameter is a TPM2B (may be encrypted)
-
-
-COMMANDS: dict[int, CommandSpec] = {}
-
-
-def command(
-    code: CC,
-    *,
-    handles: Iterable[HandleSpec] = (),
-    params: Iterable[tuple[str, cs.Construct]] = (),
-    before_startup: bool = False,
-    allow_sessions: bool = True,
-    response_tpm2b: bool = False,
-) -> Callable[[Handler], Handler]:
-    """Register a command handler; used by the modules in ``vtpm.commands``."""
-
-    def register(handler: Handler) -> Handler:
-        if code in COMMANDS:
-            raise RuntimeError(f"{code.name} registered twice")
-        COMMANDS[code] = CommandSpec(
-            code, handler, tuple(handles), tuple(params), before_startup, allow_sessions, response_tpm2b
-        )
-        return handler
-
-    return register
-
-
-@dataclass(frozen=True)
-class Entity:
-    """What authorization needs to know about the object a handle names."""
-
-    auth_value: bytes
-    da_protected: bool
-    is_lockout: bool = False
-    name: bytes = b""
-    auth_policy: bytes = b""
-    auth_policy_alg: int = 0x0010  # TPM_ALG_NULL
-    # (command code, policy session?, admin role?) -> may this entity's auth be used at all?
-    auth_available: Callable[[int, bool, bool], bool] | None = None
-    user_needs_policy: bool = False  # objects with userWithAuth clear
-    admin_needs_policy: bool = True  # objects with adminWithPolicy clear may use their authValue
-
-
-EntityResolver = Callable[["Tpm", int], Entity]
-ENTITY_RESOLVERS: dict[int, EntityResolver] = {}
-
-
-def entity_resolver(handle_type: int) -> Callable[[EntityResolver], EntityResolver]:
-    """Register how handles of one type are looked up (existence check + auth value)."""
-
-    def register(resolver: EntityResolver) -> EntityResolver:
-        ENTITY_RESOLVERS[handle_type] = resolver
-        return resolver
-
-    return register
-
-
-def _load_command_modules() -> None:
-    import vtpm.commands  # noqa: F401  (each module registers its handlers on import)
 
 
 PersistCallback = Callable[[bytes], None]
@@ -189,7 +66,6 @@ class Tpm:
         persist: PersistCallback | None = None,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
-        _load_command_modules()
         self.state = state or TpmState.manufacture()
         self._persist = persist
         self._clock_ms = clock_ms or (lambda: time.monotonic_ns() // 1_000_000)
@@ -307,9 +183,7 @@ class Tpm:
         return _build_response(self, tag, code, result, ctx)
 
     @property
-    def dictionary_attack(self) -> Any:
-        from vtpm.commands.dictionary_attack import DictionaryAttack
-
+    def dictionary_attack(self) -> DictionaryAttack:
         return DictionaryAttack(self)
 
     def random(self, n: int) -> bytes:
@@ -393,7 +267,8 @@ def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: Auth
     return tag.to_bytes(2, "big") + size.to_bytes(4, "big") + RC.SUCCESS.to_bytes(4, "big") + body
 
 
+# The engine's types live in vtpm.core; they stay importable from here.
 __all__ = [
-    "Auth", "CC", "Command", "CommandSpec", "Entity", "HandleSpec", "Response", "Tpm", "TpmError",
-    "command", "entity_resolver", "handle_spec",
+    "COMMANDS", "ENTITY_RESOLVERS", "Auth", "CC", "Command", "CommandSpec", "Entity", "HandleSpec", "Handler",
+    "Response", "Session", "Tpm", "TpmError", "command", "entity_resolver", "handle_spec",
 ]

@@ -1,9 +1,12 @@
-"""What loaded keys do: sign and verify digests, decrypt secrets (salts, credential seeds),
-and the KDFe of ECC secret sharing. Scheme selection follows Part 1 (the key's own
-scheme wins; a caller may only choose when the key leaves it open)."""
+"""What loaded keys do: sign and verify digests, seal secrets to a key and recover them
+(salts, credential and duplication seeds), and the KDFe of ECC secret sharing. Scheme
+selection follows Part 1 (the key's own scheme wins; a caller may only choose when the
+key leaves it open)."""
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -13,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 from vtpm.constants import ALG, RC
 from vtpm.crypto import HASHES, digest, hmac_digest
 from vtpm.errors import TpmError
+from vtpm.marshal.objects import TPMS_ECC_POINT
+from vtpm.marshal.primitives import parse_exact
 from vtpm.objects import CURVES, LoadedObject
 
 _HASH_CLASSES = {ALG.SHA1: hashes.SHA1, ALG.SHA256: hashes.SHA256, ALG.SHA384: hashes.SHA384, ALG.SHA512: hashes.SHA512}
@@ -89,8 +94,6 @@ def verify_digest(key: LoadedObject, signature: Any, data_digest: bytes, param: 
                 raise TpmError(RC.SCHEME, param=param)
             body = signature.signature
             expected = hmac_digest(body.hashAlg, key.sensitive.secret, data_digest)
-            import hmac
-
             if not hmac.compare_digest(expected, body.digest):
                 raise InvalidSignature()
             return
@@ -139,9 +142,6 @@ def decrypt_secret(key: LoadedObject, encrypted: bytes, label: bytes, param: int
         except ValueError:
             raise TpmError(RC.VALUE, param=param) from None
     if key.public.type == ALG.ECC:
-        from vtpm.marshal.objects import TPMS_ECC_POINT
-        from vtpm.marshal.primitives import parse_exact
-
         try:
             point = parse_exact(TPMS_ECC_POINT, encrypted)
         except Exception:
@@ -154,3 +154,19 @@ def decrypt_secret(key: LoadedObject, encrypted: bytes, label: bytes, param: int
         z = key.private_key().exchange(ec.ECDH(), peer)
         return kdfe(alg, z, label, point.x, key.public.area.unique.x, HASHES[alg].size * 8)
     raise TpmError(RC.KEY, handle=1)
+
+
+def seal_to(key: LoadedObject, label: bytes) -> tuple[bytes, bytes]:
+    """(seed, encrypted secret) for ``key``: RSA-OAEP or ephemeral ECDH + KDFe; decrypt_secret recovers the seed."""
+    alg = key.public.name_alg
+    if key.public.type == ALG.RSA:
+        seed = secrets.token_bytes(HASHES[alg].size)
+        oaep = padding.OAEP(mgf=padding.MGF1(hash_class(alg)), algorithm=hash_class(alg), label=label + b"\x00")
+        return seed, key.public_key().encrypt(seed, oaep)
+    curve, size = CURVES[key.public.area.parameters.curveID]
+    ephemeral = ec.generate_private_key(curve)
+    numbers = ephemeral.public_key().public_numbers()
+    ex = numbers.x.to_bytes(size, "big")
+    z = ephemeral.exchange(ec.ECDH(), key.public_key())
+    seed = kdfe(alg, z, label, ex, key.public.area.unique.x, HASHES[alg].size * 8)
+    return seed, TPMS_ECC_POINT.build({"x": ex, "y": numbers.y.to_bytes(size, "big")})

@@ -10,6 +10,7 @@ the result is cached by the engine, since prime search takes a fraction of a sec
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from vtpm.constants import ALG, ECC_CURVE, OBJECT_RESERVED_MASK, RC, TPMA_OBJECT
+from vtpm.core import Entity
 from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import TPM2B_SENSITIVE, TPMT_PUBLIC
@@ -279,9 +281,7 @@ class LoadedObject:
     def name(self) -> bytes:
         return self.public.name
 
-    def entity(self) -> Any:
-        from vtpm.engine import Entity
-
+    def entity(self) -> Entity:
         auth = self.sensitive.auth_value if self.sensitive else b""
         return Entity(
             auth,
@@ -389,6 +389,4 @@ def unwrap_private(parent: LoadedObject, blob: bytes, name: bytes, *, param: int
 
 
 def _equal(a: bytes, b: bytes) -> bool:
-    import hmac
-
     return hmac.compare_digest(a, b)

@@ -1,14 +1,21 @@
-"""GetCapability and TestParms (Part 3, section 30): what this TPM is and can do."""
+"""Capability Commands (Part 3, section 30): GetCapability and TestParms, what this TPM is and can do."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import construct as cs
 
 from vtpm.constants import (
     ALG, CAP, CC, ECC_CURVE, HT, NT, PT, PT_PCR, RC, RH, TPMA_ALGORITHM, TPMA_PERMANENT,
     TPMA_STARTUP_CLEAR,
 )
-from vtpm.engine import COMMANDS, Command, Response, Tpm, command
+from vtpm.core import COMMANDS, Command, Response, command
+from vtpm.crypto import HASHES
+from vtpm.entities.nv import MAX_NV_INDICES, nv_handles
+from vtpm.entities.pcr import NO_INCREMENT, PCR_ATTRIBUTES, PCR_GROUP, pcr_selection_all
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U32
 from vtpm.marshal.structures import (
@@ -24,11 +31,13 @@ from vtpm.marshal.structures import (
 )
 from vtpm.state import PCR_COUNT
 
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
 MANUFACTURER = b"VMCR"
 VENDOR_STRINGS = (b"vmcr", b"ypt ", b"vTPM", b"\0\0\0\0")
 FIRMWARE_VERSION = (0x00010000, 0x00000000)
 SPEC_LEVEL, SPEC_REVISION, SPEC_DAY, SPEC_YEAR = 0, 164, 75, 2021
-
 A = TPMA_ALGORITHM
 ALGORITHMS: dict[int, int] = {
     ALG.RSA: A.ASYMMETRIC | A.OBJECT,
@@ -62,8 +71,12 @@ ECC_CURVES = (ECC_CURVE.NIST_P256, ECC_CURVE.NIST_P384, ECC_CURVE.NIST_P521)
 AES_KEY_BITS = (128, 192, 256)
 RSA_KEY_BITS = (1024, 2048, 3072, 4096)
 PERMANENT_HANDLES = (RH.OWNER, RH.NULL, RH.PW, RH.LOCKOUT, RH.ENDORSEMENT, RH.PLATFORM, RH.PLATFORM_NV)
+
+
 # Commands after which the TPM flushes a transient handle it was given (TPMA_CC.flushed)
 FLUSHING = {CC.FlushContext, CC.SequenceComplete, CC.EventSequenceComplete}
+
+
 RESPONSE_HANDLE = {
     CC.HashSequenceStart, CC.HMAC_Start, CC.CreatePrimary, CC.CreateLoaded, CC.Load, CC.LoadExternal,
     CC.StartAuthSession, CC.ContextLoad,
@@ -112,8 +125,6 @@ def tpm_properties(tpm: Tpm) -> dict[int, int]:
         startup |= TPMA_STARTUP_CLEAR.ORDERLY
     counters = sum(1 for i in state.nv.values() if i.kind == NT.COUNTER)
     loaded = len(volatile.objects)
-    from vtpm.commands.nv import MAX_NV_INDICES
-
     return {
         PT.FAMILY_INDICATOR: int.from_bytes(b"2.0\0", "big"),
         PT.LEVEL: SPEC_LEVEL,
@@ -186,8 +197,6 @@ def tpm_properties(tpm: Tpm) -> dict[int, int]:
 
 
 def pcr_properties() -> dict[int, int]:
-    from vtpm.commands.pcr import NO_INCREMENT, PCR_ATTRIBUTES, PCR_GROUP
-
     def bitmap(predicate: Callable[[int], bool]) -> int:
         return sum(1 << i for i in range(PCR_COUNT) if predicate(i))
 
@@ -206,8 +215,6 @@ def handles_of_type(tpm: Tpm, kind: int) -> list[int]:
     if kind == HT.PCR:
         return list(range(PCR_COUNT))
     if kind == HT.NV_INDEX:
-        from vtpm.commands.nv import nv_handles
-
         return nv_handles(tpm)
     if kind == HT.PERMANENT:
         return sorted(PERMANENT_HANDLES)
@@ -244,8 +251,6 @@ def get_capability(tpm: Tpm, cmd: Command) -> Response:
     elif cap in (CAP.PP_COMMANDS, CAP.AUDIT_COMMANDS):
         body, more = TPML_CC.build([]), False
     elif cap == CAP.PCRS:
-        from vtpm.commands.pcr import pcr_selection_all
-
         if prop != 0:
             raise TpmError(RC.VALUE, param=2)
 
@@ -268,3 +273,93 @@ def get_capability(tpm: Tpm, cmd: Command) -> Response:
     else:
         raise TpmError(RC.VALUE, param=1)
     return Response(params=U8.build(int(more)) + U32.build(cap) + body)
+
+
+# ----------------------------------------------------------------------------- TestParms
+
+
+SYM_MODES = {ALG.CFB}  # storage keys' symmetric definitions use CFB
+RSA_SCHEMES = {ALG.RSASSA, ALG.RSAPSS, ALG.RSAES, ALG.OAEP, ALG.NULL}
+ECC_SCHEMES = {ALG.ECDSA, ALG.ECDH, ALG.NULL}
+KDF_SCHEMES = {ALG.NULL, ALG.KDF1_SP800_56A, ALG.KDF1_SP800_108}
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.stream = io.BytesIO(data)
+
+    def u16(self) -> int:
+        raw = self.stream.read(2)
+        if len(raw) != 2:
+            raise TpmError(RC.INSUFFICIENT, param=1)
+        return int.from_bytes(raw, "big")
+
+    def u32(self) -> int:
+        return self.u16() << 16 | self.u16()
+
+    def done(self) -> bool:
+        return self.stream.tell() == len(self.stream.getbuffer())
+
+
+def _hash(alg: int, allow_null: bool = False) -> None:
+    if alg not in HASHES and not (allow_null and alg == ALG.NULL):
+        raise TpmError(RC.HASH, param=1)
+
+
+def _symmetric(reader: _Reader, allow_null: bool) -> None:
+    alg = reader.u16()
+    if alg == ALG.NULL:
+        if not allow_null:
+            raise TpmError(RC.SYMMETRIC, param=1)
+        return
+    if alg != ALG.AES:
+        raise TpmError(RC.SYMMETRIC, param=1)
+    if reader.u16() not in AES_KEY_BITS:
+        raise TpmError(RC.KEY_SIZE, param=1)
+    if reader.u16() not in SYM_MODES | {ALG.CTR, ALG.OFB, ALG.CBC, ALG.ECB, ALG.NULL}:
+        raise TpmError(RC.MODE, param=1)
+
+
+def _scheme(reader: _Reader, allowed: set[int]) -> None:
+    scheme = reader.u16()
+    if scheme not in allowed:
+        raise TpmError(RC.SCHEME, param=1)
+    if scheme != ALG.NULL:
+        _hash(reader.u16())
+
+
+@command(CC.TestParms, params=[("raw", cs.GreedyBytes)])
+def test_parms(tpm: Tpm, cmd: Command) -> Response:
+    reader = _Reader(cmd.params.raw)
+    kind = reader.u16()
+    if kind == ALG.RSA:
+        _symmetric(reader, allow_null=True)
+        _scheme(reader, RSA_SCHEMES)
+        if reader.u16() not in RSA_KEY_BITS:
+            raise TpmError(RC.VALUE, param=1)
+        exponent = reader.u32()
+        if exponent not in (0, 65537) and (exponent < 3 or exponent % 2 == 0):
+            raise TpmError(RC.VALUE, param=1)
+    elif kind == ALG.ECC:
+        _symmetric(reader, allow_null=True)
+        _scheme(reader, ECC_SCHEMES)
+        if reader.u16() not in ECC_CURVES:
+            raise TpmError(RC.CURVE, param=1)
+        _scheme(reader, KDF_SCHEMES)
+    elif kind == ALG.KEYEDHASH:
+        scheme = reader.u16()
+        if scheme == ALG.HMAC:
+            _hash(reader.u16())
+        elif scheme == ALG.XOR:
+            _hash(reader.u16())
+            if reader.u16() not in KDF_SCHEMES:
+                raise TpmError(RC.KDF, param=1)
+        elif scheme != ALG.NULL:
+            raise TpmError(RC.SCHEME, param=1)
+    elif kind == ALG.SYMCIPHER:
+        _symmetric(reader, allow_null=False)
+    else:
+        raise TpmError(RC.TYPE, param=1)
+    if not reader.done():
+        raise TpmError(RC.SIZE)
+    return Response()

@@ -1,32 +1,25 @@
-"""ReadClock, ClockSet, ClockRateAdjust (Part 3, section 29)."""
+"""Clocks and Timers (Part 3, section 29): ReadClock, ClockSet, ClockRateAdjust."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vtpm.constants import CC, RC, RH
-from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
+from vtpm.core import Auth, Command, Response, command, handle_spec
+from vtpm.entities.clock import time_info
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U64, OneOf
 from vtpm.marshal.structures import TPMS_TIME_INFO
 
 import construct as cs
 
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
 MAX_CLOCK = 0xFFFF_0000_0000_0000
 RATE_STEP = {1: 10, 2: 100, 3: 1000}  # millionths per FINE/MEDIUM/COARSE adjustment
 RATE_LIMIT = 50_000  # at most 5 % off real time
 CLOCK_AUTH = handle_spec("auth", Auth.USER, permanent=(RH.OWNER, RH.PLATFORM))
-
-
-def time_info(tpm: Tpm) -> dict[str, object]:
-    state = tpm.state
-    return {
-        "time": tpm.now_ms(),
-        "clockInfo": {
-            "clock": tpm.clock_now(),
-            "resetCount": state.reset_count,
-            "restartCount": state.restart_count,
-            "safe": int(state.clock_safe),
-        },
-    }
 
 
 @command(CC.ReadClock)

@@ -1,4 +1,4 @@
-"""Context management (Part 3, section 28): ContextSave, ContextLoad, FlushContext.
+"""Context Management (Part 3, section 28): ContextSave, ContextLoad, FlushContext, EvictControl.
 
 A saved context is encrypted (AES-CFB) and integrity-protected (HMAC) under keys
 derived from the hierarchy's proof, so it opens only on the TPM that saved it and
@@ -12,36 +12,36 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from vtpm.commands.hash import MAX_LOADED_OBJECTS, HashSequence, allocate_transient
 from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT, TRANSIENT_FIRST
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, hmac_digest, kdfa
-from vtpm.engine import Command, Response, Tpm, command, handle_spec
+from vtpm.entities.hierarchy import hierarchy_enabled, hierarchy_proof
+from vtpm.entities.object_table import MAX_LOADED_OBJECTS, OBJECT_HANDLE, allocate_transient, get_object
+from vtpm.entities.sequences import HashSequence
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import TPMS_CONTEXT
 from vtpm.marshal.primitives import U32
 from vtpm.objects import LoadedObject, Public, Sensitive
 from vtpm.sessions import CFB, AuthSession, SymDef
 
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
 CONTEXT_HASH = ALG.SHA256
 SAVED_OBJECT = 0x80000000
 SAVED_SEQUENCE = 0x80000001
 SAVED_ST_CLEAR = 0x80000002
-
-
-def _proof(tpm: Tpm, hierarchy: int) -> bytes:
-    return {
-        RH.OWNER: tpm.state.sh_proof,
-        RH.ENDORSEMENT: tpm.state.eh_proof,
-        RH.PLATFORM: tpm.state.ph_proof,
-    }.get(hierarchy, tpm.volatile.null_proof)
+OWNER_PERSISTENT = range(0x81000000, 0x81800000)
+PLATFORM_PERSISTENT = range(0x81800000, 0x82000000)
+MAX_PERSISTENT = 7
 
 
 def _keys(tpm: Tpm, hierarchy: int, sequence: int, saved_handle: int) -> tuple[bytes, bytes, bytes]:
-    proof = _proof(tpm, hierarchy)
+    proof = hierarchy_proof(tpm, hierarchy)
     context = sequence.to_bytes(8, "big") + saved_handle.to_bytes(4, "big")
     material = kdfa(CONTEXT_HASH, proof, b"CONTEXT", context, b"", (32 + 16) * 8)
     integrity = kdfa(CONTEXT_HASH, proof, b"INTEGRITY", b"", b"", HASHES[CONTEXT_HASH].size * 8)
@@ -140,8 +140,6 @@ def context_load(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.HANDLE, param=1)
     if context.hierarchy not in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.NULL):
         raise TpmError(RC.HIERARCHY, param=1)
-    from vtpm.commands.hierarchy import hierarchy_enabled
-
     if not hierarchy_enabled(tpm, context.hierarchy):
         raise TpmError(RC.HIERARCHY, param=1)
     payload = json.loads(_open(tpm, context))
@@ -168,3 +166,45 @@ def flush_context(tpm: Tpm, cmd: Command) -> Response:
             raise TpmError(RC.HANDLE, param=1)
         return Response()
     raise TpmError(RC.VALUE, param=1)
+
+
+@command(
+    CC.EvictControl,
+    handles=[handle_spec("auth", Auth.USER, permanent=(RH.OWNER, RH.PLATFORM)), OBJECT_HANDLE],
+    params=[("persistentHandle", U32)],
+)
+def evict_control(tpm: Tpm, cmd: Command) -> Response:
+    auth, handle = cmd.handles
+    target = cmd.params.persistentHandle
+    allowed = OWNER_PERSISTENT if auth == RH.OWNER else PLATFORM_PERSISTENT
+    store = tpm.state.persistent
+    if handle >> 24 == HT.PERSISTENT:  # remove a persistent object
+        if handle != target:
+            raise TpmError(RC.HANDLE, param=1)
+        if handle not in allowed:
+            raise TpmError(RC.HIERARCHY, handle=2)
+        store.pop(handle, None)
+        tpm.volatile.persistent_cache.pop(handle, None)
+        tpm.mark_dirty()
+        return Response()
+    obj = get_object(tpm, handle, 2)
+    if target not in allowed:
+        raise TpmError(RC.RANGE, param=1)
+    if obj.public.has(TPMA_OBJECT.ST_CLEAR):
+        raise TpmError(RC.ATTRIBUTES, handle=2)
+    if obj.hierarchy == RH.NULL:
+        raise TpmError(RC.HIERARCHY, handle=2)
+    if (auth == RH.PLATFORM) != (obj.hierarchy == RH.PLATFORM):
+        raise TpmError(RC.HIERARCHY, handle=2)
+    if target in store:
+        raise TpmError(RC.NV_DEFINED)
+    if len(store) >= MAX_PERSISTENT:
+        raise TpmError(RC.NV_SPACE)
+    store[target] = {
+        "public": obj.public.raw,
+        "sensitive": obj.sensitive.build() if obj.sensitive else b"",
+        "hierarchy": obj.hierarchy,
+        "qualified_name": obj.qualified_name,
+    }
+    tpm.mark_dirty()
+    return Response()

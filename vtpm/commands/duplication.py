@@ -1,25 +1,29 @@
-"""Duplicate and Import (Part 3, 13.1 and 13.3; Part 1, 23.3): moving a key to another
-parent, possibly on another TPM, under an optional inner (symmetric) and outer
-(seed sealed to the new parent) wrapper."""
+"""Duplication Commands (Part 3, section 13): Duplicate and Import (Part 1, 23.3),
+moving a key to another parent, possibly on another TPM, under an optional inner
+(symmetric) and outer (seed sealed to the new parent) wrapper."""
 
 from __future__ import annotations
 
 import hmac
 import secrets
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from vtpm.commands.credential import _seal_to
-from vtpm.commands.objects import _storage_parent, get_object
 from vtpm.constants import ALG, CC, HT, RC, RH, TPMA_OBJECT
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
-from vtpm.engine import Auth, Command, Response, Tpm, command, handle_spec
+from vtpm.entities.keys import storage_parent
+from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
-from vtpm.keyops import decrypt_secret
+from vtpm.keyops import decrypt_secret, seal_to
 from vtpm.marshal.objects import TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_PUBLIC, TPMT_SYM_DEF_OBJECT
 from vtpm.marshal.structures import TPM2B_DATA
 from vtpm.objects import LoadedObject, Public, Sensitive, check_binding, check_template, wrap_private
 from vtpm.sessions import CFB
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 A = TPMA_OBJECT
 
@@ -81,7 +85,7 @@ def duplicate(tpm: Tpm, cmd: Command) -> Response:
     if new_parent is not None:
         if not new_parent.public.is_storage_parent:
             raise TpmError(RC.TYPE, handle=2)
-        seed, seed_out = _seal_to(new_parent, b"DUPLICATE")
+        seed, seed_out = seal_to(new_parent, b"DUPLICATE")
         sym_key, hmac_key = _outer_keys(new_parent, seed, name)
         encrypted = _cfb(sym_key, blob, True)
         outer = hmac_digest(new_parent.public.name_alg, hmac_key, encrypted, name)
@@ -98,7 +102,7 @@ def duplicate(tpm: Tpm, cmd: Command) -> Response:
     response_tpm2b=True,
 )
 def import_object(tpm: Tpm, cmd: Command) -> Response:
-    parent = _storage_parent(tpm, cmd.handles[0])
+    parent = storage_parent(tpm, cmd.handles[0])
     p = cmd.params
     public = Public.from_container(p.objectPublic)
     check_template(public, param=2, primary=False)

@@ -1,29 +1,33 @@
-"""NV storage: define, undefine, read, write, counters, bits, extend, locks (Part 3, section 31).
-
-Index data is written through to persistent state on every change; orderly
-indices get the same durability (stronger than the spec requires).
+"""Non-volatile Storage (Part 3, section 31): define, undefine, read, write, counters,
+bits, extend, locks, and NV_Certify. The indices themselves are in vtpm.entities.nv.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from vtpm.constants import CC, HT, NT, NV_RESERVED_MASK, RC, RH, TPMA_NV
+from vtpm.constants import CC, HT, NT, NV_RESERVED_MASK, RC, RH, ST, TPMA_NV
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest
-from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
+from vtpm.entities.attestation import optional_signer, signed_attestation
+from vtpm.entities.nv import MAX_NV_INDICES, check_read_access, check_write_access, nv_index, remove_index
 from vtpm.errors import TpmError
+from vtpm.marshal.objects import TPMT_ASYM_SCHEME
 from vtpm.marshal.primitives import U16, U64
 from vtpm.marshal.structures import (
     MAX_NV_BUFFER_SIZE,
     TPM2B_AUTH,
+    TPM2B_DATA,
     TPM2B_MAX_NV_BUFFER,
     TPM2B_NAME,
     TPM2B_NV_PUBLIC,
 )
 from vtpm.state import NvIndex
 
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
 MAX_NV_INDEX_SIZE = 2048
-MAX_NV_INDICES = 256
 NV_MEMORY_BYTES = 128 * 1024
 MAX_ORDERLY_COUNT = 0xFF
 VALID_KINDS = {NT.ORDINARY, NT.COUNTER, NT.BITS, NT.EXTEND, NT.PIN_FAIL, NT.PIN_PASS}
@@ -34,79 +38,6 @@ DYNAMIC = TPMA_NV.WRITTEN | TPMA_NV.WRITELOCKED | TPMA_NV.READLOCKED
 PROVISION = (RH.OWNER, RH.PLATFORM)
 NV_AUTH = handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=PROVISION)
 NV_INDEX = handle_spec("nvIndex", types=[HT.NV_INDEX])
-
-
-def _index(tpm: Tpm, handle: int) -> NvIndex:
-    """The index, if it exists and its hierarchy is enabled (hidden indices are TPM_RC_HANDLE)."""
-    index = tpm.state.nv.get(handle)
-    if index is None:
-        raise TpmError(RC.HANDLE)
-    if index.has(TPMA_NV.PLATFORMCREATE):
-        if not tpm.volatile.ph_enable_nv:
-            raise TpmError(RC.HANDLE)
-    elif not tpm.volatile.sh_enable:
-        raise TpmError(RC.HANDLE)
-    return index
-
-
-# Commands that count as writes when an index authorizes itself (the others are reads).
-WRITE_OPERATIONS = frozenset({CC.NV_Write, CC.NV_Increment, CC.NV_SetBits, CC.NV_Extend, CC.NV_WriteLock})
-
-
-def _auth_available(index: NvIndex) -> Callable[[int, bool, bool], bool]:
-    """May the index's authValue (or authPolicy) authorize this command? (Part 1 19.7)"""
-
-    def available(code: int, policy: bool, admin: bool) -> bool:
-        write = code in WRITE_OPERATIONS
-        if policy:
-            if not index.auth_policy:
-                return False
-            return admin or index.has(TPMA_NV.POLICYWRITE if write else TPMA_NV.POLICYREAD)
-        return index.has(TPMA_NV.AUTHWRITE if write else TPMA_NV.AUTHREAD)
-
-    return available
-
-
-@entity_resolver(HT.NV_INDEX)
-def nv_entity(tpm: Tpm, handle: int) -> Entity:
-    index = _index(tpm, handle)
-    return Entity(
-        index.auth_value,
-        da_protected=not index.has(TPMA_NV.NO_DA),
-        name=index.name,
-        auth_policy=index.auth_policy,
-        auth_policy_alg=index.name_alg,
-        auth_available=_auth_available(index),
-    )
-
-
-def check_write_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
-    """Write side of Part 3 31.3: lock first, then which hierarchy may write."""
-    if index.has(TPMA_NV.WRITELOCKED):
-        raise TpmError(RC.NV_LOCKED)
-    _check_hierarchy_access(auth, index, TPMA_NV.PPWRITE, TPMA_NV.OWNERWRITE)
-
-
-def check_read_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
-    """Read side: lock, hierarchy, then the index must have been written."""
-    if index.has(TPMA_NV.READLOCKED):
-        raise TpmError(RC.NV_LOCKED)
-    _check_hierarchy_access(auth, index, TPMA_NV.PPREAD, TPMA_NV.OWNERREAD)
-    if not index.has(TPMA_NV.WRITTEN):
-        raise TpmError(RC.NV_UNINITIALIZED)
-
-
-def _check_hierarchy_access(auth: int, index: NvIndex, pp: int, owner: int) -> None:
-    # An index authorizing itself was already checked (AUTHREAD/AUTHWRITE or the POLICY bits)
-    # when its session was verified: TPM_RC_AUTH_UNAVAILABLE otherwise.
-    if auth == RH.PLATFORM:
-        allowed = index.attributes & pp
-    elif auth == RH.OWNER:
-        allowed = index.attributes & owner
-    else:
-        allowed = auth == index.index
-    if not allowed:
-        raise TpmError(RC.NV_AUTHORIZATION)
 
 
 def _set_written(tpm: Tpm, index: NvIndex, data: bytes) -> None:
@@ -183,21 +114,14 @@ def nv_define_space(tpm: Tpm, cmd: Command) -> Response:
     return Response()
 
 
-def _remove(tpm: Tpm, index: NvIndex) -> None:
-    if index.kind == NT.COUNTER and index.has(TPMA_NV.WRITTEN):
-        tpm.state.max_nv_counter = max(tpm.state.max_nv_counter, int.from_bytes(index.data, "big"))
-    del tpm.state.nv[index.index]
-    tpm.mark_dirty()
-
-
 @command(CC.NV_UndefineSpace, handles=[handle_spec("authHandle", Auth.USER, permanent=PROVISION), NV_INDEX])
 def nv_undefine_space(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[1])
+    index = nv_index(tpm, cmd.handles[1])
     if index.has(TPMA_NV.PLATFORMCREATE) != (cmd.handles[0] == RH.PLATFORM):
         raise TpmError(RC.NV_AUTHORIZATION)
     if index.has(TPMA_NV.POLICY_DELETE):
         raise TpmError(RC.ATTRIBUTES, handle=2)
-    _remove(tpm, index)
+    remove_index(tpm, index)
     return Response()
 
 
@@ -207,16 +131,16 @@ def nv_undefine_space(tpm: Tpm, cmd: Command) -> Response:
              handle_spec("platform", Auth.USER, permanent=[RH.PLATFORM])],
 )
 def nv_undefine_space_special(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[0])
+    index = nv_index(tpm, cmd.handles[0])
     if not index.has(TPMA_NV.POLICY_DELETE):
         raise TpmError(RC.ATTRIBUTES, handle=1)
-    _remove(tpm, index)
+    remove_index(tpm, index)
     return Response()
 
 
 @command(CC.NV_ReadPublic, handles=[NV_INDEX], response_tpm2b=True)
 def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[0])
+    index = nv_index(tpm, cmd.handles[0])
     public = {
         "nvIndex": index.index,
         "nameAlg": index.name_alg,
@@ -232,7 +156,7 @@ def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_Write, handles=[NV_AUTH, NV_INDEX], params=[("data", TPM2B_MAX_NV_BUFFER), ("offset", U16)])
 def nv_write(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[1])
+    index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
     if index.kind != NT.ORDINARY:
         raise TpmError(RC.ATTRIBUTES)
@@ -251,7 +175,7 @@ def nv_write(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_Increment, handles=[NV_AUTH, NV_INDEX])
 def nv_increment(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[1])
+    index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
     _require_kind(index, NT.COUNTER)
     if index.has(TPMA_NV.WRITTEN):
@@ -266,7 +190,7 @@ def nv_increment(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_Extend, handles=[NV_AUTH, NV_INDEX], params=[("data", TPM2B_MAX_NV_BUFFER)])
 def nv_extend(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[1])
+    index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
     _require_kind(index, NT.EXTEND)
     current = index.data if index.has(TPMA_NV.WRITTEN) else bytes(index.data_size)
@@ -276,7 +200,7 @@ def nv_extend(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_SetBits, handles=[NV_AUTH, NV_INDEX], params=[("bits", U64)])
 def nv_set_bits(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[1])
+    index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
     _require_kind(index, NT.BITS)
     current = int.from_bytes(index.data, "big") if index.has(TPMA_NV.WRITTEN) else 0
@@ -286,7 +210,7 @@ def nv_set_bits(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_WriteLock, handles=[NV_AUTH, NV_INDEX])
 def nv_write_lock(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[1])
+    index = nv_index(tpm, cmd.handles[1])
     try:
         check_write_access(tpm, cmd, cmd.handles[0], index)
     except TpmError as exc:
@@ -316,7 +240,7 @@ def nv_global_write_lock(tpm: Tpm, cmd: Command) -> Response:
     params=[("newAuth", TPM2B_AUTH)],
 )
 def nv_change_auth(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[0])
+    index = nv_index(tpm, cmd.handles[0])
     if len(cmd.params.newAuth) > HASHES[index.name_alg].size:
         raise TpmError(RC.SIZE, param=1)
     index.auth_value = cmd.params.newAuth.rstrip(b"\x00")
@@ -329,7 +253,7 @@ def nv_change_auth(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_Read, handles=[NV_AUTH, NV_INDEX], params=[("size", U16), ("offset", U16)], response_tpm2b=True)
 def nv_read(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[1])
+    index = nv_index(tpm, cmd.handles[1])
     check_read_access(tpm, cmd, cmd.handles[0], index)
     size, offset = cmd.params.size, cmd.params.offset
     if offset > index.data_size:
@@ -343,7 +267,7 @@ def nv_read(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_ReadLock, handles=[NV_AUTH, NV_INDEX])
 def nv_read_lock(tpm: Tpm, cmd: Command) -> Response:
-    index = _index(tpm, cmd.handles[1])
+    index = nv_index(tpm, cmd.handles[1])
     try:
         check_read_access(tpm, cmd, cmd.handles[0], index)
     except TpmError as exc:
@@ -358,32 +282,22 @@ def nv_read_lock(tpm: Tpm, cmd: Command) -> Response:
     return Response()
 
 
-# ----------------------------------------------------------------------------- lifecycle hooks
+# ----------------------------------------------------------------------------- certify
 
 
-def startup_clear_nv(tpm: Tpm) -> None:
-    """TPM Reset/Restart: read locks end, CLEAR_STCLEAR data is forgotten, write locks lapse."""
-    for index in tpm.state.nv.values():
-        attributes = index.attributes & ~TPMA_NV.READLOCKED
-        if index.kind != NT.COUNTER and attributes & TPMA_NV.CLEAR_STCLEAR:
-            attributes &= ~TPMA_NV.WRITTEN
-        if not attributes & TPMA_NV.WRITTEN or not attributes & TPMA_NV.WRITEDEFINE:
-            attributes &= ~TPMA_NV.WRITELOCKED
-        index.attributes = attributes
-    tpm.mark_dirty()
-
-
-def shutdown_nv(tpm: Tpm) -> None:
-    """Orderly shutdown: index data is already written through; nothing is pending."""
-
-
-def clear_owner_indices(tpm: Tpm) -> None:
-    """TPM2_Clear deletes every index the owner created."""
-    for index in [i for i in tpm.state.nv.values() if not i.has(TPMA_NV.PLATFORMCREATE)]:
-        _remove(tpm, index)
-
-
-def nv_handles(tpm: Tpm) -> list[int]:
-    return sorted(
-        i.index for i in tpm.state.nv.values() if not (i.has(TPMA_NV.PLATFORMCREATE) and not tpm.volatile.ph_enable_nv)
-    )
+@command(CC.NV_Certify,
+         handles=[handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL]),
+                  handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=(RH.OWNER, RH.PLATFORM)),
+                  handle_spec("nvIndex", types=[HT.NV_INDEX])],
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME), ("size", U16), ("offset", U16)],
+         response_tpm2b=True)
+def nv_certify(tpm: Tpm, cmd: Command) -> Response:
+    """Sign the contents of an NV index the caller may read (Part 3 31.16)."""
+    key = optional_signer(tpm, cmd.handles[0], 1)
+    index = nv_index(tpm, cmd.handles[2])
+    check_read_access(tpm, cmd, cmd.handles[1], index)
+    p = cmd.params
+    if p.offset > index.data_size or p.size > index.data_size - p.offset:
+        raise TpmError(RC.NV_RANGE)
+    info = {"indexName": index.name, "offset": p.offset, "nvContents": index.data[p.offset : p.offset + p.size]}
+    return Response(params=signed_attestation(tpm, key, p.inScheme, 2, ST.ATTEST_NV, p.qualifyingData, info))

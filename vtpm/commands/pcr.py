@@ -1,16 +1,17 @@
-"""PCRs: read, extend, event, reset, allocate (Part 3, section 22), PC Client locality rules."""
+"""Integrity Collection (PCR) (Part 3, section 22): PCR_Extend, PCR_Event, PCR_Read, PCR_Allocate,
+PCR_SetAuthPolicy, PCR_SetAuthValue, PCR_Reset, with the PC Client locality rules of vtpm.entities.pcr."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, HT, RC, RH
+from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest
-from vtpm.engine import Auth, Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
+from vtpm.entities.pcr import PCR_ATTRIBUTES, PCR_GROUP, counts_update, extend, locality_bit
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32
 from vtpm.marshal.structures import (
-    PCR_SELECT_MAX,
     TPM2B_DIGEST,
     TPMI_ALG_HASH_NULL,
     TPM2B_EVENT,
@@ -21,44 +22,11 @@ from vtpm.marshal.structures import (
 )
 from vtpm.state import PCR_COUNT
 
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
 MAX_PCR_READ = 8
 DRTM_LOCALITY = 4  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
-
-
-@dataclass(frozen=True)
-class PcrAttributes:
-    save: bool
-    reset_localities: int  # bit n: locality n may reset
-    extend_localities: int  # bit n: locality n may extend
-
-
-# PC Client profile, as libtpms configures it: 0-15 static RTM, 16 debug, 17-22 DRTM, 23 application.
-PCR_ATTRIBUTES = (
-    [PcrAttributes(True, 0x00, 0x1F)] * 16
-    + [PcrAttributes(False, 0x0F, 0x1F)]  # 16
-    + [PcrAttributes(False, 0x10, 0x1C)] * 2  # 17, 18
-    + [PcrAttributes(False, 0x10, 0x0C)]  # 19
-    + [PcrAttributes(False, 0x14, 0x0E)]  # 20
-    + [PcrAttributes(False, 0x14, 0x04)] * 2  # 21, 22
-    + [PcrAttributes(False, 0x0F, 0x1F)]  # 23
-)
-assert len(PCR_ATTRIBUTES) == PCR_COUNT
-
-
-# PCRs 20-22 share one authValue and one authPolicy (PCR_SetAuthValue/PCR_SetAuthPolicy),
-# as in the reference implementation's PC Client configuration.
-PCR_GROUP = frozenset({20, 21, 22})
-
-
-@entity_resolver(HT.PCR)
-def pcr_entity(tpm: Tpm, handle: int) -> Entity:
-    if handle >= PCR_COUNT:
-        raise TpmError(RC.VALUE)
-    if handle in PCR_GROUP:
-        policy = tpm.state.pcr_group_policy
-        return Entity(tpm.volatile.pcr_group_auth, da_protected=False,
-                      auth_policy=policy.policy, auth_policy_alg=policy.policy_alg)
-    return Entity(b"", da_protected=False)
 
 
 @command(CC.PCR_SetAuthValue, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])],
@@ -87,38 +55,8 @@ def pcr_set_auth_policy(tpm: Tpm, cmd: Command) -> Response:
     return Response()
 
 
-def _locality_bit(locality: int) -> int:
-    return 1 << locality if locality < 5 else 0
-
-
 def _selected(select: bytes) -> list[int]:
     return [i for i in range(min(len(select) * 8, PCR_COUNT)) if select[i // 8] >> (i % 8) & 1]
-
-
-NO_INCREMENT = frozenset({16, 21, 22, 23})
-
-
-def counts_update(index: int) -> bool:
-    """Whether changing this PCR advances pcrUpdateCounter (PCRs 16, 21-23 do not)."""
-    return index not in NO_INCREMENT
-
-
-def extend(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> None:
-    """Extend PCR ``index`` with each (bank, digest) in order; unallocated banks are skipped.
-
-    Each bank extended counts once in pcrUpdateCounter, as the reference implementation does.
-    """
-    attributes = PCR_ATTRIBUTES[index]
-    if not attributes.extend_localities & _locality_bit(tpm.locality):
-        raise TpmError(RC.LOCALITY)
-    pcrs = tpm.volatile.pcrs
-    for bank, value in digests:
-        values = pcrs.get(bank)
-        if values is None:
-            continue
-        values[index] = digest(bank, values[index], value)
-        if counts_update(index):
-            tpm.volatile.pcr_update_counter += 1
 
 
 PCR_HANDLE = handle_spec("pcrHandle", Auth.USER, types=[HT.PCR], permanent=[RH.NULL])
@@ -149,7 +87,7 @@ def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
     attributes = PCR_ATTRIBUTES[index]
     if not attributes.reset_localities:
         raise TpmError(RC.LOCALITY)
-    if not attributes.reset_localities & _locality_bit(tpm.locality) or tpm.locality == DRTM_LOCALITY:
+    if not attributes.reset_localities & locality_bit(tpm.locality) or tpm.locality == DRTM_LOCALITY:
         # A TPM with DRTM resets the DRTM PCRs only through the DRTM sequence, never from locality 4.
         raise TpmError(RC.LOCALITY)
     for bank, values in tpm.volatile.pcrs.items():
@@ -204,11 +142,3 @@ def pcr_allocate(tpm: Tpm, cmd: Command) -> Response:
     size_needed = sum(HASHES[b].size for b in banks) * PCR_COUNT
     body = bytes([1 if ok else 0]) + U32.build(max_pcr) + U32.build(size_needed) + U32.build(4096 * 4)
     return Response(params=body)
-
-
-def pcr_selection_all(banks: list[int]) -> list[dict[str, object]]:
-    """Every implemented bank; allocated ones select all PCRs (GetCapability PCRS)."""
-    return [
-        {"hash": bank, "pcrSelect": (b"\xff" if bank in banks else b"\x00") * PCR_SELECT_MAX}
-        for bank in sorted(HASHES)
-    ]

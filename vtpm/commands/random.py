@@ -1,12 +1,17 @@
-"""GetRandom and StirRandom (Part 3, section 16)."""
+"""Random Number Generator (Part 3, section 16): GetRandom and StirRandom."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vtpm.constants import CC
+from vtpm.core import Command, Response, command
 from vtpm.crypto import MAX_DIGEST
-from vtpm.engine import Command, Response, Tpm, command
 from vtpm.marshal.primitives import U16
 from vtpm.marshal.structures import TPM2B_DIGEST, Tpm2b
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 
 @command(CC.GetRandom, params=[("bytesRequested", U16)], response_tpm2b=True)

@@ -1,16 +1,23 @@
-"""StartAuthSession and PolicyRestart (Part 3, sections 11 and 23.20)."""
+"""Session Commands (Part 3, section 11): StartAuthSession and PolicyRestart."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import construct as cs
 
 from vtpm.constants import ALG, CC, HT, RC, RH, HMAC_SESSION_FIRST, POLICY_SESSION_FIRST
+from vtpm.core import ENTITY_RESOLVERS, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES
-from vtpm.engine import Command, Entity, Response, Tpm, command, entity_resolver, handle_spec
+from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
+from vtpm.keyops import decrypt_secret
 from vtpm.marshal.primitives import U8, Tpm2b, OneOf
 from vtpm.marshal.structures import TPM2B_NONCE, TPMI_ALG_HASH
 from vtpm.sessions import MAX_LOADED_SESSIONS, AuthSession, SessionType, SymDef, bind_value, session_key
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 TPM2B_ENCRYPTED_SECRET = Tpm2b(512)
 TPM_SE = OneOf(U8, [SessionType.HMAC, SessionType.POLICY, SessionType.TRIAL], RC.VALUE)
@@ -32,9 +39,6 @@ BIND_PERMANENT = [RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM, RH.LOCKOUT, RH.NULL]
 
 def salt_decryptor(tpm: Tpm, key_handle: int, encrypted: bytes) -> bytes:
     """Recover a session salt sent under a loaded key: RSA-OAEP or ECDH with the label "SECRET"."""
-    from vtpm.commands.objects import get_object
-    from vtpm.keyops import decrypt_secret
-
     key = get_object(tpm, key_handle)
     if key.public.type not in (ALG.RSA, ALG.ECC):
         raise TpmError(RC.KEY, handle=1)
@@ -101,8 +105,6 @@ def start_auth_session(tpm: Tpm, cmd: Command) -> Response:
     symmetric = _symmetric(tpm, p.symmetric)
     bind_auth, bound = b"", b""
     if bind_handle != RH.NULL:
-        from vtpm.engine import ENTITY_RESOLVERS
-
         entity = ENTITY_RESOLVERS[bind_handle >> 24](tpm, bind_handle)
         bind_auth = entity.auth_value.rstrip(b"\x00")
         bound = bind_value(entity.name or bind_handle.to_bytes(4, "big"), entity.auth_value)
@@ -135,13 +137,3 @@ def policy_restart(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.HANDLE, handle=1)
     session.reset_policy()
     return Response()
-
-
-def _session_entity(tpm: Tpm, handle: int) -> Entity:
-    if handle not in tpm.volatile.sessions:
-        raise TpmError(RC.REFERENCE_H0)
-    return Entity(b"", da_protected=False)
-
-
-entity_resolver(HT.HMAC_SESSION)(_session_entity)
-entity_resolver(HT.POLICY_SESSION)(_session_entity)

@@ -1,14 +1,19 @@
-"""Startup, Shutdown and the self-test commands (Part 3, sections 9 and 10)."""
+"""Start-up (Part 3, section 9): Startup and Shutdown."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vtpm.constants import CC, RC, SU
-from vtpm.engine import Command, Response, Tpm, command
+from vtpm.core import Command, Response, command
+from vtpm.entities.nv import shutdown_nv, startup_clear_nv
+from vtpm.entities.pcr import PCR_ATTRIBUTES, counts_update
 from vtpm.errors import TpmError
-from vtpm.marshal.primitives import U8, U16, OneOf
-from vtpm.marshal.structures import counted
-from vtpm.crypto import HASHES
+from vtpm.marshal.primitives import U16, OneOf
 from vtpm.state import PROOF_SIZE, SEED_SIZE, SavedState
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 TPM_SU = OneOf(U16, [SU.CLEAR, SU.STATE], RC.VALUE)
 
@@ -26,8 +31,6 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         state.pcr_banks = state.pcr_banks_pending  # PCR_Allocate takes effect at TPM Reset
         state.pcr_banks_pending = None
     volatile.reset_pcrs(state.pcr_banks, cmd.locality)
-    from vtpm.commands.pcr import PCR_ATTRIBUTES, counts_update
-
     saved = kind == SU.STATE
     if not saved:
         volatile.pcr_update_counter = 0
@@ -56,8 +59,6 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         volatile.nv_read_locked.clear()
         volatile.nv_write_locked_stclear.clear()
         state.nv_global_locked = False
-        from vtpm.commands.nv import startup_clear_nv
-
         startup_clear_nv(tpm)
     volatile.ph_enable = True
     volatile.platform_auth = b""
@@ -79,29 +80,7 @@ def shutdown(tpm: Tpm, cmd: Command) -> Response:
     else:
         state.saved = None
         state.orderly = "clear"
-    from vtpm.commands.nv import shutdown_nv
-
     shutdown_nv(tpm)
     state.clock_safe = True
     tpm.mark_dirty()
     return Response()
-
-
-@command(CC.SelfTest, params=[("fullTest", U8)])
-def self_test(tpm: Tpm, cmd: Command) -> Response:
-    tpm.volatile.self_tested.update(HASHES)
-    return Response()
-
-
-TPML_ALG = counted(U16, 64)
-
-
-@command(CC.IncrementalSelfTest, params=[("toTest", TPML_ALG)])
-def incremental_self_test(tpm: Tpm, cmd: Command) -> Response:
-    # Every algorithm is tested at power-on, so nothing remains to be tested.
-    return Response(params=(0).to_bytes(4, "big"))
-
-
-@command(CC.GetTestResult, response_tpm2b=True)
-def get_test_result(tpm: Tpm, cmd: Command) -> Response:
-    return Response(params=(0).to_bytes(2, "big") + RC.SUCCESS.to_bytes(4, "big"))

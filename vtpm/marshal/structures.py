@@ -6,6 +6,7 @@ import construct as cs
 
 from vtpm.constants import ALG, RC
 from vtpm.crypto import HASHES, MAX_DIGEST
+from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U8, U16, U32, U64, OneOf, Tpm2b, Tpm2bStruct
 
 HASH_COUNT = len(HASHES)
@@ -42,8 +43,6 @@ class PcrSelectBytes(cs.Construct):
     def _parse(self, stream, context, path):  # type: ignore[no-untyped-def]
         n = cs.stream_read(stream, 1, path)[0]
         if not PCR_SELECT_MIN <= n <= PCR_SELECT_MAX:
-            from vtpm.errors import TpmError
-
             raise TpmError(RC.VALUE)
         return cs.stream_read(stream, n, path)
 
@@ -70,8 +69,6 @@ class TpmtHa(cs.Construct):
         self.allow_null = allow_null
 
     def _parse(self, stream, context, path):  # type: ignore[no-untyped-def]
-        from vtpm.errors import TpmError
-
         alg = int.from_bytes(cs.stream_read(stream, 2, path), "big")
         if alg == ALG.NULL and self.allow_null:
             return cs.Container(hashAlg=alg, digest=b"")

@@ -11,25 +11,31 @@ policy be updated without re-creating the objects that use it.
 from __future__ import annotations
 
 import hmac
+from typing import TYPE_CHECKING
 
-from vtpm.commands.objects import get_object
-from vtpm.commands.policy import POLICY_SESSION, extend, session_of
-from vtpm.commands.policy_secret import (
+from vtpm.commands.ea.common import (
     EXPIRES_ON_RESET,
+    POLICY_SESSION,
     auth_ticket_digest,
     auth_timeout,
     check_parameters,
+    extend,
+    session_of,
     update_context,
 )
-from vtpm.commands.hash import proof_for
 from vtpm.constants import CC, HT, RC, RH, ST
+from vtpm.core import Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
-from vtpm.engine import Command, Response, Tpm, command, handle_spec
+from vtpm.entities.hierarchy import hierarchy_proof
+from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
 from vtpm.keyops import verify_digest
 from vtpm.marshal.objects import TPMT_SIGNATURE, TPMT_TK
 from vtpm.marshal.primitives import I32, U16
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NAME, TPM2B_NONCE
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
 
 TPM2B_TIMEOUT = TPM2B_DIGEST  # 8 bytes in practice; up to a digest in size
 
@@ -126,7 +132,8 @@ def policy_authorize(tpm: Tpm, cmd: Command) -> Response:
         if ticket.tag != ST.VERIFIED or ticket.hierarchy not in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM):
             raise TpmError(RC.VALUE, param=4)
         a_hash = digest(name_alg, p.approvedPolicy, p.policyRef)
-        expected = hmac_digest(name_alg, proof_for(tpm, ticket.hierarchy), ST.VERIFIED.to_bytes(2, "big"), a_hash, key_name)
+        expected = hmac_digest(name_alg, hierarchy_proof(tpm, ticket.hierarchy), ST.VERIFIED.to_bytes(2, "big"), a_hash,
+                               key_name)
         if not hmac.compare_digest(expected, ticket.digest):
             raise TpmError(RC.VALUE, param=4)
     session.policy_digest = bytes(HASHES[session.auth_hash].size)

@@ -1,0 +1,267 @@
+"""The layout of the code: which module may import which.
+
+The vTPM is layered like the TPM 2.0 specification: ``vtpm.core`` (the engine's
+shared types and registries) at the bottom of the command layer, the TPM's
+entities (``vtpm.entities``) above it, one command module per chapter of
+TPM 2.0 Library Part 3 (``vtpm.commands``) above those, and the engine
+(``vtpm.engine``) on top. Imports only point down: there are no import cycles,
+and no command module imports another.
+
+The import graph is read from the source (the AST), so an import hidden inside
+a function counts as much as one at the top of a module; only imports under
+``if TYPE_CHECKING:`` (type hints, never run) are left out.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import vtpm.engine  # noqa: F401  (registers every command handler)
+from vtpm.commands import CHAPTERS
+from vtpm.constants import CC
+from vtpm.core import COMMANDS
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("vtpm", "certs", "vmcrypt")
+COMMANDS_PACKAGE = "vtpm.commands"
+EA_PACKAGE = "vtpm.commands.ea"
+EA_HELPERS = "vtpm.commands.ea.common"
+
+# Every implemented command (TPM_CC name) and its chapter of TPM 2.0 Library Part 3.
+PART3_CHAPTER: dict[str, int] = {
+    # 9 Start-up
+    "Startup": 9, "Shutdown": 9,
+    # 10 Testing
+    "SelfTest": 10, "IncrementalSelfTest": 10, "GetTestResult": 10,
+    # 11 Session Commands
+    "StartAuthSession": 11, "PolicyRestart": 11,
+    # 12 Object Commands
+    "Create": 12, "Load": 12, "LoadExternal": 12, "ReadPublic": 12, "ActivateCredential": 12,
+    "MakeCredential": 12, "Unseal": 12, "ObjectChangeAuth": 12, "CreateLoaded": 12,
+    # 13 Duplication Commands
+    "Duplicate": 13, "Rewrap": 13, "Import": 13,
+    # 14 Asymmetric Primitives
+    "RSA_Encrypt": 14, "RSA_Decrypt": 14, "ECDH_KeyGen": 14, "ECDH_ZGen": 14,
+    # 15 Symmetric Primitives
+    "EncryptDecrypt": 15, "EncryptDecrypt2": 15, "Hash": 15, "HMAC": 15,
+    # 16 Random Number Generator
+    "GetRandom": 16, "StirRandom": 16,
+    # 17 Hash/HMAC/Event Sequences
+    "HMAC_Start": 17, "HashSequenceStart": 17, "SequenceUpdate": 17, "SequenceComplete": 17,
+    "EventSequenceComplete": 17,
+    # 18 Attestation Commands
+    "Certify": 18, "CertifyCreation": 18, "Quote": 18, "GetSessionAuditDigest": 18,
+    "GetCommandAuditDigest": 18, "GetTime": 18,
+    # 20 Signing and Signature Verification
+    "VerifySignature": 20, "Sign": 20,
+    # 22 Integrity Collection (PCR)
+    "PCR_Extend": 22, "PCR_Event": 22, "PCR_Read": 22, "PCR_Allocate": 22, "PCR_SetAuthPolicy": 22,
+    "PCR_SetAuthValue": 22, "PCR_Reset": 22,
+    # 23 Enhanced Authorization (EA) Commands
+    "PolicySigned": 23, "PolicySecret": 23, "PolicyTicket": 23, "PolicyOR": 23, "PolicyPCR": 23,
+    "PolicyLocality": 23, "PolicyNV": 23, "PolicyCounterTimer": 23, "PolicyCommandCode": 23,
+    "PolicyCpHash": 23, "PolicyNameHash": 23, "PolicyDuplicationSelect": 23, "PolicyAuthorize": 23,
+    "PolicyAuthValue": 23, "PolicyPassword": 23, "PolicyGetDigest": 23, "PolicyNvWritten": 23,
+    # 24 Hierarchy Commands
+    "CreatePrimary": 24, "HierarchyControl": 24, "SetPrimaryPolicy": 24, "ChangePPS": 24, "ChangeEPS": 24,
+    "Clear": 24, "ClearControl": 24, "HierarchyChangeAuth": 24,
+    # 25 Dictionary Attack Functions
+    "DictionaryAttackLockReset": 25, "DictionaryAttackParameters": 25,
+    # 28 Context Management
+    "ContextSave": 28, "ContextLoad": 28, "FlushContext": 28, "EvictControl": 28,
+    # 29 Clocks and Timers
+    "ReadClock": 29, "ClockSet": 29, "ClockRateAdjust": 29,
+    # 30 Capability Commands
+    "GetCapability": 30, "TestParms": 30,
+    # 31 Non-volatile Storage
+    "NV_DefineSpace": 31, "NV_UndefineSpace": 31, "NV_UndefineSpaceSpecial": 31, "NV_ReadPublic": 31,
+    "NV_Write": 31, "NV_Increment": 31, "NV_Extend": 31, "NV_SetBits": 31, "NV_WriteLock": 31,
+    "NV_GlobalWriteLock": 31, "NV_Read": 31, "NV_ReadLock": 31, "NV_ChangeAuth": 31, "NV_Certify": 31,
+}
+
+
+# ----------------------------------------------------------------------------- the import graph
+
+
+def module_files(root_packages: Iterable[str], root: Path = ROOT) -> dict[str, Path]:
+    """Every module of the packages: dotted name -> source file (a package is its __init__)."""
+    modules: dict[str, Path] = {}
+    for package in root_packages:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement that may run: at module level or in a function, not under TYPE_CHECKING."""
+    if isinstance(node, ast.If) and _is_type_checking(node.test):
+        children: list[ast.AST] = list(node.orelse)
+    else:
+        children = list(ast.iter_child_nodes(node))
+    for child in children:
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        else:
+            yield from _runtime_imports(child)
+
+
+def _known(name: str, modules: dict[str, Path]) -> str | None:
+    """``name`` itself if it is one of our modules, else its longest prefix that is."""
+    while name:
+        if name in modules:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _targets(module: str, is_package: bool, statement: ast.Import | ast.ImportFrom,
+             modules: dict[str, Path]) -> Iterator[str]:
+    if isinstance(statement, ast.Import):
+        for alias in statement.names:
+            found = _known(alias.name, modules)
+            if found:
+                yield found
+        return
+    base = statement.module or ""
+    if statement.level:  # relative: from the module's own package upwards
+        package = module if is_package else module.rpartition(".")[0]
+        for _ in range(statement.level - 1):
+            package = package.rpartition(".")[0]
+        base = f"{package}.{base}" if base else package
+    for alias in statement.names:
+        found = _known(f"{base}.{alias.name}", modules) if alias.name != "*" else None
+        found = found or _known(base, modules)
+        if found:
+            yield found
+
+
+def runtime_import_graph(root_packages: Iterable[str], root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the modules of ``root_packages`` it imports when it runs (itself excluded)."""
+    modules = module_files(root_packages, root)
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        is_package = path.name == "__init__.py"
+        edges = {
+            target
+            for statement in _runtime_imports(tree)
+            for target in _targets(module, is_package, statement, modules)
+        }
+        edges.discard(module)
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def within(graph: dict[str, set[str]], package: str) -> dict[str, set[str]]:
+    """The part of the graph among the modules of one package."""
+
+    def inside(module: str) -> bool:
+        return module == package or module.startswith(package + ".")
+
+    return {m: {t for t in targets if inside(t)} for m, targets in graph.items() if inside(m)}
+
+
+# ----------------------------------------------------------------------------- the rules
+
+
+def test_graph_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import b\n"
+                              "def f():\n    from pkg.sub import c\n")
+    (pkg / "b.py").write_text("import os\nX = 1\n")
+    (pkg / "sub" / "__init__.py").write_text("from .c import X\n")
+    (pkg / "sub" / "c.py").write_text("from .. import b\nfrom ..b import X\nimport pkg.sub\n")
+    graph = runtime_import_graph(["pkg"], tmp_path)
+    assert graph == {
+        "pkg": set(), "pkg.a": {"pkg.sub.c"}, "pkg.b": set(), "pkg.sub": {"pkg.sub.c"},
+        "pkg.sub.c": {"pkg.b", "pkg.sub"},
+    }
+    assert find_cycle(graph) == ["pkg.sub.c", "pkg.sub", "pkg.sub.c"]
+    assert find_cycle({"x": {"y"}, "y": set()}) is None
+
+
+def test_vtpm_has_no_import_cycles() -> None:
+    graph = within(runtime_import_graph(PACKAGES), "vtpm")
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_command_modules_import_no_other_command_module() -> None:
+    graph = within(runtime_import_graph(["vtpm"]), COMMANDS_PACKAGE)
+    problems = []
+    for module, targets in sorted(graph.items()):
+        if module in (COMMANDS_PACKAGE, EA_PACKAGE):  # the packages import their chapters to register them
+            continue
+        for target in sorted(targets):
+            if module.startswith(EA_PACKAGE + ".") and target == EA_HELPERS:
+                continue  # Enhanced Authorization's own shared helpers
+            problems.append(f"{module} imports {target}")
+    assert not problems, "command modules importing command modules:\n" + "\n".join(problems)
+
+
+def test_chapters_name_the_command_modules() -> None:
+    modules = module_files(["vtpm"])
+    for name, (chapter, title) in CHAPTERS.items():
+        assert f"{COMMANDS_PACKAGE}.{name}" in modules, name
+        assert isinstance(chapter, int) and title
+    chapters = [chapter for chapter, _ in CHAPTERS.values()]
+    assert len(chapters) == len(set(chapters)), "one module per chapter"
+    assert set(chapters) <= set(PART3_CHAPTER.values())
+
+
+def test_every_handler_lives_in_its_part3_chapter() -> None:
+    module_of = {chapter: f"{COMMANDS_PACKAGE}.{name}" for name, (chapter, _) in CHAPTERS.items()}
+    problems = []
+    for code, spec in sorted(COMMANDS.items()):
+        name = CC(code).name
+        if name not in PART3_CHAPTER:
+            problems.append(f"{name}: registered but missing from PART3_CHAPTER")
+            continue
+        chapter = PART3_CHAPTER[name]
+        expected = module_of.get(chapter)
+        module = spec.handler.__module__
+        if expected is None:
+            problems.append(f"{name}: chapter {chapter} has no module in CHAPTERS")
+        elif module != expected and not module.startswith(expected + "."):
+            problems.append(f"{name}: handler in {module}, chapter {chapter} is {expected}")
+    assert not problems, "\n".join(problems)

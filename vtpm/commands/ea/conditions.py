@@ -1,0 +1,135 @@
+"""Policy assertions on TPM state (Part 3, section 23): PolicyPCR, PolicyNV and
+PolicyCounterTimer. A trial session skips the checks and only records the digest."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import construct as cs
+
+from vtpm.commands.ea.common import POLICY_SESSION, extend, session_of
+from vtpm.constants import CC, HT, RC, RH
+from vtpm.core import Auth, Command, Response, command, handle_spec
+from vtpm.crypto import digest
+from vtpm.entities.clock import time_info
+from vtpm.entities.nv import check_read_access
+from vtpm.entities.pcr import pcr_digest as current_pcr_digest
+from vtpm.errors import TpmError
+from vtpm.marshal.primitives import U16, OneOf
+from vtpm.marshal.structures import TPM2B_DIGEST, TPML_PCR_SELECTION, TPMS_TIME_INFO
+from vtpm.sessions import AuthSession
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
+TPM2B_OPERAND = TPM2B_DIGEST
+
+
+class EO:
+    """TPM_EO: how PolicyNV and PolicyCounterTimer compare operand A (TPM data) with B."""
+
+    EQ, NEQ, SIGNED_GT, UNSIGNED_GT, SIGNED_LT, UNSIGNED_LT = range(6)
+    SIGNED_GE, UNSIGNED_GE, SIGNED_LE, UNSIGNED_LE, BITSET, BITCLEAR = range(6, 12)
+
+
+TPM_EO = OneOf(U16, range(12), RC.VALUE)
+
+
+def _u16(value: int) -> bytes:
+    return value.to_bytes(2, "big")
+
+
+def _allocated_only(tpm: Tpm, selection: list[cs.Container]) -> list[tuple[int, bytes]]:
+    """The selection with banks that are not allocated cleared, as the digest records it."""
+    return [(s.hash, bytes(s.pcrSelect) if s.hash in tpm.volatile.pcrs else bytes(len(s.pcrSelect)))
+            for s in selection]
+
+
+@command(CC.PolicyPCR, handles=[POLICY_SESSION], params=[("pcrDigest", TPM2B_DIGEST), ("pcrs", TPML_PCR_SELECTION)])
+def policy_pcr(tpm: Tpm, cmd: Command) -> Response:
+    """Binds the policy to PCR values; a later PCR change voids the session (pcrUpdateCounter)."""
+    session = session_of(tpm, cmd.handles[0])
+    selection = _allocated_only(tpm, cmd.params.pcrs)
+    pcr_digest = current_pcr_digest(tpm, session.auth_hash, cmd.params.pcrs)  # unallocated banks add nothing
+    given = cmd.params.pcrDigest
+    counter = tpm.volatile.pcr_update_counter
+    if not session.is_trial:
+        if session.pcr_counter is not None and session.pcr_counter != counter:
+            raise TpmError(RC.PCR_CHANGED)
+        if given and given != pcr_digest:
+            raise TpmError(RC.VALUE, param=1)
+    elif given:
+        pcr_digest = given
+    marshaled = len(selection).to_bytes(4, "big") + b"".join(
+        _u16(bank) + bytes([len(select)]) + select for bank, select in selection
+    )
+    extend(session, CC.PolicyPCR, marshaled, pcr_digest)
+    if not session.is_trial:
+        session.pcr_counter = counter
+    return Response()
+
+
+def condition_holds(operation: int, a: bytes, b: bytes) -> bool:
+    """TPM_EO comparison of equally long big-endian operands (A from the TPM, B from the caller)."""
+    if operation in (EO.BITSET, EO.BITCLEAR):
+        masked = [x & y for x, y in zip(a, b, strict=True)]
+        return masked == list(b) if operation == EO.BITSET else not any(masked)
+    signed = operation in (EO.SIGNED_GT, EO.SIGNED_LT, EO.SIGNED_GE, EO.SIGNED_LE)
+    x, y = int.from_bytes(a, "big", signed=signed), int.from_bytes(b, "big", signed=signed)
+    return {
+        EO.EQ: x == y, EO.NEQ: x != y,
+        EO.SIGNED_GT: x > y, EO.UNSIGNED_GT: x > y, EO.SIGNED_LT: x < y, EO.UNSIGNED_LT: x < y,
+        EO.SIGNED_GE: x >= y, EO.UNSIGNED_GE: x >= y, EO.SIGNED_LE: x <= y, EO.UNSIGNED_LE: x <= y,
+    }[operation]
+
+
+def _operand_args(session: AuthSession, operand: bytes, offset: int, operation: int) -> bytes:
+    """args = H(operandB || offset || operation), what PolicyNV and PolicyCounterTimer record."""
+    return digest(session.auth_hash, operand, _u16(offset), _u16(operation))
+
+
+CONDITION_PARAMS = [("operandB", TPM2B_OPERAND), ("offset", U16), ("operation", TPM_EO)]
+
+
+@command(
+    CC.PolicyNV,
+    handles=[
+        handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=(RH.OWNER, RH.PLATFORM)),
+        handle_spec("nvIndex", types=[HT.NV_INDEX]),
+        POLICY_SESSION,
+    ],
+    params=CONDITION_PARAMS,
+)
+def policy_nv(tpm: Tpm, cmd: Command) -> Response:
+    """A comparison against NV index data; the index is read with its read authorization."""
+    auth, handle, session_handle = cmd.handles
+    session = session_of(tpm, session_handle, 3)
+    index = tpm.state.nv[handle]
+    p = cmd.params
+    if not session.is_trial:
+        check_read_access(tpm, cmd, auth, index)
+        if p.offset > index.data_size:
+            raise TpmError(RC.VALUE, param=2)
+        if index.data_size - p.offset < len(p.operandB):
+            raise TpmError(RC.SIZE, param=1)
+        if not condition_holds(p.operation, index.data[p.offset : p.offset + len(p.operandB)], p.operandB):
+            raise TpmError(RC.POLICY)
+    extend(session, CC.PolicyNV, _operand_args(session, p.operandB, p.offset, p.operation), index.name)
+    return Response()
+
+
+@command(CC.PolicyCounterTimer, handles=[POLICY_SESSION], params=CONDITION_PARAMS)
+def policy_counter_timer(tpm: Tpm, cmd: Command) -> Response:
+    """A comparison against TPMS_TIME_INFO (time, clock, resetCount, restartCount, safe)."""
+    session = session_of(tpm, cmd.handles[0])
+    p = cmd.params
+    info = TPMS_TIME_INFO.build(time_info(tpm))
+    if p.offset > len(info):
+        raise TpmError(RC.VALUE, param=2)
+    if p.offset + len(p.operandB) > len(info):
+        raise TpmError(RC.RANGE)
+    if not session.is_trial and not condition_holds(p.operation, info[p.offset : p.offset + len(p.operandB)],
+                                                     p.operandB):
+        raise TpmError(RC.POLICY)
+    extend(session, CC.PolicyCounterTimer, _operand_args(session, p.operandB, p.offset, p.operation))
+    return Response()

@@ -1,0 +1,157 @@
+"""What the engine and the command modules share: the bottom of the command layer.
+
+A command module declares its handlers with ``@command`` (the handles each one
+takes, with the authorization role they need, and its parameters) and the
+entities behind handles register how they are looked up with
+``@entity_resolver``; the engine (``vtpm.engine``) reads both registries to run
+the pipeline of Part 3, section 5. Nothing here imports the engine, the
+entities or the commands, so every layer above can import this module.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import construct as cs
+
+from vtpm.constants import CC, HT
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
+
+class Auth(enum.Enum):
+    """The authorization role a handle needs (Part 3 notation: @ is USER)."""
+
+    NONE = "none"
+    USER = "user"
+    ADMIN = "admin"
+    DUP = "dup"
+
+
+@dataclass(frozen=True)
+class HandleSpec:
+    """One handle of a command: its role and which handles it accepts.
+
+    ``types`` are the handle types (top byte) accepted; ``permanent`` lists
+    the permanent handles accepted when HT.PERMANENT is among the types.
+    A handle outside these is TPM_RC_VALUE for that handle number.
+    """
+
+    name: str
+    auth: Auth = Auth.NONE
+    types: frozenset[int] = frozenset()
+    permanent: frozenset[int] = frozenset()
+
+    def accepts(self, handle: int) -> bool:
+        kind = handle >> 24
+        if kind not in self.types:
+            return False
+        return kind != HT.PERMANENT or handle in self.permanent
+
+
+def handle_spec(name: str, auth: Auth = Auth.NONE, *, types: Iterable[int] = (), permanent: Iterable[int] = ()) -> HandleSpec:
+    permanent = frozenset(int(h) for h in permanent)
+    kinds = {int(t) for t in types} | ({HT.PERMANENT} if permanent else set())
+    return HandleSpec(name, auth, frozenset(kinds), permanent)
+
+
+@dataclass
+class Session:
+    """One entry of the command's authorization area."""
+
+    handle: int
+    nonce: bytes
+    attributes: int
+    hmac: bytes
+
+
+@dataclass
+class Command:
+    """A parsed command as a handler sees it."""
+
+    code: int
+    locality: int
+    handles: list[int]
+    params: Any
+    sessions: list[Session]
+    raw_params: bytes
+    tag: int
+
+
+@dataclass
+class Response:
+    params: bytes = b""
+    handles: tuple[int, ...] = ()
+
+
+Handler = Callable[["Tpm", Command], Response]
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    code: CC
+    handler: Handler
+    handles: tuple[HandleSpec, ...]
+    params: tuple[tuple[str, cs.Construct], ...]
+    before_startup: bool = False
+    allow_sessions: bool = True
+    response_tpm2b: bool = False  # the first response parameter is a TPM2B (may be encrypted)
+
+
+COMMANDS: dict[int, CommandSpec] = {}
+
+
+def command(
+    code: CC,
+    *,
+    handles: Iterable[HandleSpec] = (),
+    params: Iterable[tuple[str, cs.Construct]] = (),
+    before_startup: bool = False,
+    allow_sessions: bool = True,
+    response_tpm2b: bool = False,
+) -> Callable[[Handler], Handler]:
+    """Register a command handler; used by the modules in ``vtpm.commands``."""
+
+    def register(handler: Handler) -> Handler:
+        if code in COMMANDS:
+            raise RuntimeError(f"{code.name} registered twice")
+        COMMANDS[code] = CommandSpec(
+            code, handler, tuple(handles), tuple(params), before_startup, allow_sessions, response_tpm2b
+        )
+        return handler
+
+    return register
+
+
+@dataclass(frozen=True)
+class Entity:
+    """What authorization needs to know about the object a handle names."""
+
+    auth_value: bytes
+    da_protected: bool
+    is_lockout: bool = False
+    name: bytes = b""
+    auth_policy: bytes = b""
+    auth_policy_alg: int = 0x0010  # TPM_ALG_NULL
+    # (command code, policy session?, admin role?) -> may this entity's auth be used at all?
+    auth_available: Callable[[int, bool, bool], bool] | None = None
+    user_needs_policy: bool = False  # objects with userWithAuth clear
+    admin_needs_policy: bool = True  # objects with adminWithPolicy clear may use their authValue
+
+
+EntityResolver = Callable[["Tpm", int], Entity]
+ENTITY_RESOLVERS: dict[int, EntityResolver] = {}
+
+
+def entity_resolver(handle_type: int) -> Callable[[EntityResolver], EntityResolver]:
+    """Register how handles of one type are looked up (existence check + auth value)."""
+
+    def register(resolver: EntityResolver) -> EntityResolver:
+        ENTITY_RESOLVERS[handle_type] = resolver
+        return resolver
+
+    return register

@@ -1,0 +1,133 @@
+"""NV indices: lookup, who may read or write them, their entity resolver, and what
+Startup, Shutdown, Clear and GetCapability do with them. The NV commands are in
+vtpm.commands.nv.
+
+Index data is written through to persistent state on every change; orderly
+indices get the same durability (stronger than the spec requires).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from vtpm.constants import CC, HT, NT, RC, RH, TPMA_NV
+from vtpm.core import Command, Entity, entity_resolver
+from vtpm.errors import TpmError
+from vtpm.state import NvIndex
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
+MAX_NV_INDICES = 256
+
+
+def nv_index(tpm: Tpm, handle: int) -> NvIndex:
+    """The index, if it exists and its hierarchy is enabled (hidden indices are TPM_RC_HANDLE)."""
+    index = tpm.state.nv.get(handle)
+    if index is None:
+        raise TpmError(RC.HANDLE)
+    if index.has(TPMA_NV.PLATFORMCREATE):
+        if not tpm.volatile.ph_enable_nv:
+            raise TpmError(RC.HANDLE)
+    elif not tpm.volatile.sh_enable:
+        raise TpmError(RC.HANDLE)
+    return index
+
+
+# Commands that count as writes when an index authorizes itself (the others are reads).
+WRITE_OPERATIONS = frozenset({CC.NV_Write, CC.NV_Increment, CC.NV_SetBits, CC.NV_Extend, CC.NV_WriteLock})
+
+
+def _auth_available(index: NvIndex) -> Callable[[int, bool, bool], bool]:
+    """May the index's authValue (or authPolicy) authorize this command? (Part 1 19.7)"""
+
+    def available(code: int, policy: bool, admin: bool) -> bool:
+        write = code in WRITE_OPERATIONS
+        if policy:
+            if not index.auth_policy:
+                return False
+            return admin or index.has(TPMA_NV.POLICYWRITE if write else TPMA_NV.POLICYREAD)
+        return index.has(TPMA_NV.AUTHWRITE if write else TPMA_NV.AUTHREAD)
+
+    return available
+
+
+@entity_resolver(HT.NV_INDEX)
+def nv_entity(tpm: Tpm, handle: int) -> Entity:
+    index = nv_index(tpm, handle)
+    return Entity(
+        index.auth_value,
+        da_protected=not index.has(TPMA_NV.NO_DA),
+        name=index.name,
+        auth_policy=index.auth_policy,
+        auth_policy_alg=index.name_alg,
+        auth_available=_auth_available(index),
+    )
+
+
+def check_write_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
+    """Write side of Part 3 31.3: lock first, then which hierarchy may write."""
+    if index.has(TPMA_NV.WRITELOCKED):
+        raise TpmError(RC.NV_LOCKED)
+    _check_hierarchy_access(auth, index, TPMA_NV.PPWRITE, TPMA_NV.OWNERWRITE)
+
+
+def check_read_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
+    """Read side: lock, hierarchy, then the index must have been written."""
+    if index.has(TPMA_NV.READLOCKED):
+        raise TpmError(RC.NV_LOCKED)
+    _check_hierarchy_access(auth, index, TPMA_NV.PPREAD, TPMA_NV.OWNERREAD)
+    if not index.has(TPMA_NV.WRITTEN):
+        raise TpmError(RC.NV_UNINITIALIZED)
+
+
+def _check_hierarchy_access(auth: int, index: NvIndex, pp: int, owner: int) -> None:
+    # An index authorizing itself was already checked (AUTHREAD/AUTHWRITE or the POLICY bits)
+    # when its session was verified: TPM_RC_AUTH_UNAVAILABLE otherwise.
+    if auth == RH.PLATFORM:
+        allowed = index.attributes & pp
+    elif auth == RH.OWNER:
+        allowed = index.attributes & owner
+    else:
+        allowed = auth == index.index
+    if not allowed:
+        raise TpmError(RC.NV_AUTHORIZATION)
+
+
+def remove_index(tpm: Tpm, index: NvIndex) -> None:
+    if index.kind == NT.COUNTER and index.has(TPMA_NV.WRITTEN):
+        tpm.state.max_nv_counter = max(tpm.state.max_nv_counter, int.from_bytes(index.data, "big"))
+    del tpm.state.nv[index.index]
+    tpm.mark_dirty()
+
+
+# ----------------------------------------------------------------------------- lifecycle hooks
+
+
+def startup_clear_nv(tpm: Tpm) -> None:
+    """TPM Reset/Restart: read locks end, CLEAR_STCLEAR data is forgotten, write locks lapse."""
+    for index in tpm.state.nv.values():
+        attributes = index.attributes & ~TPMA_NV.READLOCKED
+        if index.kind != NT.COUNTER and attributes & TPMA_NV.CLEAR_STCLEAR:
+            attributes &= ~TPMA_NV.WRITTEN
+        if not attributes & TPMA_NV.WRITTEN or not attributes & TPMA_NV.WRITEDEFINE:
+            attributes &= ~TPMA_NV.WRITELOCKED
+        index.attributes = attributes
+    tpm.mark_dirty()
+
+
+def shutdown_nv(tpm: Tpm) -> None:
+    """Orderly shutdown: index data is already written through; nothing is pending."""
+
+
+def clear_owner_indices(tpm: Tpm) -> None:
+    """TPM2_Clear deletes every index the owner created."""
+    for index in [i for i in tpm.state.nv.values() if not i.has(TPMA_NV.PLATFORMCREATE)]:
+        remove_index(tpm, index)
+
+
+def nv_handles(tpm: Tpm) -> list[int]:
+    return sorted(
+        i.index for i in tpm.state.nv.values() if not (i.has(TPMA_NV.PLATFORMCREATE) and not tpm.volatile.ph_enable_nv)
+    )

@@ -1,0 +1,107 @@
+"""PCRs: banks, attributes and groups of the PC Client profile, extending, digests of a
+selection, and the PCR entity resolver. The PCR commands are in vtpm.commands.pcr."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vtpm.constants import HT, RC
+from vtpm.core import Entity, entity_resolver
+from vtpm.crypto import HASHES, digest
+from vtpm.errors import TpmError
+from vtpm.marshal.structures import PCR_SELECT_MAX
+from vtpm.state import PCR_COUNT
+
+if TYPE_CHECKING:
+    from vtpm.engine import Tpm
+
+
+@dataclass(frozen=True)
+class PcrAttributes:
+    save: bool
+    reset_localities: int  # bit n: locality n may reset
+    extend_localities: int  # bit n: locality n may extend
+
+
+# PC Client profile, as libtpms configures it: 0-15 static RTM, 16 debug, 17-22 DRTM, 23 application.
+PCR_ATTRIBUTES = (
+    [PcrAttributes(True, 0x00, 0x1F)] * 16
+    + [PcrAttributes(False, 0x0F, 0x1F)]  # 16
+    + [PcrAttributes(False, 0x10, 0x1C)] * 2  # 17, 18
+    + [PcrAttributes(False, 0x10, 0x0C)]  # 19
+    + [PcrAttributes(False, 0x14, 0x0E)]  # 20
+    + [PcrAttributes(False, 0x14, 0x04)] * 2  # 21, 22
+    + [PcrAttributes(False, 0x0F, 0x1F)]  # 23
+)
+assert len(PCR_ATTRIBUTES) == PCR_COUNT
+
+
+# PCRs 20-22 share one authValue and one authPolicy (PCR_SetAuthValue/PCR_SetAuthPolicy),
+# as in the reference implementation's PC Client configuration.
+PCR_GROUP = frozenset({20, 21, 22})
+
+
+@entity_resolver(HT.PCR)
+def pcr_entity(tpm: Tpm, handle: int) -> Entity:
+    if handle >= PCR_COUNT:
+        raise TpmError(RC.VALUE)
+    if handle in PCR_GROUP:
+        policy = tpm.state.pcr_group_policy
+        return Entity(tpm.volatile.pcr_group_auth, da_protected=False,
+                      auth_policy=policy.policy, auth_policy_alg=policy.policy_alg)
+    return Entity(b"", da_protected=False)
+
+
+def locality_bit(locality: int) -> int:
+    return 1 << locality if locality < 5 else 0
+
+
+NO_INCREMENT = frozenset({16, 21, 22, 23})
+
+
+def counts_update(index: int) -> bool:
+    """Whether changing this PCR advances pcrUpdateCounter (PCRs 16, 21-23 do not)."""
+    return index not in NO_INCREMENT
+
+
+def extend(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> None:
+    """Extend PCR ``index`` with each (bank, digest) in order; unallocated banks are skipped.
+
+    Each bank extended counts once in pcrUpdateCounter, as the reference implementation does.
+    """
+    attributes = PCR_ATTRIBUTES[index]
+    if not attributes.extend_localities & locality_bit(tpm.locality):
+        raise TpmError(RC.LOCALITY)
+    pcrs = tpm.volatile.pcrs
+    for bank, value in digests:
+        values = pcrs.get(bank)
+        if values is None:
+            continue
+        values[index] = digest(bank, values[index], value)
+        if counts_update(index):
+            tpm.volatile.pcr_update_counter += 1
+
+
+def pcr_digest(tpm: Tpm, alg: int, selection: Any) -> bytes:
+    """Digest of the selected PCR values, bank by bank, PCR by PCR (Part 3 18.4, 12.1)."""
+    h = HASHES[alg]
+    state = hashlib.new(h.name)
+    for entry in selection:
+        bank = tpm.volatile.pcrs.get(entry.hash)
+        if bank is None:
+            continue
+        bits = entry.pcrSelect
+        for index in range(min(len(bits) * 8, 24)):
+            if bits[index // 8] >> (index % 8) & 1:
+                state.update(bank[index])
+    return state.digest()
+
+
+def pcr_selection_all(banks: list[int]) -> list[dict[str, object]]:
+    """Every implemented bank; allocated ones select all PCRs (GetCapability PCRS)."""
+    return [
+        {"hash": bank, "pcrSelect": (b"\xff" if bank in banks else b"\x00") * PCR_SELECT_MAX}
+        for bank in sorted(HASHES)
+    ]
