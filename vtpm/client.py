@@ -18,6 +18,7 @@ from typing import Any
 
 from vtpm import wire
 from vtpm.constants import ALG, CAP, CC, RC, RH, SU, TPMA_NV
+from vtpm.crypto import HASHES
 from vtpm.marshal.structures import TPML_TAGGED_TPM_PROPERTY
 from vtpm.transport import HOST, InProcessTransport, MssimTransport, SocketTransport, Transport
 
@@ -146,8 +147,6 @@ class TpmClient(contextlib.AbstractContextManager):
         """Allocate PCRs 0-23 in ``banks`` and none in the other ``supported`` banks (default: the
         vTPM's hash algorithms); takes effect at the next _TPM_Init."""
         if supported is None:
-            from vtpm.crypto import HASHES
-
             supported = HASHES
         banks = set(banks)
         self.call(wire.pcr_allocate([(alg, ALL_PCRS if alg in banks else ()) for alg in sorted(supported)]))

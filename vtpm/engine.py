@@ -21,6 +21,7 @@ from collections.abc import Callable
 import construct as cs
 
 import vtpm.commands  # noqa: F401  (each command module registers its handlers on import)
+from vtpm import wire
 from vtpm.authorization import AuthContext, authorize, respond
 from vtpm.constants import CC, RC, ST
 from vtpm.core import (
@@ -107,16 +108,16 @@ class Tpm:
         try:
             response = self._execute(bytes(command))
         except TpmError as exc:
-            response = _error_response(exc.code)
+            response = wire.error_response(exc.code)
         except Exception:  # a bug must not take the TPM (or its server) down
             log.exception("internal error while executing a command")
-            response = _error_response(RC.FAILURE)
+            response = wire.error_response(RC.FAILURE)
         if self.dirty:
             try:
                 self.flush_state()
             except Exception:
                 log.exception("persisting TPM state failed")
-                return _error_response(RC.NV_UNAVAILABLE)
+                return wire.error_response(RC.NV_UNAVAILABLE)
         return response
 
     def _execute(self, data: bytes) -> bytes:
@@ -248,10 +249,6 @@ def _parse_params(spec: CommandSpec, raw: bytes) -> cs.Container:
     if stream.tell() != len(raw):
         raise TpmError(RC.SIZE)
     return params
-
-
-def _error_response(code: int) -> bytes:
-    return ST.NO_SESSIONS.to_bytes(2, "big") + HEADER_SIZE.to_bytes(4, "big") + code.to_bytes(4, "big")
 
 
 def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: AuthContext) -> bytes:

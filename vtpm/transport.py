@@ -14,24 +14,10 @@ import socket
 from typing import Any, Protocol
 
 from vtpm import wire
+from vtpm.server import protocol
+from vtpm.server.protocol import Ctrl
 
 HOST = "127.0.0.1"
-
-
-# The control channel's and mssim's request codes are declared once, by the servers. Those modules
-# load the engine, which a client of a remote TPM does not need: they are imported on first use.
-
-
-def _ctrl() -> Any:
-    from vtpm.server.swtpm_ctrl import Ctrl
-
-    return Ctrl
-
-
-def _mssim() -> Any:
-    from vtpm.server import sockets
-
-    return sockets
 
 
 class TransportError(ConnectionError):
@@ -157,22 +143,22 @@ class SwtpmControl:
 
     def init(self, delete_volatile: bool = False) -> int:
         """CMD_INIT: _TPM_Init (power cycle); the TPM then waits for Startup."""
-        return self._result(_ctrl().INIT, int(delete_volatile).to_bytes(4, "big"))
+        return self._result(Ctrl.INIT, int(delete_volatile).to_bytes(4, "big"))
 
     def shutdown(self) -> int:
         """CMD_SHUTDOWN: stop the TPM and end the swtpm process."""
-        return self._result(_ctrl().SHUTDOWN)
+        return self._result(Ctrl.SHUTDOWN)
 
     def stop(self) -> int:
         """CMD_STOP: stop the TPM; the process stays for a later CMD_INIT."""
-        return self._result(_ctrl().STOP)
+        return self._result(Ctrl.STOP)
 
     def set_locality(self, locality: int) -> int:
-        return self._result(_ctrl().SET_LOCALITY, bytes([locality]))
+        return self._result(Ctrl.SET_LOCALITY, bytes([locality]))
 
     def capabilities(self) -> int:
         """CMD_GET_CAPABILITY: the bit mask of supported control commands."""
-        answer = self.request(_ctrl().GET_CAPABILITY, answer_size=8)
+        answer = self.request(Ctrl.GET_CAPABILITY, answer_size=8)
         if answer[:4] != bytes(4):
             raise TransportError(f"CMD_GET_CAPABILITY failed with result {int.from_bytes(answer[:4], 'big')}")
         return int.from_bytes(answer[4:], "big")
@@ -187,7 +173,7 @@ class MssimTransport:
         self._platform: socket.socket | None = None
 
     def transact(self, command: bytes) -> bytes:
-        _send(self.sock, _mssim().MS_SEND_COMMAND.to_bytes(4, "big") + bytes([self.locality])
+        _send(self.sock, protocol.MS_SEND_COMMAND.to_bytes(4, "big") + bytes([self.locality])
               + len(command).to_bytes(4, "big") + command)
         size = int.from_bytes(_recv_exact(self.sock, 4, "response size"), "big")
         response = _recv_exact(self.sock, size, "response")
@@ -207,15 +193,15 @@ class MssimTransport:
 
     def power_on(self) -> None:
         """Power on and make NV available, as tpm2-tss does when it connects."""
-        ms = _mssim()
+        ms = protocol
         self.signal(ms.MS_SIGNAL_POWER_ON)
         self.signal(ms.MS_SIGNAL_NV_ON)
 
     def power_off(self) -> None:
-        self.signal(_mssim().MS_SIGNAL_POWER_OFF)
+        self.signal(protocol.MS_SIGNAL_POWER_OFF)
 
     def close(self) -> None:
-        end = _mssim().MS_SESSION_END.to_bytes(4, "big")
+        end = protocol.MS_SESSION_END.to_bytes(4, "big")
         for sock in (self.sock, self._platform):
             if sock is None:
                 continue

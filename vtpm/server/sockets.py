@@ -20,6 +20,18 @@ from vtpm import wire
 from vtpm.constants import RC
 from vtpm.server import swtpm_ctrl
 from vtpm.server.device import TpmDevice
+from vtpm.server.protocol import (
+    MS_PROTOCOL_VERSION,
+    MS_REMOTE_HANDSHAKE,
+    MS_SEND_COMMAND,
+    MS_SESSION_END,
+    MS_SIGNAL_HASH_DATA,
+    MS_SIGNAL_POWER_OFF,
+    MS_SIGNAL_POWER_ON,
+    MS_SIGNAL_RESET,
+    MS_STOP,
+    MS_TEST_FAILURE_MODE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,28 +246,6 @@ class SwtpmServer(_Server):
 
 # ----------------------------------------------------------------------------- mssim
 
-MS_SIGNAL_POWER_ON = 1
-MS_SIGNAL_POWER_OFF = 2
-MS_SIGNAL_PHYS_PRES_ON = 3
-MS_SIGNAL_PHYS_PRES_OFF = 4
-MS_SIGNAL_HASH_START = 5
-MS_SIGNAL_HASH_DATA = 6
-MS_SIGNAL_HASH_END = 7
-MS_SEND_COMMAND = 8
-MS_SIGNAL_CANCEL_ON = 9
-MS_SIGNAL_CANCEL_OFF = 10
-MS_SIGNAL_NV_ON = 11
-MS_SIGNAL_NV_OFF = 12
-MS_SIGNAL_KEY_CACHE_ON = 13
-MS_SIGNAL_KEY_CACHE_OFF = 14
-MS_REMOTE_HANDSHAKE = 15
-MS_SET_ALTERNATIVE_RESULT = 16
-MS_SIGNAL_RESET = 17
-MS_SESSION_END = 20
-MS_STOP = 21
-MS_ACT_GET_SIGNALED = 26
-MS_TEST_FAILURE_MODE = 30
-MS_PROTOCOL_VERSION = 1
 
 
 class MssimServer(_Server):

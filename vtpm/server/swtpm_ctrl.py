@@ -8,74 +8,38 @@ result. ``payload_size`` tells a transport how many bytes to wait for and
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass
 
 from vtpm.commands.capability import FIRMWARE_VERSION, MANUFACTURER, SPEC_LEVEL, SPEC_REVISION
 from vtpm.server.device import BUFFER_MAX, BUFFER_MIN, TpmDevice
+from vtpm.server.protocol import (  # noqa: F401  (re-exported: the control protocol's names)
+    Ctrl,
+    CAP_CANCEL_TPM_CMD,
+    CAP_GET_CONFIG,
+    CAP_GET_INFO,
+    CAP_GET_TPMESTABLISHED,
+    CAP_INIT,
+    CAP_RESET_TPMESTABLISHED,
+    CAP_SET_BUFFERSIZE,
+    CAP_SET_DATAFD,
+    CAP_SET_LOCALITY,
+    CAP_SHUTDOWN,
+    CAP_STOP,
+    CAP_STORE_VOLATILE,
+    INFO_MAX_CHUNK,
+    INFO_TPMATTRIBUTES,
+    INFO_TPMSPECIFICATION,
+    PAYLOAD_SIZES,
+    TPM_BAD_LOCALITY,
+    TPM_BAD_ORDINAL,
+    TPM_BAD_PARAMETER,
+    TPM_FAIL,
+    TPM_SUCCESS,
+    payload_size,
+)
 
 
-class Ctrl(enum.IntEnum):
-    GET_CAPABILITY = 0x01
-    INIT = 0x02
-    SHUTDOWN = 0x03
-    GET_TPMESTABLISHED = 0x04
-    SET_LOCALITY = 0x05
-    HASH_START = 0x06
-    HASH_DATA = 0x07
-    HASH_END = 0x08
-    CANCEL_TPM_CMD = 0x09
-    STORE_VOLATILE = 0x0A
-    RESET_TPMESTABLISHED = 0x0B
-    GET_STATEBLOB = 0x0C
-    SET_STATEBLOB = 0x0D
-    STOP = 0x0E
-    GET_CONFIG = 0x0F
-    SET_DATAFD = 0x10
-    SET_BUFFERSIZE = 0x11
-    GET_INFO = 0x12
-    LOCK_STORAGE = 0x13
-
-
-# TPM 1.2 result codes used on the control channel
-TPM_SUCCESS = 0
-TPM_BAD_PARAMETER = 3
-TPM_FAIL = 9
-TPM_BAD_ORDINAL = 10
-TPM_BAD_LOCALITY = 0x3D
-
-CAP_INIT = 1 << 0
-CAP_SHUTDOWN = 1 << 1
-CAP_GET_TPMESTABLISHED = 1 << 2
-CAP_SET_LOCALITY = 1 << 3
-CAP_CANCEL_TPM_CMD = 1 << 5
-CAP_STORE_VOLATILE = 1 << 6
-CAP_RESET_TPMESTABLISHED = 1 << 7
-CAP_STOP = 1 << 10
-CAP_GET_CONFIG = 1 << 11
-CAP_SET_DATAFD = 1 << 12
-CAP_SET_BUFFERSIZE = 1 << 13
-CAP_GET_INFO = 1 << 14
-
-INFO_TPMSPECIFICATION = 1 << 0
-INFO_TPMATTRIBUTES = 1 << 1
-INFO_MAX_CHUNK = 3 * 1024
-
-PAYLOAD_SIZES = {
-    Ctrl.INIT: 4,
-    Ctrl.SET_LOCALITY: 1,
-    Ctrl.RESET_TPMESTABLISHED: 1,
-    Ctrl.SET_BUFFERSIZE: 4,
-    Ctrl.GET_INFO: 16,
-    Ctrl.LOCK_STORAGE: 4,
-    Ctrl.GET_STATEBLOB: 12,
-}
-
-
-def payload_size(code: int) -> int:
-    """Bytes that follow the command code (0 for unknown codes: they are answered at once)."""
-    return PAYLOAD_SIZES.get(code, 0)  # type: ignore[call-overload]
 
 
 def _u32(value: int) -> bytes:
