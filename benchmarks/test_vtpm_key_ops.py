@@ -23,16 +23,12 @@ benchmarks fail (never skip).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tpm_helpers import TpmConnection, flush_context, response_code, start_swtpm, start_vtpm, require_swtpm
-from tpm_key_helpers import (
+from support.tpm_helpers import TpmConnection, flush_context, response_code, start_swtpm, start_vtpm, require_swtpm
+from support.tpm_key_helpers import (
     KeyTargets,
     UniqueSource,
     check,

@@ -14,14 +14,10 @@ Needs `swtpm`; without it the benchmarks fail (never skip).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tpm_helpers import (
+from support.tpm_helpers import (
     command_sender,
     latency_commands,
     prepare_latency_target,

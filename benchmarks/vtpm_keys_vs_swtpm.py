@@ -42,10 +42,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tpm_helpers import ServerError, TpmConnection, flush_context, start_swtpm, start_vtpm, swtpm_path
-from tpm_key_helpers import (
+from support.tpm_helpers import ServerError, TpmConnection, flush_context, start_swtpm, start_vtpm, swtpm_path
+from support.tpm_key_helpers import (
     CommandFailed,
     UniqueSource,
     check,

@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tpm_helpers import (
+from support.tpm_helpers import (
     ServerError,
     command_sender,
     latency_commands,

@@ -29,10 +29,10 @@ from certs.ca import CertificateAuthority
 from certs.ek import TCG_KP_EK_CERTIFICATE, build_ek_certificate, tcg_san
 from certs import EkCertificateError, validate_ek_certificate
 from test_vtpm_tools import tools
-from tpm_helpers import HOST, start_swtpm, swtpm_localca_setup_config
+from support.tpm_helpers import HOST, start_swtpm, swtpm_localca_setup_config
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
-from vtpm_server import served
+from support.servers import served
 
 from vmcrypt.vtpm_provision import IDENTITY
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import snapshot
-from kmip_server import KmipServer, Pki, make_pki, start_server
+from support.kmip_server import KmipServer, Pki, make_pki, start_server
 from vmcrypt.errors import KeyNotFoundError, KeyProviderError
 from vmcrypt.providers.kmip import KmipKeyProvider, KmipSettings, parse_server, split_key_id
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tpm_helpers import (
+from support.tpm_helpers import (
     CC,
     HASH_NAMES,
     TPM_ALG_NULL,

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from test_vtpm_engine import cmd, pw, rc
-from tpm_helpers import TpmConnection
+from support.tpm_helpers import TpmConnection
 from vtpm.constants import CC, RH
 from vtpm.ek import EK_TEMPLATES, POLICY_A_SHA256, EkKind, ek_template
 from vtpm.engine import Tpm
 from vtpm.marshal.objects import TPMT_PUBLIC
 from vtpm.state import TpmState
-from vtpm_server import served
+from support.servers import served
 
 
 def create_primary_command(template: bytes, hierarchy: int = RH.ENDORSEMENT) -> bytes:

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from vtpm_server import ServedTpm, served
+from support.servers import ServedTpm, served
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "tpm2_createprimary"], capture_output=True).returncode != 0,

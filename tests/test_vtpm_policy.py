@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tpm_helpers import (
+from support.tpm_helpers import (
     CC,
     TPM_ALG_SHA1,
     TPM_ALG_SHA256,
@@ -836,7 +836,7 @@ TOOLS = subprocess.run(["which", "tpm2_policypcr"], capture_output=True).returnc
 @pytest.mark.skipif(not TOOLS, reason="tpm2-tools are not installed (scripts/bootstrap.sh installs them)")
 def test_tools_policy_sessions_unlock_nv_indices(tmp_path: Path) -> None:
     from test_vtpm_tools import tools
-    from vtpm_server import served
+    from support.servers import served
 
     files = {name: str(tmp_path / name) for name in (
         "trial.ctx", "session.ctx", "pcr.policy", "policy.digest", "password.policy", "or.policy", "got.digest",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from test_vtpm_objects import Tools
-from vtpm_server import served
+from support.servers import served
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "tpm2_policyauthorize"], capture_output=True).returncode != 0,

@@ -38,7 +38,7 @@ from tpm2_pytss.types import (  # noqa: E402
 )
 
 from vtpm.server.sockets import free_port_pair  # noqa: E402
-from vtpm_server import start_vtpm  # noqa: E402
+from support.servers import start_vtpm  # noqa: E402
 
 AES128CFB = TPMT_SYM_DEF(algorithm=TPM2_ALG.AES)
 AES128CFB.keyBits.aes = 128

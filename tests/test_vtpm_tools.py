@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vtpm_server import ServedTpm, served, start_vtpm
+from support.servers import ServedTpm, served, start_vtpm
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "tpm2_getrandom"], capture_output=True).returncode != 0,

@@ -22,7 +22,7 @@ import pytest
 from vtpm.engine import Tpm
 from vtpm.server.device import TpmDevice
 from vtpm.server.sockets import MssimServer, SwtpmServer
-from vtpm_server import free_port_pair
+from support.servers import free_port_pair
 
 GET_RANDOM = bytes.fromhex("80010000000c0000017b0008")
 STARTUP_CLEAR = bytes.fromhex("80010000000c000001440000")

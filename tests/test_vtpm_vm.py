@@ -18,7 +18,7 @@ from vmcrypt import container
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
-from vtpm_server import served
+from support.servers import served
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Raw TPM 2.0 key commands for latency measurements: templates, CreatePrimary, Create, Load, Sign, Quote.
 
-Builds on tests/tpm_helpers.py (header, handle and authorization areas) and
+Builds on support/tpm_helpers.py (header, handle and authorization areas) and
 uses the TPMT_PUBLIC definition of vtpm/marshal/objects.py to lay out the
 templates, so that our vTPM and swtpm see exactly the same bytes.
 
@@ -24,7 +24,7 @@ import itertools
 import os
 from dataclasses import dataclass
 
-from tpm_helpers import (
+from support.tpm_helpers import (
     TPM_ALG_NULL,
     TPM_ALG_SHA256,
     TPM_RH_NULL,

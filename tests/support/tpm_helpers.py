@@ -23,7 +23,7 @@ from pathlib import Path
 from vtpm.server.sockets import free_port_pair
 
 HOST = "127.0.0.1"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------- constants (Part 2)
 
