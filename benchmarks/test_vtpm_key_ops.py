@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from support.tpm_helpers import TpmConnection, flush_context, response_code, start_swtpm, start_vtpm, require_swtpm
+from support.servers import require_swtpm, start_swtpm, start_vtpm
+from support.tpm_helpers import TpmConnection, flush_context, response_code
 from support.tpm_key_helpers import (
     KeyTargets,
     UniqueSource,
@@ -62,7 +63,7 @@ def targets(tmp_path_factory):
     servers = []
     prepared: dict[str, Target] = {}
     try:
-        servers.append(start_vtpm(base / "vtpm-state"))
+        servers.append(start_vtpm(["--state", str(base / "vtpm-state"), "--startup-clear"], base / "vtpm.log"))
         servers.append(start_swtpm(base / "swtpm-state"))
         for server in servers:
             conn = server.connect(timeout=CONNECTION_TIMEOUT)

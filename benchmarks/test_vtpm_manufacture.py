@@ -25,7 +25,7 @@ from certs.ca import CertificateAuthority
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vtpm_provision import manufacture
-from support.tpm_helpers import swtpm_localca_setup_config
+from support.servers import swtpm_localca_setup_config
 
 ROUNDS = 5
 

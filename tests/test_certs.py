@@ -29,10 +29,10 @@ from certs.ca import CertificateAuthority
 from certs.ek import TCG_KP_EK_CERTIFICATE, build_ek_certificate, tcg_san
 from certs import EkCertificateError, validate_ek_certificate
 from test_vtpm_tools import tools
-from support.tpm_helpers import HOST, start_swtpm, swtpm_localca_setup_config
+from support.tpm_helpers import HOST
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
-from support.servers import served
+from support.servers import start_swtpm, start_vtpm, swtpm_localca_setup_config
 
 from vmcrypt.vtpm_provision import IDENTITY
 
@@ -78,7 +78,7 @@ def read_ek_certs(vm: Path, home: Path, workdir: Path) -> dict[str, Path]:
     os.environ["VMCRYPT_HOME"] = str(home)
     out: dict[str, Path] = {}
     try:
-        with served(["--vm", str(next(vm.glob("*.vmx"))), "--startup-clear"], workdir / "serve.log") as tpm:
+        with start_vtpm(["--vm", str(next(vm.glob("*.vmx"))), "--startup-clear"], workdir / "serve.log") as tpm:
             for label, index, alg in (("rsa", RSA_CERT_INDEX, "rsa"), ("ecc", ECC_CERT_INDEX, "ecc")):
                 der = workdir / f"{label}.der"
                 tools(tpm, "tpm2_nvread", index, "-o", str(der))
@@ -138,7 +138,7 @@ def test_ek_certificates_read_by_real_clients(tmp_path: Path, home: Path, vm_wit
 def test_ek_nv_indices_are_platform_owned(tmp_path: Path, home: Path, vm_with_vtpm: Path) -> None:
     os.environ["VMCRYPT_HOME"] = str(home)
     try:
-        with served(["--vm", str(vm_with_vtpm / "vm1.vmx"), "--startup-clear"], tmp_path / "log") as tpm:
+        with start_vtpm(["--vm", str(vm_with_vtpm / "vm1.vmx"), "--startup-clear"], tmp_path / "log") as tpm:
             public = tools(tpm, "tpm2_nvreadpublic", RSA_CERT_INDEX).stdout
             assert "platformcreate" in public and "ppwrite" in public and "ownerwrite" not in public
             # the owner can neither delete nor overwrite the certificate

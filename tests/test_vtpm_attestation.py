@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from test_vtpm_objects import Tools
-from support.servers import served
+from support.servers import start_vtpm
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "tpm2_createak"], capture_output=True).returncode != 0,
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def t(tmp_path: Path):
-    with served(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
+    with start_vtpm(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
         yield Tools(tpm, tmp_path)
 
 

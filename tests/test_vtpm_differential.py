@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.servers import TpmServer, require_swtpm, start_swtpm, start_vtpm
 from support.tpm_helpers import (
     CC,
     HASH_NAMES,
@@ -51,7 +52,6 @@ from support.tpm_helpers import (
     TPMA_NV_WRITEALL,
     NoResponse,
     TpmConnection,
-    TpmServer,
     build_command,
     ctrl_set_locality,
     describe_rc,
@@ -70,10 +70,7 @@ from support.tpm_helpers import (
     pcr_reset,
     pw_session,
     response_code,
-    start_swtpm,
-    start_vtpm,
     startup,
-    require_swtpm,
     tpml_pcr_selection,
     u16,
     u32,
@@ -226,19 +223,13 @@ class Differential:
 def tpms(tmp_path: Path):
     """A fresh swtpm and a fresh vTPM, both after Startup(CLEAR), stopped (SIGTERM, then SIGKILL) afterwards."""
     require_swtpm()
-    ref = start_swtpm(tmp_path / "swtpm-state")
-    ours = None
-    try:
-        ours = start_vtpm(tmp_path / "vtpm-state")
+    with (start_swtpm(tmp_path / "swtpm-state") as ref,
+          start_vtpm(["--state", str(tmp_path / "vtpm-state"), "--startup-clear"], tmp_path / "vtpm.log") as ours):
         diff = Differential(ours, ref)
         try:
             yield diff
         finally:
             diff.close()
-    finally:
-        if ours is not None:
-            ours.stop()
-        ref.stop()
 
 
 # ----------------------------------------------------------------------------- command material

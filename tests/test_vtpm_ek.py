@@ -17,7 +17,7 @@ from vtpm.ek import EK_TEMPLATES, POLICY_A_SHA256, EkKind, ek_template
 from vtpm.engine import Tpm
 from vtpm.marshal.objects import TPMT_PUBLIC
 from vtpm.state import TpmState
-from support.servers import served
+from support.servers import start_vtpm
 
 
 def create_primary_command(template: bytes, hierarchy: int = RH.ENDORSEMENT) -> bytes:
@@ -61,7 +61,7 @@ def test_every_template_creates_a_deterministic_ek(tpm: Tpm, kind: EkKind) -> No
 def test_low_range_templates_match_tpm2_createek(tmp_path: Path) -> None:
     if subprocess.run(["which", "tpm2_createek"], capture_output=True).returncode:
         pytest.skip("tpm2-tools are not installed")
-    with served(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as server:
+    with start_vtpm(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as server:
         for kind, tool_alg in ((EkKind.RSA2048, "rsa"), (EkKind.ECC_P256, "ecc")):
             subprocess.run(["tpm2_createek", "-c", f"{tool_alg}.ctx", "-G", tool_alg, "-u", f"{tool_alg}.pub"],
                            env=server.tools_env(), cwd=tmp_path, check=True, capture_output=True)

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from support.servers import ServedTpm, served
+from support.servers import TpmServer, start_vtpm
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "tpm2_createprimary"], capture_output=True).returncode != 0,
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 class Tools:
     """tpm2-tools in one directory; transient objects are flushed after each tool (no resource manager)."""
 
-    def __init__(self, tpm: ServedTpm, cwd: Path) -> None:
+    def __init__(self, tpm: TpmServer, cwd: Path) -> None:
         self.tpm, self.cwd = tpm, cwd
 
     def __call__(self, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -36,13 +36,13 @@ class Tools:
                                 timeout=120, input=stdin.decode() if stdin else None)
         subprocess.run(["tpm2_flushcontext", "-t"], env=self.tpm.tools_env(), cwd=self.cwd, capture_output=True)
         if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed:\n{result.stderr}\nserver:\n{self.tpm.log.read_text()[-3000:]}")
+            raise AssertionError(f"{' '.join(args)} failed:\n{result.stderr}\nserver:\n{self.tpm.log_text()[-3000:]}")
         return result
 
 
 @pytest.fixture
 def t(tmp_path: Path):
-    with served(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
+    with start_vtpm(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
         yield Tools(tpm, tmp_path)
 
 

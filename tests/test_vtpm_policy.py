@@ -836,14 +836,14 @@ TOOLS = subprocess.run(["which", "tpm2_policypcr"], capture_output=True).returnc
 @pytest.mark.skipif(not TOOLS, reason="tpm2-tools are not installed (scripts/bootstrap.sh installs them)")
 def test_tools_policy_sessions_unlock_nv_indices(tmp_path: Path) -> None:
     from test_vtpm_tools import tools
-    from support.servers import served
+    from support.servers import start_vtpm
 
     files = {name: str(tmp_path / name) for name in (
         "trial.ctx", "session.ctx", "pcr.policy", "policy.digest", "password.policy", "or.policy", "got.digest",
         "data.bin", "out.bin")}
     (tmp_path / "data.bin").write_bytes(DATA)
     index, or_index = "0x1500030", "0x1500031"
-    with served(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
+    with start_vtpm(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
         def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
             return tools(tpm, *args, check=check)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from test_vtpm_objects import Tools
-from support.servers import served
+from support.servers import start_vtpm
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "tpm2_policyauthorize"], capture_output=True).returncode != 0,
@@ -29,7 +29,7 @@ def openssl(cwd: Path, *args: str) -> None:
 
 @pytest.fixture
 def t(tmp_path: Path):
-    with served(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
+    with start_vtpm(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
         tools = Tools(tpm, tmp_path)
         for name in ("signer", "other"):
             openssl(tmp_path, "genrsa", "-out", f"{name}.pem", "2048")

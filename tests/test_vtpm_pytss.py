@@ -8,10 +8,6 @@ with AES-128-CFB parameter encryption in both directions, as ESAPI clients use t
 from __future__ import annotations
 
 import hashlib
-import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,49 +33,28 @@ from tpm2_pytss.types import (  # noqa: E402
     TPMT_TK_HASHCHECK,
 )
 
-from vtpm.server.sockets import free_port_pair  # noqa: E402
-from support.servers import start_vtpm  # noqa: E402
+from support.servers import require_swtpm, start_swtpm, start_vtpm  # noqa: E402
 
 AES128CFB = TPMT_SYM_DEF(algorithm=TPM2_ALG.AES)
 AES128CFB.keyBits.aes = 128
 AES128CFB.mode.aes = TPM2_ALG.CFB
 
 
-def _start_swtpm(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    if shutil.which("swtpm") is None:
-        pytest.fail("swtpm is not installed (scripts/bootstrap.sh installs it)")
-    port = free_port_pair()
-    state = tmp_path / "swtpm"
-    state.mkdir()
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--server", f"type=tcp,port={port}", "--ctrl", f"type=tcp,port={port + 1}",
-         "--tpmstate", f"dir={state}", "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)
-    return proc, port
-
-
 @pytest.fixture(params=["vtpm", "swtpm"])
 def esapi(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ESAPI]:
     if request.param == "vtpm":
         server = start_vtpm(["--state", str(tmp_path / "vtpm"), "--startup-clear"], tmp_path / "log")
-        port, stop = server.port, server.stop
     else:
-        proc, port = _start_swtpm(tmp_path)
-
-        def stop() -> int:
-            proc.send_signal(signal.SIGTERM)
-            return proc.wait(10)
-
-    tcti = TCTILdr("swtpm", f"host=127.0.0.1,port={port}")
-    ectx = ESAPI(tcti)
-    try:
-        yield ectx
-    finally:
-        ectx.close()
-        tcti.close()
-        stop()
+        require_swtpm()
+        server = start_swtpm(tmp_path / "swtpm")
+    with server:
+        tcti = TCTILdr("swtpm", f"host=127.0.0.1,port={server.port}")
+        ectx = ESAPI(tcti)
+        try:
+            yield ectx
+        finally:
+            ectx.close()
+            tcti.close()
 
 
 def salted_session(ectx: ESAPI, salt_key: ESYS_TR) -> ESYS_TR:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import ServedTpm, served, start_vtpm
+from support.servers import TpmServer, start_vtpm
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["which", "tpm2_getrandom"], capture_output=True).returncode != 0,
@@ -24,13 +24,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def tools(server: ServedTpm, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def tools(server: TpmServer, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         list(args), env=server.tools_env(), capture_output=True, timeout=60,
         input=stdin.decode() if stdin else None, text=True,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr}\nserver log:\n{server.log.read_text()}")
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr}\nserver log:\n{server.log_text()}")
     return result
 
 
@@ -40,7 +40,7 @@ def protocol(request: pytest.FixtureRequest) -> str:
 
 
 def test_tools_drive_the_vtpm(tmp_path: Path, protocol: str) -> None:
-    with served(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log", protocol) as tpm:
+    with start_vtpm(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log", protocol) as tpm:
         random = tools(tpm, "tpm2_getrandom", "--hex", "16").stdout.strip()
         assert len(bytes.fromhex(random)) == 16
 
@@ -93,7 +93,7 @@ def test_tools_drive_the_vtpm(tmp_path: Path, protocol: str) -> None:
 def test_restart_keeps_nv_and_shutdown_state_restores_pcrs(tmp_path: Path) -> None:
     state = tmp_path / "state"
     digest = "ab" * 32
-    with served(["--state", str(state), "--startup-clear"], tmp_path / "log1") as tpm:
+    with start_vtpm(["--state", str(state), "--startup-clear"], tmp_path / "log1") as tpm:
         tools(tpm, "tpm2_nvdefine", "0x1500020", "-C", "o", "-s", "8", "-a", "ownerread|ownerwrite|nt=counter")
         tools(tpm, "tpm2_nvincrement", "0x1500020", "-C", "o")
         tools(tpm, "tpm2_nvincrement", "0x1500020", "-C", "o")
@@ -102,7 +102,7 @@ def test_restart_keeps_nv_and_shutdown_state_restores_pcrs(tmp_path: Path) -> No
         tools(tpm, "tpm2_pcrextend", f"7:sha256={digest}")
         before = tools(tpm, "tpm2_pcrread", "sha256:7").stdout
         tools(tpm, "tpm2_shutdown")  # Shutdown(STATE)
-    with served(["--state", str(state)], tmp_path / "log2") as tpm:
+    with start_vtpm(["--state", str(state)], tmp_path / "log2") as tpm:
         tools(tpm, "tpm2_startup")  # Startup(STATE)
         assert tools(tpm, "tpm2_pcrread", "sha256:7").stdout == before
         tools(tpm, "tpm2_nvread", "0x1500020", "-C", "o", "-o", str(tmp_path / "c.bin"))
@@ -110,14 +110,14 @@ def test_restart_keeps_nv_and_shutdown_state_restores_pcrs(tmp_path: Path) -> No
         tools(tpm, "tpm2_nvread", "0x1500021", "-C", "o", "-o", str(tmp_path / "d.bin"))
         assert (tmp_path / "d.bin").read_bytes() == b"abcd"
         tools(tpm, "tpm2_shutdown", "-c")
-    with served(["--state", str(state), "--startup-clear"], tmp_path / "log3") as tpm:
+    with start_vtpm(["--state", str(state), "--startup-clear"], tmp_path / "log3") as tpm:
         # Startup(CLEAR) resets PCRs; NV survives
         assert f"7 : 0x{'0' * 64}" in tools(tpm, "tpm2_pcrread", "sha256:7").stdout
         assert "0x1500021" in tools(tpm, "tpm2_getcap", "handles-nv-index").stdout
 
 
 def test_wrong_passwords_lead_to_lockout(tmp_path: Path) -> None:
-    with served(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as tpm:
+    with start_vtpm(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as tpm:
         tools(tpm, "tpm2_nvdefine", "0x1500030", "-C", "o", "-s", "4", "-p", "right", "-a", "authread|authwrite")
         tools(tpm, "tpm2_nvwrite", "0x1500030", "-C", "0x1500030", "-P", "right", "-i", "-", stdin=b"1234")
         codes = []
@@ -140,7 +140,7 @@ def test_wrong_passwords_lead_to_lockout(tmp_path: Path) -> None:
 
 
 def test_hierarchy_auth_change_and_use(tmp_path: Path) -> None:
-    with served(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as tpm:
+    with start_vtpm(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as tpm:
         tools(tpm, "tpm2_changeauth", "-c", "o", "ownerpass")
         tools(tpm, "tpm2_nvdefine", "0x1500040", "-C", "o", "-P", "ownerpass", "-s", "4", "-a", "ownerread|ownerwrite")
         assert tools(tpm, "tpm2_nvdefine", "0x1500041", "-C", "o", "-s", "4", "-a", "ownerread|ownerwrite",
@@ -159,7 +159,7 @@ def test_encrypted_state_with_key_file(tmp_path: Path) -> None:
     key.write_text(os.urandom(32).hex() + "\n")
     key.chmod(0o600)
     state = tmp_path / "state"
-    with served(["--state", str(state), "--key-file", str(key), "--startup-clear"], tmp_path / "log") as tpm:
+    with start_vtpm(["--state", str(state), "--key-file", str(key), "--startup-clear"], tmp_path / "log") as tpm:
         tools(tpm, "tpm2_nvdefine", "0x1500050", "-C", "o", "-s", "16", "-a", "ownerread|ownerwrite")
         tools(tpm, "tpm2_nvwrite", "0x1500050", "-C", "o", "-i", "-", stdin=b"SECRET-NV-MARKER")
     stored = state / "tpm2-state.vmc"
@@ -224,7 +224,7 @@ def test_usage_and_help() -> None:
 def test_server_survives_garbage_and_disconnects(tmp_path: Path) -> None:
     import socket
 
-    with served(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as tpm:
+    with start_vtpm(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as tpm:
         for payload in (b"", b"\x80", b"garbage!" * 3, b"\x80\x01\xff\xff\xff\xff\x00\x00\x01\x7b",
                         b"\x80\x01\x00\x00\x00\x40\x00\x00\x01\x7b\x00"):
             with socket.create_connection(("127.0.0.1", tpm.port), timeout=5) as sock:
@@ -233,10 +233,10 @@ def test_server_survives_garbage_and_disconnects(tmp_path: Path) -> None:
             ctrl.sendall(b"\x00\x00\x00\xff")  # unknown control command
             assert ctrl.recv(4) == (10).to_bytes(4, "big")  # TPM_BAD_ORDINAL
         assert len(bytes.fromhex(tools(tpm, "tpm2_getrandom", "--hex", "8").stdout.strip())) == 8
-        assert tpm.process.poll() is None
+        assert tpm.running()
 
 
 def test_start_stops_cleanly_and_reports_port(tmp_path: Path) -> None:
     server = start_vtpm(["--state", str(tmp_path / "s")], tmp_path / "log")
     assert server.stop() == 0
-    assert "stopped, state saved" in server.log.read_text()
+    assert "stopped, state saved" in server.log_text()

@@ -12,17 +12,14 @@ import array
 import json
 import socket
 import struct
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from vtpm.engine import Tpm
 from vtpm.server.device import TpmDevice
-from vtpm.server.sockets import MssimServer, SwtpmServer
-from support.servers import free_port_pair
+from support.servers import start_vtpm
+from vtpm.server.sockets import MssimServer, SwtpmServer, free_port_pair
 
 GET_RANDOM = bytes.fromhex("80010000000c0000017b0008")
 STARTUP_CLEAR = bytes.fromhex("80010000000c000001440000")
@@ -150,20 +147,8 @@ def test_mssim_platform_protocol() -> None:
 
 
 def test_ctrl_shutdown_ends_the_server_process(tmp_path: Path) -> None:
-    port = free_port_pair()
-    log = open(tmp_path / "log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vtpm", "serve", "--state", str(tmp_path / "s"), "--port", str(port), "--startup-clear"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while b"serving on" not in (tmp_path / "log").read_bytes() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with socket.create_connection(("127.0.0.1", port + 1)) as c:
+    with start_vtpm(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as server:
+        with socket.create_connection(("127.0.0.1", server.port + 1)) as c:
             assert ctrl(c, 0x03) == bytes(4)  # CMD_SHUTDOWN, as QEMU sends at exit
-        assert process.wait(10) == 0
-        assert b"stopped, state saved" in (tmp_path / "log").read_bytes()
-    finally:
-        if process.poll() is None:
-            process.kill()
+        assert server.proc.wait(10) == 0
+        assert "stopped, state saved" in server.log_text()

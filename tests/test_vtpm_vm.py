@@ -18,7 +18,7 @@ from vmcrypt import container
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
-from support.servers import served
+from support.servers import start_vtpm
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def test_vtpm_state_in_encrypted_nvram(tmp_path: Path, home: Path, encrypted_vm:
     args = ["--vm", str(vm / "vm1.vmx"), "--startup-clear"]
     os.environ["VMCRYPT_HOME"] = str(home)  # the served process finds the key provider there
     try:
-        with served(args, tmp_path / "log1") as tpm:
+        with start_vtpm(args, tmp_path / "log1") as tpm:
             tools(tpm, "tpm2_nvdefine", "0x1500060", "-C", "o", "-s", "20", "-a", "ownerread|ownerwrite")
             tools(tpm, "tpm2_nvwrite", "0x1500060", "-C", "o", "-i", "-", stdin=b"VTPM-SECRET-IN-NVRAM")
             second = subprocess.run([sys.executable, "-m", "vtpm", "serve", *args, "--port", "1"],
@@ -48,7 +48,7 @@ def test_vtpm_state_in_encrypted_nvram(tmp_path: Path, home: Path, encrypted_vm:
         sections = Nvram.parse(container.read_file(nvram, keys.header_key))
         assert sections.vtpm_state is not None and [v.name for v in sections.efi_variables][0] == "PlatformLang"
         efi_before = sections.efi_variables
-        with served(args, tmp_path / "log2") as tpm:
+        with start_vtpm(args, tmp_path / "log2") as tpm:
             tools(tpm, "tpm2_nvread", "0x1500060", "-C", "o", "-o", str(tmp_path / "out"))
             assert (tmp_path / "out").read_bytes() == b"VTPM-SECRET-IN-NVRAM"
     finally:

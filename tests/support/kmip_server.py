@@ -103,6 +103,16 @@ class KmipServer:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def log_text(self) -> str:
+        """Its log and its stderr, for error messages."""
+        parts = []
+        for path in (self.log, self.log.with_name("stderr.txt")):
+            try:
+                parts.append(f"{path}:\n{path.read_text(errors='replace')}")
+            except OSError:
+                parts.append(f"{path}: (none)")
+        return "\n".join(parts)
+
     def kill(self) -> None:
         """SIGKILL the whole process group: a crashed server."""
         self._signal_group(signal.SIGKILL)
@@ -148,16 +158,19 @@ def _write_config(directory: Path, pki: Pki, port: int) -> Path:
 
 
 def _wait_ready(server: KmipServer, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if not server.running():
-            raise RuntimeError(f"pykmip-server exited early; see {server.log}")
+    """Poll until the server accepts a connection; RuntimeError with its logs if it exits or the deadline passes."""
+    while server.running():
         try:
             with socket.create_connection(("127.0.0.1", server.port), timeout=0.2):
                 return
         except OSError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"pykmip-server did not listen on {server.port} in time; see {server.log}")
+            pass
+        if time.monotonic() >= deadline:
+            server.stop()
+            raise RuntimeError(f"pykmip-server did not listen on {server.port} in time; {server.log_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"pykmip-server exited with status {server.process.returncode} before it listened; "
+                       f"{server.log_text()}")
 
 
 def start_server(directory: Path, pki: Pki, timeout: float = 20.0) -> KmipServer:
@@ -167,11 +180,12 @@ def start_server(directory: Path, pki: Pki, timeout: float = 20.0) -> KmipServer
     port = free_port()
     config = _write_config(directory, pki, port)
     log = directory / "server.log"
-    process = subprocess.Popen(
-        [str(SERVER_BINARY), "-f", str(config), "-l", str(log)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=(directory / "stderr.txt").open("wb"),
-        start_new_session=True, cwd=directory,
-    )
+    with open(directory / "stderr.txt", "wb") as stderr:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [str(SERVER_BINARY), "-f", str(config), "-l", str(log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=True, cwd=directory,
+        )
     server = KmipServer(process, port, log)
     _wait_ready(server, time.monotonic() + timeout)
     return server

@@ -1,4 +1,4 @@
-"""Raw TPM 2.0 over TCP: start swtpm or a served vTPM, build commands, send them, read responses.
+"""Raw TPM 2.0 over TCP: build commands, send them, read responses (servers: support.servers).
 
 Commands are built byte by byte from the layouts in TPM 2.0 Part 3 (header,
 handle area, authorization area, parameters) so that both TPMs see exactly
@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import shutil
-import signal
 import socket
 import struct
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vtpm.server.sockets import free_port_pair
+if TYPE_CHECKING:
+    from support.servers import TpmServer
 
 HOST = "127.0.0.1"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------- constants (Part 2)
 
@@ -371,6 +364,10 @@ class NoResponse(Exception):
     """The server closed the connection or sent nothing in time instead of a response."""
 
 
+class ServerError(RuntimeError):
+    """A TPM server did not start, or refused a command that prepares a measurement."""
+
+
 class TpmConnection:
     """A persistent TCP connection to a TPM data port: one response per command."""
 
@@ -407,147 +404,6 @@ class TpmConnection:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
-
-
-# ----------------------------------------------------------------------------- servers
-
-
-class ServerError(RuntimeError):
-    pass
-
-
-@dataclass
-class TpmServer:
-    """A running TPM server process (swtpm or our vTPM) with a TCP data port and control port + 1."""
-
-    name: str
-    proc: subprocess.Popen
-    port: int
-    state_dir: Path
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def connect(self, timeout: float = 10.0) -> TpmConnection:
-        return TpmConnection(self.port, timeout=timeout)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def rss_kib(self) -> int:
-        """Resident set size from /proc/PID/status (VmRSS), in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise ServerError(f"{self.name}: no VmRSS for pid {self.pid}")
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
-
-
-def _wait_until_ready(server: TpmServer, ready, timeout: float) -> bool:
-    """Poll ``ready(server)``; False if the process ended first (e.g. its port was taken)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            return False
-        if ready(server):
-            return True
-        time.sleep(0.05)
-    server.stop()
-    raise ServerError(f"{server.name} did not become ready within {timeout:.0f} s; its log:\n{server.log_text()}")
-
-
-def _port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def swtpm_path() -> str:
-    path = shutil.which("swtpm")
-    if path is None:
-        raise ServerError(
-            "swtpm is not installed (no `swtpm` on PATH): the differential tests and benchmarks need the "
-            "reference TPM; install the Debian packages swtpm and swtpm-tools"
-        )
-    return path
-
-
-def require_swtpm() -> None:
-    """Fail (never skip) the calling test when the reference TPM is not installed."""
-    import pytest
-
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
-def _launch(name: str, argv_for_port, state_dir: Path, ready_for, env: dict[str, str] | None = None,
-            attempts: int = 5, timeout: float = 20.0) -> TpmServer:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    last_log = ""
-    for attempt in range(attempts):
-        port = free_port_pair()
-        log_path = state_dir.parent / f"{state_dir.name}.{name}.{attempt}.log"
-        with open(log_path, "wb") as log_file:  # the child keeps its own descriptor
-            proc = subprocess.Popen(argv_for_port(port), stdin=subprocess.DEVNULL, stdout=log_file,
-                                    stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
-        server = TpmServer(name, proc, port, state_dir, log_path)
-        try:
-            if _wait_until_ready(server, ready_for, timeout):
-                return server
-        except BaseException:
-            server.stop()
-            raise
-        last_log = server.log_text()
-        server.stop()
-    raise ServerError(f"{name} failed to start after {attempts} attempts; last log:\n{last_log}")
-
-
-def start_swtpm(state_dir: Path) -> TpmServer:
-    """swtpm on TCP port P (data) and P+1 (control), TPM 2.0, already started with Startup(CLEAR)."""
-    binary = swtpm_path()
-
-    def argv(port: int) -> list[str]:
-        return [binary, "socket", "--tpm2",
-                "--server", f"type=tcp,port={port},bindaddr={HOST}",
-                "--ctrl", f"type=tcp,port={port + 1},bindaddr={HOST}",
-                "--tpmstate", f"dir={state_dir}",
-                "--flags", "not-need-init,startup-clear"]
-
-    return _launch("swtpm", argv, state_dir, lambda s: _port_accepts(s.port + 1))
-
-
-def start_vtpm(state_dir: Path, python: str | None = None) -> TpmServer:
-    """Our vTPM (`python -m vtpm serve`) on the swtpm protocol, already started with Startup(CLEAR)."""
-    python = python or sys.executable
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-
-    def argv(port: int) -> list[str]:
-        return [python, "-m", "vtpm", "serve", "--state", str(state_dir), "--port", str(port),
-                "--host", HOST, "--protocol", "swtpm", "--startup-clear"]
-
-    return _launch("vtpm", argv, state_dir, lambda s: "vtpm: serving on" in s.log_text(), env=env)
 
 
 # ----------------------------------------------------------------------------- control channel
@@ -609,16 +465,3 @@ def prepare_latency_target(conn: TpmConnection) -> None:
             rc = response_code(conn.transact(command))
             if rc != 0:
                 raise ServerError(f"{name} failed: {describe_rc(rc)}")
-
-
-def swtpm_localca_setup_config(base: Path) -> Path:
-    """A swtpm_setup configuration whose swtpm_localca keeps its CA under ``base`` (not /var/lib)."""
-    ca = base / "ca"
-    ca.mkdir(parents=True, exist_ok=True)
-    (base / "localca.conf").write_text(f"statedir = {ca}\nsigningkey = {ca / 'signkey.pem'}\n"
-                                       f"issuercert = {ca / 'issuercert.pem'}\ncertserial = {ca / 'certserial'}\n")
-    (base / "localca.options").write_text("--platform-manufacturer Debian\n--platform-version 2.1\n--platform-model QEMU\n")
-    setup = base / "setup.conf"
-    setup.write_text(f"create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {base / 'localca.conf'}\n"
-                     f"create_certs_tool_options = {base / 'localca.options'}\nactive_pcr_banks = sha256\n")
-    return setup
