@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from support.differential import Differential
+from support.servers import require_swtpm, start_swtpm, start_vtpm
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 
@@ -52,6 +54,14 @@ def vmcrypt_cli(home: Path):
     return run
 
 
-def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every regular file under ``directory`` (hidden journal/temp files included) with its bytes."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+@pytest.fixture
+def tpms(tmp_path: Path):
+    """A fresh swtpm and a fresh vTPM, both after Startup(CLEAR), stopped (SIGTERM, then SIGKILL) afterwards."""
+    require_swtpm()
+    with (start_swtpm(tmp_path / "swtpm-state") as ref,
+          start_vtpm(["--state", str(tmp_path / "vtpm-state"), "--startup-clear"], tmp_path / "vtpm.log") as ours):
+        diff = Differential(ours, ref)
+        try:
+            yield diff
+        finally:
+            diff.close()

@@ -28,11 +28,12 @@ from cryptography.x509.oid import NameOID
 from certs.ca import CertificateAuthority
 from certs.ek import TCG_KP_EK_CERTIFICATE, build_ek_certificate, tcg_san
 from certs import EkCertificateError, validate_ek_certificate
-from test_vtpm_tools import tools
 from support.tpm_helpers import HOST
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
+from support.files import snapshot
 from support.servers import start_swtpm, start_vtpm, swtpm_localca_setup_config
+from support.tools import tools
 
 from vmcrypt.vtpm_provision import IDENTITY
 
@@ -421,8 +422,6 @@ def test_ca_private_key_never_in_clear(home: Path, vm_with_vtpm: Path) -> None:
 
 def test_vtpm_add_refusals(tmp_path: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
     """BIOS firmware, hardware version 13, a second vTPM: refused, and the VM is left as it was."""
-    from conftest import snapshot
-
     for name, extra, reason in (("bios", ["--firmware", "bios"], "needs EFI firmware"),
                                 ("old", ["--hw-version", "13"], "virtual hardware version 14 or later")):
         vm = tmp_path / "ds" / name

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot
+from support.files import snapshot
 from vmcrypt import container
 from vmcrypt.atomic import TEMP_PREFIX, remove_stale_temp_files
 from vmcrypt.keyref import DataKey, KeyReference

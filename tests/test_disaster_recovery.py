@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot
+from support.files import snapshot
 from support.kmip_server import make_pki, start_server
 from vmcrypt.errors import KeyProviderError
 from vmcrypt.management import Management
@@ -161,8 +161,7 @@ def test_power_ons_survive_a_kms_crash(tmp_path: Path, kms) -> None:
     is fetched again by name.
     With both servers down, power-on fails naming both and nothing on disk changes.
     """
-    from support.kmip_server import start_server as start
-    from test_kmip import register_copy
+    from support.kmip_server import register_copy, start_server as start
     from vmcrypt.errors import VmError
 
     pki, _ = kms

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot
-from support.kmip_server import KmipServer, Pki, make_pki, start_server
+from support.files import snapshot
+from support.kmip_server import KmipServer, Pki, make_pki, register_copy, start_server
 from vmcrypt.errors import KeyNotFoundError, KeyProviderError
-from vmcrypt.providers.kmip import KmipKeyProvider, KmipSettings, parse_server, split_key_id
+from vmcrypt.providers.kmip import KmipKeyProvider, KmipSettings
 
 
 @pytest.fixture(scope="module")
@@ -35,21 +35,6 @@ def provider_for(pki: Pki, *servers: str, cache_seconds: float = 300, ca: Path |
     settings = KmipSettings(tuple(servers), str(ca or pki.ca), str(pki.client_cert), str(pki.client_key),
                             timeout=2.0, cache_seconds=cache_seconds)
     return KmipKeyProvider("kmip-test-id", "kmip-test", settings)
-
-
-def register_copy(pki: Pki, server: KmipServer, key_id: str, material: bytes) -> None:
-    """Put the same KEK under the same name on another server: PyKMIP servers do not replicate."""
-    from kmip import enums
-    from kmip.pie.client import ProxyKmipClient
-    from kmip.pie.objects import SymmetricKey
-
-    host, port = parse_server(server.address)
-    key = SymmetricKey(enums.CryptographicAlgorithm.AES, 256, material,
-                       [enums.CryptographicUsageMask.ENCRYPT, enums.CryptographicUsageMask.DECRYPT],
-                       name=split_key_id(key_id)[0])
-    with ProxyKmipClient(hostname=host, port=port, cert=str(pki.client_cert), key=str(pki.client_key),
-                         ca=str(pki.ca)) as client:
-        client.activate(client.register(key))
 
 
 def test_create_get_destroy(pki: Pki, server: KmipServer) -> None:

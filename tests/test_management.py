@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot
+from support.files import snapshot
 from vmcrypt import container
 from vmcrypt.errors import VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot
+from support.files import snapshot
 
 ADMIN = {"VMCRYPT_PASSWORD": "admin-pw"}
 NOCRYPTO = {"VMCRYPT_PASSWORD": "nocrypto-pw"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snapshot
+from support.files import snapshot
 from vmcrypt import container
 
 MARKERS = {

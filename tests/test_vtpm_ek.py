@@ -18,6 +18,7 @@ from vtpm.engine import Tpm
 from vtpm.marshal.objects import TPMT_PUBLIC
 from vtpm.state import TpmState
 from support.servers import start_vtpm
+from support.tools import needs_tools
 
 
 def create_primary_command(template: bytes, hierarchy: int = RH.ENDORSEMENT) -> bytes:
@@ -58,9 +59,8 @@ def test_every_template_creates_a_deterministic_ek(tpm: Tpm, kind: EkKind) -> No
     assert template.cert_index in (0x01C00002, 0x01C0000A, 0x01C00016, 0x01C00018, 0x01C0001C, 0x01C0001E)
 
 
+@needs_tools("tpm2_createek")
 def test_low_range_templates_match_tpm2_createek(tmp_path: Path) -> None:
-    if subprocess.run(["which", "tpm2_createek"], capture_output=True).returncode:
-        pytest.skip("tpm2-tools are not installed")
     with start_vtpm(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as server:
         for kind, tool_alg in ((EkKind.RSA2048, "rsa"), (EkKind.ECC_P256, "ecc")):
             subprocess.run(["tpm2_createek", "-c", f"{tool_alg}.ctx", "-G", tool_alg, "-u", f"{tool_alg}.pub"],

@@ -10,34 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from support.servers import TpmServer, start_vtpm
+from support.servers import start_vtpm
+from support.tools import Tools, needs_tools
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "tpm2_createprimary"], capture_output=True).returncode != 0,
-    reason="tpm2-tools are not installed (scripts/bootstrap.sh installs them)",
-)
-
-
-class Tools:
-    """tpm2-tools in one directory; transient objects are flushed after each tool (no resource manager)."""
-
-    def __init__(self, tpm: TpmServer, cwd: Path) -> None:
-        self.tpm, self.cwd = tpm, cwd
-
-    def __call__(self, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(list(args), env=self.tpm.tools_env(), cwd=self.cwd, capture_output=True, text=True,
-                                timeout=120, input=stdin.decode() if stdin else None)
-        subprocess.run(["tpm2_flushcontext", "-t"], env=self.tpm.tools_env(), cwd=self.cwd, capture_output=True)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed:\n{result.stderr}\nserver:\n{self.tpm.log_text()[-3000:]}")
-        return result
+pytestmark = needs_tools("tpm2_createprimary")
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.servers import start_vtpm
+from support.tools import needs_tools, tools
 from support.tpm_helpers import (
     CC,
     TPM_ALG_SHA1,
@@ -620,7 +622,7 @@ def test_bad_inputs(client: Client) -> None:
 
 # ----------------------------------------------------------------------------- against swtpm
 
-from test_vtpm_differential import Difference, Differential, tpms  # noqa: E402,F401  (the fixture)
+from support.differential import Difference, Differential  # noqa: E402
 
 
 class PolicyPair:
@@ -700,7 +702,7 @@ def _trial_steps(t: str, alg: int, source: int) -> list[tuple[str, Step]]:
     ]
 
 
-def test_policy_digests_match_swtpm(tpms: Differential) -> None:  # noqa: F811  (the imported fixture)
+def test_policy_digests_match_swtpm(tpms: Differential) -> None:
     pair = PolicyPair(tpms)
     source = 0x01500040
     attrs = TPMA_NV_OWNERREAD | TPMA_NV_OWNERWRITE | TPMA_NV_AUTHREAD | TPMA_NV_AUTHWRITE | TPMA_NV_NO_DA
@@ -830,14 +832,9 @@ def test_policy_pcr_ignores_banks_that_are_not_allocated(client: Client) -> None
 
 # ----------------------------------------------------------------------------- tpm2-tools end to end
 
-TOOLS = subprocess.run(["which", "tpm2_policypcr"], capture_output=True).returncode == 0
 
-
-@pytest.mark.skipif(not TOOLS, reason="tpm2-tools are not installed (scripts/bootstrap.sh installs them)")
+@needs_tools("tpm2_policypcr")
 def test_tools_policy_sessions_unlock_nv_indices(tmp_path: Path) -> None:
-    from test_vtpm_tools import tools
-    from support.servers import start_vtpm
-
     files = {name: str(tmp_path / name) for name in (
         "trial.ctx", "session.ctx", "pcr.policy", "policy.digest", "password.policy", "or.policy", "got.digest",
         "data.bin", "out.bin")}

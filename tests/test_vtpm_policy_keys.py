@@ -14,13 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from test_vtpm_objects import Tools
 from support.servers import start_vtpm
+from support.tools import Tools, needs_tools
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "tpm2_policyauthorize"], capture_output=True).returncode != 0,
-    reason="tpm2-tools are not installed (scripts/bootstrap.sh installs them)",
-)
+pytestmark = needs_tools("tpm2_policyauthorize")
 
 
 def openssl(cwd: Path, *args: str) -> None:

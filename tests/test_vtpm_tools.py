@@ -16,22 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from support.servers import TpmServer, start_vtpm
+from support.servers import start_vtpm
+from support.tools import needs_tools, tools
 
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "tpm2_getrandom"], capture_output=True).returncode != 0,
-    reason="tpm2-tools are not installed (scripts/bootstrap.sh installs them)",
-)
-
-
-def tools(server: TpmServer, *args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        list(args), env=server.tools_env(), capture_output=True, timeout=60,
-        input=stdin.decode() if stdin else None, text=True,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stderr}\nserver log:\n{server.log_text()}")
-    return result
+pytestmark = needs_tools("tpm2_getrandom")
 
 
 @pytest.fixture(params=["swtpm", "mssim"])

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from test_vtpm_tools import tools
 from vmcrypt import container
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
 from support.servers import start_vtpm
+from support.tools import tools
 
 
 @pytest.fixture

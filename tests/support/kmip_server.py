@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vmcrypt.providers.kmip import parse_server, split_key_id
+
 SERVER_BINARY = Path(sys.executable).with_name("pykmip-server")
 CLIENT_CN = "vmcrypt-test-client"
 
@@ -189,3 +191,18 @@ def start_server(directory: Path, pki: Pki, timeout: float = 20.0) -> KmipServer
     server = KmipServer(process, port, log)
     _wait_ready(server, time.monotonic() + timeout)
     return server
+
+
+def register_copy(pki: Pki, server: KmipServer, key_id: str, material: bytes) -> None:
+    """Put the same KEK under the same name on another server: PyKMIP servers do not replicate."""
+    from kmip import enums
+    from kmip.pie.client import ProxyKmipClient
+    from kmip.pie.objects import SymmetricKey
+
+    host, port = parse_server(server.address)
+    key = SymmetricKey(enums.CryptographicAlgorithm.AES, 256, material,
+                       [enums.CryptographicUsageMask.ENCRYPT, enums.CryptographicUsageMask.DECRYPT],
+                       name=split_key_id(key_id)[0])
+    with ProxyKmipClient(hostname=host, port=port, cert=str(pki.client_cert), key=str(pki.client_key),
+                         ca=str(pki.ca)) as client:
+        client.activate(client.register(key))
