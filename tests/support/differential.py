@@ -4,7 +4,11 @@ Each step sends one command, byte for byte the same, to both servers over
 persistent connections and compares the responses: byte-identical, or the
 response code only where a step says so. Differences are recorded, not raised,
 so that a test runs all of its steps and then lists every differing command
-with both responses in hex (``assert_identical``).
+with both responses in hex (``assert_identical``). A test need not call it:
+``verified`` (the fixtures' teardown) fails on whatever was recorded and not yet
+reported. What a step accepts on purpose is never recorded: a different response
+with the same code in a step with ``mode="rc"``, or a probe sent to one server
+only with ``_send``.
 
 TPM_RC_RETRY means "not executed, send it again"; TSS stacks resend such
 commands, and so does the harness (at most MAX_RETRIES times per command)
@@ -16,12 +20,16 @@ VTPM_DIFF_TRACE=1 (with pytest -s) prints every step's two responses.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
 
-from support.servers import TpmServer
 from support.tpm_helpers import NoResponse, TpmConnection, ctrl_set_locality, describe_rc, response_code
+
+if TYPE_CHECKING:
+    from support.servers import TpmServer
 
 TRACE = bool(os.environ.get("VTPM_DIFF_TRACE"))  # print every step's two responses (run with -s)
 MAX_RETRIES = 3  # resends of a command answered with TPM_RC_RETRY
@@ -82,6 +90,7 @@ class Differential:
         self.retries: list[str] = []
         self.resend_on_retry = True
         self.steps = 0
+        self.reported = (0, 0)  # (differences, reference surprises) that assert_identical has looked at
 
     def _send_once(self, server: TpmServer, command: bytes, timeout: float) -> bytes | str:
         conn = self.conns.get(server.name)
@@ -146,6 +155,8 @@ class Differential:
             assert result == 0, f"{server.name}: CMD_SET_LOCALITY({locality}) failed with {result}"
 
     def assert_identical(self) -> None:
+        """Fail listing every recorded difference and reference surprise, if there is any."""
+        self.reported = (len(self.differences), len(self.reference_surprises))
         problems = []
         if self.reference_surprises:
             problems.append("the reference did not behave as the steps assume:\n  "
@@ -160,7 +171,21 @@ class Differential:
                 problems.append("commands sent again after TPM_RC_RETRY:\n  " + "\n  ".join(self.retries))
             pytest.fail("\n\n".join(problems), pytrace=False)
 
+    def assert_all_reported(self) -> None:
+        """Fail if steps recorded a difference or surprise since the last assert_identical (or ever)."""
+        if (len(self.differences), len(self.reference_surprises)) != self.reported:
+            self.assert_identical()
+
     def close(self) -> None:
         for conn in self.conns.values():
             conn.close()
         self.conns.clear()
+
+
+def verified(diff: Differential) -> Iterator[Differential]:
+    """The body of a fixture: yields ``diff``, then closes its connections and fails on anything unreported."""
+    try:
+        yield diff
+    finally:
+        diff.close()
+    diff.assert_all_reported()
