@@ -1,4 +1,18 @@
-"""Shared fixtures: isolated management homes, VMs and a CLI runner that uses real processes."""
+"""Shared fixtures: isolated management homes, key managers and a CLI runner that uses real processes.
+
+The tests run in three lanes, one directory each; `pytest` (scripts/test.sh)
+runs all of them, `pytest tests/unit` the quick one alone:
+
+- unit/: in-process only, no process is started (unit/conftest.py refuses it);
+  servers on loopback threads inside the test process are fine;
+- interop/: against other implementations and clients: swtpm, tpm2-tools,
+  tpm2-pytss, pykmip-server, the differential tests;
+- e2e/: the command lines in real processes, crashes (SIGKILL), the demo, the
+  management plane from start to end.
+
+Helpers shared by the lanes and the benchmarks are in support/ (imported as
+`support`).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from support.differential import Differential, verified
-from support.servers import require_swtpm, start_swtpm, start_vtpm
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 
@@ -52,25 +64,3 @@ def vmcrypt_cli(home: Path):
         return result
 
     return run
-
-
-@pytest.fixture
-def tpms(tmp_path: Path):
-    """A fresh swtpm and a fresh vTPM, both after Startup(CLEAR), stopped (SIGTERM, then SIGKILL) afterwards.
-
-    A difference a test recorded and did not report with ``assert_identical()`` fails it at teardown.
-    """
-    require_swtpm()
-    with (start_swtpm(tmp_path / "swtpm-state") as ref,
-          start_vtpm(["--state", str(tmp_path / "vtpm-state"), "--startup-clear"], tmp_path / "vtpm.log") as ours):
-        yield from verified(Differential(ours, ref))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item):
-    """A test that left differences unreported fails itself, instead of passing and erring at teardown."""
-    result = yield
-    diff = getattr(item, "funcargs", {}).get("tpms")
-    if isinstance(diff, Differential):
-        diff.assert_all_reported()
-    return result

@@ -1,8 +1,9 @@
-"""Policy sessions: digests from the Part 3 formulas, enforcement, swtpm, tpm2-tools.
+"""Policy sessions in-process: digests from the Part 3 formulas, enforcement.
 
-In-process tests build raw commands and compute every policy digest, name,
-cpHash and session HMAC here with hashlib/hmac from the spec, never with the
-engine's code. Inputs tried for refusal: PolicyOR with 1 and 9 digests or no
+The tests build raw commands and compute every policy digest, name, cpHash and
+session HMAC with hashlib/hmac from the spec (support.policy_spec), never with
+the engine's code; the same policies against swtpm and through tpm2-tools are in
+interop/test_vtpm_policy_interop.py. Inputs tried for refusal: PolicyOR with 1 and 9 digests or no
 matching branch, PolicyLocality 0 and localities that exclude each other, an
 HMAC session or an unloaded session where a policy session belongs, unknown and
 conflicting command codes, a cpHash of the wrong size or a second different one,
@@ -15,16 +16,54 @@ PolicyCommandCode, a wrong locality, cpHash and nameHash that do not match.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
-import subprocess
-from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from support.servers import start_vtpm
-from support.tools import needs_tools, tools
+
+from support.policy_spec import (
+    CONTINUE,
+    DATA,
+    EO_EQ,
+    EO_UNSIGNED_GE,
+    EO_UNSIGNED_GT,
+    H,
+    POLICY_ATTRS,
+    POLICY_INDEX,
+    RC_ATTRIBUTES_S1,
+    RC_BAD_AUTH_S1,
+    RC_COMMAND_CODE,
+    RC_CPHASH,
+    RC_EXPIRED_P4,
+    RC_EXPIRED_S1,
+    RC_LOCALITY,
+    RC_MODE_S1,
+    RC_NONCE_P1,
+    RC_NV_UNINITIALIZED,
+    RC_PCR_CHANGED,
+    RC_POLICY,
+    RC_POLICY_CC_P1,
+    RC_POLICY_CC_S1,
+    RC_POLICY_FAIL_S1,
+    RC_RANGE,
+    RC_RANGE_P1,
+    RC_REFERENCE_H0,
+    RC_SIZE_P1,
+    RC_VALUE_H1,
+    RC_VALUE_P1,
+    RC_VALUE_P2,
+    SECRET,
+    TPM_ST_AUTH_SECRET,
+    auth_command,
+    cp_hash,
+    extended,
+    nv_name,
+    pcr_values_digest,
+    session_hmac,
+    split_response,
+    step,
+    zeros,
+)
 from support.tpm_helpers import (
     CC,
     TPM_ALG_SHA1,
@@ -40,14 +79,10 @@ from support.tpm_helpers import (
     TPMA_NV_NO_DA,
     TPMA_NV_OWNERREAD,
     TPMA_NV_OWNERWRITE,
-    TPMA_NV_POLICYREAD,
     TPMA_NV_POLICYWRITE,
-    TPMA_NV_WRITTEN,
     build_command,
     describe_rc,
-    flush_context,
     nv_define_space,
-    nv_public,
     nv_write,
     pcr_extend,
     policy_command_code,
@@ -72,78 +107,8 @@ from support.tpm_helpers import (
     u32,
     u64,
 )
-
 from vtpm.engine import Tpm
 from vtpm.state import TpmState
-
-HASH = {TPM_ALG_SHA1: "sha1", TPM_ALG_SHA256: "sha256", TPM_ALG_SHA384: "sha384"}
-SIZE = {TPM_ALG_SHA1: 20, TPM_ALG_SHA256: 32, TPM_ALG_SHA384: 48}
-CONTINUE = 0x01
-EO_EQ, EO_UNSIGNED_GT, EO_UNSIGNED_GE = 0x0000, 0x0003, 0x0007
-TPM_ST_AUTH_SECRET = 0x8023
-
-# response codes: base | 0x40 (parameter) or 0x800 (session), number << 8
-RC_VALUE_P1, RC_VALUE_P2, RC_VALUE_H1 = 0x1C4, 0x2C4, 0x184
-RC_SIZE_P1, RC_RANGE_P1, RC_RANGE = 0x1D5, 0x1CD, 0x08D
-RC_POLICY_CC_P1, RC_NONCE_P1, RC_EXPIRED_P4 = 0x1E4, 0x1CF, 0x4E3
-RC_POLICY, RC_CPHASH, RC_COMMAND_CODE, RC_PCR_CHANGED = 0x126, 0x151, 0x143, 0x128
-RC_POLICY_FAIL_S1, RC_POLICY_CC_S1, RC_EXPIRED_S1 = 0x99D, 0x9A4, 0x9A3
-RC_ATTRIBUTES_S1, RC_BAD_AUTH_S1, RC_MODE_S1 = 0x982, 0x9A2, 0x989
-RC_LOCALITY, RC_REFERENCE_H0, RC_NV_UNINITIALIZED = 0x907, 0x910, 0x14A
-
-
-# ----------------------------------------------------------------------------- the spec, independently
-
-
-def H(alg: int, *parts: bytes) -> bytes:
-    return hashlib.new(HASH[alg], b"".join(parts)).digest()
-
-
-def step(alg: int, old: bytes, command: str, *args: bytes) -> bytes:
-    """policyDigest_new = H(policyDigest_old || TPM_CC || args)."""
-    return H(alg, old, u32(CC[command]), *args)
-
-
-def zeros(alg: int = TPM_ALG_SHA256) -> bytes:
-    return bytes(SIZE[alg])
-
-
-def nv_name(index: int, attributes: int, size: int, policy: bytes = b"", written: bool = False) -> bytes:
-    """nameAlg || H(TPMS_NV_PUBLIC), with TPMA_NV_WRITTEN once the index has data."""
-    public = nv_public(index, attributes | (TPMA_NV_WRITTEN if written else 0), size, TPM_ALG_SHA256, policy)
-    return u16(TPM_ALG_SHA256) + H(TPM_ALG_SHA256, public)
-
-
-def pcr_values_digest(alg: int, values: list[bytes]) -> bytes:
-    return H(alg, *values)
-
-
-def extended(bank_alg: int, old: bytes, data: bytes) -> bytes:
-    return H(bank_alg, old, data)
-
-
-def cp_hash(alg: int, command: str, names: list[bytes], params: bytes) -> bytes:
-    return H(alg, u32(CC[command]), *names, params)
-
-
-def session_hmac(alg: int, key: bytes, p_hash: bytes, newer: bytes, older: bytes, attributes: int) -> bytes:
-    return hmac.new(key, p_hash + newer + older + bytes([attributes]), HASH[alg]).digest()
-
-
-def auth_command(handle: int, nonce_caller: bytes, mac: bytes, attributes: int = CONTINUE) -> bytes:
-    """One TPMS_AUTH_COMMAND."""
-    return u32(handle) + tpm2b(nonce_caller) + u8(attributes) + tpm2b(mac)
-
-
-def split_response(response: bytes) -> tuple[bytes, bytes, int, bytes]:
-    """(parameters, nonceTPM, attributes, hmac) of a response with sessions."""
-    size = int.from_bytes(response[10:14], "big")
-    params, area = response[14 : 14 + size], response[14 + size :]
-    nonce_size = int.from_bytes(area[:2], "big")
-    nonce = area[2 : 2 + nonce_size]
-    attributes = area[2 + nonce_size]
-    mac = area[5 + nonce_size :]
-    return params, nonce, attributes, mac
 
 
 # ----------------------------------------------------------------------------- in-process harness
@@ -200,12 +165,6 @@ def client(clock: FakeClock) -> Client:
     c = Client(engine)
     c.ok(build_command(CC["Startup"], params=u16(0)))
     return c
-
-
-POLICY_INDEX = 0x01500010
-POLICY_ATTRS = TPMA_NV_POLICYREAD | TPMA_NV_AUTHWRITE | TPMA_NV_NO_DA
-SECRET = b"nv-secret"
-DATA = b"policy-protected"
 
 
 def define_policy_index(client: Client, policy: bytes, attributes: int = POLICY_ATTRS,
@@ -620,203 +579,6 @@ def test_bad_inputs(client: Client) -> None:
     assert len(client.digest(sha1)) == 20
 
 
-# ----------------------------------------------------------------------------- against swtpm
-
-from support.differential import Difference, Differential  # noqa: E402
-
-
-class PolicyPair:
-    """Runs each step on both servers, each with its own session handles and nonces.
-
-    A step is a function from the server's session table to the command bytes. Only
-    response codes are compared, except PolicyGetDigest answers, compared byte for byte.
-    """
-
-    def __init__(self, diff: Differential) -> None:
-        self.diff = diff
-        self.servers = {"ours": diff.ours, "ref": diff.ref}
-        self.sessions: dict[str, dict[str, tuple[int, bytes]]] = {"ours": {}, "ref": {}}
-
-    def run(self, name: str, build: Callable[[dict[str, tuple[int, bytes]]], bytes],
-            ref_rc: int | None = None, mode: str = "rc") -> dict[str, bytes | str]:
-        self.diff.steps += 1
-        out: dict[str, bytes | str] = {}
-        for key, server in self.servers.items():
-            out[key] = self.diff._send(server, name, build(self.sessions[key]), 10.0)
-        ours, ref = out["ours"], out["ref"]
-        if mode == "bytes":
-            same = ours == ref
-        else:
-            same = isinstance(ours, bytes) and isinstance(ref, bytes) and response_code(ours) == response_code(ref)
-        if not same:
-            self.diff.differences.append(Difference(name, build(self.sessions["ours"]), ours, ref, mode))
-        if ref_rc is not None and (not isinstance(ref, bytes) or response_code(ref) != ref_rc):
-            self.diff.reference_surprises.append(f"[{name}] swtpm answered {ref!r}, the step expects 0x{ref_rc:03x}")
-        return out
-
-    def start(self, label: str, kind: int, alg: int = TPM_ALG_SHA256) -> None:
-        out = self.run(f"StartAuthSession {label}", lambda s: start_auth_session(kind, alg), ref_rc=0)
-        for key, response in out.items():
-            assert isinstance(response, bytes) and response_code(response) == 0, (key, response)
-            self.sessions[key][label] = session_from_response(response)
-
-    def digest(self, label: str, after: str) -> None:
-        """PolicyGetDigest on both: identical responses, byte for byte."""
-        self.run(f"PolicyGetDigest {label} after {after}", lambda s: policy_simple("PolicyGetDigest", s[label][0]),
-                 ref_rc=0, mode="bytes")
-
-
-def _policy_read(s: dict[str, tuple[int, bytes]], label: str, index: int, name: bytes, auth_value: bytes) -> bytes:
-    handle, nonce = s[label]
-    params = u16(len(DATA)) + u16(0)
-    mac = session_hmac(TPM_ALG_SHA256, auth_value, cp_hash(TPM_ALG_SHA256, "NV_Read", [name, name], params),
-                       b"\x06" * 16, nonce, CONTINUE)
-    return build_command(CC["NV_Read"], [index, index], params, auth=auth_command(handle, b"\x06" * 16, mac))
-
-
-Step = Callable[[dict[str, tuple[int, bytes]]], bytes]
-
-
-def _trial_steps(t: str, alg: int, source: int) -> list[tuple[str, Step]]:
-    """Every policy command once, on the trial session labelled ``t`` (digest algorithm ``alg``)."""
-    return [
-        ("PolicyPCR sha256 0,7,17 + sha1 7 (current values)",
-         lambda s: policy_pcr(s[t][0], b"", [(TPM_ALG_SHA256, [0, 7, 17]), (TPM_ALG_SHA1, [7])])),
-        ("PolicyPCR with a given pcrDigest", lambda s: policy_pcr(s[t][0], b"\xab" * 32, [(TPM_ALG_SHA256, [1])])),
-        ("PolicyCommandCode NV_Read", lambda s: policy_command_code(s[t][0], CC["NV_Read"])),
-        ("PolicyAuthValue", lambda s: policy_simple("PolicyAuthValue", s[t][0])),
-        ("PolicyPassword", lambda s: policy_simple("PolicyPassword", s[t][0])),
-        ("PolicyLocality 0x06", lambda s: policy_locality(s[t][0], 0x06)),
-        ("PolicyLocality 0x03", lambda s: policy_locality(s[t][0], 0x03)),
-        ("PolicyNvWritten yes", lambda s: policy_nv_written(s[t][0], 1)),
-        ("PolicyCounterTimer time > 5", lambda s: policy_counter_timer(s[t][0], u64(5), 0, EO_UNSIGNED_GT)),
-        ("PolicyNV source == 5 (owner)", lambda s: policy_nv(TPM_RH_OWNER, source, s[t][0], u64(5), 0, EO_EQ)),
-        ("PolicySecret owner, policyRef", lambda s: policy_secret(TPM_RH_OWNER, s[t][0], policy_ref=b"ref")),
-        ("PolicyOR two branches", lambda s: policy_or(s[t][0], [b"\x01" * 32, b"\x02" * 48])),
-        ("PolicyCpHash", lambda s: policy_digest_param("PolicyCpHash", s[t][0], b"\x0c" * SIZE[alg])),
-        ("PolicyRestart", lambda s: policy_simple("PolicyRestart", s[t][0])),
-        ("PolicyNameHash", lambda s: policy_digest_param("PolicyNameHash", s[t][0], b"\x0d" * SIZE[alg])),
-        ("PolicyRestart", lambda s: policy_simple("PolicyRestart", s[t][0])),
-        ("PolicyDuplicationSelect include",
-         lambda s: policy_duplication_select(s[t][0], b"\x00\x0b" + b"\x01" * 32, b"\x00\x0b" + b"\x02" * 32, 1)),
-    ]
-
-
-def test_policy_digests_match_swtpm(tpms: Differential) -> None:
-    pair = PolicyPair(tpms)
-    source = 0x01500040
-    attrs = TPMA_NV_OWNERREAD | TPMA_NV_OWNERWRITE | TPMA_NV_AUTHREAD | TPMA_NV_AUTHWRITE | TPMA_NV_NO_DA
-    tpms.check("NV_DefineSpace source index", nv_define_space(source, attrs, 8), ref_rc=0)
-    tpms.check("NV_Write source index", nv_write(source, u64(5)), ref_rc=0)
-    tpms.check("PCR_Extend PCR 7", pcr_extend(7, [(TPM_ALG_SHA256, b"\x07" * 32)]), ref_rc=0)
-
-    for alg, label in ((TPM_ALG_SHA256, "trial"), (TPM_ALG_SHA1, "trial-sha1"), (TPM_ALG_SHA384, "trial-sha384")):
-        pair.start(label, TPM_SE_TRIAL, alg)
-        for name, build in _trial_steps(label, alg, source):
-            pair.run(f"{name} ({label})", build, ref_rc=0)
-            pair.digest(label, name)
-        if label != "trial":  # swtpm holds three loaded sessions at most
-            pair.run(f"FlushContext {label}", lambda s, label=label: flush_context(s[label][0]), ref_rc=0)
-
-    t = "trial"
-    refusals: list[tuple[str, Step, int]] = [
-        ("PolicyCommandCode other than Duplicate", lambda s: policy_command_code(s[t][0], CC["NV_Read"]),
-         RC_VALUE_P1),
-        ("PolicyRestart", lambda s: policy_simple("PolicyRestart", s[t][0]), 0),
-        ("PolicyOR one digest", lambda s: policy_or(s[t][0], [b"\x01" * 32]), RC_SIZE_P1),
-        ("PolicyOR nine digests", lambda s: policy_or(s[t][0], [b"\x01" * 32] * 9), RC_SIZE_P1),
-        ("PolicyLocality 0", lambda s: policy_locality(s[t][0], 0), RC_RANGE_P1),
-        ("PolicyLocality 0x01", lambda s: policy_locality(s[t][0], 0x01), 0),
-        ("PolicyLocality 0x02 (none left)", lambda s: policy_locality(s[t][0], 0x02), RC_RANGE_P1),
-        ("PolicyLocality 0x40 (extended after normal)", lambda s: policy_locality(s[t][0], 0x40), RC_RANGE_P1),
-        ("PolicyCommandCode unimplemented 0xFFFF", lambda s: policy_command_code(s[t][0], 0xFFFF), RC_POLICY_CC_P1),
-        ("PolicyCommandCode NV_Read", lambda s: policy_command_code(s[t][0], CC["NV_Read"]), 0),
-        ("PolicyCommandCode NV_Write (conflict)", lambda s: policy_command_code(s[t][0], CC["NV_Write"]),
-         RC_VALUE_P1),
-        ("PolicyNvWritten no", lambda s: policy_nv_written(s[t][0], 0), 0),
-        ("PolicyNvWritten yes (conflict)", lambda s: policy_nv_written(s[t][0], 1), RC_VALUE_P1),
-        ("PolicyCpHash 31 bytes", lambda s: policy_digest_param("PolicyCpHash", s[t][0], bytes(31)), RC_SIZE_P1),
-        ("PolicyNameHash", lambda s: policy_digest_param("PolicyNameHash", s[t][0], b"\x0e" * 32), 0),
-        ("PolicyCpHash after a name hash", lambda s: policy_digest_param("PolicyCpHash", s[t][0], bytes(32)),
-         RC_CPHASH),
-        ("PolicyCounterTimer offset 26", lambda s: policy_counter_timer(s[t][0], b"\x01", 26, EO_EQ), RC_VALUE_P2),
-        ("PolicyCounterTimer past the end", lambda s: policy_counter_timer(s[t][0], u64(0), 20, EO_EQ), RC_RANGE),
-        ("PolicyNV unknown operation", lambda s: policy_nv(source, source, s[t][0], b"\x01", 0, 0x0C), 0x3C4),
-        ("PolicyNvWritten 2", lambda s: policy_nv_written(s[t][0], 2), RC_VALUE_P1),
-        ("PolicyAuthValue on an unloaded policy session", lambda s: policy_simple("PolicyAuthValue", 0x03000030),
-         RC_REFERENCE_H0),
-        ("PolicyGetDigest on TPM_RH_OWNER", lambda s: policy_simple("PolicyGetDigest", TPM_RH_OWNER), RC_VALUE_H1),
-    ]
-    for name, build, expected in refusals:
-        pair.run(name, build, ref_rc=expected)
-        pair.digest(t, name)
-    pair.run("FlushContext trial", lambda s: flush_context(s[t][0]), ref_rc=0)
-
-    pair.start("hmac", TPM_SE_HMAC)
-    pair.run("PolicyAuthValue on an HMAC session", lambda s: policy_simple("PolicyAuthValue", s["hmac"][0]),
-             ref_rc=RC_VALUE_H1)
-    pair.run("FlushContext hmac", lambda s: flush_context(s["hmac"][0]), ref_rc=0)
-
-    # a real policy session: the checks that need state
-    pair.start("real", TPM_SE_POLICY)
-    r = "real"
-    checks: list[tuple[str, Step, int]] = [
-        ("PolicyPCR wrong pcrDigest", lambda s: policy_pcr(s[r][0], b"\xab" * 32, [(TPM_ALG_SHA256, [7])]),
-         RC_VALUE_P1),
-        ("PolicyPCR current values", lambda s: policy_pcr(s[r][0], b"", [(TPM_ALG_SHA256, [7])]), 0),
-        ("PolicyOR without a matching branch", lambda s: policy_or(s[r][0], [b"\x01" * 32, b"\x02" * 32]),
-         RC_VALUE_P1),
-        ("PolicyNV source > 9 (false)", lambda s: policy_nv(source, source, s[r][0], u64(9), 0, EO_UNSIGNED_GT),
-         RC_POLICY),
-        ("PolicyNV offset 9", lambda s: policy_nv(source, source, s[r][0], b"\x01", 9, EO_EQ), RC_VALUE_P2),
-        ("PolicyNV 8 bytes at 4", lambda s: policy_nv(source, source, s[r][0], u64(0), 4, EO_EQ), RC_SIZE_P1),
-        ("PolicyNV source >= 5", lambda s: policy_nv(source, source, s[r][0], u64(5), 0, EO_UNSIGNED_GE), 0),
-        ("PolicyCounterTimer time >= 0", lambda s: policy_counter_timer(s[r][0], u64(0), 0, EO_UNSIGNED_GE), 0),
-        ("PolicySecret wrong nonceTPM", lambda s: policy_secret(TPM_RH_OWNER, s[r][0], nonce_tpm=b"\x00" * 32),
-         RC_NONCE_P1),
-        ("PolicySecret cpHash of 5 bytes", lambda s: policy_secret(TPM_RH_OWNER, s[r][0], cp_hash=b"short"), 0x2D5),
-        ("PolicySecret with nonceTPM, expiration 60",
-         lambda s: policy_secret(TPM_RH_OWNER, s[r][0], nonce_tpm=s[r][1], expiration=60), 0),
-        ("PolicySecret with nonceTPM, expiration -60 (ticket)",
-         lambda s: policy_secret(TPM_RH_OWNER, s[r][0], nonce_tpm=s[r][1], expiration=-60), 0),
-        ("PolicyNvWritten no", lambda s: policy_nv_written(s[r][0], 0), 0),
-        ("PolicyNvWritten yes (conflict)", lambda s: policy_nv_written(s[r][0], 1), RC_VALUE_P1),
-        ("PolicyCommandCode NV_Read", lambda s: policy_command_code(s[r][0], CC["NV_Read"]), 0),
-        ("PolicyDuplicationSelect after a command code",
-         lambda s: policy_duplication_select(s[r][0], b"", b"", 0), RC_COMMAND_CODE),
-        ("PCR_Extend PCR 7 after PolicyPCR", lambda s: pcr_extend(7, [(TPM_ALG_SHA256, b"\x08" * 32)]), 0),
-        ("PolicyPCR after the PCR changed", lambda s: policy_pcr(s[r][0], b"", [(TPM_ALG_SHA256, [7])]),
-         RC_PCR_CHANGED),
-    ]
-    for name, build, expected in checks:
-        pair.run(name, build, ref_rc=expected)
-        pair.digest(r, name)
-
-    # authorization: an index readable with PolicyCommandCode(NV_Read) + PolicyAuthValue
-    policy = step(TPM_ALG_SHA256, step(TPM_ALG_SHA256, zeros(), "PolicyCommandCode", u32(CC["NV_Read"])),
-                  "PolicyAuthValue")
-    tpms.check("NV_DefineSpace policy index", nv_define_space(POLICY_INDEX, POLICY_ATTRS, len(DATA), auth=SECRET,
-                                                              policy=policy), ref_rc=0)
-    tpms.check("NV_Write policy index", nv_write(POLICY_INDEX, DATA, password=SECRET), ref_rc=0)
-    name = nv_name(POLICY_INDEX, POLICY_ATTRS, len(DATA), policy, written=True)
-    pair.start("read", TPM_SE_POLICY)
-    pair.run("NV_Read without the policy", lambda s: _policy_read(s, "read", POLICY_INDEX, name, SECRET),
-             ref_rc=RC_POLICY_FAIL_S1)
-    pair.run("PolicyCommandCode NV_Read", lambda s: policy_command_code(s["read"][0], CC["NV_Read"]), ref_rc=0)
-    pair.run("PolicyAuthValue", lambda s: policy_simple("PolicyAuthValue", s["read"][0]), ref_rc=0)
-    pair.digest("read", "PolicyAuthValue")
-    pair.run("NV_Read wrong auth value", lambda s: _policy_read(s, "read", POLICY_INDEX, name, b"wrong"),
-             ref_rc=RC_BAD_AUTH_S1)
-    pair.run("NV_Read with the policy", lambda s: _policy_read(s, "read", POLICY_INDEX, name, SECRET), ref_rc=0)
-    pair.digest("read", "NV_Read")  # used up: zeros again
-    pair.start("trial-auth", TPM_SE_TRIAL)
-    pair.run("NV_Read with a trial session", lambda s: _policy_read(s, "trial-auth", POLICY_INDEX, name, SECRET),
-             ref_rc=RC_ATTRIBUTES_S1)
-    for label in ("real", "read", "trial-auth"):
-        pair.run(f"FlushContext {label}", lambda s, label=label: flush_context(s[label][0]), ref_rc=0)
-    tpms.assert_identical()
-
-
 def test_policy_pcr_ignores_banks_that_are_not_allocated(client: Client) -> None:
     """The selection is recorded with unallocated banks cleared, and they add no values."""
     client.ok(build_command(CC["PCR_Allocate"], [TPM_RH_PLATFORM], tpml_pcr_selection([(TPM_ALG_SHA384, [])]),
@@ -828,103 +590,3 @@ def test_policy_pcr_ignores_banks_that_are_not_allocated(client: Client) -> None
     recorded = tpml_pcr_selection([(TPM_ALG_SHA384, []), (TPM_ALG_SHA256, [2])])
     assert client.digest(trial) == step(TPM_ALG_SHA256, zeros(), "PolicyPCR", recorded,
                                         pcr_values_digest(TPM_ALG_SHA256, [bytes(32)]))
-
-
-# ----------------------------------------------------------------------------- tpm2-tools end to end
-
-
-@needs_tools("tpm2_policypcr")
-def test_tools_policy_sessions_unlock_nv_indices(tmp_path: Path) -> None:
-    files = {name: str(tmp_path / name) for name in (
-        "trial.ctx", "session.ctx", "pcr.policy", "policy.digest", "password.policy", "or.policy", "got.digest",
-        "data.bin", "out.bin")}
-    (tmp_path / "data.bin").write_bytes(DATA)
-    index, or_index = "0x1500030", "0x1500031"
-    with start_vtpm(["--state", str(tmp_path / "state"), "--startup-clear"], tmp_path / "log") as tpm:
-        def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-            return tools(tpm, *args, check=check)
-
-        # the policy, computed in a trial session: PolicyPCR + PolicyCommandCode(NV_Read) + PolicyAuthValue
-        run("tpm2_startauthsession", "-S", files["trial.ctx"])
-        run("tpm2_policypcr", "-S", files["trial.ctx"], "-l", "sha256:0,1,2,3", "-L", files["pcr.policy"])
-        run("tpm2_policycommandcode", "-S", files["trial.ctx"], "-L", files["policy.digest"], "TPM2_CC_NV_Read")
-        run("tpm2_policyauthvalue", "-S", files["trial.ctx"], "-L", files["policy.digest"])
-        run("tpm2_getpolicydigest", "-S", files["trial.ctx"], "-o", files["got.digest"])
-        run("tpm2_flushcontext", files["trial.ctx"])
-        pcr_policy = step(TPM_ALG_SHA256, zeros(), "PolicyPCR", tpml_pcr_selection([(TPM_ALG_SHA256, [0, 1, 2, 3])]),
-                          H(TPM_ALG_SHA256, bytes(32 * 4)))
-        expected = step(TPM_ALG_SHA256, step(TPM_ALG_SHA256, pcr_policy, "PolicyCommandCode", u32(CC["NV_Read"])),
-                        "PolicyAuthValue")
-        assert Path(files["pcr.policy"]).read_bytes() == pcr_policy
-        assert Path(files["policy.digest"]).read_bytes() == expected
-        assert Path(files["got.digest"]).read_bytes() == expected
-
-        run("tpm2_nvdefine", index, "-C", "o", "-s", str(len(DATA)), "-a", "ownerwrite|ownerread|policyread|no_da",
-            "-L", files["policy.digest"], "-p", "secret")
-        run("tpm2_nvwrite", index, "-C", "o", "-i", files["data.bin"])
-        assert run("tpm2_nvread", index, "-s", str(len(DATA)), "-P", "secret", check=False).returncode != 0
-
-        def read_with_policy(password: str) -> subprocess.CompletedProcess[str]:
-            run("tpm2_startauthsession", "--policy-session", "-S", files["session.ctx"])
-            run("tpm2_policypcr", "-S", files["session.ctx"], "-l", "sha256:0,1,2,3")
-            run("tpm2_policycommandcode", "-S", files["session.ctx"], "TPM2_CC_NV_Read")
-            run("tpm2_policyauthvalue", "-S", files["session.ctx"])
-            result = run("tpm2_nvread", index, "-s", str(len(DATA)), "-o", files["out.bin"],
-                         "-P", f"session:{files['session.ctx']}+{password}", check=False)
-            run("tpm2_flushcontext", files["session.ctx"])
-            return result
-
-        assert read_with_policy("secret").returncode == 0
-        assert Path(files["out.bin"]).read_bytes() == DATA
-        wrong = read_with_policy("wrong")
-        assert wrong.returncode != 0 and "0x9a2" in wrong.stderr.lower()  # TPM_RC_BAD_AUTH, session 1
-        run("tpm2_pcrextend", f"2:sha256={'ab' * 32}")
-        changed = read_with_policy("secret")
-        assert changed.returncode != 0 and "0x99d" in changed.stderr.lower()  # TPM_RC_POLICY_FAIL, session 1
-
-        # PolicyPassword, one branch of a PolicyOR; the other branch is the PCR policy above
-        run("tpm2_startauthsession", "-S", files["trial.ctx"])
-        run("tpm2_policypassword", "-S", files["trial.ctx"], "-L", files["password.policy"])
-        run("tpm2_flushcontext", files["trial.ctx"])
-        password_policy = step(TPM_ALG_SHA256, zeros(), "PolicyAuthValue")
-        assert Path(files["password.policy"]).read_bytes() == password_policy
-        run("tpm2_startauthsession", "-S", files["trial.ctx"])
-        run("tpm2_policyor", "-S", files["trial.ctx"], "-L", files["or.policy"],
-            "-l", f"sha256:{files['password.policy']},{files['policy.digest']}")
-        run("tpm2_flushcontext", files["trial.ctx"])
-        or_policy = step(TPM_ALG_SHA256, zeros(), "PolicyOR", password_policy, expected)
-        assert Path(files["or.policy"]).read_bytes() == or_policy
-
-        run("tpm2_nvdefine", or_index, "-C", "o", "-s", str(len(DATA)), "-a", "ownerwrite|ownerread|policyread",
-            "-L", files["or.policy"], "-p", "pw2")
-        run("tpm2_nvwrite", or_index, "-C", "o", "-i", files["data.bin"])
-        run("tpm2_startauthsession", "--policy-session", "-S", files["session.ctx"])
-        run("tpm2_policypassword", "-S", files["session.ctx"])
-        run("tpm2_policyor", "-S", files["session.ctx"],
-            "-l", f"sha256:{files['password.policy']},{files['policy.digest']}")
-        run("tpm2_getpolicydigest", "-S", files["session.ctx"], "-o", files["got.digest"])
-        assert Path(files["got.digest"]).read_bytes() == or_policy
-        run("tpm2_nvread", or_index, "-s", str(len(DATA)), "-o", files["out.bin"],
-            "-P", f"session:{files['session.ctx']}+pw2")
-        run("tpm2_flushcontext", files["session.ctx"])
-        assert Path(files["out.bin"]).read_bytes() == DATA
-
-        # PolicySecret with the owner's auth value (set here), proven by the tool's own session
-        secret_index = "0x1500032"
-        run("tpm2_changeauth", "-c", "o", "ownerpw")
-        run("tpm2_startauthsession", "-S", files["trial.ctx"])
-        run("tpm2_policysecret", "-S", files["trial.ctx"], "-c", "o", "-L", files["password.policy"], "ownerpw")
-        run("tpm2_flushcontext", files["trial.ctx"])
-        secret_policy = H(TPM_ALG_SHA256, step(TPM_ALG_SHA256, zeros(), "PolicySecret", u32(TPM_RH_OWNER)), b"")
-        assert Path(files["password.policy"]).read_bytes() == secret_policy
-        run("tpm2_nvdefine", secret_index, "-C", "o", "-P", "ownerpw", "-s", str(len(DATA)),
-            "-a", "ownerwrite|ownerread|policyread", "-L", files["password.policy"])
-        run("tpm2_nvwrite", secret_index, "-C", "o", "-P", "ownerpw", "-i", files["data.bin"])
-        run("tpm2_startauthsession", "--policy-session", "-S", files["session.ctx"])
-        refused = run("tpm2_policysecret", "-S", files["session.ctx"], "-c", "o", "not-the-owner", check=False)
-        assert refused.returncode != 0
-        run("tpm2_policysecret", "-S", files["session.ctx"], "-c", "o", "-x", "-t", "60", "ownerpw")
-        run("tpm2_nvread", secret_index, "-s", str(len(DATA)), "-o", files["out.bin"],
-            "-P", f"session:{files['session.ctx']}")
-        run("tpm2_flushcontext", files["session.ctx"])
-        assert Path(files["out.bin"]).read_bytes() == DATA

@@ -1,5 +1,5 @@
-"""Transports over real sockets: swtpm control channel (TCP and Unix, with data-fd passing as
-QEMU does) and the mssim platform protocol.
+"""Transports over real sockets, served in-process on loopback: swtpm control channel (TCP and
+Unix, with data-fd passing as QEMU does) and the mssim platform protocol.
 
 Bad inputs tried: a control command with a short payload, an unknown control
 command, SET_BUFFERSIZE while running, RESET_TPMESTABLISHED from locality 0,
@@ -18,7 +18,6 @@ import pytest
 
 from vtpm.engine import Tpm
 from vtpm.server.device import TpmDevice
-from support.servers import start_vtpm
 from vtpm.server.sockets import MssimServer, SwtpmServer, free_port_pair
 
 GET_RANDOM = bytes.fromhex("80010000000c0000017b0008")
@@ -144,11 +143,3 @@ def test_mssim_platform_protocol() -> None:
             cmd.sendall((20).to_bytes(4, "big"))  # SESSION_END
     finally:
         server.close()
-
-
-def test_ctrl_shutdown_ends_the_server_process(tmp_path: Path) -> None:
-    with start_vtpm(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as server:
-        with socket.create_connection(("127.0.0.1", server.port + 1)) as c:
-            assert ctrl(c, 0x03) == bytes(4)  # CMD_SHUTDOWN, as QEMU sends at exit
-        assert server.proc.wait(10) == 0
-        assert "stopped, state saved" in server.log_text()

@@ -1,24 +1,20 @@
 """EK Credential Profile templates: every low- and high-range EK can be created, is
-deterministic, has the profile's policy and attributes, and the low-range ones are the very
-keys tpm2_createek makes.
+deterministic and has the profile's attributes and key size (that the low-range ones are
+the very keys tpm2_createek makes, policy included: interop/test_vtpm_ek_tools.py).
 """
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
+import hashlib
 
 import pytest
 
 from test_vtpm_engine import cmd, pw, rc
-from support.tpm_helpers import TpmConnection
 from vtpm.constants import CC, RH
-from vtpm.ek import EK_TEMPLATES, POLICY_A_SHA256, EkKind, ek_template
+from vtpm.ek import EkKind, ek_template
 from vtpm.engine import Tpm
 from vtpm.marshal.objects import TPMT_PUBLIC
-from vtpm.state import TpmState
-from support.servers import start_vtpm
-from support.tools import needs_tools
+from vtpm.state import SEED_SIZE, TpmState
 
 
 def create_primary_command(template: bytes, hierarchy: int = RH.ENDORSEMENT) -> bytes:
@@ -34,7 +30,11 @@ def out_public(response: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def tpm() -> Tpm:
-    engine = Tpm(TpmState.manufacture())
+    """A TPM with a fixed endorsement seed. The prime search of a 4096-bit EK takes from half a
+    second to twenty depending on the seed; a fixed one keeps this lane's time the same every run."""
+    state = TpmState.manufacture()
+    state.eps = hashlib.sha512(b"vtpm unit tests: endorsement primary seed").digest()[:SEED_SIZE]
+    engine = Tpm(state)
     assert rc(engine.execute(0, cmd(CC.Startup, b"\x00\x00"))) == 0
     return engine
 
@@ -57,22 +57,3 @@ def test_every_template_creates_a_deterministic_ek(tpm: Tpm, kind: EkKind) -> No
     else:
         assert len(area.unique.x) == {EkKind.ECC_P256: 32, EkKind.ECC_P384: 48, EkKind.ECC_P521: 66}[kind]
     assert template.cert_index in (0x01C00002, 0x01C0000A, 0x01C00016, 0x01C00018, 0x01C0001C, 0x01C0001E)
-
-
-@needs_tools("tpm2_createek")
-def test_low_range_templates_match_tpm2_createek(tmp_path: Path) -> None:
-    with start_vtpm(["--state", str(tmp_path / "s"), "--startup-clear"], tmp_path / "log") as server:
-        for kind, tool_alg in ((EkKind.RSA2048, "rsa"), (EkKind.ECC_P256, "ecc")):
-            subprocess.run(["tpm2_createek", "-c", f"{tool_alg}.ctx", "-G", tool_alg, "-u", f"{tool_alg}.pub"],
-                           env=server.tools_env(), cwd=tmp_path, check=True, capture_output=True)
-            subprocess.run(["tpm2_flushcontext", "-t"], env=server.tools_env(), cwd=tmp_path, capture_output=True)
-            tools_public = (tmp_path / f"{tool_alg}.pub").read_bytes()[2:]
-            conn = TpmConnection(server.port)
-            try:
-                response = conn.transact(create_primary_command(ek_template(kind).template))
-            finally:
-                conn.close()
-            assert rc(response) == 0
-            assert out_public(response) == tools_public
-            assert POLICY_A_SHA256 in tools_public
-    assert len(EK_TEMPLATES) == 6

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 
-import pytest
 from support.differential import RC_RETRY, Differential
 from support.tpm_helpers import (
     CC,
