@@ -11,7 +11,8 @@ runs all of them, `pytest tests/unit` the quick one alone:
   management plane from start to end.
 
 Helpers shared by the lanes and the benchmarks are in support/ (imported as
-`support`).
+`support`). Tests marked `slow` take more than about 5 s each; `-m "not slow"`
+leaves them out.
 """
 
 from __future__ import annotations

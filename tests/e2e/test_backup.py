@@ -141,6 +141,7 @@ def test_backup_privileges(admin, tmp_path: Path) -> None:
     assert not (tmp_path / "x.tar").exists()
 
 
+@pytest.mark.slow
 def test_backup_and_restore_through_the_cli(tmp_path: Path, vmcrypt_cli) -> None:
     env = {"VMCRYPT_PASSWORD": "pw"}
     vmcrypt_cli("inventory", "init", "--admin", "admin", env=env, check=True)

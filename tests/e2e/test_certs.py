@@ -126,6 +126,7 @@ def test_ek_nv_indices_are_platform_owned(tmp_path: Path, home: Path, vm_with_vt
 # ----------------------------------------------------------------------------- third-party CA
 
 
+@pytest.mark.slow
 def test_third_party_ca_and_reissue(tmp_path: Path, home: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
     old_root, _ = ca_files(vmcrypt_cli, tmp_path / "old")
     gone = tmp_path / "ds" / "gone"  # a VM that got a vTPM and was deleted since
@@ -187,6 +188,7 @@ def test_third_party_ca_and_reissue(tmp_path: Path, home: Path, vm_with_vtpm: Pa
     assert_no_clear_private_key(home, corp_issuing_key)
 
 
+@pytest.mark.slow
 def test_subordinate_ca_from_csr_and_pkcs12(tmp_path: Path, home: Path, vmcrypt_cli) -> None:
     corp_root, corp_root_key = make_ca("Corp Root CA")
     vmcrypt_cli("ca", "csr", "--cn", "vmcrypt subordinate", "--out", str(tmp_path / "sub.csr"), check=True)
@@ -234,6 +236,7 @@ def test_subordinate_ca_from_csr_and_pkcs12(tmp_path: Path, home: Path, vmcrypt_
 # ----------------------------------------------------------------------------- revocation and keys at rest
 
 
+@pytest.mark.slow
 def test_revocation_and_crl(tmp_path: Path, home: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
     root, _ = ca_files(vmcrypt_cli, tmp_path)
     got = read_ek_certs(vm_with_vtpm, home, tmp_path / "read")
@@ -283,6 +286,7 @@ def test_ca_private_key_never_in_clear(home: Path, vm_with_vtpm: Path) -> None:
     assert (ca.key_path.stat().st_mode & 0o777) == 0o600
 
 
+@pytest.mark.slow
 def test_vtpm_add_refusals(tmp_path: Path, vm_with_vtpm: Path, vmcrypt_cli) -> None:
     """BIOS firmware, hardware version 13, a second vTPM: refused, and the VM is left as it was."""
     for name, extra, reason in (("bios", ["--firmware", "bios"], "needs EFI firmware"),

@@ -41,6 +41,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_old_or_new(tmp_path: Path) -> None:
     dek = os.urandom(32)
     key = DataKey(dek, KeyReference("p", "k"))
@@ -71,6 +72,7 @@ def _start(home: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recovery", ["resume", "rollback"])
 def test_sigkill_mid_vm_encrypt(tmp_path: Path, home: Path, vmcrypt_cli, recovery: str) -> None:
     vm = tmp_path / "vm"

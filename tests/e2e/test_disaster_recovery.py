@@ -19,6 +19,8 @@ from support.kmip_server import make_pki, start_server
 from vmcrypt.errors import KeyProviderError
 from vmcrypt.management import Management
 
+pytestmark = pytest.mark.slow  # each test runs pykmip-server, vTPM processes and tpm2-tools: 5-20 s
+
 
 @pytest.fixture(scope="module")
 def kms(tmp_path_factory: pytest.TempPathFactory):

@@ -16,6 +16,8 @@ import pytest
 
 from support.files import snapshot
 
+pytestmark = pytest.mark.slow  # each test drives the management plane through many CLI processes: 8-19 s
+
 ADMIN = {"VMCRYPT_PASSWORD": "admin-pw"}
 NOCRYPTO = {"VMCRYPT_PASSWORD": "nocrypto-pw"}
 

@@ -165,6 +165,7 @@ def test_help(command: list[str], vmcrypt_cli) -> None:
     assert result.returncode == 0 and "usage: vmcrypt" in result.stdout
 
 
+@pytest.mark.slow
 def test_provider_commands(tmp_path: Path, vmcrypt_cli) -> None:
     listed = json.loads(vmcrypt_cli("provider", "list", "--json", check=True).stdout)
     assert [(p["name"], p["kind"], p["default"]) for p in listed] == [("native", "native", True)]

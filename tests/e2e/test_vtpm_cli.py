@@ -27,6 +27,7 @@ def _vtpm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "vtpm", *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 @needs_tools("tpm2_nvdefine")
 def test_encrypted_state_with_key_file(tmp_path: Path) -> None:
     key = tmp_path / "state.key"

@@ -29,6 +29,7 @@ def encrypted_vm(tmp_path: Path, home: Path, vmcrypt_cli) -> Path:
     return vm
 
 
+@pytest.mark.slow
 def test_vtpm_state_in_encrypted_nvram(tmp_path: Path, home: Path, encrypted_vm: Path, vmcrypt_cli) -> None:
     vm = encrypted_vm
     nvram = vm / "vm1.nvram"
@@ -59,6 +60,7 @@ def test_vtpm_state_in_encrypted_nvram(tmp_path: Path, home: Path, encrypted_vm:
     assert plain.vtpm_state is not None and plain.efi_variables == efi_before
 
 
+@pytest.mark.slow
 def test_refusals(tmp_path: Path, home: Path, encrypted_vm: Path) -> None:
     env = {**os.environ, "VMCRYPT_HOME": str(home)}
     (encrypted_vm / ".vm1.vmcrypt-journal").write_text(

@@ -80,6 +80,7 @@ def test_wrong_ca_is_refused(tmp_path: Path, pki: Pki, server: KmipServer) -> No
     assert server.address in message and "TLS" in message and "CERTIFICATE_VERIFY_FAILED" in message
 
 
+@pytest.mark.slow
 def test_cli_encrypts_and_decrypts_a_vm(tmp_path: Path, pki: Pki, server: KmipServer, vmcrypt_cli) -> None:
     vmcrypt_cli("provider", "add-kmip", "kms", "--server", server.address, "--ca", str(pki.ca),
                 "--cert", str(pki.client_cert), "--key", str(pki.client_key), "--timeout", "2", check=True)
@@ -99,6 +100,7 @@ def test_cli_encrypts_and_decrypts_a_vm(tmp_path: Path, pki: Pki, server: KmipSe
     assert [r["name"] for r in rows if r["default"]] == ["kms"]
 
 
+@pytest.mark.slow
 def test_failover_then_all_servers_down(tmp_path: Path, pki: Pki, vmcrypt_cli) -> None:
     first = start_server(tmp_path / "kms1", pki)
     second = start_server(tmp_path / "kms2", pki)
