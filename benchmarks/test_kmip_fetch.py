@@ -11,15 +11,11 @@ Each benchmark also records the round trips and fetches per get in its
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from kmip_server import make_pki, start_server  # noqa: E402
-from vmcrypt.providers.kmip import KmipKeyProvider, KmipSettings  # noqa: E402
+from support.kmip_server import make_pki, start_server
+from vmcrypt.providers.kmip import KmipKeyProvider, KmipSettings
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,13 @@ benchmarks fail (never skip).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tpm_helpers import TpmConnection, flush_context, response_code, start_swtpm, start_vtpm, require_swtpm
-from tpm_key_helpers import (
+from support.servers import require_swtpm, start_swtpm, start_vtpm
+from support.tpm_helpers import TpmConnection, flush_context, response_code
+from support.tpm_key_helpers import (
     KeyTargets,
     UniqueSource,
     check,
@@ -66,7 +63,7 @@ def targets(tmp_path_factory):
     servers = []
     prepared: dict[str, Target] = {}
     try:
-        servers.append(start_vtpm(base / "vtpm-state"))
+        servers.append(start_vtpm(["--state", str(base / "vtpm-state"), "--startup-clear"], base / "vtpm.log"))
         servers.append(start_swtpm(base / "swtpm-state"))
         for server in servers:
             conn = server.connect(timeout=CONNECTION_TIMEOUT)

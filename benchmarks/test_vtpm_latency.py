@@ -14,21 +14,15 @@ Needs `swtpm`; without it the benchmarks fail (never skip).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tpm_helpers import (
+from support.servers import require_swtpm, start_swtpm, start_vtpm
+from support.tpm_helpers import (
     command_sender,
     latency_commands,
     prepare_latency_target,
     response_code,
-    start_swtpm,
-    start_vtpm,
-    require_swtpm,
 )
 
 SERVERS = ("vtpm", "swtpm")
@@ -43,7 +37,7 @@ def connections(tmp_path_factory):
     servers = []
     conns = {}
     try:
-        servers.append(start_vtpm(base / "vtpm-state"))
+        servers.append(start_vtpm(["--state", str(base / "vtpm-state"), "--startup-clear"], base / "vtpm.log"))
         servers.append(start_swtpm(base / "swtpm-state"))
         for server in servers:
             conn = server.connect()

@@ -17,18 +17,15 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from vmcrypt.ca_keys import open_ca
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vtpm_provision import manufacture
-from tpm_helpers import swtpm_localca_setup_config  # noqa: E402
+from support.servers import swtpm_localca_setup_config
 
 ROUNDS = 5
 

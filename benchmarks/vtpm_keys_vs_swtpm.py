@@ -42,10 +42,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tpm_helpers import ServerError, TpmConnection, flush_context, start_swtpm, start_vtpm, swtpm_path
-from tpm_key_helpers import (
+from support.servers import ServerError, start_swtpm, start_vtpm, swtpm_path
+from support.tpm_helpers import TpmConnection, flush_context
+from support.tpm_key_helpers import (
     CommandFailed,
     UniqueSource,
     check,
@@ -170,7 +169,7 @@ def main() -> int:
     uniques = UniqueSource()
     began = clock()
     with tempfile.TemporaryDirectory(prefix="vtpm-keys-vs-swtpm-") as tmp:
-        ours = start_vtpm(Path(tmp) / "vtpm-state")
+        ours = start_vtpm(["--state", str(Path(tmp) / "vtpm-state"), "--startup-clear"], Path(tmp) / "vtpm.log")
         try:
             ref = start_swtpm(Path(tmp) / "swtpm-state")
         except BaseException:

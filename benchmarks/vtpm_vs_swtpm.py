@@ -21,16 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tpm_helpers import (
-    ServerError,
+from support.servers import ServerError, start_swtpm, start_vtpm, swtpm_path
+from support.tpm_helpers import (
     command_sender,
     latency_commands,
     prepare_latency_target,
-    start_swtpm,
-    start_vtpm,
-    swtpm_path,
 )
 
 
@@ -70,7 +65,7 @@ def main() -> int:
         return 2
 
     with tempfile.TemporaryDirectory(prefix="vtpm-vs-swtpm-") as tmp:
-        ours = start_vtpm(Path(tmp) / "vtpm-state")
+        ours = start_vtpm(["--state", str(Path(tmp) / "vtpm-state"), "--startup-clear"], Path(tmp) / "vtpm.log")
         try:
             ref = start_swtpm(Path(tmp) / "swtpm-state")
         except BaseException:

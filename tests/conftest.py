@@ -1,4 +1,19 @@
-"""Shared fixtures: isolated management homes, VMs and a CLI runner that uses real processes."""
+"""Shared fixtures: isolated management homes, key managers and a CLI runner that uses real processes.
+
+The tests run in three lanes, one directory each; `pytest` (scripts/test.sh)
+runs all of them, `pytest tests/unit` the quick one alone:
+
+- unit/: in-process only, no process is started (unit/conftest.py refuses it);
+  servers on loopback threads inside the test process are fine;
+- interop/: against other implementations and clients: swtpm, tpm2-tools,
+  tpm2-pytss, pykmip-server, the differential tests;
+- e2e/: the command lines in real processes, crashes (SIGKILL), the demo, the
+  management plane from start to end.
+
+Helpers shared by the lanes and the benchmarks are in support/ (imported as
+`support`). Tests marked `slow` take more than about 5 s each; `-m "not slow"`
+leaves them out.
+"""
 
 from __future__ import annotations
 
@@ -50,8 +65,3 @@ def vmcrypt_cli(home: Path):
         return result
 
     return run
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every regular file under ``directory`` (hidden journal/temp files included) with its bytes."""
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}

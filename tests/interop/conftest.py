@@ -1,0 +1,32 @@
+"""Interop lane fixtures: the differential pair of TPMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from support.differential import Differential, verified
+from support.servers import require_swtpm, start_swtpm, start_vtpm
+
+
+@pytest.fixture
+def tpms(tmp_path: Path):
+    """A fresh swtpm and a fresh vTPM, both after Startup(CLEAR), stopped (SIGTERM, then SIGKILL) afterwards.
+
+    A difference a test recorded and did not report with ``assert_identical()`` fails it at teardown.
+    """
+    require_swtpm()
+    with (start_swtpm(tmp_path / "swtpm-state") as ref,
+          start_vtpm(["--state", str(tmp_path / "vtpm-state"), "--startup-clear"], tmp_path / "vtpm.log") as ours):
+        yield from verified(Differential(ours, ref))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A test that left differences unreported fails itself, instead of passing and erring at teardown."""
+    result = yield
+    diff = getattr(item, "funcargs", {}).get("tpms")
+    if isinstance(diff, Differential):
+        diff.assert_all_reported()
+    return result

@@ -1,0 +1,230 @@
+"""TPM server processes for tests and benchmarks: our vTPM (`python -m vtpm serve`) and swtpm.
+
+Both listen on loopback, on a free port pair: P for TPM commands and P + 1 for
+the control channel (swtpm protocol) or the platform port (mssim protocol).
+A launcher returns only once the server is ready to answer: `vtpm serve` has
+logged "serving on" (it does so after binding both ports, with the TPM
+loaded), swtpm has answered a control-channel command. Readiness is polled
+until a deadline, never waited for with a fixed sleep. A server that exits
+first, or is not ready by the deadline, raises ServerError with its log; one
+that exits because another process took its port meanwhile is started again
+on another port.
+
+A started server is a context manager: leaving the block stops it (SIGTERM,
+then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from support.tpm_helpers import HOST, ServerError, TpmConnection
+from vtpm.server.sockets import free_port_pair
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 20.0  # seconds; a loaded 2-core machine starts a Python server in well under that
+POLL_INTERVAL = 0.02
+PORT_TAKEN = "Address already in use"  # what both servers log when their port was taken
+CTRL_GET_CAPABILITY = 0x00000001
+
+
+@dataclass
+class TpmServer:
+    """A running TPM server process with a TCP port pair (``port``, ``port`` + 1) and a log file."""
+
+    name: str  # "vtpm" or "swtpm"
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    protocol: str = "swtpm"  # what a TCTI speaks to it: "swtpm" or "mssim"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def tcti(self) -> str:
+        return f"{self.protocol}:host={HOST},port={self.port}"
+
+    def tools_env(self) -> dict[str, str]:
+        """The environment for tpm2-tools talking to this server."""
+        return {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
+
+    def connect(self, timeout: float = 10.0) -> TpmConnection:
+        return TpmConnection(self.port, timeout=timeout)
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def rss_kib(self) -> int:
+        """Resident set size from /proc/PID/status (VmRSS), in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise ServerError(f"{self.name}: no VmRSS for pid {self.pid}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds; the exit status."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def __enter__(self) -> TpmServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# ----------------------------------------------------------------------------- readiness
+
+
+def _wait_until_ready(server: TpmServer, ready: Callable[[TpmServer], bool], timeout: float) -> bool:
+    """Poll ``ready(server)`` until the deadline; False if the process ended first."""
+    deadline = time.monotonic() + timeout
+    while server.proc.poll() is None:
+        if ready(server):
+            return True
+        if time.monotonic() >= deadline:
+            server.stop()
+            raise ServerError(f"{server.name} was not ready within {timeout:.0f} s; its log ({server.log_path}):\n"
+                              f"{server.log_text()}")
+        time.sleep(POLL_INTERVAL)
+    return False
+
+
+def _logged_serving(server: TpmServer) -> bool:
+    return "vtpm: serving on" in server.log_text()
+
+
+def _ctrl_answers(server: TpmServer) -> bool:
+    """The control channel (port + 1) answers CMD_GET_CAPABILITY with success."""
+    try:
+        with socket.create_connection((HOST, server.port + 1), timeout=1.0) as sock:
+            sock.sendall(CTRL_GET_CAPABILITY.to_bytes(4, "big"))
+            answer = sock.recv(8, socket.MSG_WAITALL)
+    except OSError:
+        return False
+    return len(answer) == 8 and answer[:4] == bytes(4)
+
+
+def _launch(name: str, argv_for_port: Callable[[int], list[str]], log: Path, ready: Callable[[TpmServer], bool], *,
+            protocol: str = "swtpm", port: int | None = None, env: dict[str, str] | None = None,
+            timeout: float = READY_TIMEOUT, attempts: int = 5) -> TpmServer:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(attempts if port is None else 1):
+        chosen = port or free_port_pair()
+        with open(log, "wb") as handle:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv_for_port(chosen), stdin=subprocess.DEVNULL, stdout=handle,
+                                    stderr=subprocess.STDOUT, env=env)
+        server = TpmServer(name, proc, chosen, log, protocol)
+        try:
+            if _wait_until_ready(server, ready, timeout):
+                return server
+        except BaseException:
+            server.stop()
+            raise
+        server.stop()
+        if PORT_TAKEN not in server.log_text():
+            break
+    raise ServerError(f"{name} exited with status {server.proc.returncode} before it was ready; its log ({log}):\n"
+                      f"{server.log_text()}")
+
+
+# ----------------------------------------------------------------------------- our vTPM
+
+
+def start_vtpm(args: Sequence[str | os.PathLike[str]], log: Path, protocol: str = "swtpm", *,
+               port: int | None = None, python: str | None = None, timeout: float = READY_TIMEOUT) -> TpmServer:
+    """`python -m vtpm serve ARGS` on 127.0.0.1, port ``port`` (a free pair when None), its output in ``log``.
+
+    ARGS name the state (``--state DIR`` or ``--vm VMX``, maybe ``--key-file``) and
+    options such as ``--startup-clear``; ``protocol`` is "swtpm" or "mssim". The
+    child imports this checkout's ``vtpm`` (PYTHONPATH starts with the repository).
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    command = [python or sys.executable, "-m", "vmcrypt.vtpm_command", "serve", *map(str, args), "--host", HOST, "--protocol", protocol]
+
+    def argv(chosen: int) -> list[str]:
+        return [*command, "--port", str(chosen)]
+
+    return _launch("vtpm", argv, log, _logged_serving, protocol=protocol, port=port, env=env, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- swtpm
+
+
+def swtpm_path() -> str:
+    path = shutil.which("swtpm")
+    if path is None:
+        raise ServerError(
+            "swtpm is not installed (no `swtpm` on PATH): the differential tests and benchmarks need the "
+            "reference TPM; install the Debian packages swtpm and swtpm-tools"
+        )
+    return path
+
+
+def require_swtpm() -> None:
+    """Fail (never skip) the calling test when the reference TPM is not installed."""
+    import pytest
+
+    try:
+        swtpm_path()
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def start_swtpm(state_dir: Path, log: Path | None = None, *, timeout: float = READY_TIMEOUT) -> TpmServer:
+    """swtpm (TPM 2.0, state in ``state_dir``) on 127.0.0.1, already started with Startup(CLEAR).
+
+    Its output goes to ``log``, by default ``STATE_DIR.swtpm.log`` next to the state directory.
+    """
+    binary = swtpm_path()
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    def argv(port: int) -> list[str]:
+        return [binary, "socket", "--tpm2",
+                "--server", f"type=tcp,port={port},bindaddr={HOST}",
+                "--ctrl", f"type=tcp,port={port + 1},bindaddr={HOST}",
+                "--tpmstate", f"dir={state_dir}",
+                "--flags", "not-need-init,startup-clear"]
+
+    return _launch("swtpm", argv, log or state_dir.with_name(f"{state_dir.name}.swtpm.log"), _ctrl_answers,
+                   timeout=timeout)
+
+
+def swtpm_localca_setup_config(base: Path) -> Path:
+    """A swtpm_setup configuration whose swtpm_localca keeps its CA under ``base`` (not /var/lib)."""
+    ca = base / "ca"
+    ca.mkdir(parents=True, exist_ok=True)
+    (base / "localca.conf").write_text(f"statedir = {ca}\nsigningkey = {ca / 'signkey.pem'}\n"
+                                       f"issuercert = {ca / 'issuercert.pem'}\ncertserial = {ca / 'certserial'}\n")
+    (base / "localca.options").write_text("--platform-manufacturer Debian\n--platform-version 2.1\n--platform-model QEMU\n")
+    setup = base / "setup.conf"
+    setup.write_text(f"create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {base / 'localca.conf'}\n"
+                     f"create_certs_tool_options = {base / 'localca.options'}\nactive_pcr_banks = sha256\n")
+    return setup
