@@ -292,3 +292,14 @@ class KmipKeyProvider(KeyProvider):
 
     def list_keys(self) -> list[KeyInfo]:
         return self._call("list", self._names)
+
+    # ------------------------------------------------------------------ high-water marks
+
+    def record_generation(self, key_id: str, file_role: str, generation: int, *, allow_lower: bool = False) -> None:
+        """Not kept on KMIP yet (a no-op): a VM whose key lives on a KMIP cluster is protected
+        against a rolled-back .nvram by the inventory's record only, when the VM is managed.
+        (A KMIP custom attribute on the key could hold it; not done.)"""
+
+    def generation(self, key_id: str, file_role: str) -> int | None:
+        """Nothing is recorded on KMIP yet: always None (see record_generation)."""
+        return None
