@@ -4,6 +4,7 @@ and the management home tries, and what each attempt now gets.
 Inputs tried (each must be refused with one clear ``error:`` line naming the file and why, no
 traceback, every file left byte for byte as it was):
 
+- the inventory: emptied (and ``inventory init`` over it), truncated, random bytes, a table dropped;
 - ``providers.json`` with wrong types, a list, ``null`` or a string.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,15 @@ def refused(result, *phrases: str) -> str:
 # ----------------------------------------------------------------------------- 5. inventory and configuration files
 
 
+@pytest.fixture
+def managed_home(tmp_path: Path, home: Path, vmcrypt_cli) -> Path:
+    env = {"VMCRYPT_PASSWORD": "pw"}
+    vmcrypt_cli("inventory", "init", "--admin", "admin", env=env, check=True)
+    vmcrypt_cli("--user", "admin", "inventory", "datastore-add", "ds1", str(tmp_path / "ds1"), env=env, check=True)
+    vmcrypt_cli("--user", "admin", "vm", "create", str(tmp_path / "ds1" / "vm1"), env=env, check=True)
+    return home
+
+
 def _files_of(*directories: Path) -> dict[str, bytes]:
     """Everything but SQLite's -wal/-shm side files (a reader may create and remove them)."""
     found = {}
@@ -40,6 +51,46 @@ def _files_of(*directories: Path) -> dict[str, bytes]:
             if not name.endswith(("-wal", "-shm")):
                 found[f"{directory.name}/{name}"] = data
     return found
+
+
+def _drop_audit(db: Path) -> None:
+    with sqlite3.connect(db) as connection:
+        connection.execute("DROP TABLE audit")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "random bytes", "table dropped"])
+def test_a_damaged_inventory_is_refused(tmp_path: Path, managed_home: Path, vmcrypt_cli, damage: str) -> None:
+    db = managed_home / "inventory.db"
+    if damage == "table dropped":
+        _drop_audit(db)
+    with sqlite3.connect(db) as connection:  # fold the WAL in, so the file is the whole inventory
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if damage == "empty":
+        db.write_bytes(b"")
+    elif damage == "truncated":
+        db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    elif damage == "random bytes":
+        db.write_bytes(os.urandom(db.stat().st_size))
+    before = _files_of(managed_home, tmp_path / "ds1")
+    reason = {"empty": "is empty (0 bytes)", "truncated": "inventory.db", "random bytes": "inventory.db",
+              "table dropped": "missing table audit"}[damage]
+    refused(vmcrypt_cli("--user", "admin", "vm", "list", env={"VMCRYPT_PASSWORD": "pw"}), str(db), reason)
+    refused(vmcrypt_cli("inventory", "init", "--admin", "eve", env={"VMCRYPT_PASSWORD": "evil"}), str(db), reason)
+    assert _files_of(managed_home, tmp_path / "ds1") == before
+
+
+def test_init_never_recreates_and_commands_do_not_create(tmp_path: Path, home: Path, vmcrypt_cli) -> None:
+    absent = vmcrypt_cli("--user", "admin", "vm", "list", env={"VMCRYPT_PASSWORD": "pw"})
+    refused(absent, "there is no inventory", "inventory init")
+    assert not (home / "inventory.db").exists()
+    (home / "inventory.db").write_bytes(b"")  # `: > inventory.db`
+    refused(vmcrypt_cli("inventory", "init", "--admin", "eve", env={"VMCRYPT_PASSWORD": "x"}),
+            "is empty (0 bytes)", "never re-created")
+    assert (home / "inventory.db").read_bytes() == b""
+    (home / "inventory.db").unlink()
+    vmcrypt_cli("inventory", "init", "--admin", "admin", env={"VMCRYPT_PASSWORD": "pw"}, check=True)
+    assert (home / "inventory.db").stat().st_mode & 0o777 == 0o600
+    assert not list(home.glob(".inventory.db.creating-*"))
 
 
 @pytest.mark.parametrize("config", [{"default": 5, "providers": []}, {"default": None, "providers": {}},

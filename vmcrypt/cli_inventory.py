@@ -41,8 +41,9 @@ def _password(env: str, prompt: str) -> str:
     return getpass.getpass(prompt)
 
 
-def management(args: argparse.Namespace) -> Management:
-    return Management(resolve_home(args.home))
+def management(args: argparse.Namespace, *, create: bool = False) -> Management:
+    """The management home's inventory; only `inventory init` may create one (and only where there is none)."""
+    return Management(resolve_home(args.home), create_inventory=create)
 
 
 def session(args: argparse.Namespace, required: bool = True) -> UserSession | None:
@@ -89,7 +90,7 @@ def _vm_row(record: Any) -> dict[str, Any]:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
-    m = management(args)
+    m = management(args, create=True)
     m.bootstrap(args.admin, _password(PASSWORD_ENV, f"New password for {args.admin}: "))
     _emit(args, {"admin": args.admin, "inventory": str(m.inventory.path)},
           f"inventory {m.inventory.path} created; {args.admin} is Administrator")
@@ -194,7 +195,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         source = session(args)
         target_user = args.to_user or args.user
         password = os.environ.get(TO_PASSWORD_ENV) or _password(PASSWORD_ENV, f"Password for {target_user} at {args.to_home}: ")
-        target = Management(args.to_home).login(target_user, password)
+        target = Management(args.to_home, create_inventory=False).login(target_user, password)
         record = source.migrate_to_home(args.name, target, args.datastore)
         _emit(args, _vm_row(record), f"{record.name} migrated to {args.to_home} datastore {record.datastore}")
         return

@@ -49,9 +49,10 @@ class PermissionDenied(VmcryptError):
 
 
 class Management:
-    def __init__(self, home: str | os.PathLike[str]) -> None:
+    def __init__(self, home: str | os.PathLike[str], *, create_inventory: bool = True) -> None:
+        """``create_inventory=False``: refuse a home without an inventory instead of starting an empty one."""
         self.home = Path(home)
-        self.inventory = Inventory(self.home)
+        self.inventory = Inventory(self.home, create=create_inventory)
         self.keys = KeyManager(ProviderRegistry(self.home))
         self.ca = CertificateAuthority(self.home, self.keys)
 
