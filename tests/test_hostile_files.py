@@ -5,7 +5,8 @@ Inputs tried (each must be refused with one clear ``error:`` line naming the fil
 traceback, every file left byte for byte as it was):
 
 - the inventory: emptied (and ``inventory init`` over it), truncated, random bytes, a table dropped;
-- ``providers.json`` with wrong types, a list, ``null`` or a string.
+- ``providers.json`` with wrong types, a list, ``null`` or a string;
+- the vTPM child process's environment (no ``$VMCRYPT_PASSWORD``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import snapshot
+from vmcrypt.management import Management
 
 
 def refused(result, *phrases: str) -> str:
@@ -29,6 +32,14 @@ def refused(result, *phrases: str) -> str:
     for phrase in phrases:
         assert phrase in errors[0], f"{phrase!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def _tpm(port: int, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
+    done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
+    if check:
+        assert done.returncode == 0, done.stderr.decode()
+    return done
 
 
 # ----------------------------------------------------------------------------- 5. inventory and configuration files
@@ -105,3 +116,24 @@ def test_providers_json_with_wrong_types(tmp_path: Path, home: Path, vmcrypt_cli
     refused(vmcrypt_cli("provider", "list"), "providers.json", "provider configuration is unreadable")
     refused(vmcrypt_cli("encrypt", str(vm)), "providers.json")
     assert _files_of(home, vm) == before
+
+
+# ----------------------------------------------------------------------------- 6. the vTPM child's environment
+
+
+def test_the_vtpm_process_does_not_inherit_the_password(tmp_path: Path, managed_home: Path, vmcrypt_cli) -> None:
+    env = {"VMCRYPT_PASSWORD": "pw", "SOME_TOKEN": "secret-token"}
+    vmcrypt_cli("--user", "admin", "vtpm", "add", str(tmp_path / "ds1" / "vm1"), env=env, check=True)
+    on = json.loads(vmcrypt_cli("--user", "admin", "vm", "power-on", "vm1", "--json", env=env, check=True).stdout)
+    try:
+        m = Management(managed_home, create_inventory=False)
+        pid = m.inventory.vm("vm1").vtpm_pid
+        m.close()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
+        assert "VMCRYPT_PASSWORD" not in names and "SOME_TOKEN" not in names
+        assert b"VMCRYPT_HOME=" + str(managed_home).encode() in environ
+        assert not any(b"pw" == entry.split(b"=", 1)[-1] for entry in environ)
+        _tpm(on["vtpm_port"], "tpm2_startup", "-c")  # and it works with what it was given
+    finally:
+        vmcrypt_cli("--user", "admin", "vm", "power-off", "vm1", env=env, check=True)

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 CONSOLE_TICKET_LIFETIME = datetime.timedelta(minutes=2)
 POWER_ON_TIMEOUT = 30.0
+# What a vTPM process gets from our environment: nothing secret (no $VMCRYPT_PASSWORD, no passphrases).
+CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "TMPDIR")
 T = TypeVar("T")
 
 
@@ -428,11 +430,13 @@ class UserSession:
         run_dir.mkdir(mode=0o700, exist_ok=True)
         log = run_dir / f"{vm.name}.vtpm.log"
         port = free_port_pair()
+        env = {name: os.environ[name] for name in CHILD_ENVIRONMENT if name in os.environ}
+        env["VMCRYPT_HOME"] = str(self.m.home)
         with open(log, "wb") as handle:
             process = subprocess.Popen(
                 [sys.executable, "-m", "vtpm", "serve", "--vm", str(vm.vmx_path), "--port", str(port)],
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, "VMCRYPT_HOME": str(self.m.home)},
+                env=env,
             )
         deadline = time.monotonic() + POWER_ON_TIMEOUT
         while time.monotonic() < deadline:
