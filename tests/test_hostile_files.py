@@ -1,9 +1,13 @@
 """Files that defend themselves: what a hostile operator with write access to the datastore
 and the management home tries, and what each attempt now gets.
 
-Inputs tried (each must be refused with one clear ``error:`` line naming the file and why, no
-traceback, every file left byte for byte as it was):
+Inputs tried (each must be refused with one clear ``error:`` line or exception naming the file
+and why, no traceback, every file left byte for byte as it was, and the legitimate path must
+still work):
 
+- the lock: rekey/decrypt/encrypt/backup/EK reissue while the vTPM is served; serving while an
+  operation holds the VM;
+- leftovers: ``.vmcrypt-tmp-*`` copies of the ``.nvram`` in the VM directory;
 - the inventory: emptied (and ``inventory init`` over it), truncated, random bytes, a table dropped;
 - ``providers.json`` with wrong types, a list, ``null`` or a string;
 - the vTPM child process's environment (no ``$VMCRYPT_PASSWORD``).
@@ -13,14 +17,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import snapshot
+from test_vtpm_tools import tools
 from vmcrypt.management import Management
+from vmcrypt.vm import VmHome
+from vmcrypt.vm_lock import VmBusyError, lock_vm
+from vtpm_server import served
 
 
 def refused(result, *phrases: str) -> str:
@@ -34,12 +44,70 @@ def refused(result, *phrases: str) -> str:
     return errors[0]
 
 
+def serve_once(vmx: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """`vtpm serve --vm` expected to refuse (exits at once)."""
+    env = {**os.environ, "VMCRYPT_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "vtpm", "serve", "--vm", str(vmx), "--port", "1"],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.fixture
+def vtpm_vm(tmp_path: Path, home: Path, vmcrypt_cli, monkeypatch) -> Path:
+    """An unmanaged, encrypted VM with a vTPM; served processes find the key provider via $VMCRYPT_HOME."""
+    vm = tmp_path / "ds" / "vm1"
+    vmcrypt_cli("vm", "create", str(vm), check=True)
+    vmcrypt_cli("vtpm", "add", str(vm), check=True)
+    monkeypatch.setenv("VMCRYPT_HOME", str(home))
+    return vm
+
+
 def _tpm(port: int, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
     done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
     if check:
         assert done.returncode == 0, done.stderr.decode()
     return done
+
+
+# ----------------------------------------------------------------------------- 3. one lock per VM
+
+
+def test_operations_are_refused_while_the_vtpm_runs(tmp_path: Path, home: Path, vtpm_vm: Path, vmcrypt_cli) -> None:
+    vmx = vtpm_vm / "vm1.vmx"
+    with served(["--vm", str(vmx), "--startup-clear"], tmp_path / "log") as tpm:
+        before = snapshot(vtpm_vm)
+        for args in (["rekey", "--deep", str(vtpm_vm)], ["rekey", str(vtpm_vm)], ["decrypt", str(vtpm_vm)],
+                     ["encrypt", "--disks", str(vtpm_vm)], ["backup", str(vtpm_vm), str(tmp_path / "b.tar")],
+                     ["ca", "reissue-ek", str(vtpm_vm)]):
+            refused(vmcrypt_cli(*args), "the VM's vTPM is running (powered on)")
+            assert snapshot(vtpm_vm) == before, args
+        assert not (tmp_path / "b.tar").exists()
+        tools(tpm, "tpm2_nvdefine", "0x1500074", "-C", "o", "-s", "3", "-a", "ownerread|ownerwrite")
+        tools(tpm, "tpm2_nvwrite", "0x1500074", "-C", "o", "-i", "-", stdin=b"YES")
+    with served(["--vm", str(vmx), "--startup-clear"], tmp_path / "log2") as tpm:  # still opens: same key
+        tools(tpm, "tpm2_nvread", "0x1500074", "-C", "o", "-o", str(tmp_path / "nv"))
+    assert (tmp_path / "nv").read_bytes() == b"YES"
+    vmcrypt_cli("rekey", "--deep", str(vtpm_vm), check=True)  # powered off: allowed
+
+    # while an operation holds the VM, the vTPM does not start
+    with lock_vm(VmHome(vmx), "rekey"):
+        before = snapshot(vtpm_vm)
+        refused(serve_once(vmx, home), "another operation", "in progress")
+        assert snapshot(vtpm_vm) == before
+    with served(["--vm", str(vmx)], tmp_path / "log3"):
+        with pytest.raises(VmBusyError, match="vTPM is running"):
+            lock_vm(VmHome(vmx), "snapshot")
+
+
+# ----------------------------------------------------------------------------- 4. leftovers
+
+
+def test_stale_temp_copies_are_removed_at_the_next_open(tmp_path: Path, home: Path, vtpm_vm: Path) -> None:
+    nvram = vtpm_vm / "vm1.nvram"
+    for suffix in ("0a1b2c3d4e5f", "ffeeddccbbaa"):  # what SIGKILLed writers leave: whole older copies
+        shutil.copyfile(nvram, vtpm_vm / f".vmcrypt-tmp-vm1.nvram-{suffix}")
+    with served(["--vm", str(vtpm_vm / "vm1.vmx"), "--startup-clear"], tmp_path / "log"):
+        assert not list(vtpm_vm.glob(".vmcrypt-tmp-*"))
 
 
 # ----------------------------------------------------------------------------- 5. inventory and configuration files

@@ -26,6 +26,7 @@ from vmcrypt.errors import VmcryptError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.vm_encryption import read_vmx
+from vmcrypt.vm_lock import lock_vm
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -84,6 +85,12 @@ def _hash_file(path: Path) -> tuple[int, str]:
 def backup_vm(vm: VmHome, keys: KeyManager, destination: str | os.PathLike[str], *, include_disks: bool = True,
               progress: ProgressFn | None = None) -> Manifest:
     """Write ``destination`` atomically: every VM file (disks unless excluded) and a manifest."""
+    with lock_vm(vm, "back up"):
+        return _backup(vm, keys, destination, include_disks, progress)
+
+
+def _backup(vm: VmHome, keys: KeyManager, destination: str | os.PathLike[str], include_disks: bool,
+            progress: ProgressFn | None) -> Manifest:
     state = read_vmx(vm, keys)
     has_vtpm = (state.settings.get("vtpm.present") or "").upper() == "TRUE"
     files = {vm.vmx_path: VmFile(vm.vmx_path, FileKind.CONFIG)}

@@ -28,6 +28,7 @@ from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege, missing_privileges
 from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
 from vmcrypt.vm import VmHome, VmSpec, create_vm
+from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vtpm_provision import set_vtpm_present
 from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm
 
@@ -211,15 +212,16 @@ class UserSession:
                 raise VmError(f"{target} already exists", target)
             if datastore == record.datastore:
                 raise VmError(f"the VM is already on datastore '{datastore}'", vm.vmx_path)
-            staging = target.with_name(f".{target.name}.migrating")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(vm.directory, staging)  # the source stays whole until the copy is complete
-            staging.rename(target)
-            moved = _describe_on_disk(target / vm.vmx_path.name, datastore, record)
-            self.inventory.put_vm(moved)
-            if moved.vtpm:
-                self.m.ca.relocate_vm(record.vmx_path, moved.vmx_path)
-            shutil.rmtree(vm.directory)
+            with lock_vm(vm, "migrate"):
+                staging = target.with_name(f".{target.name}.migrating")
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(vm.directory, staging)  # the source stays whole until the copy is complete
+                staging.rename(target)
+                moved = _describe_on_disk(target / vm.vmx_path.name, datastore, record)
+                self.inventory.put_vm(moved)
+                if moved.vtpm:
+                    self.m.ca.relocate_vm(record.vmx_path, moved.vmx_path)
+                shutil.rmtree(vm.directory)
             return moved
         return self.checked(Operation.MIGRATE, ("vm", name), record.encrypted, act, detail=f"to {datastore}")
 
@@ -270,17 +272,18 @@ class UserSession:
             destination = target.inventory.datastore_path(datastore) / vm.directory.name
             if destination.exists():
                 raise VmError(f"{destination} already exists", destination)
-            staging = destination.with_name(f".{destination.name}.migrating")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(vm.directory, staging)
-            staging.rename(destination)
-            try:
-                moved = target.register_vm(destination / vm.vmx_path.name, datastore)
-            except BaseException:
-                shutil.rmtree(destination, ignore_errors=True)
-                raise
-            self.inventory.remove_vm(name)
-            shutil.rmtree(vm.directory)
+            with lock_vm(vm, "migrate"):
+                staging = destination.with_name(f".{destination.name}.migrating")
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(vm.directory, staging)
+                staging.rename(destination)
+                try:
+                    moved = target.register_vm(destination / vm.vmx_path.name, datastore)
+                except BaseException:
+                    shutil.rmtree(destination, ignore_errors=True)
+                    raise
+                self.inventory.remove_vm(name)
+                shutil.rmtree(vm.directory)
             return moved
         return self.checked(Operation.MIGRATE_AWAY, ("vm", name), record.encrypted, act,
                             detail=f"to {target.m.home} datastore {datastore}")
@@ -295,7 +298,8 @@ class UserSession:
 
         def act() -> None:
             self._require_off(record)
-            shutil.rmtree(vm.directory)
+            with lock_vm(vm, "delete"):
+                shutil.rmtree(vm.directory)
             self.inventory.remove_vm(name)
             if destroy_key and record.provider_id and record.key_id:
                 self.m.keys.registry.get(record.provider_id).destroy_key(record.key_id)
@@ -369,10 +373,11 @@ class UserSession:
             self._require_off(record)
             if not record.vtpm:
                 raise VmError("the VM has no vTPM", vm.vmx_path)
-            with VmNvramStore.open(vm.vmx_path, home=str(self.m.home)) as store:
-                store.load()
-                store.save(None)
-            set_vtpm_present(vm, self.m.keys, False)
+            with lock_vm(vm, "remove the vTPM"):
+                with VmNvramStore.open(vm.vmx_path, home=str(self.m.home)) as store:
+                    store.load()
+                    store.save(None)
+                set_vtpm_present(vm, self.m.keys, False)
             return self._refresh(name)
         return self.checked(Operation.REMOVE_VTPM, ("vm", name), record.encrypted, act)
 

@@ -8,6 +8,7 @@ off the file itself. A small journal in the VM directory records the target
 running the same command again resumes towards that target, and running
 ``decrypt`` instead rolls every file back to plaintext. The ``.vmx`` is
 written last, so it only claims encryption once every file is encrypted.
+Operations hold the VM's lock (``vm_lock``): none runs while the vTPM does.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from vmcrypt import container
-from vmcrypt.atomic import fsync_directory, remove_stale_temp_files, write_atomic
+from vmcrypt.atomic import fsync_directory, write_atomic
 from vmcrypt.container import Mac
 from vmcrypt.errors import ContainerError, InterruptedOperationError, VmcryptError, VmError
 from vmcrypt.keyref import DataKey, KeyReference
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
+from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vmx import ENCRYPTED_DATA, KEYSAFE, VmxConfig
 from vmcrypt.xts import CIPHER_NAME
 
@@ -178,7 +180,18 @@ def _run(
     include_disks: bool,
     progress: ProgressFn | None,
 ) -> OperationResult:
-    remove_stale_temp_files(home.directory)
+    with lock_vm(home, operation.value):  # also removes temp files a killed writer left
+        return _run_locked(home, keys, operation, make_target, include_disks, progress)
+
+
+def _run_locked(
+    home: VmHome,
+    keys: KeyManager,
+    operation: Operation,
+    make_target: Callable[[VmxState], DataKey | None],
+    include_disks: bool,
+    progress: ProgressFn | None,
+) -> OperationResult:
     journal = Journal.load(home)
     resumed = journal is not None and journal.operation == operation
     state = read_vmx(home, keys)

@@ -3,12 +3,13 @@
 For an encrypted VM the ``.nvram`` is a vmcrypt container under the VM's
 DEK (unwrapped through the key safe and the key provider); every change the
 TPM makes persistent rewrites it atomically. The EFI variable section and
-any other section are carried along unchanged.
+any other section are carried along unchanged. Opening holds the VM's lock
+(``vm_lock``) until closed: one vTPM per VM, and none while an operation
+changes the VM's files.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.vm_encryption import Journal, read_vmx
+from vmcrypt.vm_lock import VTPM, VmLock, lock_vm
 from vtpm.state import StateError, TpmState
 from vtpm.storage import StateStoreError
 
@@ -29,46 +31,39 @@ from vtpm.storage import StateStoreError
 class VmNvramStore:
     """StateStore for ``vtpm serve --vm``: the vTPM section of the VM's (encrypted) .nvram."""
 
-    def __init__(self, home: VmHome, key: DataKey | None) -> None:
+    def __init__(self, home: VmHome, key: DataKey | None, *, lock: VmLock | None = None) -> None:
         self.vm = home
         self.key = key
         self.nvram_file = VmFile(home.nvram_path, FileKind.NVRAM)
-        self._lock_fd: int | None = None
+        self._vm_lock = lock
         self._nvram: Nvram | None = None  # other sections, read once while we hold the lock
 
     @classmethod
     def open(cls, vmx: str | os.PathLike[str], home: str | None = None) -> "VmNvramStore":
         vm = VmHome(vmx)
-        journal = Journal.load(vm)
-        if journal is not None:
-            raise VmError(
-                f"an interrupted '{journal.operation.value}' must finish before the vTPM can run", vm.vmx_path
-            )
-        if not vm.nvram_path.exists():
-            raise VmError("the VM has no .nvram file", vm.nvram_path)
-        keys = KeyManager(ProviderRegistry(resolve_home(home)))
-        reference = read_vmx(vm, None).reference
-        key = keys.unlock(reference) if reference is not None else None
-        store = cls(vm, key)
-        store._lock()
-        return store
-
-    def _lock(self) -> None:
-        """One server per VM: a second `vtpm serve --vm` on the same VM is refused."""
-        path = self.vm.directory / f".{self.vm.name}.vtpm.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = lock_vm(vm, VTPM)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise VmError("the vTPM of this VM is already being served", self.vm.vmx_path) from None
-        self._lock_fd = fd
+            journal = Journal.load(vm)
+            if journal is not None:
+                raise VmError(
+                    f"an interrupted '{journal.operation.value}' must finish before the vTPM can run", vm.vmx_path
+                )
+            if not vm.nvram_path.exists():
+                raise VmError("the VM has no .nvram file", vm.nvram_path)
+            keys = KeyManager(ProviderRegistry(resolve_home(home)))
+            reference = read_vmx(vm, None).reference
+            key = keys.unlock(reference) if reference is not None else None
+            lock.mark_vtpm(vm)
+            return cls(vm, key, lock=lock)
+        except BaseException:
+            lock.release()
+            raise
 
     def close(self) -> None:
         """Release the per-VM lock (another server or tool may open the vTPM now)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._vm_lock is not None:
+            self._vm_lock.release()
+            self._vm_lock = None
 
     def __enter__(self) -> "VmNvramStore":
         return self
