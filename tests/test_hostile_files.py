@@ -2,36 +2,44 @@
 and the management home tries, and what each attempt now gets.
 
 Inputs tried (each must be refused with one clear ``error:`` line or exception naming the file
-and why, no traceback, every file left byte for byte as it was, and the legitimate path must
-still work):
+and why, every file left byte for byte as it was, and the legitimate path must still work):
 
-- the lock: rekey/decrypt/encrypt/backup/EK reissue while the vTPM is served; serving while an
+- decrypt: a flipped container magic, a zero-byte, a deleted home file; another VM's ``.nvram``;
+  ``namespacedb`` and ``vmware.log`` swapped; the ``encryption.data`` line deleted; a sensitive
+  setting added in clear; a forged ``decrypt`` journal (a real interrupted decrypt still resumes);
+- the lock: rekey/decrypt/encrypt/snapshot/backup while the vTPM is served; serving while an
   operation holds the VM;
 - leftovers: ``.vmcrypt-tmp-*`` copies of the ``.nvram`` in the VM directory;
 - the inventory: emptied (and ``inventory init`` over it), truncated, random bytes, a table dropped;
-- ``providers.json`` with wrong types, a list, ``null`` or a string;
+  ``providers.json`` with wrong types; a journal holding ``[]`` or ``null``; a backup manifest with
+  ``"vm": 5``;
 - the vTPM child process's environment (no ``$VMCRYPT_PASSWORD``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from conftest import snapshot
 from test_vtpm_tools import tools
+from vmcrypt import container
+from vmcrypt.keyref import DataKey, KeyReference, WrapAlgorithm
 from vmcrypt.management import Management
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_lock import VmBusyError, lock_vm
 from vtpm_server import served
-
 
 def refused(result, *phrases: str) -> str:
     """Exit 1, exactly one `error:` line holding every phrase, no traceback; returns the line."""
@@ -61,12 +69,148 @@ def vtpm_vm(tmp_path: Path, home: Path, vmcrypt_cli, monkeypatch) -> Path:
     return vm
 
 
+@pytest.fixture
+def encrypted_vm(tmp_path: Path, vmcrypt_cli) -> Path:
+    vm = tmp_path / "ds" / "vm1"
+    vmcrypt_cli("vm", "create", str(vm), check=True)
+    with open(vm / "vm1.vmx", "a") as vmx:
+        vmx.write('guestinfo.secret = "MARKER-GUESTINFO"\n')
+    vmcrypt_cli("encrypt", str(vm), check=True)
+    return vm
+
+
 def _tpm(port: int, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
     done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
     if check:
         assert done.returncode == 0, done.stderr.decode()
     return done
+
+
+# ----------------------------------------------------------------------------- 2. decrypt refuses what is not the VM's
+
+
+def _damage_cases(vm: Path, other: Path) -> dict:
+    def flip_magic() -> None:
+        blob = bytearray((vm / "vm1.nvram").read_bytes())
+        blob[0] ^= 0x01
+        (vm / "vm1.nvram").write_bytes(bytes(blob))
+
+    def swap() -> None:
+        log, db = (vm / "vmware.log").read_bytes(), (vm / "namespacedb").read_bytes()
+        (vm / "vmware.log").write_bytes(db)
+        (vm / "namespacedb").write_bytes(log)
+
+    def drop_data() -> None:
+        lines = (vm / "vm1.vmx").read_text().splitlines(keepends=True)
+        (vm / "vm1.vmx").write_text("".join(line for line in lines if not line.startswith("encryption.data")))
+
+    def add_clear_setting() -> None:
+        with open(vm / "vm1.vmx", "a") as vmx:
+            vmx.write('guestinfo.evil = "x"\n')
+
+    return {
+        "flipped magic": (flip_magic, ["vm1.nvram", "is not an encrypted vmcrypt file",
+                                       "lists it as encrypted"]),
+        "zero bytes": (lambda: (vm / "namespacedb").write_bytes(b""), ["namespacedb", "is empty (0 bytes)"]),
+        "deleted": (lambda: (vm / "vmware.log").unlink(), ["vmware.log", "is missing"]),
+        "another VM's nvram": (lambda: shutil.copyfile(other / "vm1.nvram", vm / "vm1.nvram"),
+                               ["vm1.nvram", "belongs to another VM"]),
+        "swapped": (swap, ["namespacedb", "holds the file 'log:vmware.log', not 'namespacedb:namespacedb'"]),
+        "encryption.data deleted": (drop_data, ["vm1.vmx", "encryption.data is not",
+                                                "encrypted settings were removed"]),
+        "sensitive setting in clear": (add_clear_setting, ["vm1.vmx", "'guestinfo.evil' is in clear in an encrypted VM"]),
+    }
+
+
+@pytest.mark.parametrize("case", ["flipped magic", "zero bytes", "deleted", "another VM's nvram", "swapped",
+                                  "encryption.data deleted", "sensitive setting in clear"])
+def test_decrypt_refuses_files_that_are_not_the_vms(tmp_path: Path, encrypted_vm: Path, vmcrypt_cli, case: str) -> None:
+    vm = encrypted_vm
+    other = tmp_path / "elsewhere" / "vm1"  # another VM, same name: same labels, other VM id and key
+    vmcrypt_cli("vm", "create", str(other), check=True)
+    vmcrypt_cli("encrypt", str(other), check=True)
+    damage, phrases = _damage_cases(vm, other)[case]
+    damage()
+    before = snapshot(vm)
+    refused(vmcrypt_cli("decrypt", str(vm)), *phrases)
+    assert snapshot(vm) == before
+    refused(vmcrypt_cli("rekey", str(vm), "--deep"), *phrases)
+    assert snapshot(vm) == before
+
+
+def test_power_on_refuses_a_vm_with_a_missing_file(home: Path, vtpm_vm: Path) -> None:
+    (vtpm_vm / "namespacedb").unlink()
+    before = snapshot(vtpm_vm)
+    refused(serve_once(vtpm_vm / "vm1.vmx", home), "namespacedb", "is missing")
+    assert snapshot(vtpm_vm) == before
+
+
+def test_an_interrupted_decrypt_still_resumes_but_a_forged_journal_does_not_help(
+        tmp_path: Path, home: Path, vmcrypt_cli, keys, monkeypatch) -> None:
+    from vmcrypt import vm_encryption
+
+    vm = tmp_path / "vm1"
+    vmcrypt_cli("vm", "create", str(vm), check=True)
+    original = snapshot(vm)
+    vmcrypt_cli("encrypt", str(vm), check=True)
+    encrypted = snapshot(vm)
+
+    # a forged "decrypt in progress" journal does not make a damaged listed file pass for clear
+    blob = bytearray((vm / "vmware.log").read_bytes())
+    blob[0] ^= 0x01
+    (vm / "vmware.log").write_bytes(bytes(blob))
+    (vm / ".vm1.vmcrypt-journal").write_text(json.dumps(
+        {"format": 2, "operation": "decrypt", "target": None, "include_disks": True, "started": "x", "vm_id": None,
+         "references": [], "mac_key": None, "mac": None}))
+    before = snapshot(vm)
+    refused(vmcrypt_cli("decrypt", str(vm)), "vmware.log", "lists it as encrypted")
+    assert snapshot(vm) == before
+    (vm / ".vm1.vmcrypt-journal").unlink()
+    (vm / "vmware.log").write_bytes(encrypted["vmware.log"])
+
+    # a real decrypt that dies after its first file: running decrypt again finishes it
+    real_decrypt, calls = container.decrypt_file, []
+
+    def dying(*args, **kwargs):
+        if calls:
+            raise OSError(28, "No space left on device")
+        calls.append(args)
+        return real_decrypt(*args, **kwargs)
+
+    monkeypatch.setattr(container, "decrypt_file", dying)
+    with pytest.raises(OSError):
+        vm_encryption.decrypt_vm(VmHome(vm), keys)
+    monkeypatch.setattr(container, "decrypt_file", real_decrypt)
+    assert (vm / ".vm1.vmcrypt-journal").exists()
+    assert sum(not container.is_container(vm / n) for n in ("vm1.nvram", "vmware.log", "namespacedb")) == 1
+    result = vmcrypt_cli("decrypt", str(vm), "--json", check=True)
+    assert json.loads(result.stdout)["resumed"]
+    assert snapshot(vm) == original
+
+
+def test_headers_carry_the_vm_id_and_version_1_files_still_open(tmp_path: Path, encrypted_vm: Path) -> None:
+    vmx = (encrypted_vm / "vm1.vmx").read_text()
+    uuid_bios = next(line for line in vmx.splitlines() if line.startswith("uuid.bios")).split('"')[1]
+    for name in ("vm1.nvram", "vmware.log", "namespacedb"):
+        header = container.read_header(encrypted_vm / name)
+        assert header.version == 2 and header.vm_id.replace("-", "") == uuid_bios.replace(" ", "").replace("-", "")
+        assert header.label.endswith(f":{name}")
+    # a version 1 file (as earlier builds wrote) still decrypts
+    key = DataKey(os.urandom(32), KeyReference("p", "k", WrapAlgorithm.AES_KW, b"w" * 40))
+    salt = os.urandom(container.SALT_SIZE)
+    derived = container._derive(key.dek, salt)
+    plain = b"version one" * 100
+    fields = dict(header_length=0, cipher=1, mac=1, unit_size=4096, generation=3, plaintext_length=len(plain),
+                  salt=salt, key_check=derived.key_check, label="log:old.log", provider_id="p", key_id="k",
+                  wrap_algorithm=1, wrapped_dek=b"w" * 40)
+    fields["header_length"] = len(container._HEADER_V1.build(fields))
+    raw_header = container._HEADER_V1.build(fields)
+    body = derived.xts.encrypt_units(0, plain + bytes(-len(plain) % 16), 4096)
+    mac = hmac.new(derived.mac_key, raw_header + body, hashlib.sha256).digest()
+    header = container.parse_header(raw_header + body + mac)
+    assert (header.version, header.vm_id, header.generation) == (1, "", 3)
+    assert container.decrypt_bytes(raw_header + body + mac, key) == plain
 
 
 # ----------------------------------------------------------------------------- 3. one lock per VM
@@ -184,6 +328,38 @@ def test_providers_json_with_wrong_types(tmp_path: Path, home: Path, vmcrypt_cli
     refused(vmcrypt_cli("provider", "list"), "providers.json", "provider configuration is unreadable")
     refused(vmcrypt_cli("encrypt", str(vm)), "providers.json")
     assert _files_of(home, vm) == before
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '{"format": 2}', '{"format": 1, "operation": 5, "target": null, '
+                                     '"include_disks": false, "started": "x"}', "not json"])
+def test_a_malformed_journal(encrypted_vm: Path, vmcrypt_cli, content: str) -> None:
+    (encrypted_vm / ".vm1.vmcrypt-journal").write_text(content)
+    before = snapshot(encrypted_vm)
+    for args in (["decrypt", str(encrypted_vm)], ["encrypt", str(encrypted_vm)], ["describe", str(encrypted_vm)]):
+        refused(vmcrypt_cli(*args), ".vm1.vmcrypt-journal", "the operation journal is unreadable")
+    assert snapshot(encrypted_vm) == before
+
+
+@pytest.mark.parametrize("change", [{"vm": 5}, {"vm": "../x"}, {"files": "x"}, {"files": [{"name": "a"}]},
+                                    {"encrypted": "yes"}, {"format": None}])
+def test_a_malformed_backup_manifest(tmp_path: Path, managed_home: Path, vmcrypt_cli, change: dict) -> None:
+    env = {"VMCRYPT_PASSWORD": "pw"}
+    archive = tmp_path / "vm1.tar"
+    vmcrypt_cli("--user", "admin", "backup", "vm1", str(archive), env=env, check=True)
+    forged = tmp_path / "forged.tar"
+    with tarfile.open(archive) as src, tarfile.open(forged, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if member.name == "manifest.json":
+                data = json.dumps({**json.loads(data), **change}).encode()
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+    vmcrypt_cli("--user", "admin", "vm", "delete", "vm1", env=env, check=True)
+    before = _files_of(tmp_path / "ds1")
+    refused(vmcrypt_cli("backup", "verify", str(forged)), str(forged), "the manifest is not readable")
+    refused(vmcrypt_cli("--user", "admin", "restore", str(forged), "--datastore", "ds1", env=env),
+            "the manifest is not readable")
+    assert _files_of(tmp_path / "ds1") == before
 
 
 # ----------------------------------------------------------------------------- 6. the vTPM child's environment

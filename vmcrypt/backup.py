@@ -4,7 +4,9 @@ Encrypted files go into the archive still encrypted, so a backup holds no
 plaintext and no key material; the manifest names the key provider and key id so
 a restore can check, before it writes anything, that the key is still there.
 A VM with a vTPM is only restorable with its .nvram: without it the TPM's seeds,
-EKs and NV data would be gone, so such an archive is refused.
+EKs and NV data would be gone, so such an archive is refused. A restored VM is
+checked against its encryption record (every listed file there and bound to the
+VM) before it is switched into place.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pathlib import Path
 from vmcrypt import container
 from vmcrypt.atomic import atomic_writer, fsync_directory
 from vmcrypt.errors import VmcryptError
+from vmcrypt.keyref import KeyReference
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
-from vmcrypt.vm_encryption import read_vmx
+from vmcrypt.vm_encryption import check_vm_files, read_vmx
 from vmcrypt.vm_lock import lock_vm
 
 FORMAT = 1
@@ -64,12 +67,40 @@ class Manifest:
     def from_json(cls, raw: bytes, archive: Path) -> "Manifest":
         try:
             body = json.loads(raw)
-            if body.pop("format") != FORMAT:
-                raise ValueError("unknown format")
-            files = tuple(BackupEntry(**e) for e in body.pop("files"))
-            return cls(**body, files=files)
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(body, dict):
+                raise ValueError(f"a JSON object was expected, not {type(body).__name__}")
+            if body.get("format") != FORMAT:
+                raise ValueError(f"unknown format {body.get('format')!r}")
+            expected = {"vm": str, "created": str, "encrypted": bool, "provider_id": (str, type(None)),
+                        "key_id": (str, type(None)), "vtpm": bool, "disks_included": bool, "files": list}
+            unknown = sorted(set(body) - set(expected) - {"format"})
+            if unknown:
+                raise ValueError(f"unexpected keys {', '.join(unknown)}")
+            for key, kind in expected.items():
+                if key not in body:
+                    raise ValueError(f"'{key}' is missing")
+                if not isinstance(body[key], kind):
+                    raise ValueError(f"'{key}' has the wrong type ({type(body[key]).__name__})")
+            if not _plain_name(body["vm"]):
+                raise ValueError(f"'vm' is not a VM name: {body['vm']!r}")
+            files = []
+            for entry in body["files"]:
+                if not (isinstance(entry, dict) and set(entry) == {"name", "size", "sha256"}
+                        and isinstance(entry["name"], str) and _plain_name(entry["name"])
+                        and isinstance(entry["size"], int) and not isinstance(entry["size"], bool) and entry["size"] >= 0
+                        and isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64):
+                    raise ValueError(f"unexpected file entry {entry!r}"[:200])
+                files.append(BackupEntry(entry["name"], entry["size"], entry["sha256"]))
+            body.pop("format")
+            body.pop("files")
+            return cls(**body, files=tuple(files))
+        except ValueError as exc:
             raise BackupError(f"the manifest is not readable ({exc})", archive) from None
+
+
+def _plain_name(name: str) -> bool:
+    """A file or VM name: no directory part, not hidden, not empty."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and name not in (".", "..")
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
@@ -180,8 +211,6 @@ def check_restorable(archive: str | os.PathLike[str], keys: KeyManager) -> Manif
     if manifest.vtpm and f"{manifest.vm}.nvram" not in names:
         raise BackupError("the VM has a vTPM but the archive has no .nvram: its TPM cannot be restored", archive)
     if manifest.encrypted:
-        from vmcrypt.keyref import KeyReference
-
         with tarfile.open(archive, mode="r") as tar:
             vmx = tar.extractfile(f"vm/{manifest.vm}.vmx").read().decode(errors="replace")
         keysafe = next((line.split("=", 1)[1].strip().strip('"') for line in vmx.splitlines()
@@ -211,6 +240,12 @@ def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str
                 with atomic_writer(staging / entry.name) as out:
                     while chunk := source.read(CHUNK):
                         out.write(chunk)
+        staged = VmHome(staging / f"{manifest.vm}.vmx")
+        with lock_vm(staged, "restore"):
+            # the restored VM as its encryption record describes it (disks only if they were backed up)
+            state = check_vm_files(staged, keys, skip=() if manifest.disks_included else (FileKind.DISK,))
+            if state.reference is not None and container.is_container(staged.nvram_path):
+                container.verify_file(staged.nvram_path, keys.unlock(state.reference))
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -218,7 +253,5 @@ def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # temp files included: nothing half-restored stays
         raise
-    vm = VmHome(target / f"{manifest.vm}.vmx")
-    if manifest.encrypted and container.is_container(vm.nvram_path):
-        container.verify_file(vm.nvram_path, keys.unlock(read_vmx(vm, None).reference))
-    return vm
+    return VmHome(target / f"{manifest.vm}.vmx")
+

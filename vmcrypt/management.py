@@ -27,10 +27,11 @@ from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege, missing_privileges
 from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
+from vmcrypt.suspend import discard_suspend_state, suspend_file
 from vmcrypt.vm import VmHome, VmSpec, create_vm
 from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vtpm_provision import set_vtpm_present
-from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm
+from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm, unlist_home_file
 
 if TYPE_CHECKING:
     from vmcrypt.backup import Manifest
@@ -449,8 +450,8 @@ class UserSession:
             if "serving on" in text:
                 return process.pid, port
             if process.poll() is not None:
-                raise VmError(f"the vTPM did not start: {text.strip().splitlines()[-1] if text.strip() else 'no output'}",
-                              vm.vmx_path)
+                last = text.strip().splitlines()[-1] if text.strip() else "no output"
+                raise VmError(f"the vTPM did not start: {last.removeprefix('error: vtpm serve: ')}", vm.vmx_path)
             time.sleep(0.05)
         process.kill()
         raise VmError("the vTPM did not start in time", vm.vmx_path)
@@ -484,6 +485,7 @@ class UserSession:
                 raise VmError("the VM is not suspended", vm.vmx_path)
             body = read_suspend_state(vm, self.m.keys)
             restore_tpm_state(vm, str(self.m.home), body)
+            unlist_home_file(vm, self.m.keys, suspend_file(vm))  # before the vTPM holds the VM's lock
             pid = port = None
             if record.vtpm:
                 pid, port = self._serve_vtpm(vm)
@@ -492,7 +494,7 @@ class UserSession:
                     if rc != 0:
                         _stop(pid)
                         raise VmError(f"the vTPM refused Startup(STATE) (response code 0x{rc:03x})", vm.vmx_path)
-            (vm.directory / f"{vm.name}.vmss").unlink()
+            suspend_file(vm).path.unlink()
             updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
             self.inventory.put_vm(updated)
             return updated
@@ -507,7 +509,7 @@ class UserSession:
             if record.vtpm_pid:
                 _stop(record.vtpm_pid)
             if record.power_state == "suspended":  # discards the suspended state: the next power on is cold
-                (vm.directory / f"{vm.name}.vmss").unlink(missing_ok=True)
+                discard_suspend_state(vm, self.m.keys)
             updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None})
             self.inventory.put_vm(updated)
             return updated

@@ -56,11 +56,12 @@ def take_snapshot(vm: VmHome, home: str) -> Snapshot:
             nvram = store.read_plain()
             body = {"format": FORMAT, "vm": vm.name, "nvram": base64.b64encode(nvram).decode(),
                     "taken": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-            write_home_json(VmFile(path, FileKind.SNAPSHOT_MEMORY), body, store.key)
+            write_home_json(vm, VmFile(path, FileKind.SNAPSHOT_MEMORY), body, store.key)
         return list_snapshots(vm)[-1]
 
 
 def revert_snapshot(vm: VmHome, keys: KeyManager, home: str, number: int | None = None) -> Snapshot:
+    """Write the snapshot's .nvram back, as a new (higher) generation: a revert is not a rollback."""
     with lock_vm(vm, "revert"):
         return _revert(vm, keys, home, number)
 
@@ -74,6 +75,8 @@ def _revert(vm: VmHome, keys: KeyManager, home: str, number: int | None) -> Snap
         raise VmError(f"the VM has no snapshot {number}", vm.vmx_path)
     body = read_home_json(vm, VmFile(chosen.path, FileKind.SNAPSHOT_MEMORY), keys, FORMAT, "snapshot")
     try:
+        if not isinstance(body.get("nvram"), str):
+            raise ValueError("no 'nvram' text")
         nvram = base64.b64decode(body["nvram"], validate=True)
     except (ValueError, KeyError, TypeError) as exc:
         raise VmError(f"the snapshot cannot be read ({exc})", chosen.path) from None

@@ -5,7 +5,8 @@ DEK (unwrapped through the key safe and the key provider); every change the
 TPM makes persistent rewrites it atomically. The EFI variable section and
 any other section are carried along unchanged. Opening holds the VM's lock
 (``vm_lock``) until closed: one vTPM per VM, and none while an operation
-changes the VM's files.
+changes the VM's files; it first checks the VM's files against its encryption
+record (``vm_record``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vm import FileKind, VmFile, VmHome
-from vmcrypt.vm_encryption import Journal, read_vmx
+from vmcrypt.vm_encryption import Journal, check_vm_files
 from vmcrypt.vm_lock import VTPM, VmLock, lock_vm
 from vtpm.state import StateError, TpmState
 from vtpm.storage import StateStoreError
@@ -31,15 +32,18 @@ from vtpm.storage import StateStoreError
 class VmNvramStore:
     """StateStore for ``vtpm serve --vm``: the vTPM section of the VM's (encrypted) .nvram."""
 
-    def __init__(self, home: VmHome, key: DataKey | None, *, lock: VmLock | None = None) -> None:
+    def __init__(self, home: VmHome, key: DataKey | None, *, vm_id: str = "", lock: VmLock | None = None) -> None:
         self.vm = home
         self.key = key
         self.nvram_file = VmFile(home.nvram_path, FileKind.NVRAM)
+        self._vm_id = vm_id
         self._vm_lock = lock
         self._nvram: Nvram | None = None  # other sections, read once while we hold the lock
 
     @classmethod
     def open(cls, vmx: str | os.PathLike[str], home: str | None = None) -> "VmNvramStore":
+        """Take the VM's lock (one vTPM per VM; none while an operation changes the VM), check the
+        VM's files, and unlock the VM's key."""
         vm = VmHome(vmx)
         lock = lock_vm(vm, VTPM)
         try:
@@ -51,10 +55,10 @@ class VmNvramStore:
             if not vm.nvram_path.exists():
                 raise VmError("the VM has no .nvram file", vm.nvram_path)
             keys = KeyManager(ProviderRegistry(resolve_home(home)))
-            reference = read_vmx(vm, None).reference
-            key = keys.unlock(reference) if reference is not None else None
+            state = check_vm_files(vm, keys)
+            key = keys.unlock(state.reference) if state.reference is not None else None
             lock.mark_vtpm(vm)
-            return cls(vm, key, lock=lock)
+            return cls(vm, key, vm_id=state.record.vm_id if state.record else "", lock=lock)
         except BaseException:
             lock.release()
             raise
@@ -95,10 +99,14 @@ class VmNvramStore:
         """Replace the whole .nvram (a snapshot being reverted), encrypted if the VM is."""
         nvram = Nvram.parse(data, str(self.vm.nvram_path))
         self._nvram = nvram
+        self._write(nvram.build())
+
+    def _write(self, data: bytes) -> None:
+        """The .nvram rewritten (encrypted if the VM is, bound to the VM)."""
         if self.key is None:
-            write_atomic(self.vm.nvram_path, nvram.build())
-        else:
-            container.write_file(self.vm.nvram_path, nvram.build(), self.key, label=self.nvram_file.label)
+            write_atomic(self.vm.nvram_path, data)
+            return
+        container.write_file(self.vm.nvram_path, data, self.key, label=self.nvram_file.label, vm_id=self._vm_id)
 
     def load(self) -> TpmState | None:
         self._nvram = self._read_nvram()
@@ -116,8 +124,5 @@ class VmNvramStore:
             self._nvram = self._read_nvram()
         nvram = self._nvram
         nvram.vtpm_state = raw
-        data = nvram.build()
-        if self.key is None:
-            write_atomic(self.vm.nvram_path, data)
-        else:
-            container.write_file(self.vm.nvram_path, data, self.key, label=self.nvram_file.label)
+        self._write(nvram.build())
+

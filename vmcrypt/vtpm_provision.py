@@ -125,7 +125,8 @@ def set_vtpm_present(vm: VmHome, keys: KeyManager, present: bool) -> None:
     with lock_vm(vm, "change the vTPM setting"):
         full = read_vmx(vm, keys)
         full.settings["vtpm.present"] = "TRUE" if present else "FALSE"
-        write_atomic(vm.vmx_path, render_vmx(full.settings, keys.unlock(full.reference) if full.reference else None))
+        write_atomic(vm.vmx_path, render_vmx(full.settings, keys.unlock(full.reference) if full.reference else None,
+                                             full.record))
 
 
 def _vm_tpm(store: VmNvramStore, vm: VmHome, *, persist: bool) -> tuple[Tpm, TpmClient]:
