@@ -4,6 +4,9 @@ and the management home tries, and what each attempt now gets.
 Inputs tried (each must be refused with one clear ``error:`` line or exception naming the file
 and why, every file left byte for byte as it was, and the legitimate path must still work):
 
+- rollback: an older ``.nvram`` copied back after NV writes or dictionary-attack failures, through
+  ``vtpm serve --vm`` and through the management plane's power-on (accepted only with
+  ``--accept-rollback``, audited); snapshot revert and backup restore are not rollbacks;
 - decrypt: a flipped container magic, a zero-byte, a deleted home file; another VM's ``.nvram``;
   ``namespacedb`` and ``vmware.log`` swapped; the ``encryption.data`` line deleted; a sensitive
   setting added in clear; a forged ``decrypt`` journal (a real interrupted decrypt still resumes);
@@ -35,11 +38,16 @@ import pytest
 from conftest import snapshot
 from test_vtpm_tools import tools
 from vmcrypt import container
+from vmcrypt.errors import RollbackError
+from vmcrypt.inventory import ROOT
 from vmcrypt.keyref import DataKey, KeyReference, WrapAlgorithm
-from vmcrypt.management import Management
+from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_lock import VmBusyError, lock_vm
 from vtpm_server import served
+
+ROLLED_BACK = "is older than the last saved generation"
+
 
 def refused(result, *phrases: str) -> str:
     """Exit 1, exactly one `error:` line holding every phrase, no traceback; returns the line."""
@@ -57,6 +65,10 @@ def serve_once(vmx: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "VMCRYPT_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "vtpm", "serve", "--vm", str(vmx), "--port", "1"],
                           capture_output=True, text=True, env=env, timeout=60)
+
+
+def generation(path: Path) -> int:
+    return container.read_header(path).generation
 
 
 @pytest.fixture
@@ -79,12 +91,154 @@ def encrypted_vm(tmp_path: Path, vmcrypt_cli) -> Path:
     return vm
 
 
+# ----------------------------------------------------------------------------- 1. rollback of the .nvram
+
+
+def test_rolled_back_nvram_is_refused_by_vtpm_serve(tmp_path: Path, home: Path, vtpm_vm: Path, vmcrypt_cli) -> None:
+    vmx, nvram = vtpm_vm / "vm1.vmx", vtpm_vm / "vm1.nvram"
+    old = nvram.read_bytes()
+    first = generation(nvram)
+    with served(["--vm", str(vmx), "--startup-clear"], tmp_path / "log1") as tpm:
+        tools(tpm, "tpm2_nvdefine", "0x1500070", "-C", "o", "-s", "8", "-a", "ownerread|ownerwrite")
+        tools(tpm, "tpm2_nvwrite", "0x1500070", "-C", "o", "-i", "-", stdin=b"NEWER!!!")
+    latest = generation(nvram)
+    assert latest >= first + 2  # every save is a new generation (Startup, define, write)
+    nvram.write_bytes(old)
+    before = snapshot(vtpm_vm)
+    refused(serve_once(vmx, home), str(nvram), f"generation {first} {ROLLED_BACK} {latest}",
+            "the file was rolled back")
+    assert snapshot(vtpm_vm) == before
+    info = vmcrypt_cli("describe", str(vtpm_vm), check=True)  # describing needs no key and changes nothing
+    assert info.returncode == 0 and snapshot(vtpm_vm) == before
+
+    # the administrator restored that copy on purpose: accept it, and the vTPM serves it (NV index gone)
+    accepted = json.loads(vmcrypt_cli("vtpm", "accept-rollback", str(vtpm_vm), "--json", check=True).stdout)
+    assert accepted["nvram_generation"] == first
+    with served(["--vm", str(vmx), "--startup-clear"], tmp_path / "log2") as tpm:
+        gone = tools(tpm, "tpm2_nvread", "0x1500070", "-C", "o", check=False)
+        assert gone.returncode != 0
+    assert generation(nvram) > first
+
+
+def _mgmt(home: Path, tmp_path: Path) -> Management:
+    m = Management(home)
+    m.bootstrap("admin", "pw")
+    m.inventory.add_user("nocrypto", "pw2")
+    m.inventory.grant(ROOT, "nocrypto", "No Cryptography Administrator")
+    admin = m.login("admin", "pw")
+    admin.add_datastore("ds1", tmp_path / "ds1")
+    admin.create_vm("ds1", "vm1")
+    admin.add_vtpm("vm1")
+    return m
+
+
+@pytest.fixture
+def mgmt(home: Path, tmp_path: Path):
+    m = _mgmt(home, tmp_path)
+    yield m
+    for record in m.inventory.vms():
+        if record.power_state == "on":
+            m.login("admin", "pw").power_off(record.name)
+    m.close()
+
+
 def _tpm(port: int, *args: str, stdin: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
     done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
     if check:
         assert done.returncode == 0, done.stderr.decode()
     return done
+
+
+def _failed_tries(vmx: Path, home: Path) -> int:
+    env = {**os.environ, "VMCRYPT_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-m", "vtpm", "info", "--vm", str(vmx), "--json"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return json.loads(out)["dictionary_attack"]["failed_tries"]
+
+
+def test_rolled_back_nvram_is_refused_at_power_on(mgmt: Management, home: Path) -> None:
+    admin = mgmt.login("admin", "pw")
+    nocrypto = mgmt.login("nocrypto", "pw2")
+    vmx = Path(mgmt.inventory.vm("vm1").vmx_path)
+    nvram = vmx.with_suffix(".nvram")
+    old = nvram.read_bytes()
+    on = admin.power_on("vm1")
+    _tpm(on.vtpm_port, "tpm2_startup", "-c")
+    _tpm(on.vtpm_port, "tpm2_nvdefine", "0x1500071", "-C", "o", "-s", "4", "-p", "right", "-a", "authread|authwrite")
+    for _ in range(2):  # dictionary-attack failures: the counter is part of the .nvram
+        assert _tpm(on.vtpm_port, "tpm2_nvread", "0x1500071", "-C", "0x1500071", "-P", "wrong",
+                    check=False).returncode != 0
+    admin.power_off("vm1")
+    assert _failed_tries(vmx, home) == 2
+    record = mgmt.inventory.vm("vm1")
+    assert record.nvram_generation == generation(nvram) > container.parse_header(old).generation
+
+    nvram.write_bytes(old)  # the hostile operator puts the older copy back
+    before = snapshot(vmx.parent)
+    audit_before = len(mgmt.inventory.audit_log())
+    with pytest.raises(RollbackError, match=f"vm1.nvram: generation .* {ROLLED_BACK} .*the file was rolled back"):
+        nocrypto.power_on("vm1")
+    assert snapshot(vmx.parent) == before and mgmt.inventory.vm("vm1").power_state == "off"
+    last = mgmt.inventory.audit_log()[-1]
+    assert len(mgmt.inventory.audit_log()) == audit_before + 1
+    assert (last.user, last.action, last.outcome) == ("nocrypto", "power on", "failed") and "rolled back" in last.detail
+    # accepting it needs more than power on: a No Cryptography Administrator may not
+    with pytest.raises(PermissionDenied, match="Cryptographer.ManageKeys"):
+        nocrypto.power_on("vm1", accept_rollback=True)
+    assert snapshot(vmx.parent) == before
+    # the key provider's record alone also refuses it (a vTPM started outside the management plane)
+    assert f"{ROLLED_BACK}" in serve_once(vmx, home).stderr
+    assert snapshot(vmx.parent) == before
+
+    on = admin.power_on("vm1", accept_rollback=True)
+    last = mgmt.inventory.audit_log()[-1]
+    assert (last.action, last.outcome) == ("power on accepting a rolled-back .nvram", "ok")
+    assert "accepted a rolled-back vm1.nvram" in last.detail
+    _tpm(on.vtpm_port, "tpm2_startup", "-c")
+    assert _tpm(on.vtpm_port, "tpm2_nvreadpublic", "0x1500071", check=False).returncode != 0
+    admin.power_off("vm1")
+    assert _failed_tries(vmx, home) == 0  # accepted: the older state is the VM's now
+    admin.power_on("vm1")  # and it is no rollback any more
+    admin.power_off("vm1")
+
+
+def test_revert_and_restore_are_new_generations(mgmt: Management, tmp_path: Path) -> None:
+    admin = mgmt.login("admin", "pw")
+    vmx = Path(mgmt.inventory.vm("vm1").vmx_path)
+    nvram = vmx.with_suffix(".nvram")
+    admin.snapshot("vm1")
+    on = admin.power_on("vm1")
+    _tpm(on.vtpm_port, "tpm2_startup", "-c")
+    _tpm(on.vtpm_port, "tpm2_nvdefine", "0x1500072", "-C", "o", "-s", "4", "-a", "ownerread|ownerwrite")
+    admin.power_off("vm1")
+    after_write = generation(nvram)
+    admin.revert("vm1")  # older content, written as a newer generation: not a rollback
+    assert generation(nvram) > after_write
+    on = admin.power_on("vm1")
+    _tpm(on.vtpm_port, "tpm2_startup", "-c")
+    assert _tpm(on.vtpm_port, "tpm2_nvreadpublic", "0x1500072", check=False).returncode != 0
+    admin.power_off("vm1")
+
+    archive = tmp_path / "vm1.tar"
+    admin.backup("vm1", archive, include_disks=False)
+    backed_up = generation(nvram)
+    on = admin.power_on("vm1")
+    _tpm(on.vtpm_port, "tpm2_startup", "-c")
+    _tpm(on.vtpm_port, "tpm2_nvdefine", "0x1500073", "-C", "o", "-s", "4", "-a", "ownerread|ownerwrite")
+    admin.power_off("vm1")
+    latest = nvram.read_bytes()
+    admin.delete_vm("vm1")
+    restored = admin.restore(archive, "ds1")  # an older state on purpose: it becomes the latest
+    assert generation(nvram) > container.parse_header(latest).generation > backed_up
+    assert restored.nvram_generation == generation(nvram)
+    on = admin.power_on("vm1")
+    _tpm(on.vtpm_port, "tpm2_startup", "-c")
+    assert _tpm(on.vtpm_port, "tpm2_nvreadpublic", "0x1500073", check=False).returncode != 0
+    admin.power_off("vm1")
+    nvram.write_bytes(latest)  # what was there before the restore is a rollback now
+    with pytest.raises(RollbackError):
+        admin.power_on("vm1")
 
 
 # ----------------------------------------------------------------------------- 2. decrypt refuses what is not the VM's

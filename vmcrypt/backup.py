@@ -6,7 +6,10 @@ a restore can check, before it writes anything, that the key is still there.
 A VM with a vTPM is only restorable with its .nvram: without it the TPM's seeds,
 EKs and NV data would be gone, so such an archive is refused. A restored VM is
 checked against its encryption record (every listed file there and bound to the
-VM) before it is switched into place.
+VM) before it is switched into place, and its .nvram is written back as a new
+generation above the one its key provider recorded: restoring an older state is
+an administrator's deliberate act, so that state becomes the latest, and copies
+of what was there before count as rolled back.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from vmcrypt.errors import VmcryptError
 from vmcrypt.keyref import KeyReference
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
-from vmcrypt.vm_encryption import check_vm_files, read_vmx
+from vmcrypt.vm_encryption import NVRAM_ROLE, check_vm_files, read_vmx
 from vmcrypt.vm_lock import lock_vm
 
 FORMAT = 1
@@ -245,7 +248,7 @@ def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str
             # the restored VM as its encryption record describes it (disks only if they were backed up)
             state = check_vm_files(staged, keys, skip=() if manifest.disks_included else (FileKind.DISK,))
             if state.reference is not None and container.is_container(staged.nvram_path):
-                container.verify_file(staged.nvram_path, keys.unlock(state.reference))
+                _renew_nvram(staged, keys, state.reference, state.record.vm_id if state.record else "")
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -255,3 +258,15 @@ def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str
         raise
     return VmHome(target / f"{manifest.vm}.vmx")
 
+
+def _renew_nvram(vm: VmHome, keys: KeyManager, reference: KeyReference, vm_id: str) -> None:
+    """Verify the restored .nvram and write it back as a generation above the latest its key provider
+    recorded, which becomes the new record: the restored state is the latest, not a rollback."""
+    key = keys.unlock(reference)
+    header = container.read_header(vm.nvram_path)
+    data = container.read_file(vm.nvram_path, key)
+    provider = keys.provider(reference.provider_id)
+    recorded = provider.generation(reference.key_id, NVRAM_ROLE) or 0
+    written = container.write_file(vm.nvram_path, data, key, label=VmFile(vm.nvram_path, FileKind.NVRAM).label,
+                                   vm_id=vm_id or header.vm_id, min_generation=max(recorded, header.generation) + 1)
+    provider.record_generation(reference.key_id, NVRAM_ROLE, written.generation)

@@ -21,6 +21,7 @@ from vmcrypt.home import resolve_home
 from vmcrypt.inventory import ROOT
 from vmcrypt.management import Management, UserSession
 from vmcrypt.rbac import Operation
+from vmcrypt.vm_vtpm import accept_nvram_rollback
 
 PASSWORD_ENV = "VMCRYPT_PASSWORD"
 NEW_PASSWORD_ENV = "VMCRYPT_NEW_PASSWORD"
@@ -134,7 +135,7 @@ def cmd_vm_list(args: argparse.Namespace) -> None:
 
 
 def cmd_power_on(args: argparse.Namespace) -> None:
-    record = session(args).power_on(args.name)
+    record = session(args).power_on(args.name, accept_rollback=args.accept_rollback)
     tcti = f"swtpm:host=127.0.0.1,port={record.vtpm_port}" if record.vtpm_port else None
     _emit(args, _vm_row(record), f"{record.name} powered on" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
 
@@ -252,6 +253,17 @@ def cmd_restore(args: argparse.Namespace) -> None:
     _emit(args, _vm_row(record), f"restored {record.name} into {record.datastore} and registered it")
 
 
+def cmd_vtpm_accept_rollback(args: argparse.Namespace) -> None:
+    """Accept the VM's .nvram as it is now as its latest state (after a deliberate restore of an older copy)."""
+    user = session(args, required=False)
+    if user is None:
+        generation = accept_nvram_rollback(args.path, args.home)
+    else:
+        generation = user.accept_rollback(user.vm_at(args.path).name)
+    _emit(args, {"vm": args.path, "nvram_generation": generation},
+          f"accepted the .nvram of {args.path} as it is (generation {generation})")
+
+
 def cmd_vtpm_remove(args: argparse.Namespace) -> None:
     record = session(args).remove_vtpm(args.name)
     _emit(args, _vm_row(record), f"removed the vTPM of {record.name}")
@@ -284,7 +296,6 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     reg.add_argument("path", help="the VM's .vmx file or directory")
     reg.add_argument("--datastore", required=True)
     for name, func, text in (("unregister", cmd_vm_unregister, "remove a VM from the inventory (files stay)"),
-                             ("power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)"),
                              ("power-off", cmd_power_off, "power off (stops the vTPM; its state is already on disk)"),
                              ("suspend", cmd_suspend, "suspend: the vTPM's saved state goes into the encrypted .vmss"),
                              ("resume", cmd_resume, "resume a suspended VM: the vTPM continues with its PCRs"),
@@ -292,6 +303,10 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
                              ("browse", cmd_browse, "list the VM's files on its datastore"),
                              ("snapshot", cmd_snapshot, "snapshot the VM's vTPM and EFI state into an encrypted .vmsn")):
         command(vm_commands, name, func, text).add_argument("name", help="the VM's inventory name")
+    power_on = command(vm_commands, "power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)")
+    power_on.add_argument("name", help="the VM's inventory name")
+    power_on.add_argument("--accept-rollback", action="store_true",
+                          help="accept a .nvram older than the last one saved (a deliberate restore); audited")
     delete = command(vm_commands, "delete", cmd_delete, "delete the VM: inventory entry and files")
     delete.add_argument("name", help="the VM's inventory name")
     delete.add_argument("--destroy-key", action="store_true",
@@ -315,3 +330,6 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     down.add_argument("--out", help="where to write it (default: the file name)")
     remove = command(vtpm_commands, "remove", cmd_vtpm_remove, "remove a VM's vTPM (its keys and NV data are gone)")
     remove.add_argument("name", help="the VM's inventory name")
+    accept = command(vtpm_commands, "accept-rollback", cmd_vtpm_accept_rollback,
+                     "accept a VM's .nvram that is older than the last one saved (a deliberate restore)")
+    accept.add_argument("path", help="the VM's .vmx file or directory")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from certs.ca import CertificateAuthority
-from vmcrypt.errors import VmcryptError, VmError
+from vmcrypt import container
+from vmcrypt.errors import RollbackError, VmcryptError, VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError, VmRecord
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
@@ -31,7 +32,7 @@ from vmcrypt.suspend import discard_suspend_state, suspend_file
 from vmcrypt.vm import VmHome, VmSpec, create_vm
 from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vtpm_provision import set_vtpm_present
-from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm, unlist_home_file
+from vmcrypt.vm_encryption import NVRAM_ROLE, decrypt_vm, encrypt_vm, read_vmx, rekey_vm, unlist_home_file
 
 if TYPE_CHECKING:
     from vmcrypt.backup import Manifest
@@ -80,6 +81,23 @@ class Management:
         return UserSession(self, user)
 
 
+def _nvram_generation(vm: VmHome, key_id: str | None, previous: VmRecord | None) -> int | None:
+    """The latest generation of the VM's encrypted .nvram under ``key_id`` that the inventory has seen:
+    what is on disk now or what it recorded before, whichever is higher (an older file does not lower it)."""
+    if key_id is None:
+        return None
+    seen = []
+    if previous is not None and previous.key_id == key_id and previous.nvram_generation is not None:
+        seen.append(previous.nvram_generation)
+    try:
+        header = container.read_header(vm.nvram_path)
+        if header.reference.key_id == key_id:
+            seen.append(header.generation)
+    except (OSError, VmcryptError):
+        pass
+    return max(seen) if seen else None
+
+
 def _describe_on_disk(vmx: Path, datastore: str, previous: VmRecord | None = None) -> VmRecord:
     vm = VmHome(vmx)
     state = read_vmx(vm, None)
@@ -92,6 +110,7 @@ def _describe_on_disk(vmx: Path, datastore: str, previous: VmRecord | None = Non
         vtpm=(settings.get("vtpm.present") or "").upper() == "TRUE",
         power_state=previous.power_state if previous else "off",
         vtpm_pid=previous.vtpm_pid if previous else None, vtpm_port=previous.vtpm_port if previous else None,
+        nvram_generation=_nvram_generation(vm, ref.key_id if ref else None, previous),
     )
 
 
@@ -107,8 +126,10 @@ class UserSession:
     # ------------------------------------------------------------------ the one gate
 
     def checked(self, operation: Operation, entity: tuple[str, str], encrypted: bool, action: Callable[[], T],
-                detail: str = "") -> T:
-        """Run ``action`` if this user holds what ``operation`` needs on ``entity``; audit the outcome."""
+                detail: str | Callable[[], str] = "") -> T:
+        """Run ``action`` if this user holds what ``operation`` needs on ``entity``; audit the outcome.
+
+        ``detail`` may be a function, asked after the action succeeded (what it did)."""
         label = f"{entity[0]} {entity[1]}".strip()
         missing = missing_privileges(self.inventory.privileges(self.user, entity), operation, encrypted)
         if missing:
@@ -120,7 +141,7 @@ class UserSession:
         except Exception as exc:
             self.inventory.audit(self.user, operation.value, label, "failed", str(exc))
             raise
-        self.inventory.audit(self.user, operation.value, label, "ok", detail)
+        self.inventory.audit(self.user, operation.value, label, "ok", detail() if callable(detail) else detail)
         return result
 
     def _vm(self, name: str) -> tuple[VmRecord, VmHome]:
@@ -412,21 +433,67 @@ class UserSession:
 
     # ------------------------------------------------------------------ power
 
-    def power_on(self, name: str) -> VmRecord:
+    def power_on(self, name: str, *, accept_rollback: bool = False) -> VmRecord:
+        """Serve the VM's vTPM. A rolled-back .nvram (older than the generation the inventory or the key
+        provider recorded) is refused, unless ``accept_rollback``: then it is accepted as the latest, audited."""
         record, vm = self._vm(name)
+        accepted = ""
 
         def act() -> VmRecord:
+            nonlocal accepted
             if record.power_state == "on":
                 raise VmError("the VM is already powered on", vm.vmx_path)
             if record.power_state == "suspended":
                 raise VmError("the VM is suspended: resume it (or discard its .vmss with power off)", vm.vmx_path)
             pid = port = None
+            generation = record.nvram_generation
             if record.vtpm:
+                accepted, generation = self._check_rollback(record, vm, accept_rollback)
                 pid, port = self._serve_vtpm(vm)
-            updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
+            updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port,
+                                  "nvram_generation": generation})
             self.inventory.put_vm(updated)
             return updated
-        return self.checked(Operation.POWER_ON, ("vm", name), record.encrypted, act)
+        operation = Operation.POWER_ON_ACCEPT_ROLLBACK if accept_rollback else Operation.POWER_ON
+        return self.checked(operation, ("vm", name), record.encrypted, act, detail=lambda: accepted)
+
+    def accept_rollback(self, name: str) -> int | None:
+        """Take the powered-off VM's .nvram as it is now as its latest state (audited); return its generation."""
+        record, vm = self._vm(name)
+        accepted = ""
+
+        def act() -> int | None:
+            nonlocal accepted
+            self._require_off(record)
+            accepted, generation = self._check_rollback(record, vm, True)
+            self.inventory.put_vm(VmRecord(**{**record.__dict__, "nvram_generation": generation}))
+            return generation
+        return self.checked(Operation.POWER_ON_ACCEPT_ROLLBACK, ("vm", name), record.encrypted, act,
+                            detail=lambda: accepted or "nothing to accept: the .nvram is the latest saved")
+
+    def _check_rollback(self, record: VmRecord, vm: VmHome, accept: bool) -> tuple[str, int | None]:
+        """Compare the .nvram's generation with the latest the inventory and the key provider recorded.
+        Returns (what was accepted, for the audit log; the generation to record)."""
+        reference = read_vmx(vm, None).reference
+        if reference is None or not container.is_container(vm.nvram_path):
+            return "", record.nvram_generation
+        header = container.read_header(vm.nvram_path)
+        if header.reference.key_id != reference.key_id:
+            return "", record.nvram_generation  # not the VM's key: the vTPM refuses it, saying why
+        provider = self.m.keys.provider(reference.provider_id)
+        recorded = [g for g in (record.nvram_generation if record.key_id == reference.key_id else None,
+                                provider.generation(reference.key_id, NVRAM_ROLE)) if g is not None]
+        latest = max(recorded, default=None)
+        if latest is None or header.generation >= latest:
+            return "", max(header.generation, latest or 0)
+        if not accept:
+            raise RollbackError(
+                f"generation {header.generation} is older than the last saved generation {latest}: the file was "
+                "rolled back (an older copy was put in its place); if that was deliberate, power on with "
+                "--accept-rollback", vm.nvram_path)
+        provider.record_generation(reference.key_id, NVRAM_ROLE, header.generation, allow_lower=True)
+        return (f"accepted a rolled-back {vm.nvram_path.name}: generation {header.generation}, "
+                f"last saved {latest}"), header.generation
 
     def _serve_vtpm(self, vm: VmHome) -> tuple[int, int]:
         """The VM's vTPM on the swtpm protocol, as its own process (like the VMX process would)."""
@@ -483,6 +550,8 @@ class UserSession:
         def act() -> VmRecord:
             if record.power_state != "suspended":
                 raise VmError("the VM is not suspended", vm.vmx_path)
+            if record.vtpm:
+                self._check_rollback(record, vm, False)
             body = read_suspend_state(vm, self.m.keys)
             restore_tpm_state(vm, str(self.m.home), body)
             unlist_home_file(vm, self.m.keys, suspend_file(vm))  # before the vTPM holds the VM's lock
@@ -510,7 +579,9 @@ class UserSession:
                 _stop(record.vtpm_pid)
             if record.power_state == "suspended":  # discards the suspended state: the next power on is cold
                 discard_suspend_state(vm, self.m.keys)
-            updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None})
+            seen = _describe_on_disk(vm.vmx_path, record.datastore, record)  # the generation the vTPM left
+            updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None,
+                                  "nvram_generation": seen.nvram_generation})
             self.inventory.put_vm(updated)
             return updated
         return self.checked(Operation.POWER_OFF, ("vm", name), record.encrypted, act)

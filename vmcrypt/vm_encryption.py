@@ -55,6 +55,7 @@ from vmcrypt.xts import CIPHER_NAME
 VMX_DATA_LABEL = "vmx-encryption-data"
 JOURNAL_FORMAT = 2
 JOURNAL_FORMATS = (1, 2)  # 1: no VM id, key list or MAC
+NVRAM_ROLE = FileKind.NVRAM.value  # the file whose high-water mark key providers keep
 
 # (file, bytes done, bytes total) -> None; called as files progress
 ProgressFn = Callable[[VmFile, int, int], None]
@@ -416,6 +417,10 @@ def _run_locked(
         if operation == Operation.ENCRYPT and not resumed and state.reference is None:
             _roll_back(home, keys, files, failure)
         raise
+    if target is not None and container.is_container(home.nvram_path):
+        # the .nvram's generation under its new key, outside the VM (see vm_vtpm: rollback detection)
+        keys.provider(target.reference.provider_id).record_generation(
+            target.reference.key_id, NVRAM_ROLE, container.read_header(home.nvram_path).generation)
     Journal.remove(home)
     return OperationResult(operation, changed, target.reference if target else None, resumed)
 
