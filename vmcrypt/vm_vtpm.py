@@ -28,7 +28,7 @@ from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vm import FileKind, VmFile, VmHome
-from vmcrypt.vm_encryption import NVRAM_ROLE, Journal, VmxState, check_vm_files, read_vmx
+from vmcrypt.vm_encryption import NVRAM_ROLE, Journal, VmxState, check_vm_files
 from vmcrypt.vm_lock import VTPM, VmLock, lock_vm
 from vtpm.state import StateError, TpmState
 from vtpm.storage import StateStoreError
