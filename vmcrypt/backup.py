@@ -4,7 +4,12 @@ Encrypted files go into the archive still encrypted, so a backup holds no
 plaintext and no key material; the manifest names the key provider and key id so
 a restore can check, before it writes anything, that the key is still there.
 A VM with a vTPM is only restorable with its .nvram: without it the TPM's seeds,
-EKs and NV data would be gone, so such an archive is refused.
+EKs and NV data would be gone, so such an archive is refused. A restored VM is
+checked against its encryption record (every listed file there and bound to the
+VM) before it is switched into place, and its .nvram is written back as a new
+generation above the one its key provider recorded: restoring an older state is
+an administrator's deliberate act, so that state becomes the latest, and copies
+of what was there before count as rolled back.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from vmcrypt.errors import VmcryptError
 from vmcrypt.keyref import KeyReference
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
-from vmcrypt.vm_encryption import read_vmx
+from vmcrypt.vm_encryption import NVRAM_ROLE, check_vm_files, read_vmx
+from vmcrypt.vm_lock import lock_vm
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -64,12 +70,40 @@ class Manifest:
     def from_json(cls, raw: bytes, archive: Path) -> "Manifest":
         try:
             body = json.loads(raw)
-            if body.pop("format") != FORMAT:
-                raise ValueError("unknown format")
-            files = tuple(BackupEntry(**e) for e in body.pop("files"))
-            return cls(**body, files=files)
-        except (ValueError, KeyError, TypeError) as exc:
+            if not isinstance(body, dict):
+                raise ValueError(f"a JSON object was expected, not {type(body).__name__}")
+            if body.get("format") != FORMAT:
+                raise ValueError(f"unknown format {body.get('format')!r}")
+            expected = {"vm": str, "created": str, "encrypted": bool, "provider_id": (str, type(None)),
+                        "key_id": (str, type(None)), "vtpm": bool, "disks_included": bool, "files": list}
+            unknown = sorted(set(body) - set(expected) - {"format"})
+            if unknown:
+                raise ValueError(f"unexpected keys {', '.join(unknown)}")
+            for key, kind in expected.items():
+                if key not in body:
+                    raise ValueError(f"'{key}' is missing")
+                if not isinstance(body[key], kind):
+                    raise ValueError(f"'{key}' has the wrong type ({type(body[key]).__name__})")
+            if not _plain_name(body["vm"]):
+                raise ValueError(f"'vm' is not a VM name: {body['vm']!r}")
+            files = []
+            for entry in body["files"]:
+                if not (isinstance(entry, dict) and set(entry) == {"name", "size", "sha256"}
+                        and isinstance(entry["name"], str) and _plain_name(entry["name"])
+                        and isinstance(entry["size"], int) and not isinstance(entry["size"], bool) and entry["size"] >= 0
+                        and isinstance(entry["sha256"], str) and len(entry["sha256"]) == 64):
+                    raise ValueError(f"unexpected file entry {entry!r}"[:200])
+                files.append(BackupEntry(entry["name"], entry["size"], entry["sha256"]))
+            body.pop("format")
+            body.pop("files")
+            return cls(**body, files=tuple(files))
+        except ValueError as exc:
             raise BackupError(f"the manifest is not readable ({exc})", archive) from None
+
+
+def _plain_name(name: str) -> bool:
+    """A file or VM name: no directory part, not hidden, not empty."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and name not in (".", "..")
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
@@ -85,6 +119,12 @@ def _hash_file(path: Path) -> tuple[int, str]:
 def backup_vm(vm: VmHome, keys: KeyManager, destination: str | os.PathLike[str], *, include_disks: bool = True,
               progress: ProgressFn | None = None) -> Manifest:
     """Write ``destination`` atomically: every VM file (disks unless excluded) and a manifest."""
+    with lock_vm(vm, "back up"):
+        return _backup(vm, keys, destination, include_disks, progress)
+
+
+def _backup(vm: VmHome, keys: KeyManager, destination: str | os.PathLike[str], include_disks: bool,
+            progress: ProgressFn | None) -> Manifest:
     state = read_vmx(vm, keys)
     has_vtpm = (state.settings.get("vtpm.present") or "").upper() == "TRUE"
     files = {vm.vmx_path: VmFile(vm.vmx_path, FileKind.CONFIG)}
@@ -203,6 +243,12 @@ def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str
                 with atomic_writer(staging / entry.name) as out:
                     while chunk := source.read(CHUNK):
                         out.write(chunk)
+        staged = VmHome(staging / f"{manifest.vm}.vmx")
+        with lock_vm(staged, "restore"):
+            # the restored VM as its encryption record describes it (disks only if they were backed up)
+            state = check_vm_files(staged, keys, skip=() if manifest.disks_included else (FileKind.DISK,))
+            if state.reference is not None and container.is_container(staged.nvram_path):
+                _renew_nvram(staged, keys, state.reference, state.record.vm_id if state.record else "")
         if target.exists():
             target.rmdir()
         staging.rename(target)
@@ -210,7 +256,17 @@ def restore_vm(archive: str | os.PathLike[str], directory: str | os.PathLike[str
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # temp files included: nothing half-restored stays
         raise
-    vm = VmHome(target / f"{manifest.vm}.vmx")
-    if manifest.encrypted and container.is_container(vm.nvram_path):
-        container.verify_file(vm.nvram_path, keys.unlock(read_vmx(vm, None).reference))
-    return vm
+    return VmHome(target / f"{manifest.vm}.vmx")
+
+
+def _renew_nvram(vm: VmHome, keys: KeyManager, reference: KeyReference, vm_id: str) -> None:
+    """Verify the restored .nvram and write it back as a generation above the latest its key provider
+    recorded, which becomes the new record: the restored state is the latest, not a rollback."""
+    key = keys.unlock(reference)
+    header = container.read_header(vm.nvram_path)
+    data = container.read_file(vm.nvram_path, key)
+    provider = keys.provider(reference.provider_id)
+    recorded = provider.generation(reference.key_id, NVRAM_ROLE) or 0
+    written = container.write_file(vm.nvram_path, data, key, label=VmFile(vm.nvram_path, FileKind.NVRAM).label,
+                                   vm_id=vm_id or header.vm_id, min_generation=max(recorded, header.generation) + 1)
+    provider.record_generation(reference.key_id, NVRAM_ROLE, written.generation)

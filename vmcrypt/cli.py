@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe_failure(args: argparse.Namespace) -> str:
     parts = [args.command]
-    for attr in ("vm_command", "provider_command", "vtpm_command", "ca_command"):
+    for attr in ("vm_command", "provider_command", "vtpm_command", "ca_command", "inventory_command"):
         if getattr(args, attr, None):
             parts.append(getattr(args, attr))
     if getattr(args, "path", None):

@@ -25,6 +25,7 @@ from vmcrypt.management import Management, UserSession
 from vmcrypt.progress import FileProgress
 from vmcrypt.rbac import Operation
 from vmcrypt.vm import VmHome
+from vmcrypt.vm_vtpm import accept_nvram_rollback
 
 PASSWORD_ENV = "VMCRYPT_PASSWORD"
 NEW_PASSWORD_ENV = "VMCRYPT_NEW_PASSWORD"
@@ -45,8 +46,9 @@ def _password(env: str, prompt: str) -> str:
     return getpass.getpass(prompt)
 
 
-def management(args: argparse.Namespace) -> Management:
-    return Management(resolve_home(args.home))
+def management(args: argparse.Namespace, *, create: bool = False) -> Management:
+    """The management home's inventory; only `inventory init` may create one (and only where there is none)."""
+    return Management(resolve_home(args.home), create_inventory=create)
 
 
 def session(args: argparse.Namespace, required: bool = True) -> UserSession | None:
@@ -87,7 +89,7 @@ def _vm_row(record: Any) -> dict[str, Any]:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
-    m = management(args)
+    m = management(args, create=True)
     m.bootstrap(args.admin, _password(PASSWORD_ENV, f"New password for {args.admin}: "))
     emit(args, {"admin": args.admin, "inventory": str(m.inventory.path)},
          f"inventory {m.inventory.path} created; {args.admin} is Administrator")
@@ -131,7 +133,7 @@ def cmd_vm_list(args: argparse.Namespace) -> None:
 
 
 def cmd_power_on(args: argparse.Namespace) -> None:
-    record = session(args).power_on(args.name)
+    record = session(args).power_on(args.name, accept_rollback=args.accept_rollback)
     tcti = f"swtpm:host=127.0.0.1,port={record.vtpm_port}" if record.vtpm_port else None
     emit(args, _vm_row(record), f"{record.name} powered on" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
 
@@ -192,7 +194,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
         source = session(args)
         target_user = args.to_user or args.user
         password = os.environ.get(TO_PASSWORD_ENV) or _password(PASSWORD_ENV, f"Password for {target_user} at {args.to_home}: ")
-        target = Management(args.to_home).login(target_user, password)
+        target = Management(args.to_home, create_inventory=False).login(target_user, password)
         record = source.migrate_to_home(args.name, target, args.datastore)
         emit(args, _vm_row(record), f"{record.name} migrated to {args.to_home} datastore {record.datastore}")
         return
@@ -243,6 +245,17 @@ def cmd_restore(args: argparse.Namespace) -> None:
     emit(args, _vm_row(record), f"restored {record.name} into {record.datastore} and registered it")
 
 
+def cmd_vtpm_accept_rollback(args: argparse.Namespace) -> None:
+    """Accept the VM's .nvram as it is now as its latest state (after a deliberate restore of an older copy)."""
+    user = session(args, required=False)
+    if user is None:
+        generation = accept_nvram_rollback(args.path, args.home)
+    else:
+        generation = user.accept_rollback(user.vm_at(args.path).name)
+    emit(args, {"vm": args.path, "nvram_generation": generation},
+         f"accepted the .nvram of {args.path} as it is (generation {generation})")
+
+
 def cmd_vtpm_remove(args: argparse.Namespace) -> None:
     record = session(args).remove_vtpm(args.name)
     emit(args, _vm_row(record), f"removed the vTPM of {record.name}")
@@ -275,7 +288,6 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     reg.add_argument("path", help="the VM's .vmx file or directory")
     reg.add_argument("--datastore", required=True)
     for name, func, text in (("unregister", cmd_vm_unregister, "remove a VM from the inventory (files stay)"),
-                             ("power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)"),
                              ("power-off", cmd_power_off, "power off (stops the vTPM; its state is already on disk)"),
                              ("suspend", cmd_suspend, "suspend: the vTPM's saved state goes into the encrypted .vmss"),
                              ("resume", cmd_resume, "resume a suspended VM: the vTPM continues with its PCRs"),
@@ -283,6 +295,10 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
                              ("browse", cmd_browse, "list the VM's files on its datastore"),
                              ("snapshot", cmd_snapshot, "snapshot the VM's vTPM and EFI state into an encrypted .vmsn")):
         command(vm_commands, name, func, text).add_argument("name", help="the VM's inventory name")
+    power_on = command(vm_commands, "power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)")
+    power_on.add_argument("name", help="the VM's inventory name")
+    power_on.add_argument("--accept-rollback", action="store_true",
+                          help="accept a .nvram older than the last one saved (a deliberate restore); audited")
     delete = command(vm_commands, "delete", cmd_delete, "delete the VM: inventory entry and files")
     delete.add_argument("name", help="the VM's inventory name")
     delete.add_argument("--destroy-key", action="store_true",
@@ -306,3 +322,6 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     down.add_argument("--out", help="where to write it (default: the file name)")
     remove = command(vtpm_commands, "remove", cmd_vtpm_remove, "remove a VM's vTPM (its keys and NV data are gone)")
     remove.add_argument("name", help="the VM's inventory name")
+    accept = command(vtpm_commands, "accept-rollback", cmd_vtpm_accept_rollback,
+                     "accept a VM's .nvram that is older than the last one saved (a deliberate restore)")
+    accept.add_argument("path", help="the VM's .vmx file or directory")

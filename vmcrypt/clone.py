@@ -20,6 +20,7 @@ from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram
 from vmcrypt.vm import VmHome, VmSpec, create_vm
 from vmcrypt.vm_encryption import encrypt_vm, read_vmx
+from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vm_vtpm import VmNvramStore
 from vmcrypt.vtpm_provision import add_vtpm, set_vtpm_present
 
@@ -30,6 +31,12 @@ def _plain_disk_size(path: Path) -> int:
 
 def clone_vm(source: VmHome, directory: Path, name: str, keys: KeyManager, ca: CertificateAuthority,
              *, exact: bool = False) -> VmHome:
+    with lock_vm(source, "clone"):
+        return _clone(source, directory, name, keys, ca, exact)
+
+
+def _clone(source: VmHome, directory: Path, name: str, keys: KeyManager, ca: CertificateAuthority,
+           exact: bool) -> VmHome:
     state = read_vmx(source, keys)
     settings = state.settings
     key = keys.unlock(state.reference) if state.reference else None

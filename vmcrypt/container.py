@@ -4,8 +4,8 @@ Layout (all integers big-endian)::
 
     header      magic "VMCRYPTC", format version, header length, cipher, MAC,
                 data-unit size, generation, plaintext length, salt, key check,
-                label, key reference (provider id, key id, wrap alg, wrapped DEK),
-                zero padding up to the header length
+                label, VM id (version 2), key reference (provider id, key id,
+                wrap alg, wrapped DEK), zero padding up to the header length
     ciphertext  AES-XTS-256 data units, tweak = unit index; the plaintext is
                 zero-padded to a multiple of 16 bytes so every unit is >= 16 B
     mac         HMAC-SHA-256 over header and ciphertext (absent for disks)
@@ -15,6 +15,11 @@ for the XTS key, the MAC key and a key check value: rewriting a file never
 reuses an XTS key/tweak pair, and a wrong key is told apart from tampering
 before any plaintext is produced. Encrypt-then-MAC: XTS alone does not
 detect modification.
+
+The label names the file's role (``nvram:vm1.nvram``) and, since format
+version 2, the VM id names the VM the file belongs to; both are covered by
+the MAC, so a reader that checks them notices a file swapped with another
+role's or copied from another VM. Version 1 files (no VM id) are still read.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ from vmcrypt.keyref import DataKey, KeyReference, WrapAlgorithm
 from vmcrypt.xts import XtsCipher
 
 MAGIC = b"VMCRYPTC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SALT_SIZE = 32
 CHECK_SIZE = 16
 MAC_SIZE = 32
@@ -76,9 +82,7 @@ _FIXED = cs.Struct(
     "header_length" / cs.Int32ub,
 )
 
-_HEADER_V1 = cs.Struct(
-    "magic" / cs.Const(MAGIC),
-    "version" / cs.Const(FORMAT_VERSION, cs.Int16ub),
+_COMMON_START = (
     "header_length" / cs.Int32ub,
     "cipher" / cs.Int16ub,
     "mac" / cs.Int16ub,
@@ -88,11 +92,24 @@ _HEADER_V1 = cs.Struct(
     "salt" / cs.Bytes(SALT_SIZE),
     "key_check" / cs.Bytes(CHECK_SIZE),
     "label" / cs.PascalString(cs.Int16ub, "utf8"),
+)
+_KEY_REFERENCE = (
     "provider_id" / cs.PascalString(cs.Int16ub, "utf8"),
     "key_id" / cs.PascalString(cs.Int16ub, "utf8"),
     "wrap_algorithm" / cs.Int8ub,
     "wrapped_dek" / cs.Prefixed(cs.Int16ub, cs.GreedyBytes),
+)
+_HEADER_V1 = cs.Struct(
+    "magic" / cs.Const(MAGIC), "version" / cs.Const(1, cs.Int16ub), *_COMMON_START, *_KEY_REFERENCE
 ).compile()
+_HEADER_V2 = cs.Struct(
+    "magic" / cs.Const(MAGIC),
+    "version" / cs.Const(2, cs.Int16ub),
+    *_COMMON_START,
+    "vm_id" / cs.PascalString(cs.Int16ub, "utf8"),
+    *_KEY_REFERENCE,
+).compile()
+_HEADERS = {1: _HEADER_V1, 2: _HEADER_V2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +127,7 @@ class ContainerHeader:
     cipher: Cipher = Cipher.AES_XTS_256
     header_length: int = 0
     version: int = FORMAT_VERSION
+    vm_id: str = ""  # the VM the file belongs to ("" for files of no VM, and in version 1)
 
     @property
     def ciphertext_length(self) -> int:
@@ -121,8 +139,9 @@ class ContainerHeader:
         return self.header_length + self.ciphertext_length + mac
 
     def encode(self, align: int = 0) -> bytes:
-        """Serialise, padding with zeros to a multiple of ``align`` if given."""
+        """Serialise in the current format version, padding with zeros to a multiple of ``align`` if given."""
         fields = dict(
+            vm_id=self.vm_id,
             header_length=0,
             cipher=int(self.cipher),
             mac=int(self.mac),
@@ -137,11 +156,11 @@ class ContainerHeader:
             wrap_algorithm=int(self.reference.wrap_algorithm),
             wrapped_dek=self.reference.wrapped_dek,
         )
-        length = len(_HEADER_V1.build(fields))
+        length = len(_HEADER_V2.build(fields))
         if align:
             length = -(-length // align) * align
         fields["header_length"] = length
-        raw = _HEADER_V1.build(fields)
+        raw = _HEADER_V2.build(fields)
         return raw + bytes(length - len(raw))
 
 
@@ -181,9 +200,10 @@ def parse_header(raw: bytes, name: str | os.PathLike[str] = "<memory>") -> Conta
     fixed = _FIXED.parse(raw)
     if fixed.magic != MAGIC:
         raise NotEncryptedError("not an encrypted vmcrypt file", name)
-    if fixed.version != FORMAT_VERSION:
+    if fixed.version not in READABLE_VERSIONS:
         raise UnsupportedFormatError(
-            f"format version {fixed.version} is not supported (this build reads version {FORMAT_VERSION})",
+            f"format version {fixed.version} is not supported (this build reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})",
             name,
         )
     if not _FIXED.sizeof() < fixed.header_length <= MAX_HEADER:
@@ -191,7 +211,7 @@ def parse_header(raw: bytes, name: str | os.PathLike[str] = "<memory>") -> Conta
     if len(raw) < fixed.header_length:
         raise TruncatedError(f"file ends inside the header ({len(raw)} of {fixed.header_length} bytes)", name)
     try:
-        parsed = _HEADER_V1.parse(raw[: fixed.header_length])
+        parsed = _HEADERS[fixed.version].parse(raw[: fixed.header_length])
         reference = KeyReference(
             parsed.provider_id, parsed.key_id, WrapAlgorithm(parsed.wrap_algorithm), parsed.wrapped_dek
         )
@@ -215,6 +235,8 @@ def parse_header(raw: bytes, name: str | os.PathLike[str] = "<memory>") -> Conta
         mac=mac,
         cipher=cipher,
         header_length=fixed.header_length,
+        version=fixed.version,
+        vm_id=parsed.get("vm_id", ""),
     )
 
 
@@ -279,6 +301,7 @@ def encrypt_stream(
     mac: Mac = Mac.HMAC_SHA256,
     header_align: int = 0,
     progress: ProgressCallback | None = None,
+    vm_id: str = "",
 ) -> ContainerHeader:
     """Encrypt ``plaintext_length`` bytes from ``src`` into a container written to ``dst``."""
     _check_unit_size(unit_size)
@@ -293,6 +316,7 @@ def encrypt_stream(
         label=label,
         reference=key.reference,
         mac=mac,
+        vm_id=vm_id,
     )
     raw_header = header.encode(header_align)
     header = dataclasses.replace(header, header_length=len(raw_header))
@@ -321,10 +345,14 @@ def encrypt_stream(
     return header
 
 
-def encrypt_bytes(plaintext: bytes, key: DataKey, *, label: str, unit_size: int = DEFAULT_UNIT_SIZE) -> bytes:
+def encrypt_bytes(
+    plaintext: bytes, key: DataKey, *, label: str, unit_size: int = DEFAULT_UNIT_SIZE, vm_id: str = ""
+) -> bytes:
     """Encrypt a small value in memory (e.g. the ``encryption.data`` of a ``.vmx``)."""
     out = io.BytesIO()
-    encrypt_stream(io.BytesIO(plaintext), out, key, label=label, plaintext_length=len(plaintext), unit_size=unit_size)
+    encrypt_stream(
+        io.BytesIO(plaintext), out, key, label=label, plaintext_length=len(plaintext), unit_size=unit_size, vm_id=vm_id
+    )
     return out.getvalue()
 
 
@@ -346,8 +374,14 @@ def write_file(
     header_align: int = 0,
     mode: int | None = None,
     progress: ProgressCallback | None = None,
+    vm_id: str = "",
+    min_generation: int = 1,
 ) -> ContainerHeader:
-    """Atomically replace ``path`` with an encrypted container of ``data`` (bytes or a readable file)."""
+    """Atomically replace ``path`` with an encrypted container of ``data`` (bytes or a readable file).
+
+    The new file's generation is one more than the file it replaces, and at least
+    ``min_generation`` (a caller that knows a later generation than the file on disk shows).
+    """
     target = Path(path)
     if isinstance(data, (bytes, bytearray, memoryview)):
         src: BinaryIO = io.BytesIO(data)
@@ -355,7 +389,7 @@ def write_file(
     else:
         src = data
         length = os.fstat(data.fileno()).st_size - data.tell()
-    generation = _next_generation(target)
+    generation = max(_next_generation(target), min_generation)
     with atomic_writer(target, mode) as dst:
         return encrypt_stream(
             src,
@@ -368,6 +402,7 @@ def write_file(
             mac=mac,
             header_align=header_align,
             progress=progress,
+            vm_id=vm_id,
         )
 
 
@@ -486,8 +521,12 @@ def recrypt_file(
     new_key: DataKey,
     *,
     progress: ProgressCallback | None = None,
+    vm_id: str | None = None,
 ) -> ContainerHeader:
     """Move an encrypted file to ``new_key``, atomically, streaming.
+
+    The new header is written in the current format version, with ``vm_id`` when given
+    (a version 1 file gains its VM id this way) and the old one otherwise.
 
     Same DEK under a new reference (shallow rekey): the ciphertext is copied
     as is and only the header and MAC change. Different DEK (deep rekey): each
@@ -500,7 +539,8 @@ def recrypt_file(
         salt = old.salt if same_dek else secrets.token_bytes(SALT_SIZE)
         new_keys = old_keys if same_dek else _derive(new_key.dek, salt)
         new = dataclasses.replace(
-            old, generation=old.generation + 1, salt=salt, key_check=new_keys.key_check, reference=new_key.reference
+            old, generation=old.generation + 1, salt=salt, key_check=new_keys.key_check, reference=new_key.reference,
+            version=FORMAT_VERSION, vm_id=old.vm_id if vm_id is None else vm_id,
         )
         align = DISK_HEADER_ALIGN if old.header_length % DISK_HEADER_ALIGN == 0 else 0
         raw_new = new.encode(align)

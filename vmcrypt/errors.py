@@ -59,3 +59,7 @@ class VmError(VmcryptError):
 
 class InterruptedOperationError(VmError):
     """An earlier operation on this VM did not finish; it must be resumed or rolled back."""
+
+
+class RollbackError(VmError):
+    """A file is older than the latest generation recorded for it: an older copy was put back."""

@@ -1,8 +1,10 @@
 """Small JSON documents kept as VM home files (.vmsn, .vmss): encrypted when the VM is.
 
-Written under the VM's DEK with the file's own label (so they cannot be swapped
-for another file), or in clear for an unencrypted VM; read back with a format
-check. Deep rekey, encrypt and decrypt treat them like every other home file.
+Written under the VM's DEK with the file's own label and the VM's id (so they cannot
+be swapped for another file or copied from another VM) and added to the VM's
+encryption record; or in clear for an unencrypted VM. Read back with those checks
+and a format check. Deep rekey, encrypt and decrypt treat them like every other
+home file.
 """
 
 from __future__ import annotations
@@ -16,24 +18,31 @@ from vmcrypt.errors import VmError
 from vmcrypt.keyref import DataKey
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import VmFile, VmHome
-from vmcrypt.vm_encryption import read_vmx
+from vmcrypt.vm_encryption import read_vmx, set_listed
+from vmcrypt.vm_record import check_binding
 
 
-def write_home_json(target: VmFile, body: dict[str, Any], key: DataKey | None) -> None:
+def write_home_json(vm: VmHome, target: VmFile, body: dict[str, Any], key: DataKey | None) -> None:
     raw = json.dumps(body).encode()
     if key is None:
         write_atomic(target.path, raw)
-    else:
-        container.write_file(target.path, raw, key, label=target.label)
+        return
+    record = read_vmx(vm, None, key=key).record
+    container.write_file(target.path, raw, key, label=target.label, vm_id=record.vm_id if record else "")
+    set_listed(vm, key, target, True)
 
 
 def read_home_json(vm: VmHome, target: VmFile, keys: KeyManager, fmt: int, what: str) -> dict[str, Any]:
-    """The document, or VmError naming the file: wrong key, damage and unknown formats alike."""
+    """The document, or VmError naming the file: wrong key, another file or VM, damage and unknown formats alike."""
+    state = read_vmx(vm, keys)
     if container.is_container(target.path):
-        reference = read_vmx(vm, None).reference
-        if reference is None:
+        if state.reference is None:
             raise VmError(f"the {what} is encrypted but the VM has no key safe", target.path)
-        raw = container.read_file(target.path, keys.unlock(reference))
+        check_binding(target, container.read_header(target.path), state.record.vm_id if state.record else None,
+                      {state.reference})
+        raw = container.read_file(target.path, keys.unlock(state.reference))
+    elif state.reference is not None:
+        raise VmError(f"the {what} is not encrypted, but the VM is: it was damaged or replaced", target.path)
     else:
         raw = target.path.read_bytes()
     try:

@@ -6,11 +6,20 @@ Permissions follow vSphere: a permission on an object applies to it and, when
 ``propagate`` is set, to its children; the permission nearest to the object
 wins, and at one level a user's own permission beats its groups'. The audit log
 is append-only (triggers refuse UPDATE and DELETE).
+
+An inventory is created once, whole (built under a temporary name, then linked
+into place), and never re-created over an existing file: opening refuses an
+empty, truncated or damaged file (SQLite integrity check), one without the
+inventory's tables, triggers and built-in roles, or a newer schema, naming the
+file and why. Only ``create=True`` (``inventory init``, the API) makes a new one,
+and only where none exists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
 import hashlib
 import hmac
 import json
@@ -20,6 +29,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from durable.atomic import fsync_directory
 from vmcrypt.errors import VmcryptError
 from vmcrypt.rbac import BUILTIN_ROLES, TRUSTED_ADMINS_GROUP, Privilege, Role
 
@@ -54,6 +64,10 @@ MIGRATIONS = [
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TABLE console_tickets (digest BLOB PRIMARY KEY, vm TEXT NOT NULL, user TEXT NOT NULL, expires TEXT NOT NULL);
     """,
+    # 2: the latest generation of each VM's encrypted .nvram seen by the management plane (rollback detection)
+    """
+    ALTER TABLE vms ADD COLUMN nvram_generation INTEGER;
+    """,
 ]
 
 
@@ -75,6 +89,7 @@ class VmRecord:
     power_state: str
     vtpm_pid: int | None
     vtpm_port: int | None
+    nvram_generation: int | None = None  # latest generation of the encrypted .nvram under key_id
 
 
 @dataclass(frozen=True)
@@ -96,15 +111,67 @@ def _hash_password(password: str, salt: bytes, params: dict[str, int]) -> bytes:
 
 
 class Inventory:
-    def __init__(self, home: str | os.PathLike[str]) -> None:
+    def __init__(self, home: str | os.PathLike[str], *, create: bool = True) -> None:
+        """Open the inventory of ``home``; ``create``: make a new one if (and only if) there is none."""
         self.path = Path(home) / DB_FILE
+        if not self.path.exists():
+            if not create:
+                raise InventoryError(f"there is no inventory in {self.path.parent}: "
+                                     "create one with 'vmcrypt inventory init --admin NAME'")
+            self._create()
+        self.db = self._open()
+
+    def _create(self) -> None:
+        """Build a complete new inventory under a temporary name, then link it into place."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA foreign_keys = ON")
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self._migrate()
+        temp = self.path.with_name(f".{DB_FILE}.creating-{secrets.token_hex(6)}")
+        os.close(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self.db = sqlite3.connect(temp, isolation_level=None)
+            try:
+                self._migrate()
+            finally:
+                self.db.close()
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileExistsError):  # another process created one first: use that
+                os.link(temp, self.path)
+            fsync_directory(self.path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path.stat().st_size == 0:
+            raise InventoryError("is empty (0 bytes): it was truncated or replaced. An existing inventory is never "
+                                 "re-created (that would drop its users, roles and audit log): restore it from a backup",
+                                 self.path)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                raise InventoryError(f"is damaged (SQLite integrity check: {problems[0]})", self.path)
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version == 0:
+                raise InventoryError("is an SQLite database but not an inventory (no schema version)", self.path)
+            if version > len(MIGRATIONS):
+                raise InventoryError(
+                    f"the inventory has schema version {version}; this build knows up to {len(MIGRATIONS)}", self.path)
+            _check_schema(db, version, self.path)
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA journal_mode = WAL")
+            self.db = db
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise InventoryError(f"is not a readable inventory ({exc})", self.path) from None
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         self.db.close()
@@ -245,10 +312,10 @@ class Inventory:
         self.db.execute("INSERT OR IGNORE INTO hosts (name) VALUES (?)", (name,))
 
     def put_vm(self, record: VmRecord) -> None:
-        self.db.execute("INSERT OR REPLACE INTO vms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.db.execute("INSERT OR REPLACE INTO vms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (record.name, record.vmx_path, record.datastore, record.hw_version, record.firmware,
                          int(record.encrypted), record.provider_id, record.key_id, int(record.vtpm),
-                         record.power_state, record.vtpm_pid, record.vtpm_port))
+                         record.power_state, record.vtpm_pid, record.vtpm_port, record.nvram_generation))
 
     def vm(self, name: str) -> VmRecord:
         row = self.db.execute("SELECT * FROM vms WHERE name = ?", (name,)).fetchone()
@@ -294,8 +361,47 @@ class Inventory:
 
 
 def _vm_record(row: tuple) -> VmRecord:
-    (name, vmx, datastore, hw, firmware, encrypted, provider, key, vtpm, power, pid, port) = row
-    return VmRecord(name, vmx, datastore, hw, firmware, bool(encrypted), provider, key, bool(vtpm), power, pid, port)
+    (name, vmx, datastore, hw, firmware, encrypted, provider, key, vtpm, power, pid, port, generation) = row
+    return VmRecord(name, vmx, datastore, hw, firmware, bool(encrypted), provider, key, bool(vtpm), power, pid, port,
+                    generation)
+
+
+@functools.cache
+def _expected_schema(version: int) -> tuple[list[tuple[str, str]], dict[str, list[tuple]]]:
+    db = sqlite3.connect(":memory:")
+    try:
+        for script in MIGRATIONS[:version]:
+            for statement in _statements(script):
+                db.execute(statement)
+        return _schema_of(db)
+    finally:
+        db.close()
+
+
+def _schema_of(db: sqlite3.Connection) -> tuple[list[tuple[str, str]], dict[str, list[tuple]]]:
+    """(type, name) of every table, index and trigger, and each table's columns."""
+    objects = sorted(db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
+    columns = {name: [tuple(row[1:6]) for row in db.execute(f"PRAGMA table_info('{name}')")]
+               for kind, name in objects if kind == "table"}
+    return objects, columns
+
+
+def _check_schema(db: sqlite3.Connection, version: int, path: Path) -> None:
+    """The tables, columns and triggers schema ``version`` has, and the built-in roles."""
+    objects, columns = _schema_of(db)
+    want_objects, want_columns = _expected_schema(version)
+    missing = [f"{kind} {name}" for kind, name in want_objects if (kind, name) not in objects]
+    changed = [name for name, cols in want_columns.items() if name in columns and columns[name] != cols]
+    if missing or changed:
+        what = "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
+                                        f"changed table {', '.join(changed)}" if changed else ""]))
+        raise InventoryError(f"does not have the inventory's schema version {version} ({what}): it was tampered with "
+                             "or damaged; restore it from a backup", path)
+    roles = {row[0] for row in db.execute("SELECT name FROM roles WHERE builtin = 1")}
+    absent = sorted(set(BUILTIN_ROLES) - roles)
+    if absent:
+        raise InventoryError(f"lacks the built-in roles {', '.join(absent)}: it was tampered with; restore it from a "
+                             "backup", path)
 
 
 def _statements(script: str) -> list[str]:

@@ -19,31 +19,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from vmcrypt import vtpm_command
+from vmcrypt import container, vtpm_command
 from vmcrypt.backup import Manifest, backup_vm, check_restorable, restore_vm
 from vmcrypt.ca_keys import open_ca
 from vmcrypt.clone import clone_vm
-from vmcrypt.errors import VmcryptError, VmError
+from vmcrypt.errors import RollbackError, VmcryptError, VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError, VmRecord
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege, missing_privileges
 from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
 from vmcrypt.suspend import (
+    discard_suspend_state,
     read_suspend_state,
     restore_tpm_state,
     resume_tpm_state,
     save_tpm_state,
+    suspend_file,
     write_suspend_state,
 )
 from vmcrypt.vm import VmHome, VmSpec, create_vm
-from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, read_vmx, rekey_vm
+from vmcrypt.vm_encryption import NVRAM_ROLE, decrypt_vm, encrypt_vm, read_vmx, rekey_vm, unlist_home_file
+from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vm_vtpm import VmNvramStore
 from vmcrypt.vtpm_provision import add_vtpm, set_vtpm_present
 from vtpm.server.sockets import free_port_pair
 
 CONSOLE_TICKET_LIFETIME = datetime.timedelta(minutes=2)
 POWER_ON_TIMEOUT = 30.0
+# What a vTPM process gets from our environment: nothing secret (no $VMCRYPT_PASSWORD, no passphrases).
+CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "TMPDIR")
 T = TypeVar("T")
 
 
@@ -57,9 +62,10 @@ class PermissionDenied(VmcryptError):
 
 
 class Management:
-    def __init__(self, home: str | os.PathLike[str]) -> None:
+    def __init__(self, home: str | os.PathLike[str], *, create_inventory: bool = True) -> None:
+        """``create_inventory=False``: refuse a home without an inventory instead of starting an empty one."""
         self.home = Path(home)
-        self.inventory = Inventory(self.home)
+        self.inventory = Inventory(self.home, create=create_inventory)
         self.keys = KeyManager(ProviderRegistry(self.home))
         self.ca = open_ca(self.home, self.keys)
 
@@ -83,6 +89,23 @@ class Management:
         return UserSession(self, user)
 
 
+def _nvram_generation(vm: VmHome, key_id: str | None, previous: VmRecord | None) -> int | None:
+    """The latest generation of the VM's encrypted .nvram under ``key_id`` that the inventory has seen:
+    what is on disk now or what it recorded before, whichever is higher (an older file does not lower it)."""
+    if key_id is None:
+        return None
+    seen = []
+    if previous is not None and previous.key_id == key_id and previous.nvram_generation is not None:
+        seen.append(previous.nvram_generation)
+    try:
+        header = container.read_header(vm.nvram_path)
+        if header.reference.key_id == key_id:
+            seen.append(header.generation)
+    except (OSError, VmcryptError):
+        pass
+    return max(seen) if seen else None
+
+
 def _describe_on_disk(vmx: Path, datastore: str, previous: VmRecord | None = None) -> VmRecord:
     vm = VmHome(vmx)
     state = read_vmx(vm, None)
@@ -95,6 +118,7 @@ def _describe_on_disk(vmx: Path, datastore: str, previous: VmRecord | None = Non
         vtpm=(settings.get("vtpm.present") or "").upper() == "TRUE",
         power_state=previous.power_state if previous else "off",
         vtpm_pid=previous.vtpm_pid if previous else None, vtpm_port=previous.vtpm_port if previous else None,
+        nvram_generation=_nvram_generation(vm, ref.key_id if ref else None, previous),
     )
 
 
@@ -110,8 +134,10 @@ class UserSession:
     # ------------------------------------------------------------------ the one gate
 
     def checked(self, operation: Operation, entity: tuple[str, str], encrypted: bool, action: Callable[[], T],
-                detail: str = "") -> T:
-        """Run ``action`` if this user holds what ``operation`` needs on ``entity``; audit the outcome."""
+                detail: str | Callable[[], str] = "") -> T:
+        """Run ``action`` if this user holds what ``operation`` needs on ``entity``; audit the outcome.
+
+        ``detail`` may be a function, asked after the action succeeded (what it did)."""
         label = f"{entity[0]} {entity[1]}".strip()
         missing = missing_privileges(self.inventory.privileges(self.user, entity), operation, encrypted)
         if missing:
@@ -123,7 +149,7 @@ class UserSession:
         except Exception as exc:
             self.inventory.audit(self.user, operation.value, label, "failed", str(exc))
             raise
-        self.inventory.audit(self.user, operation.value, label, "ok", detail)
+        self.inventory.audit(self.user, operation.value, label, "ok", detail() if callable(detail) else detail)
         return result
 
     def _vm(self, name: str) -> tuple[VmRecord, VmHome]:
@@ -216,15 +242,16 @@ class UserSession:
                 raise VmError(f"{target} already exists", target)
             if datastore == record.datastore:
                 raise VmError(f"the VM is already on datastore '{datastore}'", vm.vmx_path)
-            staging = target.with_name(f".{target.name}.migrating")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(vm.directory, staging)  # the source stays whole until the copy is complete
-            staging.rename(target)
-            moved = _describe_on_disk(target / vm.vmx_path.name, datastore, record)
-            self.inventory.put_vm(moved)
-            if moved.vtpm:
-                self.m.ca.relocate_vm(record.vmx_path, moved.vmx_path)
-            shutil.rmtree(vm.directory)
+            with lock_vm(vm, "migrate"):
+                staging = target.with_name(f".{target.name}.migrating")
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(vm.directory, staging)  # the source stays whole until the copy is complete
+                staging.rename(target)
+                moved = _describe_on_disk(target / vm.vmx_path.name, datastore, record)
+                self.inventory.put_vm(moved)
+                if moved.vtpm:
+                    self.m.ca.relocate_vm(record.vmx_path, moved.vmx_path)
+                shutil.rmtree(vm.directory)
             return moved
         return self.checked(Operation.MIGRATE, ("vm", name), record.encrypted, act, detail=f"to {datastore}")
 
@@ -271,17 +298,18 @@ class UserSession:
             destination = target.inventory.datastore_path(datastore) / vm.directory.name
             if destination.exists():
                 raise VmError(f"{destination} already exists", destination)
-            staging = destination.with_name(f".{destination.name}.migrating")
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(vm.directory, staging)
-            staging.rename(destination)
-            try:
-                moved = target.register_vm(destination / vm.vmx_path.name, datastore)
-            except BaseException:
-                shutil.rmtree(destination, ignore_errors=True)
-                raise
-            self.inventory.remove_vm(name)
-            shutil.rmtree(vm.directory)
+            with lock_vm(vm, "migrate"):
+                staging = destination.with_name(f".{destination.name}.migrating")
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(vm.directory, staging)
+                staging.rename(destination)
+                try:
+                    moved = target.register_vm(destination / vm.vmx_path.name, datastore)
+                except BaseException:
+                    shutil.rmtree(destination, ignore_errors=True)
+                    raise
+                self.inventory.remove_vm(name)
+                shutil.rmtree(vm.directory)
             return moved
         return self.checked(Operation.MIGRATE_AWAY, ("vm", name), record.encrypted, act,
                             detail=f"to {target.m.home} datastore {datastore}")
@@ -296,7 +324,8 @@ class UserSession:
 
         def act() -> None:
             self._require_off(record)
-            shutil.rmtree(vm.directory)
+            with lock_vm(vm, "delete"):
+                shutil.rmtree(vm.directory)
             self.inventory.remove_vm(name)
             if destroy_key and record.provider_id and record.key_id:
                 self.m.keys.registry.get(record.provider_id).destroy_key(record.key_id)
@@ -364,10 +393,11 @@ class UserSession:
             self._require_off(record)
             if not record.vtpm:
                 raise VmError("the VM has no vTPM", vm.vmx_path)
-            with VmNvramStore.open(vm.vmx_path, home=str(self.m.home)) as store:
-                store.load()
-                store.save(None)
-            set_vtpm_present(vm, self.m.keys, False)
+            with lock_vm(vm, "remove the vTPM"):
+                with VmNvramStore.open(vm.vmx_path, home=str(self.m.home)) as store:
+                    store.load()
+                    store.save(None)
+                set_vtpm_present(vm, self.m.keys, False)
             return self._refresh(name)
         return self.checked(Operation.REMOVE_VTPM, ("vm", name), record.encrypted, act)
 
@@ -401,21 +431,67 @@ class UserSession:
 
     # ------------------------------------------------------------------ power
 
-    def power_on(self, name: str) -> VmRecord:
+    def power_on(self, name: str, *, accept_rollback: bool = False) -> VmRecord:
+        """Serve the VM's vTPM. A rolled-back .nvram (older than the generation the inventory or the key
+        provider recorded) is refused, unless ``accept_rollback``: then it is accepted as the latest, audited."""
         record, vm = self._vm(name)
+        accepted = ""
 
         def act() -> VmRecord:
+            nonlocal accepted
             if record.power_state == "on":
                 raise VmError("the VM is already powered on", vm.vmx_path)
             if record.power_state == "suspended":
                 raise VmError("the VM is suspended: resume it (or discard its .vmss with power off)", vm.vmx_path)
             pid = port = None
+            generation = record.nvram_generation
             if record.vtpm:
+                accepted, generation = self._check_rollback(record, vm, accept_rollback)
                 pid, port = self._serve_vtpm(vm)
-            updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
+            updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port,
+                                  "nvram_generation": generation})
             self.inventory.put_vm(updated)
             return updated
-        return self.checked(Operation.POWER_ON, ("vm", name), record.encrypted, act)
+        operation = Operation.POWER_ON_ACCEPT_ROLLBACK if accept_rollback else Operation.POWER_ON
+        return self.checked(operation, ("vm", name), record.encrypted, act, detail=lambda: accepted)
+
+    def accept_rollback(self, name: str) -> int | None:
+        """Take the powered-off VM's .nvram as it is now as its latest state (audited); return its generation."""
+        record, vm = self._vm(name)
+        accepted = ""
+
+        def act() -> int | None:
+            nonlocal accepted
+            self._require_off(record)
+            accepted, generation = self._check_rollback(record, vm, True)
+            self.inventory.put_vm(VmRecord(**{**record.__dict__, "nvram_generation": generation}))
+            return generation
+        return self.checked(Operation.POWER_ON_ACCEPT_ROLLBACK, ("vm", name), record.encrypted, act,
+                            detail=lambda: accepted or "nothing to accept: the .nvram is the latest saved")
+
+    def _check_rollback(self, record: VmRecord, vm: VmHome, accept: bool) -> tuple[str, int | None]:
+        """Compare the .nvram's generation with the latest the inventory and the key provider recorded.
+        Returns (what was accepted, for the audit log; the generation to record)."""
+        reference = read_vmx(vm, None).reference
+        if reference is None or not container.is_container(vm.nvram_path):
+            return "", record.nvram_generation
+        header = container.read_header(vm.nvram_path)
+        if header.reference.key_id != reference.key_id:
+            return "", record.nvram_generation  # not the VM's key: the vTPM refuses it, saying why
+        provider = self.m.keys.provider(reference.provider_id)
+        recorded = [g for g in (record.nvram_generation if record.key_id == reference.key_id else None,
+                                provider.generation(reference.key_id, NVRAM_ROLE)) if g is not None]
+        latest = max(recorded, default=None)
+        if latest is None or header.generation >= latest:
+            return "", max(header.generation, latest or 0)
+        if not accept:
+            raise RollbackError(
+                f"generation {header.generation} is older than the last saved generation {latest}: the file was "
+                "rolled back (an older copy was put in its place); if that was deliberate, power on with "
+                "--accept-rollback", vm.nvram_path)
+        provider.record_generation(reference.key_id, NVRAM_ROLE, header.generation, allow_lower=True)
+        return (f"accepted a rolled-back {vm.nvram_path.name}: generation {header.generation}, "
+                f"last saved {latest}"), header.generation
 
     def _serve_vtpm(self, vm: VmHome) -> tuple[int, int]:
         """The VM's vTPM on the swtpm protocol, as its own process (like the VMX process would)."""
@@ -423,11 +499,13 @@ class UserSession:
         run_dir.mkdir(mode=0o700, exist_ok=True)
         log = run_dir / f"{vm.name}.vtpm.log"
         port = free_port_pair()
+        env = {name: os.environ[name] for name in CHILD_ENVIRONMENT if name in os.environ}
+        env["VMCRYPT_HOME"] = str(self.m.home)
         with open(log, "wb") as handle:
             process = subprocess.Popen(
                 vtpm_command.command_line("serve", "--vm", str(vm.vmx_path), "--port", str(port)),
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, "VMCRYPT_HOME": str(self.m.home)},
+                env=env,
             )
         deadline = time.monotonic() + POWER_ON_TIMEOUT
         while time.monotonic() < deadline:
@@ -435,8 +513,8 @@ class UserSession:
             if "serving on" in text:
                 return process.pid, port
             if process.poll() is not None:
-                raise VmError(f"the vTPM did not start: {text.strip().splitlines()[-1] if text.strip() else 'no output'}",
-                              vm.vmx_path)
+                last = text.strip().splitlines()[-1] if text.strip() else "no output"
+                raise VmError(f"the vTPM did not start: {last.removeprefix('error: vtpm serve: ')}", vm.vmx_path)
             time.sleep(0.05)
         process.kill()
         raise VmError("the vTPM did not start in time", vm.vmx_path)
@@ -464,8 +542,11 @@ class UserSession:
         def act() -> VmRecord:
             if record.power_state != "suspended":
                 raise VmError("the VM is not suspended", vm.vmx_path)
+            if record.vtpm:
+                self._check_rollback(record, vm, False)
             body = read_suspend_state(vm, self.m.keys)
             restore_tpm_state(vm, str(self.m.home), body)
+            unlist_home_file(vm, self.m.keys, suspend_file(vm))  # before the vTPM holds the VM's lock
             pid = port = None
             if record.vtpm:
                 pid, port = self._serve_vtpm(vm)
@@ -475,7 +556,7 @@ class UserSession:
                     except VmError:
                         _stop(pid)
                         raise
-            (vm.directory / f"{vm.name}.vmss").unlink()
+            suspend_file(vm).path.unlink()
             updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
             self.inventory.put_vm(updated)
             return updated
@@ -490,8 +571,10 @@ class UserSession:
             if record.vtpm_pid:
                 _stop(record.vtpm_pid)
             if record.power_state == "suspended":  # discards the suspended state: the next power on is cold
-                (vm.directory / f"{vm.name}.vmss").unlink(missing_ok=True)
-            updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None})
+                discard_suspend_state(vm, self.m.keys)
+            seen = _describe_on_disk(vm.vmx_path, record.datastore, record)  # the generation the vTPM left
+            updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None,
+                                  "nvram_generation": seen.nvram_generation})
             self.inventory.put_vm(updated)
             return updated
         return self.checked(Operation.POWER_OFF, ("vm", name), record.encrypted, act)

@@ -79,6 +79,7 @@ class Operation(str, enum.Enum):
     DECRYPT = "decrypt"
     REKEY = "rekey"
     POWER_ON = "power on"
+    POWER_ON_ACCEPT_ROLLBACK = "power on accepting a rolled-back .nvram"
     POWER_OFF = "power off"
     SUSPEND = "suspend"
     MIGRATE = "migrate"
@@ -109,6 +110,9 @@ _BASE: dict[Operation, frozenset[Privilege]] = {
     Operation.DECRYPT: frozenset({Privilege.SETTINGS, Privilege.CRYPTO_DECRYPT}),
     Operation.REKEY: frozenset({Privilege.SETTINGS, Privilege.CRYPTO_RECRYPT}),
     Operation.POWER_ON: frozenset({Privilege.POWER_ON}),
+    # an older vTPM state comes back (deleted NV data, a reset lockout counter): like a revert, and
+    # the key's record at the key provider is lowered
+    Operation.POWER_ON_ACCEPT_ROLLBACK: frozenset({Privilege.POWER_ON, Privilege.REVERT_SNAPSHOT}),
     Operation.POWER_OFF: frozenset({Privilege.POWER_OFF}),
     Operation.SUSPEND: frozenset({Privilege.SUSPEND}),
     Operation.MIGRATE: frozenset({Privilege.COLD_MIGRATE}),
@@ -140,6 +144,7 @@ _ON_ENCRYPTED: dict[Operation, frozenset[Privilege]] = {
     Operation.BACKUP: frozenset({Privilege.CRYPTO_ACCESS}),
     Operation.MIGRATE_AWAY: frozenset({Privilege.CRYPTO_MIGRATE}),
     Operation.RESTORE: frozenset({Privilege.CRYPTO_REGISTER_VM}),
+    Operation.POWER_ON_ACCEPT_ROLLBACK: frozenset({Privilege.CRYPTO_MANAGE_KEYS}),
 }
 
 

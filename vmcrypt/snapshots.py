@@ -19,6 +19,7 @@ from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.home_json import read_home_json, write_home_json
+from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vm_vtpm import VmNvramStore
 
 FORMAT = 1
@@ -47,18 +48,25 @@ def list_snapshots(vm: VmHome) -> list[Snapshot]:
 
 
 def take_snapshot(vm: VmHome, home: str) -> Snapshot:
-    existing = list_snapshots(vm)
-    number = (existing[-1].number + 1) if existing else 1
-    path = _snapshot_path(vm, number)
-    with VmNvramStore.open(vm.vmx_path, home=home) as store:
-        nvram = store.read_plain()
-        body = {"format": FORMAT, "vm": vm.name, "nvram": base64.b64encode(nvram).decode(),
-                "taken": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        write_home_json(VmFile(path, FileKind.SNAPSHOT_MEMORY), body, store.key)
-    return list_snapshots(vm)[-1]
+    with lock_vm(vm, "snapshot"):
+        existing = list_snapshots(vm)
+        number = (existing[-1].number + 1) if existing else 1
+        path = _snapshot_path(vm, number)
+        with VmNvramStore.open(vm.vmx_path, home=home) as store:
+            nvram = store.read_plain()
+            body = {"format": FORMAT, "vm": vm.name, "nvram": base64.b64encode(nvram).decode(),
+                    "taken": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            write_home_json(vm, VmFile(path, FileKind.SNAPSHOT_MEMORY), body, store.key)
+        return list_snapshots(vm)[-1]
 
 
 def revert_snapshot(vm: VmHome, keys: KeyManager, home: str, number: int | None = None) -> Snapshot:
+    """Write the snapshot's .nvram back, as a new (higher) generation: a revert is not a rollback."""
+    with lock_vm(vm, "revert"):
+        return _revert(vm, keys, home, number)
+
+
+def _revert(vm: VmHome, keys: KeyManager, home: str, number: int | None) -> Snapshot:
     snapshots = list_snapshots(vm)
     if not snapshots:
         raise VmError("the VM has no snapshot", vm.vmx_path)
@@ -67,6 +75,8 @@ def revert_snapshot(vm: VmHome, keys: KeyManager, home: str, number: int | None 
         raise VmError(f"the VM has no snapshot {number}", vm.vmx_path)
     body = read_home_json(vm, VmFile(chosen.path, FileKind.SNAPSHOT_MEMORY), keys, FORMAT, "snapshot")
     try:
+        if not isinstance(body.get("nvram"), str):
+            raise ValueError("no 'nvram' text")
         nvram = base64.b64decode(body["nvram"], validate=True)
     except (ValueError, KeyError, TypeError) as exc:
         raise VmError(f"the snapshot cannot be read ({exc})", chosen.path) from None

@@ -18,6 +18,7 @@ from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.home_json import read_home_json, write_home_json
+from vmcrypt.vm_encryption import unlist_home_file
 from vmcrypt.vm_vtpm import VmNvramStore
 from vtpm.client import TpmClient, TpmCommandError
 from vtpm.constants import RC
@@ -75,7 +76,7 @@ def write_suspend_state(vm: VmHome, home: str, tpm_started: bool) -> None:
             saved = {str(bank): [v.hex() for v in values] for bank, values in state.saved.pcrs.items()}
         body = {"format": FORMAT, "vm": vm.name, "tpm_started": tpm_started, "saved_pcrs": saved,
                 "suspended": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        write_home_json(target, body, store.key)
+        write_home_json(vm, target, body, store.key)
         if saved is not None:
             state.saved = None
             store.save(state.to_bytes())
@@ -85,7 +86,20 @@ def read_suspend_state(vm: VmHome, keys: KeyManager) -> dict:
     target = suspend_file(vm)
     if not target.path.exists():
         raise VmError("the VM is not suspended (no .vmss)", vm.vmx_path)
-    return read_home_json(vm, target, keys, FORMAT, "suspend state")
+    body = read_home_json(vm, target, keys, FORMAT, "suspend state")
+    saved = body.get("saved_pcrs")
+    if not (isinstance(body.get("tpm_started"), bool) and (saved is None or (
+            isinstance(saved, dict) and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                                            for v in saved.values())))):
+        raise VmError("the suspend state cannot be read (unexpected layout)", target.path)
+    return body
+
+
+def discard_suspend_state(vm: VmHome, keys: KeyManager) -> None:
+    """Drop the .vmss from the VM's encryption record, then delete it."""
+    target = suspend_file(vm)
+    unlist_home_file(vm, keys, target)
+    target.path.unlink(missing_ok=True)
 
 
 def restore_tpm_state(vm: VmHome, home: str, body: dict) -> None:

@@ -4,77 +4,114 @@ For an encrypted VM the ``.nvram`` is a vmcrypt container under the VM's
 DEK (unwrapped through the key safe and the key provider); every change the
 TPM makes persistent rewrites it atomically. The EFI variable section and
 any other section are carried along unchanged.
+
+Rollback: every save writes a higher container generation, and the latest
+one is also recorded outside the VM's directory, at the key provider under the
+VM's key id (and, for a managed VM, in the inventory). Opening the vTPM refuses
+an ``.nvram`` older than that record (an older copy put back would bring back
+deleted NV data and a reset dictionary-attack counter) unless the rollback is
+explicitly accepted. Opening holds the VM's lock (``vm_lock``) until closed and
+first checks the VM's files against its encryption record (``vm_record``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
 from durable.atomic import write_atomic
 from vmcrypt import container
-from vmcrypt.errors import VmError
+from vmcrypt.errors import RollbackError, VmError
 from vmcrypt.home import resolve_home
 from vmcrypt.keyref import DataKey
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vm import FileKind, VmFile, VmHome
-from vmcrypt.vm_encryption import Journal, read_vmx
+from vmcrypt.vm_encryption import NVRAM_ROLE, Journal, VmxState, check_vm_files
+from vmcrypt.vm_lock import VTPM, VmLock, lock_vm
 from vtpm.state import StateError, TpmState
 from vtpm.storage import StateStoreError
+
+
+def check_nvram_generation(vm: VmHome, keys: KeyManager, state: VmxState, *, accept_rollback: bool = False) -> int:
+    """The .nvram's generation, refused (RollbackError) when older than the one its key provider
+    recorded, unless ``accept_rollback`` (then the provider's record is lowered to it). 0 when clear."""
+    path = vm.nvram_path
+    if state.reference is None or not container.is_container(path):
+        return 0
+    generation = container.read_header(path).generation
+    reference = state.reference
+    provider = keys.provider(reference.provider_id)
+    recorded = provider.generation(reference.key_id, NVRAM_ROLE)
+    if recorded is not None and generation < recorded:
+        if not accept_rollback:
+            raise RollbackError(
+                f"generation {generation} is older than the last saved generation {recorded}: the file was rolled "
+                "back (an older copy was put in its place); if that was deliberate, accept it with --accept-rollback",
+                path)
+        provider.record_generation(reference.key_id, NVRAM_ROLE, generation, allow_lower=True)
+    elif recorded is None or generation > recorded:
+        provider.record_generation(reference.key_id, NVRAM_ROLE, generation)
+    return generation
 
 
 class VmNvramStore:
     """StateStore for ``vtpm serve --vm``: the vTPM section of the VM's (encrypted) .nvram."""
 
-    def __init__(self, home: VmHome, key: DataKey | None) -> None:
+    def __init__(self, home: VmHome, key: DataKey | None, *, keys: KeyManager | None = None, vm_id: str = "",
+                 lock: VmLock | None = None, generation: int = 0) -> None:
         self.vm = home
         self.key = key
         self.nvram_file = VmFile(home.nvram_path, FileKind.NVRAM)
-        self._lock_fd: int | None = None
+        self._keys = keys
+        self._vm_id = vm_id
+        self._vm_lock = lock
+        self._generation = generation  # the latest generation read or written: saves go above it
         self._nvram: Nvram | None = None  # other sections, read once while we hold the lock
 
     @classmethod
-    def open(cls, vmx: str | os.PathLike[str], home: str | None = None) -> "VmNvramStore":
+    def open(cls, vmx: str | os.PathLike[str], home: str | None = None, *,
+             accept_rollback: bool = False) -> "VmNvramStore":
+        """Take the VM's lock (one vTPM per VM; none while an operation changes the VM), check the
+        VM's files and the .nvram's generation, and unlock the VM's key."""
         vm = VmHome(vmx)
-        journal = Journal.load(vm)
-        if journal is not None:
-            raise VmError(
-                f"an interrupted '{journal.operation.value}' must finish before the vTPM can run", vm.vmx_path
-            )
-        if not vm.nvram_path.exists():
-            raise VmError("the VM has no .nvram file", vm.nvram_path)
-        keys = KeyManager(ProviderRegistry(resolve_home(home)))
-        reference = read_vmx(vm, None).reference
-        key = keys.unlock(reference) if reference is not None else None
-        store = cls(vm, key)
-        store._lock()
-        return store
-
-    def _lock(self) -> None:
-        """One server per VM: a second `vtpm serve --vm` on the same VM is refused."""
-        path = self.vm.directory / f".{self.vm.name}.vtpm.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        lock = lock_vm(vm, VTPM)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise VmError("the vTPM of this VM is already being served", self.vm.vmx_path) from None
-        self._lock_fd = fd
+            journal = Journal.load(vm)
+            if journal is not None:
+                raise VmError(
+                    f"an interrupted '{journal.operation.value}' must finish before the vTPM can run", vm.vmx_path
+                )
+            if not vm.nvram_path.exists():
+                raise VmError("the VM has no .nvram file", vm.nvram_path)
+            keys = KeyManager(ProviderRegistry(resolve_home(home)))
+            state = check_vm_files(vm, keys)
+            key = keys.unlock(state.reference) if state.reference is not None else None
+            generation = check_nvram_generation(vm, keys, state, accept_rollback=accept_rollback)
+            lock.mark_vtpm(vm)
+            return cls(vm, key, keys=keys, vm_id=state.record.vm_id if state.record else "", lock=lock,
+                       generation=generation)
+        except BaseException:
+            lock.release()
+            raise
 
     def close(self) -> None:
         """Release the per-VM lock (another server or tool may open the vTPM now)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._vm_lock is not None:
+            self._vm_lock.release()
+            self._vm_lock = None
 
     def __enter__(self) -> "VmNvramStore":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def generation(self) -> int:
+        """The .nvram's container generation last read or written (0 for a clear .nvram)."""
+        return self._generation
 
     def describe(self) -> str:
         kind = "encrypted" if self.key else "unencrypted"
@@ -100,10 +137,20 @@ class VmNvramStore:
         """Replace the whole .nvram (a snapshot being reverted), encrypted if the VM is."""
         nvram = Nvram.parse(data, str(self.vm.nvram_path))
         self._nvram = nvram
+        self._write(nvram.build())
+
+    def _write(self, data: bytes) -> None:
+        """A new generation of the .nvram (encrypted if the VM is), recorded at the key provider."""
         if self.key is None:
-            write_atomic(self.vm.nvram_path, nvram.build())
-        else:
-            container.write_file(self.vm.nvram_path, nvram.build(), self.key, label=self.nvram_file.label)
+            write_atomic(self.vm.nvram_path, data)
+            return
+        header = container.write_file(self.vm.nvram_path, data, self.key, label=self.nvram_file.label,
+                                      vm_id=self._vm_id, min_generation=self._generation + 1)
+        self._generation = header.generation
+        if self._keys is not None:
+            reference = self.key.reference
+            self._keys.provider(reference.provider_id).record_generation(reference.key_id, NVRAM_ROLE,
+                                                                         header.generation)
 
     def load(self) -> TpmState | None:
         self._nvram = self._read_nvram()
@@ -121,8 +168,11 @@ class VmNvramStore:
             self._nvram = self._read_nvram()
         nvram = self._nvram
         nvram.vtpm_state = raw
-        data = nvram.build()
-        if self.key is None:
-            write_atomic(self.vm.nvram_path, data)
-        else:
-            container.write_file(self.vm.nvram_path, data, self.key, label=self.nvram_file.label)
+        self._write(nvram.build())
+
+
+def accept_nvram_rollback(vmx: str | os.PathLike[str], home: str | None = None) -> int:
+    """Take the VM's .nvram as it is now as its latest state (lowering the key provider's record);
+    return its generation."""
+    with VmNvramStore.open(vmx, home=home, accept_rollback=True) as store:
+        return store.generation

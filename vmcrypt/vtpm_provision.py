@@ -22,6 +22,7 @@ from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_encryption import encrypt_vm, read_vmx, render_vmx
+from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vm_vtpm import VmNvramStore
 from vtpm.client import EK_CERT_NV_ATTRIBUTES, TpmClient, TpmCommandError
 from vtpm.commands.capability import FIRMWARE_VERSION, MANUFACTURER, SPEC_LEVEL, SPEC_REVISION
@@ -96,6 +97,11 @@ def manufacture(ca: CertificateAuthority, subject: str, banks: tuple[int, ...] =
 
 def add_vtpm(vm: VmHome, keys: KeyManager, ca: CertificateAuthority) -> list[ProvisionedEk]:
     """Give a VM a vTPM: it must be EFI with hardware version 14+, and it gets encrypted first."""
+    with lock_vm(vm, "add a vTPM"):
+        return _add_vtpm(vm, keys, ca)
+
+
+def _add_vtpm(vm: VmHome, keys: KeyManager, ca: CertificateAuthority) -> list[ProvisionedEk]:
     state = read_vmx(vm, None)
     settings = state.settings
     hw = int(settings.get("virtualHW.version", "0") or 0)
@@ -116,9 +122,11 @@ def add_vtpm(vm: VmHome, keys: KeyManager, ca: CertificateAuthority) -> list[Pro
 
 def set_vtpm_present(vm: VmHome, keys: KeyManager, present: bool) -> None:
     """Record in the .vmx whether the VM has a vTPM device."""
-    full = read_vmx(vm, keys)
-    full.settings["vtpm.present"] = "TRUE" if present else "FALSE"
-    write_atomic(vm.vmx_path, render_vmx(full.settings, keys.unlock(full.reference) if full.reference else None))
+    with lock_vm(vm, "change the vTPM setting"):
+        full = read_vmx(vm, keys)
+        full.settings["vtpm.present"] = "TRUE" if present else "FALSE"
+        write_atomic(vm.vmx_path, render_vmx(full.settings, keys.unlock(full.reference) if full.reference else None,
+                                             full.record))
 
 
 def _vm_tpm(store: VmNvramStore, vm: VmHome, *, persist: bool) -> tuple[Tpm, TpmClient]:
@@ -134,7 +142,7 @@ def _vm_tpm(store: VmNvramStore, vm: VmHome, *, persist: bool) -> tuple[Tpm, Tpm
 
 def reissue_ek_certificates(vm: VmHome, keys: KeyManager, ca: CertificateAuthority) -> list[ProvisionedEk]:
     """New EK certificates from the current CA; the EKs themselves do not change."""
-    with VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)) as store:
+    with lock_vm(vm, "reissue EK certificates"), VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)) as store:
         tpm, client = _vm_tpm(store, vm, persist=False)
         eks = provision_ek_certificates(client, ca, vm.name, DEFAULT_EKS, replace=True,
                                         vm_path=str(vm.vmx_path.resolve()))
@@ -148,7 +156,7 @@ def verify_ek_certificates(vm: VmHome, keys: KeyManager, trust_store: list[x509.
                            crls: list[x509.CertificateRevocationList] = ()) -> list[dict[str, Any]]:
     """Each EK certificate in the VM's vTPM checked against its EK and the trust store."""
     results = []
-    with VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)) as store:
+    with lock_vm(vm, "verify EK certificates"), VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)) as store:
         tpm, client = _vm_tpm(store, vm, persist=False)  # checking changes nothing
         for kind in DEFAULT_EKS:
             index = ek_template(kind).cert_index

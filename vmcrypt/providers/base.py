@@ -56,3 +56,16 @@ class KeyProvider(abc.ABC):
     @abc.abstractmethod
     def list_keys(self) -> list[KeyInfo]:
         """Every key this provider knows, active or destroyed."""
+
+    # A VM file's high-water mark: the latest generation written of a file (its role, e.g. "nvram")
+    # kept under the VM's key, outside the VM's directory, so that an older copy put back in place
+    # (a rollback) is noticed. Providers that cannot keep one accept the calls and remember nothing.
+    keeps_generations = False
+
+    def record_generation(self, key_id: str, file_role: str, generation: int, *, allow_lower: bool = False) -> None:
+        """Remember ``generation`` as the latest of ``file_role`` under ``key_id``; never lowers it unless
+        ``allow_lower`` (a rollback an administrator accepted). Default: remembers nothing."""
+
+    def generation(self, key_id: str, file_role: str) -> int | None:
+        """The latest generation recorded for ``file_role`` under ``key_id``, or None. Default: None."""
+        return None

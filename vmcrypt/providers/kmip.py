@@ -48,7 +48,17 @@ class KmipSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KmipSettings:
-        return cls(tuple(data["servers"]), data["ca"], data["cert"], data["key"],
+        """From providers.json; TypeError/ValueError/KeyError when a field is missing or of the wrong type."""
+        servers = data["servers"]
+        if not isinstance(servers, list) or not servers or not all(isinstance(s, str) for s in servers):
+            raise TypeError("'servers' must be a non-empty list of HOST:PORT strings")
+        for name in ("ca", "cert", "key"):
+            if not isinstance(data[name], str):
+                raise TypeError(f"'{name}' must be a path")
+        for name in ("timeout", "cache_seconds"):
+            if name in data and (isinstance(data[name], bool) or not isinstance(data[name], (int, float))):
+                raise TypeError(f"'{name}' must be a number")
+        return cls(tuple(servers), data["ca"], data["cert"], data["key"],
                    float(data.get("timeout", DEFAULT_TIMEOUT)),
                    float(data.get("cache_seconds", DEFAULT_CACHE_SECONDS)))
 
@@ -294,3 +304,14 @@ class KmipKeyProvider(KeyProvider):
 
     def list_keys(self) -> list[KeyInfo]:
         return self._call("list", self._names)
+
+    # ------------------------------------------------------------------ high-water marks
+
+    def record_generation(self, key_id: str, file_role: str, generation: int, *, allow_lower: bool = False) -> None:
+        """Not kept on KMIP yet (a no-op): a VM whose key lives on a KMIP cluster is protected
+        against a rolled-back .nvram by the inventory's record only, when the VM is managed.
+        (A KMIP custom attribute on the key could hold it; not done.)"""
+
+    def generation(self, key_id: str, file_role: str) -> int | None:
+        """Nothing is recorded on KMIP yet: always None (see record_generation)."""
+        return None

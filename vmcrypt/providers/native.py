@@ -56,6 +56,7 @@ class NativeKeyProvider(KeyProvider):
         super().__init__(provider_id, name)
         self.directory = Path(directory)
         self._passphrase = passphrase
+        self._passphrase_key: DataKey | None = None  # derived once: scrypt is slow on purpose
 
     # ------------------------------------------------------------------ files
 
@@ -83,7 +84,9 @@ class NativeKeyProvider(KeyProvider):
         if self.keystore_path.exists():
             reference = container.read_header(self.keystore_path).reference
             if reference.wrap_algorithm.name == "SCRYPT":
-                return read_passphrase_key(reference, self._require_passphrase())
+                if self._passphrase_key is None or self._passphrase_key.reference != reference:
+                    self._passphrase_key = read_passphrase_key(reference, self._require_passphrase())
+                return self._passphrase_key
         elif creating and self._passphrase is not None:
             return passphrase_key(self._passphrase(), provider_id=self.provider_id)
         path = self.master_key_path
@@ -166,6 +169,34 @@ class NativeKeyProvider(KeyProvider):
             for key_id, entry in sorted(self._load()["keys"].items(), key=lambda kv: kv[1]["created"])
         ]
 
+    # ------------------------------------------------------------------ high-water marks
+
+    keeps_generations = True
+
+    def record_generation(self, key_id: str, file_role: str, generation: int, *, allow_lower: bool = False) -> None:
+        """Kept in the key's entry of the key store (encrypted and authenticated with the KEKs)."""
+        if not isinstance(generation, int) or generation < 0:
+            raise ValueError(f"a generation is a non-negative integer, not {generation!r}")
+        with self._locked():
+            store = self._load()
+            entry = self._active_entry(store, key_id)
+            marks = entry.setdefault("generations", {})
+            current = marks.get(file_role)
+            if current == generation or (current is not None and generation < current and not allow_lower):
+                return
+            marks[file_role] = generation
+            self._save(store)
+
+    def generation(self, key_id: str, file_role: str) -> int | None:
+        return self._active_entry(self._load(), key_id).get("generations", {}).get(file_role)
+
+    def _active_entry(self, store: dict[str, Any], key_id: str) -> dict[str, Any]:
+        entry = store["keys"].get(key_id)
+        if entry is None or entry["state"] != KeyState.ACTIVE.value:
+            state = "destroyed" if entry else "unknown"
+            raise KeyNotFoundError(f"key {key_id} is {state} in native key provider {self.name!r}")
+        return entry
+
     # ------------------------------------------------------------------ backup
 
     def export_backup(self, path: str | os.PathLike[str], passphrase: bytes) -> int:
@@ -202,8 +233,16 @@ class NativeKeyProvider(KeyProvider):
 def _parse_store(raw: bytes, path: os.PathLike[str] | str) -> dict[str, Any]:
     try:
         store = json.loads(raw)
-        if store.get("format") != STORE_FORMAT or not isinstance(store.get("keys"), dict):
+        if not isinstance(store, dict) or store.get("format") != STORE_FORMAT or not isinstance(store.get("keys"), dict):
             raise ValueError("unexpected layout")
+        for key_id, entry in store["keys"].items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("created"), str)
+                    and entry.get("state") in {s.value for s in KeyState}
+                    and (entry["state"] != KeyState.ACTIVE.value or isinstance(entry.get("material"), str))):
+                raise ValueError(f"key {key_id}: unexpected entry")
+            marks = entry.get("generations", {})
+            if not (isinstance(marks, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in marks.values())):
+                raise ValueError(f"key {key_id}: unexpected generations")
         return store
     except ValueError as exc:
         raise KeyProviderError(f"key store content is unreadable ({exc})", path) from None

@@ -32,6 +32,35 @@ class ProviderConfig:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _check_config(config: Any) -> None:
+    """Types and required keys of providers.json; ValueError saying what is wrong."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a JSON object was expected, not {type(config).__name__}")
+    if set(config) != {"default", "providers"}:
+        raise ValueError("expected exactly the keys 'default' and 'providers'")
+    if not isinstance(config["default"], (str, type(None))):
+        raise ValueError("'default' must be a provider id or null")
+    if not isinstance(config["providers"], list):
+        raise ValueError("'providers' must be a list")
+    ids = set()
+    for number, entry in enumerate(config["providers"], 1):
+        if not isinstance(entry, dict) or set(entry) != {"provider_id", "name", "kind", "settings"}:
+            raise ValueError(f"provider {number} must have exactly provider_id, name, kind and settings")
+        for key in ("provider_id", "name", "kind"):
+            if not isinstance(entry[key], str) or not entry[key]:
+                raise ValueError(f"provider {number}: '{key}' must be a non-empty string")
+        if not isinstance(entry["settings"], dict):
+            raise ValueError(f"provider {number}: 'settings' must be an object")
+        if entry["kind"] == KmipKeyProvider.kind:
+            try:
+                KmipSettings.from_dict(entry["settings"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"provider {number}: KMIP settings are malformed ({exc!r})") from None
+        ids.add(entry["provider_id"])
+    if config["default"] is not None and config["default"] not in ids:
+        raise ValueError("'default' names no configured provider")
+
+
 class ProviderRegistry:
     """Looks up providers by id or name; builds the provider objects on demand."""
 
@@ -48,7 +77,9 @@ class ProviderRegistry:
         if not self.config_path.exists():
             return {"default": None, "providers": []}
         try:
-            return json.loads(self.config_path.read_text())
+            config = json.loads(self.config_path.read_bytes())
+            _check_config(config)
+            return config
         except ValueError as exc:
             raise KeyProviderError(f"provider configuration is unreadable ({exc})", self.config_path) from None
 
