@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from support.servers import require_swtpm, start_swtpm, start_vtpm
+from support.servers import require_swtpm, side_by_side
 from support.tpm_helpers import TpmConnection, flush_context, response_code
 from support.tpm_key_helpers import (
     KeyTargets,
@@ -60,23 +60,19 @@ def targets(tmp_path_factory):
     """One started server of each kind, a persistent connection to it, and its signing keys loaded."""
     require_swtpm()
     base = tmp_path_factory.mktemp("tpm-key-ops")
-    servers = []
     prepared: dict[str, Target] = {}
-    try:
-        servers.append(start_vtpm(["--state", str(base / "vtpm-state"), "--startup-clear"], base / "vtpm.log"))
-        servers.append(start_swtpm(base / "swtpm-state"))
-        for server in servers:
-            conn = server.connect(timeout=CONNECTION_TIMEOUT)
-            prepared[server.name] = Target(conn, prepare_key_targets(conn))
-        yield prepared
-    finally:
-        for target in prepared.values():
-            try:
-                release_key_targets(target.conn, target.keys)
-            finally:
-                target.conn.close()
-        for server in servers:
-            server.stop()
+    with side_by_side(base) as servers:
+        try:
+            for name, server in servers.items():
+                conn = server.connect(timeout=CONNECTION_TIMEOUT)
+                prepared[name] = Target(conn, prepare_key_targets(conn))
+            yield prepared
+        finally:
+            for target in prepared.values():
+                try:
+                    release_key_targets(target.conn, target.keys)
+                finally:
+                    target.conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from support.servers import require_swtpm, start_swtpm, start_vtpm
+from support.servers import require_swtpm, side_by_side
 from support.tpm_helpers import (
     command_sender,
     latency_commands,
@@ -34,21 +34,16 @@ def connections(tmp_path_factory):
     """One started server of each kind with a persistent, prepared connection to it."""
     require_swtpm()
     base = tmp_path_factory.mktemp("tpm-latency")
-    servers = []
     conns = {}
-    try:
-        servers.append(start_vtpm(["--state", str(base / "vtpm-state"), "--startup-clear"], base / "vtpm.log"))
-        servers.append(start_swtpm(base / "swtpm-state"))
-        for server in servers:
-            conn = server.connect()
-            prepare_latency_target(conn)
-            conns[server.name] = conn
-        yield conns
-    finally:
-        for conn in conns.values():
-            conn.close()
-        for server in servers:
-            server.stop()
+    with side_by_side(base) as servers:
+        try:
+            for name, server in servers.items():
+                conns[name] = server.connect()
+                prepare_latency_target(conns[name])
+            yield conns
+        finally:
+            for conn in conns.values():
+                conn.close()
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.servers import ServerError, start_swtpm, start_vtpm, swtpm_path
+from support.servers import ServerError, side_by_side, swtpm_path
 from support.tpm_helpers import TpmConnection, flush_context
 from support.tpm_key_helpers import (
     CommandFailed,
@@ -168,14 +168,8 @@ def main() -> int:
     notes: dict[str, list[str]] = {name: [] for name in SERVERS}
     uniques = UniqueSource()
     began = clock()
-    with tempfile.TemporaryDirectory(prefix="vtpm-keys-vs-swtpm-") as tmp:
-        ours = start_vtpm(["--state", str(Path(tmp) / "vtpm-state"), "--startup-clear"], Path(tmp) / "vtpm.log")
-        try:
-            ref = start_swtpm(Path(tmp) / "swtpm-state")
-        except BaseException:
-            ours.stop()
-            raise
-        servers = {"vtpm": ours, "swtpm": ref}
+    with tempfile.TemporaryDirectory(prefix="vtpm-keys-vs-swtpm-") as tmp, side_by_side(Path(tmp)) as servers:
+        ours, ref = servers["vtpm"], servers["swtpm"]
         conns: dict[str, TpmConnection] = {}
         try:
             rss_start = {name: server.rss_kib() for name, server in servers.items()}
@@ -224,8 +218,6 @@ def main() -> int:
         finally:
             for conn in conns.values():
                 conn.close()
-            for server in servers.values():
-                server.stop()
     total = clock() - began
 
     print(f"vtpm (python -m vtpm serve) against {swtpm_version()}; one TCP connection each, "

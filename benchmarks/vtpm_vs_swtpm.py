@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from support.servers import ServerError, start_swtpm, start_vtpm, swtpm_path
+from support.servers import ServerError, side_by_side, swtpm_path
 from support.tpm_helpers import (
     command_sender,
     latency_commands,
@@ -64,14 +64,8 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    with tempfile.TemporaryDirectory(prefix="vtpm-vs-swtpm-") as tmp:
-        ours = start_vtpm(["--state", str(Path(tmp) / "vtpm-state"), "--startup-clear"], Path(tmp) / "vtpm.log")
-        try:
-            ref = start_swtpm(Path(tmp) / "swtpm-state")
-        except BaseException:
-            ours.stop()
-            raise
-        servers = {"vtpm": ours, "swtpm": ref}
+    with tempfile.TemporaryDirectory(prefix="vtpm-vs-swtpm-") as tmp, side_by_side(Path(tmp)) as servers:
+        ours, ref = servers["vtpm"], servers["swtpm"]
         conns = {}
         try:
             for name, server in servers.items():
@@ -85,8 +79,6 @@ def main() -> int:
         finally:
             for conn in conns.values():
                 conn.close()
-            for server in servers.values():
-                server.stop()
 
     print(f"{args.rounds} round trips per command and server after {args.warmup} warm-up, one TCP connection each")
     header = (f"{'command':28} {'vtpm median':>12} {'vtpm p90':>10} {'swtpm median':>13} {'swtpm p90':>10}"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from support.differential import Differential, verified
-from support.servers import require_swtpm, start_swtpm, start_vtpm
+from support.servers import require_swtpm, side_by_side
 
 
 @pytest.fixture
@@ -17,9 +17,8 @@ def tpms(tmp_path: Path):
     A difference a test recorded and did not report with ``assert_identical()`` fails it at teardown.
     """
     require_swtpm()
-    with (start_swtpm(tmp_path / "swtpm-state") as ref,
-          start_vtpm(["--state", str(tmp_path / "vtpm-state"), "--startup-clear"], tmp_path / "vtpm.log") as ours):
-        yield from verified(Differential(ours, ref))
+    with side_by_side(tmp_path) as servers:
+        yield from verified(Differential(servers["vtpm"], servers["swtpm"]))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +215,15 @@ def start_swtpm(state_dir: Path, log: Path | None = None, *, timeout: float = RE
 
     return _launch("swtpm", argv, log or state_dir.with_name(f"{state_dir.name}.swtpm.log"), _ctrl_answers,
                    timeout=timeout)
+
+
+@contextlib.contextmanager
+def side_by_side(base: Path) -> Iterator[dict[str, TpmServer]]:
+    """Our vTPM and swtpm, each on fresh state under ``base`` and after Startup(CLEAR), keyed "vtpm" and
+    "swtpm"; both stopped afterwards (the second is never left running when the first fails to start)."""
+    with (start_vtpm(["--state", str(base / "vtpm-state"), "--startup-clear"], base / "vtpm.log") as ours,
+          start_swtpm(base / "swtpm-state") as ref):
+        yield {"vtpm": ours, "swtpm": ref}
 
 
 def swtpm_localca_setup_config(base: Path) -> Path:
