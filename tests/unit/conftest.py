@@ -15,6 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from support.clock import FakeClock
+
 OS_LAUNCHERS = ("system", "popen", "fork", "forkpty", "posix_spawn", "posix_spawnp",
                 "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe")
 
@@ -77,3 +79,9 @@ def pytest_runtest_call(item: pytest.Item):
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     with processes_refused():
         return (yield)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The engine's millisecond clock, moved by the test."""
+    return FakeClock()

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from support.clock import FakeClock
 from vtpm import wire
 from vtpm.constants import ALG, CC, RC, RH, ST
 from vtpm.crypto import kdfa
@@ -33,19 +34,6 @@ def cmd(code: int, body: bytes = b"", *, handles: tuple[int, ...] = (), auth: by
 
 pw = wire.password_session  # (password=b"", attributes=continueSession, nonce=b"")
 rc = wire.response_code
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = 1_000_000
-
-    def __call__(self) -> int:
-        return self.ms
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import struct
 
 import pytest
 
+from support.clock import FakeClock
 from support.policy_spec import (
     CONTINUE,
     DATA,
@@ -82,7 +83,6 @@ from support.tpm_helpers import (
     TPMA_NV_POLICYWRITE,
     build_command,
     describe_rc,
-    nv_define_space,
     nv_write,
     pcr_extend,
     policy_command_code,
@@ -115,14 +115,6 @@ from vtpm.state import TpmState
 # ----------------------------------------------------------------------------- in-process harness
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.ms = 1_000_000
-
-    def __call__(self) -> int:
-        return self.ms
-
-
 class Client(TpmClient):
     """An in-process TpmClient with raw sends at any locality and the session bookkeeping a caller keeps."""
 
@@ -151,11 +143,6 @@ class Client(TpmClient):
 
     def define(self, index: int, attributes: int, size: int, *, auth: bytes = b"", policy: bytes = b"") -> None:
         self.nv_define(index, attributes, size, auth_handle=TPM_RH_OWNER, auth=auth, policy=policy)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
