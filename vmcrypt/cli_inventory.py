@@ -20,7 +20,7 @@ from vmcrypt.backup import backup_vm, verify_backup
 from vmcrypt.cli_common import emit, key_manager
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
-from vmcrypt.inventory import ROOT
+from vmcrypt.gate import datastore_target, vm_target
 from vmcrypt.management import Management, UserSession
 from vmcrypt.progress import FileProgress
 from vmcrypt.rbac import Operation
@@ -65,7 +65,7 @@ def guarded_vm(args: argparse.Namespace, operation: Operation, path: str, action
     if user is None:
         return action()
     record = user.vm_at(path)
-    return user.checked(operation, ("vm", record.name), record.encrypted, action)
+    return user.run(operation, vm_target(record.name, record.encrypted), action)
 
 
 def guarded_create(args: argparse.Namespace, path: str, action: Callable[[], Any]) -> Any:
@@ -78,7 +78,7 @@ def guarded_create(args: argparse.Namespace, path: str, action: Callable[[], Any
         home = action()
         user.register_created(home.vmx_path, datastore)
         return home
-    return user.checked(Operation.CREATE_VM, ("datastore", datastore), False, create_and_register)
+    return user.run(Operation.CREATE_VM, datastore_target(datastore), create_and_register)
 
 
 def _vm_row(record: Any) -> dict[str, Any]:
@@ -96,10 +96,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
-    user = session(args)
-    user.add_user(args.name, _password(NEW_PASSWORD_ENV, f"New password for {args.name}: "))
-    if args.role:
-        user.grant(ROOT, args.name, args.role)
+    session(args).add_user(args.name, _password(NEW_PASSWORD_ENV, f"New password for {args.name}: "), args.role)
     emit(args, {"user": args.name, "role": args.role}, f"added user {args.name}" + (f" as {args.role}" if args.role else ""))
 
 
@@ -109,8 +106,7 @@ def cmd_datastore_add(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    session(args)  # any logged-in user may read the audit log
-    entries = management(args).inventory.audit_log()
+    entries = session(args).audit_log()
     emit(args, [e.__dict__ for e in entries],
          "\n".join(f"{e.at}  {e.user:12} {e.outcome:7} {e.action} {e.entity}  {e.detail}" for e in entries))
 
@@ -203,8 +199,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_host_add(args: argparse.Namespace) -> None:
-    user = session(args)
-    user.checked(Operation.ADD_HOST, ROOT, False, lambda: user.inventory.add_host(args.name), detail=args.name)
+    session(args).add_host(args.name)
     emit(args, {"host": args.name}, f"added host {args.name}")
 
 
