@@ -157,7 +157,7 @@ class AdminOperations:
     def vm_at(self, path: str | os.PathLike[str]) -> "VmRecord":
         raise NotImplementedError
 
-    def _scratch(self) -> Path:
+    def scratch_path(self) -> Path:
         """A private file name under the home's run directory, for blobs on their way in or out."""
         run_dir = self.m.home / "run" / "scratch"
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -199,26 +199,26 @@ class AdminOperations:
             return {**provider_row(provider), "servers": list(servers)}
         return self.run(Operation.ADD_KMIP_PROVIDER, INVENTORY_ROOT, act, detail=f"{name}: {', '.join(servers)}")
 
-    def export_keys(self, passphrase: bytes, provider: str | None = None) -> tuple[bytes, int]:
-        """The native store's active keys as a backup encrypted under ``passphrase``, and how many."""
-        def act() -> tuple[bytes, int]:
+    def export_keys(self, passphrase: bytes, provider: str | None = None) -> tuple[bytes, dict[str, Any]]:
+        """The native store's active keys as a backup encrypted under ``passphrase``; how many, from which store."""
+        def act() -> tuple[bytes, dict[str, Any]]:
             native = native_provider(self.m.keys, provider)
-            scratch = self._scratch()
+            scratch = self.scratch_path()
             try:
                 count = native.export_backup(scratch, passphrase)
-                return scratch.read_bytes(), count
+                return scratch.read_bytes(), {"keys": count, "provider": native.name}
             finally:
                 scratch.unlink(missing_ok=True)
         return self.run(Operation.EXPORT_KEYS, INVENTORY_ROOT, act, detail=provider or "default")
 
-    def import_keys(self, backup: bytes, passphrase: bytes, provider: str | None = None) -> int:
-        def act() -> int:
+    def import_keys(self, backup: bytes, passphrase: bytes, provider: str | None = None) -> dict[str, Any]:
+        def act() -> dict[str, Any]:
             native = native_provider(self.m.keys, provider)
-            scratch = self._scratch()
+            scratch = self.scratch_path()
             try:
                 with open(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
                     handle.write(backup)
-                return native.import_backup(scratch, passphrase)
+                return {"added": native.import_backup(scratch, passphrase), "provider": native.name}
             finally:
                 scratch.unlink(missing_ok=True)
         return self.run(Operation.IMPORT_KEYS, INVENTORY_ROOT, act, detail=provider or "default")
@@ -303,12 +303,14 @@ class AdminOperations:
             {"datastore": name, "path": path} for name, path in self.inventory.datastores()])
 
     def add_datastore(self, name: str, path: str | os.PathLike[str]) -> None:
-        """A directory for VMs; never the management home, inside it or around it."""
+        """A directory for VMs (made 0700: only the management plane reaches into it); never the management
+        home, inside it or around it."""
         def act() -> None:
             root, home = Path(path).resolve(), self.m.home.resolve()
             if root == home or home in root.parents or root in home.parents:
                 raise InventoryError(f"a datastore cannot be, hold or lie inside the management home ({home})")
             self.inventory.add_datastore(name, root)
+            os.chmod(root, 0o700)
         self.run(Operation.ADD_DATASTORE, INVENTORY_ROOT, act, detail=f"{name} at {path}")
 
     def hosts(self) -> list[str]:

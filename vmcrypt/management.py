@@ -226,7 +226,9 @@ class UserSession(AdminOperations):
         """A new VM in directory ``name`` of ``datastore`` (the VM is named ``spec.name``, by default ``name``)."""
         def act() -> VmRecord:
             directory = self.inventory.datastore_path(datastore) / check_name(name)
-            vm = create_vm(directory, spec or VmSpec(name=name))
+            wanted = spec or VmSpec(name=name)
+            check_name(wanted.name)
+            vm = create_vm(directory, wanted)
             return self.register_created(vm.vmx_path, datastore)
         return self.run(Operation.CREATE_VM, datastore_target(datastore), act)
 
