@@ -360,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--user", help="act as this inventory user through the management service: privileges "
                         "checked, outcome audited (password: $VMCRYPT_PASSWORD or a prompt)")
-    parser.add_argument("--server", help=f"the management service: unix:PATH or https://HOST:PORT (or ${SERVER_ENV}; "
+    parser.add_argument("--server", dest="service_url", metavar="URL", help=f"the management service: unix:PATH or https://HOST:PORT (or ${SERVER_ENV}; "
                         "default: the socket of --home)")
-    parser.add_argument("--ca", help="the service CA's certificate for an https:// service (default: HOME/service-ca.pem)")
+    parser.add_argument("--ca", dest="service_ca", metavar="FILE", help="the service CA's certificate for an https:// service (default: HOME/service-ca.pem)")
     parser.add_argument("--version", action="version", version=f"vmcrypt 0.1.0 (XTS backend: {xts.BACKEND})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

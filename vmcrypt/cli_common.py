@@ -61,7 +61,7 @@ def password(env: str, prompt: str) -> str:
 
 
 def server_url(args: argparse.Namespace) -> str:
-    return args.server or os.environ.get(SERVER_ENV) or f"unix:{default_socket(home_path(args.home))}"
+    return args.service_url or os.environ.get(SERVER_ENV) or f"unix:{default_socket(home_path(args.home))}"
 
 
 @contextlib.contextmanager
@@ -73,7 +73,7 @@ def connect(args: argparse.Namespace) -> Iterator[None]:
         yield
         return
     url = server_url(args)
-    ca = args.ca or (service_ca_path(home_path(args.home)) if url.startswith("https://") else None)
+    ca = args.service_ca or (service_ca_path(home_path(args.home)) if url.startswith("https://") else None)
     with ServiceClient(url, ca) as client:
         client.request("GET", "/health")  # before asking for a password
         client.login(args.user, password(PASSWORD_ENV, f"Password for {args.user}: "))
