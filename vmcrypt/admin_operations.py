@@ -137,6 +137,13 @@ def revoke(ca: CertificateAuthority, serial: str) -> dict:
     return {"revoked": serial}
 
 
+def scratch_file(home: Path) -> Path:
+    """A new private file name under the home's run directory, for blobs on their way in or out."""
+    run_dir = home / "run" / "scratch"
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return run_dir / secrets.token_hex(12)
+
+
 # ----------------------------------------------------------------------------- through the gate
 
 
@@ -158,10 +165,7 @@ class AdminOperations:
         raise NotImplementedError
 
     def scratch_path(self) -> Path:
-        """A private file name under the home's run directory, for blobs on their way in or out."""
-        run_dir = self.m.home / "run" / "scratch"
-        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return run_dir / secrets.token_hex(12)
+        return scratch_file(self.m.home)
 
     # ------------------------------------------------------------------ key providers
 

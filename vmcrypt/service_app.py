@@ -37,7 +37,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from certs.ca import CaError
-from vmcrypt.admin_operations import ek_rows
+from vmcrypt.admin_operations import ek_rows, scratch_file
 from vmcrypt.errors import VmcryptError
 from vmcrypt.gate import PermissionDenied, datastore_target
 from vmcrypt.inventory import InventoryError
@@ -381,9 +381,7 @@ async def _body(request: Request, kind: str, worker: Worker) -> Any:
     if kind == "none":
         return None
     if kind == "bytes":  # streamed to a private scratch file under the home
-        scratch_dir = worker.home / "run" / "scratch"
-        scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = scratch_dir / f"{secrets.token_hex(12)}.upload"
+        path = scratch_file(worker.home).with_suffix(".upload")
         with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
             async for chunk in request.stream():
                 handle.write(chunk)

@@ -13,10 +13,8 @@ first ``--user`` command line for that home) and stops them all at the end.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from support.servers import stop_process
 
 READY_TIMEOUT = 30.0
 POLL_INTERVAL = 0.02
@@ -55,15 +55,7 @@ class ManagementService:
             return ""
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def __enter__(self) -> "ManagementService":
         return self
