@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from support.service import ServiceRunner
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.registry import ProviderRegistry
 
@@ -50,11 +51,19 @@ class CliResult:
 
 @pytest.fixture
 def vmcrypt_cli(home: Path):
-    """Run the real `vmcrypt` entry point in a subprocess against the test's management home."""
+    """Run the real `vmcrypt` entry point in a subprocess against the test's management home.
+
+    A command with ``--user`` talks to the management service of its home (the last ``--home``
+    given, else the test's home): the service is started there on first need and stopped when
+    the test ends."""
+    services = ServiceRunner()
 
     def run(*args: str, env: dict[str, str] | None = None, check: bool = False) -> CliResult:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("VMCRYPT_")}
         full_env.update(env or {})
+        if "--user" in args:
+            homes = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--home"]
+            services.ensure(Path(homes[-1]) if homes else home)
         proc = subprocess.run(
             [sys.executable, "-m", "vmcrypt", "--home", str(home), *args],
             capture_output=True, text=True, env=full_env, timeout=120,
@@ -64,4 +73,5 @@ def vmcrypt_cli(home: Path):
             raise AssertionError(f"vmcrypt {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
         return result
 
-    return run
+    yield run
+    services.stop_all()

@@ -1,171 +1,181 @@
-"""The `--user` side of the command line: inventory commands and privilege-checked VM operations.
+"""The `--user` side of the command line: the inventory and the VM lifecycle, through the management service.
 
-With ``--user U`` (password from ``$VMCRYPT_PASSWORD`` or a prompt) a command runs
-as that inventory user: its privileges are checked and the outcome is audited.
-Without ``--user`` the path-based commands work directly on files, as a local
-administrator would; the inventory-only commands refuse to run.
+With ``--user U`` (password from ``$VMCRYPT_PASSWORD`` or a prompt) a command is
+sent to the management service, which checks U's privileges, audits the
+outcome and acts; the command line never touches the home's files then.
+Without ``--user`` the path-based commands (backup, vtpm accept-rollback) work
+directly on files as the local administrator (root on the management host);
+the inventory-only commands refuse to run.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
+import base64
+import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+from urllib.parse import quote
 
 from vmcrypt.backup import backup_vm, verify_backup
-from vmcrypt.cli_common import emit, key_manager
+from vmcrypt.cli_common import PASSWORD_ENV, emit, key_manager, password, remote, remote_vm
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
-from vmcrypt.inventory import ROOT
-from vmcrypt.management import Management, UserSession
+from vmcrypt.management import Management
 from vmcrypt.progress import FileProgress
 from vmcrypt.rbac import Operation
+from vmcrypt.results import manifest_row
+from vmcrypt.service_client import ServiceClient
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_vtpm import accept_nvram_rollback
 
-PASSWORD_ENV = "VMCRYPT_PASSWORD"
 NEW_PASSWORD_ENV = "VMCRYPT_NEW_PASSWORD"
 TO_PASSWORD_ENV = "VMCRYPT_TO_PASSWORD"
-T = TypeVar("T")
 
 
 class NeedsUser(VmcryptError):
     pass
 
 
-def _password(env: str, prompt: str) -> str:
-    value = os.environ.get(env)
-    if value:
-        return value
-    if not sys.stdin.isatty():
-        raise VmcryptError(f"no password: set ${env} or run on a terminal")
-    return getpass.getpass(prompt)
+def service(args: argparse.Namespace) -> ServiceClient:
+    """The logged-in management service; these commands act on the inventory, which only the service serves."""
+    client = remote(args)
+    if client is None:
+        raise NeedsUser("this command acts on the inventory: give --user NAME")
+    return client
 
 
-def management(args: argparse.Namespace, *, create: bool = False) -> Management:
-    """The management home's inventory; only `inventory init` may create one (and only where there is none)."""
-    return Management(resolve_home(args.home), create_inventory=create)
+def _vm(args: argparse.Namespace) -> str:
+    return f"/vms/{quote(args.name, safe='')}"
 
 
-def session(args: argparse.Namespace, required: bool = True) -> UserSession | None:
-    if not args.user:
-        if required:
-            raise NeedsUser("this command acts on the inventory: give --user NAME")
-        return None
-    return management(args).login(args.user, _password(PASSWORD_ENV, f"Password for {args.user}: "))
+def _vm_text(verb: str) -> Callable[[dict[str, Any]], str]:
+    return lambda r: f"{r['name']} {verb}"
 
 
-def guarded_vm(args: argparse.Namespace, operation: Operation, path: str, action: Callable[[], T]) -> T:
-    """Run a path-based VM command, through the inventory's privilege check when --user is given."""
-    user = session(args, required=False)
-    if user is None:
-        return action()
-    record = user.vm_at(path)
-    return user.checked(operation, ("vm", record.name), record.encrypted, action)
-
-
-def guarded_create(args: argparse.Namespace, path: str, action: Callable[[], Any]) -> Any:
-    user = session(args, required=False)
-    if user is None:
-        return action()
-    datastore = user.datastore_of(Path(path).parent)
-
-    def create_and_register() -> Any:
-        home = action()
-        user.register_created(home.vmx_path, datastore)
-        return home
-    return user.checked(Operation.CREATE_VM, ("datastore", datastore), False, create_and_register)
-
-
-def _vm_row(record: Any) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k != "vtpm_pid"}
+def _tcti(record: dict[str, Any]) -> str:
+    return f"; vTPM at TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port={record['vtpm_port']}" if record["vtpm_port"] else ""
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_init(args: argparse.Namespace) -> None:
-    m = management(args, create=True)
-    m.bootstrap(args.admin, _password(PASSWORD_ENV, f"New password for {args.admin}: "))
+    m = Management(resolve_home(args.home), create_inventory=True)
+    m.bootstrap(args.admin, password(PASSWORD_ENV, f"New password for {args.admin}: "))
     emit(args, {"admin": args.admin, "inventory": str(m.inventory.path)},
          f"inventory {m.inventory.path} created; {args.admin} is Administrator")
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
-    user = session(args)
-    user.add_user(args.name, _password(NEW_PASSWORD_ENV, f"New password for {args.name}: "))
-    if args.role:
-        user.grant(ROOT, args.name, args.role)
-    emit(args, {"user": args.name, "role": args.role}, f"added user {args.name}" + (f" as {args.role}" if args.role else ""))
+    client = service(args)
+    data = client.request("POST", "/users", json={
+        "name": args.name, "password": password(NEW_PASSWORD_ENV, f"New password for {args.name}: "), "role": args.role})
+    emit(args, data, f"added user {args.name}" + (f" as {args.role}" if args.role else ""))
+
+
+def cmd_users(args: argparse.Namespace) -> None:
+    rows = service(args).request("GET", "/users")
+    emit(args, rows, "\n".join(f"{r['user']:16} {', '.join(r['groups'])}".rstrip() for r in rows))
+
+
+def cmd_roles(args: argparse.Namespace) -> None:
+    rows = service(args).request("GET", "/roles")
+    emit(args, rows, "\n".join(f"{r['role']:32} {'built-in' if r['builtin'] else 'custom  '}  "
+                               f"{len(r['privileges'])} privileges" for r in rows))
+
+
+def cmd_role_add(args: argparse.Namespace) -> None:
+    data = service(args).request("POST", "/roles", json={"name": args.name, "privileges": args.privilege or []})
+    emit(args, data, f"added role {args.name} ({len(args.privilege or [])} privileges)")
+
+
+def cmd_grant(args: argparse.Namespace) -> None:
+    kind, _, name = args.entity.partition(":")
+    data = service(args).request("POST", "/permissions", json={
+        "entity_type": kind, "entity": name, "principal": args.principal, "role": args.role, "group": args.group})
+    emit(args, data, f"granted {args.role} to {args.principal} on {args.entity}")
 
 
 def cmd_datastore_add(args: argparse.Namespace) -> None:
-    session(args).add_datastore(args.name, args.path)
-    emit(args, {"datastore": args.name, "path": str(Path(args.path).resolve())}, f"added datastore {args.name}")
+    data = service(args).request("POST", "/datastores", json={"name": args.name, "path": os.path.abspath(args.path)})
+    emit(args, data, f"added datastore {args.name}")
+
+
+def cmd_datastores(args: argparse.Namespace) -> None:
+    rows = service(args).request("GET", "/datastores")
+    emit(args, rows, "\n".join(f"{r['datastore']:16} {r['path']}" for r in rows) or "no datastores")
+
+
+def cmd_host_add(args: argparse.Namespace) -> None:
+    data = service(args).request("POST", "/hosts", json={"name": args.name})
+    emit(args, data, f"added host {args.name}")
+
+
+def cmd_hosts(args: argparse.Namespace) -> None:
+    rows = service(args).request("GET", "/hosts")
+    emit(args, rows, "\n".join(rows) or "no hosts")
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    session(args)  # any logged-in user may read the audit log
-    entries = management(args).inventory.audit_log()
-    emit(args, [e.__dict__ for e in entries],
-         "\n".join(f"{e.at}  {e.user:12} {e.outcome:7} {e.action} {e.entity}  {e.detail}" for e in entries))
+    entries = service(args).request("GET", "/audit")
+    emit(args, entries, "\n".join(f"{e['at']}  {e['user']:12} {e['outcome']:7} {e['action']} {e['entity']}  "
+                                  f"{e['detail']}" for e in entries))
 
 
 def cmd_vm_register(args: argparse.Namespace) -> None:
-    record = session(args).register_vm(args.path, args.datastore)
-    emit(args, _vm_row(record), f"registered {record.name} ({'encrypted' if record.encrypted else 'not encrypted'})")
+    record = service(args).request("POST", "/vms/register", json={"path": os.path.abspath(args.path),
+                                                                   "datastore": args.datastore})
+    emit(args, record, f"registered {record['name']} ({'encrypted' if record['encrypted'] else 'not encrypted'})")
 
 
 def cmd_vm_unregister(args: argparse.Namespace) -> None:
-    session(args).unregister_vm(args.name)
-    emit(args, {"unregistered": args.name}, f"unregistered {args.name} (its files stay on the datastore)")
+    data = service(args).request("POST", f"{_vm(args)}/unregister")
+    emit(args, data, f"unregistered {args.name} (its files stay on the datastore)")
 
 
 def cmd_vm_list(args: argparse.Namespace) -> None:
-    rows = [_vm_row(r) for r in session(args).vms()]
+    rows = service(args).request("GET", "/vms")
     emit(args, rows, "\n".join(
         f"{r['name']:16} {r['power_state']:3}  {'encrypted' if r['encrypted'] else 'clear    '}  "
         f"{'vTPM' if r['vtpm'] else '    '}  {r['vmx_path']}" for r in rows) or "no VMs")
 
 
 def cmd_power_on(args: argparse.Namespace) -> None:
-    record = session(args).power_on(args.name, accept_rollback=args.accept_rollback)
-    tcti = f"swtpm:host=127.0.0.1,port={record.vtpm_port}" if record.vtpm_port else None
-    emit(args, _vm_row(record), f"{record.name} powered on" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
+    action = "power-on-accepting-rollback" if args.accept_rollback else "power-on"
+    record = service(args).request("POST", f"{_vm(args)}/{action}")
+    emit(args, record, f"{record['name']} powered on{_tcti(record)}")
 
 
 def cmd_power_off(args: argparse.Namespace) -> None:
-    record = session(args).power_off(args.name)
-    emit(args, _vm_row(record), f"{record.name} powered off")
+    record = service(args).request("POST", f"{_vm(args)}/power-off")
+    emit(args, record, f"{record['name']} powered off")
 
 
 def cmd_suspend(args: argparse.Namespace) -> None:
-    record = session(args).suspend(args.name)
-    emit(args, _vm_row(record), f"{record.name} suspended (vTPM state in {record.name}.vmss)")
+    record = service(args).request("POST", f"{_vm(args)}/suspend")
+    emit(args, record, f"{record['name']} suspended (vTPM state in {record['name']}.vmss)")
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
-    record = session(args).resume(args.name)
-    tcti = f"swtpm:host=127.0.0.1,port={record.vtpm_port}" if record.vtpm_port else None
-    emit(args, _vm_row(record), f"{record.name} resumed" + (f"; vTPM at TPM2TOOLS_TCTI={tcti}" if tcti else ""))
+    record = service(args).request("POST", f"{_vm(args)}/resume")
+    emit(args, record, f"{record['name']} resumed{_tcti(record)}")
 
 
 def cmd_console(args: argparse.Namespace) -> None:
-    ticket = session(args).open_console(args.name)
-    emit(args, {"vm": args.name, "ticket": ticket}, f"console ticket for {args.name}: {ticket}")
+    data = service(args).request("POST", f"{_vm(args)}/console")
+    emit(args, data, f"console ticket for {args.name}: {data['ticket']}")
 
 
 def cmd_browse(args: argparse.Namespace) -> None:
-    files = session(args).browse(args.name)
+    files = service(args).request("GET", f"{_vm(args)}/files")
     emit(args, files, "\n".join(files))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    data = session(args).download(args.name, args.file)
+    data = service(args).request("GET", f"{_vm(args)}/files/{quote(args.file, safe='')}")
     out = Path(args.out or args.file)
     out.write_bytes(data)
     emit(args, {"vm": args.name, "file": args.file, "bytes": len(data), "out": str(out)},
@@ -173,155 +183,179 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> None:
-    snap = session(args).snapshot(args.name)
-    emit(args, {"vm": args.name, "snapshot": snap.number, "file": str(snap.path)},
-         f"snapshot {snap.number} of {args.name} in {snap.path.name}")
+    data = service(args).request("POST", f"{_vm(args)}/snapshot")
+    emit(args, data, f"snapshot {data['snapshot']} of {args.name} in {Path(data['file']).name}")
 
 
 def cmd_revert(args: argparse.Namespace) -> None:
-    snap = session(args).revert(args.name, args.number)
-    emit(args, {"vm": args.name, "snapshot": snap.number}, f"{args.name} reverted to snapshot {snap.number}")
+    data = service(args).request("POST", f"{_vm(args)}/revert", json={"number": args.number})
+    emit(args, data, f"{args.name} reverted to snapshot {data['snapshot']}")
 
 
 def cmd_clone(args: argparse.Namespace) -> None:
-    record = session(args).clone(args.name, args.new_name, exact=args.exact)
+    record = service(args).request("POST", f"{_vm(args)}/{'clone-exact' if args.exact else 'clone'}",
+                                   json={"new_name": args.new_name})
     identity = "the same vTPM" if args.exact else "a new identity"
-    emit(args, _vm_row(record), f"cloned {args.name} to {record.name} with {identity}")
+    emit(args, record, f"cloned {args.name} to {record['name']} with {identity}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
+    client = service(args)
     if args.to_home:
-        source = session(args)
         target_user = args.to_user or args.user
-        password = os.environ.get(TO_PASSWORD_ENV) or _password(PASSWORD_ENV, f"Password for {target_user} at {args.to_home}: ")
-        target = Management(args.to_home, create_inventory=False).login(target_user, password)
-        record = source.migrate_to_home(args.name, target, args.datastore)
-        emit(args, _vm_row(record), f"{record.name} migrated to {args.to_home} datastore {record.datastore}")
+        target_password = os.environ.get(TO_PASSWORD_ENV) or password(
+            PASSWORD_ENV, f"Password for {target_user} at {args.to_home}: ")
+        record = client.request("POST", f"{_vm(args)}/migrate-away", json={
+            "datastore": args.datastore, "to_home": os.path.abspath(args.to_home), "to_user": target_user,
+            "to_password": target_password})
+        emit(args, record, f"{record['name']} migrated to {args.to_home} datastore {record['datastore']}")
         return
-    record = session(args).migrate(args.name, args.datastore)
-    emit(args, _vm_row(record), f"{record.name} migrated to {record.datastore} ({record.vmx_path})")
-
-
-def cmd_host_add(args: argparse.Namespace) -> None:
-    user = session(args)
-    user.checked(Operation.ADD_HOST, ROOT, False, lambda: user.inventory.add_host(args.name), detail=args.name)
-    emit(args, {"host": args.name}, f"added host {args.name}")
+    record = client.request("POST", f"{_vm(args)}/migrate", json={"datastore": args.datastore})
+    emit(args, record, f"{record['name']} migrated to {record['datastore']} ({record['vmx_path']})")
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
-    session(args).delete_vm(args.name, destroy_key=args.destroy_key)
+    client = service(args)
+    data = client.request("POST", f"{_vm(args)}/delete-with-key") if args.destroy_key else client.request(
+        "DELETE", _vm(args))
     gone = "inventory, files and key" if args.destroy_key else "inventory and files; its key stays for backups"
-    emit(args, {"deleted": args.name, "key_destroyed": args.destroy_key}, f"deleted {args.name} ({gone})")
-
-
-def _manifest_row(manifest: Any) -> dict[str, Any]:
-    return {**manifest.__dict__, "files": [e.__dict__ for e in manifest.files]}
+    emit(args, data, f"deleted {args.name} ({gone})")
 
 
 def cmd_backup(args: argparse.Namespace) -> None:
     """`backup VM DEST` (VM: inventory name with --user, else a path) or `backup verify DEST`."""
     if args.vm == "verify":
         manifest = verify_backup(args.destination)
-        emit(args, _manifest_row(manifest), f"{args.destination}: complete and intact "
+        emit(args, manifest_row(manifest), f"{args.destination}: complete and intact "
              f"({len(manifest.files)} files of VM {manifest.vm}, vTPM: {'yes' if manifest.vtpm else 'no'})")
         return
-    progress = FileProgress()
-    try:
-        user = session(args, required=False)
-        if user is None:
-            manifest = backup_vm(VmHome(args.vm), key_manager(args), args.destination, include_disks=not args.no_disks,
-                                 progress=progress)
-        else:
-            manifest = user.backup(args.vm, args.destination, include_disks=not args.no_disks, progress=progress)
-    finally:
-        progress.close()
-    total = sum(e.size for e in manifest.files)
-    emit(args, _manifest_row(manifest), f"backed up {manifest.vm}: {len(manifest.files)} files, {total} bytes "
-         f"-> {args.destination}")
+    client = remote(args)
+    if client:
+        headers = client.download("POST", f"/vms/{quote(args.vm, safe='')}/backup", Path(args.destination),
+                                  json={"no_disks": args.no_disks})
+        data = json.loads(base64.b64decode(headers["X-Vmcrypt-Manifest"]))
+        total = data.pop("bytes")
+    else:
+        progress = FileProgress()
+        try:
+            data = manifest_row(backup_vm(VmHome(args.vm), key_manager(args), args.destination,
+                                          include_disks=not args.no_disks, progress=progress))
+        finally:
+            progress.close()
+        total = sum(e["size"] for e in data["files"])
+    emit(args, data, f"backed up {data['vm']}: {len(data['files'])} files, {total} bytes -> {args.destination}")
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
-    record = session(args).restore(args.archive, args.datastore)
-    emit(args, _vm_row(record), f"restored {record.name} into {record.datastore} and registered it")
+    with open(args.archive, "rb") as archive:
+        record = service(args).request("POST", "/restore", params={"datastore": args.datastore}, content=archive)
+    emit(args, record, f"restored {record['name']} into {record['datastore']} and registered it")
 
 
 def cmd_vtpm_accept_rollback(args: argparse.Namespace) -> None:
     """Accept the VM's .nvram as it is now as its latest state (after a deliberate restore of an older copy)."""
-    user = session(args, required=False)
-    if user is None:
-        generation = accept_nvram_rollback(args.path, args.home)
+    client = remote(args)
+    if client:
+        generation = client.request("POST", f"/vms/{remote_vm(client, args.path)}/accept-rollback")["nvram_generation"]
     else:
-        generation = user.accept_rollback(user.vm_at(args.path).name)
+        generation = accept_nvram_rollback(args.path, args.home)
     emit(args, {"vm": args.path, "nvram_generation": generation},
          f"accepted the .nvram of {args.path} as it is (generation {generation})")
 
 
 def cmd_vtpm_remove(args: argparse.Namespace) -> None:
-    record = session(args).remove_vtpm(args.name)
-    emit(args, _vm_row(record), f"removed the vTPM of {record.name}")
+    record = service(args).request("DELETE", f"{_vm(args)}/vtpm")
+    emit(args, record, f"removed the vTPM of {record['name']}")
 
 
 def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Callable[..., Any]) -> None:
-    inv = commands.add_parser("inventory", help="users, datastores and the audit log (needs --user)",
+    """The inventory, backup/restore, and the --user VM and vTPM subcommands, each with its operation."""
+    O = Operation  # noqa: N806
+    inv = commands.add_parser("inventory", help="users, roles, datastores, hosts and the audit log (needs --user)",
                               description="The management inventory: users, roles, datastores, audit log.")
     inv_commands = inv.add_subparsers(dest="inventory_command", metavar="COMMAND", required=True)
-    init = command(inv_commands, "init", cmd_init, f"create the inventory and its first Administrator (password: ${PASSWORD_ENV})")
+    init = command(inv_commands, "init", cmd_init,
+                   f"create the inventory and its first Administrator (password: ${PASSWORD_ENV}; local administrator)")
     init.add_argument("--admin", required=True, help="name of the first administrator")
-    user_add = command(inv_commands, "user-add", cmd_user_add, f"add a user (password: ${NEW_PASSWORD_ENV})")
+    user_add = command(inv_commands, "user-add", cmd_user_add, f"add a user (password: ${NEW_PASSWORD_ENV})",
+                       operation=O.MANAGE_USERS)
     user_add.add_argument("name")
     user_add.add_argument("--role", help="grant this role on the whole inventory (e.g. 'No Cryptography Administrator')")
-    ds = command(inv_commands, "datastore-add", cmd_datastore_add, "add a datastore (a directory)")
+    command(inv_commands, "users", cmd_users, "list the users and their groups", operation=O.LIST_USERS)
+    command(inv_commands, "roles", cmd_roles, "list the roles", operation=O.LIST_ROLES)
+    role_add = command(inv_commands, "role-add", cmd_role_add, "add a custom role", operation=O.ADD_ROLE)
+    role_add.add_argument("name")
+    role_add.add_argument("--privilege", action="append", metavar="NAME", help="a privilege (repeat), e.g. System.View")
+    grant = command(inv_commands, "grant", cmd_grant, "give a user (or --group) a role on an object", operation=O.GRANT)
+    grant.add_argument("principal")
+    grant.add_argument("role")
+    grant.add_argument("--entity", default="root:", help="root:, datastore:NAME or vm:NAME (default: the root)")
+    grant.add_argument("--group", action="store_true", help="the principal is a group")
+    ds = command(inv_commands, "datastore-add", cmd_datastore_add, "add a datastore (a directory)",
+                 operation=O.ADD_DATASTORE)
     ds.add_argument("name")
     ds.add_argument("path")
-    command(inv_commands, "audit", cmd_audit, "show the audit log, denials included")
-    command(inv_commands, "host-add", cmd_host_add, "add a host").add_argument("name")
+    command(inv_commands, "datastores", cmd_datastores, "list the datastores", operation=O.LIST_DATASTORES)
+    command(inv_commands, "audit", cmd_audit, "show the audit log, denials included", operation=O.READ_AUDIT)
+    command(inv_commands, "host-add", cmd_host_add, "add a host", operation=O.ADD_HOST).add_argument("name")
+    command(inv_commands, "hosts", cmd_hosts, "list the hosts", operation=O.LIST_HOSTS)
 
-    backup = command(commands, "backup", cmd_backup, "back up a VM into one archive, or `backup verify ARCHIVE`")
+    backup = command(commands, "backup", cmd_backup, "back up a VM into one archive, or `backup verify ARCHIVE`",
+                     operation=O.BACKUP)
     backup.add_argument("vm", metavar="VM|verify", help="inventory name (with --user) or the VM's path; or 'verify'")
     backup.add_argument("destination", metavar="ARCHIVE", help="the archive to write (or to verify)")
     backup.add_argument("--no-disks", action="store_true", help="leave the virtual disks out")
-    restore = command(commands, "restore", cmd_restore, "check an archive and its key, then restore and register the VM")
+    restore = command(commands, "restore", cmd_restore, "check an archive and its key, then restore and register the VM",
+                      operation=O.RESTORE)
     restore.add_argument("archive")
     restore.add_argument("--datastore", required=True)
 
-    reg = command(vm_commands, "register", cmd_vm_register, "add an existing VM to the inventory")
+    reg = command(vm_commands, "register", cmd_vm_register, "add an existing VM to the inventory", operation=O.REGISTER)
     reg.add_argument("path", help="the VM's .vmx file or directory")
     reg.add_argument("--datastore", required=True)
-    for name, func, text in (("unregister", cmd_vm_unregister, "remove a VM from the inventory (files stay)"),
-                             ("power-off", cmd_power_off, "power off (stops the vTPM; its state is already on disk)"),
-                             ("suspend", cmd_suspend, "suspend: the vTPM's saved state goes into the encrypted .vmss"),
-                             ("resume", cmd_resume, "resume a suspended VM: the vTPM continues with its PCRs"),
-                             ("console", cmd_console, "open the console: prints a one-time console ticket"),
-                             ("browse", cmd_browse, "list the VM's files on its datastore"),
-                             ("snapshot", cmd_snapshot, "snapshot the VM's vTPM and EFI state into an encrypted .vmsn")):
-        command(vm_commands, name, func, text).add_argument("name", help="the VM's inventory name")
-    power_on = command(vm_commands, "power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)")
+    for name, func, text, operation in (
+            ("unregister", cmd_vm_unregister, "remove a VM from the inventory (files stay)", O.UNREGISTER),
+            ("power-off", cmd_power_off, "power off (stops the vTPM; its state is already on disk)", O.POWER_OFF),
+            ("suspend", cmd_suspend, "suspend: the vTPM's saved state goes into the encrypted .vmss", O.SUSPEND),
+            ("resume", cmd_resume, "resume a suspended VM: the vTPM continues with its PCRs", O.RESUME),
+            ("console", cmd_console, "open the console: prints a one-time console ticket", O.CONSOLE),
+            ("browse", cmd_browse, "list the VM's files on its datastore", O.BROWSE),
+            ("snapshot", cmd_snapshot, "snapshot the VM's vTPM and EFI state into an encrypted .vmsn", O.SNAPSHOT)):
+        command(vm_commands, name, func, text, operation=operation).add_argument("name", help="the VM's inventory name")
+    power_on = command(vm_commands, "power-on", cmd_power_on, "power on (serves the VM's vTPM on the swtpm protocol)",
+                       operation=O.POWER_ON)
     power_on.add_argument("name", help="the VM's inventory name")
     power_on.add_argument("--accept-rollback", action="store_true",
                           help="accept a .nvram older than the last one saved (a deliberate restore); audited")
-    delete = command(vm_commands, "delete", cmd_delete, "delete the VM: inventory entry and files")
+    delete = command(vm_commands, "delete", cmd_delete, "delete the VM: inventory entry and files", operation=O.DELETE)
     delete.add_argument("name", help="the VM's inventory name")
     delete.add_argument("--destroy-key", action="store_true",
                         help="also destroy its KEK at the key provider (its backups become unrestorable)")
-    revert = command(vm_commands, "revert", cmd_revert, "revert to a snapshot (the latest by default)")
+    revert = command(vm_commands, "revert", cmd_revert, "revert to a snapshot (the latest by default)",
+                     operation=O.REVERT)
     revert.add_argument("name", help="the VM's inventory name")
     revert.add_argument("--number", type=int, help="snapshot number")
-    clone = command(vm_commands, "clone", cmd_clone, "clone a powered-off VM (new vTPM and keys unless --exact)")
+    clone = command(vm_commands, "clone", cmd_clone, "clone a powered-off VM (new vTPM and keys unless --exact)",
+                    operation=O.CLONE)
     clone.add_argument("name", help="the VM's inventory name")
     clone.add_argument("new_name", help="name of the clone (same datastore)")
     clone.add_argument("--exact", action="store_true", help="copy the vTPM as it is (needs Cryptographer.Clone)")
-    migrate = command(vm_commands, "migrate", cmd_migrate, "cold-migrate a powered-off VM to another datastore")
+    migrate = command(vm_commands, "migrate", cmd_migrate, "cold-migrate a powered-off VM to another datastore",
+                      operation=O.MIGRATE)
     migrate.add_argument("name", help="the VM's inventory name")
     migrate.add_argument("--datastore", required=True, help="target datastore")
     migrate.add_argument("--to-home", help="another management home (installation) sharing the key provider")
     migrate.add_argument("--to-user", help=f"user in that home (default: the same name; password: ${TO_PASSWORD_ENV})")
-    command(vm_commands, "list", cmd_vm_list, "VMs you may see, with power and encryption state")
-    down = command(vm_commands, "download", cmd_download, "download a file of the VM from its datastore")
+    command(vm_commands, "list", cmd_vm_list, "VMs you may see, with power and encryption state", operation=O.LIST_VMS)
+    down = command(vm_commands, "download", cmd_download, "download a file of the VM from its datastore",
+                   operation=O.DOWNLOAD)
     down.add_argument("name", help="the VM's inventory name")
     down.add_argument("file", help="file name inside the VM's directory")
     down.add_argument("--out", help="where to write it (default: the file name)")
-    remove = command(vtpm_commands, "remove", cmd_vtpm_remove, "remove a VM's vTPM (its keys and NV data are gone)")
+    remove = command(vtpm_commands, "remove", cmd_vtpm_remove, "remove a VM's vTPM (its keys and NV data are gone)",
+                     operation=O.REMOVE_VTPM)
     remove.add_argument("name", help="the VM's inventory name")
     accept = command(vtpm_commands, "accept-rollback", cmd_vtpm_accept_rollback,
-                     "accept a VM's .nvram that is older than the last one saved (a deliberate restore)")
+                     "accept a VM's .nvram that is older than the last one saved (a deliberate restore)",
+                     operation=O.ACCEPT_ROLLBACK)
     accept.add_argument("path", help="the VM's .vmx file or directory")

@@ -163,10 +163,12 @@ def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
     print(f"  .nvram is still an encrypted container: {nvram.startswith(container.MAGIC)}; "
           f"NV secret readable in it: {b'DEMO-VTPM-NV-SECRET' in nvram}")
 
-    _step("No Cryptography Administrator on an encrypted VM: no console, no download, no vTPM removal")
+    _step("No Cryptography Administrator: no console, download or vTPM removal on an encrypted VM; "
+          "no key export, no CA import")
     before = _digests(vm_dir)
     for attempt in (lambda: operator.open_console("demo-vm"), lambda: operator.download("demo-vm", "demo-vm.nvram"),
-                    lambda: operator.remove_vtpm("demo-vm")):
+                    lambda: operator.remove_vtpm("demo-vm"), lambda: operator.export_keys(b"a passphrase"),
+                    lambda: operator.ca_import(root_pem.read_bytes(), None, None)):
         try:
             attempt()
             print("  allowed (bad)")

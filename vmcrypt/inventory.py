@@ -31,6 +31,7 @@ from pathlib import Path
 
 from durable.atomic import fsync_directory
 from vmcrypt.errors import VmcryptError
+from vmcrypt.power import PowerState
 from vmcrypt.rbac import BUILTIN_ROLES, TRUSTED_ADMINS_GROUP, Privilege, Role
 
 DB_FILE = "inventory.db"
@@ -86,7 +87,7 @@ class VmRecord:
     provider_id: str | None
     key_id: str | None
     vtpm: bool
-    power_state: str
+    power_state: PowerState
     vtpm_pid: int | None
     vtpm_port: int | None
     nvram_generation: int | None = None  # latest generation of the encrypted .nvram under key_id
@@ -255,10 +256,16 @@ class Inventory:
             raise InventoryError(f"role '{name}' already exists") from None
 
     def role(self, name: str) -> Role:
+        """A built-in role holds what this build defines for it (privileges added later included)."""
         row = self.db.execute("SELECT privileges, builtin FROM roles WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise InventoryError(f"no role '{name}'")
+        if row[1] and name in BUILTIN_ROLES:
+            return BUILTIN_ROLES[name]
         return Role(name, frozenset(Privilege(p) for p in json.loads(row[0])), bool(row[1]))
+
+    def roles(self) -> list[Role]:
+        return [self.role(r[0]) for r in self.db.execute("SELECT name FROM roles ORDER BY builtin DESC, name")]
 
     def grant(self, entity: tuple[str, str], principal: str, role: str, *, group: bool = False,
               propagate: bool = True) -> None:
@@ -296,7 +303,7 @@ class Inventory:
     # ------------------------------------------------------------------ objects
 
     def add_datastore(self, name: str, path: str | os.PathLike[str]) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self.db.execute("INSERT INTO datastores VALUES (?, ?)", (name, str(Path(path).resolve())))
         except sqlite3.IntegrityError:
@@ -308,14 +315,21 @@ class Inventory:
             raise InventoryError(f"no datastore '{name}'")
         return Path(row[0])
 
+    def datastores(self) -> list[tuple[str, str]]:
+        """(name, path) of every datastore."""
+        return [(r[0], r[1]) for r in self.db.execute("SELECT name, path FROM datastores ORDER BY name")]
+
     def add_host(self, name: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO hosts (name) VALUES (?)", (name,))
+
+    def hosts(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT name FROM hosts ORDER BY name")]
 
     def put_vm(self, record: VmRecord) -> None:
         self.db.execute("INSERT OR REPLACE INTO vms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (record.name, record.vmx_path, record.datastore, record.hw_version, record.firmware,
                          int(record.encrypted), record.provider_id, record.key_id, int(record.vtpm),
-                         record.power_state, record.vtpm_pid, record.vtpm_port, record.nvram_generation))
+                         PowerState(record.power_state).value, record.vtpm_pid, record.vtpm_port, record.nvram_generation))
 
     def vm(self, name: str) -> VmRecord:
         row = self.db.execute("SELECT * FROM vms WHERE name = ?", (name,)).fetchone()
@@ -362,8 +376,8 @@ class Inventory:
 
 def _vm_record(row: tuple) -> VmRecord:
     (name, vmx, datastore, hw, firmware, encrypted, provider, key, vtpm, power, pid, port, generation) = row
-    return VmRecord(name, vmx, datastore, hw, firmware, bool(encrypted), provider, key, bool(vtpm), power, pid, port,
-                    generation)
+    return VmRecord(name, vmx, datastore, hw, firmware, bool(encrypted), provider, key, bool(vtpm), PowerState(power),
+                    pid, port, generation)
 
 
 @functools.cache

@@ -1,10 +1,13 @@
-"""VM lifecycle for a logged-in user: every call checks privileges, acts, and is audited.
+"""The management plane in-process: a management home and the operations of a logged-in user.
 
-``Management(home)`` holds the inventory, the key providers and the CA of one
-management home; ``management.login(user, password)`` gives a ``UserSession``
-whose methods are the operations an operator can ask for. A refused operation
-raises ``PermissionDenied`` naming the missing privileges, is written to the
-audit log, and touches nothing on disk.
+``Management(home)`` holds the inventory, the key providers, the CA, the gate
+and the vTPM supervisor of one management home; ``management.login(user,
+password)`` gives a ``UserSession`` whose methods are the operations an operator
+can ask for. Each method passes ``vmcrypt.gate.Gate.run`` once with its
+``vmcrypt.rbac.Operation``: a refused operation raises ``PermissionDenied``
+naming the missing privileges, is written to the audit log, and touches nothing
+on disk. The management service (``vmcrypt.service``) serves these sessions over
+HTTP; tests and embedders use them directly.
 """
 
 from __future__ import annotations
@@ -12,22 +15,23 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 from vmcrypt import container, vtpm_command
+from vmcrypt.admin_operations import AdminOperations
 from vmcrypt.backup import Manifest, backup_vm, check_restorable, restore_vm
 from vmcrypt.ca_keys import open_ca
 from vmcrypt.clone import clone_vm
 from vmcrypt.errors import RollbackError, VmcryptError, VmError
+from vmcrypt.gate import Gate, PermissionDenied, Target, datastore_target, vm_target
 from vmcrypt.inventory import ROOT, Inventory, InventoryError, VmRecord
 from vmcrypt.keys import KeyManager
+from vmcrypt.power import PowerEvent, PowerState, require_off
 from vmcrypt.providers.registry import ProviderRegistry
-from vmcrypt.rbac import Operation, Privilege, missing_privileges
+from vmcrypt.rbac import Operation, Privilege
 from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
 from vmcrypt.suspend import (
     discard_suspend_state,
@@ -39,35 +43,39 @@ from vmcrypt.suspend import (
     write_suspend_state,
 )
 from vmcrypt.vm import VmHome, VmSpec, create_vm
-from vmcrypt.vm_encryption import NVRAM_ROLE, decrypt_vm, encrypt_vm, read_vmx, rekey_vm, unlist_home_file
+from vmcrypt.vm_encryption import (
+    NVRAM_ROLE,
+    OperationResult,
+    decrypt_vm,
+    describe_vm,
+    encrypt_vm,
+    read_vmx,
+    rekey_vm,
+    unlist_home_file,
+)
 from vmcrypt.vm_lock import lock_vm
+from vmcrypt.vm_move import move_vm
 from vmcrypt.vm_vtpm import VmNvramStore
-from vmcrypt.vtpm_provision import add_vtpm, set_vtpm_present
-from vtpm.server.sockets import free_port_pair
+from vmcrypt.vtpm_provision import ProvisionedEk, add_vtpm, set_vtpm_present
+from vmcrypt.vtpm_supervisor import VtpmSupervisor
+
+__all__ = ["Management", "PermissionDenied", "UserSession"]
 
 CONSOLE_TICKET_LIFETIME = datetime.timedelta(minutes=2)
-POWER_ON_TIMEOUT = 30.0
-# What a vTPM process gets from our environment: nothing secret (no $VMCRYPT_PASSWORD, no passphrases).
-CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "TMPDIR")
 T = TypeVar("T")
 
 
-class PermissionDenied(VmcryptError):
-    """The user lacks a privilege; ``missing`` lists which."""
-
-    def __init__(self, user: str, operation: Operation, entity: str, missing: list[Privilege]) -> None:
-        self.missing = missing
-        names = ", ".join(p.value for p in missing)
-        super().__init__(f"'{user}' may not {operation.value} on {entity}: missing privilege {names}")
-
-
 class Management:
-    def __init__(self, home: str | os.PathLike[str], *, create_inventory: bool = True) -> None:
-        """``create_inventory=False``: refuse a home without an inventory instead of starting an empty one."""
+    def __init__(self, home: str | os.PathLike[str], *, create_inventory: bool = True,
+                 keys: KeyManager | None = None) -> None:
+        """``create_inventory=False``: refuse a home without an inventory instead of starting an empty one.
+        ``keys``: the key manager to use (e.g. one whose native store is unlocked by a passphrase)."""
         self.home = Path(home)
         self.inventory = Inventory(self.home, create=create_inventory)
-        self.keys = KeyManager(ProviderRegistry(self.home))
+        self.keys = keys or KeyManager(ProviderRegistry(self.home))
         self.ca = open_ca(self.home, self.keys)
+        self.gate = Gate(self.inventory)
+        self.supervisor = VtpmSupervisor(self.home, vtpm_command.command_line)
 
     def close(self) -> None:
         self.inventory.close()
@@ -87,6 +95,13 @@ class Management:
             self.inventory.audit(user, "login", "", "denied", "bad user name or password")
             raise
         return UserSession(self, user)
+
+
+def check_name(name: str, what: str = "VM") -> str:
+    """A VM's name is one plain directory name: no separator, not hidden, not '.' or '..'."""
+    if not name or "/" in name or "\\" in name or "\0" in name or name.startswith(".") or len(name) > 200:
+        raise InventoryError(f"{what} name {name!r} is not a plain name (no '/', not starting with '.')")
+    return name
 
 
 def _nvram_generation(vm: VmHome, key_id: str | None, previous: VmRecord | None) -> int | None:
@@ -116,13 +131,19 @@ def _describe_on_disk(vmx: Path, datastore: str, previous: VmRecord | None = Non
         hw_version=int(settings.get("virtualHW.version", "0") or 0), firmware=(settings.get("firmware") or "bios").lower(),
         encrypted=ref is not None, provider_id=ref.provider_id if ref else None, key_id=ref.key_id if ref else None,
         vtpm=(settings.get("vtpm.present") or "").upper() == "TRUE",
-        power_state=previous.power_state if previous else "off",
+        power_state=previous.power_state if previous else PowerState.OFF,
         vtpm_pid=previous.vtpm_pid if previous else None, vtpm_port=previous.vtpm_port if previous else None,
         nvram_generation=_nvram_generation(vm, ref.key_id if ref else None, previous),
     )
 
 
-class UserSession:
+def _is_path_of(path: str | os.PathLike[str], record: VmRecord) -> bool:
+    """``path`` (absolute, as given) names the VM's .vmx or its directory; nothing on disk is looked at."""
+    wanted = os.path.normpath(os.path.abspath(path))
+    return wanted in (record.vmx_path, os.path.dirname(record.vmx_path))
+
+
+class UserSession(AdminOperations):
     def __init__(self, management: Management, user: str) -> None:
         self.m = management
         self.user = user
@@ -133,24 +154,19 @@ class UserSession:
 
     # ------------------------------------------------------------------ the one gate
 
-    def checked(self, operation: Operation, entity: tuple[str, str], encrypted: bool, action: Callable[[], T],
-                detail: str | Callable[[], str] = "") -> T:
-        """Run ``action`` if this user holds what ``operation`` needs on ``entity``; audit the outcome.
+    def run(self, operation: Operation, target: Target, act: Callable[[], T],
+            detail: str | Callable[[], str] = "") -> T:
+        return self.m.gate.run(self.user, operation, target, act, detail)
 
-        ``detail`` may be a function, asked after the action succeeded (what it did)."""
-        label = f"{entity[0]} {entity[1]}".strip()
-        missing = missing_privileges(self.inventory.privileges(self.user, entity), operation, encrypted)
-        if missing:
-            self.inventory.audit(self.user, operation.value, label, "denied",
-                                 "missing " + ", ".join(p.value for p in missing))
-            raise PermissionDenied(self.user, operation, label, missing)
+    def _on_vm(self, operation: Operation, name: str, act: Callable[[VmRecord, VmHome], T],
+               detail: str | Callable[[], str] = "") -> T:
+        """``operation`` on the inventory's VM ``name``; an unknown or unreadable VM is a failure, audited."""
         try:
-            result = action()
-        except Exception as exc:
-            self.inventory.audit(self.user, operation.value, label, "failed", str(exc))
+            record, vm = self._vm(name)
+        except VmcryptError as exc:
+            self.inventory.audit(self.user, operation.value, f"vm {name}", "failed", str(exc))
             raise
-        self.inventory.audit(self.user, operation.value, label, "ok", detail() if callable(detail) else detail)
-        return result
+        return self.run(operation, vm_target(name, record.encrypted), lambda: act(record, vm), detail)
 
     def _vm(self, name: str) -> tuple[VmRecord, VmHome]:
         record = self.inventory.vm(name)
@@ -159,18 +175,28 @@ class UserSession:
             self.inventory.put_vm(fresh)
         return fresh, VmHome(fresh.vmx_path)
 
-    def vm_at(self, vmx: str | os.PathLike[str]) -> VmRecord:
-        """The inventory's VM whose .vmx is ``vmx`` (a file or the VM's directory)."""
-        wanted = str(VmHome(vmx).vmx_path.resolve())
-        for record in self.inventory.vms():
-            if record.vmx_path == wanted:
-                return self._refresh(record.name)
-        raise InventoryError(f"no VM at {wanted} in the inventory (register it first)")
+    def _refresh(self, name: str) -> VmRecord:
+        return self._vm(name)[0]
+
+    def _put_power(self, record: VmRecord, state: PowerState, pid: int | None = None, port: int | None = None,
+                   **changes: object) -> VmRecord:
+        updated = replace(record, power_state=state, vtpm_pid=pid, vtpm_port=port, **changes)
+        self.inventory.put_vm(updated)
+        return updated
+
+    # ------------------------------------------------------------------ lookups (no operation of their own)
+
+    def vm_at(self, path: str | os.PathLike[str]) -> VmRecord:
+        """The VM this user can see whose .vmx (or directory) is ``path``."""
+        for record in self.vms():
+            if _is_path_of(path, record):
+                return record
+        raise InventoryError(f"no VM at {os.path.abspath(path)} in the inventory (register it first)")
 
     def datastore_of(self, path: str | os.PathLike[str]) -> str:
         """The registered datastore a path lies in."""
         target = Path(path).resolve()
-        for name, root in self.inventory.db.execute("SELECT name, path FROM datastores"):
+        for name, root in self.inventory.datastores():
             if Path(root) == target or Path(root) in target.parents:
                 return name
         raise InventoryError(f"{target} is not inside a datastore of the inventory")
@@ -180,31 +206,31 @@ class UserSession:
         self.inventory.put_vm(record)
         return record
 
-    def _refresh(self, name: str) -> VmRecord:
-        return self._vm(name)[0]
+    # ------------------------------------------------------------------ inventory of VMs
 
-    def _require_off(self, record: VmRecord) -> None:
-        if record.power_state != "off":
-            raise VmError("the VM must be powered off first", record.vmx_path)
-
-    # ------------------------------------------------------------------ inventory
-
-    def create_vm(self, datastore: str, name: str, spec: VmSpec | None = None) -> VmRecord:
-        def act() -> VmRecord:
-            directory = self.inventory.datastore_path(datastore) / name
-            vm = create_vm(directory, spec or VmSpec(name=name))
-            record = _describe_on_disk(vm.vmx_path, datastore)
-            self.inventory.put_vm(record)
-            return record
-        return self.checked(Operation.CREATE_VM, ("datastore", datastore), False, act)
+    def vms(self, path: str | os.PathLike[str] | None = None) -> list[VmRecord]:
+        """The VMs this user may at least see (System.View on them); with ``path``, the one there."""
+        def act() -> list[VmRecord]:
+            visible = [self._refresh(r.name) for r in self.inventory.vms()
+                       if Privilege.SYSTEM_VIEW in self.inventory.privileges(self.user, ("vm", r.name))]
+            return [r for r in visible if path is None or _is_path_of(path, r)]
+        return self.run(Operation.LIST_VMS, Target(), act)
 
     def vm(self, name: str) -> VmRecord:
         return self._refresh(name)
 
-    def vms(self) -> list[VmRecord]:
-        """The VMs this user may at least see."""
-        return [self._refresh(r.name) for r in self.inventory.vms()
-                if Privilege.SYSTEM_VIEW in self.inventory.privileges(self.user, ("vm", r.name))]
+    def describe(self, name: str) -> dict:
+        return self._on_vm(Operation.DESCRIBE_VM, name, lambda record, vm: describe_vm(vm, self.m.keys))
+
+    def create_vm(self, datastore: str, name: str, spec: VmSpec | None = None) -> VmRecord:
+        """A new VM in directory ``name`` of ``datastore`` (the VM is named ``spec.name``, by default ``name``)."""
+        def act() -> VmRecord:
+            directory = self.inventory.datastore_path(datastore) / check_name(name)
+            wanted = spec or VmSpec(name=name)
+            check_name(wanted.name)
+            vm = create_vm(directory, wanted)
+            return self.register_created(vm.vmx_path, datastore)
+        return self.run(Operation.CREATE_VM, datastore_target(datastore), act)
 
     def register_vm(self, vmx: str | os.PathLike[str], datastore: str) -> VmRecord:
         """Add an existing VM (restored, copied, or from another management home) to the inventory."""
@@ -221,59 +247,44 @@ class UserSession:
                 self.m.keys.unlock(read_vmx(vm, None).reference)  # the key provider must deliver its key
             self.inventory.put_vm(record)
             return record
-        return self.checked(Operation.REGISTER, ("datastore", datastore), record.encrypted, act)
+        return self.run(Operation.REGISTER, datastore_target(datastore, record.encrypted), act)
 
     def unregister_vm(self, name: str) -> None:
-        record, _ = self._vm(name)
-
-        def act() -> None:
-            self._require_off(record)
+        def act(record: VmRecord, vm: VmHome) -> None:
+            require_off(record.power_state, record.vmx_path)
             self.inventory.remove_vm(name)
-        self.checked(Operation.UNREGISTER, ("vm", name), record.encrypted, act)
+        self._on_vm(Operation.UNREGISTER, name, act)
+
+    def delete_vm(self, name: str, *, destroy_key: bool = False) -> None:
+        """Remove the VM from the inventory and its directory from the datastore.
+
+        The VM's KEK stays at its provider unless ``destroy_key``: backups of the VM
+        remain restorable only while it exists. Destroying it needs Cryptographer.ManageKeys.
+        """
+        def act(record: VmRecord, vm: VmHome) -> None:
+            require_off(record.power_state, record.vmx_path)
+            with lock_vm(vm, "delete"):
+                shutil.rmtree(vm.directory)
+            self.inventory.remove_vm(name)
+            if destroy_key and record.provider_id and record.key_id:
+                self.m.keys.registry.get(record.provider_id).destroy_key(record.key_id)
+        self._on_vm(Operation.DELETE_WITH_KEY if destroy_key else Operation.DELETE, name, act)
 
     def migrate(self, name: str, datastore: str) -> VmRecord:
         """Cold migration to another datastore of this inventory (the files move; keys do not change)."""
-        record, vm = self._vm(name)
-
-        def act() -> VmRecord:
-            self._require_off(record)
-            target = self.inventory.datastore_path(datastore) / vm.directory.name
-            if target.exists():
-                raise VmError(f"{target} already exists", target)
+        def act(record: VmRecord, vm: VmHome) -> VmRecord:
+            require_off(record.power_state, record.vmx_path)
             if datastore == record.datastore:
                 raise VmError(f"the VM is already on datastore '{datastore}'", vm.vmx_path)
-            with lock_vm(vm, "migrate"):
-                staging = target.with_name(f".{target.name}.migrating")
-                shutil.rmtree(staging, ignore_errors=True)
-                shutil.copytree(vm.directory, staging)  # the source stays whole until the copy is complete
-                staging.rename(target)
-                moved = _describe_on_disk(target / vm.vmx_path.name, datastore, record)
-                self.inventory.put_vm(moved)
+
+            def adopt(vmx: Path) -> VmRecord:
+                moved = _describe_on_disk(vmx, datastore, record)
                 if moved.vtpm:
                     self.m.ca.relocate_vm(record.vmx_path, moved.vmx_path)
-                shutil.rmtree(vm.directory)
-            return moved
-        return self.checked(Operation.MIGRATE, ("vm", name), record.encrypted, act, detail=f"to {datastore}")
-
-    def backup(self, name: str, destination: str | os.PathLike[str], *, include_disks: bool = True,
-               progress: Callable | None = None) -> Manifest:
-        record, vm = self._vm(name)
-
-        def act() -> Manifest:
-            self._require_off(record)
-            return backup_vm(vm, self.m.keys, destination, include_disks=include_disks, progress=progress)
-        return self.checked(Operation.BACKUP, ("vm", name), record.encrypted, act, detail=str(destination))
-
-    def restore(self, archive: str | os.PathLike[str], datastore: str) -> VmRecord:
-        """Check the archive and the key first; then restore into the datastore and register."""
-        manifest = check_restorable(archive, self.m.keys)
-
-        def act() -> VmRecord:
-            if any(r.name == manifest.vm for r in self.inventory.vms()):
-                raise InventoryError(f"a VM named '{manifest.vm}' is already in the inventory")
-            vm = restore_vm(archive, self.inventory.datastore_path(datastore) / manifest.vm, self.m.keys)
-            return self.register_created(vm.vmx_path, datastore)
-        return self.checked(Operation.RESTORE, ("datastore", datastore), manifest.encrypted, act, detail=str(archive))
+                self.inventory.put_vm(moved)
+                return moved
+            return move_vm(vm, self.inventory.datastore_path(datastore) / vm.directory.name, adopt)
+        return self._on_vm(Operation.MIGRATE, name, act, detail=f"to {datastore}")
 
     def migrate_to_home(self, name: str, target: "UserSession", datastore: str) -> VmRecord:
         """Cold migration to another management home (another installation) sharing the key provider.
@@ -282,12 +293,9 @@ class UserSession:
         target cannot fetch the VM's key; the source stays whole until the target has
         registered the copy.
         """
-        record, vm = self._vm(name)
-
-        def act() -> VmRecord:
-            if record.power_state != "off":
-                raise VmError("live migration to another management home is not supported: power the VM off first",
-                              vm.vmx_path)
+        def act(record: VmRecord, vm: VmHome) -> VmRecord:
+            require_off(record.power_state, record.vmx_path, "live migration to another management home is not "
+                        "supported: power the VM off first")
             reference = read_vmx(vm, None).reference
             if reference is not None:
                 try:
@@ -295,102 +303,77 @@ class UserSession:
                 except VmcryptError as exc:
                     raise VmError(f"the target management home has no access to the VM's key provider: {exc.reason}",
                                   vm.vmx_path) from None
-            destination = target.inventory.datastore_path(datastore) / vm.directory.name
-            if destination.exists():
-                raise VmError(f"{destination} already exists", destination)
-            with lock_vm(vm, "migrate"):
-                staging = destination.with_name(f".{destination.name}.migrating")
-                shutil.rmtree(staging, ignore_errors=True)
-                shutil.copytree(vm.directory, staging)
-                staging.rename(destination)
-                try:
-                    moved = target.register_vm(destination / vm.vmx_path.name, datastore)
-                except BaseException:
-                    shutil.rmtree(destination, ignore_errors=True)
-                    raise
+
+            def adopt(vmx: Path) -> VmRecord:
+                moved = target.register_vm(vmx, datastore)
                 self.inventory.remove_vm(name)
-                shutil.rmtree(vm.directory)
-            return moved
-        return self.checked(Operation.MIGRATE_AWAY, ("vm", name), record.encrypted, act,
-                            detail=f"to {target.m.home} datastore {datastore}")
-
-    def delete_vm(self, name: str, *, destroy_key: bool = False) -> None:
-        """Remove the VM from the inventory and its directory from the datastore.
-
-        The VM's KEK stays at its provider unless ``destroy_key``: backups of the VM
-        remain restorable only while it exists. Destroying it needs Cryptographer.ManageKeys.
-        """
-        record, vm = self._vm(name)
-
-        def act() -> None:
-            self._require_off(record)
-            with lock_vm(vm, "delete"):
-                shutil.rmtree(vm.directory)
-            self.inventory.remove_vm(name)
-            if destroy_key and record.provider_id and record.key_id:
-                self.m.keys.registry.get(record.provider_id).destroy_key(record.key_id)
-        operation = Operation.DELETE_WITH_KEY if destroy_key else Operation.DELETE
-        self.checked(operation, ("vm", name), record.encrypted, act)
+                return moved
+            return move_vm(vm, target.inventory.datastore_path(datastore) / vm.directory.name, adopt)
+        return self._on_vm(Operation.MIGRATE_AWAY, name, act, detail=f"to {target.m.home} datastore {datastore}")
 
     def clone(self, name: str, new_name: str, *, exact: bool = False) -> VmRecord:
         """A new VM in the same datastore; new identity unless ``exact`` (which needs Cryptographer.Clone)."""
-        record, vm = self._vm(name)
-
-        def act() -> VmRecord:
-            self._require_off(record)
+        def act(record: VmRecord, vm: VmHome) -> VmRecord:
+            require_off(record.power_state, record.vmx_path)
             if any(r.name == new_name for r in self.inventory.vms()):
                 raise InventoryError(f"a VM named '{new_name}' is already in the inventory")
-            target = self.inventory.datastore_path(record.datastore) / new_name
+            target = self.inventory.datastore_path(record.datastore) / check_name(new_name)
             clone = clone_vm(vm, target, new_name, self.m.keys, self.m.ca, exact=exact)
             return self.register_created(clone.vmx_path, record.datastore)
-        operation = Operation.CLONE_EXACT if exact else Operation.CLONE
-        return self.checked(operation, ("vm", name), record.encrypted, act, detail=new_name)
+        return self._on_vm(Operation.CLONE_EXACT if exact else Operation.CLONE, name, act, detail=new_name)
 
     def snapshot(self, name: str) -> Snapshot:
-        record, vm = self._vm(name)
-
-        def act() -> Snapshot:
-            self._require_off(record)
+        def act(record: VmRecord, vm: VmHome) -> Snapshot:
+            require_off(record.power_state, record.vmx_path)
             return take_snapshot(vm, str(self.m.home))
-        return self.checked(Operation.SNAPSHOT, ("vm", name), record.encrypted, act)
+        return self._on_vm(Operation.SNAPSHOT, name, act)
 
     def revert(self, name: str, number: int | None = None) -> Snapshot:
-        record, vm = self._vm(name)
-
-        def act() -> Snapshot:
-            self._require_off(record)
+        def act(record: VmRecord, vm: VmHome) -> Snapshot:
+            require_off(record.power_state, record.vmx_path)
             return revert_snapshot(vm, self.m.keys, str(self.m.home), number)
-        return self.checked(Operation.REVERT, ("vm", name), record.encrypted, act)
+        return self._on_vm(Operation.REVERT, name, act)
 
-    # ------------------------------------------------------------------ administration
+    # ------------------------------------------------------------------ backup and restore
 
-    def add_datastore(self, name: str, path: str | os.PathLike[str]) -> None:
-        self.checked(Operation.ADD_DATASTORE, ROOT, False, lambda: self.inventory.add_datastore(name, path))
+    def backup(self, name: str, destination: str | os.PathLike[str], *, include_disks: bool = True,
+               progress: Callable | None = None) -> Manifest:
+        def act(record: VmRecord, vm: VmHome) -> Manifest:
+            require_off(record.power_state, record.vmx_path)
+            return backup_vm(vm, self.m.keys, destination, include_disks=include_disks, progress=progress)
+        return self._on_vm(Operation.BACKUP, name, act, detail=str(destination))
 
-    def add_user(self, name: str, password: str) -> None:
-        self.checked(Operation.MANAGE_USERS, ROOT, False, lambda: self.inventory.add_user(name, password), detail=name)
+    def restore(self, archive: str | os.PathLike[str], datastore: str) -> VmRecord:
+        """Check the archive and the key first; then restore into the datastore and register."""
+        try:
+            manifest = check_restorable(archive, self.m.keys)
+        except VmcryptError as exc:
+            self.inventory.audit(self.user, Operation.RESTORE.value, f"datastore {datastore}", "failed", str(exc))
+            raise
 
-    def grant(self, entity: tuple[str, str], principal: str, role: str, *, group: bool = False) -> None:
-        self.checked(Operation.MANAGE_USERS, ROOT, False,
-                  lambda: self.inventory.grant(entity, principal, role, group=group),
-                  detail=f"{role} for {principal} on {entity[0]} {entity[1]}".strip())
+        def act() -> VmRecord:
+            if any(r.name == manifest.vm for r in self.inventory.vms()):
+                raise InventoryError(f"a VM named '{manifest.vm}' is already in the inventory")
+            vm = restore_vm(archive, self.inventory.datastore_path(datastore) / manifest.vm, self.m.keys)
+            return self.register_created(vm.vmx_path, datastore)
+        return self.run(Operation.RESTORE, datastore_target(datastore, manifest.encrypted), act, detail=str(archive))
 
     # ------------------------------------------------------------------ encryption and the vTPM
 
-    def add_vtpm(self, name: str) -> VmRecord:
-        record, vm = self._vm(name)
+    def provision_vtpm(self, name: str) -> tuple[VmRecord, list[ProvisionedEk]]:
+        """Add a vTPM (encrypting the VM first); the VM and the EKs whose certificates went into its NV."""
+        def act(record: VmRecord, vm: VmHome) -> tuple[VmRecord, list[ProvisionedEk]]:
+            require_off(record.power_state, record.vmx_path)
+            eks = add_vtpm(vm, self.m.keys, self.m.ca)
+            return self._refresh(name), eks
+        return self._on_vm(Operation.ADD_VTPM, name, act)
 
-        def act() -> VmRecord:
-            self._require_off(record)
-            add_vtpm(vm, self.m.keys, self.m.ca)
-            return self._refresh(name)
-        return self.checked(Operation.ADD_VTPM, ("vm", name), record.encrypted, act)
+    def add_vtpm(self, name: str) -> VmRecord:
+        return self.provision_vtpm(name)[0]
 
     def remove_vtpm(self, name: str) -> VmRecord:
-        record, vm = self._vm(name)
-
-        def act() -> VmRecord:
-            self._require_off(record)
+        def act(record: VmRecord, vm: VmHome) -> VmRecord:
+            require_off(record.power_state, record.vmx_path)
             if not record.vtpm:
                 raise VmError("the VM has no vTPM", vm.vmx_path)
             with lock_vm(vm, "remove the vTPM"):
@@ -399,75 +382,66 @@ class UserSession:
                     store.save(None)
                 set_vtpm_present(vm, self.m.keys, False)
             return self._refresh(name)
-        return self.checked(Operation.REMOVE_VTPM, ("vm", name), record.encrypted, act)
+        return self._on_vm(Operation.REMOVE_VTPM, name, act)
 
-    def encrypt(self, name: str) -> VmRecord:
-        record, vm = self._vm(name)
+    def crypt(self, operation: Operation, name: str, *, provider: str | None = None, include_disks: bool = False,
+              deep: bool = False, progress: Callable | None = None) -> tuple[VmRecord, OperationResult]:
+        """Encrypt, decrypt or rekey the powered-off VM; the VM afterwards and what changed."""
+        def act(record: VmRecord, vm: VmHome) -> tuple[VmRecord, OperationResult]:
+            require_off(record.power_state, record.vmx_path)
+            if operation is Operation.ENCRYPT:
+                result = encrypt_vm(vm, self.m.keys, provider=provider, include_disks=include_disks, progress=progress)
+            elif operation is Operation.DECRYPT:
+                if record.vtpm:
+                    raise VmError("a VM with a vTPM stays encrypted: remove the vTPM first", vm.vmx_path)
+                result = decrypt_vm(vm, self.m.keys, progress=progress)
+            elif operation is Operation.REKEY:
+                result = rekey_vm(vm, self.m.keys, deep=deep, provider=provider, progress=progress)
+            else:
+                raise ValueError(f"{operation.value} is not an encryption operation")
+            return self._refresh(name), result
+        return self._on_vm(operation, name, act)
 
-        def act() -> VmRecord:
-            self._require_off(record)
-            encrypt_vm(vm, self.m.keys)
-            return self._refresh(name)
-        return self.checked(Operation.ENCRYPT, ("vm", name), record.encrypted, act)
+    def encrypt(self, name: str, **options: object) -> VmRecord:
+        return self.crypt(Operation.ENCRYPT, name, **options)[0]  # type: ignore[arg-type]
 
-    def decrypt(self, name: str) -> VmRecord:
-        record, vm = self._vm(name)
+    def decrypt(self, name: str, **options: object) -> VmRecord:
+        return self.crypt(Operation.DECRYPT, name, **options)[0]  # type: ignore[arg-type]
 
-        def act() -> VmRecord:
-            self._require_off(record)
-            if record.vtpm:
-                raise VmError("a VM with a vTPM stays encrypted: remove the vTPM first", vm.vmx_path)
-            decrypt_vm(vm, self.m.keys)
-            return self._refresh(name)
-        return self.checked(Operation.DECRYPT, ("vm", name), record.encrypted, act)
-
-    def rekey(self, name: str) -> VmRecord:
-        record, vm = self._vm(name)
-
-        def act() -> VmRecord:
-            rekey_vm(vm, self.m.keys)
-            return self._refresh(name)
-        return self.checked(Operation.REKEY, ("vm", name), record.encrypted, act)
+    def rekey(self, name: str, **options: object) -> VmRecord:
+        return self.crypt(Operation.REKEY, name, **options)[0]  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ power
 
     def power_on(self, name: str, *, accept_rollback: bool = False) -> VmRecord:
         """Serve the VM's vTPM. A rolled-back .nvram (older than the generation the inventory or the key
         provider recorded) is refused, unless ``accept_rollback``: then it is accepted as the latest, audited."""
-        record, vm = self._vm(name)
         accepted = ""
 
-        def act() -> VmRecord:
+        def act(record: VmRecord, vm: VmHome) -> VmRecord:
             nonlocal accepted
-            if record.power_state == "on":
-                raise VmError("the VM is already powered on", vm.vmx_path)
-            if record.power_state == "suspended":
-                raise VmError("the VM is suspended: resume it (or discard its .vmss with power off)", vm.vmx_path)
+            state = PowerState(record.power_state).after(PowerEvent.POWER_ON)
             pid = port = None
             generation = record.nvram_generation
             if record.vtpm:
                 accepted, generation = self._check_rollback(record, vm, accept_rollback)
-                pid, port = self._serve_vtpm(vm)
-            updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port,
-                                  "nvram_generation": generation})
-            self.inventory.put_vm(updated)
-            return updated
+                pid, port = self.m.supervisor.start(vm)
+            return self._put_power(record, state, pid, port, nvram_generation=generation)
         operation = Operation.POWER_ON_ACCEPT_ROLLBACK if accept_rollback else Operation.POWER_ON
-        return self.checked(operation, ("vm", name), record.encrypted, act, detail=lambda: accepted)
+        return self._on_vm(operation, name, act, detail=lambda: accepted)
 
     def accept_rollback(self, name: str) -> int | None:
         """Take the powered-off VM's .nvram as it is now as its latest state (audited); return its generation."""
-        record, vm = self._vm(name)
         accepted = ""
 
-        def act() -> int | None:
+        def act(record: VmRecord, vm: VmHome) -> int | None:
             nonlocal accepted
-            self._require_off(record)
+            require_off(record.power_state, record.vmx_path)
             accepted, generation = self._check_rollback(record, vm, True)
-            self.inventory.put_vm(VmRecord(**{**record.__dict__, "nvram_generation": generation}))
+            self.inventory.put_vm(replace(record, nvram_generation=generation))
             return generation
-        return self.checked(Operation.POWER_ON_ACCEPT_ROLLBACK, ("vm", name), record.encrypted, act,
-                            detail=lambda: accepted or "nothing to accept: the .nvram is the latest saved")
+        return self._on_vm(Operation.ACCEPT_ROLLBACK, name, act,
+                           detail=lambda: accepted or "nothing to accept: the .nvram is the latest saved")
 
     def _check_rollback(self, record: VmRecord, vm: VmHome, accept: bool) -> tuple[str, int | None]:
         """Compare the .nvram's generation with the latest the inventory and the key provider recorded.
@@ -493,55 +467,20 @@ class UserSession:
         return (f"accepted a rolled-back {vm.nvram_path.name}: generation {header.generation}, "
                 f"last saved {latest}"), header.generation
 
-    def _serve_vtpm(self, vm: VmHome) -> tuple[int, int]:
-        """The VM's vTPM on the swtpm protocol, as its own process (like the VMX process would)."""
-        run_dir = self.m.home / "run"
-        run_dir.mkdir(mode=0o700, exist_ok=True)
-        log = run_dir / f"{vm.name}.vtpm.log"
-        port = free_port_pair()
-        env = {name: os.environ[name] for name in CHILD_ENVIRONMENT if name in os.environ}
-        env["VMCRYPT_HOME"] = str(self.m.home)
-        with open(log, "wb") as handle:
-            process = subprocess.Popen(
-                vtpm_command.command_line("serve", "--vm", str(vm.vmx_path), "--port", str(port)),
-                stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env=env,
-            )
-        deadline = time.monotonic() + POWER_ON_TIMEOUT
-        while time.monotonic() < deadline:
-            text = log.read_text(errors="replace")
-            if "serving on" in text:
-                return process.pid, port
-            if process.poll() is not None:
-                last = text.strip().splitlines()[-1] if text.strip() else "no output"
-                raise VmError(f"the vTPM did not start: {last.removeprefix('error: vtpm serve: ')}", vm.vmx_path)
-            time.sleep(0.05)
-        process.kill()
-        raise VmError("the vTPM did not start in time", vm.vmx_path)
-
     def suspend(self, name: str) -> VmRecord:
         """Save the vTPM's state (Shutdown(STATE)) into the encrypted .vmss and stop it."""
-        record, vm = self._vm(name)
-
-        def act() -> VmRecord:
-            if record.power_state != "on":
-                raise VmError("only a powered-on VM can be suspended", vm.vmx_path)
+        def act(record: VmRecord, vm: VmHome) -> VmRecord:
+            state = PowerState(record.power_state).after(PowerEvent.SUSPEND)
             started = save_tpm_state(record.vtpm_port) if record.vtpm_port else False
-            if record.vtpm_pid:
-                _stop(record.vtpm_pid)
+            self.m.supervisor.stop(record.vtpm_pid)
             write_suspend_state(vm, str(self.m.home), started)
-            updated = VmRecord(**{**record.__dict__, "power_state": "suspended", "vtpm_pid": None, "vtpm_port": None})
-            self.inventory.put_vm(updated)
-            return updated
-        return self.checked(Operation.SUSPEND, ("vm", name), record.encrypted, act)
+            return self._put_power(record, state)
+        return self._on_vm(Operation.SUSPEND, name, act)
 
     def resume(self, name: str) -> VmRecord:
         """Power on from the .vmss: the vTPM comes back with Startup(STATE), its PCRs as they were."""
-        record, vm = self._vm(name)
-
-        def act() -> VmRecord:
-            if record.power_state != "suspended":
-                raise VmError("the VM is not suspended", vm.vmx_path)
+        def act(record: VmRecord, vm: VmHome) -> VmRecord:
+            state = PowerState(record.power_state).after(PowerEvent.RESUME)
             if record.vtpm:
                 self._check_rollback(record, vm, False)
             body = read_suspend_state(vm, self.m.keys)
@@ -549,74 +488,42 @@ class UserSession:
             unlist_home_file(vm, self.m.keys, suspend_file(vm))  # before the vTPM holds the VM's lock
             pid = port = None
             if record.vtpm:
-                pid, port = self._serve_vtpm(vm)
+                pid, port = self.m.supervisor.start(vm)
                 if body.get("tpm_started"):
                     try:
                         resume_tpm_state(port, vm.vmx_path)
                     except VmError:
-                        _stop(pid)
+                        self.m.supervisor.stop(pid)
                         raise
             suspend_file(vm).path.unlink()
-            updated = VmRecord(**{**record.__dict__, "power_state": "on", "vtpm_pid": pid, "vtpm_port": port})
-            self.inventory.put_vm(updated)
-            return updated
-        return self.checked(Operation.POWER_ON, ("vm", name), record.encrypted, act, detail="resume")
+            return self._put_power(record, state, pid, port)
+        return self._on_vm(Operation.RESUME, name, act)
 
     def power_off(self, name: str) -> VmRecord:
-        record, vm = self._vm(name)
-
-        def act() -> VmRecord:
-            if record.power_state == "off":
-                raise VmError("the VM is already powered off", vm.vmx_path)
-            if record.vtpm_pid:
-                _stop(record.vtpm_pid)
-            if record.power_state == "suspended":  # discards the suspended state: the next power on is cold
+        def act(record: VmRecord, vm: VmHome) -> VmRecord:
+            before = PowerState(record.power_state)
+            state = before.after(PowerEvent.POWER_OFF)
+            self.m.supervisor.stop(record.vtpm_pid)
+            if before is PowerState.SUSPENDED:  # discards the suspended state: the next power on is cold
                 discard_suspend_state(vm, self.m.keys)
             seen = _describe_on_disk(vm.vmx_path, record.datastore, record)  # the generation the vTPM left
-            updated = VmRecord(**{**record.__dict__, "power_state": "off", "vtpm_pid": None, "vtpm_port": None,
-                                  "nvram_generation": seen.nvram_generation})
-            self.inventory.put_vm(updated)
-            return updated
-        return self.checked(Operation.POWER_OFF, ("vm", name), record.encrypted, act)
+            return self._put_power(record, state, nvram_generation=seen.nvram_generation)
+        return self._on_vm(Operation.POWER_OFF, name, act)
 
     # ------------------------------------------------------------------ console and files
 
     def open_console(self, name: str) -> str:
-        record, _ = self._vm(name)
-        return self.checked(Operation.CONSOLE, ("vm", name), record.encrypted,
-                         lambda: self.inventory.issue_console_ticket(name, self.user, CONSOLE_TICKET_LIFETIME))
+        return self._on_vm(Operation.CONSOLE, name, lambda record, vm: self.inventory.issue_console_ticket(
+            name, self.user, CONSOLE_TICKET_LIFETIME))
 
     def browse(self, name: str) -> list[str]:
-        record, vm = self._vm(name)
-        return self.checked(Operation.BROWSE, ("vm", name), record.encrypted,
-                         lambda: sorted(p.name for p in vm.directory.iterdir() if p.is_file() and not p.name.startswith(".")))
+        return self._on_vm(Operation.BROWSE, name, lambda record, vm: sorted(
+            p.name for p in vm.directory.iterdir() if p.is_file() and not p.name.startswith(".")))
 
     def download(self, name: str, filename: str) -> bytes:
-        record, vm = self._vm(name)
-
-        def act() -> bytes:
+        def act(record: VmRecord, vm: VmHome) -> bytes:
             path = (vm.directory / filename).resolve()
             if path.parent != vm.directory.resolve() or not path.is_file():
                 raise VmError(f"no file '{filename}' in the VM's directory", vm.directory)
             return path.read_bytes()
-        return self.checked(Operation.DOWNLOAD, ("vm", name), record.encrypted, act, detail=filename)
-
-
-def _stop(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-        except ChildProcessError:  # not our child (another process powered it on): poll for its end
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+        return self._on_vm(Operation.DOWNLOAD, name, act, detail=filename)

@@ -1,9 +1,10 @@
-"""Privileges, built-in roles and what each VM operation requires, with vSphere's names.
+"""Privileges, built-in roles and what each operation of the management plane requires, with vSphere's names.
 
 Pure data and set arithmetic, no I/O: the inventory stores who holds which role
 where; this module says whether that is enough for an operation. The rule that
 matters most: on an *encrypted* VM, console, file download and vTPM removal also
-need a ``Cryptographer.*`` privilege, which *No Cryptography Administrator* lacks.
+need a ``Cryptographer.*`` privilege, which *No Cryptography Administrator* lacks;
+so do the key providers' keys and settings and every change to the CA.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Privilege(str, enum.Enum):
     SYSTEM_READ = "System.Read"
     MODIFY_PERMISSIONS = "Authorization.ModifyPermissions"
     MODIFY_ROLES = "Authorization.ModifyRoles"
+    CERTIFICATES_MANAGE = "Certificates.Manage"
 
 
 ALL_PRIVILEGES = frozenset(Privilege)
@@ -71,88 +73,97 @@ BUILTIN_ROLES = {role.name: role for role in (ADMINISTRATOR, NO_CRYPTO_ADMINISTR
 TRUSTED_ADMINS_GROUP = "TrustedAdmins"
 
 
+P = Privilege
+
+
 class Operation(str, enum.Enum):
-    CREATE_VM = "create VM"
-    ADD_VTPM = "add vTPM"
-    REMOVE_VTPM = "remove vTPM"
-    ENCRYPT = "encrypt"
-    DECRYPT = "decrypt"
-    REKEY = "rekey"
-    POWER_ON = "power on"
-    POWER_ON_ACCEPT_ROLLBACK = "power on accepting a rolled-back .nvram"
-    POWER_OFF = "power off"
-    SUSPEND = "suspend"
-    MIGRATE = "migrate"
-    MIGRATE_AWAY = "migrate to another management home"
-    BACKUP = "back up"
-    RESTORE = "restore"
-    CONSOLE = "open console"
-    BROWSE = "browse datastore"
-    DOWNLOAD = "download file"
-    REGISTER = "register"
-    UNREGISTER = "unregister"
-    SNAPSHOT = "take snapshot"
-    CLONE = "clone"
-    CLONE_EXACT = "clone with the same vTPM"
-    REVERT = "revert to snapshot"
-    DELETE = "delete"
-    DELETE_WITH_KEY = "delete and destroy its key"
-    ADD_DATASTORE = "add datastore"
-    ADD_HOST = "add host"
-    MANAGE_USERS = "manage users and permissions"
+    """Every operation of the management plane, declared once: its name in the audit log, the privileges it
+    needs, and what an encrypted target adds (reading its plaintext, taking its vTPM or keys away).
 
+    Each route of the management service and each command of the CLI maps to one member; the gate
+    (``vmcrypt.gate``) checks, audits and runs it."""
 
-_BASE: dict[Operation, frozenset[Privilege]] = {
-    Operation.CREATE_VM: frozenset({Privilege.VM_CREATE}),
-    Operation.ADD_VTPM: frozenset({Privilege.ADD_REMOVE_DEVICE, Privilege.CRYPTO_ENCRYPT}),
-    Operation.REMOVE_VTPM: frozenset({Privilege.ADD_REMOVE_DEVICE}),
-    Operation.ENCRYPT: frozenset({Privilege.SETTINGS, Privilege.CRYPTO_ENCRYPT}),
-    Operation.DECRYPT: frozenset({Privilege.SETTINGS, Privilege.CRYPTO_DECRYPT}),
-    Operation.REKEY: frozenset({Privilege.SETTINGS, Privilege.CRYPTO_RECRYPT}),
-    Operation.POWER_ON: frozenset({Privilege.POWER_ON}),
+    # VMs
+    LIST_VMS = ("list VMs", ())  # every VM the user can see (System.View on it) is listed
+    DESCRIBE_VM = ("describe VM", (P.SYSTEM_READ,))
+    CREATE_VM = ("create VM", (P.VM_CREATE,))
+    REGISTER = ("register", (P.VM_REGISTER,), (P.CRYPTO_REGISTER_VM,))
+    UNREGISTER = ("unregister", (P.VM_UNREGISTER,))
+    DELETE = ("delete", (P.VM_DELETE,))
+    DELETE_WITH_KEY = ("delete and destroy its key", (P.VM_DELETE, P.CRYPTO_MANAGE_KEYS))
+    POWER_ON = ("power on", (P.POWER_ON,))
     # an older vTPM state comes back (deleted NV data, a reset lockout counter): like a revert, and
     # the key's record at the key provider is lowered
-    Operation.POWER_ON_ACCEPT_ROLLBACK: frozenset({Privilege.POWER_ON, Privilege.REVERT_SNAPSHOT}),
-    Operation.POWER_OFF: frozenset({Privilege.POWER_OFF}),
-    Operation.SUSPEND: frozenset({Privilege.SUSPEND}),
-    Operation.MIGRATE: frozenset({Privilege.COLD_MIGRATE}),
-    Operation.MIGRATE_AWAY: frozenset({Privilege.COLD_MIGRATE}),
-    Operation.BACKUP: frozenset({Privilege.DATASTORE_BROWSE, Privilege.DATASTORE_FILES}),
-    Operation.RESTORE: frozenset({Privilege.VM_REGISTER, Privilege.DATASTORE_FILES}),
-    Operation.CONSOLE: frozenset({Privilege.CONSOLE}),
-    Operation.BROWSE: frozenset({Privilege.DATASTORE_BROWSE}),
-    Operation.DOWNLOAD: frozenset({Privilege.DATASTORE_BROWSE, Privilege.DATASTORE_FILES}),
-    Operation.REGISTER: frozenset({Privilege.VM_REGISTER}),
-    Operation.UNREGISTER: frozenset({Privilege.VM_UNREGISTER}),
-    Operation.ADD_DATASTORE: frozenset({Privilege.DATASTORE_CONFIG}),
-    Operation.ADD_HOST: frozenset({Privilege.HOST_ADD}),
-    Operation.MANAGE_USERS: frozenset({Privilege.MODIFY_PERMISSIONS}),
-    Operation.DELETE: frozenset({Privilege.VM_DELETE}),
-    Operation.DELETE_WITH_KEY: frozenset({Privilege.VM_DELETE, Privilege.CRYPTO_MANAGE_KEYS}),
-    Operation.SNAPSHOT: frozenset({Privilege.CREATE_SNAPSHOT}),
-    Operation.CLONE: frozenset({Privilege.CLONE}),
-    Operation.CLONE_EXACT: frozenset({Privilege.CLONE, Privilege.CRYPTO_CLONE}),
-    Operation.REVERT: frozenset({Privilege.REVERT_SNAPSHOT}),
-}
-# What an encrypted VM adds: reading its plaintext (console, files) or taking its vTPM away.
-_ON_ENCRYPTED: dict[Operation, frozenset[Privilege]] = {
-    Operation.CONSOLE: frozenset({Privilege.CRYPTO_ACCESS}),
-    Operation.DOWNLOAD: frozenset({Privilege.CRYPTO_ACCESS}),
-    Operation.REMOVE_VTPM: frozenset({Privilege.CRYPTO_DECRYPT}),
-    Operation.REGISTER: frozenset({Privilege.CRYPTO_REGISTER_VM}),
-    Operation.CLONE: frozenset({Privilege.CRYPTO_CLONE}),
-    Operation.BACKUP: frozenset({Privilege.CRYPTO_ACCESS}),
-    Operation.MIGRATE_AWAY: frozenset({Privilege.CRYPTO_MIGRATE}),
-    Operation.RESTORE: frozenset({Privilege.CRYPTO_REGISTER_VM}),
-    Operation.POWER_ON_ACCEPT_ROLLBACK: frozenset({Privilege.CRYPTO_MANAGE_KEYS}),
-}
+    POWER_ON_ACCEPT_ROLLBACK = ("power on accepting a rolled-back .nvram", (P.POWER_ON, P.REVERT_SNAPSHOT),
+                                (P.CRYPTO_MANAGE_KEYS,))
+    ACCEPT_ROLLBACK = ("accept a rolled-back .nvram", (P.REVERT_SNAPSHOT,), (P.CRYPTO_MANAGE_KEYS,))
+    POWER_OFF = ("power off", (P.POWER_OFF,))
+    SUSPEND = ("suspend", (P.SUSPEND,))
+    RESUME = ("resume", (P.POWER_ON,))
+    CLONE = ("clone", (P.CLONE,), (P.CRYPTO_CLONE,))
+    CLONE_EXACT = ("clone with the same vTPM", (P.CLONE, P.CRYPTO_CLONE))
+    MIGRATE = ("migrate", (P.COLD_MIGRATE,))
+    MIGRATE_AWAY = ("migrate to another management home", (P.COLD_MIGRATE,), (P.CRYPTO_MIGRATE,))
+    SNAPSHOT = ("take snapshot", (P.CREATE_SNAPSHOT,))
+    REVERT = ("revert to snapshot", (P.REVERT_SNAPSHOT,))
+    CONSOLE = ("open console", (P.CONSOLE,), (P.CRYPTO_ACCESS,))
+    BROWSE = ("browse datastore", (P.DATASTORE_BROWSE,))
+    DOWNLOAD = ("download file", (P.DATASTORE_BROWSE, P.DATASTORE_FILES), (P.CRYPTO_ACCESS,))
+    ENCRYPT = ("encrypt", (P.SETTINGS, P.CRYPTO_ENCRYPT))
+    DECRYPT = ("decrypt", (P.SETTINGS, P.CRYPTO_DECRYPT))
+    REKEY = ("rekey", (P.SETTINGS, P.CRYPTO_RECRYPT))
+    # the vTPM
+    ADD_VTPM = ("add vTPM", (P.ADD_REMOVE_DEVICE, P.CRYPTO_ENCRYPT))
+    REMOVE_VTPM = ("remove vTPM", (P.ADD_REMOVE_DEVICE,), (P.CRYPTO_DECRYPT,))
+    # key providers
+    LIST_PROVIDERS = ("list key providers", (P.SYSTEM_READ,))
+    LIST_KEYS = ("list keys", (P.CRYPTO_MANAGE_KEYS,))
+    ADD_NATIVE_PROVIDER = ("add native key provider", (P.CRYPTO_MANAGE_KEY_SERVERS,))
+    ADD_KMIP_PROVIDER = ("add KMIP key provider", (P.CRYPTO_MANAGE_KEY_SERVERS,))
+    EXPORT_KEYS = ("export keys", (P.CRYPTO_MANAGE_KEYS,))
+    IMPORT_KEYS = ("import keys", (P.CRYPTO_MANAGE_KEYS,))
+    TEST_PROVIDER = ("test key provider", (P.CRYPTO_MANAGE_KEY_SERVERS,))
+    SET_DEFAULT_PROVIDER = ("set default key provider", (P.CRYPTO_MANAGE_KEY_SERVERS, P.CRYPTO_MANAGE_ENCRYPTION_POLICY))
+    # the CA (its private key is sealed under the key provider: changing it is key management too)
+    CA_SHOW = ("show CA", (P.SYSTEM_READ,))
+    CA_EXPORT_ROOT = ("export CA root", (P.SYSTEM_READ,))
+    CA_CRL = ("get CRL", (P.SYSTEM_READ,))
+    CA_VERIFY_EK = ("verify EK certificates", (P.SYSTEM_READ,))
+    CA_REISSUE_EK = ("reissue EK certificates", (P.CERTIFICATES_MANAGE, P.CRYPTO_MANAGE_KEYS))
+    CA_IMPORT = ("import CA", (P.CERTIFICATES_MANAGE, P.CRYPTO_MANAGE_KEYS))
+    CA_CSR = ("create CA CSR", (P.CERTIFICATES_MANAGE, P.CRYPTO_MANAGE_KEYS))
+    CA_IMPORT_SIGNED = ("import signed CA", (P.CERTIFICATES_MANAGE, P.CRYPTO_MANAGE_KEYS))
+    CA_REVOKE = ("revoke certificate", (P.CERTIFICATES_MANAGE, P.CRYPTO_MANAGE_KEYS))
+    # the inventory
+    LIST_USERS = ("list users", (P.SYSTEM_READ,))
+    MANAGE_USERS = ("manage users and permissions", (P.MODIFY_PERMISSIONS,))
+    GRANT = ("grant permission", (P.MODIFY_PERMISSIONS,))
+    LIST_ROLES = ("list roles", (P.SYSTEM_READ,))
+    ADD_ROLE = ("add role", (P.MODIFY_ROLES,))
+    LIST_DATASTORES = ("list datastores", (P.SYSTEM_READ,))
+    ADD_DATASTORE = ("add datastore", (P.DATASTORE_CONFIG,))
+    LIST_HOSTS = ("list hosts", (P.SYSTEM_READ,))
+    ADD_HOST = ("add host", (P.HOST_ADD,))
+    READ_AUDIT = ("read audit log", (P.SYSTEM_READ,))
+    # backup and restore
+    BACKUP = ("back up", (P.DATASTORE_BROWSE, P.DATASTORE_FILES), (P.CRYPTO_ACCESS,))
+    RESTORE = ("restore", (P.VM_REGISTER, P.DATASTORE_FILES), (P.CRYPTO_REGISTER_VM,))
+
+    def __new__(cls, action: str, base: tuple[Privilege, ...], on_encrypted: tuple[Privilege, ...] = ()) -> "Operation":
+        member = str.__new__(cls, action)
+        member._value_ = action
+        member.base = frozenset(base)
+        member.on_encrypted = frozenset(on_encrypted)
+        return member
+
+    def required(self, encrypted: bool) -> frozenset[Privilege]:
+        return self.base | self.on_encrypted if encrypted else self.base
 
 
 def required_privileges(operation: Operation, encrypted: bool) -> frozenset[Privilege]:
-    extra = _ON_ENCRYPTED.get(operation, frozenset()) if encrypted else frozenset()
-    return _BASE[operation] | extra
+    return operation.required(encrypted)
 
 
 def missing_privileges(held: frozenset[Privilege], operation: Operation, encrypted: bool) -> list[Privilege]:
     """The privileges ``operation`` needs that ``held`` lacks, in a stable order."""
-    return sorted(required_privileges(operation, encrypted) - held, key=lambda p: p.value)
+    return sorted(operation.required(encrypted) - held, key=lambda p: p.value)

@@ -20,9 +20,11 @@ def test_demo(tmp_path: Path) -> None:
     assert "byte-for-byte identical to before encryption: True" in out
     assert ".nvram is still an encrypted container: True; NV secret readable in it: False" in out
     assert "0x01500016" in out
-    assert out.count("refused: 'operator' may not") == 3 and "missing privilege Cryptographer.Access" in out
+    assert out.count("refused: 'operator' may not") == 5 and "missing privilege Cryptographer.Access" in out
+    assert "may not export keys on root: missing privilege Cryptographer.ManageKeys" in out
+    assert "may not import CA on root: missing privilege" in out
     assert "VM files unchanged: True" in out
     assert "$ tpm2_nvread 0x1500016 -> 'DEMO-VTPM-NV-SECRET!!'" in out
     assert "openssl verify -CAfile vmca-root.pem ek-rsa.pem -> OK" in out
     assert "same public key as the certificate: True" in out
-    assert out.count("denied  ") == 3
+    assert out.count("denied  ") == 5

@@ -81,22 +81,27 @@ class TpmServer:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds; the exit status."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def __enter__(self) -> TpmServer:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds; the exit status."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
 
 
 # ----------------------------------------------------------------------------- readiness

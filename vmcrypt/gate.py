@@ -1,0 +1,85 @@
+"""The one gate every operation of the management plane passes: check, act, audit the outcome.
+
+``Gate.run(user, operation, target, act)`` looks up what ``operation`` needs on
+``target`` (``vmcrypt.rbac.Operation`` declares it), refuses with
+``PermissionDenied`` naming the missing privileges when the user lacks one, and
+otherwise runs ``act``. Every outcome is written to the inventory's append-only
+audit log: ``denied`` (nothing was done), ``failed`` (with the reason) or ``ok``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from vmcrypt.errors import VmcryptError
+from vmcrypt.inventory import ROOT, Inventory
+from vmcrypt.rbac import Operation, Privilege, missing_privileges
+
+T = TypeVar("T")
+
+
+class PermissionDenied(VmcryptError):
+    """The user lacks a privilege; ``missing`` lists which."""
+
+    def __init__(self, user: str, operation: Operation, entity: str, missing: list[Privilege]) -> None:
+        self.missing = missing
+        self.operation = operation
+        names = ", ".join(p.value for p in missing)
+        super().__init__(f"'{user}' may not {operation.value} on {entity}: missing privilege {names}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an operation acts on: the inventory's root, a datastore or a VM (and whether it is encrypted)."""
+
+    kind: str = ROOT[0]
+    name: str = ROOT[1]
+    encrypted: bool = False
+
+    @property
+    def entity(self) -> tuple[str, str]:
+        return (self.kind, self.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}".strip()
+
+
+INVENTORY_ROOT = Target()
+
+
+def vm_target(name: str, encrypted: bool) -> Target:
+    return Target("vm", name, encrypted)
+
+
+def datastore_target(name: str, encrypted: bool = False) -> Target:
+    return Target("datastore", name, encrypted)
+
+
+class Gate:
+    def __init__(self, inventory: Inventory) -> None:
+        self.inventory = inventory
+
+    def check(self, user: str, operation: Operation, target: Target) -> None:
+        """Refuse (audited) when ``user`` lacks a privilege ``operation`` needs on ``target``."""
+        missing = missing_privileges(self.inventory.privileges(user, target.entity), operation, target.encrypted)
+        if missing:
+            self.inventory.audit(user, operation.value, target.label, "denied",
+                                 "missing " + ", ".join(p.value for p in missing))
+            raise PermissionDenied(user, operation, target.label, missing)
+
+    def run(self, user: str, operation: Operation, target: Target, act: Callable[[], T],
+            detail: str | Callable[[], str] = "") -> T:
+        """Run ``act`` if ``user`` holds what ``operation`` needs on ``target``; audit the outcome.
+
+        ``detail`` may be a function, asked after the action succeeded (what it did)."""
+        self.check(user, operation, target)
+        try:
+            result = act()
+        except Exception as exc:
+            self.inventory.audit(user, operation.value, target.label, "failed", str(exc))
+            raise
+        self.inventory.audit(user, operation.value, target.label, "ok", detail() if callable(detail) else detail)
+        return result
