@@ -60,7 +60,7 @@ class SessionUse:
         if self.session.is_policy:
             return self.session.needs_auth_value
         bound = self.session.bound_entity
-        name = self.entity.name or (self.handle or 0).to_bytes(4, "big")
+        name = self.entity.name_for(self.handle or 0)
         return not (bound and hmac.compare_digest(bound, bind_value(name, self.entity.auth_value)))
 
     def session_value(self, auth_value: bytes | None = None) -> bytes:
@@ -139,7 +139,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
                 raise TpmError(RC.ATTRIBUTES, session=number)
             ctx.encrypt = use
 
-    names = [entities[i].name or handles[i - 1].to_bytes(4, "big") for i in range(1, len(handles) + 1)]
+    names = [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
     hashes: dict[int, bytes] = {}
 
     def command_hash(alg: int) -> bytes:
@@ -190,10 +190,17 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
         if not available:
             raise TpmError(RC.AUTH_UNAVAILABLE)
         _check_policy(tpm, use, code, command_hash(session.auth_hash), names)
-    if session is None or session.needs_password:
-        _check_password(tpm, use)
-    else:
-        _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
+    try:
+        if session is None or session.needs_password:
+            _check_password(tpm, use)
+        else:
+            _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
+    except TpmError:
+        if auth_used and entity.auth_used is not None:
+            entity.auth_used(False)
+        raise
+    if auth_used and entity.auth_used is not None:
+        entity.auth_used(True)
 
 
 def _check_hmac(tpm: "Tpm", ctx: AuthContext, use: SessionUse, p_hash: bytes) -> None:

@@ -76,6 +76,10 @@ class AuthSession:
         self.command_code = self.cp_hash = self.name_hash = self.locality = None
         self.expiration_ms = self.pcr_counter = self.nv_written = None
 
+    def held_hash(self) -> bytes | None:
+        """What the session holds in the reference implementation's cpHash slot: a cpHash or a name hash."""
+        return self.cp_hash if self.cp_hash is not None else self.name_hash
+
 
 def bind_value(name: bytes, auth_value: bytes) -> bytes:
     """What a bound session remembers about its entity (a digest; never the auth value itself)."""

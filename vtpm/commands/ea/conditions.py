@@ -69,17 +69,35 @@ def policy_pcr(tpm: Tpm, cmd: Command) -> Response:
     return Response()
 
 
+def signed_compare(a: bytes, b: bytes) -> int:
+    """-1, 0 or 1 as the reference implementation's SignedCompareB orders two operands.
+
+    Operands of different signs order by sign; two non-negative ones compare as unsigned
+    numbers; two negative ones compare as unsigned numbers *reversed*. That last rule is not
+    two's-complement order (0x81 counts as greater than 0x82), but it is what libtpms and the
+    reference implementation answer, and policies are written against them, so it is kept.
+    """
+    sign_a = not (a[:1] and a[0] & 0x80)
+    sign_b = not (b[:1] and b[0] & 0x80)
+    if sign_a != sign_b:
+        return 1 if sign_a else -1
+    unsigned = (a > b) - (a < b)  # equal lengths: byte order is unsigned order
+    return unsigned if sign_a else -unsigned
+
+
 def condition_holds(operation: int, a: bytes, b: bytes) -> bool:
     """TPM_EO comparison of equally long big-endian operands (A from the TPM, B from the caller)."""
     if operation in (EO.BITSET, EO.BITCLEAR):
         masked = [x & y for x, y in zip(a, b, strict=True)]
         return masked == list(b) if operation == EO.BITSET else not any(masked)
-    signed = operation in (EO.SIGNED_GT, EO.SIGNED_LT, EO.SIGNED_GE, EO.SIGNED_LE)
-    x, y = int.from_bytes(a, "big", signed=signed), int.from_bytes(b, "big", signed=signed)
+    if operation in (EO.SIGNED_GT, EO.SIGNED_LT, EO.SIGNED_GE, EO.SIGNED_LE):
+        order = signed_compare(a, b)
+    else:
+        order = (a > b) - (a < b)
     return {
-        EO.EQ: x == y, EO.NEQ: x != y,
-        EO.SIGNED_GT: x > y, EO.UNSIGNED_GT: x > y, EO.SIGNED_LT: x < y, EO.UNSIGNED_LT: x < y,
-        EO.SIGNED_GE: x >= y, EO.UNSIGNED_GE: x >= y, EO.SIGNED_LE: x <= y, EO.UNSIGNED_LE: x <= y,
+        EO.EQ: order == 0, EO.NEQ: order != 0,
+        EO.SIGNED_GT: order > 0, EO.UNSIGNED_GT: order > 0, EO.SIGNED_LT: order < 0, EO.UNSIGNED_LT: order < 0,
+        EO.SIGNED_GE: order >= 0, EO.UNSIGNED_GE: order >= 0, EO.SIGNED_LE: order <= 0, EO.UNSIGNED_LE: order <= 0,
     }[operation]
 
 
