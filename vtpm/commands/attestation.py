@@ -1,4 +1,5 @@
-"""Attestation Commands (Part 3, section 18): Certify, CertifyCreation, Quote, GetTime."""
+"""Attestation Commands (Part 3, section 18): Certify, CertifyCreation, Quote, GetSessionAuditDigest,
+GetCommandAuditDigest, GetTime."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from vtpm.constants import ALG, CC, HT, RC, RH, ST
 from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import hmac_digest
 from vtpm.entities.attestation import FIRMWARE_VERSION, optional_signer, signed_attestation
+from vtpm.entities.audit import commands_digest, reset_digest
 from vtpm.entities.clock import time_info
 from vtpm.entities.hierarchy import hierarchy_proof
 from vtpm.entities.object_table import get_object
@@ -78,3 +80,42 @@ def get_time(tpm: Tpm, cmd: Command) -> Response:
     info = {"time": time_info(tpm), "firmwareVersion": FIRMWARE_VERSION}
     return Response(params=signed_attestation(tpm, key, cmd.params.inScheme, 2, ST.ATTEST_TIME,
                                               cmd.params.qualifyingData, info))
+
+
+@command(CC.GetSessionAuditDigest,
+         handles=[handle_spec("privacyAdminHandle", Auth.USER, permanent=[RH.ENDORSEMENT]),
+                  handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL]),
+                  handle_spec("sessionHandle", types=[HT.HMAC_SESSION])],
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME)], response_tpm2b=True)
+def get_session_audit_digest(tpm: Tpm, cmd: Command) -> Response:
+    """The audit digest of an audit session, and whether it is exclusive (Part 3 18.5)."""
+    key = optional_signer(tpm, cmd.handles[1], 2)
+    if key is not None:
+        select_sign_scheme(key, cmd.params.inScheme, 2)
+    handle = cmd.handles[2]
+    session = tpm.volatile.sessions.get(handle)
+    if session is None or not session.is_audit:
+        raise TpmError(RC.TYPE, handle=3)
+    info = {"exclusiveSession": int(tpm.volatile.exclusive_audit_session == handle),
+            "sessionDigest": session.audit_digest}
+    return Response(params=signed_attestation(tpm, key, cmd.params.inScheme, 2, ST.ATTEST_SESSION_AUDIT,
+                                              cmd.params.qualifyingData, info))
+
+
+@command(CC.GetCommandAuditDigest,
+         handles=[handle_spec("privacyHandle", Auth.USER, permanent=[RH.ENDORSEMENT]),
+                  handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL])],
+         params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME)], response_tpm2b=True)
+def get_command_audit_digest(tpm: Tpm, cmd: Command) -> Response:
+    """The command audit digest, its counter and the digest of the audited command list (Part 3 18.6);
+    a signed report starts a new audit digest."""
+    key = optional_signer(tpm, cmd.handles[1], 2)
+    state = tpm.state
+    info = {"auditCounter": state.audit_counter, "digestAlg": state.audit_hash_alg,
+            "auditDigest": state.command_audit_digest, "commandDigest": commands_digest(tpm)}
+    out = signed_attestation(tpm, key, cmd.params.inScheme, 2, ST.ATTEST_COMMAND_AUDIT, cmd.params.qualifyingData,
+                             info)
+    if key is not None:
+        reset_digest(tpm)
+    return Response(params=out)
+

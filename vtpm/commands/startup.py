@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, RC, SU
 from vtpm.core import Command, Response, command
+from vtpm.entities import audit, commit
 from vtpm.entities.nv import shutdown_nv, startup_clear_nv
 from vtpm.entities.pcr import PCR_ATTRIBUTES, counts_update
 from vtpm.errors import TpmError
@@ -46,11 +47,13 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         state.restart_count += 1
     elif previous == "state":  # TPM Restart
         state.restart_count += 1
-    else:  # TPM Reset: a new null hierarchy
+    else:  # TPM Reset: a new null hierarchy, no commitments, a new command audit digest
         state.reset_count += 1
         state.restart_count = 0
         volatile.null_seed = tpm.random(SEED_SIZE)
         volatile.null_proof = tpm.random(PROOF_SIZE)
+        commit.reset(tpm)
+        audit.reset_digest(tpm)
         if previous == "none":
             state.clock_safe = False
     if kind == SU.CLEAR:

@@ -1,5 +1,5 @@
-"""Policy assertions on TPM state (Part 3, section 23): PolicyPCR, PolicyNV and
-PolicyCounterTimer. A trial session skips the checks and only records the digest."""
+"""Policy assertions on TPM state (Part 3, section 23): PolicyPCR, PolicyNV, PolicyCounterTimer
+and PolicyAuthorizeNV. A trial session skips the checks and only records the digest."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import construct as cs
 from vtpm.commands.ea.common import POLICY_SESSION, extend, session_of
 from vtpm.constants import CC, HT, RC, RH
 from vtpm.core import Auth, Command, Response, command, handle_spec
-from vtpm.crypto import digest
+from vtpm.crypto import HASHES, MAX_DIGEST, digest
 from vtpm.entities.clock import time_info
 from vtpm.entities.nv import check_read_access
 from vtpm.entities.pcr import pcr_digest as current_pcr_digest
@@ -150,4 +150,38 @@ def policy_counter_timer(tpm: Tpm, cmd: Command) -> Response:
                                                      p.operandB):
         raise TpmError(RC.POLICY)
     extend(session, CC.PolicyCounterTimer, _operand_args(session, p.operandB, p.offset, p.operation))
+    return Response()
+
+
+@command(
+    CC.PolicyAuthorizeNV,
+    handles=[
+        handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=(RH.OWNER, RH.PLATFORM)),
+        handle_spec("nvIndex", types=[HT.NV_INDEX]),
+        POLICY_SESSION,
+    ],
+)
+def policy_authorize_nv(tpm: Tpm, cmd: Command) -> Response:
+    """The policy so far must be the one an NV index holds (a TPMT_HA); then the digest becomes
+    H(0...0 || TPM_CC_PolicyAuthorizeNV || index Name) (Part 3 23.22), so that the index's owner can
+    change the policy that unlocks an object later, as the EK Credential Profile's PolicyB does."""
+    auth, handle, session_handle = cmd.handles
+    session = session_of(tpm, session_handle, 3)
+    index = tpm.state.nv[handle]
+    if not session.is_trial:
+        check_read_access(tpm, cmd, auth, index)
+        stored = index.data[: min(index.data_size, 2 + MAX_DIGEST)]
+        if len(stored) < 2:
+            raise TpmError(RC.INSUFFICIENT)
+        alg = int.from_bytes(stored[:2], "big")
+        if alg not in HASHES:
+            raise TpmError(RC.HASH)
+        if len(stored) < 2 + HASHES[alg].size:
+            raise TpmError(RC.INSUFFICIENT)
+        if alg != session.auth_hash:
+            raise TpmError(RC.HASH)
+        if stored[2 : 2 + HASHES[alg].size] != session.policy_digest:
+            raise TpmError(RC.VALUE)
+    session.policy_digest = bytes(HASHES[session.auth_hash].size)
+    extend(session, CC.PolicyAuthorizeNV, index.name)  # no policyRef step, unlike PolicyAuthorize
     return Response()
