@@ -319,6 +319,8 @@ class LoadedObject:
             auth_policy_alg=self.public.name_alg,
             user_needs_policy=not self.public.has(A.USER_WITH_AUTH),
             admin_needs_policy=self.public.has(A.ADMIN_WITH_POLICY),
+            # an object loaded without its sensitive area has neither authValue nor usable policy
+            auth_available=None if self.sensitive is not None else _never,
         )
 
     def public_key(self) -> Any:
@@ -359,6 +361,10 @@ class LoadedObject:
         else:
             raise TpmError(RC.TYPE)
         return self._private_key
+
+
+def _never(code: int, policy: bool, admin: bool) -> bool:
+    return False
 
 
 def check_binding(obj: LoadedObject) -> None:
