@@ -24,11 +24,27 @@ import pytest
 
 from vtpm import wire
 from vtpm.client import TpmClient
-from vtpm.constants import CAP, HT
+from vtpm.constants import CAP, HT, RC
 from vtpm.server.sockets import free_port_pair
+from vtpm.transport import SocketTransport
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+
+
+class RetryingTransport:
+    def __init__(self, inner: SocketTransport) -> None:
+        self.inner = inner
+
+    def transact(self, command: bytes) -> bytes:
+        for _ in range(3):
+            response = self.inner.transact(command)
+            if wire.response_code(response) != RC.RETRY:
+                break
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 @dataclass
@@ -41,8 +57,10 @@ class Peer:
 
     @property
     def client(self) -> TpmClient:
+        """A client whose commands answered TPM_RC_RETRY ("not executed, send it again", as libtpms
+        answers the first DA-protected authorization after Startup) are resent, as TSS stacks do."""
         if self._client is None:
-            self._client = TpmClient.swtpm_tcp(self.port, HOST, timeout=60)
+            self._client = TpmClient(RetryingTransport(SocketTransport.tcp(self.port, HOST, timeout=60)))
         return self._client
 
     def transact(self, command: bytes) -> bytes:

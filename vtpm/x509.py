@@ -214,8 +214,8 @@ def usage_bits(value: int) -> set[int]:
 
 
 def check_extensions(data: bytes, element: Element, attributes: int) -> None:
-    """The TPMA_OBJECT extension (if any) must be the object's attributes (TPM_RC_ATTRIBUTES for the
-    object), and the required keyUsage must fit them (TPM_RC_VALUE for the partial certificate)."""
+    """The TPMA_OBJECT extension (if any) must be the object's attributes (TPM_RC_ATTRIBUTES), and the
+    required keyUsage must fit them (TPM_RC_VALUE for the partial certificate)."""
     try:
         (inner,) = children(data, element)
         if inner.tag != SEQUENCE:
@@ -226,7 +226,9 @@ def check_extensions(data: bytes, element: Element, attributes: int) -> None:
     except ValueError:
         raise TpmError(RC.VALUE, param=3) from None
     if tpma is not None and tpma != attributes:
-        raise TpmError(RC.ATTRIBUTES, handle=1)
+        # libtpms adds the objectHandle's number to an error that already carries one: it answers
+        # TPM_RC_ATTRIBUTES for handle 2; so does this TPM, for the same bytes.
+        raise TpmError(RC.ATTRIBUTES, handle=2)
     if usage is None:
         raise TpmError(RC.VALUE, param=3)
     bits = usage_bits(usage)
