@@ -234,11 +234,17 @@ def handles_of_type(tpm: Tpm, kind: int) -> list[int]:
         return sorted(PERMANENT_HANDLES)
     if kind == HT.TRANSIENT:
         return sorted(tpm.volatile.objects)
-    if kind in (HT.HMAC_SESSION, HT.POLICY_SESSION):
-        return sorted(h for h in tpm.volatile.sessions if h >> 24 == kind)
+    if kind == HT.HMAC_SESSION:  # TPM_HT_LOADED_SESSION: every loaded session, HMAC or policy
+        return sorted(tpm.volatile.sessions, key=_session_order)
+    if kind == HT.POLICY_SESSION:  # TPM_HT_SAVED_SESSION: the sessions whose context is saved
+        return sorted(tpm.volatile.saved_sessions, key=_session_order)
     if kind == HT.PERSISTENT:
         return sorted(getattr(tpm.state, "persistent", {}) or {})
     return []
+
+
+def _session_order(handle: int) -> tuple[int, int]:
+    return handle & 0xFFFFFF, handle >> 24
 
 
 def _page(items: list[int], start: int, count: int, limit: int) -> tuple[list[int], bool]:
@@ -257,7 +263,10 @@ def get_capability(tpm: Tpm, cmd: Command) -> Response:
         kind = prop >> 24
         if kind not in (HT.PCR, HT.NV_INDEX, HT.HMAC_SESSION, HT.POLICY_SESSION, HT.PERMANENT, HT.TRANSIENT, HT.PERSISTENT):
             raise TpmError(RC.HANDLE, param=2)
-        handles, more = _page([h for h in handles_of_type(tpm, kind) if h >> 24 == kind], prop, count, 254)
+        listed = handles_of_type(tpm, kind)
+        if kind not in (HT.HMAC_SESSION, HT.POLICY_SESSION):
+            listed = [h for h in listed if h >> 24 == kind]
+        handles, more = _page(listed, prop if kind not in (HT.HMAC_SESSION, HT.POLICY_SESSION) else 0, count, 254)
         body = TPML_HANDLE.build(handles)
     elif cap == CAP.COMMANDS:
         codes, more = _page(sorted(COMMANDS), prop, count, 254)
