@@ -73,10 +73,13 @@ class Peer:
         return env
 
     def flush_transients(self) -> None:
-        _, data = self.client.get_capability(CAP.HANDLES, HT.TRANSIENT << 24, 64)
-        for i in range(int.from_bytes(data[:4], "big")):
-            handle = int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big")
-            self.transact(wire.flush_context(handle))
+        """Flush the loaded objects and loaded sessions (TPM_HT_LOADED_SESSION) a tool left behind;
+        sessions saved to files stay."""
+        for kind in (HT.TRANSIENT, HT.HMAC_SESSION):
+            _, data = self.client.get_capability(CAP.HANDLES, kind << 24, 64)
+            for i in range(int.from_bytes(data[:4], "big")):
+                handle = int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big")
+                self.transact(wire.flush_context(handle))
 
     def tool(self, *args: str, cwd: Path, stdin: bytes | None = None, check: bool = True
              ) -> subprocess.CompletedProcess[bytes]:
