@@ -837,3 +837,39 @@ def test_certify_x509_with_an_ecdsa_signer(client: TpmClient) -> None:
     parsed = cx509.load_der_x509_certificate(certificate)
     public = ec.EllipticCurvePublicNumbers(*P256.multiply(d), ec.SECP256R1()).public_key()
     public.verify(parsed.signature, parsed.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+
+
+# ----------------------------------------------------------------------------- PCR_Allocate in part
+
+
+def test_partial_pcr_allocation_is_swtpms(pair: Pair) -> None:
+    """PCR_Allocate of some PCRs of a bank (tpm2-pytss' test_pcr_allocate asks for sha1:3 + sha256:all):
+    the allocation after the next TPM Reset, and what PCR_Read, PCR_Extend and GetCapability(PCRS)
+    do with it, byte for byte as swtpm."""
+    from vtpm.transport import SwtpmControl
+
+    steps_before = [
+        wire.pcr_allocate([(ALG.SHA1, [3]), (ALG.SHA256, range(24))]),
+        wire.pcr_allocate([(ALG.SHA1, [0, 3]), (ALG.SHA256, [17]), (ALG.SHA384, []), (ALG.SHA512, [])]),
+        wire.SHUTDOWN_CLEAR,
+    ]
+    steps_after = [
+        wire.STARTUP_CLEAR,
+        wire.get_capability(CAP.PCRS, 0, 1),
+        wire.pcr_read([(ALG.SHA1, range(24)), (ALG.SHA256, range(24))]),
+        wire.pcr_extend(3, [(ALG.SHA1, bytes(20)), (ALG.SHA256, bytes(32))]),
+        wire.build_command(CC.PCR_Event, [0], wire.tpm2b(b"abc"), wire.PASSWORD_SESSION),
+        wire.pcr_read([(ALG.SHA1, [0, 3]), (ALG.SHA256, [0, 3, 17])]),
+        wire.pcr_allocate([(ALG.SHA1, [5]), (ALG.SHA256, []), (ALG.SHA384, []), (ALG.SHA512, [])]),  # no PCR 0
+        wire.pcr_allocate([(ALG.SHA1, range(24)), (ALG.SHA256, range(24)), (ALG.SHA384, range(24)),
+                           (ALG.SHA512, range(24))]),
+    ]
+    answers = []
+    for peer in (pair.ours, pair.ref):
+        seen = [peer.transact(step) for step in steps_before]
+        peer.close_client()
+        SwtpmControl(port=peer.port + 1).init()  # _TPM_Init
+        seen += [peer.transact(step) for step in steps_after]
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    assert rc(answers[0][-2]) == RC.PCR and rc(answers[0][-1]) == RC.SUCCESS

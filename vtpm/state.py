@@ -93,6 +93,9 @@ class TpmState:
     nv: dict[int, NvIndex] = field(default_factory=dict)
     pcr_banks: list[int] = field(default_factory=lambda: [int(b) for b in DEFAULT_BANKS])
     pcr_banks_pending: list[int] | None = None
+    # Banks allocated only in part: [alg, bitmap of PCRs 0-23]; an allocated bank not listed has all.
+    pcr_partial: list[list[int]] = field(default_factory=list)
+    pcr_partial_pending: list[list[int]] | None = None
     clock_ms: int = 0
     reset_count: int = 0
     restart_count: int = 0

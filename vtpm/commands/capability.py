@@ -279,7 +279,7 @@ def get_capability(tpm: Tpm, cmd: Command) -> Response:
         if prop != 0:
             raise TpmError(RC.VALUE, param=2)
 
-        body, more = TPML_PCR_SELECTION_OUT.build(pcr_selection_all(tpm.state.pcr_banks)), False
+        body, more = TPML_PCR_SELECTION_OUT.build(pcr_selection_all(tpm)), False
     elif cap == CAP.TPM_PROPERTIES:
         table = tpm_properties(tpm)
         keys, more = _page(sorted(table), prop, count, 127)

@@ -30,7 +30,8 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.VALUE, param=1)
     if state.pcr_banks_pending is not None and kind == SU.CLEAR:
         state.pcr_banks = state.pcr_banks_pending  # PCR_Allocate takes effect at TPM Reset
-        state.pcr_banks_pending = None
+        state.pcr_partial = state.pcr_partial_pending or []
+        state.pcr_banks_pending = state.pcr_partial_pending = None
     volatile.reset_pcrs(state.pcr_banks, cmd.locality)
     saved = kind == SU.STATE
     if not saved:

@@ -13,6 +13,7 @@ from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, MAX_DIGEST, digest
 from vtpm.entities.clock import time_info
 from vtpm.entities.nv import check_read_access
+from vtpm.entities.pcr import allocation
 from vtpm.entities.pcr import pcr_digest as current_pcr_digest
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U16, OneOf
@@ -41,7 +42,8 @@ def _u16(value: int) -> bytes:
 
 def _allocated_only(tpm: Tpm, selection: list[cs.Container]) -> list[tuple[int, bytes]]:
     """The selection with banks that are not allocated cleared, as the digest records it."""
-    return [(s.hash, bytes(s.pcrSelect) if s.hash in tpm.volatile.pcrs else bytes(len(s.pcrSelect)))
+    masks = allocation(tpm)
+    return [(s.hash, bytes(b & (masks.get(s.hash, 0) >> (8 * i)) & 0xFF for i, b in enumerate(s.pcrSelect)))
             for s in selection]
 
 
