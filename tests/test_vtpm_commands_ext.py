@@ -20,7 +20,7 @@ from cmds_peers import Pair, pair  # noqa: F401  (pair is a fixture)
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vtpm import ecmath, wire
-from vtpm.client import TpmClient, TpmCommandError
+from vtpm.client import TpmClient
 from vtpm.constants import ALG, CAP, CC, ECC_CURVE, PT, RC, RH, ST, TPMA_NV, TPMA_OBJECT, TPMA_SESSION
 from vtpm.engine import Tpm
 from vtpm.marshal.objects import TPM2B_ECC_POINT, TPMS_ATTEST, TPMT_PUBLIC, TPMT_SENSITIVE, TPMT_SIGNATURE

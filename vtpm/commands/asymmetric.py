@@ -109,23 +109,16 @@ def _point(key: LoadedObject, public: Any) -> dict[str, bytes]:
     return {"x": numbers.x.to_bytes(size, "big"), "y": numbers.y.to_bytes(size, "big")}
 
 
-_PYCRYPTODOME_CURVES = {0x0003: "P-256", 0x0004: "P-384", 0x0005: "P-521"}
-
-
 def _multiply(key: LoadedObject, scalar: int, x: bytes, y: bytes, param: int) -> dict[str, bytes]:
     """The full point scalar*(x, y) on the key's curve; the TPM returns both coordinates."""
-    from Crypto.PublicKey import ECC  # imported on first use: it takes a noticeable time to import
-
-    curve_id = key.public.area.parameters.curveID
-    size = CURVES[curve_id][1]
-    try:
-        point = ECC.EccPoint(int.from_bytes(x, "big"), int.from_bytes(y, "big"), _PYCRYPTODOME_CURVES[curve_id])
-    except ValueError:
-        raise TpmError(RC.ECC_POINT, param=param) from None
-    result = point * scalar
-    if result.is_point_at_infinity():
+    curve = ecmath.curve(key.public.area.parameters.curveID)
+    point = (int.from_bytes(x, "big"), int.from_bytes(y, "big"))
+    if not curve.on_curve(point):
+        raise TpmError(RC.ECC_POINT, param=param)
+    result = curve.multiply(scalar, point)
+    if result is None:
         raise TpmError(RC.NO_RESULT)
-    return {"x": int(result.x).to_bytes(size, "big"), "y": int(result.y).to_bytes(size, "big")}
+    return curve.point_bytes(result)
 
 
 @command(CC.ECDH_KeyGen, handles=[PUBLIC_KEY], response_tpm2b=True)
