@@ -873,3 +873,17 @@ def test_partial_pcr_allocation_is_swtpms(pair: Pair) -> None:
         answers.append(seen)
     assert answers[0] == answers[1]
     assert rc(answers[0][-2]) == RC.PCR and rc(answers[0][-1]) == RC.SUCCESS
+
+
+def test_an_x509sign_key_signs_only_certificates(pair: Pair) -> None:
+    template = ecc_public(ALG.ECDSA, A.FIXED_TPM | A.FIXED_PARENT | A.SENSITIVE_DATA_ORIGIN | A.USER_WITH_AUTH
+                          | A.SIGN_ENCRYPT | A.X509_SIGN)
+    answers = []
+    for peer in (pair.ours, pair.ref):
+        key = create_primary(peer.client, template)
+        answers.append(rc(peer.transact(wire.build_command(CC.Sign, [key], sign_params(bytes(32), ALG.NULL),
+                                                           wire.PASSWORD_SESSION))))
+        obj = create_primary(peer.client, ecc_public(ALG.ECDSA, A.FIXED_TPM | A.FIXED_PARENT | A.SIGN_ENCRYPT
+                                                     | A.SENSITIVE_DATA_ORIGIN | A.USER_WITH_AUTH), RH.ENDORSEMENT)
+        answers.append(rc(_certify_x509(peer, obj, key, _partial())))
+    assert answers == [rc_handle(RC.ATTRIBUTES, 1), RC.SUCCESS] * 2

@@ -58,6 +58,8 @@ def verify_signature(tpm: Tpm, cmd: Command) -> Response:
          params=[("digest", TPM2B_DIGEST), ("inScheme", TPMT_ASYM_SCHEME), ("validation", TPMT_TK)])
 def sign(tpm: Tpm, cmd: Command) -> Response:
     key = signing_key(tpm, cmd.handles[0])
+    if key.public.has(A.X509_SIGN):  # such a key signs only what CertifyX509 builds
+        raise TpmError(RC.ATTRIBUTES, handle=1)
     scheme, alg = select_sign_scheme(key, cmd.params.inScheme, 2)
     data = cmd.params.digest
     if len(data) != HASHES[alg].size:
