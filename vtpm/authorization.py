@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from vtpm.constants import CC, HT, RC, RH, TPMA_NV, TPMA_SESSION
+from vtpm.constants import CC, HT, RC, RH, ST, TPMA_NV, TPMA_SESSION
 from vtpm.core import ENTITY_RESOLVERS, Auth, CommandSpec, Entity, HandleSpec, Session
 from vtpm.crypto import digest
+from vtpm.entities.audit import is_audited, record_command
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import Tpm2b, Tpm2bStruct
 from vtpm.sessions import (
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from vtpm.engine import Tpm
 
 AUDIT_FLAGS = int(TPMA_SESSION.AUDIT | TPMA_SESSION.AUDIT_EXCLUSIVE | TPMA_SESSION.AUDIT_RESET)
+AUDIT = int(TPMA_SESSION.AUDIT)
+AUDIT_EXCLUSIVE = int(TPMA_SESSION.AUDIT_EXCLUSIVE)
+AUDIT_RESET = int(TPMA_SESSION.AUDIT_RESET)
 DECRYPT = int(TPMA_SESSION.DECRYPT)
 ENCRYPT = int(TPMA_SESSION.ENCRYPT)
 CONTINUE = int(TPMA_SESSION.CONTINUE_SESSION)
@@ -60,7 +64,7 @@ class SessionUse:
         if self.session.is_policy:
             return self.session.needs_auth_value
         bound = self.session.bound_entity
-        name = self.entity.name or (self.handle or 0).to_bytes(4, "big")
+        name = self.entity.name_for(self.handle or 0)
         return not (bound and hmac.compare_digest(bound, bind_value(name, self.entity.auth_value)))
 
     def session_value(self, auth_value: bytes | None = None) -> bytes:
@@ -81,6 +85,9 @@ class AuthContext:
     uses: list[SessionUse] = field(default_factory=list)
     decrypt: SessionUse | None = None
     encrypt: SessionUse | None = None
+    audit: SessionUse | None = None  # the session with the audit attribute, if any
+    command_hash: Callable[[int], bytes] | None = None  # cpHash of this command under a hash algorithm
+    allows_sessions: bool = True
 
 
 def _extra_nonces(ctx: AuthContext, use: SessionUse) -> bytes:
@@ -122,8 +129,6 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
                 raise TpmError(RC.REFERENCE_S0 + number - 1)
             if wire.handle in seen:
                 raise TpmError(RC.HANDLE, session=number)
-            if wire.attributes & AUDIT_FLAGS:
-                raise TpmError(RC.ATTRIBUTES, session=number)  # audit sessions are not supported
             if session.is_trial:  # a trial policy session only computes a digest: it never appears here
                 raise TpmError(RC.ATTRIBUTES, session=number)
             use = SessionUse(number, wire, session, entity, hspec, handle)
@@ -138,8 +143,11 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
             if ctx.encrypt is not None or not spec.response_tpm2b:
                 raise TpmError(RC.ATTRIBUTES, session=number)
             ctx.encrypt = use
+        if wire.attributes & AUDIT:
+            _check_audit_session(tpm, ctx, use)
+            ctx.audit = use
 
-    names = [entities[i].name or handles[i - 1].to_bytes(4, "big") for i in range(1, len(handles) + 1)]
+    names = [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
     hashes: dict[int, bytes] = {}
 
     def command_hash(alg: int) -> bytes:
@@ -147,13 +155,18 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
             hashes[alg] = cp_hash(alg, code, names, raw_params)
         return hashes[alg]
 
+    ctx.command_hash = command_hash
+    ctx.allows_sessions = spec.allow_sessions
     for use in ctx.uses:
         session = use.session
-        if use.entity is None:  # a session used only for encryption: its HMAC still has to match
+        if use.entity is None:  # a session for encryption or audit only: its HMAC still has to match
             assert session is not None
+            if not use.attributes & (AUDIT | ENCRYPT | DECRYPT):
+                raise TpmError(RC.ATTRIBUTES, session=use.number)
+            use.include_auth = False
             _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
             continue
-        _check_authorization(tpm, ctx, use, code, command_hash, names)
+        _check_authorization(tpm, ctx, use, code, command_hash, names, raw_params)
 
     for use in ctx.uses:
         if use.session is not None:
@@ -163,12 +176,26 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
     return ctx, raw_params
 
 
+def _check_audit_session(tpm: "Tpm", ctx: AuthContext, use: SessionUse) -> None:
+    """The audit attribute (Part 1 19.6.10): one HMAC session per command, and an exclusive
+    audit (auditExclusive without auditReset) only from the session that still is exclusive."""
+    session = use.session
+    assert session is not None
+    if ctx.audit is not None or session.is_policy:
+        raise TpmError(RC.ATTRIBUTES, session=use.number)
+    if (not use.attributes & AUDIT_RESET and session.is_audit and use.attributes & AUDIT_EXCLUSIVE
+            and tpm.volatile.exclusive_audit_session != use.wire.handle):
+        raise TpmError(RC.EXCLUSIVE)
+
+
 def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: int,
-                         command_hash: Callable[[int], bytes], names: list[bytes]) -> None:
+                         command_hash: Callable[[int], bytes], names: list[bytes], raw_params: bytes) -> None:
     """One authorization session, in the reference implementation's order (Part 1 19.6):
     lockout, session kind, whether the entity's auth may be used at all, then the proof."""
     session, entity = use.session, use.entity
     assert entity is not None
+    if use.handle == RH.PLATFORM and code in tpm.state.pp_commands and not tpm.volatile.physical_presence:
+        raise TpmError(RC.PP, session=use.number)  # this command needs physical presence with platformAuth
     admin = use.hspec is not None and use.hspec.auth in (Auth.ADMIN, Auth.DUP)
     if session is None:
         auth_used = True
@@ -189,11 +216,18 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
         available = entity.auth_available(code, True, admin) if entity.auth_available else bool(entity.auth_policy)
         if not available:
             raise TpmError(RC.AUTH_UNAVAILABLE)
-        _check_policy(tpm, use, code, command_hash(session.auth_hash), names)
-    if session is None or session.needs_password:
-        _check_password(tpm, use)
-    else:
-        _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
+        _check_policy(tpm, use, code, command_hash(session.auth_hash), names, raw_params)
+    try:
+        if session is None or session.needs_password:
+            _check_password(tpm, use)
+        else:
+            _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
+    except TpmError:
+        if auth_used and entity.auth_used is not None:
+            entity.auth_used(False)
+        raise
+    if auth_used and entity.auth_used is not None:
+        entity.auth_used(True)
 
 
 def _check_hmac(tpm: "Tpm", ctx: AuthContext, use: SessionUse, p_hash: bytes) -> None:
@@ -237,7 +271,25 @@ def _check_password(tpm: "Tpm", use: SessionUse) -> None:
         raise tpm.dictionary_attack.failure(entity, use.number)
 
 
-def _check_policy(tpm: "Tpm", use: SessionUse, code: int, command_cp_hash: bytes, names: list[bytes]) -> None:
+TEMPLATE_COMMANDS = (CC.Create, CC.CreatePrimary, CC.CreateLoaded)
+
+
+def _template_hash(alg: int, code: int, params: bytes) -> bytes | None:
+    """H(the template of Create, CreatePrimary or CreateLoaded): the data of its second parameter,
+    a TPM2B after the TPM2B inSensitive (the reference implementation's CompareTemplateHash)."""
+    if code not in TEMPLATE_COMMANDS or len(params) < 2:
+        return None
+    offset = 2 + int.from_bytes(params[:2], "big")
+    if len(params) < offset + 2:
+        return None
+    size = int.from_bytes(params[offset : offset + 2], "big")
+    if size > len(params) - offset - 2:
+        return None
+    return digest(alg, params[offset + 2 : offset + 2 + size])
+
+
+def _check_policy(tpm: "Tpm", use: SessionUse, code: int, command_cp_hash: bytes, names: list[bytes],
+                  raw_params: bytes) -> None:
     """Is every assertion the policy session collected true for this command? (Part 1 19.7)
 
     In the reference implementation's order, so both answer the same code first.
@@ -262,9 +314,14 @@ def _check_policy(tpm: "Tpm", use: SessionUse, code: int, command_cp_hash: bytes
         raise TpmError(RC.POLICY_FAIL, session=number)  # ADMIN and DUP roles need PolicyCommandCode
     if session.locality is not None and not _locality_allowed(session.locality, tpm.locality):
         raise TpmError(RC.LOCALITY)
+    if session.pp_required and not tpm.volatile.physical_presence:
+        raise TpmError(RC.PP, session=number)
     if session.cp_hash is not None and session.cp_hash != command_cp_hash:
         raise TpmError(RC.POLICY_FAIL, session=number)
     if session.name_hash is not None and session.name_hash != digest(session.auth_hash, *names):
+        raise TpmError(RC.POLICY_FAIL, session=number)
+    if session.template_hash is not None and session.template_hash != _template_hash(session.auth_hash, code,
+                                                                                     raw_params):
         raise TpmError(RC.POLICY_FAIL, session=number)
     if session.nv_written is not None:
         index = tpm.state.nv.get(use.handle) if use.handle is not None and use.handle >> 24 == HT.NV_INDEX else None
@@ -279,39 +336,78 @@ def _locality_allowed(allowed: int, locality: int) -> bool:
     return locality > 31 and allowed == locality
 
 
-def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes) -> tuple[bytes, bytes]:
-    """Encrypt the first response parameter if asked; return (params, response auth area)."""
-    for use in ctx.uses:
-        if use.session is not None:
-            use.session.nonce_tpm = tpm.random(len(use.session.nonce_tpm))
-    if ctx.encrypt is not None and ctx.encrypt.session is not None:
-        use = ctx.encrypt
-        current = _current_auth(tpm, use) if use.entity is not None and use.handle is not None else b""
-        params = _crypt_first(use, params, encrypt=True, auth_value=current)
+def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes, tag: int) -> tuple[bytes, bytes]:
+    """Finish a successful command (Part 3 5.7, the reference implementation's BuildResponseSession):
+    new nonces, encryption of the first response parameter, session and command audit, then the
+    response authorization area (empty without sessions). Returns (params, area)."""
+    sessions = tag == ST.SESSIONS
+    if sessions:
+        for use in ctx.uses:
+            if use.session is not None:
+                use.session.nonce_tpm = tpm.random(len(use.session.nonce_tpm))
+        if ctx.encrypt is not None and ctx.encrypt.session is not None:
+            use = ctx.encrypt
+            current = _current_auth(tpm, use) if use.entity is not None and use.handle is not None else b""
+            params = _crypt_first(use, params, encrypt=True, auth_value=current)
     hashes: dict[int, bytes] = {}
-    area = b""
-    for use in ctx.uses:
-        attributes = use.attributes
-        if use.session is None:
-            area += b"\x00\x00" + bytes([attributes | CONTINUE]) + b"\x00\x00"
-            continue
-        session = use.session
-        alg = session.auth_hash
+
+    def response_hash(alg: int) -> bytes:
         if alg not in hashes:
             hashes[alg] = rp_hash(alg, code, params)
+        return hashes[alg]
+
+    attributes = {use.number: use.attributes for use in ctx.uses}
+    _audit_session(tpm, ctx, attributes, response_hash)
+    if is_audited(tpm, code) and ctx.command_hash is not None:
+        alg = tpm.state.audit_hash_alg
+        record_command(tpm, ctx.command_hash(alg), response_hash(alg))
+    if not sessions:
+        return params, b""
+    area = b""
+    for use in ctx.uses:
+        attrs = attributes[use.number]
+        if use.session is None:
+            area += b"\x00\x00" + bytes([attrs | CONTINUE]) + b"\x00\x00"
+            continue
+        session = use.session
         auth_value = _current_auth(tpm, use) if use.include_auth else b""
         if session.is_policy and session.needs_password:
             mac = b""  # PolicyPassword: the caller sent the password in the clear, the answer has no HMAC
         else:
-            mac = session_hmac(session, auth_value, hashes[alg], session.nonce_tpm, use.wire.nonce,
-                               b"", attributes, not use.wire.hmac)
-        area += len(session.nonce_tpm).to_bytes(2, "big") + session.nonce_tpm + bytes([attributes])
+            mac = session_hmac(session, auth_value, response_hash(session.auth_hash), session.nonce_tpm,
+                               use.wire.nonce, b"", attrs, not use.wire.hmac)
+        area += len(session.nonce_tpm).to_bytes(2, "big") + session.nonce_tpm + bytes([attrs])
         area += len(mac).to_bytes(2, "big") + mac
-        if not attributes & CONTINUE:
+        if not attrs & CONTINUE:
             tpm.volatile.sessions.pop(use.wire.handle, None)
         elif session.is_policy and use.entity is not None:
             session.reset_policy()
     return params, area
+
+
+def _audit_session(tpm: "Tpm", ctx: AuthContext, attributes: dict[int, int],
+                   response_hash: Callable[[int], bytes]) -> None:
+    """Session audit (the reference implementation's UpdateAuditSessionStatus): start or reset the
+    audit session's digest, report in auditExclusive whether no other command came between this
+    one and the session's previous one, and extend the digest with cpHash || rpHash."""
+    use = ctx.audit
+    if use is None:
+        if ctx.allows_sessions:  # a command that could have carried the audit session ends exclusivity
+            tpm.volatile.exclusive_audit_session = None
+        return
+    session = use.session
+    assert session is not None and ctx.command_hash is not None
+    handle = use.wire.handle
+    if not session.is_audit or use.attributes & AUDIT_RESET:
+        session.start_audit()
+        tpm.volatile.exclusive_audit_session = handle
+    elif tpm.volatile.exclusive_audit_session != handle:
+        tpm.volatile.exclusive_audit_session = None
+    if tpm.volatile.exclusive_audit_session == handle:
+        attributes[use.number] |= AUDIT_EXCLUSIVE
+    else:
+        attributes[use.number] &= ~AUDIT_EXCLUSIVE
+    session.extend_audit(ctx.command_hash(session.auth_hash), response_hash(session.auth_hash))
 
 
 def _current_auth(tpm: "Tpm", use: SessionUse) -> bytes:

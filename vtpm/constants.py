@@ -194,6 +194,7 @@ class CC(enum.IntEnum):
     CreateLoaded = 0x0191
     PolicyAuthorizeNV = 0x0192
     EncryptDecrypt2 = 0x0193
+    CertifyX509 = 0x0197
 
 
 class RC(enum.IntEnum):

@@ -134,13 +134,21 @@ class Entity:
     auth_value: bytes
     da_protected: bool
     is_lockout: bool = False
-    name: bytes = b""
+    # The entity's Name; None when the Name is the handle (PCRs, permanent handles, sessions).
+    # A sequence object's Name is the Empty Buffer (b""), as Part 1 says (no handle stands in).
+    name: bytes | None = None
     auth_policy: bytes = b""
     auth_policy_alg: int = 0x0010  # TPM_ALG_NULL
     # (command code, policy session?, admin role?) -> may this entity's auth be used at all?
     auth_available: Callable[[int, bool, bool], bool] | None = None
     user_needs_policy: bool = False  # objects with userWithAuth clear
     admin_needs_policy: bool = True  # objects with adminWithPolicy clear may use their authValue
+    # Told whether a use of the entity's authValue succeeded (a PIN index counts its uses and failures).
+    auth_used: Callable[[bool], None] | None = None
+
+    def name_for(self, handle: int) -> bytes:
+        """The Name that goes into cpHash, policy digests and bindings for the handle of this entity."""
+        return self.name if self.name is not None else handle.to_bytes(4, "big")
 
 
 EntityResolver = Callable[["Tpm", int], Entity]

@@ -253,11 +253,11 @@ def _parse_params(spec: CommandSpec, raw: bytes) -> cs.Container:
 
 def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: AuthContext) -> bytes:
     body = b"".join(h.to_bytes(4, "big") for h in result.handles)
+    params, area = respond(tpm, ctx, code, result.params, tag)
     if tag == ST.SESSIONS:
-        params, area = respond(tpm, ctx, code, result.params)
         body += len(params).to_bytes(4, "big") + params + area
     else:
-        body += result.params
+        body += params
     size = HEADER_SIZE + len(body)
     if size > MAX_RESPONSE_SIZE:
         raise TpmError(RC.SIZE)

@@ -13,6 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
+from vtpm import ecmath
 from vtpm.constants import ALG, RC
 from vtpm.crypto import HASHES, digest, hmac_digest
 from vtpm.errors import TpmError
@@ -21,7 +22,9 @@ from vtpm.marshal.primitives import parse_exact
 from vtpm.objects import CURVES, LoadedObject
 
 _HASH_CLASSES = {ALG.SHA1: hashes.SHA1, ALG.SHA256: hashes.SHA256, ALG.SHA384: hashes.SHA384, ALG.SHA512: hashes.SHA512}
-SIGNING_SCHEMES = {ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA, ALG.HMAC}
+SIGNING_SCHEMES = {ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA, ALG.ECDAA, ALG.ECSCHNORR, ALG.SM2, ALG.HMAC}
+ECC_SIGNING_SCHEMES = {ALG.ECDSA, ALG.ECDAA, ALG.ECSCHNORR, ALG.SM2}
+SPLIT_SCHEMES = {ALG.ECDAA}  # a signature that needs a commitment (Commit) made before
 
 
 def hash_class(alg: int) -> hashes.HashAlgorithm:
@@ -53,10 +56,12 @@ def select_sign_scheme(key: LoadedObject, requested: Any, param: int) -> tuple[i
             raise TpmError(RC.SCHEME, param=param)
         scheme, alg = asked_scheme, asked_hash
     else:
+        if asked_scheme == ALG.NULL and fixed_scheme in SPLIT_SCHEMES:
+            raise TpmError(RC.SCHEME, param=param)  # the caller must name the commitment (its count)
         if asked_scheme != ALG.NULL and (asked_scheme != fixed_scheme or asked_hash != fixed_hash):
             raise TpmError(RC.SCHEME, param=param)
         scheme, alg = fixed_scheme, fixed_hash
-    allowed = {ALG.RSA: {ALG.RSASSA, ALG.RSAPSS}, ALG.ECC: {ALG.ECDSA}, ALG.KEYEDHASH: {ALG.HMAC}}
+    allowed = {ALG.RSA: {ALG.RSASSA, ALG.RSAPSS}, ALG.ECC: ECC_SIGNING_SCHEMES, ALG.KEYEDHASH: {ALG.HMAC}}
     if scheme not in allowed.get(key.public.type, set()):
         raise TpmError(RC.SCHEME, param=param)
     if alg not in HASHES:
@@ -64,8 +69,14 @@ def select_sign_scheme(key: LoadedObject, requested: Any, param: int) -> tuple[i
     return scheme, alg
 
 
-def sign_digest(key: LoadedObject, scheme: int, alg: int, data_digest: bytes) -> dict[str, Any]:
-    """A TPMT_SIGNATURE (as a dict for construct) over ``data_digest``."""
+def commit_count(requested: Any) -> int:
+    """The commit counter a split (ECDAA) signing scheme names."""
+    return int(getattr(requested.details, "count", 0) or 0) if requested.details is not None else 0
+
+
+def sign_digest(key: LoadedObject, scheme: int, alg: int, data_digest: bytes, *,
+                commit_r: int | None = None) -> dict[str, Any]:
+    """A TPMT_SIGNATURE (as a dict for construct) over ``data_digest``; ECDAA needs the commit value r."""
     if scheme == ALG.HMAC:
         assert key.sensitive is not None
         return {"sigAlg": ALG.HMAC, "signature": {"hashAlg": alg, "digest": hmac_digest(alg, key.sensitive.secret, data_digest)}}
@@ -82,7 +93,94 @@ def sign_digest(key: LoadedObject, scheme: int, alg: int, data_digest: bytes) ->
         size = CURVES[key.public.area.parameters.curveID][1]
         return {"sigAlg": scheme, "signature": {"hash": alg, "signatureR": r.to_bytes(size, "big"),
                                                   "signatureS": s.to_bytes(size, "big")}}
+    if scheme in (ALG.ECDAA, ALG.ECSCHNORR, ALG.SM2):
+        curve = ecmath.curve(key.public.area.parameters.curveID)
+        d = private.private_numbers().private_value
+        if scheme == ALG.ECDAA:
+            if commit_r is None:
+                raise TpmError(RC.VALUE)
+            r_out, s_value = _sign_ecdaa(curve, d, alg, data_digest, commit_r)
+        elif scheme == ALG.ECSCHNORR:
+            r_out, s_value = _sign_schnorr(curve, d, alg, data_digest)
+        else:
+            r_value, s_value = _sign_sm2(curve, d, data_digest)
+            r_out = r_value.to_bytes(curve.order_bytes, "big")
+        return {"sigAlg": scheme, "signature": {"hash": alg, "signatureR": r_out,
+                                                  "signatureS": s_value.to_bytes(curve.order_bytes, "big")}}
     raise TpmError(RC.SCHEME)
+
+
+def _random_scalar(curve: ecmath.Curve) -> int:
+    return secrets.randbelow(curve.n - 1) + 1
+
+
+def _minimal(value: int) -> bytes:
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+def _sign_ecdaa(curve: ecmath.Curve, d: int, alg: int, data_digest: bytes, r: int) -> tuple[bytes, int]:
+    """ECDAA (Part 1 C.4, the reference implementation's BnSignEcdaa): a fresh nonce k, T = H(k || digest),
+    s = r + T*d mod n with r the committed value; the signature is (k, s)."""
+    while True:
+        nonce_k = _minimal(_random_scalar(curve))
+        t = int.from_bytes(digest(alg, nonce_k, data_digest), "big") % curve.n
+        s = (r + t * d) % curve.n
+        if t and s:
+            return nonce_k, s
+
+
+def _schnorr_hash(curve: ecmath.Curve, alg: int, x: int, data_digest: bytes) -> int:
+    """H(x || digest), truncated to the size of the curve order (the reference's SchnorrReduce)."""
+    out = digest(alg, x.to_bytes(curve.order_bytes, "big"), data_digest)[: curve.order_bytes]
+    return int.from_bytes(out, "big")
+
+
+def _sign_schnorr(curve: ecmath.Curve, d: int, alg: int, data_digest: bytes) -> tuple[bytes, int]:
+    """EC-Schnorr (Part 1 C.5): k random, R = [k]G, r = H(xR || digest), s = k + r*d mod n."""
+    while True:
+        k = _random_scalar(curve)
+        point = curve.multiply(k)
+        assert point is not None
+        r = _schnorr_hash(curve, alg, point[0], data_digest)
+        if r % curve.n == 0:
+            continue
+        s = (k + (r % curve.n) * d) % curve.n
+        if s:
+            return r.to_bytes(curve.order_bytes, "big"), s
+
+
+def _sign_sm2(curve: ecmath.Curve, d: int, data_digest: bytes) -> tuple[int, int]:
+    """SM2 (GB/T 32918.2 6.1, steps A3-A6) over the digest given (e)."""
+    e = int.from_bytes(data_digest, "big")
+    n = curve.n
+    while True:
+        k = _random_scalar(curve)
+        point = curve.multiply(k)
+        assert point is not None
+        r = (e + point[0]) % n
+        if r == 0 or r + k == n:
+            continue
+        s = pow(1 + d, -1, n) * (k - r * d) % n
+        if s:
+            return r, s
+
+
+def _verify_ecc(key: LoadedObject, sig_alg: int, body: Any, data_digest: bytes) -> bool:
+    """EC-Schnorr and SM2 verification (the reference's BnValidateSignatureEcSchnorr / EcSm2)."""
+    curve = ecmath.curve(key.public.area.parameters.curveID)
+    unique = key.public.area.unique
+    q = (int.from_bytes(unique.x, "big"), int.from_bytes(unique.y, "big"))
+    r, s = int.from_bytes(body.signatureR, "big"), int.from_bytes(body.signatureS, "big")
+    if not (0 < r < curve.n and 0 < s < curve.n):
+        return False
+    if sig_alg == ALG.ECSCHNORR:
+        point = curve.multiply_add(s, curve.g, curve.n - r, q)
+        return point is not None and _schnorr_hash(curve, body.hash, point[0], data_digest) == r
+    t = (r + s) % curve.n
+    if t == 0:
+        return False
+    point = curve.multiply_add(s, curve.g, t, q)
+    return point is not None and (int.from_bytes(data_digest, "big") + point[0]) % curve.n == r
 
 
 def verify_digest(key: LoadedObject, signature: Any, data_digest: bytes, param: int) -> None:
@@ -110,6 +208,9 @@ def verify_digest(key: LoadedObject, signature: Any, data_digest: bytes, param: 
         elif sig_alg == ALG.ECDSA and key.public.type == ALG.ECC:
             der = utils.encode_dss_signature(int.from_bytes(body.signatureR, "big"), int.from_bytes(body.signatureS, "big"))
             public.verify(der, data_digest, ec.ECDSA(prehashed))
+        elif sig_alg in (ALG.ECSCHNORR, ALG.SM2) and key.public.type == ALG.ECC:
+            if not _verify_ecc(key, sig_alg, body, data_digest):
+                raise InvalidSignature()
         else:
             raise TpmError(RC.SCHEME, param=param)
     except (InvalidSignature, ValueError):

@@ -134,60 +134,88 @@ def check_template(public: Public, *, param: int, primary: bool) -> None:
         if primary and bool(attrs & A.FIXED_TPM) != bool(attrs & A.FIXED_PARENT):
             raise TpmError(RC.ATTRIBUTES)
         restricted, decrypt, sign = attrs & A.RESTRICTED, attrs & A.DECRYPT, attrs & A.SIGN_ENCRYPT
-        if restricted and decrypt and sign:
-            raise TpmError(RC.ATTRIBUTES)
         kind = public.type
         params = public.area.parameters
-        if kind == ALG.KEYEDHASH:
-            scheme = params.scheme.scheme
-            if scheme == ALG.HMAC:
-                if not sign or decrypt:
-                    raise TpmError(RC.SCHEME)
-                _hash_or(params.scheme.details.hashAlg, RC.HASH)
-            elif scheme == ALG.XOR:
-                if sign or not decrypt:
-                    raise TpmError(RC.SCHEME)
-                _hash_or(params.scheme.details.hashAlg, RC.HASH)
-            elif scheme != ALG.NULL:
-                raise TpmError(RC.SCHEME)
-            elif sign or decrypt:  # a sealed data object neither signs nor decrypts
+        if bool(sign) == bool(decrypt):
+            if restricted:  # a restricted key either signs or decrypts
                 raise TpmError(RC.ATTRIBUTES)
+            if kind != ALG.KEYEDHASH and not sign:  # only data objects do neither
+                raise TpmError(RC.ATTRIBUTES)
+        if kind == ALG.KEYEDHASH:
+            _check_keyed_hash_scheme(params.scheme, bool(sign), bool(decrypt), bool(restricted))
         elif kind == ALG.SYMCIPHER:
             _check_sym(params.sym, allow_null=False)
             if restricted and sign:  # a restricted symmetric key is a storage parent: decrypt only
                 raise TpmError(RC.ATTRIBUTES)
         elif kind in (ALG.RSA, ALG.ECC):
+            scheme = params.scheme.scheme
+            if scheme not in (RSA_KEY_SCHEMES if kind == ALG.RSA else ECC_KEY_SCHEMES):
+                raise TpmError(RC.VALUE if kind == ALG.RSA else RC.SCHEME)  # as the unmarshaling answers
+            if kind == ALG.RSA:
+                if params.keyBits not in RSA_KEY_BITS:
+                    raise TpmError(RC.VALUE)  # TPMI_RSA_KEY_BITS does not take it (as libtpms)
+            elif params.curveID not in CURVES:
+                raise TpmError(RC.CURVE)
+            _check_asym_scheme(kind, params.scheme, bool(sign), bool(decrypt), bool(restricted))
             if restricted and decrypt:
                 _check_sym(params.symmetric, allow_null=False)
             elif params.symmetric.algorithm != ALG.NULL:
                 raise TpmError(RC.SYMMETRIC)
-            scheme = params.scheme.scheme
-            if restricted and decrypt and scheme != ALG.NULL:
-                raise TpmError(RC.SCHEME)
-            if scheme != ALG.NULL and scheme not in (ALG.RSAES,):
-                _hash_or(params.scheme.details.hashAlg, RC.HASH)
             if kind == ALG.RSA:
-                if params.keyBits not in RSA_KEY_BITS:
-                    raise TpmError(RC.VALUE)  # TPMI_RSA_KEY_BITS does not take it (as libtpms)
-                if scheme not in (ALG.NULL, ALG.RSASSA, ALG.RSAPSS, ALG.RSAES, ALG.OAEP):
-                    raise TpmError(RC.SCHEME)
                 if params.exponent not in (0, DEFAULT_EXPONENT) and (params.exponent < 3 or params.exponent % 2 == 0):
                     raise TpmError(RC.VALUE)
-            else:
-                if params.curveID not in CURVES:
-                    raise TpmError(RC.CURVE)
-                if scheme not in (ALG.NULL, ALG.ECDSA, ALG.ECDH):
-                    raise TpmError(RC.SCHEME)
-                if params.kdf.scheme != ALG.NULL:
-                    raise TpmError(RC.KDF)
-            if sign and scheme in (ALG.RSAES, ALG.OAEP, ALG.ECDH):
-                raise TpmError(RC.SCHEME)
-            if decrypt and not sign and scheme in (ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA):
-                raise TpmError(RC.SCHEME)
+            elif params.kdf.scheme != ALG.NULL:
+                raise TpmError(RC.KDF)
         else:
             raise TpmError(RC.TYPE)
     except TpmError as exc:
         raise exc.at_param(param) from None
+
+
+RSA_KEY_SCHEMES = {ALG.NULL, ALG.RSASSA, ALG.RSAPSS, ALG.RSAES, ALG.OAEP}
+ECC_KEY_SCHEMES = {ALG.NULL, ALG.ECDSA, ALG.ECDAA, ALG.ECSCHNORR, ALG.SM2, ALG.ECDH, ALG.ECMQV}
+SIGN_SCHEMES = {ALG.RSA: {ALG.RSASSA, ALG.RSAPSS}, ALG.ECC: {ALG.ECDSA, ALG.ECDAA, ALG.ECSCHNORR, ALG.SM2}}
+DECRYPT_SCHEMES = {ALG.RSA: {ALG.RSAES, ALG.OAEP}, ALG.ECC: {ALG.ECDH, ALG.ECMQV, ALG.SM2}}
+
+
+def _check_keyed_hash_scheme(scheme: Any, sign: bool, decrypt: bool, restricted: bool) -> None:
+    """Part 1 27.2.1 / the reference implementation's SchemeChecks for a keyed-hash object: a data
+    object (or one that both signs and decrypts) has no scheme, an HMAC key has HMAC, a decryption
+    (derivation) key has XOR with, when restricted, the SP 800-108 KDF."""
+    kind = scheme.scheme
+    if sign == decrypt:
+        if kind != ALG.NULL:
+            raise TpmError(RC.SCHEME)
+    elif sign:
+        if kind != ALG.HMAC:
+            raise TpmError(RC.SCHEME)
+        _hash_or(scheme.details.hashAlg, RC.HASH)
+    else:
+        if kind != ALG.XOR:
+            raise TpmError(RC.SCHEME)
+        _hash_or(scheme.details.hashAlg, RC.HASH)
+        if restricted and scheme.details.kdf != ALG.KDF1_SP800_108:
+            raise TpmError(RC.SCHEME)
+
+
+def _check_asym_scheme(kind: int, scheme: Any, sign: bool, decrypt: bool, restricted: bool) -> None:
+    """The scheme of an RSA or ECC key against its attributes (the reference's SchemeChecks)."""
+    selector = scheme.scheme
+    if sign == decrypt:  # a key that does both can name no scheme for either
+        if selector != ALG.NULL:
+            raise TpmError(RC.SCHEME)
+    elif sign:
+        if selector in SIGN_SCHEMES[kind]:
+            _hash_or(scheme.details.hashAlg, RC.HASH)  # a signing scheme needs its hash
+        elif restricted or selector != ALG.NULL:
+            raise TpmError(RC.SCHEME)
+    elif restricted:  # a parent: no scheme
+        if selector != ALG.NULL:
+            raise TpmError(RC.SCHEME)
+    elif selector != ALG.NULL and selector not in DECRYPT_SCHEMES[kind]:
+        raise TpmError(RC.SCHEME)
+    elif selector not in (ALG.NULL, ALG.RSAES):
+        _hash_or(scheme.details.hashAlg, RC.HASH)
 
 
 def _check_sym(sym: Any, *, allow_null: bool) -> None:
@@ -291,6 +319,8 @@ class LoadedObject:
             auth_policy_alg=self.public.name_alg,
             user_needs_policy=not self.public.has(A.USER_WITH_AUTH),
             admin_needs_policy=self.public.has(A.ADMIN_WITH_POLICY),
+            # an object loaded without its sensitive area has neither authValue nor usable policy
+            auth_available=None if self.sensitive is not None else _never,
         )
 
     def public_key(self) -> Any:
@@ -331,6 +361,10 @@ class LoadedObject:
         else:
             raise TpmError(RC.TYPE)
         return self._private_key
+
+
+def _never(code: int, policy: bool, admin: bool) -> bool:
+    return False
 
 
 def check_binding(obj: LoadedObject) -> None:

@@ -65,6 +65,12 @@ class AuthSession:
     pcr_counter: int | None = None
     nv_written: bool | None = None  # PolicyNvWritten: the WRITTEN state the authorized index must have
     start_ms: int = 0  # TPM time at StartAuthSession: PolicySecret expirations given with nonceTPM count from it
+    template_hash: bytes | None = None  # PolicyTemplate: the digest the created object's template must have
+    pp_required: bool = False  # PolicyPhysicalPresence: the command needs physical presence
+    # Session audit (Part 1 19.6.10): an HMAC session used with the audit attribute keeps a digest of
+    # cpHash || rpHash of every command it audited.
+    is_audit: bool = False
+    audit_digest: bytes = b""
 
     @property
     def is_policy(self) -> bool:
@@ -75,6 +81,25 @@ class AuthSession:
         self.needs_auth_value = self.needs_password = False
         self.command_code = self.cp_hash = self.name_hash = self.locality = None
         self.expiration_ms = self.pcr_counter = self.nv_written = None
+        self.template_hash = None
+        self.pp_required = False
+
+    def held_hash(self) -> bytes | None:
+        """What the session holds in the reference implementation's cpHash slot: a cpHash, a name
+        hash or a template hash (only one of them at a time)."""
+        for value in (self.cp_hash, self.name_hash, self.template_hash):
+            if value is not None:
+                return value
+        return None
+
+    def start_audit(self) -> None:
+        """First use as an audit session, or auditReset: a zero digest, and no longer bound."""
+        self.is_audit = True
+        self.bound_entity = b""
+        self.audit_digest = bytes(HASHES[self.auth_hash].size)
+
+    def extend_audit(self, cp: bytes, rp: bytes) -> None:
+        self.audit_digest = digest(self.auth_hash, self.audit_digest, cp, rp)
 
 
 def bind_value(name: bytes, auth_value: bytes) -> bytes:

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vtpm.constants import ALG, TPMA_NV
+from vtpm.constants import ALG, CC, TPMA_NV
 from vtpm.crypto import HASHES, digest, digest_size
 
 STATE_FORMAT = "vtpm-state"
@@ -93,6 +93,9 @@ class TpmState:
     nv: dict[int, NvIndex] = field(default_factory=dict)
     pcr_banks: list[int] = field(default_factory=lambda: [int(b) for b in DEFAULT_BANKS])
     pcr_banks_pending: list[int] | None = None
+    # Banks allocated only in part: [alg, bitmap of PCRs 0-23]; an allocated bank not listed has all.
+    pcr_partial: list[list[int]] = field(default_factory=list)
+    pcr_partial_pending: list[list[int]] | None = None
     clock_ms: int = 0
     reset_count: int = 0
     restart_count: int = 0
@@ -111,6 +114,20 @@ class TpmState:
     primary_cache: dict[str, dict[str, bytes]] = field(default_factory=dict)  # RSA primaries by seed+template
     context_counter: int = 0
     total_commands: int = 0
+    # Command audit (Part 1 19.6.10, Part 3 21): the audited commands, the hash of the audit digest,
+    # the count of audit digests started, and the digest (empty until an audited command runs).
+    audit_commands: list[int] = field(default_factory=lambda: [int(CC.SetCommandCodeAuditStatus)])
+    audit_hash_alg: int = int(ALG.SHA512)
+    audit_counter: int = 0
+    command_audit_digest: bytes = b""
+    # Commitments of the anonymous signing and two-phase key exchange schemes (Part 1 C.2, Part 3 19):
+    # reset at every TPM Reset.
+    commit_nonce: bytes = b""
+    commit_counter: int = 0
+    commit_array: int = 0  # one bit per counter value modulo COMMIT_SLOTS that may still be used
+    # Commands that need physical presence when authorized with platformAuth (PP_Commands).
+    pp_commands: list[int] = field(default_factory=lambda: [int(CC.PP_Commands)])
+    algorithm_set: int = 0  # SetAlgorithmSet's value (TPM_PT_ALGORITHM_SET)
 
     @classmethod
     def manufacture(cls) -> "TpmState":
@@ -235,6 +252,9 @@ class Volatile:
     persistent_cache: dict[int, Any] = field(default_factory=dict)  # persistent objects, parsed
     saved_sessions: dict[int, int] = field(default_factory=dict)  # session handle -> context sequence
     commands_since_startup: int = 0
+    exclusive_audit_session: int | None = None  # the audit session no other session's command came between
+    audit_alg_changed: bool = False  # SetCommandCodeAuditStatus changed the audit hash in this command
+    physical_presence: bool = False  # the platform's physical presence signal (a vTPM has none asserted)
 
     @classmethod
     def power_on(cls, state: TpmState, now_ms: int) -> "Volatile":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.differential import Differential, verified
+from support.peers import Pair, peer_pair
 from support.servers import require_swtpm, side_by_side
 
 
@@ -29,3 +31,11 @@ def pytest_runtest_call(item: pytest.Item):
     if isinstance(diff, Differential):
         diff.assert_all_reported()
     return result
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    """Our vTPM and swtpm as peers for the same raw commands and tpm2-tools steps."""
+    require_swtpm()
+    with peer_pair(tmp_path) as peers:
+        yield peers

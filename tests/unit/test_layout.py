@@ -40,7 +40,8 @@ PART3_CHAPTER: dict[str, int] = {
     # 13 Duplication Commands
     "Duplicate": 13, "Rewrap": 13, "Import": 13,
     # 14 Asymmetric Primitives
-    "RSA_Encrypt": 14, "RSA_Decrypt": 14, "ECDH_KeyGen": 14, "ECDH_ZGen": 14,
+    "RSA_Encrypt": 14, "RSA_Decrypt": 14, "ECDH_KeyGen": 14, "ECDH_ZGen": 14, "ECC_Parameters": 14,
+    "ZGen_2Phase": 14,
     # 15 Symmetric Primitives
     "EncryptDecrypt": 15, "EncryptDecrypt2": 15, "Hash": 15, "HMAC": 15,
     # 16 Random Number Generator
@@ -50,9 +51,13 @@ PART3_CHAPTER: dict[str, int] = {
     "EventSequenceComplete": 17,
     # 18 Attestation Commands
     "Certify": 18, "CertifyCreation": 18, "Quote": 18, "GetSessionAuditDigest": 18,
-    "GetCommandAuditDigest": 18, "GetTime": 18,
+    "GetCommandAuditDigest": 18, "GetTime": 18, "CertifyX509": 18,
+    # 19 Ephemeral EC Keys
+    "Commit": 19, "EC_Ephemeral": 19,
     # 20 Signing and Signature Verification
     "VerifySignature": 20, "Sign": 20,
+    # 21 Command Audit
+    "SetCommandCodeAuditStatus": 21,
     # 22 Integrity Collection (PCR)
     "PCR_Extend": 22, "PCR_Event": 22, "PCR_Read": 22, "PCR_Allocate": 22, "PCR_SetAuthPolicy": 22,
     "PCR_SetAuthValue": 22, "PCR_Reset": 22,
@@ -61,11 +66,14 @@ PART3_CHAPTER: dict[str, int] = {
     "PolicyLocality": 23, "PolicyNV": 23, "PolicyCounterTimer": 23, "PolicyCommandCode": 23,
     "PolicyCpHash": 23, "PolicyNameHash": 23, "PolicyDuplicationSelect": 23, "PolicyAuthorize": 23,
     "PolicyAuthValue": 23, "PolicyPassword": 23, "PolicyGetDigest": 23, "PolicyNvWritten": 23,
+    "PolicyPhysicalPresence": 23, "PolicyTemplate": 23, "PolicyAuthorizeNV": 23,
     # 24 Hierarchy Commands
     "CreatePrimary": 24, "HierarchyControl": 24, "SetPrimaryPolicy": 24, "ChangePPS": 24, "ChangeEPS": 24,
     "Clear": 24, "ClearControl": 24, "HierarchyChangeAuth": 24,
     # 25 Dictionary Attack Functions
     "DictionaryAttackLockReset": 25, "DictionaryAttackParameters": 25,
+    # 26 Miscellaneous Management Functions
+    "PP_Commands": 26, "SetAlgorithmSet": 26,
     # 28 Context Management
     "ContextSave": 28, "ContextLoad": 28, "FlushContext": 28, "EvictControl": 28,
     # 29 Clocks and Timers

@@ -53,7 +53,7 @@ OWNER_RW = TPMA_NV.OWNERREAD | TPMA_NV.OWNERWRITE
 def test_define_rules(tpm: Tpm) -> None:
     assert define(tpm, H(1), OWNER_RW, 16) == 0
     assert define(tpm, H(1), OWNER_RW, 16) == RC.NV_DEFINED
-    assert define(tpm, H(2), OWNER_RW | TPMA_NV.PLATFORMCREATE, 16) == RC.ATTRIBUTES | 0x40 | 0x200
+    assert define(tpm, H(2), OWNER_RW | TPMA_NV.PLATFORMCREATE, 16) == RC.ATTRIBUTES | 0x100  # authHandle, as libtpms
     assert define(tpm, H(3), TPMA_NV.OWNERREAD, 16) == RC.ATTRIBUTES | 0x40 | 0x200  # no write method
     assert define(tpm, H(4), OWNER_RW | (1 << 4), 4) == RC.SIZE | 0x40 | 0x200  # counter must be 8 bytes
     assert define(tpm, H(5), OWNER_RW | TPMA_NV.WRITTEN, 8) == RC.ATTRIBUTES | 0x40 | 0x200

@@ -14,6 +14,7 @@ from vtpm.constants import (
 )
 from vtpm.core import COMMANDS, Command, Response, command
 from vtpm.crypto import HASHES
+from vtpm.entities.audit import audited_commands
 from vtpm.entities.nv import MAX_NV_INDICES, nv_handles
 from vtpm.entities.pcr import NO_INCREMENT, PCR_ATTRIBUTES, PCR_GROUP, pcr_selection_all
 from vtpm.errors import TpmError
@@ -39,6 +40,7 @@ VENDOR_STRINGS = (b"vmcr", b"ypt ", b"vTPM", b"\0\0\0\0")
 FIRMWARE_VERSION = (0x00010000, 0x00000000)
 SPEC_LEVEL, SPEC_REVISION, SPEC_DAY, SPEC_YEAR = 0, 164, 75, 2021
 A = TPMA_ALGORITHM
+MAX_CAP_CC = 254  # TPM_CCs in one GetCapability answer
 ALGORITHMS: dict[int, int] = {
     ALG.RSA: A.ASYMMETRIC | A.OBJECT,
     ALG.SHA1: A.HASH,
@@ -57,6 +59,10 @@ ALGORITHMS: dict[int, int] = {
     ALG.OAEP: A.ASYMMETRIC | A.ENCRYPTING | A.METHOD,
     ALG.ECDSA: A.ASYMMETRIC | A.SIGNING | A.METHOD,
     ALG.ECDH: A.ASYMMETRIC | A.METHOD,
+    ALG.ECDAA: A.ASYMMETRIC | A.SIGNING,
+    ALG.SM2: A.ASYMMETRIC | A.SIGNING | A.ENCRYPTING,
+    ALG.ECSCHNORR: A.ASYMMETRIC | A.SIGNING,
+    ALG.ECMQV: A.ASYMMETRIC | A.METHOD,
     ALG.KDF1_SP800_56A: A.HASH | A.METHOD,
     ALG.KDF1_SP800_108: A.HASH | A.METHOD,
     ALG.ECC: A.ASYMMETRIC | A.OBJECT,
@@ -73,27 +79,35 @@ RSA_KEY_BITS = (1024, 2048, 3072, 4096)
 PERMANENT_HANDLES = (RH.OWNER, RH.NULL, RH.PW, RH.LOCKOUT, RH.ENDORSEMENT, RH.PLATFORM, RH.PLATFORM_NV)
 
 
-# Commands after which the TPM flushes a transient handle it was given (TPMA_CC.flushed)
-FLUSHING = {CC.FlushContext, CC.SequenceComplete, CC.EventSequenceComplete}
-
-
-RESPONSE_HANDLE = {
-    CC.HashSequenceStart, CC.HMAC_Start, CC.CreatePrimary, CC.CreateLoaded, CC.Load, CC.LoadExternal,
-    CC.StartAuthSession, CC.ContextLoad,
-}
-NV_COMMANDS = {c for c in CC if c.name.startswith("NV_")} | {
-    CC.Clear, CC.ClearControl, CC.HierarchyChangeAuth, CC.DictionaryAttackLockReset,
-    CC.DictionaryAttackParameters, CC.ClockSet, CC.EvictControl, CC.PCR_Allocate, CC.SetPrimaryPolicy,
-    CC.ChangeEPS, CC.ChangePPS, CC.Shutdown, CC.Startup,
-}
+# TPMA_CC as the reference implementation (and libtpms) declares it for each command (Part 2 9.9 and
+# the commands' tables in Part 3): which may write NV, which may flush much of the TPM's state, which
+# flush a transient handle they were given, and which return a handle.
+NV_COMMANDS = frozenset({
+    CC.NV_UndefineSpaceSpecial, CC.EvictControl, CC.HierarchyControl, CC.NV_UndefineSpace, CC.ChangeEPS,
+    CC.ChangePPS, CC.Clear, CC.ClearControl, CC.ClockSet, CC.HierarchyChangeAuth, CC.NV_DefineSpace,
+    CC.PCR_Allocate, CC.PCR_SetAuthPolicy, CC.PP_Commands, CC.SetPrimaryPolicy, CC.NV_GlobalWriteLock,
+    CC.GetCommandAuditDigest, CC.NV_Increment, CC.NV_SetBits, CC.NV_Extend, CC.NV_Write, CC.NV_WriteLock,
+    CC.DictionaryAttackLockReset, CC.DictionaryAttackParameters, CC.NV_ChangeAuth, CC.PCR_Event,
+    CC.PCR_Reset, CC.SetAlgorithmSet, CC.SetCommandCodeAuditStatus, CC.FieldUpgradeData,
+    CC.IncrementalSelfTest, CC.SelfTest, CC.Startup, CC.Shutdown, CC.StirRandom, CC.NV_ReadLock,
+    CC.PCR_Extend, CC.EventSequenceComplete,
+})
+EXTENSIVE = frozenset({CC.HierarchyControl, CC.ChangeEPS, CC.ChangePPS, CC.Clear})
+FLUSHING = frozenset({CC.SequenceComplete, CC.EventSequenceComplete})
+RESPONSE_HANDLE = frozenset({
+    CC.CreatePrimary, CC.Load, CC.HMAC_Start, CC.ContextLoad, CC.LoadExternal, CC.StartAuthSession,
+    CC.HashSequenceStart, CC.CreateLoaded,
+})
 
 
 def command_attributes(code: int) -> int:
-    """TPMA_CC of an implemented command."""
+    """TPMA_CC of an implemented command: commandIndex, nv, extensive, flushed, cHandles, rHandle."""
     spec = COMMANDS[code]
     value = code & 0xFFFF
     if code in NV_COMMANDS:
         value |= 1 << 22
+    if code in EXTENSIVE:
+        value |= 1 << 23
     if code in FLUSHING:
         value |= 1 << 24
     value |= (len(spec.handles) & 0x7) << 25
@@ -184,15 +198,15 @@ def tpm_properties(tpm: Tpm) -> dict[int, int]:
         PT.HR_PERSISTENT_AVAIL: 7,
         PT.NV_COUNTERS: counters,
         PT.NV_COUNTERS_AVAIL: max(0, MAX_NV_INDICES - len(state.nv)),
-        PT.ALGORITHM_SET: 0,
+        PT.ALGORITHM_SET: state.algorithm_set,
         PT.LOADED_CURVES: len(ECC_CURVES),
         PT.LOCKOUT_COUNTER: state.failed_tries,
         PT.MAX_AUTH_FAIL: state.max_tries,
         PT.LOCKOUT_INTERVAL: state.recovery_time,
         PT.LOCKOUT_RECOVERY: state.lockout_recovery,
         PT.NV_WRITE_RECOVERY: 0,
-        PT.AUDIT_COUNTER_0: 0,
-        PT.AUDIT_COUNTER_1: 0,
+        PT.AUDIT_COUNTER_0: state.audit_counter >> 32,
+        PT.AUDIT_COUNTER_1: state.audit_counter & 0xFFFF_FFFF,
     }
 
 
@@ -220,11 +234,17 @@ def handles_of_type(tpm: Tpm, kind: int) -> list[int]:
         return sorted(PERMANENT_HANDLES)
     if kind == HT.TRANSIENT:
         return sorted(tpm.volatile.objects)
-    if kind in (HT.HMAC_SESSION, HT.POLICY_SESSION):
-        return sorted(h for h in tpm.volatile.sessions if h >> 24 == kind)
+    if kind == HT.HMAC_SESSION:  # TPM_HT_LOADED_SESSION: every loaded session, HMAC or policy
+        return sorted(tpm.volatile.sessions, key=_session_order)
+    if kind == HT.POLICY_SESSION:  # TPM_HT_SAVED_SESSION: the sessions whose context is saved
+        return sorted(tpm.volatile.saved_sessions, key=_session_order)
     if kind == HT.PERSISTENT:
         return sorted(getattr(tpm.state, "persistent", {}) or {})
     return []
+
+
+def _session_order(handle: int) -> tuple[int, int]:
+    return handle & 0xFFFFFF, handle >> 24
 
 
 def _page(items: list[int], start: int, count: int, limit: int) -> tuple[list[int], bool]:
@@ -243,18 +263,23 @@ def get_capability(tpm: Tpm, cmd: Command) -> Response:
         kind = prop >> 24
         if kind not in (HT.PCR, HT.NV_INDEX, HT.HMAC_SESSION, HT.POLICY_SESSION, HT.PERMANENT, HT.TRANSIENT, HT.PERSISTENT):
             raise TpmError(RC.HANDLE, param=2)
-        handles, more = _page([h for h in handles_of_type(tpm, kind) if h >> 24 == kind], prop, count, 254)
+        listed = handles_of_type(tpm, kind)
+        if kind not in (HT.HMAC_SESSION, HT.POLICY_SESSION):
+            listed = [h for h in listed if h >> 24 == kind]
+        handles, more = _page(listed, prop if kind not in (HT.HMAC_SESSION, HT.POLICY_SESSION) else 0, count, 254)
         body = TPML_HANDLE.build(handles)
     elif cap == CAP.COMMANDS:
         codes, more = _page(sorted(COMMANDS), prop, count, 254)
         body = TPML_CCA.build([command_attributes(c) for c in codes])
     elif cap in (CAP.PP_COMMANDS, CAP.AUDIT_COMMANDS):
-        body, more = TPML_CC.build([]), False
+        listed = tpm.state.pp_commands if cap == CAP.PP_COMMANDS else audited_commands(tpm)
+        codes, more = _page(sorted(c for c in listed if c in COMMANDS), prop, count, MAX_CAP_CC)
+        body = TPML_CC.build(codes)
     elif cap == CAP.PCRS:
         if prop != 0:
             raise TpmError(RC.VALUE, param=2)
 
-        body, more = TPML_PCR_SELECTION_OUT.build(pcr_selection_all(tpm.state.pcr_banks)), False
+        body, more = TPML_PCR_SELECTION_OUT.build(pcr_selection_all(tpm)), False
     elif cap == CAP.TPM_PROPERTIES:
         table = tpm_properties(tpm)
         keys, more = _page(sorted(table), prop, count, 127)
@@ -280,7 +305,7 @@ def get_capability(tpm: Tpm, cmd: Command) -> Response:
 
 SYM_MODES = {ALG.CFB}  # storage keys' symmetric definitions use CFB
 RSA_SCHEMES = {ALG.RSASSA, ALG.RSAPSS, ALG.RSAES, ALG.OAEP, ALG.NULL}
-ECC_SCHEMES = {ALG.ECDSA, ALG.ECDH, ALG.NULL}
+ECC_SCHEMES = {ALG.ECDSA, ALG.ECDH, ALG.ECDAA, ALG.SM2, ALG.ECSCHNORR, ALG.ECMQV, ALG.NULL}
 KDF_SCHEMES = {ALG.NULL, ALG.KDF1_SP800_56A, ALG.KDF1_SP800_108}
 
 

@@ -1,6 +1,7 @@
-"""Duplication Commands (Part 3, section 13): Duplicate and Import (Part 1, 23.3),
+"""Duplication Commands (Part 3, section 13): Duplicate, Rewrap and Import (Part 1, 23.3),
 moving a key to another parent, possibly on another TPM, under an optional inner
-(symmetric) and outer (seed sealed to the new parent) wrapper."""
+(symmetric) and outer (seed sealed to the new parent) wrapper. Rewrap moves the outer
+wrapper from one parent to another without touching the inner one."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
 from vtpm.keyops import decrypt_secret, seal_to
 from vtpm.marshal.objects import TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_PUBLIC, TPMT_SYM_DEF_OBJECT
-from vtpm.marshal.structures import TPM2B_DATA
+from vtpm.marshal.structures import TPM2B_DATA, TPM2B_NAME
 from vtpm.objects import LoadedObject, Public, Sensitive, check_binding, check_template, wrap_private
 from vtpm.sessions import CFB
 
@@ -86,12 +87,63 @@ def duplicate(tpm: Tpm, cmd: Command) -> Response:
         if not new_parent.public.is_storage_parent:
             raise TpmError(RC.TYPE, handle=2)
         seed, seed_out = seal_to(new_parent, b"DUPLICATE")
-        sym_key, hmac_key = _outer_keys(new_parent, seed, name)
-        encrypted = _cfb(sym_key, blob, True)
-        outer = hmac_digest(new_parent.public.name_alg, hmac_key, encrypted, name)
-        blob = len(outer).to_bytes(2, "big") + outer + encrypted
+        blob = _outer_wrap(new_parent, seed, name, blob)
     body = TPM2B_DATA.build(key_out) + TPM2B_PRIVATE.build(blob) + TPM2B_ENCRYPTED_SECRET.build(seed_out)
     return Response(params=body)
+
+
+def _outer_wrap(parent: LoadedObject, seed: bytes, name: bytes, blob: bytes) -> bytes:
+    """The outer wrapper of a duplicate for ``parent``: HMAC || CFB(blob) under keys from the seed."""
+    sym_key, hmac_key = _outer_keys(parent, seed, name)
+    encrypted = _cfb(sym_key, blob, True)
+    outer = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
+    return len(outer).to_bytes(2, "big") + outer + encrypted
+
+
+def _outer_unwrap(parent: LoadedObject, seed: bytes, name: bytes, blob: bytes, param: int) -> bytes:
+    sym_key, hmac_key = _outer_keys(parent, seed, name)
+    size = int.from_bytes(blob[:2], "big") if len(blob) >= 2 else -1
+    outer, encrypted = blob[2 : 2 + size], blob[2 + size :]
+    expected = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
+    if size != len(expected) or not hmac.compare_digest(outer, expected):
+        raise TpmError(RC.INTEGRITY, param=param)
+    return _cfb(sym_key, encrypted, False)
+
+
+@command(
+    CC.Rewrap,
+    handles=[handle_spec("oldParent", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL]),
+             handle_spec("newParent", types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL])],
+    params=[("inDuplicate", TPM2B_PRIVATE), ("name", TPM2B_NAME), ("inSymSeed", TPM2B_ENCRYPTED_SECRET)],
+    response_tpm2b=True,
+)
+def rewrap(tpm: Tpm, cmd: Command) -> Response:
+    """Take the outer wrapper of a duplicate off for the old parent and put one on for the new
+    parent (Part 3 13.2); TPM_RH_NULL on either side means no outer wrapper there."""
+    old_handle, new_handle = cmd.handles
+    p = cmd.params
+    if bool(p.inSymSeed) != (old_handle != RH.NULL):
+        raise TpmError(RC.HANDLE, handle=1)
+    blob = p.inDuplicate
+    if old_handle != RH.NULL:
+        old_parent = get_object(tpm, old_handle)
+        if not old_parent.public.is_storage_parent or old_parent.sensitive is None:
+            raise TpmError(RC.TYPE, handle=1)
+        try:
+            seed = decrypt_secret(old_parent, p.inSymSeed, b"DUPLICATE", 3)
+        except TpmError:
+            raise TpmError(RC.VALUE, param=3) from None
+        blob = _outer_unwrap(old_parent, seed, p.name, blob, 1)
+    seed_out = b""
+    if new_handle != RH.NULL:
+        new_parent = get_object(tpm, new_handle, 2)
+        if not new_parent.public.is_storage_parent:
+            raise TpmError(RC.TYPE, handle=2)
+        seed, seed_out = seal_to(new_parent, b"DUPLICATE")
+        if len(blob) + 2 + HASHES[new_parent.public.name_alg].size > TPM2B_PRIVATE.max_size:
+            raise TpmError(RC.VALUE, param=1)
+        blob = _outer_wrap(new_parent, seed, p.name, blob)
+    return Response(params=TPM2B_PRIVATE.build(blob) + TPM2B_ENCRYPTED_SECRET.build(seed_out))
 
 
 @command(
@@ -115,13 +167,7 @@ def import_object(tpm: Tpm, cmd: Command) -> Response:
     blob = p.duplicate
     if p.inSymSeed:
         seed = decrypt_secret(parent, p.inSymSeed, b"DUPLICATE", 4)
-        sym_key, hmac_key = _outer_keys(parent, seed, name)
-        size = int.from_bytes(blob[:2], "big") if len(blob) >= 2 else -1
-        outer, encrypted = blob[2 : 2 + size], blob[2 + size :]
-        expected = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
-        if size != len(expected) or not hmac.compare_digest(outer, expected):
-            raise TpmError(RC.INTEGRITY, param=3)
-        blob = _cfb(sym_key, encrypted, False)
+        blob = _outer_unwrap(parent, seed, name, blob, 3)
     if bits:
         if len(p.encryptionKey) != bits // 8:
             raise TpmError(RC.SIZE, param=1)

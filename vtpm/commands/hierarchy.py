@@ -127,6 +127,7 @@ def clear(tpm: Tpm, cmd: Command) -> Response:
     state.reset_count = 0
     state.restart_count = 0
     state.failed_tries = 0
+    state.audit_counter = 0  # (the command audit digest itself goes on)
     tpm.mark_dirty()
     return Response()
 

@@ -60,6 +60,7 @@ def _require_kind(index: NvIndex, *kinds: int) -> None:
     params=[("auth", TPM2B_AUTH), ("publicInfo", TPM2B_NV_PUBLIC)],
 )
 def nv_define_space(tpm: Tpm, cmd: Command) -> Response:
+    """Define an index, with the checks of Part 3 31.3 in the reference implementation's order."""
     public = cmd.params.publicInfo
     attributes, name_alg, size = public.attributes, public.nameAlg, public.dataSize
     kind = (attributes >> 4) & 0xF
@@ -67,34 +68,41 @@ def nv_define_space(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.VALUE, param=2)
     if attributes & NV_RESERVED_MASK:
         raise TpmError(RC.RESERVED_BITS, param=2)
-    if len(cmd.params.auth) > HASHES[name_alg].size:
+    if public.authPolicy and len(public.authPolicy) != HASHES[name_alg].size:
+        raise TpmError(RC.SIZE, param=2)
+    if len(cmd.params.auth.rstrip(b"\x00")) > HASHES[name_alg].size:
         raise TpmError(RC.SIZE, param=1)
     platform = cmd.handles[0] == RH.PLATFORM
     if platform and not tpm.volatile.ph_enable_nv:
         raise TpmError(RC.HIERARCHY, handle=1)
-    if bool(attributes & TPMA_NV.PLATFORMCREATE) != platform:
-        raise TpmError(RC.ATTRIBUTES, param=2)
     if kind not in VALID_KINDS:
         raise TpmError(RC.ATTRIBUTES, param=2)
-    if attributes & DYNAMIC:
-        raise TpmError(RC.ATTRIBUTES, param=2)
-    if not attributes & WRITE_AUTH or not attributes & READ_AUTH:
-        raise TpmError(RC.ATTRIBUTES, param=2)
-    if attributes & TPMA_NV.POLICY_DELETE and not platform:
-        raise TpmError(RC.ATTRIBUTES, param=2)
-    if kind != NT.ORDINARY and attributes & TPMA_NV.WRITEALL:
-        raise TpmError(RC.ATTRIBUTES, param=2)
-    if kind in (NT.COUNTER, NT.PIN_FAIL, NT.PIN_PASS) and attributes & TPMA_NV.CLEAR_STCLEAR:
-        raise TpmError(RC.ATTRIBUTES, param=2)
-    if kind in (NT.COUNTER, NT.BITS, NT.PIN_FAIL, NT.PIN_PASS):
-        if size != 8:
+    if kind == NT.ORDINARY:
+        if size > MAX_NV_INDEX_SIZE:
             raise TpmError(RC.SIZE, param=2)
     elif kind == NT.EXTEND:
         if size != HASHES[name_alg].size:
             raise TpmError(RC.SIZE, param=2)
-    elif size > MAX_NV_INDEX_SIZE:
+    elif size != 8:  # counter, bits and PIN indices hold a UINT64
         raise TpmError(RC.SIZE, param=2)
-    if public.authPolicy and len(public.authPolicy) != HASHES[name_alg].size:
+    if kind == NT.COUNTER and attributes & TPMA_NV.CLEAR_STCLEAR:
+        raise TpmError(RC.ATTRIBUTES, param=2)
+    if kind == NT.PIN_FAIL and not attributes & TPMA_NV.NO_DA:
+        raise TpmError(RC.ATTRIBUTES, param=2)
+    if kind in (NT.PIN_FAIL, NT.PIN_PASS) and attributes & (TPMA_NV.AUTHWRITE | TPMA_NV.GLOBALLOCK
+                                                           | TPMA_NV.WRITEDEFINE):
+        raise TpmError(RC.ATTRIBUTES, param=2)  # the authValue of a PIN index never writes it
+    if attributes & DYNAMIC:
+        raise TpmError(RC.ATTRIBUTES, param=2)
+    if not attributes & READ_AUTH or not attributes & WRITE_AUTH:
+        raise TpmError(RC.ATTRIBUTES, param=2)
+    if attributes & TPMA_NV.CLEAR_STCLEAR and attributes & TPMA_NV.WRITEDEFINE:
+        raise TpmError(RC.ATTRIBUTES, param=2)
+    if bool(attributes & TPMA_NV.PLATFORMCREATE) != platform:  # the creator must be able to delete it
+        raise TpmError(RC.ATTRIBUTES, handle=1)
+    if attributes & TPMA_NV.POLICY_DELETE and not platform:
+        raise TpmError(RC.ATTRIBUTES, param=2)
+    if size > MAX_NV_BUFFER_SIZE and attributes & TPMA_NV.WRITEALL:
         raise TpmError(RC.SIZE, param=2)
     nv = tpm.state.nv
     if public.nvIndex in nv:
@@ -117,10 +125,11 @@ def nv_define_space(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.NV_UndefineSpace, handles=[handle_spec("authHandle", Auth.USER, permanent=PROVISION), NV_INDEX])
 def nv_undefine_space(tpm: Tpm, cmd: Command) -> Response:
     index = nv_index(tpm, cmd.handles[1])
-    if index.has(TPMA_NV.PLATFORMCREATE) != (cmd.handles[0] == RH.PLATFORM):
-        raise TpmError(RC.NV_AUTHORIZATION)
     if index.has(TPMA_NV.POLICY_DELETE):
         raise TpmError(RC.ATTRIBUTES, handle=2)
+    # The owner deletes only what the owner defined; the platform may delete either kind (Part 3 31.4).
+    if cmd.handles[0] == RH.OWNER and index.has(TPMA_NV.PLATFORMCREATE):
+        raise TpmError(RC.NV_AUTHORIZATION)
     remove_index(tpm, index)
     return Response()
 
@@ -158,7 +167,7 @@ def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
 def nv_write(tpm: Tpm, cmd: Command) -> Response:
     index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
-    if index.kind != NT.ORDINARY:
+    if index.kind in (NT.COUNTER, NT.BITS, NT.EXTEND):  # ordinary and PIN indices take NV_Write
         raise TpmError(RC.ATTRIBUTES)
     data, offset = cmd.params.data, cmd.params.offset
     if offset > index.data_size:

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING
 from vtpm.constants import CC, HT, RC, RH
 from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest
-from vtpm.entities.pcr import PCR_ATTRIBUTES, PCR_GROUP, counts_update, extend, locality_bit
+from vtpm.entities.pcr import (
+    ALL_PCRS,
+    DRTM_PCR,
+    HCRTM_PCR,
+    PCR_ATTRIBUTES,
+    PCR_GROUP,
+    allocation,
+    counts_update,
+    extend,
+    locality_bit,
+)
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32
 from vtpm.marshal.structures import (
@@ -100,13 +110,14 @@ def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.PCR_Read, params=[("pcrSelectionIn", TPML_PCR_SELECTION)])
 def pcr_read(tpm: Tpm, cmd: Command) -> Response:
     pcrs = tpm.volatile.pcrs
+    masks = allocation(tpm)
     selections_out, values = [], []
     for selection in cmd.params.pcrSelectionIn:
         select = bytearray(selection.pcrSelect)
         out = bytearray(len(select))
         bank = pcrs.get(selection.hash)
         for index in _selected(select):
-            if bank is None or len(values) == MAX_PCR_READ:
+            if bank is None or not masks.get(selection.hash, 0) >> index & 1 or len(values) == MAX_PCR_READ:
                 continue
             out[index // 8] |= 1 << (index % 8)
             values.append(bank[index])
@@ -125,20 +136,19 @@ def pcr_read(tpm: Tpm, cmd: Command) -> Response:
     params=[("pcrAllocation", TPML_PCR_SELECTION)],
 )
 def pcr_allocate(tpm: Tpm, cmd: Command) -> Response:
-    banks = list(tpm.state.pcr_banks_pending or tpm.state.pcr_banks)
+    """The allocation after the next TPM Reset (Part 3 22.5): each bank named gets the PCRs selected
+    (none, some or all), the banks not named keep their current allocation; some bank must keep the
+    H-CRTM PCR (0) and some the DRTM PCR (17)."""
+    masks = allocation(tpm)
     for selection in cmd.params.pcrAllocation:
-        chosen = _selected(bytes(selection.pcrSelect))
-        if chosen and len(chosen) != PCR_COUNT:
-            raise TpmError(RC.PCR, param=1)  # a bank is allocated whole or not at all
-        if chosen and selection.hash not in banks:
-            banks.append(selection.hash)
-        elif not chosen and selection.hash in banks:
-            banks.remove(selection.hash)
-    ok = bool(banks)
-    if ok:
-        tpm.state.pcr_banks_pending = sorted(banks)
-        tpm.mark_dirty()
-    max_pcr = PCR_COUNT if ok else 0
-    size_needed = sum(HASHES[b].size for b in banks) * PCR_COUNT
-    body = bytes([1 if ok else 0]) + U32.build(max_pcr) + U32.build(size_needed) + U32.build(4096 * 4)
+        masks[selection.hash] = sum(1 << i for i in _selected(bytes(selection.pcrSelect)))
+    if not any(mask >> HCRTM_PCR & 1 for mask in masks.values()) or \
+            not any(mask >> DRTM_PCR & 1 for mask in masks.values()):
+        raise TpmError(RC.PCR)
+    tpm.state.pcr_banks_pending = sorted(bank for bank, mask in masks.items() if mask)
+    tpm.state.pcr_partial_pending = [[bank, mask] for bank, mask in masks.items() if mask and mask != ALL_PCRS]
+    tpm.mark_dirty()
+    size_needed = sum(HASHES[bank].size * bin(mask).count("1") for bank, mask in masks.items())
+    size_available = sum(HASHES[bank].size for bank in HASHES) * PCR_COUNT
+    body = b"\x01" + U32.build(PCR_COUNT) + U32.build(size_needed) + U32.build(size_available)
     return Response(params=body)

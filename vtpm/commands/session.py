@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import construct as cs
 
-from vtpm.constants import ALG, CC, HT, RC, RH, HMAC_SESSION_FIRST, POLICY_SESSION_FIRST
+from vtpm.constants import ALG, CC, HT, NT, RC, RH, HMAC_SESSION_FIRST, POLICY_SESSION_FIRST
 from vtpm.core import ENTITY_RESOLVERS, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES
 from vtpm.entities.object_table import get_object
@@ -106,8 +106,11 @@ def start_auth_session(tpm: Tpm, cmd: Command) -> Response:
     bind_auth, bound = b"", b""
     if bind_handle != RH.NULL:
         entity = ENTITY_RESOLVERS[bind_handle >> 24](tpm, bind_handle)
+        index = tpm.state.nv.get(bind_handle) if bind_handle >> 24 == HT.NV_INDEX else None
+        if index is not None and index.kind in (NT.PIN_FAIL, NT.PIN_PASS):
+            raise TpmError(RC.HANDLE, handle=2)  # a PIN index is no bind entity
         bind_auth = entity.auth_value.rstrip(b"\x00")
-        bound = bind_value(entity.name or bind_handle.to_bytes(4, "big"), entity.auth_value)
+        bound = bind_value(entity.name_for(bind_handle), entity.auth_value)
     policy = p.sessionType != SessionType.HMAC
     handle = _free_handle(tpm, policy)
     nonce_tpm = tpm.random(HASHES[auth_hash].size)

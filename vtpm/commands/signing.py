@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 from vtpm.constants import CC, HT, RC, RH, ST, TPMA_OBJECT
 from vtpm.core import Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, hmac_digest
+from vtpm.entities.commit import create_signature
 from vtpm.entities.hierarchy import hierarchy_proof
 from vtpm.entities.keys import KEY, signing_key
 from vtpm.errors import TpmError
-from vtpm.keyops import select_sign_scheme, sign_digest, verify_digest
+from vtpm.keyops import select_sign_scheme, verify_digest
 from vtpm.marshal.objects import TPMT_ASYM_SCHEME, TPMT_SIGNATURE, TPMT_TK
 from vtpm.marshal.structures import TPM2B_DIGEST
 from vtpm.objects import LoadedObject
@@ -57,9 +58,11 @@ def verify_signature(tpm: Tpm, cmd: Command) -> Response:
          params=[("digest", TPM2B_DIGEST), ("inScheme", TPMT_ASYM_SCHEME), ("validation", TPMT_TK)])
 def sign(tpm: Tpm, cmd: Command) -> Response:
     key = signing_key(tpm, cmd.handles[0])
+    if key.public.has(A.X509_SIGN):  # such a key signs only what CertifyX509 builds
+        raise TpmError(RC.ATTRIBUTES, handle=1)
     scheme, alg = select_sign_scheme(key, cmd.params.inScheme, 2)
     data = cmd.params.digest
     if len(data) != HASHES[alg].size:
         raise TpmError(RC.SIZE, param=1)
     check_hash_ticket(tpm, key, data, cmd.params.validation, 3)
-    return Response(params=TPMT_SIGNATURE.build(sign_digest(key, scheme, alg, data)))
+    return Response(params=TPMT_SIGNATURE.build(create_signature(tpm, key, scheme, alg, cmd.params.inScheme, data)))

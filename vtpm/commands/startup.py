@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, RC, SU
 from vtpm.core import Command, Response, command
+from vtpm.entities import audit, commit
 from vtpm.entities.nv import shutdown_nv, startup_clear_nv
 from vtpm.entities.pcr import PCR_ATTRIBUTES, counts_update
 from vtpm.errors import TpmError
@@ -29,7 +30,8 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.VALUE, param=1)
     if state.pcr_banks_pending is not None and kind == SU.CLEAR:
         state.pcr_banks = state.pcr_banks_pending  # PCR_Allocate takes effect at TPM Reset
-        state.pcr_banks_pending = None
+        state.pcr_partial = state.pcr_partial_pending or []
+        state.pcr_banks_pending = state.pcr_partial_pending = None
     volatile.reset_pcrs(state.pcr_banks, cmd.locality)
     saved = kind == SU.STATE
     if not saved:
@@ -46,11 +48,13 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
         state.restart_count += 1
     elif previous == "state":  # TPM Restart
         state.restart_count += 1
-    else:  # TPM Reset: a new null hierarchy
+    else:  # TPM Reset: a new null hierarchy, no commitments, a new command audit digest
         state.reset_count += 1
         state.restart_count = 0
         volatile.null_seed = tpm.random(SEED_SIZE)
         volatile.null_proof = tpm.random(PROOF_SIZE)
+        commit.reset(tpm)
+        audit.reset_digest(tpm)
         if previous == "none":
             state.clock_safe = False
     if kind == SU.CLEAR:

@@ -39,6 +39,15 @@ def nv_index(tpm: Tpm, handle: int) -> NvIndex:
 WRITE_OPERATIONS = frozenset({CC.NV_Write, CC.NV_Increment, CC.NV_SetBits, CC.NV_Extend, CC.NV_WriteLock})
 
 
+PIN_KINDS = (NT.PIN_FAIL, NT.PIN_PASS)
+
+
+def pin_values(index: NvIndex) -> tuple[int, int]:
+    """(pinCount, pinLimit) of a written PIN index (TPMS_NV_PIN_COUNTER_PARAMETERS)."""
+    data = index.data.ljust(8, b"\x00")
+    return int.from_bytes(data[:4], "big"), int.from_bytes(data[4:8], "big")
+
+
 def _auth_available(index: NvIndex) -> Callable[[int, bool, bool], bool]:
     """May the index's authValue (or authPolicy) authorize this command? (Part 1 19.7)"""
 
@@ -48,9 +57,37 @@ def _auth_available(index: NvIndex) -> Callable[[int, bool, bool], bool]:
             if not index.auth_policy:
                 return False
             return admin or index.has(TPMA_NV.POLICYWRITE if write else TPMA_NV.POLICYREAD)
+        if index.kind in PIN_KINDS and not write:
+            # A PIN index's authValue reads only once written, and only while pinCount < pinLimit.
+            if not index.has(TPMA_NV.WRITTEN):
+                return False
+            count, limit = pin_values(index)
+            return count < limit
         return index.has(TPMA_NV.AUTHWRITE if write else TPMA_NV.AUTHREAD)
 
     return available
+
+
+def _pin_counter(tpm: Tpm, index: NvIndex) -> Callable[[bool], None] | None:
+    """After the authValue of a written PIN index was tried (Part 1 19.7.2 / Part 2 13.6): a PIN Fail
+    index counts failures and starts again at a success; a PIN Pass index counts successes."""
+    if index.kind not in PIN_KINDS:
+        return None
+
+    def used(success: bool) -> None:
+        if not index.has(TPMA_NV.WRITTEN):
+            return
+        count, limit = pin_values(index)
+        if index.kind == NT.PIN_FAIL:
+            count = 0 if success else count + 1
+        elif success:
+            count += 1
+        else:
+            return
+        index.data = (count & 0xFFFF_FFFF).to_bytes(4, "big") + limit.to_bytes(4, "big")
+        tpm.mark_dirty()
+
+    return used
 
 
 @entity_resolver(HT.NV_INDEX)
@@ -63,6 +100,7 @@ def nv_entity(tpm: Tpm, handle: int) -> Entity:
         auth_policy=index.auth_policy,
         auth_policy_alg=index.name_alg,
         auth_available=_auth_available(index),
+        auth_used=_pin_counter(tpm, index),
     )
 
 

@@ -67,7 +67,7 @@ def transient_entity(tpm: Tpm, handle: int) -> Entity:
     if obj is None:
         raise TpmError(RC.REFERENCE_H0)
     if isinstance(obj, HashSequence):
-        return Entity(obj.auth_value, da_protected=False)
+        return Entity(obj.auth_value, da_protected=False, name=b"")  # a sequence object's Name is empty
     return obj.entity()
 
 

@@ -54,6 +54,20 @@ def pcr_entity(tpm: Tpm, handle: int) -> Entity:
     return Entity(b"", da_protected=False)
 
 
+ALL_PCRS = (1 << PCR_COUNT) - 1
+HCRTM_PCR, DRTM_PCR = 0, 17  # PCR_Allocate keeps each of them in at least one bank
+
+
+def allocation(tpm: Tpm) -> dict[int, int]:
+    """Every implemented bank and the bitmap of its allocated PCRs (0: not allocated)."""
+    partial = {alg: mask for alg, mask in tpm.state.pcr_partial}
+    return {bank: (partial.get(bank, ALL_PCRS) if bank in tpm.state.pcr_banks else 0) for bank in sorted(HASHES)}
+
+
+def allocated(tpm: Tpm, bank: int, index: int) -> bool:
+    return bool(allocation(tpm).get(bank, 0) >> index & 1)
+
+
 def locality_bit(locality: int) -> int:
     return 1 << locality if locality < 5 else 0
 
@@ -77,7 +91,7 @@ def extend(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> None:
     pcrs = tpm.volatile.pcrs
     for bank, value in digests:
         values = pcrs.get(bank)
-        if values is None:
+        if values is None or not allocated(tpm, bank, index):
             continue
         values[index] = digest(bank, values[index], value)
         if counts_update(index):
@@ -88,20 +102,19 @@ def pcr_digest(tpm: Tpm, alg: int, selection: Any) -> bytes:
     """Digest of the selected PCR values, bank by bank, PCR by PCR (Part 3 18.4, 12.1)."""
     h = HASHES[alg]
     state = hashlib.new(h.name)
+    masks = allocation(tpm)
     for entry in selection:
         bank = tpm.volatile.pcrs.get(entry.hash)
         if bank is None:
             continue
         bits = entry.pcrSelect
         for index in range(min(len(bits) * 8, 24)):
-            if bits[index // 8] >> (index % 8) & 1:
+            if bits[index // 8] >> (index % 8) & 1 and masks.get(entry.hash, 0) >> index & 1:
                 state.update(bank[index])
     return state.digest()
 
 
-def pcr_selection_all(banks: list[int]) -> list[dict[str, object]]:
-    """Every implemented bank; allocated ones select all PCRs (GetCapability PCRS)."""
-    return [
-        {"hash": bank, "pcrSelect": (b"\xff" if bank in banks else b"\x00") * PCR_SELECT_MAX}
-        for bank in sorted(HASHES)
-    ]
+def pcr_selection_all(tpm: Tpm) -> list[dict[str, object]]:
+    """Every implemented bank with the PCRs allocated in it (GetCapability PCRS)."""
+    return [{"hash": bank, "pcrSelect": mask.to_bytes(PCR_SELECT_MAX, "little")}
+            for bank, mask in allocation(tpm).items()]

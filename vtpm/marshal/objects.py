@@ -113,6 +113,7 @@ TPM2B_CREATION_DATA = Tpm2bStruct(TPMS_CREATION_DATA)
 
 TPMT_TK = cs.Struct("tag" / U16, "hierarchy" / U32, "digest" / TPM2B_DIGEST)  # every TPMT_TK_*
 
+_ECC_SIGNATURE = cs.Struct("hash" / U16, "signatureR" / TPM2B_ECC_PARAMETER, "signatureS" / TPM2B_ECC_PARAMETER)
 TPMT_SIGNATURE = cs.Struct(
     "sigAlg" / U16,
     "signature" / cs.Switch(
@@ -120,7 +121,10 @@ TPMT_SIGNATURE = cs.Struct(
         {
             ALG.RSASSA: cs.Struct("hash" / U16, "sig" / TPM2B_PUBLIC_KEY_RSA),
             ALG.RSAPSS: cs.Struct("hash" / U16, "sig" / TPM2B_PUBLIC_KEY_RSA),
-            ALG.ECDSA: cs.Struct("hash" / U16, "signatureR" / TPM2B_ECC_PARAMETER, "signatureS" / TPM2B_ECC_PARAMETER),
+            ALG.ECDSA: _ECC_SIGNATURE,
+            ALG.ECDAA: _ECC_SIGNATURE,
+            ALG.ECSCHNORR: _ECC_SIGNATURE,
+            ALG.SM2: _ECC_SIGNATURE,
             ALG.HMAC: cs.Struct("hashAlg" / U16, "digest" / cs.Bytes(lambda ctx: {4: 20, 11: 32, 12: 48, 13: 64}.get(ctx.hashAlg, 0))),
             ALG.NULL: cs.Pass,
         },
@@ -135,6 +139,10 @@ TPMS_TIME_ATTEST_INFO = cs.Struct(
     "time" / cs.Struct("time" / U64, "clockInfo" / TPMS_CLOCK_INFO), "firmwareVersion" / U64
 )
 TPMS_NV_CERTIFY_INFO = cs.Struct("indexName" / TPM2B_NAME, "offset" / U16, "nvContents" / Tpm2b(2048))
+TPMS_COMMAND_AUDIT_INFO = cs.Struct(
+    "auditCounter" / U64, "digestAlg" / U16, "auditDigest" / TPM2B_DIGEST, "commandDigest" / TPM2B_DIGEST
+)
+TPMS_SESSION_AUDIT_INFO = cs.Struct("exclusiveSession" / U8, "sessionDigest" / TPM2B_DIGEST)
 
 TPMS_ATTEST = cs.Struct(
     "magic" / U32,
@@ -146,7 +154,8 @@ TPMS_ATTEST = cs.Struct(
     "attested" / cs.Switch(
         cs.this.type,
         {0x8018: TPMS_QUOTE_INFO, 0x8017: TPMS_CERTIFY_INFO, 0x801A: TPMS_CREATION_INFO,
-         0x8019: TPMS_TIME_ATTEST_INFO, 0x8014: TPMS_NV_CERTIFY_INFO},
+         0x8019: TPMS_TIME_ATTEST_INFO, 0x8014: TPMS_NV_CERTIFY_INFO, 0x8015: TPMS_COMMAND_AUDIT_INFO,
+         0x8016: TPMS_SESSION_AUDIT_INFO},
         default=cs.Error,
     ),
 )

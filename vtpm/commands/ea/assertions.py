@@ -1,6 +1,6 @@
 """The simple policy assertions (Part 3, section 23): PolicyAuthValue, PolicyPassword,
-PolicyCommandCode, PolicyLocality, PolicyCpHash, PolicyNameHash, PolicyDuplicationSelect,
-PolicyNvWritten, PolicyOR, PolicyGetDigest."""
+PolicyCommandCode, PolicyLocality, PolicyPhysicalPresence, PolicyCpHash, PolicyNameHash,
+PolicyTemplate, PolicyDuplicationSelect, PolicyNvWritten, PolicyOR, PolicyGetDigest."""
 
 from __future__ import annotations
 
@@ -76,13 +76,39 @@ def policy_locality(tpm: Tpm, cmd: Command) -> Response:
     return Response()
 
 
+@command(CC.PolicyPhysicalPresence, handles=[POLICY_SESSION])
+def policy_physical_presence(tpm: Tpm, cmd: Command) -> Response:
+    """The authorized command will need physical presence (Part 3 23.8)."""
+    session = session_of(tpm, cmd.handles[0])
+    extend(session, CC.PolicyPhysicalPresence)
+    session.pp_required = True
+    return Response()
+
+
+@command(CC.PolicyTemplate, handles=[POLICY_SESSION], params=[("templateHash", TPM2B_DIGEST)])
+def policy_template(tpm: Tpm, cmd: Command) -> Response:
+    """Create, CreatePrimary or CreateLoaded may only make an object from this template (Part 3 23.21)."""
+    session = session_of(tpm, cmd.handles[0])
+    template_hash = cmd.params.templateHash
+    if session.template_hash is not None:
+        if session.template_hash != template_hash:
+            raise TpmError(RC.VALUE, param=1)
+    elif session.held_hash() is not None:  # a cpHash or name hash holds the place
+        raise TpmError(RC.CPHASH)
+    if len(template_hash) != HASHES[session.auth_hash].size:
+        raise TpmError(RC.SIZE, param=1)
+    extend(session, CC.PolicyTemplate, template_hash)
+    session.template_hash = template_hash
+    return Response()
+
+
 @command(CC.PolicyCpHash, handles=[POLICY_SESSION], params=[("cpHashA", TPM2B_DIGEST)])
 def policy_cp_hash(tpm: Tpm, cmd: Command) -> Response:
     session = session_of(tpm, cmd.handles[0])
     cp_hash = cmd.params.cpHashA
     if len(cp_hash) != HASHES[session.auth_hash].size:
         raise TpmError(RC.SIZE, param=1)
-    if session.name_hash is not None or (session.cp_hash is not None and session.cp_hash != cp_hash):
+    if session.held_hash() is not None and session.cp_hash != cp_hash:  # a different cpHash, or no cpHash
         raise TpmError(RC.CPHASH)
     extend(session, CC.PolicyCpHash, cp_hash)
     session.cp_hash = cp_hash
@@ -95,7 +121,7 @@ def policy_name_hash(tpm: Tpm, cmd: Command) -> Response:
     name_hash = cmd.params.nameHash
     if len(name_hash) != HASHES[session.auth_hash].size:
         raise TpmError(RC.SIZE, param=1)
-    if session.name_hash is not None or session.cp_hash is not None:
+    if session.held_hash() is not None:
         raise TpmError(RC.CPHASH)
     extend(session, CC.PolicyNameHash, name_hash)
     session.name_hash = name_hash
@@ -111,7 +137,7 @@ def policy_duplication_select(tpm: Tpm, cmd: Command) -> Response:
     """Limits duplication to one new parent (and object): a name hash plus TPM_CC_Duplicate."""
     session = session_of(tpm, cmd.handles[0])
     p = cmd.params
-    if session.name_hash is not None or session.cp_hash is not None:
+    if session.held_hash() is not None:
         raise TpmError(RC.CPHASH)
     if session.command_code is not None:
         raise TpmError(RC.COMMAND_CODE)

@@ -66,16 +66,17 @@ def auth_timeout(tpm: Tpm, session: AuthSession, expiration: int, nonce: bytes) 
     return session.start_ms + seconds * 1000
 
 
-def check_parameters(tpm: Tpm, session: AuthSession, timeout: int, cp_hash: bytes, nonce: bytes) -> None:
-    """nonceTPM (parameter 1), cpHashA (parameter 2) and expiration (parameter 4), as PolicySigned also needs."""
+def check_parameters(tpm: Tpm, session: AuthSession, timeout: int, cp_hash: bytes, nonce: bytes, *,
+                     expiration_param: int = 4, cp_hash_param: int = 2) -> None:
+    """nonceTPM (parameter 1), cpHashA and expiration, as PolicySigned, PolicySecret and PolicyTicket need."""
     if nonce and nonce != session.nonce_tpm:
         raise TpmError(RC.NONCE, param=1)
     if timeout and timeout < tpm.now_ms():
-        raise TpmError(RC.EXPIRED, param=4)
+        raise TpmError(RC.EXPIRED, param=expiration_param)
     if cp_hash:
         if len(cp_hash) != HASHES[session.auth_hash].size:
-            raise TpmError(RC.SIZE, param=2)
-        held = session.cp_hash if session.cp_hash is not None else session.name_hash
+            raise TpmError(RC.SIZE, param=cp_hash_param)
+        held = session.held_hash()
         if held is not None and held != cp_hash:
             raise TpmError(RC.CPHASH)
 

@@ -1,5 +1,5 @@
-"""Policy assertions on TPM state (Part 3, section 23): PolicyPCR, PolicyNV and
-PolicyCounterTimer. A trial session skips the checks and only records the digest."""
+"""Policy assertions on TPM state (Part 3, section 23): PolicyPCR, PolicyNV, PolicyCounterTimer
+and PolicyAuthorizeNV. A trial session skips the checks and only records the digest."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import construct as cs
 from vtpm.commands.ea.common import POLICY_SESSION, extend, session_of
 from vtpm.constants import CC, HT, RC, RH
 from vtpm.core import Auth, Command, Response, command, handle_spec
-from vtpm.crypto import digest
+from vtpm.crypto import HASHES, MAX_DIGEST, digest
 from vtpm.entities.clock import time_info
 from vtpm.entities.nv import check_read_access
+from vtpm.entities.pcr import allocation
 from vtpm.entities.pcr import pcr_digest as current_pcr_digest
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U16, OneOf
@@ -41,7 +42,8 @@ def _u16(value: int) -> bytes:
 
 def _allocated_only(tpm: Tpm, selection: list[cs.Container]) -> list[tuple[int, bytes]]:
     """The selection with banks that are not allocated cleared, as the digest records it."""
-    return [(s.hash, bytes(s.pcrSelect) if s.hash in tpm.volatile.pcrs else bytes(len(s.pcrSelect)))
+    masks = allocation(tpm)
+    return [(s.hash, bytes(b & (masks.get(s.hash, 0) >> (8 * i)) & 0xFF for i, b in enumerate(s.pcrSelect)))
             for s in selection]
 
 
@@ -69,17 +71,35 @@ def policy_pcr(tpm: Tpm, cmd: Command) -> Response:
     return Response()
 
 
+def signed_compare(a: bytes, b: bytes) -> int:
+    """-1, 0 or 1 as the reference implementation's SignedCompareB orders two operands.
+
+    Operands of different signs order by sign; two non-negative ones compare as unsigned
+    numbers; two negative ones compare as unsigned numbers *reversed*. That last rule is not
+    two's-complement order (0x81 counts as greater than 0x82), but it is what libtpms and the
+    reference implementation answer, and policies are written against them, so it is kept.
+    """
+    sign_a = not (a[:1] and a[0] & 0x80)
+    sign_b = not (b[:1] and b[0] & 0x80)
+    if sign_a != sign_b:
+        return 1 if sign_a else -1
+    unsigned = (a > b) - (a < b)  # equal lengths: byte order is unsigned order
+    return unsigned if sign_a else -unsigned
+
+
 def condition_holds(operation: int, a: bytes, b: bytes) -> bool:
     """TPM_EO comparison of equally long big-endian operands (A from the TPM, B from the caller)."""
     if operation in (EO.BITSET, EO.BITCLEAR):
         masked = [x & y for x, y in zip(a, b, strict=True)]
         return masked == list(b) if operation == EO.BITSET else not any(masked)
-    signed = operation in (EO.SIGNED_GT, EO.SIGNED_LT, EO.SIGNED_GE, EO.SIGNED_LE)
-    x, y = int.from_bytes(a, "big", signed=signed), int.from_bytes(b, "big", signed=signed)
+    if operation in (EO.SIGNED_GT, EO.SIGNED_LT, EO.SIGNED_GE, EO.SIGNED_LE):
+        order = signed_compare(a, b)
+    else:
+        order = (a > b) - (a < b)
     return {
-        EO.EQ: x == y, EO.NEQ: x != y,
-        EO.SIGNED_GT: x > y, EO.UNSIGNED_GT: x > y, EO.SIGNED_LT: x < y, EO.UNSIGNED_LT: x < y,
-        EO.SIGNED_GE: x >= y, EO.UNSIGNED_GE: x >= y, EO.SIGNED_LE: x <= y, EO.UNSIGNED_LE: x <= y,
+        EO.EQ: order == 0, EO.NEQ: order != 0,
+        EO.SIGNED_GT: order > 0, EO.UNSIGNED_GT: order > 0, EO.SIGNED_LT: order < 0, EO.UNSIGNED_LT: order < 0,
+        EO.SIGNED_GE: order >= 0, EO.UNSIGNED_GE: order >= 0, EO.SIGNED_LE: order <= 0, EO.UNSIGNED_LE: order <= 0,
     }[operation]
 
 
@@ -132,4 +152,38 @@ def policy_counter_timer(tpm: Tpm, cmd: Command) -> Response:
                                                      p.operandB):
         raise TpmError(RC.POLICY)
     extend(session, CC.PolicyCounterTimer, _operand_args(session, p.operandB, p.offset, p.operation))
+    return Response()
+
+
+@command(
+    CC.PolicyAuthorizeNV,
+    handles=[
+        handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=(RH.OWNER, RH.PLATFORM)),
+        handle_spec("nvIndex", types=[HT.NV_INDEX]),
+        POLICY_SESSION,
+    ],
+)
+def policy_authorize_nv(tpm: Tpm, cmd: Command) -> Response:
+    """The policy so far must be the one an NV index holds (a TPMT_HA); then the digest becomes
+    H(0...0 || TPM_CC_PolicyAuthorizeNV || index Name) (Part 3 23.22), so that the index's owner can
+    change the policy that unlocks an object later, as the EK Credential Profile's PolicyB does."""
+    auth, handle, session_handle = cmd.handles
+    session = session_of(tpm, session_handle, 3)
+    index = tpm.state.nv[handle]
+    if not session.is_trial:
+        check_read_access(tpm, cmd, auth, index)
+        stored = index.data[: min(index.data_size, 2 + MAX_DIGEST)]
+        if len(stored) < 2:
+            raise TpmError(RC.INSUFFICIENT)
+        alg = int.from_bytes(stored[:2], "big")
+        if alg not in HASHES:
+            raise TpmError(RC.HASH)
+        if len(stored) < 2 + HASHES[alg].size:
+            raise TpmError(RC.INSUFFICIENT)
+        if alg != session.auth_hash:
+            raise TpmError(RC.HASH)
+        if stored[2 : 2 + HASHES[alg].size] != session.policy_digest:
+            raise TpmError(RC.VALUE)
+    session.policy_digest = bytes(HASHES[session.auth_hash].size)
+    extend(session, CC.PolicyAuthorizeNV, index.name)  # no policyRef step, unlike PolicyAuthorize
     return Response()

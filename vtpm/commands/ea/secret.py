@@ -63,7 +63,7 @@ def policy_secret(tpm: Tpm, cmd: Command) -> Response:
     if not session.is_trial:
         timeout = auth_timeout(tpm, session, p.expiration, p.nonceTPM)
         check_parameters(tpm, session, timeout, p.cpHashA, p.nonceTPM)
-    name = ENTITY_RESOLVERS[auth_handle >> 24](tpm, auth_handle).name or auth_handle.to_bytes(4, "big")
+    name = ENTITY_RESOLVERS[auth_handle >> 24](tpm, auth_handle).name_for(auth_handle)
     update_context(session, CC.PolicySecret, name, p.policyRef, p.cpHashA, timeout)
 
     pin_pass = auth_handle >> 24 == HT.NV_INDEX and tpm.state.nv[auth_handle].kind == NT.PIN_PASS

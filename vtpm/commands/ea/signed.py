@@ -13,6 +13,8 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING
 
+import construct as cs
+
 from vtpm.commands.ea.common import (
     EXPIRES_ON_RESET,
     POLICY_SESSION,
@@ -26,18 +28,25 @@ from vtpm.commands.ea.common import (
 from vtpm.constants import CC, HT, RC, RH, ST
 from vtpm.core import Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
-from vtpm.entities.hierarchy import hierarchy_proof
+from vtpm.entities.hierarchy import TPMI_RH_HIERARCHY_NULL, hierarchy_proof
 from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
 from vtpm.keyops import verify_digest
 from vtpm.marshal.objects import TPMT_SIGNATURE, TPMT_TK
-from vtpm.marshal.primitives import I32, U16
+from vtpm.marshal.primitives import I32, U16, OneOf
 from vtpm.marshal.structures import TPM2B_DIGEST, TPM2B_NAME, TPM2B_NONCE
 
 if TYPE_CHECKING:
     from vtpm.engine import Tpm
 
 TPM2B_TIMEOUT = TPM2B_DIGEST  # 8 bytes in practice; up to a digest in size
+# TPMT_TK_AUTH: the tag of a PolicySigned or PolicySecret ticket (else TPM_RC_TAG) and a hierarchy
+# (TPMI_RH_HIERARCHY+, else TPM_RC_VALUE: TPM_RH_LOCKOUT is no hierarchy and has no proof).
+TPMT_TK_AUTH = cs.Struct(
+    "tag" / OneOf(U16, (ST.AUTH_SIGNED, ST.AUTH_SECRET), RC.TAG),
+    "hierarchy" / TPMI_RH_HIERARCHY_NULL,
+    "digest" / TPM2B_DIGEST,
+)
 
 
 def _signature_hash(signature: object) -> int:
@@ -85,27 +94,24 @@ def policy_signed(tpm: Tpm, cmd: Command) -> Response:
     CC.PolicyTicket,
     handles=[POLICY_SESSION],
     params=[("timeout", TPM2B_TIMEOUT), ("cpHashA", TPM2B_DIGEST), ("policyRef", TPM2B_NONCE),
-            ("authName", TPM2B_NAME), ("ticket", TPMT_TK)],
+            ("authName", TPM2B_NAME), ("ticket", TPMT_TK_AUTH)],
 )
 def policy_ticket(tpm: Tpm, cmd: Command) -> Response:
+    """Replay a PolicySigned or PolicySecret through its ticket, in the reference implementation's order."""
     session = session_of(tpm, cmd.handles[0])
     p = cmd.params
+    if session.is_trial:  # a trial policy uses the authorization itself, never a ticket
+        raise TpmError(RC.ATTRIBUTES, handle=1)
     codes = {ST.AUTH_SIGNED: CC.PolicySigned, ST.AUTH_SECRET: CC.PolicySecret}
-    if p.ticket.tag not in codes:
-        raise TpmError(RC.TAG, param=5)
-    if len(p.timeout) not in (0, 8):
+    if len(p.timeout) != 8:
         raise TpmError(RC.SIZE, param=1)
-    flagged = int.from_bytes(p.timeout, "big") if p.timeout else 0
+    flagged = int.from_bytes(p.timeout, "big")
     timeout = flagged & ~EXPIRES_ON_RESET
-    if not p.timeout:
-        raise TpmError(RC.TICKET, param=5)  # only assertions with a timeout produce tickets
+    check_parameters(tpm, session, timeout, p.cpHashA, b"", expiration_param=1, cp_hash_param=2)
     expected = auth_ticket_digest(tpm, p.ticket.tag, p.ticket.hierarchy, timeout, bool(flagged & EXPIRES_ON_RESET),
                                   p.cpHashA, p.policyRef, p.authName)
     if not hmac.compare_digest(expected, p.ticket.digest):
         raise TpmError(RC.TICKET, param=5)
-    if timeout < tpm.now_ms():
-        raise TpmError(RC.EXPIRED, param=1)
-    check_parameters(tpm, session, 0, p.cpHashA, b"")
     update_context(session, codes[p.ticket.tag], p.authName, p.policyRef, p.cpHashA, timeout)
     return Response()
 

@@ -1,0 +1,211 @@
+"""Elliptic-curve arithmetic over the TPM's curves, for what `cryptography` does not offer:
+the TPM's own point operations (ECDH_ZGen, Commit's K, L and E, EC_Ephemeral), the two-phase
+key exchanges of ZGen_2Phase (Full Unified ECDH, ECMQV, SM2) and the anonymous and Chinese
+signature schemes (ECDAA, EC-Schnorr, SM2), plus the curve parameters ECC_Parameters reports.
+
+Points are affine ``(x, y)`` integer pairs and ``None`` is the point at infinity; the
+arithmetic runs in Jacobian coordinates. This is plain Python, not constant time: the scalars
+it handles are commit and ephemeral values of a software TPM, whose secrets already live in
+the same process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vtpm.constants import ALG, ECC_CURVE
+
+Point = tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class Curve:
+    """y^2 = x^3 + ax + b over GF(p), base point G of order n, cofactor h (Part 2 TPMS_ALGORITHM_DETAIL_ECC)."""
+
+    curve_id: int
+    key_bits: int
+    p: int
+    a: int
+    b: int
+    gx: int
+    gy: int
+    n: int
+    h: int
+    kdf: tuple[int, int]  # (scheme, hash) the TPM reports for the curve, (TPM_ALG_NULL, -) for none
+    sign: tuple[int, int]  # (scheme, hash) a key on the curve must use, (TPM_ALG_NULL, -) for any
+
+    @property
+    def size(self) -> int:
+        """Bytes of a coordinate or a private key."""
+        return (self.key_bits + 7) // 8
+
+    @property
+    def order_bytes(self) -> int:
+        return (self.n.bit_length() + 7) // 8
+
+    @property
+    def g(self) -> tuple[int, int]:
+        return (self.gx, self.gy)
+
+    def on_curve(self, point: Point) -> bool:
+        if point is None:
+            return False
+        x, y = point
+        if not (0 <= x < self.p and 0 <= y < self.p):
+            return False
+        return (y * y - (x * x * x + self.a * x + self.b)) % self.p == 0
+
+    # ------------------------------------------------------------------ Jacobian arithmetic
+
+    def _double(self, P: tuple[int, int, int]) -> tuple[int, int, int]:
+        X, Y, Z = P
+        if Y == 0 or Z == 0:
+            return (1, 1, 0)
+        p = self.p
+        YY = Y * Y % p
+        S = 4 * X * YY % p
+        ZZ = Z * Z % p
+        M = (3 * X * X + self.a * ZZ * ZZ) % p
+        X3 = (M * M - 2 * S) % p
+        Y3 = (M * (S - X3) - 8 * YY * YY) % p
+        Z3 = 2 * Y * Z % p
+        return (X3, Y3, Z3)
+
+    def _add(self, P: tuple[int, int, int], Q: tuple[int, int, int]) -> tuple[int, int, int]:
+        if P[2] == 0:
+            return Q
+        if Q[2] == 0:
+            return P
+        p = self.p
+        X1, Y1, Z1 = P
+        X2, Y2, Z2 = Q
+        Z1Z1 = Z1 * Z1 % p
+        Z2Z2 = Z2 * Z2 % p
+        U1 = X1 * Z2Z2 % p
+        U2 = X2 * Z1Z1 % p
+        S1 = Y1 * Z2 * Z2Z2 % p
+        S2 = Y2 * Z1 * Z1Z1 % p
+        if U1 == U2:
+            return self._double(P) if S1 == S2 else (1, 1, 0)
+        H = (U2 - U1) % p
+        R = (S2 - S1) % p
+        HH = H * H % p
+        HHH = H * HH % p
+        V = U1 * HH % p
+        X3 = (R * R - HHH - 2 * V) % p
+        Y3 = (R * (V - X3) - S1 * HHH) % p
+        Z3 = H * Z1 * Z2 % p
+        return (X3, Y3, Z3)
+
+    def _affine(self, P: tuple[int, int, int]) -> Point:
+        X, Y, Z = P
+        if Z == 0:
+            return None
+        zi = pow(Z, -1, self.p)
+        zi2 = zi * zi % self.p
+        return (X * zi2 % self.p, Y * zi2 * zi % self.p)
+
+    @staticmethod
+    def _jacobian(point: Point) -> tuple[int, int, int]:
+        return (1, 1, 0) if point is None else (point[0], point[1], 1)
+
+    def add(self, P: Point, Q: Point) -> Point:
+        return self._affine(self._add(self._jacobian(P), self._jacobian(Q)))
+
+    def multiply(self, k: int, point: Point = None) -> Point:
+        """[k]point, or [k]G when no point is given."""
+        if point is None:
+            point = self.g
+        k %= self.n
+        result = (1, 1, 0)
+        addend = self._jacobian(point)
+        while k:
+            if k & 1:
+                result = self._add(result, addend)
+            addend = self._double(addend)
+            k >>= 1
+        return self._affine(result)
+
+    def multiply_add(self, k1: int, P1: Point, k2: int, P2: Point) -> Point:
+        """[k1]P1 + [k2]P2."""
+        return self.add(self.multiply(k1, P1), self.multiply(k2, P2))
+
+    # ------------------------------------------------------------------ encodings
+
+    def to_bytes(self, value: int) -> bytes:
+        return value.to_bytes(self.size, "big")
+
+    def point_bytes(self, point: tuple[int, int]) -> dict[str, bytes]:
+        """A point as TPMS_ECC_POINT fields, each coordinate the size of the curve."""
+        return {"x": self.to_bytes(point[0]), "y": self.to_bytes(point[1])}
+
+
+def _h(text: str) -> int:
+    return int(text.replace(" ", ""), 16)
+
+
+CURVES: dict[int, Curve] = {
+    ECC_CURVE.NIST_P256: Curve(
+        ECC_CURVE.NIST_P256, 256,
+        p=_h("ffffffff 00000001 00000000 00000000 00000000 ffffffff ffffffff ffffffff"),
+        a=_h("ffffffff 00000001 00000000 00000000 00000000 ffffffff ffffffff fffffffc"),
+        b=_h("5ac635d8 aa3a93e7 b3ebbd55 769886bc 651d06b0 cc53b0f6 3bce3c3e 27d2604b"),
+        gx=_h("6b17d1f2 e12c4247 f8bce6e5 63a440f2 77037d81 2deb33a0 f4a13945 d898c296"),
+        gy=_h("4fe342e2 fe1a7f9b 8ee7eb4a 7c0f9e16 2bce3357 6b315ece cbb64068 37bf51f5"),
+        n=_h("ffffffff 00000000 ffffffff ffffffff bce6faad a7179e84 f3b9cac2 fc632551"),
+        h=1, kdf=(ALG.KDF1_SP800_56A, ALG.SHA256), sign=(ALG.NULL, ALG.NULL)),
+    ECC_CURVE.NIST_P384: Curve(
+        ECC_CURVE.NIST_P384, 384,
+        p=_h("ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff fffffffe"
+             "ffffffff 00000000 00000000 ffffffff"),
+        a=_h("ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff fffffffe"
+             "ffffffff 00000000 00000000 fffffffc"),
+        b=_h("b3312fa7 e23ee7e4 988e056b e3f82d19 181d9c6e fe814112 0314088f 5013875a"
+             "c656398d 8a2ed19d 2a85c8ed d3ec2aef"),
+        gx=_h("aa87ca22 be8b0537 8eb1c71e f320ad74 6e1d3b62 8ba79b98 59f741e0 82542a38"
+              "5502f25d bf55296c 3a545e38 72760ab7"),
+        gy=_h("3617de4a 96262c6f 5d9e98bf 9292dc29 f8f41dbd 289a147c e9da3113 b5f0b8c0"
+              "0a60b1ce 1d7e819d 7a431d7c 90ea0e5f"),
+        n=_h("ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff c7634d81 f4372ddf"
+             "581a0db2 48b0a77a ecec196a ccc52973"),
+        h=1, kdf=(ALG.KDF1_SP800_56A, ALG.SHA384), sign=(ALG.NULL, ALG.NULL)),
+    ECC_CURVE.NIST_P521: Curve(
+        ECC_CURVE.NIST_P521, 521,
+        p=(1 << 521) - 1,
+        a=(1 << 521) - 4,
+        b=_h("0051 953eb961 8e1c9a1f 929a21a0 b68540ee a2da725b 99b315f3 b8b48991 8ef109e1"
+             "56193951 ec7e937b 1652c0bd 3bb1bf07 3573df88 3d2c34f1 ef451fd4 6b503f00"),
+        gx=_h("00c6 858e06b7 0404e9cd 9e3ecb66 2395b442 9c648139 053fb521 f828af60 6b4d3dba"
+              "a14b5e77 efe75928 fe1dc127 a2ffa8de 3348b3c1 856a429b f97e7e31 c2e5bd66"),
+        gy=_h("0118 39296a78 9a3bc004 5c8a5fb4 2c7d1bd9 98f54449 579b4468 17afbd17 273e662c"
+              "97ee7299 5ef42640 c550b901 3fad0761 353c7086 a272c240 88be9476 9fd16650"),
+        n=_h("01ff ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff fffffffa"
+             "51868783 bf2f966b 7fcc0148 f709a5d0 3bb5c9b8 899c47ae bb6fb71e 91386409"),
+        h=1, kdf=(ALG.KDF1_SP800_56A, ALG.SHA512), sign=(ALG.NULL, ALG.NULL)),
+}
+
+
+def curve(curve_id: int) -> Curve:
+    return CURVES[curve_id]
+
+
+def scalar(data: bytes) -> int:
+    return int.from_bytes(data, "big")
+
+
+# ----------------------------------------------------------------------------- key exchange helpers
+
+
+def avf(x: int, n: int) -> int:
+    """The associate value function of ECMQV (SP 800-56A 5.7.2.2): 2^f + (x mod 2^f), f = ceil(bits(n)/2)."""
+    f = (n.bit_length() + 1) // 2
+    return (x & ((1 << f) - 1)) | (1 << f)
+
+
+def avf_sm2(x: int, n: int) -> int:
+    """SM2's associate value (GB/T 32918.3 6.1): w = ceil(ceil(log2 n) / 2) - 1, then 2^w + (x mod 2^w).
+
+    (The reference implementation computes w one smaller; the standard's value is used here.)
+    """
+    w = (n.bit_length() + 1) // 2 - 1
+    return (x & ((1 << w) - 1)) | (1 << w)
