@@ -33,11 +33,9 @@ def hash_class(alg: int) -> hashes.HashAlgorithm:
 
 def key_scheme(key: LoadedObject) -> tuple[int, int]:
     """(scheme, hash) fixed by the key's public area; (NULL, NULL) if the key leaves it open."""
-    params = key.public.area.parameters
-    if key.public.type == ALG.KEYEDHASH:
-        scheme = params.scheme
-    else:
-        scheme = params.scheme
+    if key.public.type not in (ALG.RSA, ALG.ECC, ALG.KEYEDHASH):
+        return ALG.NULL, ALG.NULL  # a symmetric key has no signing scheme: nothing selects one for it
+    scheme = key.public.area.parameters.scheme
     if scheme.scheme == ALG.NULL or scheme.details is None:
         return scheme.scheme, ALG.NULL
     return scheme.scheme, scheme.details.hashAlg
