@@ -13,9 +13,15 @@ import pytest
 from vtpm import wire
 from vtpm.constants import ALG, CC, RC, RH
 from vtpm.engine import Tpm
+from vtpm.errors import TpmError
+from vtpm.objects import LoadedObject, Public
+from vtpm.marshal.objects import TPMT_PUBLIC
 
 from support.fuzzing import seeds
 from support.fuzzing.frames import AuthEntry, Frame, check_response
+
+OFF_CURVE = (b"\x01" * 32, b"\x02" * 32)
+
 
 @pytest.fixture
 def tpm() -> Tpm:
@@ -35,6 +41,33 @@ def describe(response: bytes) -> str:
 
 
 # ----------------------------------------------------------------------------- the engine
+
+
+def test_load_external_refuses_an_ecc_point_off_the_curve(tpm: Tpm) -> None:
+    """MakeCredential with such a key loaded crashed in cryptography (ValueError: point not on the curve)."""
+    template = seeds.public_area(ALG.ECC, seeds.A.USER_WITH_AUTH | seeds.A.DECRYPT | seeds.A.RESTRICTED,
+                                 sym=seeds.AES_128_CFB, unique=OFF_CURVE)
+    loaded = bytes(Frame(CC.LoadExternal, [], None, seeds.writer().b(b"").sized(template).u32(RH.NULL)).build()[0])
+    assert describe(run(tpm, loaded)) == "TPM_RC_ECC_POINT parameter 2"
+    make_credential = Frame(CC.MakeCredential, [0x80000000], None,
+                            seeds.writer().b(bytes(32)).b(b"\x00\x0b" + bytes(32))).build()[0]
+    assert describe(run(tpm, bytes(make_credential))) == "TPM_RC_REFERENCE_H0"
+
+
+def test_load_external_refuses_an_rsa_modulus_of_the_wrong_size(tpm: Tpm) -> None:
+    template = seeds.public_area(ALG.RSA, seeds.A.USER_WITH_AUTH | seeds.A.SIGN_ENCRYPT, bits=2048, unique=b"\x03" * 100)
+    command = Frame(CC.LoadExternal, [], None, seeds.writer().b(b"").sized(template).u32(RH.NULL)).build()[0]
+    assert describe(run(tpm, bytes(command))) == "TPM_RC_KEY parameter 2"
+
+
+def test_a_public_key_that_is_not_one_is_a_tpm_error_not_an_exception() -> None:
+    """Objects can reach the table by other roads (Import of a crafted public area): public_key() must not raise
+    cryptography's ValueError."""
+    area = seeds.public_area(ALG.ECC, seeds.A.USER_WITH_AUTH | seeds.A.DECRYPT, unique=OFF_CURVE).bytes()
+    obj = LoadedObject(Public.from_container(TPMT_PUBLIC.parse(area)), None, RH.NULL, b"")
+    with pytest.raises(TpmError) as caught:
+        obj.public_key()
+    assert caught.value.rc == RC.ECC_POINT
 
 
 def test_a_symmetric_key_as_signer_is_a_scheme_error(tpm: Tpm) -> None:
