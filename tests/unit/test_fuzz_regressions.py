@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from vmcrypt import container
+from vmcrypt.errors import CorruptError, VmError
+from vmcrypt.keyref import DataKey, KeyReference
+from vmcrypt.nvram import SECTION_EFI, Nvram, default_nvram
 from vtpm import wire
 from vtpm.constants import ALG, CC, RC, RH
 from vtpm.engine import Tpm
@@ -79,3 +83,27 @@ def test_a_symmetric_key_as_signer_is_a_scheme_error(tpm: Tpm) -> None:
     quote = bytes.fromhex("8002000000290000015880000000000000094000000900000100000000001000000001000b03010000")
     assert int.from_bytes(quote[10:14], "big") == handle
     assert describe(run(tpm, quote)) == "TPM_RC_SCHEME parameter 2"
+
+
+# ----------------------------------------------------------------------------- VM-encryption files
+
+
+def test_a_damaged_efi_variable_store_is_a_vm_error() -> None:
+    """Reading the variables of a .nvram whose EFIV section was cut short raised construct's StreamError."""
+    nvram = default_nvram()
+    nvram.sections[SECTION_EFI] = nvram.sections[SECTION_EFI][:-3]
+    parsed = Nvram.parse(nvram.build())
+    with pytest.raises(VmError, match="EFI variable store"):
+        parsed.efi_variables  # noqa: B018
+    nvram.sections[SECTION_EFI] = bytes.fromhex("00000001" + "00" * 16 + "00000007" + "0003" + "414243" + "00000000")
+    with pytest.raises(VmError, match="EFI variable store"):  # a UTF-16 name of an odd number of bytes
+        Nvram.parse(nvram.build()).efi_variables  # noqa: B018
+
+
+def test_a_header_whose_fields_run_past_its_length_is_corrupt() -> None:
+    """The compiled header parser raised struct.error when the header length cut a field short."""
+    blob = bytearray(container.encrypt_bytes(b"hello", DataKey(bytes(32), KeyReference("p", "k")), label="x"))
+    length = container.parse_header(bytes(blob)).header_length
+    blob[10:14] = (length - 40).to_bytes(4, "big")
+    with pytest.raises(CorruptError, match="damaged header"):
+        container.parse_header(bytes(blob))
