@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from vmcrypt import container
-from vmcrypt.errors import CorruptError, VmError
+from vmcrypt.errors import CorruptError, VmcryptError, VmError
 from vmcrypt.keyref import DataKey, KeyReference
 from vmcrypt.nvram import SECTION_EFI, Nvram, default_nvram
 from vtpm import wire
@@ -107,3 +107,19 @@ def test_a_header_whose_fields_run_past_its_length_is_corrupt() -> None:
     blob[10:14] = (length - 40).to_bytes(4, "big")
     with pytest.raises(CorruptError, match="damaged header"):
         container.parse_header(bytes(blob))
+
+
+@pytest.mark.parametrize("text", [
+    "vmcrypt-keysafe-v1?provider=a&key",  # a field without "=": parse_qsl's ValueError escaped
+    "vmcrypt-keysafe-v1?&&",
+    "vmcrypt-keysafe-v1?provider=p&key=k&wrap=aes-kw",
+])
+def test_a_malformed_key_safe_query_is_a_vmcrypt_error(text: str) -> None:
+    with pytest.raises(VmcryptError, match="malformed key safe: .+"):
+        KeyReference.from_keysafe(text)
+
+
+def test_a_key_safe_that_is_not_text_is_a_vmcrypt_error() -> None:
+    """A journal whose target was a number reached from_keysafe and raised AttributeError."""
+    with pytest.raises(VmcryptError, match="a key safe is text"):
+        KeyReference.from_keysafe(5)  # type: ignore[arg-type]
