@@ -72,13 +72,21 @@ class Journal:
     def load(cls, home: VmHome) -> "Journal | None":
         try:
             body = json.loads(home.journal_path.read_text())
+            if not isinstance(body, dict):
+                raise ValueError(f"a JSON {type(body).__name__}, not an object")
             if body.get("format") != JOURNAL_FORMAT:
                 raise ValueError(f"format {body.get('format')!r}")
-            return cls(Operation(body["operation"]), body["target"], bool(body["include_disks"]), body["started"])
+            target, include_disks, started = body["target"], body["include_disks"], body["started"]
+            if target is not None and not isinstance(target, str):
+                raise ValueError(f"target {target!r} is not a key safe")
+            if not isinstance(include_disks, bool) or not isinstance(started, str):
+                raise ValueError("include_disks or started has the wrong type")
+            return cls(Operation(body["operation"]), target, include_disks, started)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError) as exc:
-            raise VmError(f"the operation journal is unreadable ({exc})", home.journal_path) from None
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # TypeError: an unhashable operation
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise VmError(f"the operation journal is unreadable ({reason})", home.journal_path) from None
 
     @staticmethod
     def remove(home: VmHome) -> None:
@@ -98,7 +106,11 @@ class VmxState:
 
 def read_vmx(home: VmHome, keys: KeyManager | None) -> VmxState:
     """All settings of the VM (sensitive ones decrypted when ``keys`` is given)."""
-    clear = VmxConfig.parse(home.vmx_path.read_text(), str(home.vmx_path))
+    try:
+        text = home.vmx_path.read_text()
+    except UnicodeDecodeError as exc:
+        raise VmError(f"not a text file ({exc.reason} at byte {exc.start})", home.vmx_path) from None
+    clear = VmxConfig.parse(text, str(home.vmx_path))
     keysafe = clear.get(KEYSAFE)
     reference = KeyReference.from_keysafe(keysafe) if keysafe else None
     blob = clear.get(ENCRYPTED_DATA)
@@ -106,15 +118,30 @@ def read_vmx(home: VmHome, keys: KeyManager | None) -> VmxState:
         return VmxState(clear, reference)
     try:
         raw = container.decrypt_bytes(base64.b64decode(blob, validate=True), keys.header_key, name=f"{home.vmx_path} ({ENCRYPTED_DATA})")
-        body = json.loads(raw)
-    except (ValueError, binascii.Error) as exc:
-        raise VmError(f"{ENCRYPTED_DATA} is malformed ({exc})", home.vmx_path) from None
+        settings, order_list = _sensitive_settings(json.loads(raw))
+    except (ValueError, binascii.Error, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise VmError(f"{ENCRYPTED_DATA} is malformed ({reason})", home.vmx_path) from None
     merged = VmxConfig.from_items((k, v) for k, v in clear.items() if k.lower() not in (KEYSAFE.lower(), ENCRYPTED_DATA.lower()))
-    for key, value in body["settings"]:
+    for key, value in settings:
         merged[key] = value
-    order = {key: index for index, key in enumerate(body["order"])}
+    order = {key: index for index, key in enumerate(order_list)}
     ordered = sorted(merged.items(), key=lambda kv: order.get(kv[0].lower(), len(order)))
     return VmxState(VmxConfig.from_items(ordered), reference)
+
+
+def _sensitive_settings(body: Any) -> tuple[list[tuple[str, str]], list[str]]:
+    """The settings and key order ``render_vmx`` wrote into encryption.data; ValueError if that is not what it holds."""
+    if not isinstance(body, dict):
+        raise ValueError(f"a JSON {type(body).__name__}, not an object")
+    settings, order = body.get("settings"), body.get("order")
+    if not isinstance(settings, list) or not all(
+        isinstance(item, list) and len(item) == 2 and all(isinstance(part, str) for part in item) for item in settings
+    ):
+        raise ValueError("settings are not a list of [key, value] strings")
+    if not isinstance(order, list) or not all(isinstance(key, str) for key in order):
+        raise ValueError("the key order is not a list of strings")
+    return [(key, value) for key, value in settings], order
 
 
 def render_vmx(settings: VmxConfig, target: DataKey | None) -> bytes:

@@ -8,12 +8,19 @@ file readers.
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import pytest
 
 from vmcrypt import container
 from vmcrypt.errors import CorruptError, VmcryptError, VmError
 from vmcrypt.keyref import DataKey, KeyReference
+from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import SECTION_EFI, Nvram, default_nvram
+from vmcrypt.vm import VmHome, VmSpec, create_vm
+from vmcrypt.vm_encryption import Journal, encrypt_vm, read_vmx
+from vmcrypt.vmx import ENCRYPTED_DATA, KEYSAFE, VmxConfig
 from vtpm import wire
 from vtpm.constants import ALG, CC, RC, RH
 from vtpm.engine import Tpm
@@ -123,3 +130,47 @@ def test_a_key_safe_that_is_not_text_is_a_vmcrypt_error() -> None:
     """A journal whose target was a number reached from_keysafe and raised AttributeError."""
     with pytest.raises(VmcryptError, match="a key safe is text"):
         KeyReference.from_keysafe(5)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> VmHome:
+    return create_vm(tmp_path / "vm", VmSpec("fuzz"))
+
+
+def test_a_vmx_that_is_not_utf8_is_a_vm_error(vm: VmHome) -> None:
+    """read_vmx raised UnicodeDecodeError for a .vmx with a byte that is not UTF-8."""
+    vm.vmx_path.write_bytes(vm.vmx_path.read_bytes().replace(b"TRUE", b"TRU\xff", 1))
+    with pytest.raises(VmError, match="not a text file"):
+        read_vmx(vm, None)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"settings": [["a", {}]], "order": []}',  # a value of the wrong type (AttributeError in VmxConfig)
+    b'{"settings": [], "order": [{}]}',  # an unhashable key in the order (TypeError)
+    b'{"settings": true, "order": []}',
+    b'{"order": []}',  # KeyError
+    b"[]",
+    b"[" * 100_000 + b"]" * 100_000,  # RecursionError
+])
+def test_encrypted_vmx_settings_of_the_wrong_shape_are_a_vm_error(vm: VmHome, keys: KeyManager, body: bytes) -> None:
+    encrypt_vm(vm, keys)
+    clear = VmxConfig.parse(vm.vmx_path.read_text())
+    key = keys.unlock(KeyReference.from_keysafe(clear[KEYSAFE]))
+    clear[ENCRYPTED_DATA] = base64.b64encode(container.encrypt_bytes(body, key, label="vmx-encryption-data")).decode()
+    vm.vmx_path.write_text(clear.render())
+    with pytest.raises(VmError, match="encryption.data is malformed"):
+        read_vmx(vm, keys)
+
+
+@pytest.mark.parametrize("body", [
+    b"[]",  # AttributeError: 'list' object has no attribute 'get'
+    b"1.5",
+    b'{"format": 1, "operation": "encrypt", "target": 5, "include_disks": false, "started": "now"}',
+    b'{"format": 1, "operation": {}, "target": null, "include_disks": false, "started": "now"}',
+    b'{"format": 1, "operation": "encrypt", "target": null, "include_disks": false, "started": []}',
+    b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+])
+def test_a_journal_of_the_wrong_shape_is_a_vm_error(vm: VmHome, body: bytes) -> None:
+    vm.journal_path.write_bytes(body)
+    with pytest.raises(VmError, match="the operation journal is unreadable"):
+        Journal.load(vm)
