@@ -64,12 +64,32 @@ class Manifest:
     def from_json(cls, raw: bytes, archive: Path) -> "Manifest":
         try:
             body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError(f"a JSON {type(body).__name__}, not an object")
             if body.pop("format") != FORMAT:
                 raise ValueError("unknown format")
-            files = tuple(BackupEntry(**e) for e in body.pop("files"))
-            return cls(**body, files=files)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BackupError(f"the manifest is not readable ({exc})", archive) from None
+            entries = body.pop("files")
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise ValueError("files is not a list of objects")
+            manifest = cls(**body, files=tuple(BackupEntry(**e) for e in entries))
+            manifest._check_types()
+            return manifest
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise BackupError(f"the manifest is not readable ({reason})", archive) from None
+
+    def _check_types(self) -> None:
+        texts = (self.vm, self.created)
+        optional = (self.provider_id, self.key_id)
+        flags = (self.encrypted, self.vtpm, self.disks_included)
+        if not all(isinstance(v, str) for v in texts) or not all(v is None or isinstance(v, str) for v in optional):
+            raise ValueError("vm, created, provider_id or key_id is not text")
+        if not all(isinstance(v, bool) for v in flags):
+            raise ValueError("encrypted, vtpm or disks_included is not true or false")
+        for entry in self.files:
+            if not (isinstance(entry.name, str) and isinstance(entry.sha256, str) and isinstance(entry.size, int)
+                    and not isinstance(entry.size, bool) and entry.size >= 0):
+                raise ValueError(f"file entry {entry.name!r} has a name, size or sha256 of the wrong type")
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
@@ -139,6 +159,8 @@ def verify_backup(archive: str | os.PathLike[str]) -> Manifest:
             member = tar.getmember(MANIFEST) if MANIFEST in tar.getnames() else None
             if member is None:
                 raise BackupError("the archive has no manifest", archive)
+            if not member.isfile():
+                raise BackupError("the manifest is not a regular file in the archive", archive)
             manifest = Manifest.from_json(tar.extractfile(member).read(), archive)
             present = {m.name: m for m in tar.getmembers() if m.name != MANIFEST}
             expected = {f"vm/{e.name}": e for e in manifest.files}
@@ -158,7 +180,7 @@ def verify_backup(archive: str | os.PathLike[str]) -> Manifest:
                     digest.update(chunk)
                 if member.size != entry.size or digest.hexdigest() != entry.sha256:
                     raise BackupError(f"{entry.name} in the archive does not match its manifest entry", archive)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # tarfile raises ValueError for bad PAX numbers
         if isinstance(exc, VmcryptError):
             raise
         raise BackupError(f"the archive cannot be read ({exc})", archive) from None

@@ -9,11 +9,14 @@ file readers.
 from __future__ import annotations
 
 import base64
+import io
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from vmcrypt import container
+from vmcrypt.backup import BackupError, Manifest, verify_backup
 from vmcrypt.errors import CorruptError, VmcryptError, VmError
 from vmcrypt.keyref import DataKey, KeyReference
 from vmcrypt.keys import KeyManager
@@ -174,3 +177,42 @@ def test_a_journal_of_the_wrong_shape_is_a_vm_error(vm: VmHome, body: bytes) -> 
     vm.journal_path.write_bytes(body)
     with pytest.raises(VmError, match="the operation journal is unreadable"):
         Journal.load(vm)
+
+
+@pytest.mark.parametrize("body", [
+    b"1.5",  # AttributeError: 'float' object has no attribute 'pop'
+    b'{"format": 1, "files": 7}',
+    b'{"format": 1, "vm": 5, "created": "", "encrypted": false, "provider_id": null, "key_id": null, "vtpm": false,'
+    b' "disks_included": false, "files": []}',
+    b'{"format": 1, "vm": "v", "created": "", "encrypted": false, "provider_id": null, "key_id": null, "vtpm": false,'
+    b' "disks_included": false, "files": [{"name": 1, "size": 2, "sha256": "00"}]}',
+    b"[" * 100_000 + b"]" * 100_000,
+])
+def test_a_manifest_of_the_wrong_shape_is_a_backup_error(tmp_path: Path, body: bytes) -> None:
+    with pytest.raises(BackupError, match="the manifest is not readable"):
+        Manifest.from_json(body, tmp_path / "backup.tar")
+
+
+def _archive(path: Path, *members: tarfile.TarInfo, fmt: int = tarfile.USTAR_FORMAT) -> Path:
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for member in members:
+            tar.addfile(member, io.BytesIO(b"{}") if member.isfile() else None)
+    return path
+
+
+def test_a_manifest_that_is_a_link_is_a_backup_error(tmp_path: Path) -> None:
+    """extractfile() gave None for a symlink (AttributeError) and raised KeyError for a dangling hard link."""
+    for kind in (tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE):
+        member = tarfile.TarInfo("manifest.json")
+        member.type, member.linkname = kind, ""
+        with pytest.raises(BackupError, match="not a regular file"):
+            verify_backup(_archive(tmp_path / f"{kind!r}.tar", member))
+
+
+def test_an_archive_with_a_bad_pax_number_is_a_backup_error(tmp_path: Path) -> None:
+    """tarfile raised ValueError for a PAX GNU.sparse.size that is not an integer."""
+    member = tarfile.TarInfo("manifest.json")
+    member.size = 2
+    member.pax_headers = {"GNU.sparse.size": "1e9"}
+    with pytest.raises(BackupError, match="the archive cannot be read"):
+        verify_backup(_archive(tmp_path / "pax.tar", member, fmt=tarfile.PAX_FORMAT))
