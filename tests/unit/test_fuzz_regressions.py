@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import pytest
 
 from vmcrypt import container
 from vmcrypt.backup import BackupError, Manifest, verify_backup
-from vmcrypt.errors import CorruptError, VmcryptError, VmError
+from vmcrypt.errors import CorruptError, KeyProviderError, VmcryptError, VmError
 from vmcrypt.keyref import DataKey, KeyReference
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import SECTION_EFI, Nvram, default_nvram
+from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vm import VmHome, VmSpec, create_vm
 from vmcrypt.vm_encryption import Journal, encrypt_vm, read_vmx
 from vmcrypt.vmx import ENCRYPTED_DATA, KEYSAFE, VmxConfig
@@ -216,3 +218,35 @@ def test_an_archive_with_a_bad_pax_number_is_a_backup_error(tmp_path: Path) -> N
     member.pax_headers = {"GNU.sparse.size": "1e9"}
     with pytest.raises(BackupError, match="the archive cannot be read"):
         verify_backup(_archive(tmp_path / "pax.tar", member, fmt=tarfile.PAX_FORMAT))
+
+
+@pytest.mark.parametrize("config", [
+    b"[]",  # TypeError: list indices must be integers
+    b'{"providers": []}',  # KeyError: 'default'
+    b'{"default": null, "providers": {}}',
+    b'{"default": 7, "providers": []}',
+    b'{"default": null, "providers": [{"name": "n", "kind": "native"}]}',  # TypeError in ProviderConfig
+    b'{"default": null, "providers": [{"provider_id": "p", "name": ["n"], "kind": "native"}]}',
+    b'{"default": null, "providers": [{"provider_id": "p", "name": "n", "kind": "native", "x": 1}]}',
+    b'{"default": null, "providers": [' * 30_000,
+])
+def test_a_provider_configuration_of_the_wrong_shape_is_a_key_provider_error(home: Path, config: bytes) -> None:
+    (home / "providers.json").write_bytes(config)
+    registry = ProviderRegistry(home)
+    for read in (registry.configs, registry.default_id, lambda: registry.get("n")):
+        with pytest.raises(KeyProviderError, match="provider configuration is unreadable"):
+            read()
+
+
+@pytest.mark.parametrize("settings", [
+    {},  # KeyError: 'servers'
+    {"servers": 5, "ca": "a", "cert": "b", "key": "c"},  # TypeError: 'int' object is not iterable
+    {"servers": [5], "ca": "a", "cert": "b", "key": "c"},  # AttributeError in parse_server
+    {"servers": ["h:1"], "ca": "a", "cert": "b", "key": "c", "timeout": "soon"},  # ValueError in float()
+    {"servers": ["h:1"], "ca": "a", "cert": "b", "key": "c", "timeout": [1]},  # TypeError in float()
+])
+def test_kmip_settings_of_the_wrong_shape_are_a_key_provider_error(home: Path, settings: dict) -> None:
+    entry = {"provider_id": "p", "name": "kmip", "kind": "kmip", "settings": settings}
+    (home / "providers.json").write_text(json.dumps({"default": None, "providers": [entry]}))
+    with pytest.raises(KeyProviderError, match="KMIP settings are unreadable"):
+        ProviderRegistry(home).get("kmip")

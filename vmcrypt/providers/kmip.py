@@ -48,9 +48,21 @@ class KmipSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KmipSettings:
-        return cls(tuple(data["servers"]), data["ca"], data["cert"], data["key"],
-                   float(data.get("timeout", DEFAULT_TIMEOUT)),
-                   float(data.get("cache_seconds", DEFAULT_CACHE_SECONDS)))
+        """Settings as providers.json stores them; KeyProviderError if they are not."""
+        try:
+            servers, paths = data["servers"], (data["ca"], data["cert"], data["key"])
+            timeout = data.get("timeout", DEFAULT_TIMEOUT)
+            cache_seconds = data.get("cache_seconds", DEFAULT_CACHE_SECONDS)
+            if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+                raise ValueError("servers are not a list of HOST:PORT strings")
+            if not all(isinstance(p, str) for p in paths):
+                raise ValueError("the CA, certificate and key are not paths")
+            if not all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in (timeout, cache_seconds)):
+                raise ValueError("timeout and cache_seconds are not numbers")
+        except (KeyError, TypeError, ValueError) as exc:
+            missing = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+            raise KeyProviderError(f"KMIP settings are unreadable ({missing})") from None
+        return cls(tuple(servers), *paths, float(timeout), float(cache_seconds))
 
 
 UID_SEPARATOR = "@"

@@ -32,6 +32,26 @@ class ProviderConfig:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+ENTRY_FIELDS = {"provider_id": str, "name": str, "kind": str, "settings": dict}
+
+
+def _check_config(config: Any) -> None:
+    """providers.json as ``_write`` lays it out: a default id (or null) and a list of provider entries."""
+    if not isinstance(config, dict):
+        raise ValueError(f"a JSON {type(config).__name__}, not an object")
+    if not isinstance(config.get("default", 0), (str, type(None))):
+        raise ValueError("no default provider id, or one that is not text")
+    providers = config.get("providers")
+    if not isinstance(providers, list):
+        raise ValueError("providers is not a list")
+    for entry in providers:
+        if not isinstance(entry, dict) or not {"provider_id", "name", "kind"} <= set(entry) <= set(ENTRY_FIELDS):
+            raise ValueError("a provider entry lacks provider_id, name or kind, or has other fields")
+        wrong = [k for k, v in entry.items() if not isinstance(v, ENTRY_FIELDS[k])]
+        if wrong:
+            raise ValueError(f"provider entry field {wrong[0]} has the wrong type")
+
+
 class ProviderRegistry:
     """Looks up providers by id or name; builds the provider objects on demand."""
 
@@ -48,9 +68,12 @@ class ProviderRegistry:
         if not self.config_path.exists():
             return {"default": None, "providers": []}
         try:
-            return json.loads(self.config_path.read_text())
-        except ValueError as exc:
-            raise KeyProviderError(f"provider configuration is unreadable ({exc})", self.config_path) from None
+            config = json.loads(self.config_path.read_text())
+            _check_config(config)
+            return config
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise KeyProviderError(f"provider configuration is unreadable ({reason})", self.config_path) from None
 
     def _write(self, config: dict[str, Any]) -> None:
         write_atomic(self.config_path, json.dumps(config, indent=2, sort_keys=True).encode(), mode=0o600)
