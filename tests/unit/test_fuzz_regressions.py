@@ -19,11 +19,12 @@ import pytest
 from vmcrypt import container
 from vmcrypt.backup import BackupError, Manifest, verify_backup
 from vmcrypt.errors import CorruptError, KeyProviderError, VmcryptError, VmError
+from vmcrypt.home_json import read_home_json
 from vmcrypt.keyref import DataKey, KeyReference
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import SECTION_EFI, Nvram, default_nvram
 from vmcrypt.providers.registry import ProviderRegistry
-from vmcrypt.vm import VmHome, VmSpec, create_vm
+from vmcrypt.vm import FileKind, VmFile, VmHome, VmSpec, create_vm
 from vmcrypt.vm_encryption import Journal, encrypt_vm, read_vmx
 from vmcrypt.vmx import ENCRYPTED_DATA, KEYSAFE, VmxConfig
 from vtpm import wire
@@ -250,3 +251,20 @@ def test_kmip_settings_of_the_wrong_shape_are_a_key_provider_error(home: Path, s
     (home / "providers.json").write_text(json.dumps({"default": None, "providers": [entry]}))
     with pytest.raises(KeyProviderError, match="KMIP settings are unreadable"):
         ProviderRegistry(home).get("kmip")
+
+
+def test_a_home_json_document_nested_too_deeply_is_a_vm_error(vm: VmHome, keys: KeyManager) -> None:
+    """A .vmss whose JSON nests 100 000 arrays deep raised RecursionError."""
+    target = VmFile(vm.directory / "fuzz.vmss", FileKind.SUSPEND)
+    target.path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(VmError, match="nested too deeply"):
+        read_home_json(vm, target, keys, 1, "suspend state")
+
+
+@pytest.mark.parametrize("content", [b"[]", b"[" * 100_000 + b"]" * 100_000])
+def test_a_native_key_store_of_the_wrong_shape_is_a_key_provider_error(tmp_path: Path, content: bytes) -> None:
+    """The key store is authenticated, but a store written by something else must still be refused cleanly."""
+    from vmcrypt.providers.native import _parse_store
+
+    with pytest.raises(KeyProviderError, match="key store content is unreadable"):
+        _parse_store(content, tmp_path / "keystore.vmc")

@@ -202,8 +202,9 @@ class NativeKeyProvider(KeyProvider):
 def _parse_store(raw: bytes, path: os.PathLike[str] | str) -> dict[str, Any]:
     try:
         store = json.loads(raw)
-        if store.get("format") != STORE_FORMAT or not isinstance(store.get("keys"), dict):
+        if not isinstance(store, dict) or store.get("format") != STORE_FORMAT or not isinstance(store.get("keys"), dict):
             raise ValueError("unexpected layout")
         return store
-    except ValueError as exc:
-        raise KeyProviderError(f"key store content is unreadable ({exc})", path) from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise KeyProviderError(f"key store content is unreadable ({reason})", path) from None
