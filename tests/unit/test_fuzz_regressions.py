@@ -268,3 +268,32 @@ def test_a_native_key_store_of_the_wrong_shape_is_a_key_provider_error(tmp_path:
 
     with pytest.raises(KeyProviderError, match="key store content is unreadable"):
         _parse_store(content, tmp_path / "keystore.vmc")
+
+
+def test_policy_ticket_for_a_hierarchy_that_is_none_is_a_value_error(tpm: Tpm) -> None:
+    """PolicyTicket looked the proof of the ticket's hierarchy up without checking it (KeyError: 1073741959,
+    the campaign's ticket named hierarchy 0x40000087)."""
+    session = seeds.prep_start_session(lambda c: run(tpm, c), 0x01)[0]
+    assert session == 0x03000000
+    ticket = bytes(Frame(CC.PolicyTicket, [session], None, seeds.ticket(
+        seeds.writer().b(bytes(8)).b(b"").b(b"").b(b"\x00\x0b" + bytes(32)), 0x8025, 0x40000087, bytes(32))).build()[0])
+    assert describe(run(tpm, ticket)) == "TPM_RC_VALUE parameter 5"
+    ticket = bytes(Frame(CC.PolicyTicket, [session], None, seeds.ticket(
+        seeds.writer().b(bytes(8)).b(b"").b(b"").b(b"\x00\x0b" + bytes(32)), 0x8025, RH.LOCKOUT, bytes(32))).build()[0])
+    assert describe(run(tpm, ticket)) == "TPM_RC_VALUE parameter 5"
+
+
+@pytest.mark.parametrize("bits", [1024, 3072])
+def test_an_ordinary_rsa_key_loads_and_signs(tpm: Tpm, bits: int) -> None:
+    """Create generates ordinary RSA keys with OpenSSL's prime search (an RSA-3072 Create took over 2 s before)."""
+    params = seeds.writer().sized(seeds.sensitive_create()).sized(seeds.ecc_storage()).b(b"").count(0)
+    parent = int.from_bytes(run(tpm, bytes(Frame(CC.CreatePrimary, [RH.OWNER], [AuthEntry()], params).build()[0]))[10:14], "big")
+    params = seeds.writer().sized(seeds.sensitive_create()).sized(seeds.rsa_key(bits)).b(b"").count(0)
+    body = wire.parse_response(run(tpm, bytes(Frame(CC.Create, [parent], [AuthEntry()], params).build()[0]))).parameters()
+    private_size = int.from_bytes(body[:2], "big")
+    public_end = 2 + private_size + 2 + int.from_bytes(body[2 + private_size : 4 + private_size], "big")
+    loaded = run(tpm, bytes(Frame(CC.Load, [parent], [AuthEntry()], seeds.writer().raw(body[:public_end])).build()[0]))
+    key = int.from_bytes(loaded[10:14], "big")
+    for scheme in (ALG.RSASSA, ALG.RSAPSS):
+        params = seeds.ticket(seeds.asym_scheme(seeds.writer().b(bytes(32)), scheme, ALG.SHA256))
+        assert describe(run(tpm, bytes(Frame(CC.Sign, [key], [AuthEntry()], params).build()[0]))) == "TPM_RC_SUCCESS"

@@ -26,7 +26,7 @@ from vtpm.commands.ea.common import (
 from vtpm.constants import CC, HT, RC, RH, ST
 from vtpm.core import Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest, hmac_digest
-from vtpm.entities.hierarchy import hierarchy_proof
+from vtpm.entities.hierarchy import OBJECT_HIERARCHIES, hierarchy_proof
 from vtpm.entities.object_table import get_object
 from vtpm.errors import TpmError
 from vtpm.keyops import verify_digest
@@ -93,6 +93,8 @@ def policy_ticket(tpm: Tpm, cmd: Command) -> Response:
     codes = {ST.AUTH_SIGNED: CC.PolicySigned, ST.AUTH_SECRET: CC.PolicySecret}
     if p.ticket.tag not in codes:
         raise TpmError(RC.TAG, param=5)
+    if p.ticket.hierarchy not in OBJECT_HIERARCHIES:  # TPMI_RH_HIERARCHY+: no proof keys any other ticket
+        raise TpmError(RC.VALUE, param=5)
     if len(p.timeout) not in (0, 8):
         raise TpmError(RC.SIZE, param=1)
     flagged = int.from_bytes(p.timeout, "big") if p.timeout else 0
