@@ -236,9 +236,16 @@ def generate(public: Public, data: bytes, random: Any) -> tuple[Public, bytes, b
     size = HASHES[public.name_alg].size
     seed_value = random(size) if public.is_storage_parent or kind == ALG.KEYEDHASH else b""
     if kind == ALG.RSA:
-        key = CryptoRSA.generate(area.parameters.keyBits, randfunc=random, e=_rsa_exponent(public))
-        secret = key.p.to_bytes(area.parameters.keyBits // 16, "big")
-        area.unique = key.n.to_bytes(area.parameters.keyBits // 8, "big")
+        bits, exponent = area.parameters.keyBits, _rsa_exponent(public)
+        if isinstance(random, KdfStream) or exponent not in (3, DEFAULT_EXPONENT):
+            # a primary: the same seed and template must give the same key, so its primes come from the KDF stream
+            key = CryptoRSA.generate(bits, randfunc=random, e=exponent)
+            p, n = int(key.p), int(key.n)
+        else:  # an ordinary key: OpenSSL's prime search, several times faster
+            numbers = rsa.generate_private_key(exponent, bits).private_numbers()
+            p, n = numbers.p, numbers.public_numbers.n
+        secret = p.to_bytes(bits // 16, "big")
+        area.unique = n.to_bytes(bits // 8, "big")
     elif kind == ALG.ECC:
         curve, length = CURVES[area.parameters.curveID]
         order = CURVE_ORDERS[area.parameters.curveID]
