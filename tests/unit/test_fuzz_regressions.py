@@ -32,6 +32,7 @@ from vtpm.constants import ALG, CC, RC, RH
 from vtpm.engine import Tpm
 from vtpm.errors import TpmError
 from vtpm.objects import LoadedObject, Public
+from vtpm.state import StateError, TpmState
 from vtpm.marshal.objects import TPMT_PUBLIC
 
 from support.fuzzing import seeds
@@ -297,3 +298,66 @@ def test_an_ordinary_rsa_key_loads_and_signs(tpm: Tpm, bits: int) -> None:
     for scheme in (ALG.RSASSA, ALG.RSAPSS):
         params = seeds.ticket(seeds.asym_scheme(seeds.writer().b(bytes(32)), scheme, ALG.SHA256))
         assert describe(run(tpm, bytes(Frame(CC.Sign, [key], [AuthEntry()], params).build()[0]))) == "TPM_RC_SUCCESS"
+
+
+# ----------------------------------------------------------------------------- vTPM state
+
+
+def _state_doc(tpm: Tpm) -> dict:
+    """The serialized state of a TPM with an NV index, a persistent key and saved PCRs, as JSON."""
+    run(tpm, wire.nv_define_space(0x01000001, 0x2060006, 16))  # owner/auth read and write
+    run(tpm, wire.nv_write(0x01000001, bytes(16)))
+    params = seeds.writer().sized(seeds.sensitive_create()).sized(seeds.ecc_storage()).b(b"").count(0)
+    handle = int.from_bytes(run(tpm, bytes(Frame(CC.CreatePrimary, [RH.OWNER], [AuthEntry()], params).build()[0]))[10:14], "big")
+    run(tpm, bytes(Frame(CC.EvictControl, [RH.OWNER, handle], [AuthEntry()], seeds.writer().u32(0x81000001)).build()[0]))
+    run(tpm, wire.shutdown(1))
+    return json.loads(tpm.state.to_bytes())
+
+
+def _set(doc: dict, path: str, value: object) -> bytes:
+    target = doc["state"]
+    *parents, last = path.split("/")
+    for step in parents:
+        target = target[int(step) if isinstance(target, list) else step]
+    target[int(last) if isinstance(target, list) else last] = value
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("max_tries", float("inf")),  # GetCapability failed building TPM_PT_MAX_AUTH_FAIL (FormatFieldError)
+    ("max_tries", "1000"),
+    ("nv/0/data", 7),  # NV_Read sliced an int (TypeError)
+    ("nv/0/index", 16777217.5),  # GetCapability shifted a float handle (TypeError)
+    ("nv/0/index", float("inf")),  # OverflowError
+    ("pcr_banks", None),  # Startup iterated None
+    ("pcr_banks", [11, 11]),
+    ("persistent/2164260865/qualified_name", {"hex": "00" * 68}),  # ReadPublic: 68 bytes exceed TPM2B_NAME
+    ("persistent/2164260865/public", {"hex": "0023"}),
+    ("persistent/2164260865/hierarchy", 0x40000007),
+    ("saved/pcrs/11", [{"hex": "00" * 32}]),  # Startup(STATE) restores 16 PCRs
+    ("orderly", "sideways"),
+    ("owner/policy_alg", 0x1234),
+    ("eh_proof", {"hex": "00"}),
+    ("clock_safe", "yes"),
+])
+def test_a_state_field_of_the_wrong_type_is_a_state_error(tpm: Tpm, path: str, value: object) -> None:
+    """These states loaded, and the engine then answered TPM_RC_FAILURE on the first command that read the field."""
+    raw = _set(_state_doc(tpm), path, value)
+    with pytest.raises(StateError, match="TPM state is damaged"):
+        TpmState.from_bytes(raw)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"format": "vtpm-state", "version": 1, "state": "x"}',  # AttributeError: 'str' object has no attribute 'pop'
+    b'{"format": "vtpm-state", "version": 1, "state": {"nv": 5}}',
+    b"[" * 100_000 + b"]" * 100_000,  # RecursionError
+])
+def test_a_state_document_of_the_wrong_shape_is_a_state_error(raw: bytes) -> None:
+    with pytest.raises(StateError):
+        TpmState.from_bytes(raw)
+
+
+def test_the_state_a_tpm_writes_still_loads(tpm: Tpm) -> None:
+    doc = _state_doc(tpm)
+    state = TpmState.from_bytes(json.dumps(doc).encode())
+    assert state.to_bytes() == tpm.state.to_bytes()
