@@ -31,6 +31,7 @@ from vmcrypt.vm_encryption import read_vmx
 FORMAT = 1
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
+MAX_MANIFEST = 16 << 20  # a manifest lists a VM's files: far below this; a larger one is not read into memory
 ProgressFn = Callable[[VmFile, int, int], None]
 
 
@@ -161,6 +162,8 @@ def verify_backup(archive: str | os.PathLike[str]) -> Manifest:
                 raise BackupError("the archive has no manifest", archive)
             if not member.isfile():
                 raise BackupError("the manifest is not a regular file in the archive", archive)
+            if member.size > MAX_MANIFEST:
+                raise BackupError(f"the manifest claims {member.size} bytes, more than a manifest holds", archive)
             manifest = Manifest.from_json(tar.extractfile(member).read(), archive)
             present = {m.name: m for m in tar.getmembers() if m.name != MANIFEST}
             expected = {f"vm/{e.name}": e for e in manifest.files}
@@ -180,7 +183,7 @@ def verify_backup(archive: str | os.PathLike[str]) -> Manifest:
                     digest.update(chunk)
                 if member.size != entry.size or digest.hexdigest() != entry.sha256:
                     raise BackupError(f"{entry.name} in the archive does not match its manifest entry", archive)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # tarfile raises ValueError for bad PAX numbers
+    except (tarfile.TarError, EOFError, OSError, ValueError, OverflowError) as exc:  # tarfile's, for bad PAX numbers
         if isinstance(exc, VmcryptError):
             raise
         raise BackupError(f"the archive cannot be read ({exc})", archive) from None

@@ -361,3 +361,13 @@ def test_the_state_a_tpm_writes_still_loads(tpm: Tpm) -> None:
     doc = _state_doc(tpm)
     state = TpmState.from_bytes(json.dumps(doc).encode())
     assert state.to_bytes() == tpm.state.to_bytes()
+
+
+def test_a_manifest_claiming_a_huge_size_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A PAX size of 10**20 made tarfile raise OverflowError; a merely large one would be read into memory."""
+    for size, refusal in (("99999999999999999999", "cannot be read"), (str(1 << 40), "more than a manifest holds")):
+        member = tarfile.TarInfo("manifest.json")
+        member.size = 2
+        member.pax_headers = {"size": size}
+        with pytest.raises(BackupError, match=refusal):
+            verify_backup(_archive(tmp_path / f"{size}.tar", member, fmt=tarfile.PAX_FORMAT))
