@@ -364,10 +364,16 @@ def test_the_state_a_tpm_writes_still_loads(tpm: Tpm) -> None:
 
 
 def test_a_manifest_claiming_a_huge_size_is_refused_before_it_is_read(tmp_path: Path) -> None:
-    """A PAX size of 10**20 made tarfile raise OverflowError; a merely large one would be read into memory."""
-    for size, refusal in (("99999999999999999999", "cannot be read"), (str(1 << 40), "more than a manifest holds")):
+    """A sparse manifest member (PAX GNU.sparse.size) of 10**20 bytes made tarfile raise OverflowError while
+    reading it; a merely large one would have been read into memory, NUL bytes of its holes included."""
+    for size in ("99999999999999999999", str(1 << 40)):
         member = tarfile.TarInfo("manifest.json")
         member.size = 2
-        member.pax_headers = {"size": size}
-        with pytest.raises(BackupError, match=refusal):
+        member.pax_headers = {"GNU.sparse.size": size, "GNU.sparse.map": "0,2"}
+        with pytest.raises(BackupError, match="more than a manifest holds"):
             verify_backup(_archive(tmp_path / f"{size}.tar", member, fmt=tarfile.PAX_FORMAT))
+    member = tarfile.TarInfo("manifest.json")
+    member.size = 2
+    member.pax_headers = {"size": "99999999999999999999"}  # OverflowError while seeking past it
+    with pytest.raises(BackupError, match="cannot be read"):
+        verify_backup(_archive(tmp_path / "size.tar", member, fmt=tarfile.PAX_FORMAT))
