@@ -377,3 +377,30 @@ def test_a_manifest_claiming_a_huge_size_is_refused_before_it_is_read(tmp_path: 
     member.pax_headers = {"size": "99999999999999999999"}  # OverflowError while seeking past it
     with pytest.raises(BackupError, match="cannot be read"):
         verify_backup(_archive(tmp_path / "size.tar", member, fmt=tarfile.PAX_FORMAT))
+
+
+def test_a_sparse_member_claiming_a_huge_size_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """verify_backup hashed a sparse member whose holes claimed 10**20 bytes: it never finished."""
+    manifest = {"format": 1, "vm": "v", "created": "", "encrypted": False, "provider_id": None, "key_id": None,
+                "vtpm": False, "disks_included": False,
+                "files": [{"name": "v.vmx", "size": 10**20, "sha256": "00" * 32}]}
+    raw = json.dumps(manifest).encode()
+    first = tarfile.TarInfo("manifest.json")
+    first.size = len(raw)
+    second = tarfile.TarInfo("vm/v.vmx")
+    second.size = 2
+    second.pax_headers = {"GNU.sparse.size": str(10**20), "GNU.sparse.map": "0,2"}
+    path = tmp_path / "sparse.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(first, io.BytesIO(raw))
+        tar.addfile(second, io.BytesIO(b"{}"))
+    with pytest.raises(BackupError, match="unexpected archive member vm/v.vmx"):
+        verify_backup(path)
+    manifest["files"][0]["size"] = 3  # a plain member whose manifest size lies
+    raw = json.dumps(manifest).encode()
+    first.size, second.pax_headers = len(raw), {}
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(first, io.BytesIO(raw))
+        tar.addfile(second, io.BytesIO(b"{}"))
+    with pytest.raises(BackupError, match="does not match its manifest entry"):
+        verify_backup(path)
