@@ -21,13 +21,16 @@ left over.
 from __future__ import annotations
 
 import random
+import signal
 import struct
+import threading
 from dataclasses import dataclass, field
 
 import vtpm.engine  # noqa: F401  (registers every command in vtpm.core.COMMANDS)
 from vtpm import wire
-from vtpm.constants import CC, RC, RH, ST, TPMA_SESSION
+from vtpm.constants import ALG, CC, RC, RH, ST, TPMA_SESSION
 from vtpm.core import COMMANDS
+from vtpm.marshal.objects import TPMT_PUBLIC
 
 TPM12_TAG = 0x00C1
 TPM12_RESPONSE_TAG = 0x00C4
@@ -580,6 +583,59 @@ def check_response(command: bytes, response: object) -> tuple[str, str] | None:
         if expected is not None and sessions != expected:
             return "malformed", f"{sessions} response session(s) for {expected} command session(s)"
     return None
+
+
+class NoAnswer(BaseException):
+    """The watchdog's: a call took longer than its limit. A BaseException, so the engine's
+    ``except Exception`` (which turns bugs into TPM_RC_FAILURE) does not swallow it."""
+
+
+class Watchdog:
+    """Interrupt the block with NoAnswer after ``seconds`` (SIGALRM; a no-op outside the main thread)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.armed = False
+
+    def _fire(self, signum: int, frame: object) -> None:
+        raise NoAnswer(f"no answer within {self.seconds:.0f} s")
+
+    def __enter__(self) -> Watchdog:
+        if threading.current_thread() is threading.main_thread():
+            self.saved = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.armed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.saved)
+            self.armed = False
+
+
+def rsa_key_generated(command: bytes, response: bytes) -> int:
+    """The key size if ``response`` is a successful CreatePrimary, Create or CreateLoaded of an RSA key, else 0.
+
+    Generating RSA primes takes seconds for 3072- and 4096-bit keys (a primary's primes are derived from its
+    hierarchy seed, so they cannot come from a faster source); the campaign reports those calls apart from hangs.
+    """
+    if len(response) < 10 or int.from_bytes(response[6:10], "big") != RC.SUCCESS or len(command) < 10:
+        return 0
+    code = int.from_bytes(command[6:10], "big")
+    if code not in (CC.CreatePrimary, CC.Create, CC.CreateLoaded):
+        return 0
+    offset = 10 + (4 if code != CC.Create else 0)  # the object handle
+    if int.from_bytes(response[0:2], "big") == ST.SESSIONS:
+        offset += 4  # parameterSize
+    if code != CC.CreatePrimary:
+        offset += 2 + int.from_bytes(response[offset : offset + 2], "big")  # outPrivate
+    size = int.from_bytes(response[offset : offset + 2], "big")
+    try:
+        public = TPMT_PUBLIC.parse(response[offset + 2 : offset + 2 + size])
+    except Exception:  # noqa: BLE001 - not an RSA public area we can read: not a key generation to excuse
+        return 0
+    return int(public.parameters.keyBits) if public.type == ALG.RSA else 0
 
 
 def rc_class(response: bytes, command: bytes) -> str:

@@ -403,10 +403,12 @@ class Episode:
     trial: bool = False
 
 
-def prepare_episode(transact: Transact, art: Artifacts, rng: random.Random) -> Episode:
-    """Startup(CLEAR), then the child loaded, a sequence, an HMAC session and a policy (or trial) session."""
+def prepare_episode(transact: Transact, art: Artifacts, rng: random.Random, *, startup: bool = True) -> Episode:
+    """Startup(CLEAR) (unless the TPM is started), then the child loaded, a sequence, an HMAC session and a
+    policy (or trial) session."""
     ep = Episode()
-    _ok(transact, wire.STARTUP_CLEAR, "Startup")
+    if startup:
+        _ok(transact, wire.STARTUP_CLEAR, "Startup")
     ep.child = prep_load(transact, PRIMARY, art.child_private, art.child_public)
     ep.sequence_kind = rng.choice(("hash", "hmac", "event"))
     if ep.sequence_kind == "hmac":

@@ -33,9 +33,20 @@ from vtpm.engine import Tpm
 from vtpm.state import TpmState
 
 from support.fuzzing import seeds
-from support.fuzzing.frames import HANG_SECONDS, RESPONSE_HANDLES, Mutator, check_response, rc_class, rc_name
+from support.fuzzing.frames import (
+    HANG_SECONDS,
+    RESPONSE_HANDLES,
+    Mutator,
+    NoAnswer,
+    Watchdog,
+    check_response,
+    rc_class,
+    rc_name,
+    rsa_key_generated,
+)
 
 MAX_KEPT = 25  # findings kept with their reproducer per kind (all are counted)
+NO_ANSWER_SECONDS = 60.0  # the watchdog ends a call that has not answered by then (a hang, recorded)
 HISTORY = 12  # commands before a finding, kept with it
 SEQUENCE_ENDING = {CC.SequenceComplete, CC.EventSequenceComplete}
 
@@ -54,6 +65,7 @@ class Finding:
     locality: int = 0
     started: bool = True
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     traceback: str = ""
     history: list[str] = field(default_factory=list)  # hex of the commands sent before it in this episode
     signature: str = ""
@@ -81,6 +93,7 @@ class TpmReport:
     hangs: int = 0
     malformed: int = 0
     state_failures: int = 0
+    slow_rsa_key_generations: list[dict[str, Any]] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     crash_signatures: Counter = field(default_factory=Counter)
     slowest_seconds: float = 0.0
@@ -122,6 +135,7 @@ class TpmReport:
             "hangs": self.hangs,
             "malformed": self.malformed,
             "state_failures": self.state_failures,
+            "slow_rsa_key_generations": self.slow_rsa_key_generations,
             "crash_signatures": dict(self.crash_signatures.most_common()),
             "slowest_command": {"command": self.slowest_command, "seconds": round(self.slowest_seconds, 3)},
             "findings": [f.to_dict() for f in self.findings],
@@ -214,7 +228,8 @@ class Campaign:
             finding.history = list(self.history)
             self.report.findings.append(finding)
 
-    def _check(self, tpm: Tpm, command: bytes, response: object, seconds: float, name: str, locality: int) -> None:
+    def _check(self, tpm: Tpm, command: bytes, response: object, seconds: float, name: str, locality: int,
+               cpu: float = 0.0) -> None:
         report = self.report
         problem = check_response(command, response)
         records = self.errors.take()
@@ -235,8 +250,14 @@ class Campaign:
                 report.malformed += 1
             self._keep(Finding(kind, name, why, command.hex(), locality, started, seconds))
         if seconds > HANG_SECONDS:
-            report.hangs += 1
-            self._keep(Finding("hang", name, f"{seconds:.2f} s", command.hex(), locality, started, seconds))
+            bits = rsa_key_generated(command, response) if isinstance(response, bytes) else 0
+            if bits:  # an RSA key was made and returned: slow, not stuck; reported apart
+                report.slow_rsa_key_generations.append({"command": name, "bits": bits, "seconds": round(seconds, 2),
+                                                        "cpu_seconds": round(cpu, 2)})
+            else:
+                report.hangs += 1
+                self._keep(Finding("hang", name, f"{seconds:.2f} s ({cpu:.2f} s of CPU)", command.hex(), locality,
+                                   started, seconds, cpu))
         if seconds > report.slowest_seconds:
             report.slowest_seconds, report.slowest_command = seconds, name
 
@@ -283,7 +304,8 @@ class Campaign:
                                                                       ep.policy_session) if h is not None)}
         self.mutator.known_handles = tuple(prepared) + seeds.NV_INDICES
         for _ in range(min(length, self.commands - report.total)):
-            self._one(tpm, ctx, prepared)
+            if not self._one(tpm, ctx, prepared):
+                return
             if rng.random() < 1 / 3000:
                 self._power_cycle(tpm, setup)
         self._check_persisted(persisted)
@@ -296,7 +318,8 @@ class Campaign:
         if self.rng.random() < 0.8:
             setup(wire.startup(self.rng.choice((SU.STATE, SU.CLEAR))))
 
-    def _one(self, tpm: Tpm, ctx: seeds.SeedContext, prepared: set[int]) -> None:
+    def _one(self, tpm: Tpm, ctx: seeds.SeedContext, prepared: set[int]) -> bool:
+        """One mutated command; False if the episode must end (the call was interrupted)."""
         rng, report = self.rng, self.report
         code = self._next_code()
         name = command_name(code)
@@ -309,9 +332,18 @@ class Campaign:
         elif rng.random() < 0.05:
             self.mutator.splice_pool[rng.randrange(256)] = data
         locality = self._locality()
-        began = time.perf_counter()
-        response = tpm.execute(locality, data)
-        seconds = time.perf_counter() - began
+        began, cpu_began = time.perf_counter(), time.thread_time()
+        try:
+            with Watchdog(NO_ANSWER_SECONDS):
+                response = tpm.execute(locality, data)
+        except NoAnswer as exc:
+            seconds, cpu = time.perf_counter() - began, time.thread_time() - cpu_began
+            report.total += 1
+            report.per_command[name] += 1
+            report.hangs += 1
+            self._keep(Finding("hang", name, str(exc), data.hex(), locality, tpm.volatile.started, seconds, cpu))
+            return False  # the TPM was interrupted mid-command: start a new episode
+        seconds, cpu = time.perf_counter() - began, time.thread_time() - cpu_began
         report.total += 1
         report.per_command[name] += 1
         report.mutations.update(applied)
@@ -319,16 +351,17 @@ class Campaign:
         header_code = int.from_bytes(data[6:10], "big") if len(data) >= 10 else -1
         if header_code not in COMMANDS:
             report.unimplemented_codes += 1
-        self._check(tpm, data, response, seconds, name, locality)
+        self._check(tpm, data, response, seconds, name, locality, cpu)
         self.history.append(data.hex())
         if not isinstance(response, bytes) or len(response) < 10:
-            return
+            return True
         report.response_classes[rc_class(response, data)] += 1
         report.response_codes[rc_name(response)] += 1
         if wire.response_code(response) == RC.SUCCESS:
             if header_code == code:
                 report.per_command_success[name] += 1
             self._housekeeping(tpm, data, response, prepared, header_code)
+        return True
 
     def _housekeeping(self, tpm: Tpm, command: bytes, response: bytes, prepared: set[int], code: int) -> None:
         """Flush most objects and sessions a successful command created, so slots stay free for the next ones."""
