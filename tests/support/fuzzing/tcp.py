@@ -131,11 +131,14 @@ class Connection:
             return header  # malformed: the checker says so
         return header + self._exact(size - 10)
 
-    def closed_by_peer(self, wait: float = 2.0) -> bool:
+    def closed_by_peer(self, wait: float = 5.0) -> bool:
+        """The server hung up: end of stream, or a reset (it closed with our unread bytes still queued)."""
         self.sock.settimeout(wait)
         try:
             return self.sock.recv(1) == b""
-        except OSError:
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except OSError:  # a timeout: still open
             return False
 
     def close(self) -> None:
@@ -279,7 +282,9 @@ class TcpCampaign:
 
     def _split(self, deck: list[int]) -> None:
         data, _ = self._seed(deck)
-        self._send_expecting("split", data, chunks=self.rng.choice((2, 3, 5)))
+        # only a stream the server reads to the end is split: one it refuses is reset while the rest is on its way
+        chunks = self.rng.choice((2, 3, 5)) if expected_framing(data)[1] == "open" else 1
+        self._send_expecting("split", data, chunks=chunks)
 
     def _pipelined(self, deck: list[int]) -> None:
         data = b"".join(self._seed(deck)[0] for _ in range(min(len(deck), self.rng.choice((2, 3)))) or [PROBE])
