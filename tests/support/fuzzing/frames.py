@@ -20,10 +20,12 @@ left over.
 
 from __future__ import annotations
 
+import itertools
 import random
 import signal
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
 import vtpm.engine  # noqa: F401  (registers every command in vtpm.core.COMMANDS)
@@ -285,8 +287,8 @@ class Mutator:
             (5, self.lie_size_field), (3, self.lie_count), (4, self.interesting_number), (2, self.splice),
             (1, self.duplicate_chunk), (2, self.huge_list),
         ]
-        self._frame_weights = [w for w, _ in self.frame_ops]
-        self._byte_weights = [w for w, _ in self.byte_ops]
+        self._frame_weights = list(itertools.accumulate(w for w, _ in self.frame_ops))
+        self._byte_weights = list(itertools.accumulate(w for w, _ in self.byte_ops))
 
     # --------------------------------------------------------------- frame level
 
@@ -323,7 +325,7 @@ class Mutator:
         entry.handle = self.rng.choice((RH.PW, random_handle(self.rng, self.known_handles), 0x02000000, 0x03000000,
                                         0x02000001, 0x03000001, 0x02000002, 0x03000002, 0x40000009 ^ 1))
         if self.rng.random() < 0.3:
-            entry.nonce = bytes(self.rng.randrange(256) for _ in range(self.rng.choice((0, 1, 16, 20, 32, 48, 64))))
+            entry.nonce = self.rng.randbytes(self.rng.choice((0, 1, 16, 20, 32, 48, 64)))
         return "session-handle"
 
     def session_count(self, frame: Frame) -> str:
@@ -344,7 +346,7 @@ class Mutator:
         if self.rng.random() < 0.5:
             entry.nonce = bytes(size)
         else:
-            entry.hmac = bytes(self.rng.randrange(256) for _ in range(min(size, 70))) + bytes(max(0, size - 70))
+            entry.hmac = self.rng.randbytes(min(size, 70)) + bytes(max(0, size - 70))
         return "session-sizes"
 
     def tag(self, frame: Frame) -> str:
@@ -379,7 +381,7 @@ class Mutator:
         at = self.rng.choice(bounds) if bounds and self.rng.random() < 0.6 else self.rng.randrange(len(data) + 1)
         n = self.rng.choice((1, 1, 2, 4, 8, 16, 64))
         fill = self.rng.choice((b"\x00", b"\xff", None))
-        data[at:at] = fill * n if fill else bytes(self.rng.randrange(256) for _ in range(n))
+        data[at:at] = fill * n if fill else self.rng.randbytes(n)
         return "insert-bytes"
 
     def delete_bytes(self, data: bytearray, marks, bounds) -> str:
@@ -486,11 +488,11 @@ class Mutator:
         n = rng.choice((1, 1, 1, 1, 2, 2, 3, 4))
         frame_level = sum(1 for _ in range(n) if rng.random() < 0.35)
         for _ in range(frame_level):
-            op = rng.choices(self.frame_ops, self._frame_weights)[0][1]
+            op = rng.choices(self.frame_ops, cum_weights=self._frame_weights)[0][1]
             applied.append(op(frame))
         data, marks, bounds = frame.build()
         for _ in range(n - frame_level):
-            op = rng.choices(self.byte_ops, self._byte_weights)[0][1]
+            op = rng.choices(self.byte_ops, cum_weights=self._byte_weights)[0][1]
             applied.append(op(data, marks, bounds))
         return bytes(data), tuple(applied)
 
@@ -591,27 +593,49 @@ class NoAnswer(BaseException):
 
 
 class Watchdog:
-    """Interrupt the block with NoAnswer after ``seconds`` (SIGALRM; a no-op outside the main thread)."""
+    """Interrupts a call that runs longer than ``seconds`` with NoAnswer.
+
+    A daemon thread watches the start time the caller sets (``with watchdog:`` around each call costs two
+    attribute writes); when a call overruns it sends SIGALRM to the main thread, whose handler raises
+    NoAnswer there. Outside the main thread it only watches nothing.
+    """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.armed = False
+        self.started: float | None = None
+        self.active = threading.current_thread() is threading.main_thread()
+        self.stop = threading.Event()
 
     def _fire(self, signum: int, frame: object) -> None:
-        raise NoAnswer(f"no answer within {self.seconds:.0f} s")
+        if self.started is not None:
+            raise NoAnswer(f"no answer within {self.seconds:.0f} s")
+
+    def _watch(self) -> None:
+        while not self.stop.wait(min(1.0, self.seconds / 4)):
+            started = self.started
+            if started is not None and time.perf_counter() - started > self.seconds:
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)  # type: ignore[arg-type]
+                self.stop.wait(self.seconds)
+
+    def start(self) -> Watchdog:
+        if self.active:
+            self.saved = signal.signal(signal.SIGALRM, self._fire)
+            self.thread = threading.Thread(target=self._watch, name="fuzz-watchdog", daemon=True)
+            self.thread.start()
+        return self
+
+    def close(self) -> None:
+        if self.active:
+            self.stop.set()
+            self.thread.join()
+            signal.signal(signal.SIGALRM, self.saved)
 
     def __enter__(self) -> Watchdog:
-        if threading.current_thread() is threading.main_thread():
-            self.saved = signal.signal(signal.SIGALRM, self._fire)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
-            self.armed = True
+        self.started = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.armed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self.saved)
-            self.armed = False
+        self.started = None
 
 
 def rsa_key_generated(command: bytes, response: bytes) -> int:
@@ -658,14 +682,16 @@ def rc_class(response: bytes, command: bytes) -> str:
     return "fmt0-error"
 
 
+RC_NAMES = {int(rc): rc.name for rc in RC}
+
+
 def rc_name(response: bytes) -> str:
+    """The response code's name without its handle, parameter or session number."""
     if len(response) < 10:
         return "short"
     if int.from_bytes(response[0:2], "big") == TPM12_RESPONSE_TAG:
         return "TPM12_BAD_TAG"
     rc = int.from_bytes(response[6:10], "big")
     base = (rc & 0xBF) if rc & 0x080 else rc
-    try:
-        return RC(base).name
-    except ValueError:
-        return f"0x{base:03x}"
+    name = RC_NAMES.get(base)
+    return name if name is not None else f"0x{base:03x}"

@@ -435,6 +435,7 @@ class SeedContext:
     ep: Episode
     rng: random.Random
     transact: Transact | None = None  # for seeds that need a fresh answer first (a ticket of this power cycle)
+    rsa_rate: float = 1.0  # how often, relative to the default, a template asks for a new RSA key
 
     def policy_prelude(self, code: int, session: int | None = None) -> list[bytes]:
         """PolicyRestart and PolicyCommandCode(code) on the policy session: what a DUP or ADMIN role needs."""
@@ -474,7 +475,7 @@ class SeedContext:
 
     def data(self, n: int | None = None) -> bytes:
         n = self.rng.choice((0, 1, 16, 20, 32, 48, 64, 100, 1024)) if n is None else n
-        return bytes(self.rng.randrange(256) for _ in range(min(n, 64))) + bytes(max(0, n - 64))
+        return self.rng.randbytes(min(n, 64)) + bytes(max(0, n - 64))
 
     def auth(self, n: int = 1) -> list[AuthEntry]:
         """n authorizations: mostly the empty password, sometimes the HMAC or policy session."""
@@ -496,7 +497,7 @@ class SeedContext:
     def pcr_banks(self) -> list[tuple[int, bytes]]:
         banks = self.rng.sample(HASH_ALGS, self.rng.choice((1, 1, 2, 4)))
         return [(alg, self.rng.choice((b"\xff\x00\x00", b"\x01\x00\x00", b"\x00\x00\x80", bytes(3),
-                                       bytes(self.rng.randrange(256) for _ in range(3))))) for alg in banks]
+                                       self.rng.randbytes(3)))) for alg in banks]
 
     def scheme(self, w: Writer, *options: int) -> Writer:
         return asym_scheme(w, self.rng.choice(options or (ALG.NULL, ALG.ECDSA, ALG.RSASSA, ALG.RSAPSS, ALG.HMAC)),
@@ -505,6 +506,8 @@ class SeedContext:
     def template(self) -> Writer:
         """A public area for Create/CreateLoaded/CreatePrimary: cheap keys mostly, an RSA key now and then."""
         roll = self.rng.randrange(12)
+        if roll == 11 and self.rng.random() >= self.rsa_rate:
+            roll = self.rng.randrange(11)
         if roll < 3:
             return ecc_storage((self.data(self.rng.choice((0, 32))), b""))
         if roll < 5:
@@ -625,7 +628,9 @@ def _create(c: SeedContext) -> Frame:
 @seed(CC.CreatePrimary)
 def _create_primary(c: SeedContext) -> Frame:
     roll = c.rng.random()
-    template = c.art.rsa_primary_template if roll < 0.15 else c.template().bytes() if roll < 0.4 else ecc_storage().bytes()
+    # the cached RSA primary's template now and then (mutated, it makes the TPM derive a new RSA key: slow)
+    template = (c.art.rsa_primary_template if roll < 0.06 * c.rsa_rate else c.template().bytes() if roll < 0.35
+                else ecc_storage().bytes())
     w = writer().sized(sensitive_create(c.data(c.rng.choice((0, 0, 16))))).b(template)
     return _frame(CC.CreatePrimary, [c.pick(*HIERARCHIES, RH.OWNER)], c.auth(), _creation_params(c, w))
 

@@ -269,7 +269,7 @@ class TcpCampaign:
 
     def _garbage(self, deck: list[int]) -> None:
         rng = self.rng
-        data = bytes(rng.randrange(256) for _ in range(rng.choice((1, 3, 9, 10, 11, 64, 300))))
+        data = rng.randbytes(rng.choice((1, 3, 9, 10, 11, 64, 300)))
         if rng.random() < 0.5 and len(data) >= 6:
             data = data[:2] + len(data).to_bytes(4, "big") + data[6:]  # garbage with a consistent size
         self._send_expecting("garbage", data)

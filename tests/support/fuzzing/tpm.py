@@ -51,9 +51,12 @@ HISTORY = 12  # commands before a finding, kept with it
 SEQUENCE_ENDING = {CC.SequenceComplete, CC.EventSequenceComplete}
 
 
+NAMES = {code: spec.code.name for code, spec in COMMANDS.items()}
+
+
 def command_name(code: int) -> str:
-    spec = COMMANDS.get(code)
-    return spec.code.name if spec is not None else f"0x{code:08x}"
+    name = NAMES.get(code)
+    return name if name is not None else f"0x{code:08x}"
 
 
 @dataclass
@@ -94,6 +97,8 @@ class TpmReport:
     malformed: int = 0
     state_failures: int = 0
     slow_rsa_key_generations: list[dict[str, Any]] = field(default_factory=list)
+    slow_waiting_for_cpu: int = 0  # over 2 s on the clock, under 2 s of CPU: the machine was busy
+    slow_waiting_examples: list[dict[str, Any]] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     crash_signatures: Counter = field(default_factory=Counter)
     slowest_seconds: float = 0.0
@@ -136,6 +141,8 @@ class TpmReport:
             "malformed": self.malformed,
             "state_failures": self.state_failures,
             "slow_rsa_key_generations": self.slow_rsa_key_generations,
+            "slow_waiting_for_cpu": self.slow_waiting_for_cpu,
+            "slow_waiting_examples": self.slow_waiting_examples,
             "crash_signatures": dict(self.crash_signatures.most_common()),
             "slowest_command": {"command": self.slowest_command, "seconds": round(self.slowest_seconds, 3)},
             "findings": [f.to_dict() for f in self.findings],
@@ -183,7 +190,7 @@ def describe_exception(record: logging.LogRecord) -> tuple[str, str]:
 class Campaign:
     """One in-process campaign; ``run`` returns its report."""
 
-    def __init__(self, commands: int, seed: int, *, rsa_bits: int = seeds.RSA_BITS,
+    def __init__(self, commands: int, seed: int, *, rsa_bits: int = seeds.RSA_BITS, rsa_rate: float = 1.0,
                  progress: Callable[[TpmReport], None] | None = None, episode_length: tuple[int, int] = (200, 6000)) -> None:
         self.commands = commands
         self.rng = random.Random(seed)
@@ -191,6 +198,7 @@ class Campaign:
         self.progress = progress
         self.episode_length = episode_length
         self.rsa_bits = rsa_bits
+        self.rsa_rate = rsa_rate  # scales how often seeds ask for a new RSA key (each costs 0.1-5 s of CPU)
         missing = seeds.missing_seeds()
         if missing:
             raise RuntimeError(f"implemented commands without a fuzzing seed: {', '.join(missing)}")
@@ -225,7 +233,7 @@ class Campaign:
     def _keep(self, finding: Finding) -> None:
         same = sum(1 for f in self.report.findings if f.kind == finding.kind)
         if same < MAX_KEPT:
-            finding.history = list(self.history)
+            finding.history = [command.hex() for command in self.history]
             self.report.findings.append(finding)
 
     def _check(self, tpm: Tpm, command: bytes, response: object, seconds: float, name: str, locality: int,
@@ -249,15 +257,20 @@ class Campaign:
             else:
                 report.malformed += 1
             self._keep(Finding(kind, name, why, command.hex(), locality, started, seconds))
-        if seconds > HANG_SECONDS:
+        if cpu > HANG_SECONDS:  # the engine itself worked that long (wall time also counts waiting for a CPU)
             bits = rsa_key_generated(command, response) if isinstance(response, bytes) else 0
             if bits:  # an RSA key was made and returned: slow, not stuck; reported apart
                 report.slow_rsa_key_generations.append({"command": name, "bits": bits, "seconds": round(seconds, 2),
                                                         "cpu_seconds": round(cpu, 2)})
             else:
                 report.hangs += 1
-                self._keep(Finding("hang", name, f"{seconds:.2f} s ({cpu:.2f} s of CPU)", command.hex(), locality,
+                self._keep(Finding("hang", name, f"{cpu:.2f} s of CPU ({seconds:.2f} s)", command.hex(), locality,
                                    started, seconds, cpu))
+        elif seconds > HANG_SECONDS:
+            report.slow_waiting_for_cpu += 1
+            if len(report.slow_waiting_examples) < MAX_KEPT:
+                report.slow_waiting_examples.append({"command": name, "seconds": round(seconds, 2),
+                                                     "cpu_seconds": round(cpu, 2)})
         if seconds > report.slowest_seconds:
             report.slowest_seconds, report.slowest_command = seconds, name
 
@@ -274,24 +287,30 @@ class Campaign:
 
     def run(self) -> TpmReport:
         start = time.perf_counter()
-        with self.errors:
-            self._prepare()
-            while self.report.total < self.commands:
-                self._episode()
-                if self.progress:
-                    self.report.elapsed = time.perf_counter() - start
-                    self.progress(self.report)
+        self.watchdog = Watchdog(NO_ANSWER_SECONDS).start()
+        try:
+            with self.errors:
+                self._prepare()
+                while self.report.total < self.commands:
+                    self._episode()
+                    if self.progress:
+                        self.report.elapsed = time.perf_counter() - start
+                        self.progress(self.report)
+        finally:
+            self.watchdog.close()
         self.report.elapsed = time.perf_counter() - start
         return self.report
 
     def _episode(self) -> None:
         rng, report = self.rng, self.report
         persisted: list[bytes] = []
-        tpm = Tpm(TpmState.from_bytes(self.snapshot), persist=persisted.append)
+        # a quarter of the episodes persist after every command that changes state, as a served TPM does;
+        # the others serialize their state once, at the end (to_bytes is most of a cheap command's time)
+        tpm = Tpm(TpmState.from_bytes(self.snapshot), persist=persisted.append if rng.random() < 0.25 else None)
         setup = self._setup_transact(tpm)
         report.episodes += 1
         self.history.clear()
-        if rng.random() < 0.08:
+        if report.episodes % 12 == 2 or rng.random() < 0.04:
             ep = seeds.Episode()
             report.episodes_before_startup += 1
             length = rng.randint(50, 400)
@@ -299,7 +318,7 @@ class Campaign:
             ep = seeds.prepare_episode(setup, self.art, rng)
             low, high = self.episode_length
             length = rng.randint(low, high) if rng.random() < 0.3 else rng.randint(low, max(low, high // 6))
-        ctx = seeds.SeedContext(self.art, ep, rng, setup)
+        ctx = seeds.SeedContext(self.art, ep, rng, setup, self.rsa_rate)
         prepared = {seeds.PRIMARY, *seeds.PERSISTENT, *(h for h in (ep.child, ep.sequence, ep.hmac_session,
                                                                       ep.policy_session) if h is not None)}
         self.mutator.known_handles = tuple(prepared) + seeds.NV_INDICES
@@ -308,7 +327,7 @@ class Campaign:
                 return
             if rng.random() < 1 / 3000:
                 self._power_cycle(tpm, setup)
-        self._check_persisted(persisted)
+        self._check_persisted(persisted or [tpm.state.to_bytes()])
 
     def _power_cycle(self, tpm: Tpm, setup: Callable[[bytes], bytes]) -> None:
         self.report.power_cycles += 1
@@ -334,25 +353,27 @@ class Campaign:
         locality = self._locality()
         began, cpu_began = time.perf_counter(), time.thread_time()
         try:
-            with Watchdog(NO_ANSWER_SECONDS):
+            with self.watchdog:
                 response = tpm.execute(locality, data)
         except NoAnswer as exc:
-            seconds, cpu = time.perf_counter() - began, time.thread_time() - cpu_began
             report.total += 1
             report.per_command[name] += 1
             report.hangs += 1
-            self._keep(Finding("hang", name, str(exc), data.hex(), locality, tpm.volatile.started, seconds, cpu))
+            self._keep(Finding("hang", name, str(exc), data.hex(), locality, tpm.volatile.started,
+                               time.perf_counter() - began, time.thread_time() - cpu_began))
             return False  # the TPM was interrupted mid-command: start a new episode
         seconds, cpu = time.perf_counter() - began, time.thread_time() - cpu_began
         report.total += 1
         report.per_command[name] += 1
-        report.mutations.update(applied)
+        mutations = report.mutations
+        for applied_name in applied:
+            mutations[applied_name] += 1
         report.localities[locality] += 1
         header_code = int.from_bytes(data[6:10], "big") if len(data) >= 10 else -1
         if header_code not in COMMANDS:
             report.unimplemented_codes += 1
         self._check(tpm, data, response, seconds, name, locality, cpu)
-        self.history.append(data.hex())
+        self.history.append(data)
         if not isinstance(response, bytes) or len(response) < 10:
             return True
         report.response_classes[rc_class(response, data)] += 1
