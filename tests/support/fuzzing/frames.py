@@ -382,6 +382,8 @@ class Mutator:
         n = self.rng.choice((1, 1, 2, 4, 8, 16, 64))
         fill = self.rng.choice((b"\x00", b"\xff", None))
         data[at:at] = fill * n if fill else self.rng.randbytes(n)
+        if self.rng.random() < 0.6 and len(data) >= 6:
+            _put(data, 2, 4, len(data))  # a consistent commandSize: the inserted bytes reach the parser
         return "insert-bytes"
 
     def delete_bytes(self, data: bytearray, marks, bounds) -> str:
@@ -389,6 +391,8 @@ class Mutator:
             return "delete-bytes"
         at = self.rng.choice(bounds) if bounds and self.rng.random() < 0.6 else self.rng.randrange(len(data))
         del data[at : at + self.rng.choice((1, 1, 2, 3, 4, 8, 32))]
+        if self.rng.random() < 0.6 and len(data) >= 6:
+            _put(data, 2, 4, len(data))
         return "delete-bytes"
 
     def truncate_at_boundary(self, data: bytearray, marks, bounds) -> str:
