@@ -77,6 +77,16 @@ def policy_cc_digest(code: int, alg: int = ALG.SHA256) -> bytes:
     return h.digest()
 
 
+def policy_or_digest(branches: list[bytes]) -> bytes:
+    """The SHA-256 policy digest after PolicyOR(branches), whichever branch the session took."""
+    return hashlib.sha256(bytes(32) + CC.PolicyOR.to_bytes(4, "big") + b"".join(branches)).digest()
+
+
+# NV_POLICY is read with PolicyCommandCode(NV_Read) and has its auth changed with PolicyCommandCode(NV_ChangeAuth),
+# the two joined by PolicyOR
+NV_POLICY_BRANCHES = [policy_cc_digest(CC.NV_Read), policy_cc_digest(CC.NV_ChangeAuth)]
+
+
 # ----------------------------------------------------------------------------- structures with marks
 
 
@@ -368,8 +378,8 @@ def build_snapshot(transact: Transact, rsa_bits: int = RSA_BITS) -> Artifacts:
         (NV_BITS, owner | NT.BITS << 4, 8, b"", RH.OWNER),
         (NV_EXTEND, owner | NT.EXTEND << 4, 32, b"", RH.OWNER),
         (NV_GLOBAL, owner | TPMA_NV.WRITEDEFINE | TPMA_NV.GLOBALLOCK, 16, b"", RH.OWNER),
-        (NV_POLICY, TPMA_NV.POLICYWRITE | TPMA_NV.POLICYREAD | TPMA_NV.NO_DA, 32, policy_cc_digest(CC.NV_Read),
-         RH.OWNER),
+        (NV_POLICY, TPMA_NV.POLICYWRITE | TPMA_NV.POLICYREAD | TPMA_NV.NO_DA, 32,
+         policy_or_digest(NV_POLICY_BRANCHES), RH.OWNER),
         (NV_PLATFORM, TPMA_NV.PLATFORMCREATE | TPMA_NV.POLICY_DELETE | TPMA_NV.PPWRITE | TPMA_NV.PPREAD
          | TPMA_NV.AUTHWRITE | TPMA_NV.AUTHREAD | TPMA_NV.NO_DA, 16, policy_cc_digest(CC.NV_UndefineSpaceSpecial),
          RH.PLATFORM),
@@ -437,13 +447,20 @@ class SeedContext:
     transact: Transact | None = None  # for seeds that need a fresh answer first (a ticket of this power cycle)
     rsa_rate: float = 1.0  # how often, relative to the default, a template asks for a new RSA key
 
-    def policy_prelude(self, code: int, session: int | None = None) -> list[bytes]:
-        """PolicyRestart and PolicyCommandCode(code) on the policy session: what a DUP or ADMIN role needs."""
+    def policy_prelude(self, code: int, session: int | None = None, branches: list[bytes] | None = None) -> list[bytes]:
+        """PolicyRestart and PolicyCommandCode(code) on the policy session (what a DUP or ADMIN role needs), then
+        PolicyOR(branches) if given."""
         session = session or self.ep.policy_session
         if session is None:
             return []
-        return [Frame(CC.PolicyRestart, [session]).build()[0],
-                Frame(CC.PolicyCommandCode, [session], None, writer().u32(code)).build()[0]]
+        prelude = [bytes(Frame(CC.PolicyRestart, [session]).build()[0]),
+                   bytes(Frame(CC.PolicyCommandCode, [session], None, writer().u32(code)).build()[0])]
+        if branches:
+            w = writer().count(len(branches))
+            for branch in branches:
+                w.b(branch)
+            prelude.append(bytes(Frame(CC.PolicyOR, [session], None, w).build()[0]))
+        return prelude
 
     # --------------------------------------------------------------- handles in their roles
 
@@ -989,10 +1006,16 @@ def _policy_ticket(c: SeedContext) -> Frame:
 @seed(CC.PolicyOR)
 def _policy_or(c: SeedContext) -> Frame:
     n = c.rng.choice((2, 2, 3, 8, 1, 0, 9))
+    branches = [c.data(c.rng.choice((32, 32, 20, 0))) for _ in range(n)]
+    if branches and c.rng.random() < 0.5:  # a fresh or restarted session's digest: this OR can succeed
+        branches[c.rng.randrange(n)] = bytes(32)
     w = writer().count(n)
-    for _ in range(n):
-        w.b(c.data(c.rng.choice((32, 32, 20, 0))))
-    return _frame(CC.PolicyOR, [c.policy_session()], None, w)
+    for branch in branches:
+        w.b(branch)
+    frame = _frame(CC.PolicyOR, [c.policy_session()], None, w)
+    if c.ep.policy_session is not None and c.rng.random() < 0.3:
+        frame.prelude = [bytes(Frame(CC.PolicyRestart, [c.ep.policy_session]).build()[0])]
+    return frame
 
 
 @seed(CC.PolicyPCR)
@@ -1272,7 +1295,7 @@ def _nv_command(c: SeedContext, code: int, preferred: tuple[int, ...], params: W
     if index == NV_POLICY or (index == NV_PLATFORM and c.rng.random() < 0.3):
         sessions = [AuthEntry(c.pick(c.ep.policy_session, RH.PW), b"", CONTINUE)]
         if sessions[0].handle == c.ep.policy_session and c.rng.random() < 0.7:
-            prelude = c.policy_prelude(code)
+            prelude = c.policy_prelude(code, branches=NV_POLICY_BRANCHES if index == NV_POLICY else None)
     else:
         sessions = c.auth()
     frame = _frame(code, [_nv_auth(c, index), index], sessions, params)
@@ -1324,8 +1347,12 @@ def _nv_read_lock(c: SeedContext) -> Frame:
 
 @seed(CC.NV_ChangeAuth)
 def _nv_change_auth(c: SeedContext) -> Frame:
-    sessions = [AuthEntry(c.pick(c.ep.policy_session, RH.PW, c.ep.hmac_session), b"", CONTINUE)]
-    return _frame(CC.NV_ChangeAuth, [c.nv(NV_ORDINARY, NV_POLICY)], sessions, writer().b(c.data(c.rng.choice((0, 16, 33)))))
+    sessions = [AuthEntry(c.pick(c.ep.policy_session, c.ep.policy_session, RH.PW, c.ep.hmac_session), b"", CONTINUE)]
+    index = c.nv(NV_POLICY, NV_POLICY, NV_ORDINARY)
+    frame = _frame(CC.NV_ChangeAuth, [index], sessions, writer().b(c.data(c.rng.choice((0, 16, 32, 33)))))
+    if sessions[0].handle == c.ep.policy_session and c.rng.random() < 0.7:
+        frame.prelude = c.policy_prelude(CC.NV_ChangeAuth, branches=NV_POLICY_BRANCHES if index == NV_POLICY else None)
+    return frame
 
 
 @seed(CC.NV_Certify)
