@@ -40,7 +40,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from vmcrypt import container
 from vmcrypt.backup import Manifest, backup_vm, check_restorable, verify_backup
 from vmcrypt.container import Mac
 from vmcrypt.errors import VmcryptError
-from vmcrypt.home_json import read_home_json, write_home_json
+from vmcrypt.home_json import read_home_json
 from vmcrypt.keyref import DataKey, KeyReference
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram, default_nvram
@@ -65,6 +65,7 @@ from vtpm.engine import Tpm
 from vtpm.state import StateError, TpmState
 from vtpm.storage import PlainStateStore, StateStoreError
 
+from support.fuzzing import seeds
 from support.fuzzing.frames import HANG_SECONDS, NoAnswer, Watchdog, check_response
 from support.fuzzing.tpm import EngineErrors, describe_exception
 
@@ -366,14 +367,8 @@ def remac_header(rng: random.Random, blob: bytes, dek: bytes) -> tuple[bytes, st
 # ----------------------------------------------------------------------------- the fixtures
 
 
-def _run_tpm(tpm: Tpm, command: bytes) -> bytes:
-    return tpm.execute(0, command)
-
-
 def _state_fixture() -> bytes:
     """A vTPM state with NV indices, a persistent key, a changed clock and saved PCRs (Shutdown(STATE))."""
-    from support.fuzzing import seeds  # the seeds module builds primaries with marks; reuse its layouts
-
     tpm = Tpm()
     tpm.execute(0, wire.STARTUP_CLEAR)
     tpm.execute(0, wire.nv_define_space(0x01000001, TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHREAD

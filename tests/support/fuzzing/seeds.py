@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vtpm import wire
-from vtpm.constants import ALG, CC, ECC_CURVE, NT, RC, RH, ST, TPMA_NV, TPMA_OBJECT, TPMA_SESSION
+from vtpm.constants import ALG, CC, ECC_CURVE, NT, RH, ST, TPMA_NV, TPMA_OBJECT, TPMA_SESSION
 from vtpm.core import COMMANDS
 from vtpm.marshal.objects import TPMT_PUBLIC
 
