@@ -86,11 +86,15 @@ def sign_digest(key: LoadedObject, scheme: int, alg: int, data_digest: bytes) ->
 def verify_digest(key: LoadedObject, signature: Any, data_digest: bytes, param: int) -> None:
     """Raise TPM_RC_SIGNATURE (for ``param``) unless ``signature`` is good for ``data_digest``."""
     sig_alg = signature.sigAlg
+    if sig_alg not in SIGNING_SCHEMES or signature.signature is None:  # TPM_ALG_NULL: no signature to check
+        raise TpmError(RC.SCHEME, param=param)
     try:
         if sig_alg == ALG.HMAC:
             if key.public.type != ALG.KEYEDHASH or key.sensitive is None:
                 raise TpmError(RC.SCHEME, param=param)
             body = signature.signature
+            if body.hashAlg not in HASHES:
+                raise TpmError(RC.HASH, param=param)
             expected = hmac_digest(body.hashAlg, key.sensitive.secret, data_digest)
             if not hmac.compare_digest(expected, body.digest):
                 raise InvalidSignature()

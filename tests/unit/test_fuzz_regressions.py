@@ -99,6 +99,27 @@ def test_a_symmetric_key_as_signer_is_a_scheme_error(tpm: Tpm) -> None:
     assert describe(run(tpm, quote)) == "TPM_RC_SCHEME parameter 2"
 
 
+@pytest.fixture
+def prepared(tpm: Tpm) -> seeds.Artifacts:
+    """The campaign's prepared TPM: persistent ECDSA signer 0x81000002, HMAC key 0x81000005, ..."""
+    return seeds.build_snapshot(lambda command: run(tpm, command), rsa_bits=1024)
+
+
+def test_verify_signature_with_a_null_or_unhashed_signature_is_a_scheme_or_hash_error(
+        tpm: Tpm, prepared: seeds.Artifacts) -> None:
+    """The full campaign's crash: VerifySignature with sigAlg TPM_ALG_NULL read the hash of a signature that is
+    not there (AttributeError); an HMAC signature naming an unknown hash looked that hash up (KeyError)."""
+    reproducer = bytes.fromhex("80010000003200000177810000020020c4982bb7c8ec497997d8560eef5b324faefe51873f4a8f45e7"
+                               "63ed77a82f2b5a0010")
+    assert describe(run(tpm, reproducer)) == "TPM_RC_SCHEME parameter 2"
+    params = seeds.writer().b(bytes(32)).u16(ALG.HMAC).u16(0x1234)
+    assert describe(run(tpm, bytes(Frame(CC.VerifySignature, [seeds.HMAC_KEY], None, params).build()[0]))) == \
+        "TPM_RC_HASH parameter 2"
+    params = seeds.writer().b(prepared.signed_digest).raw(prepared.signature)  # a good one still verifies
+    assert describe(run(tpm, bytes(Frame(CC.VerifySignature, [seeds.SIGNER], None, params).build()[0]))) == \
+        "TPM_RC_SUCCESS"
+
+
 # ----------------------------------------------------------------------------- VM-encryption files
 
 
