@@ -55,3 +55,21 @@ def test_files_fuzzed_through_their_readers_find_nothing(tmp_path: Path) -> None
     assert sum(result["outcomes"].values()) == FILES_RUN
     assert all(result["outcomes"].get(f"{target}/refused") for target in result["per_target"])
     assert report.findings_count == 0, json.dumps(result["findings"], indent=1)[:20_000]
+
+
+def test_a_crash_is_reported_with_its_input_and_traceback(monkeypatch) -> None:
+    """The oracle itself: a handler that raises is a crash finding carrying the input hex and the traceback."""
+    from vtpm.constants import CC
+    from vtpm.core import COMMANDS as REGISTRY
+
+    spec = REGISTRY[CC.ReadClock]
+
+    def broken(tpm, cmd):  # noqa: ANN001, ANN202
+        raise KeyError("planted")
+
+    monkeypatch.setitem(REGISTRY, CC.ReadClock, spec.__class__(**{**spec.__dict__, "handler": broken}))
+    report = run_tpm_campaign(960, SEED, rsa_bits=1024, rsa_rate=0)
+    assert report.crashes > 0 and not report.clean
+    finding = next(f for f in report.findings if f.kind == "crash")
+    assert finding.signature.startswith("KeyError at vtpm/") and "planted" in finding.traceback
+    assert bytes.fromhex(finding.input_hex)[6:10] == CC.ReadClock.to_bytes(4, "big")

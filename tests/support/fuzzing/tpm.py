@@ -248,7 +248,7 @@ class Campaign:
             report.crash_signatures[signature] += 1
             if report.crash_signatures[signature] == 1:
                 self._keep(Finding("crash", name, records[0].getMessage(), command.hex(), locality, started, seconds,
-                                   text, signature=signature))
+                                   cpu, traceback=text, signature=signature))
         elif problem is not None:
             kind, why = problem
             if kind == "crash":
@@ -256,7 +256,7 @@ class Campaign:
                 report.crash_signatures["TPM_RC_FAILURE without a logged exception"] += 1
             else:
                 report.malformed += 1
-            self._keep(Finding(kind, name, why, command.hex(), locality, started, seconds))
+            self._keep(Finding(kind, name, why, command.hex(), locality, started, seconds, cpu))
         if cpu > HANG_SECONDS:  # the engine itself worked that long (wall time also counts waiting for a CPU)
             bits = rsa_key_generated(command, response) if isinstance(response, bytes) else 0
             if bits:  # an RSA key was made and returned: slow, not stuck; reported apart
