@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import vtpm.engine  # noqa: F401  (registers every command in vtpm.core.COMMANDS)
 from vtpm.core import COMMANDS
 
@@ -25,7 +23,6 @@ def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
                           timeout=timeout, cwd=REPO)
 
 
-@pytest.mark.slow
 def test_a_small_campaign_with_tcp_reports_counts_that_add_up(tmp_path: Path) -> None:
     commands, files, cases = 4032, 240, 150
     result = run_script("--commands", str(commands), "--files", str(files), "--seed", "7", "--tcp",
