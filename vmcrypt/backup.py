@@ -37,6 +37,7 @@ from vmcrypt.vm_lock import lock_vm
 FORMAT = 1
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
+MAX_MANIFEST = 16 << 20  # a manifest lists a VM's files: far below this; a larger one is not read into memory
 ProgressFn = Callable[[VmFile, int, int], None]
 
 
@@ -97,8 +98,9 @@ class Manifest:
             body.pop("format")
             body.pop("files")
             return cls(**body, files=tuple(files))
-        except ValueError as exc:
-            raise BackupError(f"the manifest is not readable ({exc})", archive) from None
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise BackupError(f"the manifest is not readable ({reason})", archive) from None
 
 
 def _plain_name(name: str) -> bool:
@@ -179,6 +181,10 @@ def verify_backup(archive: str | os.PathLike[str]) -> Manifest:
             member = tar.getmember(MANIFEST) if MANIFEST in tar.getnames() else None
             if member is None:
                 raise BackupError("the archive has no manifest", archive)
+            if not member.isfile():
+                raise BackupError("the manifest is not a regular file in the archive", archive)
+            if member.size > MAX_MANIFEST:
+                raise BackupError(f"the manifest claims {member.size} bytes, more than a manifest holds", archive)
             manifest = Manifest.from_json(tar.extractfile(member).read(), archive)
             present = {m.name: m for m in tar.getmembers() if m.name != MANIFEST}
             expected = {f"vm/{e.name}": e for e in manifest.files}
@@ -190,15 +196,18 @@ def verify_backup(archive: str | os.PathLike[str]) -> Manifest:
                 raise BackupError(f"the archive holds files its manifest does not name: {', '.join(extra)}", archive)
             for name, entry in expected.items():
                 member = present[name]
-                if not member.isfile() or "/" in entry.name or entry.name.startswith("."):
+                # sparse members are never written here, and their holes could claim any size without taking room
+                if not member.isfile() or member.issparse() or "/" in entry.name or entry.name.startswith("."):
                     raise BackupError(f"unexpected archive member {name}", archive)
+                if member.size != entry.size:  # before reading: a size that lies is not read through
+                    raise BackupError(f"{entry.name} in the archive does not match its manifest entry", archive)
                 digest = hashlib.sha256()
                 handle = tar.extractfile(member)
                 while chunk := handle.read(CHUNK):
                     digest.update(chunk)
-                if member.size != entry.size or digest.hexdigest() != entry.sha256:
+                if digest.hexdigest() != entry.sha256:
                     raise BackupError(f"{entry.name} in the archive does not match its manifest entry", archive)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, ValueError, OverflowError) as exc:  # tarfile's, for bad PAX numbers
         if isinstance(exc, VmcryptError):
             raise
         raise BackupError(f"the archive cannot be read ({exc})", archive) from None

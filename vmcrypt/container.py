@@ -31,6 +31,7 @@ import hmac
 import io
 import os
 import secrets
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -216,7 +217,7 @@ def parse_header(raw: bytes, name: str | os.PathLike[str] = "<memory>") -> Conta
             parsed.provider_id, parsed.key_id, WrapAlgorithm(parsed.wrap_algorithm), parsed.wrapped_dek
         )
         cipher, mac = Cipher(parsed.cipher), Mac(parsed.mac)
-    except (cs.ConstructError, UnicodeDecodeError) as exc:
+    except (cs.ConstructError, UnicodeDecodeError, struct.error) as exc:  # the compiled parser raises struct.error
         raise CorruptError(f"damaged header ({type(exc).__name__})", name) from None
     except ValueError as exc:
         raise UnsupportedFormatError(f"unknown algorithm in header: {exc}", name) from None

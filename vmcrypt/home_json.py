@@ -50,5 +50,6 @@ def read_home_json(vm: VmHome, target: VmFile, keys: KeyManager, fmt: int, what:
         if not isinstance(body, dict) or body.get("format") != fmt:
             raise ValueError(f"format {body.get('format') if isinstance(body, dict) else None!r}")
         return body
-    except ValueError as exc:
-        raise VmError(f"the {what} cannot be read ({exc})", target.path) from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise VmError(f"the {what} cannot be read ({reason})", target.path) from None

@@ -63,18 +63,22 @@ class KeyReference:
 
     @classmethod
     def from_keysafe(cls, text: str) -> "KeyReference":
+        if not isinstance(text, str):
+            raise VmcryptError(f"a key safe is text, not {type(text).__name__}")
         scheme, sep, query = text.partition("?")
         if scheme != KEYSAFE_SCHEME or not sep:
             raise VmcryptError(f"unrecognised key safe (expected {KEYSAFE_SCHEME})")
-        fields = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
         try:
+            fields = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
             return cls(
                 provider_id=fields["provider"],
                 key_id=fields["key"],
                 wrap_algorithm=WrapAlgorithm.from_label(fields["wrap"]),
                 wrapped_dek=base64.b64decode(fields["dek"].encode("ascii"), altchars=b"-_", validate=True),
             )
-        except (KeyError, ValueError) as exc:
+        except KeyError as exc:
+            raise VmcryptError(f"malformed key safe: no {exc.args[0]} field") from None
+        except ValueError as exc:  # a query that does not parse, an unknown wrap, a DEK that is not base64
             raise VmcryptError(f"malformed key safe: {exc}") from None
 
 

@@ -70,11 +70,13 @@ class Nvram:
 
     @property
     def efi_variables(self) -> list[EfiVariable]:
+        """The UEFI variables of the EFIV section; VmError if that section is damaged."""
         raw = self.sections.get(SECTION_EFI, _EFI_STORE.build({"variables": []}))
-        return [
-            EfiVariable(uuid.UUID(bytes_le=v.vendor), v.name, v.attributes, v.data)
-            for v in _EFI_STORE.parse(raw).variables
-        ]
+        try:
+            variables = _EFI_STORE.parse(raw).variables
+        except (cs.ConstructError, UnicodeDecodeError) as exc:
+            raise VmError(f"the EFI variable store of the .nvram is damaged ({type(exc).__name__})") from None
+        return [EfiVariable(uuid.UUID(bytes_le=v.vendor), v.name, v.attributes, v.data) for v in variables]
 
     @efi_variables.setter
     def efi_variables(self, variables: list[EfiVariable]) -> None:

@@ -143,8 +143,9 @@ class Journal:
                 extra["mac_key"] = _typed(body, "mac_key", (str, type(None)))
                 extra["mac"] = _typed(body, "mac", (str, type(None)))
             return cls(operation, target, include_disks, started, **extra)
-        except (ValueError, KeyError, VmcryptError) as exc:
-            reason = exc.reason if isinstance(exc, VmcryptError) else str(exc)
+        except (ValueError, KeyError, RecursionError, VmcryptError) as exc:
+            reason = exc.reason if isinstance(exc, VmcryptError) else (
+                "nested too deeply" if isinstance(exc, RecursionError) else str(exc))
             raise VmError(f"the operation journal is unreadable ({reason})", home.journal_path) from None
 
     @staticmethod
@@ -183,7 +184,11 @@ def read_vmx(home: VmHome, keys: KeyManager | None, *, key: DataKey | None = Non
     and the ``.vmx`` is checked: a key safe needs its ``encryption.data`` and the reverse, the
     encrypted settings must be under the key safe's key, and no sensitive setting may sit in clear."""
     vmx = home.vmx_path
-    clear = VmxConfig.parse(vmx.read_text(), str(vmx))
+    try:
+        text = vmx.read_text()
+    except UnicodeDecodeError as exc:
+        raise VmError(f"not a text file ({exc.reason} at byte {exc.start})", vmx) from None
+    clear = VmxConfig.parse(text, str(vmx))
     keysafe = clear.get(KEYSAFE)
     try:
         reference = KeyReference.from_keysafe(keysafe) if keysafe else None
@@ -237,8 +242,9 @@ def _parse_data(raw: bytes, vmx: os.PathLike[str]) -> dict[str, Any]:
                 and isinstance(body.get("order"), list) and all(isinstance(k, str) for k in body["order"])):
             raise ValueError("unexpected layout")
         return body
-    except ValueError as exc:
-        raise VmError(f"{ENCRYPTED_DATA} is malformed ({exc})", vmx) from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise VmError(f"{ENCRYPTED_DATA} is malformed ({reason})", vmx) from None
 
 
 def render_vmx(settings: VmxConfig, target: DataKey | None, record: EncryptionRecord | None = None) -> bytes:

@@ -36,11 +36,9 @@ def hash_class(alg: int) -> hashes.HashAlgorithm:
 
 def key_scheme(key: LoadedObject) -> tuple[int, int]:
     """(scheme, hash) fixed by the key's public area; (NULL, NULL) if the key leaves it open."""
-    params = key.public.area.parameters
-    if key.public.type == ALG.KEYEDHASH:
-        scheme = params.scheme
-    else:
-        scheme = params.scheme
+    if key.public.type not in (ALG.RSA, ALG.ECC, ALG.KEYEDHASH):
+        return ALG.NULL, ALG.NULL  # a symmetric key has no signing scheme: nothing selects one for it
+    scheme = key.public.area.parameters.scheme
     if scheme.scheme == ALG.NULL or scheme.details is None:
         return scheme.scheme, ALG.NULL
     return scheme.scheme, scheme.details.hashAlg
@@ -186,11 +184,15 @@ def _verify_ecc(key: LoadedObject, sig_alg: int, body: Any, data_digest: bytes) 
 def verify_digest(key: LoadedObject, signature: Any, data_digest: bytes, param: int) -> None:
     """Raise TPM_RC_SIGNATURE (for ``param``) unless ``signature`` is good for ``data_digest``."""
     sig_alg = signature.sigAlg
+    if sig_alg not in SIGNING_SCHEMES or signature.signature is None:  # TPM_ALG_NULL: no signature to check
+        raise TpmError(RC.SCHEME, param=param)
     try:
         if sig_alg == ALG.HMAC:
             if key.public.type != ALG.KEYEDHASH or key.sensitive is None:
                 raise TpmError(RC.SCHEME, param=param)
             body = signature.signature
+            if body.hashAlg not in HASHES:
+                raise TpmError(RC.HASH, param=param)
             expected = hmac_digest(body.hashAlg, key.sensitive.secret, data_digest)
             if not hmac.compare_digest(expected, body.digest):
                 raise InvalidSignature()

@@ -264,9 +264,16 @@ def generate(public: Public, data: bytes, random: Any) -> tuple[Public, bytes, b
     size = HASHES[public.name_alg].size
     seed_value = random(size) if public.is_storage_parent or kind == ALG.KEYEDHASH else b""
     if kind == ALG.RSA:
-        key = CryptoRSA.generate(area.parameters.keyBits, randfunc=random, e=_rsa_exponent(public))
-        secret = key.p.to_bytes(area.parameters.keyBits // 16, "big")
-        area.unique = key.n.to_bytes(area.parameters.keyBits // 8, "big")
+        bits, exponent = area.parameters.keyBits, _rsa_exponent(public)
+        if isinstance(random, KdfStream) or exponent not in (3, DEFAULT_EXPONENT):
+            # a primary: the same seed and template must give the same key, so its primes come from the KDF stream
+            key = CryptoRSA.generate(bits, randfunc=random, e=exponent)
+            p, n = int(key.p), int(key.n)
+        else:  # an ordinary key: OpenSSL's prime search, several times faster
+            numbers = rsa.generate_private_key(exponent, bits).private_numbers()
+            p, n = numbers.p, numbers.public_numbers.n
+        secret = p.to_bytes(bits // 16, "big")
+        area.unique = n.to_bytes(bits // 8, "big")
     elif kind == ALG.ECC:
         curve, length = CURVES[area.parameters.curveID]
         order = CURVE_ORDERS[area.parameters.curveID]
@@ -324,14 +331,26 @@ class LoadedObject:
         )
 
     def public_key(self) -> Any:
+        """The public key of an RSA or ECC object; TPM_RC_ECC_POINT or TPM_RC_KEY if its unique field is not one."""
         area = self.public.area
         if self.public.type == ALG.RSA:
-            return rsa.RSAPublicNumbers(_rsa_exponent(self.public), int.from_bytes(area.unique, "big")).public_key()
+            n = int.from_bytes(area.unique, "big")
+            if len(area.unique) != area.parameters.keyBits // 8:
+                raise TpmError(RC.KEY)
+            try:
+                return rsa.RSAPublicNumbers(_rsa_exponent(self.public), n).public_key()
+            except ValueError:  # e.g. an even modulus
+                raise TpmError(RC.KEY) from None
         if self.public.type == ALG.ECC:
-            curve, _ = CURVES[area.parameters.curveID]
-            return ec.EllipticCurvePublicNumbers(
-                int.from_bytes(area.unique.x, "big"), int.from_bytes(area.unique.y, "big"), curve
-            ).public_key()
+            curve, size = CURVES[area.parameters.curveID]
+            if len(area.unique.x) > size or len(area.unique.y) > size:
+                raise TpmError(RC.ECC_POINT)
+            try:
+                return ec.EllipticCurvePublicNumbers(
+                    int.from_bytes(area.unique.x, "big"), int.from_bytes(area.unique.y, "big"), curve
+                ).public_key()
+            except ValueError:  # not a point on the curve
+                raise TpmError(RC.ECC_POINT) from None
         raise TpmError(RC.TYPE)
 
     def private_key(self) -> Any:
@@ -347,17 +366,24 @@ class LoadedObject:
             if not p or n % p:
                 raise TpmError(RC.BINDING)
             q = n // p
-            d = pow(e, -1, (p - 1) * (q - 1))
-            numbers = rsa.RSAPrivateNumbers(
-                p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
-                rsa.RSAPublicNumbers(e, n),
-            )
-            self._private_key = numbers.private_key()
+            try:
+                d = pow(e, -1, (p - 1) * (q - 1))
+                numbers = rsa.RSAPrivateNumbers(
+                    p, q, d, rsa.rsa_crt_dmp1(d, p), rsa.rsa_crt_dmq1(d, q), rsa.rsa_crt_iqmp(p, q),
+                    rsa.RSAPublicNumbers(e, n),
+                )
+                self._private_key = numbers.private_key()
+            except ValueError:  # p and n/p are not the primes of an RSA key with this exponent
+                raise TpmError(RC.BINDING) from None
         elif self.public.type == ALG.ECC:
             curve, _ = CURVES[area.parameters.curveID]
-            self._private_key = ec.derive_private_key(int.from_bytes(self.sensitive.secret, "big"), curve)
-            if self._private_key.public_key().public_numbers() != self.public_key().public_numbers():
+            try:
+                private = ec.derive_private_key(int.from_bytes(self.sensitive.secret, "big"), curve)
+            except ValueError:  # zero, or not below the curve order
+                raise TpmError(RC.BINDING) from None
+            if private.public_key().public_numbers() != self.public_key().public_numbers():
                 raise TpmError(RC.BINDING)
+            self._private_key = private
         else:
             raise TpmError(RC.TYPE)
         return self._private_key

@@ -13,8 +13,13 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vtpm.constants import ALG, CC, TPMA_NV
+import construct as cs
+
+from vtpm.constants import ALG, CC, RH, TPMA_NV
 from vtpm.crypto import HASHES, digest, digest_size
+from vtpm.errors import TpmError
+from vtpm.marshal.objects import TPM2B_SENSITIVE, TPMT_PUBLIC
+from vtpm.marshal.primitives import parse_exact
 
 STATE_FORMAT = "vtpm-state"
 STATE_VERSION = 1
@@ -153,7 +158,7 @@ class TpmState:
     def from_bytes(cls, raw: bytes) -> "TpmState":
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise StateError(f"TPM state is not readable ({type(exc).__name__})") from None
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise StateError("not a vTPM state")
@@ -161,7 +166,7 @@ class TpmState:
             raise StateError(f"TPM state version {doc.get('version')} is not supported")
         try:
             return _decode(doc["state"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:  # a wrong type
             raise StateError(f"TPM state is damaged ({type(exc).__name__}: {exc})") from None
 
 
@@ -195,6 +200,8 @@ def _encode(state: TpmState) -> dict[str, Any]:
 
 def _decode(body: dict[str, Any]) -> TpmState:
     body = _unhex(body)
+    if not isinstance(body, dict):
+        raise TypeError(f"the state is a {type(body).__name__}, not an object")
     nv = {int(entry["index"]): NvIndex(**entry) for entry in body.pop("nv")}
     saved = body.pop("saved")
     hierarchies = {
@@ -204,10 +211,98 @@ def _decode(body: dict[str, Any]) -> TpmState:
     state = TpmState(**body, **hierarchies, nv=nv, persistent=persistent)
     if saved is not None:
         state.saved = SavedState({int(k): v for k, v in saved["pcrs"].items()})
-    for seed in (state.eps, state.sps, state.pps):
-        if not isinstance(seed, bytes) or len(seed) != SEED_SIZE:
-            raise ValueError("seed has the wrong size")
+    _check(state)
     return state
+
+
+U32_MAX = 0xFFFF_FFFF
+U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+NV_INDEX_MAX_SIZE = 2048
+SAVED_PCRS = 16  # Shutdown(STATE) saves PCRs 0-15
+
+
+def _is_int(value: Any, top: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top
+
+
+def _is_bytes(value: Any, most: int = 1 << 20) -> bool:
+    return isinstance(value, bytes) and len(value) <= most
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(what)
+
+
+def _check(state: TpmState) -> None:
+    """Every field has the type and range the engine relies on; ValueError names the first that does not.
+
+    A state that loads must run: the engine reads these fields without checking them again.
+    """
+    for seed in (state.eps, state.sps, state.pps):
+        _require(isinstance(seed, bytes) and len(seed) == SEED_SIZE, "seed has the wrong size")
+    for proof in (state.eh_proof, state.sh_proof, state.ph_proof):
+        _require(isinstance(proof, bytes) and len(proof) == PROOF_SIZE, "proof has the wrong size")
+    for name in ("owner", "endorsement", "lockout", "platform_policy", "pcr_group_policy"):
+        h = getattr(state, name)
+        _require(_is_bytes(h.auth, 64) and _is_bytes(h.policy, 64), f"{name} auth or policy is not a short byte string")
+        _require(h.policy_alg == ALG.NULL or h.policy_alg in HASHES, f"{name} policy hash is not a hash algorithm")
+    for flag in ("disable_clear", "clock_safe", "last_startup_orderly", "nv_global_locked"):
+        _require(isinstance(getattr(state, flag), bool), f"{flag} is not true or false")
+    for counter, top in (("clock_ms", U64_MAX), ("reset_count", U32_MAX), ("restart_count", U32_MAX),
+                         ("failed_tries", U32_MAX), ("max_tries", U32_MAX), ("recovery_time", U32_MAX),
+                         ("lockout_recovery", U32_MAX), ("max_nv_counter", U64_MAX), ("context_counter", U64_MAX),
+                         ("total_commands", U64_MAX)):
+        _require(_is_int(getattr(state, counter), top), f"{counter} is not a counter")
+    _require(state.orderly in ("none", "clear", "state"), "orderly is not none, clear or state")
+    allocations = [state.pcr_banks] + ([] if state.pcr_banks_pending is None else [state.pcr_banks_pending])
+    for banks in allocations:
+        _require(isinstance(banks, list) and all(b in HASHES and not isinstance(b, bool) for b in banks)
+                 and len(set(banks)) == len(banks), "PCR banks are not distinct hash algorithms")
+    for handle, index in state.nv.items():
+        _require(_is_int(handle, U32_MAX) and handle >> 24 == 0x01 and _is_int(index.index, U32_MAX)
+                 and index.index == handle,
+                 "an NV index handle is not one")
+        _require(index.name_alg in HASHES and _is_int(index.attributes, U32_MAX), f"NV index {handle:#x}: nameAlg or attributes")
+        _require(_is_int(index.data_size, NV_INDEX_MAX_SIZE) and _is_bytes(index.data, index.data_size),
+                 f"NV index {handle:#x}: size or data")
+        _require(_is_bytes(index.auth_policy, 64) and _is_bytes(index.auth_value, 64), f"NV index {handle:#x}: auth")
+    if state.saved is not None:
+        for bank, values in state.saved.pcrs.items():
+            _require(bank in HASHES and isinstance(values, list) and len(values) == SAVED_PCRS
+                     and all(isinstance(v, bytes) and len(v) == HASHES[bank].size for v in values),
+                     "saved PCRs are not 16 digests per bank")
+    for handle, entry in state.persistent.items():
+        _require(_is_int(handle, U32_MAX) and handle >> 24 == 0x81, "a persistent handle is not one")
+        _require(isinstance(entry, dict) and set(entry) == {"public", "sensitive", "hierarchy", "qualified_name"},
+                 f"persistent object {handle:#x} lacks a field")
+        _require(_is_bytes(entry["public"], 4096) and _is_bytes(entry["sensitive"], 4096)
+                 and _is_bytes(entry["qualified_name"], 2 + max(h.size for h in HASHES.values()))
+                 and entry["hierarchy"] in (RH.OWNER, RH.ENDORSEMENT, RH.PLATFORM),
+                 f"persistent object {handle:#x}: a field of the wrong type")
+        try:
+            parse_exact(TPMT_PUBLIC, entry["public"])
+            if entry["sensitive"]:
+                parse_exact(TPM2B_SENSITIVE, entry["sensitive"])
+        except (cs.ConstructError, TpmError) as exc:
+            raise ValueError(f"persistent object {handle:#x} does not parse ({type(exc).__name__})") from None
+    for name in ("audit_commands", "pp_commands"):
+        codes = getattr(state, name)
+        _require(isinstance(codes, list) and all(_is_int(c, U32_MAX) for c in codes), f"{name} is not a list of command codes")
+    _require(state.audit_hash_alg in HASHES and not isinstance(state.audit_hash_alg, bool), "audit_hash_alg is not a hash")
+    _require(_is_bytes(state.command_audit_digest, 64) and _is_bytes(state.commit_nonce, 64),
+             "command_audit_digest or commit_nonce is not a short byte string")
+    for counter, top in (("audit_counter", U64_MAX), ("commit_counter", U64_MAX), ("commit_array", (1 << 128) - 1),
+                         ("algorithm_set", U32_MAX)):
+        _require(_is_int(getattr(state, counter), top), f"{counter} is not a counter")
+    allocations = [state.pcr_partial] + ([] if state.pcr_partial_pending is None else [state.pcr_partial_pending])
+    for partial in allocations:
+        _require(isinstance(partial, list) and all(
+            isinstance(p, list) and len(p) == 2 and p[0] in HASHES and not isinstance(p[0], bool) and _is_int(p[1], 0xFFFFFF)
+            for p in partial), "partial PCR allocations are not [bank, bitmap] pairs")
+    for key, entry in state.primary_cache.items():
+        _require(isinstance(entry, dict) and set(entry) == {"n", "p", "seed_value"}
+                 and all(_is_bytes(v, 512) for v in entry.values()), f"primary cache entry {key} is damaged")
 
 
 # ---------------------------------------------------------------------------- volatile

@@ -244,5 +244,6 @@ def _parse_store(raw: bytes, path: os.PathLike[str] | str) -> dict[str, Any]:
             if not (isinstance(marks, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in marks.values())):
                 raise ValueError(f"key {key_id}: unexpected generations")
         return store
-    except ValueError as exc:
-        raise KeyProviderError(f"key store content is unreadable ({exc})", path) from None
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise KeyProviderError(f"key store content is unreadable ({reason})", path) from None

@@ -80,8 +80,9 @@ class ProviderRegistry:
             config = json.loads(self.config_path.read_bytes())
             _check_config(config)
             return config
-        except ValueError as exc:
-            raise KeyProviderError(f"provider configuration is unreadable ({exc})", self.config_path) from None
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise KeyProviderError(f"provider configuration is unreadable ({reason})", self.config_path) from None
 
     def _write(self, config: dict[str, Any]) -> None:
         write_atomic(self.config_path, json.dumps(config, indent=2, sort_keys=True).encode(), mode=0o600)

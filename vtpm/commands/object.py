@@ -117,6 +117,11 @@ def load_external(tpm: Tpm, cmd: Command) -> Response:
         s = p.inPrivate
         sensitive = Sensitive(s.sensitiveType, s.authValue, s.seedValue, s.sensitive)
     obj = LoadedObject(public, sensitive, p.hierarchy, public.name)
+    if public.type in (ALG.RSA, ALG.ECC):
+        try:
+            obj.public_key()  # an ECC point on the curve, an RSA modulus of keyBits
+        except TpmError as exc:
+            raise exc.at_param(2) from None
     try:
         check_binding(obj)
     except TpmError as exc:
