@@ -9,6 +9,7 @@ Literal ``__import__("x")`` and ``importlib.import_module("x")`` calls count too
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -76,13 +77,20 @@ def _named(module: str, is_package: bool, statement: ast.Import | ast.ImportFrom
 def imported_names(runtime_only: bool = True, root_packages: Iterable[str] = PACKAGES,
                    root: Path = REPO_ROOT) -> dict[str, set[str]]:
     """module -> every dotted name it imports (ours or not), e.g. to find a forbidden package."""
+    cached = _imported_names(runtime_only, tuple(root_packages), root)
+    return {module: set(names) for module, names in cached.items()}  # a copy: callers may change theirs
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_names(runtime_only: bool, root_packages: tuple[str, ...], root: Path) -> dict[str, frozenset[str]]:
+    """The source is read and parsed once per test session and question (the layer, layout and wire tests ask)."""
     modules = module_files(root_packages, root)
-    names: dict[str, set[str]] = {}
+    names: dict[str, frozenset[str]] = {}
     for module, path in modules.items():
         tree = ast.parse(path.read_text(), filename=str(path))
         is_package = path.name == "__init__.py"
-        names[module] = {name for statement in _statements(tree, runtime_only)
-                         for name in _named(module, is_package, statement, modules)}
+        names[module] = frozenset(name for statement in _statements(tree, runtime_only)
+                                  for name in _named(module, is_package, statement, modules))
     return names
 
 
