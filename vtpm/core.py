@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import construct as cs
 
 from vtpm.constants import CC, HT
+from vtpm.marshal.fast import Reader, compile_params
 
 if TYPE_CHECKING:
     from vtpm.engine import Tpm
@@ -100,6 +101,8 @@ class CommandSpec:
     before_startup: bool = False
     allow_sessions: bool = True
     response_tpm2b: bool = False  # the first response parameter is a TPM2B (may be encrypted)
+    # Direct readers for ``params`` (vtpm.marshal.fast), None when they need `construct`.
+    readers: tuple[tuple[str, Reader], ...] | None = None
 
 
 COMMANDS: dict[int, CommandSpec] = {}
@@ -119,8 +122,10 @@ def command(
     def register(handler: Handler) -> Handler:
         if code in COMMANDS:
             raise RuntimeError(f"{code.name} registered twice")
+        declared = tuple(params)
         COMMANDS[code] = CommandSpec(
-            code, handler, tuple(handles), tuple(params), before_startup, allow_sessions, response_tpm2b
+            code, handler, tuple(handles), declared, before_startup, allow_sessions, response_tpm2b,
+            compile_params(declared),
         )
         return handler
 

@@ -235,6 +235,25 @@ def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
 
 
 def _parse_params(spec: CommandSpec, raw: bytes) -> cs.Container:
+    readers = spec.readers
+    if readers is not None:  # the direct readers: same values and codes as the constructs
+        params = cs.Container()
+        pos = 0
+        number = 0
+        try:
+            for number, (name, read) in enumerate(readers, 1):
+                params[name], pos = read(raw, pos)
+        except TpmError as exc:
+            raise exc.at_param(number)
+        except cs.StreamError:
+            raise TpmError(RC.INSUFFICIENT, param=number) from None
+        if pos != len(raw):
+            raise TpmError(RC.SIZE)
+        return params
+    return _parse_params_construct(spec, raw)
+
+
+def _parse_params_construct(spec: CommandSpec, raw: bytes) -> cs.Container:
     stream = io.BytesIO(raw)
     params = cs.Container()
     for number, (name, construct) in enumerate(spec.params, 1):
