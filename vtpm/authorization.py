@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, HT, RC, RH, ST, TPMA_NV, TPMA_SESSION
@@ -104,7 +104,8 @@ def _extra_nonces(ctx: AuthContext, use: SessionUse) -> bytes:
 
 
 def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], entities: dict[int, "Entity"],
-              sessions: list["Session"], raw_params: bytes, auth_handles: list[int]) -> tuple[AuthContext, bytes]:
+              sessions: list["Session"], raw_params: bytes,
+              auth_handles: Sequence[int]) -> tuple[AuthContext, bytes]:
     """Check all sessions; return the context and the (possibly decrypted) parameter bytes."""
 
     ctx = AuthContext()
@@ -147,16 +148,24 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
             _check_audit_session(tpm, ctx, use)
             ctx.audit = use
 
-    names = [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
+    names: list[bytes] = []
     hashes: dict[int, bytes] = {}
+
+    def handle_names() -> list[bytes]:
+        # the Names of the command's handles, looked at only when cpHash or a policy needs them
+        if len(names) != len(handles):
+            names[:] = [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
+        return names
 
     def command_hash(alg: int) -> bytes:
         if alg not in hashes:
-            hashes[alg] = cp_hash(alg, code, names, raw_params)
+            hashes[alg] = cp_hash(alg, code, handle_names(), raw_params)
         return hashes[alg]
 
     ctx.command_hash = command_hash
     ctx.allows_sessions = spec.allow_sessions
+    if not ctx.uses:
+        return ctx, raw_params
     for use in ctx.uses:
         session = use.session
         if use.entity is None:  # a session for encryption or audit only: its HMAC still has to match
@@ -166,7 +175,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
             use.include_auth = False
             _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
             continue
-        _check_authorization(tpm, ctx, use, code, command_hash, names, raw_params)
+        _check_authorization(tpm, ctx, use, code, command_hash, handle_names, raw_params)
 
     for use in ctx.uses:
         if use.session is not None:
@@ -189,7 +198,8 @@ def _check_audit_session(tpm: "Tpm", ctx: AuthContext, use: SessionUse) -> None:
 
 
 def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: int,
-                         command_hash: Callable[[int], bytes], names: list[bytes], raw_params: bytes) -> None:
+                         command_hash: Callable[[int], bytes], names: Callable[[], list[bytes]],
+                         raw_params: bytes) -> None:
     """One authorization session, in the reference implementation's order (Part 1 19.6):
     lockout, session kind, whether the entity's auth may be used at all, then the proof."""
     session, entity = use.session, use.entity
@@ -216,7 +226,7 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
         available = entity.auth_available(code, True, admin) if entity.auth_available else bool(entity.auth_policy)
         if not available:
             raise TpmError(RC.AUTH_UNAVAILABLE)
-        _check_policy(tpm, use, code, command_hash(session.auth_hash), names, raw_params)
+        _check_policy(tpm, use, code, command_hash(session.auth_hash), names(), raw_params)
     try:
         if session is None or session.needs_password:
             _check_password(tpm, use)
@@ -340,6 +350,13 @@ def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes, tag: int) ->
     """Finish a successful command (Part 3 5.7, the reference implementation's BuildResponseSession):
     new nonces, encryption of the first response parameter, session and command audit, then the
     response authorization area (empty without sessions). Returns (params, area)."""
+    if not ctx.uses:  # no session: only command audit and the end of an exclusive audit session remain
+        if ctx.allows_sessions:
+            tpm.volatile.exclusive_audit_session = None
+        if is_audited(tpm, code) and ctx.command_hash is not None:
+            alg = tpm.state.audit_hash_alg
+            record_command(tpm, ctx.command_hash(alg), rp_hash(alg, code, params))
+        return params, b""
     sessions = tag == ST.SESSIONS
     if sessions:
         for use in ctx.uses:

@@ -103,6 +103,8 @@ class CommandSpec:
     response_tpm2b: bool = False  # the first response parameter is a TPM2B (may be encrypted)
     # Direct readers for ``params`` (vtpm.marshal.fast), None when they need `construct`.
     readers: tuple[tuple[str, Reader], ...] | None = None
+    # Positions (0-based) of the handles that need an authorization session, in order.
+    auth_handles: tuple[int, ...] = ()
 
 
 COMMANDS: dict[int, CommandSpec] = {}
@@ -122,10 +124,10 @@ def command(
     def register(handler: Handler) -> Handler:
         if code in COMMANDS:
             raise RuntimeError(f"{code.name} registered twice")
-        declared = tuple(params)
+        declared, specs = tuple(params), tuple(handles)
         COMMANDS[code] = CommandSpec(
-            code, handler, tuple(handles), declared, before_startup, allow_sessions, response_tpm2b,
-            compile_params(declared),
+            code, handler, specs, declared, before_startup, allow_sessions, response_tpm2b,
+            compile_params(declared), tuple(i for i, h in enumerate(specs) if h.auth != Auth.NONE),
         )
         return handler
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
+import os
+import struct
 import time
 from collections.abc import Callable
 
@@ -46,6 +47,8 @@ from vtpm.errors import TpmError
 from vtpm.state import TpmState, Volatile
 
 log = logging.getLogger(__name__)
+_HEADER = struct.Struct(">HII")  # tag, commandSize, commandCode
+_U32 = struct.Struct(">I")
 
 HEADER_SIZE = 10
 MAX_COMMAND_SIZE = 4096
@@ -123,9 +126,7 @@ class Tpm:
     def _execute(self, data: bytes) -> bytes:
         if len(data) < HEADER_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
-        tag = int.from_bytes(data[0:2], "big")
-        size = int.from_bytes(data[2:6], "big")
-        code = int.from_bytes(data[6:10], "big")
+        tag, size, code = _HEADER.unpack_from(data)
         if tag == TPM12_TAG:
             # A TPM 1.2 command (e.g. a GetTicks probe): answer as a 1.2 TPM would, TPM_BADTAG.
             return (0x00C4).to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.BAD_TAG.to_bytes(4, "big")
@@ -145,7 +146,7 @@ class Tpm:
         for number, hspec in enumerate(spec.handles, 1):
             if len(data) < offset + 4:
                 raise TpmError(RC.INSUFFICIENT, handle=number)
-            handle = int.from_bytes(data[offset : offset + 4], "big")
+            handle = _U32.unpack_from(data, offset)[0]
             offset += 4
             if not hspec.accepts(handle):
                 raise TpmError(RC.VALUE, handle=number)
@@ -156,12 +157,12 @@ class Tpm:
             if not spec.allow_sessions:
                 raise TpmError(RC.AUTH_CONTEXT)
             sessions, offset = _parse_sessions(data, offset)
-        needs_auth = [(i, h) for i, h in enumerate(spec.handles) if h.auth != Auth.NONE]
-        if len(sessions) < len(needs_auth):
+        auth_handles = spec.auth_handles
+        if len(sessions) < len(auth_handles):
             raise TpmError(RC.AUTH_MISSING)
 
         entities: dict[int, Entity] = {}
-        for number, (hspec, handle) in enumerate(zip(spec.handles, handles), 1):
+        for number, handle in enumerate(handles, 1):
             resolver = ENTITY_RESOLVERS.get(handle >> 24)
             if resolver is None:
                 raise TpmError(RC.HANDLE, handle=number)
@@ -175,7 +176,6 @@ class Tpm:
                 raise
             entities[number] = entity
 
-        auth_handles = [i for i, h in enumerate(spec.handles) if h.auth != Auth.NONE]
         raw_params = data[offset:]
         ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
@@ -188,7 +188,7 @@ class Tpm:
         return DictionaryAttack(self)
 
     def random(self, n: int) -> bytes:
-        return secrets.token_bytes(n)
+        return os.urandom(n)  # what secrets.token_bytes returns, without its two extra calls
 
 
 def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:

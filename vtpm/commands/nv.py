@@ -38,11 +38,12 @@ DYNAMIC = TPMA_NV.WRITTEN | TPMA_NV.WRITELOCKED | TPMA_NV.READLOCKED
 PROVISION = (RH.OWNER, RH.PLATFORM)
 NV_AUTH = handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=PROVISION)
 NV_INDEX = handle_spec("nvIndex", types=[HT.NV_INDEX])
+_WRITTEN, _WRITEALL = int(TPMA_NV.WRITTEN), int(TPMA_NV.WRITEALL)
 
 
 def _set_written(tpm: Tpm, index: NvIndex, data: bytes) -> None:
     index.data = data
-    index.attributes |= TPMA_NV.WRITTEN
+    index.attributes = int(index.attributes) | _WRITTEN  # a plain int: IntFlag arithmetic is slow
     tpm.mark_dirty()
 
 
@@ -174,9 +175,10 @@ def nv_write(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.VALUE, param=2)
     if offset + len(data) > index.data_size:
         raise TpmError(RC.NV_RANGE)
-    if index.has(TPMA_NV.WRITEALL) and len(data) != index.data_size:
+    attributes = int(index.attributes)
+    if attributes & _WRITEALL and len(data) != index.data_size:
         raise TpmError(RC.NV_RANGE)
-    current = bytearray(index.data if index.has(TPMA_NV.WRITTEN) else b"\xff" * index.data_size)
+    current = bytearray(index.data if attributes & _WRITTEN else b"\xff" * index.data_size)
     current[offset : offset + len(data)] = data
     _set_written(tpm, index, bytes(current))
     return Response()
@@ -271,7 +273,8 @@ def nv_read(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.VALUE, param=1)
     if offset + size > index.data_size:
         raise TpmError(RC.NV_RANGE)
-    return Response(params=TPM2B_MAX_NV_BUFFER.build(index.data[offset : offset + size]))
+    data = index.data[offset : offset + size]  # at most MAX_NV_BUFFER_SIZE: a TPM2B_MAX_NV_BUFFER
+    return Response(params=len(data).to_bytes(2, "big") + data)
 
 
 @command(CC.NV_ReadLock, handles=[NV_AUTH, NV_INDEX])

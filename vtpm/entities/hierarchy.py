@@ -65,8 +65,14 @@ def _path(hierarchy: int, column: str) -> str:
     return path
 
 
+_GETTERS: dict[str, attrgetter] = {}
+
+
 def _read(tpm: Tpm, path: str) -> Any:
-    return attrgetter(path)(tpm)
+    getter = _GETTERS.get(path)
+    if getter is None:  # one attrgetter per path of the table, made once
+        getter = _GETTERS[path] = attrgetter(path)
+    return getter(tpm)
 
 
 def _write(tpm: Tpm, path: str, value: Any) -> None:
