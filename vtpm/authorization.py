@@ -40,6 +40,8 @@ DECRYPT = int(TPMA_SESSION.DECRYPT)
 ENCRYPT = int(TPMA_SESSION.ENCRYPT)
 CONTINUE = int(TPMA_SESSION.CONTINUE_SESSION)
 PASSWORD_FORBIDDEN = ENCRYPT | DECRYPT | AUDIT_FLAGS
+# TPMS_AUTH_RESPONSE of a password session by its attributes: empty nonce, the attributes, empty HMAC.
+_PASSWORD_RESPONSES = [b"\x00\x00" + bytes([attributes]) + b"\x00\x00" for attributes in range(256)]
 
 
 @dataclass
@@ -350,13 +352,17 @@ def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes, tag: int) ->
     """Finish a successful command (Part 3 5.7, the reference implementation's BuildResponseSession):
     new nonces, encryption of the first response parameter, session and command audit, then the
     response authorization area (empty without sessions). Returns (params, area)."""
-    if not ctx.uses:  # no session: only command audit and the end of an exclusive audit session remain
+    if ctx.audit is None and all(use.session is None for use in ctx.uses):
+        # No session or only password sessions: no nonce, no encryption, no HMAC, no session audit;
+        # only command audit and the end of an exclusive audit session remain.
         if ctx.allows_sessions:
             tpm.volatile.exclusive_audit_session = None
         if is_audited(tpm, code) and ctx.command_hash is not None:
             alg = tpm.state.audit_hash_alg
             record_command(tpm, ctx.command_hash(alg), rp_hash(alg, code, params))
-        return params, b""
+        if tag != ST.SESSIONS:
+            return params, b""
+        return params, b"".join(_PASSWORD_RESPONSES[use.wire.attributes | CONTINUE] for use in ctx.uses)
     sessions = tag == ST.SESSIONS
     if sessions:
         for use in ctx.uses:

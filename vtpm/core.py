@@ -134,9 +134,16 @@ def command(
     return register
 
 
-@dataclass(frozen=True)
+_set_attribute = object.__setattr__
+
+
+@dataclass(frozen=True, init=False)
 class Entity:
-    """What authorization needs to know about the object a handle names."""
+    """What authorization needs to know about the object a handle names.
+
+    Immutable; its ``__init__`` fills the instance dict in one step, because a frozen dataclass's
+    generated one (a call of object.__setattr__ per field) was the dearest part of resolving a handle.
+    """
 
     auth_value: bytes
     da_protected: bool
@@ -152,6 +159,16 @@ class Entity:
     admin_needs_policy: bool = True  # objects with adminWithPolicy clear may use their authValue
     # Told whether a use of the entity's authValue succeeded (a PIN index counts its uses and failures).
     auth_used: Callable[[bool], None] | None = None
+
+    def __init__(self, auth_value: bytes, da_protected: bool, is_lockout: bool = False, name: bytes | None = None,
+                 auth_policy: bytes = b"", auth_policy_alg: int = 0x0010,
+                 auth_available: Callable[[int, bool, bool], bool] | None = None, user_needs_policy: bool = False,
+                 admin_needs_policy: bool = True, auth_used: Callable[[bool], None] | None = None) -> None:
+        _set_attribute(self, "__dict__", {
+            "auth_value": auth_value, "da_protected": da_protected, "is_lockout": is_lockout, "name": name,
+            "auth_policy": auth_policy, "auth_policy_alg": auth_policy_alg, "auth_available": auth_available,
+            "user_needs_policy": user_needs_policy, "admin_needs_policy": admin_needs_policy, "auth_used": auth_used,
+        })
 
     def name_for(self, handle: int) -> bytes:
         """The Name that goes into cpHash, policy digests and bindings for the handle of this entity."""

@@ -271,7 +271,7 @@ def _parse_params_construct(spec: CommandSpec, raw: bytes) -> cs.Container:
 
 
 def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: AuthContext) -> bytes:
-    body = b"".join(h.to_bytes(4, "big") for h in result.handles)
+    body = b"".join(h.to_bytes(4, "big") for h in result.handles) if result.handles else b""
     params, area = respond(tpm, ctx, code, result.params, tag)
     if tag == ST.SESSIONS:
         body += len(params).to_bytes(4, "big") + params + area
@@ -280,7 +280,7 @@ def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: Auth
     size = HEADER_SIZE + len(body)
     if size > MAX_RESPONSE_SIZE:
         raise TpmError(RC.SIZE)
-    return tag.to_bytes(2, "big") + size.to_bytes(4, "big") + RC.SUCCESS.to_bytes(4, "big") + body
+    return _HEADER.pack(tag, size, RC.SUCCESS) + body
 
 
 # The engine's types live in vtpm.core; they stay importable from here.
