@@ -40,6 +40,10 @@ DECRYPT = int(TPMA_SESSION.DECRYPT)
 ENCRYPT = int(TPMA_SESSION.ENCRYPT)
 CONTINUE = int(TPMA_SESSION.CONTINUE_SESSION)
 PASSWORD_FORBIDDEN = ENCRYPT | DECRYPT | AUDIT_FLAGS
+# Enum members read on every command, as plain values (a class attribute lookup each otherwise).
+_PW, _PLATFORM, _SESSIONS = int(RH.PW), int(RH.PLATFORM), int(ST.SESSIONS)
+_DUP = Auth.DUP
+_ADMIN_ROLES = (Auth.ADMIN, Auth.DUP)
 # TPMS_AUTH_RESPONSE of a password session by its attributes: empty nonce, the attributes, empty HMAC.
 _PASSWORD_RESPONSES = [b"\x00\x00" + bytes([attributes]) + b"\x00\x00" for attributes in range(256)]
 
@@ -118,7 +122,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
         entity = entities[index + 1] if index is not None else None
         hspec = spec.handles[index] if index is not None else None
         handle = handles[index] if index is not None else None
-        if wire.handle == RH.PW:
+        if wire.handle == _PW:
             if entity is None:  # a password session must authorize a handle
                 raise TpmError(RC.HANDLE, session=number)
             if wire.attributes & PASSWORD_FORBIDDEN:
@@ -206,9 +210,9 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
     lockout, session kind, whether the entity's auth may be used at all, then the proof."""
     session, entity = use.session, use.entity
     assert entity is not None
-    if use.handle == RH.PLATFORM and code in tpm.state.pp_commands and not tpm.volatile.physical_presence:
+    if use.handle == _PLATFORM and code in tpm.state.pp_commands and not tpm.volatile.physical_presence:
         raise TpmError(RC.PP, session=use.number)  # this command needs physical presence with platformAuth
-    admin = use.hspec is not None and use.hspec.auth in (Auth.ADMIN, Auth.DUP)
+    admin = use.hspec is not None and use.hspec.auth in _ADMIN_ROLES
     if session is None:
         auth_used = True
     elif session.is_policy:
@@ -219,7 +223,7 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
     if auth_used:
         tpm.dictionary_attack.check_allowed(entity)
     if session is None or not session.is_policy:
-        dup = use.hspec is not None and use.hspec.auth == Auth.DUP  # the DUP role always needs a policy
+        dup = use.hspec is not None and use.hspec.auth is _DUP  # the DUP role always needs a policy
         if dup or (entity.admin_needs_policy if admin else entity.user_needs_policy):
             raise TpmError(RC.AUTH_TYPE)
         if entity.auth_available is not None and not entity.auth_available(code, False, admin):
@@ -360,10 +364,10 @@ def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes, tag: int) ->
         if is_audited(tpm, code) and ctx.command_hash is not None:
             alg = tpm.state.audit_hash_alg
             record_command(tpm, ctx.command_hash(alg), rp_hash(alg, code, params))
-        if tag != ST.SESSIONS:
+        if tag != _SESSIONS:
             return params, b""
         return params, b"".join(_PASSWORD_RESPONSES[use.wire.attributes | CONTINUE] for use in ctx.uses)
-    sessions = tag == ST.SESSIONS
+    sessions = tag == _SESSIONS
     if sessions:
         for use in ctx.uses:
             if use.session is not None:

@@ -20,6 +20,8 @@ import construct as cs
 from vtpm.constants import CC, HT
 from vtpm.marshal.fast import Reader, compile_params
 
+_PERMANENT = int(HT.PERMANENT)
+
 if TYPE_CHECKING:
     from vtpm.engine import Tpm
 
@@ -51,7 +53,7 @@ class HandleSpec:
         kind = handle >> 24
         if kind not in self.types:
             return False
-        return kind != HT.PERMANENT or handle in self.permanent
+        return kind != _PERMANENT or handle in self.permanent
 
 
 def handle_spec(name: str, auth: Auth = Auth.NONE, *, types: Iterable[int] = (), permanent: Iterable[int] = ()) -> HandleSpec:

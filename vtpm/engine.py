@@ -49,6 +49,8 @@ from vtpm.state import TpmState, Volatile
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">HII")  # tag, commandSize, commandCode
 _U32 = struct.Struct(">I")
+# Enum members looked up on every command cost a class attribute lookup each: plain ints instead.
+_SESSIONS, _NO_SESSIONS = int(ST.SESSIONS), int(ST.NO_SESSIONS)
 
 HEADER_SIZE = 10
 MAX_COMMAND_SIZE = 4096
@@ -130,7 +132,7 @@ class Tpm:
         if tag == TPM12_TAG:
             # A TPM 1.2 command (e.g. a GetTicks probe): answer as a 1.2 TPM would, TPM_BADTAG.
             return (0x00C4).to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.BAD_TAG.to_bytes(4, "big")
-        if tag not in (ST.NO_SESSIONS, ST.SESSIONS):
+        if tag != _SESSIONS and tag != _NO_SESSIONS:
             raise TpmError(RC.BAD_TAG)
         if size != len(data) or size > MAX_COMMAND_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
@@ -153,7 +155,7 @@ class Tpm:
             handles.append(handle)
 
         sessions: list[Session] = []
-        if tag == ST.SESSIONS:
+        if tag == _SESSIONS:
             if not spec.allow_sessions:
                 raise TpmError(RC.AUTH_CONTEXT)
             sessions, offset = _parse_sessions(data, offset)
@@ -273,14 +275,14 @@ def _parse_params_construct(spec: CommandSpec, raw: bytes) -> cs.Container:
 def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: AuthContext) -> bytes:
     body = b"".join(h.to_bytes(4, "big") for h in result.handles) if result.handles else b""
     params, area = respond(tpm, ctx, code, result.params, tag)
-    if tag == ST.SESSIONS:
+    if tag == _SESSIONS:
         body += len(params).to_bytes(4, "big") + params + area
     else:
         body += params
     size = HEADER_SIZE + len(body)
     if size > MAX_RESPONSE_SIZE:
         raise TpmError(RC.SIZE)
-    return _HEADER.pack(tag, size, RC.SUCCESS) + body
+    return _HEADER.pack(tag, size, 0) + body  # TPM_RC_SUCCESS
 
 
 # The engine's types live in vtpm.core; they stay importable from here.

@@ -39,6 +39,7 @@ PROVISION = (RH.OWNER, RH.PLATFORM)
 NV_AUTH = handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=PROVISION)
 NV_INDEX = handle_spec("nvIndex", types=[HT.NV_INDEX])
 _WRITTEN, _WRITEALL = int(TPMA_NV.WRITTEN), int(TPMA_NV.WRITEALL)
+_NOT_WRITABLE = frozenset({int(NT.COUNTER), int(NT.BITS), int(NT.EXTEND)})
 
 
 def _set_written(tpm: Tpm, index: NvIndex, data: bytes) -> None:
@@ -168,7 +169,7 @@ def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
 def nv_write(tpm: Tpm, cmd: Command) -> Response:
     index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
-    if index.kind in (NT.COUNTER, NT.BITS, NT.EXTEND):  # ordinary and PIN indices take NV_Write
+    if index.kind in _NOT_WRITABLE:  # ordinary and PIN indices take NV_Write
         raise TpmError(RC.ATTRIBUTES)
     data, offset = cmd.params.data, cmd.params.offset
     if offset > index.data_size:

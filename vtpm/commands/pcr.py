@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 MAX_PCR_READ = 8
 DRTM_LOCALITY = 4  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
+_RH_NULL = int(RH.NULL)
 
 
 @command(CC.PCR_SetAuthValue, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])],
@@ -81,7 +82,7 @@ PCR_HANDLE = handle_spec("pcrHandle", Auth.USER, types=[HT.PCR], permanent=[RH.N
 @command(CC.PCR_Extend, handles=[PCR_HANDLE], params=[("digests", TPML_DIGEST_VALUES)])
 def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
     handle = cmd.handles[0]
-    if handle == RH.NULL:
+    if handle == _RH_NULL:
         return Response()
     extend(tpm, handle, [(entry.hashAlg, entry.digest) for entry in cmd.params.digests])
     return Response()

@@ -33,6 +33,7 @@ _AUTHREAD, _AUTHWRITE = int(TPMA_NV.AUTHREAD), int(TPMA_NV.AUTHWRITE)
 _POLICYREAD, _POLICYWRITE = int(TPMA_NV.POLICYREAD), int(TPMA_NV.POLICYWRITE)
 _PPREAD, _PPWRITE = int(TPMA_NV.PPREAD), int(TPMA_NV.PPWRITE)
 _OWNERREAD, _OWNERWRITE = int(TPMA_NV.OWNERREAD), int(TPMA_NV.OWNERWRITE)
+_RH_PLATFORM, _RH_OWNER = int(RH.PLATFORM), int(RH.OWNER)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -147,9 +148,9 @@ def check_read_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None
 def _check_hierarchy_access(auth: int, index: NvIndex, pp: int, owner: int) -> None:
     # An index authorizing itself was already checked (AUTHREAD/AUTHWRITE or the POLICY bits)
     # when its session was verified: TPM_RC_AUTH_UNAVAILABLE otherwise.
-    if auth == RH.PLATFORM:
+    if auth == _RH_PLATFORM:
         allowed = int(index.attributes) & pp
-    elif auth == RH.OWNER:
+    elif auth == _RH_OWNER:
         allowed = int(index.attributes) & owner
     else:
         allowed = auth == index.index
