@@ -177,7 +177,7 @@ def main() -> int:
               f" {fmt(ref_median):>13} {fmt(percentile(samples['swtpm'], 0.9)):>11} {ratio:11.2f}{mark}")
     floor_median = statistics.median(floor)
     nv_write = statistics.median(results[NV_WRITE]["vtpm"])
-    print(f"* not like for like: swtpm does not fsync (its state file is written to a temporary file and renamed)")
+    print("* not like for like: swtpm does not fsync (its state file is written to a temporary file and renamed)")
     print(f"durable floor: pwrite 4 KiB + os.fdatasync in the vTPM state directory, median of {len(floor)}: "
           f"{fmt(floor_median).strip()} (p90 {fmt(percentile(floor, 0.9)).strip()})")
     print(f"NV_Write ours / durable floor: {nv_write / floor_median:.2f}")
