@@ -23,7 +23,7 @@ import construct as cs
 
 import vtpm.commands  # noqa: F401  (each command module registers its handlers on import)
 from vtpm import wire
-from vtpm.authorization import AuthContext, authorize, respond
+from vtpm.authorization import AuthContext, authorize, finish_without_sessions, respond
 from vtpm.constants import CC, RC, ST
 from vtpm.core import (
     COMMANDS,
@@ -179,6 +179,15 @@ class Tpm:
             entities[number] = entity
 
         raw_params = data[offset:]
+        if not sessions:  # nothing to authorize, no session to answer: the short way
+            params = _parse_params(spec, raw_params)
+            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+
+            def names() -> list[bytes]:
+                return [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
+
+            finish_without_sessions(self, spec, code, names, raw_params, result.params)
+            return _response(tag, result.handles, result.params)
         ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
         cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
@@ -273,12 +282,15 @@ def _parse_params_construct(spec: CommandSpec, raw: bytes) -> cs.Container:
 
 
 def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: AuthContext) -> bytes:
-    body = b"".join(h.to_bytes(4, "big") for h in result.handles) if result.handles else b""
     params, area = respond(tpm, ctx, code, result.params, tag)
     if tag == _SESSIONS:
-        body += len(params).to_bytes(4, "big") + params + area
-    else:
-        body += params
+        params = len(params).to_bytes(4, "big") + params + area
+    return _response(tag, result.handles, params)
+
+
+def _response(tag: int, handles: tuple[int, ...], rest: bytes) -> bytes:
+    """Header, handle area, then the rest (parameters, or parameterSize, parameters and sessions)."""
+    body = b"".join(h.to_bytes(4, "big") for h in handles) + rest if handles else rest
     size = HEADER_SIZE + len(body)
     if size > MAX_RESPONSE_SIZE:
         raise TpmError(RC.SIZE)
