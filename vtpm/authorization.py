@@ -220,7 +220,7 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
         auth_used = use.include_auth
     else:
         auth_used = use.include_auth
-    if auth_used:
+    if auth_used and (entity.is_lockout or entity.da_protected):  # check_allowed looks at nothing else
         tpm.dictionary_attack.check_allowed(entity)
     if session is None or not session.is_policy:
         dup = use.hspec is not None and use.hspec.auth is _DUP  # the DUP role always needs a policy
