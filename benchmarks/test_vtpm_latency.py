@@ -5,8 +5,10 @@ persistent connection. Each command is one benchmark group holding both
 servers, so the table shows them side by side:
 
 - GetRandom(16)
+- PCR_Read, sha256 PCR 16
 - PCR_Extend, sha256 digest into PCR 16, password session
-- NV_Write, 32 bytes into an owner-defined NV index, owner password session
+- NV_Read, 32 bytes from an owner-defined NV index, owner password session
+- NV_Write, 32 bytes into that NV index, owner password session
   (two payloads in turn, so that every write changes the stored data)
 
 Needs `swtpm`; without it the benchmarks fail (never skip).

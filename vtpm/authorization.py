@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, HT, RC, RH, ST, TPMA_NV, TPMA_SESSION
@@ -40,6 +40,12 @@ DECRYPT = int(TPMA_SESSION.DECRYPT)
 ENCRYPT = int(TPMA_SESSION.ENCRYPT)
 CONTINUE = int(TPMA_SESSION.CONTINUE_SESSION)
 PASSWORD_FORBIDDEN = ENCRYPT | DECRYPT | AUDIT_FLAGS
+# Enum members read on every command, as plain values (a class attribute lookup each otherwise).
+_PW, _PLATFORM, _SESSIONS = int(RH.PW), int(RH.PLATFORM), int(ST.SESSIONS)
+_DUP = Auth.DUP
+_ADMIN_ROLES = (Auth.ADMIN, Auth.DUP)
+# TPMS_AUTH_RESPONSE of a password session by its attributes: empty nonce, the attributes, empty HMAC.
+_PASSWORD_RESPONSES = [b"\x00\x00" + bytes([attributes]) + b"\x00\x00" for attributes in range(256)]
 
 
 @dataclass
@@ -104,7 +110,8 @@ def _extra_nonces(ctx: AuthContext, use: SessionUse) -> bytes:
 
 
 def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], entities: dict[int, "Entity"],
-              sessions: list["Session"], raw_params: bytes, auth_handles: list[int]) -> tuple[AuthContext, bytes]:
+              sessions: list["Session"], raw_params: bytes,
+              auth_handles: Sequence[int]) -> tuple[AuthContext, bytes]:
     """Check all sessions; return the context and the (possibly decrypted) parameter bytes."""
 
     ctx = AuthContext()
@@ -115,7 +122,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
         entity = entities[index + 1] if index is not None else None
         hspec = spec.handles[index] if index is not None else None
         handle = handles[index] if index is not None else None
-        if wire.handle == RH.PW:
+        if wire.handle == _PW:
             if entity is None:  # a password session must authorize a handle
                 raise TpmError(RC.HANDLE, session=number)
             if wire.attributes & PASSWORD_FORBIDDEN:
@@ -147,16 +154,24 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
             _check_audit_session(tpm, ctx, use)
             ctx.audit = use
 
-    names = [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
+    names: list[bytes] = []
     hashes: dict[int, bytes] = {}
+
+    def handle_names() -> list[bytes]:
+        # the Names of the command's handles, looked at only when cpHash or a policy needs them
+        if len(names) != len(handles):
+            names[:] = [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
+        return names
 
     def command_hash(alg: int) -> bytes:
         if alg not in hashes:
-            hashes[alg] = cp_hash(alg, code, names, raw_params)
+            hashes[alg] = cp_hash(alg, code, handle_names(), raw_params)
         return hashes[alg]
 
     ctx.command_hash = command_hash
     ctx.allows_sessions = spec.allow_sessions
+    if not ctx.uses:
+        return ctx, raw_params
     for use in ctx.uses:
         session = use.session
         if use.entity is None:  # a session for encryption or audit only: its HMAC still has to match
@@ -166,7 +181,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
             use.include_auth = False
             _check_hmac(tpm, ctx, use, command_hash(session.auth_hash))
             continue
-        _check_authorization(tpm, ctx, use, code, command_hash, names, raw_params)
+        _check_authorization(tpm, ctx, use, code, command_hash, handle_names, raw_params)
 
     for use in ctx.uses:
         if use.session is not None:
@@ -189,14 +204,15 @@ def _check_audit_session(tpm: "Tpm", ctx: AuthContext, use: SessionUse) -> None:
 
 
 def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: int,
-                         command_hash: Callable[[int], bytes], names: list[bytes], raw_params: bytes) -> None:
+                         command_hash: Callable[[int], bytes], names: Callable[[], list[bytes]],
+                         raw_params: bytes) -> None:
     """One authorization session, in the reference implementation's order (Part 1 19.6):
     lockout, session kind, whether the entity's auth may be used at all, then the proof."""
     session, entity = use.session, use.entity
     assert entity is not None
-    if use.handle == RH.PLATFORM and code in tpm.state.pp_commands and not tpm.volatile.physical_presence:
+    if use.handle == _PLATFORM and code in tpm.state.pp_commands and not tpm.volatile.physical_presence:
         raise TpmError(RC.PP, session=use.number)  # this command needs physical presence with platformAuth
-    admin = use.hspec is not None and use.hspec.auth in (Auth.ADMIN, Auth.DUP)
+    admin = use.hspec is not None and use.hspec.auth in _ADMIN_ROLES
     if session is None:
         auth_used = True
     elif session.is_policy:
@@ -204,10 +220,10 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
         auth_used = use.include_auth
     else:
         auth_used = use.include_auth
-    if auth_used:
+    if auth_used and (entity.is_lockout or entity.da_protected):  # check_allowed looks at nothing else
         tpm.dictionary_attack.check_allowed(entity)
     if session is None or not session.is_policy:
-        dup = use.hspec is not None and use.hspec.auth == Auth.DUP  # the DUP role always needs a policy
+        dup = use.hspec is not None and use.hspec.auth is _DUP  # the DUP role always needs a policy
         if dup or (entity.admin_needs_policy if admin else entity.user_needs_policy):
             raise TpmError(RC.AUTH_TYPE)
         if entity.auth_available is not None and not entity.auth_available(code, False, admin):
@@ -216,7 +232,7 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
         available = entity.auth_available(code, True, admin) if entity.auth_available else bool(entity.auth_policy)
         if not available:
             raise TpmError(RC.AUTH_UNAVAILABLE)
-        _check_policy(tpm, use, code, command_hash(session.auth_hash), names, raw_params)
+        _check_policy(tpm, use, code, command_hash(session.auth_hash), names(), raw_params)
     try:
         if session is None or session.needs_password:
             _check_password(tpm, use)
@@ -336,11 +352,33 @@ def _locality_allowed(allowed: int, locality: int) -> bool:
     return locality > 31 and allowed == locality
 
 
+def finish_without_sessions(tpm: "Tpm", spec: "CommandSpec", code: int, names: Callable[[], list[bytes]],
+                            raw_params: bytes, params: bytes) -> None:
+    """What ``respond`` does for a command that came without an authorization area: it ends an
+    exclusive audit session (if the command could have carried one) and is command-audited."""
+    if spec.allow_sessions:
+        tpm.volatile.exclusive_audit_session = None
+    if is_audited(tpm, code):
+        alg = tpm.state.audit_hash_alg
+        record_command(tpm, cp_hash(alg, code, names(), raw_params), rp_hash(alg, code, params))
+
+
 def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes, tag: int) -> tuple[bytes, bytes]:
     """Finish a successful command (Part 3 5.7, the reference implementation's BuildResponseSession):
     new nonces, encryption of the first response parameter, session and command audit, then the
     response authorization area (empty without sessions). Returns (params, area)."""
-    sessions = tag == ST.SESSIONS
+    if ctx.audit is None and all(use.session is None for use in ctx.uses):
+        # No session or only password sessions: no nonce, no encryption, no HMAC, no session audit;
+        # only command audit and the end of an exclusive audit session remain.
+        if ctx.allows_sessions:
+            tpm.volatile.exclusive_audit_session = None
+        if is_audited(tpm, code) and ctx.command_hash is not None:
+            alg = tpm.state.audit_hash_alg
+            record_command(tpm, ctx.command_hash(alg), rp_hash(alg, code, params))
+        if tag != _SESSIONS:
+            return params, b""
+        return params, b"".join(_PASSWORD_RESPONSES[use.wire.attributes | CONTINUE] for use in ctx.uses)
+    sessions = tag == _SESSIONS
     if sessions:
         for use in ctx.uses:
             if use.session is not None:

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 import construct as cs
 
 from vtpm.constants import CC, HT
+from vtpm.marshal.fast import Reader, compile_params
+
+_PERMANENT = int(HT.PERMANENT)
 
 if TYPE_CHECKING:
     from vtpm.engine import Tpm
@@ -50,7 +53,7 @@ class HandleSpec:
         kind = handle >> 24
         if kind not in self.types:
             return False
-        return kind != HT.PERMANENT or handle in self.permanent
+        return kind != _PERMANENT or handle in self.permanent
 
 
 def handle_spec(name: str, auth: Auth = Auth.NONE, *, types: Iterable[int] = (), permanent: Iterable[int] = ()) -> HandleSpec:
@@ -100,6 +103,10 @@ class CommandSpec:
     before_startup: bool = False
     allow_sessions: bool = True
     response_tpm2b: bool = False  # the first response parameter is a TPM2B (may be encrypted)
+    # Direct readers for ``params`` (vtpm.marshal.fast), None when they need `construct`.
+    readers: tuple[tuple[str, Reader], ...] | None = None
+    # Positions (0-based) of the handles that need an authorization session, in order.
+    auth_handles: tuple[int, ...] = ()
 
 
 COMMANDS: dict[int, CommandSpec] = {}
@@ -119,17 +126,26 @@ def command(
     def register(handler: Handler) -> Handler:
         if code in COMMANDS:
             raise RuntimeError(f"{code.name} registered twice")
+        declared, specs = tuple(params), tuple(handles)
         COMMANDS[code] = CommandSpec(
-            code, handler, tuple(handles), tuple(params), before_startup, allow_sessions, response_tpm2b
+            code, handler, specs, declared, before_startup, allow_sessions, response_tpm2b,
+            compile_params(declared), tuple(i for i, h in enumerate(specs) if h.auth != Auth.NONE),
         )
         return handler
 
     return register
 
 
-@dataclass(frozen=True)
+_set_attribute = object.__setattr__
+
+
+@dataclass(frozen=True, init=False)
 class Entity:
-    """What authorization needs to know about the object a handle names."""
+    """What authorization needs to know about the object a handle names.
+
+    Immutable; its ``__init__`` fills the instance dict in one step, because a frozen dataclass's
+    generated one (a call of object.__setattr__ per field) was the dearest part of resolving a handle.
+    """
 
     auth_value: bytes
     da_protected: bool
@@ -145,6 +161,16 @@ class Entity:
     admin_needs_policy: bool = True  # objects with adminWithPolicy clear may use their authValue
     # Told whether a use of the entity's authValue succeeded (a PIN index counts its uses and failures).
     auth_used: Callable[[bool], None] | None = None
+
+    def __init__(self, auth_value: bytes, da_protected: bool, is_lockout: bool = False, name: bytes | None = None,
+                 auth_policy: bytes = b"", auth_policy_alg: int = 0x0010,
+                 auth_available: Callable[[int, bool, bool], bool] | None = None, user_needs_policy: bool = False,
+                 admin_needs_policy: bool = True, auth_used: Callable[[bool], None] | None = None) -> None:
+        _set_attribute(self, "__dict__", {
+            "auth_value": auth_value, "da_protected": da_protected, "is_lockout": is_lockout, "name": name,
+            "auth_policy": auth_policy, "auth_policy_alg": auth_policy_alg, "auth_available": auth_available,
+            "user_needs_policy": user_needs_policy, "admin_needs_policy": admin_needs_policy, "auth_used": auth_used,
+        })
 
     def name_for(self, handle: int) -> bytes:
         """The Name that goes into cpHash, policy digests and bindings for the handle of this entity."""

@@ -34,22 +34,21 @@ def digest_size(alg: int) -> int:
     return HASHES[alg].size
 
 
+# hashlib's named constructors: hashlib.new(name) looks the name up on every call.
+_CONSTRUCTORS = {alg: getattr(hashlib, info.name) for alg, info in HASHES.items()}
+
+
 def new_hash(alg: int) -> "hashlib._Hash":
-    return hashlib.new(HASHES[alg].name)
+    return _CONSTRUCTORS[alg]()
 
 
 def digest(alg: int, *parts: bytes) -> bytes:
-    h = new_hash(alg)
-    for part in parts:
-        h.update(part)
-    return h.digest()
+    return _CONSTRUCTORS[alg](b"".join(parts)).digest()
 
 
 def hmac_digest(alg: int, key: bytes, *parts: bytes) -> bytes:
-    mac = hmac.new(key, digestmod=HASHES[alg].name)
-    for part in parts:
-        mac.update(part)
-    return mac.digest()
+    # hmac.digest: OpenSSL's one-shot HMAC, without the Python HMAC object
+    return hmac.digest(key, b"".join(parts), HASHES[alg].name)
 
 
 def kdfa(alg: int, key: bytes, label: bytes, context_u: bytes, context_v: bytes, bits: int) -> bytes:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import io
 import logging
-import secrets
+import os
+import struct
 import time
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ import construct as cs
 
 import vtpm.commands  # noqa: F401  (each command module registers its handlers on import)
 from vtpm import wire
-from vtpm.authorization import AuthContext, authorize, respond
+from vtpm.authorization import AuthContext, authorize, finish_without_sessions, respond
 from vtpm.constants import CC, RC, ST
 from vtpm.core import (
     COMMANDS,
@@ -46,6 +47,10 @@ from vtpm.errors import TpmError
 from vtpm.state import TpmState, Volatile
 
 log = logging.getLogger(__name__)
+_HEADER = struct.Struct(">HII")  # tag, commandSize, commandCode
+_U32 = struct.Struct(">I")
+# Enum members looked up on every command cost a class attribute lookup each: plain ints instead.
+_SESSIONS, _NO_SESSIONS = int(ST.SESSIONS), int(ST.NO_SESSIONS)
 
 HEADER_SIZE = 10
 MAX_COMMAND_SIZE = 4096
@@ -123,13 +128,11 @@ class Tpm:
     def _execute(self, data: bytes) -> bytes:
         if len(data) < HEADER_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
-        tag = int.from_bytes(data[0:2], "big")
-        size = int.from_bytes(data[2:6], "big")
-        code = int.from_bytes(data[6:10], "big")
+        tag, size, code = _HEADER.unpack_from(data)
         if tag == TPM12_TAG:
             # A TPM 1.2 command (e.g. a GetTicks probe): answer as a 1.2 TPM would, TPM_BADTAG.
             return (0x00C4).to_bytes(2, "big") + (10).to_bytes(4, "big") + RC.BAD_TAG.to_bytes(4, "big")
-        if tag not in (ST.NO_SESSIONS, ST.SESSIONS):
+        if tag != _SESSIONS and tag != _NO_SESSIONS:
             raise TpmError(RC.BAD_TAG)
         if size != len(data) or size > MAX_COMMAND_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
@@ -145,23 +148,23 @@ class Tpm:
         for number, hspec in enumerate(spec.handles, 1):
             if len(data) < offset + 4:
                 raise TpmError(RC.INSUFFICIENT, handle=number)
-            handle = int.from_bytes(data[offset : offset + 4], "big")
+            handle = _U32.unpack_from(data, offset)[0]
             offset += 4
             if not hspec.accepts(handle):
                 raise TpmError(RC.VALUE, handle=number)
             handles.append(handle)
 
         sessions: list[Session] = []
-        if tag == ST.SESSIONS:
+        if tag == _SESSIONS:
             if not spec.allow_sessions:
                 raise TpmError(RC.AUTH_CONTEXT)
             sessions, offset = _parse_sessions(data, offset)
-        needs_auth = [(i, h) for i, h in enumerate(spec.handles) if h.auth != Auth.NONE]
-        if len(sessions) < len(needs_auth):
+        auth_handles = spec.auth_handles
+        if len(sessions) < len(auth_handles):
             raise TpmError(RC.AUTH_MISSING)
 
         entities: dict[int, Entity] = {}
-        for number, (hspec, handle) in enumerate(zip(spec.handles, handles), 1):
+        for number, handle in enumerate(handles, 1):
             resolver = ENTITY_RESOLVERS.get(handle >> 24)
             if resolver is None:
                 raise TpmError(RC.HANDLE, handle=number)
@@ -175,8 +178,16 @@ class Tpm:
                 raise
             entities[number] = entity
 
-        auth_handles = [i for i, h in enumerate(spec.handles) if h.auth != Auth.NONE]
         raw_params = data[offset:]
+        if not sessions:  # nothing to authorize, no session to answer: the short way
+            params = _parse_params(spec, raw_params)
+            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+
+            def names() -> list[bytes]:
+                return [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
+
+            finish_without_sessions(self, spec, code, names, raw_params, result.params)
+            return _response(tag, result.handles, result.params)
         ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
         cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
@@ -188,7 +199,7 @@ class Tpm:
         return DictionaryAttack(self)
 
     def random(self, n: int) -> bytes:
-        return secrets.token_bytes(n)
+        return os.urandom(n)  # what secrets.token_bytes returns, without its two extra calls
 
 
 def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
@@ -235,6 +246,25 @@ def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
 
 
 def _parse_params(spec: CommandSpec, raw: bytes) -> cs.Container:
+    readers = spec.readers
+    if readers is not None:  # the direct readers: same values and codes as the constructs
+        params = cs.Container()
+        pos = 0
+        number = 0
+        try:
+            for number, (name, read) in enumerate(readers, 1):
+                params[name], pos = read(raw, pos)
+        except TpmError as exc:
+            raise exc.at_param(number)
+        except cs.StreamError:
+            raise TpmError(RC.INSUFFICIENT, param=number) from None
+        if pos != len(raw):
+            raise TpmError(RC.SIZE)
+        return params
+    return _parse_params_construct(spec, raw)
+
+
+def _parse_params_construct(spec: CommandSpec, raw: bytes) -> cs.Container:
     stream = io.BytesIO(raw)
     params = cs.Container()
     for number, (name, construct) in enumerate(spec.params, 1):
@@ -252,16 +282,19 @@ def _parse_params(spec: CommandSpec, raw: bytes) -> cs.Container:
 
 
 def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: AuthContext) -> bytes:
-    body = b"".join(h.to_bytes(4, "big") for h in result.handles)
     params, area = respond(tpm, ctx, code, result.params, tag)
-    if tag == ST.SESSIONS:
-        body += len(params).to_bytes(4, "big") + params + area
-    else:
-        body += params
+    if tag == _SESSIONS:
+        params = len(params).to_bytes(4, "big") + params + area
+    return _response(tag, result.handles, params)
+
+
+def _response(tag: int, handles: tuple[int, ...], rest: bytes) -> bytes:
+    """Header, handle area, then the rest (parameters, or parameterSize, parameters and sessions)."""
+    body = b"".join(h.to_bytes(4, "big") for h in handles) + rest if handles else rest
     size = HEADER_SIZE + len(body)
     if size > MAX_RESPONSE_SIZE:
         raise TpmError(RC.SIZE)
-    return tag.to_bytes(2, "big") + size.to_bytes(4, "big") + RC.SUCCESS.to_bytes(4, "big") + body
+    return _HEADER.pack(tag, size, 0) + body  # TPM_RC_SUCCESS
 
 
 # The engine's types live in vtpm.core; they stay importable from here.

@@ -3,8 +3,8 @@ private areas under a parent, and the keys as `cryptography` objects.
 
 Primary keys come from the hierarchy seed and the template: the same seed and
 template always give the same key (an EK re-created from the same state is the
-same EK). RSA primes are found by pycryptodome's generator fed by a KDFa stream;
-the result is cached by the engine, since prime search takes a fraction of a second.
+same EK). RSA primes are searched for in a KDFa stream (vtpm.rsakeygen, on GMP);
+the result is cached by the engine, since a prime search still takes tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import construct as cs
-from Crypto.PublicKey import RSA as CryptoRSA
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
@@ -24,6 +23,7 @@ from vtpm.core import Entity
 from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import TPM2B_SENSITIVE, TPMT_PUBLIC
+from vtpm.rsakeygen import rsa_primes
 from vtpm.sessions import CFB
 
 A = TPMA_OBJECT
@@ -267,8 +267,8 @@ def generate(public: Public, data: bytes, random: Any) -> tuple[Public, bytes, b
         bits, exponent = area.parameters.keyBits, _rsa_exponent(public)
         if isinstance(random, KdfStream) or exponent not in (3, DEFAULT_EXPONENT):
             # a primary: the same seed and template must give the same key, so its primes come from the KDF stream
-            key = CryptoRSA.generate(bits, randfunc=random, e=exponent)
-            p, n = int(key.p), int(key.n)
+            p, q = rsa_primes(bits, exponent, random)
+            n = p * q
         else:  # an ordinary key: OpenSSL's prime search, several times faster
             numbers = rsa.generate_private_key(exponent, bits).private_numbers()
             p, n = numbers.p, numbers.public_numbers.n

@@ -196,7 +196,9 @@ def latency_commands() -> dict[str, tuple[bytes, ...]]:
     """
     return {
         "GetRandom(16)": (get_random(16),),
+        "PCR_Read(sha256, PCR 16)": (pcr_read([(TPM_ALG_SHA256, [16])]),),
         "PCR_Extend(sha256, PCR 16)": (pcr_extend(16, [(TPM_ALG_SHA256, bytes(range(32)))]),),
+        "NV_Read(32 B)": (nv_read(LATENCY_NV_INDEX, 32, auth_handle=TPM_RH_OWNER),),
         "NV_Write(32 B)": tuple(nv_write(LATENCY_NV_INDEX, bytes([fill]) * 32, auth_handle=TPM_RH_OWNER)
                                 for fill in (0x5A, 0xA5)),
     }
@@ -218,8 +220,8 @@ def prepare_latency_target(conn: TpmConnection) -> None:
     response = conn.transact(nv_define_space(LATENCY_NV_INDEX, LATENCY_NV_ATTRIBUTES, 32))
     if response_code(response) not in (0x000, 0x14C):  # success or TPM_RC_NV_DEFINED
         raise ServerError(f"NV_DefineSpace for the latency index failed: {describe_rc(response_code(response))}")
-    for name, variants in latency_commands().items():
-        for command in variants:
+    for name, variants in sorted(latency_commands().items(), key=lambda item: not item[0].startswith("NV_Write")):
+        for command in variants:  # NV_Write first: NV_Read needs the index written
             rc = response_code(conn.transact(command))
             if rc != 0:
                 raise ServerError(f"{name} failed: {describe_rc(rc)}")

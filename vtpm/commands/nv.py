@@ -38,11 +38,13 @@ DYNAMIC = TPMA_NV.WRITTEN | TPMA_NV.WRITELOCKED | TPMA_NV.READLOCKED
 PROVISION = (RH.OWNER, RH.PLATFORM)
 NV_AUTH = handle_spec("authHandle", Auth.USER, types=[HT.NV_INDEX], permanent=PROVISION)
 NV_INDEX = handle_spec("nvIndex", types=[HT.NV_INDEX])
+_WRITTEN, _WRITEALL = int(TPMA_NV.WRITTEN), int(TPMA_NV.WRITEALL)
+_NOT_WRITABLE = frozenset({int(NT.COUNTER), int(NT.BITS), int(NT.EXTEND)})
 
 
 def _set_written(tpm: Tpm, index: NvIndex, data: bytes) -> None:
     index.data = data
-    index.attributes |= TPMA_NV.WRITTEN
+    index.attributes = int(index.attributes) | _WRITTEN  # a plain int: IntFlag arithmetic is slow
     tpm.mark_dirty()
 
 
@@ -167,16 +169,17 @@ def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
 def nv_write(tpm: Tpm, cmd: Command) -> Response:
     index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
-    if index.kind in (NT.COUNTER, NT.BITS, NT.EXTEND):  # ordinary and PIN indices take NV_Write
+    if index.kind in _NOT_WRITABLE:  # ordinary and PIN indices take NV_Write
         raise TpmError(RC.ATTRIBUTES)
     data, offset = cmd.params.data, cmd.params.offset
     if offset > index.data_size:
         raise TpmError(RC.VALUE, param=2)
     if offset + len(data) > index.data_size:
         raise TpmError(RC.NV_RANGE)
-    if index.has(TPMA_NV.WRITEALL) and len(data) != index.data_size:
+    attributes = int(index.attributes)
+    if attributes & _WRITEALL and len(data) != index.data_size:
         raise TpmError(RC.NV_RANGE)
-    current = bytearray(index.data if index.has(TPMA_NV.WRITTEN) else b"\xff" * index.data_size)
+    current = bytearray(index.data if attributes & _WRITTEN else b"\xff" * index.data_size)
     current[offset : offset + len(data)] = data
     _set_written(tpm, index, bytes(current))
     return Response()
@@ -271,7 +274,8 @@ def nv_read(tpm: Tpm, cmd: Command) -> Response:
         raise TpmError(RC.VALUE, param=1)
     if offset + size > index.data_size:
         raise TpmError(RC.NV_RANGE)
-    return Response(params=TPM2B_MAX_NV_BUFFER.build(index.data[offset : offset + size]))
+    data = index.data[offset : offset + size]  # at most MAX_NV_BUFFER_SIZE: a TPM2B_MAX_NV_BUFFER
+    return Response(params=len(data).to_bytes(2, "big") + data)
 
 
 @command(CC.NV_ReadLock, handles=[NV_AUTH, NV_INDEX])

@@ -15,6 +15,7 @@ from vtpm.entities.pcr import (
     PCR_ATTRIBUTES,
     PCR_GROUP,
     allocation,
+    bank_mask,
     counts_update,
     extend,
     locality_bit,
@@ -25,10 +26,8 @@ from vtpm.marshal.structures import (
     TPM2B_DIGEST,
     TPMI_ALG_HASH_NULL,
     TPM2B_EVENT,
-    TPML_DIGEST,
     TPML_DIGEST_VALUES,
     TPML_PCR_SELECTION,
-    TPML_PCR_SELECTION_OUT,
 )
 from vtpm.state import PCR_COUNT
 
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 
 MAX_PCR_READ = 8
 DRTM_LOCALITY = 4  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
+_RH_NULL = int(RH.NULL)
 
 
 @command(CC.PCR_SetAuthValue, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])],
@@ -66,7 +66,14 @@ def pcr_set_auth_policy(tpm: Tpm, cmd: Command) -> Response:
 
 
 def _selected(select: bytes) -> list[int]:
-    return [i for i in range(min(len(select) * 8, PCR_COUNT)) if select[i // 8] >> (i % 8) & 1]
+    """The PCR numbers whose bits are set in a pcrSelect bitmap (bit i of byte i // 8), in order."""
+    mask = int.from_bytes(select, "little") & ALL_PCRS
+    selected = []
+    while mask:
+        low = mask & -mask
+        selected.append(low.bit_length() - 1)
+        mask ^= low
+    return selected
 
 
 PCR_HANDLE = handle_spec("pcrHandle", Auth.USER, types=[HT.PCR], permanent=[RH.NULL])
@@ -75,7 +82,7 @@ PCR_HANDLE = handle_spec("pcrHandle", Auth.USER, types=[HT.PCR], permanent=[RH.N
 @command(CC.PCR_Extend, handles=[PCR_HANDLE], params=[("digests", TPML_DIGEST_VALUES)])
 def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
     handle = cmd.handles[0]
-    if handle == RH.NULL:
+    if handle == _RH_NULL:
         return Response()
     extend(tpm, handle, [(entry.hashAlg, entry.digest) for entry in cmd.params.digests])
     return Response()
@@ -110,24 +117,24 @@ def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.PCR_Read, params=[("pcrSelectionIn", TPML_PCR_SELECTION)])
 def pcr_read(tpm: Tpm, cmd: Command) -> Response:
     pcrs = tpm.volatile.pcrs
-    masks = allocation(tpm)
-    selections_out, values = [], []
-    for selection in cmd.params.pcrSelectionIn:
-        select = bytearray(selection.pcrSelect)
-        out = bytearray(len(select))
+    selections = cmd.params.pcrSelectionIn
+    # pcrUpdateCounter, then TPML_PCR_SELECTION (what was read) and TPML_DIGEST (the values), laid out directly
+    parts = [tpm.volatile.pcr_update_counter.to_bytes(4, "big"), len(selections).to_bytes(4, "big")]
+    values: list[bytes] = []
+    for selection in selections:
+        select = selection.pcrSelect
+        out = 0
         bank = pcrs.get(selection.hash)
+        mask = bank_mask(tpm, selection.hash)
         for index in _selected(select):
-            if bank is None or not masks.get(selection.hash, 0) >> index & 1 or len(values) == MAX_PCR_READ:
+            if bank is None or not mask >> index & 1 or len(values) == MAX_PCR_READ:
                 continue
-            out[index // 8] |= 1 << (index % 8)
+            out |= 1 << index
             values.append(bank[index])
-        selections_out.append({"hash": selection.hash, "pcrSelect": bytes(out)})
-    body = (
-        tpm.volatile.pcr_update_counter.to_bytes(4, "big")
-        + TPML_PCR_SELECTION_OUT.build(selections_out)
-        + TPML_DIGEST.build(values)
-    )
-    return Response(params=body)
+        parts.append(selection.hash.to_bytes(2, "big") + bytes([len(select)]) + out.to_bytes(len(select), "little"))
+    parts.append(len(values).to_bytes(4, "big"))
+    parts.extend(len(value).to_bytes(2, "big") + value for value in values)
+    return Response(params=b"".join(parts))
 
 
 @command(

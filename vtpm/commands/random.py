@@ -8,7 +8,7 @@ from vtpm.constants import CC
 from vtpm.core import Command, Response, command
 from vtpm.crypto import MAX_DIGEST
 from vtpm.marshal.primitives import U16
-from vtpm.marshal.structures import TPM2B_DIGEST, Tpm2b
+from vtpm.marshal.structures import Tpm2b
 
 if TYPE_CHECKING:
     from vtpm.engine import Tpm
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def get_random(tpm: Tpm, cmd: Command) -> Response:
     # The TPM returns at most one digest's worth (TPM2B_DIGEST), as the spec allows.
     count = min(cmd.params.bytesRequested, MAX_DIGEST)
-    return Response(params=TPM2B_DIGEST.build(tpm.random(count)))
+    return Response(params=count.to_bytes(2, "big") + tpm.random(count))  # TPM2B_DIGEST
 
 
 @command(CC.StirRandom, params=[("inData", Tpm2b(128))])

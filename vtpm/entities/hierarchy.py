@@ -65,8 +65,14 @@ def _path(hierarchy: int, column: str) -> str:
     return path
 
 
+_GETTERS: dict[str, attrgetter] = {}
+
+
 def _read(tpm: Tpm, path: str) -> Any:
-    return attrgetter(path)(tpm)
+    getter = _GETTERS.get(path)
+    if getter is None:  # one attrgetter per path of the table, made once
+        getter = _GETTERS[path] = attrgetter(path)
+    return getter(tpm)
 
 
 def _write(tpm: Tpm, path: str, value: Any) -> None:
@@ -115,6 +121,9 @@ def renew(tpm: Tpm, hierarchy: int) -> None:
     _write(tpm, _path(hierarchy, "stored"), Hierarchy())
 
 
+_LOCKOUT = int(RH.LOCKOUT)  # a plain int: an enum member costs a class attribute lookup per command
+
+
 @entity_resolver(HT.PERMANENT)
 def permanent_entity(tpm: Tpm, handle: int) -> Entity:
     if not hierarchy_enabled(tpm, handle):
@@ -123,6 +132,6 @@ def permanent_entity(tpm: Tpm, handle: int) -> Entity:
     if row is None or not row.auth:
         return Entity(b"", da_protected=False)
     stored = stored_hierarchy(tpm, handle)
-    lockout = handle == RH.LOCKOUT  # only lockoutAuth is protected against dictionary attacks
+    lockout = handle == _LOCKOUT  # only lockoutAuth is protected against dictionary attacks
     return Entity(_read(tpm, row.auth), da_protected=lockout, is_lockout=lockout, auth_policy=stored.policy,
                   auth_policy_alg=stored.policy_alg)

@@ -8,11 +8,13 @@ indices get the same durability (stronger than the spec requires).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, HT, NT, RC, RH, TPMA_NV
 from vtpm.core import Command, Entity, entity_resolver
+from vtpm.crypto import digest
 from vtpm.errors import TpmError
 from vtpm.state import NvIndex
 
@@ -21,13 +23,35 @@ if TYPE_CHECKING:
 
 MAX_NV_INDICES = 256
 
+# The attribute bits as plain ints: every NV command tests several, and IntFlag arithmetic is slow.
+_PLATFORMCREATE = int(TPMA_NV.PLATFORMCREATE)
+_NO_DA = int(TPMA_NV.NO_DA)
+_WRITTEN = int(TPMA_NV.WRITTEN)
+_READLOCKED = int(TPMA_NV.READLOCKED)
+_WRITELOCKED = int(TPMA_NV.WRITELOCKED)
+_AUTHREAD, _AUTHWRITE = int(TPMA_NV.AUTHREAD), int(TPMA_NV.AUTHWRITE)
+_POLICYREAD, _POLICYWRITE = int(TPMA_NV.POLICYREAD), int(TPMA_NV.POLICYWRITE)
+_PPREAD, _PPWRITE = int(TPMA_NV.PPREAD), int(TPMA_NV.PPWRITE)
+_OWNERREAD, _OWNERWRITE = int(TPMA_NV.OWNERREAD), int(TPMA_NV.OWNERWRITE)
+_RH_PLATFORM, _RH_OWNER = int(RH.PLATFORM), int(RH.OWNER)
+
+
+@functools.lru_cache(maxsize=1024)
+def _index_name(name_alg: int, public: bytes) -> bytes:
+    """NvIndex.name, remembered by public area: resolving an index for every command need not hash it."""
+    return name_alg.to_bytes(2, "big") + digest(name_alg, public)
+
+
+def index_name(index: NvIndex) -> bytes:
+    return _index_name(index.name_alg, index.public_bytes())
+
 
 def nv_index(tpm: Tpm, handle: int) -> NvIndex:
     """The index, if it exists and its hierarchy is enabled (hidden indices are TPM_RC_HANDLE)."""
     index = tpm.state.nv.get(handle)
     if index is None:
         raise TpmError(RC.HANDLE)
-    if index.has(TPMA_NV.PLATFORMCREATE):
+    if int(index.attributes) & _PLATFORMCREATE:
         if not tpm.volatile.ph_enable_nv:
             raise TpmError(RC.HANDLE)
     elif not tpm.volatile.sh_enable:
@@ -53,17 +77,18 @@ def _auth_available(index: NvIndex) -> Callable[[int, bool, bool], bool]:
 
     def available(code: int, policy: bool, admin: bool) -> bool:
         write = code in WRITE_OPERATIONS
+        attributes = int(index.attributes)
         if policy:
             if not index.auth_policy:
                 return False
-            return admin or index.has(TPMA_NV.POLICYWRITE if write else TPMA_NV.POLICYREAD)
+            return admin or bool(attributes & (_POLICYWRITE if write else _POLICYREAD))
         if index.kind in PIN_KINDS and not write:
             # A PIN index's authValue reads only once written, and only while pinCount < pinLimit.
-            if not index.has(TPMA_NV.WRITTEN):
+            if not attributes & _WRITTEN:
                 return False
             count, limit = pin_values(index)
             return count < limit
-        return index.has(TPMA_NV.AUTHWRITE if write else TPMA_NV.AUTHREAD)
+        return bool(attributes & (_AUTHWRITE if write else _AUTHREAD))
 
     return available
 
@@ -95,8 +120,8 @@ def nv_entity(tpm: Tpm, handle: int) -> Entity:
     index = nv_index(tpm, handle)
     return Entity(
         index.auth_value,
-        da_protected=not index.has(TPMA_NV.NO_DA),
-        name=index.name,
+        da_protected=not int(index.attributes) & _NO_DA,
+        name=index_name(index),
         auth_policy=index.auth_policy,
         auth_policy_alg=index.name_alg,
         auth_available=_auth_available(index),
@@ -106,27 +131,27 @@ def nv_entity(tpm: Tpm, handle: int) -> Entity:
 
 def check_write_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
     """Write side of Part 3 31.3: lock first, then which hierarchy may write."""
-    if index.has(TPMA_NV.WRITELOCKED):
+    if int(index.attributes) & _WRITELOCKED:
         raise TpmError(RC.NV_LOCKED)
-    _check_hierarchy_access(auth, index, TPMA_NV.PPWRITE, TPMA_NV.OWNERWRITE)
+    _check_hierarchy_access(auth, index, _PPWRITE, _OWNERWRITE)
 
 
 def check_read_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
     """Read side: lock, hierarchy, then the index must have been written."""
-    if index.has(TPMA_NV.READLOCKED):
+    if int(index.attributes) & _READLOCKED:
         raise TpmError(RC.NV_LOCKED)
-    _check_hierarchy_access(auth, index, TPMA_NV.PPREAD, TPMA_NV.OWNERREAD)
-    if not index.has(TPMA_NV.WRITTEN):
+    _check_hierarchy_access(auth, index, _PPREAD, _OWNERREAD)
+    if not int(index.attributes) & _WRITTEN:
         raise TpmError(RC.NV_UNINITIALIZED)
 
 
 def _check_hierarchy_access(auth: int, index: NvIndex, pp: int, owner: int) -> None:
     # An index authorizing itself was already checked (AUTHREAD/AUTHWRITE or the POLICY bits)
     # when its session was verified: TPM_RC_AUTH_UNAVAILABLE otherwise.
-    if auth == RH.PLATFORM:
-        allowed = index.attributes & pp
-    elif auth == RH.OWNER:
-        allowed = index.attributes & owner
+    if auth == _RH_PLATFORM:
+        allowed = int(index.attributes) & pp
+    elif auth == _RH_OWNER:
+        allowed = int(index.attributes) & owner
     else:
         allowed = auth == index.index
     if not allowed:

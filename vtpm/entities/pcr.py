@@ -64,8 +64,18 @@ def allocation(tpm: Tpm) -> dict[int, int]:
     return {bank: (partial.get(bank, ALL_PCRS) if bank in tpm.state.pcr_banks else 0) for bank in sorted(HASHES)}
 
 
+def bank_mask(tpm: Tpm, bank: int) -> int:
+    """allocation(tpm).get(bank, 0) without building the whole table (a partial entry named last wins)."""
+    if bank not in HASHES or bank not in tpm.state.pcr_banks:
+        return 0
+    for alg, mask in reversed(tpm.state.pcr_partial):
+        if alg == bank:
+            return int(mask)
+    return ALL_PCRS
+
+
 def allocated(tpm: Tpm, bank: int, index: int) -> bool:
-    return bool(allocation(tpm).get(bank, 0) >> index & 1)
+    return bool(bank_mask(tpm, bank) >> index & 1)
 
 
 def locality_bit(locality: int) -> int:
