@@ -22,8 +22,10 @@ from vtpm import wire
 from vtpm.constants import NT, TPMA_NV
 from vtpm.crypto import HASHES
 from vtpm.engine import Tpm
+from vtpm.server import socket_command, swtpm_options
 from vtpm.server.device import TpmDevice
 from vtpm.server.sockets import MssimServer, SwtpmServer
+from vtpm.server.state_lock import lock_for
 from vtpm.state import TpmState
 from vtpm.storage import PlainStateStore, StateStore, StateStoreError
 
@@ -77,6 +79,9 @@ def load_or_manufacture(store: StateStore) -> tuple[TpmState, bool]:
 
 
 def cmd_serve(args: argparse.Namespace, store: StateStore) -> int:
+    lock = lock_for(store)
+    if lock is not None:
+        lock.acquire_or_raise()  # one server per state directory; held until the process ends
     state, created = load_or_manufacture(store)
     tpm = Tpm(state, persist=store.save)
     if args.startup_clear:
@@ -171,6 +176,58 @@ def cmd_info(args: argparse.Namespace, store: StateStore) -> int:
     return 0
 
 
+SOCKET_DESCRIPTION = """Serve a vTPM with swtpm's command line, as libvirt and QEMU start `swtpm socket`:
+options take swtpm's key=value lists. Without --server the TPM's data channel
+comes over the control channel (CMD_SET_DATAFD), as QEMU passes it."""
+
+
+def _socket_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int | None:
+    """Check `vtpm socket`'s swtpm-style options (usage errors exit 2); an exit status for the options
+    that only print (--print-capabilities, --version), else None with ``args.socket`` filled in."""
+    if args.print_capabilities:
+        print(socket_command.capabilities_json())
+        return 0
+    if args.version:
+        print(f"vtpm socket (swtpm-compatible TPM 2.0 emulator) {socket_command.version()}")
+        return 0
+    if not args.tpm2:
+        parser.error("only TPM 2.0 is emulated: pass --tpm2 (TPM 1.2 is not supported)")
+    try:
+        if args.tpmstate is not None:
+            args.state = str(swtpm_options.parse_tpmstate(args.tpmstate).directory)
+        elif not getattr(args, "vm", None):
+            parser.error("give --tpmstate dir=DIR" + (" or --vm VMX" if hasattr(args, "vm") else ""))
+        server = swtpm_options.parse_server(args.server) if args.server is not None else None
+        if args.port is not None:
+            if server is not None:
+                parser.error("give --port or --server, not both")
+            server = swtpm_options.parse_server(f"type=tcp,port={args.port}")
+        ctrl = swtpm_options.parse_ctrl(args.ctrl) if args.ctrl is not None else None
+        if ctrl is None and server is None:
+            parser.error("give --ctrl (and/or --server): there is nothing to listen on")
+        args.socket = socket_command.SocketOptions(
+            ctrl=ctrl, server=server,
+            flags=swtpm_options.parse_flags(args.flags),
+            migration=swtpm_options.parse_migration(args.migration),
+            terminate=args.terminate, daemon=args.daemon,
+            pid=swtpm_options.parse_pid(args.pid) if args.pid is not None else None,
+            log=swtpm_options.parse_log(args.log) if args.log is not None else None,
+        )
+    except swtpm_options.OptionError as exc:
+        parser.error(str(exc))
+    socket_command.configure_logging(args.socket.log, args.verbose)
+    return None
+
+
+def cmd_socket(args: argparse.Namespace, store: StateStore) -> int:
+    try:
+        return socket_command.run(args.socket, store)
+    except (StateStoreError, OSError) as exc:
+        if args.socket.log is not None:  # also into --log, where libvirt looks (stderr gets it from main)
+            logging.getLogger("vtpm.socket").error("%s", exc)
+        raise
+
+
 def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vtpm", description="Serve and inspect virtual TPM 2.0 devices.")
     stores.add_global_options(parser)
@@ -191,6 +248,32 @@ def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
     serve.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
     serve.set_defaults(func=cmd_serve)
 
+    sock = commands.add_parser("socket", help="serve a vTPM the way libvirt/QEMU start `swtpm socket`",
+                               description=SOCKET_DESCRIPTION)
+    where = sock.add_mutually_exclusive_group()
+    where.add_argument("--tpmstate", metavar="dir=DIR[,mode=0600][,lock]",
+                       help="state directory (or backend-uri=dir://DIR); created with a new TPM if empty")
+    stores.add_store_options(sock, where)
+    sock.add_argument("--tpm2", action="store_true", help="emulate a TPM 2.0 (required: no TPM 1.2)")
+    sock.add_argument("--ctrl", metavar="type=unixio,path=P[,mode=0600]|type=tcp,port=N[,bindaddr=A]",
+                      help="control channel (also uid=,gid=, fd=, clientfd=, terminate)")
+    sock.add_argument("--server", metavar="type=tcp,port=N[,bindaddr=A]|type=unixio,path=P",
+                      help="data channel (also mode=, uid=, gid=, fd=, disconnect); default: passed by CMD_SET_DATAFD")
+    sock.add_argument("-p", "--port", type=int, help="TCP data port (same as --server type=tcp,port=N)")
+    sock.add_argument("--flags", metavar="not-need-init,startup-clear",
+                      help="not-need-init, startup-clear|startup-state|startup-none, disable-auto-shutdown")
+    sock.add_argument("--migration", metavar="incoming[,release-lock-outgoing]",
+                      help="incoming: take the state's lock only when the migrated state arrives")
+    sock.add_argument("-t", "--terminate", action="store_true", help="end when the data connection closes")
+    sock.add_argument("--pid", metavar="file=F|fd=N", help="write the process id")
+    sock.add_argument("--log", metavar="file=F|fd=N[,level=N][,prefix=P][,truncate]",
+                      help="log here instead of stderr (file=- discards)")
+    sock.add_argument("-d", "--daemon", action="store_true", help="detach once the sockets listen")
+    sock.add_argument("--print-capabilities", action="store_true", help="print swtpm-style JSON capabilities")
+    sock.add_argument("--version", action="store_true", help="print the version")
+    sock.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
+    sock.set_defaults(func=cmd_socket, prepare=lambda args: _socket_options(sock, args), state=None)
+
     info = commands.add_parser("info", help="show what a vTPM state holds (no secrets)",
                                description="Show NV indices, persistent handles and PCR banks of a stored vTPM.")
     add_state_options(info)
@@ -204,6 +287,11 @@ def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) 
     args = build_parser(stores).parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="vtpm: %(message)s")
+    prepare = getattr(args, "prepare", None)
+    if prepare is not None:
+        early = prepare(args)
+        if early is not None:
+            return int(early)
     try:
         return args.func(args, stores.open(args))
     except (StateStoreError, OSError, *stores.failures) as exc:

@@ -242,3 +242,95 @@ def swtpm_localca_setup_config(base: Path) -> Path:
     setup.write_text(f"create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {base / 'localca.conf'}\n"
                      f"create_certs_tool_options = {base / 'localca.options'}\nactive_pcr_banks = sha256\n")
     return setup
+
+
+# ----------------------------------------------------------------------------- `swtpm socket`-shaped processes
+
+
+@dataclass
+class SocketProcess:
+    """`vtpm socket ...` or `swtpm socket ...` on whatever endpoints its arguments name, with its output in a log."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return stop_process(self.proc, timeout)
+
+    def __enter__(self) -> SocketProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def vtpm_socket_argv(*args: str | os.PathLike[str]) -> list[str]:
+    """The installed `vtpm socket ARGS` (this checkout's vmcrypt.vtpm_command) as a child process."""
+    return [sys.executable, "-m", "vmcrypt.vtpm_command", "socket", *map(str, args)]
+
+
+def checkout_env() -> dict[str, str]:
+    """The environment for a child that must import this checkout (PYTHONPATH starts with the repository)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def unix_socket_ready(path: Path) -> Callable[[], bool]:
+    """Ready once ``path`` is a socket that accepts a connection (the probe connection sends nothing)."""
+    def ready() -> bool:
+        if not path.is_socket():
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1.0)
+                probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+    return ready
+
+
+def start_socket_process(name: str, argv: Sequence[str], log: Path, ready: Callable[[], bool], *,
+                         timeout: float = READY_TIMEOUT) -> SocketProcess:
+    """Start ``argv`` (output into ``log``) and return once ``ready()``; ServerError with the log if it ends first."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as handle:
+        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
+                                env=checkout_env())
+    server = SocketProcess(name, proc, log)
+    deadline = time.monotonic() + timeout
+    while True:
+        if ready():
+            return server
+        if proc.poll() is not None:
+            raise ServerError(f"{name} exited with status {proc.returncode} before it was ready; its log ({log}):\n"
+                              f"{server.log_text()}")
+        if time.monotonic() >= deadline:
+            server.stop()
+            raise ServerError(f"{name} was not ready within {timeout:.0f} s; its log ({log}):\n{server.log_text()}")
+        time.sleep(POLL_INTERVAL)
+
+
+def start_vtpm_socket(args: Sequence[str | os.PathLike[str]], log: Path, ready: Callable[[], bool],
+                      *, timeout: float = READY_TIMEOUT) -> SocketProcess:
+    return start_socket_process("vtpm socket", vtpm_socket_argv(*args), log, ready, timeout=timeout)
+
+
+def start_swtpm_socket(args: Sequence[str | os.PathLike[str]], log: Path, ready: Callable[[], bool],
+                       *, timeout: float = READY_TIMEOUT) -> SocketProcess:
+    return start_socket_process("swtpm socket", [swtpm_path(), "socket", *map(str, args)], log, ready,
+                                timeout=timeout)

@@ -1,4 +1,4 @@
-"""A served TPM: the engine plus what a platform adds (power, locality, established flag).
+"""A served TPM: the engine plus what a platform adds (power, locality, established flag, state blobs).
 
 Transports call into a ``TpmDevice`` from many connections; the device lock
 makes commands run one at a time, as on a real TPM.
@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from vtpm import wire
 from vtpm.constants import CC, RC
 from vtpm.engine import Tpm
+from vtpm.server import state_blobs
+from vtpm.server.state_blobs import BlobError, BlobType, VolatileBlob
+from vtpm.server.state_lock import GuardedStore
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +36,19 @@ class TpmDevice:
     buffer_size: int = BUFFER_MAX
     last_command: int = 0
     on_terminate: Callable[[], None] | None = None
+    #: where the engine's saves go, with the state's lock (None: the caller persists by itself)
+    storage: GuardedStore | None = None
+    #: send Shutdown(CLEAR) before a reset or the end when the OS did not (swtpm's default)
+    auto_shutdown: bool = True
+    pending_volatile: VolatileBlob | None = None  # CMD_SET_STATEBLOB(volatile): the next CMD_INIT resumes it
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def execute(self, command: bytes, locality: int | None = None) -> bytes:
         with self.lock:
             if not self.running:
+                return FAILURE_RESPONSE
+            if self.storage is not None and not self.storage.ensure_locked():
+                self.shutdown()  # another server owns the state now (swtpm ends in this case too)
                 return FAILURE_RESPONSE
             if len(command) > self.buffer_size:
                 return wire.error_response(RC.COMMAND_SIZE)
@@ -47,14 +58,23 @@ class TpmDevice:
 
     def _orderly_stop(self) -> None:
         """Send Shutdown(CLEAR) if the OS did not, so stopping is never counted as a crash."""
-        if self.running and self.last_command != CC.Shutdown and self.tpm.volatile.started:
+        if (self.auto_shutdown and self.running and self.last_command != CC.Shutdown
+                and self.tpm.volatile.started):
             self.tpm.execute(0, wire.SHUTDOWN_CLEAR)
 
     def init(self, delete_volatile: bool = False) -> None:
-        """_TPM_Init: power-cycle the TPM; it waits for Startup again."""
+        """_TPM_Init: power-cycle the TPM; it waits for Startup again, or resumes a migrated power cycle.
+
+        Raises BlobError when a volatile blob set by CMD_SET_STATEBLOB does not
+        fit the permanent state; the TPM then stays stopped.
+        """
         with self.lock:
             self._orderly_stop()
+            self.running = False
             self.tpm.power_cycle()
+            pending, self.pending_volatile = self.pending_volatile, None
+            if pending is not None:
+                state_blobs.restore(self.tpm, pending)
             self.running = True
             self.last_command = 0
 
@@ -78,3 +98,39 @@ class TpmDevice:
             if requested:
                 self.buffer_size = max(BUFFER_MIN, min(BUFFER_MAX, requested))
             return self.buffer_size
+
+    # ------------------------------------------------------------------ live migration
+
+    def lock_storage(self, retries: int) -> bool:
+        """CMD_LOCK_STORAGE: take the state's lock, trying for ``retries`` × 10 ms."""
+        with self.lock:
+            return self.storage is None or self.storage.ensure_locked(retries)
+
+    def get_state_blob(self, kind: BlobType) -> bytes:
+        """CMD_GET_STATEBLOB on a running TPM; after the last blob (savestate) the lock goes to the target."""
+        with self.lock:
+            if kind == BlobType.PERMANENT:
+                self.tpm.flush_state()  # the clock as of now, saved like swtpm's blob is read from its file
+                return self.tpm.state.to_bytes()
+            if kind == BlobType.VOLATILE:
+                blob, dropped = state_blobs.encode_volatile(self.tpm)
+                if dropped:
+                    log.warning("%d hash/HMAC sequence(s) in progress are not part of the volatile blob", dropped)
+                return blob
+            if self.storage is not None:
+                self.storage.release()
+            return b""
+
+    def set_state_blob(self, kind: BlobType, raw: bytes) -> None:
+        """CMD_SET_STATEBLOB on a stopped TPM; BlobError if the blob is refused (nothing changes then)."""
+        with self.lock:
+            if kind == BlobType.PERMANENT:
+                state = state_blobs.decode_permanent(raw)
+                self.tpm.state = state
+                self.tpm.power_cycle()
+                self.pending_volatile = None
+                self.tpm.flush_state()
+            elif kind == BlobType.VOLATILE:
+                self.pending_volatile = state_blobs.decode_volatile(raw)
+            elif raw:
+                raise BlobError("a savestate blob must be empty: Shutdown(STATE) data is in the permanent blob")

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,8 +55,8 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(parts)
 
 
-def serve_tpm_commands(sock: socket.socket, device: TpmDevice) -> None:
-    """swtpm data channel: raw TPM commands in, responses out, until the peer closes.
+def serve_tpm_commands(sock: socket.socket, device: TpmDevice, *, once: bool = False) -> None:
+    """swtpm data channel: raw TPM commands in, responses out, until the peer closes (after one with ``once``).
 
     The socket stays blocking with no timeout (a timeout costs two fcntl calls per
     command): a client that stalls mid-command only holds its own thread, and one
@@ -76,8 +77,15 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice) -> None:
                     return  # the stream is out of step: drop the connection
                 body = recv_exact(sock, size - wire.HEADER_SIZE) if size > wire.HEADER_SIZE else b""
                 sock.sendall(device.execute(header + body))
+                if once:
+                    return
             except (ConnectionClosed, OSError):
                 return
+
+
+CTRL_READ = 4 + 4096 + 8  # one read of a control request, as swtpm's request buffer
+CTRL_REQUEST_TIMEOUT = 0.5  # swtpm allows 500 ms for the fixed part of a control request
+CTRL_BLOB_TIMEOUT = 10.0  # seconds between the reads of a state blob's remaining bytes
 
 
 def _recv_with_fd(sock: socket.socket, n: int) -> tuple[bytes, int | None]:
@@ -86,49 +94,74 @@ def _recv_with_fd(sock: socket.socket, n: int) -> tuple[bytes, int | None]:
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    extra = list(fds[1:])
+    for fd in extra:  # only one descriptor is ever expected
+        os.close(fd)
     return data, (fds[0] if fds else None)
 
 
 @dataclass
 class SwtpmControlSession:
+    """One control-channel connection: requests framed as swtpm frames them (see swtpm_ctrl)."""
+
     sock: socket.socket
     device: TpmDevice
     unix: bool
     on_data_fd: Callable[[socket.socket], None]
     on_terminate: Callable[[], None]
 
+    def _read_request(self) -> tuple[bytes, int | None]:
+        """One request: what the first read delivers, completed up to its size (b"" when the peer closed)."""
+        self.sock.settimeout(None)
+        if self.unix:
+            message, passed_fd = _recv_with_fd(self.sock, CTRL_READ)
+        else:
+            message, passed_fd = self.sock.recv(CTRL_READ), None
+        if not message:
+            return b"", passed_fd
+        deadline = time.monotonic() + CTRL_REQUEST_TIMEOUT
+        while len(message) < (needed := swtpm_ctrl.request_size(message)):
+            fixed_part_done = len(message) >= 16
+            timeout = CTRL_BLOB_TIMEOUT if fixed_part_done else deadline - time.monotonic()
+            if timeout <= 0:
+                raise ConnectionClosed()
+            self.sock.settimeout(timeout)
+            chunk = self.sock.recv(min(needed - len(message), 64 * 1024))
+            if not chunk:
+                raise ConnectionClosed()
+            message += chunk
+        return message, passed_fd
+
     def run(self) -> None:
         with contextlib.closing(self.sock):
             while True:
-                self.sock.settimeout(None)
+                passed_fd = None
                 try:
-                    passed_fd = None
-                    if self.unix:
-                        head, passed_fd = _recv_with_fd(self.sock, 4)
-                    else:
-                        head = self.sock.recv(4)
-                    if not head:
+                    message, passed_fd = self._read_request()
+                    if not message:
                         return
-                    self.sock.settimeout(0.5)  # swtpm allows 500 ms for a whole control request
-                    if len(head) < 4:
-                        head += recv_exact(self.sock, 4 - len(head))
-                    code = int.from_bytes(head, "big")
-                    payload = recv_exact(self.sock, swtpm_ctrl.payload_size(code))
-                    result = swtpm_ctrl.handle(self.device, code, payload, unix=self.unix)
+                    if len(message) < 4:
+                        return
+                    code = int.from_bytes(message[:4], "big")
+                    result = swtpm_ctrl.handle(self.device, code, message[4:], unix=self.unix)
                     if result.accept_data_fd:
                         if passed_fd is None:
                             result = swtpm_ctrl.CtrlResult((swtpm_ctrl.TPM_BAD_PARAMETER).to_bytes(4, "big"))
                         else:
                             self.on_data_fd(socket.socket(fileno=passed_fd))
                             passed_fd = None
-                    if passed_fd is not None:
-                        os.close(passed_fd)
+                    self.sock.settimeout(CTRL_BLOB_TIMEOUT)
                     self.sock.sendall(result.response)
                     if result.terminate:
                         self.on_terminate()
                         return
+                    if result.close:
+                        return
                 except (ConnectionClosed, OSError):
                     return
+                finally:
+                    if passed_fd is not None:
+                        os.close(passed_fd)
 
 
 @dataclass

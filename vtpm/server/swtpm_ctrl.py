@@ -1,14 +1,24 @@
 """swtpm's control channel protocol (include/swtpm/tpm_ioctl.h), without I/O.
 
-A request is a big-endian UINT32 command code followed by a payload whose
-size the code determines; every answer starts with a UINT32 TPM 1.2-style
-result. ``payload_size`` tells a transport how many bytes to wait for and
-``handle`` turns a complete request into the answer.
+A request is a big-endian UINT32 command code followed by a payload; every
+answer starts with a UINT32 TPM 1.2-style result. Payloads are framed as swtpm
+frames them: a request is what one read delivers, at least the command's
+minimum size (``request_size``); a client such as QEMU sends the whole request
+union (4 bytes for CMD_SET_LOCALITY, whose request is 1 byte), and the bytes
+past the minimum belong to the same request. Commands without a request part
+must come without payload. ``handle`` turns a complete request into the answer.
+
+State blobs (CMD_GET_STATEBLOB / CMD_SET_STATEBLOB) travel on the control
+channel in both directions, as with swtpm's socket interface: the answer to
+GET is result, flags, totlength, length and then ``length`` blob bytes from
+the requested offset; SET's header (flags, type, length) is followed by
+``length`` bytes that may arrive in several reads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 from vtpm.commands.capability import FIRMWARE_VERSION, MANUFACTURER, SPEC_LEVEL, SPEC_REVISION
@@ -18,12 +28,15 @@ from vtpm.server.protocol import (  # noqa: F401  (re-exported: the control prot
     CAP_CANCEL_TPM_CMD,
     CAP_GET_CONFIG,
     CAP_GET_INFO,
+    CAP_GET_STATEBLOB,
     CAP_GET_TPMESTABLISHED,
     CAP_INIT,
+    CAP_LOCK_STORAGE,
     CAP_RESET_TPMESTABLISHED,
     CAP_SET_BUFFERSIZE,
     CAP_SET_DATAFD,
     CAP_SET_LOCALITY,
+    CAP_SET_STATEBLOB,
     CAP_SHUTDOWN,
     CAP_STOP,
     CAP_STORE_VOLATILE,
@@ -31,33 +44,86 @@ from vtpm.server.protocol import (  # noqa: F401  (re-exported: the control prot
     INFO_TPMATTRIBUTES,
     INFO_TPMSPECIFICATION,
     PAYLOAD_SIZES,
+    STATE_FLAG_ENCRYPTED,
     TPM_BAD_LOCALITY,
     TPM_BAD_ORDINAL,
     TPM_BAD_PARAMETER,
     TPM_FAIL,
+    TPM_IOERROR,
     TPM_SUCCESS,
     payload_size,
 )
+from vtpm.server.state_blobs import MAX_BLOB, BlobError, BlobType
 
+log = logging.getLogger(__name__)
 
+#: the fixed request part after the command code: (minimum bytes, True when more bytes are refused)
+REQUESTS: dict[int, tuple[int, bool]] = {
+    Ctrl.GET_CAPABILITY: (0, False),
+    Ctrl.INIT: (4, True),
+    Ctrl.SHUTDOWN: (0, True),
+    Ctrl.GET_TPMESTABLISHED: (0, True),
+    Ctrl.SET_LOCALITY: (1, False),
+    Ctrl.HASH_START: (0, True),
+    Ctrl.HASH_DATA: (4, False),
+    Ctrl.HASH_END: (0, True),
+    Ctrl.CANCEL_TPM_CMD: (0, True),
+    Ctrl.STORE_VOLATILE: (0, True),
+    Ctrl.RESET_TPMESTABLISHED: (1, False),
+    Ctrl.GET_STATEBLOB: (12, False),
+    Ctrl.SET_STATEBLOB: (12, False),
+    Ctrl.STOP: (0, True),
+    Ctrl.GET_CONFIG: (0, True),
+    Ctrl.SET_DATAFD: (0, False),
+    Ctrl.SET_BUFFERSIZE: (4, False),
+    Ctrl.GET_INFO: (16, False),
+    Ctrl.LOCK_STORAGE: (4, False),
+}
+HASH_DATA_MAX = 4096
+GET_STATEBLOB_HEADER = 16  # result, state_flags, totlength, length
 
 
 def _u32(value: int) -> bytes:
     return value.to_bytes(4, "big")
 
 
+def _be(data: bytes, offset: int) -> int:
+    return int.from_bytes(data[offset : offset + 4], "big")
+
+
+def request_size(message: bytes) -> int:
+    """Total bytes (code included) the request starting with ``message`` needs; 4 until the code is known.
+
+    For CMD_SET_STATEBLOB and CMD_HASH_DATA the size includes the data their
+    header announces (capped, so a lying header cannot make us wait forever
+    for more than the command may carry: ``handle`` refuses it instead).
+    """
+    if len(message) < 4:
+        return 4
+    code = _be(message, 0)
+    minimum = REQUESTS.get(code, (0, False))[0]
+    if code == Ctrl.SET_STATEBLOB and len(message) >= 16:
+        length = _be(message, 12)
+        return 16 + (length if length <= MAX_BLOB else 0)
+    if code == Ctrl.HASH_DATA and len(message) >= 8:
+        return 8 + min(_be(message, 4), HASH_DATA_MAX)
+    return 4 + minimum
+
+
 @dataclass
 class CtrlResult:
     response: bytes
-    terminate: bool = False  # CMD_SHUTDOWN: the serving process should end
+    terminate: bool = False  # CMD_SHUTDOWN (or a lost lock): the serving process should end
     accept_data_fd: bool = False  # CMD_SET_DATAFD: the transport must take the passed descriptor
+    close: bool = False  # the request stream is out of step: close the control connection after answering
 
 
 def capabilities(unix: bool) -> int:
+    """The control commands this server implements (CMD_GET_CAPABILITY); SET_DATAFD needs a Unix socket."""
     caps = (
         CAP_INIT | CAP_SHUTDOWN | CAP_GET_TPMESTABLISHED | CAP_SET_LOCALITY | CAP_CANCEL_TPM_CMD
-        | CAP_STORE_VOLATILE | CAP_RESET_TPMESTABLISHED | CAP_STOP | CAP_GET_CONFIG | CAP_SET_BUFFERSIZE
-        | CAP_GET_INFO
+        | CAP_STORE_VOLATILE | CAP_RESET_TPMESTABLISHED | CAP_GET_STATEBLOB | CAP_SET_STATEBLOB | CAP_STOP
+        | CAP_GET_CONFIG | CAP_SET_BUFFERSIZE | CAP_GET_INFO | CAP_LOCK_STORAGE
     )
     return caps | (CAP_SET_DATAFD if unix else 0)
 
@@ -75,15 +141,60 @@ def info_json(flags: int) -> str:
     return json.dumps(doc, separators=(",", ":"))
 
 
+def _get_state_blob(device: TpmDevice, payload: bytes) -> CtrlResult:
+    kind, offset = _be(payload, 4), _be(payload, 8)
+    result, blob = TPM_SUCCESS, b""
+    if kind not in BlobType._value2member_map_:
+        result = TPM_FAIL
+    else:
+        try:
+            blob = device.get_state_blob(BlobType(kind))
+        except Exception:  # e.g. the store failed to save: QEMU gets an error, the TPM keeps running
+            log.exception("reading the state blob failed")
+            result = TPM_FAIL
+    rest = blob[offset:] if result == TPM_SUCCESS else b""
+    # swtpm's layout: totlength and length both count the bytes from the offset, all sent at once
+    return CtrlResult(_u32(result) + _u32(0) + _u32(len(rest)) + _u32(len(rest)) + rest)
+
+
+def _set_state_blob(device: TpmDevice, payload: bytes) -> CtrlResult:
+    flags, kind, length = _be(payload, 0), _be(payload, 4), _be(payload, 8)
+    if length > MAX_BLOB:
+        log.error("refused a state blob of %d bytes", length)
+        return CtrlResult(_u32(TPM_FAIL), close=True)
+    data = payload[12:]
+    if len(data) != length:
+        return CtrlResult(_u32(TPM_BAD_PARAMETER), close=True)
+    if device.running:
+        return CtrlResult(_u32(TPM_BAD_ORDINAL))
+    if device.storage is not None and not device.storage.ensure_locked():
+        return CtrlResult(_u32(TPM_IOERROR), terminate=True)
+    if flags & STATE_FLAG_ENCRYPTED:
+        log.error("refused an encrypted state blob: no migration key is configured")
+        return CtrlResult(_u32(TPM_FAIL))
+    if kind not in BlobType._value2member_map_:
+        return CtrlResult(_u32(TPM_BAD_PARAMETER))
+    try:
+        device.set_state_blob(BlobType(kind), data)
+    except BlobError as exc:
+        log.error("refused a %s state blob: %s", BlobType(kind).name.lower(), exc)
+        return CtrlResult(_u32(TPM_BAD_PARAMETER))
+    return CtrlResult(_u32(TPM_SUCCESS))
+
+
 def handle(device: TpmDevice, code: int, payload: bytes, *, unix: bool = False) -> CtrlResult:
-    """Execute one control command against ``device``."""
-    expected = payload_size(code)
-    if len(payload) != expected:
+    """Execute one control command against ``device``; ``payload`` is the request after the code."""
+    minimum, exact = REQUESTS.get(code, (0, False))
+    if len(payload) < minimum or (exact and len(payload) != minimum):
         return CtrlResult(_u32(TPM_BAD_PARAMETER))
     if code == Ctrl.GET_CAPABILITY:
         return CtrlResult(_u32(TPM_SUCCESS) + _u32(capabilities(unix)))
     if code == Ctrl.INIT:
-        device.init(delete_volatile=bool(int.from_bytes(payload, "big") & 1))
+        try:
+            device.init(delete_volatile=bool(_be(payload, 0) & 1))
+        except BlobError as exc:
+            log.error("the migrated volatile state does not fit the permanent state: %s", exc)
+            return CtrlResult(_u32(TPM_FAIL))
         return CtrlResult(_u32(TPM_SUCCESS))
     if code == Ctrl.STOP:
         device.stop()
@@ -97,7 +208,7 @@ def handle(device: TpmDevice, code: int, payload: bytes, *, unix: bool = False) 
         device.locality = payload[0]
         return CtrlResult(_u32(TPM_SUCCESS))
     if code == Ctrl.SET_BUFFERSIZE:
-        requested = int.from_bytes(payload, "big")
+        requested = _be(payload, 0)
         if requested and device.running:
             return CtrlResult(_u32(TPM_BAD_ORDINAL))
         size = device.set_buffer_size(requested)
@@ -106,7 +217,7 @@ def handle(device: TpmDevice, code: int, payload: bytes, *, unix: bool = False) 
         return CtrlResult(_u32(TPM_SUCCESS) + _u32(0))
     if code == Ctrl.GET_INFO:
         flags = int.from_bytes(payload[:8], "big")
-        offset = int.from_bytes(payload[8:12], "big")
+        offset = _be(payload, 8)
         text = info_json(flags).encode() + b"\0"
         if offset >= len(text) - 1:
             return CtrlResult(_u32(TPM_BAD_PARAMETER))
@@ -116,9 +227,16 @@ def handle(device: TpmDevice, code: int, payload: bytes, *, unix: bool = False) 
         if not unix:
             return CtrlResult(_u32(TPM_FAIL))
         return CtrlResult(_u32(TPM_SUCCESS), accept_data_fd=True)
+    if code == Ctrl.LOCK_STORAGE:
+        ok = device.lock_storage(_be(payload, 0))
+        return CtrlResult(_u32(TPM_SUCCESS if ok else TPM_FAIL))
+    if code == Ctrl.SET_STATEBLOB:
+        return _set_state_blob(device, payload)
     # The rest need a running TPM.
     if not device.running:
         return CtrlResult(_u32(TPM_BAD_ORDINAL))
+    if code == Ctrl.GET_STATEBLOB:
+        return _get_state_blob(device, payload)
     if code == Ctrl.GET_TPMESTABLISHED:
         return CtrlResult(_u32(TPM_SUCCESS) + bytes([int(device.established)]) + b"\0\0\0")
     if code == Ctrl.RESET_TPMESTABLISHED:
