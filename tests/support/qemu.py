@@ -75,8 +75,10 @@ pcrs() {
     echo GUEST-PCRS-END
 }
 eventlog() {
+    log=/sys/kernel/security/tpm0/binary_bios_measurements
+    [ -r $log ] || echo "GUEST-ERROR no $log: the firmware published no event log"
     echo GUEST-EVENTLOG-BEGIN
-    base64 /sys/kernel/security/tpm0/binary_bios_measurements
+    base64 $log 2>/dev/null
     echo GUEST-EVENTLOG-END
 }
 pcrs
@@ -420,10 +422,15 @@ class Qemu:
         except GuestError as exc:
             raise GuestError(f"{exc}\n{self.diagnostics()}") from None
         text = self.console.text()[:end]
-        if "GUEST-ERROR" in text:
-            raise GuestError(f"the guest reported an error:\n{self.diagnostics()}")
+        errors = [line for line in text.splitlines() if "GUEST-ERROR" in line]
+        if errors:
+            raise GuestError("the guest reported: " + "; ".join(errors) + f"\n{self.diagnostics()}")
         log = "".join(_between(text, "GUEST-EVENTLOG-BEGIN", "GUEST-EVENTLOG-END").split())
-        return GuestReport(parse_pcrs(_between(text, "GUEST-PCRS-BEGIN", "GUEST-PCRS-END")), base64.b64decode(log))
+        try:
+            eventlog = base64.b64decode(log, validate=True)
+        except ValueError:
+            raise GuestError(f"the guest's event log is not base64:\n{self.diagnostics()}") from None
+        return GuestReport(parse_pcrs(_between(text, "GUEST-PCRS-BEGIN", "GUEST-PCRS-END")), eventlog)
 
     def read_pcrs(self, timeout: float = COMMAND_TIMEOUT) -> dict[str, dict[int, bytes]]:
         """Ask the running guest for its PCRs again (the ``pcrs`` console command)."""
