@@ -45,6 +45,14 @@ def assert_clean_shutdown(guest: Qemu) -> None:
     assert status == 0, f"{guest.tpm.kind} exit status {status} after QEMU quit\n{guest.diagnostics()}"
 
 
+def assert_state_private(guest: Qemu) -> None:
+    """The TPM state was written, with the mode libvirt asks for (``--tpmstate mode=0600``; swtpm's empty
+    ``.lock`` file is 0640 and holds nothing)."""
+    files = [path for path in guest.tpm.state.iterdir() if path.is_file() and path.stat().st_size]
+    assert files, f"{guest.tpm.kind} wrote no state"
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in files} == {path.name: "0o600" for path in files}
+
+
 @pytest.mark.parametrize("model", ["tpm-crb", "tpm-tis"])
 @pytest.mark.parametrize("kind", tpm_server_kinds())
 def test_boot_pcrs_replay_the_event_log_and_quit_shuts_the_tpm_down(tmp_path: Path, kind: str, model: str) -> None:
@@ -53,6 +61,7 @@ def test_boot_pcrs_replay_the_event_log_and_quit_shuts_the_tpm_down(tmp_path: Pa
         assert_pcrs_match_event_log(report)
         assert guest.read_pcrs() == report.pcrs  # the console command answers with the same values
         assert_clean_shutdown(guest)
+        assert_state_private(guest)
 
 
 @pytest.mark.parametrize("kind", tpm_server_kinds())
@@ -66,4 +75,4 @@ def test_live_migration_keeps_the_guest_pcrs(tmp_path: Path, kind: str) -> None:
             assert_clean_shutdown(source)
             assert destination.read_pcrs() == report.pcrs, destination.diagnostics()
             assert_clean_shutdown(destination)
-        assert any(destination.tpm.state.iterdir()), "the destination TPM kept no state"
+            assert_state_private(destination)
