@@ -196,7 +196,7 @@ def _socket_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         if args.tpmstate is not None:
             args.state = str(swtpm_options.parse_tpmstate(args.tpmstate).directory)
         elif not getattr(args, "vm", None):
-            parser.error("give --tpmstate dir=DIR" + (" or --vm VMX" if hasattr(args, "vm") else ""))
+            parser.error("give --tpmstate dir=DIR (or, with the installed vtpm command, --vm VMX)")
         server = swtpm_options.parse_server(args.server) if args.server is not None else None
         if args.port is not None:
             if server is not None:

@@ -263,3 +263,30 @@ def test_key_file_state_with_the_vtpm_command(short: Path) -> None:
         assert server.wait(15) == 0
     assert (state / "tpm2-state.vmc").read_bytes().startswith(b"VMCRYPTC")
     assert not (state / "tpm2-state.json").exists()
+
+
+def test_inherited_descriptors_for_control_pid_and_log(short: Path) -> None:
+    """``--ctrl type=unixio,clientfd=N`` (a connected socket), ``--pid fd=N`` and ``--log fd=N``."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid_read, pid_write = os.pipe()
+    log_path = short / "fd.log"
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        server = start_vtpm_socket(
+            ["--tpm2", "--tpmstate", f"dir={short / 'state'}", "--ctrl", f"type=unixio,clientfd={theirs.fileno()}",
+             "--pid", f"fd={pid_write}", "--log", f"fd={log_fd}"],
+            short / "out.log", lambda: "serving on" in log_path.read_text(), pass_fds=(theirs.fileno(), pid_write, log_fd))
+    finally:
+        theirs.close()
+        os.close(pid_write)
+        os.close(log_fd)
+    with server, os.fdopen(pid_read, "rb") as pid_pipe:
+        assert int(pid_pipe.read().strip()) == server.proc.pid
+        qemu = QemuControl(ours)
+        ours.settimeout(10)
+        qemu.startup_sequence()
+        assert wire.response_code(qemu.transact(wire.STARTUP_CLEAR)) == 0
+        assert qemu.shutdown() == 0
+        assert server.wait(15) == 0
+        qemu.close()
+    assert "stopped, state saved" in log_path.read_text()

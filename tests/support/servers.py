@@ -305,12 +305,13 @@ def unix_socket_ready(path: Path) -> Callable[[], bool]:
 
 
 def start_socket_process(name: str, argv: Sequence[str], log: Path, ready: Callable[[], bool], *,
-                         timeout: float = READY_TIMEOUT) -> SocketProcess:
-    """Start ``argv`` (output into ``log``) and return once ``ready()``; ServerError with the log if it ends first."""
+                         timeout: float = READY_TIMEOUT, pass_fds: Sequence[int] = ()) -> SocketProcess:
+    """Start ``argv`` (output into ``log``, inheriting ``pass_fds``) and return once ``ready()``; ServerError
+    with the log if it ends first."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
-                                env=checkout_env())
+                                env=checkout_env(), pass_fds=tuple(pass_fds))
     server = SocketProcess(name, proc, log)
     deadline = time.monotonic() + timeout
     while True:
@@ -326,8 +327,9 @@ def start_socket_process(name: str, argv: Sequence[str], log: Path, ready: Calla
 
 
 def start_vtpm_socket(args: Sequence[str | os.PathLike[str]], log: Path, ready: Callable[[], bool],
-                      *, timeout: float = READY_TIMEOUT) -> SocketProcess:
-    return start_socket_process("vtpm socket", vtpm_socket_argv(*args), log, ready, timeout=timeout)
+                      *, timeout: float = READY_TIMEOUT, pass_fds: Sequence[int] = ()) -> SocketProcess:
+    return start_socket_process("vtpm socket", vtpm_socket_argv(*args), log, ready, timeout=timeout,
+                                pass_fds=pass_fds)
 
 
 def start_swtpm_socket(args: Sequence[str | os.PathLike[str]], log: Path, ready: Callable[[], bool],

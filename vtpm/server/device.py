@@ -110,8 +110,13 @@ class TpmDevice:
         """CMD_GET_STATEBLOB on a running TPM; after the last blob (savestate) the lock goes to the target."""
         with self.lock:
             if kind == BlobType.PERMANENT:
-                self.tpm.flush_state()  # the clock as of now, saved like swtpm's blob is read from its file
-                return self.tpm.state.to_bytes()
+                # the clock as of now, without a write: the paused VM waits for this blob
+                state, clock = self.tpm.state, self.tpm.state.clock_ms
+                state.clock_ms = self.tpm.clock_now()
+                try:
+                    return state.to_bytes()
+                finally:
+                    state.clock_ms = clock
             if kind == BlobType.VOLATILE:
                 blob, dropped = state_blobs.encode_volatile(self.tpm)
                 if dropped:

@@ -32,7 +32,6 @@ from vtpm.server.swtpm_options import (
     MigrationOption,
     ServerOption,
     Startup,
-    UnixEndpoint,
 )
 from vtpm.server.swtpm_socket import SocketServer
 from vtpm.state import TpmState
@@ -203,4 +202,4 @@ def run(options: SocketOptions, store: StateStore) -> int:
     return 0
 
 
-__all__ = ["SocketOptions", "SocketError", "capabilities_json", "configure_logging", "run", "UnixEndpoint"]
+__all__ = ["SocketOptions", "SocketError", "capabilities_json", "configure_logging", "run"]

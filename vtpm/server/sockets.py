@@ -22,6 +22,7 @@ from vtpm.constants import RC
 from vtpm.server import swtpm_ctrl
 from vtpm.server.device import TpmDevice
 from vtpm.server.protocol import (
+    Ctrl,
     MS_PROTOCOL_VERSION,
     MS_REMOTE_HANDSHAKE,
     MS_SEND_COMMAND,
@@ -121,8 +122,8 @@ class SwtpmControlSession:
             return b"", passed_fd
         deadline = time.monotonic() + CTRL_REQUEST_TIMEOUT
         while len(message) < (needed := swtpm_ctrl.request_size(message)):
-            fixed_part_done = len(message) >= 16
-            timeout = CTRL_BLOB_TIMEOUT if fixed_part_done else deadline - time.monotonic()
+            blob_data = len(message) >= 16 and message[:4] == int(Ctrl.SET_STATEBLOB).to_bytes(4, "big")
+            timeout = CTRL_BLOB_TIMEOUT if blob_data else deadline - time.monotonic()
             if timeout <= 0:
                 raise ConnectionClosed()
             self.sock.settimeout(timeout)
