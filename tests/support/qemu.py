@@ -135,13 +135,16 @@ def _module_files(kernel_dir: Path) -> list[tuple[str, Path]]:
               if f"{option}=m" in config]
     if not wanted:
         return []
-    found = {path.name.split(".ko")[0]: path for path in kernel_dir.glob("lib/modules/*/kernel/**/*.ko*")}
+    # module names use "-" and "_" interchangeably (modinfo's depends= may say rng-core for rng_core.ko)
+    found = {path.name.split(".ko")[0].replace("-", "_"): path
+             for path in kernel_dir.glob("lib/modules/*/kernel/**/*.ko*")}
     order: list[str] = []
 
     def visit(name: str) -> None:
+        name = name.replace("-", "_")
         if name in order:
             return
-        path = found.get(name) or found.get(name.replace("-", "_"))
+        path = found.get(name)
         if path is None:
             raise GuestError(f"kernel module {name} is not in {kernel_dir} (scripts/guest_kernel.sh keeps drivers/char)")
         match = re.search(rb"depends=([^\0]*)\0", path.read_bytes())
@@ -151,17 +154,17 @@ def _module_files(kernel_dir: Path) -> list[tuple[str, Path]]:
 
     for name in wanted:
         visit(name)
-    return [(f"{name}{found[name].name[len(name):]}", found[name]) for name in order]
+    return [(found[name].name, found[name]) for name in order]
 
 
-def build_initramfs(kernel_dir: Path = KERNEL_DIR, cache: Path = INITRAMFS_DIR) -> Path:
+def build_initramfs(kernel_dir: Path = KERNEL_DIR, cache: Path = INITRAMFS_DIR, busybox: Path = BUSYBOX) -> Path:
     """The guest's initramfs (uncompressed newc cpio), built once per content and reused from ``cache``."""
     modules = _module_files(kernel_dir)
     members: list[tuple[str, int, bytes, tuple[int, int]]] = [
         (d, 0o040755, b"", (0, 0)) for d in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp")]
     members += [("dev/console", 0o020600, b"", (5, 1)),
                 ("init", 0o100755, INIT_SCRIPT.encode(), (0, 0)),
-                ("bin/busybox", 0o100755, BUSYBOX.read_bytes(), (0, 0)),
+                ("bin/busybox", 0o100755, busybox.read_bytes(), (0, 0)),
                 ("etc/tpm-modules", 0o100644, "".join(f"{n}\n" for n, _ in modules).encode(), (0, 0))]
     members += [(f"lib/modules/{n}", 0o100644, p.read_bytes(), (0, 0)) for n, p in modules]
     digest = hashlib.sha256()
