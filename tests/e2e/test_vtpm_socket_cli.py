@@ -290,3 +290,30 @@ def test_inherited_descriptors_for_control_pid_and_log(short: Path) -> None:
         assert server.wait(15) == 0
         qemu.close()
     assert "stopped, state saved" in log_path.read_text()
+
+
+@pytest.mark.slow
+def test_vm_state_with_the_vtpm_command(short: Path, tmp_path: Path, home: Path, vmcrypt_cli,  # type: ignore[no-untyped-def]
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``vtpm socket --vm VMX``: the state is the vTPM section of the VM's encrypted .nvram, under the VM's lock."""
+    vm = tmp_path / "ds" / "vm1"
+    vmcrypt_cli("vm", "create", str(vm), check=True)
+    vmcrypt_cli("encrypt", str(vm), check=True)
+    monkeypatch.setenv("VMCRYPT_HOME", str(home))  # the served process finds the key provider there
+    args = ["--tpm2", "--vm", str(vm / "vm1.vmx"), "--ctrl", f"type=unixio,path={short / 'c'}", "--terminate"]
+    server = start_vtpm_socket(args, short / "out.log", unix_socket_ready(short / "c"))
+    with server, QemuControl.unix(str(short / "c")) as qemu:
+        second = socket_cli("--tpm2", "--vm", str(vm / "vm1.vmx"), "--ctrl", f"type=unixio,path={short / 'c2'}")
+        assert second.returncode == 1 and "already being served" in second.stderr
+        qemu.startup_sequence()
+        assert wire.response_code(qemu.transact(wire.STARTUP_CLEAR)) == 0
+        attributes = 0x0006_0006  # owner/auth read and write
+        assert wire.response_code(qemu.transact(wire.nv_define_space(0x01500070, attributes, 16))) == 0
+        assert wire.response_code(qemu.transact(wire.nv_write(0x01500070, b"VTPM-SOCKET-NV"))) == 0
+        assert qemu.shutdown() == 0
+        assert server.wait(15) == 0, server.log_text()
+    assert b"VTPM-SOCKET-NV" not in (vm / "vm1.nvram").read_bytes()
+    info = subprocess.run([sys.executable, "-m", "vmcrypt.vtpm_command", "info", "--vm", str(vm / "vm1.vmx"), "--json"],
+                          capture_output=True, text=True, timeout=60, env=checkout_env())
+    assert info.returncode == 0, info.stderr
+    assert "0x01500070" in [i["index"] for i in json.loads(info.stdout)["nv_indices"]]
