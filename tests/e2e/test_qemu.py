@@ -70,7 +70,7 @@ def test_live_migration_keeps_the_guest_pcrs(tmp_path: Path, kind: str) -> None:
         report = source.wait_booted()
         assert_pcrs_match_event_log(report)
         with running_guest(kind, tmp_path, "dst", "tpm-crb", incoming="defer") as destination:
-            migrate(source, destination, f"unix:{tmp_path / 'migration.sock'}")
+            migrate(source, destination, f"unix:{tmp_path / 'mig.sock'}")
             assert source.status() == "postmigrate"
             assert_clean_shutdown(source)
             assert destination.read_pcrs() == report.pcrs, destination.diagnostics()

@@ -49,6 +49,7 @@ TPM_MODULES = ("tpm_crb", "tpm_tis")  # loaded when the kernel builds them as mo
 BOOT_TIMEOUT = 300.0  # seconds: OVMF + Linux under TCG take 8-10 s on a quiet machine, far more on a busy one
 COMMAND_TIMEOUT = 120.0
 SERVER_TIMEOUT = 30.0
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes with the terminating NUL
 
 CLEAN_SHUTDOWN_FAILURE = "Could not cleanly shutdown the TPM"
 
@@ -487,6 +488,10 @@ def qemu_argv(workdir: Path, name: str, ctrl: Path, tpm_model: str, initramfs: P
 def start_qemu(kind: str, workdir: Path, name: str, tpm_model: str, *, incoming: str | None = None) -> Qemu:
     """Start a TPM server of ``kind`` and a QEMU using it; returns once QMP and the console are connected."""
     require_guest_files()
+    longest = workdir / f"{name}-tpm.ctrl"
+    if len(os.fsencode(longest)) > UNIX_PATH_MAX:
+        raise GuestError(f"{longest} is longer than a Unix socket path may be ({UNIX_PATH_MAX} bytes): "
+                         "use a shorter work directory (pytest --basetemp)")
     initramfs = build_initramfs()
     tpm = start_tpm_server(kind, workdir, f"{name}-tpm")
     stderr_path = workdir / f"{name}.qemu.stderr"
