@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc libc6-dev libssl-dev openssl pkg-config python3-dev python3-venv swtpm swtpm-tools tpm2-tools libtss2-dev)
+APT_PACKAGES=(gcc libc6-dev libssl-dev openssl pkg-config python3-dev python3-venv swtpm swtpm-tools tpm2-tools libtss2-dev qemu-system-x86 ovmf busybox-static)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -20,6 +20,11 @@ if ((${#missing[@]})); then
     else
         echo "bootstrap: missing system packages: ${missing[*]} (install them, or run as root)" >&2
     fi
+fi
+
+# The guest kernel of the QEMU boot tests (tests/e2e/test_qemu.py), unpacked once into .cache/guest-kernel.
+if command -v apt-get >/dev/null; then
+    bash scripts/guest_kernel.sh || echo "bootstrap: no guest kernel for the QEMU boot tests" >&2
 fi
 
 PYTHON=${PYTHON:-python3}

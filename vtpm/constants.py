@@ -295,8 +295,6 @@ RC_P = 0x040  # parameter number follows
 RC_S = 0x800  # session number follows (when RC_P is clear)
 RC_N_SHIFT = 8
 
-# TPM 1.2 style error for commands with a TPM 1.2 tag (what a TPM 2.0 answers to 1.2 probes)
-TPM12_BAD_TAG = 0x01E
 
 
 class HT(enum.IntEnum):

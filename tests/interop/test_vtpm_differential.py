@@ -443,16 +443,20 @@ def test_deliberate_deviations_follow_the_spec(tpms: Differential) -> None:
 
     - A command tag that is not a TPM_ST value: TPM_RC_BAD_TAG (Part 2, 6.9); libtpms
       answers TPM_RC_VALUE.
-    - A TPM 1.2 command (tag 0x00C1, e.g. Linux's GetTicks probe): a TPM 1.2-style
-      answer, tag 0x00C4 with TPM_BADTAG, which TPM 1.2 drivers recognise.
+    - A TPM 1.2 command (tag 0x00C1, e.g. OVMF's GetTicks probe of a TIS TPM): TPM_RC_BAD_TAG
+      under a TPM 2.0 header (TPM_ST_NO_SESSIONS), libtpms TPM_RC_VALUE under the same header;
+      a TPM 1.2-style answer (tag 0x00C4) makes OVMF take the TPM for a TPM 1.2 and measure nothing.
     - Framing on a byte stream: the vTPM reads exactly commandSize bytes, so bytes after
       a command start the next one; swtpm hands whatever one read() returned to the TPM.
     """
     get_random_8 = build_command(CC["GetRandom"], params=u16(8))
     ours = tpms._send(tpms.ours, "bad tag", build_command(CC["GetRandom"], params=u16(8), tag=0x8003), 10.0)
     assert ours == bytes.fromhex("80010000000a0000001e")
-    ours = tpms._send(tpms.ours, "TPM 1.2 tag", build_command(CC["GetRandom"], params=u16(8), tag=0x00C1), 10.0)
-    assert ours == bytes.fromhex("00c40000000a0000001e")
+    getticks12 = bytes.fromhex("00c10000000a000000f1")  # OVMF's TPM 1.2 probe
+    ours = tpms._send(tpms.ours, "TPM 1.2 tag", getticks12, 10.0)
+    ref = tpms._send(tpms.ref, "TPM 1.2 tag", getticks12, 10.0)
+    assert ours == bytes.fromhex("80010000000a0000001e")
+    assert isinstance(ref, bytes) and ref[:2] == ours[:2] == b"\x80\x01"  # both under a TPM 2.0 tag
     tpms.close()
     ours = tpms._send(tpms.ours, "GetRandom + 4 stray bytes", get_random_8 + b"\xde\xad\xbe\xef", 10.0)
     assert isinstance(ours, bytes) and response_code(ours) == SUCCESS and len(ours) == 20
