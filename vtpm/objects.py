@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from vtpm.core import Entity
 from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import TPM2B_SENSITIVE, TPMT_PUBLIC
+from vtpm.marshal.primitives import parse_exact
 from vtpm.sessions import CFB
 
 A = TPMA_OBJECT
@@ -406,30 +408,50 @@ def _parent_keys(parent: LoadedObject, name: bytes) -> tuple[bytes, bytes]:
     return sym_key, hmac_key
 
 
+PRIVATE_IV_SIZE = 16  # one AES block
+
+
 def wrap_private(parent: LoadedObject, sensitive: Sensitive, name: bytes) -> bytes:
-    """TPM2B_PRIVATE content: integrity HMAC, then the CFB-encrypted TPM2B_SENSITIVE."""
+    """TPM2B_PRIVATE content laid out as the reference implementation does (SensitiveToPrivate):
+    integrity HMAC, a random IV (TPM2B, one block), then the CFB-encrypted TPM2B_SENSITIVE whose
+    authValue is padded with zeros to the object's nameAlg digest size, so its length stays hidden.
+    The HMAC covers IV and ciphertext, then the Name."""
     sym_key, hmac_key = _parent_keys(parent, name)
-    enc = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
-    encrypted = enc.update(sensitive.build()) + enc.finalize()
-    integrity = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
-    return len(integrity).to_bytes(2, "big") + integrity + encrypted
+    name_alg = int.from_bytes(name[:2], "big")
+    pad_to = HASHES[name_alg].size if name_alg in HASHES else 0
+    padded = Sensitive(sensitive.sensitive_type, sensitive.auth_value.ljust(pad_to, b"\x00"), sensitive.seed_value,
+                       sensitive.secret)
+    iv = secrets.token_bytes(PRIVATE_IV_SIZE)
+    enc = Cipher(algorithms.AES(sym_key), CFB(iv)).encryptor()
+    body = PRIVATE_IV_SIZE.to_bytes(2, "big") + iv + enc.update(padded.build()) + enc.finalize()
+    integrity = hmac_digest(parent.public.name_alg, hmac_key, body, name)
+    return len(integrity).to_bytes(2, "big") + integrity + body
 
 
 def unwrap_private(parent: LoadedObject, blob: bytes, name: bytes, *, param: int) -> Sensitive:
+    """The sensitive area of a TPM2B_PRIVATE from wrap_private, or from before it carried an IV (the
+    whole rest encrypted under a zero IV): both have the same HMAC, and only the layout that was
+    written decrypts to a well-formed TPM2B_SENSITIVE. The padded authValue loses its trailing zeros."""
     sym_key, hmac_key = _parent_keys(parent, name)
     if len(blob) < 2:
         raise TpmError(RC.SIZE, param=param)
     size = int.from_bytes(blob[:2], "big")
-    integrity, encrypted = blob[2 : 2 + size], blob[2 + size :]
-    expected = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
+    integrity, body = blob[2 : 2 + size], blob[2 + size :]
+    expected = hmac_digest(parent.public.name_alg, hmac_key, body, name)
     if size != len(expected) or not _equal(integrity, expected):
         raise TpmError(RC.INTEGRITY, param=param)
-    dec = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).decryptor()
-    plain = dec.update(encrypted) + dec.finalize()
-    try:
-        return Sensitive.parse_tpm2b(plain)
-    except (cs.ConstructError, TpmError):
-        raise TpmError(RC.SENSITIVE) from None
+    layouts = [(bytes(16), body)]
+    if len(body) > 2 + PRIVATE_IV_SIZE and int.from_bytes(body[:2], "big") == PRIVATE_IV_SIZE:
+        layouts.insert(0, (body[2 : 2 + PRIVATE_IV_SIZE], body[2 + PRIVATE_IV_SIZE :]))
+    for iv, encrypted in layouts:
+        dec = Cipher(algorithms.AES(sym_key), CFB(iv)).decryptor()
+        plain = dec.update(encrypted) + dec.finalize()
+        try:
+            s = parse_exact(TPM2B_SENSITIVE, plain)
+        except (cs.ConstructError, TpmError):
+            continue
+        return Sensitive(s.sensitiveType, s.authValue.rstrip(b"\x00"), s.seedValue, s.sensitive)
+    raise TpmError(RC.SENSITIVE)
 
 
 def _equal(a: bytes, b: bytes) -> bool:
