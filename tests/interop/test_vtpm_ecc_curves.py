@@ -90,8 +90,10 @@ def test_ecc_parameters_of_every_curve_are_swtpms(pair: Pair) -> None:
 
 def test_testparms_of_every_curve_are_swtpms(pair: Pair) -> None:
     for curve in [*ecmath.CURVES, 0x0006]:
-        for scheme in (ALG.NULL, ALG.ECDSA, ALG.ECDH, ALG.SM2, ALG.ECSCHNORR):
+        for scheme in (ALG.NULL, ALG.ECDSA, ALG.ECDH, ALG.SM2, ALG.ECSCHNORR, ALG.ECDAA):
             details = U16.build(ALG.SHA256) if scheme != ALG.NULL else b""
+            if scheme == ALG.ECDAA:
+                details += U16.build(7)  # TPMS_SCHEME_ECDAA's count (`tpm2 testparms ecc:ecdaa`)
             params = (U16.build(ALG.ECC) + U16.build(ALG.NULL) + U16.build(scheme) + details + U16.build(curve)
                       + U16.build(ALG.NULL))
             ours, ref = pair.both(wire.build_command(CC.TestParms, params=params))

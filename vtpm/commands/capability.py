@@ -352,6 +352,8 @@ def _scheme(reader: _Reader, allowed: set[int]) -> None:
         raise TpmError(RC.SCHEME, param=1)
     if scheme != ALG.NULL:
         _hash(reader.u16())
+    if scheme == ALG.ECDAA:
+        reader.u16()  # TPMS_SCHEME_ECDAA: hashAlg and the commit count
 
 
 @command(CC.TestParms, params=[("raw", cs.GreedyBytes)])
