@@ -15,7 +15,8 @@ same ports and state directory; so both sides run under the unmodified upstream 
   tpm2-abrmd when ``tpm2-abrmd`` and its TCTI are installed (``apt-get install tpm2-abrmd
   libtss2-tcti-tabrmd0``), else the tools talk to the TPM directly over the swtpm TCTI (said in the
   output; abrmd_* tests then fail on both sides). Exit status 77 is a skip, as in automake.
-- ``tpm2_getcap commands`` and ``ecc-curves``: ours must list everything swtpm lists.
+- ``tpm2_getcap commands`` and ``ecc-curves``: ours must list everything swtpm lists (this checks
+  the vtpm of this checkout, started by tests/support; ``--vtpm-src`` applies to the two suites).
 
 Sources (``--pytss-src``, ``--tools-src`` name unpacked trees; otherwise): a mirror repository
 ``MIRRORS/tpm2-software+tpm2-pytss/repo`` or ``.../tpm2-tools/repo`` (bare git, ``--mirrors``,
