@@ -1,17 +1,24 @@
 """Elliptic-curve arithmetic over the TPM's curves, for what `cryptography` does not offer:
-the TPM's own point operations (ECDH_ZGen, Commit's K, L and E, EC_Ephemeral), the two-phase
+the TPM's own point operations (ECDH_ZGen, Commit's K, L and E, EC_Ephemeral), keys on the curves
+OpenSSL lacks (BN P-256/P-638, SM2 P-256: ECDSA and ECDH in Python), the two-phase
 key exchanges of ZGen_2Phase (Full Unified ECDH, ECMQV, SM2) and the anonymous and Chinese
 signature schemes (ECDAA, EC-Schnorr, SM2), plus the curve parameters ECC_Parameters reports.
 
 Points are affine ``(x, y)`` integer pairs and ``None`` is the point at infinity; the
 arithmetic runs in Jacobian coordinates. This is plain Python, not constant time: the scalars
-it handles are commit and ephemeral values of a software TPM, whose secrets already live in
-the same process.
+it handles are commit and ephemeral values and the private keys on the curves OpenSSL lacks, all
+secrets of a software TPM that already live in the same process.
 """
 
 from __future__ import annotations
 
+import functools
+import secrets
 from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from vtpm.constants import ALG, ECC_CURVE
 
@@ -145,6 +152,24 @@ def _h(text: str) -> int:
 
 
 CURVES: dict[int, Curve] = {
+    ECC_CURVE.NIST_P192: Curve(
+        ECC_CURVE.NIST_P192, 192,
+        p=_h("ffffffff ffffffff ffffffff fffffffe ffffffff ffffffff"),
+        a=_h("ffffffff ffffffff ffffffff fffffffe ffffffff fffffffc"),
+        b=_h("64210519 e59c80e7 0fa7e9ab 72243049 feb8deec c146b9b1"),
+        gx=_h("188da80e b03090f6 7cbf20eb 43a18800 f4ff0afd 82ff1012"),
+        gy=_h("07192b95 ffc8da78 631011ed 6b24cdd5 73f977a1 1e794811"),
+        n=_h("ffffffff ffffffff ffffffff 99def836 146bc9b1 b4d22831"),
+        h=1, kdf=(ALG.KDF1_SP800_56A, ALG.SHA256), sign=(ALG.NULL, ALG.NULL)),
+    ECC_CURVE.NIST_P224: Curve(
+        ECC_CURVE.NIST_P224, 224,
+        p=_h("ffffffff ffffffff ffffffff ffffffff 00000000 00000000 00000001"),
+        a=_h("ffffffff ffffffff ffffffff fffffffe ffffffff ffffffff fffffffe"),
+        b=_h("b4050a85 0c04b3ab f5413256 5044b0b7 d7bfd8ba 270b3943 2355ffb4"),
+        gx=_h("b70e0cbd 6bb4bf7f 321390b9 4a03c1d3 56c21122 343280d6 115c1d21"),
+        gy=_h("bd376388 b5f723fb 4c22dfe6 cd4375a0 5a074764 44d58199 85007e34"),
+        n=_h("ffffffff ffffffff ffffffff ffff16a2 e0b8f03e 13dd2945 5c5c2a3d"),
+        h=1, kdf=(ALG.KDF1_SP800_56A, ALG.SHA256), sign=(ALG.NULL, ALG.NULL)),
     ECC_CURVE.NIST_P256: Curve(
         ECC_CURVE.NIST_P256, 256,
         p=_h("ffffffff 00000001 00000000 00000000 00000000 ffffffff ffffffff ffffffff"),
@@ -182,6 +207,37 @@ CURVES: dict[int, Curve] = {
         n=_h("01ff ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff fffffffa"
              "51868783 bf2f966b 7fcc0148 f709a5d0 3bb5c9b8 899c47ae bb6fb71e 91386409"),
         h=1, kdf=(ALG.KDF1_SP800_56A, ALG.SHA512), sign=(ALG.NULL, ALG.NULL)),
+    # Barreto-Naehrig curves y^2 = x^3 + b (ISO/IEC 15946-5, the TCG's ECDAA curves): no KDF
+    ECC_CURVE.BN_P256: Curve(
+        ECC_CURVE.BN_P256, 256,
+        p=_h("fffffffff ffcf0cd 46e5f25e ee71a49f 0cdc65fb 12980a82 d3292ddb aed33013"),
+        a=0, b=3, gx=1, gy=2,
+        n=_h("fffffffff ffcf0cd 46e5f25e ee71a49e 0cdc65fb 1299921a f62d536c d10b500d"),
+        h=1, kdf=(ALG.NULL, ALG.NULL), sign=(ALG.NULL, ALG.NULL)),
+    ECC_CURVE.BN_P638: Curve(
+        ECC_CURVE.BN_P638, 638,
+        p=_h("23fffffd c000000d 7fffffb8 000001d3 fffff942 d000165e 3fff9487 0000d52f"
+             "fffdd0e0 0008de55 c0008652 0021e55b fffff51f fff4eb80 0000004c 80015acd"
+             "ffffffff ffffece0 00000000 00000067"),
+        a=0, b=0x101,
+        gx=_h("23fffffd c000000d 7fffffb8 000001d3 fffff942 d000165e 3fff9487 0000d52f"
+              "fffdd0e0 0008de55 c0008652 0021e55b fffff51f fff4eb80 0000004c 80015acd"
+              "ffffffff ffffece0 00000000 00000066"),
+        gy=0x10,
+        n=_h("23fffffd c000000d 7fffffb8 000001d3 fffff942 d000165e 3fff9487 0000d52f"
+             "fffdd0e0 0008de55 60008655 0021e555 fffff54f fff4eac0 00000049 800154d9"
+             "ffffffff ffffeda0 00000000 00000061"),
+        h=1, kdf=(ALG.NULL, ALG.NULL), sign=(ALG.NULL, ALG.NULL)),
+    # SM2 (GB/T 32918.5): its KDF hashes with SM3
+    ECC_CURVE.SM2_P256: Curve(
+        ECC_CURVE.SM2_P256, 256,
+        p=_h("fffffffe ffffffff ffffffff ffffffff ffffffff 00000000 ffffffff ffffffff"),
+        a=_h("fffffffe ffffffff ffffffff ffffffff ffffffff 00000000 ffffffff fffffffc"),
+        b=_h("28e9fa9e 9d9f5e34 4d5a9e4b cf6509a7 f39789f5 15ab8f92 ddbcbd41 4d940e93"),
+        gx=_h("32c4ae2c 1f198119 5f990446 6a39c994 8fe30bbf f2660be1 715a4589 334c74c7"),
+        gy=_h("bc3736a2 f4f6779c 59bdcee3 6b692153 d0a9877c c62a4740 02df32e5 2139f0a0"),
+        n=_h("fffffffe ffffffff ffffffff ffffffff 7203df6b 21c6052b 53bbf409 39d54123"),
+        h=1, kdf=(ALG.KDF1_SP800_56A, ALG.SM3_256), sign=(ALG.NULL, ALG.NULL)),
 }
 
 
@@ -191,6 +247,167 @@ def curve(curve_id: int) -> Curve:
 
 def scalar(data: bytes) -> int:
     return int.from_bytes(data, "big")
+
+
+# ----------------------------------------------------------------------------- keys
+
+# The curves OpenSSL has: their keys are `cryptography` objects (constant time, fast); the others
+# (BN and SM2 curves) get SoftPrivateKey / SoftPublicKey with the part of the same interface the
+# engine uses.
+_OPENSSL_CURVES: dict[int, type[ec.EllipticCurve]] = {
+    ECC_CURVE.NIST_P192: ec.SECP192R1,
+    ECC_CURVE.NIST_P224: ec.SECP224R1,
+    ECC_CURVE.NIST_P256: ec.SECP256R1,
+    ECC_CURVE.NIST_P384: ec.SECP384R1,
+    ECC_CURVE.NIST_P521: ec.SECP521R1,
+}
+
+
+@functools.cache
+def openssl_curve(curve_id: int) -> ec.EllipticCurve | None:
+    """`cryptography`'s curve for ``curve_id``, or None when this OpenSSL lacks it."""
+    kind = _OPENSSL_CURVES.get(curve_id)
+    if kind is None:
+        return None
+    try:
+        ec.derive_private_key(1, kind())
+    except (UnsupportedAlgorithm, ValueError):
+        return None
+    return kind()
+
+
+def _digest_scalar(curve: Curve, data_digest: bytes) -> int:
+    """The digest as ECDSA uses it: its leftmost bits, as many as the order has (SEC 1 4.1.3)."""
+    value = int.from_bytes(data_digest, "big")
+    excess = len(data_digest) * 8 - curve.n.bit_length()
+    return value >> excess if excess > 0 else value
+
+
+def ecdsa_sign(curve: Curve, d: int, data_digest: bytes) -> tuple[int, int]:
+    """(r, s) of an ECDSA signature with a fresh random nonce."""
+    e = _digest_scalar(curve, data_digest)
+    while True:
+        k = secrets.randbelow(curve.n - 1) + 1
+        point = curve.multiply(k)
+        assert point is not None
+        r = point[0] % curve.n
+        if r == 0:
+            continue
+        s = pow(k, -1, curve.n) * (e + r * d) % curve.n
+        if s:
+            return r, s
+
+
+def ecdsa_verify(curve: Curve, q: tuple[int, int], data_digest: bytes, r: int, s: int) -> bool:
+    if not (0 < r < curve.n and 0 < s < curve.n):
+        return False
+    w = pow(s, -1, curve.n)
+    point = curve.multiply_add(_digest_scalar(curve, data_digest) * w % curve.n, curve.g, r * w % curve.n, q)
+    return point is not None and point[0] % curve.n == r
+
+
+@dataclass(frozen=True)
+class SoftPublicNumbers:
+    x: int
+    y: int
+    curve: Curve
+
+
+@dataclass(frozen=True)
+class SoftPublicKey:
+    """A public key on a curve OpenSSL lacks (cryptography's EllipticCurvePublicKey, as far as used here)."""
+
+    curve: Curve
+    point: tuple[int, int]
+
+    @property
+    def key_size(self) -> int:
+        return self.curve.key_bits
+
+    def public_numbers(self) -> SoftPublicNumbers:
+        return SoftPublicNumbers(self.point[0], self.point[1], self.curve)
+
+    def verify(self, signature: bytes, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> None:
+        """ECDSA over a prehashed ``data``; InvalidSignature if it does not verify."""
+        r, s = utils.decode_dss_signature(signature)
+        if not ecdsa_verify(self.curve, self.point, data, r, s):
+            raise InvalidSignature()
+
+
+@dataclass(frozen=True)
+class SoftPrivateNumbers:
+    private_value: int
+    public_numbers: SoftPublicNumbers
+
+
+@dataclass(frozen=True)
+class SoftPrivateKey:
+    """A private key on a curve OpenSSL lacks (cryptography's EllipticCurvePrivateKey, as far as used here)."""
+
+    curve: Curve
+    d: int
+    public: SoftPublicKey
+
+    @property
+    def key_size(self) -> int:
+        return self.curve.key_bits
+
+    def public_key(self) -> SoftPublicKey:
+        return self.public
+
+    def private_numbers(self) -> SoftPrivateNumbers:
+        return SoftPrivateNumbers(self.d, self.public.public_numbers())
+
+    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+        """A DER ECDSA signature over a prehashed ``data``."""
+        return utils.encode_dss_signature(*ecdsa_sign(self.curve, self.d, data))
+
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: SoftPublicKey) -> bytes:
+        """ECDH: the x coordinate of [d]Q, the size of the curve."""
+        if peer_public_key.curve != self.curve:
+            raise ValueError("the peer key is on another curve")
+        point = self.curve.multiply(self.d, peer_public_key.point)
+        if point is None:
+            raise ValueError("the shared point is the point at infinity")
+        return self.curve.to_bytes(point[0])
+
+
+def derive_private_key(curve_id: int, d: int) -> Any:
+    """The private key ``d`` on the curve; ValueError unless 0 < d < n."""
+    c = curve(curve_id)
+    if not 0 < d < c.n:
+        raise ValueError("the private scalar is not in [1, n - 1]")
+    native = openssl_curve(curve_id)
+    if native is not None:
+        return ec.derive_private_key(d, native)
+    point = c.multiply(d)
+    assert point is not None
+    return SoftPrivateKey(c, d, SoftPublicKey(c, point))
+
+
+def generate_private_key(curve_id: int) -> Any:
+    """A fresh random private key on the curve."""
+    native = openssl_curve(curve_id)
+    if native is not None:
+        return ec.generate_private_key(native)
+    return derive_private_key(curve_id, secrets.randbelow(curve(curve_id).n - 1) + 1)
+
+
+def load_public_key(curve_id: int, x: int, y: int) -> Any:
+    """The public key (x, y) on the curve; ValueError if that is not a point on it."""
+    native = openssl_curve(curve_id)
+    if native is not None:
+        return ec.EllipticCurvePublicNumbers(x, y, native).public_key()
+    c = curve(curve_id)
+    if not c.on_curve((x, y)):
+        raise ValueError("not a point on the curve")
+    return SoftPublicKey(c, (x, y))
+
+
+def public_point(curve_id: int, d: int) -> tuple[int, int]:
+    """[d]G, through OpenSSL where it has the curve."""
+    numbers = derive_private_key(curve_id, d).public_key().public_numbers()
+    return numbers.x, numbers.y
 
 
 # ----------------------------------------------------------------------------- key exchange helpers

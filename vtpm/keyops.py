@@ -19,7 +19,7 @@ from vtpm.crypto import HASHES, digest, hmac_digest
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import TPMS_ECC_POINT
 from vtpm.marshal.primitives import parse_exact
-from vtpm.objects import CURVES, LoadedObject
+from vtpm.objects import LoadedObject
 
 _HASH_CLASSES = {ALG.SHA1: hashes.SHA1, ALG.SHA256: hashes.SHA256, ALG.SHA384: hashes.SHA384, ALG.SHA512: hashes.SHA512}
 SIGNING_SCHEMES = {ALG.RSASSA, ALG.RSAPSS, ALG.ECDSA, ALG.ECDAA, ALG.ECSCHNORR, ALG.SM2, ALG.HMAC}
@@ -88,7 +88,7 @@ def sign_digest(key: LoadedObject, scheme: int, alg: int, data_digest: bytes, *,
         return {"sigAlg": scheme, "signature": {"hash": alg, "sig": private.sign(data_digest, pss, prehashed)}}
     if scheme == ALG.ECDSA:
         r, s = utils.decode_dss_signature(private.sign(data_digest, ec.ECDSA(prehashed)))
-        size = CURVES[key.public.area.parameters.curveID][1]
+        size = ecmath.curve(key.public.area.parameters.curveID).size
         return {"sigAlg": scheme, "signature": {"hash": alg, "signatureR": r.to_bytes(size, "big"),
                                                   "signatureS": s.to_bytes(size, "big")}}
     if scheme in (ALG.ECDAA, ALG.ECSCHNORR, ALG.SM2):
@@ -249,9 +249,9 @@ def decrypt_secret(key: LoadedObject, encrypted: bytes, label: bytes, param: int
             point = parse_exact(TPMS_ECC_POINT, encrypted)
         except Exception:
             raise TpmError(RC.VALUE, param=param) from None
-        curve, size = CURVES[key.public.area.parameters.curveID]
         try:
-            peer = ec.EllipticCurvePublicNumbers(int.from_bytes(point.x, "big"), int.from_bytes(point.y, "big"), curve).public_key()
+            peer = ecmath.load_public_key(key.public.area.parameters.curveID, int.from_bytes(point.x, "big"),
+                                          int.from_bytes(point.y, "big"))
         except ValueError:
             raise TpmError(RC.ECC_POINT, param=param) from None
         z = key.private_key().exchange(ec.ECDH(), peer)
@@ -266,8 +266,8 @@ def seal_to(key: LoadedObject, label: bytes) -> tuple[bytes, bytes]:
         seed = secrets.token_bytes(HASHES[alg].size)
         oaep = padding.OAEP(mgf=padding.MGF1(hash_class(alg)), algorithm=hash_class(alg), label=label + b"\x00")
         return seed, key.public_key().encrypt(seed, oaep)
-    curve, size = CURVES[key.public.area.parameters.curveID]
-    ephemeral = ec.generate_private_key(curve)
+    size = ecmath.curve(key.public.area.parameters.curveID).size
+    ephemeral = ecmath.generate_private_key(key.public.area.parameters.curveID)
     numbers = ephemeral.public_key().public_numbers()
     ex = numbers.x.to_bytes(size, "big")
     z = ephemeral.exchange(ec.ECDH(), key.public_key())

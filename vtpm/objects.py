@@ -11,36 +11,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import construct as cs
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from vtpm.constants import ALG, ECC_CURVE, OBJECT_RESERVED_MASK, RC, TPMA_OBJECT
+from vtpm import ecmath
+from vtpm.constants import ALG, OBJECT_RESERVED_MASK, RC, TPMA_OBJECT
 from vtpm.core import Entity
 from vtpm.crypto import HASHES, digest, hmac_digest, kdfa
 from vtpm.errors import TpmError
 from vtpm.marshal.objects import TPM2B_SENSITIVE, TPMT_PUBLIC
+from vtpm.marshal.primitives import parse_exact
 from vtpm.rsakeygen import rsa_primes
 from vtpm.sessions import CFB
 
 A = TPMA_OBJECT
-CURVES: dict[int, tuple[ec.EllipticCurve, int]] = {
-    ECC_CURVE.NIST_P256: (ec.SECP256R1(), 32),
-    ECC_CURVE.NIST_P384: (ec.SECP384R1(), 48),
-    ECC_CURVE.NIST_P521: (ec.SECP521R1(), 66),
-}
-# Curve orders n (SEC 2 / FIPS 186-4)
-CURVE_ORDERS = {
-    ECC_CURVE.NIST_P256: int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16),
-    ECC_CURVE.NIST_P384: int(
-        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16),
-    ECC_CURVE.NIST_P521: int(
-        "1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFA51868783BF2F966B7FCC0148F709A5D03BB5C9"
-        "B8899C47AEBB6FB71E91386409", 16),
-}
 RSA_KEY_BITS = (1024, 2048, 3072, 4096)
 AES_KEY_BITS = (128, 192, 256)
 DEFAULT_EXPONENT = 65537
@@ -154,7 +143,7 @@ def check_template(public: Public, *, param: int, primary: bool) -> None:
             if kind == ALG.RSA:
                 if params.keyBits not in RSA_KEY_BITS:
                     raise TpmError(RC.VALUE)  # TPMI_RSA_KEY_BITS does not take it (as libtpms)
-            elif params.curveID not in CURVES:
+            elif params.curveID not in ecmath.CURVES:
                 raise TpmError(RC.CURVE)
             _check_asym_scheme(kind, params.scheme, bool(sign), bool(decrypt), bool(restricted))
             if restricted and decrypt:
@@ -275,12 +264,11 @@ def generate(public: Public, data: bytes, random: Any) -> tuple[Public, bytes, b
         secret = p.to_bytes(bits // 16, "big")
         area.unique = n.to_bytes(bits // 8, "big")
     elif kind == ALG.ECC:
-        curve, length = CURVES[area.parameters.curveID]
-        order = CURVE_ORDERS[area.parameters.curveID]
-        scalar = int.from_bytes(random(length + 8), "big") % (order - 1) + 1
-        point = ec.derive_private_key(scalar, curve).public_key().public_numbers()
-        secret = scalar.to_bytes(length, "big")
-        area.unique = cs.Container(x=point.x.to_bytes(length, "big"), y=point.y.to_bytes(length, "big"))
+        curve = ecmath.curve(area.parameters.curveID)
+        scalar = int.from_bytes(random(curve.size + 8), "big") % (curve.n - 1) + 1
+        x, y = ecmath.public_point(curve.curve_id, scalar)
+        secret = curve.to_bytes(scalar)
+        area.unique = cs.Container(x=curve.to_bytes(x), y=curve.to_bytes(y))
     elif kind == ALG.SYMCIPHER:
         size_bytes = area.parameters.sym.keyBits // 8
         if data and len(data) != size_bytes:
@@ -342,13 +330,12 @@ class LoadedObject:
             except ValueError:  # e.g. an even modulus
                 raise TpmError(RC.KEY) from None
         if self.public.type == ALG.ECC:
-            curve, size = CURVES[area.parameters.curveID]
+            size = ecmath.curve(area.parameters.curveID).size
             if len(area.unique.x) > size or len(area.unique.y) > size:
                 raise TpmError(RC.ECC_POINT)
             try:
-                return ec.EllipticCurvePublicNumbers(
-                    int.from_bytes(area.unique.x, "big"), int.from_bytes(area.unique.y, "big"), curve
-                ).public_key()
+                return ecmath.load_public_key(area.parameters.curveID, int.from_bytes(area.unique.x, "big"),
+                                              int.from_bytes(area.unique.y, "big"))
             except ValueError:  # not a point on the curve
                 raise TpmError(RC.ECC_POINT) from None
         raise TpmError(RC.TYPE)
@@ -376,9 +363,8 @@ class LoadedObject:
             except ValueError:  # p and n/p are not the primes of an RSA key with this exponent
                 raise TpmError(RC.BINDING) from None
         elif self.public.type == ALG.ECC:
-            curve, _ = CURVES[area.parameters.curveID]
             try:
-                private = ec.derive_private_key(int.from_bytes(self.sensitive.secret, "big"), curve)
+                private = ecmath.derive_private_key(area.parameters.curveID, int.from_bytes(self.sensitive.secret, "big"))
             except ValueError:  # zero, or not below the curve order
                 raise TpmError(RC.BINDING) from None
             if private.public_key().public_numbers() != self.public_key().public_numbers():
@@ -422,30 +408,50 @@ def _parent_keys(parent: LoadedObject, name: bytes) -> tuple[bytes, bytes]:
     return sym_key, hmac_key
 
 
+PRIVATE_IV_SIZE = 16  # one AES block
+
+
 def wrap_private(parent: LoadedObject, sensitive: Sensitive, name: bytes) -> bytes:
-    """TPM2B_PRIVATE content: integrity HMAC, then the CFB-encrypted TPM2B_SENSITIVE."""
+    """TPM2B_PRIVATE content laid out as the reference implementation does (SensitiveToPrivate):
+    integrity HMAC, a random IV (TPM2B, one block), then the CFB-encrypted TPM2B_SENSITIVE whose
+    authValue is padded with zeros to the object's nameAlg digest size, so its length stays hidden.
+    The HMAC covers IV and ciphertext, then the Name."""
     sym_key, hmac_key = _parent_keys(parent, name)
-    enc = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
-    encrypted = enc.update(sensitive.build()) + enc.finalize()
-    integrity = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
-    return len(integrity).to_bytes(2, "big") + integrity + encrypted
+    name_alg = int.from_bytes(name[:2], "big")
+    pad_to = HASHES[name_alg].size if name_alg in HASHES else 0
+    padded = Sensitive(sensitive.sensitive_type, sensitive.auth_value.ljust(pad_to, b"\x00"), sensitive.seed_value,
+                       sensitive.secret)
+    iv = secrets.token_bytes(PRIVATE_IV_SIZE)
+    enc = Cipher(algorithms.AES(sym_key), CFB(iv)).encryptor()
+    body = PRIVATE_IV_SIZE.to_bytes(2, "big") + iv + enc.update(padded.build()) + enc.finalize()
+    integrity = hmac_digest(parent.public.name_alg, hmac_key, body, name)
+    return len(integrity).to_bytes(2, "big") + integrity + body
 
 
 def unwrap_private(parent: LoadedObject, blob: bytes, name: bytes, *, param: int) -> Sensitive:
+    """The sensitive area of a TPM2B_PRIVATE from wrap_private, or from before it carried an IV (the
+    whole rest encrypted under a zero IV): both have the same HMAC, and only the layout that was
+    written decrypts to a well-formed TPM2B_SENSITIVE. The padded authValue loses its trailing zeros."""
     sym_key, hmac_key = _parent_keys(parent, name)
     if len(blob) < 2:
         raise TpmError(RC.SIZE, param=param)
     size = int.from_bytes(blob[:2], "big")
-    integrity, encrypted = blob[2 : 2 + size], blob[2 + size :]
-    expected = hmac_digest(parent.public.name_alg, hmac_key, encrypted, name)
+    integrity, body = blob[2 : 2 + size], blob[2 + size :]
+    expected = hmac_digest(parent.public.name_alg, hmac_key, body, name)
     if size != len(expected) or not _equal(integrity, expected):
         raise TpmError(RC.INTEGRITY, param=param)
-    dec = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).decryptor()
-    plain = dec.update(encrypted) + dec.finalize()
-    try:
-        return Sensitive.parse_tpm2b(plain)
-    except (cs.ConstructError, TpmError):
-        raise TpmError(RC.SENSITIVE) from None
+    layouts = [(bytes(16), body)]
+    if len(body) > 2 + PRIVATE_IV_SIZE and int.from_bytes(body[:2], "big") == PRIVATE_IV_SIZE:
+        layouts.insert(0, (body[2 : 2 + PRIVATE_IV_SIZE], body[2 + PRIVATE_IV_SIZE :]))
+    for iv, encrypted in layouts:
+        dec = Cipher(algorithms.AES(sym_key), CFB(iv)).decryptor()
+        plain = dec.update(encrypted) + dec.finalize()
+        try:
+            s = parse_exact(TPM2B_SENSITIVE, plain)
+        except (cs.ConstructError, TpmError):
+            continue
+        return Sensitive(s.sensitiveType, s.authValue.rstrip(b"\x00"), s.seedValue, s.sensitive)
+    raise TpmError(RC.SENSITIVE)
 
 
 def _equal(a: bytes, b: bytes) -> bool:

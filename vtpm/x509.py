@@ -49,9 +49,12 @@ ECDSA_OIDS = {
     ALG.SHA512: bytes.fromhex("06082a8648ce3d040304"),
 }
 CURVE_OIDS = {
+    ECC_CURVE.NIST_P192: bytes.fromhex("06082a8648ce3d030101"),
+    ECC_CURVE.NIST_P224: bytes.fromhex("06052b81040021"),
     ECC_CURVE.NIST_P256: bytes.fromhex("06082a8648ce3d030107"),
     ECC_CURVE.NIST_P384: bytes.fromhex("06052b81040022"),
     ECC_CURVE.NIST_P521: bytes.fromhex("06052b81040023"),
+    ECC_CURVE.SM2_P256: bytes.fromhex("06082a811ccf5501822d"),  # the reference's OID; the BN curves have none
 }
 SERIAL_NUMBER_SIZE = 20
 

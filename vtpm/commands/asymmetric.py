@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from vtpm import ecmath
 from vtpm.constants import ALG, CC, HT, RC, TPMA_OBJECT
@@ -18,7 +18,7 @@ from vtpm.keyops import hash_class
 from vtpm.marshal.objects import TPM2B_ECC_PARAMETER, TPM2B_ECC_POINT, TPM2B_PUBLIC_KEY_RSA, TPMT_ASYM_SCHEME
 from vtpm.marshal.primitives import U16, OneOf
 from vtpm.marshal.structures import TPM2B_DATA
-from vtpm.objects import CURVES, LoadedObject
+from vtpm.objects import LoadedObject
 
 if TYPE_CHECKING:
     from vtpm.engine import Tpm
@@ -104,7 +104,7 @@ def rsa_decrypt(tpm: Tpm, cmd: Command) -> Response:
 
 
 def _point(key: LoadedObject, public: Any) -> dict[str, bytes]:
-    size = CURVES[key.public.area.parameters.curveID][1]
+    size = ecmath.curve(key.public.area.parameters.curveID).size
     numbers = public.public_numbers()
     return {"x": numbers.x.to_bytes(size, "big"), "y": numbers.y.to_bytes(size, "big")}
 
@@ -127,8 +127,7 @@ def ecdh_keygen(tpm: Tpm, cmd: Command) -> Response:
     key = get_object(tpm, cmd.handles[0])
     if key.public.type != ALG.ECC:
         raise TpmError(RC.KEY, handle=1)
-    curve, size = CURVES[key.public.area.parameters.curveID]
-    ephemeral = ec.generate_private_key(curve)
+    ephemeral = ecmath.generate_private_key(key.public.area.parameters.curveID)
     unique = key.public.area.unique
     z_point = _multiply(key, ephemeral.private_numbers().private_value, unique.x, unique.y, 0)
     body = TPM2B_ECC_POINT.build(z_point) + TPM2B_ECC_POINT.build(_point(key, ephemeral.public_key()))
@@ -159,7 +158,8 @@ def ecc_parameters(tpm: Tpm, cmd: Command) -> Response:
     c = ecmath.curve(cmd.params.curveID)
     body = U16.build(c.curve_id) + U16.build(c.key_bits) + _scheme_bytes(c.kdf) + _scheme_bytes(c.sign)
     for value in (c.p, c.a, c.b, c.gx, c.gy, c.n):
-        body += TPM2B_ECC_PARAMETER.build(c.to_bytes(value))
+        # a zero coefficient (a of the BN curves) is one zero byte, as the reference's ECC_ZERO
+        body += TPM2B_ECC_PARAMETER.build(c.to_bytes(value) if value else b"\x00")
     body += TPM2B_ECC_PARAMETER.build(c.h.to_bytes((c.h.bit_length() + 7) // 8, "big"))
     return Response(params=body)
 

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 
 import construct as cs
 
+from vtpm import ecmath
 from vtpm.constants import (
-    ALG, CAP, CC, ECC_CURVE, HT, NT, PT, PT_PCR, RC, RH, TPMA_ALGORITHM, TPMA_PERMANENT,
+    ALG, CAP, CC, HT, NT, PT, PT_PCR, RC, RH, TPMA_ALGORITHM, TPMA_PERMANENT,
     TPMA_STARTUP_CLEAR,
 )
 from vtpm.core import COMMANDS, Command, Response, command
@@ -73,7 +74,7 @@ ALGORITHMS: dict[int, int] = {
     ALG.CFB: A.SYMMETRIC | A.ENCRYPTING,
     ALG.ECB: A.SYMMETRIC | A.ENCRYPTING,
 }
-ECC_CURVES = (ECC_CURVE.NIST_P256, ECC_CURVE.NIST_P384, ECC_CURVE.NIST_P521)
+ECC_CURVES = tuple(sorted(ecmath.CURVES))  # the curves libtpms 0.9 implements: NIST P-192..P-521, BN, SM2
 AES_KEY_BITS = (128, 192, 256)
 RSA_KEY_BITS = (1024, 2048, 3072, 4096)
 PERMANENT_HANDLES = (RH.OWNER, RH.NULL, RH.PW, RH.LOCKOUT, RH.ENDORSEMENT, RH.PLATFORM, RH.PLATFORM_NV)
@@ -351,6 +352,8 @@ def _scheme(reader: _Reader, allowed: set[int]) -> None:
         raise TpmError(RC.SCHEME, param=1)
     if scheme != ALG.NULL:
         _hash(reader.u16())
+    if scheme == ALG.ECDAA:
+        reader.u16()  # TPMS_SCHEME_ECDAA: hashAlg and the commit count
 
 
 @command(CC.TestParms, params=[("raw", cs.GreedyBytes)])

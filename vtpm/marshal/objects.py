@@ -18,7 +18,7 @@ from vtpm.marshal.structures import (
 )
 
 MAX_RSA_KEY_BYTES = 512
-MAX_ECC_KEY_BYTES = 66
+MAX_ECC_KEY_BYTES = 80  # BN P-638 (libtpms 0.9 implements it)
 
 TPM2B_PUBLIC_KEY_RSA = Tpm2b(MAX_RSA_KEY_BYTES)
 TPM2B_PRIVATE_KEY_RSA = Tpm2b(MAX_RSA_KEY_BYTES // 2)
