@@ -18,11 +18,13 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from vtpm import host as host_daemon
 from vtpm import wire
 from vtpm.constants import NT, TPMA_NV
 from vtpm.crypto import HASHES
 from vtpm.engine import Tpm
 from vtpm.server.device import TpmDevice
+from vtpm.server.loop import SwtpmLoopServer
 from vtpm.server.sockets import MssimServer, SwtpmServer
 from vtpm.state import TpmState
 from vtpm.storage import PlainStateStore, StateStore, StateStoreError
@@ -94,7 +96,7 @@ def cmd_serve(args: argparse.Namespace, store: StateStore) -> int:
     else:
         if args.port is None and args.unix is None:
             raise StateStoreError("give --port P and/or --unix PATH")
-        server = SwtpmServer(device, host=args.host, port=args.port, unix_path=args.unix)
+        server = SwtpmLoopServer(device, host=args.host, port=args.port, unix_path=args.unix)
         where = " and ".join(
             w for w in (
                 f"swtpm tcp {args.host}:{args.port} (ctrl {args.port + 1})" if args.port is not None else "",
@@ -196,7 +198,16 @@ def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
     add_state_options(info)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    host_daemon.add_parser(commands, lambda args, request: open_hosted_store(stores, args, request))
     return parser
+
+
+def open_hosted_store(stores: StoreOptions, args: argparse.Namespace, request: host_daemon.AddRequest) -> StateStore:
+    """The store a `vtpm host` add request names, opened as `serve` would open it."""
+    if isinstance(stores, PlainStoreOptions):
+        return host_daemon.open_plain(args, request)
+    return stores.open(host_daemon.namespace_for(args, request))
 
 
 def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) -> int:
@@ -205,7 +216,7 @@ def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) 
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="vtpm: %(message)s")
     try:
-        return args.func(args, stores.open(args))
+        return args.func(args, stores.open(args) if getattr(args, "opens_store", True) else None)
     except (StateStoreError, OSError, *stores.failures) as exc:
         print(f"error: vtpm {args.command}: {exc}", file=sys.stderr)
         return 1
