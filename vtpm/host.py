@@ -23,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import struct
@@ -350,6 +351,9 @@ def add_parser(commands: Any, open_store: Callable[[argparse.Namespace, AddReque
 def cmd_host(args: argparse.Namespace, open_store: OpenStore) -> int:
     if args.evict_after is not None and not 0 < args.evict_after <= 86400:
         raise StateStoreError("--evict-after must be between 0 and 86400 seconds")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # two listening sockets per vTPM, plus its connections
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     host = VtpmHost(os.path.abspath(args.socket), open_store, evict_after=args.evict_after,
                     exit_when_empty=args.exit_when_empty)
     try:
