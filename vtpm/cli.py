@@ -25,7 +25,7 @@ from vtpm.crypto import HASHES
 from vtpm.engine import Tpm
 from vtpm.server.device import TpmDevice
 from vtpm.server.loop import SwtpmLoopServer
-from vtpm.server.sockets import MssimServer, SwtpmServer
+from vtpm.server.sockets import MssimServer
 from vtpm.state import TpmState
 from vtpm.storage import PlainStateStore, StateStore, StateStoreError
 

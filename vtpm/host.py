@@ -195,12 +195,12 @@ class VtpmHost:
     """The hosted vTPMs, their loop and the host's control socket."""
 
     def __init__(self, control_path: str, open_store: OpenStore, *, evict_after: float | None = None,
-                 exit_when_empty: bool = False) -> None:
+                 exit_when_empty: bool = False, idle_timeout: float | None = None) -> None:
         self.control_path = control_path
         self.open_store = open_store
         self.evict_after = evict_after
         self.exit_when_empty = exit_when_empty
-        self.loop = Loop()
+        self.loop = Loop(idle_timeout=idle_timeout)
         self.vtpms: dict[str, HostedVtpm] = {}
         self._lock_fd: int | None = None
         self._control = None
@@ -341,6 +341,9 @@ def add_parser(commands: Any, open_store: Callable[[argparse.Namespace, AddReque
     host.add_argument("--socket", required=True, metavar="PATH", help="the host's control socket (0600)")
     host.add_argument("--evict-after", type=float, metavar="SECONDS",
                       help="drop an idle vTPM's state from memory after this long (it is reloaded when used)")
+    host.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                      help="close a connection that sends nothing for this long (default: never; QEMU keeps its "
+                           "connections open while the guest does not use the TPM)")
     host.add_argument("--exit-when-empty", action="store_true",
                       help="end once the last vTPM is removed")
     host.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
@@ -349,13 +352,14 @@ def add_parser(commands: Any, open_store: Callable[[argparse.Namespace, AddReque
 
 
 def cmd_host(args: argparse.Namespace, open_store: OpenStore) -> int:
-    if args.evict_after is not None and not 0 < args.evict_after <= 86400:
-        raise StateStoreError("--evict-after must be between 0 and 86400 seconds")
+    for option, value in (("--evict-after", args.evict_after), ("--idle-timeout", args.idle_timeout)):
+        if value is not None and not 0 < value <= 86400:
+            raise StateStoreError(f"{option} must be between 0 and 86400 seconds")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:  # two listening sockets per vTPM, plus its connections
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     host = VtpmHost(os.path.abspath(args.socket), open_store, evict_after=args.evict_after,
-                    exit_when_empty=args.exit_when_empty)
+                    exit_when_empty=args.exit_when_empty, idle_timeout=args.idle_timeout)
     try:
         host.bind()
     except HostRefusal as exc:

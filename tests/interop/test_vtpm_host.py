@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from vtpm.host import VtpmHost
 from vtpm.host_protocol import HostClient, HostError
 from vtpm.server.protocol import Ctrl
 from vtpm.server.sockets import free_port_pair
+from vtpm.state import TpmState
 from vtpm.storage import PlainStateStore
 
 NV_INDEX = 0x01500077
@@ -89,7 +91,7 @@ class CountingStore(PlainStateStore):
 
 
 def test_state_is_loaded_at_the_first_command_and_evicted_when_idle(tmp_path: Path) -> None:
-    PlainStateStore(tmp_path / "s").save(__import__("vtpm.state", fromlist=["TpmState"]).TpmState.manufacture().to_bytes())
+    PlainStateStore(tmp_path / "s").save(TpmState.manufacture().to_bytes())
     CountingStore.loads = 0
     daemon = VtpmHost(str(tmp_path / "host.sock"), lambda request: CountingStore(request.state), evict_after=0.2)
     daemon.bind()
@@ -232,7 +234,7 @@ def test_a_restarted_host_serves_the_saved_state(tmp_path: Path) -> None:
 
 
 def test_a_second_host_on_the_same_socket_is_refused(host, tmp_path: Path) -> None:
-    result = subprocess.run([__import__("sys").executable, "-m", "vmcrypt.vtpm_command", "host", "--socket",
+    result = subprocess.run([sys.executable, "-m", "vmcrypt.vtpm_command", "host", "--socket",
                              str(host.socket_path)], capture_output=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert result.returncode == 1 and b"another vtpm host serves" in result.stderr
