@@ -90,6 +90,7 @@ def main() -> int:
             for _ in range(args.blocks):
                 for condition in (quiet, stalled):
                     hostile = stall(paths[1:], args.stalled) if condition is stalled else []
+                    time.sleep(0.05)  # both conditions: the host has accepted the stalled clients before timing
                     try:
                         for name, command in COMMANDS.items():
                             timed(ours, command, args.rounds, condition[name])
