@@ -445,10 +445,15 @@ class Loop:
                     with contextlib.suppress(OSError):
                         self._wake_r.recv(4096)
                 continue
-            if mask & select.EPOLLOUT:
-                item.on_writable()  # type: ignore[union-attr]
-            else:  # readable, hung up or in error: a read tells which
-                item.on_readable()
+            try:
+                if mask & select.EPOLLOUT:
+                    item.on_writable()  # type: ignore[union-attr]
+                else:  # readable, hung up or in error: a read tells which
+                    item.on_readable()
+            except Exception:  # a bug met by one connection ends that connection, never the loop
+                log.exception("connection failed")
+                if isinstance(item, Connection):
+                    item.close()
         if self._replies:
             self.flush_replies()
         if timed:
