@@ -24,8 +24,7 @@ from vtpm.constants import NT, TPMA_NV
 from vtpm.crypto import HASHES
 from vtpm.engine import Tpm
 from vtpm.server.device import TpmDevice
-from vtpm.server.loop import SwtpmLoopServer
-from vtpm.server.sockets import MssimServer
+from vtpm.server.sockets import MssimServer, SwtpmServer
 from vtpm.state import TpmState
 from vtpm.storage import PlainStateStore, StateStore, StateStoreError
 
@@ -96,7 +95,7 @@ def cmd_serve(args: argparse.Namespace, store: StateStore) -> int:
     else:
         if args.port is None and args.unix is None:
             raise StateStoreError("give --port P and/or --unix PATH")
-        server = SwtpmLoopServer(device, host=args.host, port=args.port, unix_path=args.unix)
+        server = SwtpmServer(device, host=args.host, port=args.port, unix_path=args.unix)
         where = " and ".join(
             w for w in (
                 f"swtpm tcp {args.host}:{args.port} (ctrl {args.port + 1})" if args.port is not None else "",

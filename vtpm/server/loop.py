@@ -50,6 +50,7 @@ MAX_CONNECTIONS = 4096  # beyond this, new connections are closed at once
 RECV_SIZE = 65536
 MAX_PASSED_FDS = 4  # descriptors taken from one control message; more are closed
 
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 DeviceSource = Callable[[], TpmDevice]  # the device a connection serves; the host loads it at first use
 
 
@@ -110,7 +111,8 @@ class Connection:
             return
         self.inbuf += data
         self.process()
-        self.rearm()
+        if self.inbuf or self.deadline is not None or self.loop.idle_timeout is not None:
+            self.rearm()
 
     def rearm(self) -> None:
         """Set the deadline: a partial request must complete in time; an idle connection may time out."""
@@ -198,16 +200,21 @@ class DataConnection(Connection):
     def process(self) -> None:
         buf = self.inbuf
         while len(buf) >= HEADER_SIZE and not self.outbuf and not self.closed and not self.drop_after_reply:
-            size = int.from_bytes(buf[2:6], "big")
-            if size < wire.HEADER_SIZE or size > MAX_WIRE_COMMAND:
+            size = (buf[2] << 24) | (buf[3] << 16) | (buf[4] << 8) | buf[5]
+            if size < HEADER_SIZE or size > MAX_WIRE_COMMAND:
                 self.drop_after_reply = True  # the stream is out of step: answer once, then drop it
                 buf.clear()
                 self.loop.reply(Reply(self, wire.error_response(RC.COMMAND_SIZE), after=self.close))
                 return
-            if len(buf) < size:
+            available = len(buf)
+            if available < size:
                 return
-            command = bytes(buf[:size])
-            del buf[:size]
+            if available == size:  # the usual case: one whole command
+                command = bytes(buf)
+                buf.clear()
+            else:
+                command = bytes(buf[:size])
+                del buf[:size]
             self._partial_deadline = False  # the next command gets its own deadline
             try:
                 device = self.device()
@@ -215,7 +222,7 @@ class DataConnection(Connection):
                 log.error("vTPM state not available: %s", exc)
                 self.loop.reply(Reply(self, wire.error_response(RC.FAILURE)))
                 continue
-            self.loop.reply(Reply(self, device.execute(command), device))
+            self.loop._replies.append(Reply(self, device.execute(command), device))
 
 
 def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -446,7 +453,7 @@ class Loop:
                         self._wake_r.recv(4096)
                 continue
             try:
-                if mask & select.EPOLLOUT:
+                if mask & EPOLLOUT:
                     item.on_writable()  # type: ignore[union-attr]
                 else:  # readable, hung up or in error: a read tells which
                     item.on_readable()
@@ -480,7 +487,8 @@ class Loop:
         """The seam: commit once for the whole iteration, then send every reply."""
         replies, self._replies = self._replies, []
         try:
-            self.commit(replies)
+            if self.commit is not no_commit:
+                self.commit(replies)
         except Exception:
             log.exception("commit failed: the replies report NV_UNAVAILABLE")
             failed = wire.error_response(RC.NV_UNAVAILABLE)
