@@ -134,7 +134,6 @@ def _drive(path: Path, number: int) -> tuple[bytes, bytes]:
         return tpm.pcr_read({ALG.SHA256: [16]})[ALG.SHA256][16], tpm.nv_read(NV_INDEX, 8)
 
 
-@pytest.mark.slow
 def test_fifty_vtpms_driven_concurrently_keep_their_own_state(host, tmp_path: Path) -> None:
     client = host.client()
     count = 50

@@ -222,7 +222,7 @@ class DataConnection(Connection):
                 log.error("vTPM state not available: %s", exc)
                 self.loop.reply(Reply(self, wire.error_response(RC.FAILURE)))
                 continue
-            self.loop._replies.append(Reply(self, device.execute(command), device))
+            self.loop.reply(Reply(self, device.execute(command), device))
 
 
 def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
