@@ -8,7 +8,7 @@ host's; the TPM state itself is read at the first command. Power-off removes
 it: Shutdown if the guest did not send one, state saved, sockets closed,
 lock released, before the call returns. The host is started with a minimal
 environment (no secrets of the operator's shell) and ends by itself when its
-last vTPM is removed. Operations on the host are serialized across processes
+last vTPM is removed (or the add it was started for is refused). Operations on the host are serialized across processes
 by an flock next to its socket. The supervisor knows nothing of privileges or
 the inventory.
 """

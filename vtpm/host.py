@@ -274,6 +274,12 @@ class VtpmHost:
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             return {"ok": False, "error": "a request is a JSON object with an \"op\""}
         op = request["op"]
+        answer = self._dispatch(op, request)
+        if op in ("add", "remove") and self.exit_when_empty and not self.vtpms:
+            answer["_stop_after"] = True  # its last vTPM was removed, or the first add was refused
+        return answer
+
+    def _dispatch(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
         try:
             if op == "ping":
                 return {"ok": True, "pid": os.getpid(), "vtpms": len(self.vtpms)}
@@ -320,8 +326,6 @@ class VtpmHost:
         answer: dict[str, Any] = {"ok": problem is None, "removed": name}
         if problem:
             answer["error"] = problem
-        if self.exit_when_empty and not self.vtpms:
-            answer["_stop_after"] = True
         return answer
 
     def evict_idle(self) -> None:
@@ -345,7 +349,7 @@ def add_parser(commands: Any, open_store: Callable[[argparse.Namespace, AddReque
                       help="close a connection that sends nothing for this long (default: never; QEMU keeps its "
                            "connections open while the guest does not use the TPM)")
     host.add_argument("--exit-when-empty", action="store_true",
-                      help="end once the last vTPM is removed")
+                      help="end when an add or remove leaves no vTPM (the last one removed, or the first add refused)")
     host.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
     host.set_defaults(func=lambda args, store: cmd_host(args, lambda request: open_store(args, request)),
                       opens_store=False)

@@ -291,3 +291,21 @@ def test_tpm2_tools_against_a_hosted_vtpm(host, tmp_path: Path) -> None:
     tool("tpm2_pcrextend", "16:sha256=" + "ab" * 32)
     expected = hashlib.sha256(bytes(32) + b"\xab" * 32).hexdigest().upper()
     assert expected in tool("tpm2_pcrread", "sha256:16").upper()
+
+
+def test_exit_when_empty_after_the_last_remove_or_a_refused_first_add(tmp_path: Path) -> None:
+    with start_vtpm_host(tmp_path / "a.sock", tmp_path / "a.log", "--exit-when-empty") as refused:
+        client = refused.client()
+        assert client.ping()["vtpms"] == 0  # a ping or a list does not end it
+        with pytest.raises(HostError, match="absolute path"):
+            client.add("x", state="relative", tcp_port=free_port_pair())
+        assert refused.proc.wait(20) == 0
+    assert not (tmp_path / "a.sock").exists()
+    with start_vtpm_host(tmp_path / "b.sock", tmp_path / "b.log", "--exit-when-empty") as host:
+        client = host.client()
+        client.add("one", state=str(tmp_path / "one"), ctrl_unix=str(tmp_path / "one.ctrl"))
+        client.add("two", state=str(tmp_path / "two"), ctrl_unix=str(tmp_path / "two.ctrl"))
+        client.remove("one")
+        assert host.proc.poll() is None
+        client.remove("two")
+        assert host.proc.wait(20) == 0
