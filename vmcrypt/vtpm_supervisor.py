@@ -3,14 +3,14 @@
 Power-on makes sure the home's host runs (``HOME/run/vtpm/host.sock``, the
 directory 0700, the socket 0600) and adds the VM's vTPM to it: the host opens
 the VM's store (checks its files, unlocks its key, takes the VM's lock) and
-serves it on a loopback TCP pair and a Unix control socket next to the
-host's; the TPM state itself is read at the first command. Power-off removes
-it: Shutdown if the guest did not send one, state saved, sockets closed,
-lock released, before the call returns. The host is started with a minimal
+serves it on a loopback TCP pair and a Unix control socket next to the host's;
+the TPM state itself is read at the first command. Power-off removes it:
+Shutdown if the guest did not send one, state saved, sockets closed, lock
+released, before the call returns. The host is started with a minimal
 environment (no secrets of the operator's shell) and ends by itself when its
-last vTPM is removed (or the add it was started for is refused). Operations on the host are serialized across processes
-by an flock next to its socket. The supervisor knows nothing of privileges or
-the inventory.
+last vTPM is removed (or the add it was started for is refused). Operations on
+the host are serialized across processes by an flock next to its socket. The
+supervisor knows nothing of privileges or the inventory.
 """
 
 from __future__ import annotations
