@@ -472,7 +472,7 @@ class UserSession(AdminOperations):
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             state = PowerState(record.power_state).after(PowerEvent.SUSPEND)
             started = save_tpm_state(record.vtpm_port) if record.vtpm_port else False
-            self.m.supervisor.stop(record.vtpm_pid)
+            self.m.supervisor.stop(vm)
             write_suspend_state(vm, str(self.m.home), started)
             return self._put_power(record, state)
         return self._on_vm(Operation.SUSPEND, name, act)
@@ -493,7 +493,7 @@ class UserSession(AdminOperations):
                     try:
                         resume_tpm_state(port, vm.vmx_path)
                     except VmError:
-                        self.m.supervisor.stop(pid)
+                        self.m.supervisor.stop(vm)
                         raise
             suspend_file(vm).path.unlink()
             return self._put_power(record, state, pid, port)
@@ -503,7 +503,8 @@ class UserSession(AdminOperations):
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             before = PowerState(record.power_state)
             state = before.after(PowerEvent.POWER_OFF)
-            self.m.supervisor.stop(record.vtpm_pid)
+            if record.vtpm_pid or record.vtpm_port:
+                self.m.supervisor.stop(vm)
             if before is PowerState.SUSPENDED:  # discards the suspended state: the next power on is cold
                 discard_suspend_state(vm, self.m.keys)
             seen = _describe_on_disk(vm.vmx_path, record.datastore, record)  # the generation the vTPM left

@@ -1,7 +1,7 @@
 """One lock per VM, shared by its vTPM and by every operation that rewrites the VM's files.
 
-The vTPM server (``vtpm serve --vm``: a powered-on VM) holds it for as long as it
-runs; encrypt, decrypt, rekey, snapshot, revert, clone, migrate, backup, restore,
+The vTPM server (``vtpm serve --vm``, or the home's ``vtpm host`` for a powered-on
+VM) holds it for as long as it serves the VM; encrypt, decrypt, rekey, snapshot, revert, clone, migrate, backup, restore,
 delete and vTPM changes hold it while they work. Whoever comes second is refused
 at once, told who is in the way: "the VM's vTPM is running (powered on)" or
 "another operation on this VM is in progress".

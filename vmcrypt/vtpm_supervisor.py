@@ -1,30 +1,42 @@
-"""The vTPM processes of powered-on VMs: start, health, stop.
+"""The vTPMs of powered-on VMs: one `vtpm host` process per management home.
 
-A powered-on VM's vTPM runs as its own process (as the VMX process would run
-it), serving the swtpm protocol on a loopback port pair. The supervisor starts
-it with a minimal environment (no secrets of the operator's shell), waits until
-it logs that it serves, and stops it with SIGTERM (SIGKILL after a grace
-period). It knows nothing of privileges or the inventory.
+Power-on makes sure the home's host runs (``HOME/run/vtpm/host.sock``, the
+directory 0700, the socket 0600) and adds the VM's vTPM to it: the host opens
+the VM's store (checks its files, unlocks its key, takes the VM's lock) and
+serves it on a loopback TCP pair and a Unix control socket next to the host's;
+the TPM state itself is read at the first command. Power-off removes it:
+Shutdown if the guest did not send one, state saved, sockets closed, lock
+released, before the call returns. The host is started with a minimal
+environment (no secrets of the operator's shell) and ends by itself when its
+last vTPM is removed (or the add it was started for is refused). Operations on
+the host are serialized across processes by an flock next to its socket. The
+supervisor knows nothing of privileges or the inventory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
-import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vmcrypt.errors import VmError
 from vmcrypt.vm import VmHome
+from vtpm.host_protocol import HostClient, HostError, HostUnavailable
 from vtpm.server.sockets import free_port_pair
 
 START_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 60.0  # adding a VM unlocks its key at the key provider (a KMIP server may be slow)
 POLL = 0.05
-# What a vTPM process gets from our environment: nothing secret (no $VMCRYPT_PASSWORD, no passphrases).
+PORT_ATTEMPTS = 5
+# What the host process gets from our environment: nothing secret (no $VMCRYPT_PASSWORD, no passphrases).
 CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "TMPDIR")
+PORT_TAKEN = "Address already in use"
+ANOTHER_HOST = "another vtpm host serves"
 
 
 class VtpmSupervisor:
@@ -37,33 +49,106 @@ class VtpmSupervisor:
     def run_dir(self) -> Path:
         return self.home / "run"
 
-    def start(self, vm: VmHome) -> tuple[int, int]:
-        """Serve the VM's vTPM; (pid, port) once it serves. Refused with the vTPM's own reason if it stops first."""
+    @property
+    def host_dir(self) -> Path:
+        return self.run_dir / "vtpm"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.host_dir / "host.sock"
+
+    def client(self) -> HostClient:
+        return HostClient(self.socket_path, timeout=REQUEST_TIMEOUT)
+
+    @contextlib.contextmanager
+    def _serialized(self) -> Iterator[None]:
+        """One supervisor at a time talks to (or starts) the home's host."""
         self.run_dir.mkdir(mode=0o700, exist_ok=True)
-        log = self.run_dir / f"{vm.name}.vtpm.log"
-        port = free_port_pair()
+        self.host_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.host_dir, 0o700)
+        fd = os.open(self.host_dir / "ops.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def vtpm_name(vm: VmHome) -> str:
+        """The VM's vTPM in the host: its name, or a digest of its path when the name is long."""
+        name = vm.name
+        if len(name.encode()) <= 48 and name.isprintable():
+            return name
+        return "vm-" + hashlib.sha256(str(vm.vmx_path).encode()).hexdigest()[:20]
+
+    def start(self, vm: VmHome) -> tuple[int, int]:
+        """Serve the VM's vTPM; (host pid, TCP data port). Refused with the host's reason."""
+        name = self.vtpm_name(vm)
+        with self._serialized():
+            for _ in range(PORT_ATTEMPTS):
+                client, pid = self._ensure_host(vm)
+                port = free_port_pair()
+                try:
+                    client.add(name, vm=os.path.abspath(vm.vmx_path), tcp_port=port,
+                               ctrl_unix=str(self.host_dir / f"{name}.ctrl"))
+                    return pid, port
+                except HostUnavailable:
+                    continue  # the host was ending (its last vTPM was just removed): start another
+                except HostError as exc:
+                    if PORT_TAKEN in str(exc):
+                        continue  # another process took the port meanwhile
+                    if "is already hosted" in str(exc):  # left from a power-on the inventory never recorded
+                        client.remove(name)
+                        continue
+                    raise VmError(f"the vTPM did not start: {exc}", vm.vmx_path) from None
+        raise VmError("the vTPM did not start: no free port pair", vm.vmx_path)
+
+    def _ensure_host(self, vm: VmHome) -> tuple[HostClient, int]:
+        """The home's host, started if none answers."""
+        client = self.client()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                return client, int(client.ping()["pid"])
+            except HostUnavailable:
+                pass
+            self._spawn(vm, deadline)
+            if time.monotonic() >= deadline:
+                raise VmError("the vTPM host did not start in time", vm.vmx_path)
+
+    def _spawn(self, vm: VmHome, deadline: float) -> None:
+        """Start a host and wait until it answers (or has ended: then another host may have won)."""
+        log = self.host_dir / "host.log"
         env = {name: os.environ[name] for name in CHILD_ENVIRONMENT if name in os.environ}
         env["VMCRYPT_HOME"] = str(self.home)
-        with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        start = os.lseek(fd, 0, os.SEEK_END)
+        with open(fd, "wb") as handle:
             process = subprocess.Popen(
-                self.command_line("serve", "--vm", str(vm.vmx_path), "--port", str(port)),
+                self.command_line("host", "--socket", str(self.socket_path), "--exit-when-empty"),
                 stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
             )
-        deadline = time.monotonic() + START_TIMEOUT
+        client = self.client()
         while time.monotonic() < deadline:
-            text = log.read_text(errors="replace")
-            if "serving on" in text:
-                return process.pid, port
+            try:
+                client.ping()
+                return
+            except HostUnavailable:
+                pass
             if process.poll() is not None:
-                last = text.strip().splitlines()[-1] if text.strip() else "no output"
-                raise VmError(f"the vTPM did not start: {last.removeprefix('error: vtpm serve: ')}", vm.vmx_path)
+                with open(log, "rb") as reader:
+                    reader.seek(start)
+                    text = reader.read().decode(errors="replace").strip()
+                if ANOTHER_HOST in text:
+                    return  # one started meanwhile: ping it again
+                last = text.splitlines()[-1] if text else "no output"
+                raise VmError(f"the vTPM host did not start: {last.removeprefix('error: vtpm host: ')}", vm.vmx_path)
             time.sleep(POLL)
         process.kill()
-        raise VmError("the vTPM did not start in time", vm.vmx_path)
 
     @staticmethod
     def running(pid: int | None) -> bool:
-        """Whether the vTPM process ``pid`` is still there (a zombie child counts as gone)."""
+        """Whether the process ``pid`` is still there (a zombie child counts as gone)."""
         if not pid:
             return False
         try:
@@ -78,17 +163,15 @@ class VtpmSupervisor:
                 return True
             return True
 
-    def stop(self, pid: int | None) -> None:
-        """SIGTERM, then SIGKILL if it has not ended within the grace period."""
-        if not pid:
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline:
-            if not self.running(pid):
+    def stop(self, vm: VmHome) -> None:
+        """Remove the VM's vTPM from the host: Shutdown if needed, state saved, lock released.
+        Nothing to do when no host runs or it does not serve the VM (it ended, or crashed)."""
+        with self._serialized():
+            try:
+                self.client().remove(self.vtpm_name(vm))
+            except HostUnavailable:
                 return
-            time.sleep(POLL)
-        os.kill(pid, signal.SIGKILL)
+            except HostError as exc:
+                if "no vTPM named" in str(exc):
+                    return
+                raise VmError(f"the vTPM did not stop cleanly: {exc}", vm.vmx_path) from None

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from vtpm import host as host_daemon
 from vtpm import wire
 from vtpm.constants import NT, TPMA_NV
 from vtpm.crypto import HASHES
@@ -279,7 +280,16 @@ def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
     add_state_options(info)
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_info)
+
+    host_daemon.add_parser(commands, lambda args, request: open_hosted_store(stores, args, request))
     return parser
+
+
+def open_hosted_store(stores: StoreOptions, args: argparse.Namespace, request: host_daemon.AddRequest) -> StateStore:
+    """The store a `vtpm host` add request names, opened as `serve` would open it."""
+    if isinstance(stores, PlainStoreOptions):
+        return host_daemon.open_plain(args, request)
+    return stores.open(host_daemon.namespace_for(args, request))
 
 
 def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) -> int:
@@ -293,7 +303,7 @@ def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) 
         if early is not None:
             return int(early)
     try:
-        return args.func(args, stores.open(args))
+        return args.func(args, stores.open(args) if getattr(args, "opens_store", True) else None)
     except (StateStoreError, OSError, *stores.failures) as exc:
         print(f"error: vtpm {args.command}: {exc}", file=sys.stderr)
         return 1

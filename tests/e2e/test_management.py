@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ from vmcrypt.errors import VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError
 from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.rbac import Privilege
+from vmcrypt.vm import VmHome
+from vmcrypt.vm_lock import VmBusyError, lock_vm
+from vtpm.host_protocol import HostClient
 
 PASSWORDS = {"admin": "admin-pw", "nocrypto": "nocrypto-pw", "reader": "reader-pw"}
 
@@ -383,3 +387,32 @@ def test_suspend_and_resume_keep_the_pcrs(mgmt: Management) -> None:
     admin.power_off("enc")
     with pytest.raises(VmError, match="not suspended"):
         admin.resume("enc")
+
+
+def test_powered_on_vtpms_share_the_homes_host(mgmt: Management, home: Path) -> None:
+    """Power-on adds the VM's vTPM to one `vtpm host` per home; the VM's lock is held while it runs;
+    power-off removes it (saved, lock released) and the host ends with its last vTPM."""
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    admin.create_vm("ds1", "enc2")
+    admin.add_vtpm("enc2")
+    first, second = admin.power_on("enc"), admin.power_on("enc2")
+    assert first.vtpm_pid == second.vtpm_pid and first.vtpm_port != second.vtpm_port
+    host_dir = home / "run" / "vtpm"
+    assert oct(os.stat(host_dir).st_mode & 0o777) == "0o700"
+    assert oct(os.stat(host_dir / "host.sock").st_mode & 0o777) == "0o600"
+    listed = {v["name"]: v for v in HostClient(host_dir / "host.sock").list()}
+    assert set(listed) == {"enc", "enc2"} and not any(v["loaded"] for v in listed.values())  # nothing read yet
+    assert listed["enc"]["ctrl_unix"] == str(host_dir / "enc.ctrl")
+    with pytest.raises(VmBusyError, match="vTPM is running"):
+        lock_vm(VmHome(first.vmx_path), "rekey")  # the host holds the VM's lock
+    admin.power_off("enc")
+    assert [v["name"] for v in HostClient(host_dir / "host.sock").list()] == ["enc2"]
+    lock_vm(VmHome(first.vmx_path), "rekey").release()  # released at power-off
+    admin.power_off("enc2")
+    deadline = time.monotonic() + 20
+    while mgmt.supervisor.running(first.vtpm_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not mgmt.supervisor.running(first.vtpm_pid)  # the host ended with its last vTPM
+    again = admin.power_on("enc")  # and a new one starts on demand
+    assert again.vtpm_pid != first.vtpm_pid
+    admin.power_off("enc")

@@ -336,3 +336,64 @@ def start_swtpm_socket(args: Sequence[str | os.PathLike[str]], log: Path, ready:
                        *, timeout: float = READY_TIMEOUT) -> SocketProcess:
     return start_socket_process("swtpm socket", [swtpm_path(), "socket", *map(str, args)], log, ready,
                                 timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- vtpm host (many vTPMs, one process)
+
+
+@dataclass
+class HostServer:
+    """A running `vtpm host` process: its control socket, a client for it, and its log."""
+
+    proc: subprocess.Popen[bytes]
+    socket_path: Path
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, timeout: float = 30.0):
+        from vtpm.host_protocol import HostClient
+
+        return HostClient(self.socket_path, timeout=timeout)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise ServerError(f"vtpm host: no VmRSS for pid {self.pid}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        return stop_process(self.proc, timeout)
+
+    def __enter__(self) -> HostServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_vtpm_host(socket_path: Path, log: Path, *options: str, timeout: float = READY_TIMEOUT) -> HostServer:
+    """`vtpm host --socket SOCKET OPTIONS` (the `vtpm` command, with encrypted stores); returns once it
+    has logged that it serves."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "vmcrypt.vtpm_command", "host", "--socket", str(socket_path),
+                                 *options], stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    server = HostServer(proc, socket_path, log)
+    deadline = time.monotonic() + timeout
+    while "vtpm host: serving on" not in server.log_text():
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            server.stop()
+            raise ServerError(f"vtpm host did not start; its log ({log}):\n{server.log_text()}")
+        time.sleep(POLL_INTERVAL)
+    return server

@@ -1,0 +1,401 @@
+"""`vtpm host`: one process, one event-loop thread, many vTPMs.
+
+Each hosted vTPM has its own endpoints (a Unix control socket for QEMU's
+CMD_SET_DATAFD, an optional Unix data socket, an optional TCP pair) on the
+shared ``vtpm.server.loop.Loop``. Adding a vTPM opens its store (for a VM:
+checks its files, unlocks its key and takes the VM's lock) but reads no
+state: the TPM state is loaded at its first command, control or data.
+Every change is written through to the store by the engine, so an idle
+vTPM whose TPM is not started (or stopped) can be evicted from memory and
+loaded again later. Removing one sends Shutdown if the OS did not, saves,
+closes its sockets and releases the store (and with it the VM's lock).
+
+The host is driven over its own Unix socket (mode 0600, peers of another
+uid refused) with one JSON object per line each way (``vtpm.host_protocol``).
+Work runs on the loop thread: a slow or silent client holds only its own
+buffer, and the loop drops it at its deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vtpm import wire
+from vtpm.engine import Tpm
+from vtpm.host_protocol import MAX_LINE, AddRequest, ProtocolError, parse_add  # noqa: F401  (AddRequest: cli)
+from vtpm.server.device import TpmDevice
+from vtpm.server.loop import Connection, Endpoints, Loop, Reply, SwtpmEndpoints, bind_unix
+from vtpm.state import TpmState
+from vtpm.storage import StateStore, StateStoreError
+
+log = logging.getLogger(__name__)
+
+CONTROL_TIMEOUT = 10.0  # seconds a control client may take to finish a request line
+
+
+class HostRefusal(Exception):
+    """A control request that is refused; the message goes back to the client."""
+
+
+OpenStore = Callable[[AddRequest], StateStore]
+
+
+@dataclass
+class _Platform:
+    """What a platform remembers of an evicted vTPM: power, locality, buffer size, established flag."""
+
+    running: bool = True
+    locality: int = 0
+    established: bool = False
+    buffer_size: int = 0
+
+
+@dataclass
+class HostedVtpm:
+    """One vTPM of the host: its store, its endpoints and, once used, its engine."""
+
+    name: str
+    store: StateStore
+    key: str  # the real path of what it serves: one vTPM per VM or state directory
+    startup_clear: bool = False
+    endpoints: SwtpmEndpoints | None = None
+    loaded: TpmDevice | None = None
+    loads: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    platform: _Platform | None = None
+
+    def device(self) -> TpmDevice:
+        """The TPM, loaded from the store at first use (manufactured if the store is empty)."""
+        self.last_used = time.monotonic()
+        if self.loaded is not None:
+            return self.loaded
+        state = self.store.load()
+        if state is None:
+            state = TpmState.manufacture()
+            self.store.save(state.to_bytes())
+        tpm = Tpm(state, persist=self.store.save)
+        if self.startup_clear and self.loads == 0:
+            tpm.execute(0, wire.STARTUP_CLEAR)
+        device = TpmDevice(tpm, name=self.name)
+        if self.platform is not None:
+            device.running = self.platform.running
+            device.locality = self.platform.locality
+            device.established = self.platform.established
+            if self.platform.buffer_size:
+                device.buffer_size = self.platform.buffer_size
+        self.loaded = device
+        self.loads += 1
+        return device
+
+    def evictable(self, idle: float, now: float) -> bool:
+        """Nothing would be lost: no connection, idle long enough, and no started TPM (or a stopped one)."""
+        device = self.loaded
+        if device is None or now - self.last_used < idle:
+            return False
+        if self.endpoints is not None and self.endpoints.connections:
+            return False
+        return not device.running or not device.tpm.volatile.started
+
+    def evict(self) -> None:
+        device = self.loaded
+        if device is None:
+            return
+        self.platform = _Platform(device.running, device.locality, device.established, device.buffer_size)
+        self.loaded = None
+
+    def terminate(self) -> None:
+        """CMD_SHUTDOWN on its control channel: stopped and saved; its connections end, its sockets stay."""
+        if self.loaded is not None:
+            self.loaded.stop()
+            self.loaded.tpm.flush_state()
+        if self.endpoints is not None:
+            self.endpoints.drop_connections()
+
+    def close(self) -> str | None:
+        """Stop (Shutdown if the OS did not), save, close the sockets, release the store; a problem, if any."""
+        problem = None
+        if self.endpoints is not None:
+            self.endpoints.close()
+        try:
+            if self.loaded is not None:
+                self.loaded.stop()
+                self.loaded.tpm.flush_state()
+        except Exception as exc:
+            problem = f"state not saved: {exc}"
+        self.loaded = None
+        release = getattr(self.store, "close", None)
+        if release is not None:
+            try:
+                release()
+            except Exception as exc:
+                problem = problem or f"store not released: {exc}"
+        return problem
+
+    def describe(self, now: float) -> dict[str, Any]:
+        endpoints = self.endpoints.endpoints if self.endpoints is not None else Endpoints()
+        return {
+            "name": self.name,
+            "store": self.store.describe(),
+            "ctrl_unix": endpoints.ctrl_unix,
+            "data_unix": endpoints.data_unix,
+            "tcp_host": endpoints.tcp_host if endpoints.tcp_port is not None else None,
+            "tcp_port": endpoints.tcp_port,
+            "loaded": self.loaded is not None,
+            "loads": self.loads,
+            "connections": len(self.endpoints.connections) if self.endpoints is not None else 0,
+            "idle_seconds": round(now - self.last_used, 3),
+        }
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+class ControlLineConnection(Connection):
+    """The host's control protocol: one JSON request per line, one JSON answer per line."""
+
+    timeout_when_partial = CONTROL_TIMEOUT
+
+    def __init__(self, loop: Loop, sock: socket.socket, host: "VtpmHost") -> None:
+        super().__init__(loop, sock)
+        self.host = host
+
+    def process(self) -> None:
+        buf = self.inbuf
+        while not self.closed and not self.outbuf:
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) > MAX_LINE:
+                    buf.clear()
+                    self.host.answer(self, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"},
+                                     then_close=True)
+                return
+            line = bytes(buf[:end])
+            del buf[: end + 1]
+            self._partial_deadline = False
+            self.host.answer(self, self.host.handle_line(line))
+
+
+class VtpmHost:
+    """The hosted vTPMs, their loop and the host's control socket."""
+
+    def __init__(self, control_path: str, open_store: OpenStore, *, evict_after: float | None = None,
+                 exit_when_empty: bool = False, idle_timeout: float | None = None) -> None:
+        self.control_path = control_path
+        self.open_store = open_store
+        self.evict_after = evict_after
+        self.exit_when_empty = exit_when_empty
+        self.loop = Loop(idle_timeout=idle_timeout)
+        self.vtpms: dict[str, HostedVtpm] = {}
+        self._lock_fd: int | None = None
+        self._control = None
+        self.uid = os.getuid()
+        if evict_after is not None:
+            self.loop.every(max(0.05, min(evict_after / 2, 5.0)), self.evict_idle)
+
+    # ------------------------------------------------------------------ life
+
+    def bind(self) -> None:
+        """Take the host's lock (one host per socket) and listen on the control socket (0600)."""
+        parent = Path(self.control_path).parent
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(f"{self.control_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise HostRefusal(f"another vtpm host serves {self.control_path}") from None
+        self._lock_fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._control = self.loop.listen(bind_unix(self.control_path), self._accept_control, self.control_path)
+
+    def _accept_control(self, sock: socket.socket) -> Connection | None:
+        try:
+            uid = _peer_uid(sock)
+        except OSError:
+            uid = -1
+        if uid not in (self.uid, 0):  # the socket is 0600 already; this holds even if its mode is changed
+            log.warning("control connection of uid %d refused", uid)
+            sock.close()
+            return None
+        return ControlLineConnection(self.loop, sock, self)
+
+    def run(self) -> None:
+        self.loop.run()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def close(self) -> list[str]:
+        """Remove every vTPM (each saved and released), close the control socket, drop the lock."""
+        problems = []
+        for name in list(self.vtpms):
+            problem = self.vtpms.pop(name).close()
+            if problem:
+                problems.append(f"{name}: {problem}")
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        self.loop.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        return problems
+
+    # ------------------------------------------------------------------ the control protocol
+
+    def answer(self, conn: Connection, answer: dict[str, Any], *, then_close: bool = False) -> None:
+        after = conn.close if then_close else None
+        if answer.pop("_stop_after", False):
+            after = self.stop
+        self.loop.reply(Reply(conn, json.dumps(answer, separators=(",", ":")).encode() + b"\n", after=after))
+
+    def handle_line(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return {"ok": False, "error": "not a JSON object on one UTF-8 line"}
+        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            return {"ok": False, "error": "a request is a JSON object with an \"op\""}
+        op = request["op"]
+        answer = self._dispatch(op, request)
+        if op in ("add", "remove") and self.exit_when_empty and not self.vtpms:
+            answer["_stop_after"] = True  # its last vTPM was removed, or the first add was refused
+        return answer
+
+    def _dispatch(self, op: str, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            if op == "ping":
+                return {"ok": True, "pid": os.getpid(), "vtpms": len(self.vtpms)}
+            if op == "list":
+                now = time.monotonic()
+                return {"ok": True, "vtpms": [v.describe(now) for v in self.vtpms.values()]}
+            if op == "add":
+                return {"ok": True, "vtpm": self.add(parse_add(request))}
+            if op == "remove":
+                name = request.get("name")
+                if not isinstance(name, str):
+                    raise ProtocolError("remove needs a \"name\"")
+                return self.remove(name)
+            raise ProtocolError(f"unknown op {op!r} (add, remove, list, ping)")
+        except (ProtocolError, HostRefusal, StateStoreError, OSError) as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a store's own failure (e.g. a VM refused): its message, never a traceback
+            log.info("add refused: %s", exc)
+            return {"ok": False, "error": str(exc) or type(exc).__name__}
+
+    def add(self, request: AddRequest) -> dict[str, Any]:
+        if request.name in self.vtpms:
+            raise HostRefusal(f"a vTPM named {request.name!r} is already hosted")
+        key = request.store_key()
+        for other in self.vtpms.values():
+            if other.key == key:
+                raise HostRefusal(f"{key} is already served by the vTPM {other.name!r}")
+        store = self.open_store(request)
+        hosted = HostedVtpm(request.name, store, key, startup_clear=request.startup_clear)
+        try:
+            hosted.endpoints = SwtpmEndpoints(self.loop, hosted.device, request.endpoints,
+                                              on_terminate=hosted.terminate)
+        except BaseException:
+            hosted.close()
+            raise
+        self.vtpms[request.name] = hosted
+        return hosted.describe(time.monotonic())
+
+    def remove(self, name: str) -> dict[str, Any]:
+        hosted = self.vtpms.pop(name, None)
+        if hosted is None:
+            raise HostRefusal(f"no vTPM named {name!r} is hosted")
+        problem = hosted.close()
+        answer: dict[str, Any] = {"ok": problem is None, "removed": name}
+        if problem:
+            answer["error"] = problem
+        return answer
+
+    def evict_idle(self) -> None:
+        now = time.monotonic()
+        for hosted in self.vtpms.values():
+            if hosted.evictable(self.evict_after or 0.0, now):
+                hosted.evict()
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def add_parser(commands: Any, open_store: Callable[[argparse.Namespace, AddRequest], StateStore]) -> None:
+    host = commands.add_parser(
+        "host", help="serve many vTPMs from one process",
+        description="Serve many vTPMs on one event loop; add and remove them over the control socket.")
+    host.add_argument("--socket", required=True, metavar="PATH", help="the host's control socket (0600)")
+    host.add_argument("--evict-after", type=float, metavar="SECONDS",
+                      help="drop an idle vTPM's state from memory after this long (it is reloaded when used)")
+    host.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                      help="close a connection that sends nothing for this long (default: never; QEMU keeps its "
+                           "connections open while the guest does not use the TPM)")
+    host.add_argument("--exit-when-empty", action="store_true",
+                      help="end when an add or remove leaves no vTPM (the last one removed, or the first add refused)")
+    host.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
+    host.set_defaults(func=lambda args, store: cmd_host(args, lambda request: open_store(args, request)),
+                      opens_store=False)
+
+
+def cmd_host(args: argparse.Namespace, open_store: OpenStore) -> int:
+    for option, value in (("--evict-after", args.evict_after), ("--idle-timeout", args.idle_timeout)):
+        if value is not None and not 0 < value <= 86400:
+            raise StateStoreError(f"{option} must be between 0 and 86400 seconds")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # two listening sockets per vTPM, plus its connections
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    host = VtpmHost(os.path.abspath(args.socket), open_store, evict_after=args.evict_after,
+                    exit_when_empty=args.exit_when_empty, idle_timeout=args.idle_timeout)
+    try:
+        host.bind()
+    except HostRefusal as exc:
+        print(f"error: vtpm host: {exc}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: host.stop())
+    print(f"vtpm host: serving on {host.control_path} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    try:
+        host.run()
+    finally:
+        problems = host.close()
+    for problem in problems:
+        print(f"vtpm host: {problem}", file=sys.stderr)
+    print("vtpm host: stopped, every vTPM saved", file=sys.stderr, flush=True)
+    return 1 if problems else 0
+
+
+def open_plain(args: argparse.Namespace, request: AddRequest) -> StateStore:
+    """The store of ``python -m vtpm host``: plain state directories only."""
+    from vtpm.storage import PlainStateStore
+
+    if request.vm is not None or request.key_file is not None:
+        raise StateStoreError("vm and key_file (encrypted state) need the `vtpm` command "
+                              "(python -m vmcrypt.vtpm_command)")
+    if request.state is None:
+        raise StateStoreError("give a state directory")
+    return PlainStateStore(request.state)
+
+
+def namespace_for(args: argparse.Namespace, request: AddRequest) -> argparse.Namespace:
+    """The ``serve`` options naming the request's store, for a ``StoreOptions.open``."""
+    return argparse.Namespace(state=request.state, vm=request.vm, key_file=request.key_file,
+                              home=getattr(args, "home", None))
+

@@ -1,0 +1,668 @@
+"""One thread, many sockets: the swtpm data and control protocols on a epoll event loop (``select.epoll``).
+
+Every socket is non-blocking and belongs to one ``Loop``. A connection keeps
+its own bounded input buffer, so a client that sends half a command and goes
+silent costs that buffer and nothing else: the loop drops it when its
+deadline (mid-command, or idle when configured) passes, while every other
+connection is served. Commands run on the loop thread, one at a time.
+
+The persistence seam: a command's response is not written at once. Each
+loop iteration executes every command that became complete, collects the
+answers as ``Reply`` objects, calls the loop's ``commit`` hook once with all
+of them, and only then sends them. Today ``Tpm.execute`` saves dirty state
+itself before it returns, so the default hook does nothing. A group commit
+(one flush for every vTPM dirtied in the iteration) plugs in there: the
+engines stage their state instead of writing it, the hook makes it durable
+in one round and, where that fails, replaces the replies of the vTPMs
+concerned with ``TPM_RC_NV_UNAVAILABLE``. No response leaves before the hook
+has returned.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import select
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vtpm import wire
+from vtpm.constants import RC
+from vtpm.server import swtpm_ctrl
+from vtpm.server.device import TpmDevice
+from vtpm.server.endpoints import Endpoints, reachable
+
+log = logging.getLogger(__name__)
+
+HEADER_SIZE = wire.HEADER_SIZE
+MAX_WIRE_COMMAND = 64 * 1024  # a command larger than this is refused and the connection dropped
+MID_COMMAND_TIMEOUT = 10.0  # seconds a client may take to finish a command it started
+CTRL_REQUEST_TIMEOUT = 0.5  # swtpm allows 500 ms for a whole control request
+MAX_CONNECTIONS = 4096  # beyond this, new connections are closed at once
+RECV_SIZE = 65536
+MAX_PASSED_FDS = 4  # descriptors taken from one control message; more are closed
+
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+DeviceSource = Callable[[], TpmDevice]  # the device a connection serves; the host loads it at first use
+
+
+@dataclass(slots=True)
+class Reply:
+    """A response waiting for the end of the loop iteration (see the module's persistence seam)."""
+
+    conn: "Connection"
+    response: bytes
+    device: TpmDevice | None = None  # the vTPM whose state the command may have changed
+    after: Callable[[], None] | None = None  # run once the response was handed to the socket
+
+
+CommitHook = Callable[[list[Reply]], None]
+
+
+def no_commit(replies: list[Reply]) -> None:
+    """The default: ``Tpm.execute`` has already saved the state of every dirty vTPM."""
+
+
+class Connection:
+    """A non-blocking stream socket owned by a loop: buffered input, buffered output, a deadline."""
+
+    timeout_when_partial = MID_COMMAND_TIMEOUT
+
+    def __init__(self, loop: "Loop", sock: socket.socket) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.closed = False
+        self.deadline: float | None = None
+        self.owner: object = None  # who to tell when it closes (a hosted vTPM keeps its connections)
+        self.on_close: Callable[["Connection"], None] | None = None
+        sock.setblocking(False)
+
+    # ------------------------------------------------------------------ subclasses
+
+    def process(self) -> None:
+        """Consume complete requests from ``inbuf`` (queue replies with ``loop.reply``)."""
+        raise NotImplementedError
+
+    def receive(self) -> bytes:
+        return self.sock.recv(RECV_SIZE)
+
+    # ------------------------------------------------------------------ events
+
+    def on_readable(self) -> None:
+        try:
+            data = self.receive()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        self.inbuf += data
+        self.process()
+        if self.inbuf or self.deadline is not None or self.loop.idle_timeout is not None:
+            self.rearm()
+
+    def rearm(self) -> None:
+        """Set the deadline: a partial request must complete in time; an idle connection may time out."""
+        if self.closed:
+            return
+        if self.inbuf:
+            if self.deadline is None or not self._partial_deadline:
+                self._set_deadline(self.timeout_when_partial, partial=True)
+        elif self.loop.idle_timeout is not None:
+            self._set_deadline(self.loop.idle_timeout, partial=False)
+        else:
+            self.deadline = None
+
+    _partial_deadline = False
+
+    def _set_deadline(self, seconds: float, *, partial: bool) -> None:
+        self._partial_deadline = partial
+        self.deadline = time.monotonic() + seconds
+        self.loop.schedule(self)
+
+    def on_deadline(self) -> None:
+        log.info("connection timed out%s", " mid-request" if self.inbuf else " (idle)")
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        """Send now as far as the socket takes it; the rest waits for writability (reading pauses)."""
+        if self.closed:
+            return
+        if not self.outbuf:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self.close()
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.outbuf += data
+        self.loop.want_write(self, True)
+
+    def on_writable(self) -> None:
+        try:
+            sent = self.sock.send(self.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        del self.outbuf[:sent]
+        if not self.outbuf:
+            self.loop.want_write(self, False)
+            if self.inbuf:  # requests that arrived while the answer was stuck
+                self.process()
+                self.rearm()
+
+    @property
+    def paused(self) -> bool:
+        """Output is pending: read no further requests until the client takes its answers."""
+        return bool(self.outbuf)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.deadline = None
+        self.loop.forget(self)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.inbuf.clear()
+        self.outbuf.clear()
+        if self.on_close is not None:
+            self.on_close(self)
+
+
+class DataConnection(Connection):
+    """swtpm data channel: raw TPM commands in, responses out."""
+
+    def __init__(self, loop: "Loop", sock: socket.socket, device: DeviceSource) -> None:
+        super().__init__(loop, sock)
+        self.device = device
+        self.drop_after_reply = False
+
+    def process(self) -> None:
+        buf = self.inbuf
+        while len(buf) >= HEADER_SIZE and not self.outbuf and not self.closed and not self.drop_after_reply:
+            size = (buf[2] << 24) | (buf[3] << 16) | (buf[4] << 8) | buf[5]
+            if size < HEADER_SIZE or size > MAX_WIRE_COMMAND:
+                self.drop_after_reply = True  # the stream is out of step: answer once, then drop it
+                buf.clear()
+                self.loop.reply(Reply(self, wire.error_response(RC.COMMAND_SIZE), after=self.close))
+                return
+            available = len(buf)
+            if available < size:
+                return
+            if available == size:  # the usual case: one whole command
+                command = bytes(buf)
+                buf.clear()
+            else:
+                command = bytes(buf[:size])
+                del buf[:size]
+            self._partial_deadline = False  # the next command gets its own deadline
+            try:
+                device = self.device()
+            except Exception as exc:  # the state cannot be loaded: the client gets a TPM failure
+                log.error("vTPM state not available: %s", exc)
+                self.loop.reply(Reply(self, wire.error_response(RC.FAILURE)))
+                continue
+            self.loop.reply(Reply(self, device.execute(command), device))
+
+
+def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    fds = array.array("i")
+    data, ancdata, _, _ = sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(MAX_PASSED_FDS * fds.itemsize))
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
+class ControlConnection(Connection):
+    """swtpm control channel: a UINT32 code and its payload in, the ``swtpm_ctrl.handle`` answer out.
+
+    On a Unix socket, descriptors passed with a request (SCM_RIGHTS) are kept
+    for that request: CMD_SET_DATAFD turns the first into a data connection;
+    any other is closed once the request is answered.
+    """
+
+    timeout_when_partial = CTRL_REQUEST_TIMEOUT
+
+    def __init__(self, loop: "Loop", sock: socket.socket, device: DeviceSource, *,
+                 on_data_fd: Callable[[socket.socket], None], on_terminate: Callable[[], None]) -> None:
+        super().__init__(loop, sock)
+        self.device = device
+        self.unix = sock.family == socket.AF_UNIX
+        self.on_data_fd = on_data_fd
+        self.on_terminate = on_terminate
+        self.passed_fds: list[int] = []
+
+    def receive(self) -> bytes:
+        if not self.unix:
+            return self.sock.recv(RECV_SIZE)
+        data, fds = _recv_with_fds(self.sock)
+        self.passed_fds += fds
+        return data
+
+    def process(self) -> None:
+        buf = self.inbuf
+        while len(buf) >= 4 and not self.paused and not self.closed:
+            code = int.from_bytes(buf[:4], "big")
+            size = swtpm_ctrl.payload_size(code)
+            if len(buf) < 4 + size:
+                return
+            payload = bytes(buf[4 : 4 + size])
+            del buf[: 4 + size]
+            self._partial_deadline = False
+            try:
+                device = self.device()
+            except Exception as exc:
+                log.error("vTPM state not available: %s", exc)
+                self._close_fds()
+                self.loop.reply(Reply(self, swtpm_ctrl.TPM_FAIL.to_bytes(4, "big")))
+                continue
+            result = swtpm_ctrl.handle(device, code, payload, unix=self.unix)
+            if result.accept_data_fd:
+                if self.passed_fds:
+                    fd = self.passed_fds.pop(0)
+                    try:
+                        self.on_data_fd(socket.socket(fileno=fd))
+                    except OSError:
+                        os.close(fd)
+                        result = swtpm_ctrl.CtrlResult(swtpm_ctrl.TPM_FAIL.to_bytes(4, "big"))
+                else:
+                    result = swtpm_ctrl.CtrlResult(swtpm_ctrl.TPM_BAD_PARAMETER.to_bytes(4, "big"))
+            self._close_fds()
+            after = None
+            if result.terminate:
+                self.inbuf.clear()
+                after = self._terminate
+            self.loop.reply(Reply(self, result.response, device, after))
+            if result.terminate:
+                return
+
+    def _terminate(self) -> None:
+        self.close()
+        self.on_terminate()
+
+    def _close_fds(self) -> None:
+        for fd in self.passed_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.passed_fds.clear()
+
+    def close(self) -> None:
+        self._close_fds()
+        super().close()
+
+
+class Listener:
+    """A listening socket in the loop; each accepted connection is made by ``factory``."""
+
+    def __init__(self, loop: "Loop", sock: socket.socket, factory: Callable[[socket.socket], Connection | None],
+                 path: str | None = None) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.factory = factory
+        self.path = path  # a Unix socket's path, removed on close
+        self.closed = False
+        sock.setblocking(False)
+
+    def on_readable(self) -> None:
+        for _ in range(64):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                return
+            if self.loop.connection_count >= self.loop.max_connections:
+                conn.close()
+                continue
+            made = self.factory(conn)  # None: refused (the factory closed it)
+            if made is not None:
+                self.loop.add(made)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.forget(self)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    os.unlink(self.path)
+
+
+class Loop:
+    """The event loop: epoll readiness, connection deadlines, periodic tasks and the commit hook."""
+
+    def __init__(self, *, commit: CommitHook = no_commit, idle_timeout: float | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        self._poll = select.epoll()
+        self._items: dict[int, Connection | Listener | None] = {}
+        self.commit = commit
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.connection_count = 0
+        self._replies: list[Reply] = []
+        self._deadlines: list[tuple[float, int, Connection]] = []
+        self._seq = itertools.count()
+        self._tasks: list[list] = []  # [next run, interval, function]
+        self._stopping = False
+        self._closed = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._register(self._wake_r.fileno(), None)
+
+    # ------------------------------------------------------------------ registration
+
+    def _register(self, fd: int, item: Connection | Listener | None) -> None:
+        self._poll.register(fd, select.EPOLLIN)
+        self._items[fd] = item
+
+    def add(self, item: Connection | Listener) -> Connection | Listener:
+        self._register(item.sock.fileno(), item)
+        if isinstance(item, Connection):
+            self.connection_count += 1
+            item.rearm()
+        return item
+
+    def forget(self, item: Connection | Listener) -> None:
+        fd = item.sock.fileno()
+        if fd < 0 or self._items.get(fd) is not item:
+            return
+        del self._items[fd]
+        with contextlib.suppress(OSError, ValueError):
+            self._poll.unregister(fd)
+        if isinstance(item, Connection):
+            self.connection_count -= 1
+
+    def want_write(self, conn: Connection, on: bool) -> None:
+        """While output is pending, wait for writability only (the client must read before it sends more)."""
+        with contextlib.suppress(OSError, ValueError):
+            self._poll.modify(conn.sock.fileno(), select.EPOLLOUT if on else select.EPOLLIN)
+
+    def listen(self, sock: socket.socket, factory: Callable[[socket.socket], Connection | None],
+               path: str | None = None) -> Listener:
+        listener = Listener(self, sock, factory, path)
+        self.add(listener)
+        return listener
+
+    def schedule(self, conn: Connection) -> None:
+        if conn.deadline is not None:
+            heapq.heappush(self._deadlines, (conn.deadline, next(self._seq), conn))
+
+    def every(self, seconds: float, function: Callable[[], None]) -> None:
+        """Run ``function`` on the loop thread about every ``seconds``."""
+        self._tasks.append([time.monotonic() + seconds, seconds, function])
+
+    def reply(self, reply: Reply) -> None:
+        self._replies.append(reply)
+
+    def wake(self) -> None:
+        """Make a waiting poll return (safe from other threads and signal handlers)."""
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake()
+
+    # ------------------------------------------------------------------ running
+
+    def _next_due(self) -> float:
+        nearest = time.monotonic() + 1.0
+        if self._deadlines:
+            nearest = min(nearest, self._deadlines[0][0])
+        for task in self._tasks:
+            nearest = min(nearest, task[0])
+        return nearest
+
+    def run_once(self, timeout: float | None = None) -> None:
+        timed = bool(self._deadlines or self._tasks)
+        due = self._next_due() if timed else 0.0
+        if timeout is None:
+            timeout = max(0.0, due - time.monotonic()) if timed else -1  # nothing due: wait for an event
+        items = self._items
+        for fd, mask in self._poll.poll(timeout):
+            item = items.get(fd)
+            if item is None:
+                if fd == self._wake_r.fileno():
+                    with contextlib.suppress(OSError):
+                        self._wake_r.recv(4096)
+                continue
+            try:
+                if mask & EPOLLOUT:
+                    item.on_writable()  # type: ignore[union-attr]
+                else:  # readable, hung up or in error: a read tells which
+                    item.on_readable()
+            except Exception:  # a bug met by one connection ends that connection, never the loop
+                log.exception("connection failed")
+                if isinstance(item, Connection):
+                    item.close()
+        if self._replies:
+            self.flush_replies()
+        if timed:
+            now = time.monotonic()
+            if now >= due:
+                self._run_due(now)
+
+    def _run_due(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, _, conn = heapq.heappop(self._deadlines)
+            if conn.deadline == deadline and not conn.closed:
+                conn.on_deadline()
+        for task in self._tasks:
+            if task[0] <= now:
+                task[0] = now + task[1]
+                try:
+                    task[2]()
+                except Exception:
+                    log.exception("periodic task failed")
+        if self._replies:
+            self.flush_replies()
+
+    def flush_replies(self) -> None:
+        """The seam: commit once for the whole iteration, then send every reply."""
+        replies, self._replies = self._replies, []
+        try:
+            if self.commit is not no_commit:
+                self.commit(replies)
+        except Exception:
+            log.exception("commit failed: the replies report NV_UNAVAILABLE")
+            failed = wire.error_response(RC.NV_UNAVAILABLE)
+            for r in replies:
+                if r.device is not None:
+                    r.response = failed
+        for r in replies:
+            r.conn.write(r.response)
+            if r.after is not None:
+                r.after()
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        self._stopping = False
+        while not self._stopping and not (until is not None and until()):
+            self.run_once()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for item in list(self._items.values()):
+            if item is not None:
+                item.close()
+        self._poll.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+# ----------------------------------------------------------------------------- sockets
+
+
+def unix_socket_in_use(path: str) -> bool:
+    """Something accepts connections on ``path`` now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe, reachable(path) as where:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(where)
+        except OSError:
+            return False
+    return True
+
+
+def bind_unix(path: str, backlog: int = 64) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600. A stale socket file is replaced; a live
+    socket or any other kind of file there is refused (never removed)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise OSError(f"{path}: exists and is not a socket")
+        if unix_socket_in_use(path):
+            raise OSError(f"{path}: a server already listens there")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        old = os.umask(0o177)
+        try:
+            with reachable(path) as where:
+                sock.bind(where)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_tcp(host: str, port: int, backlog: int = 64) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"tcp {host}:{port}: {exc.strerror}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# ----------------------------------------------------------------------------- one vTPM's endpoints
+
+
+class SwtpmEndpoints:
+    """One vTPM's listeners and connections on a loop, closed together."""
+
+    def __init__(self, loop: Loop, device: DeviceSource, endpoints: Endpoints,
+                 on_terminate: Callable[[], None]) -> None:
+        self.loop = loop
+        self.device = device
+        self.endpoints = endpoints
+        self.on_terminate = on_terminate
+        self.listeners: list[Listener] = []
+        self.connections: set[Connection] = set()
+        try:
+            if endpoints.data_unix is not None:
+                self._listen(bind_unix(endpoints.data_unix), self._data, endpoints.data_unix)
+            if endpoints.ctrl_unix is not None:
+                self._listen(bind_unix(endpoints.ctrl_unix), self._ctrl, endpoints.ctrl_unix)
+            if endpoints.tcp_port is not None:
+                self._listen(bind_tcp(endpoints.tcp_host, endpoints.tcp_port), self._data)
+                self._listen(bind_tcp(endpoints.tcp_host, endpoints.tcp_port + 1), self._ctrl)
+        except BaseException:
+            self.close()
+            raise
+
+    def _listen(self, sock: socket.socket, factory: Callable[[socket.socket], Connection], path: str | None = None
+                ) -> None:
+        self.listeners.append(self.loop.listen(sock, factory, path))
+
+    def _track(self, conn: Connection) -> Connection:
+        self.connections.add(conn)
+        conn.on_close = self.connections.discard
+        return conn
+
+    def _data(self, sock: socket.socket) -> Connection:
+        return self._track(DataConnection(self.loop, sock, self.device))
+
+    def _ctrl(self, sock: socket.socket) -> Connection:
+        return self._track(ControlConnection(self.loop, sock, self.device, on_data_fd=self.adopt_data_socket,
+                                             on_terminate=self.on_terminate))
+
+    def adopt_data_socket(self, sock: socket.socket) -> None:
+        """CMD_SET_DATAFD: the passed descriptor becomes a data connection of this vTPM."""
+        self.loop.add(self._data(sock))
+
+    def drop_connections(self) -> None:
+        for conn in list(self.connections):
+            conn.close()
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        self.listeners.clear()
+        self.drop_connections()
+
+
+class SwtpmLoopServer:
+    """A vTPM on swtpm's protocol served by one event-loop thread: drop-in for the threaded ``SwtpmServer``."""
+
+    def __init__(self, device: TpmDevice, *, host: str = "127.0.0.1", port: int | None = None,
+                 unix_path: str | None = None, ctrl_unix_path: str | None = None,
+                 commit: CommitHook = no_commit) -> None:
+        self.device = device
+        self.terminated = threading.Event()
+        self.loop = Loop(commit=commit)
+        ctrl = ctrl_unix_path or (f"{unix_path}.ctrl" if unix_path is not None else None)
+        try:
+            self.endpoints = SwtpmEndpoints(self.loop, lambda: device,
+                                            Endpoints(ctrl, unix_path, port, host), self._terminate)
+        except BaseException:
+            self.loop.close()
+            raise
+        self.thread: threading.Thread | None = None
+
+    def _terminate(self) -> None:
+        self.terminated.set()
+
+    def start(self) -> "SwtpmLoopServer":
+        self.thread = threading.Thread(target=self.loop.run, name="vtpm-loop", daemon=True)
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.loop.stop()
+        if self.thread is not None:
+            self.thread.join(10.0)
+        self.endpoints.close()
+        self.loop.close()
