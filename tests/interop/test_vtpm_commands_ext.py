@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from support.tpm_helpers import started_client
 from support.peers import Pair
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -154,13 +155,10 @@ def zgen(client: TpmClient, key: int, qs_b: Any, qe_b: Any, scheme: int, counter
 
 @pytest.fixture
 def client() -> TpmClient:
-    tpm = Tpm()
-    tpm.execute(0, wire.STARTUP_CLEAR)
-    return TpmClient(tpm)
+    return started_client()
 
 
-def rc(response: bytes) -> int:
-    return wire.response_code(response)
+rc = wire.response_code
 
 
 # ----------------------------------------------------------------------------- EC_Ephemeral and Commit

@@ -12,7 +12,9 @@ import itertools
 from typing import TYPE_CHECKING
 
 from vtpm import constants, wire
+from vtpm.client import TpmClient
 from vtpm.constants import ALG, CAP, NT, RH, ST, SU, TPMA_NV, TPMA_SESSION
+from vtpm.engine import Tpm
 from vtpm.marshal.primitives import I32, U8, U16, U32, U64
 from vtpm.transport import SocketTransport, SwtpmControl, TransportError
 
@@ -221,3 +223,10 @@ def prepare_latency_target(conn: TpmConnection) -> None:
             rc = response_code(conn.transact(command))
             if rc != 0:
                 raise ServerError(f"{name} failed: {describe_rc(rc)}")
+
+
+def started_client() -> TpmClient:
+    """A fresh in-process TPM after Startup(CLEAR), behind the same client API the sockets use."""
+    tpm = Tpm()
+    tpm.execute(0, wire.STARTUP_CLEAR)
+    return TpmClient(tpm)

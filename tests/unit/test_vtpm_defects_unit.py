@@ -7,24 +7,21 @@ import hashlib
 import hmac
 
 import pytest
+from support.tpm_helpers import started_client
 
 from vtpm import wire
 from vtpm.client import TpmClient
 from vtpm.commands.ea.conditions import EO, condition_holds
 from vtpm.constants import ALG, CC, NT, RC, RH, ST, TPMA_NV, TPMA_SESSION
-from vtpm.engine import Tpm
 from vtpm.marshal.primitives import U16, U32
 
 
 @pytest.fixture
 def client() -> TpmClient:
-    tpm = Tpm()
-    tpm.execute(0, wire.STARTUP_CLEAR)
-    return TpmClient(tpm)
+    return started_client()
 
 
-def rc(response: bytes) -> int:
-    return wire.response_code(response)
+rc = wire.response_code
 
 
 def _hmac_session(client: TpmClient) -> tuple[int, bytes]:
