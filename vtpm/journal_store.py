@@ -182,10 +182,16 @@ class _PositionRecorder:
                 log.warning("recording the journal position failed; will retry")
             time.sleep(self._interval)
 
-    def close(self) -> None:
-        """Record what is synced now, then stop."""
+    def flush(self) -> None:
+        self._record_latest()
+
+    def stop(self) -> None:
         self._stop = True
         self._wake.set()
+
+    def close(self) -> None:
+        """Record what is synced now, then stop."""
+        self.stop()
         self._record_latest()
 
 
@@ -336,6 +342,22 @@ class JournaledStore:
         self._seq = self._synced = 0
         self._prev_tag = header.tag[:journal.TAG_SIZE]
         self._broken = False
+
+    def record_position(self) -> None:
+        """Record the synced position now (the background recorder does it within ``record_interval``)."""
+        if self._recorder is not None:
+            self._recorder.flush()
+
+    def abandon(self) -> None:
+        """Let go of the journal and the base (its lock) without folding: what a crash leaves behind."""
+        if self._recorder is not None:
+            self._recorder.stop()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        close = getattr(self.base, "close", None)
+        if close is not None:
+            close()
 
     def close(self) -> None:
         """Fold what the journal holds (so the base is the whole state), record, release the file."""
