@@ -102,7 +102,8 @@ def _read_journal(path: Path) -> bytes | None:
 
 def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None:
     """The store's full state with its journal's records applied (and folded: written as a new full
-    state), after the rollback check. A stale journal (of an older base) is ignored."""
+    state), after the rollback check; the journal is then removed. A stale journal (of an older base)
+    is ignored. Called on open, when no served vTPM holds the store."""
     raw, generation = base.load_raw()
     binding = base.journal_binding()
     current = Base.of(generation, raw or b"")
@@ -134,6 +135,8 @@ def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None
                     "deleted or replaced by an older copy; if that was deliberate, accept it with --accept-rollback")
             binding.positions.record(reached, allow_lower=True)
     if not payloads or raw is None:
+        if data is not None:
+            remove_journal(binding)
         return raw
     try:
         parts = load_parts(raw)
@@ -144,6 +147,7 @@ def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None
         raise StateStoreError(f"{binding.path}: the journal's records do not apply ({exc}); nothing was changed") from None
     folded = state.to_bytes()
     base.save(folded)
+    remove_journal(binding)  # stale now; removed so that copies of the directory carry no leftovers
     return folded
 
 
@@ -360,10 +364,17 @@ class JournaledStore:
             close()
 
     def close(self) -> None:
-        """Fold what the journal holds (so the base is the whole state), record, release the file."""
+        """Fold what the journal holds (so the base is the whole state), remove the journal, record,
+        release the base."""
         try:
-            if self._seq or self._pending or self._broken:
-                self.fold()
+            if self._state is not None and (self._seq or self._pending or self._broken):
+                self._pending.clear()
+                self.base.save(self._state.to_bytes())
+                self.folds += 1
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+                remove_journal(self.binding)
         finally:
             if self._recorder is not None:
                 self._recorder.close()

@@ -63,9 +63,9 @@ def test_killed_store_loses_nothing_acknowledged_and_open_folds(tmp_path: Path) 
     assert store.syncs == 5 and store.folds == folds
     stored = (tmp_path / PLAIN_STATE_FILE).read_bytes()
     store.abandon()  # as if killed: no fold
-    assert _value(PlainStateStore(tmp_path).load()) == 5  # replayed, and folded into the state file
-    assert (tmp_path / PLAIN_STATE_FILE).read_bytes() != stored
     assert os.stat(tmp_path / JOURNAL_FILE).st_mode & 0o777 == 0o600
+    assert _value(PlainStateStore(tmp_path).load()) == 5  # replayed, and folded into the state file
+    assert (tmp_path / PLAIN_STATE_FILE).read_bytes() != stored and not (tmp_path / JOURNAL_FILE).exists()
 
 
 def test_fold_on_size_and_a_stale_journal_is_ignored(tmp_path: Path) -> None:
@@ -76,9 +76,10 @@ def test_fold_on_size_and_a_stale_journal_is_ignored(tmp_path: Path) -> None:
         _write(store, state, value)
     assert store.folds >= 2
     store.close()
-    assert (tmp_path / JOURNAL_FILE).read_bytes()[RECORDS_OFFSET:].strip(b"\0") == b""  # folded on close
+    assert not (tmp_path / JOURNAL_FILE).exists()  # folded and removed on close
     (tmp_path / JOURNAL_FILE).write_bytes(old_journal)
     assert _value(PlainStateStore(tmp_path).load()) == 29
+    assert not (tmp_path / JOURNAL_FILE).exists()  # the stale journal was removed
 
 
 def test_group_commit_defers_until_commit_and_syncs_each_journal_once(tmp_path: Path) -> None:
@@ -143,8 +144,8 @@ def test_vm_journal_is_sealed_and_replays_after_a_crash(tmp_path: Path, home: Pa
     data = journal_path(vm).read_bytes()
     assert len(_record_offsets(data)) == 3 and (3).to_bytes(8, "big").hex().encode() not in data
     assert _open_value(vm, home) == 3
-    # Opening folded the records into a new .nvram generation: the journal is now stale, and harmless.
-    assert _open_value(vm, home) == 3
+    # Opening folded the records into a new .nvram generation and removed the journal.
+    assert not journal_path(vm).exists() and _open_value(vm, home) == 3
 
 
 @pytest.mark.parametrize("attack", ["truncate-tail", "delete", "empty"])
