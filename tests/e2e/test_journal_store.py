@@ -280,3 +280,40 @@ def test_sigkill_at_every_step_of_appends_and_folds(tmp_path: Path, kind: str) -
             assert found in (last, last + 1), (step, when, acked, found)
             value = found
     assert kills == 40 and value > 20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key_file", [False, True], ids=["plain", "key-file"])
+def test_sigkill_of_vtpm_serve_keeps_every_acknowledged_nv_write(tmp_path: Path, key_file: bool) -> None:
+    """A real `vtpm serve` (journal on, the default) gets NV_Writes of a counter over TCP and is
+    killed with SIGKILL after a varying number of acknowledged writes; the state it leaves must hold
+    the last acknowledged value or the one in flight, never less."""
+    from support.servers import start_vtpm
+    from support.tpm_helpers import LATENCY_NV_INDEX, nv_write, prepare_latency_target, response_code
+    from vmcrypt.vtpm_key_file import EncryptedStateStore
+    from vtpm.constants import RH
+
+    state_dir = tmp_path / "state"
+    options = ["--state", str(state_dir), "--startup-clear"]
+    if key_file:
+        (tmp_path / "key").write_bytes(bytes(range(32)))
+        options += ["--key-file", str(tmp_path / "key")]
+    value = 0
+    for attempt, writes in enumerate((1, 7, 40)):
+        with start_vtpm(options, tmp_path / f"log{attempt}") as server:
+            conn = server.connect()
+            prepare_latency_target(conn)
+            for _ in range(writes):
+                value += 1
+                assert response_code(conn.transact(nv_write(LATENCY_NV_INDEX, value.to_bytes(32, "big"),
+                                                            auth_handle=RH.OWNER))) == 0
+            conn.sock.sendall(nv_write(LATENCY_NV_INDEX, (value + 1).to_bytes(32, "big"), auth_handle=RH.OWNER))
+            server.proc.send_signal(signal.SIGKILL)  # one more write in flight, never acknowledged
+            server.proc.wait()
+            conn.close()
+        base = EncryptedStateStore(state_dir, bytes(range(32))) if key_file else PlainStateStore(state_dir)
+        state = base.load()
+        assert state is not None
+        found = int.from_bytes(state.nv[LATENCY_NV_INDEX].data, "big")
+        assert found in (value, value + 1)
+        value = found
