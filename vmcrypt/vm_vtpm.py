@@ -214,6 +214,14 @@ class VmNvramStore:
         self._write(nvram.build())
 
 
+def fold_leftover_journal(vm: VmHome, keys: KeyManager) -> None:
+    """Before an operation rewrites or copies the VM's files (encrypt, decrypt, rekey, backup): fold
+    what a killed vTPM left in its journal into the .nvram. Otherwise the rewrite would make the journal
+    stale and its acknowledged records would be lost. The caller holds the VM's lock."""
+    if journal_path(vm).exists() and vm.nvram_path.exists():
+        VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)).close()
+
+
 def accept_nvram_rollback(vmx: str | os.PathLike[str], home: str | None = None) -> int:
     """Take the VM's .nvram as it is now as its latest state (lowering the key provider's record);
     return its generation."""

@@ -209,6 +209,18 @@ def test_old_journal_against_newer_nvram_is_ignored_and_old_nvram_is_refused(tmp
         _open_value(vm, home)
 
 
+def test_decrypt_after_a_crash_keeps_the_journaled_writes(tmp_path: Path, home: Path, keys: KeyManager) -> None:
+    from vmcrypt.nvram import Nvram
+    from vmcrypt.vm_encryption import decrypt_vm
+
+    vm = _vm(tmp_path, "vm1", keys)
+    _served(vm, home, range(1, 4))  # killed with three records in the journal
+    decrypt_vm(vm, keys)  # rewrites the .nvram: folds the journal first
+    section = Nvram.parse(vm.nvram_path.read_bytes()).vtpm_state
+    assert section is not None and _value(TpmState.from_bytes(section)) == 3
+    assert not journal_path(vm).exists()
+
+
 # ----------------------------------------------------------------------------- SIGKILL at every step
 
 WRITER = textwrap.dedent(
