@@ -133,3 +133,34 @@ def test_change_tracking_matches_the_encoded_difference_and_replays_to_the_same_
         apply_delta(base, delta)
         parts = encoded
     assert TpmState.from_parts(base).to_bytes() == state.to_bytes()
+
+
+@pytest.mark.parametrize("secret", [SECRET, None], ids=["sealed", "checksum"])
+def test_mutated_journals_replay_a_prefix_or_are_refused(secret: bytes | None) -> None:
+    """400 random mutations (bit flips, byte runs, cuts, zeroed runs, duplicated slices) of a journal
+    of five records: replay gives a prefix of the records written or a JournalError, nothing else."""
+    payloads = [bytes([65 + i]) * (10 + 7 * i) for i in range(5)]
+    data = bytes(_journal(payloads, secret))
+    rng = random.Random(11)
+    refused = 0
+    for _ in range(400):
+        mutated = bytearray(data)
+        at = rng.randrange(len(data) - 4096 + 64)
+        kind = rng.randrange(5)
+        if kind == 0:
+            mutated[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            mutated[at:at + 4] = rng.randbytes(4)
+        elif kind == 2:
+            mutated = mutated[:at]
+        elif kind == 3:
+            mutated[at:at + 40] = bytes(len(mutated[at:at + 40]))
+        else:
+            mutated[at:at] = mutated[RECORDS_OFFSET:RECORDS_OFFSET + rng.randrange(1, 80)]
+        try:
+            found = journal.replay(bytes(mutated), secret, CONTEXT)
+        except JournalError:
+            refused += 1
+            continue
+        assert found.payloads == payloads[:len(found.payloads)]
+    assert refused > 100
