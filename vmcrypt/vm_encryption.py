@@ -371,10 +371,6 @@ def _run_locked(
     progress: ProgressFn | None,
 ) -> OperationResult:
     journal = Journal.load(home)
-    if journal is None:
-        from vmcrypt.vm_vtpm import fold_leftover_journal  # vm_vtpm imports this module
-
-        fold_leftover_journal(home, keys)
     resumed = journal is not None and journal.operation == operation
     state = read_vmx(home, keys)
     current = keys.unlock(state.reference) if state.reference else None

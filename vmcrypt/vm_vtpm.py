@@ -217,8 +217,9 @@ class VmNvramStore:
 def fold_leftover_journal(vm: VmHome, keys: KeyManager) -> None:
     """Before an operation rewrites or copies the VM's files (encrypt, decrypt, rekey, backup): fold
     what a killed vTPM left in its journal into the .nvram. Otherwise the rewrite would make the journal
-    stale and its acknowledged records would be lost. The caller holds the VM's lock."""
-    if journal_path(vm).exists() and vm.nvram_path.exists():
+    stale and its acknowledged records would be lost. Skipped while an operation is interrupted (it
+    must finish first; the vTPM cannot open until then either)."""
+    if journal_path(vm).exists() and vm.nvram_path.exists() and Journal.load(vm) is None:
         VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)).close()
 
 

@@ -212,10 +212,12 @@ def test_old_journal_against_newer_nvram_is_ignored_and_old_nvram_is_refused(tmp
 def test_decrypt_after_a_crash_keeps_the_journaled_writes(tmp_path: Path, home: Path, keys: KeyManager) -> None:
     from vmcrypt.nvram import Nvram
     from vmcrypt.vm_encryption import decrypt_vm
+    from vmcrypt.vm_vtpm import fold_leftover_journal
 
     vm = _vm(tmp_path, "vm1", keys)
     _served(vm, home, range(1, 4))  # killed with three records in the journal
-    decrypt_vm(vm, keys)  # rewrites the .nvram: folds the journal first
+    fold_leftover_journal(vm, keys)  # what `vmcrypt decrypt` and the management plane do first
+    decrypt_vm(vm, keys)
     section = Nvram.parse(vm.nvram_path.read_bytes()).vtpm_state
     assert section is not None and _value(TpmState.from_bytes(section)) == 3
     assert not journal_path(vm).exists()
