@@ -102,7 +102,7 @@ def test_rolled_back_nvram_is_refused_by_vtpm_serve(tmp_path: Path, home: Path, 
         tools(tpm, "tpm2_nvdefine", "0x1500070", "-C", "o", "-s", "8", "-a", "ownerread|ownerwrite")
         tools(tpm, "tpm2_nvwrite", "0x1500070", "-C", "o", "-i", "-", stdin=b"NEWER!!!")
     latest = generation(nvram)
-    assert latest >= first + 2  # every save is a new generation (Startup, define, write)
+    assert latest > first  # the journaled changes were folded into a new generation when the server stopped
     nvram.write_bytes(old)
     before = snapshot(vtpm_vm)
     refused(serve_once(vmx, home), str(nvram), f"generation {first} {ROLLED_BACK} {latest}",

@@ -148,6 +148,28 @@ def test_vm_journal_is_sealed_and_replays_after_a_crash(tmp_path: Path, home: Pa
     assert not journal_path(vm).exists() and _open_value(vm, home) == 3
 
 
+def test_vm_journal_position_is_recorded_in_the_background(tmp_path: Path, home: Path, keys: KeyManager) -> None:
+    import time
+
+    from vmcrypt.vm_vtpm import NVRAM_JOURNAL_ROLE
+
+    vm = _vm(tmp_path, "vm1", keys)
+    store = JournaledStore(VmNvramStore.open(vm.vmx_path, home=str(home)), record_interval=0.05)
+    store.save(TpmState.manufacture().to_bytes())
+    state = store.load()
+    assert state is not None
+    for value in range(1, 4):
+        _write(store, state, value)  # acknowledged without waiting for the key provider
+    reference = store.base.key.reference
+    provider = keys.provider(reference.provider_id)
+    deadline = time.monotonic() + 30
+    while (provider.generation(reference.key_id, NVRAM_JOURNAL_ROLE) or 0) & 0xFFFFFFFF < 3:
+        assert time.monotonic() < deadline, "the position was never recorded"
+        time.sleep(0.02)
+    assert provider.generation(reference.key_id, NVRAM_JOURNAL_ROLE) >> 32 == store.base.generation
+    store.close()
+
+
 @pytest.mark.parametrize("attack", ["truncate-tail", "delete", "empty"])
 def test_vm_journal_cut_short_is_a_rollback(tmp_path: Path, home: Path, keys: KeyManager, attack: str) -> None:
     vm = _vm(tmp_path, "vm1", keys)
