@@ -36,7 +36,9 @@ from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.vm_encryption import NVRAM_ROLE, Journal, VmxState, check_vm_files
-from vmcrypt.vm_lock import VTPM, VmLock, lock_vm
+from vmcrypt.vm_lock import VTPM, VmBusyError, VmLock, lock_vm
+from vmcrypt.providers.base import KeyProvider
+from vtpm.journal import position
 from vtpm.journal_store import JournalBinding, StateStoreError, recover
 from vtpm.state import StateError, TpmState
 
@@ -219,8 +221,18 @@ def fold_leftover_journal(vm: VmHome, keys: KeyManager) -> None:
     what a killed vTPM left in its journal into the .nvram. Otherwise the rewrite would make the journal
     stale and its acknowledged records would be lost. Skipped while an operation is interrupted (it
     must finish first; the vTPM cannot open until then either)."""
-    if journal_path(vm).exists() and vm.nvram_path.exists() and Journal.load(vm) is None:
+    if not (journal_path(vm).exists() and vm.nvram_path.exists()) or Journal.load(vm) is not None:
+        return
+    try:
         VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)).close()
+    except VmBusyError:
+        return  # served right now (its journal is live) or another operation runs: the caller's lock says so
+
+
+def accept_journal_rollback(provider: KeyProvider, key_id: str, generation: int) -> None:
+    """Accept the journal on disk, whatever it holds, for an .nvram of ``generation`` (an accepted
+    rollback of the .nvram or of its journal): the recorded position goes down to that generation."""
+    provider.record_generation(key_id, NVRAM_JOURNAL_ROLE, position(generation, 0), allow_lower=True)
 
 
 def accept_nvram_rollback(vmx: str | os.PathLike[str], home: str | None = None) -> int:
