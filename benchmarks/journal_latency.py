@@ -1,11 +1,13 @@
 """Durable NV_Write against one fdatasync of 4 KiB, measured in the same run in the same directory.
 
-What is timed (medians over ``--rounds``, every kind taking one turn per round so that machine noise
-hits all alike):
+What is timed (medians over ``--rounds``, every kind taking one turn per round, in a shuffled order,
+so that machine noise hits all alike):
 
 - ``fdatasync 4 KiB``: the reference: a preallocated, zero-filled file, 4 KiB pwrite + os.fdatasync;
 - ``in-process plain`` / ``in-process sealed``: ``Tpm.execute(NV_Write)`` with a JournaledStore over a
   plain state directory / over a key-file directory (AES-GCM records); durable on return;
+- ``in-process not persisted``: the same command with no store: the engine's own CPU time, the floor
+  under every durable variant;
 - ``served (journal)``: NV_Write round trip over TCP to a real ``vtpm serve`` (journal on: the default);
 - ``served (no journal)``: the same with ``--no-journal`` (the whole state rewritten atomically);
 - ``swtpm``: swtpm's NV_Write over TCP. swtpm does not fsync: its writes are NOT durable.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -70,11 +73,15 @@ class Reference:
         self.i += 1
 
 
-def in_process(store: JournaledStore) -> Callable[[], None]:
-    state = store.load()
-    if state is None:
-        store.save(TpmState.manufacture().to_bytes())
+def in_process(store: JournaledStore | None) -> Callable[[], None]:
+    """NV_Write through ``Tpm.execute`` journaled by ``store`` (None: not persisted at all)."""
+    if store is None:
+        state = TpmState.manufacture()
+    else:
         state = store.load()
+        if state is None:
+            store.save(TpmState.manufacture().to_bytes())
+            state = store.load()
     tpm = Tpm(state, persist=store)
     conn = InProcessTransport(tpm)
     conn.transact(wire.STARTUP_CLEAR)
@@ -100,16 +107,20 @@ def measure(kinds: dict[str, Callable[[], None]], rounds: int, warmup: int) -> d
             run()
     samples: dict[str, list[float]] = {name: [] for name in kinds}
     clock = time.perf_counter
+    order = list(kinds.items())
+    shuffle = random.Random(1).shuffle
     for _ in range(rounds):
-        for name, run in kinds.items():
+        shuffle(order)  # no kind always follows the same one (a sync right after another sync costs more)
+        for name, run in order:
             start = clock()
             run()
             samples[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def group_commit(directory: Path, rounds: int, parallel: bool) -> tuple[float, int]:
-    """Median seconds of one round (8 NV_Writes, one group commit) and the syncs per round."""
+def group_commit(directory: Path, rounds: int, parallel: bool) -> tuple[float, float, int]:
+    """8 vTPMs, each round one NV_Write on each (deferred) then one group commit: the medians of the
+    whole round and of the commit alone, and the fdatasyncs per round."""
     group = JournalGroup(parallel=parallel)
     tpms = []
     for i in range(8):
@@ -117,17 +128,21 @@ def group_commit(directory: Path, rounds: int, parallel: bool) -> tuple[float, i
         send = in_process(store)
         group.add(store)
         tpms.append((send, store))
-    times = []
+    rounds_s, commits_s = [], []
     syncs_before = sum(store.syncs for _, store in tpms)
+    clock = time.perf_counter
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = clock()
         for send, _ in tpms:
             send()  # deferred: sealed in memory; the response would wait for the commit
+        middle = clock()
         group.commit()
-        times.append(time.perf_counter() - start)
+        end = clock()
+        rounds_s.append(end - start)
+        commits_s.append(end - middle)
     syncs = (sum(store.syncs for _, store in tpms) - syncs_before) // rounds
     group.close()
-    return statistics.median(times), syncs
+    return statistics.median(rounds_s), statistics.median(commits_s), syncs
 
 
 def main() -> int:
@@ -157,6 +172,7 @@ def main() -> int:
             "fdatasync 4 KiB": Reference(base),
             "in-process plain": in_process(JournaledStore(PlainStateStore(base / "inproc"))),
             "in-process sealed": in_process(JournaledStore(EncryptedStateStore(base / "sealed", os.urandom(32)))),
+            "in-process not persisted": in_process(None),
             **{name: sender(conn.transact) for name, conn in conns.items()},
         }
         medians = measure(kinds, args.rounds, args.warmup)
@@ -167,8 +183,8 @@ def main() -> int:
         }, max(args.rounds // 2, 1), args.warmup)
         group_rounds = max(args.rounds // 8, 1)
         reference_again = measure({"fdatasync": Reference(base, "r2.bin")}, group_rounds, 10)["fdatasync"]
-        parallel, syncs = group_commit(base, group_rounds, parallel=True)
-        sequential, _ = group_commit(base, group_rounds, parallel=False)
+        parallel, parallel_commit, syncs = group_commit(base, group_rounds, parallel=True)
+        sequential, sequential_commit, _ = group_commit(base, group_rounds, parallel=False)
 
     reference = medians["fdatasync 4 KiB"]
     print(f"{args.rounds} rounds after {args.warmup} warm-up; every kind once per round; directory on "
@@ -180,10 +196,13 @@ def main() -> int:
     print("journal write strategies (300 B... 4 KiB + fdatasync), medians:")
     for name, value in strategies.items():
         print(f"  {name:24} {value * 1e6:7.1f} us")
-    print(f"group commit, 8 vTPMs: {syncs} fdatasyncs per round; round median parallel {parallel * 1e6:.0f} us, "
-          f"sequential {sequential * 1e6:.0f} us; fdatasync {reference_again * 1e6:.0f} us; "
-          f"commits per fdatasync-time: parallel {8 * reference_again / parallel:.2f}, "
-          f"sequential {8 * reference_again / sequential:.2f}")
+    print(f"group commit, 8 vTPMs, one NV_Write each per round, {syncs} fdatasyncs per round "
+          f"(one fdatasync alone: {reference_again * 1e6:.0f} us):")
+    for name, whole, commit in (("parallel syncs", parallel, parallel_commit),
+                                ("sequential syncs", sequential, sequential_commit)):
+        print(f"  {name:17} round {whole * 1e6:6.0f} us, commit() {commit * 1e6:6.0f} us = "
+              f"{commit / reference_again:.2f} fdatasyncs; vTPM commits per fdatasync-time: "
+              f"{8 * reference_again / commit:.2f}")
     print(f"in-process ratio: {medians['in-process plain'] / reference:.2f}")
     print(f"ratio: {medians['served (journal)'] / reference:.2f}")
     return 0
