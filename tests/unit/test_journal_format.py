@@ -4,7 +4,8 @@ stores on real files, the attacks on a VM's journal and the crash tests are in t
 Journal inputs tried: a torn last record (cut short, zeros after), a flipped byte in a middle record,
 in the last record and in the header, two records swapped, a record spliced in from another journal of
 the same key, stray bytes after the end, the wrong key, the wrong context, a sealed journal read as a
-plain one, zeros where a header should be.
+plain one, zeros where a header should be, 400 random mutations; records that verify but do not apply
+(forged in a clear journal: not JSON, wrong shapes and types, unknown parts, deep nesting).
 """
 
 from __future__ import annotations
@@ -164,3 +165,26 @@ def test_mutated_journals_replay_a_prefix_or_are_refused(secret: bytes | None) -
             continue
         assert found.payloads == payloads[:len(found.payloads)]
     assert refused > 100
+
+
+@pytest.mark.parametrize("payload", [
+    b"not json", b"[]", b'{"bogus": 1}', b'{"set": {"eps": 5}}', b'{"set": {"no_such_part": 1}}',
+    b'{"nv": {"1": "x"}}', b'{"nv": {"16777217": {"index": 16777217}}}', b'{"nv": []}',
+    b'{"set": {"orderly": "sideways"}}', b"[" * 100_000 + b"]" * 100_000,
+], ids=["not-json", "list", "unknown-key", "seed-type", "unknown-part", "nv-string", "nv-partial", "nv-list",
+        "orderly", "deep"])
+def test_a_forged_record_that_does_not_apply_is_refused_and_nothing_changes(tmp_path, payload: bytes) -> None:
+    """A checksummed (clear) journal can be forged by anyone who can write the directory: a record
+    that verifies but does not make a valid state is refused, with the state file and journal kept."""
+    from vtpm.journal import Base
+    from vtpm.journal_store import StateStoreError
+    from vtpm.storage import JOURNAL_FILE, PLAIN_STATE_FILE, PlainStateStore
+
+    raw = TpmState.manufacture().to_bytes()
+    (tmp_path / PLAIN_STATE_FILE).write_bytes(raw)
+    (tmp_path / JOURNAL_FILE).write_bytes(bytes(_journal([payload], None, b"vtpm plain state directory",
+                                                         Base.of(0, raw))))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(StateStoreError, match="do not apply"):
+        PlainStateStore(tmp_path).load()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
