@@ -33,6 +33,7 @@ from vmcrypt.keys import KeyManager
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.vm_encryption import NVRAM_ROLE, check_vm_files, read_vmx
 from vmcrypt.vm_lock import lock_vm
+from vmcrypt.vm_vtpm import fold_leftover_journal
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -122,6 +123,7 @@ def backup_vm(vm: VmHome, keys: KeyManager, destination: str | os.PathLike[str],
               progress: ProgressFn | None = None) -> Manifest:
     """Write ``destination`` atomically: every VM file (disks unless excluded) and a manifest."""
     with lock_vm(vm, "back up"):
+        fold_leftover_journal(vm, keys)
         return _backup(vm, keys, destination, include_disks, progress)
 
 

@@ -47,6 +47,7 @@ from vmcrypt.results import created_row, operation_row, operation_text
 from vmcrypt.service import serve
 from vmcrypt.vm import VmHome, VmSpec, create_vm, parse_size
 from vmcrypt.vm_encryption import OperationResult, decrypt_vm, describe_vm, encrypt_vm, rekey_vm
+from vmcrypt.vm_vtpm import fold_leftover_journal
 from vmcrypt.vtpm_provision import add_vtpm
 
 BACKUP_PASSPHRASE_ENV = "VMCRYPT_BACKUP_PASSPHRASE"
@@ -88,7 +89,9 @@ def _run_vm_operation(args: argparse.Namespace, verb: str, operation: Operation,
         home = VmHome(args.path)
         progress = FileProgress()
         try:
-            data = operation_row(action(home, key_manager(args), progress=progress, **kwargs), home)
+            keys = key_manager(args)
+            fold_leftover_journal(home, keys)  # what a killed vTPM journaled, before the .nvram is rewritten
+            data = operation_row(action(home, keys, progress=progress, **kwargs), home)
         finally:
             progress.close()
     emit(args, data, operation_text(data, verb))

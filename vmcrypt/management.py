@@ -55,7 +55,7 @@ from vmcrypt.vm_encryption import (
 )
 from vmcrypt.vm_lock import lock_vm
 from vmcrypt.vm_move import move_vm
-from vmcrypt.vm_vtpm import VmNvramStore
+from vmcrypt.vm_vtpm import VmNvramStore, accept_journal_rollback, fold_leftover_journal
 from vmcrypt.vtpm_provision import ProvisionedEk, add_vtpm, set_vtpm_present
 from vmcrypt.vtpm_supervisor import VtpmSupervisor
 
@@ -389,6 +389,7 @@ class UserSession(AdminOperations):
         """Encrypt, decrypt or rekey the powered-off VM; the VM afterwards and what changed."""
         def act(record: VmRecord, vm: VmHome) -> tuple[VmRecord, OperationResult]:
             require_off(record.power_state, record.vmx_path)
+            fold_leftover_journal(vm, self.m.keys)  # what a killed vTPM journaled, before the .nvram is rewritten
             if operation is Operation.ENCRYPT:
                 result = encrypt_vm(vm, self.m.keys, provider=provider, include_disks=include_disks, progress=progress)
             elif operation is Operation.DECRYPT:
@@ -453,6 +454,8 @@ class UserSession(AdminOperations):
         if header.reference.key_id != reference.key_id:
             return "", record.nvram_generation  # not the VM's key: the vTPM refuses it, saying why
         provider = self.m.keys.provider(reference.provider_id)
+        if accept:  # the vTPM also checks its journal's recorded position: accepted along with the .nvram
+            accept_journal_rollback(provider, reference.key_id, header.generation)
         recorded = [g for g in (record.nvram_generation if record.key_id == reference.key_id else None,
                                 provider.generation(reference.key_id, NVRAM_ROLE)) if g is not None]
         latest = max(recorded, default=None)

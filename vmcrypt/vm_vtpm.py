@@ -12,6 +12,13 @@ an ``.nvram`` older than that record (an older copy put back would bring back
 deleted NV data and a reset dictionary-attack counter) unless the rollback is
 explicitly accepted. Opening holds the VM's lock (``vm_lock``) until closed and
 first checks the VM's files against its encryption record (``vm_record``).
+
+Journal: a served vTPM journals its changes in ``X.nvram.journal`` beside the
+``.nvram`` (``vtpm.journal_store``), sealed under keys derived from the VM's
+DEK and bound to the VM's id and the ``.nvram``'s generation; its position is
+recorded at the key provider too (role ``nvram-journal``). Opening replays and
+folds it into a new ``.nvram`` generation, so every tool that opens the store
+sees the whole state.
 """
 
 from __future__ import annotations
@@ -29,9 +36,32 @@ from vmcrypt.nvram import Nvram
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vm import FileKind, VmFile, VmHome
 from vmcrypt.vm_encryption import NVRAM_ROLE, Journal, VmxState, check_vm_files
-from vmcrypt.vm_lock import VTPM, VmLock, lock_vm
+from vmcrypt.vm_lock import VTPM, VmBusyError, VmLock, lock_vm
+from vmcrypt.providers.base import KeyProvider
+from vtpm.journal import position
+from vtpm.journal_store import JournalBinding, StateStoreError, recover
 from vtpm.state import StateError, TpmState
-from vtpm.storage import StateStoreError
+
+NVRAM_JOURNAL_ROLE = "nvram-journal"  # the journal position recorded at the key provider
+JOURNAL_SUFFIX = ".journal"
+
+
+class ProviderPositions:
+    """The journal position of a VM's vTPM, kept at its key provider beside the .nvram's generation."""
+
+    def __init__(self, keys: KeyManager, key: DataKey) -> None:
+        self._provider = keys.provider(key.reference.provider_id)
+        self._key_id = key.reference.key_id
+
+    def recorded(self) -> int | None:
+        return self._provider.generation(self._key_id, NVRAM_JOURNAL_ROLE)
+
+    def record(self, position: int, *, allow_lower: bool = False) -> None:
+        self._provider.record_generation(self._key_id, NVRAM_JOURNAL_ROLE, position, allow_lower=allow_lower)
+
+
+def journal_path(vm: VmHome) -> Path:
+    return vm.nvram_path.with_name(vm.nvram_path.name + JOURNAL_SUFFIX)
 
 
 def check_nvram_generation(vm: VmHome, keys: KeyManager, state: VmxState, *, accept_rollback: bool = False) -> int:
@@ -90,8 +120,10 @@ class VmNvramStore:
             key = keys.unlock(state.reference) if state.reference is not None else None
             generation = check_nvram_generation(vm, keys, state, accept_rollback=accept_rollback)
             lock.mark_vtpm(vm)
-            return cls(vm, key, keys=keys, vm_id=state.record.vm_id if state.record else "", lock=lock,
-                       generation=generation)
+            store = cls(vm, key, keys=keys, vm_id=state.record.vm_id if state.record else "", lock=lock,
+                        generation=generation)
+            recover(store, accept_rollback=accept_rollback)  # what a served vTPM journaled becomes the .nvram's
+            return store
         except BaseException:
             lock.release()
             raise
@@ -116,6 +148,19 @@ class VmNvramStore:
     def describe(self) -> str:
         kind = "encrypted" if self.key else "unencrypted"
         return f"{self.vm.nvram_path} (vTPM section, {kind})"
+
+    def journal_binding(self) -> JournalBinding:
+        """Sealed under the DEK (HKDF, the journal's own label and salt), bound to this VM and file; the
+        position is recorded at the key provider. A clear VM's journal has checksums only."""
+        context = f"{self.nvram_file.label}\0{self._vm_id}".encode()
+        if self.key is None:
+            return JournalBinding(journal_path(self.vm), None, context)
+        positions = ProviderPositions(self._keys, self.key) if self._keys is not None else None
+        return JournalBinding(journal_path(self.vm), self.key.dek, context, positions)
+
+    def load_raw(self) -> tuple[bytes | None, int]:
+        self._nvram = self._read_nvram()
+        return self._nvram.vtpm_state, self._generation
 
     def _read_nvram(self) -> Nvram:
         path = self.vm.nvram_path
@@ -169,6 +214,25 @@ class VmNvramStore:
         nvram = self._nvram
         nvram.vtpm_state = raw
         self._write(nvram.build())
+
+
+def fold_leftover_journal(vm: VmHome, keys: KeyManager) -> None:
+    """Before an operation rewrites or copies the VM's files (encrypt, decrypt, rekey, backup): fold
+    what a killed vTPM left in its journal into the .nvram. Otherwise the rewrite would make the journal
+    stale and its acknowledged records would be lost. Skipped while an operation is interrupted (it
+    must finish first; the vTPM cannot open until then either)."""
+    if not (journal_path(vm).exists() and vm.nvram_path.exists()) or Journal.load(vm) is not None:
+        return
+    try:
+        VmNvramStore.open(vm.vmx_path, home=str(keys.registry.home)).close()
+    except VmBusyError:
+        return  # served right now (its journal is live) or another operation runs: the caller's lock says so
+
+
+def accept_journal_rollback(provider: KeyProvider, key_id: str, generation: int) -> None:
+    """Accept the journal on disk, whatever it holds, for an .nvram of ``generation`` (an accepted
+    rollback of the .nvram or of its journal): the recorded position goes down to that generation."""
+    provider.record_generation(key_id, NVRAM_JOURNAL_ROLE, position(generation, 0), allow_lower=True)
 
 
 def accept_nvram_rollback(vmx: str | os.PathLike[str], home: str | None = None) -> int:

@@ -14,8 +14,9 @@ from pathlib import Path
 from vmcrypt import container
 from vmcrypt.errors import VmcryptError
 from vmcrypt.keyref import DataKey, KeyReference, WrapAlgorithm
+from vtpm.journal_store import JournalBinding, recover
 from vtpm.state import TpmState
-from vtpm.storage import ENCRYPTED_STATE_FILE, PLAIN_STATE_FILE, StateStoreError, parse_state
+from vtpm.storage import ENCRYPTED_STATE_FILE, JOURNAL_FILE, PLAIN_STATE_FILE, StateStoreError, parse_state
 
 STATE_LABEL = "vtpm-state"
 
@@ -41,21 +42,38 @@ class EncryptedStateStore:
         # The key id is a fingerprint that tells keys apart without revealing them.
         fingerprint = hashlib.sha256(b"vtpm key-file id" + key).hexdigest()[:16]
         self.key = DataKey(key, KeyReference("key-file", fingerprint, WrapAlgorithm.NONE))
+        self._generation = 0
 
     def describe(self) -> str:
         return str(self.path)
 
-    def load(self) -> TpmState | None:
+    @property
+    def generation(self) -> int:
+        """The container generation last read or written: saves go above it, the journal binds it."""
+        return self._generation
+
+    def journal_binding(self) -> JournalBinding:
+        """The journal's keys derive from the state's key (HKDF with the journal's own label and salt)."""
+        return JournalBinding(self.directory / JOURNAL_FILE, self.key.dek, f"{STATE_LABEL}:key-file".encode())
+
+    def load_raw(self) -> tuple[bytes | None, int]:
         if not self.path.exists():
             if (self.directory / PLAIN_STATE_FILE).exists():
                 raise StateStoreError(f"{self.directory}: holds unencrypted state; drop --key-file")
-            return None
+            return None, 0
         try:
             raw = container.read_file(self.path, self.key)
+            self._generation = container.read_header(self.path).generation
         except VmcryptError as exc:
             raise StateStoreError(str(exc)) from None
-        return parse_state(raw, self.path)
+        return raw, self._generation
+
+    def load(self) -> TpmState | None:
+        raw = recover(self)
+        return None if raw is None else parse_state(raw, self.path)
 
     def save(self, raw: bytes) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        container.write_file(self.path, raw, self.key, label=STATE_LABEL, mode=0o600)
+        header = container.write_file(self.path, raw, self.key, label=STATE_LABEL, mode=0o600,
+                                      min_generation=self._generation + 1)
+        self._generation = header.generation

@@ -23,6 +23,7 @@ from vtpm import wire
 from vtpm.constants import NT, TPMA_NV
 from vtpm.crypto import HASHES
 from vtpm.engine import Tpm
+from vtpm.journal_store import JournaledStore
 from vtpm.server import socket_command, swtpm_options
 from vtpm.server.device import TpmDevice
 from vtpm.server.sockets import MssimServer, SwtpmServer
@@ -83,8 +84,11 @@ def cmd_serve(args: argparse.Namespace, store: StateStore) -> int:
     lock = lock_for(store)
     if lock is not None:
         lock.acquire_or_raise()  # one server per state directory; held until the process ends
-    state, created = load_or_manufacture(store)
-    tpm = Tpm(state, persist=store.save)
+    # Journaled (the default): each change is one record and one fdatasync before the response;
+    # the full state is rewritten when idle, when the journal is full and on stop.
+    journaled = None if args.no_journal or not hasattr(store, "journal_binding") else JournaledStore(store)  # type: ignore[arg-type]
+    state, created = load_or_manufacture(journaled or store)
+    tpm = Tpm(state, persist=journaled or store.save)
     if args.startup_clear:
         response = tpm.execute(0, wire.STARTUP_CLEAR)
         if response[6:10] != bytes(4):
@@ -115,9 +119,14 @@ def cmd_serve(args: argparse.Namespace, store: StateStore) -> int:
     while not stop.wait(0.2):
         if server.terminated.is_set():
             break
+        if journaled is not None:
+            with device.lock:
+                journaled.fold_if_idle()
     server.close()
     device.stop()
     tpm.flush_state()
+    if journaled is not None:
+        journaled.close()
     print("vtpm: stopped, state saved", file=sys.stderr)
     return 0
 
@@ -246,6 +255,8 @@ def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
     serve.add_argument("--unix", metavar="PATH", help="Unix data socket PATH (control on PATH.ctrl)")
     serve.add_argument("--protocol", choices=["swtpm", "mssim"], default="swtpm")
     serve.add_argument("--startup-clear", action="store_true", help="run TPM2_Startup(CLEAR) before serving")
+    serve.add_argument("--no-journal", action="store_true",
+                       help="rewrite the whole state after every change instead of journaling it")
     serve.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
     serve.set_defaults(func=cmd_serve)
 

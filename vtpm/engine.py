@@ -18,6 +18,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import construct as cs
 
@@ -61,6 +62,13 @@ MAX_SESSIONS = 3
 PersistCallback = Callable[[bytes], None]
 
 
+class StateSink(Protocol):
+    """A persistence target that takes the state itself (``vtpm.journal_store.JournaledStore``): it
+    journals only what changed instead of receiving the whole state serialized."""
+
+    def persist_state(self, state: TpmState) -> None: ...
+
+
 class Tpm:
     """A TPM 2.0 device. Not thread-safe: one command at a time (as a real TPM)."""
 
@@ -68,11 +76,13 @@ class Tpm:
         self,
         state: TpmState | None = None,
         *,
-        persist: PersistCallback | None = None,
+        persist: PersistCallback | StateSink | None = None,
         clock_ms: Callable[[], int] | None = None,
     ) -> None:
         self.state = state or TpmState.manufacture()
-        self._persist = persist
+        # A StateSink gets the state; a plain callback gets the whole state serialized.
+        self._persist_state: Callable[[TpmState], None] | None = getattr(persist, "persist_state", None)
+        self._persist = None if self._persist_state is not None else persist
         self._clock_ms = clock_ms or (lambda: time.monotonic_ns() // 1_000_000)
         self.volatile = Volatile.power_on(self.state, self._clock_ms())
         self.dirty = False
@@ -101,7 +111,9 @@ class Tpm:
         self.state.clock_ms = self.clock_now()
         self.volatile.clock_base_ms = self._clock_ms()
         self.dirty = False
-        if self._persist is not None:
+        if self._persist_state is not None:
+            self._persist_state(self.state)
+        elif self._persist is not None:
             self._persist(self.state.to_bytes())
 
     # ------------------------------------------------------------------ execution

@@ -9,8 +9,9 @@ counters, PCR allocation and, after Shutdown(STATE), the saved PCRs.
 from __future__ import annotations
 
 import json
+import operator
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import construct as cs
@@ -152,32 +153,229 @@ class TpmState:
     # ------------------------------------------------------------------ serialization
 
     def to_bytes(self) -> bytes:
-        return json.dumps(_encode(self), sort_keys=True, separators=(",", ":")).encode()
+        return dump_parts(encode_parts(self))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "TpmState":
+        return cls.from_parts(load_parts(raw))
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, Any]) -> "TpmState":
+        """The state whose encoded top-level parts (``encode_parts``, maybe with journal deltas applied)
+        are ``parts``; checked like a stored state. StateError when they do not make a valid state."""
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise StateError(f"TPM state is not readable ({type(exc).__name__})") from None
-        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-            raise StateError("not a vTPM state")
-        if doc.get("version") != STATE_VERSION:
-            raise StateError(f"TPM state version {doc.get('version')} is not supported")
-        try:
-            return _decode(doc["state"])
+            return _decode(_parts_to_body(parts))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:  # a wrong type
             raise StateError(f"TPM state is damaged ({type(exc).__name__}: {exc})") from None
 
 
-def _hex_fields(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        return {"hex": obj.hex()}
-    if isinstance(obj, dict):
-        return {str(k): _hex_fields(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_hex_fields(v) for v in obj]
-    return obj
+# ---------------------------------------------------------------------------- stored format
+#
+# The stored document is {"format": "vtpm-state", "version": 1, "state": BODY}: BODY has one key per
+# TpmState field, bytes as {"hex": ...}, the NV indices as a list. "Parts" are BODY with the keyed
+# collections (NV indices, persistent objects, RSA primary cache) as objects keyed by a string, so a
+# journal record can carry just the entries that changed (see vtpm/journal.py). Encoding is written
+# out per field type: dataclasses.asdict deep-copies everything and was most of the cost.
+
+KEYED_PARTS = ("nv", "persistent", "primary_cache")
+_FIELD_NAMES: tuple[str, ...] = ()
+
+
+def _hex(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    if isinstance(value, dict):
+        return {str(k): _hex(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hex(v) for v in value]
+    return value
+
+
+def _hierarchy(h: Hierarchy) -> dict[str, Any]:
+    return {"auth": {"hex": h.auth.hex()}, "policy": {"hex": h.policy.hex()}, "policy_alg": h.policy_alg}
+
+
+def _nv_index(i: NvIndex) -> dict[str, Any]:
+    return {"index": i.index, "name_alg": i.name_alg, "attributes": i.attributes,
+            "auth_policy": {"hex": i.auth_policy.hex()}, "data_size": i.data_size,
+            "auth_value": {"hex": i.auth_value.hex()}, "data": {"hex": i.data.hex()}}
+
+
+def _encode_field(name: str, value: Any) -> Any:
+    if isinstance(value, Hierarchy):
+        return _hierarchy(value)
+    if name == "nv":
+        return {str(k): _nv_index(v) for k, v in value.items()}
+    if name == "saved":
+        return None if value is None else {"pcrs": {str(k): _hex(v) for k, v in value.pcrs.items()}}
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    if isinstance(value, (int, str)) or value is None:
+        return value
+    return _hex(value)
+
+
+def _field_names() -> tuple[str, ...]:
+    global _FIELD_NAMES
+    if not _FIELD_NAMES:
+        _FIELD_NAMES = tuple(f.name for f in fields(TpmState))
+    return _FIELD_NAMES
+
+
+def encode_parts(state: TpmState) -> dict[str, Any]:
+    """The state's top-level parts, JSON-ready (see above)."""
+    return {name: _encode_field(name, getattr(state, name)) for name in _field_names()}
+
+
+# Change tracking for the journal: a snapshot is a cheap structural copy of the state (tuples and
+# shallow dict copies, nothing encoded); comparing two tells which parts changed, and only those are
+# encoded. ``changes`` gives exactly what ``diff_parts`` gives for the encoded states, much faster.
+
+_HIERARCHIES = ("owner", "endorsement", "lockout", "platform_policy", "pcr_group_policy")
+_LISTS = ("pcr_banks", "pcr_banks_pending", "pcr_partial", "pcr_partial_pending", "audit_commands", "pp_commands")
+_MUTABLE = (*_HIERARCHIES, *_LISTS, *KEYED_PARTS, "saved")
+_scalars: Any = None  # attrgetter of every other field: one C call reads them all
+
+
+def _scalar_getter() -> Any:
+    global _scalars
+    if _scalars is None:
+        names = [name for name in _field_names() if name not in _MUTABLE]
+        _scalars = (tuple(names), operator.attrgetter(*names))
+    return _scalars
+
+
+def _frozen_pairs(value: list[list[int]] | None) -> Any:
+    return None if value is None else tuple(map(tuple, value))
+
+
+def snapshot(state: TpmState) -> dict[str, Any]:
+    """A copy of ``state`` to compare a later state with (``changes``)."""
+    snap: dict[str, Any] = {"": _scalar_getter()[1](state)}
+    for name in _HIERARCHIES:
+        h = getattr(state, name)
+        snap[name] = (h.auth, h.policy, h.policy_alg)
+    snap["pcr_banks"] = tuple(state.pcr_banks)
+    snap["pcr_banks_pending"] = None if state.pcr_banks_pending is None else tuple(state.pcr_banks_pending)
+    snap["pcr_partial"] = _frozen_pairs(state.pcr_partial)
+    snap["pcr_partial_pending"] = _frozen_pairs(state.pcr_partial_pending)
+    snap["audit_commands"] = tuple(state.audit_commands)
+    snap["pp_commands"] = tuple(state.pp_commands)
+    snap["nv"] = {k: (i.index, i.name_alg, i.attributes, i.auth_policy, i.data_size, i.auth_value, i.data)
+                  for k, i in state.nv.items()}
+    snap["persistent"] = {k: dict(v) for k, v in state.persistent.items()}
+    snap["primary_cache"] = {k: dict(v) for k, v in state.primary_cache.items()}
+    snap["saved"] = None if state.saved is None else {k: tuple(v) for k, v in state.saved.pcrs.items()}
+    return snap
+
+
+def changes(before: dict[str, Any], state: TpmState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What changed in ``state`` since the snapshot ``before``, as ``diff_parts`` writes it, and the
+    snapshot of ``state``."""
+    after = snapshot(state)
+    delta: dict[str, Any] = {}
+    changed: dict[str, Any] = {}
+    if after[""] != before.get(""):
+        names = _scalar_getter()[0]
+        old_values = before.get("") or (object(),) * len(names)
+        for name, old, new in zip(names, old_values, after[""]):
+            if old != new or type(old) is not type(new):
+                changed[name] = _encode_field(name, new)
+    for name in (*_HIERARCHIES, *_LISTS, "saved"):
+        if after[name] != before.get(name):
+            changed[name] = _encode_field(name, getattr(state, name))
+    if changed:
+        delta["set"] = changed
+    for name in KEYED_PARTS:
+        old, new = before.get(name) or {}, after[name]
+        if old == new:
+            continue
+        value = getattr(state, name)
+        entries: dict[str, Any] = {}
+        for key, entry in new.items():
+            if old.get(key) != entry:
+                entries[str(key)] = _nv_index(value[key]) if name == "nv" else _hex(value[key])
+        entries.update({str(key): None for key in old if key not in new})
+        delta[name] = entries
+    return delta, after
+
+
+def _parts_to_body(parts: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(parts, dict) or not isinstance(parts.get("nv"), dict):
+        raise TypeError("the state parts are not an object with an object of NV indices")
+    body = dict(parts)
+    body["nv"] = list(parts["nv"].values())
+    return body
+
+
+def dump_parts(parts: dict[str, Any]) -> bytes:
+    """The stored document (version 1) of encoded parts."""
+    return json.dumps({"format": STATE_FORMAT, "version": STATE_VERSION, "state": _parts_to_body(parts)},
+                      sort_keys=True, separators=(",", ":")).encode()
+
+
+def load_parts(raw: bytes) -> dict[str, Any]:
+    """A stored document's parts, not yet checked (``TpmState.from_parts`` checks); StateError when
+    it is not a vTPM state of a supported version."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise StateError(f"TPM state is not readable ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+        raise StateError("not a vTPM state")
+    if doc.get("version") != STATE_VERSION:
+        raise StateError(f"TPM state version {doc.get('version')} is not supported")
+    body = doc.get("state")
+    if not isinstance(body, dict) or not isinstance(body.get("nv"), list):
+        raise StateError("TPM state is damaged (no state object with a list of NV indices)")
+    parts = dict(body)
+    nv: dict[str, Any] = {}
+    for entry in body["nv"]:
+        handle = entry.get("index") if isinstance(entry, dict) else None
+        if not isinstance(handle, int) or str(handle) in nv:
+            raise StateError("TPM state is damaged (an NV index without a distinct handle)")
+        nv[str(handle)] = entry
+    parts["nv"] = nv
+    return parts
+
+
+def diff_parts(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """What changed from ``old`` to ``new``: {"set": {part: value}, KEYED: {key: value or None}}.
+
+    Keyed parts change entry by entry (None = removed); every other part is replaced whole.
+    """
+    delta: dict[str, Any] = {}
+    changed = {name: value for name, value in new.items() if name not in KEYED_PARTS and old.get(name) != value}
+    if changed:
+        delta["set"] = changed
+    for name in KEYED_PARTS:
+        before, after = old.get(name, {}), new.get(name, {})
+        if before == after:
+            continue
+        entries = {k: v for k, v in after.items() if before.get(k) != v}
+        entries.update({k: None for k in before if k not in after})
+        delta[name] = entries
+    return delta
+
+
+def apply_delta(parts: dict[str, Any], delta: Any) -> None:
+    """Apply ``diff_parts``'s output to ``parts`` in place; StateError when it is not one."""
+    if not isinstance(delta, dict) or not set(delta) <= {"set", *KEYED_PARTS}:
+        raise StateError("a state change is not an object of known parts")
+    changed = delta.get("set", {})
+    if not isinstance(changed, dict) or any(name in KEYED_PARTS or name not in parts for name in changed):
+        raise StateError("a state change names an unknown part")
+    parts.update(changed)
+    for name in KEYED_PARTS:
+        entries = delta.get(name, {})
+        target = parts.get(name)
+        if not isinstance(entries, dict) or not isinstance(target, dict):
+            raise StateError(f"a state change of {name} is not an object")
+        for key, value in entries.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
 
 
 def _unhex(obj: Any) -> Any:
@@ -188,14 +386,6 @@ def _unhex(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_unhex(v) for v in obj]
     return obj
-
-
-def _encode(state: TpmState) -> dict[str, Any]:
-    body = asdict(state)
-    body["nv"] = [asdict(index) for index in state.nv.values()]
-    body["saved"] = None if state.saved is None else {"pcrs": {str(k): v for k, v in state.saved.pcrs.items()}}
-    body["persistent"] = {str(k): v for k, v in state.persistent.items()}
-    return {"format": STATE_FORMAT, "version": STATE_VERSION, "state": _hex_fields(body)}
 
 
 def _decode(body: dict[str, Any]) -> TpmState:

@@ -7,6 +7,8 @@ encrypted ``.nvram``) belong to the VM-encryption engine, which hands them to
 the server as a ``StateStore`` (see the ``vtpm`` command).
 
 Every write is atomic: a crash leaves the previous state or the new one.
+Every store also has a journal beside its state (``tpm2-state.journal``; see
+``vtpm.journal_store``): ``load`` replays and folds what a served vTPM left there.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from pathlib import Path
 from typing import Protocol
 
 from durable.atomic import write_atomic
+from vtpm.journal_store import JournalBinding, StateStoreError, recover
 from vtpm.state import StateError, TpmState
 
 PLAIN_STATE_FILE = "tpm2-state.json"
 ENCRYPTED_STATE_FILE = "tpm2-state.vmc"  # a state directory's encrypted state: a plain store refuses it
+JOURNAL_FILE = "tpm2-state.journal"
 
-
-class StateStoreError(Exception):
-    """The stored state cannot be read or written; the message names the file."""
+__all__ = ["JOURNAL_FILE", "PLAIN_STATE_FILE", "ENCRYPTED_STATE_FILE", "PlainStateStore", "StateStore",
+           "StateStoreError", "parse_state"]
 
 
 class StateStore(Protocol):
@@ -48,12 +51,23 @@ class PlainStateStore:
     def describe(self) -> str:
         return str(self.path)
 
-    def load(self) -> TpmState | None:
+    def load_raw(self) -> tuple[bytes | None, int]:
         if self.directory.exists() and (self.directory / ENCRYPTED_STATE_FILE).exists():
             raise StateStoreError(f"{self.directory}: holds encrypted state; pass --key-file")
         if not self.path.exists():
-            return None
-        return parse_state(self.path.read_bytes(), self.path)
+            return None, 0
+        return self.path.read_bytes(), 0
+
+    @property
+    def generation(self) -> int:
+        return 0  # a plain file has none: its journal is bound to the state's digest only
+
+    def journal_binding(self) -> JournalBinding:
+        return JournalBinding(self.directory / JOURNAL_FILE, None, b"vtpm plain state directory")
+
+    def load(self) -> TpmState | None:
+        raw = recover(self)
+        return None if raw is None else parse_state(raw, self.path)
 
     def save(self, raw: bytes) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)

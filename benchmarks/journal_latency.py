@@ -1,0 +1,212 @@
+"""Durable NV_Write against one fdatasync of 4 KiB, measured in the same run in the same directory.
+
+What is timed (medians over ``--rounds``, every kind taking one turn per round, in a shuffled order,
+so that machine noise hits all alike):
+
+- ``fdatasync 4 KiB``: the reference: a preallocated, zero-filled file, 4 KiB pwrite + os.fdatasync;
+- ``in-process plain`` / ``in-process sealed``: ``Tpm.execute(NV_Write)`` with a JournaledStore over a
+  plain state directory / over a key-file directory (AES-GCM records); durable on return;
+- ``in-process not persisted``: the same command with no store: the engine's own CPU time, the floor
+  under every durable variant;
+- ``served (journal)``: NV_Write round trip over TCP to a real ``vtpm serve`` (journal on: the default);
+- ``served (no journal)``: the same with ``--no-journal`` (the whole state rewritten atomically);
+- ``swtpm``: swtpm's NV_Write over TCP. swtpm does not fsync: its writes are NOT durable.
+
+Also: the append strategies the journal could use (append + fdatasync, overwrite of preallocated
+zero-filled blocks + fdatasync, overwrite of fallocate'd blocks + fdatasync), and group commit: 8 vTPMs
+in one process, each round one NV_Write on each (deferred) then one ``JournalGroup.commit()``, with the
+syncs in parallel threads and one after the other; printed as vTPM commits per fdatasync-time.
+
+The last line is ``ratio: X.XX``: served (journal) NV_Write median / fdatasync median (target <= 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from support.servers import ServerError, start_swtpm, start_vtpm, swtpm_path
+from support.tpm_helpers import latency_commands, prepare_latency_target
+from vmcrypt.vtpm_key_file import EncryptedStateStore
+from vtpm import wire
+from vtpm.engine import Tpm
+from vtpm.journal_store import JournaledStore, JournalGroup
+from vtpm.state import TpmState
+from vtpm.storage import PlainStateStore
+from vtpm.transport import InProcessTransport
+
+NV_WRITES = latency_commands()["NV_Write(32 B)"]
+BLOCK = 4096
+
+
+class Reference:
+    """One fdatasync of 4 KiB into a preallocated file (the acceptance reference)."""
+
+    def __init__(self, directory: Path, name: str = "reference.bin", mode: str = "overwrite") -> None:
+        self.path = directory / name
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.mode = mode
+        if mode == "overwrite":
+            os.write(self.fd, bytes(256 * BLOCK))
+        elif mode == "fallocate":
+            os.posix_fallocate(self.fd, 0, 1 << 24)
+        os.fsync(self.fd)
+        self.i = 0
+        self.data = os.urandom(BLOCK)
+
+    def __call__(self) -> None:
+        if self.mode == "append":
+            os.write(self.fd, self.data)
+        elif self.mode == "fallocate":
+            os.pwrite(self.fd, self.data, (self.i % 4096) * BLOCK)
+        else:
+            os.pwrite(self.fd, self.data, (self.i % 256) * BLOCK)
+        os.fdatasync(self.fd)
+        self.i += 1
+
+
+def in_process(store: JournaledStore | None) -> Callable[[], None]:
+    """NV_Write through ``Tpm.execute`` journaled by ``store`` (None: not persisted at all)."""
+    if store is None:
+        state = TpmState.manufacture()
+    else:
+        state = store.load()
+        if state is None:
+            store.save(TpmState.manufacture().to_bytes())
+            state = store.load()
+    tpm = Tpm(state, persist=store)
+    conn = InProcessTransport(tpm)
+    conn.transact(wire.STARTUP_CLEAR)
+    prepare_latency_target(conn)
+    return sender(conn.transact)
+
+
+def sender(transact: Callable[[bytes], bytes]) -> Callable[[], None]:
+    turn = [0]
+
+    def send() -> None:
+        response = transact(NV_WRITES[turn[0] % 2])
+        turn[0] += 1
+        if response[6:10] != bytes(4):
+            raise SystemExit(f"NV_Write failed: {response.hex()}")
+
+    return send
+
+
+def measure(kinds: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        for run in kinds.values():
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in kinds}
+    clock = time.perf_counter
+    order = list(kinds.items())
+    shuffle = random.Random(1).shuffle
+    for _ in range(rounds):
+        shuffle(order)  # no kind always follows the same one (a sync right after another sync costs more)
+        for name, run in order:
+            start = clock()
+            run()
+            samples[name].append(clock() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def group_commit(directory: Path, rounds: int, parallel: bool) -> tuple[float, float, int]:
+    """8 vTPMs, each round one NV_Write on each (deferred) then one group commit: the medians of the
+    whole round and of the commit alone, and the fdatasyncs per round."""
+    group = JournalGroup(parallel=parallel)
+    tpms = []
+    for i in range(8):
+        store = JournaledStore(PlainStateStore(directory / f"{'par' if parallel else 'seq'}{i}"))
+        send = in_process(store)
+        group.add(store)
+        tpms.append((send, store))
+    rounds_s, commits_s = [], []
+    syncs_before = sum(store.syncs for _, store in tpms)
+    clock = time.perf_counter
+    for _ in range(rounds):
+        start = clock()
+        for send, _ in tpms:
+            send()  # deferred: sealed in memory; the response would wait for the commit
+        middle = clock()
+        group.commit()
+        end = clock()
+        rounds_s.append(end - start)
+        commits_s.append(end - middle)
+    syncs = (sum(store.syncs for _, store in tpms) - syncs_before) // rounds
+    group.close()
+    return statistics.median(rounds_s), statistics.median(commits_s), syncs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--dir", type=Path, default=None, help="directory to measure in (default: a temp dir)")
+    args = parser.parse_args()
+    if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
+        parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
+    try:
+        swtpm_path()
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="journal-bench-", dir=args.dir) as tmp, contextlib.ExitStack() as stack:
+        base = Path(tmp)
+        served = stack.enter_context(start_vtpm(["--state", str(base / "served"), "--startup-clear"], base / "s.log"))
+        unjournaled = stack.enter_context(start_vtpm(["--state", str(base / "plain"), "--startup-clear", "--no-journal"],
+                                                     base / "p.log"))
+        swtpm = stack.enter_context(start_swtpm(base / "swtpm-state"))
+        conns = {}
+        for name, server in (("served (journal)", served), ("served (no journal)", unjournaled), ("swtpm", swtpm)):
+            conns[name] = stack.enter_context(contextlib.closing(server.connect()))
+            prepare_latency_target(conns[name])
+        kinds = {
+            "fdatasync 4 KiB": Reference(base),
+            "in-process plain": in_process(JournaledStore(PlainStateStore(base / "inproc"))),
+            "in-process sealed": in_process(JournaledStore(EncryptedStateStore(base / "sealed", os.urandom(32)))),
+            "in-process not persisted": in_process(None),
+            **{name: sender(conn.transact) for name, conn in conns.items()},
+        }
+        medians = measure(kinds, args.rounds, args.warmup)
+        strategies = measure({
+            "overwrite preallocated": Reference(base, "s1.bin"),
+            "append": Reference(base, "s2.bin", "append"),
+            "overwrite fallocated": Reference(base, "s3.bin", "fallocate"),
+        }, max(args.rounds // 2, 1), args.warmup)
+        group_rounds = max(args.rounds // 8, 1)
+        reference_again = measure({"fdatasync": Reference(base, "r2.bin")}, group_rounds, 10)["fdatasync"]
+        parallel, parallel_commit, syncs = group_commit(base, group_rounds, parallel=True)
+        sequential, sequential_commit, _ = group_commit(base, group_rounds, parallel=False)
+
+    reference = medians["fdatasync 4 KiB"]
+    print(f"{args.rounds} rounds after {args.warmup} warm-up; every kind once per round; directory on "
+          f"{'a temp dir' if args.dir is None else args.dir}")
+    print(f"{'kind':24} {'median':>10} {'/ fdatasync':>12}")
+    for name, value in medians.items():
+        note = "  (not durable: swtpm does not fsync)" if name == "swtpm" else ""
+        print(f"{name:24} {value * 1e6:7.1f} us {value / reference:11.2f}{note}")
+    print("journal write strategies (300 B... 4 KiB + fdatasync), medians:")
+    for name, value in strategies.items():
+        print(f"  {name:24} {value * 1e6:7.1f} us")
+    print(f"group commit, 8 vTPMs, one NV_Write each per round, {syncs} fdatasyncs per round "
+          f"(one fdatasync alone: {reference_again * 1e6:.0f} us):")
+    for name, whole, commit in (("parallel syncs", parallel, parallel_commit),
+                                ("sequential syncs", sequential, sequential_commit)):
+        print(f"  {name:17} round {whole * 1e6:6.0f} us, commit() {commit * 1e6:6.0f} us = "
+              f"{commit / reference_again:.2f} fdatasyncs; vTPM commits per fdatasync-time: "
+              f"{8 * reference_again / commit:.2f}")
+    print(f"in-process ratio: {medians['in-process plain'] / reference:.2f}")
+    print(f"ratio: {medians['served (journal)'] / reference:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""Durable state changes at the cost of one ``fdatasync``: a store's full state plus its journal.
+
+``JournaledStore`` wraps a store that can write a full state (``JournalBase``:
+the plain directory, the key-file directory, a VM's ``.nvram``). After every
+command that changed persistent state the engine hands it the state
+(``persist_state``); it appends a record with just the parts that changed
+(``vtpm.state.diff_parts``) to the journal (``vtpm.journal``) and syncs it
+before the command's response leaves. The full state is rewritten the store's
+normal way (a *fold*: new generation, recorded at the key provider) on close,
+when the server has been idle a while, and when the journal passes a bound;
+the journal then starts over, bound to the new base.
+
+Opening (``recover``) loads the base, replays the journal's verified records
+and folds them, so every tool that opens the store sees the whole state.
+
+Deferred mode and group commit: a host that serves many vTPMs from one event
+loop puts their stores in a ``JournalGroup``; ``persist_state`` then only seals
+the record, and the loop calls ``group.commit()`` once per iteration, before it
+writes the responses of that iteration: every dirty journal is written, then
+all are synced, one flush round for all of them.
+
+Rollback: when the base records positions (a VM's key provider), the synced
+position (base generation, record count) is recorded in the background at most
+every ``record_interval`` seconds, and opening refuses a journal that ends
+before the recorded position (truncated, deleted, an older copy) unless the
+rollback is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from durable.atomic import fsync_directory
+from durable.prealloc import PreallocatedFile
+from vtpm import journal
+from vtpm.journal import Base, JournalError, Sealer
+from vtpm.state import StateError, TpmState, apply_delta, changes, load_parts, snapshot
+
+log = logging.getLogger(__name__)
+
+JOURNAL_SIZE = 1 << 20  # preallocated at each start: normal use never grows the file
+FOLD_BYTES = 3 << 18  # fold once the records pass 768 KiB
+IDLE_FOLD_SECONDS = 5.0
+RECORD_INTERVAL = 1.0
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+class StateStoreError(Exception):
+    """The stored state cannot be read or written; the message names the file."""
+
+
+class JournalRollbackError(StateStoreError):
+    """The journal ends before the position recorded outside the store: it was truncated or replaced."""
+
+
+class PositionLog(Protocol):
+    """Where a store's journal position is recorded outside its directory (a VM's key provider)."""
+
+    def recorded(self) -> int | None: ...
+    def record(self, position: int, *, allow_lower: bool = False) -> None: ...
+
+
+@dataclass(frozen=True)
+class JournalBinding:
+    """What a store gives its journal: the file, the secret its keys derive from (None: checksums
+    only, for a store kept in clear), the context bound into every tag (which file of which VM), and
+    where positions are recorded (None: nowhere, as the store records no generations either)."""
+
+    path: Path
+    secret: bytes | None
+    context: bytes
+    positions: PositionLog | None = None
+
+
+class JournalBase(Protocol):
+    """A store that a journal sits on: full reads and writes with generations."""
+
+    def describe(self) -> str: ...
+    def load_raw(self) -> tuple[bytes | None, int]:
+        """The stored full state (None when there is none) and the store's generation."""
+    def save(self, raw: bytes) -> None:
+        """Write a full state, atomically, at a higher generation where the store has generations."""
+    @property
+    def generation(self) -> int: ...
+    def journal_binding(self) -> JournalBinding: ...
+
+
+def _read_journal(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None:
+    """The store's full state with its journal's records applied (and folded: written as a new full
+    state), after the rollback check; the journal is then removed. A stale journal (of an older base)
+    is ignored. Called on open, when no served vTPM holds the store."""
+    raw, generation = base.load_raw()
+    binding = base.journal_binding()
+    current = Base.of(generation, raw or b"")
+    reached = journal.position(generation, 0)
+    payloads: list[bytes] = []
+    data = _read_journal(binding.path)
+    claimed = None if not data else journal.peek_base(data)
+    stale = claimed is not None and claimed != current and (binding.secret is None or claimed.generation < generation)
+    if data and not stale:  # stale: the state was rewritten after this journal was last used; ignored
+        try:
+            found = journal.replay(data, binding.secret, binding.context)
+        except JournalError as exc:
+            raise StateStoreError(f"{binding.path}: {exc}; nothing was loaded or changed") from None
+        if found.header.base != current:
+            same = found.header.base.generation == generation
+            raise StateStoreError(
+                f"{binding.path}: the journal applies to generation {found.header.base.generation} of the state "
+                f"but the state is generation {generation}{' with other contents' if same else ''}; "
+                "nothing was loaded or changed")
+        payloads = found.payloads
+        reached = found.position
+    if binding.positions is not None:
+        recorded = binding.positions.recorded()
+        if recorded is not None and reached < recorded:
+            if not accept_rollback:
+                raise JournalRollbackError(
+                    f"{binding.path}: the journal ends at generation {reached >> 32} record {reached & 0xFFFFFFFF}, "
+                    f"before the recorded generation {recorded >> 32} record {recorded & 0xFFFFFFFF}: it was truncated, "
+                    "deleted or replaced by an older copy; if that was deliberate, accept it with --accept-rollback")
+            binding.positions.record(reached, allow_lower=True)
+    if not payloads or raw is None:
+        if data is not None:
+            remove_journal(binding)
+        return raw
+    try:
+        parts = load_parts(raw)
+        for payload in payloads:
+            apply_delta(parts, json.loads(payload))
+        state = TpmState.from_parts(parts)
+    except (StateError, ValueError, RecursionError) as exc:
+        raise StateStoreError(f"{binding.path}: the journal's records do not apply ({exc}); nothing was changed") from None
+    folded = state.to_bytes()
+    base.save(folded)
+    remove_journal(binding)  # stale now; removed so that copies of the directory carry no leftovers
+    return folded
+
+
+class _PositionRecorder:
+    """Records the latest synced journal position off the acknowledged path, at most once per interval."""
+
+    def __init__(self, positions: PositionLog, interval: float) -> None:
+        self._positions = positions
+        self._interval = interval
+        self._latest = 0
+        self._recorded = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="journal-position", daemon=True)
+        self._thread.start()
+
+    def note(self, position: int) -> None:
+        self._latest = position
+        self._wake.set()
+
+    def _record_latest(self) -> None:
+        with self._lock:
+            latest = self._latest
+            if latest > self._recorded:
+                self._positions.record(latest)
+                self._recorded = latest
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                self._record_latest()
+            except Exception:  # noqa: BLE001 - a provider outage must not stop the vTPM; retried next time
+                log.warning("recording the journal position failed; will retry")
+            time.sleep(self._interval)
+
+    def flush(self) -> None:
+        self._record_latest()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def close(self) -> None:
+        """Record what is synced now, then stop."""
+        self.stop()
+        self._record_latest()
+
+
+class JournaledStore:
+    """A ``StateStore`` (and the engine's ``persist_state`` sink) that journals changes; see the module."""
+
+    def __init__(self, base: JournalBase, *, fold_bytes: int = FOLD_BYTES, journal_size: int = JOURNAL_SIZE,
+                 record_interval: float = RECORD_INTERVAL, accept_rollback: bool = False) -> None:
+        self.base = base
+        self.binding = base.journal_binding()
+        self.fold_bytes = fold_bytes
+        self.journal_size = max(journal_size, fold_bytes + journal.RECORDS_OFFSET)
+        self.deferred = False
+        self._accept_rollback = accept_rollback
+        self._state: TpmState | None = None  # the engine's state (changed in place by each command)
+        self._snapshot: dict[str, Any] | None = None  # its parts as last journaled
+        self._file: PreallocatedFile | None = None
+        self._sealer: Sealer | None = None
+        self._generation = 0
+        self._seq = 0  # records sealed
+        self._synced = 0  # records durable
+        self._prev_tag = b""
+        self._pending: list[bytes] = []
+        self._broken = False
+        self._last_change = time.monotonic()
+        self._recorder = (None if self.binding.positions is None
+                          else _PositionRecorder(self.binding.positions, record_interval))
+        self.folds = 0
+        self.syncs = 0
+
+    # ------------------------------------------------------------------ StateStore
+
+    def describe(self) -> str:
+        return f"{self.base.describe()} (journal {self.binding.path.name})"
+
+    def load(self) -> TpmState | None:
+        raw = recover(self.base, accept_rollback=self._accept_rollback)
+        if raw is None:
+            return None
+        try:
+            state = TpmState.from_bytes(raw)
+        except StateError as exc:
+            raise StateStoreError(f"{self.base.describe()}: {exc}") from None
+        self._track(state)
+        self._restart(raw)
+        return state
+
+    def save(self, raw: bytes) -> None:
+        """A full state (a new TPM, or a caller with bytes): written to the base; the journal starts over."""
+        self._track(TpmState.from_bytes(raw))
+        self._fold_raw(raw)
+
+    def _track(self, state: TpmState) -> None:
+        self._state = state
+        self._snapshot = snapshot(state)
+
+    # ------------------------------------------------------------------ the engine's seam
+
+    def persist_state(self, state: TpmState) -> None:
+        """Journal what changed in ``state`` since the last call; durable on return unless deferred."""
+        if self._snapshot is None or self._broken or state is not self._state:
+            self._track(state)
+            self._fold_raw(state.to_bytes())
+            return
+        delta, after = changes(self._snapshot, state)
+        if not delta:
+            return
+        assert self._sealer is not None
+        payload = _ENCODER.encode(delta).encode()
+        record = self._sealer.seal(self._generation, self._seq + 1, self._prev_tag, payload)
+        self._pending.append(record)
+        self._seq += 1
+        self._prev_tag = record[-journal.TAG_SIZE:]
+        self._snapshot = after
+        self._last_change = time.monotonic()
+        if not self.deferred:
+            self.commit()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def write_pending(self) -> int:
+        """Write the sealed records (not yet durable); the number written."""
+        if not self._pending:
+            return 0
+        assert self._file is not None
+        count = len(self._pending)
+        try:
+            self._file.append(b"".join(self._pending))
+        except BaseException:
+            self._broken = True  # the next change writes a full state instead
+            raise
+        self._pending.clear()
+        return count
+
+    def sync(self) -> None:
+        """Make the written records durable (the acknowledgement point)."""
+        assert self._file is not None
+        try:
+            self._file.sync()
+        except BaseException:
+            self._broken = True
+            raise
+        self.syncs += 1
+        self._synced = self._seq
+        if self._recorder is not None:
+            self._recorder.note(journal.position(self._generation, self._synced))
+
+    def commit(self) -> None:
+        """Write and sync pending records; fold when the journal has passed its bound."""
+        if self.write_pending():
+            self.sync()
+        if self._file is not None and self._file.end > self.fold_bytes:
+            self.fold()
+
+    # ------------------------------------------------------------------ fold
+
+    def fold(self) -> None:
+        """Write the full state the store's normal way and start a new journal bound to it."""
+        if self._state is None:
+            return
+        self._snapshot = snapshot(self._state)
+        self._fold_raw(self._state.to_bytes())
+
+    def fold_if_idle(self, idle_seconds: float = IDLE_FOLD_SECONDS) -> bool:
+        """Fold when records exist and nothing changed for ``idle_seconds`` (the server's idle hook)."""
+        if self._seq == 0 or self._pending or time.monotonic() - self._last_change < idle_seconds:
+            return False
+        self.fold()
+        return True
+
+    def _fold_raw(self, raw: bytes) -> None:
+        self._pending.clear()
+        self.base.save(raw)
+        self.folds += 1
+        self._restart(raw)
+
+    def _restart(self, raw: bytes) -> None:
+        """A fresh journal (new id and salt) bound to the base just read or written."""
+        base = Base.of(self.base.generation, raw)
+        block, header, sealer = journal.new_header(base, self.binding.secret, self.binding.context)
+        if self._file is not None:
+            self._file.close()
+        self._file = PreallocatedFile.create(self.binding.path, block, size=self.journal_size)
+        self._sealer = sealer
+        self._generation = base.generation
+        self._seq = self._synced = 0
+        self._prev_tag = header.tag[:journal.TAG_SIZE]
+        self._broken = False
+
+    def record_position(self) -> None:
+        """Record the synced position now (the background recorder does it within ``record_interval``)."""
+        if self._recorder is not None:
+            self._recorder.flush()
+
+    def abandon(self) -> None:
+        """Let go of the journal and the base (its lock) without folding: what a crash leaves behind."""
+        if self._recorder is not None:
+            self._recorder.stop()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        close = getattr(self.base, "close", None)
+        if close is not None:
+            close()
+
+    def close(self) -> None:
+        """Fold what the journal holds (so the base is the whole state), remove the journal, record,
+        release the base."""
+        try:
+            if self._state is not None and (self._seq or self._pending or self._broken):
+                self._pending.clear()
+                self.base.save(self._state.to_bytes())
+                self.folds += 1
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+                remove_journal(self.binding)
+        finally:
+            if self._recorder is not None:
+                self._recorder.close()
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            close = getattr(self.base, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> "JournaledStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JournalGroup:
+    """Group commit for the vTPMs of one host process: one flush round for every journal dirtied in
+    one round of the event loop. ``commit`` before sending the round's responses."""
+
+    def __init__(self, *, parallel: bool = True, max_threads: int = 16) -> None:
+        self._stores: list[JournaledStore] = []
+        self._parallel = parallel
+        self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="journal-sync") if parallel else None
+        self.rounds = 0
+        self.records = 0
+
+    def add(self, store: JournaledStore) -> JournaledStore:
+        store.deferred = True
+        self._stores.append(store)
+        return store
+
+    def remove(self, store: JournaledStore) -> None:
+        self._stores.remove(store)
+        store.deferred = False
+        store.commit()
+
+    def commit(self) -> int:
+        """Write every pending record, then sync every journal written; the number of records made
+        durable. A journal that fails raises after the others were synced."""
+        dirty = [store for store in self._stores if store.pending]
+        if not dirty:
+            return 0
+        written = sum(store.write_pending() for store in dirty)
+        if self._pool is not None and len(dirty) > 1:
+            failures = [f.exception() for f in [self._pool.submit(store.sync) for store in dirty]]
+        else:
+            failures = []
+            for store in dirty:
+                try:
+                    store.sync()
+                except Exception as exc:  # noqa: BLE001 - collected, raised below
+                    failures.append(exc)
+        for store in dirty:
+            if store._file is not None and store._file.end > store.fold_bytes:
+                store.fold()
+        self.rounds += 1
+        self.records += written
+        errors = [f for f in failures if f is not None]
+        if errors:
+            raise errors[0]
+        return written
+
+    def close(self) -> None:
+        for store in list(self._stores):
+            store.close()
+        self._stores.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+def remove_journal(binding: JournalBinding) -> None:
+    """Delete a store's journal (its state was written elsewhere whole); durable on return."""
+    try:
+        os.unlink(binding.path)
+    except FileNotFoundError:
+        return
+    fsync_directory(binding.path.parent)
+
