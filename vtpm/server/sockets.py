@@ -84,11 +84,6 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice, *, once: bool = F
                 return
 
 
-CTRL_READ = 4 + 4096 + 8  # one read of a control request, as swtpm's request buffer
-CTRL_REQUEST_TIMEOUT = 0.5  # swtpm allows 500 ms for the fixed part of a control request
-CTRL_BLOB_TIMEOUT = 10.0  # seconds between the reads of a state blob's remaining bytes
-
-
 def _recv_with_fd(sock: socket.socket, n: int) -> tuple[bytes, int | None]:
     fds = array.array("i")
     data, ancdata, _, _ = sock.recvmsg(n, socket.CMSG_SPACE(fds.itemsize))
@@ -115,23 +110,24 @@ class SwtpmControlSession:
         """One request: what the first read delivers, completed up to its size (b"" when the peer closed)."""
         self.sock.settimeout(None)
         if self.unix:
-            message, passed_fd = _recv_with_fd(self.sock, CTRL_READ)
+            message, passed_fd = _recv_with_fd(self.sock, swtpm_ctrl.CTRL_READ)
         else:
-            message, passed_fd = self.sock.recv(CTRL_READ), None
+            message, passed_fd = self.sock.recv(swtpm_ctrl.CTRL_READ), None
         if not message:
             return b"", passed_fd
-        deadline = time.monotonic() + CTRL_REQUEST_TIMEOUT
-        while len(message) < (needed := swtpm_ctrl.request_size(message)):
-            blob_data = len(message) >= 16 and message[:4] == int(Ctrl.SET_STATEBLOB).to_bytes(4, "big")
-            timeout = CTRL_BLOB_TIMEOUT if blob_data else deadline - time.monotonic()
+        reader = swtpm_ctrl.RequestReader()
+        reader.feed(message)
+        deadline = time.monotonic() + swtpm_ctrl.CTRL_REQUEST_TIMEOUT
+        while (request := reader.next_request()) is None:
+            timeout = swtpm_ctrl.CTRL_BLOB_TIMEOUT if reader.in_blob_data else deadline - time.monotonic()
             if timeout <= 0:
                 raise ConnectionClosed()
             self.sock.settimeout(timeout)
-            chunk = self.sock.recv(min(needed - len(message), 64 * 1024))
+            chunk = self.sock.recv(min(reader.missing, 64 * 1024))
             if not chunk:
                 raise ConnectionClosed()
-            message += chunk
-        return message, passed_fd
+            reader.feed(chunk)
+        return request, passed_fd
 
     def run(self) -> None:
         with contextlib.closing(self.sock):
@@ -151,7 +147,7 @@ class SwtpmControlSession:
                         else:
                             self.on_data_fd(socket.socket(fileno=passed_fd))
                             passed_fd = None
-                    self.sock.settimeout(CTRL_BLOB_TIMEOUT)
+                    self.sock.settimeout(swtpm_ctrl.CTRL_BLOB_TIMEOUT)
                     self.sock.sendall(result.response)
                     if result.terminate:
                         self.on_terminate()
