@@ -20,7 +20,6 @@ has returned.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import heapq
 import itertools
@@ -39,6 +38,7 @@ from vtpm.constants import RC
 from vtpm.server import swtpm_ctrl
 from vtpm.server.device import TpmDevice
 from vtpm.server.endpoints import Endpoints, reachable
+from vtpm.server.sockets import recv_with_fds
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ MID_COMMAND_TIMEOUT = 10.0  # seconds a client may take to finish a command it s
 MAX_CONNECTIONS = 4096  # beyond this, new connections are closed at once
 RECV_SIZE = 65536
 CTRL_COMMIT_FAILED = swtpm_ctrl.TPM_FAIL.to_bytes(4, "big")  # a control answer whose state could not be made durable
-MAX_PASSED_FDS = 4  # descriptors taken from one control message; more are closed
 
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 DeviceSource = Callable[[], TpmDevice]  # the device a connection serves; the host loads it at first use
@@ -230,15 +229,6 @@ class DataConnection(Connection):
             self.loop.reply(Reply(self, device.execute(command), device))
 
 
-def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
-    fds = array.array("i")
-    data, ancdata, _, _ = sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(MAX_PASSED_FDS * fds.itemsize))
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    return data, list(fds)
-
-
 class ControlConnection(Connection):
     """swtpm control channel: requests framed by ``swtpm_ctrl.RequestReader``, answered by ``swtpm_ctrl.handle``.
 
@@ -266,7 +256,7 @@ class ControlConnection(Connection):
     def receive(self) -> bytes:
         if not self.unix:
             return self.sock.recv(RECV_SIZE)
-        data, fds = _recv_with_fds(self.sock)
+        data, fds = recv_with_fds(self.sock, RECV_SIZE)
         self.passed_fds += fds
         return data
 
@@ -296,17 +286,8 @@ class ControlConnection(Connection):
                 self._close_fds()
                 self.loop.reply(Reply(self, swtpm_ctrl.TPM_FAIL.to_bytes(4, "big")))
                 continue
-            result = swtpm_ctrl.handle(device, code, payload, unix=self.unix)
-            if result.accept_data_fd:
-                if self.passed_fds:
-                    fd = self.passed_fds.pop(0)
-                    try:
-                        self.on_data_fd(socket.socket(fileno=fd))
-                    except OSError:
-                        os.close(fd)
-                        result = swtpm_ctrl.CtrlResult(swtpm_ctrl.TPM_FAIL.to_bytes(4, "big"))
-                else:
-                    result = swtpm_ctrl.CtrlResult(swtpm_ctrl.TPM_BAD_PARAMETER.to_bytes(4, "big"))
+            result = swtpm_ctrl.take_data_fd(swtpm_ctrl.handle(device, code, payload, unix=self.unix),
+                                             self.passed_fds, self.on_data_fd)
             self._close_fds()
             after = self._terminate if result.terminate else self.close if result.close else None
             self.loop.reply(Reply(self, result.response, device, after, failed=CTRL_COMMIT_FAILED))
@@ -319,10 +300,7 @@ class ControlConnection(Connection):
         self.on_terminate()
 
     def _close_fds(self) -> None:
-        for fd in self.passed_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.passed_fds.clear()
+        swtpm_ctrl.close_fds(self.passed_fds)
 
     def close(self) -> None:
         self._close_fds()

@@ -17,8 +17,12 @@ the requested offset; SET's header (flags, type, length) is followed by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vtpm.commands.capability import FIRMWARE_VERSION, MANUFACTURER, SPEC_LEVEL, SPEC_REVISION
@@ -43,7 +47,6 @@ from vtpm.server.protocol import (  # noqa: F401  (re-exported: the control prot
     INFO_MAX_CHUNK,
     INFO_TPMATTRIBUTES,
     INFO_TPMSPECIFICATION,
-    PAYLOAD_SIZES,
     STATE_FLAG_ENCRYPTED,
     TPM_BAD_LOCALITY,
     TPM_BAD_ORDINAL,
@@ -51,7 +54,6 @@ from vtpm.server.protocol import (  # noqa: F401  (re-exported: the control prot
     TPM_FAIL,
     TPM_IOERROR,
     TPM_SUCCESS,
-    payload_size,
 )
 from vtpm.server.state_blobs import MAX_BLOB, BlobError, BlobType
 
@@ -174,6 +176,31 @@ class CtrlResult:
     terminate: bool = False  # CMD_SHUTDOWN (or a lost lock): the serving process should end
     accept_data_fd: bool = False  # CMD_SET_DATAFD: the transport must take the passed descriptor
     close: bool = False  # the request stream is out of step: close the control connection after answering
+
+
+def take_data_fd(result: CtrlResult, fds: list[int], adopt: Callable[[socket.socket], None]) -> CtrlResult:
+    """CMD_SET_DATAFD's transport half: the first descriptor passed with the request becomes the data
+    channel (removed from ``fds``); none passed is TPM_BAD_PARAMETER, one that is no socket TPM_FAIL."""
+    if not result.accept_data_fd:
+        return result
+    if not fds:
+        return CtrlResult(_u32(TPM_BAD_PARAMETER))
+    fd = fds.pop(0)
+    try:
+        adopt(socket.socket(fileno=fd))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        return CtrlResult(_u32(TPM_FAIL))
+    return result
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close the descriptors a request passed and nobody took."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
 
 
 def capabilities(unix: bool) -> int:
