@@ -39,6 +39,7 @@ from vtpm.engine import Tpm
 from vtpm.host_protocol import MAX_LINE, AddRequest, ProtocolError, parse_add  # noqa: F401  (AddRequest: cli)
 from vtpm.server.device import TpmDevice
 from vtpm.server.loop import Connection, Endpoints, Loop, Reply, SwtpmEndpoints, bind_unix
+from vtpm.server.state_lock import GuardedStore, lock_for
 from vtpm.state import TpmState
 from vtpm.storage import StateStore, StateStoreError
 
@@ -77,6 +78,17 @@ class HostedVtpm:
     loads: int = 0
     last_used: float = field(default_factory=time.monotonic)
     platform: _Platform | None = None
+    guard: GuardedStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        # a state directory's lock, as `vtpm socket` takes it (a VM's store holds the VM's lock itself);
+        # never waited for: the loop thread serves every other vTPM meanwhile
+        self.guard = GuardedStore(self.store, lock_for(self.store), max_retries=0)
+
+    def take_lock(self) -> None:
+        """One server per state directory: refused (StateInUseError) while another holds it."""
+        if self.guard.lock is not None:
+            self.guard.lock.acquire_or_raise()
 
     def device(self) -> TpmDevice:
         """The TPM, loaded from the store at first use (manufactured if the store is empty)."""
@@ -86,11 +98,11 @@ class HostedVtpm:
         state = self.store.load()
         if state is None:
             state = TpmState.manufacture()
-            self.store.save(state.to_bytes())
-        tpm = Tpm(state, persist=self.store.save)
+            self.guard.save(state.to_bytes())  # not while an incoming migration waits for the lock
+        tpm = Tpm(state, persist=self.guard.save)
         if self.startup_clear and self.loads == 0:
             tpm.execute(0, wire.STARTUP_CLEAR)
-        device = TpmDevice(tpm, name=self.name)
+        device = TpmDevice(tpm, name=self.name, storage=self.guard, on_terminate=self.terminate)
         if self.platform is not None:
             device.running = self.platform.running
             device.locality = self.platform.locality
@@ -118,7 +130,9 @@ class HostedVtpm:
         self.loaded = None
 
     def terminate(self) -> None:
-        """CMD_SHUTDOWN on its control channel: stopped and saved; its connections end, its sockets stay."""
+        """CMD_SHUTDOWN on its control channel (or its state's lock lost to another server): the TPM is
+        stopped and saved (unless the lock went to a migration target) and its connections end; it stays
+        added with its sockets, so a restarted QEMU can connect again, until ``remove``."""
         if self.loaded is not None:
             self.loaded.stop()
             self.loaded.tpm.flush_state()
@@ -137,6 +151,7 @@ class HostedVtpm:
         except Exception as exc:
             problem = f"state not saved: {exc}"
         self.loaded = None
+        self.guard.release(retries=0)
         release = getattr(self.store, "close", None)
         if release is not None:
             try:
@@ -144,6 +159,13 @@ class HostedVtpm:
             except Exception as exc:
                 problem = problem or f"store not released: {exc}"
         return problem
+
+    @property
+    def running(self) -> bool:
+        """The TPM is powered (CMD_INIT and no CMD_STOP / CMD_SHUTDOWN since), loaded or evicted."""
+        if self.loaded is not None:
+            return self.loaded.running
+        return self.platform is not None and self.platform.running
 
     def describe(self, now: float) -> dict[str, Any]:
         endpoints = self.endpoints.endpoints if self.endpoints is not None else Endpoints()
@@ -155,6 +177,7 @@ class HostedVtpm:
             "tcp_host": endpoints.tcp_host if endpoints.tcp_port is not None else None,
             "tcp_port": endpoints.tcp_port,
             "loaded": self.loaded is not None,
+            "running": self.running,
             "loads": self.loads,
             "connections": len(self.endpoints.connections) if self.endpoints is not None else 0,
             "idle_seconds": round(now - self.last_used, 3),
@@ -310,6 +333,8 @@ class VtpmHost:
         store = self.open_store(request)
         hosted = HostedVtpm(request.name, store, key, startup_clear=request.startup_clear)
         try:
+            if not request.incoming:
+                hosted.take_lock()
             hosted.endpoints = SwtpmEndpoints(self.loop, hosted.device, request.endpoints,
                                               on_terminate=hosted.terminate)
         except BaseException:

@@ -5,7 +5,9 @@ Requests:
 
 - ``{"op": "add", "name": N, "state": DIR | "vm": VMX, ["key_file": F],
   ["ctrl_unix": PATH], ["data_unix": PATH], ["tcp_port": P], ["tcp_host": H],
-  ["startup_clear": true]}`` → ``{"ok": true, "vtpm": {...}}``
+  ["startup_clear": true], ["incoming": true]}`` → ``{"ok": true, "vtpm": {...}}``
+  (``incoming``: the target of a live migration on shared storage; a state
+  directory's lock is taken with the migrated state, not at the add)
 - ``{"op": "remove", "name": N}`` → ``{"ok": true, "removed": N}``
 - ``{"op": "list"}`` → ``{"ok": true, "vtpms": [{...}, ...]}``
 - ``{"op": "ping"}`` → ``{"ok": true, "pid": PID, "vtpms": COUNT}``
@@ -28,7 +30,7 @@ from vtpm.server.endpoints import Endpoints, reachable
 MAX_LINE = 64 * 1024
 MAX_NAME = 200
 ADD_FIELDS = {"op", "name", "state", "vm", "key_file", "ctrl_unix", "data_unix", "tcp_port", "tcp_host",
-              "startup_clear"}
+              "startup_clear", "incoming"}
 
 
 class ProtocolError(ValueError):
@@ -43,6 +45,7 @@ class AddRequest:
     vm: str | None = None
     key_file: str | None = None
     startup_clear: bool = False
+    incoming: bool = False
 
     def store_key(self) -> str:
         """The real path of what is served: one vTPM per VM (.vmx) or state directory."""
@@ -87,7 +90,10 @@ def parse_add(request: dict[str, Any]) -> AddRequest:
     startup_clear = request.get("startup_clear", False)
     if not isinstance(startup_clear, bool):
         raise ProtocolError("startup_clear must be true or false")
-    return AddRequest(name, Endpoints(ctrl, data, port, host), state, vm, key_file, startup_clear)
+    incoming = request.get("incoming", False)
+    if not isinstance(incoming, bool):
+        raise ProtocolError("incoming must be true or false")
+    return AddRequest(name, Endpoints(ctrl, data, port, host), state, vm, key_file, startup_clear, incoming)
 
 
 # ----------------------------------------------------------------------------- the client

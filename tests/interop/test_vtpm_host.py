@@ -27,7 +27,7 @@ from vtpm.client import TpmClient
 from vtpm.constants import ALG, RC, RH, TPMA_NV
 from vtpm.host import VtpmHost
 from vtpm.host_protocol import HostClient, HostError
-from vtpm.server.protocol import Ctrl
+from vtpm.server.protocol import TPM_FAIL, Ctrl
 from vtpm.server.sockets import free_port_pair
 from vtpm.state import TpmState
 from vtpm.storage import PlainStateStore
@@ -309,3 +309,25 @@ def test_exit_when_empty_after_the_last_remove_or_a_refused_first_add(tmp_path: 
         assert host.proc.poll() is None
         client.remove("two")
         assert host.proc.wait(20) == 0
+
+
+def test_a_state_directory_is_locked_by_its_hosted_vtpm(host, tmp_path: Path) -> None:
+    """One server per state directory, as `vtpm socket`: a second host is refused the directory until
+    the first removes its vTPM; an incoming add (a migration target) waits for CMD_LOCK_STORAGE."""
+    state = tmp_path / "shared"
+    host.client().add("a", state=str(state), ctrl_unix=str(tmp_path / "a.ctrl"))
+    with start_vtpm_host(tmp_path / "other.sock", tmp_path / "other.log") as other:
+        with pytest.raises(HostError, match="in use by another server"):
+            other.client().add("b", state=str(state), ctrl_unix=str(tmp_path / "b.ctrl"))
+        other.client().add("b", state=str(state), ctrl_unix=str(tmp_path / "b.ctrl"), incoming=True)
+        ctrl = socket.socket(socket.AF_UNIX)
+        ctrl.settimeout(10)
+        ctrl.connect(str(tmp_path / "b.ctrl"))
+        with ctrl:
+            assert _ctrl(ctrl, Ctrl.LOCK_STORAGE, (300).to_bytes(4, "big")) == TPM_FAIL.to_bytes(4, "big")
+            host.client().remove("a")
+            assert _ctrl(ctrl, Ctrl.LOCK_STORAGE, bytes(4)) == bytes(4)
+            assert _ctrl(ctrl, Ctrl.SHUTDOWN) == bytes(4)
+        assert ctrl.fileno() == -1
+        (described,) = other.client().list()
+        assert described["running"] is False

@@ -9,6 +9,10 @@ A live migration moves PCRs, an NV index, a loaded key, an HMAC session and a
 policy session from one process to another with CMD_GET_STATEBLOB /
 CMD_SET_STATEBLOB; swtpm's blobs are its own format, so each implementation
 migrates to itself. tpm2-tools reach `vtpm socket` on TCP with not-need-init.
+
+The QEMU-like tests also run against a vTPM added to a `vtpm host` (kind
+"vtpm-host": the event loop's control channel, support.servers.HostedVtpmProcess),
+where CMD_SHUTDOWN stops that vTPM and ends its connections instead of a process.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import pytest
 
 from support.qemu_ctrl import QemuControl
 from support.servers import (
+    HostedVtpmProcess,
     SocketProcess,
     TpmServer,
     require_swtpm,
+    start_hosted_vtpm,
     start_swtpm_socket,
     start_vtpm_socket,
     unix_socket_ready,
@@ -37,7 +43,8 @@ from vtpm.constants import ALG, CC, HT, RH, TPMA_NV
 from vtpm.server import protocol
 from vtpm.server.sockets import free_port_pair
 
-IMPLEMENTATIONS = ("vtpm", "swtpm")
+IMPLEMENTATIONS = ("vtpm", "swtpm", "vtpm-host")
+OURS = ("vtpm", "vtpm-host")  # the threaded `vtpm socket` and the event loop of `vtpm host`
 SHA256 = ALG.SHA256
 KEYEDHASH_HMAC_TEMPLATE = (
     (0x0008).to_bytes(2, "big") + SHA256.to_bytes(2, "big")
@@ -64,13 +71,18 @@ def libvirt_args(ctrl: Path, state: Path, log: Path, *extra: str) -> list[str]:
             "--log", f"file={log}", "--terminate", "--tpm2", *extra]
 
 
-def start(impl: str, base: Path, name: str, *extra: str, state: Path | None = None) -> tuple[SocketProcess, Path]:
-    """``impl`` ("vtpm" or "swtpm") in libvirt's shape; the process and its control socket."""
+def start(impl: str, base: Path, name: str, *extra: str, state: Path | None = None
+          ) -> tuple[SocketProcess | HostedVtpmProcess, Path]:
+    """``impl`` ("vtpm" or "swtpm") in libvirt's shape, or a vTPM in a `vtpm host` ("vtpm-host"; a
+    ``--migration incoming`` among ``extra`` makes it an incoming add); the server and its control socket."""
     if impl == "swtpm":
         require_swtpm()
     ctrl = base / f"{name}.ctrl"
     state = state or base / f"{name}-state"
     state.mkdir(exist_ok=True)
+    if impl == "vtpm-host":
+        incoming = any(arg.startswith("incoming") for arg in extra)
+        return start_hosted_vtpm(base, name, state, ctrl, incoming=incoming, log=base / f"{name}.log"), ctrl
     starter = start_vtpm_socket if impl == "vtpm" else start_swtpm_socket
     args = libvirt_args(ctrl, state, base / f"{name}.log", *extra)
     return starter(args, base / f"{name}.out", unix_socket_ready(ctrl)), ctrl
@@ -135,7 +147,7 @@ def test_qemu_sequence_then_shutdown_is_answered_and_ends_the_process(impl: str,
     assert not ctrl.exists()  # the control socket is removed on the way out
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("impl", ("vtpm", "swtpm"))  # --terminate: a process of its own
 def test_terminate_ends_the_process_when_qemu_goes_away(impl: str, sockets: Path) -> None:
     server, ctrl = start(impl, sockets, "tpm")
     with server:
@@ -147,7 +159,8 @@ def test_terminate_ends_the_process_when_qemu_goes_away(impl: str, sockets: Path
 
 
 def test_a_data_command_before_cmd_init_gets_an_error_answer(sockets: Path) -> None:
-    """QEMU probes the data channel before CMD_INIT and accepts any well-formed error."""
+    """QEMU probes the data channel before CMD_INIT and accepts any well-formed error (a hosted vTPM is
+    powered from the start, as `--flags not-need-init`: tpm2-tools on its TCP pair send no CMD_INIT)."""
     server, ctrl = start("vtpm", sockets, "tpm")
     with server, QemuControl.unix(str(ctrl)) as qemu:
         qemu.set_data_fd()
@@ -223,12 +236,14 @@ def test_live_migration_moves_pcrs_nv_objects_and_sessions(impl: str, sockets: P
         assert source.wait(15) == 0 and target.wait(15) == 0
 
 
-def test_migration_on_shared_storage_hands_the_lock_over(sockets: Path) -> None:
-    """Source and target on one state directory: the target (``--migration incoming``) starts while the
-    source holds the lock, takes it with the state, and the source writes nothing after handing it over."""
+@pytest.mark.parametrize("impl", OURS)
+def test_migration_on_shared_storage_hands_the_lock_over(impl: str, sockets: Path) -> None:
+    """Source and target on one state directory: the target (``--migration incoming``, or an incoming add
+    in a second host) starts while the source holds the lock, takes it with the state, and the source
+    writes nothing after handing it over."""
     state = sockets / "shared"
-    source, src_ctrl = start("vtpm", sockets, "src", state=state)
-    target, dst_ctrl = start("vtpm", sockets, "dst", "--migration", "incoming,release-lock-outgoing", state=state)
+    source, src_ctrl = start(impl, sockets, "src", state=state)
+    target, dst_ctrl = start(impl, sockets, "dst", "--migration", "incoming,release-lock-outgoing", state=state)
     with source, target, QemuControl.unix(str(src_ctrl)) as src, QemuControl.unix(str(dst_ctrl)) as dst:
         prepare_source(src)
         dst.set_data_fd()
@@ -241,9 +256,10 @@ def test_migration_on_shared_storage_hands_the_lock_over(sockets: Path) -> None:
         ok(dst.transact(wire.nv_write(NV_INDEX, b"written on dst")), "NV_Write on the target")
         assert src.shutdown() == 0  # the source's Shutdown(CLEAR) and final save must not reach the file
         assert source.wait(15) == 0
-        assert "the state belongs to the migration target" in (sockets / "src.log").read_text()
+        if impl == "vtpm":
+            assert "the state belongs to the migration target" in (sockets / "src.log").read_text()
         assert dst.shutdown() == 0 and target.wait(15) == 0
-    again, ctrl = start("vtpm", sockets, "again", state=state)
+    again, ctrl = start(impl, sockets, "again", state=state)
     with again, QemuControl.unix(str(ctrl)) as qemu:
         qemu.startup_sequence()
         ok(qemu.transact(wire.STARTUP_CLEAR), "Startup")
@@ -251,9 +267,10 @@ def test_migration_on_shared_storage_hands_the_lock_over(sockets: Path) -> None:
         assert qemu.shutdown() == 0
 
 
-def test_a_damaged_volatile_blob_is_refused_and_init_starts_clean(sockets: Path) -> None:
-    source, src_ctrl = start("vtpm", sockets, "src")
-    target, dst_ctrl = start("vtpm", sockets, "dst")
+@pytest.mark.parametrize("impl", OURS)
+def test_a_damaged_volatile_blob_is_refused_and_init_starts_clean(impl: str, sockets: Path) -> None:
+    source, src_ctrl = start(impl, sockets, "src")
+    target, dst_ctrl = start(impl, sockets, "dst")
     with source, target, QemuControl.unix(str(src_ctrl)) as src, QemuControl.unix(str(dst_ctrl)) as dst:
         prepare_source(src)
         blobs = src.get_state_blobs()
@@ -267,6 +284,33 @@ def test_a_damaged_volatile_blob_is_refused_and_init_starts_clean(sockets: Path)
         assert dst.set_state_blob(2, b"x" * 100, flags=protocol.STATE_FLAG_ENCRYPTED) == protocol.TPM_FAIL
         assert dst.init() == 0  # no volatile state was taken: a plain _TPM_Init
         assert wire.response_code(dst.transact(wire.pcr_read([(SHA256, [16])]))) == 0x100  # TPM_RC_INITIALIZE
+        assert dst.shutdown() == 0 and src.shutdown() == 0
+
+
+@pytest.mark.parametrize("impl", OURS)
+def test_state_blob_data_may_take_longer_than_a_control_request(impl: str, sockets: Path) -> None:
+    """A blob's bytes may trickle in over a slow migration stream: each read gets 10 s, not the 500 ms a
+    control request has (the header itself still comes in one write, as QEMU sends it)."""
+    source, src_ctrl = start(impl, sockets, "src")
+    target, dst_ctrl = start(impl, sockets, "dst")
+    with source, target, QemuControl.unix(str(src_ctrl)) as src, QemuControl.unix(str(dst_ctrl)) as dst:
+        src.startup_sequence()
+        ok(src.transact(wire.STARTUP_CLEAR), "Startup")
+        ok(src.transact(wire.pcr_extend(16, {SHA256: hashlib.sha256(b"slow").digest()})), "PCR_Extend")
+        pcrs = pcr_values(src)
+        blobs = src.get_state_blobs()
+        dst.set_data_fd()
+        assert dst.stop() == 0
+        blob = blobs[1][1]
+        dst.ctrlcmd(protocol.Ctrl.SET_STATEBLOB, (0).to_bytes(4, "big") + (1).to_bytes(4, "big")
+                    + len(blob).to_bytes(4, "big"), answer=0)
+        for part in (blob[:100], blob[100:-1], blob[-1:]):
+            time.sleep(0.7)
+            dst.sock.sendall(part)
+        assert int.from_bytes(dst.sock.recv(4), "big") == 0
+        assert dst.set_state_blob(2, blobs[2][1]) == 0
+        assert dst.init(1) == 0
+        assert pcr_values(dst) == pcrs
         assert dst.shutdown() == 0 and src.shutdown() == 0
 
 

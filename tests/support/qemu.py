@@ -12,7 +12,9 @@ waits for commands on that console: ``pcrs`` and ``eventlog`` print again,
 QEMU and the TPM server are started the way libvirt starts them: the TPM server
 as ``socket --ctrl type=unixio,path=…,mode=0600 --tpmstate dir=…,mode=0600
 --log file=… --pid file=… --terminate --tpm2`` (the reference ``swtpm`` or our
-``python -m vtpm``), QEMU with ``-chardev socket,path=CTRL -tpmdev emulator
+``python -m vtpm``) or, kind ``vtpm-host``, a vTPM added with ``ctrl_unix`` to a
+``vtpm host --exit-when-empty`` of its own (how the management plane serves a
+VM's vTPM; QEMU connects to that control socket the same way), QEMU with ``-chardev socket,path=CTRL -tpmdev emulator
 -device tpm-crb|tpm-tis`` on q35 with OVMF in pflash, TCG, ``-nodefaults``, a QMP
 socket and the serial port on a Unix socket.
 """
@@ -35,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.servers import stop_process
+from support.servers import HostedVtpmProcess, start_hosted_vtpm, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KERNEL_DIR = Path(os.environ.get("VMCRYPT_GUEST_KERNEL_DIR", REPO_ROOT / ".cache" / "guest-kernel"))
@@ -191,12 +193,13 @@ def build_initramfs(kernel_dir: Path = KERNEL_DIR, cache: Path = INITRAMFS_DIR, 
 class TpmSocketServer:
     """A TPM server started as libvirt starts swtpm: control channel on a Unix socket, ``--terminate``."""
 
-    kind: str  # "swtpm" (the reference) or "vtpm" (ours)
+    kind: str  # "swtpm" (the reference), "vtpm" (ours) or "vtpm-host" (ours, one vTPM of a `vtpm host`)
     proc: subprocess.Popen[bytes]
     ctrl: Path
     state: Path
     log: Path
     output: Path  # stdout and stderr
+    hosted: HostedVtpmProcess | None = None  # kind vtpm-host: the host and the vTPM's name
 
     def log_text(self) -> str:
         texts = []
@@ -206,8 +209,13 @@ class TpmSocketServer:
         return "\n".join(texts)
 
     def wait(self, timeout: float) -> int | None:
-        """The exit status once the process has ended by itself within ``timeout`` seconds, else None."""
+        """The exit status once the process has ended by itself within ``timeout`` seconds, else None.
+
+        A hosted vTPM does not end a process at CMD_SHUTDOWN: once it is stopped and has no connection
+        it is removed from its host, which then ends by itself (``HostedVtpmProcess.wait``)."""
         try:
+            if self.hosted is not None:
+                return self.hosted.wait(timeout)
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
@@ -233,6 +241,9 @@ def start_tpm_server(kind: str, workdir: Path, name: str = "tpm") -> TpmSocketSe
     state = workdir / f"{name}-state"
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     ctrl, log, output, pid = (workdir / f"{name}{suffix}" for suffix in (".ctrl", ".log", ".out", ".pid"))
+    if kind == "vtpm-host":
+        hosted = start_hosted_vtpm(workdir, name, state, ctrl, log=log)
+        return TpmSocketServer(kind, hosted.proc, ctrl, state, log, output, hosted)
     argv = [*tpm_server_command(kind), "socket",
             "--ctrl", f"type=unixio,path={ctrl},mode=0600",
             "--tpmstate", f"dir={state},mode=0600",
@@ -550,4 +561,4 @@ def migrate(source: Qemu, destination: Qemu, uri: str, timeout: float = BOOT_TIM
 
 
 def tpm_server_kinds() -> Sequence[str]:
-    return ("swtpm", "vtpm")
+    return ("swtpm", "vtpm", "vtpm-host")

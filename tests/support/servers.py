@@ -397,3 +397,64 @@ def start_vtpm_host(socket_path: Path, log: Path, *options: str, timeout: float 
             raise ServerError(f"vtpm host did not start; its log ({log}):\n{server.log_text()}")
         time.sleep(POLL_INTERVAL)
     return server
+
+
+@dataclass
+class HostedVtpmProcess:
+    """One vTPM added to its own `vtpm host --exit-when-empty`, in the shape of a ``SocketProcess``.
+
+    ``vtpm socket`` ends at CMD_SHUTDOWN; a hosted vTPM stops, loses its
+    connections and stays added. ``wait`` so waits for exactly that (not
+    running, no connection), then removes the vTPM (saved, lock released),
+    after which the host ends by itself: its exit status is the answer.
+    """
+
+    host: HostServer
+    name: str
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.host.proc
+
+    def log_text(self) -> str:
+        return self.host.log_text()
+
+    def running(self) -> bool:
+        return self.host.proc.poll() is None
+
+    def describe(self) -> dict:
+        return next(v for v in self.host.client().list() if v["name"] == self.name)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while True:
+            vtpm = self.describe()
+            if not vtpm["running"] and vtpm["connections"] == 0:
+                break
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"vtpm host ({self.name})", timeout)
+            time.sleep(POLL_INTERVAL)
+        self.host.client().remove(self.name)
+        return self.host.proc.wait(max(1.0, deadline - time.monotonic()))
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        return self.host.stop(timeout)
+
+    def __enter__(self) -> HostedVtpmProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_hosted_vtpm(base: Path, name: str, state: Path, ctrl: Path, *, incoming: bool = False,
+                      log: Path | None = None) -> HostedVtpmProcess:
+    """A `vtpm host` of its own (socket ``base/NAME.host``) serving one vTPM on the Unix control socket
+    ``ctrl``, as QEMU uses it (the data channel comes with CMD_SET_DATAFD)."""
+    host = start_vtpm_host(base / f"{name}.host", log or base / f"{name}.host.log", "--exit-when-empty")
+    try:
+        host.client().add(name, state=str(state), ctrl_unix=str(ctrl), incoming=incoming or None)
+    except BaseException:
+        host.stop()
+        raise
+    return HostedVtpmProcess(host, name)

@@ -169,3 +169,21 @@ def test_control_requests_are_framed_like_swtpm() -> None:
     assert get.response[:4] == bytes(4) and total == int.from_bytes(get.response[12:16], "big") == len(get.response) - 16
     assert swtpm_ctrl.handle(device, Ctrl.SET_STATEBLOB, header[4:] + bytes(100)).response == \
         swtpm_ctrl.TPM_BAD_ORDINAL.to_bytes(4, "big")  # the TPM runs
+
+
+def test_the_request_reader_frames_reads_like_swtpm() -> None:
+    """One read is one request (QEMU's 4-byte SET_LOCALITY union stays whole); a short request takes only
+    the bytes it misses from the next read, the rest starts the next request."""
+    reader = swtpm_ctrl.RequestReader()
+    locality = (Ctrl.SET_LOCALITY).to_bytes(4, "big") + b"\x02\x00\x00\x00"
+    reader.feed(locality)
+    assert reader.next_request() == locality and not reader.partial
+    header = (Ctrl.SET_STATEBLOB).to_bytes(4, "big") + bytes(4) + (1).to_bytes(4, "big") + (5).to_bytes(4, "big")
+    reader.feed(header[:6])
+    assert reader.next_request() is None and reader.partial and not reader.in_blob_data
+    reader.feed(header[6:] + b"abc")
+    assert reader.next_request() is None and reader.in_blob_data and reader.missing == 2
+    stop = (Ctrl.STOP).to_bytes(4, "big")
+    reader.feed(b"de" + stop)
+    assert reader.next_request() == header + b"abcde"
+    assert reader.next_request() == stop and reader.next_request() is None and not reader.partial

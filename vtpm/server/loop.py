@@ -20,7 +20,6 @@ has returned.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import heapq
 import itertools
@@ -39,16 +38,16 @@ from vtpm.constants import RC
 from vtpm.server import swtpm_ctrl
 from vtpm.server.device import TpmDevice
 from vtpm.server.endpoints import Endpoints, reachable
+from vtpm.server.sockets import recv_with_fds
 
 log = logging.getLogger(__name__)
 
 HEADER_SIZE = wire.HEADER_SIZE
 MAX_WIRE_COMMAND = 64 * 1024  # a command larger than this is refused and the connection dropped
 MID_COMMAND_TIMEOUT = 10.0  # seconds a client may take to finish a command it started
-CTRL_REQUEST_TIMEOUT = 0.5  # swtpm allows 500 ms for a whole control request
 MAX_CONNECTIONS = 4096  # beyond this, new connections are closed at once
 RECV_SIZE = 65536
-MAX_PASSED_FDS = 4  # descriptors taken from one control message; more are closed
+CTRL_COMMIT_FAILED = swtpm_ctrl.TPM_FAIL.to_bytes(4, "big")  # a control answer whose state could not be made durable
 
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 DeviceSource = Callable[[], TpmDevice]  # the device a connection serves; the host loads it at first use
@@ -62,6 +61,7 @@ class Reply:
     response: bytes
     device: TpmDevice | None = None  # the vTPM whose state the command may have changed
     after: Callable[[], None] | None = None  # run once the response was handed to the socket
+    failed: bytes | None = None  # the answer when the commit fails (None: TPM_RC_NV_UNAVAILABLE)
 
 
 CommitHook = Callable[[list[Reply]], None]
@@ -111,14 +111,18 @@ class Connection:
             return
         self.inbuf += data
         self.process()
-        if self.inbuf or self.deadline is not None or self.loop.idle_timeout is not None:
+        if self.holds_partial() or self.deadline is not None or self.loop.idle_timeout is not None:
             self.rearm()
+
+    def holds_partial(self) -> bool:
+        """Bytes of an unfinished request are held."""
+        return bool(self.inbuf)
 
     def rearm(self) -> None:
         """Set the deadline: a partial request must complete in time; an idle connection may time out."""
         if self.closed:
             return
-        if self.inbuf:
+        if self.holds_partial():
             if self.deadline is None or not self._partial_deadline:
                 self._set_deadline(self.timeout_when_partial, partial=True)
         elif self.loop.idle_timeout is not None:
@@ -134,7 +138,7 @@ class Connection:
         self.loop.schedule(self)
 
     def on_deadline(self) -> None:
-        log.info("connection timed out%s", " mid-request" if self.inbuf else " (idle)")
+        log.info("connection timed out%s", " mid-request" if self.holds_partial() else " (idle)")
         self.close()
 
     def write(self, data: bytes) -> None:
@@ -166,7 +170,7 @@ class Connection:
         del self.outbuf[:sent]
         if not self.outbuf:
             self.loop.want_write(self, False)
-            if self.inbuf:  # requests that arrived while the answer was stuck
+            if self.holds_partial():  # requests that arrived while the answer was stuck
                 self.process()
                 self.rearm()
 
@@ -225,24 +229,19 @@ class DataConnection(Connection):
             self.loop.reply(Reply(self, device.execute(command), device))
 
 
-def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
-    fds = array.array("i")
-    data, ancdata, _, _ = sock.recvmsg(RECV_SIZE, socket.CMSG_SPACE(MAX_PASSED_FDS * fds.itemsize))
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    return data, list(fds)
-
-
 class ControlConnection(Connection):
-    """swtpm control channel: a UINT32 code and its payload in, the ``swtpm_ctrl.handle`` answer out.
+    """swtpm control channel: requests framed by ``swtpm_ctrl.RequestReader``, answered by ``swtpm_ctrl.handle``.
 
+    Framing, deadlines and results match the threaded ``SwtpmControlSession``:
+    the rest of a request must come within 500 ms, but each read of a
+    CMD_SET_STATEBLOB's blob data gets 10 s; ``close`` drops the connection
+    after the answer, ``terminate`` ends the vTPM's serving (``on_terminate``).
     On a Unix socket, descriptors passed with a request (SCM_RIGHTS) are kept
     for that request: CMD_SET_DATAFD turns the first into a data connection;
     any other is closed once the request is answered.
     """
 
-    timeout_when_partial = CTRL_REQUEST_TIMEOUT
+    timeout_when_partial = swtpm_ctrl.CTRL_REQUEST_TIMEOUT
 
     def __init__(self, loop: "Loop", sock: socket.socket, device: DeviceSource, *,
                  on_data_fd: Callable[[socket.socket], None], on_terminate: Callable[[], None]) -> None:
@@ -252,24 +251,34 @@ class ControlConnection(Connection):
         self.on_data_fd = on_data_fd
         self.on_terminate = on_terminate
         self.passed_fds: list[int] = []
+        self.reader = swtpm_ctrl.RequestReader()
 
     def receive(self) -> bytes:
         if not self.unix:
             return self.sock.recv(RECV_SIZE)
-        data, fds = _recv_with_fds(self.sock)
+        data, fds = recv_with_fds(self.sock, RECV_SIZE)
         self.passed_fds += fds
         return data
 
+    def holds_partial(self) -> bool:
+        return bool(self.inbuf) or self.reader.partial
+
+    def rearm(self) -> None:
+        if not self.closed and self.reader.in_blob_data:
+            self._set_deadline(swtpm_ctrl.CTRL_BLOB_TIMEOUT, partial=True)  # renewed by every read of blob data
+            return
+        super().rearm()
+
     def process(self) -> None:
-        buf = self.inbuf
-        while len(buf) >= 4 and not self.paused and not self.closed:
-            code = int.from_bytes(buf[:4], "big")
-            size = swtpm_ctrl.payload_size(code)
-            if len(buf) < 4 + size:
+        if self.inbuf:
+            self.reader.feed(bytes(self.inbuf))
+            self.inbuf.clear()
+        while not self.paused and not self.closed:
+            message = self.reader.next_request()
+            if message is None:
                 return
-            payload = bytes(buf[4 : 4 + size])
-            del buf[: 4 + size]
             self._partial_deadline = False
+            code, payload = int.from_bytes(message[:4], "big"), message[4:]
             try:
                 device = self.device()
             except Exception as exc:
@@ -277,24 +286,13 @@ class ControlConnection(Connection):
                 self._close_fds()
                 self.loop.reply(Reply(self, swtpm_ctrl.TPM_FAIL.to_bytes(4, "big")))
                 continue
-            result = swtpm_ctrl.handle(device, code, payload, unix=self.unix)
-            if result.accept_data_fd:
-                if self.passed_fds:
-                    fd = self.passed_fds.pop(0)
-                    try:
-                        self.on_data_fd(socket.socket(fileno=fd))
-                    except OSError:
-                        os.close(fd)
-                        result = swtpm_ctrl.CtrlResult(swtpm_ctrl.TPM_FAIL.to_bytes(4, "big"))
-                else:
-                    result = swtpm_ctrl.CtrlResult(swtpm_ctrl.TPM_BAD_PARAMETER.to_bytes(4, "big"))
+            result = swtpm_ctrl.take_data_fd(swtpm_ctrl.handle(device, code, payload, unix=self.unix),
+                                             self.passed_fds, self.on_data_fd)
             self._close_fds()
-            after = None
-            if result.terminate:
-                self.inbuf.clear()
-                after = self._terminate
-            self.loop.reply(Reply(self, result.response, device, after))
-            if result.terminate:
+            after = self._terminate if result.terminate else self.close if result.close else None
+            self.loop.reply(Reply(self, result.response, device, after, failed=CTRL_COMMIT_FAILED))
+            if after is not None:
+                self.reader.clear()  # nothing after this request is read
                 return
 
     def _terminate(self) -> None:
@@ -302,10 +300,7 @@ class ControlConnection(Connection):
         self.on_terminate()
 
     def _close_fds(self) -> None:
-        for fd in self.passed_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.passed_fds.clear()
+        swtpm_ctrl.close_fds(self.passed_fds)
 
     def close(self) -> None:
         self._close_fds()
@@ -494,7 +489,7 @@ class Loop:
             failed = wire.error_response(RC.NV_UNAVAILABLE)
             for r in replies:
                 if r.device is not None:
-                    r.response = failed
+                    r.response = failed if r.failed is None else r.failed
         for r in replies:
             r.conn.write(r.response)
             if r.after is not None:

@@ -63,22 +63,6 @@ INFO_MAX_CHUNK = 3 * 1024
 STATE_FLAG_DECRYPTED = 1  # request: the blob in clear
 STATE_FLAG_ENCRYPTED = 2  # answer or CMD_SET_STATEBLOB: the blob is encrypted (under a migration key)
 
-PAYLOAD_SIZES = {
-    Ctrl.INIT: 4,
-    Ctrl.SET_LOCALITY: 1,
-    Ctrl.RESET_TPMESTABLISHED: 1,
-    Ctrl.SET_BUFFERSIZE: 4,
-    Ctrl.GET_INFO: 16,
-    Ctrl.LOCK_STORAGE: 4,
-    Ctrl.GET_STATEBLOB: 12,
-}
-
-
-def payload_size(code: int) -> int:
-    """Bytes that follow the command code (0 for unknown codes: they are answered at once)."""
-    return PAYLOAD_SIZES.get(code, 0)  # type: ignore[call-overload]
-
-
 # ----------------------------------------------------------------------------- mssim (Microsoft simulator)
 
 MS_SIGNAL_POWER_ON = 1

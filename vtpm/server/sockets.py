@@ -22,7 +22,6 @@ from vtpm.constants import RC
 from vtpm.server import swtpm_ctrl
 from vtpm.server.device import TpmDevice
 from vtpm.server.protocol import (
-    Ctrl,
     MS_PROTOCOL_VERSION,
     MS_REMOTE_HANDSHAKE,
     MS_SEND_COMMAND,
@@ -84,21 +83,17 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice, *, once: bool = F
                 return
 
 
-CTRL_READ = 4 + 4096 + 8  # one read of a control request, as swtpm's request buffer
-CTRL_REQUEST_TIMEOUT = 0.5  # swtpm allows 500 ms for the fixed part of a control request
-CTRL_BLOB_TIMEOUT = 10.0  # seconds between the reads of a state blob's remaining bytes
+MAX_PASSED_FDS = 4  # descriptors taken from one control message; the kernel closes any beyond
 
 
-def _recv_with_fd(sock: socket.socket, n: int) -> tuple[bytes, int | None]:
+def recv_with_fds(sock: socket.socket, n: int) -> tuple[bytes, list[int]]:
+    """One read of at most ``n`` bytes and the descriptors passed with it (SCM_RIGHTS)."""
     fds = array.array("i")
-    data, ancdata, _, _ = sock.recvmsg(n, socket.CMSG_SPACE(fds.itemsize))
+    data, ancdata, _, _ = sock.recvmsg(n, socket.CMSG_SPACE(MAX_PASSED_FDS * fds.itemsize))
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
-    extra = list(fds[1:])
-    for fd in extra:  # only one descriptor is ever expected
-        os.close(fd)
-    return data, (fds[0] if fds else None)
+    return data, list(fds)
 
 
 @dataclass
@@ -111,47 +106,43 @@ class SwtpmControlSession:
     on_data_fd: Callable[[socket.socket], None]
     on_terminate: Callable[[], None]
 
-    def _read_request(self) -> tuple[bytes, int | None]:
-        """One request: what the first read delivers, completed up to its size (b"" when the peer closed)."""
+    def _read_request(self, fds: list[int]) -> bytes:
+        """One request: what the first read delivers, completed up to its size (b"" when the peer closed);
+        descriptors passed with its first read go to ``fds``."""
         self.sock.settimeout(None)
         if self.unix:
-            message, passed_fd = _recv_with_fd(self.sock, CTRL_READ)
+            message, passed = recv_with_fds(self.sock, swtpm_ctrl.CTRL_READ)
+            fds += passed
         else:
-            message, passed_fd = self.sock.recv(CTRL_READ), None
+            message = self.sock.recv(swtpm_ctrl.CTRL_READ)
         if not message:
-            return b"", passed_fd
-        deadline = time.monotonic() + CTRL_REQUEST_TIMEOUT
-        while len(message) < (needed := swtpm_ctrl.request_size(message)):
-            blob_data = len(message) >= 16 and message[:4] == int(Ctrl.SET_STATEBLOB).to_bytes(4, "big")
-            timeout = CTRL_BLOB_TIMEOUT if blob_data else deadline - time.monotonic()
+            return b""
+        reader = swtpm_ctrl.RequestReader()
+        reader.feed(message)
+        deadline = time.monotonic() + swtpm_ctrl.CTRL_REQUEST_TIMEOUT
+        while (request := reader.next_request()) is None:
+            timeout = swtpm_ctrl.CTRL_BLOB_TIMEOUT if reader.in_blob_data else deadline - time.monotonic()
             if timeout <= 0:
                 raise ConnectionClosed()
             self.sock.settimeout(timeout)
-            chunk = self.sock.recv(min(needed - len(message), 64 * 1024))
+            chunk = self.sock.recv(min(reader.missing, 64 * 1024))
             if not chunk:
                 raise ConnectionClosed()
-            message += chunk
-        return message, passed_fd
+            reader.feed(chunk)
+        return request
 
     def run(self) -> None:
         with contextlib.closing(self.sock):
             while True:
-                passed_fd = None
+                fds: list[int] = []
                 try:
-                    message, passed_fd = self._read_request()
+                    message = self._read_request(fds)
                     if not message:
-                        return
-                    if len(message) < 4:
                         return
                     code = int.from_bytes(message[:4], "big")
                     result = swtpm_ctrl.handle(self.device, code, message[4:], unix=self.unix)
-                    if result.accept_data_fd:
-                        if passed_fd is None:
-                            result = swtpm_ctrl.CtrlResult((swtpm_ctrl.TPM_BAD_PARAMETER).to_bytes(4, "big"))
-                        else:
-                            self.on_data_fd(socket.socket(fileno=passed_fd))
-                            passed_fd = None
-                    self.sock.settimeout(CTRL_BLOB_TIMEOUT)
+                    result = swtpm_ctrl.take_data_fd(result, fds, self.on_data_fd)
+                    self.sock.settimeout(swtpm_ctrl.CTRL_BLOB_TIMEOUT)
                     self.sock.sendall(result.response)
                     if result.terminate:
                         self.on_terminate()
@@ -161,8 +152,7 @@ class SwtpmControlSession:
                 except (ConnectionClosed, OSError):
                     return
                 finally:
-                    if passed_fd is not None:
-                        os.close(passed_fd)
+                    swtpm_ctrl.close_fds(fds)
 
 
 @dataclass

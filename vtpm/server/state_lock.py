@@ -85,11 +85,14 @@ class GuardedStore:
 
     ``retries`` is how long the next automatic re-lock may wait (swtpm's locking
     retries): 0 normally, 300 after the lock was given to a migration target.
+    ``max_retries`` caps every wait (the event loop of `vtpm host` must never
+    sleep: it serves other vTPMs meanwhile, so it passes 0).
     """
 
-    def __init__(self, store: StateStore, lock: StateLock | None) -> None:
+    def __init__(self, store: StateStore, lock: StateLock | None, *, max_retries: int | None = None) -> None:
         self.store = store
         self.lock = lock
+        self.max_retries = max_retries
         self.retries = 0
         self.skipped = 0  # saves dropped while the lock was elsewhere
 
@@ -100,7 +103,8 @@ class GuardedStore:
     def ensure_locked(self, retries: int | None = None) -> bool:
         if self.lock is None or self.lock.held:
             return True
-        if self.lock.acquire(self.retries if retries is None else retries):
+        wait = self.retries if retries is None else retries
+        if self.lock.acquire(wait if self.max_retries is None else min(wait, self.max_retries)):
             self.retries = 0
             return True
         log.error("could not lock %s: another server holds it", self.lock.path)

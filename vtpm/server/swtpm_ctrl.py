@@ -17,8 +17,12 @@ the requested offset; SET's header (flags, type, length) is followed by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vtpm.commands.capability import FIRMWARE_VERSION, MANUFACTURER, SPEC_LEVEL, SPEC_REVISION
@@ -43,7 +47,6 @@ from vtpm.server.protocol import (  # noqa: F401  (re-exported: the control prot
     INFO_MAX_CHUNK,
     INFO_TPMATTRIBUTES,
     INFO_TPMSPECIFICATION,
-    PAYLOAD_SIZES,
     STATE_FLAG_ENCRYPTED,
     TPM_BAD_LOCALITY,
     TPM_BAD_ORDINAL,
@@ -51,7 +54,6 @@ from vtpm.server.protocol import (  # noqa: F401  (re-exported: the control prot
     TPM_FAIL,
     TPM_IOERROR,
     TPM_SUCCESS,
-    payload_size,
 )
 from vtpm.server.state_blobs import MAX_BLOB, BlobError, BlobType
 
@@ -110,12 +112,95 @@ def request_size(message: bytes) -> int:
     return 4 + minimum
 
 
+CTRL_READ = 4 + 4096 + 8  # one read of a control request, as swtpm's request buffer
+CTRL_REQUEST_TIMEOUT = 0.5  # swtpm allows 500 ms for the rest of a control request
+CTRL_BLOB_TIMEOUT = 10.0  # seconds between the reads of a state blob's remaining bytes
+
+
+class RequestReader:
+    """swtpm's framing of control requests, without I/O: feed it what each read delivers, take requests.
+
+    A request starts with one read of at most ``CTRL_READ`` bytes; if that is
+    shorter than ``request_size``, only the missing bytes are taken from what
+    follows. Bytes past a complete request start the next one, as the next
+    read would. The threaded server reads exactly ``missing`` bytes after the
+    first read; the event loop feeds whatever arrived: both frame alike.
+    """
+
+    def __init__(self) -> None:
+        self.message = bytearray()  # the request being completed
+        self.pending = bytearray()  # bytes that arrived after it: the next read(s)
+
+    def feed(self, data: bytes) -> None:
+        self.pending += data
+
+    @property
+    def partial(self) -> bool:
+        """Bytes of an unfinished request are held (the request deadline runs)."""
+        return bool(self.message or self.pending)
+
+    @property
+    def missing(self) -> int:
+        """Bytes the current request still needs (0 when there is none or it is complete)."""
+        return max(0, request_size(self.message) - len(self.message)) if self.message else 0
+
+    @property
+    def in_blob_data(self) -> bool:
+        """The current request is CMD_SET_STATEBLOB past its header: the blob may take longer to arrive."""
+        return len(self.message) >= 16 and _be(self.message, 0) == Ctrl.SET_STATEBLOB
+
+    def next_request(self) -> bytes | None:
+        """The next complete request (code and payload), or None until more bytes arrive."""
+        if not self.message:
+            if not self.pending:
+                return None
+            self.message += self.pending[:CTRL_READ]
+            del self.pending[:CTRL_READ]
+        while self.pending and (missing := self.missing):
+            self.message += self.pending[:missing]
+            del self.pending[:missing]
+        if len(self.message) < request_size(self.message):
+            return None
+        request = bytes(self.message)
+        self.message.clear()
+        return request
+
+    def clear(self) -> None:
+        self.message.clear()
+        self.pending.clear()
+
+
 @dataclass
 class CtrlResult:
     response: bytes
     terminate: bool = False  # CMD_SHUTDOWN (or a lost lock): the serving process should end
     accept_data_fd: bool = False  # CMD_SET_DATAFD: the transport must take the passed descriptor
     close: bool = False  # the request stream is out of step: close the control connection after answering
+
+
+def take_data_fd(result: CtrlResult, fds: list[int], adopt: Callable[[socket.socket], None]) -> CtrlResult:
+    """CMD_SET_DATAFD's transport half: the first descriptor passed with the request becomes the data
+    channel (removed from ``fds``); none passed is TPM_BAD_PARAMETER, one that is no socket TPM_FAIL."""
+    if not result.accept_data_fd:
+        return result
+    if not fds:
+        return CtrlResult(_u32(TPM_BAD_PARAMETER))
+    fd = fds.pop(0)
+    try:
+        adopt(socket.socket(fileno=fd))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        return CtrlResult(_u32(TPM_FAIL))
+    return result
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close the descriptors a request passed and nobody took."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
 
 
 def capabilities(unix: bool) -> int:
