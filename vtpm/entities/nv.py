@@ -37,13 +37,15 @@ _RH_PLATFORM, _RH_OWNER = int(RH.PLATFORM), int(RH.OWNER)
 
 
 @functools.lru_cache(maxsize=1024)
-def _index_name(name_alg: int, public: bytes) -> bytes:
-    """NvIndex.name, remembered by public area: resolving an index for every command need not hash it."""
+def _index_name(handle: int, name_alg: int, attributes: int, auth_policy: bytes, data_size: int) -> bytes:
+    """NvIndex.name, remembered by the fields of the public area: resolving an index for every
+    command need neither hash it nor lay it out."""
+    public = NvIndex(handle, name_alg, attributes, auth_policy, data_size).public_bytes()
     return name_alg.to_bytes(2, "big") + digest(name_alg, public)
 
 
 def index_name(index: NvIndex) -> bytes:
-    return _index_name(index.name_alg, index.public_bytes())
+    return _index_name(index.index, index.name_alg, index.attributes, index.auth_policy, index.data_size)
 
 
 def nv_index(tpm: Tpm, handle: int) -> NvIndex:
