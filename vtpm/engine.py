@@ -197,18 +197,16 @@ class Tpm:
             result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
             finish_without_sessions(self, spec, code, _names(entities, handles), raw_params, result.params)
             return _response(tag, result.handles, result.params)
-        if len(sessions) == 1 and len(auth_handles) == 1:
-            session = sessions[0]
-            if session.handle == _PW and not session.nonce and not session.attributes & PASSWORD_FORBIDDEN:
-                # One password session for the one handle that needs authorization (the common case
-                # of tpm2-tools): checked directly, without the generic authorization context.
-                index = auth_handles[0]
-                authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
-                params = _parse_params(spec, raw_params)
-                result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
-                out = result.params
-                finish_without_sessions(self, spec, code, _names(entities, handles), raw_params, out)
-                return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
+        if _one_password(sessions, auth_handles):
+            # One password session for the one handle that needs authorization (the common case
+            # of tpm2-tools): checked directly, without the generic authorization context.
+            session, index = sessions[0], auth_handles[0]
+            authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
+            params = _parse_params(spec, raw_params)
+            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+            out = result.params
+            finish_without_sessions(self, spec, code, _names(entities, handles), raw_params, out)
+            return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
         ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
         cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
@@ -221,6 +219,15 @@ class Tpm:
 
     def random(self, n: int) -> bytes:
         return os.urandom(n)  # what secrets.token_bytes returns, without its two extra calls
+
+
+def _one_password(sessions: list[Session], auth_handles: tuple[int, ...]) -> bool:
+    """Is the authorization area one password session (no nonce; no encrypt, decrypt or audit) for
+    the command's one handle that needs authorization? Then ``authorize_password`` checks it."""
+    if len(sessions) != 1 or len(auth_handles) != 1:
+        return False
+    session = sessions[0]
+    return session.handle == _PW and not session.nonce and not session.attributes & PASSWORD_FORBIDDEN
 
 
 def _names(entities: list[Entity], handles: list[int]) -> Callable[[], list[bytes]]:
