@@ -382,15 +382,16 @@ def _locality_allowed(allowed: int, locality: int) -> bool:
     return locality > 31 and allowed == locality
 
 
-def finish_without_sessions(tpm: "Tpm", spec: "CommandSpec", code: int, names: Callable[[], list[bytes]],
-                            raw_params: bytes, params: bytes) -> None:
-    """What ``respond`` does for a command that came without an authorization area: it ends an
-    exclusive audit session (if the command could have carried one) and is command-audited."""
+def finish_without_sessions(tpm: "Tpm", spec: "CommandSpec", code: int, entities: Sequence["Entity"],
+                            handles: Sequence[int], raw_params: bytes, params: bytes) -> None:
+    """What ``respond`` does for a command without sessions or with password sessions only: it ends
+    an exclusive audit session (if the command could have carried one) and is command-audited."""
     if spec.allow_sessions:
         tpm.volatile.exclusive_audit_session = None
     if is_audited(tpm, code):
         alg = tpm.state.audit_hash_alg
-        record_command(tpm, cp_hash(alg, code, names(), raw_params), rp_hash(alg, code, params))
+        names = [entity.name_for(handle) for entity, handle in zip(entities, handles)]
+        record_command(tpm, cp_hash(alg, code, names, raw_params), rp_hash(alg, code, params))
 
 
 def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes, tag: int) -> tuple[bytes, bytes]:

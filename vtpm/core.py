@@ -11,6 +11,7 @@ entities or the commands, so every layer above can import this module.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -175,6 +176,24 @@ class Entity:
     def name_for(self, handle: int) -> bytes:
         """The Name that goes into cpHash, policy digests and bindings for the handle of this entity."""
         return self.name if self.name is not None else handle.to_bytes(4, "big")
+
+
+def cached_entity(tpm: "Tpm", handle: int, parts: tuple[object, ...]) -> Entity | None:
+    """The entity a resolver made last for ``handle`` if it was made from the very same objects.
+
+    ``parts`` are what the entity was made from (values, and the objects its callbacks read),
+    compared by identity: any change to them assigns a new object, so an identical tuple means an
+    identical entity, and no secret is ever compared by value.
+    """
+    hit = tpm.entity_cache.get(handle)
+    if hit is not None and len(hit[0]) == len(parts) and all(map(operator.is_, hit[0], parts)):
+        return hit[1]
+    return None
+
+
+def remember_entity(tpm: "Tpm", handle: int, parts: tuple[object, ...], entity: Entity) -> Entity:
+    tpm.entity_cache[handle] = (parts, entity)
+    return entity
 
 
 EntityResolver = Callable[["Tpm", int], Entity]

@@ -89,6 +89,8 @@ class Tpm:
         self.volatile = Volatile.power_on(self.state, self._clock_ms())
         self.dirty = False
         self.locality = 0
+        # Entities an entity resolver may hand out again, by handle, with what they were made from.
+        self.entity_cache: dict[int, tuple[tuple[object, ...], Entity]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,7 +197,7 @@ class Tpm:
         if not sessions:  # nothing to authorize, no session to answer: the short way
             params = _parse_params(spec, raw_params)
             result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
-            finish_without_sessions(self, spec, code, _names(entities, handles), raw_params, result.params)
+            finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
             return _response(tag, result.handles, result.params)
         if _one_password(sessions, auth_handles):
             # One password session for the one handle that needs authorization (the common case
@@ -205,7 +207,7 @@ class Tpm:
             params = _parse_params(spec, raw_params)
             result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
             out = result.params
-            finish_without_sessions(self, spec, code, _names(entities, handles), raw_params, out)
+            finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
             return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
         ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
@@ -228,11 +230,6 @@ def _one_password(sessions: list[Session], auth_handles: tuple[int, ...]) -> boo
         return False
     session = sessions[0]
     return session.handle == _PW and not session.nonce and not session.attributes & PASSWORD_FORBIDDEN
-
-
-def _names(entities: list[Entity], handles: list[int]) -> Callable[[], list[bytes]]:
-    """The Names of the command's handles, computed only if asked (command audit, cpHash)."""
-    return lambda: [entity.name_for(handle) for entity, handle in zip(entities, handles)]
 
 
 def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, HT, NT, RC, RH, TPMA_NV
-from vtpm.core import Command, Entity, entity_resolver
+from vtpm.core import Command, Entity, cached_entity, entity_resolver, remember_entity
 from vtpm.crypto import digest
 from vtpm.errors import TpmError
 from vtpm.state import NvIndex
@@ -120,7 +120,12 @@ def _pin_counter(tpm: Tpm, index: NvIndex) -> Callable[[bool], None] | None:
 @entity_resolver(HT.NV_INDEX)
 def nv_entity(tpm: Tpm, handle: int) -> Entity:
     index = nv_index(tpm, handle)
-    return Entity(
+    # what the entity holds by value, and the index its callbacks read
+    parts = (index, index.auth_value, index.attributes, index.auth_policy, index.name_alg, index.data_size)
+    entity = cached_entity(tpm, handle, parts)
+    if entity is not None:
+        return entity
+    return remember_entity(tpm, handle, parts, Entity(
         index.auth_value,
         da_protected=not int(index.attributes) & _NO_DA,
         name=index_name(index),
@@ -128,7 +133,7 @@ def nv_entity(tpm: Tpm, handle: int) -> Entity:
         auth_policy_alg=index.name_alg,
         auth_available=_auth_available(index),
         auth_used=_pin_counter(tpm, index),
-    )
+    ))
 
 
 def check_write_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:
