@@ -63,7 +63,7 @@ def handle_spec(name: str, auth: Auth = Auth.NONE, *, types: Iterable[int] = (),
     return HandleSpec(name, auth, frozenset(kinds), permanent)
 
 
-@dataclass
+@dataclass(slots=True)  # Session, Command and Response are made for every command: slots are quicker to read
 class Session:
     """One entry of the command's authorization area."""
 
@@ -73,7 +73,7 @@ class Session:
     hmac: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class Command:
     """A parsed command as a handler sees it."""
 
@@ -86,7 +86,7 @@ class Command:
     tag: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     params: bytes = b""
     handles: tuple[int, ...] = ()

@@ -277,7 +277,7 @@ def nv_read(tpm: Tpm, cmd: Command) -> Response:
     if offset + size > data_size:
         raise TpmError(RC.NV_RANGE)
     data = index.data[offset : offset + size]  # at most MAX_NV_BUFFER_SIZE: a TPM2B_MAX_NV_BUFFER
-    return Response(params=len(data).to_bytes(2, "big") + data)
+    return Response(len(data).to_bytes(2, "big") + data)
 
 
 @command(CC.NV_ReadLock, handles=[NV_AUTH, NV_INDEX])

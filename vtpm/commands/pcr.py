@@ -140,7 +140,7 @@ def pcr_read(tpm: Tpm, cmd: Command) -> Response:
         parts.append(_SELECTION_HEAD.pack(alg, len(select)) + out.to_bytes(len(select), "little"))
     parts.append(_U32.pack(len(values)))
     parts.extend(_U16.pack(len(value)) + value for value in values)
-    return Response(params=b"".join(parts))
+    return Response(b"".join(parts))
 
 
 @command(

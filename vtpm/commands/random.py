@@ -20,7 +20,7 @@ def get_random(tpm: Tpm, cmd: Command) -> Response:
     count = cmd.params["bytesRequested"]
     if count > MAX_DIGEST:
         count = MAX_DIGEST
-    return Response(params=count.to_bytes(2, "big") + tpm.random(count))  # TPM2B_DIGEST
+    return Response(count.to_bytes(2, "big") + tpm.random(count))  # TPM2B_DIGEST
 
 
 @command(CC.StirRandom, params=[("inData", Tpm2b(128))])
