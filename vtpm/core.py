@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import construct as cs
 
 from vtpm.constants import CC, HT
-from vtpm.marshal.fast import Reader, compile_params
+from vtpm.marshal.fast import Fixed, Reader, compile_fixed, compile_params
 
 _PERMANENT = int(HT.PERMANENT)
 
@@ -108,6 +108,8 @@ class CommandSpec:
     readers: tuple[tuple[str, Reader], ...] | None = None
     # Positions (0-based) of the handles that need an authorization session, in order.
     auth_handles: tuple[int, ...] = ()
+    # The whole parameter area as one struct layout and the names, when every parameter is a plain integer.
+    fixed: Fixed | None = None
 
 
 COMMANDS: dict[int, CommandSpec] = {}
@@ -131,6 +133,7 @@ def command(
         COMMANDS[code] = CommandSpec(
             code, handler, specs, declared, before_startup, allow_sessions, response_tpm2b,
             compile_params(declared), tuple(i for i, h in enumerate(specs) if h.auth != Auth.NONE),
+            compile_fixed(declared),
         )
         return handler
 

@@ -280,6 +280,9 @@ def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
 
 
 def _parse_params(spec: CommandSpec, raw: bytes) -> cs.Container:
+    fixed = spec.fixed
+    if fixed is not None and len(raw) == fixed[0].size:  # plain integers, all there: one unpack
+        return cs.Container(zip(fixed[1], fixed[0].unpack(raw)))
     readers = spec.readers
     if readers is not None:  # the direct readers: same values and codes as the constructs
         params = cs.Container()

@@ -258,3 +258,18 @@ def compile_params(params: tuple[tuple[str, cs.Construct], ...]) -> tuple[tuple[
             return None
         readers.append((name, reader))
     return tuple(readers)
+
+
+Fixed = tuple[struct.Struct, tuple[str, ...]]
+
+
+def compile_fixed(params: tuple[tuple[str, cs.Construct], ...]) -> Fixed | None:
+    """One struct layout for a parameter list made only of unrestricted big-endian integers
+    (GetRandom, NV_Read): parameters of exactly its size are unpacked in one call; any other
+    size goes through the readers, which find the error and its parameter number."""
+    formats = []
+    for _, construct in params:
+        if type(construct) is not cs.FormatField or not construct.fmtstr.startswith(">"):
+            return None
+        formats.append(construct.fmtstr[1:])
+    return struct.Struct(">" + "".join(formats)), tuple(name for name, _ in params)
