@@ -42,7 +42,7 @@ CONTINUE = int(TPMA_SESSION.CONTINUE_SESSION)
 PASSWORD_FORBIDDEN = ENCRYPT | DECRYPT | AUDIT_FLAGS
 # Enum members read on every command, as plain values (a class attribute lookup each otherwise).
 _PW, _PLATFORM, _SESSIONS = int(RH.PW), int(RH.PLATFORM), int(ST.SESSIONS)
-_DUP = Auth.DUP
+_DUP, _ADMIN = Auth.DUP, Auth.ADMIN
 _ADMIN_ROLES = (Auth.ADMIN, Auth.DUP)
 # TPMS_AUTH_RESPONSE of a password session by its attributes: empty nonce, the attributes, empty HMAC.
 _PASSWORD_RESPONSES = [b"\x00\x00" + bytes([attributes]) + b"\x00\x00" for attributes in range(256)]
@@ -109,7 +109,7 @@ def _extra_nonces(ctx: AuthContext, use: SessionUse) -> bytes:
     return extra
 
 
-def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], entities: dict[int, "Entity"],
+def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], entities: list["Entity"],
               sessions: list["Session"], raw_params: bytes,
               auth_handles: Sequence[int]) -> tuple[AuthContext, bytes]:
     """Check all sessions; return the context and the (possibly decrypted) parameter bytes."""
@@ -119,7 +119,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
     seen: set[int] = set()
     for number, wire in enumerate(sessions, 1):
         index = auth_handles[number - 1] if number <= len(auth_handles) else None
-        entity = entities[index + 1] if index is not None else None
+        entity = entities[index] if index is not None else None
         hspec = spec.handles[index] if index is not None else None
         handle = handles[index] if index is not None else None
         if wire.handle == _PW:
@@ -160,7 +160,7 @@ def authorize(tpm: "Tpm", spec: "CommandSpec", code: int, handles: list[int], en
     def handle_names() -> list[bytes]:
         # the Names of the command's handles, looked at only when cpHash or a policy needs them
         if len(names) != len(handles):
-            names[:] = [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
+            names[:] = [entity.name_for(handle) for entity, handle in zip(entities, handles)]
         return names
 
     def command_hash(alg: int) -> bytes:
@@ -244,6 +244,36 @@ def _check_authorization(tpm: "Tpm", ctx: AuthContext, use: SessionUse, code: in
         raise
     if auth_used and entity.auth_used is not None:
         entity.auth_used(True)
+
+
+def authorize_password(tpm: "Tpm", code: int, handle: int, hspec: "HandleSpec", entity: "Entity",
+                       password: bytes) -> None:
+    """The one session of a command is a password session (TPM_RS_PW, no nonce, no encrypt, decrypt or
+    audit attribute) for its one handle that needs authorization: what ``authorize`` and
+    ``_check_authorization`` check for it, in the same order, without an authorization context."""
+    if handle == _PLATFORM and code in tpm.state.pp_commands and not tpm.volatile.physical_presence:
+        raise TpmError(RC.PP, session=1)
+    if entity.is_lockout or entity.da_protected:
+        tpm.dictionary_attack.check_allowed(entity)
+    auth = hspec.auth
+    if auth is _DUP or (entity.admin_needs_policy if auth is _ADMIN else entity.user_needs_policy):
+        raise TpmError(RC.AUTH_TYPE)
+    available = entity.auth_available
+    if available is not None and not available(code, False, auth is _ADMIN):
+        raise TpmError(RC.AUTH_UNAVAILABLE)
+    auth_used = entity.auth_used
+    if not hmac.compare_digest(password.rstrip(b"\x00"), entity.auth_value.rstrip(b"\x00")):
+        error = tpm.dictionary_attack.failure(entity, 1)  # recorded first, as _check_password does
+        if auth_used is not None:
+            auth_used(False)
+        raise error
+    if auth_used is not None:
+        auth_used(True)
+
+
+def password_response(attributes: int) -> bytes:
+    """TPMS_AUTH_RESPONSE of a password session: empty nonce, the attributes with continueSession, empty HMAC."""
+    return _PASSWORD_RESPONSES[attributes | CONTINUE]
 
 
 def _check_hmac(tpm: "Tpm", ctx: AuthContext, use: SessionUse, p_hash: bytes) -> None:
@@ -352,15 +382,16 @@ def _locality_allowed(allowed: int, locality: int) -> bool:
     return locality > 31 and allowed == locality
 
 
-def finish_without_sessions(tpm: "Tpm", spec: "CommandSpec", code: int, names: Callable[[], list[bytes]],
-                            raw_params: bytes, params: bytes) -> None:
-    """What ``respond`` does for a command that came without an authorization area: it ends an
-    exclusive audit session (if the command could have carried one) and is command-audited."""
+def finish_without_sessions(tpm: "Tpm", spec: "CommandSpec", code: int, entities: Sequence["Entity"],
+                            handles: Sequence[int], raw_params: bytes, params: bytes) -> None:
+    """What ``respond`` does for a command without sessions or with password sessions only: it ends
+    an exclusive audit session (if the command could have carried one) and is command-audited."""
     if spec.allow_sessions:
         tpm.volatile.exclusive_audit_session = None
     if is_audited(tpm, code):
         alg = tpm.state.audit_hash_alg
-        record_command(tpm, cp_hash(alg, code, names(), raw_params), rp_hash(alg, code, params))
+        names = [entity.name_for(handle) for entity, handle in zip(entities, handles)]
+        record_command(tpm, cp_hash(alg, code, names, raw_params), rp_hash(alg, code, params))
 
 
 def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes, tag: int) -> tuple[bytes, bytes]:

@@ -11,6 +11,7 @@ entities or the commands, so every layer above can import this module.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import construct as cs
 
 from vtpm.constants import CC, HT
-from vtpm.marshal.fast import Reader, compile_params
+from vtpm.marshal.fast import Fixed, Reader, compile_fixed, compile_params
 
 _PERMANENT = int(HT.PERMANENT)
 
@@ -62,7 +63,7 @@ def handle_spec(name: str, auth: Auth = Auth.NONE, *, types: Iterable[int] = (),
     return HandleSpec(name, auth, frozenset(kinds), permanent)
 
 
-@dataclass
+@dataclass(slots=True)  # Session, Command and Response are made for every command: slots are quicker to read
 class Session:
     """One entry of the command's authorization area."""
 
@@ -72,7 +73,7 @@ class Session:
     hmac: bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class Command:
     """A parsed command as a handler sees it."""
 
@@ -85,7 +86,7 @@ class Command:
     tag: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     params: bytes = b""
     handles: tuple[int, ...] = ()
@@ -107,6 +108,8 @@ class CommandSpec:
     readers: tuple[tuple[str, Reader], ...] | None = None
     # Positions (0-based) of the handles that need an authorization session, in order.
     auth_handles: tuple[int, ...] = ()
+    # The whole parameter area as one struct layout and the names, when every parameter is a plain integer.
+    fixed: Fixed | None = None
 
 
 COMMANDS: dict[int, CommandSpec] = {}
@@ -130,6 +133,7 @@ def command(
         COMMANDS[code] = CommandSpec(
             code, handler, specs, declared, before_startup, allow_sessions, response_tpm2b,
             compile_params(declared), tuple(i for i, h in enumerate(specs) if h.auth != Auth.NONE),
+            compile_fixed(declared),
         )
         return handler
 
@@ -175,6 +179,24 @@ class Entity:
     def name_for(self, handle: int) -> bytes:
         """The Name that goes into cpHash, policy digests and bindings for the handle of this entity."""
         return self.name if self.name is not None else handle.to_bytes(4, "big")
+
+
+def cached_entity(tpm: "Tpm", handle: int, parts: tuple[object, ...]) -> Entity | None:
+    """The entity a resolver made last for ``handle`` if it was made from the very same objects.
+
+    ``parts`` are what the entity was made from (values, and the objects its callbacks read),
+    compared by identity: any change to them assigns a new object, so an identical tuple means an
+    identical entity, and no secret is ever compared by value.
+    """
+    hit = tpm.entity_cache.get(handle)
+    if hit is not None and len(hit[0]) == len(parts) and all(map(operator.is_, hit[0], parts)):
+        return hit[1]
+    return None
+
+
+def remember_entity(tpm: "Tpm", handle: int, parts: tuple[object, ...], entity: Entity) -> Entity:
+    tpm.entity_cache[handle] = (parts, entity)
+    return entity
 
 
 EntityResolver = Callable[["Tpm", int], Entity]

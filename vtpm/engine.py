@@ -24,8 +24,16 @@ import construct as cs
 
 import vtpm.commands  # noqa: F401  (each command module registers its handlers on import)
 from vtpm import wire
-from vtpm.authorization import AuthContext, authorize, finish_without_sessions, respond
-from vtpm.constants import CC, RC, ST
+from vtpm.authorization import (
+    PASSWORD_FORBIDDEN,
+    AuthContext,
+    authorize,
+    authorize_password,
+    finish_without_sessions,
+    password_response,
+    respond,
+)
+from vtpm.constants import CC, HT, RC, RH, ST
 from vtpm.core import (
     COMMANDS,
     ENTITY_RESOLVERS,
@@ -52,6 +60,8 @@ _HEADER = struct.Struct(">HII")  # tag, commandSize, commandCode
 _U32 = struct.Struct(">I")
 # Enum members looked up on every command cost a class attribute lookup each: plain ints instead.
 _SESSIONS, _NO_SESSIONS = int(ST.SESSIONS), int(ST.NO_SESSIONS)
+_PERMANENT, _PW = int(HT.PERMANENT), int(RH.PW)
+_PW_EMPTY_NONCE = _U32.pack(_PW) + b"\x00\x00"  # sessionHandle TPM_RS_PW, an empty nonceCaller
 
 HEADER_SIZE = 10
 MAX_COMMAND_SIZE = 4096
@@ -87,6 +97,8 @@ class Tpm:
         self.volatile = Volatile.power_on(self.state, self._clock_ms())
         self.dirty = False
         self.locality = 0
+        # Entities an entity resolver may hand out again, by handle, with what they were made from.
+        self.entity_cache: dict[int, tuple[tuple[object, ...], Entity]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,7 +149,8 @@ class Tpm:
         return response
 
     def _execute(self, data: bytes) -> bytes:
-        if len(data) < HEADER_SIZE:
+        length = len(data)
+        if length < HEADER_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
         tag, size, code = _HEADER.unpack_from(data)
         if tag != _SESSIONS and tag != _NO_SESSIONS:
@@ -145,60 +158,68 @@ class Tpm:
             # 1.2 GetTicks and takes any answer tagged TPM_ST_RSP_COMMAND (0x00C4) for a TPM 1.2,
             # after which it measures nothing (swtpm answers TPM_ST_NO_SESSIONS as well).
             raise TpmError(RC.BAD_TAG)
-        if size != len(data) or size > MAX_COMMAND_SIZE:
+        if size != length or size > MAX_COMMAND_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
         spec = COMMANDS.get(code)
         if spec is None:
             raise TpmError(RC.COMMAND_CODE)
-        if not self.volatile.started and not spec.before_startup:
+        volatile = self.volatile
+        if not volatile.started and not spec.before_startup:
             raise TpmError(RC.INITIALIZE)
-        self.volatile.note_command(self)
+        volatile.note_command(self)
 
         offset = HEADER_SIZE
-        handles = []
+        handles: list[int] = []
         for number, hspec in enumerate(spec.handles, 1):
-            if len(data) < offset + 4:
+            if length < offset + 4:
                 raise TpmError(RC.INSUFFICIENT, handle=number)
             handle = _U32.unpack_from(data, offset)[0]
             offset += 4
-            if not hspec.accepts(handle):
+            kind = handle >> 24  # HandleSpec.accepts, inline
+            if kind not in hspec.types or (kind == _PERMANENT and handle not in hspec.permanent):
                 raise TpmError(RC.VALUE, handle=number)
             handles.append(handle)
 
-        sessions: list[Session] = []
         if tag == _SESSIONS:
             if not spec.allow_sessions:
                 raise TpmError(RC.AUTH_CONTEXT)
             sessions, offset = _parse_sessions(data, offset)
+        else:
+            sessions = []
         auth_handles = spec.auth_handles
         if len(sessions) < len(auth_handles):
             raise TpmError(RC.AUTH_MISSING)
 
-        entities: dict[int, Entity] = {}
+        entities: list[Entity] = []
         for number, handle in enumerate(handles, 1):
             resolver = ENTITY_RESOLVERS.get(handle >> 24)
             if resolver is None:
                 raise TpmError(RC.HANDLE, handle=number)
             try:
-                entity = resolver(self, handle)
+                entities.append(resolver(self, handle))
             except TpmError as exc:
                 if exc.rc == RC.REFERENCE_H0:
                     exc.rc = RC.REFERENCE_H0 + number - 1
                 elif not (exc.handle or exc.param or exc.session):
                     exc.handle = number
                 raise
-            entities[number] = entity
 
-        raw_params = data[offset:]
+        raw_params = data[offset:] if offset != length else b""
         if not sessions:  # nothing to authorize, no session to answer: the short way
             params = _parse_params(spec, raw_params)
             result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
-
-            def names() -> list[bytes]:
-                return [entities[i].name_for(handles[i - 1]) for i in range(1, len(handles) + 1)]
-
-            finish_without_sessions(self, spec, code, names, raw_params, result.params)
+            finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
             return _response(tag, result.handles, result.params)
+        if _one_password(sessions, auth_handles):
+            # One password session for the one handle that needs authorization (the common case
+            # of tpm2-tools): checked directly, without the generic authorization context.
+            session, index = sessions[0], auth_handles[0]
+            authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
+            params = _parse_params(spec, raw_params)
+            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+            out = result.params
+            finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
+            return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
         ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
         cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
@@ -213,6 +234,15 @@ class Tpm:
         return os.urandom(n)  # what secrets.token_bytes returns, without its two extra calls
 
 
+def _one_password(sessions: list[Session], auth_handles: tuple[int, ...]) -> bool:
+    """Is the authorization area one password session (no nonce; no encrypt, decrypt or audit) for
+    the command's one handle that needs authorization? Then ``authorize_password`` checks it."""
+    if len(sessions) != 1 or len(auth_handles) != 1:
+        return False
+    session = sessions[0]
+    return session.handle == _PW and not session.nonce and not session.attributes & PASSWORD_FORBIDDEN
+
+
 def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
     """The authorization area (TPMS_AUTH_COMMAND entries), with the reference implementation's codes.
 
@@ -222,11 +252,15 @@ def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
     """
     if len(data) < offset + 4:
         raise TpmError(RC.INSUFFICIENT)
-    auth_size = int.from_bytes(data[offset : offset + 4], "big")
+    auth_size = _U32.unpack_from(data, offset)[0]
     start = offset + 4
     end = start + auth_size
     if auth_size < 9 or end > len(data):
         raise TpmError(RC.SIZE)
+    if data[start : start + 6] == _PW_EMPTY_NONCE:  # one password session, as most callers send
+        hmac_size = (data[start + 7] << 8) | data[start + 8]
+        if auth_size == 9 + hmac_size and hmac_size <= MAX_DIGEST:
+            return [Session(_PW, b"", data[start + 6], data[start + 9 : end])], end
     sessions: list[Session] = []
     pos = start
     while pos < end:
@@ -257,6 +291,9 @@ def _parse_sessions(data: bytes, offset: int) -> tuple[list[Session], int]:
 
 
 def _parse_params(spec: CommandSpec, raw: bytes) -> cs.Container:
+    fixed = spec.fixed
+    if fixed is not None and len(raw) == fixed[0].size:  # plain integers, all there: one unpack
+        return cs.Container(zip(fixed[1], fixed[0].unpack(raw)))
     readers = spec.readers
     if readers is not None:  # the direct readers: same values and codes as the constructs
         params = cs.Container()
@@ -301,11 +338,12 @@ def _build_response(tpm: "Tpm", tag: int, code: int, result: Response, ctx: Auth
 
 def _response(tag: int, handles: tuple[int, ...], rest: bytes) -> bytes:
     """Header, handle area, then the rest (parameters, or parameterSize, parameters and sessions)."""
-    body = b"".join(h.to_bytes(4, "big") for h in handles) + rest if handles else rest
-    size = HEADER_SIZE + len(body)
+    if handles:
+        rest = b"".join(_U32.pack(h) for h in handles) + rest
+    size = HEADER_SIZE + len(rest)
     if size > MAX_RESPONSE_SIZE:
         raise TpmError(RC.SIZE)
-    return _HEADER.pack(tag, size, 0) + body  # TPM_RC_SUCCESS
+    return _HEADER.pack(tag, size, 0) + rest  # TPM_RC_SUCCESS
 
 
 # The engine's types live in vtpm.core; they stay importable from here.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import random
 import struct
@@ -21,8 +22,9 @@ from hypothesis import strategies as st
 
 from support.clock import FakeClock
 from vtpm import wire
-from vtpm.constants import ALG, CC, RC, RH, ST
+from vtpm.constants import ALG, CC, RC, RH, ST, TPMA_NV
 from vtpm.crypto import kdfa
+from vtpm import engine as engine_module
 from vtpm.engine import COMMANDS, Tpm
 from vtpm.errors import TpmError
 from vtpm.state import TpmState
@@ -301,3 +303,49 @@ def test_fuzz_mutated_valid_commands() -> None:
                 tpm.volatile.sessions.clear()
     assert count == 400 * len(VALID)
     assert rc(tpm.execute(0, VALID[0])) == 0  # still serving
+
+
+
+def test_password_short_path_matches_the_generic_authorization(clock: FakeClock,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """One password session for one authorized handle skips the generic authorization context:
+    every response, and the state after the script, are what ``authorize`` gives."""
+    da_index, no_da_index, owner_only = 0x01000310, 0x01000311, 0x01000312
+    read_write = TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.AUTHWRITE | TPMA_NV.AUTHREAD
+    sha256 = [(ALG.SHA256, bytes(32))]
+    script = [
+        (wire.nv_define_space(da_index, read_write, 8, auth=b"secret"), RC.SUCCESS),
+        (wire.nv_define_space(no_da_index, read_write | TPMA_NV.NO_DA, 8, auth=b"pin"), RC.SUCCESS),
+        (wire.nv_define_space(owner_only, TPMA_NV.OWNERWRITE | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA, 8), RC.SUCCESS),
+        (wire.nv_write(da_index, b"12345678", password=b"secret"), RC.SUCCESS),
+        (wire.nv_read(da_index, 8, password=b"secret"), RC.SUCCESS),
+        (wire.nv_read(da_index, 8, password=b"wrong"), RC.AUTH_FAIL | 0x800 | 0x100),  # counted as a DA failure
+        (wire.nv_read(da_index, 8, password=b"secret\x00\x00"), RC.SUCCESS),  # trailing zeros do not count
+        (wire.nv_write(no_da_index, b"abc", password=b"nope"), RC.BAD_AUTH | 0x800 | 0x100),
+        (wire.nv_read(owner_only, 8), RC.AUTH_UNAVAILABLE),  # no AUTHREAD
+        (wire.nv_read(owner_only, 8, auth_handle=RH.OWNER), RC.NV_UNINITIALIZED),
+        (wire.pcr_extend(16, sha256), RC.SUCCESS),
+        (wire.pcr_extend(16, sha256, attributes=0), RC.SUCCESS),  # continueSession clear: echoed set
+        (wire.pcr_extend(16, [(ALG.SHA256, bytes(31))]), RC.INSUFFICIENT | 0x40 | 0x100),  # after authorization
+        (wire.pcr_read([(ALG.SHA256, [16])]), RC.SUCCESS),
+    ]
+    manufactured = TpmState.manufacture().to_bytes()
+
+    def run() -> tuple[list[bytes], dict[str, object]]:
+        engine = Tpm(TpmState.from_bytes(manufactured), clock_ms=clock)
+        engine.execute(0, wire.STARTUP_CLEAR)
+        responses = [engine.execute(0, command) for command, _ in script]
+        state = json.loads(engine.state.to_bytes())["state"]
+        del state["commit_nonce"]  # drawn afresh at every Startup
+        return responses, state
+
+    taken: list[int] = []
+    original = engine_module.authorize_password
+    monkeypatch.setattr(engine_module, "authorize_password", lambda *args: taken.append(1) or original(*args))
+    short_responses, short_state = run()
+    assert len(taken) == len(script) - 1  # every command but PCR_Read took the short path
+    monkeypatch.setattr(engine_module, "_one_password", lambda sessions, auth_handles: False)
+    generic_responses, generic_state = run()
+    assert [rc(r) for r in short_responses] == [expected for _, expected in script]
+    assert short_responses == generic_responses
+    assert short_state == generic_state

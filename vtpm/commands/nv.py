@@ -267,15 +267,17 @@ def nv_change_auth(tpm: Tpm, cmd: Command) -> Response:
 def nv_read(tpm: Tpm, cmd: Command) -> Response:
     index = nv_index(tpm, cmd.handles[1])
     check_read_access(tpm, cmd, cmd.handles[0], index)
-    size, offset = cmd.params.size, cmd.params.offset
-    if offset > index.data_size:
+    params = cmd.params
+    size, offset = params["size"], params["offset"]  # item access: no Python-level __getattr__
+    data_size = index.data_size
+    if offset > data_size:
         raise TpmError(RC.VALUE, param=2)
     if size > MAX_NV_BUFFER_SIZE:
         raise TpmError(RC.VALUE, param=1)
-    if offset + size > index.data_size:
+    if offset + size > data_size:
         raise TpmError(RC.NV_RANGE)
     data = index.data[offset : offset + size]  # at most MAX_NV_BUFFER_SIZE: a TPM2B_MAX_NV_BUFFER
-    return Response(params=len(data).to_bytes(2, "big") + data)
+    return Response(len(data).to_bytes(2, "big") + data)
 
 
 @command(CC.NV_ReadLock, handles=[NV_AUTH, NV_INDEX])

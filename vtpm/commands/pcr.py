@@ -3,6 +3,7 @@ PCR_SetAuthPolicy, PCR_SetAuthValue, PCR_Reset, with the PC Client locality rule
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, HT, RC, RH
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 MAX_PCR_READ = 8
 DRTM_LOCALITY = 4  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
 _RH_NULL = int(RH.NULL)
+_U16, _U32 = struct.Struct(">H"), struct.Struct(">I")
+_SELECTION_HEAD = struct.Struct(">HB")  # TPMS_PCR_SELECTION: hash, sizeofSelect
 
 
 @command(CC.PCR_SetAuthValue, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])],
@@ -84,7 +87,8 @@ def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
     handle = cmd.handles[0]
     if handle == _RH_NULL:
         return Response()
-    extend(tpm, handle, [(entry.hashAlg, entry.digest) for entry in cmd.params.digests])
+    # item access: a Container's attribute access is a Python-level __getattr__ per field
+    extend(tpm, handle, [(entry["hashAlg"], entry["digest"]) for entry in cmd.params["digests"]])
     return Response()
 
 
@@ -116,25 +120,27 @@ def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PCR_Read, params=[("pcrSelectionIn", TPML_PCR_SELECTION)])
 def pcr_read(tpm: Tpm, cmd: Command) -> Response:
-    pcrs = tpm.volatile.pcrs
-    selections = cmd.params.pcrSelectionIn
+    volatile = tpm.volatile
+    pcrs = volatile.pcrs
+    selections = cmd.params["pcrSelectionIn"]
     # pcrUpdateCounter, then TPML_PCR_SELECTION (what was read) and TPML_DIGEST (the values), laid out directly
-    parts = [tpm.volatile.pcr_update_counter.to_bytes(4, "big"), len(selections).to_bytes(4, "big")]
+    parts = [_U32.pack(volatile.pcr_update_counter), _U32.pack(len(selections))]
     values: list[bytes] = []
     for selection in selections:
-        select = selection.pcrSelect
+        alg, select = selection["hash"], selection["pcrSelect"]
+        bank = pcrs.get(alg)
+        # the selected PCRs that are allocated, lowest first, until the answer holds MAX_PCR_READ digests
+        wanted = int.from_bytes(select, "little") & bank_mask(tpm, alg) if bank is not None else 0
         out = 0
-        bank = pcrs.get(selection.hash)
-        mask = bank_mask(tpm, selection.hash)
-        for index in _selected(select):
-            if bank is None or not mask >> index & 1 or len(values) == MAX_PCR_READ:
-                continue
-            out |= 1 << index
-            values.append(bank[index])
-        parts.append(selection.hash.to_bytes(2, "big") + bytes([len(select)]) + out.to_bytes(len(select), "little"))
-    parts.append(len(values).to_bytes(4, "big"))
-    parts.extend(len(value).to_bytes(2, "big") + value for value in values)
-    return Response(params=b"".join(parts))
+        while wanted and len(values) < MAX_PCR_READ:
+            low = wanted & -wanted
+            out |= low
+            values.append(bank[low.bit_length() - 1])
+            wanted ^= low
+        parts.append(_SELECTION_HEAD.pack(alg, len(select)) + out.to_bytes(len(select), "little"))
+    parts.append(_U32.pack(len(values)))
+    parts.extend(_U16.pack(len(value)) + value for value in values)
+    return Response(b"".join(parts))
 
 
 @command(

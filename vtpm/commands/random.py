@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 @command(CC.GetRandom, params=[("bytesRequested", U16)], response_tpm2b=True)
 def get_random(tpm: Tpm, cmd: Command) -> Response:
     # The TPM returns at most one digest's worth (TPM2B_DIGEST), as the spec allows.
-    count = min(cmd.params.bytesRequested, MAX_DIGEST)
-    return Response(params=count.to_bytes(2, "big") + tpm.random(count))  # TPM2B_DIGEST
+    count = cmd.params["bytesRequested"]
+    if count > MAX_DIGEST:
+        count = MAX_DIGEST
+    return Response(count.to_bytes(2, "big") + tpm.random(count))  # TPM2B_DIGEST
 
 
 @command(CC.StirRandom, params=[("inData", Tpm2b(128))])

@@ -14,7 +14,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from vtpm.constants import HT, RC, RH
-from vtpm.core import Entity, entity_resolver
+from vtpm.core import Entity, cached_entity, entity_resolver, remember_entity
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32, OneOf
 from vtpm.state import PROOF_SIZE, SEED_SIZE, Hierarchy
@@ -122,16 +122,34 @@ def renew(tpm: Tpm, hierarchy: int) -> None:
 
 
 _LOCKOUT = int(RH.LOCKOUT)  # a plain int: an enum member costs a class attribute lookup per command
+_NO_AUTH = Entity(b"", da_protected=False)  # immutable, so one instance serves every handle without an authValue
+
+
+def _getter(path: str) -> attrgetter | None:
+    return attrgetter(path) if path else None
+
+
+# Per permanent handle of the table: getters of its enable flag, authValue and stored record, made once.
+_ENTITY_GETTERS = {handle: (_getter(row.enabled), _getter(row.auth), _getter(row.stored))
+                   for handle, row in HIERARCHIES.items()}
 
 
 @entity_resolver(HT.PERMANENT)
 def permanent_entity(tpm: Tpm, handle: int) -> Entity:
-    if not hierarchy_enabled(tpm, handle):
+    getters = _ENTITY_GETTERS.get(handle)
+    if getters is None:  # not a hierarchy: always enabled, no authValue
+        return _NO_AUTH
+    enabled, auth, stored = getters
+    if enabled is not None and not enabled(tpm):
         raise TpmError(RC.HIERARCHY)
-    row = HIERARCHIES.get(handle)
-    if row is None or not row.auth:
-        return Entity(b"", da_protected=False)
-    stored = stored_hierarchy(tpm, handle)
+    if auth is None or stored is None:
+        return _NO_AUTH
+    record = stored(tpm)
+    value = auth(tpm)
+    parts = (value, record.policy, record.policy_alg)
+    entity = cached_entity(tpm, handle, parts)
+    if entity is not None:
+        return entity
     lockout = handle == _LOCKOUT  # only lockoutAuth is protected against dictionary attacks
-    return Entity(_read(tpm, row.auth), da_protected=lockout, is_lockout=lockout, auth_policy=stored.policy,
-                  auth_policy_alg=stored.policy_alg)
+    return remember_entity(tpm, handle, parts, Entity(value, da_protected=lockout, is_lockout=lockout,
+                                                      auth_policy=record.policy, auth_policy_alg=record.policy_alg))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, HT, NT, RC, RH, TPMA_NV
-from vtpm.core import Command, Entity, entity_resolver
+from vtpm.core import Command, Entity, cached_entity, entity_resolver, remember_entity
 from vtpm.crypto import digest
 from vtpm.errors import TpmError
 from vtpm.state import NvIndex
@@ -37,13 +37,15 @@ _RH_PLATFORM, _RH_OWNER = int(RH.PLATFORM), int(RH.OWNER)
 
 
 @functools.lru_cache(maxsize=1024)
-def _index_name(name_alg: int, public: bytes) -> bytes:
-    """NvIndex.name, remembered by public area: resolving an index for every command need not hash it."""
+def _index_name(handle: int, name_alg: int, attributes: int, auth_policy: bytes, data_size: int) -> bytes:
+    """NvIndex.name, remembered by the fields of the public area: resolving an index for every
+    command need neither hash it nor lay it out."""
+    public = NvIndex(handle, name_alg, attributes, auth_policy, data_size).public_bytes()
     return name_alg.to_bytes(2, "big") + digest(name_alg, public)
 
 
 def index_name(index: NvIndex) -> bytes:
-    return _index_name(index.name_alg, index.public_bytes())
+    return _index_name(index.index, index.name_alg, index.attributes, index.auth_policy, index.data_size)
 
 
 def nv_index(tpm: Tpm, handle: int) -> NvIndex:
@@ -118,7 +120,12 @@ def _pin_counter(tpm: Tpm, index: NvIndex) -> Callable[[bool], None] | None:
 @entity_resolver(HT.NV_INDEX)
 def nv_entity(tpm: Tpm, handle: int) -> Entity:
     index = nv_index(tpm, handle)
-    return Entity(
+    # what the entity holds by value, and the index its callbacks read
+    parts = (index, index.auth_value, index.attributes, index.auth_policy, index.name_alg, index.data_size)
+    entity = cached_entity(tpm, handle, parts)
+    if entity is not None:
+        return entity
+    return remember_entity(tpm, handle, parts, Entity(
         index.auth_value,
         da_protected=not int(index.attributes) & _NO_DA,
         name=index_name(index),
@@ -126,7 +133,7 @@ def nv_entity(tpm: Tpm, handle: int) -> Entity:
         auth_policy_alg=index.name_alg,
         auth_available=_auth_available(index),
         auth_used=_pin_counter(tpm, index),
-    )
+    ))
 
 
 def check_write_access(tpm: Tpm, cmd: Command, auth: int, index: NvIndex) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from vtpm.constants import HT, RC
 from vtpm.core import Entity, entity_resolver
-from vtpm.crypto import HASHES, digest
+from vtpm.crypto import HASHES
 from vtpm.errors import TpmError
 from vtpm.marshal.structures import PCR_SELECT_MAX
 from vtpm.state import PCR_COUNT
@@ -51,9 +51,10 @@ def pcr_entity(tpm: Tpm, handle: int) -> Entity:
         policy = tpm.state.pcr_group_policy
         return Entity(tpm.volatile.pcr_group_auth, da_protected=False,
                       auth_policy=policy.policy, auth_policy_alg=policy.policy_alg)
-    return Entity(b"", da_protected=False)
+    return _NO_AUTH
 
 
+_NO_AUTH = Entity(b"", da_protected=False)  # immutable: one instance for every PCR outside the group
 ALL_PCRS = (1 << PCR_COUNT) - 1
 HCRTM_PCR, DRTM_PCR = 0, 17  # PCR_Allocate keeps each of them in at least one bank
 
@@ -98,14 +99,20 @@ def extend(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> None:
     attributes = PCR_ATTRIBUTES[index]
     if not attributes.extend_localities & locality_bit(tpm.locality):
         raise TpmError(RC.LOCALITY)
-    pcrs = tpm.volatile.pcrs
+    volatile = tpm.volatile
+    pcrs = volatile.pcrs
+    counts = counts_update(index)
     for bank, value in digests:
         values = pcrs.get(bank)
-        if values is None or not allocated(tpm, bank, index):
+        if values is None or not bank_mask(tpm, bank) >> index & 1:
             continue
-        values[index] = digest(bank, values[index], value)
-        if counts_update(index):
-            tpm.volatile.pcr_update_counter += 1
+        values[index] = _HASH_NEW[bank](values[index] + value).digest()
+        if counts:
+            volatile.pcr_update_counter += 1
+
+
+# hashlib's named constructors by bank: a PCR_Extend hashes old value || digest once per bank.
+_HASH_NEW = {alg: getattr(hashlib, info.name) for alg, info in HASHES.items()}
 
 
 def pcr_digest(tpm: Tpm, alg: int, selection: Any) -> bytes:

@@ -65,6 +65,39 @@ def _tpm2b(buffer: Tpm2b) -> Reader:
     return read
 
 
+def _restricted_integer(field: cs.FormatField, adapter: OneOf) -> Reader:
+    """An integer restricted to a set, in one call (TPMI_ALG_HASH, a TPML count)."""
+    layout = struct.Struct(field.fmtstr)
+    size, unpack = layout.size, layout.unpack_from
+    allowed, rc = adapter.allowed, adapter.rc
+
+    def read(data: bytes, pos: int) -> tuple[int, int]:
+        end = pos + size
+        if end > len(data):
+            raise _short()
+        value = unpack(data, pos)[0]
+        if value not in allowed:
+            raise TpmError(rc)
+        return value, end
+
+    return read
+
+
+def _counted_structs(count: Reader, fields: list[tuple[str, Reader]]) -> Reader:
+    """A TPML of structures (TPML_PCR_SELECTION): the structure's fields read in the list's loop."""
+    def read(data: bytes, pos: int) -> tuple[cs.ListContainer, int]:
+        n, pos = count(data, pos)
+        items = cs.ListContainer()
+        for _ in range(n):
+            obj = cs.Container()
+            for name, field in fields:
+                obj[name], pos = field(data, pos)
+            items.append(obj)
+        return items, pos
+
+    return read
+
+
 def _one_of(adapter: OneOf, inner: Reader) -> Reader:
     allowed, rc = adapter.allowed, adapter.rc
 
@@ -183,26 +216,37 @@ def compile_reader(construct: cs.Construct) -> Reader | None:
     if isinstance(construct, TpmtHa):
         return _tpmt_ha(construct.allow_null)
     if isinstance(construct, OneOf):
+        if isinstance(construct.subcon, cs.FormatField):
+            return _restricted_integer(construct.subcon, construct)
         inner = compile_reader(construct.subcon)
         return _one_of(construct, inner) if inner is not None else None
     if isinstance(construct, Tpm2bStruct):
         inner = compile_reader(construct.subcon)
         return _sized_struct(construct, inner) if inner is not None else None
     if isinstance(construct, cs.Struct):
-        fields = []
-        for sub in construct.subcons:
-            if not isinstance(sub, cs.Renamed) or not sub.name:
-                return None
-            reader = compile_reader(sub.subcon)
-            if reader is None:
-                return None
-            fields.append((sub.name, reader))
-        return _struct(fields)
+        fields = _struct_fields(construct)
+        return _struct(fields) if fields is not None else None
     parts = _counted_parts(construct)
     if parts is not None:
-        count, element = (compile_reader(part) for part in parts)
+        count = compile_reader(parts[0])
+        if count is not None and isinstance(parts[1], cs.Struct):
+            fields = _struct_fields(parts[1])
+            return _counted_structs(count, fields) if fields is not None else None
+        element = compile_reader(parts[1])
         return _counted(count, element) if count is not None and element is not None else None
     return None
+
+
+def _struct_fields(construct: cs.Struct) -> list[tuple[str, Reader]] | None:
+    fields = []
+    for sub in construct.subcons:
+        if not isinstance(sub, cs.Renamed) or not sub.name:
+            return None
+        reader = compile_reader(sub.subcon)
+        if reader is None:
+            return None
+        fields.append((sub.name, reader))
+    return fields
 
 
 def compile_params(params: tuple[tuple[str, cs.Construct], ...]) -> tuple[tuple[str, Reader], ...] | None:
@@ -214,3 +258,18 @@ def compile_params(params: tuple[tuple[str, cs.Construct], ...]) -> tuple[tuple[
             return None
         readers.append((name, reader))
     return tuple(readers)
+
+
+Fixed = tuple[struct.Struct, tuple[str, ...]]
+
+
+def compile_fixed(params: tuple[tuple[str, cs.Construct], ...]) -> Fixed | None:
+    """One struct layout for a parameter list made only of unrestricted big-endian integers
+    (GetRandom, NV_Read): parameters of exactly its size are unpacked in one call; any other
+    size goes through the readers, which find the error and its parameter number."""
+    formats = []
+    for _, construct in params:
+        if type(construct) is not cs.FormatField or not construct.fmtstr.startswith(">"):
+            return None
+        formats.append(construct.fmtstr[1:])
+    return struct.Struct(">" + "".join(formats)), tuple(name for name, _ in params)
