@@ -37,6 +37,7 @@ from vtpm.server.protocol import (
 log = logging.getLogger(__name__)
 
 MAX_WIRE_COMMAND = 64 * 1024  # refuse to buffer more than this for one command
+READ_SIZE = 8192  # one recv per command: a TPM command is at most 4 KiB, and pipelined ones are kept
 MID_COMMAND_TIMEOUT = 10.0  # seconds a client may take to finish sending a started command
 
 
@@ -64,22 +65,29 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice, *, once: bool = F
     """
     with contextlib.closing(sock):
         sock.settimeout(None)
+        buffer = b""  # what arrived beyond the commands answered so far
+        recv = sock.recv
         while True:
             try:
-                header = sock.recv(wire.HEADER_SIZE)
-                if not header:
-                    return
-                if len(header) < wire.HEADER_SIZE:
-                    header += recv_exact(sock, wire.HEADER_SIZE - len(header))
-                size = wire.parse_header(header)[1]
+                while len(buffer) < wire.HEADER_SIZE:  # one recv usually brings the whole command
+                    chunk = recv(READ_SIZE)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                size = wire.parse_header(buffer)[1]
                 if size < wire.HEADER_SIZE or size > MAX_WIRE_COMMAND:
                     sock.sendall(wire.error_response(RC.COMMAND_SIZE))
                     return  # the stream is out of step: drop the connection
-                body = recv_exact(sock, size - wire.HEADER_SIZE) if size > wire.HEADER_SIZE else b""
-                sock.sendall(device.execute(header + body))
+                while len(buffer) < size:
+                    chunk = recv(max(READ_SIZE, size - len(buffer)))
+                    if not chunk:
+                        return
+                    buffer += chunk
+                command, buffer = buffer[:size], buffer[size:]
+                sock.sendall(device.execute(command))
                 if once:
                     return
-            except (ConnectionClosed, OSError):
+            except OSError:
                 return
 
 
