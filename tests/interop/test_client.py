@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket as socket_module
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -278,3 +280,47 @@ def test_suspend_and_resume_commands_over_the_socket(tmp_path: Path) -> None:
             resume_tpm_state(port, tmp_path / "vm.vmx")  # already started
     with pytest.raises(VmError, match="did not answer"):
         save_tpm_state(port)
+
+
+def test_pipelined_and_split_commands_on_the_data_channel() -> None:
+    """Two commands in one write get two answers in order; a command split across writes (header cut in
+    the middle, body late) is answered once it is whole; an oversize size ends only that connection."""
+    device = TpmDevice(Tpm())
+    device.execute(wire.STARTUP_CLEAR)
+    port = free_port_pair()
+    server = SwtpmServer(device, port=port).start()
+    try:
+        def answers(sock: socket_module.socket, count: int) -> list[bytes]:
+            out, buffer = [], b""
+            while len(out) < count:
+                while len(buffer) < 10 or len(buffer) < int.from_bytes(buffer[2:6], "big"):
+                    chunk = sock.recv(4096)
+                    assert chunk, "the server closed the connection"
+                    buffer += chunk
+                size = int.from_bytes(buffer[2:6], "big")
+                out.append(buffer[:size])
+                buffer = buffer[size:]
+            return out
+
+        with socket_module.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(wire.get_random(8) + wire.get_random(16))
+            first, second = answers(sock, 2)
+            assert wire.response_code(first) == wire.response_code(second) == 0
+            assert int.from_bytes(first[10:12], "big") == 8 and int.from_bytes(second[10:12], "big") == 16
+
+            command = wire.get_random(4)
+            for piece in (command[:3], command[3:10], command[10:]):
+                sock.sendall(piece)
+                time.sleep(0.05)
+            (split,) = answers(sock, 1)
+            assert wire.response_code(split) == 0 and int.from_bytes(split[10:12], "big") == 4
+
+            sock.sendall(b"\x80\x01" + (1 << 20).to_bytes(4, "big") + (0x17B).to_bytes(4, "big"))
+            (refused,) = answers(sock, 1)
+            assert wire.response_code(refused) == RC.COMMAND_SIZE
+            assert sock.recv(10) == b""  # dropped: the stream is out of step
+        with socket_module.create_connection(("127.0.0.1", port), timeout=10) as again:
+            again.sendall(wire.get_random(2))
+            assert wire.response_code(answers(again, 1)[0]) == 0  # the server itself is fine
+    finally:
+        server.close()
