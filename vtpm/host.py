@@ -5,10 +5,19 @@ CMD_SET_DATAFD, an optional Unix data socket, an optional TCP pair) on the
 shared ``vtpm.server.loop.Loop``. Adding a vTPM opens its store (for a VM:
 checks its files, unlocks its key and takes the VM's lock) but reads no
 state: the TPM state is loaded at its first command, control or data.
-Every change is written through to the store by the engine, so an idle
-vTPM whose TPM is not started (or stopped) can be evicted from memory and
-loaded again later. Removing one sends Shutdown if the OS did not, saves,
-closes its sockets and releases the store (and with it the VM's lock).
+Every change is journaled (``vtpm.journal_store``): the engine only seals a
+record, and the loop's commit hook writes the records of every vTPM changed
+in that iteration and syncs those journals (in parallel threads) once, before
+the iteration's responses leave. Replies of vTPMs with nothing to commit are
+sent before the sync, so a neighbour's write does not hold them up. A vTPM
+whose commit fails answers ``TPM_RC_NV_UNAVAILABLE`` for that iteration; its
+unacknowledged records are erased and its in-memory state dropped (reloaded
+from the store at the next command), so nothing a client was told failed is
+persisted later. Idle vTPMs' journals are folded a few at a time by a
+periodic task; an idle vTPM whose TPM is not started (or stopped) is folded
+and evicted from memory and loaded again later. Removing one sends Shutdown
+if the OS did not, folds, closes its sockets and releases the store (and with
+it the VM's lock).
 
 The host is driven over its own Unix socket (mode 0600, peers of another
 uid refused) with one JSON object per line each way (``vtpm.host_protocol``).
@@ -35,16 +44,20 @@ from pathlib import Path
 from typing import Any
 
 from vtpm import wire
+from vtpm.constants import RC
 from vtpm.engine import Tpm
+from vtpm.journal_store import IDLE_FOLD_SECONDS, GroupCommitError, JournaledStore, JournalGroup
 from vtpm.host_protocol import MAX_LINE, AddRequest, ProtocolError, parse_add  # noqa: F401  (AddRequest: cli)
 from vtpm.server.device import TpmDevice
-from vtpm.server.loop import Connection, Endpoints, Loop, Reply, SwtpmEndpoints, bind_unix
+from vtpm.server import swtpm_ctrl
+from vtpm.server.loop import Connection, ControlConnection, Endpoints, Loop, Reply, SwtpmEndpoints, bind_unix
 from vtpm.state import TpmState
 from vtpm.storage import StateStore, StateStoreError
 
 log = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT = 10.0  # seconds a control client may take to finish a request line
+FOLD_CHECK_SECONDS = 0.5  # how often idle journals are looked at (one fold per look)
 
 
 class HostRefusal(Exception):
@@ -77,17 +90,22 @@ class HostedVtpm:
     loads: int = 0
     last_used: float = field(default_factory=time.monotonic)
     platform: _Platform | None = None
+    journaled: JournaledStore | None = None  # the store's journal (None: a store without one)
+    failed: str | None = None  # its journal could not be repaired: out of service until removed
 
     def device(self) -> TpmDevice:
         """The TPM, loaded from the store at first use (manufactured if the store is empty)."""
         self.last_used = time.monotonic()
         if self.loaded is not None:
             return self.loaded
-        state = self.store.load()
+        if self.failed is not None:
+            raise StateStoreError(self.failed)
+        source = self.journaled or self.store
+        state = source.load()
         if state is None:
             state = TpmState.manufacture()
-            self.store.save(state.to_bytes())
-        tpm = Tpm(state, persist=self.store.save)
+            source.save(state.to_bytes())
+        tpm = Tpm(state, persist=self.journaled or self.store.save)
         if self.startup_clear and self.loads == 0:
             tpm.execute(0, wire.STARTUP_CLEAR)
         device = TpmDevice(tpm, name=self.name)
@@ -111,11 +129,29 @@ class HostedVtpm:
         return not device.running or not device.tpm.volatile.started
 
     def evict(self) -> None:
+        """Fold the journal (the store then holds everything) and drop the state from memory."""
         device = self.loaded
         if device is None:
             return
+        if self.journaled is not None:
+            self.journaled.unload()  # raises (nothing evicted) when the fold fails
         self.platform = _Platform(device.running, device.locality, device.established, device.buffer_size)
         self.loaded = None
+
+    def commit_failed(self) -> None:
+        """Its journal commit failed: its clients were told NV_UNAVAILABLE, so the in-memory state
+        (holding those changes) is dropped and the unacknowledged records erased; the next command
+        loads what was acknowledged. If even the erase fails, the vTPM stays out of service."""
+        device = self.loaded
+        self.loaded = None
+        if device is not None:
+            self.platform = _Platform(device.running, device.locality, device.established, device.buffer_size)
+        assert self.journaled is not None
+        try:
+            self.journaled.drop_unacknowledged()
+        except Exception as exc:  # noqa: BLE001 - the disk refuses even zeros
+            self.failed = f"{self.name}: the state journal failed and could not be repaired ({type(exc).__name__})"
+            log.error("%s; remove and add the vTPM again once the storage works", self.failed)
 
     def terminate(self) -> None:
         """CMD_SHUTDOWN on its control channel: stopped and saved; its connections end, its sockets stay."""
@@ -137,7 +173,7 @@ class HostedVtpm:
         except Exception as exc:
             problem = f"state not saved: {exc}"
         self.loaded = None
-        release = getattr(self.store, "close", None)
+        release = getattr(self.journaled or self.store, "close", None)  # the journaled store folds, then closes
         if release is not None:
             try:
                 release()
@@ -200,13 +236,16 @@ class VtpmHost:
         self.open_store = open_store
         self.evict_after = evict_after
         self.exit_when_empty = exit_when_empty
-        self.loop = Loop(idle_timeout=idle_timeout)
+        self.group = JournalGroup()
+        self.loop = Loop(idle_timeout=idle_timeout, commit=self.commit)
         self.vtpms: dict[str, HostedVtpm] = {}
+        self.idle_fold_seconds = IDLE_FOLD_SECONDS
         self._lock_fd: int | None = None
         self._control = None
         self.uid = os.getuid()
         if evict_after is not None:
             self.loop.every(max(0.05, min(evict_after / 2, 5.0)), self.evict_idle)
+        self.loop.every(FOLD_CHECK_SECONDS, self.fold_idle)
 
     # ------------------------------------------------------------------ life
 
@@ -246,9 +285,10 @@ class VtpmHost:
         """Remove every vTPM (each saved and released), close the control socket, drop the lock."""
         problems = []
         for name in list(self.vtpms):
-            problem = self.vtpms.pop(name).close()
+            problem = self._close(self.vtpms.pop(name))
             if problem:
                 problems.append(f"{name}: {problem}")
+        self.group.close()
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -310,10 +350,12 @@ class VtpmHost:
         store = self.open_store(request)
         hosted = HostedVtpm(request.name, store, key, startup_clear=request.startup_clear)
         try:
+            if hasattr(store, "journal_binding"):
+                hosted.journaled = self.group.add(JournaledStore(store))  # type: ignore[arg-type]
             hosted.endpoints = SwtpmEndpoints(self.loop, hosted.device, request.endpoints,
                                               on_terminate=hosted.terminate)
         except BaseException:
-            hosted.close()
+            self._close(hosted)
             raise
         self.vtpms[request.name] = hosted
         return hosted.describe(time.monotonic())
@@ -322,17 +364,64 @@ class VtpmHost:
         hosted = self.vtpms.pop(name, None)
         if hosted is None:
             raise HostRefusal(f"no vTPM named {name!r} is hosted")
-        problem = hosted.close()
+        problem = self._close(hosted)
         answer: dict[str, Any] = {"ok": problem is None, "removed": name}
         if problem:
             answer["error"] = problem
         return answer
 
+    def _close(self, hosted: HostedVtpm) -> str | None:
+        if hosted.journaled is not None:
+            self.group.discard(hosted.journaled)  # its close folds the whole state, pending records included
+        return hosted.close()
+
+    def commit(self, replies: list[Reply]) -> None:
+        """The loop's commit hook: send the replies of vTPMs with nothing to commit, then write and
+        sync every dirty journal at once; the replies of a vTPM whose commit failed become
+        NV_UNAVAILABLE (and it drops its state, see ``HostedVtpm.commit_failed``)."""
+        dirty = {id(h.loaded) for h in self.vtpms.values()
+                 if h.loaded is not None and h.journaled is not None and h.journaled.pending}
+        if not dirty:
+            return
+        waiting = []
+        for reply in replies:  # sent now: their vTPM has nothing to commit, its earlier changes are synced
+            if reply.device is not None and id(reply.device) in dirty:
+                waiting.append(reply)
+            else:
+                reply.conn.write(reply.response)
+                if reply.after is not None:
+                    reply.after()
+        replies[:] = waiting  # the loop sends these once this returns
+        try:
+            self.group.commit()
+        except GroupCommitError as exc:
+            log.error("%s", exc)
+            failed_devices = set()
+            for hosted in self.vtpms.values():
+                if hosted.journaled is not None and hosted.journaled in exc.failed:
+                    failed_devices.add(id(hosted.loaded))
+                    hosted.commit_failed()
+            failed = wire.error_response(RC.NV_UNAVAILABLE)
+            ctrl_failed = swtpm_ctrl.TPM_FAIL.to_bytes(4, "big")
+            for reply in waiting:
+                if id(reply.device) in failed_devices:
+                    reply.response = ctrl_failed if isinstance(reply.conn, ControlConnection) else failed
+
+    def fold_idle(self) -> None:
+        """Fold one idle vTPM's journal per call (the loop is held for one fold at a time)."""
+        try:
+            self.group.fold_idle(self.idle_fold_seconds)
+        except Exception as exc:  # noqa: BLE001 - retried at the next call; the records stay durable
+            log.warning("folding an idle journal failed: %s", type(exc).__name__)
+
     def evict_idle(self) -> None:
         now = time.monotonic()
         for hosted in self.vtpms.values():
             if hosted.evictable(self.evict_after or 0.0, now):
-                hosted.evict()
+                try:
+                    hosted.evict()
+                except Exception as exc:  # noqa: BLE001 - kept in memory; tried again later
+                    log.warning("%s not evicted: the fold failed (%s)", hosted.name, type(exc).__name__)
 
 
 # ----------------------------------------------------------------------------- the command line
