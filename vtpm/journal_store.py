@@ -100,10 +100,11 @@ def _read_journal(path: Path) -> bytes | None:
         return None
 
 
-def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None:
+def recover(base: JournalBase, *, accept_rollback: bool = False, write: bool = True) -> bytes | None:
     """The store's full state with its journal's records applied (and folded: written as a new full
     state), after the rollback check; the journal is then removed. A stale journal (of an older base)
-    is ignored. Called on open, when no served vTPM holds the store."""
+    is ignored. Called on open, when no served vTPM holds the store. ``write=False`` changes no file
+    (a migration target reading the state before it holds the lock)."""
     raw, generation = base.load_raw()
     binding = base.journal_binding()
     current = Base.of(generation, raw or b"")
@@ -128,14 +129,14 @@ def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None
     if binding.positions is not None:
         recorded = binding.positions.recorded()
         if recorded is not None and reached < recorded:
-            if not accept_rollback:
+            if not accept_rollback or not write:
                 raise JournalRollbackError(
                     f"{binding.path}: the journal ends at generation {reached >> 32} record {reached & 0xFFFFFFFF}, "
                     f"before the recorded generation {recorded >> 32} record {recorded & 0xFFFFFFFF}: it was truncated, "
                     "deleted or replaced by an older copy; if that was deliberate, accept it with --accept-rollback")
             binding.positions.record(reached, allow_lower=True)
     if not payloads or raw is None:
-        if data is not None:
+        if data is not None and write:
             remove_journal(binding)
         return raw
     try:
@@ -146,6 +147,8 @@ def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None
     except (StateError, ValueError, RecursionError) as exc:
         raise StateStoreError(f"{binding.path}: the journal's records do not apply ({exc}); nothing was changed") from None
     folded = state.to_bytes()
+    if not write:
+        return folded
     base.save(folded)
     remove_journal(binding)  # stale now; removed so that copies of the directory carry no leftovers
     return folded
@@ -162,11 +165,14 @@ class _PositionRecorder:
         self._wake = threading.Event()
         self._stop = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="journal-position", daemon=True)
-        self._thread.start()
+        self._pid = 0  # the process whose thread runs: started at the first note, again after a fork
 
     def note(self, position: int) -> None:
         self._latest = position
+        if self._pid != os.getpid():  # `vtpm socket --daemon` forks after loading: threads do not follow
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            threading.Thread(target=self._run, name="journal-position", daemon=True).start()
         self._wake.set()
 
     def _record_latest(self) -> None:
@@ -243,6 +249,20 @@ class JournaledStore:
         self._track(state)
         self._restart(raw)
         return state
+
+    def peek(self) -> TpmState | None:
+        """The state with the journal applied, changing no file and tracking nothing (read before
+        holding the state's lock); the first ``persist_state`` after it writes the state whole."""
+        raw = recover(self.base, write=False)
+        try:
+            return None if raw is None else TpmState.from_bytes(raw)
+        except StateError as exc:
+            raise StateStoreError(f"{self.base.describe()}: {exc}") from None
+
+    def release(self) -> None:
+        """The state's lock goes to another server (live migration): stop using this journal, write
+        nothing; a ``persist_state`` after the lock is taken back writes the state whole."""
+        self._forget()
 
     def save(self, raw: bytes) -> None:
         """A full state (a new TPM, or a caller with bytes): written to the base; the journal starts over."""
