@@ -38,6 +38,7 @@ from vtpm.server.protocol import (
 log = logging.getLogger(__name__)
 
 MAX_WIRE_COMMAND = 64 * 1024  # refuse to buffer more than this for one command
+DATA_RECV = 4096  # bytes asked of one recv on a data connection (a typical command fits)
 MID_COMMAND_TIMEOUT = 10.0  # seconds a client may take to finish sending a started command
 
 
@@ -65,22 +66,31 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice, *, once: bool = F
     """
     with contextlib.closing(sock):
         sock.settimeout(None)
+        buf = b""  # one recv usually brings a whole command (header and body): one syscall, not two
         while True:
             try:
-                header = sock.recv(wire.HEADER_SIZE)
-                if not header:
-                    return
-                if len(header) < wire.HEADER_SIZE:
-                    header += recv_exact(sock, wire.HEADER_SIZE - len(header))
-                size = wire.parse_header(header)[1]
+                while len(buf) < wire.HEADER_SIZE:
+                    chunk = sock.recv(DATA_RECV)
+                    if not chunk:
+                        return
+                    buf += chunk
+                size = wire.parse_header(buf)[1]
                 if size < wire.HEADER_SIZE or size > MAX_WIRE_COMMAND:
                     sock.sendall(wire.error_response(RC.COMMAND_SIZE))
                     return  # the stream is out of step: drop the connection
-                body = recv_exact(sock, size - wire.HEADER_SIZE) if size > wire.HEADER_SIZE else b""
-                sock.sendall(device.execute(header + body))
+                while len(buf) < size:
+                    chunk = sock.recv(max(DATA_RECV, size - len(buf)))
+                    if not chunk:
+                        return
+                    buf += chunk
+                if len(buf) == size:
+                    command, buf = buf, b""
+                else:
+                    command, buf = buf[:size], buf[size:]
+                sock.sendall(device.execute(command))
                 if once:
                     return
-            except (ConnectionClosed, OSError):
+            except OSError:
                 return
 
 
