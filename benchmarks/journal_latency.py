@@ -9,6 +9,8 @@ so that machine noise hits all alike):
 - ``in-process not persisted``: the same command with no store: the engine's own CPU time, the floor
   under every durable variant;
 - ``served (journal)``: NV_Write round trip over TCP to a real ``vtpm serve`` (journal on: the default);
+- ``host (journal)``: the same to one vTPM of a real ``vtpm host`` (group commit on its event loop);
+- ``socket (journal)``: the same to a real ``vtpm socket --flags not-need-init,startup-clear``;
 - ``served (no journal)``: the same with ``--no-journal`` (the whole state rewritten atomically);
 - ``swtpm``: swtpm's NV_Write over TCP. swtpm does not fsync: its writes are NOT durable.
 
@@ -33,8 +35,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.servers import ServerError, start_swtpm, start_vtpm, swtpm_path
-from support.tpm_helpers import latency_commands, prepare_latency_target
+from support.servers import (
+    ServerError,
+    start_swtpm,
+    start_vtpm,
+    start_vtpm_host,
+    start_vtpm_socket,
+    swtpm_path,
+    unix_socket_ready,
+)
+from support.tpm_helpers import TpmConnection, latency_commands, prepare_latency_target
+from vtpm.server.sockets import free_port_pair
 from vmcrypt.vtpm_key_file import EncryptedStateStore
 from vtpm import wire
 from vtpm.engine import Tpm
@@ -164,10 +175,22 @@ def main() -> int:
         unjournaled = stack.enter_context(start_vtpm(["--state", str(base / "plain"), "--startup-clear", "--no-journal"],
                                                      base / "p.log"))
         swtpm = stack.enter_context(start_swtpm(base / "swtpm-state"))
+        host = stack.enter_context(start_vtpm_host(base / "run" / "host.sock", base / "h.log"))
+        host_port = free_port_pair()
+        host.client().add("bench", state=str(base / "hosted"), tcp_port=host_port, startup_clear=True)
+        socket_port = free_port_pair()
+        (base / "socket").mkdir()
+        stack.enter_context(start_vtpm_socket(
+            ["--tpm2", "--tpmstate", f"dir={base / 'socket'}", "--server", f"type=tcp,port={socket_port}",
+             "--ctrl", f"type=unixio,path={base / 'socket.ctrl'}", "--flags", "not-need-init,startup-clear"],
+            base / "k.log", unix_socket_ready(base / "socket.ctrl")))
         conns = {}
         for name, server in (("served (journal)", served), ("served (no journal)", unjournaled), ("swtpm", swtpm)):
             conns[name] = stack.enter_context(contextlib.closing(server.connect()))
-            prepare_latency_target(conns[name])
+        conns["host (journal)"] = stack.enter_context(contextlib.closing(TpmConnection(host_port)))
+        conns["socket (journal)"] = stack.enter_context(contextlib.closing(TpmConnection(socket_port)))
+        for conn in conns.values():
+            prepare_latency_target(conn)
         kinds = {
             "fdatasync 4 KiB": Reference(base),
             "in-process plain": in_process(JournaledStore(PlainStateStore(base / "inproc"))),
@@ -204,6 +227,9 @@ def main() -> int:
               f"{commit / reference_again:.2f} fdatasyncs; vTPM commits per fdatasync-time: "
               f"{8 * reference_again / commit:.2f}")
     print(f"in-process ratio: {medians['in-process plain'] / reference:.2f}")
+    print(f"host ratio: {medians['host (journal)'] / reference:.2f}")
+    print(f"socket ratio: {medians['socket (journal)'] / reference:.2f}")
+    print(f"swtpm ratio (not durable): {medians['swtpm'] / reference:.2f}")
     print(f"ratio: {medians['served (journal)'] / reference:.2f}")
     return 0
 

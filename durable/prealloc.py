@@ -73,6 +73,14 @@ class PreallocatedFile:
     def sync(self) -> None:
         os.fdatasync(self._fd)
 
+    def erase_from(self, offset: int) -> None:
+        """Zero what was appended after ``offset`` and sync (durable on return): the next append goes
+        there. Undoes appends that were never acknowledged, so that reopening cannot find them."""
+        if offset < self.end:
+            _write_zeros(self._fd, offset, self.end - offset)
+            os.fdatasync(self._fd)
+        self.end = min(self.end, offset)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

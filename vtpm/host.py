@@ -5,10 +5,19 @@ CMD_SET_DATAFD, an optional Unix data socket, an optional TCP pair) on the
 shared ``vtpm.server.loop.Loop``. Adding a vTPM opens its store (for a VM:
 checks its files, unlocks its key and takes the VM's lock) but reads no
 state: the TPM state is loaded at its first command, control or data.
-Every change is written through to the store by the engine, so an idle
-vTPM whose TPM is not started (or stopped) can be evicted from memory and
-loaded again later. Removing one sends Shutdown if the OS did not, saves,
-closes its sockets and releases the store (and with it the VM's lock).
+Every change is journaled (``vtpm.journal_store``): the engine only seals a
+record, and the loop's commit hook writes the records of every vTPM changed
+in that iteration and syncs those journals (in parallel threads) once, before
+the iteration's responses leave. Replies of vTPMs with nothing to commit are
+sent before the sync, so a neighbour's write does not hold them up. A vTPM
+whose commit fails answers ``TPM_RC_NV_UNAVAILABLE`` for that iteration; its
+unacknowledged records are erased and its in-memory state dropped (reloaded
+from the store at the next command), so nothing a client was told failed is
+persisted later. Idle vTPMs' journals are folded a few at a time by a
+periodic task; an idle vTPM whose TPM is not started (or stopped) is folded
+and evicted from memory and loaded again later. Removing one sends Shutdown
+if the OS did not, folds, closes its sockets and releases the store (and with
+it the VM's lock).
 
 The host is driven over its own Unix socket (mode 0600, peers of another
 uid refused) with one JSON object per line each way (``vtpm.host_protocol``).
@@ -35,10 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from vtpm import wire
+from vtpm.constants import RC
 from vtpm.engine import Tpm
+from vtpm.journal_store import IDLE_FOLD_SECONDS, GroupCommitError, JournaledStore, JournalGroup
 from vtpm.host_protocol import MAX_LINE, AddRequest, ProtocolError, parse_add  # noqa: F401  (AddRequest: cli)
 from vtpm.server.device import TpmDevice
-from vtpm.server.loop import Connection, Endpoints, Loop, Reply, SwtpmEndpoints, bind_unix
+from vtpm.server import swtpm_ctrl
+from vtpm.server.loop import Connection, ControlConnection, Endpoints, Loop, Reply, SwtpmEndpoints, bind_unix
 from vtpm.server.state_lock import GuardedStore, lock_for
 from vtpm.state import TpmState
 from vtpm.storage import StateStore, StateStoreError
@@ -46,6 +58,7 @@ from vtpm.storage import StateStore, StateStoreError
 log = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT = 10.0  # seconds a control client may take to finish a request line
+FOLD_CHECK_SECONDS = 0.5  # how often idle journals are looked at (one fold per look)
 
 
 class HostRefusal(Exception):
@@ -78,12 +91,19 @@ class HostedVtpm:
     loads: int = 0
     last_used: float = field(default_factory=time.monotonic)
     platform: _Platform | None = None
+    journaled: JournaledStore | None = None  # the store's journal (None: a store without one)
+    failed: str | None = None  # its journal could not be repaired: out of service until removed
     guard: GuardedStore = field(init=False)
 
     def __post_init__(self) -> None:
         # a state directory's lock, as `vtpm socket` takes it (a VM's store holds the VM's lock itself);
         # never waited for: the loop thread serves every other vTPM meanwhile
         self.guard = GuardedStore(self.store, lock_for(self.store), max_retries=0)
+
+    def journal_with(self, journaled: JournaledStore) -> None:
+        """Changes go to ``journaled`` (one record each, committed with the host's group)."""
+        self.journaled = journaled
+        self.guard.journal = journaled
 
     def take_lock(self) -> None:
         """One server per state directory: refused (StateInUseError) while another holds it."""
@@ -95,11 +115,18 @@ class HostedVtpm:
         self.last_used = time.monotonic()
         if self.loaded is not None:
             return self.loaded
-        state = self.store.load()
+        if self.failed is not None:
+            raise StateStoreError(self.failed)
+        if self.journaled is None:
+            state = self.store.load()
+        elif self.guard.held:
+            state = self.journaled.load()
+        else:  # an incoming migration: read only; the source may still be writing this journal
+            state = self.journaled.peek()
         if state is None:
             state = TpmState.manufacture()
             self.guard.save(state.to_bytes())  # not while an incoming migration waits for the lock
-        tpm = Tpm(state, persist=self.guard.save)
+        tpm = Tpm(state, persist=self.guard)
         if self.startup_clear and self.loads == 0:
             tpm.execute(0, wire.STARTUP_CLEAR)
         device = TpmDevice(tpm, name=self.name, storage=self.guard, on_terminate=self.terminate)
@@ -123,11 +150,29 @@ class HostedVtpm:
         return not device.running or not device.tpm.volatile.started
 
     def evict(self) -> None:
+        """Fold the journal (the store then holds everything) and drop the state from memory."""
         device = self.loaded
         if device is None:
             return
+        if self.journaled is not None:
+            self.journaled.unload()  # raises (nothing evicted) when the fold fails
         self.platform = _Platform(device.running, device.locality, device.established, device.buffer_size)
         self.loaded = None
+
+    def commit_failed(self) -> None:
+        """Its journal commit failed: its clients were told NV_UNAVAILABLE, so the in-memory state
+        (holding those changes) is dropped and the unacknowledged records erased; the next command
+        loads what was acknowledged. If even the erase fails, the vTPM stays out of service."""
+        device = self.loaded
+        self.loaded = None
+        if device is not None:
+            self.platform = _Platform(device.running, device.locality, device.established, device.buffer_size)
+        assert self.journaled is not None
+        try:
+            self.journaled.drop_unacknowledged()
+        except Exception as exc:  # noqa: BLE001 - the disk refuses even zeros
+            self.failed = f"{self.name}: the state journal failed and could not be repaired ({type(exc).__name__})"
+            log.error("%s; remove and add the vTPM again once the storage works", self.failed)
 
     def terminate(self) -> None:
         """CMD_SHUTDOWN on its control channel (or its state's lock lost to another server): the TPM is
@@ -151,13 +196,15 @@ class HostedVtpm:
         except Exception as exc:
             problem = f"state not saved: {exc}"
         self.loaded = None
-        self.guard.release(retries=0)
-        release = getattr(self.store, "close", None)
+        # the journal is folded while the lock is held (a handed-over one is left alone), then the store closes
+        release = self.guard.close if self.journaled is not None else getattr(self.store, "close", None)
         if release is not None:
             try:
                 release()
             except Exception as exc:
                 problem = problem or f"store not released: {exc}"
+        if self.guard.lock is not None:
+            self.guard.lock.release()
         return problem
 
     @property
@@ -223,13 +270,16 @@ class VtpmHost:
         self.open_store = open_store
         self.evict_after = evict_after
         self.exit_when_empty = exit_when_empty
-        self.loop = Loop(idle_timeout=idle_timeout)
+        self.group = JournalGroup()
+        self.loop = Loop(idle_timeout=idle_timeout, commit=self.commit)
         self.vtpms: dict[str, HostedVtpm] = {}
+        self.idle_fold_seconds = IDLE_FOLD_SECONDS
         self._lock_fd: int | None = None
         self._control = None
         self.uid = os.getuid()
         if evict_after is not None:
             self.loop.every(max(0.05, min(evict_after / 2, 5.0)), self.evict_idle)
+        self.loop.every(FOLD_CHECK_SECONDS, self.fold_idle)
 
     # ------------------------------------------------------------------ life
 
@@ -269,9 +319,10 @@ class VtpmHost:
         """Remove every vTPM (each saved and released), close the control socket, drop the lock."""
         problems = []
         for name in list(self.vtpms):
-            problem = self.vtpms.pop(name).close()
+            problem = self._close(self.vtpms.pop(name))
             if problem:
                 problems.append(f"{name}: {problem}")
+        self.group.close()
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -335,10 +386,12 @@ class VtpmHost:
         try:
             if not request.incoming:
                 hosted.take_lock()
+            if hasattr(store, "journal_binding"):
+                hosted.journal_with(self.group.add(JournaledStore(store)))  # type: ignore[arg-type]
             hosted.endpoints = SwtpmEndpoints(self.loop, hosted.device, request.endpoints,
                                               on_terminate=hosted.terminate)
         except BaseException:
-            hosted.close()
+            self._close(hosted)
             raise
         self.vtpms[request.name] = hosted
         return hosted.describe(time.monotonic())
@@ -347,17 +400,64 @@ class VtpmHost:
         hosted = self.vtpms.pop(name, None)
         if hosted is None:
             raise HostRefusal(f"no vTPM named {name!r} is hosted")
-        problem = hosted.close()
+        problem = self._close(hosted)
         answer: dict[str, Any] = {"ok": problem is None, "removed": name}
         if problem:
             answer["error"] = problem
         return answer
 
+    def _close(self, hosted: HostedVtpm) -> str | None:
+        if hosted.journaled is not None:
+            self.group.discard(hosted.journaled)  # its close folds the whole state, pending records included
+        return hosted.close()
+
+    def commit(self, replies: list[Reply]) -> None:
+        """The loop's commit hook: send the replies of vTPMs with nothing to commit, then write and
+        sync every dirty journal at once; the replies of a vTPM whose commit failed become
+        NV_UNAVAILABLE (and it drops its state, see ``HostedVtpm.commit_failed``)."""
+        dirty = {id(h.loaded) for h in self.vtpms.values()
+                 if h.loaded is not None and h.journaled is not None and h.journaled.pending}
+        if not dirty:
+            return
+        waiting = []
+        for reply in replies:  # sent now: their vTPM has nothing to commit, its earlier changes are synced
+            if reply.device is not None and id(reply.device) in dirty:
+                waiting.append(reply)
+            else:
+                reply.conn.write(reply.response)
+                if reply.after is not None:
+                    reply.after()
+        replies[:] = waiting  # the loop sends these once this returns
+        try:
+            self.group.commit()
+        except GroupCommitError as exc:
+            log.error("%s", exc)
+            failed_devices = set()
+            for hosted in self.vtpms.values():
+                if hosted.journaled is not None and hosted.journaled in exc.failed:
+                    failed_devices.add(id(hosted.loaded))
+                    hosted.commit_failed()
+            failed = wire.error_response(RC.NV_UNAVAILABLE)
+            ctrl_failed = swtpm_ctrl.TPM_FAIL.to_bytes(4, "big")
+            for reply in waiting:
+                if id(reply.device) in failed_devices:
+                    reply.response = ctrl_failed if isinstance(reply.conn, ControlConnection) else failed
+
+    def fold_idle(self) -> None:
+        """Fold one idle vTPM's journal per call (the loop is held for one fold at a time)."""
+        try:
+            self.group.fold_idle(self.idle_fold_seconds)
+        except Exception as exc:  # noqa: BLE001 - retried at the next call; the records stay durable
+            log.warning("folding an idle journal failed: %s", type(exc).__name__)
+
     def evict_idle(self) -> None:
         now = time.monotonic()
         for hosted in self.vtpms.values():
             if hosted.evictable(self.evict_after or 0.0, now):
-                hosted.evict()
+                try:
+                    hosted.evict()
+                except Exception as exc:  # noqa: BLE001 - kept in memory; tried again later
+                    log.warning("%s not evicted: the fold failed (%s)", hosted.name, type(exc).__name__)
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -100,10 +100,11 @@ def _read_journal(path: Path) -> bytes | None:
         return None
 
 
-def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None:
+def recover(base: JournalBase, *, accept_rollback: bool = False, write: bool = True) -> bytes | None:
     """The store's full state with its journal's records applied (and folded: written as a new full
     state), after the rollback check; the journal is then removed. A stale journal (of an older base)
-    is ignored. Called on open, when no served vTPM holds the store."""
+    is ignored. Called on open, when no served vTPM holds the store. ``write=False`` changes no file
+    (a migration target reading the state before it holds the lock)."""
     raw, generation = base.load_raw()
     binding = base.journal_binding()
     current = Base.of(generation, raw or b"")
@@ -128,14 +129,14 @@ def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None
     if binding.positions is not None:
         recorded = binding.positions.recorded()
         if recorded is not None and reached < recorded:
-            if not accept_rollback:
+            if not accept_rollback or not write:
                 raise JournalRollbackError(
                     f"{binding.path}: the journal ends at generation {reached >> 32} record {reached & 0xFFFFFFFF}, "
                     f"before the recorded generation {recorded >> 32} record {recorded & 0xFFFFFFFF}: it was truncated, "
                     "deleted or replaced by an older copy; if that was deliberate, accept it with --accept-rollback")
             binding.positions.record(reached, allow_lower=True)
     if not payloads or raw is None:
-        if data is not None:
+        if data is not None and write:
             remove_journal(binding)
         return raw
     try:
@@ -146,6 +147,8 @@ def recover(base: JournalBase, *, accept_rollback: bool = False) -> bytes | None
     except (StateError, ValueError, RecursionError) as exc:
         raise StateStoreError(f"{binding.path}: the journal's records do not apply ({exc}); nothing was changed") from None
     folded = state.to_bytes()
+    if not write:
+        return folded
     base.save(folded)
     remove_journal(binding)  # stale now; removed so that copies of the directory carry no leftovers
     return folded
@@ -162,11 +165,14 @@ class _PositionRecorder:
         self._wake = threading.Event()
         self._stop = False
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="journal-position", daemon=True)
-        self._thread.start()
+        self._pid = 0  # the process whose thread runs: started at the first note, again after a fork
 
     def note(self, position: int) -> None:
         self._latest = position
+        if self._pid != os.getpid():  # `vtpm socket --daemon` forks after loading: threads do not follow
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            threading.Thread(target=self._run, name="journal-position", daemon=True).start()
         self._wake.set()
 
     def _record_latest(self) -> None:
@@ -217,6 +223,7 @@ class JournaledStore:
         self._generation = 0
         self._seq = 0  # records sealed
         self._synced = 0  # records durable
+        self._synced_end = 0  # the journal's length at the last sync
         self._prev_tag = b""
         self._pending: list[bytes] = []
         self._broken = False
@@ -242,6 +249,20 @@ class JournaledStore:
         self._track(state)
         self._restart(raw)
         return state
+
+    def peek(self) -> TpmState | None:
+        """The state with the journal applied, changing no file and tracking nothing (read before
+        holding the state's lock); the first ``persist_state`` after it writes the state whole."""
+        raw = recover(self.base, write=False)
+        try:
+            return None if raw is None else TpmState.from_bytes(raw)
+        except StateError as exc:
+            raise StateStoreError(f"{self.base.describe()}: {exc}") from None
+
+    def release(self) -> None:
+        """The state's lock goes to another server (live migration): stop using this journal, write
+        nothing; a ``persist_state`` after the lock is taken back writes the state whole."""
+        self._forget()
 
     def save(self, raw: bytes) -> None:
         """A full state (a new TPM, or a caller with bytes): written to the base; the journal starts over."""
@@ -302,6 +323,7 @@ class JournaledStore:
             raise
         self.syncs += 1
         self._synced = self._seq
+        self._synced_end = self._file.end
         if self._recorder is not None:
             self._recorder.note(journal.position(self._generation, self._synced))
 
@@ -344,8 +366,46 @@ class JournaledStore:
         self._sealer = sealer
         self._generation = base.generation
         self._seq = self._synced = 0
+        self._synced_end = self._file.end
         self._prev_tag = header.tag[:journal.TAG_SIZE]
         self._broken = False
+
+    @property
+    def loaded(self) -> bool:
+        """A state is tracked (``load`` or ``save`` ran and nothing unloaded or dropped it since)."""
+        return self._state is not None
+
+    def unload(self) -> None:
+        """Fold what the journal holds, remove the journal and forget the state (a host evicting an
+        idle vTPM); ``load`` starts again from the store."""
+        if self._state is not None and (self._seq or self._pending or self._broken):
+            self._pending.clear()
+            self.base.save(self._state.to_bytes())
+            self.folds += 1
+        self._forget()
+        remove_journal(self.binding)
+
+    def drop_unacknowledged(self) -> None:
+        """A commit failed: erase every record after the last sync from the journal (zeros, synced),
+        and forget the in-memory state, which holds changes whose clients were told they failed. The
+        next ``load`` starts from the store: base plus acknowledged records. Raises when the erase
+        fails; the caller must then keep the vTPM out of service (the records may be on disk)."""
+        self._pending.clear()
+        file = self._file
+        self._state = self._snapshot = None
+        if file is not None:
+            self._file = None
+            try:
+                file.erase_from(self._synced_end)
+            finally:
+                file.close()
+
+    def _forget(self) -> None:
+        self._pending.clear()
+        self._state = self._snapshot = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def record_position(self) -> None:
         """Record the synced position now (the background recorder does it within ``record_interval``)."""
@@ -392,6 +452,16 @@ class JournaledStore:
         self.close()
 
 
+class GroupCommitError(StateStoreError):
+    """Some journals of a group could not be written or synced; ``failed`` maps each to its error.
+    The others were committed."""
+
+    def __init__(self, failed: dict["JournaledStore", BaseException]) -> None:
+        super().__init__(f"{len(failed)} journal(s) could not be made durable: "
+                         + "; ".join(f"{store.binding.path.name}: {type(exc).__name__}" for store, exc in failed.items()))
+        self.failed = failed
+
+
 class JournalGroup:
     """Group commit for the vTPMs of one host process: one flush round for every journal dirtied in
     one round of the event loop. ``commit`` before sending the round's responses."""
@@ -413,31 +483,60 @@ class JournalGroup:
         store.deferred = False
         store.commit()
 
+    def discard(self, store: JournaledStore) -> None:
+        """Take ``store`` out of the group without committing (its ``close`` folds what it holds)."""
+        if store in self._stores:
+            self._stores.remove(store)
+        store.deferred = False
+
     def commit(self) -> int:
-        """Write every pending record, then sync every journal written; the number of records made
-        durable. A journal that fails raises after the others were synced."""
+        """Write every pending record, then sync every journal written (in threads when several);
+        the number of records made durable. Raises ``GroupCommitError`` naming the journals that
+        failed, after the others were committed."""
         dirty = [store for store in self._stores if store.pending]
         if not dirty:
             return 0
-        written = sum(store.write_pending() for store in dirty)
-        if self._pool is not None and len(dirty) > 1:
-            failures = [f.exception() for f in [self._pool.submit(store.sync) for store in dirty]]
+        failed: dict[JournaledStore, BaseException] = {}
+        written = 0
+        for store in dirty:
+            try:
+                written += store.write_pending()
+            except Exception as exc:  # noqa: BLE001 - collected, raised below
+                failed[store] = exc
+        synced = [store for store in dirty if store not in failed]
+        if self._pool is not None and len(synced) > 1:
+            for store, future in [(store, self._pool.submit(store.sync)) for store in synced]:
+                error = future.exception()
+                if error is not None:
+                    failed[store] = error
         else:
-            failures = []
-            for store in dirty:
+            for store in synced:
                 try:
                     store.sync()
                 except Exception as exc:  # noqa: BLE001 - collected, raised below
-                    failures.append(exc)
-        for store in dirty:
-            if store._file is not None and store._file.end > store.fold_bytes:
-                store.fold()
+                    failed[store] = exc
+        for store in synced:
+            if store not in failed and store._file is not None and store._file.end > store.fold_bytes:
+                try:
+                    store.fold()
+                except Exception:  # noqa: BLE001 - the records are durable; the fold is retried later
+                    log.warning("folding %s failed; the journal keeps growing", store.binding.path.name)
         self.rounds += 1
         self.records += written
-        errors = [f for f in failures if f is not None]
-        if errors:
-            raise errors[0]
+        if failed:
+            raise GroupCommitError(failed)
         return written
+
+    def fold_idle(self, idle_seconds: float = IDLE_FOLD_SECONDS, *, limit: int = 1) -> int:
+        """Fold up to ``limit`` stores idle for ``idle_seconds`` (a periodic task: a few at a time, so
+        a host's loop is held for one fold, not all of them); the number folded."""
+        folded = 0
+        for store in self._stores:
+            if folded >= limit:
+                break
+            if store.loaded and store.fold_if_idle(idle_seconds):
+                folded += 1
+        return folded
 
     def close(self) -> None:
         for store in list(self._stores):

@@ -353,3 +353,60 @@ def test_sigkill_of_vtpm_serve_keeps_every_acknowledged_nv_write(tmp_path: Path,
         found = int.from_bytes(state.nv[LATENCY_NV_INDEX].data, "big")
         assert found in (value, value + 1)
         value = found
+
+
+# ----------------------------------------------------------------------------- host and migration seams
+
+
+def test_drop_unacknowledged_erases_records_written_but_not_synced(tmp_path: Path) -> None:
+    store, state = _plain(tmp_path)
+    _write(store, state, 1)  # acknowledged
+    group = JournalGroup(parallel=False)
+    group.add(store)
+    _write(store, state, 2)
+    assert store.write_pending() == 1  # on disk (page cache), never synced: a commit that failed at the sync
+    journal = (tmp_path / JOURNAL_FILE).read_bytes()
+    store.drop_unacknowledged()
+    assert not store.loaded and (tmp_path / JOURNAL_FILE).read_bytes() != journal
+    again = JournaledStore(PlainStateStore(tmp_path))
+    assert _value(again.load()) == 1  # the dropped change is gone from the disk too
+    again.close()
+
+
+def test_unload_folds_and_peek_reads_without_writing(tmp_path: Path) -> None:
+    store, state = _plain(tmp_path)
+    _write(store, state, 7)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    reader = JournaledStore(PlainStateStore(tmp_path))
+    assert _value(reader.peek()) == 7 and not reader.loaded  # base + journal, in memory only
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    store.unload()  # evict: the state is folded, the journal removed
+    assert not (tmp_path / JOURNAL_FILE).exists() and not store.loaded
+    assert _value(PlainStateStore(tmp_path).load()) == 7
+    state = store.load()
+    _write(store, state, 8)  # loaded again: a new journal
+    store.close()
+    assert _value(PlainStateStore(tmp_path).load()) == 8
+
+
+def test_group_commit_names_the_journal_that_failed_and_commits_the_others(tmp_path: Path) -> None:
+    from vtpm.journal_store import GroupCommitError
+
+    group = JournalGroup(parallel=True)
+    (ok_store, ok_state), (bad_store, bad_state) = _plain(tmp_path / "ok"), _plain(tmp_path / "bad")
+    group.add(ok_store)
+    group.add(bad_store)
+    assert bad_store._file is not None
+    good_fd = bad_store._file._fd
+    bad_store._file._fd = os.open(bad_store._file.path, os.O_RDONLY)  # the disk refuses writes (EBADF)
+    os.close(good_fd)
+    _write(ok_store, ok_state, 3)
+    _write(bad_store, bad_state, 3)
+    with pytest.raises(GroupCommitError) as failed:
+        group.commit()
+    assert list(failed.value.failed) == [bad_store]
+    assert _value(PlainStateStore(tmp_path / "ok").load()) == 3  # committed (recover folds it on open)
+    group.discard(ok_store)
+    group.discard(bad_store)
+    bad_store.abandon()
+    group.close()

@@ -334,3 +334,42 @@ def test_tpm2_tools_against_vtpm_socket_on_tcp(tmp_path: Path) -> None:
         expected = hashlib.sha256(bytes(32) + bytes([0x11]) * 32).hexdigest().upper()
         assert f"16: 0x{expected}" in tools(server, "tpm2_pcrread", "sha256:16").stdout
         tools(server, "tpm2_shutdown", "-c")
+
+
+def _journal_records(state: Path) -> bytes:
+    """The journal's record area (block 0 is its header)."""
+    return (state / "tpm2-state.journal").read_bytes()[4096:].rstrip(b"\0")
+
+
+def test_vtpm_socket_journals_and_a_migration_target_keeps_its_writes_through_sigkill(sockets: Path) -> None:
+    """Changes are journal records (no full rewrite per command); after the lock handover the source's
+    journal is left alone and the target writes the arrived state whole, then journals; a SIGKILL of
+    the target loses none of its acknowledged writes."""
+    state = sockets / "shared"
+    source, src_ctrl = start("vtpm", sockets, "src", state=state)
+    target, dst_ctrl = start("vtpm", sockets, "dst", "--migration", "incoming,release-lock-outgoing", state=state)
+    with source, target, QemuControl.unix(str(src_ctrl)) as src, QemuControl.unix(str(dst_ctrl)) as dst:
+        prepare_source(src)
+        base = (state / "tpm2-state.json").read_bytes()
+        ok(src.transact(wire.nv_write(NV_INDEX, b"written on src")), "NV_Write on the source")
+        assert (state / "tpm2-state.json").read_bytes() == base  # journaled: the full state was not rewritten
+        assert _journal_records(state)
+        dst.set_data_fd()
+        assert dst.stop() == 0
+        blobs = src.get_state_blobs()  # the last blob hands the lock over
+        dst.set_state_blobs(blobs)
+        records = _journal_records(state)
+        assert records == b""  # the target wrote the state whole and started a journal of its own
+        ok(dst.transact(wire.nv_write(NV_INDEX, b"written on dst")), "NV_Write on the target")
+        mine = _journal_records(state)
+        assert mine
+        assert src.shutdown() == 0 and source.wait(15) == 0  # the source's final save is dropped
+        assert _journal_records(state) == mine
+        target.proc.kill()
+        target.proc.wait(15)
+    again, ctrl = start("vtpm", sockets, "again", state=state)
+    with again, QemuControl.unix(str(ctrl)) as qemu:
+        qemu.startup_sequence()
+        ok(qemu.transact(wire.STARTUP_CLEAR), "Startup")
+        assert b"written on dst" in ok(qemu.transact(wire.nv_read(NV_INDEX, 14)), "NV_Read")
+        assert qemu.shutdown() == 0

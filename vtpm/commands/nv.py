@@ -179,6 +179,9 @@ def nv_write(tpm: Tpm, cmd: Command) -> Response:
     attributes = int(index.attributes)
     if attributes & _WRITEALL and len(data) != index.data_size:
         raise TpmError(RC.NV_RANGE)
+    if offset == 0 and len(data) == index.data_size:  # the whole index: nothing of the old data is kept
+        _set_written(tpm, index, bytes(data))
+        return Response()
     current = bytearray(index.data if attributes & _WRITTEN else b"\xff" * index.data_size)
     current[offset : offset + len(data)] = data
     _set_written(tpm, index, bytes(current))

@@ -22,6 +22,7 @@ from typing import TextIO
 from durable.atomic import write_atomic
 from vtpm import wire
 from vtpm.engine import Tpm
+from vtpm.journal_store import JournaledStore
 from vtpm.server.device import TpmDevice
 from vtpm.server.state_lock import GuardedStore, lock_for
 from vtpm.server.swtpm_options import (
@@ -139,16 +140,23 @@ def run(options: SocketOptions, store: StateStore) -> int:
     """Serve until CMD_SHUTDOWN, a signal, or what ``--terminate`` / ``--ctrl ...,terminate`` ask for."""
     if options.ctrl is None and options.server is None:
         raise SocketError("give --ctrl and/or --server: there is nothing to listen on")
-    guard = GuardedStore(store, lock_for(store))
+    # journaled like `vtpm serve`: each change one record and one fdatasync before the response
+    journal = JournaledStore(store) if hasattr(store, "journal_binding") else None  # type: ignore[arg-type]
+    guard = GuardedStore(store, lock_for(store), journal)
     if guard.lock is not None and not options.migration.incoming:
         guard.lock.acquire_or_raise()
-    state = store.load()
+    if journal is None:
+        state = store.load()
+    elif guard.held:
+        state = journal.load()
+    else:  # an incoming migration: read only; the source may still be writing this journal
+        state = journal.peek()
     created = state is None
     if state is None:
         state = TpmState.manufacture()
-    tpm = Tpm(state, persist=guard.save)
+    tpm = Tpm(state, persist=guard)
     if created:
-        guard.save(state.to_bytes())  # not while an incoming migration waits for the lock
+        guard.persist_state(state)  # not while an incoming migration waits for the lock
     stop = threading.Event()
     device = TpmDevice(tpm, running=not options.flags.need_init, storage=guard,
                        auto_shutdown=options.flags.auto_shutdown, on_terminate=stop.set)
@@ -189,11 +197,16 @@ def run(options: SocketOptions, store: StateStore) -> int:
         while not stop.wait(0.1):
             if server.terminate.is_set():
                 break
+            if journal is not None:
+                with device.lock:
+                    if guard.held:
+                        journal.fold_if_idle()
     finally:
         server.close()
         with device.lock:
             device.stop()
             tpm.flush_state()
+            guard.close()
         if options.pid is not None and options.pid.path is not None:
             Path(options.pid.path).unlink(missing_ok=True)
         if ready_fd is not None:

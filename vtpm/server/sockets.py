@@ -37,7 +37,7 @@ from vtpm.server.protocol import (
 log = logging.getLogger(__name__)
 
 MAX_WIRE_COMMAND = 64 * 1024  # refuse to buffer more than this for one command
-READ_SIZE = 8192  # one recv per command: a TPM command is at most 4 KiB, and pipelined ones are kept
+DATA_RECV = 4096  # bytes asked of one recv on a data connection (a typical command fits)
 MID_COMMAND_TIMEOUT = 10.0  # seconds a client may take to finish sending a started command
 
 
@@ -65,25 +65,27 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice, *, once: bool = F
     """
     with contextlib.closing(sock):
         sock.settimeout(None)
-        buffer = b""  # what arrived beyond the commands answered so far
-        recv = sock.recv
+        buf = b""  # one recv usually brings a whole command (header and body): one syscall, not two
         while True:
             try:
-                while len(buffer) < wire.HEADER_SIZE:  # one recv usually brings the whole command
-                    chunk = recv(READ_SIZE)
+                while len(buf) < wire.HEADER_SIZE:
+                    chunk = sock.recv(DATA_RECV)
                     if not chunk:
                         return
-                    buffer += chunk
-                size = wire.parse_header(buffer)[1]
+                    buf += chunk
+                size = wire.parse_header(buf)[1]
                 if size < wire.HEADER_SIZE or size > MAX_WIRE_COMMAND:
                     sock.sendall(wire.error_response(RC.COMMAND_SIZE))
                     return  # the stream is out of step: drop the connection
-                while len(buffer) < size:
-                    chunk = recv(max(READ_SIZE, size - len(buffer)))
+                while len(buf) < size:
+                    chunk = sock.recv(max(DATA_RECV, size - len(buf)))
                     if not chunk:
                         return
-                    buffer += chunk
-                command, buffer = buffer[:size], buffer[size:]
+                    buf += chunk
+                if len(buf) == size:
+                    command, buf = buf, b""
+                else:
+                    command, buf = buf[:size], buf[size:]
                 sock.sendall(device.execute(command))
                 if once:
                     return

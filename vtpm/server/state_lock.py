@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from vtpm.journal_store import JournaledStore
+from vtpm.state import TpmState
 from vtpm.storage import StateStore, StateStoreError
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,11 @@ class GuardedStore:
     sleep: it serves other vTPMs meanwhile, so it passes 0).
     """
 
-    def __init__(self, store: StateStore, lock: StateLock | None, *, max_retries: int | None = None) -> None:
+    def __init__(self, store: StateStore, lock: StateLock | None, journal: JournaledStore | None = None, *,
+                 max_retries: int | None = None) -> None:
         self.store = store
         self.lock = lock
+        self.journal = journal  # the store's journal: the engine's changes go there as records
         self.max_retries = max_retries
         self.retries = 0
         self.skipped = 0  # saves dropped while the lock was elsewhere
@@ -113,15 +117,39 @@ class GuardedStore:
     def release(self, retries: int = DEFAULT_RETRIES) -> None:
         """Give the lock away (outgoing migration); later saves are dropped until it is taken back."""
         if self.lock is not None:
+            if self.journal is not None:
+                self.journal.release()  # the target writes the state next; this journal is done
             self.lock.release()
             self.retries = retries
 
+    def _dropped(self) -> bool:
+        if self.held:
+            return False
+        self.skipped += 1
+        log.info("state not saved: the storage lock was handed to a migration target")
+        return True
+
     def save(self, raw: bytes) -> None:
-        if not self.held:
-            self.skipped += 1
-            log.info("state not saved: the storage lock was handed to a migration target")
+        if not self._dropped():
+            (self.journal or self.store).save(raw)
+
+    def persist_state(self, state: TpmState) -> None:
+        """The engine's sink: journaled (one record, one fdatasync) or written whole, only while locked."""
+        if self._dropped():
             return
-        self.store.save(raw)
+        if self.journal is not None:
+            self.journal.persist_state(state)
+        else:
+            self.store.save(state.to_bytes())
+
+    def close(self) -> None:
+        """Fold and remove the journal while the lock is held; otherwise let go of it untouched."""
+        if self.journal is None:
+            return
+        if self.held:
+            self.journal.close()
+        else:
+            self.journal.abandon()
 
     def describe(self) -> str:
         return self.store.describe()
