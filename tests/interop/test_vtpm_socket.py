@@ -327,7 +327,7 @@ def test_tpm2_tools_against_vtpm_socket_on_tcp(tmp_path: Path) -> None:
         return "serving on" in (tmp_path / "out.log").read_text(errors="replace")
 
     with start_vtpm_socket(args, tmp_path / "out.log", ready) as process:
-        server = TpmServer("vtpm socket", process.proc, port, process.log_path)
+        server = TpmServer("vtpm socket", process.proc, process.log_path, port=port)
         tools(server, "tpm2_startup", "-c")
         assert len(bytes.fromhex(tools(server, "tpm2_getrandom", "--hex", "8").stdout.strip())) == 8
         tools(server, "tpm2_pcrextend", f"16:sha256={'11' * 32}")

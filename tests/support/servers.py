@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from support.tpm_helpers import HOST, ServerError, TpmConnection
+from vtpm.host_protocol import HostClient
 from vtpm.server.sockets import free_port_pair
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,29 +40,18 @@ CTRL_GET_CAPABILITY = 0x00000001
 
 
 @dataclass
-class TpmServer:
-    """A running TPM server process with a TCP port pair (``port``, ``port`` + 1) and a log file."""
+class ChildProcess:
+    """A process a test started, with its output in a log file: the one set of process helpers."""
 
-    name: str  # "vtpm" or "swtpm"
+    name: str
     proc: subprocess.Popen[bytes]
-    port: int
     log_path: Path
-    protocol: str = "swtpm"  # what a TCTI speaks to it: "swtpm" or "mssim"
+
+    stop_timeout = 10.0  # seconds between SIGTERM and SIGKILL in ``stop``
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    @property
-    def tcti(self) -> str:
-        return f"{self.protocol}:host={HOST},port={self.port}"
-
-    def tools_env(self) -> dict[str, str]:
-        """The environment for tpm2-tools talking to this server."""
-        return {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
-
-    def connect(self, timeout: float = 10.0) -> TpmConnection:
-        return TpmConnection(self.port, timeout=timeout)
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -79,15 +69,37 @@ class TpmServer:
                 return int(line.split()[1])
         raise ServerError(f"{self.name}: no VmRSS for pid {self.pid}")
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds; the exit status."""
-        return stop_process(self.proc, timeout)
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
 
-    def __enter__(self) -> TpmServer:
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds; the exit status."""
+        return stop_process(self.proc, self.stop_timeout if timeout is None else timeout)
+
+    def __enter__(self) -> ChildProcess:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+@dataclass
+class TpmServer(ChildProcess):
+    """A running TPM server process with a TCP port pair (``port``, ``port`` + 1) and a log file."""
+
+    port: int = 0
+    protocol: str = "swtpm"  # what a TCTI speaks to it: "swtpm" or "mssim"
+
+    @property
+    def tcti(self) -> str:
+        return f"{self.protocol}:host={HOST},port={self.port}"
+
+    def tools_env(self) -> dict[str, str]:
+        """The environment for tpm2-tools talking to this server."""
+        return {**os.environ, "TPM2TOOLS_TCTI": self.tcti}
+
+    def connect(self, timeout: float = 10.0) -> TpmConnection:
+        return TpmConnection(self.port, timeout=timeout)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
@@ -145,7 +157,7 @@ def _launch(name: str, argv_for_port: Callable[[int], list[str]], log: Path, rea
         with open(log, "wb") as handle:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv_for_port(chosen), stdin=subprocess.DEVNULL, stdout=handle,
                                     stderr=subprocess.STDOUT, env=env)
-        server = TpmServer(name, proc, chosen, log, protocol)
+        server = TpmServer(name, proc, log, port=chosen, protocol=protocol)
         try:
             if _wait_until_ready(server, ready, timeout):
                 return server
@@ -247,34 +259,8 @@ def swtpm_localca_setup_config(base: Path) -> Path:
 # ----------------------------------------------------------------------------- `swtpm socket`-shaped processes
 
 
-@dataclass
-class SocketProcess:
+class SocketProcess(ChildProcess):
     """`vtpm socket ...` or `swtpm socket ...` on whatever endpoints its arguments name, with its output in a log."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        return stop_process(self.proc, timeout)
-
-    def __enter__(self) -> SocketProcess:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def vtpm_socket_argv(*args: str | os.PathLike[str]) -> list[str]:
@@ -342,42 +328,14 @@ def start_swtpm_socket(args: Sequence[str | os.PathLike[str]], log: Path, ready:
 
 
 @dataclass
-class HostServer:
+class HostServer(ChildProcess):
     """A running `vtpm host` process: its control socket, a client for it, and its log."""
 
-    proc: subprocess.Popen[bytes]
-    socket_path: Path
-    log_path: Path
+    socket_path: Path = Path()
+    stop_timeout = 30.0
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def client(self, timeout: float = 30.0):
-        from vtpm.host_protocol import HostClient
-
+    def client(self, timeout: float = 30.0) -> HostClient:
         return HostClient(self.socket_path, timeout=timeout)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def rss_kib(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise ServerError(f"vtpm host: no VmRSS for pid {self.pid}")
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        return stop_process(self.proc, timeout)
-
-    def __enter__(self) -> HostServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def start_vtpm_host(socket_path: Path, log: Path, *options: str, timeout: float = READY_TIMEOUT) -> HostServer:
@@ -389,7 +347,7 @@ def start_vtpm_host(socket_path: Path, log: Path, *options: str, timeout: float 
     with open(log, "wb") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "vmcrypt.vtpm_command", "host", "--socket", str(socket_path),
                                  *options], stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    server = HostServer(proc, socket_path, log)
+    server = HostServer("vtpm host", proc, log, socket_path=socket_path)
     deadline = time.monotonic() + timeout
     while "vtpm host: serving on" not in server.log_text():
         if proc.poll() is not None or time.monotonic() >= deadline:
