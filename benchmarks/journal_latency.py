@@ -36,12 +36,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from support.servers import (
-    ServerError,
     start_swtpm,
     start_vtpm,
     start_vtpm_host,
     start_vtpm_socket,
-    swtpm_path,
+    require_swtpm_or_exit,
     unix_socket_ready,
 )
 from support.tpm_helpers import TpmConnection, latency_commands, prepare_latency_target
@@ -164,11 +163,7 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    require_swtpm_or_exit(parser)
     with tempfile.TemporaryDirectory(prefix="journal-bench-", dir=args.dir) as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
         served = stack.enter_context(start_vtpm(["--state", str(base / "served"), "--startup-clear"], base / "s.log"))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from support.qemu_ctrl import QemuControl
-from support.servers import ServerError, SocketProcess, start_swtpm_socket, start_vtpm_socket, swtpm_path, unix_socket_ready
+from support.servers import SocketProcess, start_swtpm_socket, start_vtpm_socket, require_swtpm_or_exit, unix_socket_ready
 from vtpm import wire
 from vtpm.constants import ALG, CC, RH
 
@@ -76,11 +76,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="migrations per implementation (default 20)")
     args = parser.parse_args()
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    require_swtpm_or_exit(parser)
     base = Path(tempfile.mkdtemp(prefix="vmig", dir="/tmp"))
     processes: list[SocketProcess] = []
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from support.pki import make_ca
-from support.servers import ServerError, start_swtpm, start_vtpm_host, swtpm_path
+from support.servers import start_swtpm, start_vtpm_host, require_swtpm_or_exit
 from vmcrypt.vtpm_key_file import EncryptedStateStore
 from vmcrypt.vtpm_provision import IDENTITY, ek_public_key
 from certs.ek import build_ek_certificate
@@ -75,11 +75,7 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.count <= 5000:
         parser.error("--count must be 1..5000")
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    require_swtpm_or_exit(parser)
     with tempfile.TemporaryDirectory(prefix="vtpm-host-scale-") as tmp:
         base = Path(tmp)
         key = secrets.token_bytes(32)

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from support.servers import ServerError, start_swtpm, start_vtpm_host, swtpm_path
+from support.servers import start_swtpm, start_vtpm_host, require_swtpm_or_exit
 from vtpm import wire
 from vtpm.constants import ALG
 from vtpm.transport import SocketTransport
@@ -66,11 +66,7 @@ def main() -> int:
     if not 2 <= args.vtpms <= 1000 or not 1 <= args.stalled <= 20 or not 1 <= args.blocks <= 1000 \
             or not 1 <= args.rounds <= 100_000:
         parser.error("--vtpms 2..1000, --stalled 1..20, --blocks 1..1000, --rounds 1..100000")
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    require_swtpm_or_exit(parser)
     quiet: dict[str, list[float]] = {name: [] for name in COMMANDS}
     stalled: dict[str, list[float]] = {name: [] for name in COMMANDS}
     reference: dict[str, list[float]] = {name: [] for name in COMMANDS}

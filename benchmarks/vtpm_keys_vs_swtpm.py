@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.servers import ServerError, side_by_side, swtpm_path
+from support.servers import side_by_side, require_swtpm_or_exit, swtpm_path
 from support.tpm_helpers import TpmConnection, flush_context
 from support.tpm_key_helpers import (
     CommandFailed,
@@ -158,11 +158,7 @@ def main() -> int:
             parser.error(f"--{name.replace('_', '-')} must be 1..100000")
     if not 0 <= args.warmup <= 100_000:
         parser.error("--warmup must be 0..100000")
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    require_swtpm_or_exit(parser)
 
     results: dict[str, dict[str, list[float]]] = {}
     notes: dict[str, list[str]] = {name: [] for name in SERVERS}

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from support.servers import REPO_ROOT, ServerError, start_swtpm, swtpm_path
+from support.servers import REPO_ROOT, ServerError, start_swtpm, require_swtpm_or_exit
 from vtpm import wire
 from vtpm.constants import ALG
 from vtpm.server.sockets import free_port_pair
@@ -65,11 +65,7 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    require_swtpm_or_exit(parser)
     procs = []
     try:
         with tempfile.TemporaryDirectory(prefix="vtpm-loop-") as tmp, start_swtpm(Path(tmp) / "swtpm") as ref:

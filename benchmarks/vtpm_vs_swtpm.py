@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.servers import ServerError, side_by_side, swtpm_path
+from support.servers import side_by_side, require_swtpm_or_exit
 from support.tpm_helpers import (
     TpmConnection,
     command_sender,
@@ -134,11 +134,7 @@ def main() -> int:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
     if not 0 <= args.cold_rounds <= 10_000 or not 1 <= args.floor_rounds <= 100_000:
         parser.error("--cold-rounds must be 0..10000 and --floor-rounds 1..100000")
-    try:
-        swtpm_path()
-    except ServerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    require_swtpm_or_exit(parser)
 
     with tempfile.TemporaryDirectory(prefix="vtpm-vs-swtpm-") as tmp, side_by_side(Path(tmp)) as servers:
         ours, ref = servers["vtpm"], servers["swtpm"]

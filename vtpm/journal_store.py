@@ -414,8 +414,16 @@ class JournaledStore:
 
     def abandon(self) -> None:
         """Let go of the journal and the base (its lock) without folding: what a crash leaves behind."""
+        self._let_go(record=False)
+
+    def _let_go(self, *, record: bool) -> None:
+        """Stop the position recorder (recording what is synced first if ``record``), close the journal
+        file and release the base."""
         if self._recorder is not None:
-            self._recorder.stop()
+            if record:
+                self._recorder.close()
+            else:
+                self._recorder.stop()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -436,14 +444,7 @@ class JournaledStore:
                 self._file = None
                 remove_journal(self.binding)
         finally:
-            if self._recorder is not None:
-                self._recorder.close()
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            close = getattr(self.base, "close", None)
-            if close is not None:
-                close()
+            self._let_go(record=True)
 
     def __enter__(self) -> "JournaledStore":
         return self

@@ -16,6 +16,7 @@ then SIGKILL).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -203,6 +204,14 @@ def swtpm_path() -> str:
             "reference TPM; install the Debian packages swtpm and swtpm-tools"
         )
     return path
+
+
+def require_swtpm_or_exit(parser: argparse.ArgumentParser) -> None:
+    """For a benchmark script: end it with status 2 and the reason when the reference swtpm is missing."""
+    try:
+        swtpm_path()
+    except ServerError as exc:
+        parser.exit(2, f"error: {exc}\n")
 
 
 def require_swtpm() -> None:
