@@ -9,13 +9,12 @@ connection is served. Commands run on the loop thread, one at a time.
 The persistence seam: a command's response is not written at once. Each
 loop iteration executes every command that became complete, collects the
 answers as ``Reply`` objects, calls the loop's ``commit`` hook once with all
-of them, and only then sends them. Today ``Tpm.execute`` saves dirty state
-itself before it returns, so the default hook does nothing. A group commit
-(one flush for every vTPM dirtied in the iteration) plugs in there: the
-engines stage their state instead of writing it, the hook makes it durable
-in one round and, where that fails, replaces the replies of the vTPMs
-concerned with ``TPM_RC_NV_UNAVAILABLE``. No response leaves before the hook
-has returned.
+of them, and only then sends them. The default hook does nothing (a
+``Tpm.execute`` that saves its own state); `vtpm host` passes its journal
+group's commit: every vTPM dirtied in the iteration has staged one journal
+record, the hook writes and syncs them in one round (``JournalGroup.commit``)
+and, where that fails, replaces the replies of the vTPMs concerned with
+``TPM_RC_NV_UNAVAILABLE``. No response leaves before the hook has returned.
 """
 
 from __future__ import annotations
