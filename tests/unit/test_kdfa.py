@@ -32,7 +32,7 @@ def reference(alg: int, key: bytes, label: bytes, u: bytes, v: bytes, bits: int)
 
 @pytest.mark.parametrize("alg", [ALG.SHA1, ALG.SHA256, ALG.SHA384, ALG.SHA512])
 @pytest.mark.parametrize("label", [b"", b"CFB", b"STORAGE\x00"])
-@pytest.mark.parametrize("bits", [1, 7, 128, 257, 2048])
+@pytest.mark.parametrize("bits", [7, 257, 2048])
 def test_kdfa_matches_the_spec_layout(alg: int, label: bytes, bits: int) -> None:
     key, u, v = bytes(range(32)), b"\x11" * 20, b"\x22" * 3
     assert kdfa(alg, key, label, u, v, bits) == reference(alg, key, label, u, v, bits)
