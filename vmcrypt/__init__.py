@@ -13,7 +13,7 @@ The public surface, importable as ``from vmcrypt import ...``:
 - backup and restore: ``backup_vm``, ``verify_backup``, ``restore_vm``, ``Manifest``;
 - errors: ``VmcryptError`` and its subclasses ``ContainerError``, ``WrongKeyError``,
   ``IntegrityError``, ``KeyProviderError``, ``KeyNotFoundError``, ``VmError``,
-  ``RollbackError``, ``BackupError``.
+  ``RollbackError``, ``BackupError``; ``InventoryError`` (users, names, datastores).
 
 Names are imported on first use (PEP 562): ``import vmcrypt`` stays cheap for the
 command-line tools, and PyKMIP is imported only when a KMIP server is contacted.
@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "KeyNotFoundError": "vmcrypt.errors",
     "VmError": "vmcrypt.errors",
     "RollbackError": "vmcrypt.errors",
+    "InventoryError": "vmcrypt.inventory",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
         WrongKeyError,
     )
     from vmcrypt.gate import PermissionDenied
+    from vmcrypt.inventory import InventoryError
     from vmcrypt.keys import KeyManager
     from vmcrypt.management import Management, UserSession
     from vmcrypt.providers.base import KeyProvider
