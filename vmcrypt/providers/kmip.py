@@ -44,9 +44,11 @@ def require_pykmip() -> None:
     the first import.
     """
     global _pykmip_checked
+    # on every call: filterwarnings replaces an identical filter, and a caller's
+    # warnings.catch_warnings (pytest's, for one) may have reset the list since
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"kmip(\.|$)")
     if _pykmip_checked:
         return
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"kmip(\.|$)")
     try:
         import kmip.pie.client  # noqa: F401
     except ImportError:
