@@ -35,7 +35,7 @@ stamp=.venv/.vmcrypt-installed
 want=$(cat setup.cfg setup.py pyproject.toml vmcrypt/_xts.c | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log=.venv/install.log
-    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[test,bench]"; } >"$log" 2>&1; then
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[test,bench,kmip]"; } >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         echo "bootstrap: installing the project failed; full log in $log" >&2
         exit 1

@@ -156,27 +156,33 @@ class AdminOperations:
 
     def run(self, operation: Operation, target: Target, act: Callable[[], T],
             detail: str | Callable[[], str] = "") -> T:
+        """Run ``act`` if the user holds ``operation``'s privileges on ``target``; audited either way (UserSession implements it)."""
         raise NotImplementedError
 
     def _on_vm(self, operation: Operation, name: str, act: Callable[..., T], detail: str = "") -> T:
         raise NotImplementedError
 
     def vm_at(self, path: str | os.PathLike[str]) -> "VmRecord":
+        """The inventory VM whose .vmx is ``path`` (UserSession implements it)."""
         raise NotImplementedError
 
     def scratch_path(self) -> Path:
+        """A fresh temporary file name under the management home (for key exports and imports)."""
         return scratch_file(self.m.home)
 
     # ------------------------------------------------------------------ key providers
 
     def providers(self) -> list[dict[str, Any]]:
+        """The key providers of the home: one row each (id, name, kind, default)."""
         return self.run(Operation.LIST_PROVIDERS, INVENTORY_ROOT, lambda: provider_rows(self.m.keys))
 
     def provider_keys(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """The keys of ``provider`` (name or id; default: the default provider), without their material."""
         return self.run(Operation.LIST_KEYS, INVENTORY_ROOT, lambda: key_rows(self.m.keys.provider(provider)),
                         detail=provider or "default")
 
     def add_native_provider(self, name: str, *, default: bool = False) -> dict[str, Any]:
+        """Add a native key provider (keys in the home's key store); ``default`` makes it the default."""
         return self.run(Operation.ADD_NATIVE_PROVIDER, INVENTORY_ROOT, lambda: provider_row(
             self.m.keys.registry.add_native(name, make_default=default)), detail=name)
 
@@ -216,6 +222,7 @@ class AdminOperations:
         return self.run(Operation.EXPORT_KEYS, INVENTORY_ROOT, act, detail=provider or "default")
 
     def import_keys(self, backup: bytes, passphrase: bytes, provider: str | None = None) -> dict[str, Any]:
+        """Load a key backup made by ``export_keys`` into the native store; how many keys were added."""
         def act() -> dict[str, Any]:
             native = native_provider(self.m.keys, provider)
             scratch = self.scratch_path()
@@ -228,25 +235,31 @@ class AdminOperations:
         return self.run(Operation.IMPORT_KEYS, INVENTORY_ROOT, act, detail=provider or "default")
 
     def test_provider(self, name: str) -> dict[str, Any]:
+        """Create, fetch and destroy a probe key on the named provider; the result and timings."""
         return self.run(Operation.TEST_PROVIDER, INVENTORY_ROOT, lambda: probe_provider(self.m.keys.registry.get(name)),
                         detail=name)
 
     def set_default_provider(self, name: str) -> dict[str, Any]:
+        """Make the named provider the one new encryptions use."""
         return self.run(Operation.SET_DEFAULT_PROVIDER, INVENTORY_ROOT,
                         lambda: provider_row(self.m.keys.registry.set_default(name)), detail=name)
 
     # ------------------------------------------------------------------ the CA
 
     def ca_show(self) -> dict[str, Any]:
+        """The EK certificate authority: subject, validity, serial counters."""
         return self.run(Operation.CA_SHOW, INVENTORY_ROOT, self.m.ca.describe)
 
     def ca_export_root(self, chain: bool = False) -> bytes:
+        """The CA certificate as PEM; ``chain``: with its issuers."""
         return self.run(Operation.CA_EXPORT_ROOT, INVENTORY_ROOT, lambda: root_pem(self.m.ca, chain))
 
     def ca_crl(self) -> bytes:
+        """The CA's current certificate revocation list as PEM."""
         return self.run(Operation.CA_CRL, INVENTORY_ROOT, lambda: pem(self.m.ca.crl()))
 
     def ca_verify_ek(self, name: str) -> list[dict[str, Any]]:
+        """Check the named VM's EK certificates against its vTPM and the CA; one row per EK."""
         return self._on_vm(Operation.CA_VERIFY_EK, name, lambda record, vm: verify_eks(self.m.ca, self.m.keys, vm))
 
     def ca_reissue_ek(self, names: list[str], every: bool = False) -> dict[str, list[dict]]:
@@ -257,20 +270,25 @@ class AdminOperations:
         return self.run(Operation.CA_REISSUE_EK, INVENTORY_ROOT, act, detail="all" if every else ", ".join(names))
 
     def ca_import(self, certificate: bytes, key: bytes | None, password: bytes | None) -> dict[str, Any]:
+        """Replace the CA with an existing certificate and key (``password``: the key's PEM password)."""
         return self.run(Operation.CA_IMPORT, INVENTORY_ROOT, lambda: import_ca(self.m.ca, certificate, key, password))
 
     def ca_csr(self, common_name: str) -> bytes:
+        """A certificate signing request for a CA to be signed by an enterprise root."""
         return self.run(Operation.CA_CSR, INVENTORY_ROOT, lambda: self.m.ca.create_csr(common_name), detail=common_name)
 
     def ca_import_signed(self, chain: bytes) -> dict[str, Any]:
+        """Install the signed chain answering ``ca_csr``."""
         return self.run(Operation.CA_IMPORT_SIGNED, INVENTORY_ROOT, lambda: import_signed_ca(self.m.ca, chain))
 
     def ca_revoke(self, serial: str) -> dict[str, Any]:
+        """Revoke the certificate with ``serial`` (hex); it appears in the next CRL."""
         return self.run(Operation.CA_REVOKE, INVENTORY_ROOT, lambda: revoke(self.m.ca, serial), detail=serial)
 
     # ------------------------------------------------------------------ the inventory
 
     def users(self) -> list[dict[str, Any]]:
+        """The inventory's users and their groups."""
         return self.run(Operation.LIST_USERS, INVENTORY_ROOT, lambda: [
             {"user": name, "groups": self.inventory.groups_of(name)} for name in self.inventory.users()])
 
@@ -285,15 +303,18 @@ class AdminOperations:
         self.run(Operation.MANAGE_USERS, INVENTORY_ROOT, act, detail=f"{name} as {role}" if role else name)
 
     def grant(self, entity: tuple[str, str], principal: str, role: str, *, group: bool = False) -> None:
+        """Give ``principal`` (a user, or a group with ``group``) ``role`` on ``entity`` (kind, name)."""
         self.run(Operation.GRANT, INVENTORY_ROOT, lambda: self.inventory.grant(entity, principal, role, group=group),
                  detail=f"{role} for {principal} on {entity[0]} {entity[1]}".strip())
 
     def roles(self) -> list[dict[str, Any]]:
+        """The roles: built-in and custom, with their privileges."""
         return self.run(Operation.LIST_ROLES, INVENTORY_ROOT, lambda: [
             {"role": r.name, "builtin": r.builtin, "privileges": sorted(p.value for p in r.privileges)}
             for r in self.inventory.roles()])
 
     def add_role(self, name: str, privileges: list[str]) -> None:
+        """A custom role holding ``privileges`` (their names, e.g. ``Cryptographer.Encrypt``)."""
         def act() -> None:
             try:
                 wanted = {Privilege(p) for p in privileges}
@@ -303,6 +324,7 @@ class AdminOperations:
         self.run(Operation.ADD_ROLE, INVENTORY_ROOT, act, detail=name)
 
     def datastores(self) -> list[dict[str, str]]:
+        """The datastores: name and directory."""
         return self.run(Operation.LIST_DATASTORES, INVENTORY_ROOT, lambda: [
             {"datastore": name, "path": path} for name, path in self.inventory.datastores()])
 
@@ -318,10 +340,13 @@ class AdminOperations:
         self.run(Operation.ADD_DATASTORE, INVENTORY_ROOT, act, detail=f"{name} at {path}")
 
     def hosts(self) -> list[str]:
+        """The names of the registered hosts."""
         return self.run(Operation.LIST_HOSTS, INVENTORY_ROOT, self.inventory.hosts)
 
     def add_host(self, name: str) -> None:
+        """Register a host by name."""
         self.run(Operation.ADD_HOST, INVENTORY_ROOT, lambda: self.inventory.add_host(name), detail=name)
 
     def audit_log(self) -> list[AuditEntry]:
+        """Every audited operation, oldest first (append-only)."""
         return self.run(Operation.READ_AUDIT, INVENTORY_ROOT, self.inventory.audit_log)

@@ -55,6 +55,9 @@ class BackupEntry:
 
 @dataclass(frozen=True)
 class Manifest:
+    """What a backup archive holds: the VM, when, how it is encrypted (provider and key id), and each file's
+    size and SHA-256 (``verify_backup`` checks them without any key)."""
+
     vm: str
     created: str
     encrypted: bool

@@ -66,6 +66,10 @@ T = TypeVar("T")
 
 
 class Management:
+    """One management home opened in-process: its inventory, key providers, CA, gate and vTPM supervisor.
+
+    Log in with ``login`` to get a ``UserSession``; ``close`` releases the inventory.
+    """
     def __init__(self, home: str | os.PathLike[str], *, create_inventory: bool = True,
                  keys: KeyManager | None = None) -> None:
         """``create_inventory=False``: refuse a home without an inventory instead of starting an empty one.
@@ -78,6 +82,7 @@ class Management:
         self.supervisor = VtpmSupervisor(self.home, vtpm_command.command_line)
 
     def close(self) -> None:
+        """Close the inventory database."""
         self.inventory.close()
 
     def bootstrap(self, admin: str, password: str) -> None:
@@ -89,6 +94,7 @@ class Management:
         self.inventory.audit(admin, "bootstrap", "root", "ok", "first administrator")
 
     def login(self, user: str, password: str) -> "UserSession":
+        """A session for ``user``; a wrong user name or password raises InventoryError and is audited."""
         try:
             self.inventory.authenticate(user, password)
         except InventoryError:
@@ -144,6 +150,11 @@ def _is_path_of(path: str | os.PathLike[str], record: VmRecord) -> bool:
 
 
 class UserSession(AdminOperations):
+    """The operations one logged-in user may ask for; each is checked against the user's roles and audited.
+
+    VM operations take the inventory name of the VM; a refused one raises
+    PermissionDenied and changes nothing.
+    """
     def __init__(self, management: Management, user: str) -> None:
         self.m = management
         self.user = user
@@ -156,6 +167,7 @@ class UserSession(AdminOperations):
 
     def run(self, operation: Operation, target: Target, act: Callable[[], T],
             detail: str | Callable[[], str] = "") -> T:
+        """Run ``act`` if the user holds ``operation``'s privileges on ``target``; audit the outcome."""
         return self.m.gate.run(self.user, operation, target, act, detail)
 
     def _on_vm(self, operation: Operation, name: str, act: Callable[[VmRecord, VmHome], T],
@@ -202,6 +214,7 @@ class UserSession(AdminOperations):
         raise InventoryError(f"{target} is not inside a datastore of the inventory")
 
     def register_created(self, vmx: str | os.PathLike[str], datastore: str) -> VmRecord:
+        """Add a VM home just created at ``vmx`` on ``datastore`` to the inventory."""
         record = _describe_on_disk(Path(vmx), datastore)
         self.inventory.put_vm(record)
         return record
@@ -217,9 +230,11 @@ class UserSession(AdminOperations):
         return self.run(Operation.LIST_VMS, Target(), act)
 
     def vm(self, name: str) -> VmRecord:
+        """The inventory record of the named VM."""
         return self._refresh(name)
 
     def describe(self, name: str) -> dict:
+        """What the named VM holds and how it is encrypted (files, key provider, vTPM), as a dict."""
         return self._on_vm(Operation.DESCRIBE_VM, name, lambda record, vm: describe_vm(vm, self.m.keys))
 
     def create_vm(self, datastore: str, name: str, spec: VmSpec | None = None) -> VmRecord:
@@ -250,6 +265,7 @@ class UserSession(AdminOperations):
         return self.run(Operation.REGISTER, datastore_target(datastore, record.encrypted), act)
 
     def unregister_vm(self, name: str) -> None:
+        """Remove the VM from the inventory; its files stay on disk."""
         def act(record: VmRecord, vm: VmHome) -> None:
             require_off(record.power_state, record.vmx_path)
             self.inventory.remove_vm(name)
@@ -323,12 +339,14 @@ class UserSession(AdminOperations):
         return self._on_vm(Operation.CLONE_EXACT if exact else Operation.CLONE, name, act, detail=new_name)
 
     def snapshot(self, name: str) -> Snapshot:
+        """Take a snapshot of the powered-off VM (its .nvram inside an encrypted .vmsn)."""
         def act(record: VmRecord, vm: VmHome) -> Snapshot:
             require_off(record.power_state, record.vmx_path)
             return take_snapshot(vm, str(self.m.home))
         return self._on_vm(Operation.SNAPSHOT, name, act)
 
     def revert(self, name: str, number: int | None = None) -> Snapshot:
+        """Go back to snapshot ``number`` (default: the latest)."""
         def act(record: VmRecord, vm: VmHome) -> Snapshot:
             require_off(record.power_state, record.vmx_path)
             return revert_snapshot(vm, self.m.keys, str(self.m.home), number)
@@ -338,6 +356,7 @@ class UserSession(AdminOperations):
 
     def backup(self, name: str, destination: str | os.PathLike[str], *, include_disks: bool = True,
                progress: Callable | None = None) -> Manifest:
+        """Write the VM to a tar archive at ``destination`` (encrypted files as they are, with a manifest)."""
         def act(record: VmRecord, vm: VmHome) -> Manifest:
             require_off(record.power_state, record.vmx_path)
             return backup_vm(vm, self.m.keys, destination, include_disks=include_disks, progress=progress)
@@ -369,9 +388,11 @@ class UserSession(AdminOperations):
         return self._on_vm(Operation.ADD_VTPM, name, act)
 
     def add_vtpm(self, name: str) -> VmRecord:
+        """Give the VM a newly manufactured vTPM (encrypting the VM first if it is not)."""
         return self.provision_vtpm(name)[0]
 
     def remove_vtpm(self, name: str) -> VmRecord:
+        """Remove the VM's vTPM and its state."""
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             require_off(record.power_state, record.vmx_path)
             if not record.vtpm:
@@ -403,31 +424,48 @@ class UserSession(AdminOperations):
             return self._refresh(name), result
         return self._on_vm(operation, name, act)
 
-    def encrypt(self, name: str, **options: object) -> VmRecord:
-        return self.crypt(Operation.ENCRYPT, name, **options)[0]  # type: ignore[arg-type]
+    def encrypt(self, name: str, *, include_disks: bool = False, provider: str | None = None,
+                progress: Callable | None = None) -> VmRecord:
+        """Encrypt the powered-off VM's home files (``vmcrypt vm encrypt``).
 
-    def decrypt(self, name: str, **options: object) -> VmRecord:
-        return self.crypt(Operation.DECRYPT, name, **options)[0]  # type: ignore[arg-type]
+        ``include_disks``: also its virtual disks (``--disks``); ``provider``: key
+        provider name or id, default the home's default provider (``--provider``);
+        ``progress``: called as the files are processed.
+        """
+        return self.crypt(Operation.ENCRYPT, name, provider=provider, include_disks=include_disks,
+                          progress=progress)[0]
 
-    def rekey(self, name: str, **options: object) -> VmRecord:
-        return self.crypt(Operation.REKEY, name, **options)[0]  # type: ignore[arg-type]
+    def decrypt(self, name: str, *, progress: Callable | None = None) -> VmRecord:
+        """Decrypt the powered-off VM, disks included (refused while it has a vTPM)."""
+        return self.crypt(Operation.DECRYPT, name, progress=progress)[0]
+
+    def rekey(self, name: str, *, deep: bool = False, provider: str | None = None,
+              progress: Callable | None = None) -> VmRecord:
+        """New KEK for the VM (``provider``: move it to that provider); ``deep``: also a new DEK, every file re-encrypted."""
+        return self.crypt(Operation.REKEY, name, deep=deep, provider=provider, progress=progress)[0]
 
     # ------------------------------------------------------------------ power
 
-    def power_on(self, name: str, *, accept_rollback: bool = False) -> VmRecord:
+    def power_on(self, name: str, *, accept_rollback: bool = False, port: int | None = None,
+                 data_unix: str | os.PathLike[str] | None = None) -> VmRecord:
         """Serve the VM's vTPM. A rolled-back .nvram (older than the generation the inventory or the key
-        provider recorded) is refused, unless ``accept_rollback``: then it is accepted as the latest, audited."""
+        provider recorded) is refused, unless ``accept_rollback``: then it is accepted as the latest, audited.
+
+        ``port``: the vTPM's TCP data port (control on ``port + 1``; a port in use is an
+        error); by default a free pair is chosen. ``data_unix``: also serve the data
+        channel on this Unix socket path. The record's ``vtpm_port`` says which port."""
         accepted = ""
 
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             nonlocal accepted
             state = PowerState(record.power_state).after(PowerEvent.POWER_ON)
-            pid = port = None
+            pid = served = None
             generation = record.nvram_generation
             if record.vtpm:
                 accepted, generation = self._check_rollback(record, vm, accept_rollback)
-                pid, port = self.m.supervisor.start(vm)
-            return self._put_power(record, state, pid, port, nvram_generation=generation)
+                pid, served = self.m.supervisor.start(
+                    vm, port=port, data_unix=None if data_unix is None else os.fspath(data_unix))
+            return self._put_power(record, state, pid, served, nvram_generation=generation)
         operation = Operation.POWER_ON_ACCEPT_ROLLBACK if accept_rollback else Operation.POWER_ON
         return self._on_vm(operation, name, act, detail=lambda: accepted)
 
@@ -503,6 +541,7 @@ class UserSession(AdminOperations):
         return self._on_vm(Operation.RESUME, name, act)
 
     def power_off(self, name: str) -> VmRecord:
+        """Stop serving the VM's vTPM and mark it off."""
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             before = PowerState(record.power_state)
             state = before.after(PowerEvent.POWER_OFF)
@@ -517,14 +556,17 @@ class UserSession(AdminOperations):
     # ------------------------------------------------------------------ console and files
 
     def open_console(self, name: str) -> str:
+        """A short-lived console ticket for the powered-on VM."""
         return self._on_vm(Operation.CONSOLE, name, lambda record, vm: self.inventory.issue_console_ticket(
             name, self.user, CONSOLE_TICKET_LIFETIME))
 
     def browse(self, name: str) -> list[str]:
+        """The names of the files in the VM's directory."""
         return self._on_vm(Operation.BROWSE, name, lambda record, vm: sorted(
             p.name for p in vm.directory.iterdir() if p.is_file() and not p.name.startswith(".")))
 
     def download(self, name: str, filename: str) -> bytes:
+        """The contents of one file of the VM's directory (encrypted files as they are on disk)."""
         def act(record: VmRecord, vm: VmHome) -> bytes:
             path = (vm.directory / filename).resolve()
             if path.parent != vm.directory.resolve() or not path.is_file():

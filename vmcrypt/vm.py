@@ -151,6 +151,9 @@ class VmHome:
 
 @dataclass(frozen=True)
 class VmSpec:
+    """What ``create_vm`` writes into a new .vmx: name, hardware version, firmware, memory, CPUs,
+    an optional flat disk of ``disk_bytes`` and the guest OS identifier."""
+
     name: str
     hw_version: int = 14
     firmware: str = "efi"

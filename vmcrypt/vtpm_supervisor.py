@@ -81,21 +81,27 @@ class VtpmSupervisor:
             return name
         return "vm-" + hashlib.sha256(str(vm.vmx_path).encode()).hexdigest()[:20]
 
-    def start(self, vm: VmHome) -> tuple[int, int]:
-        """Serve the VM's vTPM; (host pid, TCP data port). Refused with the host's reason."""
+    def start(self, vm: VmHome, *, port: int | None = None, data_unix: str | None = None) -> tuple[int, int]:
+        """Serve the VM's vTPM; (host pid, TCP data port). Refused with the host's reason.
+
+        ``port``: the TCP data port (control on port + 1) the caller chose; by default a
+        free pair is picked (and picked again if another process takes it first).
+        ``data_unix``: also serve the data channel on this Unix socket path.
+        """
         name = self.vtpm_name(vm)
+        extra = {"data_unix": os.path.abspath(data_unix)} if data_unix is not None else {}
         with self._serialized():
             for _ in range(PORT_ATTEMPTS):
                 client, pid = self._ensure_host(vm)
-                port = free_port_pair()
+                chosen = port if port is not None else free_port_pair()
                 try:
-                    client.add(name, vm=os.path.abspath(vm.vmx_path), tcp_port=port,
-                               ctrl_unix=str(self.host_dir / f"{name}.ctrl"))
-                    return pid, port
+                    client.add(name, vm=os.path.abspath(vm.vmx_path), tcp_port=chosen,
+                               ctrl_unix=str(self.host_dir / f"{name}.ctrl"), **extra)
+                    return pid, chosen
                 except HostUnavailable:
                     continue  # the host was ending (its last vTPM was just removed): start another
                 except HostError as exc:
-                    if PORT_TAKEN in str(exc):
+                    if PORT_TAKEN in str(exc) and port is None:
                         continue  # another process took the port meanwhile
                     if "is already hosted" in str(exc):  # left from a power-on the inventory never recorded
                         client.remove(name)

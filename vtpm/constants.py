@@ -37,6 +37,8 @@ class SU(enum.IntEnum):
 
 
 class ALG(enum.IntEnum):
+    """TPM_ALG_ID algorithm identifiers (Part 2 6.3)."""
+
     ERROR = 0x0000
     RSA = 0x0001
     TDES = 0x0003

@@ -10,6 +10,9 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
+
 from vtpm.constants import ALG
 
 
@@ -28,6 +31,13 @@ HASHES: dict[int, HashAlg] = {
     ALG.SHA512: HashAlg(ALG.SHA512, "sha512", 64, 128),
 }
 MAX_DIGEST = 64
+
+_KBKDF_HASHES: dict[int, type[hashes.HashAlgorithm]] = {
+    ALG.SHA1: hashes.SHA1,
+    ALG.SHA256: hashes.SHA256,
+    ALG.SHA384: hashes.SHA384,
+    ALG.SHA512: hashes.SHA512,
+}
 
 
 def digest_size(alg: int) -> int:
@@ -52,17 +62,32 @@ def hmac_digest(alg: int, key: bytes, *parts: bytes) -> bytes:
 
 
 def kdfa(alg: int, key: bytes, label: bytes, context_u: bytes, context_v: bytes, bits: int) -> bytes:
-    """KDFa: HMAC-based SP 800-108 counter-mode KDF, the label NUL-terminated."""
+    """KDFa (Part 1 11.4.10.2): SP 800-108 counter-mode HMAC, through ``cryptography``'s KBKDFHMAC.
+
+    Each block is HMAC(key, [i]32 || label || 00 || contextU || contextV || [bits]32).
+    The TPM's fixed input is passed whole as ``fixed`` (KBKDF's own label/context
+    layout would always insert the 00 separator, where the TPM adds it only after a
+    non-empty label that lacks one). An odd ``bits`` keeps only the low bits of the
+    first byte, as the spec says.
+    """
+    if bits <= 0:
+        return b""
     if label and not label.endswith(b"\x00"):
         label += b"\x00"
-    out = b""
-    counter = 1
-    while len(out) * 8 < bits:
-        out += hmac_digest(
-            alg, key, counter.to_bytes(4, "big"), label, context_u, context_v, bits.to_bytes(4, "big")
-        )
-        counter += 1
-    result = bytearray(out[: (bits + 7) // 8])
-    if bits % 8:
-        result[0] &= (1 << (bits % 8)) - 1
+    fixed = b"".join((label, context_u, context_v, bits.to_bytes(4, "big")))
+    derived = KBKDFHMAC(
+        algorithm=_KBKDF_HASHES[alg](),
+        mode=Mode.CounterMode,
+        length=(bits + 7) // 8,
+        rlen=4,
+        llen=None,
+        location=CounterLocation.BeforeFixed,
+        label=None,
+        context=None,
+        fixed=fixed,
+    ).derive(key)
+    if bits % 8 == 0:
+        return derived
+    result = bytearray(derived)
+    result[0] &= (1 << (bits % 8)) - 1
     return bytes(result)

@@ -133,6 +133,8 @@ class Event:
 
 @dataclass(frozen=True)
 class EventLog:
+    """A parsed crypto-agile event log: its Spec ID header and the events in log order."""
+
     spec_id: SpecIdEvent
     header_data: bytes  # the first entry's event data (the raw Spec ID structure)
     events: tuple[Event, ...]

@@ -27,6 +27,9 @@ from typing import Any
 
 from vtpm.server.endpoints import Endpoints, reachable
 
+# a module-level name: inside HostClient, ``list`` is the method below, not the builtin
+VtpmRows = list[dict[str, Any]]
+
 MAX_LINE = 64 * 1024
 MAX_NAME = 200
 ADD_FIELDS = {"op", "name", "state", "vm", "key_file", "ctrl_unix", "data_unix", "tcp_port", "tcp_host",
@@ -149,5 +152,5 @@ class HostClient:
     def remove(self, name: str) -> None:
         self.request(op="remove", name=name)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> VtpmRows:
         return self.request(op="list")["vtpms"]

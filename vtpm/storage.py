@@ -30,6 +30,8 @@ __all__ = ["JOURNAL_FILE", "PLAIN_STATE_FILE", "ENCRYPTED_STATE_FILE", "PlainSta
 
 
 class StateStore(Protocol):
+    """Where a TPM's state lives: ``load`` it at start-up, ``save`` the serialized state after a change."""
+
     def load(self) -> TpmState | None: ...
     def save(self, raw: bytes) -> None: ...
     def describe(self) -> str: ...
@@ -44,11 +46,18 @@ def parse_state(raw: bytes, where: Path) -> TpmState:
 
 
 class PlainStateStore:
+    """Unencrypted state in ``DIRECTORY/tpm-state`` (0600, written atomically), with its crash-safe journal.
+
+    For tests and hosts whose disk is already protected; ``vmcrypt`` keeps a VM's
+    state encrypted in its ``.nvram`` instead.
+    """
+
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.path = self.directory / PLAIN_STATE_FILE
 
     def describe(self) -> str:
+        """Where the state lives, for messages (the path, never the contents)."""
         return str(self.path)
 
     def load_raw(self) -> tuple[bytes | None, int]:
@@ -66,9 +75,11 @@ class PlainStateStore:
         return JournalBinding(self.directory / JOURNAL_FILE, None, b"vtpm plain state directory")
 
     def load(self) -> TpmState | None:
+        """The stored state with its journal replayed, or None before the first save."""
         raw = recover(self)
         return None if raw is None else parse_state(raw, self.path)
 
     def save(self, raw: bytes) -> None:
+        """Replace the stored state atomically (the directory is created 0700 if missing)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_atomic(self.path, raw, mode=0o600)

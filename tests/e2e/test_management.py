@@ -11,6 +11,7 @@ one, a path outside the VM's directory, a reused console ticket.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import time
@@ -26,6 +27,7 @@ from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.rbac import Privilege
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_lock import VmBusyError, lock_vm
+from vtpm import TpmClient, free_port_pair
 from vtpm.host_protocol import HostClient
 
 PASSWORDS = {"admin": "admin-pw", "nocrypto": "nocrypto-pw", "reader": "reader-pw"}
@@ -416,3 +418,26 @@ def test_powered_on_vtpms_share_the_homes_host(mgmt: Management, home: Path) -> 
     again = admin.power_on("enc")  # and a new one starts on demand
     assert again.vtpm_pid != first.vtpm_pid
     admin.power_off("enc")
+
+
+def test_power_on_serves_on_the_port_and_unix_path_the_caller_chose(mgmt: Management, tmp_path: Path) -> None:
+    """A library caller picks the vTPM's endpoints; a port already in use is an error and the VM stays off."""
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    port, data_unix = free_port_pair(), tmp_path / "enc.sock"
+    record = admin.power_on("enc", port=port, data_unix=data_unix)
+    try:
+        assert record.vtpm_port == port
+        with TpmClient.swtpm_unix(str(data_unix)) as client:
+            client.startup()
+            assert len(client.get_random(8)) == 8
+        with TpmClient.swtpm_tcp(port) as client:
+            assert len(client.get_random(8)) == 8
+    finally:
+        admin.power_off("enc")
+    busy = free_port_pair()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", busy))
+        holder.listen()
+        with pytest.raises(VmError, match="did not start"):
+            admin.power_on("enc", port=busy)
+    assert admin.vm("enc").power_state == "off"

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vmcrypt.providers.kmip import parse_server, split_key_id
+from vmcrypt.providers.kmip import parse_server, require_pykmip, split_key_id
 
 SERVER_BINARY = Path(sys.executable).with_name("pykmip-server")
 CLIENT_CN = "vmcrypt-test-client"
@@ -195,6 +195,7 @@ def start_server(directory: Path, pki: Pki, timeout: float = 20.0) -> KmipServer
 
 def register_copy(pki: Pki, server: KmipServer, key_id: str, material: bytes) -> None:
     """Put the same KEK under the same name on another server: PyKMIP servers do not replicate."""
+    require_pykmip()
     from kmip import enums
     from kmip.pie.client import ProxyKmipClient
     from kmip.pie.objects import SymmetricKey

@@ -15,6 +15,7 @@ import socket
 import ssl
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,6 +29,31 @@ DEFAULT_CACHE_SECONDS = 300
 
 log = logging.getLogger(__name__)
 logging.getLogger("kmip").addHandler(logging.NullHandler())  # PyKMIP's config-file notices are not ours to print
+
+INSTALL_HINT = "the KMIP key provider needs PyKMIP: pip install 'vmcrypt[kmip]'"
+_pykmip_checked = False
+
+
+def require_pykmip() -> None:
+    """Import PyKMIP (the ``kmip`` extra) once, or raise a KeyProviderError that says how to install it.
+
+    PyKMIP is optional: only homes with a KMIP provider need it. Its own deprecation
+    warnings (SQLAlchemy's ``MovedIn20Warning`` from its declarative models, the
+    ``ssl.PROTOCOL_TLS`` DeprecationWarning when it opens a connection) say nothing a
+    vmcrypt user can act on, so they are filtered for PyKMIP's modules only, before
+    the first import.
+    """
+    global _pykmip_checked
+    # on every call: filterwarnings replaces an identical filter, and a caller's
+    # warnings.catch_warnings (pytest's, for one) may have reset the list since
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"kmip(\.|$)")
+    if _pykmip_checked:
+        return
+    try:
+        import kmip.pie.client  # noqa: F401
+    except ImportError:
+        raise KeyProviderError(INSTALL_HINT) from None
+    _pykmip_checked = True
 T = TypeVar("T")
 
 
@@ -117,7 +143,8 @@ class KmipKeyProvider(KeyProvider):
 
     def _open(self, server: str) -> Any:
         # PyKMIP is imported inside the methods that talk to a server: it takes about a second to
-        # import, and every vmcrypt command would pay for it though most homes have no KMIP provider.
+        # import, it is an optional extra, and most homes have no KMIP provider.
+        require_pykmip()
         from kmip.pie.client import ProxyKmipClient
 
         host, port = parse_server(server)
@@ -145,6 +172,7 @@ class KmipKeyProvider(KeyProvider):
 
     def _call(self, what: str, operation: Callable[[Any], T]) -> T:
         """Run ``operation`` on the first server that answers; raise naming each server tried."""
+        require_pykmip()  # before the loop: a missing extra is not a server failure to fail over from
         failures: list[str] = []
         for server in self._order():
             reused = self._client_server == server

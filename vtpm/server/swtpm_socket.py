@@ -51,6 +51,12 @@ def listen(endpoint: Endpoint) -> socket.socket:
 
 @dataclass
 class SocketServer:
+    """One TpmDevice served on swtpm's socket protocol: a data endpoint and a control endpoint (TCP or Unix).
+
+    The caller chooses the endpoints (a port, a Unix path or an inherited fd);
+    ``bind`` opens them, the serving threads answer until ``terminate`` is set.
+    """
+
     device: TpmDevice
     ctrl: Endpoint | None
     data: Endpoint | None
