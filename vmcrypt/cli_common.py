@@ -26,6 +26,11 @@ from vmcrypt.passphrase import obtain_passphrase
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.service import default_socket, service_ca_path
 from vmcrypt.service_client import ServiceClient
+from vmcrypt.vm import parse_size
+from vtpm.cli_output import add_json_option, one_line, package_version, print_error, quiet_broken_pipe
+
+__all__ = ["add_json_option", "one_line", "print_error", "quiet_broken_pipe", "size_argument"]
+__version__ = package_version()
 
 MASTER_PASSPHRASE_ENV = "VMCRYPT_MASTER_PASSPHRASE"
 PASSWORD_ENV = "VMCRYPT_PASSWORD"
@@ -39,6 +44,14 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+def size_argument(text: str) -> int:
+    """An argparse ``type``: a bad size is a usage error (exit 2), not a failure."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def key_manager(args: argparse.Namespace) -> KeyManager:
