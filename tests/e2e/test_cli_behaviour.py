@@ -187,7 +187,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_json_before_and_after_print_the_same(tmp_path: Path) -> None:
     vm = tmp_path / "vm1"
     status, created, err = run("vmcrypt", ["--json", "vm", "create", str(vm), "--disk", "1M"])
-    assert status == 0, err and json.loads(created)["vm"] == "vm1"
+    assert status == 0, err
+    assert json.loads(created)["vm"] == "vm1"
     before = run("vmcrypt", ["--json", "describe", str(vm)])
     after = run("vmcrypt", ["describe", str(vm), "--json"])
     assert before[0] == after[0] == 0 and json.loads(before[1]) == json.loads(after[1])
@@ -227,7 +228,8 @@ def test_inventory_passwords_follow_the_policy(tmp_path: Path, monkeypatch: pyte
         assert not (home / "inventory.db").exists()
     monkeypatch.setenv("VMCRYPT_PASSWORD", "correct horse battery")
     status, _, err = run("vmcrypt", ["--home", str(home), "inventory", "init", "--admin", "admin"])
-    assert status == 0, err and (home / "inventory.db").exists()
+    assert status == 0, err
+    assert (home / "inventory.db").exists()
     with pytest.raises(WeakPassword):
         check_new_password("bob", "12345678901")
     check_new_password("bob", "123456789012")
