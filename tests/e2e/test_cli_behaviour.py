@@ -266,3 +266,12 @@ def test_demo_directories(tmp_path: Path) -> None:
         demo.working_directories(str(tmp_path / "full"), {})
     with pytest.raises(demo.DemoError, match="VMCRYPT_HOME"):
         demo.working_directories(None, {"VMCRYPT_HOME": str(tmp_path / "full")})
+
+
+def test_user_commands_before_inventory_init_say_there_is_none(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCRYPT_PASSWORD", "correct horse battery")
+    status, _, err = run("vmcrypt", ["--home", str(tmp_path / "new"), "--user", "admin", "inventory", "users"])
+    assert_one_error(status, 1, err)
+    assert "there is no inventory" in err and "inventory init" in err and "login failed" not in err
+    assert not (tmp_path / "new").exists()
