@@ -259,7 +259,12 @@ def _check_serve(args: argparse.Namespace) -> str | None:
 
 
 def refuse_missing_state(args: argparse.Namespace) -> None:
-    """A --state directory that does not exist is made only with --create: a typo must not become a new TPM."""
+    """A --state directory that does not exist is made only with --create: a typo must not become a new TPM.
+
+    For `serve` and `info`; `socket` and `host` keep swtpm's --tpmstate rules.
+    """
+    if getattr(args, "command", None) not in ("serve", "info"):
+        return
     if args.state and not getattr(args, "create", False) and not os.path.isdir(args.state):
         hint = " (give --create to manufacture a new TPM there)" if hasattr(args, "create") else ""
         raise StateStoreError(f"{args.state}: no such state directory{hint}")
