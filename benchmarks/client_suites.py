@@ -219,7 +219,7 @@ from vtpm.cli import main  # noqa: E402
 
 tcp_listener = sockets.tcp_listener
 sockets.tcp_listener = lambda h, p: bound.pop(p) if p in bound else tcp_listener(h, p)
-serve = ["serve", "--state", state, "--host", host, "--port", str(port), "--protocol", "swtpm"]
+serve = ["serve", "--state", state, "--create", "--host", host, "--port", str(port), "--protocol", "swtpm"]
 if "startup-clear" in opts.get("--flags", {{}}):
     serve.append("--startup-clear")
 sys.exit(main(serve))

@@ -215,6 +215,8 @@ def verify_backup(archive: str | os.PathLike[str]) -> Manifest:
     except (tarfile.TarError, EOFError, OSError, ValueError, OverflowError) as exc:  # tarfile's, for bad PAX numbers
         if isinstance(exc, VmcryptError):
             raise
+        if isinstance(exc, tarfile.ReadError):  # tarfile lists every compression it tried, one per line
+            raise BackupError("not a backup archive (not a readable tar file)", archive) from None
         raise BackupError(f"the archive cannot be read ({exc})", archive) from None
     return manifest
 

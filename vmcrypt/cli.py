@@ -35,7 +35,21 @@ from vmcrypt.admin_operations import (
     verify_eks,
 )
 from vmcrypt.ca_keys import open_ca
-from vmcrypt.cli_common import MASTER_PASSPHRASE_ENV, SERVER_ENV, connect, emit, key_manager, remote, remote_vm
+from vmcrypt.cli_common import (
+    MASTER_PASSPHRASE_ENV,
+    SERVER_ENV,
+    __version__,
+    add_json_option,
+    connect,
+    emit,
+    key_manager,
+    print_error,
+    one_line,
+    quiet_broken_pipe,
+    remote,
+    remote_vm,
+    size_argument,
+)
 from vmcrypt.cli_inventory import register as register_inventory_commands
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
@@ -45,7 +59,7 @@ from vmcrypt.progress import FileProgress
 from vmcrypt.rbac import Operation
 from vmcrypt.results import created_row, operation_row, operation_text
 from vmcrypt.service import serve
-from vmcrypt.vm import VmHome, VmSpec, create_vm, parse_size
+from vmcrypt.vm import VmHome, VmSpec, create_vm
 from vmcrypt.vm_encryption import OperationResult, decrypt_vm, describe_vm, encrypt_vm, rekey_vm
 from vmcrypt.vm_vtpm import fold_leftover_journal
 from vmcrypt.vtpm_provision import add_vtpm
@@ -66,7 +80,7 @@ class CommandFailed(Exception):
 def cmd_vm_create(args: argparse.Namespace) -> None:
     path = Path(args.path)
     spec = VmSpec(name=args.name or path.name, hw_version=args.hw_version, firmware=args.firmware,
-                  memory_mb=args.memory, cpus=args.cpus, disk_bytes=parse_size(args.disk) if args.disk else 0)
+                  memory_mb=args.memory, cpus=args.cpus, disk_bytes=args.disk or 0)
     client = remote(args)
     if client:
         data = client.request("POST", "/vms", json={
@@ -366,16 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--server", dest="service_url", metavar="URL", help=f"the management service: unix:PATH or https://HOST:PORT (or ${SERVER_ENV}; "
                         "default: the socket of --home)")
     parser.add_argument("--ca", dest="service_ca", metavar="FILE", help="the service CA's certificate for an https:// service (default: HOME/service-ca.pem)")
-    parser.add_argument("--version", action="version", version=f"vmcrypt 0.1.0 (XTS backend: {xts.BACKEND})")
+    parser.add_argument("--version", action="version", version=f"vmcrypt {__version__} (XTS backend: {xts.BACKEND})")
+    add_json_option(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(parent: Any, name: str, func: Callable[[argparse.Namespace], None], help: str, json_out: bool = True,
                 operation: Operation | None = None) -> argparse.ArgumentParser:
         """A subcommand; ``operation``: the management plane's operation it asks for (None: local only)."""
         sub = parent.add_parser(name, help=help, description=help)
-        sub.set_defaults(func=func, operation=operation)
+        sub.set_defaults(func=func, operation=operation, prints_json=json_out)
         if json_out:
-            sub.add_argument("--json", action="store_true", help="print the result as JSON")
+            add_json_option(sub, after_command=True)
         return sub
 
     vm = commands.add_parser("vm", help="VMs: create, register, power, console, files",
@@ -388,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--firmware", choices=["efi", "bios"], default="efi", help="firmware (default efi)")
     create.add_argument("--memory", type=int, default=2048, help="memory in MiB (default 2048)")
     create.add_argument("--cpus", type=int, default=2, help="virtual CPUs (default 2)")
-    create.add_argument("--disk", metavar="SIZE", help="add a flat virtual disk of SIZE (e.g. 64M, 10G)")
+    create.add_argument("--disk", metavar="SIZE", type=size_argument, help="add a flat virtual disk of SIZE (e.g. 64M, 10G)")
 
     enc = command(commands, "encrypt", cmd_encrypt, "encrypt a VM's home files (and disks with --disks)", operation=Operation.ENCRYPT)
     enc.add_argument("path", help="the VM's .vmx file or directory")
@@ -450,10 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cmd = command(prov_commands, "keys", cmd_provider_keys, "list the keys of a provider (ids and states, never material)", operation=Operation.LIST_KEYS)
     keys_cmd.add_argument("provider", nargs="?", help="provider name or id (default: the default provider)")
     add = command(prov_commands, "add-native", cmd_provider_add_native, "add another native key provider", operation=Operation.ADD_NATIVE_PROVIDER)
-    add.add_argument("name")
+    add.add_argument("name", help="name of the new provider")
     add.add_argument("--default", action="store_true", help="make it the default provider")
     kmip = command(prov_commands, "add-kmip", cmd_provider_add_kmip, "add a KMIP key server cluster (mutual TLS, failover)", operation=Operation.ADD_KMIP_PROVIDER)
-    kmip.add_argument("name")
+    kmip.add_argument("name", help="name of the new provider")
     kmip.add_argument("--server", action="append", required=True, metavar="HOST:PORT",
                       help="a KMIP server; repeat for a cluster, tried in order")
     kmip.add_argument("--ca", required=True, help="PEM CA certificate that verifies the servers")
@@ -474,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("import", cmd_provider_import, "merge keys from a native key store backup", Operation.IMPORT_KEYS),
     ):
         sub = command(prov_commands, name, func, what, operation=operation)
-        sub.add_argument("file")
+        sub.add_argument("file", help="the backup file to write (export) or read (import)")
         sub.add_argument("--provider", help="native provider name or id (default: the default provider)")
         sub.add_argument("--passphrase-file", help=f"file holding the backup passphrase (or set ${BACKUP_PASSPHRASE_ENV})")
     return parser
@@ -497,22 +512,31 @@ def cmd_server(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        with connect(args):
-            args.func(args)
-    except (VmcryptError, CaError, CommandFailed, OSError, ValueError) as exc:
-        message = str(exc)
-        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
-            message += f": {exc.filename}"
-        print(f"error: {_describe_failure(args)}: {message}", file=sys.stderr)
-        for note in getattr(exc, "__notes__", []):
-            print(f"note: {note}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    if args.json and not args.prints_json:
+        parser.error(f"{_describe_failure(args)} has no JSON output: leave out --json")
+    check = getattr(args, "check", None)
+    problem = check(args) if check is not None else None
+    if problem:
+        parser.error(problem)
+    with quiet_broken_pipe():
+        try:
+            with connect(args):
+                args.func(args)
+        except BrokenPipeError:
+            raise
+        except (VmcryptError, CaError, CommandFailed, OSError, ValueError) as exc:
+            message = str(exc)
+            if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+                message += f": {exc.filename}"
+            print_error(f"{_describe_failure(args)}: {message}")
+            for note in getattr(exc, "__notes__", []):
+                print(f"note: {one_line(str(note))}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print_error("interrupted")
+            return 130
+        sys.stdout.flush()  # a closed pipe shows here, inside the guard
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,11 +21,17 @@ from urllib.parse import quote
 
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import home_path, resolve_home
+from vmcrypt.inventory import DB_FILE
 from vmcrypt.keys import KeyManager
 from vmcrypt.passphrase import obtain_passphrase
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.service import default_socket, service_ca_path
 from vmcrypt.service_client import ServiceClient
+from vmcrypt.vm import parse_size
+from vtpm.cli_output import add_json_option, one_line, package_version, print_error, quiet_broken_pipe
+
+__all__ = ["add_json_option", "one_line", "print_error", "quiet_broken_pipe", "size_argument"]
+__version__ = package_version()
 
 MASTER_PASSPHRASE_ENV = "VMCRYPT_MASTER_PASSPHRASE"
 PASSWORD_ENV = "VMCRYPT_PASSWORD"
@@ -39,6 +45,14 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(text.rstrip("\n") + "\n")
+
+
+def size_argument(text: str) -> int:
+    """An argparse ``type``: a bad size is a usage error (exit 2), not a failure."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def key_manager(args: argparse.Namespace) -> KeyManager:
@@ -73,6 +87,10 @@ def connect(args: argparse.Namespace) -> Iterator[None]:
         yield
         return
     url = server_url(args)
+    home = home_path(args.home)
+    if url == f"unix:{default_socket(home)}" and not (home / DB_FILE).exists():
+        # the local service of a home without an inventory: say so rather than "not reachable" or "login failed"
+        raise VmcryptError(f"there is no inventory in {home}: create it with `vmcrypt inventory init --admin NAME`")
     ca = args.service_ca or (service_ca_path(home_path(args.home)) if url.startswith("https://") else None)
     with ServiceClient(url, ca) as client:
         client.request("GET", "/health")  # before asking for a password

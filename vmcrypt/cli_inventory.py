@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from vmcrypt.backup import backup_vm, verify_backup
+from vmcrypt.backup import backup_vm, restore_vm, verify_backup
 from vmcrypt.cli_common import PASSWORD_ENV, emit, key_manager, password, remote, remote_vm
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
+from vmcrypt.inventory import DB_FILE
 from vmcrypt.management import Management
+from vmcrypt.password_policy import MIN_LENGTH, check_new_password
 from vmcrypt.progress import FileProgress
 from vmcrypt.rbac import Operation
 from vmcrypt.results import manifest_row
@@ -63,16 +65,24 @@ def _tcti(record: dict[str, Any]) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
-    m = Management(resolve_home(args.home), create_inventory=True)
-    m.bootstrap(args.admin, password(PASSWORD_ENV, f"New password for {args.admin}: "))
+    home = resolve_home(args.home)
+    new_password = password(PASSWORD_ENV, f"New password for {args.admin}: ")
+    if not (home / DB_FILE).exists():
+        check_new_password(args.admin, new_password)  # before the inventory is created: nothing half-made
+    m = Management(home, create_inventory=True)
+    if m.inventory.users():  # the more useful refusal first
+        m.bootstrap(args.admin, new_password)
+    check_new_password(args.admin, new_password)
+    m.bootstrap(args.admin, new_password)
     emit(args, {"admin": args.admin, "inventory": str(m.inventory.path)},
          f"inventory {m.inventory.path} created; {args.admin} is Administrator")
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
     client = service(args)
-    data = client.request("POST", "/users", json={
-        "name": args.name, "password": password(NEW_PASSWORD_ENV, f"New password for {args.name}: "), "role": args.role})
+    new_password = password(NEW_PASSWORD_ENV, f"New password for {args.name}: ")
+    check_new_password(args.name, new_password)
+    data = client.request("POST", "/users", json={"name": args.name, "password": new_password, "role": args.role})
     emit(args, data, f"added user {args.name}" + (f" as {args.role}" if args.role else ""))
 
 
@@ -247,9 +257,26 @@ def cmd_backup(args: argparse.Namespace) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
+    """`restore ARCHIVE --datastore DS` with --user (into the inventory), else `restore ARCHIVE --to DIR`."""
+    client = remote(args)
+    if client is None:
+        vm = restore_vm(args.archive, args.to, key_manager(args))
+        emit(args, {"name": vm.name, "vmx": str(vm.vmx_path)}, f"restored {vm.name} into {vm.vmx_path.parent}")
+        return
     with open(args.archive, "rb") as archive:
-        record = service(args).request("POST", "/restore", params={"datastore": args.datastore}, content=archive)
+        record = client.request("POST", "/restore", params={"datastore": args.datastore}, content=archive)
     emit(args, record, f"restored {record['name']} into {record['datastore']} and registered it")
+
+
+def check_restore(args: argparse.Namespace) -> str | None:
+    """The usage error of `restore`, if any: where to restore depends on --user, as for `backup`."""
+    if args.user and not args.datastore:
+        return "restore with --user needs --datastore NAME (the VM is registered in the inventory)"
+    if not args.user and not args.to:
+        return "restore without --user needs --to DIR (files only; give --user to restore into the inventory)"
+    if args.user and args.to:
+        return "--to is for a restore without --user; with --user give --datastore"
+    return None
 
 
 def cmd_vtpm_accept_rollback(args: argparse.Namespace) -> None:
@@ -275,44 +302,52 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
                               description="The management inventory: users, roles, datastores, audit log.")
     inv_commands = inv.add_subparsers(dest="inventory_command", metavar="COMMAND", required=True)
     init = command(inv_commands, "init", cmd_init,
-                   f"create the inventory and its first Administrator (password: ${PASSWORD_ENV}; local administrator)")
+                   f"create the inventory and its first Administrator (password: ${PASSWORD_ENV}, at least {MIN_LENGTH} "
+                   "characters, not containing the name; local administrator)")
     init.add_argument("--admin", required=True, help="name of the first administrator")
-    user_add = command(inv_commands, "user-add", cmd_user_add, f"add a user (password: ${NEW_PASSWORD_ENV})",
+    user_add = command(inv_commands, "user-add", cmd_user_add, f"add a user (password: ${NEW_PASSWORD_ENV}, at least {MIN_LENGTH} characters, "
+                       "not containing the name)",
                        operation=O.MANAGE_USERS)
-    user_add.add_argument("name")
+    user_add.add_argument("name", help="the new user's name")
     user_add.add_argument("--role", help="grant this role on the whole inventory (e.g. 'No Cryptography Administrator')")
     command(inv_commands, "users", cmd_users, "list the users and their groups", operation=O.LIST_USERS)
     command(inv_commands, "roles", cmd_roles, "list the roles", operation=O.LIST_ROLES)
     role_add = command(inv_commands, "role-add", cmd_role_add, "add a custom role", operation=O.ADD_ROLE)
-    role_add.add_argument("name")
+    role_add.add_argument("name", help="the new role's name")
     role_add.add_argument("--privilege", action="append", metavar="NAME", help="a privilege (repeat), e.g. System.View")
     grant = command(inv_commands, "grant", cmd_grant, "give a user (or --group) a role on an object", operation=O.GRANT)
-    grant.add_argument("principal")
-    grant.add_argument("role")
+    grant.add_argument("principal", help="user (or, with --group, group) name")
+    grant.add_argument("role", help="role name, e.g. Administrator")
     grant.add_argument("--entity", default="root:", help="root:, datastore:NAME or vm:NAME (default: the root)")
     grant.add_argument("--group", action="store_true", help="the principal is a group")
     ds = command(inv_commands, "datastore-add", cmd_datastore_add, "add a datastore (a directory)",
                  operation=O.ADD_DATASTORE)
-    ds.add_argument("name")
-    ds.add_argument("path")
+    ds.add_argument("name", help="the datastore's name")
+    ds.add_argument("path", help="its directory")
     command(inv_commands, "datastores", cmd_datastores, "list the datastores", operation=O.LIST_DATASTORES)
     command(inv_commands, "audit", cmd_audit, "show the audit log, denials included", operation=O.READ_AUDIT)
-    command(inv_commands, "host-add", cmd_host_add, "add a host", operation=O.ADD_HOST).add_argument("name")
+    command(inv_commands, "host-add", cmd_host_add, "add a host", operation=O.ADD_HOST).add_argument(
+        "name", help="the host's name")
     command(inv_commands, "hosts", cmd_hosts, "list the hosts", operation=O.LIST_HOSTS)
 
-    backup = command(commands, "backup", cmd_backup, "back up a VM into one archive, or `backup verify ARCHIVE`",
+    backup = command(commands, "backup", cmd_backup, "back up a VM into one archive, or `backup verify ARCHIVE`; "
+                     "with --user the VM is an inventory name, else a path read as the local administrator "
+                     "(as `restore` writes a directory without --user)",
                      operation=O.BACKUP)
     backup.add_argument("vm", metavar="VM|verify", help="inventory name (with --user) or the VM's path; or 'verify'")
     backup.add_argument("destination", metavar="ARCHIVE", help="the archive to write (or to verify)")
     backup.add_argument("--no-disks", action="store_true", help="leave the virtual disks out")
-    restore = command(commands, "restore", cmd_restore, "check an archive and its key, then restore and register the VM",
-                      operation=O.RESTORE)
-    restore.add_argument("archive")
-    restore.add_argument("--datastore", required=True)
+    restore = command(commands, "restore", cmd_restore, "check an archive and its key, then restore the VM: with --user "
+                      "into a datastore of the inventory (registered), else into a directory (--to) as the local "
+                      "administrator, as `backup` reads a path without --user", operation=O.RESTORE)
+    restore.set_defaults(check=check_restore)
+    restore.add_argument("archive", help="the backup archive (from `vmcrypt backup`)")
+    restore.add_argument("--datastore", help="with --user: the datastore to restore into")
+    restore.add_argument("--to", metavar="DIR", help="without --user: the VM directory to create (absent or empty)")
 
     reg = command(vm_commands, "register", cmd_vm_register, "add an existing VM to the inventory", operation=O.REGISTER)
     reg.add_argument("path", help="the VM's .vmx file or directory")
-    reg.add_argument("--datastore", required=True)
+    reg.add_argument("--datastore", required=True, help="the datastore that holds it")
     for name, func, text, operation in (
             ("unregister", cmd_vm_unregister, "remove a VM from the inventory (files stay)", O.UNREGISTER),
             ("power-off", cmd_power_off, "power off (stops the vTPM; its state is already on disk)", O.POWER_OFF),

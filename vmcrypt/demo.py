@@ -1,7 +1,10 @@
 """The README demo: an encrypted VM on the embedded defaults, and proof of what happened.
 
-Creates a management home and a VM under ``demo-out/`` (replaced on each
-run), encrypts it with the native key provider, shows what is encrypted and
+Creates a management home and a VM in the directory given with ``--out``
+(absent or empty) or else in a new temporary directory, which it keeps and
+names at the end; the management home is ``$VMCRYPT_HOME`` when that is set
+(it must be new or empty: the demo makes its first administrator), else
+``OUT/home``. It never writes into the current directory. It encrypts it with the native key provider, shows what is encrypted and
 under which key, checks that no known plaintext survives in the encrypted
 files, tampers with a copy to show the integrity check, and decrypts back to
 the original bytes.
@@ -16,12 +19,15 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmcrypt import cli, container, vtpm_command, xts
 from vmcrypt.errors import IntegrityError
-from vmcrypt.home import resolve_home
+from vmcrypt.cli_common import size_argument
+from vmcrypt.home import ENV_HOME, resolve_home
 from vmcrypt.inventory import ROOT
 from vmcrypt.keys import KeyManager
 from vmcrypt.management import Management, PermissionDenied
@@ -40,10 +46,27 @@ def _step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def run(out: Path, disk: str) -> int:
-    if out.exists():
-        shutil.rmtree(out)
-    home_dir = out / "home"
+class DemoError(Exception):
+    """The demo cannot start here; the message says what to change."""
+
+
+def _fresh(directory: Path, what: str) -> Path:
+    """``directory``, which must be absent or empty: the demo never overwrites what someone keeps there."""
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise DemoError(f"{what} {directory} is not empty: give a new or empty directory")
+    return directory
+
+
+def working_directories(out: str | None, environ: Mapping[str, str]) -> tuple[Path, Path]:
+    """(the demo's working directory, its management home) from ``--out`` and ``$VMCRYPT_HOME``."""
+    base = _fresh(Path(out).absolute(), "--out") if out else Path(tempfile.mkdtemp(prefix="vmcrypt-demo-"))
+    home = environ.get(ENV_HOME)
+    return base, _fresh(Path(home).absolute(), f"${ENV_HOME}") if home else base / "home"
+
+
+def run(out: Path, disk: str, home_dir: Path | None = None) -> int:
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home_dir = home_dir or out / "home"
     vm_dir = out / "datastore" / "demo-vm"
     common = ["--home", str(home_dir)]
 
@@ -104,6 +127,7 @@ def run(out: Path, disk: str) -> int:
 
     _step("result")
     print(f"  encrypted VM:    {vm_dir}")
+    print(f"  working directory: {out}")
     print(f"  management home: {home_dir}")
     print(f"  try: .venv/bin/vmcrypt --home {home_dir} describe {vm_dir} --json")
     return 0 if same else 1
@@ -213,12 +237,28 @@ def _show_ek_certificate(tool, root_pem: Path) -> None:
     print(f"  $ tpm2_createek -G rsa: same public key as the certificate: {same}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m vmcrypt.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo-out", help="working directory (replaced), default ./demo-out")
-    parser.add_argument("--disk", default="256M", help="size of the demo VM's disk (default 256M)")
-    args = parser.parse_args()
-    return run(Path(args.out).absolute(), args.disk)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vmcrypt.demo", description=__doc__.splitlines()[0],
+                                     epilog=f"Management home: ${ENV_HOME} if set (new or empty), else OUT/home.")
+    parser.add_argument("--out", metavar="DIR",
+                        help="working directory, absent or empty (default: a new temporary directory, kept)")
+    parser.add_argument("--disk", default="256M", type=size_argument,
+                        help="size of the demo VM's disk (default 256M)")
+    args = parser.parse_args(argv)
+    try:
+        out, home = working_directories(args.out, os.environ)
+    except DemoError as exc:
+        print(f"error: demo: {exc}", file=sys.stderr)
+        return 1
+    return run(out, _size_text(args.disk), home)
+
+
+def _size_text(size: int) -> str:
+    """The --disk size as `vm create` takes it."""
+    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
 
 
 if __name__ == "__main__":

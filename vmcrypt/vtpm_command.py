@@ -40,8 +40,10 @@ class EngineStoreOptions:
             return VmNvramStore.open(args.vm, home=args.home)
         if not args.state:
             raise StateStoreError("give --state DIR or --vm PATH/NAME.vmx")
-        if args.key_file:
-            return EncryptedStateStore(args.state, read_key_file(args.key_file))
+        key = read_key_file(args.key_file) if args.key_file else None  # a bad key file is reported first
+        cli.refuse_missing_state(args)
+        if key is not None:
+            return EncryptedStateStore(args.state, key)
         return PlainStateStore(args.state)
 
 

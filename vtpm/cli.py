@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 from vtpm import host as host_daemon
 from vtpm import wire
+from vtpm.cli_output import add_json_option, package_version, print_error, quiet_broken_pipe
 from vtpm.constants import NT, TPMA_NV
 from vtpm.crypto import HASHES
 from vtpm.engine import Tpm
@@ -68,6 +70,7 @@ class PlainStoreOptions:
     def open(self, args: argparse.Namespace) -> StateStore:
         if not args.state:
             raise StateStoreError("give --state DIR")
+        refuse_missing_state(args)
         return PlainStateStore(args.state)
 
 
@@ -238,27 +241,63 @@ def cmd_socket(args: argparse.Namespace, store: StateStore) -> int:
         raise
 
 
+def _check_store_named(args: argparse.Namespace) -> str | None:
+    if not args.state and not getattr(args, "vm", None):
+        return "give --state DIR" + (" or --vm VMX" if hasattr(args, "vm") and args.vm is None else "")
+    return None
+
+
+def _check_serve(args: argparse.Namespace) -> str | None:
+    """`serve`'s usage errors (exit 2), before any state is opened."""
+    if problem := _check_store_named(args):
+        return problem
+    if args.protocol == "mssim" and args.port is None:
+        return "the mssim protocol needs --port"
+    if args.protocol == "swtpm" and args.port is None and args.unix is None:
+        return "give --port P and/or --unix PATH"
+    return None
+
+
+def refuse_missing_state(args: argparse.Namespace) -> None:
+    """A --state directory that does not exist is made only with --create: a typo must not become a new TPM.
+
+    For `serve` and `info`; `socket` and `host` keep swtpm's --tpmstate rules.
+    """
+    if getattr(args, "command", None) not in ("serve", "info"):
+        return
+    if args.state and not getattr(args, "create", False) and not os.path.isdir(args.state):
+        hint = " (give --create to manufacture a new TPM there)" if hasattr(args, "create") else ""
+        raise StateStoreError(f"{args.state}: no such state directory{hint}")
+
+
 def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vtpm", description="Serve and inspect virtual TPM 2.0 devices.")
+    parser = argparse.ArgumentParser(prog="vtpm", description="Serve and inspect virtual TPM 2.0 devices.",
+                                     epilog="Exit status: 0 success, 1 failed, 2 usage error.")
+    parser.add_argument("--version", action="version", version=f"vtpm {package_version()}")
+    add_json_option(parser)
     stores.add_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add_state_options(sub: argparse.ArgumentParser) -> None:
         where = sub.add_mutually_exclusive_group()
-        where.add_argument("--state", metavar="DIR", help="state directory (created, with a new TPM, if absent)")
+        where.add_argument("--state", metavar="DIR", help="state directory (an empty one gets a new TPM)")
         stores.add_store_options(sub, where)
 
     serve = commands.add_parser("serve", help="serve a vTPM on a socket", description="Serve a vTPM to TPM clients.")
     add_state_options(serve)
+    serve.add_argument("--create", action="store_true",
+                       help="create the --state directory if it does not exist (a new TPM); without it a "
+                       "missing directory is refused, so a typo never manufactures a new TPM")
     serve.add_argument("--port", type=int, help="TCP data port P (control/platform on P+1)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--unix", metavar="PATH", help="Unix data socket PATH (control on PATH.ctrl)")
-    serve.add_argument("--protocol", choices=["swtpm", "mssim"], default="swtpm")
+    serve.add_argument("--protocol", choices=["swtpm", "mssim"], default="swtpm",
+                       help="swtpm (data + control socket, as QEMU uses) or mssim (Microsoft simulator; default swtpm)")
     serve.add_argument("--startup-clear", action="store_true", help="run TPM2_Startup(CLEAR) before serving")
     serve.add_argument("--no-journal", action="store_true",
                        help="rewrite the whole state after every change instead of journaling it")
     serve.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
-    serve.set_defaults(func=cmd_serve)
+    serve.set_defaults(func=cmd_serve, check=_check_serve, prints_json=False)
 
     sock = commands.add_parser("socket", help="serve a vTPM the way libvirt/QEMU start `swtpm socket`",
                                description=SOCKET_DESCRIPTION)
@@ -284,13 +323,13 @@ def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
     sock.add_argument("--print-capabilities", action="store_true", help="print swtpm-style JSON capabilities")
     sock.add_argument("--version", action="store_true", help="print the version")
     sock.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
-    sock.set_defaults(func=cmd_socket, prepare=lambda args: _socket_options(sock, args), state=None)
+    sock.set_defaults(func=cmd_socket, prepare=lambda args: _socket_options(sock, args), state=None, prints_json=False)
 
     info = commands.add_parser("info", help="show what a vTPM state holds (no secrets)",
                                description="Show NV indices, persistent handles and PCR banks of a stored vTPM.")
     add_state_options(info)
-    info.add_argument("--json", action="store_true")
-    info.set_defaults(func=cmd_info)
+    add_json_option(info, after_command=True)
+    info.set_defaults(func=cmd_info, check=_check_store_named)
 
     host_daemon.add_parser(commands, lambda args, request: open_hosted_store(stores, args, request))
     return parser
@@ -305,7 +344,13 @@ def open_hosted_store(stores: StoreOptions, args: argparse.Namespace, request: h
 
 def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) -> int:
     stores = stores or PlainStoreOptions()
-    args = build_parser(stores).parse_args(argv)
+    parser = build_parser(stores)
+    args = parser.parse_args(argv)
+    if args.json and not getattr(args, "prints_json", True):
+        parser.error(f"vtpm {args.command} has no JSON output: leave out --json")
+    check = getattr(args, "check", None)
+    if check is not None and (problem := check(args)):
+        parser.error(problem)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="vtpm: %(message)s")
     prepare = getattr(args, "prepare", None)
@@ -313,12 +358,14 @@ def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) 
         early = prepare(args)
         if early is not None:
             return int(early)
-    try:
-        return args.func(args, stores.open(args) if getattr(args, "opens_store", True) else None)
-    except (StateStoreError, OSError, *stores.failures) as exc:
-        print(f"error: vtpm {args.command}: {exc}", file=sys.stderr)
-        return 1
-
+    with quiet_broken_pipe():
+        try:
+            return args.func(args, stores.open(args) if getattr(args, "opens_store", True) else None)
+        except BrokenPipeError:
+            raise
+        except (StateStoreError, OSError, *stores.failures) as exc:
+            print_error(f"vtpm {args.command}: {exc}")
+            return 1
 
 if __name__ == "__main__":
     sys.exit(main())

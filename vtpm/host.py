@@ -477,7 +477,7 @@ def add_parser(commands: Any, open_store: Callable[[argparse.Namespace, AddReque
                       help="end when an add or remove leaves no vTPM (the last one removed, or the first add refused)")
     host.add_argument("-v", "--verbose", action="store_true", help="log each connection problem")
     host.set_defaults(func=lambda args, store: cmd_host(args, lambda request: open_store(args, request)),
-                      opens_store=False)
+                      opens_store=False, prints_json=False)
 
 
 def cmd_host(args: argparse.Namespace, open_store: OpenStore) -> int:

@@ -143,7 +143,7 @@ def test_backup_privileges(admin, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_backup_and_restore_through_the_cli(tmp_path: Path, vmcrypt_cli) -> None:
-    env = {"VMCRYPT_PASSWORD": "pw"}
+    env = {"VMCRYPT_PASSWORD": "backup-operator-2026"}
     vmcrypt_cli("inventory", "init", "--admin", "admin", env=env, check=True)
     user = ["--user", "admin"]
     vmcrypt_cli(*user, "inventory", "datastore-add", "ds1", str(tmp_path / "ds1"), env=env, check=True)

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from support.servers import REPO_ROOT
+
 
 def test_demo(tmp_path: Path) -> None:
+    """Run from an empty current directory with $VMCRYPT_HOME set: the home is used, the directory untouched."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "VMCRYPT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "vmcrypt.demo", "--out", str(tmp_path / "demo"), "--disk", "8M"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    assert list(cwd.iterdir()) == []
+    assert f"management home: {tmp_path / 'home'}" in out and (tmp_path / "home" / "inventory.db").exists()
+    assert not (tmp_path / "demo" / "home").exists()
     assert "encrypted     yes" in out and "AES-XTS-256" in out
     assert "FOUND (bad)" not in out and out.count("not found") == 4
     assert "integrity check failed" in out

@@ -46,6 +46,8 @@ from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_lock import VmBusyError, lock_vm
 
+CLI_PASSWORD = "correct horse battery"  # long enough for the inventory password policy
+
 ROLLED_BACK = "is older than the last saved generation"
 
 
@@ -122,10 +124,10 @@ def test_rolled_back_nvram_is_refused_by_vtpm_serve(tmp_path: Path, home: Path, 
 
 def _mgmt(home: Path, tmp_path: Path) -> Management:
     m = Management(home)
-    m.bootstrap("admin", "pw")
+    m.bootstrap("admin", CLI_PASSWORD)
     m.inventory.add_user("nocrypto", "pw2")
     m.inventory.grant(ROOT, "nocrypto", "No Cryptography Administrator")
-    admin = m.login("admin", "pw")
+    admin = m.login("admin", CLI_PASSWORD)
     admin.add_datastore("ds1", tmp_path / "ds1")
     admin.create_vm("ds1", "vm1")
     admin.add_vtpm("vm1")
@@ -138,7 +140,7 @@ def mgmt(home: Path, tmp_path: Path):
     yield m
     for record in m.inventory.vms():
         if record.power_state == "on":
-            m.login("admin", "pw").power_off(record.name)
+            m.login("admin", CLI_PASSWORD).power_off(record.name)
     m.close()
 
 
@@ -158,7 +160,7 @@ def _failed_tries(vmx: Path, home: Path) -> int:
 
 
 def test_rolled_back_nvram_is_refused_at_power_on(mgmt: Management, home: Path) -> None:
-    admin = mgmt.login("admin", "pw")
+    admin = mgmt.login("admin", CLI_PASSWORD)
     nocrypto = mgmt.login("nocrypto", "pw2")
     vmx = Path(mgmt.inventory.vm("vm1").vmx_path)
     nvram = vmx.with_suffix(".nvram")
@@ -204,7 +206,7 @@ def test_rolled_back_nvram_is_refused_at_power_on(mgmt: Management, home: Path) 
 
 
 def test_revert_and_restore_are_new_generations(mgmt: Management, tmp_path: Path) -> None:
-    admin = mgmt.login("admin", "pw")
+    admin = mgmt.login("admin", CLI_PASSWORD)
     vmx = Path(mgmt.inventory.vm("vm1").vmx_path)
     nvram = vmx.with_suffix(".nvram")
     admin.snapshot("vm1")
@@ -426,7 +428,7 @@ def test_stale_temp_copies_are_removed_at_the_next_open(tmp_path: Path, home: Pa
 
 @pytest.fixture
 def managed_home(tmp_path: Path, home: Path, vmcrypt_cli) -> Path:
-    env = {"VMCRYPT_PASSWORD": "pw"}
+    env = {"VMCRYPT_PASSWORD": CLI_PASSWORD}
     vmcrypt_cli("inventory", "init", "--admin", "admin", env=env, check=True)
     vmcrypt_cli("--user", "admin", "inventory", "datastore-add", "ds1", str(tmp_path / "ds1"), env=env, check=True)
     vmcrypt_cli("--user", "admin", "vm", "create", str(tmp_path / "ds1" / "vm1"), env=env, check=True)
@@ -464,13 +466,13 @@ def test_a_damaged_inventory_is_refused(tmp_path: Path, managed_home: Path, vmcr
     before = _files_of(managed_home, tmp_path / "ds1")
     reason = {"empty": "is empty (0 bytes)", "truncated": "inventory.db", "random bytes": "inventory.db",
               "table dropped": "missing table audit"}[damage]
-    refused(vmcrypt_cli("--user", "admin", "vm", "list", env={"VMCRYPT_PASSWORD": "pw"}), str(db), reason)
+    refused(vmcrypt_cli("--user", "admin", "vm", "list", env={"VMCRYPT_PASSWORD": CLI_PASSWORD}), str(db), reason)
     refused(vmcrypt_cli("inventory", "init", "--admin", "eve", env={"VMCRYPT_PASSWORD": "evil"}), str(db), reason)
     assert _files_of(managed_home, tmp_path / "ds1") == before
 
 
 def test_init_never_recreates_and_commands_do_not_create(tmp_path: Path, home: Path, vmcrypt_cli) -> None:
-    absent = vmcrypt_cli("--user", "admin", "vm", "list", env={"VMCRYPT_PASSWORD": "pw"})
+    absent = vmcrypt_cli("--user", "admin", "vm", "list", env={"VMCRYPT_PASSWORD": CLI_PASSWORD})
     refused(absent, "there is no inventory", "inventory init")
     assert not (home / "inventory.db").exists()
     (home / "inventory.db").write_bytes(b"")  # `: > inventory.db`
@@ -478,7 +480,7 @@ def test_init_never_recreates_and_commands_do_not_create(tmp_path: Path, home: P
             "is empty (0 bytes)", "never re-created")
     assert (home / "inventory.db").read_bytes() == b""
     (home / "inventory.db").unlink()
-    vmcrypt_cli("inventory", "init", "--admin", "admin", env={"VMCRYPT_PASSWORD": "pw"}, check=True)
+    vmcrypt_cli("inventory", "init", "--admin", "admin", env={"VMCRYPT_PASSWORD": CLI_PASSWORD}, check=True)
     assert (home / "inventory.db").stat().st_mode & 0o777 == 0o600
     assert not list(home.glob(".inventory.db.creating-*"))
 
@@ -510,7 +512,7 @@ def test_a_malformed_journal(encrypted_vm: Path, vmcrypt_cli, content: str) -> N
 @pytest.mark.parametrize("change", [{"vm": 5}, {"vm": "../x"}, {"files": "x"}, {"files": [{"name": "a"}]},
                                     {"encrypted": "yes"}, {"format": None}])
 def test_a_malformed_backup_manifest(tmp_path: Path, managed_home: Path, vmcrypt_cli, change: dict) -> None:
-    env = {"VMCRYPT_PASSWORD": "pw"}
+    env = {"VMCRYPT_PASSWORD": CLI_PASSWORD}
     archive = tmp_path / "vm1.tar"
     vmcrypt_cli("--user", "admin", "backup", "vm1", str(archive), env=env, check=True)
     forged = tmp_path / "forged.tar"
@@ -533,7 +535,7 @@ def test_a_malformed_backup_manifest(tmp_path: Path, managed_home: Path, vmcrypt
 
 
 def test_the_vtpm_process_does_not_inherit_the_password(tmp_path: Path, managed_home: Path, vmcrypt_cli) -> None:
-    env = {"VMCRYPT_PASSWORD": "pw", "SOME_TOKEN": "secret-token"}
+    env = {"VMCRYPT_PASSWORD": CLI_PASSWORD, "SOME_TOKEN": "secret-token"}
     vmcrypt_cli("--user", "admin", "vtpm", "add", str(tmp_path / "ds1" / "vm1"), env=env, check=True)
     on = json.loads(vmcrypt_cli("--user", "admin", "vm", "power-on", "vm1", "--json", env=env, check=True).stdout)
     try:
@@ -544,7 +546,7 @@ def test_the_vtpm_process_does_not_inherit_the_password(tmp_path: Path, managed_
         names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
         assert "VMCRYPT_PASSWORD" not in names and "SOME_TOKEN" not in names
         assert b"VMCRYPT_HOME=" + str(managed_home).encode() in environ
-        assert not any(b"pw" == entry.split(b"=", 1)[-1] for entry in environ)
+        assert not any(CLI_PASSWORD.encode() == entry.split(b"=", 1)[-1] for entry in environ)
         _tpm(on["vtpm_port"], "tpm2_startup", "-c")  # and it works with what it was given
     finally:
         vmcrypt_cli("--user", "admin", "vm", "power-off", "vm1", env=env, check=True)

@@ -18,15 +18,15 @@ from support.files import snapshot
 
 pytestmark = pytest.mark.slow  # each test drives the management plane through many CLI processes: 8-19 s
 
-ADMIN = {"VMCRYPT_PASSWORD": "admin-pw"}
-NOCRYPTO = {"VMCRYPT_PASSWORD": "nocrypto-pw"}
+ADMIN = {"VMCRYPT_PASSWORD": "correct horse battery"}
+NOCRYPTO = {"VMCRYPT_PASSWORD": "staple paper clips"}
 
 
 @pytest.fixture
 def setup(tmp_path: Path, vmcrypt_cli):
     vmcrypt_cli("inventory", "init", "--admin", "admin", env=ADMIN, check=True)
     vmcrypt_cli("--user", "admin", "inventory", "user-add", "nocrypto", "--role", "No Cryptography Administrator",
-                env={**ADMIN, "VMCRYPT_NEW_PASSWORD": "nocrypto-pw"}, check=True)
+                env={**ADMIN, **{"VMCRYPT_NEW_PASSWORD": NOCRYPTO["VMCRYPT_PASSWORD"]}}, check=True)
     ds = tmp_path / "ds1"
     vmcrypt_cli("--user", "admin", "inventory", "datastore-add", "ds1", str(ds), env=ADMIN, check=True)
     vmcrypt_cli("--user", "admin", "vm", "create", str(ds / "enc"), env=ADMIN, check=True)

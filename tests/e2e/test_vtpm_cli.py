@@ -93,7 +93,7 @@ def test_usage_and_help() -> None:
     assert "--startup-clear" in _vtpm("serve", "--help").stdout
     assert _vtpm("serve", "--bogus").returncode == 2
     missing = _vtpm("serve", "--port", "1")
-    assert missing.returncode == 1 and "--state" in missing.stderr
+    assert missing.returncode == 2 and "--state" in missing.stderr
 
 
 def test_start_stops_cleanly_and_reports_port(tmp_path: Path) -> None:

@@ -180,12 +180,16 @@ def start_vtpm(args: Sequence[str | os.PathLike[str]], log: Path, protocol: str 
     """`python -m vtpm serve ARGS` on 127.0.0.1, port ``port`` (a free pair when None), its output in ``log``.
 
     ARGS name the state (``--state DIR`` or ``--vm VMX``, maybe ``--key-file``) and
-    options such as ``--startup-clear``; ``protocol`` is "swtpm" or "mssim". The
-    child imports this checkout's ``vtpm`` (PYTHONPATH starts with the repository).
+    options such as ``--startup-clear``; ``protocol`` is "swtpm" or "mssim". A
+    ``--state`` directory that does not exist yet is created (``--create``): tests
+    start from a new TPM. The child imports this checkout's ``vtpm`` (PYTHONPATH
+    starts with the repository).
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    command = [python or sys.executable, "-m", "vmcrypt.vtpm_command", "serve", *map(str, args), "--host", HOST, "--protocol", protocol]
+    create = ["--create"] if "--state" in map(str, args) else []
+    command = [python or sys.executable, "-m", "vmcrypt.vtpm_command", "serve", *map(str, args), *create,
+               "--host", HOST, "--protocol", protocol]
 
     def argv(chosen: int) -> list[str]:
         return [*command, "--port", str(chosen)]
