@@ -38,7 +38,7 @@ from vmcrypt.keyref import DataKey
 from vmcrypt.xts import XtsCipher
 
 BUFFER_BYTES = 8 << 20
-CHECKPOINT_BYTES = 256 << 20
+CHECKPOINT_BYTES = 64 << 20
 PARTIAL_SUFFIX = ".vmcrypt-partial"
 
 # (payload bytes covered so far, payload bytes in total, bytes actually transformed) -> None
@@ -119,6 +119,8 @@ def _copy(
     with contextlib.suppress(OSError):
         os.posix_fadvise(src_fd, src_base, in_length, os.POSIX_FADV_SEQUENTIAL)
     last_checkpoint = resume.done
+    # small disks checkpoint more often, so a resume never redoes more than ~1/32 of a disk
+    every = min(resume.checkpoint_bytes, max(len(buffer), in_length // 32))
     for first, last in data_extents(src_fd, src_base + resume.done, src_base + in_length):
         pos = (first - src_base) // unit_size * unit_size
         end = min(in_length, -(-(last - src_base) // unit_size) * unit_size)
@@ -142,7 +144,7 @@ def _copy(
             pos += n
             if progress:
                 progress(pos, in_length)
-            if resume.checkpoint and pos - last_checkpoint >= resume.checkpoint_bytes:
+            if resume.checkpoint and pos - last_checkpoint >= every:
                 os.fdatasync(dst_fd)
                 resume.checkpoint(pos)
                 last_checkpoint = pos
