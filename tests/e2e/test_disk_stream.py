@@ -86,6 +86,10 @@ def test_rekey_keeps_holes_and_bytes(vm: Path, vmcrypt_cli) -> None:
     second = container.read_header(disk)
     assert second.salt != first.salt and second.generation == first.generation + 1
     assert _allocated(disk) <= allocated + 64 * 1024
+    vmcrypt_cli("rekey", str(vm), check=True)  # shallow: same DEK, ciphertext copied as is
+    third = container.read_header(disk)
+    assert third.salt == second.salt and third.reference != second.reference
+    assert _allocated(disk) <= allocated + 64 * 1024
     vmcrypt_cli("decrypt", str(vm), check=True)
     assert _digest(disk) == before
 
