@@ -22,6 +22,8 @@ the generic stream code of :mod:`vmcrypt.container`:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import errno
 import hmac
@@ -38,6 +40,26 @@ from vmcrypt.keyref import DataKey
 from vmcrypt.xts import XtsCipher
 
 BUFFER_BYTES = 8 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> Callable[[int, int, int], None]:
+    """``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` where libc has it: starts writing a
+    piece back at once, so a checkpoint's fdatasync finds little left to wait for (I/O overlaps the
+    next piece's work instead of piling up); a no-op elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return lambda fd, offset, n: None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+
+    def start(fd: int, offset: int, n: int) -> None:
+        call(fd, offset, n, _SYNC_FILE_RANGE_WRITE)  # advisory: a failure only loses the overlap
+    return start
+
+
+_start_writeback = _writeback_starter()
 CHECKPOINT_BYTES = 64 << 20
 PARTIAL_SUFFIX = ".vmcrypt-partial"
 
@@ -157,6 +179,7 @@ def _copy(
             written = os.pwrite(dst_fd, memoryview(out)[:keep], dst_base + pos)
             if written != keep:
                 raise OSError(errno.EIO, "short write")
+            _start_writeback(dst_fd, dst_base + pos, keep)
             stats.transformed += n
             pos += n
             if progress:
