@@ -506,15 +506,9 @@ def decrypt_file(
     """Decrypt ``path`` to ``destination`` (default: in place), atomically, streaming.
 
     The destination only appears once the whole file decrypted and its MAC
-    matched; on any error it is left as it was.
+    matched; on any error it is left as it was. A sparse disk container (its holes
+    read as zeros) goes through ``vmcrypt.disk_stream.decrypt_disk`` instead.
     """
-    header = read_header(path)
-    if header.mac == Mac.NONE:  # a disk: sparse, holes decrypt to zeros (see vmcrypt.disk_stream)
-        from vmcrypt import disk_stream
-
-        disk_stream.decrypt_disk(Path(path), key, destination=Path(destination) if destination else None,
-                                 progress=progress)
-        return header
     with open(path, "rb") as src:
         with atomic_writer(destination or path) as dst:
             return decrypt_stream(src, dst, key, name=path, progress=progress)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import dataclasses
 import errno
 import hmac
@@ -48,7 +47,7 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
     piece back at once, so a checkpoint's fdatasync finds little left to wait for (I/O overlaps the
     next piece's work instead of piling up); a no-op elsewhere."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc among them
         call = libc.sync_file_range
     except (OSError, AttributeError):
         return lambda fd, offset, n: None

@@ -123,3 +123,19 @@ def test_decrypt_after_interrupted_encrypt_discards_partial(vm: Path, home: Path
     assert rolled.returncode == 0, rolled.stderr
     assert not partial_path(disk).exists()
     assert _digest(disk) == before
+
+
+def test_decrypt_to_a_copy_is_sparse_and_exact(vm: Path, home: Path, vmcrypt_cli, tmp_path: Path) -> None:
+    """What an exact clone does with an encrypted disk: a sparse plaintext copy, the container untouched."""
+    from vmcrypt.disk_stream import decrypt_disk
+    from vmcrypt.keys import KeyManager
+    from vmcrypt.providers.registry import ProviderRegistry
+
+    disk = _disk(vm)
+    before, allocated = _digest(disk), _allocated(disk)
+    vmcrypt_cli("encrypt", str(vm), "--disks", check=True)
+    encrypted = _digest(disk)
+    copy = tmp_path / "copy.img"
+    decrypt_disk(disk, KeyManager(ProviderRegistry(home)).header_key, destination=copy)
+    assert _digest(copy) == before and _allocated(copy) <= allocated + 64 * 1024
+    assert _digest(disk) == encrypted
