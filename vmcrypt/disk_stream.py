@@ -126,6 +126,12 @@ def _zero_units(data: memoryview, unit_size: int) -> Iterator[int]:
         pos = found + unit_size
 
 
+def _zero_tail(data: memoryview, unit_size: int) -> int:
+    """Length of a trailing partial unit that is all zeros (a hole at the end of the disk), else 0."""
+    tail = len(data) % unit_size
+    return tail if tail and not any(data[len(data) - tail :]) else 0
+
+
 Transform = Callable[[int, memoryview], bytes | bytearray | memoryview]
 
 
@@ -297,6 +303,9 @@ def _decryptor(xts: XtsCipher, unit_size: int) -> Transform:
         zero = bytes(unit_size)
         for offset in _zero_units(data, unit_size):
             plain[offset : offset + unit_size] = zero
+        tail = _zero_tail(data, unit_size)
+        if tail:
+            plain[len(plain) - tail :] = bytes(tail)
         return plain
     return transform
 
@@ -399,6 +408,9 @@ def recrypt_disk(
                 zero = bytes(unit_size)
                 for offset in _zero_units(data, unit_size):
                     out[offset : offset + unit_size] = zero
+                tail = _zero_tail(data, unit_size)
+                if tail:
+                    out[len(out) - tail :] = bytes(tail)
                 return out
         return _copy(src.fileno(), old.header_length, dst, new.header_length, old.ciphertext_length,
                      old.ciphertext_length, unit_size, transform, resume, progress)
