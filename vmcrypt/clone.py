@@ -14,7 +14,7 @@ from pathlib import Path
 
 from certs.ca import CertificateAuthority
 from durable.atomic import write_atomic
-from vmcrypt import container
+from vmcrypt import container, disk_stream
 from vmcrypt.errors import VmError
 from vmcrypt.keys import KeyManager
 from vmcrypt.nvram import Nvram
@@ -58,8 +58,8 @@ def _clone(source: VmHome, directory: Path, name: str, keys: KeyManager, ca: Cer
         write_atomic(clone.nvram_path, nvram.build())
         if disks:
             (target,) = clone.disk_files()
-            if key is not None and container.is_container(disks[0].path):
-                container.decrypt_file(disks[0].path, key, target.path)
+            if key is not None and container.is_container(disks[0].path):  # sparse: holes read as zeros
+                disk_stream.decrypt_disk(disks[0].path, key, destination=target.path)
             else:
                 shutil.copyfile(disks[0].path, target.path)
         if state.reference is not None or had_vtpm:

@@ -506,7 +506,8 @@ def decrypt_file(
     """Decrypt ``path`` to ``destination`` (default: in place), atomically, streaming.
 
     The destination only appears once the whole file decrypted and its MAC
-    matched; on any error it is left as it was.
+    matched; on any error it is left as it was. A sparse disk container (its holes
+    read as zeros) goes through ``vmcrypt.disk_stream.decrypt_disk`` instead.
     """
     with open(path, "rb") as src:
         with atomic_writer(destination or path) as dst:

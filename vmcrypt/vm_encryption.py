@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from durable.atomic import fsync_directory, write_atomic
-from vmcrypt import container
+from vmcrypt import container, disk_stream
 from vmcrypt.container import Mac
 from vmcrypt.errors import ContainerError, InterruptedOperationError, VmcryptError, VmError
 from vmcrypt.keyref import DataKey, KeyReference
@@ -78,6 +78,8 @@ class Journal:
     references: tuple[str, ...] = ()  # key safes the VM's files may be under until the operation ends
     mac_key: str | None = None  # key safe of the DEK that authenticates this journal (the VM's, when encrypted)
     mac: str | None = None
+    # disk file name -> payload bytes of its partial file that are durably final (see vmcrypt.disk_stream)
+    disks: dict[str, int] = field(default_factory=dict)
 
     @property
     def target_reference(self) -> KeyReference | None:
@@ -97,6 +99,7 @@ class Journal:
             "vm_id": self.vm_id,
             "references": list(self.references),
             "mac_key": self.mac_key,
+            **({"disks": dict(self.disks)} if self.disks else {}),
         }
 
     def save(self, home: VmHome, key: DataKey | None = None) -> None:
@@ -142,6 +145,11 @@ class Journal:
                 extra["references"] = tuple(references)
                 extra["mac_key"] = _typed(body, "mac_key", (str, type(None)))
                 extra["mac"] = _typed(body, "mac", (str, type(None)))
+                disks = body.get("disks", {})
+                if not isinstance(disks, dict) or not all(
+                        isinstance(k, str) and type(v) is int and v >= 0 for k, v in disks.items()):
+                    raise ValueError("'disks' must map file names to byte counts")
+                extra["disks"] = dict(disks)
             return cls(operation, target, include_disks, started, **extra)
         except (ValueError, KeyError, RecursionError, VmcryptError) as exc:
             reason = exc.reason if isinstance(exc, VmcryptError) else (
@@ -311,9 +319,11 @@ def check_vm_files(home: VmHome, keys: KeyManager, state: VmxState | None = None
 
 
 def _converge_file(vm_file: VmFile, target: DataKey | None, keys: KeyManager, progress: ProgressFn | None,
-                   vm_id: str = "") -> bool:
+                   vm_id: str = "", resume: disk_stream.Resume | None = None) -> bool:
     """Bring one file to ``target``; return True if it had to change."""
     report = (lambda done, total: progress(vm_file, done, total)) if progress else None
+    if vm_file.kind == FileKind.DISK:
+        return _converge_disk(vm_file, target, keys, report, vm_id, resume)
     if not container.is_container(vm_file.path):
         if target is None:
             return False
@@ -336,6 +346,41 @@ def _converge_file(vm_file: VmFile, target: DataKey | None, keys: KeyManager, pr
         return False
     container.recrypt_file(vm_file.path, keys.header_key, target, progress=report, vm_id=vm_id)
     return True
+
+
+def _converge_disk(vm_file: VmFile, target: DataKey | None, keys: KeyManager,
+                   report: Callable[[int, int], None] | None, vm_id: str, resume: disk_stream.Resume | None) -> bool:
+    """Disks stream sparse and resumable (see vmcrypt.disk_stream)."""
+    if resume is None or not resume.done:
+        disk_stream.discard_partial(vm_file.path)
+    if not container.is_container(vm_file.path):
+        if target is None:
+            return False
+        generation = 1
+        disk_stream.encrypt_disk(vm_file.path, target, label=vm_file.label, vm_id=vm_id, generation=generation,
+                                 resume=resume, progress=report)
+        return True
+    header = container.read_header(vm_file.path)
+    if target is None:
+        disk_stream.decrypt_disk(vm_file.path, keys.header_key, resume=resume, progress=report)
+        return True
+    if header.reference == target.reference:
+        return False
+    disk_stream.recrypt_disk(vm_file.path, keys.header_key, target, vm_id=vm_id, resume=resume, progress=report)
+    return True
+
+
+def _disk_resume(home: VmHome, journal: Journal, current: DataKey | None, vm_file: VmFile) -> disk_stream.Resume | None:
+    """Resume state of one disk: where the journal says it got, and a checkpoint that records progress."""
+    if vm_file.kind != FileKind.DISK:
+        return None
+    name = vm_file.path.name
+
+    def checkpoint(done: int) -> None:
+        journal.disks[name] = done
+        journal.save(home, current if journal.mac_key else None)
+
+    return disk_stream.Resume(journal.disks.get(name, 0), checkpoint)
 
 
 def _files(home: VmHome, include_disks: bool) -> list[VmFile]:
@@ -413,8 +458,12 @@ def _run_locked(
         journal = Journal(operation, target.reference.to_keysafe() if target else None, include_disks, vm_id=vm_id,
                           references=tuple(sorted(r.to_keysafe() for r in references)))
         journal.save(home, current)
+    plan = getattr(progress, "plan", None)
+    if plan is not None:  # one overall bar: announce every file's size before the first starts
+        plan({f: f.path.stat().st_size for f in files})
     try:
-        changed = [f for f in files if _converge_file(f, target, keys, progress, vm_id)]
+        changed = [f for f in files
+                   if _converge_file(f, target, keys, progress, vm_id, _disk_resume(home, journal, current, f))]
         record = record_for(home, vm_id, files) if target else None
         new_vmx = render_vmx(state.settings, target, record)
         if new_vmx != home.vmx_path.read_bytes():
