@@ -236,8 +236,17 @@ def test_mallory_cannot_reach_the_files_or_act_as_local_administrator(site: dict
 
 
 def test_without_the_service_a_user_command_says_so(site: dict) -> None:
-    idle = site["home"].parent / "idle-home"  # a home whose service is not running
-    result = _as_mallory(site, "--home", str(idle), "--user", "mallory", "provider", "export", "--passphrase-file",
-                         str(site["out"] / "pp"), str(site["out"] / "keys.bin"))
+    idle = site["home"].parent / "idle-home"  # a home with an inventory whose service is not running
+    idle.mkdir(mode=0o755)
+    shutil.copy2(site["home"] / "inventory.db", idle / "inventory.db")
+    command = ("--user", "mallory", "provider", "export", "--passphrase-file", str(site["out"] / "pp"),
+               str(site["out"] / "keys.bin"))
+    result = _as_mallory(site, "--home", str(idle), *command)
     assert result.returncode == 1
     assert f"management service not reachable at unix:{idle}/run/vmcrypt.sock".encode() in result.stderr, result.stderr
+    # a home with no inventory at all says that, not "not reachable" or "login failed"
+    empty = site["home"].parent / "empty-home"
+    result = _as_mallory(site, "--home", str(empty), *command)
+    assert result.returncode == 1
+    assert f"there is no inventory in {empty}".encode() in result.stderr, result.stderr
+    assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
