@@ -1,0 +1,13 @@
+"""Trust Authority: measured boot of hosts, remote attestation and the trusted key provider.
+
+The pieces, each in its own module:
+
+- ``evidence``: what a host sends (``AttestationReport``), what the attestation service sends
+  first (``Challenge``) and what it answers (``Verdict``). Plain dataclasses with a JSON form.
+- measured boot of an ESXi-like host into its own TPM, the image manifests, the verifier and
+  the trust policy; the HTTPS services (attestation, key provider), the host agent and the
+  ``trusted`` key provider of the management plane.
+
+TPM-generic pieces (the TCG crypto-agile event log, the IMA log, quote parsing) live in
+``vtpm/``; this package knows about hosts, images and keys.
+"""
