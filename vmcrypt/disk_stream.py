@@ -250,6 +250,37 @@ def _header_of(fd: int) -> ContainerHeader | None:
         return None
 
 
+@dataclasses.dataclass
+class _Target:
+    """The container header (and its keys) a run writes under ``key``: adopted from a partial file a
+    checkpoint left, when it is the one this run would write, else written afresh."""
+
+    key: DataKey
+    header: ContainerHeader | None = None
+    keys: container._FileKeys | None = None
+
+    def adopt(self, fd: int, expected: Callable[[ContainerHeader], bool]) -> bool:
+        """Resume onto the partial file ``fd`` if its header is under our key and ``expected`` accepts it."""
+        found = _header_of(fd)
+        if found is None or found.reference != self.key.reference or not expected(found):
+            return False
+        keys = container._derive(self.key.dek, found.salt)
+        if not hmac.compare_digest(keys.key_check, found.key_check):
+            return False
+        self.header, self.keys = found, keys
+        return True
+
+    def start(self, fd: int, header: ContainerHeader, keys: container._FileKeys, disk: Path,
+              header_length: int | None = None) -> None:
+        """Write ``header`` (disk-aligned; exactly ``header_length`` bytes when given) and size the file."""
+        raw = header.encode(container.DISK_HEADER_ALIGN)
+        if header_length is not None and len(raw) != header_length:
+            raise CorruptError("the new header does not fit the old header's space", disk)
+        self.header, self.keys = dataclasses.replace(header, header_length=len(raw)), keys
+        os.pwrite(fd, raw, 0)
+        os.ftruncate(fd, self.header.file_length)
+
+
 def encrypt_disk(
     disk: Path, key: DataKey, *, label: str, vm_id: str = "", generation: int = 1,
     resume: Resume | None = None, progress: ProgressFn | None = None,
@@ -257,35 +288,22 @@ def encrypt_disk(
     """Replace the plaintext ``disk`` by a sparse disk container under ``key``."""
     resume = resume or Resume()
     length = disk.stat().st_size
-    state: dict[str, object] = {}
+    target = _Target(key)
 
     def valid(fd: int) -> bool:
-        old = _header_of(fd)
-        if old is None or old.plaintext_length != length or old.label != label or old.vm_id != vm_id \
-                or old.reference != key.reference or old.header_length % container.DISK_HEADER_ALIGN:
-            return False
-        keys = container._derive(key.dek, old.salt)
-        if not hmac.compare_digest(keys.key_check, old.key_check):
-            return False
-        state.update(header=old, keys=keys)
-        return True
+        return target.adopt(fd, lambda old: old.plaintext_length == length and old.label == label
+                            and old.vm_id == vm_id and old.header_length % container.DISK_HEADER_ALIGN == 0)
 
     with open(disk, "rb") as src, _partial(disk, resume, valid) as dst:
-        if "header" not in state:
+        if target.header is None:
             salt = secrets.token_bytes(container.SALT_SIZE)
             keys = container._derive(key.dek, salt)
-            header = ContainerHeader(
+            target.start(dst, ContainerHeader(
                 unit_size=container.DEFAULT_UNIT_SIZE, generation=generation, plaintext_length=length, salt=salt,
                 key_check=keys.key_check, label=label, reference=key.reference, mac=Mac.NONE, vm_id=vm_id,
-            )
-            raw = header.encode(container.DISK_HEADER_ALIGN)
-            header = dataclasses.replace(header, header_length=len(raw))
-            os.pwrite(dst, raw, 0)
-            os.ftruncate(dst, header.file_length)
-            state.update(header=header, keys=keys)
-        header = state["header"]  # type: ignore[assignment]
-        xts: XtsCipher = state["keys"].xts  # type: ignore[attr-defined]
-        assert isinstance(header, ContainerHeader)
+            ), keys, disk)
+        header, xts = target.header, target.keys.xts  # type: ignore[union-attr]
+        assert header is not None
         if os.fstat(dst).st_size != header.file_length:
             os.ftruncate(dst, header.file_length)
 
@@ -366,42 +384,27 @@ def recrypt_disk(
     container._check_size(old, disk.stat().st_size, disk)
     old_keys = container._open_keys(old_key, old, disk)
     same_dek = hmac.compare_digest(old_keys.key_check, container._derive(new_key.dek, old.salt).key_check)
-    state: dict[str, object] = {}
+    target = _Target(new_key)
 
     def valid(fd: int) -> bool:
-        new = _header_of(fd)
-        if new is None or new.reference != new_key.reference or new.plaintext_length != old.plaintext_length \
-                or new.header_length != old.header_length or new.generation != old.generation + 1:
-            return False
-        keys = container._derive(new_key.dek, new.salt)
-        if not hmac.compare_digest(keys.key_check, new.key_check):
-            return False
-        state.update(header=new, keys=keys)
-        return True
+        return target.adopt(fd, lambda new: new.plaintext_length == old.plaintext_length
+                            and new.header_length == old.header_length and new.generation == old.generation + 1)
 
     with open(disk, "rb") as src, _partial(disk, resume, valid) as dst:
-        if "header" not in state:
+        if target.header is None:
             salt = old.salt if same_dek else secrets.token_bytes(container.SALT_SIZE)
             keys = old_keys if same_dek else container._derive(new_key.dek, salt)
-            new = dataclasses.replace(
+            target.start(dst, dataclasses.replace(
                 old, generation=old.generation + 1, salt=salt, key_check=keys.key_check, reference=new_key.reference,
                 version=container.FORMAT_VERSION, vm_id=old.vm_id if vm_id is None else vm_id,
-            )
-            raw = new.encode(container.DISK_HEADER_ALIGN)
-            if len(raw) != old.header_length:
-                raise CorruptError("the new header does not fit the old header's space", disk)
-            new = dataclasses.replace(new, header_length=len(raw))
-            os.pwrite(dst, raw, 0)
-            os.ftruncate(dst, new.file_length)
-            state.update(header=new, keys=keys)
-        new = state["header"]  # type: ignore[assignment]
-        new_keys = state["keys"]
-        assert isinstance(new, ContainerHeader)
+            ), keys, disk, header_length=old.header_length)
+        new, new_keys = target.header, target.keys
+        assert new is not None and new_keys is not None
         unit_size = old.unit_size
         transform: Transform | None = None  # same DEK: the ciphertext is copied as is
         if not same_dek:
             decrypt = _decryptor(old_keys.xts, unit_size)
-            encrypt = new_keys.xts  # type: ignore[attr-defined]
+            encrypt = new_keys.xts
 
             def transform(unit: int, data: memoryview) -> bytearray:  # type: ignore[misc]
                 out = bytearray(encrypt.encrypt_units(unit, decrypt(unit, data), unit_size))
