@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.files import snapshot
+from support.tpm_helpers import check_served_on
 from vmcrypt import container
 from vmcrypt.errors import VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError
@@ -27,7 +28,7 @@ from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.rbac import Privilege
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_lock import VmBusyError, lock_vm
-from vtpm import TpmClient, free_port_pair
+from vtpm import free_port_pair
 from vtpm.host_protocol import HostClient
 
 PASSWORDS = {"admin": "admin-pw", "nocrypto": "nocrypto-pw", "reader": "reader-pw"}
@@ -427,11 +428,7 @@ def test_power_on_serves_on_the_port_and_unix_path_the_caller_chose(mgmt: Manage
     record = admin.power_on("enc", port=port, data_unix=data_unix)
     try:
         assert record.vtpm_port == port
-        with TpmClient.swtpm_unix(str(data_unix)) as client:
-            client.startup()
-            assert len(client.get_random(8)) == 8
-        with TpmClient.swtpm_tcp(port) as client:
-            assert len(client.get_random(8)) == 8
+        check_served_on(port, data_unix)
     finally:
         admin.power_off("enc")
     busy = free_port_pair()

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from support.files import snapshot
+from support.tpm_helpers import check_served_on
+from vtpm import free_port_pair
 
 pytestmark = pytest.mark.slow  # each test drives the management plane through many CLI processes: 8-19 s
 
@@ -150,8 +152,6 @@ def test_snapshot_and_delete_through_the_cli(setup: Path, vmcrypt_cli) -> None:
 def test_power_on_takes_the_vtpm_port_and_a_unix_data_socket(tmp_path: Path, vmcrypt_cli) -> None:
     """`vm power-on --port P --data-unix` over the real service: the vTPM answers on exactly that TCP port
     and on the Unix socket the service names (inside its own run directory); a bad port is refused."""
-    from vtpm import TpmClient, free_port_pair
-
     vmcrypt_cli("inventory", "init", "--admin", "admin", env=ADMIN, check=True)
     ds = tmp_path / "ds1"
     vmcrypt_cli("--user", "admin", "inventory", "datastore-add", "ds1", str(ds), env=ADMIN, check=True)
@@ -168,11 +168,7 @@ def test_power_on_takes_the_vtpm_port_and_a_unix_data_socket(tmp_path: Path, vmc
         data_unix = Path(on["vtpm_data_unix"])
         assert data_unix.name == "vm1.sock" and data_unix.is_socket()
         assert data_unix.parent.stat().st_mode & 0o777 == 0o700
-        with TpmClient.swtpm_unix(str(data_unix)) as client:
-            client.startup()
-            assert len(client.get_random(8)) == 8
-        with TpmClient.swtpm_tcp(port) as client:
-            assert len(client.get_random(8)) == 8
+        check_served_on(port, data_unix)
     finally:
         vmcrypt_cli("--user", "admin", "vm", "power-off", "vm1", env=ADMIN, check=True)
     text = vmcrypt_cli("--user", "admin", "vm", "power-on", "vm1", "--data-unix", env=ADMIN, check=True).stdout
