@@ -14,9 +14,10 @@ the generic stream code of :mod:`vmcrypt.container`:
   holes are therefore visible, as on any sparse encrypted disk (see SECURITY.md).
 - The output goes to a partial file next to the disk (``.<name>.vmcrypt-partial``);
   the disk itself is not touched until the partial file is complete, synced
-  and renamed over it. Every ``checkpoint_bytes`` the partial file is synced and
-  the caller records how far it got, so an interrupted run resumes from the
-  last checkpoint; anything after it is rewritten from the intact source.
+  and renamed over it. After every 1/20 of the disk's data (at most
+  ``checkpoint_bytes``; see ``plan``) the partial file is synced and the caller
+  records how far it got, so an interrupted run resumes from the last
+  checkpoint; anything after it is rewritten from the intact source.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
 
 _start_writeback = _writeback_starter()
 CHECKPOINT_BYTES = 64 << 20
+MIN_PIECE_BYTES = 1 << 20  # below this, per-piece overhead (a syscall pair, one XTS call) starts to show
+# a checkpoint at least every this share of a disk's data: an interrupted run redoes at most that much
+CHECKPOINT_SHARE = 20
 PARTIAL_SUFFIX = ".vmcrypt-partial"
 
 # (payload bytes covered so far, payload bytes in total, bytes actually transformed) -> None
@@ -88,6 +92,26 @@ class StreamStats:
 
     transformed: int = 0
     resumed_from: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a conversion steps through a disk: ``piece`` bytes per read/transform/write, and a checkpoint
+    after every ``every`` bytes of data transformed."""
+
+    piece: int
+    every: int
+
+
+def plan(data_bytes: int, unit_size: int, checkpoint_bytes: int) -> Plan:
+    """Checkpoint every 1/CHECKPOINT_SHARE of the data (at most ``checkpoint_bytes``), so a run interrupted
+    half-way redoes at most ~5% after it resumes, whatever the disk's size; pieces of BUFFER_BYTES, smaller
+    on a small disk (down to MIN_PIECE_BYTES) so that a checkpoint can fall that often (it falls between
+    pieces). Both are whole data units."""
+    every = min(checkpoint_bytes, max(unit_size, data_bytes // CHECKPOINT_SHARE))
+    piece = min(BUFFER_BYTES, max(MIN_PIECE_BYTES, every))
+    piece = max(unit_size, piece // unit_size * unit_size)
+    return Plan(piece, max(piece, every))
 
 
 def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
@@ -141,13 +165,13 @@ def _copy(
 ) -> StreamStats:
     """Transform the data extents of the source payload into the destination payload."""
     stats = StreamStats(resumed_from=resume.done)
-    buffer = bytearray(max(unit_size, BUFFER_BYTES // unit_size * unit_size))
+    data_bytes = sum(last - first for first, last in data_extents(src_fd, src_base, src_base + in_length))
+    steps = plan(data_bytes, unit_size, resume.checkpoint_bytes)
+    buffer = bytearray(steps.piece)
     view = memoryview(buffer)
     with contextlib.suppress(OSError):
         os.posix_fadvise(src_fd, src_base, in_length, os.POSIX_FADV_SEQUENTIAL)
-    last_checkpoint = resume.done
-    # small disks checkpoint more often, so a resume never redoes more than ~1/32 of a disk
-    every = min(resume.checkpoint_bytes, max(len(buffer), in_length // 32))
+    since_checkpoint = 0  # data bytes transformed since the last checkpoint (holes cost no rework)
     for first, last in data_extents(src_fd, src_base + resume.done, src_base + in_length):
         pos = (first - src_base) // unit_size * unit_size
         end = min(in_length, -(-(last - src_base) // unit_size) * unit_size)
@@ -163,13 +187,14 @@ def _copy(
                         raise TruncatedError("the source shrank while converting", None)
                     copied += step
                 stats.transformed += n
+                since_checkpoint += n
                 pos += n
                 if progress:
                     progress(pos, in_length)
-                if resume.checkpoint and pos - last_checkpoint >= every:
+                if resume.checkpoint and since_checkpoint >= steps.every:
                     os.fdatasync(dst_fd)
                     resume.checkpoint(pos)
-                    last_checkpoint = pos
+                    since_checkpoint = 0
                 continue
             got = os.preadv(src_fd, [view[:n]], src_base + pos)
             if got != n:
@@ -186,13 +211,14 @@ def _copy(
                 raise OSError(errno.EIO, "short write")
             _start_writeback(dst_fd, dst_base + pos, keep)
             stats.transformed += n
+            since_checkpoint += n
             pos += n
             if progress:
                 progress(pos, in_length)
-            if resume.checkpoint and pos - last_checkpoint >= every:
+            if resume.checkpoint and since_checkpoint >= steps.every:
                 os.fdatasync(dst_fd)
                 resume.checkpoint(pos)
-                last_checkpoint = pos
+                since_checkpoint = 0
                 with contextlib.suppress(OSError):
                     os.posix_fadvise(dst_fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     os.posix_fadvise(src_fd, src_base, pos, os.POSIX_FADV_DONTNEED)
