@@ -378,6 +378,18 @@ def decrypt_disk(
                          resume, progress)
 
 
+def copy_sparse(source: Path, destination: Path) -> StreamStats:
+    """Copy the plain disk ``source`` to ``destination`` keeping its holes: only data extents are read and
+    written (``cp`` and ``shutil.copyfile`` write the holes out as zeros). Built under a temporary name
+    next to ``destination`` and renamed over it, so an interrupted copy leaves nothing half-written."""
+    length = source.stat().st_size
+    with open(source, "rb") as src, _partial_for(source, destination, Resume(), lambda fd: True) as dst:
+        os.ftruncate(dst, length)
+        # through user space, not copy_file_range: a clone may go to a datastore on another file system
+        return _copy(src.fileno(), 0, dst, 0, length, length, container.DEFAULT_UNIT_SIZE,
+                     lambda unit, data: data, Resume(), None)
+
+
 @contextlib.contextmanager
 def _partial_for(disk: Path, target: Path, resume: Resume, valid: Callable[[int], bool]) -> Iterator[int]:
     if target == disk:
