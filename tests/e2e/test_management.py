@@ -442,10 +442,10 @@ def test_power_on_serves_on_the_port_and_unix_path_the_caller_chose(mgmt: Manage
 
 
 @pytest.mark.parametrize("encrypted_home", [False, True], ids=["plain VM", "encrypted VM, plain disk"])
-def test_clone_of_a_plain_disk_keeps_its_holes(mgmt: Management, encrypted_home: bool) -> None:
+def test_clone_and_migration_of_a_plain_disk_keep_its_holes(mgmt: Management, encrypted_home: bool) -> None:
     """A plain disk is cloned sparse (only its data extents are copied): `du` of the clone's disk is
     that of the source, and every byte is the same; with encrypted home files the clone's disk is
-    encrypted from that sparse copy and stays sparse too."""
+    encrypted from that sparse copy and stays sparse too. Migrating the VM keeps the holes as well."""
     from vmcrypt.vm import VmSpec
     from vmcrypt.vm_encryption import encrypt_vm
 
@@ -477,3 +477,7 @@ def test_clone_of_a_plain_disk_keeps_its_holes(mgmt: Management, encrypted_home:
         assert not clone.encrypted and not container.is_container(clone_extent)
         plain = clone_extent
     assert os.path.getsize(plain) == size and filecmp.cmp(plain, extent, shallow=False)
+    moved = admin.migrate("sparse", "ds2")  # a cold migration copies the directory the same way
+    moved_extent = Path(moved.vmx_path).parent / "sparse-flat.vmdk"
+    assert os.stat(moved_extent).st_blocks * 512 <= allocated + (64 << 10)
+    assert filecmp.cmp(moved_extent, plain, shallow=False)
