@@ -159,6 +159,36 @@ def _zero_tail(data: memoryview, unit_size: int) -> int:
 Transform = Callable[[int, memoryview], bytes | bytearray | memoryview]
 
 
+def _kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, n: int) -> None:
+    """Copy ``n`` bytes as they are, inside the kernel (``copy_file_range``)."""
+    copied = 0
+    while copied < n:
+        step = os.copy_file_range(src_fd, dst_fd, n - copied, src_offset + copied, dst_offset + copied)
+        if step <= 0:
+            raise TruncatedError("the source shrank while converting", None)
+        copied += step
+
+
+def _transform_piece(src_fd: int, src_base: int, dst_fd: int, dst_base: int, pos: int, n: int,
+                     buffer: bytearray, out_length: int, unit_size: int, transform: Transform) -> None:
+    """Read ``n`` payload bytes at ``pos`` into ``buffer``, transform them in one call, write the result."""
+    view = memoryview(buffer)
+    got = os.preadv(src_fd, [view[:n]], src_base + pos)
+    if got != n:
+        raise TruncatedError("the source shrank while converting", None)
+    piece = view[:n]
+    if n % 16:
+        pad = 16 - n % 16
+        buffer[n : n + pad] = bytes(pad)
+        piece = view[: n + pad]
+    out = transform(pos // unit_size, piece)
+    keep = min(len(out), out_length - pos)
+    written = os.pwrite(dst_fd, memoryview(out)[:keep], dst_base + pos)
+    if written != keep:
+        raise OSError(errno.EIO, "short write")
+    _start_writeback(dst_fd, dst_base + pos, keep)
+
+
 def _copy(
     src_fd: int, src_base: int, dst_fd: int, dst_base: int, in_length: int, out_length: int,
     unit_size: int, transform: Transform | None, resume: Resume, progress: ProgressFn | None,
@@ -168,7 +198,6 @@ def _copy(
     data_bytes = sum(last - first for first, last in data_extents(src_fd, src_base, src_base + in_length))
     steps = plan(data_bytes, unit_size, resume.checkpoint_bytes)
     buffer = bytearray(steps.piece)
-    view = memoryview(buffer)
     with contextlib.suppress(OSError):
         os.posix_fadvise(src_fd, src_base, in_length, os.POSIX_FADV_SEQUENTIAL)
     since_checkpoint = 0  # data bytes transformed since the last checkpoint (holes cost no rework)
@@ -179,37 +208,10 @@ def _copy(
         while pos < end:
             n = min(len(buffer), end - pos)
             if transform is None:  # ciphertext as is: the kernel copies it (no transform, no user-space copy)
-                copied = 0
-                while copied < n:
-                    step = os.copy_file_range(src_fd, dst_fd, n - copied, src_base + pos + copied,
-                                              dst_base + pos + copied)
-                    if step <= 0:
-                        raise TruncatedError("the source shrank while converting", None)
-                    copied += step
-                stats.transformed += n
-                since_checkpoint += n
-                pos += n
-                if progress:
-                    progress(pos, in_length)
-                if resume.checkpoint and since_checkpoint >= steps.every:
-                    os.fdatasync(dst_fd)
-                    resume.checkpoint(pos)
-                    since_checkpoint = 0
-                continue
-            got = os.preadv(src_fd, [view[:n]], src_base + pos)
-            if got != n:
-                raise TruncatedError("the source shrank while converting", None)
-            piece = view[:n]
-            if n % 16:
-                pad = 16 - n % 16
-                buffer[n : n + pad] = bytes(pad)
-                piece = view[: n + pad]
-            out = transform(pos // unit_size, piece)
-            keep = min(len(out), out_length - pos)
-            written = os.pwrite(dst_fd, memoryview(out)[:keep], dst_base + pos)
-            if written != keep:
-                raise OSError(errno.EIO, "short write")
-            _start_writeback(dst_fd, dst_base + pos, keep)
+                _kernel_copy(src_fd, src_base + pos, dst_fd, dst_base + pos, n)
+            else:
+                _transform_piece(src_fd, src_base, dst_fd, dst_base, pos, n, buffer, out_length, unit_size,
+                                 transform)
             stats.transformed += n
             since_checkpoint += n
             pos += n
@@ -219,7 +221,7 @@ def _copy(
                 os.fdatasync(dst_fd)
                 resume.checkpoint(pos)
                 since_checkpoint = 0
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # what is synced need not stay cached
                     os.posix_fadvise(dst_fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     os.posix_fadvise(src_fd, src_base, pos, os.POSIX_FADV_DONTNEED)
     if progress:
