@@ -42,9 +42,11 @@ from support.servers import (
     start_vtpm_socket,
     require_swtpm_or_exit,
     unix_socket_ready,
+    add_endpoint_options,
+    next_port_pair,
+    use_ports_from,
 )
 from support.tpm_helpers import TpmConnection, latency_commands, prepare_latency_target
-from vtpm.server.sockets import free_port_pair
 from vmcrypt.vtpm_key_file import EncryptedStateStore
 from vtpm import wire
 from vtpm.engine import Tpm
@@ -160,7 +162,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--dir", type=Path, default=None, help="directory to measure in (default: a temp dir)")
+    add_endpoint_options(parser, directory=False)
     args = parser.parse_args()
+    use_ports_from(args.port_base)
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
     require_swtpm_or_exit(parser)
@@ -171,9 +175,9 @@ def main() -> int:
                                                      base / "p.log"))
         swtpm = stack.enter_context(start_swtpm(base / "swtpm-state"))
         host = stack.enter_context(start_vtpm_host(base / "run" / "host.sock", base / "h.log"))
-        host_port = free_port_pair()
+        host_port = next_port_pair()
         host.client().add("bench", state=str(base / "hosted"), tcp_port=host_port, startup_clear=True)
-        socket_port = free_port_pair()
+        socket_port = next_port_pair()
         (base / "socket").mkdir()
         stack.enter_context(start_vtpm_socket(
             ["--tpm2", "--tpmstate", f"dir={base / 'socket'}", "--server", f"type=tcp,port={socket_port}",

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from support.qemu_ctrl import QemuControl
-from support.servers import SocketProcess, start_swtpm_socket, start_vtpm_socket, require_swtpm_or_exit, unix_socket_ready
+from support.servers import (SocketProcess, add_endpoint_options, require_swtpm_or_exit, start_swtpm_socket,
+                             start_vtpm_socket, unix_socket_ready)
 from vtpm import wire
 from vtpm.constants import ALG, CC, RH
 
@@ -75,9 +76,11 @@ def migrate(src: QemuControl, dst: QemuControl) -> tuple[float, float, list[int]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20, help="migrations per implementation (default 20)")
+    add_endpoint_options(parser, ports=False)  # every socket here is a Unix socket under --dir
     args = parser.parse_args()
     require_swtpm_or_exit(parser)
-    base = Path(tempfile.mkdtemp(prefix="vmig", dir="/tmp"))
+    base = args.dir.absolute() if args.dir else Path(tempfile.mkdtemp(prefix="vmig", dir="/tmp"))  # short socket paths
+    base.mkdir(parents=True, exist_ok=True)
     processes: list[SocketProcess] = []
     try:
         pairs = {}
@@ -110,7 +113,8 @@ def main() -> int:
     finally:
         for process in processes:
             process.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if args.dir is None:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse
 import os
 import secrets
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from support.pki import make_ca
-from support.servers import start_swtpm, start_vtpm_host, require_swtpm_or_exit
+from support.servers import add_endpoint_options, start_swtpm, start_vtpm_host, require_swtpm_or_exit, working_directory
 from vmcrypt.vtpm_key_file import EncryptedStateStore
 from vmcrypt.vtpm_provision import IDENTITY, ek_public_key
 from certs.ek import build_ek_certificate
@@ -72,12 +71,12 @@ def touch(path: Path) -> bytes:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000, help="vTPMs in the host (default 1000)")
+    add_endpoint_options(parser)
     args = parser.parse_args()
     if not 1 <= args.count <= 5000:
         parser.error("--count must be 1..5000")
     require_swtpm_or_exit(parser)
-    with tempfile.TemporaryDirectory(prefix="vtpm-host-scale-") as tmp:
-        base = Path(tmp)
+    with working_directory(args, "vtpm-host-scale-") as base:
         key = secrets.token_bytes(32)
         key_file = base / "state.key"
         key_file.write_bytes(key)

@@ -17,11 +17,10 @@ import argparse
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from support.servers import start_swtpm, start_vtpm_host, require_swtpm_or_exit
+from support.servers import add_endpoint_options, start_swtpm, start_vtpm_host, require_swtpm_or_exit, working_directory
 from vtpm import wire
 from vtpm.constants import ALG
 from vtpm.transport import SocketTransport
@@ -62,6 +61,7 @@ def main() -> int:
     parser.add_argument("--stalled", type=int, default=3, help="stalled clients per other vTPM (default 3)")
     parser.add_argument("--blocks", type=int, default=10, help="blocks per condition (default 10)")
     parser.add_argument("--rounds", type=int, default=200, help="round trips per command and block (default 200)")
+    add_endpoint_options(parser)
     args = parser.parse_args()
     if not 2 <= args.vtpms <= 1000 or not 1 <= args.stalled <= 20 or not 1 <= args.blocks <= 1000 \
             or not 1 <= args.rounds <= 100_000:
@@ -70,8 +70,7 @@ def main() -> int:
     quiet: dict[str, list[float]] = {name: [] for name in COMMANDS}
     stalled: dict[str, list[float]] = {name: [] for name in COMMANDS}
     reference: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    with tempfile.TemporaryDirectory(prefix="vtpm-host-stall-") as tmp:
-        base = Path(tmp)
+    with working_directory(args, "vtpm-host-stall-") as base:
         with start_vtpm_host(base / "host.sock", base / "host.log") as host, \
                 start_swtpm(base / "swtpm-state") as swtpm:
             client = host.client()

@@ -37,12 +37,10 @@ import math
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from support.servers import side_by_side, require_swtpm_or_exit, swtpm_path
+from support.servers import add_endpoint_options, side_by_side, require_swtpm_or_exit, swtpm_path, working_directory
 from support.tpm_helpers import TpmConnection, flush_context
 from support.tpm_key_helpers import (
     CommandFailed,
@@ -152,6 +150,7 @@ def main() -> int:
                         help="timed rounds of the repeated RSA 2048 CreatePrimary (default 40; 3 warm-up)")
     parser.add_argument("--cold-rounds", type=int, default=40,
                         help="timed rounds of the cold RSA 2048 CreatePrimary (default 40; 1 warm-up)")
+    add_endpoint_options(parser)
     args = parser.parse_args()
     for name in ("rounds", "repeat_rounds", "cold_rounds"):
         if not 1 <= getattr(args, name) <= 100_000:
@@ -164,7 +163,7 @@ def main() -> int:
     notes: dict[str, list[str]] = {name: [] for name in SERVERS}
     uniques = UniqueSource()
     began = clock()
-    with tempfile.TemporaryDirectory(prefix="vtpm-keys-vs-swtpm-") as tmp, side_by_side(Path(tmp)) as servers:
+    with working_directory(args, "vtpm-keys-vs-swtpm-") as tmp, side_by_side(tmp) as servers:
         ours, ref = servers["vtpm"], servers["swtpm"]
         conns: dict[str, TpmConnection] = {}
         try:

@@ -15,14 +15,12 @@ import math
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from support.servers import REPO_ROOT, ServerError, start_swtpm, require_swtpm_or_exit
+from support.servers import (REPO_ROOT, ServerError, add_endpoint_options, next_port_pair, require_swtpm_or_exit,
+                             start_swtpm, working_directory)
 from vtpm import wire
 from vtpm.constants import ALG
-from vtpm.server.sockets import free_port_pair
 from vtpm.transport import SocketTransport, TransportError
 
 SERVER = """
@@ -44,7 +42,7 @@ COMMANDS = {"GetRandom(16)": wire.get_random(16),
 
 def start(kind: str) -> tuple[subprocess.Popen[bytes], SocketTransport]:
     for _ in range(5):
-        port = free_port_pair()
+        port = next_port_pair()
         proc = subprocess.Popen([sys.executable, "-c", SERVER, kind, str(port)], cwd=REPO_ROOT,
                                 stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
@@ -62,13 +60,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3000, help="timed round trips per command and server")
     parser.add_argument("--warmup", type=int, default=200)
+    add_endpoint_options(parser)
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
     require_swtpm_or_exit(parser)
     procs = []
     try:
-        with tempfile.TemporaryDirectory(prefix="vtpm-loop-") as tmp, start_swtpm(Path(tmp) / "swtpm") as ref:
+        with working_directory(args, "vtpm-loop-") as tmp, start_swtpm(tmp / "swtpm") as ref:
             servers = {}
             for kind in ("threads", "loop"):
                 proc, transport = start(kind)

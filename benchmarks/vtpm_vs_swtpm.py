@@ -39,12 +39,11 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.servers import side_by_side, require_swtpm_or_exit
+from support.servers import add_endpoint_options, side_by_side, require_swtpm_or_exit, working_directory
 from support.tpm_helpers import (
     TpmConnection,
     command_sender,
@@ -129,6 +128,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200, help="untimed round trips first")
     parser.add_argument("--cold-rounds", type=int, default=30, help="timed cold RSA 2048 CreatePrimary per server")
     parser.add_argument("--floor-rounds", type=int, default=200, help="timed fdatasync floor samples")
+    add_endpoint_options(parser)
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
@@ -136,7 +136,7 @@ def main() -> int:
         parser.error("--cold-rounds must be 0..10000 and --floor-rounds 1..100000")
     require_swtpm_or_exit(parser)
 
-    with tempfile.TemporaryDirectory(prefix="vtpm-vs-swtpm-") as tmp, side_by_side(Path(tmp)) as servers:
+    with working_directory(args, "vtpm-vs-swtpm-") as tmp, side_by_side(tmp) as servers:
         ours, ref = servers["vtpm"], servers["swtpm"]
         conns: dict[str, TpmConnection] = {}
         try:

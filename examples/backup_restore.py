@@ -4,20 +4,20 @@ The same means: every file byte for byte except the .nvram, which restore writes
 back at a higher generation (so an older copy can never be passed off as newer);
 its vTPM must still hold the same EK certificate, read through the TPM itself.
 
-Usage: python examples/backup_restore.py   (works under $VMCRYPT_HOME, else a temp directory)
+Usage: python examples/backup_restore.py [--port PORT] [--data-unix PATH]
+(works under $VMCRYPT_HOME, else a temp directory)
 Exits 0 when the restored VM matches, 1 (and says what differs) when it does not.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import secrets
 from pathlib import Path
 
-from vmcrypt import Management, UserSession, VmSpec, verify_backup
-from vtpm import TpmClient, free_port_pair
+from vmcrypt import UserSession, verify_backup
 
-from _common import workdir
+from _common import add_vtpm_options, encrypted_vm_with_vtpm, powered_on, workdir
 
 
 RSA_EK_CERT = 0x01C00002  # TCG EK Credential Profile: the RSA 2048 EK certificate's NV index
@@ -29,31 +29,22 @@ def fingerprint(directory: Path) -> dict[str, str]:
             for p in sorted(directory.iterdir()) if p.is_file() and p.suffix != ".nvram"}
 
 
-def ek_certificate(session: UserSession, name: str) -> bytes:
+def ek_certificate(session: UserSession, name: str, args: argparse.Namespace) -> bytes:
     """The EK certificate as the VM's powered-on vTPM serves it."""
-    port = free_port_pair()
-    session.power_on(name, port=port)
-    try:
-        with TpmClient.swtpm_tcp(port) as tpm:
-            tpm.startup()
-            return tpm.nv_read(RSA_EK_CERT, tpm.nv_read_public(RSA_EK_CERT), RSA_EK_CERT)
-    finally:
-        session.power_off(name)
+    with powered_on(session, name, args) as (tpm, _):
+        tpm.startup()
+        return tpm.nv_read(RSA_EK_CERT, tpm.nv_read_public(RSA_EK_CERT), RSA_EK_CERT)
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_vtpm_options(parser)
+    args = parser.parse_args()
     base = workdir("backup")
-    m = Management(base / "home")
+    m, admin = encrypted_vm_with_vtpm(base, "vm1", 1 << 20)
     try:
-        password = secrets.token_urlsafe(16)
-        m.bootstrap("admin", password)
-        admin = m.login("admin", password)
-        admin.add_datastore("ds1", base / "datastore")
-        admin.create_vm("ds1", "vm1", VmSpec("vm1", disk_bytes=1 << 20))
-        admin.encrypt("vm1", include_disks=True)
-        admin.add_vtpm("vm1")
         directory = Path(admin.vm("vm1").vmx_path).parent
-        before, certificate = fingerprint(directory), ek_certificate(admin, "vm1")
+        before, certificate = fingerprint(directory), ek_certificate(admin, "vm1", args)
 
         archive = base / "vm1-backup.tar"
         admin.backup("vm1", archive)
@@ -66,7 +57,7 @@ def main() -> int:
             changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
             print(f"restored VM differs in: {', '.join(changed)}")
             return 1
-        if ek_certificate(admin, "vm1") != certificate:
+        if ek_certificate(admin, "vm1", args) != certificate:
             print("the restored vTPM serves another EK certificate")
             return 1
         print(f"backup of {manifest.vm}: {len(manifest.files)} files, encrypted={manifest.encrypted}; "

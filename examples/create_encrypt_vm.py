@@ -1,39 +1,28 @@
 """Create a VM with a disk, encrypt it (disks included), give it a vTPM, power it on and talk to its TPM.
 
-Usage: python examples/create_encrypt_vm.py   (works under $VMCRYPT_HOME, else a temp directory)
+Usage: python examples/create_encrypt_vm.py [--port PORT] [--data-unix PATH]
+(works under $VMCRYPT_HOME, else a temp directory)
 """
 
 from __future__ import annotations
 
-import secrets
+import argparse
 
-from vmcrypt import Management, VmSpec
-from vtpm import TpmClient, free_port_pair
-
-from _common import workdir
+from _common import add_vtpm_options, encrypted_vm_with_vtpm, powered_on, workdir
 
 
 def main() -> int:
-    base = workdir("create")
-    m = Management(base / "home")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_vtpm_options(parser)
+    args = parser.parse_args()
+    m, admin = encrypted_vm_with_vtpm(workdir("create"), "vm1", 4 << 20)
     try:
-        password = secrets.token_urlsafe(16)
-        m.bootstrap("admin", password)
-        admin = m.login("admin", password)
-        admin.add_datastore("ds1", base / "datastore")
-        admin.create_vm("ds1", "vm1", VmSpec("vm1", disk_bytes=4 << 20))
-        admin.encrypt("vm1", include_disks=True)
-        admin.add_vtpm("vm1")
-        port = free_port_pair()
-        record = admin.power_on("vm1", port=port)
-        try:
-            with TpmClient.swtpm_tcp(port) as tpm:
-                tpm.startup()
-                random = tpm.get_random(16)
-        finally:
-            admin.power_off("vm1")
+        with powered_on(admin, "vm1", args) as (tpm, port):
+            tpm.startup()
+            random = tpm.get_random(16)
         info = admin.describe("vm1")
-        print(f"vm1 at {record.vmx_path}: encrypted={info.get('encrypted')}, vTPM on port {port} "
+        where = f"port {port}" + (f" and {args.data_unix}" if args.data_unix else "")
+        print(f"vm1 at {admin.vm('vm1').vmx_path}: encrypted={info.get('encrypted')}, vTPM on {where} "
               f"gave {len(random)} random bytes")
         return 0 if info.get("encrypted") and len(random) == 16 else 1
     finally:

@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, metavar="S", help="random seed of the mutations (default 1)")
     parser.add_argument("--tcp", action="store_true",
                         help="also fuzz a `vtpm serve` process over its TCP socket (started on a free port)")
+    parser.add_argument("--tcp-port", type=int, default=None, metavar="PORT",
+                        help="with --tcp: serve on PORT (control on PORT+1) instead of a free pair")
     parser.add_argument("--tcp-cases", type=int, default=None, metavar="N",
                         help="cases to send over TCP (default: commands/500, between 200 and 2000)")
     parser.add_argument("--rsa-bits", type=int, default=2048, choices=(1024, 2048),
@@ -84,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("commands", "files"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must not be negative")
+    if args.tcp_port is not None and not 1024 <= args.tcp_port <= 65534:
+        parser.error("--tcp-port must be between 1024 and 65534 (control on PORT+1)")
     if args.tcp_cases is None:
         args.tcp_cases = min(2000, max(200, args.commands // 500))
     return args
@@ -109,7 +113,7 @@ def run_tcp(args: argparse.Namespace, workdir: Path, progress: Progress) -> dict
     state = Path(tempfile.mkdtemp(prefix="tcp-state-", dir=workdir))
     log = workdir / "tcp-server.log"
     progress("tcp", 0, args.tcp_cases, "starting vtpm serve")
-    with start_vtpm(["--state", state, "--startup-clear"], log) as server:
+    with start_vtpm(["--state", state, "--startup-clear"], log, port=args.tcp_port) as server:
         report = run_tcp_campaign(server.port, args.tcp_cases, args.seed, rsa_bits=1024)
         alive = server.running()
     text = log.read_text(errors="replace")

@@ -21,8 +21,9 @@ command-line tools, and PyKMIP is imported only when a KMIP server is contacted.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vtpm.lazy_exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "Management": "vmcrypt.management",
@@ -83,14 +84,4 @@ if TYPE_CHECKING:
     from vmcrypt.vm_encryption import decrypt_vm, describe_vm, encrypt_vm, rekey_vm
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vmcrypt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

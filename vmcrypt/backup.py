@@ -48,6 +48,8 @@ class BackupError(VmcryptError):
 
 @dataclass(frozen=True)
 class BackupEntry:
+    """One archived file: its name in the archive, size and SHA-256 (checked by ``verify_backup``)."""
+
     name: str
     size: int
     sha256: str
@@ -68,11 +70,13 @@ class Manifest:
     files: tuple[BackupEntry, ...]
 
     def to_json(self) -> bytes:
+        """The manifest as stored in the archive (with its format number)."""
         body = {**self.__dict__, "format": FORMAT, "files": [e.__dict__ for e in self.files]}
         return json.dumps(body, indent=1).encode()
 
     @classmethod
     def from_json(cls, raw: bytes, archive: Path) -> "Manifest":
+        """Parse a stored manifest; anything malformed raises BackupError naming ``archive``."""
         try:
             body = json.loads(raw)
             if not isinstance(body, dict):

@@ -155,8 +155,10 @@ def cmd_vm_list(args: argparse.Namespace) -> None:
 
 def cmd_power_on(args: argparse.Namespace) -> None:
     action = "power-on-accepting-rollback" if args.accept_rollback else "power-on"
-    record = service(args).request("POST", f"{_vm(args)}/{action}")
-    emit(args, record, f"{record['name']} powered on{_tcti(record)}")
+    endpoints = {"port": args.port, "data_unix": args.data_unix}
+    record = service(args).request("POST", f"{_vm(args)}/{action}", json=endpoints)
+    unix = f"; data socket {record['vtpm_data_unix']}" if record.get("vtpm_data_unix") else ""
+    emit(args, record, f"{record['name']} powered on{_tcti(record)}{unix}")
 
 
 def cmd_power_off(args: argparse.Namespace) -> None:
@@ -362,6 +364,10 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     power_on.add_argument("name", help="the VM's inventory name")
     power_on.add_argument("--accept-rollback", action="store_true",
                           help="accept a .nvram older than the last one saved (a deliberate restore); audited")
+    power_on.add_argument("--port", type=int, metavar="PORT",
+                          help="the vTPM's TCP data port (control on PORT+1; default: a free pair)")
+    power_on.add_argument("--data-unix", action="store_true",
+                          help="also serve the vTPM's data channel on a Unix socket (its path is printed)")
     delete = command(vm_commands, "delete", cmd_delete, "delete the VM: inventory entry and files", operation=O.DELETE)
     delete.add_argument("name", help="the VM's inventory name")
     delete.add_argument("--destroy-key", action="store_true",

@@ -60,8 +60,8 @@ def _clone(source: VmHome, directory: Path, name: str, keys: KeyManager, ca: Cer
             (target,) = clone.disk_files()
             if key is not None and container.is_container(disks[0].path):  # sparse: holes read as zeros
                 disk_stream.decrypt_disk(disks[0].path, key, destination=target.path)
-            else:
-                shutil.copyfile(disks[0].path, target.path)
+            else:  # a plain disk, of a plain VM or of one whose disks are not encrypted
+                disk_stream.copy_sparse(disks[0].path, target.path)
         if state.reference is not None or had_vtpm:
             provider = state.reference.provider_id if state.reference else None  # same provider as the source
             encrypt_vm(clone, keys, provider=provider, include_disks=bool(disks) and state.reference is not None)

@@ -64,7 +64,9 @@ def working_directories(out: str | None, environ: Mapping[str, str]) -> tuple[Pa
     return base, _fresh(Path(home).absolute(), f"${ENV_HOME}") if home else base / "home"
 
 
-def run(out: Path, disk: str, home_dir: Path | None = None) -> int:
+def run(out: Path, disk: str, home_dir: Path | None = None, *, port: int | None = None,
+        data_unix: Path | None = None) -> int:
+    """The whole demo in ``out``; ``port``/``data_unix``: where the vTPM is served (default: a free port)."""
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     home_dir = home_dir or out / "home"
     vm_dir = out / "datastore" / "demo-vm"
@@ -123,7 +125,7 @@ def run(out: Path, disk: str, home_dir: Path | None = None) -> int:
     same = before == after
     print(f"  {len(after)} files, byte-for-byte identical to before encryption: {same}")
 
-    _vtpm_step(home_dir, vm_dir)
+    _vtpm_step(home_dir, vm_dir, port, data_unix)
 
     _step("result")
     print(f"  encrypted VM:    {vm_dir}")
@@ -133,7 +135,7 @@ def run(out: Path, disk: str, home_dir: Path | None = None) -> int:
     return 0 if same else 1
 
 
-def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
+def _vtpm_step(home_dir: Path, vm_dir: Path, port: int | None, data_unix: Path | None) -> None:
     """The management-plane story: roles, a vTPM, power cycles, refusals for No Cryptography Administrator."""
     _step("inventory: an Administrator and a No Cryptography Administrator; the datastore; the VM registered")
     management = Management(home_dir)
@@ -159,9 +161,11 @@ def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
         return
 
     _step("power on (operator): the VM's vTPM is served from its encrypted .nvram; tpm2-tools act as the guest")
-    record = operator.power_on("demo-vm")
+    record = operator.power_on("demo-vm", port=port, data_unix=data_unix)
     env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={record.vtpm_port}"}
     print(f"  vTPM at TPM2TOOLS_TCTI={env['TPM2TOOLS_TCTI']}")
+    if data_unix is not None:
+        print(f"  and on the Unix data socket {data_unix}")
 
     def tool(*args: str, stdin: bytes | None = None) -> str:
         done = subprocess.run(args, env=env, input=stdin, capture_output=True, timeout=60)
@@ -201,7 +205,7 @@ def _vtpm_step(home_dir: Path, vm_dir: Path) -> None:
     print(f"  VM files unchanged: {_digests(vm_dir) == before}")
 
     _step("power on again (administrator) and read the NV index back")
-    record = admin.power_on("demo-vm")
+    record = admin.power_on("demo-vm", port=port, data_unix=data_unix)
     env["TPM2TOOLS_TCTI"] = f"swtpm:host=127.0.0.1,port={record.vtpm_port}"
     try:
         tool("tpm2_startup", "-c")
@@ -244,13 +248,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="working directory, absent or empty (default: a new temporary directory, kept)")
     parser.add_argument("--disk", default="256M", type=size_argument,
                         help="size of the demo VM's disk (default 256M)")
+    parser.add_argument("--port", type=int, metavar="PORT",
+                        help="serve the vTPM's data channel on this TCP port, control on PORT+1 (default: a free pair)")
+    parser.add_argument("--data-unix", type=Path, metavar="PATH",
+                        help="also serve the vTPM's data channel on this Unix socket")
     args = parser.parse_args(argv)
     try:
         out, home = working_directories(args.out, os.environ)
     except DemoError as exc:
         print(f"error: demo: {exc}", file=sys.stderr)
         return 1
-    return run(out, _size_text(args.disk), home)
+    if args.port is not None and not 1 <= args.port <= 65534:
+        parser.error("--port must be between 1 and 65534 (control on PORT+1)")
+    return run(out, _size_text(args.disk), home, port=args.port,
+               data_unix=None if args.data_unix is None else args.data_unix.absolute())
 
 
 def _size_text(size: int) -> str:

@@ -14,9 +14,10 @@ the generic stream code of :mod:`vmcrypt.container`:
   holes are therefore visible, as on any sparse encrypted disk (see SECURITY.md).
 - The output goes to a partial file next to the disk (``.<name>.vmcrypt-partial``);
   the disk itself is not touched until the partial file is complete, synced
-  and renamed over it. Every ``checkpoint_bytes`` the partial file is synced and
-  the caller records how far it got, so an interrupted run resumes from the
-  last checkpoint; anything after it is rewritten from the intact source.
+  and renamed over it. After every 1/20 of the disk's data (at most
+  ``checkpoint_bytes``; see ``plan``) the partial file is synced and the caller
+  records how far it got, so an interrupted run resumes from the last
+  checkpoint; anything after it is rewritten from the intact source.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
 
 _start_writeback = _writeback_starter()
 CHECKPOINT_BYTES = 64 << 20
+MIN_PIECE_BYTES = 1 << 20  # below this, per-piece overhead (a syscall pair, one XTS call) starts to show
+# a checkpoint at least every this share of a disk's data: an interrupted run redoes at most that much
+CHECKPOINT_SHARE = 20
 PARTIAL_SUFFIX = ".vmcrypt-partial"
 
 # (payload bytes covered so far, payload bytes in total, bytes actually transformed) -> None
@@ -88,6 +92,26 @@ class StreamStats:
 
     transformed: int = 0
     resumed_from: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a conversion steps through a disk: ``piece`` bytes per read/transform/write, and a checkpoint
+    after every ``every`` bytes of data transformed."""
+
+    piece: int
+    every: int
+
+
+def plan(data_bytes: int, unit_size: int, checkpoint_bytes: int) -> Plan:
+    """Checkpoint every 1/CHECKPOINT_SHARE of the data (at most ``checkpoint_bytes``), so a run interrupted
+    half-way redoes at most ~5% after it resumes, whatever the disk's size; pieces of BUFFER_BYTES, smaller
+    on a small disk (down to MIN_PIECE_BYTES) so that a checkpoint can fall that often (it falls between
+    pieces). Both are whole data units."""
+    every = min(checkpoint_bytes, max(unit_size, data_bytes // CHECKPOINT_SHARE))
+    piece = min(BUFFER_BYTES, max(MIN_PIECE_BYTES, every))
+    piece = max(unit_size, piece // unit_size * unit_size)
+    return Plan(piece, max(piece, every))
 
 
 def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
@@ -135,19 +159,48 @@ def _zero_tail(data: memoryview, unit_size: int) -> int:
 Transform = Callable[[int, memoryview], bytes | bytearray | memoryview]
 
 
+def _kernel_copy(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, n: int) -> None:
+    """Copy ``n`` bytes as they are, inside the kernel (``copy_file_range``)."""
+    copied = 0
+    while copied < n:
+        step = os.copy_file_range(src_fd, dst_fd, n - copied, src_offset + copied, dst_offset + copied)
+        if step <= 0:
+            raise TruncatedError("the source shrank while converting", None)
+        copied += step
+
+
+def _transform_piece(src_fd: int, src_base: int, dst_fd: int, dst_base: int, pos: int, n: int,
+                     buffer: bytearray, out_length: int, unit_size: int, transform: Transform) -> None:
+    """Read ``n`` payload bytes at ``pos`` into ``buffer``, transform them in one call, write the result."""
+    view = memoryview(buffer)
+    got = os.preadv(src_fd, [view[:n]], src_base + pos)
+    if got != n:
+        raise TruncatedError("the source shrank while converting", None)
+    piece = view[:n]
+    if n % 16:
+        pad = 16 - n % 16
+        buffer[n : n + pad] = bytes(pad)
+        piece = view[: n + pad]
+    out = transform(pos // unit_size, piece)
+    keep = min(len(out), out_length - pos)
+    written = os.pwrite(dst_fd, memoryview(out)[:keep], dst_base + pos)
+    if written != keep:
+        raise OSError(errno.EIO, "short write")
+    _start_writeback(dst_fd, dst_base + pos, keep)
+
+
 def _copy(
     src_fd: int, src_base: int, dst_fd: int, dst_base: int, in_length: int, out_length: int,
     unit_size: int, transform: Transform | None, resume: Resume, progress: ProgressFn | None,
 ) -> StreamStats:
     """Transform the data extents of the source payload into the destination payload."""
     stats = StreamStats(resumed_from=resume.done)
-    buffer = bytearray(max(unit_size, BUFFER_BYTES // unit_size * unit_size))
-    view = memoryview(buffer)
+    data_bytes = sum(last - first for first, last in data_extents(src_fd, src_base, src_base + in_length))
+    steps = plan(data_bytes, unit_size, resume.checkpoint_bytes)
+    buffer = bytearray(steps.piece)
     with contextlib.suppress(OSError):
         os.posix_fadvise(src_fd, src_base, in_length, os.POSIX_FADV_SEQUENTIAL)
-    last_checkpoint = resume.done
-    # small disks checkpoint more often, so a resume never redoes more than ~1/32 of a disk
-    every = min(resume.checkpoint_bytes, max(len(buffer), in_length // 32))
+    since_checkpoint = 0  # data bytes transformed since the last checkpoint (holes cost no rework)
     for first, last in data_extents(src_fd, src_base + resume.done, src_base + in_length):
         pos = (first - src_base) // unit_size * unit_size
         end = min(in_length, -(-(last - src_base) // unit_size) * unit_size)
@@ -155,45 +208,20 @@ def _copy(
         while pos < end:
             n = min(len(buffer), end - pos)
             if transform is None:  # ciphertext as is: the kernel copies it (no transform, no user-space copy)
-                copied = 0
-                while copied < n:
-                    step = os.copy_file_range(src_fd, dst_fd, n - copied, src_base + pos + copied,
-                                              dst_base + pos + copied)
-                    if step <= 0:
-                        raise TruncatedError("the source shrank while converting", None)
-                    copied += step
-                stats.transformed += n
-                pos += n
-                if progress:
-                    progress(pos, in_length)
-                if resume.checkpoint and pos - last_checkpoint >= every:
-                    os.fdatasync(dst_fd)
-                    resume.checkpoint(pos)
-                    last_checkpoint = pos
-                continue
-            got = os.preadv(src_fd, [view[:n]], src_base + pos)
-            if got != n:
-                raise TruncatedError("the source shrank while converting", None)
-            piece = view[:n]
-            if n % 16:
-                pad = 16 - n % 16
-                buffer[n : n + pad] = bytes(pad)
-                piece = view[: n + pad]
-            out = transform(pos // unit_size, piece)
-            keep = min(len(out), out_length - pos)
-            written = os.pwrite(dst_fd, memoryview(out)[:keep], dst_base + pos)
-            if written != keep:
-                raise OSError(errno.EIO, "short write")
-            _start_writeback(dst_fd, dst_base + pos, keep)
+                _kernel_copy(src_fd, src_base + pos, dst_fd, dst_base + pos, n)
+            else:
+                _transform_piece(src_fd, src_base, dst_fd, dst_base, pos, n, buffer, out_length, unit_size,
+                                 transform)
             stats.transformed += n
+            since_checkpoint += n
             pos += n
             if progress:
                 progress(pos, in_length)
-            if resume.checkpoint and pos - last_checkpoint >= every:
+            if resume.checkpoint and since_checkpoint >= steps.every:
                 os.fdatasync(dst_fd)
                 resume.checkpoint(pos)
-                last_checkpoint = pos
-                with contextlib.suppress(OSError):
+                since_checkpoint = 0
+                with contextlib.suppress(OSError):  # what is synced need not stay cached
                     os.posix_fadvise(dst_fd, 0, 0, os.POSIX_FADV_DONTNEED)
                     os.posix_fadvise(src_fd, src_base, pos, os.POSIX_FADV_DONTNEED)
     if progress:
@@ -250,6 +278,37 @@ def _header_of(fd: int) -> ContainerHeader | None:
         return None
 
 
+@dataclasses.dataclass
+class _Target:
+    """The container header (and its keys) a run writes under ``key``: adopted from a partial file a
+    checkpoint left, when it is the one this run would write, else written afresh."""
+
+    key: DataKey
+    header: ContainerHeader | None = None
+    keys: container._FileKeys | None = None
+
+    def adopt(self, fd: int, expected: Callable[[ContainerHeader], bool]) -> bool:
+        """Resume onto the partial file ``fd`` if its header is under our key and ``expected`` accepts it."""
+        found = _header_of(fd)
+        if found is None or found.reference != self.key.reference or not expected(found):
+            return False
+        keys = container._derive(self.key.dek, found.salt)
+        if not hmac.compare_digest(keys.key_check, found.key_check):
+            return False
+        self.header, self.keys = found, keys
+        return True
+
+    def start(self, fd: int, header: ContainerHeader, keys: container._FileKeys, disk: Path,
+              header_length: int | None = None) -> None:
+        """Write ``header`` (disk-aligned; exactly ``header_length`` bytes when given) and size the file."""
+        raw = header.encode(container.DISK_HEADER_ALIGN)
+        if header_length is not None and len(raw) != header_length:
+            raise CorruptError("the new header does not fit the old header's space", disk)
+        self.header, self.keys = dataclasses.replace(header, header_length=len(raw)), keys
+        os.pwrite(fd, raw, 0)
+        os.ftruncate(fd, self.header.file_length)
+
+
 def encrypt_disk(
     disk: Path, key: DataKey, *, label: str, vm_id: str = "", generation: int = 1,
     resume: Resume | None = None, progress: ProgressFn | None = None,
@@ -257,35 +316,22 @@ def encrypt_disk(
     """Replace the plaintext ``disk`` by a sparse disk container under ``key``."""
     resume = resume or Resume()
     length = disk.stat().st_size
-    state: dict[str, object] = {}
+    target = _Target(key)
 
     def valid(fd: int) -> bool:
-        old = _header_of(fd)
-        if old is None or old.plaintext_length != length or old.label != label or old.vm_id != vm_id \
-                or old.reference != key.reference or old.header_length % container.DISK_HEADER_ALIGN:
-            return False
-        keys = container._derive(key.dek, old.salt)
-        if not hmac.compare_digest(keys.key_check, old.key_check):
-            return False
-        state.update(header=old, keys=keys)
-        return True
+        return target.adopt(fd, lambda old: old.plaintext_length == length and old.label == label
+                            and old.vm_id == vm_id and old.header_length % container.DISK_HEADER_ALIGN == 0)
 
     with open(disk, "rb") as src, _partial(disk, resume, valid) as dst:
-        if "header" not in state:
+        if target.header is None:
             salt = secrets.token_bytes(container.SALT_SIZE)
             keys = container._derive(key.dek, salt)
-            header = ContainerHeader(
+            target.start(dst, ContainerHeader(
                 unit_size=container.DEFAULT_UNIT_SIZE, generation=generation, plaintext_length=length, salt=salt,
                 key_check=keys.key_check, label=label, reference=key.reference, mac=Mac.NONE, vm_id=vm_id,
-            )
-            raw = header.encode(container.DISK_HEADER_ALIGN)
-            header = dataclasses.replace(header, header_length=len(raw))
-            os.pwrite(dst, raw, 0)
-            os.ftruncate(dst, header.file_length)
-            state.update(header=header, keys=keys)
-        header = state["header"]  # type: ignore[assignment]
-        xts: XtsCipher = state["keys"].xts  # type: ignore[attr-defined]
-        assert isinstance(header, ContainerHeader)
+            ), keys, disk)
+        header, xts = target.header, target.keys.xts  # type: ignore[union-attr]
+        assert header is not None
         if os.fstat(dst).st_size != header.file_length:
             os.ftruncate(dst, header.file_length)
 
@@ -334,6 +380,18 @@ def decrypt_disk(
                          resume, progress)
 
 
+def copy_sparse(source: Path, destination: Path) -> StreamStats:
+    """Copy the plain disk ``source`` to ``destination`` keeping its holes: only data extents are read and
+    written (``cp`` and ``shutil.copyfile`` write the holes out as zeros). Built under a temporary name
+    next to ``destination`` and renamed over it, so an interrupted copy leaves nothing half-written."""
+    length = source.stat().st_size
+    with open(source, "rb") as src, _partial_for(source, destination, Resume(), lambda fd: True) as dst:
+        os.ftruncate(dst, length)
+        # through user space, not copy_file_range: a clone may go to a datastore on another file system
+        return _copy(src.fileno(), 0, dst, 0, length, length, container.DEFAULT_UNIT_SIZE,
+                     lambda unit, data: data, Resume(), None)
+
+
 @contextlib.contextmanager
 def _partial_for(disk: Path, target: Path, resume: Resume, valid: Callable[[int], bool]) -> Iterator[int]:
     if target == disk:
@@ -366,42 +424,27 @@ def recrypt_disk(
     container._check_size(old, disk.stat().st_size, disk)
     old_keys = container._open_keys(old_key, old, disk)
     same_dek = hmac.compare_digest(old_keys.key_check, container._derive(new_key.dek, old.salt).key_check)
-    state: dict[str, object] = {}
+    target = _Target(new_key)
 
     def valid(fd: int) -> bool:
-        new = _header_of(fd)
-        if new is None or new.reference != new_key.reference or new.plaintext_length != old.plaintext_length \
-                or new.header_length != old.header_length or new.generation != old.generation + 1:
-            return False
-        keys = container._derive(new_key.dek, new.salt)
-        if not hmac.compare_digest(keys.key_check, new.key_check):
-            return False
-        state.update(header=new, keys=keys)
-        return True
+        return target.adopt(fd, lambda new: new.plaintext_length == old.plaintext_length
+                            and new.header_length == old.header_length and new.generation == old.generation + 1)
 
     with open(disk, "rb") as src, _partial(disk, resume, valid) as dst:
-        if "header" not in state:
+        if target.header is None:
             salt = old.salt if same_dek else secrets.token_bytes(container.SALT_SIZE)
             keys = old_keys if same_dek else container._derive(new_key.dek, salt)
-            new = dataclasses.replace(
+            target.start(dst, dataclasses.replace(
                 old, generation=old.generation + 1, salt=salt, key_check=keys.key_check, reference=new_key.reference,
                 version=container.FORMAT_VERSION, vm_id=old.vm_id if vm_id is None else vm_id,
-            )
-            raw = new.encode(container.DISK_HEADER_ALIGN)
-            if len(raw) != old.header_length:
-                raise CorruptError("the new header does not fit the old header's space", disk)
-            new = dataclasses.replace(new, header_length=len(raw))
-            os.pwrite(dst, raw, 0)
-            os.ftruncate(dst, new.file_length)
-            state.update(header=new, keys=keys)
-        new = state["header"]  # type: ignore[assignment]
-        new_keys = state["keys"]
-        assert isinstance(new, ContainerHeader)
+            ), keys, disk, header_length=old.header_length)
+        new, new_keys = target.header, target.keys
+        assert new is not None and new_keys is not None
         unit_size = old.unit_size
         transform: Transform | None = None  # same DEK: the ciphertext is copied as is
         if not same_dek:
             decrypt = _decryptor(old_keys.xts, unit_size)
-            encrypt = new_keys.xts  # type: ignore[attr-defined]
+            encrypt = new_keys.xts
 
             def transform(unit: int, data: memoryview) -> bytearray:  # type: ignore[misc]
                 out = bytearray(encrypt.encrypt_units(unit, decrypt(unit, data), unit_size))

@@ -40,10 +40,12 @@ class Target:
 
     @property
     def entity(self) -> tuple[str, str]:
+        """(kind, name): the key permissions are granted on."""
         return (self.kind, self.name)
 
     @property
     def label(self) -> str:
+        """How the audit log names the target."""
         return f"{self.kind} {self.name}".strip()
 
 
@@ -51,14 +53,18 @@ INVENTORY_ROOT = Target()
 
 
 def vm_target(name: str, encrypted: bool) -> Target:
+    """A VM as a target; ``encrypted`` adds the Cryptographer privileges an operation needs."""
     return Target("vm", name, encrypted)
 
 
 def datastore_target(name: str, encrypted: bool = False) -> Target:
+    """A datastore as a target (creating a VM, registering one)."""
     return Target("datastore", name, encrypted)
 
 
 class Gate:
+    """The one place an operation is allowed or refused, and audited either way."""
+
     def __init__(self, inventory: Inventory) -> None:
         self.inventory = inventory
 

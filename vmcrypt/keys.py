@@ -26,6 +26,7 @@ DEK_SIZE = 32
 
 
 def new_dek() -> bytes:
+    """A fresh random data encryption key (32 bytes: AES-XTS-256 and HMAC keys are derived from it)."""
     return secrets.token_bytes(DEK_SIZE)
 
 
@@ -61,6 +62,7 @@ class KeyManager:
         return f"<KeyManager home={self.registry.home} cached_keks={len(self._kek_cache)}>"
 
     def provider(self, id_or_name: str | None = None) -> KeyProvider:
+        """The provider with that id or name, or the home's default one."""
         return self.registry.get(id_or_name) if id_or_name else self.registry.default()
 
     def _kek(self, provider_id: str, key_id: str) -> bytes:

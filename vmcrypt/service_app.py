@@ -50,6 +50,7 @@ from vmcrypt.vm import VmHome, VmSpec
 SESSION_LIFETIME = datetime.timedelta(minutes=15)
 PUBLIC_ROUTES = {("POST", "/session"), ("DELETE", "/session"), ("GET", "/health")}
 BINARY = "application/octet-stream"
+MIN_VTPM_PORT, MAX_VTPM_PORT = 1024, 65534  # a vTPM takes port and port + 1; no privileged ports
 
 
 class RequestError(ValueError):
@@ -145,6 +146,21 @@ def _crypt(operation: Operation) -> Handler:
     return handler
 
 
+def _power_on(accept_rollback: bool) -> Handler:
+    """Power on with the vTPM endpoints the library's ``power_on`` takes: ``port`` (the TCP data port,
+    control on port + 1) and ``data_unix: true`` (also a Unix data socket). The service picks that
+    socket's path itself, one per VM in its own directory, and answers it as ``vtpm_data_unix``: it runs
+    as root and the host replaces whatever stands at a socket path, so a caller never names one."""
+    def handler(s: UserSession, c: Call) -> dict:
+        port = c.field("port", (int, type(None)), None)
+        if port is not None and not MIN_VTPM_PORT <= port <= MAX_VTPM_PORT:
+            raise RequestError(f"'port' must be between {MIN_VTPM_PORT} and {MAX_VTPM_PORT} (control on port + 1)")
+        data_unix = s.m.supervisor.data_socket(c.path["name"]) if c.field("data_unix", bool, False) else None
+        record = s.power_on(c.path["name"], accept_rollback=accept_rollback, port=port, data_unix=data_unix)
+        return {**vm_row(record), "vtpm_data_unix": None if data_unix is None or not record.vtpm else str(data_unix)}
+    return handler
+
+
 def _add_vtpm(s: UserSession, c: Call) -> dict:
     record, eks = s.provision_vtpm(c.path["name"])
     return {"vm": record.name, "eks": ek_rows(eks)}
@@ -202,9 +218,9 @@ ROUTES: list[ApiRoute] = [
                                                                              "key_destroyed": True}),
     ApiRoute("POST", "/vms/{name}/unregister", Operation.UNREGISTER,
              lambda s, c: s.unregister_vm(c.path["name"]) or {"unregistered": c.path["name"]}),
-    ApiRoute("POST", "/vms/{name}/power-on", Operation.POWER_ON, lambda s, c: vm_row(s.power_on(c.path["name"]))),
+    ApiRoute("POST", "/vms/{name}/power-on", Operation.POWER_ON, _power_on(accept_rollback=False)),
     ApiRoute("POST", "/vms/{name}/power-on-accepting-rollback", Operation.POWER_ON_ACCEPT_ROLLBACK,
-             lambda s, c: vm_row(s.power_on(c.path["name"], accept_rollback=True))),
+             _power_on(accept_rollback=True)),
     ApiRoute("POST", "/vms/{name}/power-off", Operation.POWER_OFF, lambda s, c: vm_row(s.power_off(c.path["name"]))),
     ApiRoute("POST", "/vms/{name}/suspend", Operation.SUSPEND, lambda s, c: vm_row(s.suspend(c.path["name"]))),
     ApiRoute("POST", "/vms/{name}/resume", Operation.RESUME, lambda s, c: vm_row(s.resume(c.path["name"]))),

@@ -37,6 +37,8 @@ SECTOR = 512
 
 
 class FileKind(str, enum.Enum):
+    """The role of a VM file; part of its container label, so files of one role cannot stand in for another."""
+
     NVRAM = "nvram"
     LOG = "log"
     SWAP = "swap"
@@ -50,6 +52,8 @@ class FileKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class VmFile:
+    """A file of a VM home and its role."""
+
     path: Path
     kind: FileKind
 
@@ -104,10 +108,12 @@ class VmHome:
 
     @property
     def journal_path(self) -> Path:
+        """The operation journal: present while an encrypt/decrypt/rekey is unfinished."""
         return self.directory / f".{self.name}.vmcrypt-journal"
 
     @property
     def nvram_path(self) -> Path:
+        """The VM's ``.nvram`` (firmware variables and the vTPM's state)."""
         return self.directory / f"{self.name}.nvram"
 
     def home_files(self) -> list[VmFile]:
@@ -122,6 +128,7 @@ class VmHome:
         return list(found.values())
 
     def descriptors(self) -> list[Path]:
+        """The text ``.vmdk`` descriptors of the home (data extents are found through them)."""
         result = []
         for path in sorted(self.directory.glob("*.vmdk")):
             try:

@@ -62,6 +62,8 @@ ProgressFn = Callable[[VmFile, int, int], None]
 
 
 class Operation(str, enum.Enum):
+    """What a journaled run does to a VM's files."""
+
     ENCRYPT = "encrypt"
     DECRYPT = "decrypt"
     SHALLOW_REKEY = "rekey"
@@ -70,6 +72,8 @@ class Operation(str, enum.Enum):
 
 @dataclass
 class Journal:
+    """The record of an unfinished operation, so a repeated run resumes it and ``decrypt`` can roll it back."""
+
     operation: Operation
     target: str | None  # key safe of the target key, None for plaintext
     include_disks: bool
@@ -83,9 +87,11 @@ class Journal:
 
     @property
     def target_reference(self) -> KeyReference | None:
+        """The key the files are being moved under (None: to plaintext)."""
         return KeyReference.from_keysafe(self.target) if self.target else None
 
     def known_references(self) -> set[KeyReference]:
+        """Every key a file may be under until the operation ends."""
         found = {KeyReference.from_keysafe(k) for k in self.references}
         return found | ({self.target_reference} if self.target else set())
 
@@ -118,6 +124,7 @@ class Journal:
 
     @classmethod
     def load(cls, home: VmHome) -> "Journal | None":
+        """The home's journal, None when no operation is unfinished; a malformed one raises VmError."""
         try:
             raw = home.journal_path.read_bytes()
         except FileNotFoundError:
@@ -158,6 +165,7 @@ class Journal:
 
     @staticmethod
     def remove(home: VmHome) -> None:
+        """Delete the journal durably: the operation is finished."""
         with contextlib.suppress(FileNotFoundError):
             home.journal_path.unlink()
         fsync_directory(home.directory)
@@ -182,6 +190,8 @@ def _journal_mac(key: DataKey, body: dict[str, Any]) -> str:
 
 @dataclass
 class VmxState:
+    """What the ``.vmx`` says about encryption: its settings, key safe and (with a key) the encryption record."""
+
     settings: VmxConfig
     reference: KeyReference | None
     record: EncryptionRecord | None = None  # read (and authenticated) only when a key was given
@@ -389,6 +399,8 @@ def _files(home: VmHome, include_disks: bool) -> list[VmFile]:
 
 @dataclass
 class OperationResult:
+    """What a run changed, the key the VM is under afterwards, and whether it finished an interrupted run."""
+
     operation: Operation
     changed: list[VmFile]
     reference: KeyReference | None
@@ -618,4 +630,5 @@ def describe_vm(home: VmHome, keys: KeyManager | None = None) -> dict[str, Any]:
 
 
 def open_vm(path: str | os.PathLike[str]) -> VmHome:
+    """The VM home at ``path`` (its ``.vmx`` or its directory)."""
     return VmHome(path)

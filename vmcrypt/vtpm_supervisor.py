@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,8 @@ PORT_ATTEMPTS = 5
 CHILD_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "PYTHONPATH", "TMPDIR")
 PORT_TAKEN = "Address already in use"
 ANOTHER_HOST = "another vtpm host serves"
+_PLAIN_SOCKET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,47}")
+_DIGEST_NAME = re.compile(r"vm-[0-9a-f]{20}")  # the digest form: never taken by a plain name
 
 
 class VtpmSupervisor:
@@ -54,6 +57,18 @@ class VtpmSupervisor:
         return self.run_dir / "vtpm"
 
     @property
+    def data_socket_dir(self) -> Path:
+        """Where the management service puts the vTPM data sockets its callers name (0700, created on use)."""
+        return self.host_dir / "data"
+
+    def data_socket(self, vm_name: str) -> Path:
+        """The data socket the service serves ``vm_name``'s vTPM on when asked for one: the name itself
+        when it is short and plain, else a digest of it (a Unix socket path is at most 107 bytes)."""
+        if _PLAIN_SOCKET_NAME.fullmatch(vm_name) and not _DIGEST_NAME.fullmatch(vm_name):
+            return self.data_socket_dir / f"{vm_name}.sock"
+        return self.data_socket_dir / f"vm-{hashlib.sha256(vm_name.encode()).hexdigest()[:20]}.sock"
+
+    @property
     def socket_path(self) -> Path:
         return self.host_dir / "host.sock"
 
@@ -66,6 +81,7 @@ class VtpmSupervisor:
         self.run_dir.mkdir(mode=0o700, exist_ok=True)
         self.host_dir.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.host_dir, 0o700)
+        self.data_socket_dir.mkdir(mode=0o700, exist_ok=True)
         fd = os.open(self.host_dir / "ops.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -20,8 +20,9 @@ the command-line tools that need one submodule only.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vtpm.lazy_exports import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "Tpm": "vtpm.engine",
@@ -72,14 +73,4 @@ if TYPE_CHECKING:
     from vtpm.transport import InProcessTransport, MssimTransport, SocketTransport, SwtpmControl, TransportError
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vtpm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -49,14 +49,17 @@ class TpmClient(contextlib.AbstractContextManager):
 
     @classmethod
     def swtpm_tcp(cls, port: int, host: str = HOST, timeout: float | None = 10.0) -> "TpmClient":
+        """A client of swtpm's (or ``vtpm serve``'s) TCP data port."""
         return cls(SocketTransport.tcp(port, host, timeout))
 
     @classmethod
     def swtpm_unix(cls, path: str, timeout: float | None = 10.0) -> "TpmClient":
+        """A client of swtpm's (or ``vtpm serve``'s) Unix data socket."""
         return cls(SocketTransport.unix(path, timeout))
 
     @classmethod
     def mssim(cls, port: int, host: str = HOST, locality: int = 0) -> "TpmClient":
+        """A client of a TPM speaking the Microsoft simulator protocol (command port ``port``, platform port + 1)."""
         return cls(MssimTransport(port, host, locality))
 
     @property
@@ -65,6 +68,7 @@ class TpmClient(contextlib.AbstractContextManager):
         return getattr(self.transport, "tpm", None)
 
     def close(self) -> None:
+        """Close the connection (nothing to close for an in-process engine)."""
         self.transport.close()
 
     def __exit__(self, *exc: object) -> None:
@@ -87,9 +91,11 @@ class TpmClient(contextlib.AbstractContextManager):
     # ------------------------------------------------------------------ start-up
 
     def startup(self, clear: bool = True) -> None:
+        """TPM2_Startup: CLEAR (a reboot) or STATE (resume what Shutdown(STATE) saved)."""
         self.call(wire.startup(SU.CLEAR if clear else SU.STATE))
 
     def shutdown(self, clear: bool = True) -> None:
+        """TPM2_Shutdown: CLEAR, or STATE to keep sessions and PCRs for a Startup(STATE)."""
         self.call(wire.shutdown(SU.CLEAR if clear else SU.STATE))
 
     # ------------------------------------------------------------------ objects
@@ -102,6 +108,7 @@ class TpmClient(contextlib.AbstractContextManager):
         return handle, params[2 : 2 + size]
 
     def flush(self, handle: int) -> None:
+        """FlushContext: free a loaded object or session."""
         self.call(wire.flush_context(handle))
 
     # ------------------------------------------------------------------ NV
@@ -109,10 +116,12 @@ class TpmClient(contextlib.AbstractContextManager):
     def nv_define(self, index: int, attributes: int, size: int, name_alg: int = ALG.SHA256,
                   auth_handle: int = RH.PLATFORM, *, auth: bytes = b"", policy: bytes = b"",
                   password: bytes = b"") -> None:
+        """NV_DefineSpace under ``auth_handle`` (platform by default)."""
         self.call(wire.nv_define_space(index, attributes, size, auth=auth, name_alg=name_alg, policy=policy,
                                        auth_handle=auth_handle, password=password))
 
     def nv_undefine(self, index: int, auth_handle: int = RH.PLATFORM, password: bytes = b"") -> None:
+        """NV_UndefineSpace: remove the index."""
         self.call(wire.nv_undefine_space(index, auth_handle, password))
 
     def nv_write(self, index: int, data: bytes, auth_handle: int = RH.PLATFORM, *, offset: int = 0,
@@ -173,9 +182,11 @@ class TpmClient(contextlib.AbstractContextManager):
 
     def pcr_extend(self, pcr: int, digests: Mapping[int, bytes] | Iterable[tuple[int, bytes]],
                    password: bytes = b"") -> None:
+        """PCR_Extend: extend ``pcr`` in each bank named in ``digests`` by its digest."""
         self.call(wire.pcr_extend(pcr, digests, password))
 
     def pcr_reset(self, pcr: int, password: bytes = b"") -> None:
+        """PCR_Reset: back to the initial value (only the resettable PCRs, from the right locality)."""
         self.call(wire.pcr_reset(pcr, password))
 
     # ------------------------------------------------------------------ random, capabilities

@@ -32,6 +32,8 @@ class ST(enum.IntEnum):
 
 
 class SU(enum.IntEnum):
+    """TPM_SU startup and shutdown types (Part 2 6.5)."""
+
     CLEAR = 0x0000
     STATE = 0x0001
 
@@ -331,6 +333,8 @@ class RH(enum.IntEnum):
 
 
 class CAP(enum.IntEnum):
+    """TPM_CAP capability groups of GetCapability (Part 2 6.12)."""
+
     ALGS = 0x00000000
     HANDLES = 0x00000001
     COMMANDS = 0x00000002
@@ -422,6 +426,8 @@ PT_VAR = 0x200
 
 
 class PT_PCR(enum.IntEnum):
+    """TPM_PT_PCR PCR properties of GetCapability (Part 2 6.14)."""
+
     SAVE = 0x00
     EXTEND_L0 = 0x01
     RESET_L0 = 0x02
@@ -440,6 +446,8 @@ class PT_PCR(enum.IntEnum):
 
 
 class TPMA_NV(enum.IntFlag):
+    """TPMA_NV attributes of an NV index (Part 2 13.4)."""
+
     PPWRITE = 1 << 0
     OWNERWRITE = 1 << 1
     AUTHWRITE = 1 << 2
@@ -479,6 +487,8 @@ class NT(enum.IntEnum):
 
 
 class TPMA_SESSION(enum.IntFlag):
+    """TPMA_SESSION attributes of a session in a command or response (Part 2 8.4)."""
+
     CONTINUE_SESSION = 0x01
     AUDIT_EXCLUSIVE = 0x02
     AUDIT_RESET = 0x04
@@ -488,6 +498,8 @@ class TPMA_SESSION(enum.IntFlag):
 
 
 class TPMA_PERMANENT(enum.IntFlag):
+    """TPMA_PERMANENT: persistent TPM settings reported by GetCapability (Part 2 8.6)."""
+
     OWNER_AUTH_SET = 1 << 0
     ENDORSEMENT_AUTH_SET = 1 << 1
     LOCKOUT_AUTH_SET = 1 << 2
@@ -497,6 +509,8 @@ class TPMA_PERMANENT(enum.IntFlag):
 
 
 class TPMA_STARTUP_CLEAR(enum.IntFlag):
+    """TPMA_STARTUP_CLEAR: hierarchy enables reset by Startup(CLEAR) (Part 2 8.7)."""
+
     PH_ENABLE = 1 << 0
     SH_ENABLE = 1 << 1
     EH_ENABLE = 1 << 2
@@ -505,6 +519,8 @@ class TPMA_STARTUP_CLEAR(enum.IntFlag):
 
 
 class TPMA_ALGORITHM(enum.IntFlag):
+    """TPMA_ALGORITHM: what kind of algorithm an ALG is (Part 2 8.2)."""
+
     ASYMMETRIC = 1 << 0
     SYMMETRIC = 1 << 1
     HASH = 1 << 2
@@ -515,6 +531,8 @@ class TPMA_ALGORITHM(enum.IntFlag):
 
 
 class ECC_CURVE(enum.IntEnum):
+    """TPM_ECC_CURVE identifiers (Part 2 6.4)."""
+
     NONE = 0x0000
     NIST_P192 = 0x0001
     NIST_P224 = 0x0002
@@ -540,6 +558,8 @@ PERMANENT_FIRST = 0x40000000
 
 
 class TPMA_OBJECT(enum.IntFlag):
+    """TPMA_OBJECT attributes of a key or data object (Part 2 8.3)."""
+
     FIXED_TPM = 1 << 1
     ST_CLEAR = 1 << 2
     FIXED_PARENT = 1 << 4

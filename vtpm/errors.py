@@ -21,6 +21,7 @@ class TpmError(Exception):
 
     @property
     def code(self) -> int:
+        """The response code as sent: the format-1 base code with the parameter, handle or session number."""
         rc = self.rc
         if not rc & RC_FMT1 or rc & 0x900 == 0x900:
             return rc

@@ -215,6 +215,7 @@ class HostedVtpm:
         return self.platform is not None and self.platform.running
 
     def describe(self, now: float) -> dict[str, Any]:
+        """The vTPM's row of ``list``: store, endpoints, whether loaded and running, connections, idle time."""
         endpoints = self.endpoints.endpoints if self.endpoints is not None else Endpoints()
         return {
             "name": self.name,
@@ -246,6 +247,7 @@ class ControlLineConnection(Connection):
         self.host = host
 
     def process(self) -> None:
+        """Answer each complete request line received, one at a time (the next waits for the answer to go out)."""
         buf = self.inbuf
         while not self.closed and not self.outbuf:
             end = buf.find(b"\n")
@@ -310,9 +312,11 @@ class VtpmHost:
         return ControlLineConnection(self.loop, sock, self)
 
     def run(self) -> None:
+        """Serve until ``stop`` (or a request that ends the host)."""
         self.loop.run()
 
     def stop(self) -> None:
+        """Make ``run`` return after the current loop iteration."""
         self.loop.stop()
 
     def close(self) -> list[str]:
@@ -335,12 +339,14 @@ class VtpmHost:
     # ------------------------------------------------------------------ the control protocol
 
     def answer(self, conn: Connection, answer: dict[str, Any], *, then_close: bool = False) -> None:
+        """Queue ``answer`` as one JSON line to ``conn``; optionally close it (or stop the host) once sent."""
         after = conn.close if then_close else None
         if answer.pop("_stop_after", False):
             after = self.stop
         self.loop.reply(Reply(conn, json.dumps(answer, separators=(",", ":")).encode() + b"\n", after=after))
 
     def handle_line(self, line: bytes) -> dict[str, Any]:
+        """The answer to one request line; malformed or refused requests get ``ok: false`` and a reason."""
         try:
             request = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
@@ -375,6 +381,7 @@ class VtpmHost:
             return {"ok": False, "error": str(exc) or type(exc).__name__}
 
     def add(self, request: AddRequest) -> dict[str, Any]:
+        """Serve a new vTPM on the request's endpoints; refused when the name or its store is already hosted."""
         if request.name in self.vtpms:
             raise HostRefusal(f"a vTPM named {request.name!r} is already hosted")
         key = request.store_key()
@@ -397,6 +404,7 @@ class VtpmHost:
         return hosted.describe(time.monotonic())
 
     def remove(self, name: str) -> dict[str, Any]:
+        """Stop serving ``name``: its state is saved and its sockets closed."""
         hosted = self.vtpms.pop(name, None)
         if hosted is None:
             raise HostRefusal(f"no vTPM named {name!r} is hosted")
@@ -451,6 +459,7 @@ class VtpmHost:
             log.warning("folding an idle journal failed: %s", type(exc).__name__)
 
     def evict_idle(self) -> None:
+        """Drop from memory the state of vTPMs idle longer than ``evict_after`` (reloaded on next use)."""
         now = time.monotonic()
         for hosted in self.vtpms.values():
             if hosted.evictable(self.evict_after or 0.0, now):
@@ -464,6 +473,7 @@ class VtpmHost:
 
 
 def add_parser(commands: Any, open_store: Callable[[argparse.Namespace, AddRequest], StateStore]) -> None:
+    """Add ``vtpm host`` to the command line; ``open_store`` opens the store an add request names."""
     host = commands.add_parser(
         "host", help="serve many vTPMs from one process",
         description="Serve many vTPMs on one event loop; add and remove them over the control socket.")
@@ -481,6 +491,7 @@ def add_parser(commands: Any, open_store: Callable[[argparse.Namespace, AddReque
 
 
 def cmd_host(args: argparse.Namespace, open_store: OpenStore) -> int:
+    """Run ``vtpm host`` until it is stopped; its exit status."""
     for option, value in (("--evict-after", args.evict_after), ("--idle-timeout", args.idle_timeout)):
         if value is not None and not 0 < value <= 86400:
             raise StateStoreError(f"{option} must be between 0 and 86400 seconds")

@@ -42,6 +42,8 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class AddRequest:
+    """A checked ``add`` request: the vTPM's name, where it listens, which state it serves."""
+
     name: str
     endpoints: Endpoints
     state: str | None = None
@@ -65,6 +67,7 @@ def _path(request: dict[str, Any], field: str) -> str | None:
 
 
 def parse_add(request: dict[str, Any]) -> AddRequest:
+    """Check a decoded ``add`` request field by field; ProtocolError names the first bad one."""
     unknown = set(request) - ADD_FIELDS
     if unknown:
         raise ProtocolError(f"unknown field(s) {', '.join(sorted(unknown))}")
@@ -118,6 +121,7 @@ class HostClient:
         self.timeout = timeout
 
     def request(self, **fields: Any) -> dict[str, Any]:
+        """Send one request (fields that are None are left out); the answer, or HostError with the host's reason."""
         line = json.dumps({k: v for k, v in fields.items() if v is not None}).encode() + b"\n"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(self.timeout)
@@ -144,13 +148,17 @@ class HostClient:
         return reply
 
     def ping(self) -> dict[str, Any]:
+        """Whether a host answers (HostUnavailable if not): its process id and how many vTPMs it serves."""
         return self.request(op="ping")
 
     def add(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Ask the host to serve a vTPM (fields as ``AddRequest``); its row as ``list`` shows it."""
         return self.request(op="add", name=name, **fields)["vtpm"]
 
     def remove(self, name: str) -> None:
+        """Ask the host to stop serving ``name`` (its state is saved)."""
         self.request(op="remove", name=name)
 
     def list(self) -> VtpmRows:
+        """One row per hosted vTPM."""
         return self.request(op="list")["vtpms"]

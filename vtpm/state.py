@@ -37,6 +37,8 @@ class StateError(ValueError):
 
 @dataclass
 class NvIndex:
+    """A defined NV index: its public area, auth value and data."""
+
     index: int
     name_alg: int
     attributes: int
@@ -46,6 +48,7 @@ class NvIndex:
     data: bytes = b""
 
     def public_bytes(self) -> bytes:
+        """The marshalled TPMS_NV_PUBLIC (what the index's Name is computed over)."""
         return (
             self.index.to_bytes(4, "big")
             + self.name_alg.to_bytes(2, "big")
@@ -57,18 +60,23 @@ class NvIndex:
 
     @property
     def name(self) -> bytes:
+        """The index's Name: nameAlg followed by the digest of its public area."""
         return self.name_alg.to_bytes(2, "big") + digest(self.name_alg, self.public_bytes())
 
     def has(self, flag: TPMA_NV) -> bool:
+        """Whether the attribute ``flag`` is set."""
         return bool(self.attributes & flag)
 
     @property
     def kind(self) -> int:
+        """TPM_NT: ordinary, counter, bits or extend (bits 4-7 of the attributes)."""
         return (self.attributes >> 4) & 0xF
 
 
 @dataclass
 class Hierarchy:
+    """One hierarchy's authorization: its auth value and its policy."""
+
     auth: bytes = b""
     policy: bytes = b""
     policy_alg: int = ALG.NULL
@@ -153,10 +161,12 @@ class TpmState:
     # ------------------------------------------------------------------ serialization
 
     def to_bytes(self) -> bytes:
+        """The whole state serialized (what a StateStore saves)."""
         return dump_parts(encode_parts(self))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "TpmState":
+        """The state ``to_bytes`` wrote; StateError when the bytes do not make a valid state."""
         return cls.from_parts(load_parts(raw))
 
     @classmethod
@@ -543,10 +553,13 @@ class Volatile:
 
     @classmethod
     def power_on(cls, state: TpmState, now_ms: int) -> "Volatile":
+        """The volatile state after _TPM_Init at ``now_ms``."""
         return cls(init_time_ms=now_ms, clock_base_ms=now_ms)
 
     def note_command(self, tpm: Any) -> None:
+        """Count a command since Startup."""
         self.commands_since_startup += 1
 
     def reset_pcrs(self, banks: list[int], locality: int = 0) -> None:
+        """Every PCR of ``banks`` back to its initial value (PCR 0 starts at the locality, 17-22 as all ones)."""
         self.pcrs = {bank: [initial_pcr_value(bank, i, locality) for i in range(PCR_COUNT)] for bank in banks if bank in HASHES}

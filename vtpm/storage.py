@@ -32,9 +32,17 @@ __all__ = ["JOURNAL_FILE", "PLAIN_STATE_FILE", "ENCRYPTED_STATE_FILE", "PlainSta
 class StateStore(Protocol):
     """Where a TPM's state lives: ``load`` it at start-up, ``save`` the serialized state after a change."""
 
-    def load(self) -> TpmState | None: ...
-    def save(self, raw: bytes) -> None: ...
-    def describe(self) -> str: ...
+    def load(self) -> TpmState | None:
+        """The stored state, or None before the first save."""
+        ...
+
+    def save(self, raw: bytes) -> None:
+        """Store ``raw`` (a serialized TpmState) durably, replacing what was there."""
+        ...
+
+    def describe(self) -> str:
+        """Where the state lives, for messages (never its contents)."""
+        ...
 
 
 def parse_state(raw: bytes, where: Path) -> TpmState:
@@ -61,6 +69,7 @@ class PlainStateStore:
         return str(self.path)
 
     def load_raw(self) -> tuple[bytes | None, int]:
+        """The stored bytes (None before the first save) and their generation (always 0 here)."""
         if self.directory.exists() and (self.directory / ENCRYPTED_STATE_FILE).exists():
             raise StateStoreError(f"{self.directory}: holds encrypted state; pass --key-file")
         if not self.path.exists():
@@ -69,9 +78,11 @@ class PlainStateStore:
 
     @property
     def generation(self) -> int:
+        """Always 0: a plain file has no generation, its journal is bound to the state's digest only."""
         return 0  # a plain file has none: its journal is bound to the state's digest only
 
     def journal_binding(self) -> JournalBinding:
+        """Where the journal lives and what binds it to this store."""
         return JournalBinding(self.directory / JOURNAL_FILE, None, b"vtpm plain state directory")
 
     def load(self) -> TpmState | None:

@@ -25,9 +25,15 @@ class TransportError(ConnectionError):
 
 
 class Transport(Protocol):
-    def transact(self, command: bytes) -> bytes: ...
+    """Anything that carries TPM command frames to a TPM and its responses back."""
 
-    def close(self) -> None: ...
+    def transact(self, command: bytes) -> bytes:
+        """Send one command frame; the response frame as received."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection; later calls fail."""
+        ...
 
 
 class InProcessTransport:
@@ -38,10 +44,11 @@ class InProcessTransport:
         self.locality = locality
 
     def transact(self, command: bytes) -> bytes:
+        """Execute ``command`` at this transport's locality; the engine's response."""
         return self.tpm.execute(self.locality, command)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the engine stays usable."""
 
 
 def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
@@ -104,6 +111,7 @@ class SocketTransport:
         return cls(_unix(path, timeout))
 
     def transact(self, command: bytes) -> bytes:
+        """Send one command frame; the response frame, read to the size its header gives."""
         _send(self.sock, command)
         header = _recv_exact(self.sock, wire.HEADER_SIZE, "response header")
         size = wire.parse_header(header)[1]
@@ -112,6 +120,7 @@ class SocketTransport:
         return header + _recv_exact(self.sock, size - wire.HEADER_SIZE, "response body")
 
     def close(self) -> None:
+        """Close the data connection (swtpm then waits for the next one)."""
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -130,6 +139,7 @@ class SwtpmControl:
         self.port, self.host, self.path, self.timeout = port, host, path, timeout
 
     def request(self, code: int, payload: bytes = b"", answer_size: int = 4) -> bytes:
+        """Send control command ``code`` with ``payload`` on a new connection; the first ``answer_size`` bytes of the answer."""
         if self.path is not None:
             sock = _unix(self.path, self.timeout)
         else:
@@ -154,6 +164,7 @@ class SwtpmControl:
         return self._result(Ctrl.STOP)
 
     def set_locality(self, locality: int) -> int:
+        """CMD_SET_LOCALITY: the locality later commands arrive from."""
         return self._result(Ctrl.SET_LOCALITY, bytes([locality]))
 
     def capabilities(self) -> int:
@@ -173,6 +184,7 @@ class MssimTransport:
         self._platform: socket.socket | None = None
 
     def transact(self, command: bytes) -> bytes:
+        """Send one command in an MS_SEND_COMMAND frame; the response, after checking the trailing result."""
         _send(self.sock, protocol.MS_SEND_COMMAND.to_bytes(4, "big") + bytes([self.locality])
               + len(command).to_bytes(4, "big") + command)
         size = int.from_bytes(_recv_exact(self.sock, 4, "response size"), "big")
@@ -198,9 +210,11 @@ class MssimTransport:
         self.signal(ms.MS_SIGNAL_NV_ON)
 
     def power_off(self) -> None:
+        """Power the simulated TPM off (MS_SIGNAL_POWER_OFF)."""
         self.signal(protocol.MS_SIGNAL_POWER_OFF)
 
     def close(self) -> None:
+        """End both sessions (MS_SESSION_END) and close the sockets."""
         end = protocol.MS_SESSION_END.to_bytes(4, "big")
         for sock in (self.sock, self._platform):
             if sock is None:

@@ -18,8 +18,6 @@ from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.vm_encryption import decrypt_vm, encrypt_vm, open_vm, rekey_vm
 
 home, vm_dir, operation, fraction, signame = sys.argv[1:6]
-disk_stream.CHECKPOINT_BYTES = 4 << 20
-disk_stream.BUFFER_BYTES = 1 << 20
 stats: list[disk_stream.StreamStats] = []
 real_copy = disk_stream._copy
 

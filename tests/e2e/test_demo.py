@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from support.servers import REPO_ROOT
+from vtpm import free_port_pair
 
 
 def test_demo(tmp_path: Path) -> None:
@@ -15,13 +16,17 @@ def test_demo(tmp_path: Path) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = {**os.environ, "VMCRYPT_HOME": str(tmp_path / "home"), "PYTHONPATH": str(REPO_ROOT)}
+    port, data_unix = free_port_pair(), tmp_path / "vtpm.sock"
     result = subprocess.run(
-        [sys.executable, "-m", "vmcrypt.demo", "--out", str(tmp_path / "demo"), "--disk", "8M"],
+        [sys.executable, "-m", "vmcrypt.demo", "--out", str(tmp_path / "demo"), "--disk", "8M",
+         "--port", str(port), "--data-unix", str(data_unix)],
         capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert list(cwd.iterdir()) == []
+    assert out.count(f"vTPM at TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port={port}\n") == 1
+    assert f"and on the Unix data socket {data_unix}" in out
     assert f"management home: {tmp_path / 'home'}" in out and (tmp_path / "home" / "inventory.db").exists()
     assert not (tmp_path / "demo" / "home").exists()
     assert "encrypted     yes" in out and "AES-XTS-256" in out

@@ -13,17 +13,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vtpm import free_port_pair
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REPO = EXAMPLES.parent
 
 
-def run_example(script: str, tmp_path: Path, *, home: Path | None) -> subprocess.CompletedProcess[str]:
+def run_example(script: str, tmp_path: Path, *args: str, home: Path | None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "PYTHONPATH": str(REPO)}
     env.pop("VMCRYPT_HOME", None)
     if home is not None:
         env["VMCRYPT_HOME"] = str(home)
     (tmp_path / "tmp").mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, str(EXAMPLES / script)], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -35,9 +37,12 @@ def test_examples_import_only_the_public_surface() -> None:
 
 def test_create_encrypt_vm(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    done = run_example("create_encrypt_vm.py", tmp_path, home=home)
+    port, data_unix = free_port_pair(), tmp_path / "vm1-tpm.sock"
+    done = run_example("create_encrypt_vm.py", tmp_path, "--port", str(port), "--data-unix", str(data_unix),
+                       home=home)
     assert done.returncode == 0, done.stderr
-    assert re.fullmatch(r"vm1 at .*: encrypted=True, vTPM on port \d+ gave 16 random bytes\n", done.stdout)
+    assert re.fullmatch(rf"vm1 at .*: encrypted=True, vTPM on port {port} and {data_unix} gave 16 random bytes\n",
+                        done.stdout)
     assert str(home) in done.stdout  # the VM lives under $VMCRYPT_HOME
     assert (home / "datastore" / "vm1" / "vm1.vmx").is_file()
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import vtpm.engine  # noqa: F401  (registers every command in vtpm.core.COMMANDS)
+from vtpm import free_port_pair
 from vtpm.core import COMMANDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +26,10 @@ def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[
 
 def test_a_small_campaign_with_tcp_reports_counts_that_add_up(tmp_path: Path) -> None:
     commands, files, cases = 4032, 240, 150
+    port = free_port_pair()
     result = run_script("--commands", str(commands), "--files", str(files), "--seed", "7", "--tcp",
-                        "--tcp-cases", str(cases), "--rsa-bits", "1024", "--json", "--workdir", str(tmp_path))
+                        "--tcp-port", str(port), "--tcp-cases", str(cases), "--rsa-bits", "1024", "--json",
+                        "--workdir", str(tmp_path))
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     report = json.loads(result.stdout)
     summary, tpm, files_report, tcp = report["summary"], report["tpm"], report["files"], report["tcp"]
@@ -48,6 +51,7 @@ def test_a_small_campaign_with_tcp_reports_counts_that_add_up(tmp_path: Path) ->
 
     assert tcp["cases"] == sum(tcp["per_case"].values()) == summary["tcp_cases"] == cases
     assert tcp["probes"] == cases and tcp["server_alive"] and tcp["server_errors"] == 0
+    assert f"127.0.0.1:{port} (ctrl {port + 1})" in Path(tcp["server_log"]).read_text()
     assert summary["commands"] == commands + tcp["commands"]
     assert tcp["commands"] == sum(tcp["per_command"].values())
     assert sum(tcp["response_classes"].values()) == tcp["responses"] > 0

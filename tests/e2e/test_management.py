@@ -10,6 +10,7 @@ one, a path outside the VM's directory, a reused console ticket.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import socket
 import sqlite3
@@ -20,14 +21,15 @@ from pathlib import Path
 import pytest
 
 from support.files import snapshot
-from vmcrypt import container
+from support.tpm_helpers import check_served_on
+from vmcrypt import container, disk_stream
 from vmcrypt.errors import VmError
 from vmcrypt.inventory import ROOT, Inventory, InventoryError
 from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.rbac import Privilege
 from vmcrypt.vm import VmHome
 from vmcrypt.vm_lock import VmBusyError, lock_vm
-from vtpm import TpmClient, free_port_pair
+from vtpm import free_port_pair
 from vtpm.host_protocol import HostClient
 
 PASSWORDS = {"admin": "admin-pw", "nocrypto": "nocrypto-pw", "reader": "reader-pw"}
@@ -427,11 +429,7 @@ def test_power_on_serves_on_the_port_and_unix_path_the_caller_chose(mgmt: Manage
     record = admin.power_on("enc", port=port, data_unix=data_unix)
     try:
         assert record.vtpm_port == port
-        with TpmClient.swtpm_unix(str(data_unix)) as client:
-            client.startup()
-            assert len(client.get_random(8)) == 8
-        with TpmClient.swtpm_tcp(port) as client:
-            assert len(client.get_random(8)) == 8
+        check_served_on(port, data_unix)
     finally:
         admin.power_off("enc")
     busy = free_port_pair()
@@ -441,3 +439,45 @@ def test_power_on_serves_on_the_port_and_unix_path_the_caller_chose(mgmt: Manage
         with pytest.raises(VmError, match="did not start"):
             admin.power_on("enc", port=busy)
     assert admin.vm("enc").power_state == "off"
+
+
+@pytest.mark.parametrize("encrypted_home", [False, True], ids=["plain VM", "encrypted VM, plain disk"])
+def test_clone_and_migration_of_a_plain_disk_keep_its_holes(mgmt: Management, encrypted_home: bool) -> None:
+    """A plain disk is cloned sparse (only its data extents are copied): `du` of the clone's disk is
+    that of the source, and every byte is the same; with encrypted home files the clone's disk is
+    encrypted from that sparse copy and stays sparse too. Migrating the VM keeps the holes as well."""
+    from vmcrypt.vm import VmSpec
+    from vmcrypt.vm_encryption import encrypt_vm
+
+    admin = mgmt.login("admin", PASSWORDS["admin"])
+    size = 64 << 20
+    record = admin.create_vm("ds1", "sparse", VmSpec(name="sparse", disk_bytes=size))
+    extent = Path(record.vmx_path).parent / "sparse-flat.vmdk"
+    data = os.urandom(1 << 20)
+    with open(extent, "r+b") as f:
+        for offset in (0, 20 << 20, size - (1 << 20)):
+            f.seek(offset)
+            f.write(data)
+    if encrypted_home:  # home files only: the disk stays a plain file
+        encrypt_vm(VmHome(record.vmx_path), mgmt.keys, include_disks=False)
+    allocated = os.stat(extent).st_blocks * 512
+    assert allocated <= 4 << 20  # the source really is sparse
+    clone = admin.clone("sparse", "sparse2")
+    clone_extent = Path(clone.vmx_path).parent / "sparse2-flat.vmdk"
+    assert os.stat(clone_extent).st_blocks * 512 <= allocated + (64 << 10)
+    du = subprocess.run(["du", "-k", str(extent), str(clone_extent)], capture_output=True, text=True, check=True)
+    source_kib, clone_kib = (int(line.split()[0]) for line in du.stdout.splitlines())
+    assert clone_kib <= source_kib + 64
+    if encrypted_home:
+        assert clone.encrypted and container.is_container(clone_extent)
+        plain = Path(clone.vmx_path).parent / "check.img"
+        disk_stream.decrypt_disk(clone_extent, mgmt.keys.unlock(container.read_header(clone_extent).reference),
+                                 destination=plain)
+    else:
+        assert not clone.encrypted and not container.is_container(clone_extent)
+        plain = clone_extent
+    assert os.path.getsize(plain) == size and filecmp.cmp(plain, extent, shallow=False)
+    moved = admin.migrate("sparse", "ds2")  # a cold migration copies the directory the same way
+    moved_extent = Path(moved.vmx_path).parent / "sparse-flat.vmdk"
+    assert os.stat(moved_extent).st_blocks * 512 <= allocated + (64 << 10)
+    assert filecmp.cmp(moved_extent, plain, shallow=False)

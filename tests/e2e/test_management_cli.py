@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from support.files import snapshot
+from support.tpm_helpers import check_served_on
+from vtpm import free_port_pair
 
 pytestmark = pytest.mark.slow  # each test drives the management plane through many CLI processes: 8-19 s
 
@@ -145,3 +147,30 @@ def test_snapshot_and_delete_through_the_cli(setup: Path, vmcrypt_cli) -> None:
     assert not (setup / "plain").exists()
     listing = json.loads(vmcrypt_cli("--user", "admin", "vm", "list", "--json", env=ADMIN, check=True).stdout)
     assert [r["name"] for r in listing] == ["enc", "enc2"]
+
+
+def test_power_on_takes_the_vtpm_port_and_a_unix_data_socket(tmp_path: Path, vmcrypt_cli) -> None:
+    """`vm power-on --port P --data-unix` over the real service: the vTPM answers on exactly that TCP port
+    and on the Unix socket the service names (inside its own run directory); a bad port is refused."""
+    vmcrypt_cli("inventory", "init", "--admin", "admin", env=ADMIN, check=True)
+    ds = tmp_path / "ds1"
+    vmcrypt_cli("--user", "admin", "inventory", "datastore-add", "ds1", str(ds), env=ADMIN, check=True)
+    vmcrypt_cli("--user", "admin", "vm", "create", str(ds / "vm1"), env=ADMIN, check=True)
+    vmcrypt_cli("--user", "admin", "vtpm", "add", str(ds / "vm1"), env=ADMIN, check=True)
+
+    refused = vmcrypt_cli("--user", "admin", "vm", "power-on", "vm1", "--port", "80", env=ADMIN)
+    assert refused.returncode == 1 and "'port' must be between 1024 and 65534" in refused.stderr
+    port = free_port_pair()
+    on = json.loads(vmcrypt_cli("--user", "admin", "vm", "power-on", "vm1", "--port", str(port), "--data-unix",
+                                "--json", env=ADMIN, check=True).stdout)
+    try:
+        assert on["vtpm_port"] == port
+        data_unix = Path(on["vtpm_data_unix"])
+        assert data_unix.name == "vm1.sock" and data_unix.is_socket()
+        assert data_unix.parent.stat().st_mode & 0o777 == 0o700
+        check_served_on(port, data_unix)
+    finally:
+        vmcrypt_cli("--user", "admin", "vm", "power-off", "vm1", env=ADMIN, check=True)
+    text = vmcrypt_cli("--user", "admin", "vm", "power-on", "vm1", "--data-unix", env=ADMIN, check=True).stdout
+    vmcrypt_cli("--user", "admin", "vm", "power-off", "vm1", env=ADMIN, check=True)
+    assert f"data socket {data_unix}" in text

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,59 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | 
     return proc.returncode
 
 
+# ----------------------------------------------------------------------------- where servers listen
+
+_next_pair: list[int] = []  # the next pair of a range a run chose (--port-base); empty: the OS picks free pairs
+
+
+def use_ports_from(first: int | None) -> None:
+    """Start the servers launched from now on at ``first``/``first``+1, then +2/+3 and so on (None: free pairs)."""
+    _next_pair[:] = [] if first is None else [first]
+
+
+def next_port_pair() -> int:
+    """The data port of the next server: the next pair of the chosen range, else a free pair."""
+    if not _next_pair:
+        return free_port_pair()
+    port = _next_pair[0]
+    if port + 1 > 65535:
+        raise ServerError("the chosen port range (--port-base) ran out")
+    _next_pair[0] = port + 2
+    return port
+
+
+def _port_base(text: str) -> int:
+    port = int(text)
+    if not 1024 <= port <= 65534:
+        raise argparse.ArgumentTypeError("must be between 1024 and 65534 (each server takes PORT and PORT+1)")
+    return port
+
+
+def add_endpoint_options(parser: argparse.ArgumentParser, *, ports: bool = True, directory: bool = True) -> None:
+    """A benchmark's choice of where its servers listen: ``--port-base`` (TCP pairs from there up) and
+    ``--dir`` (state, logs and Unix sockets; without it a temp directory, removed at the end)."""
+    if ports:
+        parser.add_argument("--port-base", type=_port_base, metavar="PORT",
+                            help="TCP servers listen on PORT/PORT+1, PORT+2/PORT+3, ... (default: free pairs)")
+    if directory:
+        parser.add_argument("--dir", type=Path, metavar="DIR",
+                            help="where state, logs and Unix sockets go, kept afterwards (default: a temp dir)")
+
+
+@contextlib.contextmanager
+def working_directory(args: argparse.Namespace, prefix: str) -> Iterator[Path]:
+    """Apply ``add_endpoint_options``' choices: the port range, and the directory to work in (``--dir``,
+    created when absent and kept; else a new temp directory, removed on leaving)."""
+    use_ports_from(getattr(args, "port_base", None))
+    chosen = getattr(args, "dir", None)
+    if chosen is not None:
+        chosen.mkdir(parents=True, exist_ok=True)
+        yield chosen.absolute()
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
 # ----------------------------------------------------------------------------- readiness
 
 
@@ -154,7 +208,7 @@ def _launch(name: str, argv_for_port: Callable[[int], list[str]], log: Path, rea
             timeout: float = READY_TIMEOUT, attempts: int = 5) -> TpmServer:
     log.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(attempts if port is None else 1):
-        chosen = port or free_port_pair()
+        chosen = port or next_port_pair()
         with open(log, "wb") as handle:  # the child keeps its own descriptor
             proc = subprocess.Popen(argv_for_port(chosen), stdin=subprocess.DEVNULL, stdout=handle,
                                     stderr=subprocess.STDOUT, env=env)

@@ -9,6 +9,7 @@ commands only tests send. Only loopback addresses are used.
 from __future__ import annotations
 
 import itertools
+import os
 from typing import TYPE_CHECKING
 
 from vtpm import constants, wire
@@ -232,3 +233,13 @@ def started_client() -> TpmClient:
     tpm = Tpm()
     tpm.execute(0, wire.STARTUP_CLEAR)
     return TpmClient(tpm)
+
+
+def check_served_on(port: int, data_unix: str | os.PathLike[str]) -> None:
+    """A powered-on vTPM answers on both endpoints it was given: Startup and GetRandom over the Unix data
+    socket, GetRandom over the TCP data port (the same TPM: no second Startup)."""
+    with TpmClient.swtpm_unix(os.fspath(data_unix)) as client:
+        client.startup()
+        assert len(client.get_random(8)) == 8
+    with TpmClient.swtpm_tcp(port) as client:
+        assert len(client.get_random(8)) == 8

@@ -41,3 +41,18 @@ def test_wrong_key_leaves_the_disk_and_no_partial(tmp_path: Path) -> None:
     with pytest.raises(container.WrongKeyError):
         disk_stream.decrypt_disk(disk, _key("other"))
     assert disk.read_bytes() == before and not disk_stream.partial_path(disk).exists()
+
+
+@pytest.mark.parametrize("data_mib", [0, 1, 16, 48, 192, 1536, 100 * 1024])
+def test_checkpoints_bound_the_rework_whatever_the_disk_size(data_mib: int) -> None:
+    """A run interrupted anywhere redoes at most one checkpoint interval: 1/20 of the data, or the
+    64 MiB cap on a large disk; pieces shrink on a small disk so checkpoints can fall that often."""
+    data, unit = data_mib << 20, container.DEFAULT_UNIT_SIZE
+    steps = disk_stream.plan(data, unit, disk_stream.CHECKPOINT_BYTES)
+    assert steps.piece % unit == 0 and unit <= steps.piece <= disk_stream.BUFFER_BYTES
+    assert steps.every >= steps.piece  # a checkpoint falls between pieces
+    if data >= 20 * disk_stream.MIN_PIECE_BYTES:
+        assert steps.every <= max(data // 20, steps.piece) and steps.every <= disk_stream.CHECKPOINT_BYTES
+        assert steps.every <= data * 0.05 or steps.every == disk_stream.CHECKPOINT_BYTES
+    if data >= 20 * disk_stream.CHECKPOINT_BYTES:
+        assert (steps.piece, steps.every) == (disk_stream.BUFFER_BYTES, disk_stream.CHECKPOINT_BYTES)

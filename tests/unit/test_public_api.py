@@ -32,6 +32,48 @@ def test_every_exported_name_resolves_and_is_documented(package: object) -> None
     assert set(names) <= set(dir(package))
 
 
+# Public methods still without a docstring; the list may only shrink (a stale entry fails too).
+_NOT_YET_DOCUMENTED = frozenset({
+    "vmcrypt.NativeKeyProvider.keystore_path", "vmcrypt.NativeKeyProvider.master_key_path",
+    "vmcrypt.ProviderRegistry.add_native", "vmcrypt.ProviderRegistry.config_path",
+    "vmcrypt.ProviderRegistry.configs", "vmcrypt.ProviderRegistry.default_id", "vmcrypt.ProviderRegistry.get",
+    "vmcrypt.UserSession.inventory",
+    "vtpm.EventLog.algorithms",
+    "vtpm.JournaledStore.describe", "vtpm.JournaledStore.load", "vtpm.JournaledStore.pending",
+    "vtpm.SocketServer.close", "vtpm.SocketServer.start",
+    "vtpm.Tpm.dictionary_attack", "vtpm.Tpm.flush_state", "vtpm.Tpm.random",
+    "vtpm.TpmDevice.execute", "vtpm.TpmDevice.set_buffer_size", "vtpm.TpmDevice.stop",
+    "vtpm.TpmDevice.store_volatile",
+})
+
+
+def _public_methods(cls: type) -> dict[str, object]:
+    """The public methods and properties ``cls`` has from this project (not from object, Exception, enum ...)."""
+    found: dict[str, object] = {}
+    for name in dir(cls):
+        owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+        if name.startswith("_") or owner is None or owner.__module__.split(".")[0] not in ("vmcrypt", "vtpm"):
+            continue
+        raw = vars(owner)[name]
+        if isinstance(raw, property):
+            found[name] = raw
+        elif callable(raw) and not inspect.isclass(raw) or isinstance(raw, (staticmethod, classmethod)):
+            found[name] = getattr(cls, name)
+    return found
+
+
+def test_every_public_method_of_an_exported_class_is_documented() -> None:
+    missing = set()
+    for package in (vmcrypt, vtpm):
+        for export in package.__all__:
+            cls = getattr(package, export)
+            if inspect.isclass(cls):
+                missing |= {f"{package.__name__}.{export}.{name}" for name, member in _public_methods(cls).items()
+                            if not inspect.getdoc(member)}
+    assert missing - _NOT_YET_DOCUMENTED == set()
+    assert _NOT_YET_DOCUMENTED - missing == set(), "documented now: drop them from _NOT_YET_DOCUMENTED"
+
+
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         vmcrypt.Nope  # noqa: B018

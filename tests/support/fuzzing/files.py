@@ -66,6 +66,7 @@ from vtpm.state import StateError, TpmState
 from vtpm.storage import PlainStateStore, StateStoreError
 
 from support.fuzzing import seeds
+from support.fuzzing.campaign import Deck, Stopwatch
 from support.fuzzing.frames import HANG_SECONDS, NoAnswer, Watchdog, check_response
 from support.fuzzing.tpm import EngineErrors, describe_exception
 
@@ -824,28 +825,23 @@ class FileCampaign:
         self.progress = progress
 
     def run(self) -> FileReport:
-        start = time.perf_counter()
+        clock = Stopwatch(self.report, self.progress)
         fx = build_fixtures(self.workdir / "fixtures")
         readers = Readers(fx, self.workdir / "scratch")
         self.fx, self.readers = fx, readers
         self.home_names = [f.path.name for f in fx.vm.home_files() + fx.vm.disk_files()]
         self.pool = [item for items in fx.inputs.values() for item in items]
-        self.report.prepare_seconds = time.perf_counter() - start
-        targets = [t for t in fx.inputs if not self.targets or t in self.targets]
-        deck: list[str] = []
+        clock.prepared()
+        deck = Deck(self.rng, [t for t in fx.inputs if not self.targets or t in self.targets])
         self.watchdog = Watchdog(NO_ANSWER_SECONDS).start()
-        try:
-            for n in range(self.count):
-                if not deck:
-                    deck = list(targets)
-                    self.rng.shuffle(deck)
-                self._one(deck.pop())
-                if self.progress and n % 1000 == 999:
-                    self.report.elapsed = time.perf_counter() - start
-                    self.progress(self.report)
-        finally:
-            self.watchdog.close()
-        self.report.elapsed = time.perf_counter() - start
+        with clock:
+            try:
+                for n in range(self.count):
+                    self._one(deck.draw())
+                    if n % 1000 == 999:
+                        clock.tick()
+            finally:
+                self.watchdog.close()
         return self.report
 
     def _mutate(self, target: str) -> tuple[bytes, str, dict[str, Any]]:

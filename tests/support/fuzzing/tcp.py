@@ -27,6 +27,7 @@ from vtpm.core import COMMANDS
 from vtpm.transport import SwtpmControl, TransportError
 
 from support.fuzzing import seeds
+from support.fuzzing.campaign import Deck, Stopwatch
 from support.fuzzing.frames import Mutator, check_response, rc_class
 from support.fuzzing.tpm import command_name
 
@@ -196,33 +197,31 @@ class TcpCampaign:
     # --------------------------------------------------------------- the campaign
 
     def run(self) -> TcpReport:
-        start = time.perf_counter()
-        try:
-            art = seeds.build_snapshot(self._transact, self.rsa_bits)
-            ep = seeds.prepare_episode(self._transact, art, self.rng, startup=False)
-            self.ctx = seeds.SeedContext(art, ep, self.rng, None)
-            self.mutator.known_handles = tuple(seeds.PERSISTENT) + seeds.NV_INDICES + tuple(
-                h for h in (ep.child, ep.sequence, ep.hmac_session, ep.policy_session) if h is not None)
-            self.report.prepare_seconds = time.perf_counter() - start
-            deck: list[int] = []
-            cases = ("mutated",) * 12 + ("garbage", "half", "split", "pipelined", "disconnect", "bad-size", "locality")
-            for _ in range(self.cases):
-                if not deck:
-                    deck = list(self.implemented)
-                    self.rng.shuffle(deck)
-                case = self.rng.choice(cases)
-                self.report.cases += 1
-                self.report.per_case[case] += 1
-                getattr(self, "_" + case.replace("-", "_"))(deck)
-                if not self._probe(case):
-                    break
-        finally:
-            self._drop()
-            self.report.elapsed = time.perf_counter() - start
+        with Stopwatch(self.report) as clock:
+            try:
+                art = seeds.build_snapshot(self._transact, self.rsa_bits)
+                ep = seeds.prepare_episode(self._transact, art, self.rng, startup=False)
+                self.ctx = seeds.SeedContext(art, ep, self.rng, None)
+                self.mutator.known_handles = tuple(seeds.PERSISTENT) + seeds.NV_INDICES + tuple(
+                    h for h in (ep.child, ep.sequence, ep.hmac_session, ep.policy_session) if h is not None)
+                clock.prepared()
+                deck = Deck(self.rng, self.implemented)
+                cases = ("mutated",) * 12 + ("garbage", "half", "split", "pipelined", "disconnect", "bad-size",
+                                             "locality")
+                for _ in range(self.cases):
+                    deck.refill()  # a case draws from this round only (``_pipelined`` takes what is left)
+                    case = self.rng.choice(cases)
+                    self.report.cases += 1
+                    self.report.per_case[case] += 1
+                    getattr(self, "_" + case.replace("-", "_"))(deck)
+                    if not self._probe(case):
+                        break
+            finally:
+                self._drop()
         return self.report
 
-    def _seed(self, deck: list[int]) -> tuple[bytes, str]:
-        code = deck.pop()
+    def _seed(self, deck: Deck[int]) -> tuple[bytes, str]:
+        code = deck.draw()
         frame = seeds.SEEDS[code](self.ctx)
         for command in frame.prelude:
             self._transact(command)
@@ -263,43 +262,43 @@ class TcpCampaign:
 
     # --------------------------------------------------------------- cases
 
-    def _mutated(self, deck: list[int]) -> None:
+    def _mutated(self, deck: Deck[int]) -> None:
         data, _ = self._seed(deck)
         self._send_expecting("mutated", data)
 
-    def _garbage(self, deck: list[int]) -> None:
+    def _garbage(self, deck: Deck[int]) -> None:
         rng = self.rng
         data = rng.randbytes(rng.choice((1, 3, 9, 10, 11, 64, 300)))
         if rng.random() < 0.5 and len(data) >= 6:
             data = data[:2] + len(data).to_bytes(4, "big") + data[6:]  # garbage with a consistent size
         self._send_expecting("garbage", data)
 
-    def _half(self, deck: list[int]) -> None:
+    def _half(self, deck: Deck[int]) -> None:
         data, _ = self._seed(deck)
         cut = self.rng.randrange(1, max(2, len(data)))
         self._send_expecting("half", data[:cut])
         self._drop()
 
-    def _split(self, deck: list[int]) -> None:
+    def _split(self, deck: Deck[int]) -> None:
         data, _ = self._seed(deck)
         # only a stream the server reads to the end is split: one it refuses is reset while the rest is on its way
         chunks = self.rng.choice((2, 3, 5)) if expected_framing(data)[1] == "open" else 1
         self._send_expecting("split", data, chunks=chunks)
 
-    def _pipelined(self, deck: list[int]) -> None:
+    def _pipelined(self, deck: Deck[int]) -> None:
         data = b"".join(self._seed(deck)[0] for _ in range(min(len(deck), self.rng.choice((2, 3)))) or [PROBE])
         self._send_expecting("pipelined", data)
 
-    def _disconnect(self, deck: list[int]) -> None:
+    def _disconnect(self, deck: Deck[int]) -> None:
         conn = self._connect()
         conn.send(self.rng.choice((b"", PROBE[:4], PROBE[:10], PROBE[:-1])))
         self._drop()
 
-    def _bad_size(self, deck: list[int]) -> None:
+    def _bad_size(self, deck: Deck[int]) -> None:
         size = self.rng.choice((0, 1, 9, MAX_WIRE_COMMAND + 1, 0xFFFFFFFF, 0x7FFFFFFF))
         self._send_expecting("bad-size", b"\x80\x01" + size.to_bytes(4, "big") + b"\x00\x00\x01\x7b" + bytes(6))
 
-    def _locality(self, deck: list[int]) -> None:
+    def _locality(self, deck: Deck[int]) -> None:
         locality = self.rng.choice((0, 0, 1, 2, 3, 4, 5, 255))
         try:
             result = SwtpmControl(port=self.port + 1, host=self.host, timeout=self.timeout).set_locality(locality)

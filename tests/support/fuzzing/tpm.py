@@ -33,6 +33,7 @@ from vtpm.engine import Tpm
 from vtpm.state import TpmState
 
 from support.fuzzing import seeds
+from support.fuzzing.campaign import Deck, Stopwatch
 from support.fuzzing.frames import (
     HANG_SECONDS,
     RESPONSE_HANDLES,
@@ -204,7 +205,7 @@ class Campaign:
             raise RuntimeError(f"implemented commands without a fuzzing seed: {', '.join(missing)}")
         self.implemented = sorted(COMMANDS)
         self.mutator = Mutator(self.rng, self.implemented)
-        self.deck: list[int] = []
+        self.deck = Deck(self.rng, self.implemented)
         self.history: deque[str] = deque(maxlen=HISTORY)
         self.errors = EngineErrors()
 
@@ -277,28 +278,22 @@ class Campaign:
     # --------------------------------------------------------------- the campaign
 
     def _next_code(self) -> int:
-        if not self.deck:
-            self.deck = list(self.implemented)
-            self.rng.shuffle(self.deck)
-        return self.deck.pop()
+        return self.deck.draw()
 
     def _locality(self) -> int:
         return 0 if self.rng.random() < 0.6 else self.rng.randrange(5)
 
     def run(self) -> TpmReport:
-        start = time.perf_counter()
         self.watchdog = Watchdog(NO_ANSWER_SECONDS).start()
-        try:
-            with self.errors:
-                self._prepare()
-                while self.report.total < self.commands:
-                    self._episode()
-                    if self.progress:
-                        self.report.elapsed = time.perf_counter() - start
-                        self.progress(self.report)
-        finally:
-            self.watchdog.close()
-        self.report.elapsed = time.perf_counter() - start
+        with Stopwatch(self.report, self.progress) as clock:
+            try:
+                with self.errors:
+                    self._prepare()
+                    while self.report.total < self.commands:
+                        self._episode()
+                        clock.tick()
+            finally:
+                self.watchdog.close()
         return self.report
 
     def _episode(self) -> None:

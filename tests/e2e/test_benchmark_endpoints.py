@@ -1,0 +1,40 @@
+"""The benchmarks that start servers take where those listen: ``--port-base`` (TCP pairs from there up)
+and ``--dir`` (state, logs and Unix sockets, kept); a port below 1024 is a usage error (exit 2)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from support.servers import REPO_ROOT, require_swtpm
+from vtpm import free_port_pair
+
+
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_side_by_side_benchmark_listens_where_told(tmp_path: Path) -> None:
+    require_swtpm()
+    port, work = free_port_pair(), tmp_path / "bench"
+    done = _bench("vtpm_vs_swtpm.py", "--rounds", "3", "--warmup", "0", "--cold-rounds", "1", "--floor-rounds", "1",
+                  "--port-base", str(port), "--dir", str(work))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].startswith("ratio: ")
+    assert f"serving on swtpm tcp 127.0.0.1:{port} (ctrl {port + 1})" in (work / "vtpm.log").read_text()
+    assert (work / "swtpm-state").is_dir()  # the reference's state is kept with it
+
+    refused = _bench("vtpm_vs_swtpm.py", "--port-base", "80")
+    assert refused.returncode == 2 and "--port-base: must be between 1024 and 65534" in refused.stderr
+
+
+def test_migration_benchmark_puts_its_unix_sockets_in_dir(tmp_path: Path) -> None:
+    require_swtpm()
+    work = tmp_path / "m"
+    done = _bench("migration_vs_swtpm.py", "--rounds", "1", "--dir", str(work))
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in work.glob("*.log")} >= {"vtpm-a.log", "vtpm-b.log", "swtpm-a.log", "swtpm-b.log"}
