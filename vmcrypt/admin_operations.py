@@ -369,6 +369,17 @@ class AdminOperations:
             return [r.to_dict() for r in results]
         return self.run(Operation.ATTEST_HOSTS, INVENTORY_ROOT, act, detail=", ".join(names or []) or "every host")
 
+    def configure_host_attestation(self, manufacturer_cas: list[bytes], images: list[str]) -> dict[str, Any]:
+        """Replace what the host attestation view trusts: TPM manufacturer CA certificates (PEM) and,
+        optionally, image manifests (JSON; none: images are not compared). Checked before anything is written."""
+        def act() -> dict[str, Any]:
+            settings = host_attestation.HostAttestationSettings(tuple(manufacturer_cas), tuple(images))
+            described = settings.describe()
+            settings.save(self.m.home)
+            return described
+        return self.run(Operation.CONFIGURE_HOST_ATTESTATION, INVENTORY_ROOT, act,
+                        detail=f"{len(manufacturer_cas)} manufacturer CAs, {len(images)} images")
+
     def host_attestation(self) -> list[dict[str, Any]]:
         """Every inventory host with its last attestation (Passed, Failed with reasons, N/A, or not attested)."""
         return self.run(Operation.HOST_ATTESTATION, INVENTORY_ROOT,

@@ -143,6 +143,14 @@ def cmd_host_attest(args: argparse.Namespace) -> None:
     emit(args, rows, _attestation_text(rows))
 
 
+def cmd_host_attestation_trust(args: argparse.Namespace) -> None:
+    cas = [Path(path).read_text() for path in args.manufacturer_ca or []]
+    images = [Path(path).read_text() for path in args.image or []]
+    data = service(args).request("POST", "/hosts/attestation/settings", json={"manufacturer_cas": cas, "images": images})
+    emit(args, data, "host attestation trusts TPM manufacturer CAs: " + ("; ".join(data["manufacturer_cas"]) or "none")
+         + "\nimages: " + (", ".join(data["images"]) or "not compared (Secure Boot and VIB signatures only)"))
+
+
 def cmd_host_attestation(args: argparse.Namespace) -> None:
     rows = service(args).request("GET", "/hosts/attestation")
     emit(args, rows, _attestation_text(rows))
@@ -364,6 +372,13 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     command(inv_commands, "host-attestation", cmd_host_attestation,
             "show each host's last attestation: Passed, Failed (every reason), N/A (no TPM 2.0), when, version",
             operation=O.HOST_ATTESTATION)
+    trust = command(inv_commands, "host-attestation-trust", cmd_host_attestation_trust,
+                    "set what host attestation trusts (replaces the settings): TPM manufacturer CAs and, optionally, "
+                    "image manifests", operation=O.CONFIGURE_HOST_ATTESTATION)
+    trust.add_argument("--manufacturer-ca", action="append", metavar="PEM",
+                       help="a TPM manufacturer CA certificate a host's EK must chain to (repeat)")
+    trust.add_argument("--image", action="append", metavar="MANIFEST",
+                       help="a trusted image manifest (JSON, repeat); without any, images are not compared")
     command(inv_commands, "security-report", cmd_security_report,
             "the security report (hosts' attestation, key providers' health) as text or --json; in a browser: "
             "https://HOST:PORT/security-report", operation=O.SECURITY_REPORT)

@@ -150,6 +150,8 @@ class Operation(str, enum.Enum):
     ATTEST_HOSTS = ("attest hosts", (P.HOST_CONFIG_SETTINGS,))
     HOST_ATTESTATION = ("read host attestation", (P.SYSTEM_READ,))
     SECURITY_REPORT = ("read security report", (P.SYSTEM_READ,))
+    # which TPM manufacturers (and, optionally, images) the view trusts: certificate management in vCenter
+    CONFIGURE_HOST_ATTESTATION = ("configure host attestation", (P.CERTIFICATES_MANAGE,))
     READ_AUDIT = ("read audit log", (P.SYSTEM_READ,))
     # backup and restore
     BACKUP = ("back up", (P.DATASTORE_BROWSE, P.DATASTORE_FILES), (P.CRYPTO_ACCESS,))

@@ -193,6 +193,13 @@ def _names(values: list) -> list[str]:
     return values
 
 
+def _strings(c: Call, name: str) -> list[str]:
+    values = c.field(name, list, [])
+    if not all(isinstance(v, str) for v in values):
+        raise RequestError(f"'{name}' must be a list of strings")
+    return values
+
+
 def _text(data: bytes) -> Binary:
     return Binary(data, "application/x-pem-file")
 
@@ -293,6 +300,9 @@ ROUTES: list[ApiRoute] = [
     ApiRoute("POST", "/hosts/attest", Operation.ATTEST_HOSTS,
              lambda s, c: s.attest_hosts(_names(c.field("hosts", list, [])))),
     ApiRoute("GET", "/hosts/attestation", Operation.HOST_ATTESTATION, lambda s, c: s.host_attestation()),
+    ApiRoute("POST", "/hosts/attestation/settings", Operation.CONFIGURE_HOST_ATTESTATION,
+             lambda s, c: s.configure_host_attestation([b.encode() for b in _strings(c, "manufacturer_cas")],
+                                                       _strings(c, "images"))),
     ApiRoute("GET", "/security-report", Operation.SECURITY_REPORT, lambda s, c: s.security_report(),
              body="none", page="security_report.html"),
 ]

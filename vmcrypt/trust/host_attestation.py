@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography import x509
+
 from durable.atomic import write_atomic
 from vmcrypt.errors import VmcryptError
 
@@ -144,6 +146,27 @@ class HostAttestationSettings:
             raise HostAttestationError(f"the host attestation settings are unreadable ({exc})", path) from None
         return cls(tuple(c.encode() for c in cas), tuple(images))
 
+    def describe(self) -> dict[str, Any]:
+        """What is trusted, checked: each CA a CA certificate, each image a manifest; else HostAttestationError."""
+        subjects = []
+        for number, pem in enumerate(self.manufacturer_cas, 1):
+            try:
+                certificate = x509.load_pem_x509_certificate(pem)
+                constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+            except (ValueError, x509.ExtensionNotFound):
+                raise HostAttestationError(f"manufacturer CA {number} is not a PEM CA certificate") from None
+            if not constraints.ca:
+                raise HostAttestationError(f"manufacturer CA {number} ({certificate.subject.rfc4514_string()}) "
+                                           "is not a CA certificate")
+            subjects.append(certificate.subject.rfc4514_string())
+        versions = []
+        for number, text in enumerate(self.images, 1):
+            try:
+                versions.append(parse_image(text).version)
+            except VmcryptError as exc:
+                raise HostAttestationError(f"image {number} is not an image manifest ({exc})") from None
+        return {"manufacturer_cas": subjects, "images": versions}
+
     def save(self, home: str | os.PathLike[str]) -> None:
         body = {"manufacturer_cas": [c.decode() for c in self.manufacturer_cas], "images": list(self.images)}
         write_atomic(Path(home) / SETTINGS_FILE, json.dumps(body, indent=2).encode(), mode=0o600)
@@ -229,3 +252,8 @@ def tpm_attester(settings: HostAttestationSettings) -> Attester:
             return None
         raise HostAttestationError("measured boot evidence collection is not available in this build")
     return attest
+
+
+def parse_image(text: str):  # noqa: ANN201 - an ImageManifest
+    from vmcrypt.trust.images import ImageManifest  # the measured-boot engine's manifests
+    return ImageManifest.from_json(text)
