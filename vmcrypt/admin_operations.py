@@ -33,6 +33,9 @@ from vmcrypt.vm import VmHome
 from vmcrypt.vtpm_provision import ProvisionedEk, reissue_ek_certificates, verify_ek_certificates
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from vmcrypt.trust.host_boot import BootedHost
     from vmcrypt.inventory import VmRecord
     from vmcrypt.management import Management
 
@@ -355,15 +358,20 @@ class AdminOperations:
 
     # ------------------------------------------------------------------ host attestation (6.7: look, don't enforce)
 
-    def attest_hosts(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+    def attest_hosts(self, names: list[str] | None = None, *,
+                     running: "Mapping[str, BootedHost] | None" = None) -> list[dict[str, Any]]:
         """Ask the named hosts (default: every inventory host) for fresh TPM evidence and verify it; each
-        failure is an alarm in the audit log. Returns one result row per host."""
+        failure is an alarm in the audit log. Returns one result row per host.
+
+        ``running``: the hosts this management plane reaches, by name (booted in this process); a host
+        with a TPM that is not among them fails as not answering, one without a TPM is N/A."""
         def act() -> list[dict[str, Any]]:
             known = self.inventory.hosts()
             unknown = [n for n in names or [] if n not in known]
             if unknown:
                 raise InventoryError(f"no host {', '.join(repr(n) for n in unknown)} in the inventory")
-            attester = host_attestation.tpm_attester(host_attestation.HostAttestationSettings.load(self.m.home))
+            attester = host_attestation.tpm_attester(host_attestation.HostAttestationSettings.load(self.m.home),
+                                                     running or {})
             results = host_attestation.attest_hosts(self.m.home, names or known, attester, self.inventory.audit,
                                                     user=self.user)
             return [r.to_dict() for r in results]

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from support.service import start_service
-from support.trust_view import ADMIN, ADMIN_PASSWORD, attested_home
+from support.trust_view import ADMIN, ADMIN_PASSWORD, TAMPERED_VIB, attested_home
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -64,7 +64,7 @@ def test_security_report_renders_in_chromium(tmp_path: Path) -> None:
                 badge = {name: row.query_selector(".badge").inner_text() for name, row in rows.items()}
                 assert badge == {"esx-trusted": "Passed", "esx-tampered": "Failed", "esx-notpm": "N/A"}
                 tampered_reasons = rows["esx-tampered"].query_selector(".reasons").inner_text()
-                assert "net-tampered" in tampered_reasons  # the tampered VIB, named
+                assert TAMPERED_VIB in tampered_reasons  # the tampered VIB, named
                 assert rows["esx-trusted"].query_selector(".reasons").inner_text() == "none"
                 assert "no TPM 2.0" in rows["esx-notpm"].query_selector(".reasons").inner_text()
                 assert rows["esx-trusted"].query_selector(".version").inner_text() != "unknown"

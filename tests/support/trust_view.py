@@ -1,23 +1,34 @@
 """A management home whose hosts the management plane has attested, for the host attestation view's tests.
 
-``attested_home(home)`` makes an inventory with an administrator, a Read-only
-user and a user without access, three hosts (``esx-trusted``, ``esx-tampered``,
-``esx-notpm``) and, with ``attest=True``, their attestation results.
+``attested_home(home)`` makes an inventory with an administrator, a Read-only user
+and a user without access, and three hosts: ``esx-trusted`` (booted from the
+trusted image), ``esx-tampered`` (booted with its first VIB, ``esx-base``,
+modified) and ``esx-notpm`` (no host directory: no TPM). The management plane
+trusts the TPM manufacturer's CA. With ``attest=True`` the administrator then
+attests every host in-process, through the gate, as the service would.
 """
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
+from support.trust import boot_tampered_host, boot_trusted_host, manufacturer
 from vmcrypt.inventory import ROOT
 from vmcrypt.management import Management
-from vmcrypt.trust.host_attestation import AttestationResults, AttestationStatus, HostAttestation
+from vmcrypt.trust.host_boot import BootedHost
+from vmcrypt.trust.images import Tamper
 
 ADMIN, ADMIN_PASSWORD = "admin", "admin-password-1"
 READER, READER_PASSWORD = "reader", "reader-password-1"
 NOBODY, NOBODY_PASSWORD = "nobody", "nobody-password-1"
 HOSTS = ("esx-trusted", "esx-tampered", "esx-notpm")
+TAMPERED_VIB = "esx-base"
+
+
+def boot_fleet(home: Path) -> dict[str, BootedHost]:
+    """The two hosts with a TPM, booted (the TPM manufacturer's CA made on first need)."""
+    return {"esx-trusted": boot_trusted_host(home, "esx-trusted"),
+            "esx-tampered": boot_tampered_host(home, Tamper.MODIFIED_VIB, "esx-tampered")}
 
 
 def attested_home(home: Path, *, attest: bool = True) -> Path:
@@ -32,13 +43,10 @@ def attested_home(home: Path, *, attest: bool = True) -> Path:
         for host in HOSTS:
             admin.add_host(host)
         admin.providers()  # the embedded default provider exists
+        running = boot_fleet(home)
+        admin.configure_host_attestation([manufacturer(home).certificate_pem()], [])
         if attest:
-            now = datetime.datetime.now(datetime.timezone.utc)
-            AttestationResults(home).record([
-                HostAttestation("esx-trusted", AttestationStatus.PASSED, (), "8.0.1", now),
-                HostAttestation("esx-tampered", AttestationStatus.FAILED,
-                                ("component vib:net-tampered: digest does not match",), "8.0.1", now),
-                HostAttestation("esx-notpm", AttestationStatus.NOT_APPLICABLE, ("no TPM 2.0",), None, now)])
+            admin.attest_hosts(running=running)
     finally:
         m.close()
     return home

@@ -35,6 +35,11 @@ from cryptography import x509
 
 from durable.atomic import write_atomic
 from vmcrypt.errors import VmcryptError
+from vmcrypt.trust.collect import CollectionError, HostEvidence
+from vmcrypt.trust.host_boot import TPM_DIR, BootedHost
+from vmcrypt.trust.images import ImageManifest
+from vmcrypt.trust.policy import TrustPolicy
+from vmcrypt.trust.verifier import Verifier
 
 RESULTS_FILE = "host-attestation.json"
 SETTINGS_FILE = "host-attestation-settings.json"
@@ -167,6 +172,18 @@ class HostAttestationSettings:
                 raise HostAttestationError(f"image {number} is not an image manifest ({exc})") from None
         return {"manufacturer_cas": subjects, "images": versions}
 
+    def policy(self) -> TrustPolicy:
+        """The verifier's policy: these manufacturer CAs and images; Secure Boot required, PCRs 0-10."""
+        policy = TrustPolicy()
+        for pem in self.manufacturer_cas:
+            policy = policy.with_manufacturer_ca(x509.load_pem_x509_certificate(pem))
+        for text in self.images:
+            policy = policy.with_image(parse_image(text))
+        return policy
+
+    def verifier(self) -> Verifier:
+        return Verifier(self.policy())
+
     def save(self, home: str | os.PathLike[str]) -> None:
         body = {"manufacturer_cas": [c.decode() for c in self.manufacturer_cas], "images": list(self.images)}
         write_atomic(Path(home) / SETTINGS_FILE, json.dumps(body, indent=2).encode(), mode=0o600)
@@ -193,6 +210,9 @@ AuditFn = Callable[[str, str, str, str, str], None]
 
 
 def host_directory(home: str | os.PathLike[str], name: str) -> Path:
+    """``HOME/hosts/NAME``; a name that is not one plain directory name is refused."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise HostAttestationError(f"host name {name!r} is not a plain name")
     return Path(home) / HOSTS_DIR / name
 
 
@@ -205,7 +225,7 @@ def attest_hosts(home: str | os.PathLike[str], names: Iterable[str], attester: A
     results = []
     for name in names:
         try:
-            outcome = attester(name, host_directory(home, name))
+            outcome = attester(name, host_directory(home, name))  # inside the try: a bad name fails alone
         except VmcryptError as exc:
             outcome = Outcome(False, (f"the host gave no usable evidence: {exc}",), None, _now())
         if outcome is None:
@@ -245,15 +265,48 @@ def summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def tpm_attester(settings: HostAttestationSettings) -> Attester:
-    """The attester that asks a host's TPM for evidence and verifies it under ``settings``."""
+def has_tpm(host_dir: Path) -> bool:
+    """A host has a TPM 2.0 when its directory holds the TPM's state (manufactured at its first boot)."""
+    return (host_dir / TPM_DIR).is_dir()
+
+
+def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, BootedHost]) -> Attester:
+    """The attester that asks each running host's TPM for evidence and verifies it under ``settings``.
+
+    ``running``: the hosts this management plane can reach, by name. A host with a TPM that is not
+    among them gave no evidence: it fails saying so."""
+    verifier = settings.verifier()
+
     def attest(name: str, host_dir: Path) -> Outcome | None:
-        if not host_dir.is_dir():
+        if not has_tpm(host_dir):
             return None
-        raise HostAttestationError("measured boot evidence collection is not available in this build")
+        booted = running.get(name)
+        if booted is None:
+            return Outcome(False, ("the host did not answer: it is not running or not connected",), None, _now())
+        try:
+            evidence = HostEvidence(booted)
+        except CollectionError as exc:
+            raise HostAttestationError(str(exc)) from None
+        try:
+            ek_certificate, ak_public = evidence.identity()
+            challenge = verifier.challenge(ek_certificate, ak_public)
+            report = evidence.answer(challenge, host=name, version=booted.version)
+        except CollectionError as exc:
+            raise HostAttestationError(str(exc)) from None
+        finally:
+            evidence.close()
+        verdict = verifier.verify(report)
+        reasons = verdict.reasons
+        if not settings.images:  # 6.7 without images: any version, as long as the rest holds
+            reasons = tuple(r for r in reasons if r != untrusted_version(verdict.version))
+        return Outcome(not reasons, reasons, verdict.version, verdict.checked_at)
     return attest
 
 
-def parse_image(text: str):  # noqa: ANN201 - an ImageManifest
-    from vmcrypt.trust.images import ImageManifest  # the measured-boot engine's manifests
+def untrusted_version(version: str | None) -> str:
+    """The verifier's reason for a version no trusted image has (dropped when no images are configured)."""
+    return f"version: {version} is not a trusted version"
+
+
+def parse_image(text: str) -> ImageManifest:
     return ImageManifest.from_json(text)
