@@ -22,6 +22,7 @@ import pytest
 from support.service import start_service
 from support.trust_view import (ADMIN, ADMIN_PASSWORD, NOBODY, NOBODY_PASSWORD, READER, READER_PASSWORD,
                                 attested_home)
+from support.trust import manufacturer
 from vmcrypt.service import service_ca_path
 
 pytestmark = pytest.mark.slow  # a service process and a dozen CLI processes
@@ -67,7 +68,7 @@ def test_the_report_page_over_https(tmp_path: Path) -> None:
             assert nonce is not None and f'<style nonce="{nonce.group(1)}">' in page.text
             assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
             assert 'data-host="esx-tampered" data-status="Failed"' in page.text
-            assert "component vib:net-tampered: digest does not match" in page.text
+            assert "VIB &#39;esx-base&#39;: vendor signature check at boot: invalid" in page.text  # autoescaped
 
             # scripts: ?format=json or Accept: application/json, same data
             as_json = client.get("/security-report", params={"format": "json"}).json()
@@ -123,6 +124,26 @@ def test_host_attestation_commands(home: Path, vmcrypt_cli) -> None:
     text = vmcrypt_cli("--user", ADMIN, "inventory", "host-attestation", env=ADMIN_ENV, check=True).stdout
     assert re.search(r"^esx-notpm\s+N/A\s+-\s+\d{4}-", text, re.M) and "- no TPM 2.0" in text
 
+    # the service reaches no running host: a host with a TPM fails as not answering, an alarm is raised
+    far = json.loads(vmcrypt_cli("--user", ADMIN, "inventory", "host-attest", "esx-trusted", "--json", env=ADMIN_ENV,
+                                 check=True).stdout)
+    assert far[0]["status"] == "Failed" and "did not answer" in far[0]["reasons"][0]
+    audit = json.loads(vmcrypt_cli("--user", ADMIN, "inventory", "audit", "--json", env=ADMIN_ENV, check=True).stdout)
+    assert [(e["outcome"], e["entity"]) for e in audit if e["action"] == "host attestation"] == [
+        ("alarm", "host esx-trusted")]
+
+    # what the view trusts: a CA certificate is accepted, anything else refused and nothing changed
+    ca_file = home.parent / "manufacturer-ca.pem"
+    ca_file.write_bytes(manufacturer(home).certificate_pem())
+    trusted = vmcrypt_cli("--user", ADMIN, "inventory", "host-attestation-trust", "--manufacturer-ca", str(ca_file),
+                          env=ADMIN_ENV, check=True)
+    assert "HWTP TPM Manufacturer EK Root CA" in trusted.stdout and "not compared" in trusted.stdout
+    settings = (home / "host-attestation-settings.json").read_bytes()
+    bad = vmcrypt_cli("--user", ADMIN, "inventory", "host-attestation-trust", "--manufacturer-ca", str(results_file),
+                      env=ADMIN_ENV)
+    assert bad.returncode == 1 and "manufacturer CA 1 is not a PEM CA certificate" in bad.stderr
+    assert (home / "host-attestation-settings.json").read_bytes() == settings
+
     # an unknown host: refused, nothing recorded
     before = results_file.read_bytes()
     unknown = vmcrypt_cli("--user", ADMIN, "inventory", "host-attest", "esx-nothere", env=ADMIN_ENV)
@@ -139,6 +160,6 @@ def test_host_attestation_commands(home: Path, vmcrypt_cli) -> None:
                                     env={"VMCRYPT_PASSWORD": READER_PASSWORD}, check=True).stdout)
     assert {h["host"]: h["status"] for h in report["hosts"]}["esx-notpm"] == "N/A"
     assert report["key_providers"][0]["health"] == "Healthy"
-    for command in ("host-attest", "host-attestation", "security-report"):
+    for command in ("host-attest", "host-attestation", "host-attestation-trust", "security-report"):
         helped = vmcrypt_cli("inventory", command, "--help", check=True).stdout
         assert "--json" in helped

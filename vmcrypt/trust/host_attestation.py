@@ -37,9 +37,11 @@ from durable.atomic import write_atomic
 from vmcrypt.errors import VmcryptError
 from vmcrypt.trust.collect import CollectionError, HostEvidence
 from vmcrypt.trust.host_boot import TPM_DIR, BootedHost
-from vmcrypt.trust.images import ImageManifest
+from vmcrypt.trust.images import ComponentKind, ImageManifest
+from vmcrypt.trust.measurements import read_boot_log
 from vmcrypt.trust.policy import TrustPolicy
 from vmcrypt.trust.verifier import Verifier
+from vtpm.eventlog import EventLogError, parse_event_log
 
 RESULTS_FILE = "host-attestation.json"
 SETTINGS_FILE = "host-attestation-settings.json"
@@ -297,10 +299,31 @@ def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, Booted
             evidence.close()
         verdict = verifier.verify(report)
         reasons = verdict.reasons
-        if not settings.images:  # 6.7 without images: any version, as long as the rest holds
+        if not settings.images:  # 6.7 without images: any version, every VIB signed, the rest as always
             reasons = tuple(r for r in reasons if r != untrusted_version(verdict.version))
+            reasons += vib_signature_reasons(report.event_log)
         return Outcome(not reasons, reasons, verdict.version, verdict.checked_at)
     return attest
+
+
+def vib_signature_reasons(event_log: bytes) -> tuple[str, ...]:
+    """Every VIB the boot log loaded whose vendor signature check at boot (measured into PCR 8) was not
+    'valid'. Only added to a verdict: if the log does not replay to the signed PCRs, the verifier has
+    already failed the host for it, so an edited log cannot make a host pass here."""
+    try:
+        facts = read_boot_log(parse_event_log(event_log).events)
+    except EventLogError:
+        return ()  # the verifier has said why the log is unusable
+    reasons = []
+    for kind, name, _ in facts.measured:
+        if kind is not ComponentKind.VIB:
+            continue
+        checked = facts.signature_checks.get(name)
+        if checked is None:
+            reasons.append(f"VIB '{name}': no vendor signature check was measured")
+        elif checked != "valid":
+            reasons.append(f"VIB '{name}': vendor signature check at boot: {checked}")
+    return tuple(reasons)
 
 
 def untrusted_version(version: str | None) -> str:
