@@ -15,9 +15,12 @@ crash leaves the previous results whole). What the management plane trusts is
 manufacturer CAs a host's EK must chain to and, optionally, trusted image
 manifests. Without images the 6.7 check is what vCenter 6.7 checked: the EK is
 from a trusted TPM manufacturer, the AK lives in that TPM, the quote is signed and
-fresh, the event log replays to the quoted PCRs, Secure Boot is on and every boot
-module is signed by the image vendor. With images the measured components and the
-version must also match a trusted image.
+fresh, the event logs replay to the quoted PCRs, Secure Boot is on and every VIB's
+signature check measured at boot says valid. With images the measured components,
+the files and the version must also match a trusted image.
+
+Hosts are reached in-process: ``tpm_attester`` is given the running hosts by name
+(``BootedHost``); a host with a TPM that is not running there fails as not answering.
 """
 
 from __future__ import annotations
