@@ -19,10 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from support.kmip_server import free_port, make_pki
 from support.service import start_service
 from support.trust_view import (ADMIN, ADMIN_PASSWORD, NOBODY, NOBODY_PASSWORD, READER, READER_PASSWORD,
                                 attested_home)
 from support.trust import manufacturer
+from vmcrypt.management import Management
 from vmcrypt.service import service_ca_path
 
 pytestmark = pytest.mark.slow  # a service process and a dozen CLI processes
@@ -42,6 +44,13 @@ def _bearer(client: httpx.Client, user: str, password: str) -> dict[str, str]:
 
 def test_the_report_page_over_https(tmp_path: Path) -> None:
     home = attested_home(tmp_path / "home")
+    pki = make_pki(tmp_path / "pki")
+    m = Management(home, create_inventory=False)
+    try:  # a KMIP cluster that is down: its health says why, in one line
+        m.keys.registry.add_kmip("down-kms", [f"127.0.0.1:{free_port()}"], pki.ca, pki.client_cert, pki.client_key,
+                                 timeout=1.0)
+    finally:
+        m.close()
     with start_service(home, listen="127.0.0.1:0") as service:
         url = service.https_url()
         assert url is not None
@@ -76,8 +85,12 @@ def test_the_report_page_over_https(tmp_path: Path) -> None:
             assert {h["host"]: h["status"] for h in as_json["hosts"]} == {
                 "esx-trusted": "Passed", "esx-tampered": "Failed", "esx-notpm": "N/A"}
             assert accept["hosts"] == as_json["hosts"]
-            assert [(p["name"], p["kind"], p["health"]) for p in as_json["key_providers"]] == [
-                ("native", "native", "Healthy")]
+            providers = {p["name"]: p for p in as_json["key_providers"]}
+            assert {(p["name"], p["kind"], p["health"], p["default"]) for p in providers.values()} == {
+                ("native", "native", "Healthy", True), ("down-kms", "kmip", "Unhealthy", False)}
+            reason = providers["down-kms"]["reason"]
+            assert reason and "\n" not in reason and "BEGIN" not in reason  # one line, no key material
+            assert 'data-provider="down-kms" data-health="Unhealthy"' in page.text
 
             # logging out ends the cookie's session
             assert client.post("/logout").status_code == 303
