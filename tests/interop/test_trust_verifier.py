@@ -221,3 +221,15 @@ def test_the_ek_verdict_cache_goes_with_a_policy_change(home: Path, verifier: Ve
     verifier.policy = TrustPolicy(images=verifier.policy.images)  # no manufacturer trusted any more
     reasons = attest(verifier, host)[1].reasons
     assert len(reasons) == 1 and reasons[0].startswith("EK: not issued by a trusted TPM manufacturer CA")
+
+
+def test_collection_leaves_no_tpm_object_or_session_behind(home: Path, verifier: Verifier) -> None:
+    """Refused activations included: a host agent attests again and again on one TPM."""
+    host = boot_trusted_host(home)
+    evidence = HostEvidence(host)
+    other = HostEvidence(boot_trusted_host(home, "esx-other"))
+    from vmcrypt.trust.collect import CollectionError
+    for _ in range(5):
+        with pytest.raises(CollectionError):
+            evidence.activate(verifier.challenge(other.identity()[0], evidence.ak_public))
+        assert attest(verifier, host, evidence=evidence)[1].passed
