@@ -290,16 +290,11 @@ def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, Booted
             return Outcome(False, ("the host did not answer: it is not running or not connected",), None, _now())
         try:
             evidence = HostEvidence(booted)
-        except CollectionError as exc:
-            raise HostAttestationError(str(exc)) from None
-        try:
             ek_certificate, ak_public = evidence.identity()
             challenge = verifier.challenge(ek_certificate, ak_public)
             report = evidence.answer(challenge, host=name, version=booted.version)
         except CollectionError as exc:
             raise HostAttestationError(str(exc)) from None
-        finally:
-            evidence.close()
         verdict = verifier.verify(report)
         reasons = verdict.reasons
         if not settings.images:  # 6.7 without images: any version, every VIB signed, the rest as always
