@@ -15,15 +15,18 @@ nonce, forms post only to this origin, and no one may frame the page.
 from __future__ import annotations
 
 import datetime
+import functools
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode
 
-import jinja2
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
+
+if TYPE_CHECKING:
+    import jinja2
 
 SESSION_COOKIE = "vmcrypt_session"
 CSRF_COOKIE = "vmcrypt_login_csrf"
@@ -31,10 +34,6 @@ MAX_FORM_BYTES = 8192
 
 _STATUS_CLASS = {"Passed": "passed", "Failed": "failed", "N/A": "na", "Not attested": "not-attested"}
 
-ENVIRONMENT = jinja2.Environment(loader=jinja2.PackageLoader("vmcrypt", "templates"),
-                                 autoescape=jinja2.select_autoescape(["html"], default=True),
-                                 undefined=jinja2.StrictUndefined)
-ENVIRONMENT.filters["status_class"] = lambda status: _STATUS_CLASS.get(status, "na")
 
 
 def _when(iso: str) -> str:
@@ -46,7 +45,17 @@ def _when(iso: str) -> str:
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-ENVIRONMENT.filters["when"] = _when
+@functools.cache
+def environment() -> "jinja2.Environment":
+    """The templates, autoescaped (loaded on the first page: command lines never pay for Jinja2)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vmcrypt", "templates"),
+                             autoescape=jinja2.select_autoescape(["html"], default=True),
+                             undefined=jinja2.StrictUndefined)
+    env.filters["status_class"] = lambda status: _STATUS_CLASS.get(status, "na")
+    env.filters["when"] = _when
+    return env
 
 
 def wants_json(request: Request) -> bool:
@@ -79,7 +88,7 @@ def render(template: str, status: int = 200, **context: Any) -> Response:
     """An HTML page with the security headers; the stylesheet's nonce is fresh for every answer."""
     nonce = secrets.token_urlsafe(16)
     context.setdefault("user", None)
-    body = ENVIRONMENT.get_template(template).render(csp_nonce=nonce, **context)
+    body = environment().get_template(template).render(csp_nonce=nonce, **context)
     return Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=security_headers(nonce))
 
 

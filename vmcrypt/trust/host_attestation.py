@@ -32,19 +32,18 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography import x509
 
 from durable.atomic import write_atomic
 from vmcrypt.errors import VmcryptError
-from vmcrypt.trust.collect import CollectionError, HostEvidence
-from vmcrypt.trust.host_boot import TPM_DIR, BootedHost
-from vmcrypt.trust.images import ComponentKind, ImageManifest
-from vmcrypt.trust.measurements import read_boot_log
-from vmcrypt.trust.policy import TrustPolicy
-from vmcrypt.trust.verifier import Verifier
-from vtpm.eventlog import EventLogError, parse_event_log
+
+if TYPE_CHECKING:  # the measured-boot engine is imported when a host is attested, not by every command line
+    from vmcrypt.trust.host_boot import BootedHost
+    from vmcrypt.trust.images import ImageManifest
+    from vmcrypt.trust.policy import TrustPolicy
+    from vmcrypt.trust.verifier import Verifier
 
 RESULTS_FILE = "host-attestation.json"
 SETTINGS_FILE = "host-attestation-settings.json"
@@ -179,6 +178,7 @@ class HostAttestationSettings:
 
     def policy(self) -> TrustPolicy:
         """The verifier's policy: these manufacturer CAs and images; Secure Boot required, PCRs 0-10."""
+        from vmcrypt.trust.policy import TrustPolicy
         policy = TrustPolicy()
         for pem in self.manufacturer_cas:
             policy = policy.with_manufacturer_ca(x509.load_pem_x509_certificate(pem))
@@ -187,6 +187,7 @@ class HostAttestationSettings:
         return policy
 
     def verifier(self) -> Verifier:
+        from vmcrypt.trust.verifier import Verifier
         return Verifier(self.policy())
 
     def save(self, home: str | os.PathLike[str]) -> None:
@@ -272,6 +273,7 @@ def summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 def has_tpm(host_dir: Path) -> bool:
     """A host has a TPM 2.0 when its directory holds the TPM's state (manufactured at its first boot)."""
+    from vmcrypt.trust.host_boot import TPM_DIR
     return (host_dir / TPM_DIR).is_dir()
 
 
@@ -280,6 +282,7 @@ def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, Booted
 
     ``running``: the hosts this management plane can reach, by name. A host with a TPM that is not
     among them gave no evidence: it fails saying so."""
+    from vmcrypt.trust.collect import CollectionError, HostEvidence
     verifier = settings.verifier()
 
     def attest(name: str, host_dir: Path) -> Outcome | None:
@@ -308,6 +311,9 @@ def vib_signature_reasons(event_log: bytes) -> tuple[str, ...]:
     """Every VIB the boot log loaded whose vendor signature check at boot (measured into PCR 8) was not
     'valid'. Only added to a verdict: if the log does not replay to the signed PCRs, the verifier has
     already failed the host for it, so an edited log cannot make a host pass here."""
+    from vmcrypt.trust.images import ComponentKind
+    from vmcrypt.trust.measurements import read_boot_log
+    from vtpm.eventlog import EventLogError, parse_event_log
     try:
         facts = read_boot_log(parse_event_log(event_log).events)
     except EventLogError:
@@ -330,4 +336,5 @@ def untrusted_version(version: str | None) -> str:
 
 
 def parse_image(text: str) -> ImageManifest:
+    from vmcrypt.trust.images import ImageManifest
     return ImageManifest.from_json(text)
