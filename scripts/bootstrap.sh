@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc libc6-dev libssl-dev openssl pkg-config python3-dev python3-venv swtpm swtpm-tools tpm2-tools libtss2-dev qemu-system-x86 ovmf busybox-static)
+APT_PACKAGES=(gcc libc6-dev libssl-dev openssl pkg-config python3-dev python3-venv swtpm swtpm-tools tpm2-tools libtss2-dev qemu-system-x86 ovmf busybox-static chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

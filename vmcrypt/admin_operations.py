@@ -27,10 +27,15 @@ from vmcrypt.keys import KeyManager
 from vmcrypt.providers.base import KeyProvider
 from vmcrypt.providers.native import NativeKeyProvider
 from vmcrypt.rbac import Operation, Privilege
+from vmcrypt.security_report import security_report
+from vmcrypt.trust import host_attestation
 from vmcrypt.vm import VmHome
 from vmcrypt.vtpm_provision import ProvisionedEk, reissue_ek_certificates, verify_ek_certificates
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from vmcrypt.trust.host_boot import BootedHost
     from vmcrypt.inventory import VmRecord
     from vmcrypt.management import Management
 
@@ -350,3 +355,45 @@ class AdminOperations:
     def audit_log(self) -> list[AuditEntry]:
         """Every audited operation, oldest first (append-only)."""
         return self.run(Operation.READ_AUDIT, INVENTORY_ROOT, self.inventory.audit_log)
+
+    # ------------------------------------------------------------------ host attestation (6.7: look, don't enforce)
+
+    def attest_hosts(self, names: list[str] | None = None, *,
+                     running: "Mapping[str, BootedHost] | None" = None) -> list[dict[str, Any]]:
+        """Ask the named hosts (default: every inventory host) for fresh TPM evidence and verify it; each
+        failure is an alarm in the audit log. Returns one result row per host.
+
+        ``running``: the hosts this management plane reaches, by name (booted in this process); a host
+        with a TPM that is not among them fails as not answering, one without a TPM is N/A."""
+        def act() -> list[dict[str, Any]]:
+            known = self.inventory.hosts()
+            unknown = [n for n in names or [] if n not in known]
+            if unknown:
+                raise InventoryError(f"no host {', '.join(repr(n) for n in unknown)} in the inventory")
+            attester = host_attestation.tpm_attester(host_attestation.HostAttestationSettings.load(self.m.home),
+                                                     running or {})
+            results = host_attestation.attest_hosts(self.m.home, names or known, attester, self.inventory.audit,
+                                                    user=self.user)
+            return [r.to_dict() for r in results]
+        return self.run(Operation.ATTEST_HOSTS, INVENTORY_ROOT, act, detail=", ".join(names or []) or "every host")
+
+    def configure_host_attestation(self, manufacturer_cas: list[bytes], images: list[str]) -> dict[str, Any]:
+        """Replace what the host attestation view trusts: TPM manufacturer CA certificates (PEM) and,
+        optionally, image manifests (JSON; none: images are not compared). Checked before anything is written."""
+        def act() -> dict[str, Any]:
+            settings = host_attestation.HostAttestationSettings(tuple(manufacturer_cas), tuple(images))
+            described = settings.describe()
+            settings.save(self.m.home)
+            return described
+        return self.run(Operation.CONFIGURE_HOST_ATTESTATION, INVENTORY_ROOT, act,
+                        detail=f"{len(manufacturer_cas)} manufacturer CAs, {len(images)} images")
+
+    def host_attestation(self) -> list[dict[str, Any]]:
+        """Every inventory host with its last attestation (Passed, Failed with reasons, N/A, or not attested)."""
+        return self.run(Operation.HOST_ATTESTATION, INVENTORY_ROOT,
+                        lambda: host_attestation.view(self.m.home, self.inventory.hosts()))
+
+    def security_report(self) -> dict[str, Any]:
+        """Hosts' attestation and key providers' health, for the security report page."""
+        return self.run(Operation.SECURITY_REPORT, INVENTORY_ROOT,
+                        lambda: security_report(self.m.home, self.inventory.hosts(), self.m.keys))

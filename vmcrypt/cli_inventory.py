@@ -129,6 +129,41 @@ def cmd_hosts(args: argparse.Namespace) -> None:
     emit(args, rows, "\n".join(rows) or "no hosts")
 
 
+def _attestation_text(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        when = r["attested_at"] or "never attested"
+        lines.append(f"{r['host']:16} {r['status']:12} {r['version'] or '-':12} {when}")
+        lines += [f"{'':16} - {reason}" for reason in r["reasons"]]
+    return "\n".join(lines) or "no hosts"
+
+
+def cmd_host_attest(args: argparse.Namespace) -> None:
+    rows = service(args).request("POST", "/hosts/attest", json={"hosts": args.names})
+    emit(args, rows, _attestation_text(rows))
+
+
+def cmd_host_attestation_trust(args: argparse.Namespace) -> None:
+    cas = [Path(path).read_text() for path in args.manufacturer_ca or []]
+    images = [Path(path).read_text() for path in args.image or []]
+    data = service(args).request("POST", "/hosts/attestation/settings", json={"manufacturer_cas": cas, "images": images})
+    emit(args, data, "host attestation trusts TPM manufacturer CAs: " + ("; ".join(data["manufacturer_cas"]) or "none")
+         + "\nimages: " + (", ".join(data["images"]) or "not compared (Secure Boot and VIB signatures only)"))
+
+
+def cmd_host_attestation(args: argparse.Namespace) -> None:
+    rows = service(args).request("GET", "/hosts/attestation")
+    emit(args, rows, _attestation_text(rows))
+
+
+def cmd_security_report(args: argparse.Namespace) -> None:
+    report = service(args).request("GET", "/security-report", params={"format": "json"})
+    providers = "\n".join(f"{p['name']:16} {p['kind']:8} {p['health']:10} {p['reason']}".rstrip()
+                           for p in report["key_providers"]) or "no key providers"
+    emit(args, report, f"security report of {report['generated_at']}\n\nhosts:\n"
+         f"{_attestation_text(report['hosts'])}\n\nkey providers:\n{providers}")
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     entries = service(args).request("GET", "/audit")
     emit(args, entries, "\n".join(f"{e['at']}  {e['user']:12} {e['outcome']:7} {e['action']} {e['entity']}  "
@@ -331,6 +366,24 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     command(inv_commands, "host-add", cmd_host_add, "add a host", operation=O.ADD_HOST).add_argument(
         "name", help="the host's name")
     command(inv_commands, "hosts", cmd_hosts, "list the hosts", operation=O.LIST_HOSTS)
+    attest = command(inv_commands, "host-attest", cmd_host_attest,
+                     "ask hosts for a fresh TPM quote and event log and verify them (vSphere 6.7: a failure is an "
+                     "alarm in the audit log, nothing is blocked); exit 0 when the attestation ran, whatever it found",
+                     operation=O.ATTEST_HOSTS)
+    attest.add_argument("names", nargs="*", metavar="NAME", help="hosts to attest (default: every host)")
+    command(inv_commands, "host-attestation", cmd_host_attestation,
+            "show each host's last attestation: Passed, Failed (every reason), N/A (no TPM 2.0), when, version",
+            operation=O.HOST_ATTESTATION)
+    trust = command(inv_commands, "host-attestation-trust", cmd_host_attestation_trust,
+                    "set what host attestation trusts (replaces the settings): TPM manufacturer CAs and, optionally, "
+                    "image manifests", operation=O.CONFIGURE_HOST_ATTESTATION)
+    trust.add_argument("--manufacturer-ca", action="append", metavar="PEM",
+                       help="a TPM manufacturer CA certificate a host's EK must chain to (repeat)")
+    trust.add_argument("--image", action="append", metavar="MANIFEST",
+                       help="a trusted image manifest (JSON, repeat); without any, images are not compared")
+    command(inv_commands, "security-report", cmd_security_report,
+            "the security report (hosts' attestation, key providers' health) as text or --json; in a browser: "
+            "https://HOST:PORT/security-report", operation=O.SECURITY_REPORT)
 
     backup = command(commands, "backup", cmd_backup, "back up a VM into one archive, or `backup verify ARCHIVE`; "
                      "with --user the VM is an inventory name, else a path read as the local administrator "

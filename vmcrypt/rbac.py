@@ -46,6 +46,7 @@ class Privilege(str, enum.Enum):
     DATASTORE_FILES = "Datastore.FileManagement"
     DATASTORE_CONFIG = "Datastore.Config"
     HOST_ADD = "Host.Inventory.AddStandaloneHost"
+    HOST_CONFIG_SETTINGS = "Host.Config.Settings"
     SYSTEM_VIEW = "System.View"
     SYSTEM_READ = "System.Read"
     MODIFY_PERMISSIONS = "Authorization.ModifyPermissions"
@@ -144,6 +145,13 @@ class Operation(str, enum.Enum):
     ADD_DATASTORE = ("add datastore", (P.DATASTORE_CONFIG,))
     LIST_HOSTS = ("list hosts", (P.SYSTEM_READ,))
     ADD_HOST = ("add host", (P.HOST_ADD,))
+    # host attestation (vSphere 6.7: the management plane looks at each host's TPM quote and raises an
+    # alarm; nothing is enforced): asking the hosts for quotes changes host state, reading the results does not
+    ATTEST_HOSTS = ("attest hosts", (P.HOST_CONFIG_SETTINGS,))
+    HOST_ATTESTATION = ("read host attestation", (P.SYSTEM_READ,))
+    SECURITY_REPORT = ("read security report", (P.SYSTEM_READ,))
+    # which TPM manufacturers (and, optionally, images) the view trusts: certificate management in vCenter
+    CONFIGURE_HOST_ATTESTATION = ("configure host attestation", (P.CERTIFICATES_MANAGE,))
     READ_AUDIT = ("read audit log", (P.SYSTEM_READ,))
     # backup and restore
     BACKUP = ("back up", (P.DATASTORE_BROWSE, P.DATASTORE_FILES), (P.CRYPTO_ACCESS,))

@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from certs.ca import CaError
 from vmcrypt.admin_operations import ek_rows, scratch_file
+from vmcrypt import web
 from vmcrypt.errors import VmcryptError
 from vmcrypt.gate import PermissionDenied, datastore_target
 from vmcrypt.inventory import InventoryError
@@ -48,7 +49,8 @@ from vmcrypt.results import audit_rows, created_row, manifest_row, operation_row
 from vmcrypt.vm import VmHome, VmSpec
 
 SESSION_LIFETIME = datetime.timedelta(minutes=15)
-PUBLIC_ROUTES = {("POST", "/session"), ("DELETE", "/session"), ("GET", "/health")}
+PUBLIC_ROUTES = {("POST", "/session"), ("DELETE", "/session"), ("GET", "/health"),
+                 ("GET", "/login"), ("POST", "/login"), ("POST", "/logout")}
 BINARY = "application/octet-stream"
 MIN_VTPM_PORT, MAX_VTPM_PORT = 1024, 65534  # a vTPM takes port and port + 1; no privileged ports
 
@@ -117,6 +119,7 @@ class ApiRoute:
     operation: Operation
     handler: Handler
     body: str = "json"  # "json", "bytes" (the raw body, streamed to a scratch file) or "none"
+    page: str | None = None  # a GET with an HTML view: this template, for browsers (session cookie accepted)
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -198,6 +201,19 @@ def _migrate_away(s: UserSession, c: Call) -> dict:
 def _export(s: UserSession, c: Call) -> Binary:
     blob, what = s.export_keys(c.field("passphrase").encode(), c.field("provider", (str, type(None)), None))
     return Binary(blob, headers={"X-Vmcrypt-Keys": str(what["keys"]), "X-Vmcrypt-Provider": what["provider"]})
+
+
+def _names(values: list) -> list[str]:
+    if not all(isinstance(v, str) and v for v in values):
+        raise RequestError("'hosts' must be a list of host names")
+    return values
+
+
+def _strings(c: Call, name: str) -> list[str]:
+    values = c.field(name, list, [])
+    if not all(isinstance(v, str) for v in values):
+        raise RequestError(f"'{name}' must be a list of strings")
+    return values
 
 
 def _text(data: bytes) -> Binary:
@@ -296,6 +312,15 @@ ROUTES: list[ApiRoute] = [
     ApiRoute("GET", "/hosts", Operation.LIST_HOSTS, lambda s, c: s.hosts()),
     ApiRoute("POST", "/hosts", Operation.ADD_HOST, lambda s, c: s.add_host(c.field("name")) or {"host": c.field("name")}),
     ApiRoute("GET", "/audit", Operation.READ_AUDIT, lambda s, c: audit_rows(s.audit_log())),
+    # host attestation (look, don't enforce) and the security report
+    ApiRoute("POST", "/hosts/attest", Operation.ATTEST_HOSTS,
+             lambda s, c: s.attest_hosts(_names(c.field("hosts", list, [])))),
+    ApiRoute("GET", "/hosts/attestation", Operation.HOST_ATTESTATION, lambda s, c: s.host_attestation()),
+    ApiRoute("POST", "/hosts/attestation/settings", Operation.CONFIGURE_HOST_ATTESTATION,
+             lambda s, c: s.configure_host_attestation([b.encode() for b in _strings(c, "manufacturer_cas")],
+                                                       _strings(c, "images"))),
+    ApiRoute("GET", "/security-report", Operation.SECURITY_REPORT, lambda s, c: s.security_report(),
+             body="none", page="security_report.html"),
 ]
 
 
@@ -416,9 +441,15 @@ async def _body(request: Request, kind: str, worker: Worker) -> Any:
 
 def _endpoint(route: ApiRoute, sessions: SessionStore, worker: Worker) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        user = sessions.user(_bearer(request))
+        html = route.page is not None and not web.wants_json(request)
+        token = _bearer(request) or (request.cookies.get(web.SESSION_COOKIE, "") if route.page else "")
+        user = sessions.user(token) if token else None
         if user is None:
+            if html:
+                return web.login_redirect(request)
             return _json({"error": "no valid session: log in first (POST /session)", "privilege": None}, 401)
+        if html:
+            return await _page(route, user, request, worker)
         body: Any = None
         try:
             body = await _body(request, route.body, worker)
@@ -440,6 +471,18 @@ def _endpoint(route: ApiRoute, sessions: SessionStore, worker: Worker) -> Callab
     endpoint.operation = route.operation  # type: ignore[attr-defined]
     endpoint.__name__ = f"{route.method.lower()} {route.path}"
     return endpoint
+
+
+async def _page(route: ApiRoute, user: str, request: Request, worker: Worker) -> Response:
+    """The route's HTML view: its result rendered, or its error as a page with the same status."""
+    call = Call(dict(request.path_params), dict(request.query_params))
+    try:
+        result = await worker.run(lambda m: route.handler(UserSession(m, user), call))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an error page
+        error = error_response(exc)
+        return web.error_page(error.status_code, json.loads(error.body)["error"], user)
+    assert route.page is not None
+    return web.render(route.page, report=result, user=user)
 
 
 def _upload_target(route: ApiRoute, call: Call):  # noqa: ANN202 - a gate Target
@@ -473,8 +516,25 @@ def build_app(home: str | os.PathLike[str], keys: KeyManager | None = None) -> S
     async def health(request: Request) -> Response:
         return _json({"ok": True})
 
+    async def authenticate(user: str, password: str) -> bool:
+        try:
+            await worker.run(lambda m: m.login(user, password))
+        except InventoryError:
+            return False
+        return True
+
+    async def login_page(request: Request) -> Response:
+        return web.login_form(request)
+
+    async def login_form(request: Request) -> Response:
+        return await web.login_submit(request, authenticate, sessions.open, int(sessions.lifetime))
+
+    async def logout_form(request: Request) -> Response:
+        return web.logout(request, sessions.close)
+
     routes = [Route("/session", login, methods=["POST"]), Route("/session", logout, methods=["DELETE"]),
-              Route("/health", health, methods=["GET"])]
+              Route("/health", health, methods=["GET"]), Route("/login", login_page, methods=["GET"]),
+              Route("/login", login_form, methods=["POST"]), Route("/logout", logout_form, methods=["POST"])]
     routes += [Route(r.path, _endpoint(r, sessions, worker), methods=[r.method]) for r in ROUTES]
     app = Starlette(routes=routes)
     app.state.worker = worker
