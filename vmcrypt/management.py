@@ -32,7 +32,9 @@ from vmcrypt.keys import KeyManager
 from vmcrypt.power import PowerEvent, PowerState, require_off
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege
+from vmcrypt.providers.trusted import on_host
 from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
+from vmcrypt.trust.placement import destination, record_placement
 from vmcrypt.suspend import (
     discard_suspend_state,
     read_suspend_state,
@@ -286,12 +288,18 @@ class UserSession(AdminOperations):
                 self.m.keys.registry.get(record.provider_id).destroy_key(record.key_id)
         self._on_vm(Operation.DELETE_WITH_KEY if destroy_key else Operation.DELETE, name, act)
 
-    def migrate(self, name: str, datastore: str) -> VmRecord:
-        """Cold migration to another datastore of this inventory (the files move; keys do not change)."""
+    def _destination(self, record: VmRecord, host: str | None) -> str | None:
+        """The host an operation puts the VM on; a VM on a trusted key provider only onto an attested one."""
+        return destination(self.m.keys, self.inventory.hosts(), record.provider_id, host)
+
+    def migrate(self, name: str, datastore: str, *, host: str | None = None) -> VmRecord:
+        """Cold migration to another datastore of this inventory (the files move; keys do not change).
+        ``host``: the destination host (a VM on a trusted key provider goes only to an attested host)."""
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             require_off(record.power_state, record.vmx_path)
             if datastore == record.datastore:
                 raise VmError(f"the VM is already on datastore '{datastore}'", vm.vmx_path)
+            self._destination(record, host)
 
             def adopt(vmx: Path) -> VmRecord:
                 moved = _describe_on_disk(vmx, datastore, record)
@@ -300,7 +308,8 @@ class UserSession(AdminOperations):
                 self.inventory.put_vm(moved)
                 return moved
             return move_vm(vm, self.inventory.datastore_path(datastore) / vm.directory.name, adopt)
-        return self._on_vm(Operation.MIGRATE, name, act, detail=f"to {datastore}")
+        return self._on_vm(Operation.MIGRATE, name, act,
+                           detail=f"to {datastore}" + (f" on host {host}" if host else ""))
 
     def migrate_to_home(self, name: str, target: "UserSession", datastore: str) -> VmRecord:
         """Cold migration to another management home (another installation) sharing the key provider.
@@ -327,14 +336,16 @@ class UserSession(AdminOperations):
             return move_vm(vm, target.inventory.datastore_path(datastore) / vm.directory.name, adopt)
         return self._on_vm(Operation.MIGRATE_AWAY, name, act, detail=f"to {target.m.home} datastore {datastore}")
 
-    def clone(self, name: str, new_name: str, *, exact: bool = False) -> VmRecord:
-        """A new VM in the same datastore; new identity unless ``exact`` (which needs Cryptographer.Clone)."""
+    def clone(self, name: str, new_name: str, *, exact: bool = False, host: str | None = None) -> VmRecord:
+        """A new VM in the same datastore; new identity unless ``exact`` (which needs Cryptographer.Clone).
+        ``host``: the host that makes the clone (a VM on a trusted key provider: an attested host)."""
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             require_off(record.power_state, record.vmx_path)
             if any(r.name == new_name for r in self.inventory.vms()):
                 raise InventoryError(f"a VM named '{new_name}' is already in the inventory")
             target = self.inventory.datastore_path(record.datastore) / check_name(new_name)
-            clone = clone_vm(vm, target, new_name, self.m.keys, self.m.ca, exact=exact)
+            with on_host(self._destination(record, host)):
+                clone = clone_vm(vm, target, new_name, self.m.keys, self.m.ca, exact=exact)
             return self.register_created(clone.vmx_path, record.datastore)
         return self._on_vm(Operation.CLONE_EXACT if exact else Operation.CLONE, name, act, detail=new_name)
 
@@ -447,13 +458,15 @@ class UserSession(AdminOperations):
     # ------------------------------------------------------------------ power
 
     def power_on(self, name: str, *, accept_rollback: bool = False, port: int | None = None,
-                 data_unix: str | os.PathLike[str] | None = None) -> VmRecord:
+                 data_unix: str | os.PathLike[str] | None = None, host: str | None = None) -> VmRecord:
         """Serve the VM's vTPM. A rolled-back .nvram (older than the generation the inventory or the key
         provider recorded) is refused, unless ``accept_rollback``: then it is accepted as the latest, audited.
 
         ``port``: the vTPM's TCP data port (control on ``port + 1``; a port in use is an
         error); by default a free pair is chosen. ``data_unix``: also serve the data
-        channel on this Unix socket path. The record's ``vtpm_port`` says which port."""
+        channel on this Unix socket path. The record's ``vtpm_port`` says which port.
+        ``host``: the host to power on (a VM on a trusted key provider: only a host its Trust Authority
+        attested; by default the first attested one)."""
         accepted = ""
 
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
@@ -461,6 +474,8 @@ class UserSession(AdminOperations):
             state = PowerState(record.power_state).after(PowerEvent.POWER_ON)
             pid = served = None
             generation = record.nvram_generation
+            placed = self._destination(record, host)
+            record_placement(self.m.keys, record.provider_id, record.key_id, placed)
             if record.vtpm:
                 accepted, generation = self._check_rollback(record, vm, accept_rollback)
                 pid, served = self.m.supervisor.start(
@@ -518,15 +533,19 @@ class UserSession(AdminOperations):
             return self._put_power(record, state)
         return self._on_vm(Operation.SUSPEND, name, act)
 
-    def resume(self, name: str) -> VmRecord:
-        """Power on from the .vmss: the vTPM comes back with Startup(STATE), its PCRs as they were."""
+    def resume(self, name: str, *, host: str | None = None) -> VmRecord:
+        """Power on from the .vmss: the vTPM comes back with Startup(STATE), its PCRs as they were.
+        ``host``: as for ``power_on``."""
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             state = PowerState(record.power_state).after(PowerEvent.RESUME)
+            placed = self._destination(record, host)
             if record.vtpm:
                 self._check_rollback(record, vm, False)
-            body = read_suspend_state(vm, self.m.keys)
-            restore_tpm_state(vm, str(self.m.home), body)
-            unlist_home_file(vm, self.m.keys, suspend_file(vm))  # before the vTPM holds the VM's lock
+            record_placement(self.m.keys, record.provider_id, record.key_id, placed)
+            with on_host(placed):
+                body = read_suspend_state(vm, self.m.keys)
+                restore_tpm_state(vm, str(self.m.home), body)
+                unlist_home_file(vm, self.m.keys, suspend_file(vm))  # before the vTPM holds the VM's lock
             pid = port = None
             if record.vtpm:
                 pid, port = self.m.supervisor.start(vm)
