@@ -304,3 +304,71 @@ BANK_NAMES = {ALG.SHA1: "sha1", ALG.SHA256: "sha256", ALG.SHA384: "sha384", ALG.
 def bank_name(alg: int) -> str:
     """The bank's name as Linux (``pcr-<name>``) and tpm2-tools spell it."""
     return BANK_NAMES.get(alg) or _alg_name(alg)
+
+
+# ----------------------------------------------------------------------------- writing
+
+SEPARATOR_DATA = b"\x00\x00\x00\x00"  # EV_SEPARATOR: the UINT32 0, as UEFI firmware logs it
+PLATFORM_CLASS_CLIENT = 0
+UINTN_SIZE_64 = 2  # UINTN is a UINT64 (x86-64 firmware)
+
+
+def spec_id_event(algorithms: Iterable[int], vendor_info: bytes = b"") -> bytes:
+    """The Spec ID Event03 structure (PFP 10.4.5.1) listing every bank the log carries."""
+    algs = tuple(algorithms)
+    if not 0 < len(algs) <= MAX_ALGORITHMS or len(set(algs)) != len(algs):
+        raise EventLogError("a log needs 1-16 distinct algorithms")
+    unknown = [a for a in algs if a not in HASHES]
+    if unknown:
+        raise EventLogError(f"no hash implementation for {_alg_name(unknown[0])}")
+    if len(vendor_info) > 255:
+        raise EventLogError("vendorInfo is limited to 255 bytes")
+    table = b"".join(_ALGORITHM_SIZE.pack(alg, HASHES[alg].size) for alg in algs)
+    return (_SPEC_ID_HEAD.pack(SPEC_ID_SIGNATURE, PLATFORM_CLASS_CLIENT, 0, 2, 0, UINTN_SIZE_64, len(algs))
+            + table + _U8.pack(len(vendor_info)) + vendor_info)
+
+
+class EventLogWriter:
+    """Builds a crypto-agile log the way UEFI firmware writes ``binary_bios_measurements``.
+
+    The first entry is the SHA-1 format TCG_PCR_EVENT carrying the Spec ID event; every
+    further entry is a TCG_PCR_EVENT2 with one digest per bank, in the Spec ID's order.
+    ``measure`` hashes the measured bytes in every bank and returns the digests, which is
+    what the caller extends into the TPM: log and PCRs cannot drift apart.
+    """
+
+    def __init__(self, algorithms: Iterable[int], vendor_info: bytes = b"") -> None:
+        self.algorithms = tuple(algorithms)
+        header = spec_id_event(self.algorithms, vendor_info)
+        self._parts = [_PCR_EVENT.pack(0, EventType.EV_NO_ACTION, bytes(20), len(header)), header]
+        self.count = 0
+
+    def record(self, pcr: int, event_type: int, data: bytes, digests: Mapping[int, bytes]) -> None:
+        """Append one TCG_PCR_EVENT2 with the given digests (every bank of the log, right sizes)."""
+        if not 0 <= pcr < PCR_COUNT:
+            raise EventLogError(f"PCR index {pcr} (0-{PCR_COUNT - 1} allowed)")
+        if set(digests) != set(self.algorithms):
+            raise EventLogError("an event needs a digest for every bank of the log, and no other")
+        parts = [_EVENT2_HEAD.pack(pcr, event_type, len(self.algorithms))]
+        for alg in self.algorithms:
+            value = digests[alg]
+            if len(value) != HASHES[alg].size:
+                raise EventLogError(f"{_alg_name(alg)} digest of {len(value)} bytes")
+            parts += [_DIGEST_ALG.pack(alg), value]
+        parts += [_SIZE.pack(len(data)), data]
+        self._parts.extend(parts)
+        self.count += 1
+
+    def measure(self, pcr: int, event_type: int, data: bytes, measured: bytes | None = None) -> dict[int, bytes]:
+        """Log an event whose digests hash ``measured`` (default: the event data itself); return them."""
+        content = data if measured is None else measured
+        digests = {alg: digest(alg, content) for alg in self.algorithms}
+        self.record(pcr, event_type, data, digests)
+        return digests
+
+    def no_action(self, pcr: int, data: bytes) -> None:
+        """An EV_NO_ACTION event: logged with zero digests, never extended."""
+        self.record(pcr, EventType.EV_NO_ACTION, data, {alg: bytes(HASHES[alg].size) for alg in self.algorithms})
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self._parts)

@@ -1,0 +1,207 @@
+"""The Linux IMA runtime measurement list (``ima-ng`` template): write it, parse it strictly, replay PCR 10.
+
+Binary form, as ``/sys/kernel/security/ima/binary_runtime_measurements`` (little-endian, the
+x86 kernel's native order) lays out each entry::
+
+    u32 pcr | 20-byte template hash | u32 name length | name ("ima-ng") | u32 data length | template data
+
+The ``ima-ng`` template data is two fields, each a u32 length then its bytes:
+``d-ng`` = the hash algorithm's name, ``:``, NUL, then the file digest (``sha256:\\0`` + 32
+bytes); ``n-ng`` = the path, NUL-terminated.
+
+Which hash goes into which bank: the list shows the *SHA-1* hash of the template data, but
+since Linux 5.10 the kernel extends every allocated PCR bank with the template data hashed by
+*that bank's* algorithm (before, the SHA-1 digest was zero-padded into the other banks). So a
+replay of the SHA-256 bank hashes the template data with SHA-256 itself, and the SHA-1 hash in
+the list is checked only when the SHA-1 bank is replayed. A violation (a file measured while
+open for writing) has an all-zero template hash in the list and extends all ones.
+
+The first entry is ``boot_aggregate``: for a TPM 2.0 bank other than SHA-1 the hash of
+PCRs 0-9 of that bank (Linux 5.8 and later), so the runtime list is tied to the boot log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from vtpm.constants import ALG
+from vtpm.crypto import HASHES
+
+IMA_PCR = 10
+TEMPLATE_NAME = b"ima-ng"
+BOOT_AGGREGATE = "boot_aggregate"
+BOOT_AGGREGATE_PCRS = range(10)  # PCRs 0-9 for TPM 2.0 banks other than SHA-1 (Linux 5.8)
+SHA1_SIZE = 20
+MAX_PATH = 4096
+MAX_ENTRY_DATA = 8192
+# The kernel's names of the file-digest algorithms (crypto API names) and ours.
+DIGEST_NAMES = {b"sha1": ALG.SHA1, b"sha256": ALG.SHA256, b"sha384": ALG.SHA384, b"sha512": ALG.SHA512}
+_NAMES_BY_ALG = {alg: name for name, alg in DIGEST_NAMES.items()}
+_HASHLIB = {ALG.SHA1: "sha1", ALG.SHA256: "sha256", ALG.SHA384: "sha384", ALG.SHA512: "sha512"}
+
+_HEAD = struct.Struct("<I20sI")  # pcr, template hash, template name length
+_U32 = struct.Struct("<I")
+_ZERO_HASH = bytes(SHA1_SIZE)
+
+
+class ImaLogError(ValueError):
+    """The IMA list is malformed or does not replay; the message names the entry and offset."""
+
+
+@dataclass(frozen=True)
+class ImaEntry:
+    """One measurement: ``number`` counts from 1, ``offset`` is the entry's byte offset."""
+
+    number: int
+    offset: int
+    pcr: int
+    template_hash: bytes  # SHA-1 of the template data (all zeros for a violation)
+    template_data: bytes
+    digest_alg: int  # the file digest's algorithm (TPM_ALG_ID)
+    file_digest: bytes
+    path: str
+
+    @property
+    def violation(self) -> bool:
+        return self.template_hash == _ZERO_HASH
+
+
+def template_data(path: str, file_digest: bytes, digest_alg: int = ALG.SHA256) -> bytes:
+    """The ima-ng template data (d-ng then n-ng field, each with its u32 length)."""
+    name = _NAMES_BY_ALG.get(digest_alg)
+    if name is None or len(file_digest) != HASHES[digest_alg].size:
+        raise ImaLogError(f"file digest must be a {name or 'known'} digest of the right size")
+    encoded = path.encode("utf-8") + b"\0"
+    if len(encoded) > MAX_PATH or "\0" in path:
+        raise ImaLogError("path too long or contains NUL")
+    d_ng = name + b":\0" + file_digest
+    return _U32.pack(len(d_ng)) + d_ng + _U32.pack(len(encoded)) + encoded
+
+
+def encode_entry(path: str, file_digest: bytes, digest_alg: int = ALG.SHA256, pcr: int = IMA_PCR) -> bytes:
+    """One binary list entry for a file measured into ``pcr``."""
+    data = template_data(path, file_digest, digest_alg)
+    return (_HEAD.pack(pcr, hashlib.sha1(data).digest(), len(TEMPLATE_NAME)) + TEMPLATE_NAME
+            + _U32.pack(len(data)) + data)
+
+
+def template_digest(alg: int, data: bytes) -> bytes:
+    """What the kernel extends into bank ``alg`` for this template data."""
+    return hashlib.new(_HASHLIB[alg], data).digest()
+
+
+def boot_aggregate(pcrs: Mapping[int, bytes], alg: int = ALG.SHA256) -> bytes:
+    """boot_aggregate for a TPM 2.0 bank: the hash of PCRs 0-9 of that bank, in order."""
+    if alg == ALG.SHA1:
+        raise ImaLogError("the SHA-1 boot_aggregate covers PCRs 0-7 only; not used here")
+    return hashlib.new(_HASHLIB[alg], b"".join(pcrs[i] for i in BOOT_AGGREGATE_PCRS)).digest()
+
+
+def _parse_template(data: bytes, where: str) -> tuple[int, bytes, str]:
+    size = len(data)
+    if size < 4:
+        raise ImaLogError(f"{where}: template data too short")
+    (d_len,) = _U32.unpack_from(data, 0)
+    end = 4 + d_len
+    if end + 4 > size:
+        raise ImaLogError(f"{where}: d-ng field of {d_len} bytes overruns the template data")
+    d_ng = data[4:end]
+    sep = d_ng.find(b":\0")
+    alg = DIGEST_NAMES.get(d_ng[:sep]) if sep > 0 else None
+    if alg is None:
+        raise ImaLogError(f"{where}: d-ng field does not start with a known 'algorithm:\\0'")
+    file_digest = d_ng[sep + 2:]
+    if len(file_digest) != HASHES[alg].size:
+        raise ImaLogError(f"{where}: {len(file_digest)}-byte {d_ng[:sep].decode()} file digest")
+    (n_len,) = _U32.unpack_from(data, end)
+    if end + 4 + n_len != size:
+        raise ImaLogError(f"{where}: n-ng field of {n_len} bytes does not end the template data")
+    raw_path = data[end + 4:]
+    if not raw_path.endswith(b"\0") or b"\0" in raw_path[:-1]:
+        raise ImaLogError(f"{where}: path is not one NUL-terminated string")
+    try:
+        path = raw_path[:-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImaLogError(f"{where}: path is not UTF-8") from None
+    return alg, file_digest, path
+
+
+def parse_ima_log(data: bytes) -> tuple[ImaEntry, ...]:
+    """Every entry of a binary ima-ng list; ImaLogError naming the entry and offset when malformed."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("the IMA log must be bytes")
+    data = bytes(data)
+    entries = []
+    offset, total = 0, len(data)
+    head_size = _HEAD.size
+    while offset < total:
+        number = len(entries) + 1
+        where = f"IMA entry {number} (offset {offset})"
+        if offset + head_size > total:
+            raise ImaLogError(f"{where}: truncated header")
+        pcr, template_hash, name_len = _HEAD.unpack_from(data, offset)
+        position = offset + head_size
+        if name_len != len(TEMPLATE_NAME) or data[position:position + name_len] != TEMPLATE_NAME:
+            raise ImaLogError(f"{where}: template is not ima-ng")
+        position += name_len
+        if position + 4 > total:
+            raise ImaLogError(f"{where}: truncated template data length")
+        (data_len,) = _U32.unpack_from(data, position)
+        position += 4
+        if data_len > MAX_ENTRY_DATA or position + data_len > total:
+            raise ImaLogError(f"{where}: template data of {data_len} bytes, {total - position} left")
+        body = data[position:position + data_len]
+        alg, file_digest, path = _parse_template(body, where)
+        entries.append(ImaEntry(number, offset, pcr, template_hash, body, alg, file_digest, path))
+        offset = position + data_len
+    return tuple(entries)
+
+
+def replay_ima(entries: Iterable[ImaEntry], algorithms: Iterable[int], pcr: int = IMA_PCR) -> dict[int, bytes]:
+    """PCR ``pcr``'s value per bank after the entries (from zero); checks SHA-1 template hashes when
+    the SHA-1 bank is asked for (the other banks hash the template data themselves)."""
+    banks = tuple(algorithms)
+    for alg in banks:
+        if alg not in _HASHLIB:
+            raise ImaLogError(f"cannot replay bank 0x{alg:04x}")
+    values = {alg: bytes(HASHES[alg].size) for alg in banks}
+    ones = {alg: b"\xff" * HASHES[alg].size for alg in banks}
+    constructors = {alg: getattr(hashlib, _HASHLIB[alg]) for alg in banks}
+    for entry in entries:
+        if entry.pcr != pcr:
+            raise ImaLogError(f"IMA entry {entry.number} is for PCR {entry.pcr}, not {pcr}")
+        violation = entry.template_hash == _ZERO_HASH
+        for alg in banks:
+            new = constructors[alg]
+            if violation:
+                measured = ones[alg]
+            else:
+                measured = new(entry.template_data).digest()
+                if alg == ALG.SHA1 and measured != entry.template_hash:
+                    raise ImaLogError(f"IMA entry {entry.number} ({entry.path}): template hash is not "
+                                      "the SHA-1 of its template data")
+            values[alg] = new(values[alg] + measured).digest()
+    return values
+
+
+class ImaLogWriter:
+    """Appends entries as the kernel does; ``extend_digests`` of an entry is what each bank gets."""
+
+    def __init__(self, algorithms: Iterable[int]) -> None:
+        self.algorithms = tuple(algorithms)
+        self._parts: list[bytes] = []
+        self.count = 0
+
+    def measure(self, path: str, file_digest: bytes, digest_alg: int = ALG.SHA256) -> dict[int, bytes]:
+        """Log a file and return the digest to extend into PCR 10 in each bank."""
+        data = template_data(path, file_digest, digest_alg)
+        self._parts.append(_HEAD.pack(IMA_PCR, hashlib.sha1(data).digest(), len(TEMPLATE_NAME)) + TEMPLATE_NAME
+                           + _U32.pack(len(data)) + data)
+        self.count += 1
+        return {alg: template_digest(alg, data) for alg in self.algorithms}
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self._parts)
