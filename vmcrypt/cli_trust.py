@@ -51,12 +51,12 @@ def _write_out(args: argparse.Namespace, data: Any) -> None:
 
 
 def cmd_export_hosts(args: argparse.Namespace) -> None:
-    from vmcrypt.trust.host_identity import host_ek_certificate
+    from vmcrypt.trust.host_identity import host_ek_certificates
     from vmcrypt.trust.workload import export_host_identities, hosts_dir
     home = resolve_home(args.home)
     names = args.host or (sorted(p.name for p in hosts_dir(home).iterdir() if p.is_dir())
                           if hosts_dir(home).is_dir() else [])
-    bundle = export_host_identities(home, args.cluster, {name: host_ek_certificate(hosts_dir(home) / name)
+    bundle = export_host_identities(home, args.cluster, {name: host_ek_certificates(hosts_dir(home) / name)
                                                          for name in names})
     _write_out(args, bundle)
     emit(args, {"cluster": args.cluster, "hosts": names, "out": args.out},

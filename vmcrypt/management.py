@@ -12,10 +12,11 @@ HTTP; tests and embedders use them directly.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -292,6 +293,18 @@ class UserSession(AdminOperations):
         """The host an operation puts the VM on; a VM on a trusted key provider only onto an attested one."""
         return destination(self.m.keys, self.inventory.hosts(), record.provider_id, host)
 
+    @contextlib.contextmanager
+    def _keys_on_host(self, record: VmRecord, host: str | None, provider: str | None = None) -> Iterator[None]:
+        """Key work on the VM (its current provider, else ``provider`` or the default) done by ``host``: for a
+        trusted key provider an attested host (by default the first), whose agent fetches the keys;
+        afterwards the VM's key is placed there."""
+        provider_id = record.provider_id or self.m.keys.provider(provider).provider_id
+        placed = destination(self.m.keys, self.inventory.hosts(), provider_id, host)
+        with on_host(placed):
+            yield
+        after = self._refresh(record.name)
+        record_placement(self.m.keys, after.provider_id, after.key_id, placed)
+
     def migrate(self, name: str, datastore: str, *, host: str | None = None) -> VmRecord:
         """Cold migration to another datastore of this inventory (the files move; keys do not change).
         ``host``: the destination host (a VM on a trusted key provider goes only to an attested host)."""
@@ -390,17 +403,19 @@ class UserSession(AdminOperations):
 
     # ------------------------------------------------------------------ encryption and the vTPM
 
-    def provision_vtpm(self, name: str) -> tuple[VmRecord, list[ProvisionedEk]]:
+    def provision_vtpm(self, name: str, *, host: str | None = None) -> tuple[VmRecord, list[ProvisionedEk]]:
         """Add a vTPM (encrypting the VM first); the VM and the EKs whose certificates went into its NV."""
         def act(record: VmRecord, vm: VmHome) -> tuple[VmRecord, list[ProvisionedEk]]:
             require_off(record.power_state, record.vmx_path)
-            eks = add_vtpm(vm, self.m.keys, self.m.ca)
+            with self._keys_on_host(record, host):
+                eks = add_vtpm(vm, self.m.keys, self.m.ca)
             return self._refresh(name), eks
         return self._on_vm(Operation.ADD_VTPM, name, act)
 
-    def add_vtpm(self, name: str) -> VmRecord:
-        """Give the VM a newly manufactured vTPM (encrypting the VM first if it is not)."""
-        return self.provision_vtpm(name)[0]
+    def add_vtpm(self, name: str, *, host: str | None = None) -> VmRecord:
+        """Give the VM a newly manufactured vTPM (encrypting the VM first if it is not); ``host``: as for
+        ``encrypt``."""
+        return self.provision_vtpm(name, host=host)[0]
 
     def remove_vtpm(self, name: str) -> VmRecord:
         """Remove the VM's vTPM and its state."""
@@ -417,10 +432,16 @@ class UserSession(AdminOperations):
         return self._on_vm(Operation.REMOVE_VTPM, name, act)
 
     def crypt(self, operation: Operation, name: str, *, provider: str | None = None, include_disks: bool = False,
-              deep: bool = False, progress: Callable | None = None) -> tuple[VmRecord, OperationResult]:
-        """Encrypt, decrypt or rekey the powered-off VM; the VM afterwards and what changed."""
+              deep: bool = False, progress: Callable | None = None,
+              host: str | None = None) -> tuple[VmRecord, OperationResult]:
+        """Encrypt, decrypt or rekey the powered-off VM; the VM afterwards and what changed. ``host``: the host
+        that does it (with a trusted key provider: an attested host, by default the first)."""
         def act(record: VmRecord, vm: VmHome) -> tuple[VmRecord, OperationResult]:
             require_off(record.power_state, record.vmx_path)
+            with self._keys_on_host(record, host, provider):
+                return crypt(record, vm)
+
+        def crypt(record: VmRecord, vm: VmHome) -> tuple[VmRecord, OperationResult]:
             fold_leftover_journal(vm, self.m.keys)  # what a killed vTPM journaled, before the .nvram is rewritten
             if operation is Operation.ENCRYPT:
                 result = encrypt_vm(vm, self.m.keys, provider=provider, include_disks=include_disks, progress=progress)
@@ -436,7 +457,7 @@ class UserSession(AdminOperations):
         return self._on_vm(operation, name, act)
 
     def encrypt(self, name: str, *, include_disks: bool = False, provider: str | None = None,
-                progress: Callable | None = None) -> VmRecord:
+                progress: Callable | None = None, host: str | None = None) -> VmRecord:
         """Encrypt the powered-off VM's home files (``vmcrypt vm encrypt``).
 
         ``include_disks``: also its virtual disks (``--disks``); ``provider``: key
@@ -444,7 +465,7 @@ class UserSession(AdminOperations):
         ``progress``: called as the files are processed.
         """
         return self.crypt(Operation.ENCRYPT, name, provider=provider, include_disks=include_disks,
-                          progress=progress)[0]
+                          progress=progress, host=host)[0]
 
     def decrypt(self, name: str, *, progress: Callable | None = None) -> VmRecord:
         """Decrypt the powered-off VM, disks included (refused while it has a vTPM)."""

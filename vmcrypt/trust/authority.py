@@ -103,15 +103,11 @@ def _last_line(fd: int) -> bytes:
 
 @dataclass(frozen=True)
 class HostIdentity:
-    """What a workload cluster exports about one host: its name, EK certificate and a client CSR."""
+    """What a workload cluster exports about one host: its name, EK certificates and a client CSR."""
 
     name: str
-    ek_certificate: bytes  # DER
+    ek_certificates: tuple[bytes, ...]  # DER, one per EK the host's TPM has (RSA, ECC)
     csr: bytes  # PEM, common name host:NAME
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "ek_certificate": base64.b64encode(self.ek_certificate).decode(),
-                "csr": self.csr.decode()}
 
 
 def parse_cluster_bundle(data: Any) -> tuple[str, bytes, list[HostIdentity]]:
@@ -121,9 +117,10 @@ def parse_cluster_bundle(data: Any) -> tuple[str, bytes, list[HostIdentity]]:
             raise TypeError("expected cluster, management_csr and a list of hosts")
         hosts = []
         for entry in data["hosts"]:
-            if set(entry) != {"name", "ek_certificate", "csr"}:
-                raise TypeError("each host needs exactly name, ek_certificate and csr")
-            hosts.append(HostIdentity(str(entry["name"]), base64.b64decode(entry["ek_certificate"], validate=True),
+            if set(entry) != {"name", "ek_certificates", "csr"} or not isinstance(entry["ek_certificates"], list):
+                raise TypeError("each host needs exactly name, a list of ek_certificates and csr")
+            hosts.append(HostIdentity(str(entry["name"]), tuple(base64.b64decode(e, validate=True)
+                                                                for e in entry["ek_certificates"]),
                                       str(entry["csr"]).encode()))
         cluster, csr = data["cluster"], data["management_csr"]
         if not isinstance(cluster, str) or not cluster or not isinstance(csr, str):
@@ -355,12 +352,15 @@ class TrustAdmin:
             issued = json.loads(issued_path.read_bytes()) if issued_path.exists() else {"management": "", "hosts": {}}
             issued["management"] = self.ta.ca.sign_client(management_csr, MANAGEMENT_PREFIX + cluster).decode()
             for host in hosts:
-                try:
-                    x509.load_der_x509_certificate(host.ek_certificate)
-                except ValueError:
-                    raise TrustAuthorityError(f"host {host.name}: the EK certificate is not DER") from None
+                if not host.ek_certificates:
+                    raise TrustAuthorityError(f"host {host.name}: no EK certificate")
+                for der in host.ek_certificates:
+                    try:
+                        x509.load_der_x509_certificate(der)
+                    except ValueError:
+                        raise TrustAuthorityError(f"host {host.name}: an EK certificate is not DER") from None
                 issued["hosts"][host.name] = self.ta.ca.sign_client(host.csr, HOST_PREFIX + host.name).decode()
-                config["hosts"][host.name] = fingerprint(host.ek_certificate)
+                config["hosts"][host.name] = sorted(fingerprint(der) for der in host.ek_certificates)
             config["cluster"] = cluster
             write_atomic(issued_path, json.dumps(issued, indent=2, sort_keys=True).encode(), mode=0o600)
             fsync_directory(self.ta.root)

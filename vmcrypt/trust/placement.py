@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vmcrypt.errors import KeyProviderError
 from vmcrypt.inventory import InventoryError
 from vmcrypt.keys import KeyManager
 from vmcrypt.providers.trusted import TrustedKeyProvider
@@ -21,7 +22,10 @@ from vmcrypt.trust.workload import NOT_TRUSTED, HostNotTrusted, check_attested, 
 def trusted_provider(keys: KeyManager, provider_id: str | None) -> TrustedKeyProvider | None:
     if provider_id is None:
         return None
-    provider = keys.registry.get(provider_id)
+    try:
+        provider = keys.registry.get(provider_id)
+    except KeyProviderError:  # not configured here: the operation itself says so when it needs the key
+        return None
     return provider if isinstance(provider, TrustedKeyProvider) else None
 
 

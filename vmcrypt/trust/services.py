@@ -120,7 +120,7 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
         host, config = _host_of(client, ta)
         data = await _json(request)
         ek, ak = _b64_field(data, "ek_certificate"), _b64_field(data, "ak_public")
-        if fingerprint(ek) != config["hosts"][host]:
+        if fingerprint(ek) not in config["hosts"][host]:
             raise Refused(403, "attestation refused", [f"host {host}: the EK certificate is not the one imported "
                                                        "for this host"])
         with verifiers.lock:
@@ -139,7 +139,7 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
         reasons = []
         if report.host != host:
             reasons.append(f"the report names host {report.host!r} but the client is host {host!r}")
-        if fingerprint(report.ek_certificate) != config["hosts"][host]:
+        if fingerprint(report.ek_certificate) not in config["hosts"][host]:
             reasons.append(f"host {host}: the EK certificate is not the one imported for this host")
         with verifiers.lock:
             verdict = verifiers.get().verify(report)
@@ -149,7 +149,7 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
         ta.record_attestation(host, record)
         if reasons or not verdict.passed:
             raise Refused(403, "attestation refused", reasons or ["the verifier did not pass the host"])
-        token = ta.token_issuer().issue(host=host, ek_fingerprint=config["hosts"][host],
+        token = ta.token_issuer().issue(host=host, ek_fingerprint=fingerprint(report.ek_certificate),
                                         version=verdict.version or report.version, cluster=config["cluster"])
         ta.audit.append(client, "attest", "ok", f"host {host} passed, version {verdict.version}")
         return {"token": token, "verdict": json.loads(verdict.to_json())}
@@ -216,7 +216,7 @@ def build_key_provider_app(ta: TrustAuthority) -> Starlette:
             reasons.append(f"the token is for host {claims.host!r}, the client is host {host!r}")
         if claims.cluster != config["cluster"]:
             reasons.append(f"the token is for cluster {claims.cluster!r}, not the trusted cluster")
-        if claims.ek_fingerprint != config["hosts"][host]:
+        if claims.ek_fingerprint not in config["hosts"][host]:
             reasons.append("the token's EK is not the one imported for this host")
         issued = ta.issued_keys().get(key_id)
         if issued is None or issued["cluster"] != config["cluster"]:

@@ -67,9 +67,9 @@ def _write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode(), mode=0o600)
 
 
-def export_host_identities(home: Path, cluster: str, hosts: dict[str, bytes]) -> dict[str, Any]:
+def export_host_identities(home: Path, cluster: str, hosts: dict[str, list[bytes]]) -> dict[str, Any]:
     """The bundle a TrustedAdmin imports into the Trust Authority: the cluster's name, a CSR for the
-    management plane, and per host its EK certificate (DER) and a CSR for its agent. Keys stay here."""
+    management plane, and per host its EK certificates (DER) and a CSR for its agent. Keys stay here."""
     if not cluster or "/" in cluster:
         raise WorkloadTrustError(f"cluster name {cluster!r} is not a plain name")
     if not hosts:
@@ -80,9 +80,10 @@ def export_host_identities(home: Path, cluster: str, hosts: dict[str, bytes]) ->
     _write_json(existing, {"cluster": cluster})
     management_csr = new_client_key(cluster_dir(home), MANAGEMENT_PREFIX + cluster)
     entries = []
-    for name, ek in sorted(hosts.items()):
+    for name, eks in sorted(hosts.items()):
         csr = new_client_key(agent_dir(home, name), HOST_PREFIX + name)
-        entries.append({"name": name, "ek_certificate": base64.b64encode(ek).decode(), "csr": csr.decode()})
+        entries.append({"name": name, "ek_certificates": [base64.b64encode(ek).decode() for ek in eks],
+                        "csr": csr.decode()})
     return {"cluster": cluster, "management_csr": management_csr.decode(), "hosts": entries}
 
 
