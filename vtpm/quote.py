@@ -118,10 +118,7 @@ def unwrap_tpm2b(data: bytes, what: str) -> bytes:
 
 
 def parse_quote(attest: bytes) -> Quote:
-    """Parse a TPMS_ATTEST (or a TPM2B_ATTEST) that must be a quote made by a TPM."""
-    if len(attest) >= 2 and int.from_bytes(attest[:2], "big") == len(attest) - 2 and attest[2:6] == \
-            TPM_GENERATED_VALUE.to_bytes(4, "big"):
-        attest = attest[2:]
+    """Parse a TPMS_ATTEST (the body of a TPM2B_ATTEST) that must be a quote made by a TPM."""
     c = _Cursor(bytes(attest), "TPMS_ATTEST")
     magic, kind = c.unpack(_HEAD, "magic")
     if magic != TPM_GENERATED_VALUE:
