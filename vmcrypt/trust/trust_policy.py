@@ -20,10 +20,16 @@ def image_version(manifest_json: str) -> str:
 
 
 def build_policy(manufacturer_cas: list[bytes], trusted_eks: list[bytes], images: list[str]) -> Any:
+    """The verifier's policy: manufacturer CAs (PEM), trusted EK certificates (DER), manifests (JSON)."""
     from vmcrypt.trust.policy import TrustPolicy
-    return TrustPolicy(manufacturer_cas=tuple(x509.load_pem_x509_certificate(pem) for pem in manufacturer_cas),
-                       trusted_eks=tuple(trusted_eks),
-                       images={m.version: m for m in (ImageManifest.from_json(text) for text in images)})
+    policy = TrustPolicy()
+    for pem in manufacturer_cas:
+        policy = policy.with_manufacturer_ca(x509.load_pem_x509_certificate(pem))
+    for der in trusted_eks:
+        policy = policy.with_trusted_ek(x509.load_der_x509_certificate(der))
+    for text in images:
+        policy = policy.with_image(ImageManifest.from_json(text))
+    return policy
 
 
 def make_verifier(policy: Any) -> Any:
