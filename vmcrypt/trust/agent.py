@@ -95,6 +95,9 @@ class HostAgent:
             raise AttestationRefused(self.host, refusal.reasons or [refusal.error]) from None
         except EvidenceError as exc:
             raise VmcryptError(f"host {self.host}: the attestation service's answer is malformed: {exc}") from None
+        except httpx.HTTPError as exc:
+            raise VmcryptError(f"host {self.host}: the attestation service of {self.authority.name} is not "
+                               f"reachable: {type(exc).__name__}") from None
         token = answer.get("token") if isinstance(answer, dict) else None
         if not isinstance(token, str):
             raise VmcryptError(f"host {self.host}: the attestation service answered without a token")
