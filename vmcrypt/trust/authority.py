@@ -336,6 +336,12 @@ class TrustAdmin:
             config["kmip"] = {**settings, "ca": str(Path(parsed.ca).resolve()), "cert": str(Path(parsed.cert).resolve()),
                               "key": str(Path(parsed.key).resolve())}
 
+    def use_native_store(self) -> None:
+        """Keep the keys in a native key store under the Trust Authority's home instead of a KMIP cluster
+        (a single-node Trust Authority, or a demonstration): same release rules."""
+        with self._change("use native key store", "keys under the Trust Authority's home") as config:
+            config["kmip"] = {"native": True}
+
     def import_hosts(self, bundle: Any) -> list[str]:
         """Import a workload cluster's host identities: trust its hosts' EKs (by fingerprint), sign the
         hosts' and the management plane's client certificates. One workload cluster per Trust Authority."""

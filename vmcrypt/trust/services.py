@@ -24,6 +24,7 @@ import binascii
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -165,25 +166,34 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
 
 
 class _Kmip:
-    """The KMIP provider behind the key provider service, rebuilt when its settings change."""
+    """The KMIP provider behind the key provider service (or the Trust Authority's own native key store),
+    rebuilt when its settings change."""
 
-    def __init__(self) -> None:
+    def __init__(self, ta: TrustAuthority) -> None:
+        self.ta = ta
         self.lock = threading.Lock()
         self._settings: dict[str, Any] | None = None
         self._provider: Any = None
 
     def get(self, settings: dict[str, Any] | None) -> Any:
         from vmcrypt.providers.kmip import KmipKeyProvider, KmipSettings
+        from vmcrypt.providers.native import NativeKeyProvider
         if settings is None:
             raise Refused(503, "no KMIP cluster is configured behind the key provider service")
         if settings != self._settings:
-            self._provider = KmipKeyProvider("trust-authority-kmip", "trust-authority", KmipSettings.from_dict(settings))
+            if settings.get("native"):
+                native = NativeKeyProvider(self.ta.root / "native", "trust-authority-native", "trust-authority")
+                native.initialise()
+                self._provider = native
+            else:
+                self._provider = KmipKeyProvider("trust-authority-kmip", "trust-authority",
+                                                 KmipSettings.from_dict(settings))
             self._settings = settings
         return self._provider
 
 
 def build_key_provider_app(ta: TrustAuthority) -> Starlette:
-    kmip = _Kmip()
+    kmip = _Kmip(ta)
 
     async def create(request: Request, client: str) -> Any:
         config = ta.config()
@@ -236,6 +246,49 @@ def build_key_provider_app(ta: TrustAuthority) -> Starlette:
         Route("/keys/release", _route(ta, "release key", release), methods=["POST"]),
         Route("/health", _route(ta, "health", health), methods=["GET"]),
     ])
+
+
+@dataclass
+class RunningServices:
+    """Both services served from a thread of this process (real sockets): for embedding and the demo."""
+
+    attestation_url: str
+    key_provider_url: str
+    _servers: list[Any]
+    _thread: threading.Thread
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.should_exit = True
+        self._thread.join(10)
+
+
+def start_in_thread(ta: TrustAuthority, host: str = "127.0.0.1") -> RunningServices:
+    """Serve both services with mutual TLS on free loopback ports from a background thread."""
+    import asyncio
+    import time
+
+    from vmcrypt.service import _Server, _tcp_socket
+    from vmcrypt.trust.serving import mtls_config
+    servers, sockets, urls = [], [], []
+    for number, app in enumerate((build_attestation_app(ta), build_key_provider_app(ta))):
+        sock = _tcp_socket(host, 0)
+        cert, key = ta.ca.issue_server(ta.root / "server" / str(number), host)
+        servers.append(_Server(mtls_config(app, cert, key, ta.ca.cert_path)))
+        sockets.append(sock)
+        urls.append(f"https://{host}:{sock.getsockname()[1]}")
+
+    async def run() -> None:
+        await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets)))
+
+    thread = threading.Thread(target=asyncio.run, args=(run(),), name="trust-services", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not all(server.started for server in servers):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise TrustAuthorityError("the trust services did not start")
+        time.sleep(0.01)
+    return RunningServices(urls[0], urls[1], servers, thread)
 
 
 def serve_authority(ta: TrustAuthority, attestation: str, keys: str) -> None:
