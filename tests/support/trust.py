@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vmcrypt.trust.collect import HostEvidence
+from vmcrypt.trust.evidence import AttestationReport, Verdict
 from vmcrypt.trust.host_boot import BootedHost, boot_host
 from vmcrypt.trust.images import BootImage, Tamper, make_image
 from vmcrypt.trust.manufacturer import MANUFACTURER_DIR, ManufacturerCA
+from vmcrypt.trust.policy import TrustPolicy
+from vmcrypt.trust.verifier import Verifier
 
 TRUSTED_VERSION = "8.0.2"
 _IMAGES: dict[str, BootImage] = {}
@@ -36,3 +40,20 @@ def boot_tampered_host(home: Path, tamper: Tamper | str, name: str = "esx-bad",
                        version: str = TRUSTED_VERSION) -> BootedHost:
     """A host booted with one tamper: modified-vib, unsigned-vib, secure-boot-off, old-version."""
     return boot_host(Path(home) / "hosts" / name, image(version), tamper=tamper)
+
+
+def trusted_policy(home: Path, versions: tuple[str, ...] = (TRUSTED_VERSION,)) -> TrustPolicy:
+    """Trust the home's TPM manufacturer and the images of ``versions``."""
+    policy = TrustPolicy().with_manufacturer_ca(manufacturer(home).certificate)
+    for version in versions:
+        policy = policy.with_image(image(version).manifest)
+    return policy
+
+
+def attest(verifier: Verifier, host: BootedHost, *, version: str | None = None,
+           evidence: HostEvidence | None = None) -> tuple[AttestationReport, Verdict]:
+    """One full round: identity, challenge, answer, verify."""
+    evidence = evidence or HostEvidence(host)
+    ek, ak = evidence.identity()
+    report = evidence.answer(verifier.challenge(ek, ak), host=host.name, version=version or host.version)
+    return report, verifier.verify(report)

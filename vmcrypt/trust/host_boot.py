@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from durable.atomic import write_atomic
 from vmcrypt.trust.images import BootImage, ComponentKind, Tamper, make_image, tampered, vib_signature_valid
 from vmcrypt.trust.manufacturer import MANUFACTURER_DIR, ManufacturerCA
+from vmcrypt.trust.measurements import CMDLINE_PREFIX, SIGNATURE_PREFIX, VERSION_PREFIX
 from vmcrypt.vtpm_provision import ek_public_key
 from vtpm.client import EK_CERT_NV_ATTRIBUTES, TpmClient, TpmCommandError
 from vtpm.constants import ALG
@@ -72,10 +73,6 @@ SIGNATURE_OWNER = uuid.UUID("77fa9abd-0359-4d32-bd60-28f4e78f784b")
 SECURE_BOOT_VARIABLES = (("SecureBoot", EFI_GLOBAL_VARIABLE), ("PK", EFI_GLOBAL_VARIABLE),
                          ("KEK", EFI_GLOBAL_VARIABLE), ("db", EFI_IMAGE_SECURITY_DATABASE),
                          ("dbx", EFI_IMAGE_SECURITY_DATABASE))
-# Strings of the static-OS events in PCR 8 and 9; the verifier reads the log by these.
-VERSION_PREFIX = "esxi-version: "
-CMDLINE_PREFIX = "kernel_cmdline: "
-SIGNATURE_PREFIX = "vib-signature: "
 BOOT_OPTION_ACTION = b"Calling EFI Application from Boot Option"
 EXIT_BOOT_SERVICES = (b"Exit Boot Services Invocation", b"Exit Boot Services Returned with Success")
 

@@ -1,0 +1,187 @@
+"""Reading a host's logs as facts, and checking those facts against a trusted image.
+
+The verifier first proves the logs (they replay to the PCR values the AK signed); this
+module then says what they mean: which firmware, boot loader, kernel and VIBs were
+measured with which SHA-256 digests, what the VIB signature checks said, whether Secure
+Boot was on, which version booted. Events whose digest is the hash of their own data
+(the PCR 8 strings, UEFI variables) are believed only when that holds, so a log cannot
+say one thing and extend another. Every problem is a reason naming the component.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from vmcrypt.trust.images import ComponentKind
+from vmcrypt.trust.policy import ImageIndex
+from vtpm.constants import ALG
+from vtpm.eventlog import Event, EventType
+from vtpm.ima import BOOT_AGGREGATE, ImaEntry
+
+# The strings of the static-OS events in PCR 8, as the host's boot loader logs them.
+VERSION_PREFIX = "esxi-version: "
+CMDLINE_PREFIX = "kernel_cmdline: "
+SIGNATURE_PREFIX = "vib-signature: "
+
+_SHA256 = ALG.SHA256
+_IPL = EventType.EV_IPL
+_VARIABLE = EventType.EV_EFI_VARIABLE_DRIVER_CONFIG
+_BLOB2 = EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2
+_APPLICATION = EventType.EV_EFI_BOOT_SERVICES_APPLICATION
+_VARIABLE_HEAD = struct.Struct("<16sQQ")
+_SECURE_BOOT_NAME = "SecureBoot".encode("utf-16-le")
+_KIND_LABEL = {ComponentKind.FIRMWARE: "firmware", ComponentKind.BOOTLOADER: "boot loader",
+               ComponentKind.KERNEL: "kernel", ComponentKind.VIB: "VIB"}
+
+
+@dataclass
+class BootFacts:
+    """What a boot log says, once its data-bound events have been checked."""
+
+    version: str | None = None
+    secure_boot: bool | None = None
+    cmdline: str | None = None
+    measured: list[tuple[ComponentKind, str, bytes]] = field(default_factory=list)  # kind, name, SHA-256
+    signature_checks: dict[str, str] = field(default_factory=dict)  # VIB -> valid / invalid / unsigned
+    problems: list[str] = field(default_factory=list)
+
+
+def _where(event: Event) -> str:
+    return f"event {event.number} (PCR {event.pcr} {event.type_name})"
+
+
+def _ipl_value(event: Event, problems: list[str]) -> str | None:
+    """The value of a PCR 8 string ``prefix value\\0`` if its SHA-256 digest is the value's hash."""
+    data = event.data
+    space = data.find(b" ")
+    if space < 0 or not data.endswith(b"\0"):
+        problems.append(f"event log: {_where(event)} is not a 'prefix: value' string")
+        return None
+    value = data[space + 1:-1]
+    if hashlib.sha256(value).digest() != event.digests.get(_SHA256):
+        problems.append(f"event log: {_where(event)} data does not match its sha256 digest")
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        problems.append(f"event log: {_where(event)} is not UTF-8")
+        return None
+
+
+def _firmware_name(data: bytes) -> str | None:
+    if not data or len(data) != 1 + data[0] + 16:
+        return None
+    return data[1:1 + data[0]].decode("ascii", "replace")
+
+
+def _image_path(data: bytes) -> str | None:
+    """The file path of an UEFI_IMAGE_LOAD_EVENT's first media file-path node."""
+    if len(data) < 32:
+        return None
+    (length,) = struct.unpack_from("<Q", data, 24)
+    path = data[32:32 + length]
+    if len(path) < 4 or path[0] != 4 or path[1] != 4:
+        return None
+    node = int.from_bytes(path[2:4], "little")
+    text = path[4:node].decode("utf-16-le", "replace").rstrip("\0")
+    return text.rsplit("\\", 1)[-1]
+
+
+def read_boot_log(events: Iterable[Event]) -> BootFacts:
+    facts = BootFacts()
+    problems = facts.problems
+    for event in events:
+        kind = event.event_type
+        pcr = event.pcr
+        if pcr == 9 and kind == _IPL:
+            label, _, name = event.data.decode("utf-8", "replace").partition(":")
+            component = ComponentKind.KERNEL if label == "kernel" else ComponentKind.VIB if label == "vib" else None
+            if component is None:
+                problems.append(f"event log: {_where(event)} loads an unknown kind of module '{label}'")
+            else:
+                facts.measured.append((component, name, event.digests[_SHA256]))
+        elif pcr == 8 and kind == _IPL:
+            value = _ipl_value(event, problems)
+            if value is None:
+                continue
+            prefix = event.data[:event.data.find(b" ") + 1].decode("utf-8", "replace")
+            if prefix == SIGNATURE_PREFIX:
+                name, _, verdict = value.rpartition(" ")
+                facts.signature_checks[name] = verdict
+            elif prefix == VERSION_PREFIX:
+                if facts.version is not None:
+                    problems.append(f"version: the event log names a version twice ({_where(event)})")
+                facts.version = value
+            elif prefix == CMDLINE_PREFIX:
+                facts.cmdline = value
+        elif pcr == 0 and kind == _BLOB2:
+            facts.measured.append((ComponentKind.FIRMWARE, _firmware_name(event.data) or f"blob at event "
+                                   f"{event.number}", event.digests[_SHA256]))
+        elif pcr == 4 and kind == _APPLICATION:
+            facts.measured.append((ComponentKind.BOOTLOADER, _image_path(event.data) or f"application at event "
+                                   f"{event.number}", event.digests[_SHA256]))
+        elif pcr == 7 and kind == _VARIABLE:
+            data = event.data
+            if len(data) < _VARIABLE_HEAD.size:
+                problems.append(f"event log: {_where(event)} is not a UEFI_VARIABLE_DATA")
+                continue
+            _, name_chars, data_size = _VARIABLE_HEAD.unpack_from(data)
+            name_end = _VARIABLE_HEAD.size + 2 * name_chars
+            if name_end + data_size != len(data):
+                problems.append(f"event log: {_where(event)} sizes do not add up")
+                continue
+            if data[_VARIABLE_HEAD.size:name_end] != _SECURE_BOOT_NAME:
+                continue
+            if hashlib.sha256(data).digest() != event.digests.get(_SHA256):
+                problems.append(f"event log: {_where(event)} SecureBoot data does not match its sha256 digest")
+                continue
+            facts.secure_boot = data[name_end:] == b"\x01"
+    return facts
+
+
+def check_image(facts: BootFacts, image: ImageIndex, ima: Iterable[ImaEntry], boot_aggregate: bytes | None,
+                require_secure_boot: bool = True) -> list[str]:
+    """Every way the booted host differs from the trusted image (empty when it is that image)."""
+    reasons = list(facts.problems)
+    version = image.manifest.version
+    if require_secure_boot:
+        if facts.secure_boot is None:
+            reasons.append("Secure Boot: the event log has no SecureBoot variable (PCR 7)")
+        elif not facts.secure_boot:
+            reasons.append("Secure Boot: off (the SecureBoot variable measured into PCR 7 is not 1)")
+    seen: dict[ComponentKind, set[str]] = {kind: set() for kind in ComponentKind}
+    for kind, name, digest in facts.measured:
+        label = _KIND_LABEL[kind]
+        trusted = image.by_kind[kind].get(name)
+        seen[kind].add(name)
+        if trusted is None:
+            reasons.append(f"{label} '{name}' is not part of trusted image {version}")
+        elif trusted != digest:
+            reasons.append(f"{label} '{name}': measured digest {digest.hex()[:16]}... is not the trusted image "
+                           f"{version}'s {trusted.hex()[:16]}...")
+        if kind == ComponentKind.VIB:
+            verdict = facts.signature_checks.get(name)
+            if verdict is None:
+                reasons.append(f"VIB '{name}': no vendor signature check was measured")
+            elif verdict != "valid":
+                reasons.append(f"VIB '{name}': vendor signature check at boot: {verdict}")
+    for kind, names in image.by_kind.items():
+        for name in names.keys() - seen[kind]:
+            reasons.append(f"{_KIND_LABEL[kind]} '{name}' of trusted image {version} was not measured")
+    if facts.cmdline != image.manifest.kernel_cmdline:
+        reasons.append(f"kernel command line: '{facts.cmdline}' is not the trusted image {version}'s")
+    files = image.manifest.runtime_files
+    for entry in ima:
+        if entry.path == BOOT_AGGREGATE and entry.number == 1:
+            if boot_aggregate is not None and entry.file_digest != boot_aggregate:
+                reasons.append("IMA log: boot_aggregate does not match PCRs 0-9 of the boot log")
+            continue
+        trusted_file = files.get(entry.path)
+        if trusted_file is None:
+            reasons.append(f"IMA: file {entry.path} is not part of trusted image {version}")
+        elif trusted_file != entry.file_digest:
+            reasons.append(f"IMA: file {entry.path} does not match trusted image {version}")
+    return reasons
