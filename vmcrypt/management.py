@@ -472,9 +472,9 @@ class UserSession(AdminOperations):
         return self.crypt(Operation.DECRYPT, name, progress=progress)[0]
 
     def rekey(self, name: str, *, deep: bool = False, provider: str | None = None,
-              progress: Callable | None = None) -> VmRecord:
+              progress: Callable | None = None, host: str | None = None) -> VmRecord:
         """New KEK for the VM (``provider``: move it to that provider); ``deep``: also a new DEK, every file re-encrypted."""
-        return self.crypt(Operation.REKEY, name, deep=deep, provider=provider, progress=progress)[0]
+        return self.crypt(Operation.REKEY, name, deep=deep, provider=provider, progress=progress, host=host)[0]
 
     # ------------------------------------------------------------------ power
 
