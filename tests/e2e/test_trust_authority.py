@@ -169,6 +169,25 @@ def test_tampered_host_fails_with_the_component_and_gets_nothing(world: World) -
     assert not (world.root / "ds2" / directory.name).exists() and not (world.root / "ds1" / "vm1-copy").exists()
 
 
+def test_trusted_vm_clones_migrates_and_resumes_only_on_the_attested_host(world: World) -> None:
+    admin = world.admin
+    clone = admin.clone("vm1", "vm1-clone", host=GOOD)
+    assert clone.key_id != admin.vm("vm1").key_id
+    assert admin.describe("vm1-clone")["key_provider"]["kind"] == "trusted"
+    moved = admin.migrate("vm1-clone", "ds2", host=GOOD)
+    assert moved.datastore == "ds2"
+    admin.power_on("vm1-clone", host=GOOD)
+    admin.suspend("vm1-clone")
+    directory = Path(admin.vm("vm1-clone").vmx_path).parent
+    before = tree_digest(directory)
+    with pytest.raises(Exception) as resume:
+        admin.resume("vm1-clone", host=BAD)
+    assert NOT_TRUSTED in str(resume.value)
+    assert tree_digest(directory) == before and admin.vm("vm1-clone").power_state == "suspended"
+    assert admin.resume("vm1-clone", host=GOOD).power_state == "on"
+    admin.power_off("vm1-clone")
+
+
 def _client(world: World, directory: Path | None) -> httpx.Client:
     context = ssl.create_default_context(cafile=str(world.identity.ca_path))
     if directory is not None:
