@@ -23,11 +23,12 @@ import base64
 import binascii
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -52,29 +53,42 @@ class Refused(Exception):
         super().__init__(error)
 
 
-async def _json(request: Request) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise Refused(413, "the request is too large")
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise Refused(422, "the request is not JSON") from None
+@dataclass(frozen=True)
+class Call:
+    """What a handler gets: the verified client's name, the request body and its headers."""
 
+    client: str
+    body: bytes
+    headers: Mapping[str, str]
 
-def _route(ta: TrustAuthority, action: str, handler: Callable[[Request, str], Any]) -> Callable[[Request], Any]:
-    """Wrap a handler: the verified client's name, refusals answered as JSON and audited."""
-    async def endpoint(request: Request) -> JSONResponse:
-        client = client_name(request)
+    def json(self) -> Any:
         try:
-            return JSONResponse(await handler(request, client))
+            return json.loads(self.body)
+        except ValueError:
+            raise Refused(422, "the request is not JSON") from None
+
+
+def _route(ta: TrustAuthority, action: str, handler: Callable[[Call], Any]) -> Callable[[Request], Any]:
+    """Wrap a handler: the verified client's name, the body read (bounded), the handler on a worker thread
+    (KMIP calls and the verifier block), refusals answered as JSON and audited."""
+    def run(call: Call) -> JSONResponse:
+        try:
+            return JSONResponse(handler(call))
         except Refused as refusal:
-            ta.audit.append(client or "unauthenticated client", action, "refused",
+            ta.audit.append(call.client or "unauthenticated client", action, "refused",
                             "; ".join([refusal.error, *refusal.reasons]))
             return JSONResponse({"error": refusal.error, "reasons": refusal.reasons}, status_code=refusal.status)
         except (TrustAuthorityError, VmcryptError) as exc:
-            ta.audit.append(client or "unauthenticated client", action, "failed", str(exc))
+            ta.audit.append(call.client or "unauthenticated client", action, "failed", str(exc))
             return JSONResponse({"error": str(exc), "reasons": []}, status_code=409)
+
+    async def endpoint(request: Request) -> JSONResponse:
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return JSONResponse({"error": "the request is too large", "reasons": []}, status_code=413)
+        return await run_in_threadpool(run, Call(client_name(request), body, dict(request.headers)))
     return endpoint
 
 
@@ -117,9 +131,9 @@ def _b64_field(data: Any, name: str) -> bytes:
 def build_attestation_app(ta: TrustAuthority) -> Starlette:
     verifiers = _VerifierCache(ta)
 
-    async def challenge(request: Request, client: str) -> Any:
-        host, config = _host_of(client, ta)
-        data = await _json(request)
+    def challenge(call: Call) -> Any:
+        host, config = _host_of(call.client, ta)
+        data = call.json()
         ek, ak = _b64_field(data, "ek_certificate"), _b64_field(data, "ak_public")
         if fingerprint(ek) not in config["hosts"][host]:
             raise Refused(403, "attestation refused", [f"host {host}: the EK certificate is not the one imported "
@@ -131,10 +145,10 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
                 raise Refused(403, "attestation refused", [f"host {host}: {exc}"]) from None
         return json.loads(issued.to_json())
 
-    async def attest(request: Request, client: str) -> Any:
-        host, config = _host_of(client, ta)
+    def attest(call: Call) -> Any:
+        host, config = _host_of(call.client, ta)
         try:
-            report = AttestationReport.from_json(await request.body())
+            report = AttestationReport.from_json(call.body)
         except EvidenceError as exc:
             raise Refused(422, f"the attestation report is malformed: {exc}") from None
         reasons = []
@@ -152,10 +166,10 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
             raise Refused(403, "attestation refused", reasons or ["the verifier did not pass the host"])
         token = ta.token_issuer().issue(host=host, ek_fingerprint=fingerprint(report.ek_certificate),
                                         version=verdict.version or report.version, cluster=config["cluster"])
-        ta.audit.append(client, "attest", "ok", f"host {host} passed, version {verdict.version}")
+        ta.audit.append(call.client, "attest", "ok", f"host {host} passed, version {verdict.version}")
         return {"token": token, "verdict": json.loads(verdict.to_json())}
 
-    async def health(request: Request, client: str) -> Any:
+    def health(call: Call) -> Any:
         return {"ok": True, "service": "attestation", "name": ta.config()["name"]}
 
     return Starlette(routes=[
@@ -195,26 +209,25 @@ class _Kmip:
 def build_key_provider_app(ta: TrustAuthority) -> Starlette:
     kmip = _Kmip(ta)
 
-    async def create(request: Request, client: str) -> Any:
+    def create(call: Call) -> Any:
         config = ta.config()
-        if not config["cluster"] or client != MANAGEMENT_PREFIX + config["cluster"]:
-            raise Refused(403, f"client {client!r} is not the management plane of the trusted cluster")
-        with kmip.lock:
+        if not config["cluster"] or call.client != MANAGEMENT_PREFIX + config["cluster"]:
+            raise Refused(403, f"client {call.client!r} is not the management plane of the trusted cluster")
+        with kmip.lock:  # one writer of keys.json at a time
             key_id = kmip.get(config["kmip"]).create_key()
-        ta.record_key(key_id, config["cluster"])
-        ta.audit.append(client, "create key", "ok", key_id)
+            ta.record_key(key_id, config["cluster"])
+        ta.audit.append(call.client, "create key", "ok", key_id)
         return {"key_id": key_id}
 
-    async def release(request: Request, client: str) -> Any:
-        config = ta.config()
-        if client.startswith(MANAGEMENT_PREFIX):
+    def release(call: Call) -> Any:
+        if call.client.startswith(MANAGEMENT_PREFIX):
             raise Refused(403, "key material is released only to attested hosts, never to the management plane")
-        host, config = _host_of(client, ta)
-        data = await _json(request)
+        host, config = _host_of(call.client, ta)
+        data = call.json()
         key_id = data.get("key_id") if isinstance(data, dict) else None
         if not isinstance(key_id, str):
             raise Refused(422, "the request needs 'key_id'")
-        header = request.headers.get("authorization", "")
+        header = call.headers.get("authorization", "")
         if not header.startswith("Bearer "):
             raise Refused(401, f"key {key_id}: no attestation token")
         try:
@@ -235,10 +248,10 @@ def build_key_provider_app(ta: TrustAuthority) -> Starlette:
             raise Refused(403, f"key {key_id} refused to host {host}", reasons)
         with kmip.lock:
             material = kmip.get(config["kmip"]).get_key(key_id)
-        ta.audit.append(client, "release key", "ok", f"{key_id} to host {host} (token {claims.token_id})")
+        ta.audit.append(call.client, "release key", "ok", f"{key_id} to host {host} (token {claims.token_id})")
         return {"key_id": key_id, "key": base64.b64encode(material).decode()}
 
-    async def health(request: Request, client: str) -> Any:
+    def health(call: Call) -> Any:
         return {"ok": True, "service": "key provider", "name": ta.config()["name"], "time": utc_now().isoformat()}
 
     return Starlette(routes=[
