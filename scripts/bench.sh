@@ -6,3 +6,4 @@ bash scripts/bootstrap.sh
 .venv/bin/python -m pytest benchmarks -q --benchmark-columns=min,median,mean,ops "$@"
 .venv/bin/python benchmarks/xts_vs_openssl.py
 .venv/bin/python benchmarks/journal_latency.py
+.venv/bin/python benchmarks/attestation_rate.py

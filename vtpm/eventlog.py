@@ -22,10 +22,11 @@ sequence reset it to 4 first (TPM 2.0 Part 1, 34.3).
 from __future__ import annotations
 
 import enum
+import hashlib
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from vtpm.constants import ALG
 from vtpm.crypto import HASHES, digest
@@ -115,9 +116,11 @@ class SpecIdEvent:
     vendor_info: bytes
 
 
-@dataclass(frozen=True)
-class Event:
-    """One TCG_PCR_EVENT2 entry (``number`` counts from 1; the Spec ID header is entry 0)."""
+class Event(NamedTuple):
+    """One TCG_PCR_EVENT2 entry (``number`` counts from 1; the Spec ID header is entry 0).
+
+    A NamedTuple rather than a frozen dataclass: a log is parsed per attestation, and a frozen
+    dataclass's ``__init__`` costs several times as much per event."""
 
     number: int
     offset: int
@@ -196,24 +199,47 @@ def _parse_spec_id(data: bytes) -> SpecIdEvent:
 
 
 def _parse_event2(reader: _Reader, number: int, sizes: Mapping[int, int]) -> Event:
-    offset = reader.offset
-    where = f"event {number} (offset {offset})"
-    pcr, event_type, digest_count = reader.unpack(_EVENT2_HEAD, f"{where} header")
+    """One TCG_PCR_EVENT2. Bounds are checked inline and messages built only on failure: this loop
+    runs for every event of every attestation."""
+    data, offset, total = reader.data, reader.offset, len(reader.data)
+    if offset + 12 > total:
+        raise EventLogError(f"event {number} (offset {offset}) header at offset {offset} needs 12 bytes, "
+                            f"{total - offset} left")
+    pcr, event_type, digest_count = _EVENT2_HEAD.unpack_from(data, offset)
     if pcr >= PCR_COUNT:
-        raise EventLogError(f"{where}: PCR index {pcr} (0-{PCR_COUNT - 1} allowed)")
+        raise EventLogError(f"event {number} (offset {offset}): PCR index {pcr} (0-{PCR_COUNT - 1} allowed)")
     if digest_count > len(sizes):
-        raise EventLogError(f"{where}: {digest_count} digests, the Spec ID lists {len(sizes)} algorithms")
+        raise EventLogError(f"event {number} (offset {offset}): {digest_count} digests, the Spec ID lists "
+                            f"{len(sizes)} algorithms")
+    position = offset + 12
     digests: dict[int, bytes] = {}
     for _ in range(digest_count):
-        (alg,) = reader.unpack(_DIGEST_ALG, f"{where} digest algorithm")
-        if alg not in sizes:
-            raise EventLogError(f"{where}: digest algorithm 0x{alg:04x} is not in the Spec ID Event03")
+        if position + 2 > total:
+            raise EventLogError(f"event {number} (offset {offset}) digest algorithm at offset {position} needs "
+                                f"2 bytes, {total - position} left")
+        (alg,) = _DIGEST_ALG.unpack_from(data, position)
+        size = sizes.get(alg)
+        if size is None:
+            raise EventLogError(f"event {number} (offset {offset}): digest algorithm 0x{alg:04x} is not in the "
+                                "Spec ID Event03")
         if alg in digests:
-            raise EventLogError(f"{where}: two digests for algorithm 0x{alg:04x}")
-        digests[alg] = reader.take(sizes[alg], f"{where} digest")
-    (size,) = reader.unpack(_SIZE, f"{where} event size")
-    data = reader.take(size, f"{where} event data")
-    return Event(number, offset, pcr, event_type, digests, data)
+            raise EventLogError(f"event {number} (offset {offset}): two digests for algorithm 0x{alg:04x}")
+        position += 2
+        if position + size > total:
+            raise EventLogError(f"event {number} (offset {offset}) digest at offset {position} needs {size} bytes, "
+                                f"{total - position} left")
+        digests[alg] = data[position:position + size]
+        position += size
+    if position + 4 > total:
+        raise EventLogError(f"event {number} (offset {offset}) event size at offset {position} needs 4 bytes, "
+                            f"{total - position} left")
+    (size,) = _SIZE.unpack_from(data, position)
+    position += 4
+    if position + size > total:
+        raise EventLogError(f"event {number} (offset {offset}) event data at offset {position} needs {size} bytes, "
+                            f"{total - position} left")
+    reader.offset = position + size
+    return Event(number, offset, pcr, event_type, digests, data[position:position + size])
 
 
 def parse_event_log(data: bytes) -> EventLog:
@@ -278,16 +304,24 @@ def replay(log: EventLog, algorithms: Iterable[int] | None = None) -> dict[int, 
     locality = startup_locality(log)
     pcrs = {alg: {index: initial_value(index, HASHES[alg].size, locality) for index in range(PCR_COUNT)}
             for alg in banks}
+    no_action = int(EventType.EV_NO_ACTION)
+    hashers = [(alg, pcrs[alg], _hash_constructor(alg)) for alg in banks]
     for event in log.events:
-        if event.event_type == EventType.EV_NO_ACTION:
+        if event.event_type == no_action:
             continue
-        for alg in banks:
-            value = event.digests.get(alg)
+        digests, index = event.digests, event.pcr
+        for alg, bank, new in hashers:
+            value = digests.get(alg)
             if value is None:
                 raise EventLogError(f"event {event.number} ({event.type_name}, PCR {event.pcr}) "
                                     f"has no {_alg_name(alg)} digest")
-            pcrs[alg][event.pcr] = digest(alg, pcrs[alg][event.pcr], value)
+            bank[index] = new(bank[index] + value).digest()
     return pcrs
+
+
+def _hash_constructor(alg: int) -> Any:
+    """hashlib's constructor for the bank (one call per extend, no table lookups)."""
+    return getattr(hashlib, HASHES[alg].name)
 
 
 def _alg_name(alg: int) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vtpm.constants import ALG
 from vtpm.crypto import HASHES
@@ -47,13 +47,26 @@ _U32 = struct.Struct("<I")
 _ZERO_HASH = bytes(SHA1_SIZE)
 
 
+class _Where:
+    """'IMA entry N (offset O)', formatted only when a message needs it."""
+
+    __slots__ = ("number", "offset")
+
+    def __init__(self, number: int, offset: int) -> None:
+        self.number, self.offset = number, offset
+
+    def __str__(self) -> str:
+        return f"IMA entry {self.number} (offset {self.offset})"
+
+
 class ImaLogError(ValueError):
     """The IMA list is malformed or does not replay; the message names the entry and offset."""
 
 
-@dataclass(frozen=True)
-class ImaEntry:
-    """One measurement: ``number`` counts from 1, ``offset`` is the entry's byte offset."""
+class ImaEntry(NamedTuple):
+    """One measurement: ``number`` counts from 1, ``offset`` is the entry's byte offset.
+
+    (A NamedTuple: the list is parsed per attestation, and a frozen dataclass costs more per entry.)"""
 
     number: int
     offset: int
@@ -100,7 +113,10 @@ def boot_aggregate(pcrs: Mapping[int, bytes], alg: int = ALG.SHA256) -> bytes:
     return hashlib.new(_HASHLIB[alg], b"".join(pcrs[i] for i in BOOT_AGGREGATE_PCRS)).digest()
 
 
-def _parse_template(data: bytes, where: str) -> tuple[int, bytes, str]:
+_SHA256_D_NG = _U32.pack(40) + b"sha256:\0"  # the d-ng field's length and prefix for a SHA-256 file digest
+
+
+def _parse_template(data: bytes, where: object) -> tuple[int, bytes, str]:
     size = len(data)
     if size < 4:
         raise ImaLogError(f"{where}: template data too short")
@@ -130,33 +146,49 @@ def _parse_template(data: bytes, where: str) -> tuple[int, bytes, str]:
 
 
 def parse_ima_log(data: bytes) -> tuple[ImaEntry, ...]:
-    """Every entry of a binary ima-ng list; ImaLogError naming the entry and offset when malformed."""
+    """Every entry of a binary ima-ng list; ImaLogError naming the entry and offset when malformed.
+
+    The loop is written out (no helper calls for the usual SHA-256 entry): it runs for every
+    entry of every attestation."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("the IMA log must be bytes")
     data = bytes(data)
     entries = []
+    append = entries.append
     offset, total = 0, len(data)
     head_size = _HEAD.size
+    unpack_head, unpack_u32 = _HEAD.unpack_from, _U32.unpack_from
+    name, name_len_expected = TEMPLATE_NAME, len(TEMPLATE_NAME)
+    fast_prefix, sha256 = _SHA256_D_NG, ALG.SHA256
+    number = 0
     while offset < total:
-        number = len(entries) + 1
-        where = f"IMA entry {number} (offset {offset})"
+        number += 1
         if offset + head_size > total:
-            raise ImaLogError(f"{where}: truncated header")
-        pcr, template_hash, name_len = _HEAD.unpack_from(data, offset)
+            raise ImaLogError(f"{_Where(number, offset)}: truncated header")
+        pcr, template_hash, name_len = unpack_head(data, offset)
         position = offset + head_size
-        if name_len != len(TEMPLATE_NAME) or data[position:position + name_len] != TEMPLATE_NAME:
-            raise ImaLogError(f"{where}: template is not ima-ng")
+        if name_len != name_len_expected or data[position:position + name_len] != name:
+            raise ImaLogError(f"{_Where(number, offset)}: template is not ima-ng")
         position += name_len
         if position + 4 > total:
-            raise ImaLogError(f"{where}: truncated template data length")
-        (data_len,) = _U32.unpack_from(data, position)
+            raise ImaLogError(f"{_Where(number, offset)}: truncated template data length")
+        (data_len,) = unpack_u32(data, position)
         position += 4
-        if data_len > MAX_ENTRY_DATA or position + data_len > total:
-            raise ImaLogError(f"{where}: template data of {data_len} bytes, {total - position} left")
-        body = data[position:position + data_len]
-        alg, file_digest, path = _parse_template(body, where)
-        entries.append(ImaEntry(number, offset, pcr, template_hash, body, alg, file_digest, path))
-        offset = position + data_len
+        end = position + data_len
+        if data_len > MAX_ENTRY_DATA or end > total:
+            raise ImaLogError(f"{_Where(number, offset)}: template data of {data_len} bytes, {total - position} left")
+        body = data[position:end]
+        if data_len >= 49 and body.startswith(fast_prefix) and unpack_u32(body, 44)[0] == data_len - 48 \
+                and body.find(b"\0", 48) == data_len - 1:
+            try:
+                path = body[48:-1].decode("utf-8")
+            except UnicodeDecodeError:
+                raise ImaLogError(f"{_Where(number, offset)}: path is not UTF-8") from None
+            append(ImaEntry(number, offset, pcr, template_hash, body, sha256, body[12:44], path))
+        else:
+            alg, file_digest, path = _parse_template(body, _Where(number, offset))
+            append(ImaEntry(number, offset, pcr, template_hash, body, alg, file_digest, path))
+        offset = end
     return tuple(entries)
 
 
@@ -167,23 +199,26 @@ def replay_ima(entries: Iterable[ImaEntry], algorithms: Iterable[int], pcr: int 
     for alg in banks:
         if alg not in _HASHLIB:
             raise ImaLogError(f"cannot replay bank 0x{alg:04x}")
+    entries = tuple(entries)
     values = {alg: bytes(HASHES[alg].size) for alg in banks}
-    ones = {alg: b"\xff" * HASHES[alg].size for alg in banks}
-    constructors = {alg: getattr(hashlib, _HASHLIB[alg]) for alg in banks}
-    for entry in entries:
-        if entry.pcr != pcr:
-            raise ImaLogError(f"IMA entry {entry.number} is for PCR {entry.pcr}, not {pcr}")
-        violation = entry.template_hash == _ZERO_HASH
-        for alg in banks:
-            new = constructors[alg]
-            if violation:
-                measured = ones[alg]
+    for alg in banks:
+        new = getattr(hashlib, _HASHLIB[alg])
+        ones = b"\xff" * HASHES[alg].size
+        value = values[alg]
+        check_sha1 = alg == ALG.SHA1
+        for entry in entries:
+            if entry.pcr != pcr:
+                raise ImaLogError(f"IMA entry {entry.number} is for PCR {entry.pcr}, not {pcr}")
+            template_hash = entry.template_hash
+            if template_hash == _ZERO_HASH:
+                measured = ones
             else:
                 measured = new(entry.template_data).digest()
-                if alg == ALG.SHA1 and measured != entry.template_hash:
+                if check_sha1 and measured != template_hash:
                     raise ImaLogError(f"IMA entry {entry.number} ({entry.path}): template hash is not "
                                       "the SHA-1 of its template data")
-            values[alg] = new(values[alg] + measured).digest()
+            value = new(value + measured).digest()
+        values[alg] = value
     return values
 
 

@@ -21,7 +21,7 @@ from vtpm.eventlog import parse_event_log
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+        self.now = datetime.datetime.now(datetime.timezone.utc)
 
     def __call__(self) -> datetime.datetime:
         return self.now
@@ -211,3 +211,25 @@ def test_a_key_that_is_not_an_attestation_key_gets_no_challenge(home: Path, veri
         verifier.challenge(ek, len(ek_public).to_bytes(2, "big") + ek_public)
     with pytest.raises(VerifierError, match="EK certificate"):
         verifier.challenge(b"not a certificate", HostEvidence(host).ak_public)
+
+
+def test_the_ek_verdict_cache_goes_with_a_policy_change(home: Path, verifier: Verifier) -> None:
+    host = boot_trusted_host(home)
+    assert attest(verifier, host)[1].passed  # judged and cached
+    assert attest(verifier, host)[1].passed  # from the cache
+    from vmcrypt.trust.policy import TrustPolicy
+    verifier.policy = TrustPolicy(images=verifier.policy.images)  # no manufacturer trusted any more
+    reasons = attest(verifier, host)[1].reasons
+    assert len(reasons) == 1 and reasons[0].startswith("EK: not issued by a trusted TPM manufacturer CA")
+
+
+def test_collection_leaves_no_tpm_object_or_session_behind(home: Path, verifier: Verifier) -> None:
+    """Refused activations included: a host agent attests again and again on one TPM."""
+    host = boot_trusted_host(home)
+    evidence = HostEvidence(host)
+    other = HostEvidence(boot_trusted_host(home, "esx-other"))
+    from vmcrypt.trust.collect import CollectionError
+    for _ in range(5):
+        with pytest.raises(CollectionError):
+            evidence.activate(verifier.challenge(other.identity()[0], evidence.ak_public))
+        assert attest(verifier, host, evidence=evidence)[1].passed

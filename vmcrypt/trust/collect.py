@@ -66,11 +66,17 @@ class HostEvidence:
         self.ek_kind = EkKind(ek_kind)
         if self.ek_kind not in booted_host.ek_certificates:
             raise CollectionError(f"the host's TPM has no {self.ek_kind.value} EK certificate")
+        handle, public = self._load_ak()
+        self.client.flush(handle)
+        self.ak_public = _tpm2b(public)  # TPM2B_PUBLIC, as the service receives it
+
+    def _load_ak(self) -> tuple[int, bytes]:
+        """The AK, loaded for one operation (the same key every time: a primary of the endorsement
+        seed); the caller flushes it, so no TPM object slot stays taken between attestations."""
         try:
-            self._ak_handle, public = self.client.create_primary(RH.ENDORSEMENT, ak_template())
+            return self.client.create_primary(RH.ENDORSEMENT, ak_template())
         except TpmCommandError as exc:
             raise CollectionError(f"creating the attestation key: {exc}") from None
-        self.ak_public = _tpm2b(public)  # TPM2B_PUBLIC, as the service receives it
 
     def identity(self) -> tuple[bytes, bytes]:
         """(EK certificate DER, AK TPM2B_PUBLIC): what TrustedAdmins import for this host."""
@@ -78,19 +84,23 @@ class HostEvidence:
 
     def activate(self, challenge: Challenge) -> bytes:
         """TPM2_ActivateCredential of the challenge's credential with the AK and the EK."""
+        blobs = _tpm2b_exact(challenge.credential_blob) + _tpm2b_exact(challenge.encrypted_secret)
+        ak_handle, _ = self._load_ak()
         ek_handle, _ = self.client.create_primary(RH.ENDORSEMENT, ek_template(self.ek_kind).template)
+        session = None
         try:
             session = self._endorsement_policy_session()
-            command = wire.build_command(
-                CC.ActivateCredential, [self._ak_handle, ek_handle],
-                _tpm2b_exact(challenge.credential_blob) + _tpm2b_exact(challenge.encrypted_secret),
-                [wire.password_session(), wire.auth_entry(session, attributes=_NO_CONTINUE)])
+            command = wire.build_command(CC.ActivateCredential, [ak_handle, ek_handle], blobs,
+                                         [wire.password_session(), wire.auth_entry(session, attributes=_NO_CONTINUE)])
             params = self.client.call(command, "ActivateCredential").parameters()
+            session = None  # used without continueSession: the TPM flushed it
             return _take_tpm2b(params, 0)[0]
         except TpmCommandError as exc:
             raise CollectionError(f"activating the credential: {exc}") from None
         finally:
-            self.client.flush(ek_handle)
+            for handle in (session, ek_handle, ak_handle):
+                if handle is not None:
+                    self.client.flush(handle)
 
     def _endorsement_policy_session(self) -> int:
         """A policy session satisfying the EK's PolicyA: PolicySecret(TPM_RH_ENDORSEMENT)."""
@@ -108,13 +118,16 @@ class HostEvidence:
         """(TPM2B_ATTEST, TPMT_SIGNATURE, PCR values) of a quote over ``nonce`` with the AK's own scheme."""
         pcr_list = tuple(pcrs)
         selection = [(bank, pcr_list) for bank in banks]
-        command = wire.build_command(CC.Quote, [self._ak_handle],
+        ak_handle, _ = self._load_ak()
+        command = wire.build_command(CC.Quote, [ak_handle],
                                      _tpm2b(nonce) + ALG.NULL.to_bytes(2, "big") + wire.pcr_selection(selection),
                                      wire.password_session())
         try:
             params = self.client.call(command, "Quote").parameters()
         except TpmCommandError as exc:
             raise CollectionError(f"quoting: {exc}") from None
+        finally:
+            self.client.flush(ak_handle)
         attest, offset = _take_tpm2b(params, 0)
         return _tpm2b(attest), params[offset:], self.client.pcr_read(selection)
 
@@ -127,9 +140,6 @@ class HostEvidence:
         return AttestationReport(host=host, version=version, ek_certificate=ek_certificate, ak_public=ak_public,
                                  activated_secret=secret, nonce=challenge.nonce, quote=attest, signature=signature,
                                  pcr_values=values, event_log=self.host.event_log, ima_log=self.host.ima_log)
-
-    def close(self) -> None:
-        self.client.flush(self._ak_handle)
 
 
 def _tpm2b_exact(data: bytes) -> bytes:

@@ -26,6 +26,7 @@ import datetime
 import hashlib
 import hmac
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ CHALLENGE_TTL = datetime.timedelta(seconds=120)
 SECRET_SIZE = 32
 NONCE_SIZE = 32
 MAX_PENDING = 100_000  # outstanding challenges; the oldest are dropped beyond this
+MAX_CACHED_EKS = 10_000  # EK verdicts kept; the cache starts over beyond this (a flood of made-up EKs)
 
 
 class VerifierError(VmcryptError):
@@ -75,7 +77,8 @@ class _Pending:
 
 
 class Verifier:
-    """Attestation checks for one trust policy. Not thread-safe: one caller at a time (or a lock)."""
+    """Attestation checks for one trust policy. Challenges may be made and reports verified from
+    several threads (the outstanding challenges are kept under a lock)."""
 
     def __init__(self, policy: TrustPolicy, *, clock: Callable[[], datetime.datetime] = _utcnow,
                  challenge_ttl: datetime.timedelta = CHALLENGE_TTL, cache_ek_chains: bool = True) -> None:
@@ -84,7 +87,9 @@ class Verifier:
         self.challenge_ttl = challenge_ttl
         self.cache_ek_chains = cache_ek_chains
         self._pending: dict[bytes, _Pending] = {}
-        self._ek_verdicts: dict[bytes, str | None] = {}  # SHA-256 of EK certificate DER -> reason or None
+        self._lock = threading.Lock()
+        # SHA-256 of an EK certificate's DER -> (reason or None, until when that verdict holds)
+        self._ek_verdicts: dict[bytes, tuple[str | None, datetime.datetime]] = {}
 
     @property
     def policy(self) -> TrustPolicy:
@@ -114,10 +119,11 @@ class Verifier:
         secret = secrets.token_bytes(SECRET_SIZE)
         credential_blob, encrypted_secret = make_credential(ek_public, ak.name, secret)
         now = self.clock()
-        self._prune(now)
         nonce = secrets.token_bytes(NONCE_SIZE)
         expires = now + self.challenge_ttl
-        self._pending[nonce] = _Pending(secret, bytes(ek_certificate), bytes(ak_public), ak, expires)
+        with self._lock:
+            self._prune(now)
+            self._pending[nonce] = _Pending(secret, bytes(ek_certificate), bytes(ak_public), ak, expires)
         return Challenge(nonce, credential_blob, encrypted_secret, expires)
 
     def _prune(self, now: datetime.datetime) -> None:
@@ -143,7 +149,8 @@ class Verifier:
 
     def _verify(self, report: AttestationReport, now: datetime.datetime, reasons: list[str]) -> str | None:
         policy = self._policy
-        pending = self._pending.pop(report.nonce, None)  # single use, whatever the outcome
+        with self._lock:
+            pending = self._pending.pop(report.nonce, None)  # single use, whatever the outcome
         if pending is None:
             reasons.append("nonce: unknown or already used (a replayed or foreign quote)")
         elif now > pending.expires:
@@ -152,7 +159,7 @@ class Verifier:
         # EK and AK
         if pending is not None and not hmac.compare_digest(pending.ek_certificate, report.ek_certificate):
             reasons.append("EK: the report's EK certificate is not the one challenged")
-        ek_reason = self._ek_trust(report.ek_certificate)
+        ek_reason = self._ek_trust(report.ek_certificate, now)
         if ek_reason:
             reasons.append(ek_reason)
         ak: AttestationKey | None = None
@@ -276,27 +283,32 @@ class Verifier:
             return None
         return claimed
 
-    def _ek_trust(self, ek_certificate: bytes) -> str | None:
-        """None when the EK is trusted, else the reason; cached per certificate when enabled."""
+    def _ek_trust(self, ek_certificate: bytes, now: datetime.datetime) -> str | None:
+        """None when the EK is trusted, else the reason. Cached per certificate (when enabled) until
+        the policy changes or the certificate expires."""
         key = hashlib.sha256(ek_certificate).digest()
-        if self.cache_ek_chains and key in self._ek_verdicts:
-            return self._ek_verdicts[key]
-        reason = self._judge_ek(ek_certificate)
+        cached = self._ek_verdicts.get(key) if self.cache_ek_chains else None
+        if cached is not None and now <= cached[1]:
+            return cached[0]
+        reason, until = self._judge_ek(ek_certificate, now)
         if self.cache_ek_chains:
-            self._ek_verdicts[key] = reason
+            if len(self._ek_verdicts) >= MAX_CACHED_EKS:
+                self._ek_verdicts.clear()
+            self._ek_verdicts[key] = (reason, until)
         return reason
 
-    def _judge_ek(self, ek_certificate: bytes) -> str | None:
+    def _judge_ek(self, ek_certificate: bytes, now: datetime.datetime) -> tuple[str | None, datetime.datetime]:
+        """(None or the reason, until when that holds)."""
         try:
             cert = x509.load_der_x509_certificate(ek_certificate)
             public_key = cert.public_key()
         except ValueError:
-            return "EK: the certificate is not DER X.509"
+            return "EK: the certificate is not DER X.509", datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
         if ek_fingerprint(public_key) in self._policy.trusted_eks:
-            return None
+            return None, datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
         try:
-            validate_ek_certificate(cert, public_key, self._policy.anchors)
+            validate_ek_certificate(cert, public_key, self._policy.anchors, now=now)
         except EkCertificateError as exc:
             return (f"EK: not issued by a trusted TPM manufacturer CA and not on the trusted-EK list "
-                    f"({exc.reason})")
-        return None
+                    f"({exc.reason})"), now  # judged again next time: the policy or the time may change
+        return None, min([cert.not_valid_after_utc] + [a.not_valid_after_utc for a in self._policy.anchors])
