@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from support.kmip_server import make_pki, start_server
+from support.service import start_service
 from support.trust import boot_tampered_host, boot_trusted_host, image, manufacturer
 from support.trust_services import TrustServices, start_trust_services
 from vmcrypt.inventory import Inventory
@@ -134,6 +135,8 @@ def test_trusted_host_gets_a_token_and_runs_a_trusted_vm(world: World) -> None:
     admin.add_vtpm("vm1", host=GOOD)
     described = admin.describe("vm1")
     assert described["key_provider"]["kind"] == "trusted"
+    health = ProviderRegistry(world.workload).get("trusted-ta1").health()
+    assert health["ok"] is True and health["url"] == world.services.key_provider_url
     record = admin.power_on("vm1", host=GOOD)
     env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={record.vtpm_port}"}
     startup = subprocess.run(["tpm2_startup", "-c"], capture_output=True, text=True, env=env, timeout=60)
@@ -158,6 +161,9 @@ def test_tampered_host_fails_with_the_component_and_gets_nothing(world: World) -
     with pytest.raises(Exception) as power:
         world.admin.power_on("vm1", host=BAD)
     assert NOT_TRUSTED in str(power.value) and "VIB" in str(power.value)
+    with start_service(world.workload):  # the same through the management service and its command line
+        refused = vmcrypt(world.workload, "vm", "power-on", "vm1", "--host", BAD, user="admin", check=False)
+    assert refused.returncode == 1 and NOT_TRUSTED in refused.stderr and len(refused.stderr.splitlines()) == 1
     with pytest.raises(Exception) as move:
         world.admin.migrate("vm1", "ds2", host=BAD)
     assert NOT_TRUSTED in str(move.value)

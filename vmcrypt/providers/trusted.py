@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from vmcrypt.errors import KeyProviderError
+from vmcrypt.errors import KeyProviderError, VmcryptError
 from vmcrypt.providers.base import KeyInfo, KeyProvider
 
 _CURRENT_HOST: contextvars.ContextVar[str | None] = contextvars.ContextVar("trusted_provider_host", default=None)
@@ -59,6 +59,19 @@ class TrustedKeyProvider(KeyProvider):
             raise KeyProviderError(f"the Trust Authority {self.authority_name} did not create a key: "
                                    f"{data.get('error', response.status_code)}")
         return data["key_id"]
+
+    def health(self) -> dict[str, object]:
+        """Whether the Trust Authority's key provider service answers this cluster's management plane."""
+        try:
+            authority = self.authority()
+            with httpx.Client(base_url=authority.key_provider_url, verify=authority.management_context(),
+                              timeout=5.0) as client:
+                response = client.get("/health")
+            ok = response.status_code == 200
+            return {"ok": ok, "authority": self.authority_name, "url": authority.key_provider_url,
+                    "detail": "answers" if ok else f"status {response.status_code}"}
+        except (httpx.HTTPError, VmcryptError, OSError) as exc:
+            return {"ok": False, "authority": self.authority_name, "detail": f"{type(exc).__name__}: {exc}"[:200]}
 
     def get_key(self, key_id: str) -> bytes:
         from vmcrypt.trust.agent import HostAgent
