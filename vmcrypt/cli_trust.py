@@ -4,7 +4,8 @@
    management plane, into one file;
 2. ``enable`` (Trust Authority home): its CA and token key; ``admin-add`` puts a user into
    TrustedAdmins; ``serve`` runs the attestation and key provider services (mutual TLS);
-3. ``import-hosts``, ``import-image``, ``add-manufacturer-ca``, ``add-trusted-ek`` (TrustedAdmins);
+3. ``import-hosts``, ``import-image`` (``remove-image``), ``add-manufacturer-ca``, ``add-trusted-ek``
+   (TrustedAdmins);
 4. ``set-kmip`` (TrustedAdmins): the KMIP cluster behind the key provider service;
 5. ``export-identity`` (Trust Authority home): CA, token key, service URLs, issued certificates;
 6. ``import-identity`` (workload home);
@@ -86,6 +87,11 @@ def cmd_import_hosts(args: argparse.Namespace) -> None:
 def cmd_import_image(args: argparse.Namespace) -> None:
     version = _admin(args).add_image(Path(args.file).read_text())
     emit(args, {"version": version}, f"trusted image version {version}")
+
+
+def cmd_remove_image(args: argparse.Namespace) -> None:
+    _admin(args).remove_image(args.version)
+    emit(args, {"version": args.version, "trusted": False}, f"version {args.version} is no longer trusted")
 
 
 def cmd_add_manufacturer_ca(args: argparse.Namespace) -> None:
@@ -170,6 +176,8 @@ def register(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> 
     imh.add_argument("file", help="the file `trust export-hosts` wrote")
     imi = command(sub, "import-image", cmd_import_image, "3. TrustedAdmins: trust an image manifest (a version)")
     imi.add_argument("file", help="the image manifest (JSON)")
+    rmi = command(sub, "remove-image", cmd_remove_image, "TrustedAdmins: stop trusting an image version")
+    rmi.add_argument("version", help="the version, e.g. 8.0.2")
     mca = command(sub, "add-manufacturer-ca", cmd_add_manufacturer_ca, "3. TrustedAdmins: trust a TPM manufacturer CA")
     mca.add_argument("file", help="the CA certificate (PEM)")
     tek = command(sub, "add-trusted-ek", cmd_add_trusted_ek, "3. TrustedAdmins: trust one EK certificate")

@@ -37,6 +37,8 @@ def test_only_trusted_admins_configure_and_every_outcome_is_audited(ta: TrustAut
         admin.add_manufacturer_ca(b"garbage")
     with pytest.raises(TrustAuthorityError, match="malformed"):
         admin.import_hosts({"cluster": "c", "hosts": []})
+    with pytest.raises(TrustAuthorityError, match="version 9.9 is not trusted"):
+        admin.remove_image("9.9")
     with pytest.raises(TrustAuthorityError, match="already enabled"):
         ta.enable("ta1")
     assert ta.config_path.read_bytes() == before  # nothing changed by a refusal
@@ -45,7 +47,7 @@ def test_only_trusted_admins_configure_and_every_outcome_is_audited(ta: TrustAut
     assert len(ta.config()["manufacturer_cas"]) == 1
     outcomes = [(e["actor"], e["outcome"]) for e in ta.audit.entries()]
     assert outcomes == [("local administrator", "ok"), ("bob", "denied"), ("alice", "denied"), ("alice", "failed"),
-                        ("alice", "failed"), ("alice", "ok")]
+                        ("alice", "failed"), ("alice", "failed"), ("alice", "ok")]
     assert oct(ta.config_path.stat().st_mode & 0o777) == "0o600"
     assert oct(ta.audit.path.stat().st_mode & 0o777) == "0o600"
     # an edited line (a denial made to look like success) breaks the chain

@@ -323,6 +323,15 @@ class TrustAdmin:
             config["images"] = [m for m in config["images"] if image_version(m) != version] + [manifest_json]
         return version
 
+    def remove_image(self, version: str) -> None:
+        """Stop trusting a version: hosts booted from it fail their next attestation."""
+        from vmcrypt.trust.trust_policy import image_version
+        with self._change("remove trusted image", version) as config:
+            kept = [m for m in config["images"] if image_version(m) != version]
+            if len(kept) == len(config["images"]):
+                raise TrustAuthorityError(f"version {version} is not trusted")
+            config["images"] = kept
+
     def set_kmip(self, settings: dict[str, Any]) -> None:
         """The KMIP cluster behind the key provider service (paths to its CA, client cert and key)."""
         detail = ", ".join(settings.get("servers", [])) if isinstance(settings, dict) else ""
