@@ -140,7 +140,9 @@ def cmd_add_provider(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
-    audit = TrustAuthority(resolve_home(args.home)).audit
+    ta = TrustAuthority(resolve_home(args.home))
+    ta.config()  # a home without a Trust Authority has no audit log to show
+    audit = ta.audit
     entries = audit.entries()
     emit(args, {"intact": audit.verify(), "entries": entries}, "\n".join(
         f"{e['time']}  {e['outcome']:8} {e['actor']:24} {e['action']}: {e['detail']}" for e in entries) or "empty")
