@@ -233,3 +233,23 @@ def test_collection_leaves_no_tpm_object_or_session_behind(home: Path, verifier:
         with pytest.raises(CollectionError):
             evidence.activate(verifier.challenge(other.identity()[0], evidence.ak_public))
         assert attest(verifier, host, evidence=evidence)[1].passed
+
+
+def test_random_damage_to_any_field_is_a_reason_never_a_crash(home: Path, verifier: Verifier) -> None:
+    import random
+
+    rng = random.Random(1515)
+    host = boot_trusted_host(home)
+    evidence = HostEvidence(host)
+    report = evidence.answer(verifier.challenge(*evidence.identity()), host=host.name, version=host.version)
+    fields = ["quote", "signature", "event_log", "ima_log", "ak_public", "ek_certificate", "activated_secret"]
+    for _ in range(300):
+        name = rng.choice(fields)
+        data = bytearray(getattr(report, name))
+        if rng.random() < 0.5 and data:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        else:
+            del data[rng.randrange(len(data) + 1):]
+        verdict = verifier.verify(dataclasses.replace(report, **{name: bytes(data)}))
+        assert not verdict.passed
+        assert not any(r.startswith("internal") for r in verdict.reasons), (name, verdict.reasons)
