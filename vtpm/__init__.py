@@ -12,7 +12,10 @@ The public surface, importable as ``from vtpm import ...``:
 - servers: ``TpmDevice`` (a TPM behind swtpm's control protocol), ``SocketServer``
   (``vtpm socket``'s swtpm-compatible server), ``VtpmHost`` (many vTPMs in one
   process) and ``HostClient`` (its control client), ``free_port_pair`` (choose ports);
-- the TCG event log: ``EventLog``, ``parse_event_log``, ``replay``, ``EventLogError``.
+- the TCG event log: ``EventLog``, ``parse_event_log``, ``replay``, ``EventLogError``,
+  ``EventLogWriter``; the IMA list: ``parse_ima_log``, ``replay_ima``, ``ImaLogWriter``,
+  ``ImaLogError``; a verifier's quote checks: ``parse_quote``, ``verify_signature``,
+  ``QuoteError``, and ``make_credential`` (MakeCredential without a TPM).
 
 Names are imported on first use (PEP 562), so ``import vtpm`` stays cheap for
 the command-line tools that need one submodule only.
@@ -51,6 +54,15 @@ _EXPORTS: dict[str, str] = {
     "EventLogError": "vtpm.eventlog",
     "parse_event_log": "vtpm.eventlog",
     "replay": "vtpm.eventlog",
+    "EventLogWriter": "vtpm.eventlog",
+    "parse_ima_log": "vtpm.ima",
+    "replay_ima": "vtpm.ima",
+    "ImaLogWriter": "vtpm.ima",
+    "ImaLogError": "vtpm.ima",
+    "parse_quote": "vtpm.quote",
+    "verify_signature": "vtpm.quote",
+    "QuoteError": "vtpm.quote",
+    "make_credential": "vtpm.credential",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -60,7 +72,10 @@ if TYPE_CHECKING:
     from vtpm.constants import ALG, CC, RC
     from vtpm.engine import Tpm
     from vtpm.errors import TpmError
-    from vtpm.eventlog import EventLog, EventLogError, parse_event_log, replay
+    from vtpm.credential import make_credential
+    from vtpm.eventlog import EventLog, EventLogError, EventLogWriter, parse_event_log, replay
+    from vtpm.ima import ImaLogError, ImaLogWriter, parse_ima_log, replay_ima
+    from vtpm.quote import QuoteError, parse_quote, verify_signature
     from vtpm.host import VtpmHost
     from vtpm.host_protocol import HostClient
     from vtpm.journal_store import JournaledStore, StateStoreError

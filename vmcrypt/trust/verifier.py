@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from certs.validate import EkCertificateError, validate_ek_certificate
 from vmcrypt.errors import VmcryptError
@@ -108,7 +109,7 @@ class Verifier:
         try:
             cert = x509.load_der_x509_certificate(ek_certificate)
             ek_public = ek_public_from_key(cert.public_key())
-        except (ValueError, CredentialError) as exc:
+        except (ValueError, CredentialError, UnsupportedAlgorithm) as exc:
             raise VerifierError(f"EK certificate: {exc}") from None
         try:
             ak = parse_public(ak_public)
@@ -299,15 +300,18 @@ class Verifier:
 
     def _judge_ek(self, ek_certificate: bytes, now: datetime.datetime) -> tuple[str | None, datetime.datetime]:
         """(None or the reason, until when that holds)."""
+        forever = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
         try:
             cert = x509.load_der_x509_certificate(ek_certificate)
             public_key = cert.public_key()
-        except ValueError:
-            return "EK: the certificate is not DER X.509", datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
-        if ek_fingerprint(public_key) in self._policy.trusted_eks:
-            return None, datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+        except (ValueError, UnsupportedAlgorithm):
+            return "EK: the certificate is not DER X.509 with a supported key", forever
         try:
+            if ek_fingerprint(public_key) in self._policy.trusted_eks:
+                return None, forever
             validate_ek_certificate(cert, public_key, self._policy.anchors, now=now)
+        except (ValueError, TypeError) as exc:  # cryptography parses extensions lazily
+            return f"EK: the certificate cannot be read ({type(exc).__name__}: {exc})", forever
         except EkCertificateError as exc:
             return (f"EK: not issued by a trusted TPM manufacturer CA and not on the trusted-EK list "
                     f"({exc.reason})"), now  # judged again next time: the policy or the time may change
