@@ -270,3 +270,16 @@ def test_standard_provider_vm_moves_to_an_attested_host_and_keeps_its_provider(w
     moved = admin.migrate("plain", "ds2", host=GOOD)
     after = admin.describe("plain")["key_provider"]
     assert moved.datastore == "ds2" and after == before and after["kind"] == "native"
+
+
+def test_an_untrusted_version_fails_the_next_attestation(world: World) -> None:
+    """A TrustedAdmins change takes effect in the running services: the version is no longer trusted."""
+    vmcrypt(world.ta_home, "trust", "remove-image", world.good.version, user="ta-admin")
+    try:
+        with pytest.raises(AttestationRefused) as refused:
+            world.good.attest()
+        assert any(world.good.version in reason for reason in refused.value.reasons), refused.value.reasons
+        assert not (agent_dir(world.workload, GOOD) / "token.jwt").exists()
+    finally:
+        vmcrypt(world.ta_home, "trust", "import-image", str(world.root / "image.json"), user="ta-admin")
+    assert world.good.attest()
