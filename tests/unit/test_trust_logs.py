@@ -104,3 +104,25 @@ def test_ima_garbage_is_refused_with_the_entry_and_offset(cut: int, message: str
         data[:second + 28] + b"ima-sig" + data[second + 34:]
     with pytest.raises(ImaLogError, match=rf"IMA entry 2 \(offset {second}\): {message}"):
         parse_ima_log(broken)
+
+
+def test_replay_with_reference_values_equals_replay_and_returns_only_the_unknown_entries() -> None:
+    from vtpm.ima import reference_templates, replay_ima_with_reference
+
+    data, pcr10 = _ima(4)
+    files = {f"/usr/lib/f{i}": hashlib.sha256(b"%d" % i).digest() for i in range(4)}
+    files["/usr/lib/f2"] = bytes(32)  # the list's f2 is not what the reference trusts
+    violation = bytearray(encode_entry("/tmp/open-for-write", files["/usr/lib/f0"]))
+    violation[4:24] = bytes(20)  # a violation, even of a trusted file, extends ones and is reported
+    data += bytes(violation)
+    value, unknown, count = replay_ima_with_reference(data, reference_templates(files))
+    assert count == 6
+    assert value == replay_ima(parse_ima_log(data), (ALG.SHA256,))[ALG.SHA256]
+    assert [e.path for e in unknown] == [BOOT_AGGREGATE, "/usr/lib/f2", "/tmp/open-for-write"]
+    assert unknown[1] == parse_ima_log(data)[3]
+    with pytest.raises(ImaLogError, match=r"IMA entry 7 \(offset \d+\): truncated header"):
+        replay_ima_with_reference(data + b"\x0a\x00", reference_templates(files))
+    other_pcr = bytearray(encode_entry("/usr/lib/f0", files["/usr/lib/f0"]))
+    other_pcr[0] = 11
+    with pytest.raises(ImaLogError, match="IMA entry 1 is for PCR 11, not 10"):
+        replay_ima_with_reference(bytes(other_pcr), reference_templates(files))
