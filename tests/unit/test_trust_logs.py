@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import pytest
 
@@ -126,3 +127,17 @@ def test_replay_with_reference_values_equals_replay_and_returns_only_the_unknown
     other_pcr[0] = 11
     with pytest.raises(ImaLogError, match="IMA entry 1 is for PCR 11, not 10"):
         replay_ima_with_reference(bytes(other_pcr), reference_templates(files))
+
+
+def test_events_in_any_digest_order_parse_the_same() -> None:
+    """The parser reads the usual layout (Spec ID order) in one go; another order takes the general path."""
+    log = EventLogWriter(BANKS)
+    log.measure(4, EventType.EV_EFI_ACTION, b"usual order")
+    sha1, sha256 = hashlib.sha1(b"x").digest(), hashlib.sha256(b"x").digest()
+    swapped = (struct.pack("<III", 5, EventType.EV_EFI_ACTION, 2) + struct.pack("<H", ALG.SHA256) + sha256
+               + struct.pack("<H", ALG.SHA1) + sha1 + struct.pack("<I", 1) + b"x")
+    parsed = parse_event_log(log.to_bytes() + swapped + log.to_bytes()[-(12 + 4 + 52 + 4 + 11):])
+    assert [e.data for e in parsed.events] == [b"usual order", b"x", b"usual order"]
+    assert parsed.events[1].digests == {ALG.SHA1: sha1, ALG.SHA256: sha256}
+    with pytest.raises(EventLogError, match=r"event 2 \(offset \d+\): PCR index 30"):
+        parse_event_log(log.to_bytes() + struct.pack("<III", 30, 1, 2) + bytes(60))
