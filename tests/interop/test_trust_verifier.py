@@ -270,3 +270,12 @@ def test_a_quote_over_both_banks_replays_both(home: Path, verifier: Verifier) ->
     verdict = verifier.verify(dataclasses.replace(report, ima_log=bytes(ima)))
     assert verdict.reasons == ("IMA log: IMA entry 1 (boot_aggregate): template hash is not the SHA-1 of its "
                                "template data",)
+
+
+def test_a_modified_runtime_file_is_named(home: Path, verifier: Verifier) -> None:
+    trusted = image()
+    path = sorted(trusted.runtime_contents)[3]
+    changed = dataclasses.replace(trusted, runtime_contents={**trusted.runtime_contents, path: b"patched"})
+    host = boot_host(home / "hosts" / "esx-patched", changed)
+    _, verdict = attest(verifier, host)
+    assert verdict.reasons == (f"IMA: file {path} does not match trusted image 8.0.2",)
