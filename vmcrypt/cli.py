@@ -51,6 +51,7 @@ from vmcrypt.cli_common import (
     size_argument,
 )
 from vmcrypt.cli_inventory import register as register_inventory_commands
+from vmcrypt.cli_trust import register as register_trust_commands
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
 from vmcrypt.keys import KeyManager
@@ -136,7 +137,8 @@ def cmd_describe(args: argparse.Namespace) -> None:
         lines += [
             "encrypted     yes",
             f"cipher        {info['cipher']}",
-            f"key provider  {provider['name'] or '(not configured here)'} ({provider['id']})",
+            f"key provider  {provider['name'] or '(not configured here)'} ({provider['id']})"
+            + (f", kind {provider['kind']}" if provider.get("kind") else ""),
             f"key id        {info['key_id']}",
             f"DEK wrap      {info['dek_wrap']}",
             f".vmx secrets  {'in encryption.data' if info['vmx_sensitive_data_encrypted'] else 'in clear'}",
@@ -428,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_vtpm_cmd.add_argument("path", help="the VM's .vmx file or directory")
 
     register_inventory_commands(commands, vm_commands, vtpm_commands, command)
+    register_trust_commands(commands, command)
 
     server = command(commands, "server", cmd_server, "run the management service (as root) for --home: the API "
                      "on HOME/run/vmcrypt.sock and, with --listen, over HTTPS", json_out=False)
@@ -497,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe_failure(args: argparse.Namespace) -> str:
     parts = [args.command]
-    for attr in ("vm_command", "provider_command", "vtpm_command", "ca_command", "inventory_command"):
+    for attr in ("vm_command", "provider_command", "vtpm_command", "ca_command", "inventory_command", "trust_command"):
         if getattr(args, attr, None):
             parts.append(getattr(args, attr))
     if getattr(args, "path", None):

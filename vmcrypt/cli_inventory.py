@@ -190,7 +190,7 @@ def cmd_vm_list(args: argparse.Namespace) -> None:
 
 def cmd_power_on(args: argparse.Namespace) -> None:
     action = "power-on-accepting-rollback" if args.accept_rollback else "power-on"
-    endpoints = {"port": args.port, "data_unix": args.data_unix}
+    endpoints = {"port": args.port, "data_unix": args.data_unix, "host": args.host}
     record = service(args).request("POST", f"{_vm(args)}/{action}", json=endpoints)
     unix = f"; data socket {record['vtpm_data_unix']}" if record.get("vtpm_data_unix") else ""
     emit(args, record, f"{record['name']} powered on{_tcti(record)}{unix}")
@@ -241,7 +241,7 @@ def cmd_revert(args: argparse.Namespace) -> None:
 
 def cmd_clone(args: argparse.Namespace) -> None:
     record = service(args).request("POST", f"{_vm(args)}/{'clone-exact' if args.exact else 'clone'}",
-                                   json={"new_name": args.new_name})
+                                   json={"new_name": args.new_name, "host": args.host})
     identity = "the same vTPM" if args.exact else "a new identity"
     emit(args, record, f"cloned {args.name} to {record['name']} with {identity}")
 
@@ -257,7 +257,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
             "to_password": target_password})
         emit(args, record, f"{record['name']} migrated to {args.to_home} datastore {record['datastore']}")
         return
-    record = client.request("POST", f"{_vm(args)}/migrate", json={"datastore": args.datastore})
+    record = client.request("POST", f"{_vm(args)}/migrate", json={"datastore": args.datastore, "host": args.host})
     emit(args, record, f"{record['name']} migrated to {record['datastore']} ({record['vmx_path']})")
 
 
@@ -421,6 +421,7 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
                           help="the vTPM's TCP data port (control on PORT+1; default: a free pair)")
     power_on.add_argument("--data-unix", action="store_true",
                           help="also serve the vTPM's data channel on a Unix socket (its path is printed)")
+    power_on.add_argument("--host", help="the destination host (a VM on a trusted key provider: only a host attested by its Trust Authority)")
     delete = command(vm_commands, "delete", cmd_delete, "delete the VM: inventory entry and files", operation=O.DELETE)
     delete.add_argument("name", help="the VM's inventory name")
     delete.add_argument("--destroy-key", action="store_true",
@@ -434,10 +435,12 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     clone.add_argument("name", help="the VM's inventory name")
     clone.add_argument("new_name", help="name of the clone (same datastore)")
     clone.add_argument("--exact", action="store_true", help="copy the vTPM as it is (needs Cryptographer.Clone)")
+    clone.add_argument("--host", help="the destination host (a VM on a trusted key provider: only a host attested by its Trust Authority)")
     migrate = command(vm_commands, "migrate", cmd_migrate, "cold-migrate a powered-off VM to another datastore",
                       operation=O.MIGRATE)
     migrate.add_argument("name", help="the VM's inventory name")
     migrate.add_argument("--datastore", required=True, help="target datastore")
+    migrate.add_argument("--host", help="the destination host (a VM on a trusted key provider: only a host attested by its Trust Authority)")
     migrate.add_argument("--to-home", help="another management home (installation) sharing the key provider")
     migrate.add_argument("--to-user", help=f"user in that home (default: the same name; password: ${TO_PASSWORD_ENV})")
     command(vm_commands, "list", cmd_vm_list, "VMs you may see, with power and encryption state", operation=O.LIST_VMS)

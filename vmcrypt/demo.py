@@ -32,6 +32,7 @@ from vmcrypt.inventory import ROOT
 from vmcrypt.keys import KeyManager
 from vmcrypt.management import Management, PermissionDenied
 from vmcrypt.providers.registry import ProviderRegistry
+from vmcrypt.trust.demo import trust_story
 
 
 def _digests(directory: Path) -> dict[str, str]:
@@ -125,17 +126,17 @@ def run(out: Path, disk: str, home_dir: Path | None = None, *, port: int | None 
     same = before == after
     print(f"  {len(after)} files, byte-for-byte identical to before encryption: {same}")
 
-    _vtpm_step(home_dir, vm_dir, port, data_unix)
+    trusted = _vtpm_step(home_dir, vm_dir, out, port, data_unix)
 
     _step("result")
     print(f"  encrypted VM:    {vm_dir}")
     print(f"  working directory: {out}")
     print(f"  management home: {home_dir}")
     print(f"  try: .venv/bin/vmcrypt --home {home_dir} describe {vm_dir} --json")
-    return 0 if same else 1
+    return 0 if same and trusted else 1
 
 
-def _vtpm_step(home_dir: Path, vm_dir: Path, port: int | None, data_unix: Path | None) -> None:
+def _vtpm_step(home_dir: Path, vm_dir: Path, out: Path, port: int | None, data_unix: Path | None) -> bool:
     """The management-plane story: roles, a vTPM, power cycles, refusals for No Cryptography Administrator."""
     _step("inventory: an Administrator and a No Cryptography Administrator; the datastore; the VM registered")
     management = Management(home_dir)
@@ -158,7 +159,7 @@ def _vtpm_step(home_dir: Path, vm_dir: Path, port: int | None, data_unix: Path |
 
     if shutil.which("tpm2_getrandom") is None:
         print("  tpm2-tools are not installed; skipping the vTPM story (scripts/bootstrap.sh installs them)")
-        return
+        return True
 
     _step("power on (operator): the VM's vTPM is served from its encrypted .nvram; tpm2-tools act as the guest")
     record = operator.power_on("demo-vm", port=port, data_unix=data_unix)
@@ -222,7 +223,12 @@ def _vtpm_step(home_dir: Path, vm_dir: Path, port: int | None, data_unix: Path |
     _step("audit log")
     for entry in management.inventory.audit_log():
         print(f"  {entry.user:13} {entry.outcome:7} {entry.action} {entry.entity} {entry.detail}".rstrip())
-    management.close()
+
+    _step("Trust Authority: keys only for hosts that prove what they booted")
+    try:
+        return trust_story(home_dir, out, management, admin, "datastore1")
+    finally:
+        management.close()
 
 
 def _show_ek_certificate(tool, root_pem: Path) -> None:

@@ -12,10 +12,11 @@ HTTP; tests and embedders use them directly.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -32,7 +33,9 @@ from vmcrypt.keys import KeyManager
 from vmcrypt.power import PowerEvent, PowerState, require_off
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import Operation, Privilege
+from vmcrypt.providers.trusted import on_host
 from vmcrypt.snapshots import Snapshot, revert_snapshot, take_snapshot
+from vmcrypt.trust.placement import destination, record_placement
 from vmcrypt.suspend import (
     discard_suspend_state,
     read_suspend_state,
@@ -286,12 +289,30 @@ class UserSession(AdminOperations):
                 self.m.keys.registry.get(record.provider_id).destroy_key(record.key_id)
         self._on_vm(Operation.DELETE_WITH_KEY if destroy_key else Operation.DELETE, name, act)
 
-    def migrate(self, name: str, datastore: str) -> VmRecord:
-        """Cold migration to another datastore of this inventory (the files move; keys do not change)."""
+    def _destination(self, record: VmRecord, host: str | None) -> str | None:
+        """The host an operation puts the VM on; a VM on a trusted key provider only onto an attested one."""
+        return destination(self.m.keys, self.inventory.hosts(), record.provider_id, host)
+
+    @contextlib.contextmanager
+    def _keys_on_host(self, record: VmRecord, host: str | None, provider: str | None = None) -> Iterator[None]:
+        """Key work on the VM (its current provider, else ``provider`` or the default) done by ``host``: for a
+        trusted key provider an attested host (by default the first), whose agent fetches the keys;
+        afterwards the VM's key is placed there."""
+        provider_id = record.provider_id or self.m.keys.provider(provider).provider_id
+        placed = destination(self.m.keys, self.inventory.hosts(), provider_id, host)
+        with on_host(placed):
+            yield
+        after = self._refresh(record.name)
+        record_placement(self.m.keys, after.provider_id, after.key_id, placed)
+
+    def migrate(self, name: str, datastore: str, *, host: str | None = None) -> VmRecord:
+        """Cold migration to another datastore of this inventory (the files move; keys do not change).
+        ``host``: the destination host (a VM on a trusted key provider goes only to an attested host)."""
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             require_off(record.power_state, record.vmx_path)
             if datastore == record.datastore:
                 raise VmError(f"the VM is already on datastore '{datastore}'", vm.vmx_path)
+            self._destination(record, host)
 
             def adopt(vmx: Path) -> VmRecord:
                 moved = _describe_on_disk(vmx, datastore, record)
@@ -300,7 +321,8 @@ class UserSession(AdminOperations):
                 self.inventory.put_vm(moved)
                 return moved
             return move_vm(vm, self.inventory.datastore_path(datastore) / vm.directory.name, adopt)
-        return self._on_vm(Operation.MIGRATE, name, act, detail=f"to {datastore}")
+        return self._on_vm(Operation.MIGRATE, name, act,
+                           detail=f"to {datastore}" + (f" on host {host}" if host else ""))
 
     def migrate_to_home(self, name: str, target: "UserSession", datastore: str) -> VmRecord:
         """Cold migration to another management home (another installation) sharing the key provider.
@@ -327,14 +349,16 @@ class UserSession(AdminOperations):
             return move_vm(vm, target.inventory.datastore_path(datastore) / vm.directory.name, adopt)
         return self._on_vm(Operation.MIGRATE_AWAY, name, act, detail=f"to {target.m.home} datastore {datastore}")
 
-    def clone(self, name: str, new_name: str, *, exact: bool = False) -> VmRecord:
-        """A new VM in the same datastore; new identity unless ``exact`` (which needs Cryptographer.Clone)."""
+    def clone(self, name: str, new_name: str, *, exact: bool = False, host: str | None = None) -> VmRecord:
+        """A new VM in the same datastore; new identity unless ``exact`` (which needs Cryptographer.Clone).
+        ``host``: the host that makes the clone (a VM on a trusted key provider: an attested host)."""
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             require_off(record.power_state, record.vmx_path)
             if any(r.name == new_name for r in self.inventory.vms()):
                 raise InventoryError(f"a VM named '{new_name}' is already in the inventory")
             target = self.inventory.datastore_path(record.datastore) / check_name(new_name)
-            clone = clone_vm(vm, target, new_name, self.m.keys, self.m.ca, exact=exact)
+            with on_host(self._destination(record, host)):
+                clone = clone_vm(vm, target, new_name, self.m.keys, self.m.ca, exact=exact)
             return self.register_created(clone.vmx_path, record.datastore)
         return self._on_vm(Operation.CLONE_EXACT if exact else Operation.CLONE, name, act, detail=new_name)
 
@@ -379,17 +403,19 @@ class UserSession(AdminOperations):
 
     # ------------------------------------------------------------------ encryption and the vTPM
 
-    def provision_vtpm(self, name: str) -> tuple[VmRecord, list[ProvisionedEk]]:
+    def provision_vtpm(self, name: str, *, host: str | None = None) -> tuple[VmRecord, list[ProvisionedEk]]:
         """Add a vTPM (encrypting the VM first); the VM and the EKs whose certificates went into its NV."""
         def act(record: VmRecord, vm: VmHome) -> tuple[VmRecord, list[ProvisionedEk]]:
             require_off(record.power_state, record.vmx_path)
-            eks = add_vtpm(vm, self.m.keys, self.m.ca)
+            with self._keys_on_host(record, host):
+                eks = add_vtpm(vm, self.m.keys, self.m.ca)
             return self._refresh(name), eks
         return self._on_vm(Operation.ADD_VTPM, name, act)
 
-    def add_vtpm(self, name: str) -> VmRecord:
-        """Give the VM a newly manufactured vTPM (encrypting the VM first if it is not)."""
-        return self.provision_vtpm(name)[0]
+    def add_vtpm(self, name: str, *, host: str | None = None) -> VmRecord:
+        """Give the VM a newly manufactured vTPM (encrypting the VM first if it is not); ``host``: as for
+        ``encrypt``."""
+        return self.provision_vtpm(name, host=host)[0]
 
     def remove_vtpm(self, name: str) -> VmRecord:
         """Remove the VM's vTPM and its state."""
@@ -406,10 +432,16 @@ class UserSession(AdminOperations):
         return self._on_vm(Operation.REMOVE_VTPM, name, act)
 
     def crypt(self, operation: Operation, name: str, *, provider: str | None = None, include_disks: bool = False,
-              deep: bool = False, progress: Callable | None = None) -> tuple[VmRecord, OperationResult]:
-        """Encrypt, decrypt or rekey the powered-off VM; the VM afterwards and what changed."""
+              deep: bool = False, progress: Callable | None = None,
+              host: str | None = None) -> tuple[VmRecord, OperationResult]:
+        """Encrypt, decrypt or rekey the powered-off VM; the VM afterwards and what changed. ``host``: the host
+        that does it (with a trusted key provider: an attested host, by default the first)."""
         def act(record: VmRecord, vm: VmHome) -> tuple[VmRecord, OperationResult]:
             require_off(record.power_state, record.vmx_path)
+            with self._keys_on_host(record, host, provider):
+                return crypt(record, vm)
+
+        def crypt(record: VmRecord, vm: VmHome) -> tuple[VmRecord, OperationResult]:
             fold_leftover_journal(vm, self.m.keys)  # what a killed vTPM journaled, before the .nvram is rewritten
             if operation is Operation.ENCRYPT:
                 result = encrypt_vm(vm, self.m.keys, provider=provider, include_disks=include_disks, progress=progress)
@@ -425,7 +457,7 @@ class UserSession(AdminOperations):
         return self._on_vm(operation, name, act)
 
     def encrypt(self, name: str, *, include_disks: bool = False, provider: str | None = None,
-                progress: Callable | None = None) -> VmRecord:
+                progress: Callable | None = None, host: str | None = None) -> VmRecord:
         """Encrypt the powered-off VM's home files (``vmcrypt vm encrypt``).
 
         ``include_disks``: also its virtual disks (``--disks``); ``provider``: key
@@ -433,27 +465,29 @@ class UserSession(AdminOperations):
         ``progress``: called as the files are processed.
         """
         return self.crypt(Operation.ENCRYPT, name, provider=provider, include_disks=include_disks,
-                          progress=progress)[0]
+                          progress=progress, host=host)[0]
 
     def decrypt(self, name: str, *, progress: Callable | None = None) -> VmRecord:
         """Decrypt the powered-off VM, disks included (refused while it has a vTPM)."""
         return self.crypt(Operation.DECRYPT, name, progress=progress)[0]
 
     def rekey(self, name: str, *, deep: bool = False, provider: str | None = None,
-              progress: Callable | None = None) -> VmRecord:
+              progress: Callable | None = None, host: str | None = None) -> VmRecord:
         """New KEK for the VM (``provider``: move it to that provider); ``deep``: also a new DEK, every file re-encrypted."""
-        return self.crypt(Operation.REKEY, name, deep=deep, provider=provider, progress=progress)[0]
+        return self.crypt(Operation.REKEY, name, deep=deep, provider=provider, progress=progress, host=host)[0]
 
     # ------------------------------------------------------------------ power
 
     def power_on(self, name: str, *, accept_rollback: bool = False, port: int | None = None,
-                 data_unix: str | os.PathLike[str] | None = None) -> VmRecord:
+                 data_unix: str | os.PathLike[str] | None = None, host: str | None = None) -> VmRecord:
         """Serve the VM's vTPM. A rolled-back .nvram (older than the generation the inventory or the key
         provider recorded) is refused, unless ``accept_rollback``: then it is accepted as the latest, audited.
 
         ``port``: the vTPM's TCP data port (control on ``port + 1``; a port in use is an
         error); by default a free pair is chosen. ``data_unix``: also serve the data
-        channel on this Unix socket path. The record's ``vtpm_port`` says which port."""
+        channel on this Unix socket path. The record's ``vtpm_port`` says which port.
+        ``host``: the host to power on (a VM on a trusted key provider: only a host its Trust Authority
+        attested; by default the first attested one)."""
         accepted = ""
 
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
@@ -461,6 +495,8 @@ class UserSession(AdminOperations):
             state = PowerState(record.power_state).after(PowerEvent.POWER_ON)
             pid = served = None
             generation = record.nvram_generation
+            placed = self._destination(record, host)
+            record_placement(self.m.keys, record.provider_id, record.key_id, placed)
             if record.vtpm:
                 accepted, generation = self._check_rollback(record, vm, accept_rollback)
                 pid, served = self.m.supervisor.start(
@@ -518,15 +554,19 @@ class UserSession(AdminOperations):
             return self._put_power(record, state)
         return self._on_vm(Operation.SUSPEND, name, act)
 
-    def resume(self, name: str) -> VmRecord:
-        """Power on from the .vmss: the vTPM comes back with Startup(STATE), its PCRs as they were."""
+    def resume(self, name: str, *, host: str | None = None) -> VmRecord:
+        """Power on from the .vmss: the vTPM comes back with Startup(STATE), its PCRs as they were.
+        ``host``: as for ``power_on``."""
         def act(record: VmRecord, vm: VmHome) -> VmRecord:
             state = PowerState(record.power_state).after(PowerEvent.RESUME)
+            placed = self._destination(record, host)
             if record.vtpm:
                 self._check_rollback(record, vm, False)
-            body = read_suspend_state(vm, self.m.keys)
-            restore_tpm_state(vm, str(self.m.home), body)
-            unlist_home_file(vm, self.m.keys, suspend_file(vm))  # before the vTPM holds the VM's lock
+            record_placement(self.m.keys, record.provider_id, record.key_id, placed)
+            with on_host(placed):
+                body = read_suspend_state(vm, self.m.keys)
+                restore_tpm_state(vm, str(self.m.home), body)
+                unlist_home_file(vm, self.m.keys, suspend_file(vm))  # before the vTPM holds the VM's lock
             pid = port = None
             if record.vtpm:
                 pid, port = self.m.supervisor.start(vm)

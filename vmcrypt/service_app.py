@@ -151,7 +151,8 @@ def _crypt(operation: Operation) -> Handler:
 
 def _power_on(accept_rollback: bool) -> Handler:
     """Power on with the vTPM endpoints the library's ``power_on`` takes: ``port`` (the TCP data port,
-    control on port + 1) and ``data_unix: true`` (also a Unix data socket). The service picks that
+    control on port + 1), ``data_unix: true`` (also a Unix data socket) and ``host`` (the destination:
+    for a VM on a trusted key provider, a host its Trust Authority attested). The service picks the
     socket's path itself, one per VM in its own directory, and answers it as ``vtpm_data_unix``: it runs
     as root and the host replaces whatever stands at a socket path, so a caller never names one."""
     def handler(s: UserSession, c: Call) -> dict:
@@ -159,7 +160,9 @@ def _power_on(accept_rollback: bool) -> Handler:
         if port is not None and not MIN_VTPM_PORT <= port <= MAX_VTPM_PORT:
             raise RequestError(f"'port' must be between {MIN_VTPM_PORT} and {MAX_VTPM_PORT} (control on port + 1)")
         data_unix = s.m.supervisor.data_socket(c.path["name"]) if c.field("data_unix", bool, False) else None
-        record = s.power_on(c.path["name"], accept_rollback=accept_rollback, port=port, data_unix=data_unix)
+        host = c.field("host", (str, type(None)), None)
+        record = s.power_on(c.path["name"], accept_rollback=accept_rollback, port=port, data_unix=data_unix,
+                            host=host)
         return {**vm_row(record), "vtpm_data_unix": None if data_unix is None or not record.vtpm else str(data_unix)}
     return handler
 
@@ -239,15 +242,15 @@ ROUTES: list[ApiRoute] = [
              _power_on(accept_rollback=True)),
     ApiRoute("POST", "/vms/{name}/power-off", Operation.POWER_OFF, lambda s, c: vm_row(s.power_off(c.path["name"]))),
     ApiRoute("POST", "/vms/{name}/suspend", Operation.SUSPEND, lambda s, c: vm_row(s.suspend(c.path["name"]))),
-    ApiRoute("POST", "/vms/{name}/resume", Operation.RESUME, lambda s, c: vm_row(s.resume(c.path["name"]))),
+    ApiRoute("POST", "/vms/{name}/resume", Operation.RESUME, lambda s, c: vm_row(s.resume(c.path["name"], host=c.field("host", (str, type(None)), None)))),
     ApiRoute("POST", "/vms/{name}/accept-rollback", Operation.ACCEPT_ROLLBACK,
              lambda s, c: {"vm": c.path["name"], "nvram_generation": s.accept_rollback(c.path["name"])}),
     ApiRoute("POST", "/vms/{name}/clone", Operation.CLONE,
-             lambda s, c: vm_row(s.clone(c.path["name"], c.field("new_name")))),
+             lambda s, c: vm_row(s.clone(c.path["name"], c.field("new_name"), host=c.field("host", (str, type(None)), None)))),
     ApiRoute("POST", "/vms/{name}/clone-exact", Operation.CLONE_EXACT,
-             lambda s, c: vm_row(s.clone(c.path["name"], c.field("new_name"), exact=True))),
+             lambda s, c: vm_row(s.clone(c.path["name"], c.field("new_name"), exact=True, host=c.field("host", (str, type(None)), None)))),
     ApiRoute("POST", "/vms/{name}/migrate", Operation.MIGRATE,
-             lambda s, c: vm_row(s.migrate(c.path["name"], c.field("datastore")))),
+             lambda s, c: vm_row(s.migrate(c.path["name"], c.field("datastore"), host=c.field("host", (str, type(None)), None)))),
     ApiRoute("POST", "/vms/{name}/migrate-away", Operation.MIGRATE_AWAY, _migrate_away),
     ApiRoute("POST", "/vms/{name}/snapshot", Operation.SNAPSHOT, lambda s, c: (lambda snap: {
         "vm": c.path["name"], "snapshot": snap.number, "file": str(snap.path)})(s.snapshot(c.path["name"]))),

@@ -584,10 +584,11 @@ def describe_vm(home: VmHome, keys: KeyManager | None = None) -> dict[str, Any]:
     """What is encrypted and under which key; needs no key material."""
     state = read_vmx(home, None)
     reference = state.reference
-    provider_name = None
+    provider_name = provider_kind = None
     if reference and keys is not None:
         with contextlib.suppress(VmcryptError):
-            provider_name = keys.registry.get(reference.provider_id).name
+            provider = keys.registry.get(reference.provider_id)
+            provider_name, provider_kind = provider.name, provider.kind
     journal = Journal.load(home)
 
     def file_entry(vm_file: VmFile) -> dict[str, Any]:
@@ -618,7 +619,8 @@ def describe_vm(home: VmHome, keys: KeyManager | None = None) -> dict[str, Any]:
         "vmx": str(home.vmx_path),
         "encrypted": reference is not None,
         "cipher": CIPHER_NAME if reference else None,
-        "key_provider": {"id": reference.provider_id, "name": provider_name} if reference else None,
+        "key_provider": {"id": reference.provider_id, "name": provider_name, "kind": provider_kind}
+        if reference else None,
         "key_id": reference.key_id if reference else None,
         "dek_wrap": reference.wrap_algorithm.label if reference else None,
         "vmx_sensitive_data_encrypted": ENCRYPTED_DATA in state.settings,

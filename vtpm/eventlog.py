@@ -255,9 +255,30 @@ def parse_event_log(data: bytes) -> EventLog:
                             f"(PCR {pcr}, type {event_type_name(event_type)})")
     header_data = reader.take(size, "the Spec ID event data")
     spec_id = _parse_spec_id(header_data)
+    sizes = spec_id.digest_sizes
+    algs = tuple(sizes)
+    # The usual entry has one digest per bank in the Spec ID's order: one struct reads the whole
+    # TPML_DIGEST_VALUES and the event size; anything else takes the general path below.
+    block = struct.Struct("<III" + "".join(f"H{sizes[alg]}s" for alg in algs) + "I")
+    count = len(algs)
+    data, total = reader.data, len(reader.data)
     events = []
-    while reader.remaining():
-        events.append(_parse_event2(reader, len(events) + 1, spec_id.digest_sizes))
+    append = events.append
+    number = 0
+    while reader.offset < total:
+        number += 1
+        offset = reader.offset
+        if offset + block.size <= total:
+            fields = block.unpack_from(data, offset)
+            pcr, event_type, digest_count = fields[0], fields[1], fields[2]
+            if digest_count == count and fields[3:-1:2] == algs and pcr < PCR_COUNT:
+                start = offset + block.size
+                end = start + fields[-1]
+                if end <= total:
+                    append(Event(number, offset, pcr, event_type, dict(zip(algs, fields[4:-1:2])), data[start:end]))
+                    reader.offset = end
+                    continue
+        append(_parse_event2(reader, number, sizes))  # unusual layout, or an error to report
     return EventLog(spec_id, header_data, tuple(events))
 
 

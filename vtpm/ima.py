@@ -222,6 +222,67 @@ def replay_ima(entries: Iterable[ImaEntry], algorithms: Iterable[int], pcr: int 
     return values
 
 
+def replay_ima_with_reference(data: bytes, reference: Mapping[bytes, bytes], alg: int = ALG.SHA256,
+                              pcr: int = IMA_PCR) -> tuple[bytes, tuple[ImaEntry, ...], int]:
+    """Replay one bank of a binary list, using reference values: ``reference`` maps template data a
+    trusted image produces to its digest in bank ``alg`` (precomputed once per image).
+
+    Returns (the bank's PCR value, the entries whose template data is *not* in ``reference``,
+    parsed strictly, the number of entries). Every entry's framing is checked as by
+    ``parse_ima_log``; template data found in ``reference`` is byte-equal to well-formed data, so
+    it is neither parsed nor hashed again. Same result as ``replay_ima`` for that bank.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError("the IMA log must be bytes")
+    data = bytes(data)
+    new = getattr(hashlib, _HASHLIB[alg])
+    ones = b"\xff" * HASHES[alg].size
+    value = bytes(HASHES[alg].size)
+    unknown = []
+    offset, total, number = 0, len(data), 0
+    head_size = _HEAD.size
+    unpack_head, unpack_u32 = _HEAD.unpack_from, _U32.unpack_from
+    name, name_len_expected, get = TEMPLATE_NAME, len(TEMPLATE_NAME), reference.get
+    while offset < total:
+        number += 1
+        if offset + head_size > total:
+            raise ImaLogError(f"{_Where(number, offset)}: truncated header")
+        entry_pcr, template_hash, name_len = unpack_head(data, offset)
+        position = offset + head_size
+        if name_len != name_len_expected or data[position:position + name_len] != name:
+            raise ImaLogError(f"{_Where(number, offset)}: template is not ima-ng")
+        position += name_len
+        if position + 4 > total:
+            raise ImaLogError(f"{_Where(number, offset)}: truncated template data length")
+        (data_len,) = unpack_u32(data, position)
+        position += 4
+        end = position + data_len
+        if data_len > MAX_ENTRY_DATA or end > total:
+            raise ImaLogError(f"{_Where(number, offset)}: template data of {data_len} bytes, {total - position} left")
+        if entry_pcr != pcr:
+            raise ImaLogError(f"IMA entry {number} is for PCR {entry_pcr}, not {pcr}")
+        body = data[position:end]
+        measured = get(body)
+        if measured is None or template_hash == _ZERO_HASH:
+            alg_id, file_digest, path = _parse_template(body, _Where(number, offset))
+            unknown.append(ImaEntry(number, offset, entry_pcr, template_hash, body, alg_id, file_digest, path))
+            measured = ones if template_hash == _ZERO_HASH else new(body).digest()
+        value = new(value + measured).digest()
+        offset = end
+    return value, tuple(unknown), number
+
+
+def reference_templates(files: Mapping[str, bytes], alg: int = ALG.SHA256,
+                        digest_alg: int = ALG.SHA256) -> dict[bytes, bytes]:
+    """Reference values for ``replay_ima_with_reference``: each file's ima-ng template data and its
+    digest in bank ``alg``."""
+    table = {}
+    for path, file_digest in files.items():
+        data = template_data(path, file_digest, digest_alg)
+        table[data] = template_digest(alg, data)
+    return table
+
+
 class ImaLogWriter:
     """Appends entries as the kernel does; ``extend_digests`` of an entry is what each bank gets."""
 

@@ -43,3 +43,9 @@ def test_demo(tmp_path: Path) -> None:
     assert "openssl verify -CAfile vmca-root.pem ek-rsa.pem -> OK" in out
     assert "same public key as the certificate: True" in out
     assert out.count("denied  ") == 5
+    # the Trust Authority: the trusted host passes, the tampered one fails naming the VIB, the key goes only
+    # to the trusted one and the trusted VM does not power on on the tampered host
+    assert "esx-01: attestation passed, version 8.0.2" in out
+    assert "esx-02: attestation FAILED: VIB 'esx-base'" in out
+    assert "key released to esx-01: 32 bytes" in out and "key refused to esx-02" in out
+    assert "power on trusted-vm on esx-02 refused: destination host is not trusted and attested" in out

@@ -233,3 +233,49 @@ def test_collection_leaves_no_tpm_object_or_session_behind(home: Path, verifier:
         with pytest.raises(CollectionError):
             evidence.activate(verifier.challenge(other.identity()[0], evidence.ak_public))
         assert attest(verifier, host, evidence=evidence)[1].passed
+
+
+def test_random_damage_to_any_field_is_a_reason_never_a_crash(home: Path, verifier: Verifier) -> None:
+    import random
+
+    rng = random.Random(1515)
+    host = boot_trusted_host(home)
+    evidence = HostEvidence(host)
+    report = evidence.answer(verifier.challenge(*evidence.identity()), host=host.name, version=host.version)
+    fields = ["quote", "signature", "event_log", "ima_log", "ak_public", "ek_certificate", "activated_secret"]
+    for _ in range(300):
+        name = rng.choice(fields)
+        data = bytearray(getattr(report, name))
+        if rng.random() < 0.5 and data:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        else:
+            del data[rng.randrange(len(data) + 1):]
+        verdict = verifier.verify(dataclasses.replace(report, **{name: bytes(data)}))
+        assert not verdict.passed
+        assert not any(r.startswith("internal") for r in verdict.reasons), (name, verdict.reasons)
+
+
+def test_a_quote_over_both_banks_replays_both(home: Path, verifier: Verifier) -> None:
+    host = boot_trusted_host(home)
+    evidence = HostEvidence(host)
+    report = evidence.answer(verifier.challenge(*evidence.identity()), host=host.name, version=host.version,
+                             banks=(ALG.SHA1, ALG.SHA256))
+    assert set(report.pcr_values) == {ALG.SHA1, ALG.SHA256}
+    assert verifier.verify(report).passed
+    # the SHA-1 bank of PCR 10 checks the IMA list's own (SHA-1) template hashes
+    report = evidence.answer(verifier.challenge(*evidence.identity()), host=host.name, version=host.version,
+                             banks=(ALG.SHA1, ALG.SHA256))
+    ima = bytearray(report.ima_log)
+    ima[4] ^= 1
+    verdict = verifier.verify(dataclasses.replace(report, ima_log=bytes(ima)))
+    assert verdict.reasons == ("IMA log: IMA entry 1 (boot_aggregate): template hash is not the SHA-1 of its "
+                               "template data",)
+
+
+def test_a_modified_runtime_file_is_named(home: Path, verifier: Verifier) -> None:
+    trusted = image()
+    path = sorted(trusted.runtime_contents)[3]
+    changed = dataclasses.replace(trusted, runtime_contents={**trusted.runtime_contents, path: b"patched"})
+    host = boot_host(home / "hosts" / "esx-patched", changed)
+    _, verdict = attest(verifier, host)
+    assert verdict.reasons == (f"IMA: file {path} does not match trusted image 8.0.2",)

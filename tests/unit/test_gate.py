@@ -27,6 +27,9 @@ from vmcrypt.rbac import Operation, Privilege
 from vmcrypt.service_app import PUBLIC_ROUTES, ROUTES, SessionStore, build_app
 
 LOCAL_ONLY_COMMANDS = {"server", "inventory init"}  # the local administrator's, on the files themselves
+# `vmcrypt trust ...` acts on a Trust Authority (or the workload home's trust files), not through the
+# management plane: its own gate is TrustedAdmins membership (vmcrypt.trust.authority.TrustAuthority.admin)
+TRUST_PREFIX = "trust "
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +96,12 @@ def test_every_cli_subcommand_declares_its_operation() -> None:
     leaves = dict(_leaves(build_parser()))
     assert {"provider export", "ca import", "vm power-on", "inventory audit", "server"} <= set(leaves)
     undeclared = [name for name, sub in leaves.items()
-                  if name not in LOCAL_ONLY_COMMANDS and not isinstance(sub.get_default("operation"), Operation)]
+                  if name not in LOCAL_ONLY_COMMANDS and not name.startswith(TRUST_PREFIX)
+                  and not isinstance(sub.get_default("operation"), Operation)]
     assert not undeclared, f"subcommands without an operation: {undeclared}"
     assert all(leaves[name].get_default("operation") is None for name in LOCAL_ONLY_COMMANDS)
+    trust = [name for name in leaves if name.startswith(TRUST_PREFIX)]
+    assert "trust import-hosts" in trust and all(leaves[name].get_default("operation") is None for name in trust)
 
 
 def test_every_operation_names_vsphere_privileges() -> None:

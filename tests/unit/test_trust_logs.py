@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 
 import pytest
 
@@ -104,3 +105,39 @@ def test_ima_garbage_is_refused_with_the_entry_and_offset(cut: int, message: str
         data[:second + 28] + b"ima-sig" + data[second + 34:]
     with pytest.raises(ImaLogError, match=rf"IMA entry 2 \(offset {second}\): {message}"):
         parse_ima_log(broken)
+
+
+def test_replay_with_reference_values_equals_replay_and_returns_only_the_unknown_entries() -> None:
+    from vtpm.ima import reference_templates, replay_ima_with_reference
+
+    data, pcr10 = _ima(4)
+    files = {f"/usr/lib/f{i}": hashlib.sha256(b"%d" % i).digest() for i in range(4)}
+    files["/usr/lib/f2"] = bytes(32)  # the list's f2 is not what the reference trusts
+    violation = bytearray(encode_entry("/tmp/open-for-write", files["/usr/lib/f0"]))
+    violation[4:24] = bytes(20)  # a violation, even of a trusted file, extends ones and is reported
+    data += bytes(violation)
+    value, unknown, count = replay_ima_with_reference(data, reference_templates(files))
+    assert count == 6
+    assert value == replay_ima(parse_ima_log(data), (ALG.SHA256,))[ALG.SHA256]
+    assert [e.path for e in unknown] == [BOOT_AGGREGATE, "/usr/lib/f2", "/tmp/open-for-write"]
+    assert unknown[1] == parse_ima_log(data)[3]
+    with pytest.raises(ImaLogError, match=r"IMA entry 7 \(offset \d+\): truncated header"):
+        replay_ima_with_reference(data + b"\x0a\x00", reference_templates(files))
+    other_pcr = bytearray(encode_entry("/usr/lib/f0", files["/usr/lib/f0"]))
+    other_pcr[0] = 11
+    with pytest.raises(ImaLogError, match="IMA entry 1 is for PCR 11, not 10"):
+        replay_ima_with_reference(bytes(other_pcr), reference_templates(files))
+
+
+def test_events_in_any_digest_order_parse_the_same() -> None:
+    """The parser reads the usual layout (Spec ID order) in one go; another order takes the general path."""
+    log = EventLogWriter(BANKS)
+    log.measure(4, EventType.EV_EFI_ACTION, b"usual order")
+    sha1, sha256 = hashlib.sha1(b"x").digest(), hashlib.sha256(b"x").digest()
+    swapped = (struct.pack("<III", 5, EventType.EV_EFI_ACTION, 2) + struct.pack("<H", ALG.SHA256) + sha256
+               + struct.pack("<H", ALG.SHA1) + sha1 + struct.pack("<I", 1) + b"x")
+    parsed = parse_event_log(log.to_bytes() + swapped + log.to_bytes()[-(12 + 4 + 52 + 4 + 11):])
+    assert [e.data for e in parsed.events] == [b"usual order", b"x", b"usual order"]
+    assert parsed.events[1].digests == {ALG.SHA1: sha1, ALG.SHA256: sha256}
+    with pytest.raises(EventLogError, match=r"event 2 \(offset \d+\): PCR index 30"):
+        parse_event_log(log.to_bytes() + struct.pack("<III", 30, 1, 2) + bytes(60))

@@ -19,6 +19,7 @@ from vmcrypt.errors import KeyProviderError
 from vmcrypt.providers.base import KeyProvider
 from vmcrypt.providers.kmip import DEFAULT_CACHE_SECONDS, DEFAULT_TIMEOUT, KmipKeyProvider, KmipSettings, parse_server
 from vmcrypt.providers.native import NativeKeyProvider, PassphraseSource
+from vmcrypt.providers.trusted import TrustedKeyProvider
 
 CONFIG_FILE = "providers.json"
 DEFAULT_NATIVE_NAME = "native"
@@ -56,6 +57,9 @@ def _check_config(config: Any) -> None:
                 KmipSettings.from_dict(entry["settings"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"provider {number}: KMIP settings are malformed ({exc!r})") from None
+        if entry["kind"] == TrustedKeyProvider.kind and (
+                set(entry["settings"]) != {"authority"} or not isinstance(entry["settings"]["authority"], str)):
+            raise ValueError(f"provider {number}: trusted settings must be exactly {{'authority': NAME}}")
         ids.add(entry["provider_id"])
     if config["default"] is not None and config["default"] not in ids:
         raise ValueError("'default' names no configured provider")
@@ -159,6 +163,21 @@ class ProviderRegistry:
         self._write(config)
         return self._build(entry)
 
+    def add_trusted(self, name: str, authority: str, *, make_default: bool = False) -> KeyProvider:
+        """A key provider backed by the imported Trust Authority ``authority``: its keys go only to
+        hosts that authority attested."""
+        from vmcrypt.trust.workload import AuthorityIdentity
+        AuthorityIdentity.load(self.home, authority)  # imported first
+        config = self._read()
+        if any(p["name"] == name for p in config["providers"]):
+            raise KeyProviderError(f"a key provider named {name!r} already exists")
+        entry = ProviderConfig(str(uuid.uuid4()), name, TrustedKeyProvider.kind, {"authority": authority})
+        config["providers"].append(asdict(entry))
+        if make_default:
+            config["default"] = entry.provider_id
+        self._write(config)
+        return self._build(entry)
+
     def set_default(self, id_or_name: str) -> KeyProvider:
         """Make an already configured provider the default for new encryptions."""
         provider = self.get(id_or_name)
@@ -189,6 +208,8 @@ class ProviderRegistry:
             )
         elif entry.kind == KmipKeyProvider.kind:
             provider = KmipKeyProvider(entry.provider_id, entry.name, KmipSettings.from_dict(entry.settings))
+        elif entry.kind == TrustedKeyProvider.kind:
+            provider = TrustedKeyProvider(self.home, entry.provider_id, entry.name, entry.settings["authority"])
         else:
             raise KeyProviderError(f"key provider kind {entry.kind!r} is not available in this build")
         self._instances[entry.provider_id] = provider

@@ -83,7 +83,11 @@ class HostBootError(Exception):
 
 @dataclass
 class BootedHost:
-    """A host after boot: its TPM running in-process, its logs on disk."""
+    """A host after boot: its TPM running in-process, its logs on disk.
+
+    The PCRs live in this process (a TPM's PCRs do not survive power-off): a host agent in
+    another process boots the host there (``boot_host`` again is a reboot with the same
+    measurements; the TPM's persistent state is shared through the host's directory)."""
 
     name: str
     directory: Path

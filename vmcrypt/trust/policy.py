@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from vmcrypt.errors import VmcryptError
 from vmcrypt.trust.images import ComponentKind, ImageError, ImageManifest
 from vtpm.constants import ALG
+from vtpm.ima import reference_templates
 
 DEFAULT_PCRS = tuple(range(11))  # firmware, Secure Boot, boot loader (0-7), static OS (8-9), IMA (10)
 DEFAULT_BANKS = (ALG.SHA256,)
@@ -44,13 +45,15 @@ class ImageIndex:
 
     manifest: ImageManifest
     by_kind: Mapping[ComponentKind, Mapping[str, bytes]]
+    # reference values of the runtime files: ima-ng template data -> its SHA-256 (what PCR 10 gets)
+    ima_reference: Mapping[bytes, bytes]
 
     @classmethod
     def of(cls, manifest: ImageManifest) -> "ImageIndex":
         table: dict[ComponentKind, dict[str, bytes]] = {kind: {} for kind in ComponentKind}
         for component in manifest.components:
             table[component.kind][component.name] = component.sha256
-        return cls(manifest, table)
+        return cls(manifest, table, reference_templates(manifest.runtime_files, ALG.SHA256))
 
 
 @dataclass(frozen=True)

@@ -31,16 +31,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 
 from certs.validate import EkCertificateError, validate_ek_certificate
 from vmcrypt.errors import VmcryptError
 from vmcrypt.trust.evidence import AttestationReport, Challenge, Verdict
 from vmcrypt.trust.measurements import check_image, read_boot_log
-from vmcrypt.trust.policy import NAMES_BY_BANK, TrustPolicy, ek_fingerprint
+from vmcrypt.trust.policy import NAMES_BY_BANK, ImageIndex, TrustPolicy, ek_fingerprint
 from vtpm.constants import ALG
 from vtpm.credential import CredentialError, ek_public_from_key, make_credential
 from vtpm.eventlog import EventLogError, parse_event_log, replay
-from vtpm.ima import IMA_PCR, ImaLogError, boot_aggregate, parse_ima_log, replay_ima
+from vtpm.ima import (
+    IMA_PCR,
+    ImaEntry,
+    ImaLogError,
+    boot_aggregate,
+    parse_ima_log,
+    replay_ima,
+    replay_ima_with_reference,
+)
 from vtpm.quote import (
     AttestationKey,
     QuoteError,
@@ -108,7 +117,7 @@ class Verifier:
         try:
             cert = x509.load_der_x509_certificate(ek_certificate)
             ek_public = ek_public_from_key(cert.public_key())
-        except (ValueError, CredentialError) as exc:
+        except (ValueError, CredentialError, UnsupportedAlgorithm) as exc:
             raise VerifierError(f"EK certificate: {exc}") from None
         try:
             ak = parse_public(ak_public)
@@ -207,17 +216,12 @@ class Verifier:
                                f"in {NAMES_BY_BANK.get(bank, hex(bank))}")
         proven = self._proven_values(report, quote, signature, reasons)
 
-        # the logs, replayed and compared with the signed values
+        # the boot log, replayed and compared with the signed values
         try:
             log = parse_event_log(report.event_log)
         except EventLogError as exc:
             reasons.append(f"event log: {exc}")
             log = None
-        try:
-            ima = parse_ima_log(report.ima_log)
-        except ImaLogError as exc:
-            reasons.append(f"IMA log: {exc}")
-            ima = None
         banks = tuple(bank for bank, _ in selection)
         boot_pcrs = None
         if log is not None:
@@ -231,28 +235,18 @@ class Verifier:
                     if index != IMA_PCR and boot_pcrs[bank][index] != proven[bank][index]:
                         reasons.append(f"event log: replay of PCR {index} in {NAMES_BY_BANK[bank]} does not match "
                                        "the signed value")
-        if proven is not None and ima is not None and any(IMA_PCR in pcrs for _, pcrs in selection):
-            ima_banks = tuple(bank for bank, pcrs in selection if IMA_PCR in pcrs)
-            try:
-                ima_values = replay_ima(ima, ima_banks)
-            except ImaLogError as exc:
-                reasons.append(f"IMA log: {exc}")
-            else:
-                for bank in ima_banks:
-                    if ima_values[bank] != proven[bank][IMA_PCR]:
-                        reasons.append(f"IMA log: replay of PCR {IMA_PCR} in {NAMES_BY_BANK[bank]} does not match "
-                                       "the signed value")
 
-        # what the logs say, against the trusted images
-        if log is None:
+        # what the boot log says; then the IMA list, against the image it names when that is trusted
+        facts = read_boot_log(log.events) if log is not None else None
+        image = policy.index.get(facts.version) if facts is not None and facts.version is not None else None
+        ima = self._check_ima(report, selection, proven, image, reasons)
+        if facts is None:
             return None
-        facts = read_boot_log(log.events)
         if facts.version is None:
             reasons.append("version: the event log proves no version")
             return None
         if facts.version != report.version:
             reasons.append(f"version: the report claims {report.version} but the event log proves {facts.version}")
-        image = policy.index.get(facts.version)
         if image is None:
             reasons.append(f"version: {facts.version} is not a trusted version")
             reasons.extend(facts.problems)
@@ -262,8 +256,43 @@ class Verifier:
         aggregate = None
         if boot_pcrs is not None and ALG.SHA256 in boot_pcrs:
             aggregate = boot_aggregate(boot_pcrs[ALG.SHA256], ALG.SHA256)
-        reasons.extend(check_image(facts, image, ima or (), aggregate, policy.require_secure_boot))
+        reasons.extend(check_image(facts, image, ima, aggregate, policy.require_secure_boot))
         return facts.version
+
+    def _check_ima(self, report: AttestationReport, selection, proven, image: ImageIndex | None,  # noqa: ANN001
+                   reasons: list[str]) -> tuple[ImaEntry, ...]:
+        """Replay the IMA list into the signed PCR 10 banks; the entries the image check still needs.
+
+        With a trusted image and the SHA-256 bank alone (the policy's default), the image's
+        reference values (template data -> SHA-256, computed once per policy) spare parsing and
+        hashing the entries that are exactly the image's files; only the others come back.
+        """
+        ima_banks = tuple(bank for bank, pcrs in selection if IMA_PCR in pcrs)
+        if image is not None and ima_banks == (ALG.SHA256,):
+            try:
+                value, unknown, _ = replay_ima_with_reference(report.ima_log, image.ima_reference)
+            except ImaLogError as exc:
+                reasons.append(f"IMA log: {exc}")
+                return ()
+            if proven is not None and value != proven[ALG.SHA256][IMA_PCR]:
+                reasons.append(f"IMA log: replay of PCR {IMA_PCR} in sha256 does not match the signed value")
+            return unknown
+        try:
+            entries = parse_ima_log(report.ima_log)
+        except ImaLogError as exc:
+            reasons.append(f"IMA log: {exc}")
+            return ()
+        if proven is not None and ima_banks:
+            try:
+                values = replay_ima(entries, ima_banks)
+            except ImaLogError as exc:
+                reasons.append(f"IMA log: {exc}")
+            else:
+                for bank in ima_banks:
+                    if values[bank] != proven[bank][IMA_PCR]:
+                        reasons.append(f"IMA log: replay of PCR {IMA_PCR} in {NAMES_BY_BANK[bank]} does not match "
+                                       "the signed value")
+        return entries
 
     def _proven_values(self, report: AttestationReport, quote, signature, reasons: list[str]):  # noqa: ANN001
         """The claimed PCR values of the signed selection, if they hash to the signed pcrDigest."""
@@ -299,15 +328,18 @@ class Verifier:
 
     def _judge_ek(self, ek_certificate: bytes, now: datetime.datetime) -> tuple[str | None, datetime.datetime]:
         """(None or the reason, until when that holds)."""
+        forever = datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
         try:
             cert = x509.load_der_x509_certificate(ek_certificate)
             public_key = cert.public_key()
-        except ValueError:
-            return "EK: the certificate is not DER X.509", datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
-        if ek_fingerprint(public_key) in self._policy.trusted_eks:
-            return None, datetime.datetime.max.replace(tzinfo=datetime.timezone.utc)
+        except (ValueError, UnsupportedAlgorithm):
+            return "EK: the certificate is not DER X.509 with a supported key", forever
         try:
+            if ek_fingerprint(public_key) in self._policy.trusted_eks:
+                return None, forever
             validate_ek_certificate(cert, public_key, self._policy.anchors, now=now)
+        except (ValueError, TypeError) as exc:  # cryptography parses extensions lazily
+            return f"EK: the certificate cannot be read ({type(exc).__name__}: {exc})", forever
         except EkCertificateError as exc:
             return (f"EK: not issued by a trusted TPM manufacturer CA and not on the trusted-EK list "
                     f"({exc.reason})"), now  # judged again next time: the policy or the time may change

@@ -1,0 +1,62 @@
+"""The Trust Authority's configuration gate and audit chain, in-process (one test: users are scrypt-hashed):
+only TrustedAdmins change it, every change and refusal is audited, an edited audit line breaks the chain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vmcrypt.inventory import Inventory
+from vmcrypt.rbac import TRUSTED_ADMINS_GROUP
+from vmcrypt.trust.authority import TrustAdminDenied, TrustAuthority, TrustAuthorityError
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture
+def ta(tmp_path: Path) -> TrustAuthority:
+    with Inventory(tmp_path) as inventory:
+        for user in ("alice", "bob"):
+            inventory.add_user(user, PASSWORD)
+        inventory.add_to_group(TRUSTED_ADMINS_GROUP, "alice")
+    authority = TrustAuthority(tmp_path)
+    authority.enable("ta1")
+    return authority
+
+
+def test_only_trusted_admins_configure_and_every_outcome_is_audited(ta: TrustAuthority) -> None:
+    before = ta.config_path.read_bytes()
+    with pytest.raises(TrustAdminDenied, match="not a member of TrustedAdmins"):
+        ta.admin("bob", PASSWORD)
+    with pytest.raises(TrustAdminDenied, match="bad user name or password"):
+        ta.admin("alice", "wrong password here")
+    admin = ta.admin("alice", PASSWORD)
+    with pytest.raises(TrustAuthorityError, match="not a PEM certificate"):
+        admin.add_manufacturer_ca(b"garbage")
+    with pytest.raises(TrustAuthorityError, match="malformed"):
+        admin.import_hosts({"cluster": "c", "hosts": []})
+    with pytest.raises(TrustAuthorityError, match="version 9.9 is not trusted"):
+        admin.remove_image("9.9")
+    with pytest.raises(TrustAuthorityError, match="already enabled"):
+        ta.enable("ta1")
+    assert ta.config_path.read_bytes() == before  # nothing changed by a refusal
+    ta_cert = ta.ca.cert_path.read_bytes()
+    admin.add_manufacturer_ca(ta_cert)
+    assert len(ta.config()["manufacturer_cas"]) == 1
+    outcomes = [(e["actor"], e["outcome"]) for e in ta.audit.entries()]
+    assert outcomes == [("local administrator", "ok"), ("bob", "denied"), ("alice", "denied"), ("alice", "failed"),
+                        ("alice", "failed"), ("alice", "failed"), ("alice", "ok")]
+    assert oct(ta.config_path.stat().st_mode & 0o777) == "0o600"
+    assert oct(ta.audit.path.stat().st_mode & 0o777) == "0o600"
+    # an edited line (a denial made to look like success) breaks the chain
+    assert ta.audit.verify()
+    lines = ta.audit.path.read_bytes().splitlines()
+    entry = json.loads(lines[1])
+    entry["outcome"] = "ok"
+    lines[1] = json.dumps(entry, sort_keys=True).encode()
+    ta.audit.path.write_bytes(b"\n".join(lines) + b"\n")
+    assert not ta.audit.verify()
+
+
