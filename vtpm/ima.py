@@ -43,6 +43,8 @@ _NAMES_BY_ALG = {alg: name for name, alg in DIGEST_NAMES.items()}
 _HASHLIB = {ALG.SHA1: "sha1", ALG.SHA256: "sha256", ALG.SHA384: "sha384", ALG.SHA512: "sha512"}
 
 _HEAD = struct.Struct("<I20sI")  # pcr, template hash, template name length
+# The usual ima-ng entry head in one read: pcr, template hash, name length, name, template data length.
+_NG_HEAD = struct.Struct("<I20sI6sI")
 _U32 = struct.Struct("<I")
 _ZERO_HASH = bytes(SHA1_SIZE)
 
@@ -241,21 +243,24 @@ def replay_ima_with_reference(data: bytes, reference: Mapping[bytes, bytes], alg
     unknown = []
     offset, total, number = 0, len(data), 0
     head_size = _HEAD.size
-    unpack_head, unpack_u32 = _HEAD.unpack_from, _U32.unpack_from
+    unpack_head = _HEAD.unpack_from
     name, name_len_expected, get = TEMPLATE_NAME, len(TEMPLATE_NAME), reference.get
+    unpack_ng, ng_size = _NG_HEAD.unpack_from, _NG_HEAD.size
     while offset < total:
         number += 1
-        if offset + head_size > total:
-            raise ImaLogError(f"{_Where(number, offset)}: truncated header")
-        entry_pcr, template_hash, name_len = unpack_head(data, offset)
-        position = offset + head_size
-        if name_len != name_len_expected or data[position:position + name_len] != name:
-            raise ImaLogError(f"{_Where(number, offset)}: template is not ima-ng")
-        position += name_len
-        if position + 4 > total:
+        if offset + ng_size <= total:  # the usual head in one read
+            entry_pcr, template_hash, name_len, entry_name, data_len = unpack_ng(data, offset)
+            if name_len != name_len_expected or entry_name != name:
+                raise ImaLogError(f"{_Where(number, offset)}: template is not ima-ng")
+            position = offset + ng_size
+        else:
+            if offset + head_size > total:
+                raise ImaLogError(f"{_Where(number, offset)}: truncated header")
+            entry_pcr, template_hash, name_len = unpack_head(data, offset)
+            position = offset + head_size
+            if name_len != name_len_expected or data[position:position + name_len] != name:
+                raise ImaLogError(f"{_Where(number, offset)}: template is not ima-ng")
             raise ImaLogError(f"{_Where(number, offset)}: truncated template data length")
-        (data_len,) = unpack_u32(data, position)
-        position += 4
         end = position + data_len
         if data_len > MAX_ENTRY_DATA or end > total:
             raise ImaLogError(f"{_Where(number, offset)}: template data of {data_len} bytes, {total - position} left")
