@@ -17,7 +17,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import construct as cs
@@ -74,9 +74,11 @@ PersistCallback = Callable[[bytes], None]
 
 class StateSink(Protocol):
     """A persistence target that takes the state itself (``vtpm.journal_store.JournaledStore``): it
-    journals only what changed instead of receiving the whole state serialized."""
+    journals only what changed instead of receiving the whole state serialized. ``nv``, when given,
+    names the NV indices that are all that changed of the state's keyed collections (NV indices,
+    persistent objects, primary cache); None: anything may have changed."""
 
-    def persist_state(self, state: TpmState) -> None: ...
+    def persist_state(self, state: TpmState, nv: Collection[int] | None = None) -> None: ...
 
 
 class Tpm:
@@ -91,11 +93,15 @@ class Tpm:
     ) -> None:
         self.state = state or TpmState.manufacture()
         # A StateSink gets the state; a plain callback gets the whole state serialized.
-        self._persist_state: Callable[[TpmState], None] | None = getattr(persist, "persist_state", None)
+        self._persist_state: Callable[[TpmState, Collection[int] | None], None] | None = getattr(
+            persist, "persist_state", None)
         self._persist = None if self._persist_state is not None else persist
         self._clock_ms = clock_ms or (lambda: time.monotonic_ns() // 1_000_000)
         self.volatile = Volatile.power_on(self.state, self._clock_ms())
         self.dirty = False
+        # What changed since the last save, when the handlers said: the NV indices written (mark_nv_dirty)
+        # and nothing else of the keyed collections; None once a mark_dirty() said nothing more.
+        self._dirty_nv: set[int] | None = set()
         self.locality = 0
         # Entities an entity resolver may hand out again, by handle, with what they were made from.
         self.entity_cache: dict[int, tuple[tuple[object, ...], Entity]] = {}
@@ -118,13 +124,22 @@ class Tpm:
     def mark_dirty(self) -> None:
         """Something the spec makes persistent changed: save it after this command."""
         self.dirty = True
+        self._dirty_nv = None
+
+    def mark_nv_dirty(self, handle: int) -> None:
+        """Only fields of the existing NV index ``handle`` changed (and maybe scalars such as the
+        clock): save after this command; a journal then compares just that index of the collections."""
+        self.dirty = True
+        if self._dirty_nv is not None:
+            self._dirty_nv.add(handle)
 
     def flush_state(self) -> None:
         self.state.clock_ms = self.clock_now()
         self.volatile.clock_base_ms = self._clock_ms()
         self.dirty = False
+        nv, self._dirty_nv = self._dirty_nv, set()
         if self._persist_state is not None:
-            self._persist_state(self.state)
+            self._persist_state(self.state, nv or None)
         elif self._persist is not None:
             self._persist(self.state.to_bytes())
 

@@ -12,6 +12,7 @@ import json
 import operator
 import secrets
 from dataclasses import dataclass, field, fields
+from collections.abc import Collection
 from typing import Any
 
 import construct as cs
@@ -238,9 +239,11 @@ _scalars: Any = None  # attrgetter of every other field: one C call reads them a
 
 
 def _scalar_getter() -> Any:
+    """(names, attrgetter) of the scalar fields, ``clock_ms`` first: it changes with every saved
+    command, so ``changes`` compares it alone and the others as one tuple."""
     global _scalars
     if _scalars is None:
-        names = [name for name in _field_names() if name not in _MUTABLE]
+        names = ["clock_ms", *(name for name in _field_names() if name not in _MUTABLE and name != "clock_ms")]
         _scalars = (tuple(names), operator.attrgetter(*names))
     return _scalars
 
@@ -249,8 +252,12 @@ def _frozen_pairs(value: list[list[int]] | None) -> Any:
     return None if value is None else tuple(map(tuple, value))
 
 
-def snapshot(state: TpmState) -> dict[str, Any]:
-    """A copy of ``state`` to compare a later state with (``changes``)."""
+def _nv_entry(i: NvIndex) -> tuple[Any, ...]:
+    return (i.index, i.name_alg, i.attributes, i.auth_policy, i.data_size, i.auth_value, i.data)
+
+
+def _snapshot_unkeyed(state: TpmState) -> dict[str, Any]:
+    """The snapshot of every part but the keyed collections."""
     snap: dict[str, Any] = {"": _scalar_getter()[1](state)}
     for name in _HIERARCHIES:
         h = getattr(state, name)
@@ -261,26 +268,59 @@ def snapshot(state: TpmState) -> dict[str, Any]:
     snap["pcr_partial_pending"] = _frozen_pairs(state.pcr_partial_pending)
     snap["audit_commands"] = tuple(state.audit_commands)
     snap["pp_commands"] = tuple(state.pp_commands)
-    snap["nv"] = {k: (i.index, i.name_alg, i.attributes, i.auth_policy, i.data_size, i.auth_value, i.data)
-                  for k, i in state.nv.items()}
-    snap["persistent"] = {k: dict(v) for k, v in state.persistent.items()}
-    snap["primary_cache"] = {k: dict(v) for k, v in state.primary_cache.items()}
     snap["saved"] = None if state.saved is None else {k: tuple(v) for k, v in state.saved.pcrs.items()}
     return snap
 
 
-def changes(before: dict[str, Any], state: TpmState) -> tuple[dict[str, Any], dict[str, Any]]:
+def snapshot(state: TpmState) -> dict[str, Any]:
+    """A copy of ``state`` to compare a later state with (``changes``)."""
+    snap = _snapshot_unkeyed(state)
+    snap["nv"] = {k: _nv_entry(i) for k, i in state.nv.items()}
+    snap["persistent"] = {k: dict(v) for k, v in state.persistent.items()}
+    snap["primary_cache"] = {k: dict(v) for k, v in state.primary_cache.items()}
+    return snap
+
+
+def _snapshot_nv(before: dict[str, Any], state: TpmState, nv: Collection[int]) -> dict[str, Any]:
+    """``snapshot(state)`` when, of the keyed collections, only the fields of the existing NV indices
+    ``nv`` changed since ``before`` (what the engine says of NV_Write & co.): the other entries are
+    taken from ``before`` instead of copied again. An NV index added or removed: a full snapshot."""
+    old_nv = before.get("nv")
+    indices = state.nv
+    if old_nv is None or len(old_nv) != len(indices) or "persistent" not in before:
+        return snapshot(state)
+    entries = dict(old_nv)
+    for key in nv:
+        index = indices.get(key)
+        if index is None or key not in entries:
+            return snapshot(state)
+        entries[key] = _nv_entry(index)
+    snap = _snapshot_unkeyed(state)
+    snap["nv"] = entries
+    snap["persistent"] = before["persistent"]
+    snap["primary_cache"] = before["primary_cache"]
+    return snap
+
+
+def changes(before: dict[str, Any], state: TpmState,
+            nv: Collection[int] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What changed in ``state`` since the snapshot ``before``, as ``diff_parts`` writes it, and the
-    snapshot of ``state``."""
-    after = snapshot(state)
+    snapshot of ``state``. ``nv``: the caller knows that, of the keyed collections, only these NV
+    indices' fields can have changed (None: anything may have)."""
+    after = snapshot(state) if nv is None else _snapshot_nv(before, state, nv)
     delta: dict[str, Any] = {}
     changed: dict[str, Any] = {}
-    if after[""] != before.get(""):
+    new_scalars, old_scalars = after[""], before.get("")
+    if new_scalars != old_scalars:
         names = _scalar_getter()[0]
-        old_values = before.get("") or (object(),) * len(names)
-        for name, old, new in zip(names, old_values, after[""]):
-            if old != new or type(old) is not type(new):
-                changed[name] = _encode_field(name, new)
+        if old_scalars is None or len(old_scalars) != len(names):
+            old_scalars = (object(),) * len(names)
+        if new_scalars[0] != old_scalars[0] or type(new_scalars[0]) is not type(old_scalars[0]):
+            changed["clock_ms"] = _encode_field("clock_ms", new_scalars[0])
+        if new_scalars[1:] != old_scalars[1:]:
+            for name, old, new in zip(names[1:], old_scalars[1:], new_scalars[1:]):
+                if old != new or type(old) is not type(new):
+                    changed[name] = _encode_field(name, new)
     for name in (*_HIERARCHIES, *_LISTS, "saved"):
         if after[name] != before.get(name):
             changed[name] = _encode_field(name, getattr(state, name))
@@ -288,7 +328,7 @@ def changes(before: dict[str, Any], state: TpmState) -> tuple[dict[str, Any], di
         delta["set"] = changed
     for name in KEYED_PARTS:
         old, new = before.get(name) or {}, after[name]
-        if old == new:
+        if old is new or old == new:
             continue
         value = getattr(state, name)
         entries: dict[str, Any] = {}
