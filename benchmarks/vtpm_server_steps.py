@@ -118,6 +118,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--compare-swtpm", action="store_true", help="time swtpm's round trips too")
     parser.add_argument("--json", action="store_true", help="print the medians as JSON")
+    parser.add_argument("--server-path", type=Path, default=None,
+                        help="serve the vtpm package of this checkout instead (a before/after comparison)")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
@@ -128,7 +130,8 @@ def main() -> int:
         base = Path(tmp)
         out = base / "steps.json"
         launcher = base / "python"
-        launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HOOK}" "$@"\n')
+        path = f'export PYTHONPATH="{args.server_path.resolve()}"\n' if args.server_path else ""
+        launcher.write_text(f'#!/bin/sh\n{path}exec "{sys.executable}" "{HOOK}" "$@"\n')
         launcher.chmod(0o700)
         os.environ["VTPM_STEP_OUT"] = str(out)
         servers = {"vtpm": stack.enter_context(start_vtpm(["--state", str(base / "state"), "--startup-clear"],
@@ -150,7 +153,8 @@ def main() -> int:
     if args.json:
         print(json.dumps({"medians_us": table, "swtpm_round_trip_us": {n: statistics.median(v) for n, v in reference.items()}}))
         return 0
-    print(f"vtpm serve under the step hook, {args.rounds} round trips per command after {args.warmup} warm-up"
+    print(f"vtpm serve{f' of {args.server_path}' if args.server_path else ''} under the step hook, "
+          f"{args.rounds} round trips per command after {args.warmup} warm-up"
           f"{', alternating with swtpm' if reference else ''}; medians in microseconds")
     shown = [c for c in COLUMNS if any(c in row for row in table.values())]
     print(f"{'step':14}" + "".join(f"{n.split('(')[0]:>12}" for n in commands))
