@@ -26,7 +26,9 @@ and when the response was in; both processes read the same clock
 Medians per step (a step's medians need not add up to the round trip's).
 ``--compare-swtpm`` also times the same commands against swtpm in the same run,
 round trips alternating between the servers as in ``vtpm_vs_swtpm.py`` (swtpm:
-round trips only, it has no hook). The timers add about a microsecond per
+round trips only, it has no hook). ``--baseline DIR`` adds `vtpm serve` of
+another checkout, also under the hook, in the same rounds: before and after,
+step by step, under the same machine noise. The timers add about a microsecond per
 timed call to the server, so the round trips here are a little slower than in
 ``vtpm_vs_swtpm.py``.
 """
@@ -118,50 +120,61 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--compare-swtpm", action="store_true", help="time swtpm's round trips too")
     parser.add_argument("--json", action="store_true", help="print the medians as JSON")
-    parser.add_argument("--server-path", type=Path, default=None,
-                        help="serve the vtpm package of this checkout instead (a before/after comparison)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="also serve, under the hook, the vtpm package of the checkout DIR (a third server in "
+                             "the same rounds: a before/after comparison step by step)")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
     if args.compare_swtpm:
         require_swtpm_or_exit(parser)
     commands = latency_commands()
+    hooked = {"vtpm": None, **({"before": args.baseline.resolve()} if args.baseline else {})}
     with tempfile.TemporaryDirectory(prefix="vtpm-steps-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
-        out = base / "steps.json"
-        launcher = base / "python"
-        path = f'export PYTHONPATH="{args.server_path.resolve()}"\n' if args.server_path else ""
-        launcher.write_text(f'#!/bin/sh\n{path}exec "{sys.executable}" "{HOOK}" "$@"\n')
-        launcher.chmod(0o700)
-        os.environ["VTPM_STEP_OUT"] = str(out)
-        servers = {"vtpm": stack.enter_context(start_vtpm(["--state", str(base / "state"), "--startup-clear"],
-                                                          base / "vtpm.log", python=str(launcher)))}
+        servers = {}
+        for name, checkout in hooked.items():
+            launcher = base / f"{name}-python"
+            path = f'export PYTHONPATH="{checkout}"\n' if checkout else ""
+            launcher.write_text(f'#!/bin/sh\n{path}exec "{sys.executable}" "{HOOK}" "$@"\n')
+            launcher.chmod(0o700)
+            os.environ["VTPM_STEP_OUT"] = str(base / f"{name}-steps.json")  # read by the hook in the server
+            servers[name] = stack.enter_context(start_vtpm(["--state", str(base / f"{name}-state"), "--startup-clear"],
+                                                           base / f"{name}.log", python=str(launcher)))
         if args.compare_swtpm:
             servers["swtpm"] = stack.enter_context(start_swtpm(base / "swtpm-state"))
         conns = {name: stack.enter_context(contextlib.closing(server.connect())) for name, server in servers.items()}
         for conn in conns.values():
             prepare_latency_target(conn)
         trips = {name: time_round_trips(conns, variants, args.rounds, args.warmup) for name, variants in commands.items()}
-        stack.close()  # the server writes its step times as it exits
-        if not out.exists():
-            raise SystemExit(f"the server wrote no step times; its log:\n{(base / 'vtpm.log').read_text()}")
-        events = [tuple(e) for e in json.loads(out.read_text())]
-    windows = {name: trips[name]["vtpm"] for name in commands}
-    reference = {name: [(e - s) * 1e-3 for s, e in trips[name]["swtpm"]] for name in commands} if args.compare_swtpm else {}
-    table = {name: {step: statistics.median(values) for step, values in split(windows[name], events).items()}  # type: ignore[arg-type]
-             for name in commands}
+        stack.close()  # the servers write their step times as they exit
+        events = {}
+        for name in hooked:
+            out = base / f"{name}-steps.json"
+            if not out.exists():
+                raise SystemExit(f"{name}: the server wrote no step times; its log:\n{(base / f'{name}.log').read_text()}")
+            events[name] = [tuple(e) for e in json.loads(out.read_text())]
+    tables = {server: {name: {step: statistics.median(values)
+                              for step, values in split(trips[name][server], events[server]).items()}  # type: ignore[arg-type]
+                       for name in commands}
+              for server in hooked}
+    reference = {name: statistics.median((e - s) * 1e-3 for s, e in trips[name]["swtpm"]) for name in commands} \
+        if args.compare_swtpm else {}
     if args.json:
-        print(json.dumps({"medians_us": table, "swtpm_round_trip_us": {n: statistics.median(v) for n, v in reference.items()}}))
+        print(json.dumps({"medians_us": tables, "swtpm_round_trip_us": reference}))
         return 0
-    print(f"vtpm serve{f' of {args.server_path}' if args.server_path else ''} under the step hook, "
-          f"{args.rounds} round trips per command after {args.warmup} warm-up"
-          f"{', alternating with swtpm' if reference else ''}; medians in microseconds")
-    shown = [c for c in COLUMNS if any(c in row for row in table.values())]
-    print(f"{'step':14}" + "".join(f"{n.split('(')[0]:>12}" for n in commands))
-    for step in shown:
-        print(f"{step:14}" + "".join(f"{table[n][step]:12.1f}" if step in table[n] else f"{'':>12}" for n in commands))
-    if reference:
-        print(f"{'swtpm trip':14}" + "".join(f"{statistics.median(reference[n]):12.1f}" for n in commands))
+    print(f"{args.rounds} round trips per command after {args.warmup} warm-up, servers alternating "
+          f"({', '.join(servers)}); medians in microseconds")
+    for server, table in tables.items():
+        label = "this checkout" if server == "vtpm" else f"baseline {hooked[server]}"
+        print(f"vtpm serve of {label}, under the step hook")
+        shown = [c for c in COLUMNS if any(c in row for row in table.values())]
+        print(f"{'step':14}" + "".join(f"{n.split('(')[0]:>12}" for n in commands))
+        for step in shown:
+            print(f"{step:14}" + "".join(f"{table[n][step]:12.1f}" if step in table[n] else f"{'':>12}" for n in commands))
+        if reference:
+            print(f"{'swtpm trip':14}" + "".join(f"{reference[n]:12.1f}" for n in commands))
+            print(f"{'trip / swtpm':14}" + "".join(f"{table[n]['round trip'] / reference[n]:12.2f}" for n in commands))
     return 0
 
 

@@ -28,6 +28,10 @@ and no cache can answer; same server process and state throughout, both
 servers get the same sequence of templates (their seeds differ, so their
 prime searches differ: the median over many calls is what compares).
 
+``--baseline DIR`` also serves the vtpm package of another checkout DIR (a
+third server, alternating with the other two: a before/after comparison in
+one run) and prints its medians and ratios as well.
+
 The last line ``ratio: X.XX`` is the geometric mean of the median ratios of
 GetRandom, PCR_Read, PCR_Extend, NV_Read and cold RSA CreatePrimary.
 """
@@ -35,6 +39,7 @@ GetRandom, PCR_Read, PCR_Extend, NV_Read and cold RSA CreatePrimary.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
@@ -44,7 +49,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.servers import side_by_side, require_swtpm_or_exit
+from support.servers import side_by_side, require_swtpm_or_exit, start_vtpm
 from support.tpm_helpers import (
     TpmConnection,
     command_sender,
@@ -129,6 +134,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200, help="untimed round trips first")
     parser.add_argument("--cold-rounds", type=int, default=30, help="timed cold RSA 2048 CreatePrimary per server")
     parser.add_argument("--floor-rounds", type=int, default=200, help="timed fdatasync floor samples")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="also serve the vtpm package of the checkout DIR (before/after in one run)")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
@@ -136,8 +143,16 @@ def main() -> int:
         parser.error("--cold-rounds must be 0..10000 and --floor-rounds 1..100000")
     require_swtpm_or_exit(parser)
 
-    with tempfile.TemporaryDirectory(prefix="vtpm-vs-swtpm-") as tmp, side_by_side(Path(tmp)) as servers:
+    with tempfile.TemporaryDirectory(prefix="vtpm-vs-swtpm-") as tmp, side_by_side(Path(tmp)) as servers, \
+            contextlib.ExitStack() as stack:
         ours, ref = servers["vtpm"], servers["swtpm"]
+        if args.baseline is not None:
+            launcher = Path(tmp) / "baseline-python"
+            launcher.write_text(f'#!/bin/sh\nexport PYTHONPATH="{args.baseline.resolve()}"\nexec "{sys.executable}" "$@"\n')
+            launcher.chmod(0o700)
+            servers = {**servers, "before": stack.enter_context(start_vtpm(
+                ["--state", str(Path(tmp) / "before-state"), "--startup-clear"], Path(tmp) / "before.log",
+                python=str(launcher)))}
         conns: dict[str, TpmConnection] = {}
         try:
             for name, server in servers.items():
@@ -171,6 +186,12 @@ def main() -> int:
             ratios.append(ratio)
         print(f"{command:30} {len(samples['vtpm']):5d} {fmt(ours_median):>12} {fmt(percentile(samples['vtpm'], 0.9)):>11}"
               f" {fmt(ref_median):>13} {fmt(percentile(samples['swtpm'], 0.9)):>11} {ratio:11.2f}{mark}")
+    if "before" in rss:
+        print(f"baseline {args.baseline}: the same commands in the same rounds")
+        for command, samples in results.items():
+            before = statistics.median(samples["before"])
+            print(f"{command:30} before {fmt(before):>12}  before/swtpm {before / statistics.median(samples['swtpm']):5.2f}"
+                  f"  after/before {statistics.median(samples['vtpm']) / before:5.2f}")
     floor_median = statistics.median(floor)
     nv_write = statistics.median(results[NV_WRITE]["vtpm"])
     print("* not like for like: swtpm does not fsync (its state file is written to a temporary file and renamed)")
