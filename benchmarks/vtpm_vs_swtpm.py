@@ -12,8 +12,10 @@ each of these commands (the acceptance set of the vTPM's hot path):
   in turn so that every write changes the stored data)
 
 Round trips alternate between the servers so that machine noise hits both
-alike. Prints the median and 90th percentile of each, the ratio of medians
-ours/swtpm, and the resident memory of both server processes.
+alike, in every order in turn (what ran just before a round trip changes its
+time: a server that always follows the same one is favoured or not). Prints
+the median and 90th percentile of each, the ratio of medians ours/swtpm, and
+the resident memory of both server processes.
 
 NV_Write is not like for like: swtpm writes its state file with a temporary
 file and a rename and never fsyncs, ours makes the write durable. So the
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
 import os
 import statistics
@@ -72,13 +75,16 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def measure(senders: dict[str, Callable[[], bytes]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per round trip for each server, alternating servers every round trip."""
+    """Seconds per round trip for each server, alternating servers every round trip; each round takes
+    the next order of the servers (all orders in turn), so that no server always follows the same one
+    (what ran just before, a Python server or swtpm, changes what is still in the CPU caches)."""
     for _ in range(warmup):
         for send in senders.values():
             send()
     samples: dict[str, list[float]] = {name: [] for name in senders}
-    for _ in range(rounds):
-        for name, send in senders.items():
+    orders = list(itertools.permutations(senders.items()))
+    for round_ in range(rounds):
+        for name, send in orders[round_ % len(orders)]:
             start = clock()
             response = send()
             samples[name].append(clock() - start)
