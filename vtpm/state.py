@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import operator
 import secrets
-from dataclasses import dataclass, field, fields
 from collections.abc import Collection
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import construct as cs
