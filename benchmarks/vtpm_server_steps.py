@@ -135,6 +135,8 @@ def main() -> int:
         servers = {}
         for name, checkout in hooked.items():
             launcher = base / f"{name}-python"
+            # the checkout first on the import path (the hook is a script: its own directory comes first,
+            # not the working directory, which `python -m` would put first)
             path = f'export PYTHONPATH="{checkout}"\n' if checkout else ""
             launcher.write_text(f'#!/bin/sh\n{path}exec "{sys.executable}" "{HOOK}" "$@"\n')
             launcher.chmod(0o700)

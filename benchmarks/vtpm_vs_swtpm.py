@@ -154,7 +154,10 @@ def main() -> int:
         ours, ref = servers["vtpm"], servers["swtpm"]
         if args.baseline is not None:
             launcher = Path(tmp) / "baseline-python"
-            launcher.write_text(f'#!/bin/sh\nexport PYTHONPATH="{args.baseline.resolve()}"\nexec "{sys.executable}" "$@"\n')
+            # in the checkout, as `python -m` puts the working directory first on the import path
+            checkout = args.baseline.resolve()
+            launcher.write_text(f'#!/bin/sh\ncd "{checkout}" || exit 1\nexport PYTHONPATH="{checkout}"\n'
+                                f'exec "{sys.executable}" "$@"\n')
             launcher.chmod(0o700)
             servers = {**servers, "before": stack.enter_context(start_vtpm(
                 ["--state", str(Path(tmp) / "before-state"), "--startup-clear"], Path(tmp) / "before.log",
