@@ -9,6 +9,10 @@ of ``--repeat`` batches of ``--number`` commands each, in microseconds per
 command of the thread's CPU time (time.thread_time: on a shared machine,
 time other processes take is not counted; the best batch is the steadier figure).
 
+The same bytes sent again reuse their parse (``vtpm.engine.REPEATABLE``), as a
+served vTPM does for a client that repeats a command; ``--parse-anew`` turns
+that off to show what parsing costs.
+
 ``--profile NAME`` runs that command under cProfile instead and prints the
 functions with the most cumulative time.
 """
@@ -24,7 +28,7 @@ import sys
 import time
 
 from support.tpm_helpers import latency_commands, prepare_latency_target
-from vtpm import wire
+from vtpm import engine, wire
 from vtpm.engine import Tpm
 
 
@@ -64,7 +68,10 @@ def main() -> int:
     parser.add_argument("--number", type=int, default=300, help="commands per batch")
     parser.add_argument("--repeat", type=int, default=21, help="batches")
     parser.add_argument("--profile", metavar="NAME", help="profile the command whose name starts with NAME")
+    parser.add_argument("--parse-anew", action="store_true", help="parse every command (no reuse of a parse)")
     args = parser.parse_args()
+    if args.parse_anew:
+        engine.REPEATABLE = frozenset()
     if not 1 <= args.number <= 10_000_000 or not 1 <= args.repeat <= 1000:
         parser.error("--number must be 1..10000000 and --repeat 1..1000")
     tpm = prepared_tpm()
@@ -84,7 +91,8 @@ def main() -> int:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(35)
         return 0
-    print(f"in-process Tpm.execute, {args.repeat} batches of {args.number}, us of CPU per command")
+    print(f"in-process Tpm.execute, {args.repeat} batches of {args.number}, us of CPU per command"
+          f"{', every command parsed anew' if args.parse_anew else ''}")
     print(f"{'command':30} {'median':>8} {'best':>8}")
     for name, variants in commands.items():
         batches = time_command(tpm, variants, args.number, args.repeat)

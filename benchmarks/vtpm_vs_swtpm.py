@@ -12,8 +12,10 @@ each of these commands (the acceptance set of the vTPM's hot path):
   in turn so that every write changes the stored data)
 
 Round trips alternate between the servers so that machine noise hits both
-alike. Prints the median and 90th percentile of each, the ratio of medians
-ours/swtpm, and the resident memory of both server processes.
+alike, in every order in turn (what ran just before a round trip changes its
+time: a server that always follows the same one is favoured or not). Prints
+the median and 90th percentile of each, the ratio of medians ours/swtpm, and
+the resident memory of both server processes.
 
 NV_Write is not like for like: swtpm writes its state file with a temporary
 file and a rename and never fsyncs, ours makes the write durable. So the
@@ -28,6 +30,10 @@ and no cache can answer; same server process and state throughout, both
 servers get the same sequence of templates (their seeds differ, so their
 prime searches differ: the median over many calls is what compares).
 
+``--baseline DIR`` also serves the vtpm package of another checkout DIR (a
+third server, alternating with the other two: a before/after comparison in
+one run) and prints its medians and ratios as well.
+
 The last line ``ratio: X.XX`` is the geometric mean of the median ratios of
 GetRandom, PCR_Read, PCR_Extend, NV_Read and cold RSA CreatePrimary.
 """
@@ -35,6 +41,8 @@ GetRandom, PCR_Read, PCR_Extend, NV_Read and cold RSA CreatePrimary.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import math
 import os
 import statistics
@@ -43,7 +51,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.servers import add_endpoint_options, side_by_side, require_swtpm_or_exit, working_directory
+from support.servers import add_endpoint_options, side_by_side, require_swtpm_or_exit, start_vtpm, working_directory
 from support.tpm_helpers import (
     TpmConnection,
     command_sender,
@@ -66,13 +74,16 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def measure(senders: dict[str, Callable[[], bytes]], rounds: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per round trip for each server, alternating servers every round trip."""
+    """Seconds per round trip for each server, alternating servers every round trip; each round takes
+    the next order of the servers (all orders in turn), so that no server always follows the same one
+    (what ran just before, a Python server or swtpm, changes what is still in the CPU caches)."""
     for _ in range(warmup):
         for send in senders.values():
             send()
     samples: dict[str, list[float]] = {name: [] for name in senders}
-    for _ in range(rounds):
-        for name, send in senders.items():
+    orders = list(itertools.permutations(senders.items()))
+    for round_ in range(rounds):
+        for name, send in orders[round_ % len(orders)]:
             start = clock()
             response = send()
             samples[name].append(clock() - start)
@@ -129,6 +140,8 @@ def main() -> int:
     parser.add_argument("--cold-rounds", type=int, default=30, help="timed cold RSA 2048 CreatePrimary per server")
     parser.add_argument("--floor-rounds", type=int, default=200, help="timed fdatasync floor samples")
     add_endpoint_options(parser)
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="also serve the vtpm package of the checkout DIR (before/after in one run)")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 1_000_000 or not 0 <= args.warmup <= 1_000_000:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
@@ -136,8 +149,19 @@ def main() -> int:
         parser.error("--cold-rounds must be 0..10000 and --floor-rounds 1..100000")
     require_swtpm_or_exit(parser)
 
-    with working_directory(args, "vtpm-vs-swtpm-") as tmp, side_by_side(tmp) as servers:
+    with working_directory(args, "vtpm-vs-swtpm-") as tmp, side_by_side(tmp) as servers, \
+            contextlib.ExitStack() as stack:
         ours, ref = servers["vtpm"], servers["swtpm"]
+        if args.baseline is not None:
+            launcher = Path(tmp) / "baseline-python"
+            # in the checkout, as `python -m` puts the working directory first on the import path
+            checkout = args.baseline.resolve()
+            launcher.write_text(f'#!/bin/sh\ncd "{checkout}" || exit 1\nexport PYTHONPATH="{checkout}"\n'
+                                f'exec "{sys.executable}" "$@"\n')
+            launcher.chmod(0o700)
+            servers = {**servers, "before": stack.enter_context(start_vtpm(
+                ["--state", str(Path(tmp) / "before-state"), "--startup-clear"], Path(tmp) / "before.log",
+                python=str(launcher)))}
         conns: dict[str, TpmConnection] = {}
         try:
             for name, server in servers.items():
@@ -171,6 +195,12 @@ def main() -> int:
             ratios.append(ratio)
         print(f"{command:30} {len(samples['vtpm']):5d} {fmt(ours_median):>12} {fmt(percentile(samples['vtpm'], 0.9)):>11}"
               f" {fmt(ref_median):>13} {fmt(percentile(samples['swtpm'], 0.9)):>11} {ratio:11.2f}{mark}")
+    if "before" in rss:
+        print(f"baseline {args.baseline}: the same commands in the same rounds")
+        for command, samples in results.items():
+            before = statistics.median(samples["before"])
+            print(f"{command:30} before {fmt(before):>12}  before/swtpm {before / statistics.median(samples['swtpm']):5.2f}"
+                  f"  after/before {statistics.median(samples['vtpm']) / before:5.2f}")
     floor_median = statistics.median(floor)
     nv_write = statistics.median(results[NV_WRITE]["vtpm"])
     print("* not like for like: swtpm does not fsync (its state file is written to a temporary file and renamed)")

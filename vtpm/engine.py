@@ -17,7 +17,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import construct as cs
@@ -71,12 +71,29 @@ MAX_SESSIONS = 3
 
 PersistCallback = Callable[[bytes], None]
 
+# A parsed command: spec, tag, code, handles, its one password session (None: no sessions), the
+# parameter area and the parameters.
+_Parsed = tuple[CommandSpec, int, int, tuple[int, ...], Session | None, bytes, cs.Container]
+
+# Commands whose parsed form a Tpm keeps, by their bytes, and reuses when the same bytes come again
+# (a client polling PCRs, extending measurements, reading an NV index): parsing the header, handles,
+# authorization area and parameters depends on the bytes alone, and these handlers only read their
+# parameters. Kept: commands without sessions or with one empty password session (no secret is
+# kept), at most PARSED_MAX_BYTES long, PARSED_ENTRIES of them (then the cache starts over).
+REPEATABLE = frozenset(int(c) for c in (
+    CC.GetRandom, CC.PCR_Read, CC.PCR_Extend, CC.NV_Read, CC.NV_Write, CC.NV_ReadPublic, CC.ReadClock,
+    CC.GetCapability, CC.ReadPublic, CC.NV_Increment, CC.NV_Extend, CC.NV_SetBits, CC.GetTestResult))
+PARSED_MAX_BYTES = 256
+PARSED_ENTRIES = 16
+
 
 class StateSink(Protocol):
     """A persistence target that takes the state itself (``vtpm.journal_store.JournaledStore``): it
-    journals only what changed instead of receiving the whole state serialized."""
+    journals only what changed instead of receiving the whole state serialized. ``nv``, when given,
+    names the NV indices that are all that changed of the state's keyed collections (NV indices,
+    persistent objects, primary cache); None: anything may have changed."""
 
-    def persist_state(self, state: TpmState) -> None: ...
+    def persist_state(self, state: TpmState, nv: Collection[int] | None = None) -> None: ...
 
 
 class Tpm:
@@ -91,14 +108,20 @@ class Tpm:
     ) -> None:
         self.state = state or TpmState.manufacture()
         # A StateSink gets the state; a plain callback gets the whole state serialized.
-        self._persist_state: Callable[[TpmState], None] | None = getattr(persist, "persist_state", None)
+        self._persist_state: Callable[[TpmState, Collection[int] | None], None] | None = getattr(
+            persist, "persist_state", None)
         self._persist = None if self._persist_state is not None else persist
         self._clock_ms = clock_ms or (lambda: time.monotonic_ns() // 1_000_000)
         self.volatile = Volatile.power_on(self.state, self._clock_ms())
         self.dirty = False
+        # What changed since the last save, when the handlers said: the NV indices written (mark_nv_dirty)
+        # and nothing else of the keyed collections; None once a mark_dirty() said nothing more.
+        self._dirty_nv: set[int] | None = set()
         self.locality = 0
         # Entities an entity resolver may hand out again, by handle, with what they were made from.
         self.entity_cache: dict[int, tuple[tuple[object, ...], Entity]] = {}
+        # Commands seen before, by their bytes, as parsed then (see REPEATABLE).
+        self._parsed: dict[bytes, _Parsed] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -118,13 +141,22 @@ class Tpm:
     def mark_dirty(self) -> None:
         """Something the spec makes persistent changed: save it after this command."""
         self.dirty = True
+        self._dirty_nv = None
+
+    def mark_nv_dirty(self, handle: int) -> None:
+        """Only fields of the existing NV index ``handle`` changed (and maybe scalars such as the
+        clock): save after this command; a journal then compares just that index of the collections."""
+        self.dirty = True
+        if self._dirty_nv is not None:
+            self._dirty_nv.add(handle)
 
     def flush_state(self) -> None:
         self.state.clock_ms = self.clock_now()
         self.volatile.clock_base_ms = self._clock_ms()
         self.dirty = False
+        nv, self._dirty_nv = self._dirty_nv, set()
         if self._persist_state is not None:
-            self._persist_state(self.state)
+            self._persist_state(self.state, nv or None)
         elif self._persist is not None:
             self._persist(self.state.to_bytes())
 
@@ -149,6 +181,9 @@ class Tpm:
         return response
 
     def _execute(self, data: bytes) -> bytes:
+        parsed = self._parsed.get(data)
+        if parsed is not None:
+            return self._execute_parsed(parsed)
         length = len(data)
         if length < HEADER_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
@@ -166,7 +201,7 @@ class Tpm:
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
             raise TpmError(RC.INITIALIZE)
-        volatile.note_command(self)
+        volatile.commands_since_startup += 1  # Volatile.note_command, inline
 
         offset = HEADER_SIZE
         handles: list[int] = []
@@ -190,6 +225,35 @@ class Tpm:
         if len(sessions) < len(auth_handles):
             raise TpmError(RC.AUTH_MISSING)
 
+        entities = self._entities(handles)
+        raw_params = data[offset:] if offset != length else b""
+        if not sessions:  # nothing to authorize, no session to answer: the short way
+            params = _parse_params(spec, raw_params)
+            if code in REPEATABLE and length <= PARSED_MAX_BYTES:
+                self._remember(data, (spec, tag, code, tuple(handles), None, raw_params, params))
+            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+            finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
+            return _response(tag, result.handles, result.params)
+        if _one_password(sessions, auth_handles):
+            # One password session for the one handle that needs authorization (the common case
+            # of tpm2-tools): checked directly, without the generic authorization context.
+            session, index = sessions[0], auth_handles[0]
+            authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
+            params = _parse_params(spec, raw_params)
+            if code in REPEATABLE and length <= PARSED_MAX_BYTES and not session.hmac:  # no password kept
+                self._remember(data, (spec, tag, code, tuple(handles), session, raw_params, params))
+            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+            out = result.params
+            finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
+            return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
+        ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
+        params = _parse_params(spec, raw_params)
+        cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
+        result = spec.handler(self, cmd)
+        return _build_response(self, tag, code, result, ctx)
+
+    def _entities(self, handles: list[int]) -> list[Entity]:
+        """Each handle's entity (its resolver), with the handle number in a resolver's error."""
         entities: list[Entity] = []
         for number, handle in enumerate(handles, 1):
             resolver = ENTITY_RESOLVERS.get(handle >> 24)
@@ -203,28 +267,34 @@ class Tpm:
                 elif not (exc.handle or exc.param or exc.session):
                     exc.handle = number
                 raise
+        return entities
 
-        raw_params = data[offset:] if offset != length else b""
-        if not sessions:  # nothing to authorize, no session to answer: the short way
-            params = _parse_params(spec, raw_params)
-            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+    def _remember(self, data: bytes, parsed: _Parsed) -> None:
+        cache = self._parsed
+        if len(cache) >= PARSED_ENTRIES:
+            cache.clear()
+        cache[data] = parsed
+
+    def _execute_parsed(self, parsed: _Parsed) -> bytes:
+        """A command whose bytes were parsed before (``REPEATABLE``): what ``_execute`` does after
+        parsing, in the same order: started, the entities, the password if any, handler, response."""
+        spec, tag, code, cached_handles, session, raw_params, params = parsed
+        volatile = self.volatile
+        if not volatile.started and not spec.before_startup:
+            raise TpmError(RC.INITIALIZE)
+        volatile.commands_since_startup += 1
+        handles = list(cached_handles)
+        entities = self._entities(handles) if handles else []
+        if session is None:
+            result = spec.handler(self, Command(code, self.locality, handles, params, [], raw_params, tag))
             finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
             return _response(tag, result.handles, result.params)
-        if _one_password(sessions, auth_handles):
-            # One password session for the one handle that needs authorization (the common case
-            # of tpm2-tools): checked directly, without the generic authorization context.
-            session, index = sessions[0], auth_handles[0]
-            authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
-            params = _parse_params(spec, raw_params)
-            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
-            out = result.params
-            finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
-            return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
-        ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
-        params = _parse_params(spec, raw_params)
-        cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
-        result = spec.handler(self, cmd)
-        return _build_response(self, tag, code, result, ctx)
+        index = spec.auth_handles[0]
+        authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
+        result = spec.handler(self, Command(code, self.locality, handles, params, [session], raw_params, tag))
+        out = result.params
+        finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
+        return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
 
     @property
     def dictionary_attack(self) -> DictionaryAttack:

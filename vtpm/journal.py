@@ -49,6 +49,8 @@ _HEADER = struct.Struct(">8sHBx16s32sQ32s")  # magic, version, mode, journal id,
 HEADER_TAG_SIZE = 32
 HEADER_SIZE = _HEADER.size + HEADER_TAG_SIZE
 _KDF_INFO = b"vtpm state journal v1\0"
+_AAD_FIELDS = struct.Struct(">QQI")  # base generation, seq, length (after the journal id, before the previous tag)
+_sha256 = hashlib.sha256
 
 
 class JournalError(ValueError):
@@ -102,6 +104,7 @@ class Sealer:
         self.journal_id = journal_id
         self._aead: AESGCM | None = None
         self._mac_key = b""
+        self._checksum_prefix = b"record\0" + context + b"\0" + journal_id  # what precedes the AAD's fields
         if secret is not None:
             keys = HKDF(hashes.SHA256(), 64, salt, _KDF_INFO + journal_id + context).derive(secret)
             self._aead, self._mac_key = AESGCM(keys[:32]), keys[32:]
@@ -112,18 +115,18 @@ class Sealer:
         return hmac.new(self._mac_key, b"header\0" + fields, hashlib.sha256).digest()
 
     def _aad(self, generation: int, seq: int, prev_tag: bytes, length: int) -> bytes:
-        return self.journal_id + struct.pack(">QQI", generation, seq, length) + prev_tag
+        return self.journal_id + _AAD_FIELDS.pack(generation, seq, length) + prev_tag
 
     def seal(self, generation: int, seq: int, prev_tag: bytes, payload: bytes) -> bytes:
         """The record (head and sealed payload) for ``payload``; its tag is the last TAG_SIZE bytes."""
         length = len(payload) + TAG_SIZE
         if length > MAX_RECORD:
             raise JournalError(f"a journal record of {length} bytes is over the limit of {MAX_RECORD}")
-        aad = self._aad(generation, seq, prev_tag, length)
-        if self._aead is None:
-            sealed = payload + hashlib.sha256(b"record\0" + self.context + b"\0" + aad + payload).digest()[:TAG_SIZE]
+        if self._aead is None:  # SHA-256 of "record\0" | context | "\0" | AAD | payload, as open() checks
+            fields = _AAD_FIELDS.pack(generation, seq, length)
+            sealed = payload + _sha256(self._checksum_prefix + fields + prev_tag + payload).digest()[:TAG_SIZE]
         else:
-            sealed = self._aead.encrypt(seq.to_bytes(12, "big"), payload, aad)
+            sealed = self._aead.encrypt(seq.to_bytes(12, "big"), payload, self._aad(generation, seq, prev_tag, length))
         return RECORD_HEAD.pack(length, seq) + sealed
 
     def open(self, generation: int, seq: int, prev_tag: bytes, sealed: bytes) -> bytes | None:

@@ -33,6 +33,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,17 @@ FOLD_BYTES = 3 << 18  # fold once the records pass 768 KiB
 IDLE_FOLD_SECONDS = 5.0
 RECORD_INTERVAL = 1.0
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
+# The C encoder behind json.dumps, made once (JSONEncoder.encode builds one per call): no indent, no
+# key sorting, no circular check (a delta is a fresh tree of dicts, lists, strings and ints).
+_C_ENCODE = None if json.encoder.c_make_encoder is None else json.encoder.c_make_encoder(
+    None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+
+def encode_delta(delta: dict[str, Any]) -> bytes:
+    """A record's payload: the delta as compact JSON (what ``_ENCODER`` writes)."""
+    if _C_ENCODE is None:
+        return _ENCODER.encode(delta).encode()
+    return "".join(_C_ENCODE(delta, 0)).encode()
 
 
 class StateStoreError(Exception):
@@ -275,17 +287,18 @@ class JournaledStore:
 
     # ------------------------------------------------------------------ the engine's seam
 
-    def persist_state(self, state: TpmState) -> None:
-        """Journal what changed in ``state`` since the last call; durable on return unless deferred."""
+    def persist_state(self, state: TpmState, nv: Collection[int] | None = None) -> None:
+        """Journal what changed in ``state`` since the last call; durable on return unless deferred.
+        ``nv``: only these NV indices can have changed of the keyed collections (the engine knows)."""
         if self._snapshot is None or self._broken or state is not self._state:
             self._track(state)
             self._fold_raw(state.to_bytes())
             return
-        delta, after = changes(self._snapshot, state)
+        delta, after = changes(self._snapshot, state, nv)
         if not delta:
             return
         assert self._sealer is not None
-        payload = _ENCODER.encode(delta).encode()
+        payload = encode_delta(delta)
         record = self._sealer.seal(self._generation, self._seq + 1, self._prev_tag, payload)
         self._pending.append(record)
         self._seq += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import operator
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -248,9 +249,11 @@ _scalars: Any = None  # attrgetter of every other field: one C call reads them a
 
 
 def _scalar_getter() -> Any:
+    """(names, attrgetter) of the scalar fields, ``clock_ms`` first: it changes with every saved
+    command, so ``changes`` compares it alone and the others as one tuple."""
     global _scalars
     if _scalars is None:
-        names = [name for name in _field_names() if name not in _MUTABLE]
+        names = ["clock_ms", *(name for name in _field_names() if name not in _MUTABLE and name != "clock_ms")]
         _scalars = (tuple(names), operator.attrgetter(*names))
     return _scalars
 
@@ -259,53 +262,101 @@ def _frozen_pairs(value: list[list[int]] | None) -> Any:
     return None if value is None else tuple(map(tuple, value))
 
 
+def _nv_entry(i: NvIndex) -> tuple[Any, ...]:
+    return (i.index, i.name_alg, i.attributes, i.auth_policy, i.data_size, i.auth_value, i.data)
+
+
+_UNKEYED = (*_HIERARCHIES, *_LISTS, "saved")  # the order of a snapshot's "~" tuple
+_get_hierarchies = operator.attrgetter(*_HIERARCHIES)
+_get_hierarchy_fields = operator.attrgetter("auth", "policy", "policy_alg")
+_get_lists = operator.attrgetter(*_LISTS)
+
+
+def _snapshot_unkeyed(state: TpmState) -> dict[str, Any]:
+    """The snapshot of every part but the keyed collections: "" the scalars (``_scalar_getter``),
+    "~" the hierarchies, lists and saved PCRs (``_UNKEYED``), each as one tuple so that the usual
+    case, nothing changed among them, is one comparison."""
+    banks, banks_pending, partial, partial_pending, audit, pp = _get_lists(state)
+    saved = state.saved
+    return {"": _scalar_getter()[1](state),
+            "~": (*map(_get_hierarchy_fields, _get_hierarchies(state)),
+                  tuple(banks), None if banks_pending is None else tuple(banks_pending),
+                  _frozen_pairs(partial), _frozen_pairs(partial_pending), tuple(audit), tuple(pp),
+                  None if saved is None else {k: tuple(v) for k, v in saved.pcrs.items()})}
+
+
 def snapshot(state: TpmState) -> dict[str, Any]:
     """A copy of ``state`` to compare a later state with (``changes``)."""
-    snap: dict[str, Any] = {"": _scalar_getter()[1](state)}
-    for name in _HIERARCHIES:
-        h = getattr(state, name)
-        snap[name] = (h.auth, h.policy, h.policy_alg)
-    snap["pcr_banks"] = tuple(state.pcr_banks)
-    snap["pcr_banks_pending"] = None if state.pcr_banks_pending is None else tuple(state.pcr_banks_pending)
-    snap["pcr_partial"] = _frozen_pairs(state.pcr_partial)
-    snap["pcr_partial_pending"] = _frozen_pairs(state.pcr_partial_pending)
-    snap["audit_commands"] = tuple(state.audit_commands)
-    snap["pp_commands"] = tuple(state.pp_commands)
-    snap["nv"] = {k: (i.index, i.name_alg, i.attributes, i.auth_policy, i.data_size, i.auth_value, i.data)
-                  for k, i in state.nv.items()}
+    snap = _snapshot_unkeyed(state)
+    snap["nv"] = {k: _nv_entry(i) for k, i in state.nv.items()}
     snap["persistent"] = {k: dict(v) for k, v in state.persistent.items()}
     snap["primary_cache"] = {k: dict(v) for k, v in state.primary_cache.items()}
-    snap["saved"] = None if state.saved is None else {k: tuple(v) for k, v in state.saved.pcrs.items()}
     return snap
 
 
-def changes(before: dict[str, Any], state: TpmState) -> tuple[dict[str, Any], dict[str, Any]]:
+def _snapshot_nv(before: dict[str, Any], state: TpmState, nv: Collection[int]) -> dict[str, Any] | None:
+    """``snapshot(state)`` when, of the keyed collections, only the fields of the existing NV indices
+    ``nv`` changed since ``before`` (what the engine says of NV_Write & co.): the other entries are
+    taken from ``before`` instead of copied again. None when an NV index was added or removed."""
+    old_nv = before.get("nv")
+    indices = state.nv
+    if old_nv is None or len(old_nv) != len(indices) or "persistent" not in before:
+        return None
+    entries = dict(old_nv)
+    for key in nv:
+        index = indices.get(key)
+        if index is None or key not in entries:
+            return None
+        entries[key] = _nv_entry(index)
+    snap = _snapshot_unkeyed(state)
+    snap["nv"] = entries
+    snap["persistent"] = before["persistent"]
+    snap["primary_cache"] = before["primary_cache"]
+    return snap
+
+
+def changes(before: dict[str, Any], state: TpmState,
+            nv: Collection[int] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """What changed in ``state`` since the snapshot ``before``, as ``diff_parts`` writes it, and the
-    snapshot of ``state``."""
-    after = snapshot(state)
+    snapshot of ``state``. ``nv``: the caller knows that, of the keyed collections, only these NV
+    indices' fields can have changed (None: anything may have)."""
+    after = None if nv is None else _snapshot_nv(before, state, nv)
+    if after is None:
+        after, nv = snapshot(state), None
     delta: dict[str, Any] = {}
     changed: dict[str, Any] = {}
-    if after[""] != before.get(""):
+    new_scalars, old_scalars = after[""], before.get("")
+    if new_scalars != old_scalars:
         names = _scalar_getter()[0]
-        old_values = before.get("") or (object(),) * len(names)
-        for name, old, new in zip(names, old_values, after[""]):
-            if old != new or type(old) is not type(new):
-                changed[name] = _encode_field(name, new)
-    for name in (*_HIERARCHIES, *_LISTS, "saved"):
-        if after[name] != before.get(name):
-            changed[name] = _encode_field(name, getattr(state, name))
+        if old_scalars is None or len(old_scalars) != len(names):
+            old_scalars = (object(),) * len(names)
+        if new_scalars[0] != old_scalars[0] or type(new_scalars[0]) is not type(old_scalars[0]):
+            changed["clock_ms"] = _encode_field("clock_ms", new_scalars[0])
+        if new_scalars[1:] != old_scalars[1:]:
+            for name, old, new in zip(names[1:], old_scalars[1:], new_scalars[1:]):
+                if old != new or type(old) is not type(new):
+                    changed[name] = _encode_field(name, new)
+    new_parts, old_parts = after["~"], before.get("~")
+    if new_parts != old_parts:
+        if old_parts is None or len(old_parts) != len(_UNKEYED):
+            old_parts = (object(),) * len(_UNKEYED)
+        for name, old, new in zip(_UNKEYED, old_parts, new_parts):
+            if old != new:
+                changed[name] = _encode_field(name, getattr(state, name))
     if changed:
         delta["set"] = changed
     for name in KEYED_PARTS:
         old, new = before.get(name) or {}, after[name]
-        if old == new:
+        if old is new or old == new:
             continue
         value = getattr(state, name)
         entries: dict[str, Any] = {}
-        for key, entry in new.items():
+        for key in (nv if nv is not None and name == "nv" else new):  # hinted: the other entries are the same
+            entry = new[key]
             if old.get(key) != entry:
                 entries[str(key)] = _nv_index(value[key]) if name == "nv" else _hex(value[key])
-        entries.update({str(key): None for key in old if key not in new})
+        if nv is None:
+            entries.update({str(key): None for key in old if key not in new})
         delta[name] = entries
     return delta, after
 

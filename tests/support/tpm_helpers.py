@@ -194,11 +194,15 @@ def latency_commands() -> dict[str, tuple[bytes, ...]]:
 
     NV_Write alternates two different payloads so that every write changes the
     index: libtpms skips the NV store when the new data equals the stored data.
+    The second PCR_Extend row sends 64 different digests in turn, as a measuring
+    guest does: more than the engine keeps parsed (``vtpm.engine.PARSED_ENTRIES``),
+    so every one of them is parsed anew (the first row measures a repeated command).
     """
     return {
         "GetRandom(16)": (get_random(16),),
         "PCR_Read(sha256, PCR 16)": (pcr_read([(TPM_ALG_SHA256, [16])]),),
         "PCR_Extend(sha256, PCR 16)": (pcr_extend(16, [(TPM_ALG_SHA256, bytes(range(32)))]),),
+        "PCR_Extend(new digest each)": tuple(pcr_extend(16, [(TPM_ALG_SHA256, bytes([n]) * 32)]) for n in range(64)),
         "NV_Read(32 B)": (nv_read(LATENCY_NV_INDEX, 32, auth_handle=TPM_RH_OWNER),),
         "NV_Write(32 B)": tuple(nv_write(LATENCY_NV_INDEX, bytes([fill]) * 32, auth_handle=TPM_RH_OWNER)
                                 for fill in (0x5A, 0xA5)),

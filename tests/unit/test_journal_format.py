@@ -188,3 +188,54 @@ def test_a_forged_record_that_does_not_apply_is_refused_and_nothing_changes(tmp_
     with pytest.raises(StateStoreError, match="do not apply"):
         PlainStateStore(tmp_path).load()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+class _CheckingSink:
+    """The engine's StateSink: for every save it computes the change both ways, narrowed by the
+    engine's NV hint and in full, and notes a difference instead of journaling."""
+
+    def __init__(self, state: TpmState) -> None:
+        self.snap = snapshot(state)
+        self.hints: list[object] = []
+        self.mismatches: list[str] = []
+
+    def persist_state(self, state: TpmState, nv: object = None) -> None:
+        full, after = changes(self.snap, state)
+        if nv is not None:
+            narrowed, narrowed_after = changes(self.snap, state, nv)  # type: ignore[arg-type]
+            if narrowed != full or narrowed_after != after:
+                self.mismatches.append(f"hint {nv}: {narrowed} != {full}")
+        self.hints.append(nv)
+        self.snap = after
+
+
+def test_nv_write_hints_journal_what_a_full_comparison_finds() -> None:
+    """NV_Write, NV_Increment, NV_Extend and NV_SetBits say which index they changed (mark_nv_dirty);
+    the narrowed comparison finds the same change as the full one, also around defines, undefines and
+    a failed authorization (the dictionary-attack counter is a scalar)."""
+    from support import tpm_helpers as th
+    from vtpm.engine import Tpm
+
+    state = TpmState.manufacture()
+    sink = _CheckingSink(state)
+    tpm = Tpm(state, persist=sink)
+    ordinary, counter, bits, extend = 0x01000300, 0x01000301, 0x01000302, 0x01000303
+    attrs = th.TPMA_NV_AUTHWRITE | th.TPMA_NV_AUTHREAD
+    commands = [th.startup()]
+    for handle, kind in ((ordinary, th.TPM_NT_ORDINARY), (counter, th.TPM_NT_COUNTER), (bits, th.TPM_NT_BITS),
+                         (extend, th.TPM_NT_EXTEND)):
+        size = {ordinary: 16, extend: 32}.get(handle, 8)
+        commands.append(th.nv_define_space(handle, attrs | kind, size, auth=b"pw"))
+    for round_ in range(3):
+        commands += [th.nv_write(ordinary, bytes([round_]) * 16, password=b"pw"),
+                     th.nv_write(ordinary, b"ab", offset=round_, password=b"pw"),
+                     th.nv_increment(counter, password=b"pw"),
+                     th.nv_set_bits(bits, 1 << round_, password=b"pw"),
+                     th.nv_extend(extend, b"event", password=b"pw"),
+                     th.nv_write(ordinary, b"x" * 16, password=b"wrong")]
+    commands += [th.nv_undefine_space(counter), th.nv_write(ordinary, b"y" * 16, password=b"pw")]
+    for command in commands:
+        tpm.execute(0, command)
+    assert sink.mismatches == []
+    assert sum(hint is not None for hint in sink.hints) >= 12  # the narrowed path was taken
+    assert None in sink.hints  # and the full one for the others

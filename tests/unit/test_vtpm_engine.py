@@ -349,3 +349,48 @@ def test_password_short_path_matches_the_generic_authorization(clock: FakeClock,
     assert [rc(r) for r in short_responses] == [expected for _, expected in script]
     assert short_responses == generic_responses
     assert short_state == generic_state
+
+
+def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command whose bytes come again reuses their parse (engine.REPEATABLE): every response, and
+    the state after the script, are what parsing every command anew gives, through errors before
+    Startup, a wrong password (never kept), locality changes and a DA lockout in between."""
+    index = 0x01000320
+    read_write = TPMA_NV.AUTHWRITE | TPMA_NV.AUTHREAD | TPMA_NV.OWNERREAD | TPMA_NV.OWNERWRITE
+    sha256 = [(ALG.SHA256, bytes(range(32)))]
+    read, extend = wire.pcr_read([(ALG.SHA256, [16, 17])]), wire.pcr_extend(16, sha256)
+    nv_read = wire.nv_read(index, 8, auth_handle=RH.OWNER)
+    script = [
+        (0, read), (0, read), (0, wire.STARTUP_CLEAR), (0, read), (0, extend), (0, extend), (0, read),
+        (0, nv_read), (0, wire.nv_define_space(index, read_write, 8, auth=b"pin")), (0, nv_read),
+        (0, wire.nv_write(index, b"12345678", auth_handle=RH.OWNER)), (0, nv_read), (0, nv_read),
+        (0, wire.nv_write(index, b"abcdefgh", password=b"pin")), (0, wire.nv_read(index, 8, password=b"bad")),
+        (0, wire.nv_read(index, 8, password=b"pin")), (0, wire.nv_read(index, 8, password=b"pin")),
+        (0, wire.nv_read(index, 9, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 9, auth_handle=RH.OWNER)),
+        (3, extend), (3, extend), (4, wire.pcr_extend(17, sha256)), (0, wire.pcr_extend(17, sha256)), (4, read),
+        (0, wire.get_random(8)), (0, wire.get_random(8)), (0, wire.nv_write(index, b"abcdefgh", offset=1)),
+        (0, wire.nv_write(index, b"abcdefgh", offset=1)), (0, wire.SHUTDOWN_CLEAR), (0, read), (0, extend),
+    ]
+    script += [(0, wire.nv_read(index, 8, password=b"bad"))] * 4 + [(0, wire.nv_read(index, 8, password=b"pin"))] * 2
+    manufactured = TpmState.manufacture().to_bytes()
+
+    def run() -> tuple[list[bytes], dict[str, object], int]:
+        engine = Tpm(TpmState.from_bytes(manufactured), clock_ms=clock)
+        engine.random = lambda n: bytes(n)  # type: ignore[method-assign]
+        responses = [engine.execute(locality, command) for locality, command in script]
+        state = json.loads(engine.state.to_bytes())["state"]
+        del state["commit_nonce"]  # drawn afresh at every Startup
+        return responses, state, len(engine._parsed)
+
+    reused: list[int] = []
+    original = Tpm._execute_parsed
+    monkeypatch.setattr(Tpm, "_execute_parsed", lambda self, parsed: reused.append(1) or original(self, parsed))
+    cached_responses, cached_state, kept = run()
+    assert len(reused) >= 10 and kept >= 5
+    monkeypatch.setattr(engine_module, "REPEATABLE", frozenset())
+    fresh_responses, fresh_state, none_kept = run()
+    assert none_kept == 0
+    assert [rc(r) for r in cached_responses] == [rc(r) for r in fresh_responses]
+    assert cached_responses == fresh_responses
+    assert cached_state == fresh_state
+    assert rc(cached_responses[0]) == RC.INITIALIZE and rc(cached_responses[1]) == RC.INITIALIZE

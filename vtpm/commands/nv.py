@@ -45,7 +45,7 @@ _NOT_WRITABLE = frozenset({int(NT.COUNTER), int(NT.BITS), int(NT.EXTEND)})
 def _set_written(tpm: Tpm, index: NvIndex, data: bytes) -> None:
     index.data = data
     index.attributes = int(index.attributes) | _WRITTEN  # a plain int: IntFlag arithmetic is slow
-    tpm.mark_dirty()
+    tpm.mark_nv_dirty(index.index)
 
 
 def _require_kind(index: NvIndex, *kinds: int) -> None:

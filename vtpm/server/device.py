@@ -7,6 +7,7 @@ makes commands run one at a time, as on a real TPM.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 BUFFER_MIN, BUFFER_MAX = 1024, 4096
 FAILURE_RESPONSE = wire.error_response(RC.FAILURE)
+_CODE = struct.Struct(">I")  # commandCode, at offset 6 of the header
 
 
 @dataclass
@@ -50,10 +52,11 @@ class TpmDevice:
             if self.storage is not None and not self.storage.ensure_locked():
                 self.shutdown()  # another server owns the state now (swtpm ends in this case too)
                 return FAILURE_RESPONSE
-            if len(command) > self.buffer_size:
+            length = len(command)
+            if length > self.buffer_size:
                 return wire.error_response(RC.COMMAND_SIZE)
-            if len(command) >= wire.HEADER_SIZE:
-                self.last_command = wire.parse_header(command)[2]
+            if length >= wire.HEADER_SIZE:
+                self.last_command = _CODE.unpack_from(command, 6)[0]
             return self.tpm.execute(self.locality if locality is None else locality, command)
 
     def _orderly_stop(self) -> None:

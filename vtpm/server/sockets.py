@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 MAX_WIRE_COMMAND = 64 * 1024  # refuse to buffer more than this for one command
 DATA_RECV = 4096  # bytes asked of one recv on a data connection (a typical command fits)
 MID_COMMAND_TIMEOUT = 10.0  # seconds a client may take to finish sending a started command
+_SIZE_FIELD = struct.Struct(">I")  # commandSize, at offset 2 of the header
 
 
 class ConnectionClosed(Exception):
@@ -61,24 +63,27 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice, *, once: bool = F
 
     The socket stays blocking with no timeout (a timeout costs two fcntl calls per
     command): a client that stalls mid-command only holds its own thread, and one
-    that disconnects ends it.
+    that disconnects ends it. One recv usually brings a whole command (header and
+    body): one syscall, not two, and the command goes to the device as it came.
     """
+    recv, sendall, execute = sock.recv, sock.sendall, device.execute
+    header_size, size_field = wire.HEADER_SIZE, _SIZE_FIELD.unpack_from
     with contextlib.closing(sock):
         sock.settimeout(None)
-        buf = b""  # one recv usually brings a whole command (header and body): one syscall, not two
+        buf = b""
         while True:
             try:
-                while len(buf) < wire.HEADER_SIZE:
-                    chunk = sock.recv(DATA_RECV)
+                while len(buf) < header_size:
+                    chunk = recv(DATA_RECV)
                     if not chunk:
                         return
                     buf += chunk
-                size = wire.parse_header(buf)[1]
-                if size < wire.HEADER_SIZE or size > MAX_WIRE_COMMAND:
-                    sock.sendall(wire.error_response(RC.COMMAND_SIZE))
+                size = size_field(buf, 2)[0]
+                if size < header_size or size > MAX_WIRE_COMMAND:
+                    sendall(wire.error_response(RC.COMMAND_SIZE))
                     return  # the stream is out of step: drop the connection
                 while len(buf) < size:
-                    chunk = sock.recv(max(DATA_RECV, size - len(buf)))
+                    chunk = recv(max(DATA_RECV, size - len(buf)))
                     if not chunk:
                         return
                     buf += chunk
@@ -86,7 +91,7 @@ def serve_tpm_commands(sock: socket.socket, device: TpmDevice, *, once: bool = F
                     command, buf = buf, b""
                 else:
                     command, buf = buf[:size], buf[size:]
-                sock.sendall(device.execute(command))
+                sendall(execute(command))
                 if once:
                     return
             except OSError:

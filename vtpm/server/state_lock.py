@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from vtpm.journal_store import JournaledStore
@@ -133,12 +134,12 @@ class GuardedStore:
         if not self._dropped():
             (self.journal or self.store).save(raw)
 
-    def persist_state(self, state: TpmState) -> None:
+    def persist_state(self, state: TpmState, nv: Collection[int] | None = None) -> None:
         """The engine's sink: journaled (one record, one fdatasync) or written whole, only while locked."""
         if self._dropped():
             return
         if self.journal is not None:
-            self.journal.persist_state(state)
+            self.journal.persist_state(state, nv)
         else:
             self.store.save(state.to_bytes())
 
