@@ -50,7 +50,8 @@ from vtpm.journal_store import IDLE_FOLD_SECONDS, GroupCommitError, JournaledSto
 from vtpm.host_protocol import MAX_LINE, AddRequest, ProtocolError, parse_add  # noqa: F401  (AddRequest: cli)
 from vtpm.server.device import TpmDevice
 from vtpm.server import swtpm_ctrl
-from vtpm.server.loop import Connection, ControlConnection, Endpoints, Loop, Reply, SwtpmEndpoints, bind_unix
+from vtpm.server.endpoints import bind_unix
+from vtpm.server.loop import Connection, ControlConnection, Endpoints, Loop, Reply, SwtpmEndpoints
 from vtpm.server.state_lock import GuardedStore, lock_for
 from vtpm.state import TpmState
 from vtpm.storage import StateStore, StateStoreError

@@ -36,7 +36,7 @@ from vtpm import wire
 from vtpm.constants import RC
 from vtpm.server import swtpm_ctrl
 from vtpm.server.device import TpmDevice
-from vtpm.server.endpoints import Endpoints, reachable
+from vtpm.server.endpoints import Endpoints, bind_unix
 from vtpm.server.sockets import recv_with_fds
 
 log = logging.getLogger(__name__)
@@ -512,46 +512,6 @@ class Loop:
 
 
 # ----------------------------------------------------------------------------- sockets
-
-
-def unix_socket_in_use(path: str) -> bool:
-    """Something accepts connections on ``path`` now."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe, reachable(path) as where:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(where)
-        except OSError:
-            return False
-    return True
-
-
-def bind_unix(path: str, backlog: int = 64) -> socket.socket:
-    """A listening Unix socket at ``path``, mode 0600. A stale socket file is replaced; a live
-    socket or any other kind of file there is refused (never removed)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise OSError(f"{path}: exists and is not a socket")
-        if unix_socket_in_use(path):
-            raise OSError(f"{path}: a server already listens there")
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        old = os.umask(0o177)
-        try:
-            with reachable(path) as where:
-                sock.bind(where)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        sock.listen(backlog)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def bind_tcp(host: str, port: int, backlog: int = 64) -> socket.socket:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import array
 import contextlib
 import logging
-import os
 import socket
 import struct
 import threading
@@ -22,6 +21,7 @@ from vtpm import wire
 from vtpm.constants import RC
 from vtpm.server import swtpm_ctrl
 from vtpm.server.device import TpmDevice
+from vtpm.server.endpoints import bind_unix
 from vtpm.server.protocol import (
     MS_PROTOCOL_VERSION,
     MS_REMOTE_HANDSHAKE,
@@ -212,13 +212,8 @@ def tcp_listener(host: str, port: int) -> socket.socket:
 
 
 def unix_listener(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, 0o600)
-    sock.listen(16)
-    return sock
+    """A listening Unix socket, 0600; see ``bind_unix`` for what may stand at ``path`` already."""
+    return bind_unix(path, 16)
 
 
 def free_port_pair(host: str = "127.0.0.1") -> int:

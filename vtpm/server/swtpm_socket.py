@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 
 from vtpm.server.device import TpmDevice
+from vtpm.server.endpoints import bind_unix
 from vtpm.server.sockets import Listener, SwtpmControlSession, serve_tpm_commands, tcp_listener
 from vtpm.server.swtpm_options import Endpoint, FdEndpoint, TcpEndpoint, UnixEndpoint
 
@@ -29,19 +30,10 @@ def listen(endpoint: Endpoint) -> socket.socket:
     if isinstance(endpoint, TcpEndpoint):
         return tcp_listener(endpoint.bindaddr, endpoint.port)
     if isinstance(endpoint, UnixEndpoint):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(endpoint.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # never reachable by others between bind and chmod
-        try:
-            sock.bind(endpoint.path)
-        finally:
-            os.umask(old)
-        os.chmod(endpoint.path, endpoint.mode)
+        sock = bind_unix(endpoint.path, 16, mode=endpoint.mode)
         if endpoint.uid is not None or endpoint.gid is not None:
             os.chown(endpoint.path, -1 if endpoint.uid is None else endpoint.uid,
                      -1 if endpoint.gid is None else endpoint.gid)
-        sock.listen(16)
         return sock
     sock = socket.socket(fileno=endpoint.fd)
     if sock.type != socket.SOCK_STREAM:
