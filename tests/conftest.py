@@ -75,3 +75,18 @@ def vmcrypt_cli(home: Path):
 
     yield run
     services.stop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole run (support.postgres), stopped and removed at the end."""
+    from support.postgres import start_postgres
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL (password included) of a new empty PostgreSQL database for this test."""
+    return postgres.url(postgres.create_database())
