@@ -91,7 +91,7 @@ def _check_db_url_for(home: Path, database: inventory_db.Database) -> None:
     recorded = home / inventory_db.URL_FILE
     if recorded.is_file():
         known = inventory_db.parse_url(recorded.read_text())
-        if known.set(password=None) != database.url.set(password=None):
+        if inventory_db.without_password(known) != inventory_db.without_password(database.url):
             raise VmcryptError(f"this home's inventory is at {known.render_as_string(hide_password=True)} "
                                f"({recorded}), not at {database.shown}")
 

@@ -80,6 +80,11 @@ def parse_url(text: str) -> URL:
     return url
 
 
+def without_password(url: URL) -> URL:
+    """The URL with no password at all (``URL.set(password=None)`` would keep it)."""
+    return url._replace(password=None)
+
+
 def _password_file(home: Path) -> str | None:
     path = home / PASSWORD_FILE
     try:
@@ -126,7 +131,7 @@ def record(home: str | os.PathLike[str], database: Database) -> None:
     home = Path(home)
     if database.dialect == "sqlite":
         return
-    write_atomic(home / URL_FILE, (database.url.set(password=None).render_as_string(hide_password=False)
+    write_atomic(home / URL_FILE, (without_password(database.url).render_as_string(hide_password=False)
                                    + "\n").encode(), mode=0o600)
     if database.url.password is not None:
         write_atomic(home / PASSWORD_FILE, f"{database.url.password}\n".encode(), mode=0o600)
