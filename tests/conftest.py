@@ -90,3 +90,12 @@ def postgres():
 def pg_url(postgres) -> str:
     """The URL (password included) of a new empty PostgreSQL database for this test."""
     return postgres.url(postgres.create_database())
+
+
+@pytest.fixture
+def db_url(request) -> str | None:
+    """The inventory's database for a test: None (SQLite in the home) unless the test is parametrized
+    indirectly with "postgresql" (then a new database on the session's PostgreSQL server)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    return request.getfixturevalue("pg_url")
