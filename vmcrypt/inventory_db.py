@@ -17,6 +17,7 @@ queue instead of failing half-way.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import stat
 import threading
@@ -154,10 +155,8 @@ def engine(database: Database) -> Engine:
 def _make_engine(database: Database) -> Engine:
     if database.dialect == "sqlite":
         return sqlite_events(sa.create_engine(database.url, poolclass=NullPool))
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        raise DatabaseUrlError("an inventory in PostgreSQL needs psycopg: pip install 'vmcrypt[postgres]'") from None
+    if importlib.util.find_spec("psycopg") is None:
+        raise DatabaseUrlError("an inventory in PostgreSQL needs psycopg: pip install 'vmcrypt[postgres]'")
     return sa.create_engine(database.url, pool_size=2, max_overflow=4, pool_pre_ping=True,
                             connect_args={"connect_timeout": 10, "application_name": "vmcrypt"})
 

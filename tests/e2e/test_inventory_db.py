@@ -15,6 +15,7 @@ import sqlite3
 import stat
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -23,6 +24,8 @@ import pytest
 from vmcrypt import inventory_db
 from vmcrypt.inventory import ROOT, Inventory, InventoryError
 from vmcrypt.inventory_schema import latest
+from vmcrypt.management import Management
+from vmcrypt.power import PowerState
 from vmcrypt.rbac import BUILTIN_ROLES, Privilege
 
 # what earlier builds ran to make an inventory (schema versions 1 and 2)
@@ -168,7 +171,6 @@ def test_postgresql_refuses_a_newer_tampered_or_foreign_database(home: Path, pg_
 def test_a_vm_row_lock_holds_a_second_process_until_the_first_commits(home: Path, tmp_path: Path,
                                                                        pg_url: str) -> None:
     """Two connections (as two service processes have): the second operation on a VM waits for the first."""
-    from vmcrypt.management import Management
     m = Management(home, db_url=pg_url)
     m.inventory.add_user("admin", "pw")
     m.inventory.grant(ROOT, "admin", "Administrator")
@@ -187,9 +189,6 @@ def test_a_vm_row_lock_holds_a_second_process_until_the_first_commits(home: Path
             waiting.start()
             time.sleep(0.5)
             assert seen == [] and waiting.is_alive()  # blocked on the row
-            from dataclasses import replace
-
-            from vmcrypt.power import PowerState
             m.inventory.put_vm(replace(record, power_state=PowerState.ON))
         waiting.join(10)
         assert seen == ["on"]  # it read what the first committed, not what it saw before
@@ -228,3 +227,12 @@ def test_a_bad_db_url_is_refused_clearly(home: Path, url: str) -> None:
     with pytest.raises(inventory_db.DatabaseUrlError, match="inventory"):
         Inventory(home, url=url)
     assert list(home.iterdir()) == []
+
+
+def test_the_environment_names_the_database(home: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not inventory_db.configured(home)
+    monkeypatch.setenv(inventory_db.ENV_DB_URL, pg_url)
+    assert inventory_db.configured(home)
+    with Inventory(home) as inv:
+        assert inv.dialect == "postgresql" and inv.database.source == "environment"
+    assert not (home / inventory_db.DB_FILE).exists() and not (home / inventory_db.URL_FILE).exists()
