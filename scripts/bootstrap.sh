@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc libc6-dev libssl-dev openssl pkg-config python3-dev python3-venv swtpm swtpm-tools tpm2-tools libtss2-dev qemu-system-x86 ovmf busybox-static chromium)
+APT_PACKAGES=(gcc libc6-dev libssl-dev openssl pkg-config python3-dev python3-venv swtpm swtpm-tools tpm2-tools libtss2-dev qemu-system-x86 ovmf busybox-static chromium postgresql)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -35,7 +35,7 @@ stamp=.venv/.vmcrypt-installed
 want=$(cat setup.cfg setup.py pyproject.toml vmcrypt/_xts.c | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log=.venv/install.log
-    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[test,bench,kmip]"; } >"$log" 2>&1; then
+    if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[test,bench,kmip,postgres]"; } >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         echo "bootstrap: installing the project failed; full log in $log" >&2
         exit 1

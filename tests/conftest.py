@@ -75,3 +75,27 @@ def vmcrypt_cli(home: Path):
 
     yield run
     services.stop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the whole run (support.postgres), stopped and removed at the end."""
+    from support.postgres import start_postgres
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL (password included) of a new empty PostgreSQL database for this test."""
+    return postgres.url(postgres.create_database())
+
+
+@pytest.fixture
+def db_url(request) -> str | None:
+    """The inventory's database for a test: None (SQLite in the home) unless the test is parametrized
+    indirectly with "postgresql" (then a new database on the session's PostgreSQL server)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    return request.getfixturevalue("pg_url")

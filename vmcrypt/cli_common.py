@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import home_path, resolve_home
-from vmcrypt.inventory import DB_FILE
+from vmcrypt.inventory_db import configured
 from vmcrypt.keys import KeyManager
 from vmcrypt.passphrase import obtain_passphrase
 from vmcrypt.providers.registry import ProviderRegistry
@@ -88,7 +88,7 @@ def connect(args: argparse.Namespace) -> Iterator[None]:
         return
     url = server_url(args)
     home = home_path(args.home)
-    if url == f"unix:{default_socket(home)}" and not (home / DB_FILE).exists():
+    if url == f"unix:{default_socket(home)}" and not configured(home):
         # the local service of a home without an inventory: say so rather than "not reachable" or "login failed"
         raise VmcryptError(f"there is no inventory in {home}: create it with `vmcrypt inventory init --admin NAME`")
     ca = args.service_ca or (service_ca_path(home_path(args.home)) if url.startswith("https://") else None)

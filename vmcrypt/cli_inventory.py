@@ -23,7 +23,8 @@ from vmcrypt.backup import backup_vm, restore_vm, verify_backup
 from vmcrypt.cli_common import PASSWORD_ENV, emit, key_manager, password, remote, remote_vm
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
-from vmcrypt.inventory import DB_FILE
+from vmcrypt import inventory_db
+from vmcrypt.inventory_db import DB_FILE
 from vmcrypt.management import Management
 from vmcrypt.password_policy import MIN_LENGTH, check_new_password
 from vmcrypt.progress import FileProgress
@@ -66,16 +67,33 @@ def _tcti(record: dict[str, Any]) -> str:
 
 def cmd_init(args: argparse.Namespace) -> None:
     home = resolve_home(args.home)
+    database = inventory_db.resolve(home, args.db_url)
+    if args.db_url and database.dialect != "sqlite":
+        _check_db_url_for(home, database)
     new_password = password(PASSWORD_ENV, f"New password for {args.admin}: ")
-    if not (home / DB_FILE).exists():
+    if database.sqlite_path is None or not database.sqlite_path.exists():
         check_new_password(args.admin, new_password)  # before the inventory is created: nothing half-made
-    m = Management(home, create_inventory=True)
+    m = Management(home, create_inventory=True, db_url=args.db_url)
     if m.inventory.users():  # the more useful refusal first
         m.bootstrap(args.admin, new_password)
     check_new_password(args.admin, new_password)
     m.bootstrap(args.admin, new_password)
-    emit(args, {"admin": args.admin, "inventory": str(m.inventory.path)},
-         f"inventory {m.inventory.path} created; {args.admin} is Administrator")
+    if args.db_url:
+        inventory_db.record(home, database)  # the service and later commands of this home find it there
+    emit(args, {"admin": args.admin, "inventory": m.inventory.where},
+         f"inventory {m.inventory.where} created; {args.admin} is Administrator")
+
+
+def _check_db_url_for(home: Path, database: inventory_db.Database) -> None:
+    """A home keeps one inventory: not a PostgreSQL one next to its SQLite file, nor a second URL."""
+    if (home / DB_FILE).exists():
+        raise VmcryptError(f"this home already has an SQLite inventory ({home / DB_FILE}): it keeps that one")
+    recorded = home / inventory_db.URL_FILE
+    if recorded.is_file():
+        known = inventory_db.parse_url(recorded.read_text())
+        if inventory_db.without_password(known) != inventory_db.without_password(database.url):
+            raise VmcryptError(f"this home's inventory is at {known.render_as_string(hide_password=True)} "
+                               f"({recorded}), not at {database.shown}")
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
@@ -342,6 +360,9 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
                    f"create the inventory and its first Administrator (password: ${PASSWORD_ENV}, at least {MIN_LENGTH} "
                    "characters, not containing the name; local administrator)")
     init.add_argument("--admin", required=True, help="name of the first administrator")
+    init.add_argument("--db-url", metavar="URL", help="keep the inventory in this database instead of HOME/inventory.db: "
+                      "postgresql+psycopg://USER[:PASSWORD]@HOST:PORT/DB (recorded in HOME/inventory.url, the password "
+                      f"apart in HOME/inventory.password, 0600; or ${inventory_db.ENV_DB_URL})")
     user_add = command(inv_commands, "user-add", cmd_user_add, f"add a user (password: ${NEW_PASSWORD_ENV}, at least {MIN_LENGTH} characters, "
                        "not containing the name)",
                        operation=O.MANAGE_USERS)

@@ -4,7 +4,9 @@
 ``target`` (``vmcrypt.rbac.Operation`` declares it), refuses with
 ``PermissionDenied`` naming the missing privileges when the user lacks one, and
 otherwise runs ``act``. Every outcome is written to the inventory's append-only
-audit log: ``denied`` (nothing was done), ``failed`` (with the reason) or ``ok``.
+audit log: ``denied`` (nothing was done), ``failed`` (with the reason) or ``ok``,
+in the same transaction (``Inventory.operation``) as what the operation changed
+in the inventory: exactly one audit row per operation.
 """
 
 from __future__ import annotations
@@ -81,11 +83,12 @@ class Gate:
         """Run ``act`` if ``user`` holds what ``operation`` needs on ``target``; audit the outcome.
 
         ``detail`` may be a function, asked after the action succeeded (what it did)."""
-        self.check(user, operation, target)
-        try:
-            result = act()
-        except Exception as exc:
-            self.inventory.audit(user, operation.value, target.label, "failed", str(exc))
-            raise
-        self.inventory.audit(user, operation.value, target.label, "ok", detail() if callable(detail) else detail)
-        return result
+        with self.inventory.operation():  # the change and its audit row: one transaction
+            self.check(user, operation, target)
+            try:
+                result = act()
+            except Exception as exc:
+                self.inventory.audit(user, operation.value, target.label, "failed", str(exc))
+                raise
+            self.inventory.audit(user, operation.value, target.label, "ok", detail() if callable(detail) else detail)
+            return result

@@ -1,75 +1,59 @@
 """The vCenter-like inventory: datastores, hosts, VMs, users, groups, roles, permissions, audit.
 
-One SQLite database under the management home (``inventory.db``, mode 0600),
-schema versioned with ``PRAGMA user_version`` and migrated forward on open.
-Permissions follow vSphere: a permission on an object applies to it and, when
-``propagate`` is set, to its children; the permission nearest to the object
-wins, and at one level a user's own permission beats its groups'. The audit log
-is append-only (triggers refuse UPDATE and DELETE).
+One schema (``vmcrypt.inventory_schema``, migrated by Alembic) in one of two
+databases (``vmcrypt.inventory_db``): SQLite under the management home
+(``inventory.db``, mode 0600: the default) or PostgreSQL named by URL, which
+several management service processes can share. Permissions follow vSphere: a
+permission on an object applies to it and, when ``propagate`` is set, to its
+children; the permission nearest to the object wins, and at one level a user's
+own permission beats its groups'. The audit log is append-only (triggers refuse
+UPDATE and DELETE, and on PostgreSQL TRUNCATE).
 
-An inventory is created once, whole (built under a temporary name, then linked
-into place), and never re-created over an existing file: opening refuses an
-empty, truncated or damaged file (SQLite integrity check), one without the
-inventory's tables, triggers and built-in roles, or a newer schema, naming the
-file and why. Only ``create=True`` (``inventory init``, the API) makes a new one,
-and only where none exists.
+``operation()`` makes one transaction of everything an operation writes, its
+audit row included; ``vm(name, lock=True)`` locks the VM's row until that
+transaction ends (PostgreSQL: ``SELECT ... FOR UPDATE``; SQLite: every
+transaction holds the database's write lock from its ``BEGIN IMMEDIATE``), so
+concurrent operations on one VM run one after the other, also from two processes.
+
+An SQLite inventory is created once, whole (built under a temporary name, then
+linked into place), and never re-created over an existing file: opening refuses
+an empty, truncated or damaged file (SQLite integrity check). On both databases
+opening refuses one without the inventory's tables, triggers and built-in roles,
+or with a newer schema, naming the database and why. Only ``create=True``
+(``inventory init``, the API) makes a new one, and only where none exists.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from durable.atomic import fsync_directory
+from vmcrypt import inventory_schema as schema
 from vmcrypt.errors import VmcryptError
+from vmcrypt.inventory_db import DB_FILE, Database, engine, resolve, sqlite_events
 from vmcrypt.power import PowerState
-from vmcrypt.rbac import BUILTIN_ROLES, TRUSTED_ADMINS_GROUP, Privilege, Role
+from vmcrypt.rbac import BUILTIN_ROLES, Privilege, Role
 
-DB_FILE = "inventory.db"
+__all__ = ["DB_FILE", "ROOT", "AuditEntry", "Inventory", "InventoryError", "VmRecord"]
+
 ROOT = ("root", "")
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-
-MIGRATIONS = [
-    # 1: the whole model
-    """
-    CREATE TABLE datastores (name TEXT PRIMARY KEY, path TEXT NOT NULL UNIQUE);
-    CREATE TABLE hosts (name TEXT PRIMARY KEY, trusted INTEGER NOT NULL DEFAULT 0);
-    CREATE TABLE vms (
-        name TEXT PRIMARY KEY, vmx_path TEXT NOT NULL UNIQUE,
-        datastore TEXT NOT NULL REFERENCES datastores(name),
-        hw_version INTEGER NOT NULL, firmware TEXT NOT NULL,
-        encrypted INTEGER NOT NULL, provider_id TEXT, key_id TEXT, vtpm INTEGER NOT NULL,
-        power_state TEXT NOT NULL DEFAULT 'off', vtpm_pid INTEGER, vtpm_port INTEGER);
-    CREATE TABLE users (name TEXT PRIMARY KEY, salt BLOB NOT NULL, hash BLOB NOT NULL, params TEXT NOT NULL);
-    CREATE TABLE groups (name TEXT PRIMARY KEY);
-    CREATE TABLE group_members (grp TEXT NOT NULL REFERENCES groups(name), user TEXT NOT NULL REFERENCES users(name),
-                                PRIMARY KEY (grp, user));
-    CREATE TABLE roles (name TEXT PRIMARY KEY, privileges TEXT NOT NULL, builtin INTEGER NOT NULL);
-    CREATE TABLE permissions (
-        entity_type TEXT NOT NULL, entity TEXT NOT NULL, principal TEXT NOT NULL, is_group INTEGER NOT NULL,
-        role TEXT NOT NULL REFERENCES roles(name), propagate INTEGER NOT NULL,
-        PRIMARY KEY (entity_type, entity, principal, is_group));
-    CREATE TABLE audit (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
-        entity TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
-    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-    CREATE TABLE console_tickets (digest BLOB PRIMARY KEY, vm TEXT NOT NULL, user TEXT NOT NULL, expires TEXT NOT NULL);
-    """,
-    # 2: the latest generation of each VM's encrypted .nvram seen by the management plane (rollback detection)
-    """
-    ALTER TABLE vms ADD COLUMN nvram_generation INTEGER;
-    """,
-]
+DATABASE_ERRORS = (sa.exc.SQLAlchemyError, sqlite3.Error)
 
 
 class InventoryError(VmcryptError):
@@ -112,27 +96,64 @@ def _hash_password(password: str, salt: bytes, params: dict[str, int]) -> bytes:
 
 
 class Inventory:
-    def __init__(self, home: str | os.PathLike[str], *, create: bool = True) -> None:
-        """Open the inventory of ``home``; ``create``: make a new one if (and only if) there is none."""
-        self.path = Path(home) / DB_FILE
+    """The inventory of one management home, open on one database connection (use from one thread)."""
+
+    def __init__(self, home: str | os.PathLike[str], *, create: bool = True, url: str | None = None) -> None:
+        """Open the inventory of ``home``; ``create``: make a new one if (and only if) there is none.
+        ``url``: the database (default: ``$VMCRYPT_DB_URL``, the home's ``inventory.url``, else its SQLite file)."""
+        self.home = Path(home)
+        self.database: Database = resolve(self.home, url)
+        self.path = self.database.sqlite_path
+        self.where = str(self.path) if self.path else self.database.shown
+        self._depth = 0
+        self.engine = engine(self.database)
+        if self.path is not None:
+            self.conn = self._open_sqlite(create)
+        else:
+            self.conn = self._open_server(create)
+
+    # ------------------------------------------------------------------ open
+
+    def _open_sqlite(self, create: bool) -> sa.Connection:
+        assert self.path is not None
         if not self.path.exists():
             if not create:
                 raise InventoryError(f"there is no inventory in {self.path.parent}: "
                                      "create one with 'vmcrypt inventory init --admin NAME'")
-            self._create()
-        self.db = self._open()
+            self._create_sqlite()
+        if self.path.stat().st_size == 0:
+            raise InventoryError("is empty (0 bytes): it was truncated or replaced. An existing inventory is never "
+                                 "re-created (that would drop its users, roles and audit log): restore it from a backup",
+                                 self.path)
+        conn = self.engine.connect()
+        try:
+            raw = conn.connection.driver_connection
+            problems = [row[0] for row in raw.execute("PRAGMA integrity_check")]
+            if problems != ["ok"]:
+                raise InventoryError(f"is damaged (SQLite integrity check: {problems[0]})", self.path)
+            raw.execute("PRAGMA journal_mode = WAL")
+            self._check_and_migrate(conn, create=False)
+        except DATABASE_ERRORS as exc:
+            conn.close()
+            raise InventoryError(f"is not a readable inventory ({_reason(exc)})", self.path) from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _create(self) -> None:
+    def _create_sqlite(self) -> None:
         """Build a complete new inventory under a temporary name, then link it into place."""
+        assert self.path is not None
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{DB_FILE}.creating-{secrets.token_hex(6)}")
+        temp = self.path.with_name(f".{self.path.name}.creating-{secrets.token_hex(6)}")
         os.close(os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            self.db = sqlite3.connect(temp, isolation_level=None)
+            made = sqlite_events(sa.create_engine(sa.URL.create("sqlite", database=str(temp)), poolclass=sa.NullPool))
             try:
-                self._migrate()
+                with made.begin() as conn:
+                    schema.migrate(conn, None)
             finally:
-                self.db.close()
+                made.dispose()
             fd = os.open(temp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -145,37 +166,48 @@ class Inventory:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
 
-    def _open(self) -> sqlite3.Connection:
-        if self.path.stat().st_size == 0:
-            raise InventoryError("is empty (0 bytes): it was truncated or replaced. An existing inventory is never "
-                                 "re-created (that would drop its users, roles and audit log): restore it from a backup",
-                                 self.path)
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+    def _open_server(self, create: bool) -> sa.Connection:
         try:
-            problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
-            if problems != ["ok"]:
-                raise InventoryError(f"is damaged (SQLite integrity check: {problems[0]})", self.path)
-            version = int(db.execute("PRAGMA user_version").fetchone()[0])
-            if version == 0:
-                raise InventoryError("is an SQLite database but not an inventory (no schema version)", self.path)
-            if version > len(MIGRATIONS):
-                raise InventoryError(
-                    f"the inventory has schema version {version}; this build knows up to {len(MIGRATIONS)}", self.path)
-            _check_schema(db, version, self.path)
-            db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA journal_mode = WAL")
-            self.db = db
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            raise InventoryError(f"is not a readable inventory ({exc})", self.path) from None
+            conn = self.engine.connect()
+        except DATABASE_ERRORS as exc:
+            raise InventoryError(f"cannot reach the inventory database ({_reason(exc)})", self.where) from None
+        try:
+            self._check_and_migrate(conn, create)
+        except DATABASE_ERRORS as exc:
+            conn.close()
+            raise InventoryError(f"is not a readable inventory ({_reason(exc)})", self.where) from None
         except BaseException:
-            db.close()
+            conn.close()
             raise
-        return db
+        return conn
+
+    def _check_and_migrate(self, conn: sa.Connection, create: bool) -> None:
+        """Refuse a foreign, newer or damaged schema; migrate an older one forward (one transaction)."""
+        kind = "an SQLite" if conn.dialect.name == "sqlite" else "a PostgreSQL"
+        with conn.begin():
+            try:
+                version = schema.current(conn)
+                if version is None and not (conn.dialect.name != "sqlite" and schema.is_empty(conn)):
+                    raise schema.SchemaProblem(f"is {kind} database but not an inventory (no schema version)")
+                if version is None and not create:
+                    raise InventoryError(f"there is no inventory in {self.where}: create one with "
+                                         "'vmcrypt inventory init --admin NAME --db-url URL'")
+                if version is not None and version > schema.latest():
+                    raise schema.SchemaProblem(f"the inventory has schema version {version}; this build knows up "
+                                               f"to {schema.latest()}")
+                if version is not None:
+                    schema.check(conn, version)
+                if version == schema.latest() and sa.inspect(conn).has_table(schema.VERSION_TABLE):
+                    return
+                if conn.dialect.name == "postgresql":  # two processes opening an old or empty database at once
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": schema.MIGRATION_LOCK})
+                    version = schema.current(conn)
+                schema.migrate(conn, version)
+            except schema.SchemaProblem as exc:
+                raise InventoryError(str(exc), self.where) from None
 
     def close(self) -> None:
-        self.db.close()
+        self.conn.close()
 
     def __enter__(self) -> "Inventory":
         return self
@@ -183,34 +215,75 @@ class Inventory:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ schema
+    @property
+    def db(self) -> Any:
+        """The driver's own connection (sqlite3 or psycopg), for low-level checks."""
+        return self.conn.connection.driver_connection
+
+    @property
+    def dialect(self) -> str:
+        return self.conn.dialect.name
 
     @property
     def schema_version(self) -> int:
-        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        with self.operation() as conn:
+            return int(schema.current(conn) or 0)
 
-    def _migrate(self) -> None:
-        version = self.schema_version
-        if version > len(MIGRATIONS):
-            raise InventoryError(f"the inventory has schema version {version}; this build knows up to {len(MIGRATIONS)}",
-                                 self.path)
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            self.db.execute("BEGIN IMMEDIATE")
+    # ------------------------------------------------------------------ transactions
+
+    @contextlib.contextmanager
+    def operation(self) -> Iterator[sa.Connection]:
+        """One transaction for everything written inside (nested uses join the outermost).
+
+        It commits when the body ends, and also when the body raises an ordinary error
+        (a refused or failed operation keeps its audit row and what it did before
+        failing, as each statement used to on its own); a database error rolls it back."""
+        if self._depth:
+            self._depth += 1
             try:
-                for statement in _statements(script):
-                    self.db.execute(statement)
-                if number == 1:
-                    self._seed()
-                self.db.execute(f"PRAGMA user_version = {number}")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
+        transaction = self.conn.begin()
+        self._depth = 1
+        try:
+            yield self.conn
+        except DATABASE_ERRORS:
+            transaction.rollback()
+            raise
+        except Exception:
+            transaction.commit()
+            raise
+        except BaseException:
+            transaction.rollback()
+            raise
+        else:
+            transaction.commit()
+        finally:
+            self._depth = 0
 
-    def _seed(self) -> None:
-        for role in BUILTIN_ROLES.values():
-            self.db.execute("INSERT INTO roles VALUES (?, ?, 1)", (role.name, json.dumps(sorted(p.value for p in role.privileges))))
-        self.db.execute("INSERT INTO groups VALUES (?)", (TRUSTED_ADMINS_GROUP,))
+    def _run(self, statement: sa.Executable, params: Any = None) -> sa.CursorResult:
+        with self.operation() as conn:
+            return conn.execute(statement, params) if params is not None else conn.execute(statement)
+
+    def _rows(self, statement: sa.Executable) -> list[sa.Row]:
+        with self.operation() as conn:
+            return list(conn.execute(statement))
+
+    def _guarded(self, statement: sa.Executable, message: str) -> sa.CursorResult:
+        """Run a statement that may break a constraint: InventoryError(message) then, and the transaction
+        goes on (a savepoint: PostgreSQL would otherwise refuse every later statement of it)."""
+        with self.operation() as conn:
+            try:
+                with conn.begin_nested():
+                    return conn.execute(statement)
+            except sa.exc.IntegrityError:
+                raise InventoryError(message) from None
+
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT (with its ON CONFLICT clauses)."""
+        return (pg_dialect.insert if self.dialect == "postgresql" else sqlite_dialect.insert)(table)
 
     # ------------------------------------------------------------------ principals
 
@@ -218,46 +291,42 @@ class Inventory:
         if not name or not password:
             raise InventoryError("a user needs a name and a password")
         salt = secrets.token_bytes(16)
-        try:
-            self.db.execute("INSERT INTO users VALUES (?, ?, ?, ?)",
-                            (name, salt, _hash_password(password, salt, SCRYPT), json.dumps(SCRYPT)))
-        except sqlite3.IntegrityError:
-            raise InventoryError(f"user '{name}' already exists") from None
+        self._guarded(schema.users.insert().values(name=name, salt=salt, hash=_hash_password(password, salt, SCRYPT),
+                                                   params=json.dumps(SCRYPT)), f"user '{name}' already exists")
 
     def authenticate(self, name: str, password: str) -> None:
-        row = self.db.execute("SELECT salt, hash, params FROM users WHERE name = ?", (name,)).fetchone()
+        users = schema.users
+        row = self._run(sa.select(users.c.salt, users.c.hash, users.c.params).where(users.c.name == name)).first()
         # an unknown user costs the same scrypt as a wrong password
         salt, stored, params = row if row else (b"\0" * 16, b"\0" * 32, json.dumps(SCRYPT))
-        candidate = _hash_password(password, salt, json.loads(params))
-        if not (hmac.compare_digest(candidate, stored) and row is not None):
+        candidate = _hash_password(password, bytes(salt), json.loads(params))
+        if not (hmac.compare_digest(candidate, bytes(stored)) and row is not None):
             raise InventoryError(f"login failed for '{name}'")
 
     def users(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT name FROM users ORDER BY name")]
+        return [r[0] for r in self._rows(sa.select(schema.users.c.name).order_by(schema.users.c.name))]
 
     def add_group(self, name: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO groups VALUES (?)", (name,))
+        self._run(self._insert(schema.groups).values(name=name).on_conflict_do_nothing())
 
     def add_to_group(self, group: str, user: str) -> None:
-        try:
-            self.db.execute("INSERT OR IGNORE INTO group_members VALUES (?, ?)", (group, user))
-        except sqlite3.IntegrityError:
-            raise InventoryError(f"no group '{group}' or no user '{user}'") from None
+        self._guarded(self._insert(schema.group_members).values(grp=group, user=user).on_conflict_do_nothing(),
+                      f"no group '{group}' or no user '{user}'")
 
     def groups_of(self, user: str) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT grp FROM group_members WHERE user = ? ORDER BY grp", (user,))]
+        members = schema.group_members
+        return [r[0] for r in self._rows(sa.select(members.c.grp).where(members.c.user == user).order_by(members.c.grp))]
 
     # ------------------------------------------------------------------ roles and permissions
 
     def add_role(self, name: str, privileges: set[Privilege]) -> None:
-        try:
-            self.db.execute("INSERT INTO roles VALUES (?, ?, 0)", (name, json.dumps(sorted(p.value for p in privileges))))
-        except sqlite3.IntegrityError:
-            raise InventoryError(f"role '{name}' already exists") from None
+        self._guarded(schema.roles.insert().values(name=name, privileges=json.dumps(sorted(p.value for p in privileges)),
+                                                   builtin=0), f"role '{name}' already exists")
 
     def role(self, name: str) -> Role:
         """A built-in role holds what this build defines for it (privileges added later included)."""
-        row = self.db.execute("SELECT privileges, builtin FROM roles WHERE name = ?", (name,)).fetchone()
+        roles = schema.roles
+        row = self._run(sa.select(roles.c.privileges, roles.c.builtin).where(roles.c.name == name)).first()
         if row is None:
             raise InventoryError(f"no role '{name}'")
         if row[1] and name in BUILTIN_ROLES:
@@ -265,16 +334,22 @@ class Inventory:
         return Role(name, frozenset(Privilege(p) for p in json.loads(row[0])), bool(row[1]))
 
     def roles(self) -> list[Role]:
-        return [self.role(r[0]) for r in self.db.execute("SELECT name FROM roles ORDER BY builtin DESC, name")]
+        roles = schema.roles
+        return [self.role(r[0]) for r in self._rows(sa.select(roles.c.name).order_by(roles.c.builtin.desc(),
+                                                                                     roles.c.name))]
 
     def grant(self, entity: tuple[str, str], principal: str, role: str, *, group: bool = False,
               propagate: bool = True) -> None:
         self.role(role)
-        table = "groups" if group else "users"
-        if self.db.execute(f"SELECT 1 FROM {table} WHERE name = ?", (principal,)).fetchone() is None:
+        table = schema.groups if group else schema.users
+        if self._run(sa.select(table.c.name).where(table.c.name == principal)).first() is None:
             raise InventoryError(f"no {'group' if group else 'user'} '{principal}'")
-        self.db.execute("INSERT OR REPLACE INTO permissions VALUES (?, ?, ?, ?, ?, ?)",
-                        (entity[0], entity[1], principal, int(group), role, int(propagate)))
+        statement = self._insert(schema.permissions).values(
+            entity_type=entity[0], entity=entity[1], principal=principal, is_group=int(group), role=role,
+            propagate=int(propagate))
+        self._run(statement.on_conflict_do_update(
+            index_elements=["entity_type", "entity", "principal", "is_group"],
+            set_={"role": statement.excluded.role, "propagate": statement.excluded.propagate}))
 
     def _lineage(self, entity: tuple[str, str]) -> list[tuple[str, str]]:
         """The object, then its parents up to the root."""
@@ -288,9 +363,10 @@ class Inventory:
     def privileges(self, user: str, entity: tuple[str, str]) -> frozenset[Privilege]:
         """What ``user`` may do on ``entity``: the nearest level holding a permission for them decides."""
         groups = self.groups_of(user)
+        perms = schema.permissions
         for depth, level in enumerate(self._lineage(entity)):
-            rows = self.db.execute("SELECT principal, is_group, role, propagate FROM permissions "
-                                   "WHERE entity_type = ? AND entity = ?", level).fetchall()
+            rows = self._rows(sa.select(perms.c.principal, perms.c.is_group, perms.c.role, perms.c.propagate)
+                              .where(perms.c.entity_type == level[0], perms.c.entity == level[1]))
             applicable = [(p, g, r) for p, g, r, prop in rows if (depth == 0 or prop)
                           and ((not g and p == user) or (g and p in groups))]
             if not applicable:
@@ -300,66 +376,84 @@ class Inventory:
             return frozenset().union(*(self.role(r).privileges for r in roles))
         return frozenset()
 
+    def permissions(self) -> list[tuple[str, str, str, bool, str, bool]]:
+        """Every permission: (entity type, entity, principal, is a group, role, propagates)."""
+        perms = schema.permissions
+        return [(r[0], r[1], r[2], bool(r[3]), r[4], bool(r[5])) for r in self._rows(
+            sa.select(perms).order_by(perms.c.entity_type, perms.c.entity, perms.c.principal, perms.c.is_group))]
+
     # ------------------------------------------------------------------ objects
 
     def add_datastore(self, name: str, path: str | os.PathLike[str]) -> None:
         Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            self.db.execute("INSERT INTO datastores VALUES (?, ?)", (name, str(Path(path).resolve())))
-        except sqlite3.IntegrityError:
-            raise InventoryError(f"datastore '{name}' (or its directory) is already in the inventory") from None
+        self._guarded(schema.datastores.insert().values(name=name, path=str(Path(path).resolve())),
+                      f"datastore '{name}' (or its directory) is already in the inventory")
 
     def datastore_path(self, name: str) -> Path:
-        row = self.db.execute("SELECT path FROM datastores WHERE name = ?", (name,)).fetchone()
+        stores = schema.datastores
+        row = self._run(sa.select(stores.c.path).where(stores.c.name == name)).first()
         if row is None:
             raise InventoryError(f"no datastore '{name}'")
         return Path(row[0])
 
     def datastores(self) -> list[tuple[str, str]]:
         """(name, path) of every datastore."""
-        return [(r[0], r[1]) for r in self.db.execute("SELECT name, path FROM datastores ORDER BY name")]
+        stores = schema.datastores
+        return [(r[0], r[1]) for r in self._rows(sa.select(stores.c.name, stores.c.path).order_by(stores.c.name))]
 
     def add_host(self, name: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO hosts (name) VALUES (?)", (name,))
+        self._run(self._insert(schema.hosts).values(name=name).on_conflict_do_nothing())
 
     def hosts(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT name FROM hosts ORDER BY name")]
+        return [r[0] for r in self._rows(sa.select(schema.hosts.c.name).order_by(schema.hosts.c.name))]
 
     def put_vm(self, record: VmRecord) -> None:
-        self.db.execute("INSERT OR REPLACE INTO vms VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (record.name, record.vmx_path, record.datastore, record.hw_version, record.firmware,
-                         int(record.encrypted), record.provider_id, record.key_id, int(record.vtpm),
-                         PowerState(record.power_state).value, record.vtpm_pid, record.vtpm_port, record.nvram_generation))
+        """Add the VM, or replace what the inventory holds about it."""
+        values = {"name": record.name, "vmx_path": record.vmx_path, "datastore": record.datastore,
+                  "hw_version": record.hw_version, "firmware": record.firmware, "encrypted": int(record.encrypted),
+                  "provider_id": record.provider_id, "key_id": record.key_id, "vtpm": int(record.vtpm),
+                  "power_state": PowerState(record.power_state).value, "vtpm_pid": record.vtpm_pid,
+                  "vtpm_port": record.vtpm_port, "nvram_generation": record.nvram_generation}
+        statement = self._insert(schema.vms).values(values)
+        self._guarded(statement.on_conflict_do_update(
+            index_elements=["name"], set_={k: statement.excluded[k] for k in values if k != "name"}),
+            f"cannot record VM '{record.name}': another VM of the inventory has its .vmx, or its datastore is unknown")
 
-    def vm(self, name: str) -> VmRecord:
-        row = self.db.execute("SELECT * FROM vms WHERE name = ?", (name,)).fetchone()
+    def vm(self, name: str, *, lock: bool = False) -> VmRecord:
+        """The VM's record; ``lock``: also hold its row until the current ``operation()`` ends."""
+        query = sa.select(schema.vms).where(schema.vms.c.name == name)
+        row = self._run(query.with_for_update() if lock else query).first()
         if row is None:
             raise InventoryError(f"no VM '{name}' in the inventory")
-        return _vm_record(row)
+        return _vm_record(tuple(row))
 
     def vms(self) -> list[VmRecord]:
-        return [_vm_record(row) for row in self.db.execute("SELECT * FROM vms ORDER BY name")]
+        return [_vm_record(tuple(row)) for row in self._rows(sa.select(schema.vms).order_by(schema.vms.c.name))]
 
     def remove_vm(self, name: str) -> None:
-        self.db.execute("DELETE FROM vms WHERE name = ?", (name,))
-        self.db.execute("DELETE FROM permissions WHERE entity_type = 'vm' AND entity = ?", (name,))
+        perms = schema.permissions
+        with self.operation():
+            self._run(schema.vms.delete().where(schema.vms.c.name == name))
+            self._run(perms.delete().where(perms.c.entity_type == "vm", perms.c.entity == name))
 
     # ------------------------------------------------------------------ console tickets
 
     def issue_console_ticket(self, vm: str, user: str, lifetime: datetime.timedelta) -> str:
         ticket = secrets.token_urlsafe(32)
         expires = datetime.datetime.now(datetime.timezone.utc) + lifetime
-        self.db.execute("INSERT INTO console_tickets VALUES (?, ?, ?, ?)",
-                        (hashlib.sha256(ticket.encode()).digest(), vm, user, expires.isoformat()))
+        self._run(schema.console_tickets.insert().values(
+            digest=hashlib.sha256(ticket.encode()).digest(), vm=vm, user=user, expires=expires.isoformat()))
         return ticket
 
     def redeem_console_ticket(self, ticket: str) -> tuple[str, str]:
-        """(vm, user) for a valid ticket; each ticket works once."""
+        """(vm, user) for a valid ticket; each ticket works once (also when two processes redeem it at once)."""
+        tickets = schema.console_tickets
         digest = hashlib.sha256(ticket.encode()).digest()
-        row = self.db.execute("SELECT vm, user, expires FROM console_tickets WHERE digest = ?", (digest,)).fetchone()
-        if row is None:
-            raise InventoryError("unknown or already used console ticket")
-        self.db.execute("DELETE FROM console_tickets WHERE digest = ?", (digest,))
+        with self.operation():
+            row = self._run(sa.select(tickets.c.vm, tickets.c.user, tickets.c.expires)
+                            .where(tickets.c.digest == digest)).first()
+            if row is None or self._run(tickets.delete().where(tickets.c.digest == digest)).rowcount != 1:
+                raise InventoryError("unknown or already used console ticket")
         if datetime.datetime.fromisoformat(row[2]) < datetime.datetime.now(datetime.timezone.utc):
             raise InventoryError("the console ticket has expired")
         return row[0], row[1]
@@ -367,11 +461,13 @@ class Inventory:
     # ------------------------------------------------------------------ audit
 
     def audit(self, user: str, action: str, entity: str, outcome: str, detail: str = "") -> None:
-        self.db.execute("INSERT INTO audit (at, user, action, entity, outcome, detail) VALUES (?, ?, ?, ?, ?, ?)",
-                        (_now(), user, action, entity, outcome, detail))
+        self._run(schema.audit.insert().values(at=_now(), user=user, action=action, entity=entity, outcome=outcome,
+                                               detail=detail))
 
     def audit_log(self) -> list[AuditEntry]:
-        return [AuditEntry(*row) for row in self.db.execute("SELECT at, user, action, entity, outcome, detail FROM audit ORDER BY id")]
+        a = schema.audit
+        return [AuditEntry(*row) for row in self._rows(
+            sa.select(a.c.at, a.c.user, a.c.action, a.c.entity, a.c.outcome, a.c.detail).order_by(a.c.id))]
 
 
 def _vm_record(row: tuple) -> VmRecord:
@@ -380,50 +476,7 @@ def _vm_record(row: tuple) -> VmRecord:
                     pid, port, generation)
 
 
-@functools.cache
-def _expected_schema(version: int) -> tuple[list[tuple[str, str]], dict[str, list[tuple]]]:
-    db = sqlite3.connect(":memory:")
-    try:
-        for script in MIGRATIONS[:version]:
-            for statement in _statements(script):
-                db.execute(statement)
-        return _schema_of(db)
-    finally:
-        db.close()
-
-
-def _schema_of(db: sqlite3.Connection) -> tuple[list[tuple[str, str]], dict[str, list[tuple]]]:
-    """(type, name) of every table, index and trigger, and each table's columns."""
-    objects = sorted(db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"))
-    columns = {name: [tuple(row[1:6]) for row in db.execute(f"PRAGMA table_info('{name}')")]
-               for kind, name in objects if kind == "table"}
-    return objects, columns
-
-
-def _check_schema(db: sqlite3.Connection, version: int, path: Path) -> None:
-    """The tables, columns and triggers schema ``version`` has, and the built-in roles."""
-    objects, columns = _schema_of(db)
-    want_objects, want_columns = _expected_schema(version)
-    missing = [f"{kind} {name}" for kind, name in want_objects if (kind, name) not in objects]
-    changed = [name for name, cols in want_columns.items() if name in columns and columns[name] != cols]
-    if missing or changed:
-        what = "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
-                                        f"changed table {', '.join(changed)}" if changed else ""]))
-        raise InventoryError(f"does not have the inventory's schema version {version} ({what}): it was tampered with "
-                             "or damaged; restore it from a backup", path)
-    roles = {row[0] for row in db.execute("SELECT name FROM roles WHERE builtin = 1")}
-    absent = sorted(set(BUILTIN_ROLES) - roles)
-    if absent:
-        raise InventoryError(f"lacks the built-in roles {', '.join(absent)}: it was tampered with; restore it from a "
-                             "backup", path)
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements, keeping trigger bodies whole."""
-    statements, current = [], ""
-    for line in script.strip().splitlines():
-        current += line + "\n"
-        if sqlite3.complete_statement(current):
-            statements.append(current.strip())
-            current = ""
-    return statements
+def _reason(exc: BaseException) -> str:
+    """A database error's first line (the driver's own message, which names no password)."""
+    inner = getattr(exc, "orig", None) or exc
+    return (str(inner).strip().splitlines() or [type(inner).__name__])[0]

@@ -74,11 +74,12 @@ class Management:
     Log in with ``login`` to get a ``UserSession``; ``close`` releases the inventory.
     """
     def __init__(self, home: str | os.PathLike[str], *, create_inventory: bool = True,
-                 keys: KeyManager | None = None) -> None:
+                 keys: KeyManager | None = None, db_url: str | None = None) -> None:
         """``create_inventory=False``: refuse a home without an inventory instead of starting an empty one.
-        ``keys``: the key manager to use (e.g. one whose native store is unlocked by a passphrase)."""
+        ``keys``: the key manager to use (e.g. one whose native store is unlocked by a passphrase).
+        ``db_url``: the inventory's database (default: see ``vmcrypt.inventory_db``)."""
         self.home = Path(home)
-        self.inventory = Inventory(self.home, create=create_inventory)
+        self.inventory = Inventory(self.home, create=create_inventory, url=db_url)
         self.keys = keys or KeyManager(ProviderRegistry(self.home))
         self.ca = open_ca(self.home, self.keys)
         self.gate = Gate(self.inventory)
@@ -176,18 +177,24 @@ class UserSession(AdminOperations):
     def _on_vm(self, operation: Operation, name: str, act: Callable[[VmRecord, VmHome], T],
                detail: str | Callable[[], str] = "") -> T:
         """``operation`` on the inventory's VM ``name``; an unknown or unreadable VM is a failure, audited."""
-        try:
-            record, vm = self._vm(name)
-        except VmcryptError as exc:
-            self.inventory.audit(self.user, operation.value, f"vm {name}", "failed", str(exc))
-            raise
-        return self.run(operation, vm_target(name, record.encrypted), lambda: act(record, vm), detail)
+        with self.inventory.operation():  # the VM's row stays locked until the operation is audited
+            try:
+                self.inventory.vm(name, lock=True)
+                record, vm = self._vm(name)
+            except VmcryptError as exc:
+                self.inventory.audit(self.user, operation.value, f"vm {name}", "failed", str(exc))
+                raise
+            return self.run(operation, vm_target(name, record.encrypted), lambda: act(record, vm), detail)
 
     def _vm(self, name: str) -> tuple[VmRecord, VmHome]:
         record = self.inventory.vm(name)
         fresh = _describe_on_disk(Path(record.vmx_path), record.datastore, record)
-        if fresh != record:
-            self.inventory.put_vm(fresh)
+        if fresh != record:  # written under the row's lock, from what the inventory holds then
+            with self.inventory.operation():
+                record = self.inventory.vm(name, lock=True)
+                fresh = _describe_on_disk(Path(record.vmx_path), record.datastore, record)
+                if fresh != record:
+                    self.inventory.put_vm(fresh)
         return fresh, VmHome(fresh.vmx_path)
 
     def _refresh(self, name: str) -> VmRecord:

@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from durable.atomic import write_atomic
 from vmcrypt.inventory import Inventory, InventoryError
+from vmcrypt.inventory_db import dispose_all
 from vmcrypt.service_app import build_app
 
 SOCKET_NAME = "vmcrypt.sock"
@@ -216,6 +217,7 @@ def serve(home: Path, listen: str | None, socket_path: Path | None) -> int:
         asyncio.run(_serve_all(servers, f"{READY_LINE} on {' and '.join(where)}"))
     finally:
         app.state.worker.close()
+        dispose_all()  # PostgreSQL: the pool's connections end with the service
         for _, sock in servers:
             sock.close()
         with contextlib.suppress(FileNotFoundError):

@@ -35,9 +35,12 @@ from vtpm.host_protocol import HostClient
 PASSWORDS = {"admin": "admin-pw", "nocrypto": "nocrypto-pw", "reader": "reader-pw"}
 
 
+BACKENDS = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def mgmt(home: Path, tmp_path: Path):
-    m = Management(home)
+def mgmt(home: Path, tmp_path: Path, db_url: str | None):
+    m = Management(home, db_url=db_url)
     inv = m.inventory
     for user, password in PASSWORDS.items():
         inv.add_user(user, password)
@@ -153,6 +156,18 @@ def test_role_operation_table(mgmt: Management, user: str, operation: str, vm: s
         assert (entries[-1].user, entries[-1].outcome) == (user, "denied") and missing.value in entries[-1].detail
 
 
+PG_CASES = [c for c in CASES if c[1] in ("power on", "encrypt", "console", "clone", "migrate")]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(("user", "operation", "vm", "missing"), PG_CASES,
+                         ids=[f"{u}-{o}-{v}" for u, o, v, _ in PG_CASES])
+def test_role_operation_table_on_postgresql(mgmt: Management, user: str, operation: str, vm: str,
+                                            missing: Privilege | None) -> None:
+    test_role_operation_table(mgmt, user, operation, vm, missing)
+
+
+@BACKENDS
 def test_lifecycle_with_served_vtpm(mgmt: Management, tmp_path: Path) -> None:
     """NV data and PCRs written through the powered-on VM's vTPM survive power off/on, encrypted at rest."""
     admin = mgmt.login("admin", PASSWORDS["admin"])
@@ -256,6 +271,7 @@ def test_permission_propagation_and_groups(home: Path, tmp_path: Path) -> None:
         Inventory(home)
 
 
+@BACKENDS
 def test_snapshot_revert_and_delete(mgmt: Management, tmp_path: Path) -> None:
     """Reverting a snapshot rolls the vTPM back: an NV index written after the snapshot reads as before."""
     admin = mgmt.login("admin", PASSWORDS["admin"])
@@ -308,6 +324,7 @@ def _vtpm_state(mgmt: Management, name: str):
         return store.load()
 
 
+@BACKENDS
 def test_clone_new_identity_and_exact(mgmt: Management, tmp_path: Path) -> None:
     """A default clone answers as a new TPM; an exact clone (Cryptographer.Clone) as the same one."""
     admin = mgmt.login("admin", PASSWORDS["admin"])

@@ -74,12 +74,16 @@ def _answers(socket_path: Path) -> bool:
 
 
 def start_service(home: Path, *, listen: str | None = None, log: Path | None = None,
-                  env: dict[str, str] | None = None, timeout: float = READY_TIMEOUT) -> ManagementService:
-    """`vmcrypt --home HOME server` (as this process's user: root in the tests), ready to answer."""
+                  env: dict[str, str] | None = None, timeout: float = READY_TIMEOUT,
+                  socket_path: Path | None = None) -> ManagementService:
+    """`vmcrypt --home HOME server` (as this process's user: root in the tests), ready to answer.
+    ``socket_path``: its Unix socket (``--socket``; default HOME/run/vmcrypt.sock): two services of one home."""
     home = Path(home).absolute()
-    socket_path = home / "run" / "vmcrypt.sock"
     log_path = log or home.parent / f"{home.name}.service.log"
     command = [sys.executable, "-m", "vmcrypt", "--home", str(home), "server"]
+    if socket_path is not None:
+        command += ["--socket", str(socket_path)]
+    socket_path = Path(socket_path or home / "run" / "vmcrypt.sock")
     if listen:
         command += ["--listen", listen]
     base = {k: v for k, v in os.environ.items() if not k.startswith("VMCRYPT_")} if env is None else env
