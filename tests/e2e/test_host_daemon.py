@@ -11,6 +11,7 @@ that attests again); a stopped daemon (the host does not answer).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import stat
@@ -124,3 +125,56 @@ def test_the_endpoint_refuses_malformed_lines(home: Path) -> None:
         assert identity["ok"] and identity["ek_certificate"] and identity["ak_public"]
         host.proc.send_signal(signal.SIGTERM)
         assert host.proc.wait(30) == 0
+
+
+def test_a_running_host_attests_to_the_trust_authority_through_its_daemon(tmp_path: Path) -> None:
+    from support.trust import manufacturer
+    from support.trust_services import start_trust_services
+    from vmcrypt.trust.workload import NOT_TRUSTED, AuthorityIdentity, HostNotTrusted, agent_dir, check_attested
+
+    workload, ta_home = tmp_path / "workload", tmp_path / "ta"
+    workload.mkdir(mode=0o700)
+    manifest = tmp_path / "image.json"
+    manifest.write_text(image().manifest.to_json())
+
+    def vmcrypt(home: Path, *args: str, user: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VMCRYPT_")}
+        env["VMCRYPT_PASSWORD"] = ADMIN_PASSWORD
+        command = [*host_command(home, "x")[:5], *(["--user", user] if user else []), *args]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+        assert not check or done.returncode == 0, (args, done.stderr)
+        return done
+
+    with start_host(workload, "esx-good", "--image", str(manifest)), \
+            start_host(workload, "esx-bad", "--image", str(manifest), "--tamper", "modified-vib"):
+        (tmp_path / "manufacturer.pem").write_bytes(manufacturer(workload).certificate_pem())
+        vmcrypt(workload, "trust", "export-hosts", "--cluster", "wl", "--out", str(tmp_path / "hosts.json"))
+        vmcrypt(ta_home, "inventory", "init", "--admin", "ta-admin")
+        vmcrypt(ta_home, "trust", "enable", "--name", "ta1")
+        vmcrypt(ta_home, "trust", "admin-add", "ta-admin")
+        vmcrypt(ta_home, "trust", "import-hosts", str(tmp_path / "hosts.json"), user="ta-admin")
+        vmcrypt(ta_home, "trust", "import-image", str(manifest), user="ta-admin")
+        vmcrypt(ta_home, "trust", "add-manufacturer-ca", str(tmp_path / "manufacturer.pem"), user="ta-admin")
+        with start_trust_services(ta_home) as services:
+            vmcrypt(ta_home, "trust", "export-identity", "--attestation-url", services.attestation_url,
+                    "--key-provider-url", services.key_provider_url, "--out", str(tmp_path / "ta1.json"))
+            vmcrypt(workload, "trust", "import-identity", str(tmp_path / "ta1.json"))
+            identity = AuthorityIdentity.load(workload, "ta1")
+
+            good = json.loads(vmcrypt(workload, "trust", "attest-host", "esx-good", "--authority", "ta1",
+                                      "--json").stdout)
+            assert (good["host"], good["authority"]) == ("esx-good", "ta1")
+            claims = check_attested(identity, "esx-good")  # the management plane's placement rule
+            assert (claims.host, claims.cluster, claims.version) == ("esx-good", "wl", "8.0.2")
+            assert stat.S_IMODE((agent_dir(workload, "esx-good") / "token.jwt").stat().st_mode) == 0o600
+
+            bad = vmcrypt(workload, "trust", "attest-host", "esx-bad", "--authority", "ta1", check=False)
+            assert bad.returncode == 1 and "attestation refused" in bad.stderr and TAMPERED_VIB in bad.stderr
+            assert not (agent_dir(workload, "esx-bad") / "token.jwt").exists()
+            with pytest.raises(HostNotTrusted, match=NOT_TRUSTED + ".*" + TAMPERED_VIB):
+                check_attested(identity, "esx-bad")
+
+            unknown = vmcrypt(workload, "trust", "attest-host", "esx-good", "--authority", "nope", check=False)
+            assert unknown.returncode == 1 and "no Trust Authority 'nope'" in unknown.stderr
+    stopped = vmcrypt(workload, "trust", "attest-host", "esx-good", "--authority", "ta1", check=False)
+    assert stopped.returncode == 1 and "host esx-good is not running" in stopped.stderr
