@@ -58,10 +58,10 @@ def cmd_host_run(args: argparse.Namespace) -> None:
 
 def cmd_host_describe(args: argparse.Namespace) -> None:
     from vmcrypt.trust.host_attestation import host_directory
-    from vmcrypt.trust.host_endpoint import HostUnavailable, RemoteHost
+    from vmcrypt.trust.host_endpoint import HostNotRunning, RemoteHost
     try:
         data = RemoteHost(host_directory(resolve_home(args.home), args.name)).describe()
-    except HostUnavailable:
+    except HostNotRunning:
         raise VmcryptError(f"host {args.name} is not running") from None
     data.pop("ok", None)
     emit(args, data, f"host {data['host']}: version {data['version']}, booted {data['booted_at']}, "

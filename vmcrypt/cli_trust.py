@@ -143,10 +143,10 @@ def cmd_add_provider(args: argparse.Namespace) -> None:
 
 def cmd_attest_host(args: argparse.Namespace) -> None:
     from vmcrypt.trust.host_attestation import host_directory
-    from vmcrypt.trust.host_endpoint import HostUnavailable, RemoteHost
+    from vmcrypt.trust.host_endpoint import HostNotRunning, RemoteHost
     try:
         answer = RemoteHost(host_directory(resolve_home(args.home), args.name)).attest(args.authority)
-    except HostUnavailable:
+    except HostNotRunning:
         raise VmcryptError(f"host {args.name} is not running (start it with `vmcrypt host run {args.name}`)") from None
     emit(args, {"host": answer["host"], "authority": answer["authority"], "expires": answer["expires"]},
          f"host {answer['host']} attested by Trust Authority {answer['authority']} (token until {answer['expires']})")

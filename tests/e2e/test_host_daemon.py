@@ -130,6 +130,7 @@ def test_the_endpoint_refuses_malformed_lines(home: Path) -> None:
 def test_a_running_host_attests_to_the_trust_authority_through_its_daemon(tmp_path: Path) -> None:
     from support.trust import manufacturer
     from support.trust_services import start_trust_services
+    from vmcrypt.trust.agent import agent_for
     from vmcrypt.trust.workload import NOT_TRUSTED, AuthorityIdentity, HostNotTrusted, agent_dir, check_attested
 
     workload, ta_home = tmp_path / "workload", tmp_path / "ta"
@@ -168,6 +169,14 @@ def test_a_running_host_attests_to_the_trust_authority_through_its_daemon(tmp_pa
             assert (claims.host, claims.cluster, claims.version) == ("esx-good", "wl", "8.0.2")
             assert stat.S_IMODE((agent_dir(workload, "esx-good") / "token.jwt").stat().st_mode) == 0o600
 
+            # the key path's agent renews through the running host: a missing token is attested again
+            token_file = agent_dir(workload, "esx-good") / "token.jwt"
+            first_token = token_file.read_text()
+            token_file.unlink()
+            renewed = agent_for(workload, "esx-good", identity).token()
+            assert renewed != first_token and token_file.read_text() == renewed
+            assert identity.token_verifier().verify(renewed).host == "esx-good"
+
             bad = vmcrypt(workload, "trust", "attest-host", "esx-bad", "--authority", "ta1", check=False)
             assert bad.returncode == 1 and "attestation refused" in bad.stderr and TAMPERED_VIB in bad.stderr
             assert not (agent_dir(workload, "esx-bad") / "token.jwt").exists()
@@ -178,3 +187,6 @@ def test_a_running_host_attests_to_the_trust_authority_through_its_daemon(tmp_pa
             assert unknown.returncode == 1 and "no Trust Authority 'nope'" in unknown.stderr
     stopped = vmcrypt(workload, "trust", "attest-host", "esx-good", "--authority", "ta1", check=False)
     assert stopped.returncode == 1 and "host esx-good is not running" in stopped.stderr
+    token_file.unlink()  # and without a running host there is nothing to renew with
+    with pytest.raises(Exception, match="holds no attestation token"):
+        agent_for(workload, "esx-good", identity).token()

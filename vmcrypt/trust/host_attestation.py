@@ -287,7 +287,7 @@ def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, Booted
     not run gave no evidence: it fails saying so."""
     from vmcrypt.trust.agent import Evidence
     from vmcrypt.trust.collect import CollectionError, HostEvidence
-    from vmcrypt.trust.host_endpoint import HostDaemonError, HostUnavailable, RemoteHost
+    from vmcrypt.trust.host_endpoint import HostDaemonError, HostNotRunning, RemoteHost
     verifier = settings.verifier()
 
     def attest(name: str, host_dir: Path) -> Outcome | None:
@@ -304,7 +304,7 @@ def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, Booted
             ek_certificate, ak_public = evidence.identity()
             challenge = verifier.challenge(ek_certificate, ak_public)
             report = evidence.answer(challenge, host=name, version=version)
-        except HostUnavailable:
+        except HostNotRunning:
             return Outcome(False, (NOT_ANSWERING,), None, _now())
         except (CollectionError, HostDaemonError) as exc:
             raise HostAttestationError(str(exc)) from None

@@ -36,11 +36,15 @@ LOCK_FILE = "host.lock"
 WHAT = "host daemon"
 TIMEOUT = 60.0  # an answer runs ActivateCredential and a quote on a busy machine
 
-__all__ = ["HostDaemonError", "HostUnavailable", "RemoteHost", "run_dir", "socket_path"]
+__all__ = ["HostDaemonError", "HostNotRunning", "RemoteHost", "running_host", "run_dir", "socket_path"]
 
 
 class HostDaemonError(VmcryptError):
     """A running host refused a request or answered something unusable; the message says which."""
+
+
+class HostNotRunning(HostDaemonError):
+    """No daemon answers for the host (none runs, or it went away mid-request)."""
 
 
 def run_dir(host_dir: str | os.PathLike[str]) -> Path:
@@ -63,7 +67,7 @@ def _unb64(name: str, value: Any) -> bytes:
 class RemoteHost:
     """The evidence side of a running host, asked over its socket (``Evidence`` of the host agent).
 
-    ``HostUnavailable`` when no daemon answers; ``HostDaemonError`` when it refuses or answers badly."""
+    ``HostNotRunning`` when no daemon answers; ``HostDaemonError`` when it refuses or answers badly."""
 
     def __init__(self, host_dir: str | os.PathLike[str], timeout: float = TIMEOUT) -> None:
         self.name = Path(host_dir).name
@@ -72,8 +76,8 @@ class RemoteHost:
     def _request(self, **fields: Any) -> dict[str, Any]:
         try:
             return self.client.request(**fields)
-        except HostUnavailable:
-            raise
+        except HostUnavailable as exc:
+            raise HostNotRunning(f"host {self.name} is not running ({exc})") from None
         except HostError as exc:
             raise HostDaemonError(f"host {self.name}: {exc}") from None
 
@@ -101,3 +105,15 @@ class RemoteHost:
     def attest(self, authority: str) -> dict[str, Any]:
         """Have the host's agent attest to the imported Trust Authority ``authority`` (the token stays on the host)."""
         return self._request(op="attest", authority=authority)
+
+
+def running_host(host_dir: str | os.PathLike[str]) -> RemoteHost | None:
+    """The host's daemon if one answers now (a ping), else None: what a host agent uses to re-attest."""
+    if not socket_path(host_dir).exists():
+        return None
+    host = RemoteHost(host_dir)
+    try:
+        host.ping()
+    except HostDaemonError:
+        return None
+    return host
