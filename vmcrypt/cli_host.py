@@ -40,9 +40,13 @@ def _spec(args: argparse.Namespace) -> Any:
 
 
 def cmd_host_run(args: argparse.Namespace) -> None:
+    from vmcrypt.trust.host_boot import HostBootError
     from vmcrypt.trust.host_daemon import HostDaemon
     daemon = HostDaemon(resolve_home(args.home), args.name, _spec(args))
-    daemon.start()
+    try:
+        daemon.start()
+    except HostBootError as exc:
+        raise VmcryptError(f"host {args.name} cannot boot: {exc}") from None
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: daemon.stop())
