@@ -25,7 +25,7 @@ from durable.atomic import write_atomic
 from vmcrypt.errors import KeyProviderError, VmcryptError
 from vmcrypt.trust.evidence import AttestationReport, Challenge, EvidenceError
 from vmcrypt.trust.token import TokenError, utc_now
-from vmcrypt.trust.workload import AuthorityIdentity, agent_dir, host_token, remove_token
+from vmcrypt.trust.workload import AuthorityIdentity, agent_dir, host_token, hosts_dir, remove_token
 
 TIMEOUT = 30.0
 RENEW_BEFORE = datetime.timedelta(seconds=30)
@@ -151,6 +151,5 @@ class HostAgent:
 
 def agent_for(home: Path, host: str, authority: AuthorityIdentity) -> HostAgent:
     """The host's agent, with the running host's TPM as evidence when its daemon answers (tokens renew)."""
-    from vmcrypt.trust.host_attestation import host_directory
     from vmcrypt.trust.host_endpoint import running_host
-    return HostAgent(home, host, authority, running_host(host_directory(home, host)))
+    return HostAgent(home, host, authority, running_host(hosts_dir(home) / host))

@@ -285,7 +285,6 @@ def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, Booted
     ``running``: hosts booted in this process, by name; any other host with a TPM is asked over its
     endpoint (``vmcrypt host run``: ``host_endpoint.RemoteHost``). A host with a TPM whose daemon does
     not run gave no evidence: it fails saying so."""
-    from vmcrypt.trust.agent import Evidence
     from vmcrypt.trust.collect import CollectionError, HostEvidence
     from vmcrypt.trust.host_endpoint import HostDaemonError, HostNotRunning, RemoteHost
     verifier = settings.verifier()
@@ -296,7 +295,7 @@ def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, Booted
         booted = running.get(name)
         try:
             if booted is not None:
-                evidence: Evidence = HostEvidence(booted)
+                evidence: HostEvidence | RemoteHost = HostEvidence(booted)
                 version = booted.version
             else:  # a host running as its own process (`vmcrypt host run`), asked over its endpoint
                 evidence = RemoteHost(host_dir)
