@@ -363,8 +363,9 @@ class AdminOperations:
         """Ask the named hosts (default: every inventory host) for fresh TPM evidence and verify it; each
         failure is an alarm in the audit log. Returns one result row per host.
 
-        ``running``: the hosts this management plane reaches, by name (booted in this process); a host
-        with a TPM that is not among them fails as not answering, one without a TPM is N/A."""
+        ``running``: hosts booted in this process, by name; the others with a TPM are asked over their
+        daemon's endpoint (``vmcrypt host run``) and fail as not answering when none runs; a host
+        without a TPM is N/A."""
         def act() -> list[dict[str, Any]]:
             known = self.inventory.hosts()
             unknown = [n for n in names or [] if n not in known]

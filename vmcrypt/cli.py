@@ -50,6 +50,7 @@ from vmcrypt.cli_common import (
     remote_vm,
     size_argument,
 )
+from vmcrypt.cli_host import register as register_host_commands
 from vmcrypt.cli_inventory import register as register_inventory_commands
 from vmcrypt.cli_trust import register as register_trust_commands
 from vmcrypt.errors import VmcryptError
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_inventory_commands(commands, vm_commands, vtpm_commands, command)
     register_trust_commands(commands, command)
+    register_host_commands(commands, command)
 
     server = command(commands, "server", cmd_server, "run the management service (as root) for --home: the API "
                      "on HOME/run/vmcrypt.sock and, with --listen, over HTTPS", json_out=False)
@@ -500,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe_failure(args: argparse.Namespace) -> str:
     parts = [args.command]
-    for attr in ("vm_command", "provider_command", "vtpm_command", "ca_command", "inventory_command", "trust_command"):
+    for attr in ("vm_command", "provider_command", "vtpm_command", "ca_command", "inventory_command", "trust_command", "host_command"):
         if getattr(args, attr, None):
             parts.append(getattr(args, attr))
     if getattr(args, "path", None):

@@ -11,6 +11,8 @@
 6. ``import-identity`` (workload home);
 7. ``add-provider`` (workload home): a ``trusted`` key provider, ``--default`` for the cluster's.
 
+``attest-host`` (workload home) has a running host (``vmcrypt host run``) attest to an imported Trust
+Authority through its daemon: the host's agent keeps the token, as placement and key release expect.
 ``audit`` prints the Trust Authority's audit log.
 Commands that change a Trust Authority's configuration need ``--user`` (password from
 ``$VMCRYPT_PASSWORD``) of a member of TrustedAdmins in that home's inventory; a refusal is audited.
@@ -139,6 +141,17 @@ def cmd_add_provider(args: argparse.Namespace) -> None:
          + (", now the default" if args.default else ""))
 
 
+def cmd_attest_host(args: argparse.Namespace) -> None:
+    from vmcrypt.trust.host_attestation import host_directory
+    from vmcrypt.trust.host_endpoint import HostNotRunning, RemoteHost
+    try:
+        answer = RemoteHost(host_directory(resolve_home(args.home), args.name)).attest(args.authority)
+    except HostNotRunning:
+        raise VmcryptError(f"host {args.name} is not running (start it with `vmcrypt host run {args.name}`)") from None
+    emit(args, {"host": answer["host"], "authority": answer["authority"], "expires": answer["expires"]},
+         f"host {answer['host']} attested by Trust Authority {answer['authority']} (token until {answer['expires']})")
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     ta = TrustAuthority(resolve_home(args.home))
     ta.config()  # a home without a Trust Authority has no audit log to show
@@ -202,5 +215,9 @@ def register(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> 
     apr.add_argument("name", help="the new key provider's name")
     apr.add_argument("--authority", required=True, help="the imported Trust Authority's name")
     apr.add_argument("--default", action="store_true", help="make it the cluster's default key provider")
+    ath = command(sub, "attest-host", cmd_attest_host, "workload home: have a running host (`vmcrypt host run`) "
+                  "attest to a Trust Authority; its agent keeps the token")
+    ath.add_argument("name", help="the host's name")
+    ath.add_argument("--authority", required=True, help="the imported Trust Authority's name")
     command(sub, "audit", cmd_audit, "Trust Authority home: print the audit log (and whether its chain is intact)")
 

@@ -116,9 +116,10 @@ class HostUnavailable(HostError):
 class HostClient:
     """Requests to a `vtpm host`, one connection per request."""
 
-    def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0, *, what: str = "vtpm host") -> None:
         self.path = os.fspath(path)
         self.timeout = timeout
+        self.what = what  # how errors name the peer (the same framing serves other line-JSON daemons)
 
     def request(self, **fields: Any) -> dict[str, Any]:
         """Send one request (fields that are None are left out); the answer, or HostError with the host's reason."""
@@ -129,20 +130,25 @@ class HostClient:
                 with reachable(self.path) as where:
                     sock.connect(where)
             except OSError as exc:
-                raise HostUnavailable(f"no vtpm host answers at {self.path}: {exc.strerror or exc}") from None
+                raise HostUnavailable(f"no {self.what} answers at {self.path}: {exc.strerror or exc}") from None
             try:
                 sock.sendall(line)
                 answer = bytearray()
                 while not answer.endswith(b"\n"):
                     chunk = sock.recv(65536)
                     if not chunk:
-                        raise HostUnavailable(f"the vtpm host at {self.path} closed the connection")
+                        raise HostUnavailable(f"the {self.what} at {self.path} closed the connection")
                     answer += chunk
                     if len(answer) > 64 * MAX_LINE:
                         raise HostError("the host's answer is too long")
             except OSError as exc:
-                raise HostUnavailable(f"the vtpm host at {self.path} did not answer: {exc}") from None
-        reply = json.loads(answer)
+                raise HostUnavailable(f"the {self.what} at {self.path} did not answer: {exc}") from None
+        try:
+            reply = json.loads(answer)
+        except ValueError:
+            raise HostError(f"the {self.what} answered with a line that is not JSON") from None
+        if not isinstance(reply, dict):
+            raise HostError(f"the {self.what} answered with a line that is not a JSON object")
         if not reply.get("ok"):
             raise HostError(reply.get("error", "refused"))
         return reply

@@ -26,7 +26,8 @@ from vmcrypt.power import TRANSITIONS, PowerEvent, PowerState, PowerStateError
 from vmcrypt.rbac import Operation, Privilege
 from vmcrypt.service_app import PUBLIC_ROUTES, ROUTES, SessionStore, build_app
 
-LOCAL_ONLY_COMMANDS = {"server", "inventory init"}  # the local administrator's, on the files themselves
+# the local administrator's, on the files themselves; `host ...` is the host's own process, not the management plane
+LOCAL_ONLY_COMMANDS = {"server", "inventory init", "host run", "host describe"}
 # `vmcrypt trust ...` acts on a Trust Authority (or the workload home's trust files), not through the
 # management plane: its own gate is TrustedAdmins membership (vmcrypt.trust.authority.TrustAuthority.admin)
 TRUST_PREFIX = "trust "

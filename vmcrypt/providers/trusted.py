@@ -74,13 +74,13 @@ class TrustedKeyProvider(KeyProvider):
             return {"ok": False, "authority": self.authority_name, "detail": f"{type(exc).__name__}: {exc}"[:200]}
 
     def get_key(self, key_id: str) -> bytes:
-        from vmcrypt.trust.agent import HostAgent
+        from vmcrypt.trust.agent import agent_for
         from vmcrypt.trust.workload import placed_host
         host = _CURRENT_HOST.get() or placed_host(self.home, key_id)
         if host is None:
             raise KeyProviderError(f"key {key_id} of the trusted key provider {self.name} is released only to a host "
                                    "attested by its Trust Authority, and no host is chosen for it")
-        return HostAgent(self.home, host, self.authority()).fetch_key(key_id)
+        return agent_for(self.home, host, self.authority()).fetch_key(key_id)
 
     def destroy_key(self, key_id: str) -> None:
         raise KeyProviderError(f"keys of the trusted key provider {self.name} are destroyed at its Trust Authority's "

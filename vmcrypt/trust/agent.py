@@ -7,6 +7,8 @@ directory) until it expires; a refusal removes any older token and keeps the rea
 ``fetch_key(key_id)`` presents the token to the key provider service and returns the key. The
 evidence object is the host's (``vmcrypt.trust.collect.HostEvidence``); fetching keys needs only
 the token, so the host's vTPM process can fetch without touching the host's TPM.
+``agent_for(home, host, authority)`` is the agent of a host whose daemon (``vmcrypt host run``) may
+be running: when it answers, its TPM is the evidence, so an expired token is renewed by attesting again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from durable.atomic import write_atomic
 from vmcrypt.errors import KeyProviderError, VmcryptError
 from vmcrypt.trust.evidence import AttestationReport, Challenge, EvidenceError
 from vmcrypt.trust.token import TokenError, utc_now
-from vmcrypt.trust.workload import AuthorityIdentity, agent_dir, host_token, remove_token
+from vmcrypt.trust.workload import AuthorityIdentity, agent_dir, host_token, hosts_dir, remove_token
 
 TIMEOUT = 30.0
 RENEW_BEFORE = datetime.timedelta(seconds=30)
@@ -145,3 +147,9 @@ class HostAgent:
             return base64.b64decode(answer["key"], validate=True)
         except (KeyError, TypeError, ValueError):
             raise KeyProviderError("the key provider service answered without a key") from None
+
+
+def agent_for(home: Path, host: str, authority: AuthorityIdentity) -> HostAgent:
+    """The host's agent, with the running host's TPM as evidence when its daemon answers (tokens renew)."""
+    from vmcrypt.trust.host_endpoint import running_host
+    return HostAgent(home, host, authority, running_host(hosts_dir(home) / host))

@@ -19,8 +19,9 @@ fresh, the event logs replay to the quoted PCRs, Secure Boot is on and every VIB
 signature check measured at boot says valid. With images the measured components,
 the files and the version must also match a trusted image.
 
-Hosts are reached in-process: ``tpm_attester`` is given the running hosts by name
-(``BootedHost``); a host with a TPM that is not running there fails as not answering.
+Hosts are reached in-process when ``tpm_attester`` is given them by name (``BootedHost``), else
+over the endpoint of the host's own process (``vmcrypt host run``, ``HOME/hosts/NAME/run/host.sock``);
+a host with a TPM that answers neither way fails as not answering.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ RESULTS_FILE = "host-attestation.json"
 SETTINGS_FILE = "host-attestation-settings.json"
 HOSTS_DIR = "hosts"
 NO_TPM = "no TPM 2.0"
+NOT_ANSWERING = "the host did not answer: it is not running or not connected"
 ALARM = "alarm"  # the audit outcome of a failed attestation
 SYSTEM_USER = "vmcrypt"  # who attests when no user asked (the management plane itself)
 
@@ -280,23 +282,30 @@ def has_tpm(host_dir: Path) -> bool:
 def tpm_attester(settings: HostAttestationSettings, running: Mapping[str, BootedHost]) -> Attester:
     """The attester that asks each running host's TPM for evidence and verifies it under ``settings``.
 
-    ``running``: the hosts this management plane can reach, by name. A host with a TPM that is not
-    among them gave no evidence: it fails saying so."""
+    ``running``: hosts booted in this process, by name; any other host with a TPM is asked over its
+    endpoint (``vmcrypt host run``: ``host_endpoint.RemoteHost``). A host with a TPM whose daemon does
+    not run gave no evidence: it fails saying so."""
     from vmcrypt.trust.collect import CollectionError, HostEvidence
+    from vmcrypt.trust.host_endpoint import HostDaemonError, HostNotRunning, RemoteHost
     verifier = settings.verifier()
 
     def attest(name: str, host_dir: Path) -> Outcome | None:
         if not has_tpm(host_dir):
             return None
         booted = running.get(name)
-        if booted is None:
-            return Outcome(False, ("the host did not answer: it is not running or not connected",), None, _now())
         try:
-            evidence = HostEvidence(booted)
+            if booted is not None:
+                evidence: HostEvidence | RemoteHost = HostEvidence(booted)
+                version = booted.version
+            else:  # a host running as its own process (`vmcrypt host run`), asked over its endpoint
+                evidence = RemoteHost(host_dir)
+                version = str(evidence.describe().get("version", ""))
             ek_certificate, ak_public = evidence.identity()
             challenge = verifier.challenge(ek_certificate, ak_public)
-            report = evidence.answer(challenge, host=name, version=booted.version)
-        except CollectionError as exc:
+            report = evidence.answer(challenge, host=name, version=version)
+        except HostNotRunning:
+            return Outcome(False, (NOT_ANSWERING,), None, _now())
+        except (CollectionError, HostDaemonError) as exc:
             raise HostAttestationError(str(exc)) from None
         verdict = verifier.verify(report)
         reasons = verdict.reasons

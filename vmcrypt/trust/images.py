@@ -261,3 +261,24 @@ def tampered(image: BootImage, tamper: Tamper | str, vib: str | None = None) -> 
         return image
     manifest = dataclasses.replace(image.manifest, components=tuple(components))
     return BootImage(manifest, contents, image.runtime_contents)
+
+
+def image_from_manifest(manifest: ImageManifest) -> BootImage:
+    """The bootable image a manifest made by ``make_image`` describes (its stand-in bytes are deterministic),
+    so a host process can boot exactly the image a Trust Authority trusts; ImageError when a component or
+    file is not the stand-in the manifest's digest names (a manifest of a real image has no bytes here)."""
+    contents = {c.name: _blob(c.kind.value, c.name, manifest.version) for c in manifest.components}
+    runtime = {}
+    for path in manifest.runtime_files:
+        parts = path.split("/")  # /opt/VIB/lib/fileNN.so
+        number = parts[4][4:-3] if len(parts) == 5 else ""
+        if parts[:2] != ["", "opt"] or not number.isdigit() or parts[4] != f"file{number}.so":
+            raise ImageError(f"image {manifest.version}: runtime file {path} is not one this host can produce")
+        runtime[path] = _blob("file", f"{parts[2]}/{int(number)}", manifest.version, 512)
+    for component in manifest.components:
+        if hashlib.sha256(contents[component.name]).digest() != component.sha256:
+            raise ImageError(f"image {manifest.version}: no bytes for component '{component.name}' match its digest")
+    for path, digest in manifest.runtime_files.items():
+        if hashlib.sha256(runtime[path]).digest() != digest:
+            raise ImageError(f"image {manifest.version}: no bytes for runtime file {path} match its digest")
+    return BootImage(manifest, contents, runtime)
