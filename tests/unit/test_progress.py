@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import struct
 import termios
 from pathlib import Path
@@ -45,6 +46,19 @@ def test_zero_column_pty_gets_no_bar() -> None:
         os.close(master)
 
 
+def _read_until(master: int, marker: str, timeout: float = 5.0) -> str:
+    """What the pty carried, read until ``marker`` arrives or nothing more comes for ``timeout``
+    (the terminal side hands written bytes over asynchronously: on a busy machine one read may
+    see only part of them)."""
+    out = ""
+    while marker not in out:
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            break
+        out += os.read(master, 65536).decode(errors="replace")
+    return out
+
+
 def test_terminal_gets_one_overall_bar() -> None:
     master, stream = _pty(100)
     try:
@@ -52,8 +66,7 @@ def test_terminal_gets_one_overall_bar() -> None:
         assert bar.enabled
         _drive(bar)
         stream.flush()
-        os.set_blocking(master, False)
-        out = os.read(master, 65536).decode(errors="replace")
+        out = _read_until(master, "100%")
         assert "3.91k/3.91k" in out  # one bar, its total covering both files (4000 B)
         assert "vmcrypt" in out and "100%" in out
     finally:
