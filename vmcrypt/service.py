@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import ipaddress
 import os
 import signal
 import socket
@@ -34,6 +33,7 @@ from durable.atomic import write_atomic
 from vmcrypt.inventory import Inventory, InventoryError
 from vmcrypt.inventory_db import dispose_all
 from vmcrypt.service_app import build_app
+from vmcrypt.tls_names import server_alt_names
 
 SOCKET_NAME = "vmcrypt.sock"
 SERVICE_CA_FILE = "service-ca.pem"
@@ -110,14 +110,7 @@ def issue_server_certificate(home: Path, host: str) -> tuple[Path, Path]:
     The CA's certificate is exported to ``HOME/service-ca.pem`` (0644) for clients."""
     ca_cert, ca_key = _service_ca(home)
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    try:
-        address = ipaddress.ip_address(host)
-        if address != ipaddress.ip_address("127.0.0.1"):
-            names.append(x509.IPAddress(address))
-    except ValueError:
-        if host != "localhost":
-            names.append(x509.DNSName(host))
+    names = server_alt_names(host)
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(_name(host)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())

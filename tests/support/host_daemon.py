@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.servers import stop_process
+from support.servers import ChildProcess
 
 READY_TIMEOUT = 60.0  # a boot measures 15 signed VIBs and manufactures the TPM on first boot
 POLL_INTERVAL = 0.02
@@ -26,30 +26,15 @@ class HostStartError(RuntimeError):
 
 
 @dataclass
-class HostProcess:
+class HostProcess(ChildProcess):
+    """A running host daemon; ``name`` is the host's name."""
+
     home: Path
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
+    stop_timeout = 15.0
 
     @property
     def socket_path(self) -> Path:
         return self.home / "hosts" / self.name / "run" / "host.sock"
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        return stop_process(self.proc, timeout)
-
-    def __enter__(self) -> "HostProcess":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def host_command(home: Path, name: str, *args: str) -> list[str]:
@@ -64,7 +49,7 @@ def start_host(home: Path, name: str, *args: str, timeout: float = READY_TIMEOUT
     with open(log_path, "wb") as handle:
         proc = subprocess.Popen(host_command(home, name, *args), stdin=subprocess.DEVNULL, stdout=handle,
                                 stderr=subprocess.STDOUT, env=env)
-    host = HostProcess(home, name, proc, log_path)
+    host = HostProcess(name=name, proc=proc, log_path=log_path, home=home)
     deadline = time.monotonic() + timeout
     while proc.poll() is None:
         if "serving on" in host.log_text():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from support.servers import stop_process
+from support.servers import ChildProcess
 
 READY_TIMEOUT = 30.0
 POLL_INTERVAL = 0.02
@@ -34,11 +34,12 @@ class ServiceStartError(RuntimeError):
 
 
 @dataclass
-class ManagementService:
+class ManagementService(ChildProcess):
+    """A running ``vmcrypt server`` on a management home."""
+
     home: Path
-    proc: subprocess.Popen[bytes]
-    log_path: Path
     socket_path: Path
+    stop_timeout = 15.0
 
     @property
     def url(self) -> str:
@@ -47,21 +48,6 @@ class ManagementService:
     def https_url(self) -> str | None:
         found = re.search(r"https://[\d.]+:\d+", self.log_text())
         return found.group(0) if found else None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        return stop_process(self.proc, timeout)
-
-    def __enter__(self) -> "ManagementService":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _answers(socket_path: Path) -> bool:
@@ -89,7 +75,8 @@ def start_service(home: Path, *, listen: str | None = None, log: Path | None = N
     base = {k: v for k, v in os.environ.items() if not k.startswith("VMCRYPT_")} if env is None else env
     with open(log_path, "wb") as handle:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, env=base)
-    service = ManagementService(home, proc, log_path, socket_path)
+    service = ManagementService(name="vmcrypt server", proc=proc, log_path=log_path, home=home,
+                                socket_path=socket_path)
     deadline = time.monotonic() + timeout
     while proc.poll() is None:
         if socket_path.exists() and _answers(socket_path) and (not listen or service.https_url()):

@@ -10,7 +10,6 @@ Private keys are written 0600 and never leave the side that made them: clients s
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from durable.atomic import write_atomic
 from vmcrypt.errors import VmcryptError
+from vmcrypt.tls_names import server_alt_names
 
 HOST_PREFIX = "host:"
 MANAGEMENT_PREFIX = "management:"
@@ -120,14 +120,7 @@ class TlsCa:
     def issue_server(self, directory: Path, host: str) -> tuple[Path, Path]:
         """A server certificate for ``host`` (plus localhost and 127.0.0.1) into ``directory``; (cert, key)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        names: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        try:
-            address = ipaddress.ip_address(host)
-            if address != ipaddress.ip_address("127.0.0.1"):
-                names.append(x509.IPAddress(address))
-        except ValueError:
-            if host != "localhost":
-                names.append(x509.DNSName(host))
+        names = server_alt_names(host)
         cert = self._issue(host, key.public_key(), ExtendedKeyUsageOID.SERVER_AUTH, names)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         cert_path, key_path = directory / "server.pem", directory / "server-key.pem"
