@@ -46,7 +46,7 @@ class TpmDevice:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def execute(self, command: bytes, locality: int | None = None) -> bytes:
-        """Run one command at ``locality`` (default: the device's) under the device lock; never raises.
+        """Run one command at ``locality`` (default: the device's) under the device lock; the response.
 
         A stopped device answers TPM_RC_FAILURE; so does one whose state lock went to another server
         (it then shuts down, as swtpm does); a command over the buffer size gets TPM_RC_COMMAND_SIZE."""

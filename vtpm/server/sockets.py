@@ -150,7 +150,7 @@ class SwtpmControlSession:
 
     def run(self) -> None:
         """Answer requests until the peer closes, stalls or errs, or a request ends the connection or the
-        server (CMD_SHUTDOWN calls ``on_terminate``); the socket and any passed descriptors are closed."""
+        server (CMD_SHUTDOWN or a lost state lock calls ``on_terminate``); the socket and any passed descriptors are closed."""
         with contextlib.closing(self.sock):
             while True:
                 fds: list[int] = []
