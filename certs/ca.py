@@ -57,6 +57,8 @@ class CaKeyStore(Protocol):
 
 @dataclass(frozen=True)
 class IssuedCertificate:
+    """One entry of the issued log: what was certified (kind, subject), until when, whether revoked."""
+
     serial: int
     kind: str
     subject: str
@@ -74,6 +76,8 @@ def _hash_for(key: Any) -> hashes.HashAlgorithm:
 
 
 class CertificateAuthority:
+    """The CA of one management home: issues EK certificates, revokes them, publishes the CRL (see the module)."""
+
     def __init__(self, home: str | os.PathLike[str], key_store: CaKeyStore) -> None:
         self.directory = Path(home) / CA_DIR
         self.key_store = key_store
@@ -82,6 +86,7 @@ class CertificateAuthority:
 
     @property
     def chain_path(self) -> Path:
+        """The public chain file (PEM, issuing certificate first); its presence means the CA exists."""
         return self.directory / CHAIN_FILE
 
     @staticmethod
@@ -94,6 +99,7 @@ class CertificateAuthority:
         return self.directory / self._key_file(self.certificate.public_key())
 
     def exists(self) -> bool:
+        """A CA was created or imported here (nothing is created by asking)."""
         return self.chain_path.exists()
 
     def ensure(self) -> None:
@@ -102,14 +108,17 @@ class CertificateAuthority:
             self.create_root()
 
     def chain(self) -> list[x509.Certificate]:
+        """The issuing certificate, then each issuer up to the root; the root is created on first use."""
         self.ensure()
         return x509.load_pem_x509_certificates(self.chain_path.read_bytes())
 
     @property
     def certificate(self) -> x509.Certificate:
+        """The issuing certificate: the one that signs EK certificates and the CRL."""
         return self.chain()[0]
 
     def root(self) -> x509.Certificate:
+        """The last certificate of the chain: what verifiers of this home's EK certificates trust."""
         return self.chain()[-1]
 
     def _seal_key(self, key: Any, path: Path) -> None:
@@ -145,6 +154,8 @@ class CertificateAuthority:
     # ------------------------------------------------------------------ creation and replacement
 
     def create_root(self, common_name: str = "vmcrypt VMCA") -> x509.Certificate:
+        """Make a new self-signed ECC P-384 root (10 years) the issuing CA, replacing the current one and
+        its key; the key is sealed by the key store before the chain switches to it."""
         key = ec.generate_private_key(ec.SECP384R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                           x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vmcrypt")])
@@ -253,6 +264,8 @@ class CertificateAuthority:
         return cert
 
     def revoke(self, serial: int) -> None:
+        """Mark the certificate with ``serial`` revoked (the next CRL lists it); revoking twice changes
+        nothing. CaError if this CA never issued that serial."""
         issued = self._issued()
         for index, entry in enumerate(issued):
             if entry.serial == serial:
@@ -287,9 +300,12 @@ class CertificateAuthority:
             self._save_issued([dataclasses.replace(e, vm_path=new_vmx) if e.vm_path == old_vmx else e for e in issued])
 
     def revoked_serials(self) -> set[int]:
+        """The serials of every revoked certificate this CA issued."""
         return {entry.serial for entry in self._issued() if entry.revoked}
 
     def crl(self) -> x509.CertificateRevocationList:
+        """A CRL of every revocation, signed by the issuing key, valid for 7 days; CaError if the issuing key
+        is missing (the key store's errors if it cannot be unsealed)."""
         now = datetime.datetime.now(datetime.timezone.utc)
         builder = (x509.CertificateRevocationListBuilder().issuer_name(self.certificate.subject)
                    .last_update(now).next_update(now + datetime.timedelta(days=7)))
@@ -302,6 +318,7 @@ class CertificateAuthority:
         return builder.sign(key, _hash_for(key))
 
     def describe(self) -> dict[str, Any]:
+        """The CA for display (subject, issuer, key, chain, fingerprint, counts): public facts only."""
         chain = self.chain()
         cert = chain[0]
         return {

@@ -42,6 +42,8 @@ class TpmSpecification(univ.Sequence):
 
 
 class Attribute(univ.Sequence):
+    """Attribute ::= SEQUENCE { type OBJECT IDENTIFIER, values SET OF ANY } (X.501, as RFC 5280 uses it)"""
+
     componentType = namedtype.NamedTypes(
         namedtype.NamedType("type", univ.ObjectIdentifier()),
         namedtype.NamedType("values", univ.SetOf(componentType=univ.Any())),
@@ -49,6 +51,8 @@ class Attribute(univ.Sequence):
 
 
 class SubjectDirectoryAttributes(univ.SequenceOf):
+    """SubjectDirectoryAttributes ::= SEQUENCE SIZE (1..MAX) OF Attribute (RFC 5280 4.2.1.8)"""
+
     componentType = Attribute()
 
 
@@ -65,14 +69,18 @@ class TpmIdentity:
 
     @property
     def manufacturer_id(self) -> str:
+        """TPM_PT_MANUFACTURER as the EK profile writes it in the SAN: ``id:`` and 8 hex digits."""
         return f"id:{self.manufacturer:08X}"
 
     @property
     def version_id(self) -> str:
+        """The firmware version as the EK profile writes it in the SAN: ``id:`` and 8 hex digits."""
         return f"id:{self.version:08X}"
 
 
 def subject_directory_attributes(identity: TpmIdentity) -> bytes:
+    """The DER of the subjectDirectoryAttributes extension: the TPM specification (family, level, revision)
+    that the EK credential profile asks of an EK certificate."""
     spec = TpmSpecification()
     spec["family"] = identity.family
     spec["level"] = identity.level
@@ -96,6 +104,8 @@ def parse_tpm_specification(extension_value: bytes) -> tuple[str, int, int] | No
 
 
 def tcg_san(identity: TpmIdentity) -> x509.SubjectAlternativeName:
+    """The EK certificate's subjectAltName: a directoryName with the TCG manufacturer, model and version
+    attributes, which is how the EK profile names the TPM (the subject itself is empty)."""
     directory = x509.Name([
         x509.RelativeDistinguishedName([x509.NameAttribute(TCG_TPM_MANUFACTURER, identity.manufacturer_id)]),
         x509.RelativeDistinguishedName([x509.NameAttribute(TCG_TPM_MODEL, identity.model)]),

@@ -28,6 +28,8 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
 
 
 def temp_path_for(target: Path) -> Path:
+    """A fresh temporary name next to ``target`` (same directory, so the rename stays atomic), with a
+    random suffix so concurrent writers never share one and a prefix that marks leftovers as temporary."""
     return target.with_name(f"{TEMP_PREFIX}{target.name}-{secrets.token_hex(6)}")
 
 

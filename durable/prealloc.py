@@ -71,6 +71,7 @@ class PreallocatedFile:
         self.end += len(data)
 
     def sync(self) -> None:
+        """``fdatasync``: everything appended so far is durable on return (data only: the blocks exist)."""
         os.fdatasync(self._fd)
 
     def erase_from(self, offset: int) -> None:
@@ -82,6 +83,7 @@ class PreallocatedFile:
         self.end = min(self.end, offset)
 
     def close(self) -> None:
+        """Close the descriptor (nothing is synced); repeated calls do nothing."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

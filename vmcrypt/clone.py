@@ -31,6 +31,11 @@ def _plain_disk_size(path: Path) -> int:
 
 def clone_vm(source: VmHome, directory: Path, name: str, keys: KeyManager, ca: CertificateAuthority,
              *, exact: bool = False) -> VmHome:
+    """Make ``name`` in ``directory`` a copy of ``source`` (see the module: a new identity unless ``exact``),
+    encrypted under the source's provider when the source is; the source stays locked meanwhile.
+
+    VmError for a source with more than one disk, VmBusyError while the source is in use; on any
+    failure the half-made clone's directory is removed."""
     with lock_vm(source, "clone"):
         return _clone(source, directory, name, keys, ca, exact)
 

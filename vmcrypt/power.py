@@ -13,11 +13,14 @@ from vmcrypt.errors import VmError
 
 
 class PowerState(str, enum.Enum):
+    """A VM's power state; the value is what the inventory stores."""
+
     OFF = "off"
     ON = "on"
     SUSPENDED = "suspended"
 
     def after(self, event: "PowerEvent") -> "PowerState":
+        """The state ``event`` leads to; PowerStateError, saying why, when this state does not allow it."""
         try:
             return TRANSITIONS[(self, event)]
         except KeyError:
@@ -25,10 +28,13 @@ class PowerState(str, enum.Enum):
                                   self, event) from None
 
     def describe(self) -> str:
+        """The state in words for messages ("powered off", ...)."""
         return {PowerState.OFF: "powered off", PowerState.ON: "powered on", PowerState.SUSPENDED: "suspended"}[self]
 
 
 class PowerEvent(str, enum.Enum):
+    """What an operation does to a VM's power; the value reads as a verb in messages."""
+
     POWER_ON = "power on"
     POWER_OFF = "power off"
     SUSPEND = "suspend"

@@ -27,6 +27,8 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Snapshot:
+    """A snapshot on disk: its number (1, 2, ...), its .vmsn file and when it was taken (file mtime, UTC)."""
+
     number: int
     path: Path
     taken: str
@@ -37,6 +39,7 @@ def _snapshot_path(vm: VmHome, number: int) -> Path:
 
 
 def list_snapshots(vm: VmHome) -> list[Snapshot]:
+    """The VM's snapshots by number, found by file name (nothing is decrypted)."""
     found = []
     pattern = re.compile(re.escape(vm.name) + r"-Snapshot(\d+)\.vmsn$")
     for path in vm.directory.glob(f"{vm.name}-Snapshot*.vmsn"):
@@ -48,6 +51,10 @@ def list_snapshots(vm: VmHome) -> list[Snapshot]:
 
 
 def take_snapshot(vm: VmHome, home: str) -> Snapshot:
+    """Copy the VM's .nvram into a new .vmsn, encrypted under the VM's key, numbered after the last one.
+
+    ``home``: the management home, whose key providers unlock the VM. VmBusyError while the VM is in
+    use; the .nvram store's errors (VmError, key provider errors) when it cannot be read."""
     with lock_vm(vm, "snapshot"):
         existing = list_snapshots(vm)
         number = (existing[-1].number + 1) if existing else 1

@@ -29,6 +29,7 @@ FORMAT = 1
 
 
 def suspend_file(vm: VmHome) -> VmFile:
+    """The VM's .vmss, where a suspended VM's vTPM saved state is kept (it may not exist)."""
     return VmFile(vm.directory / f"{vm.name}.vmss", FileKind.SUSPEND)
 
 
@@ -83,6 +84,8 @@ def write_suspend_state(vm: VmHome, home: str, tpm_started: bool) -> None:
 
 
 def read_suspend_state(vm: VmHome, keys: KeyManager) -> dict:
+    """The .vmss document (``tpm_started``, ``saved_pcrs``, ...), decrypted and checked; VmError if the VM
+    is not suspended or the file cannot be read, is bound to another VM or has an unexpected layout."""
     target = suspend_file(vm)
     if not target.path.exists():
         raise VmError("the VM is not suspended (no .vmss)", vm.vmx_path)

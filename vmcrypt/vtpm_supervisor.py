@@ -43,6 +43,8 @@ _DIGEST_NAME = re.compile(r"vm-[0-9a-f]{20}")  # the digest form: never taken by
 
 
 class VtpmSupervisor:
+    """Starts and stops the vTPMs of one management home's VMs in its `vtpm host` process (see the module)."""
+
     def __init__(self, home: str | os.PathLike[str], command_line: Callable[..., list[str]]) -> None:
         """``command_line(*args)``: the argv of the `vtpm` command with ``args`` (vmcrypt.vtpm_command's)."""
         self.home = Path(home)
@@ -50,10 +52,12 @@ class VtpmSupervisor:
 
     @property
     def run_dir(self) -> Path:
+        """``HOME/run``: runtime files of the home (sockets, locks), not part of its data."""
         return self.home / "run"
 
     @property
     def host_dir(self) -> Path:
+        """``HOME/run/vtpm`` (0700): the host's socket, its lock and the vTPMs' control sockets."""
         return self.run_dir / "vtpm"
 
     @property
@@ -70,9 +74,12 @@ class VtpmSupervisor:
 
     @property
     def socket_path(self) -> Path:
+        """The host's control socket (0600)."""
         return self.host_dir / "host.sock"
 
     def client(self) -> HostClient:
+        """A client of the home's host, with a timeout long enough for a slow key provider; it does not
+        start the host."""
         return HostClient(self.socket_path, timeout=REQUEST_TIMEOUT)
 
     @contextlib.contextmanager

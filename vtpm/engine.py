@@ -93,7 +93,9 @@ class StateSink(Protocol):
     names the NV indices that are all that changed of the state's keyed collections (NV indices,
     persistent objects, primary cache); None: anything may have changed."""
 
-    def persist_state(self, state: TpmState, nv: Collection[int] | None = None) -> None: ...
+    def persist_state(self, state: TpmState, nv: Collection[int] | None = None) -> None:
+        """Make ``state`` durable before the command's response is sent; raising makes it NV_UNAVAILABLE."""
+        ...
 
 
 class Tpm:
@@ -151,6 +153,11 @@ class Tpm:
             self._dirty_nv.add(handle)
 
     def flush_state(self) -> None:
+        """Save the persistent state now: fold the elapsed time into Clock, then hand the state to the sink
+        (with the NV indices changed, if only those did) or its bytes to the callback.
+
+        ``execute`` calls it after a command that changed the state; servers call it on shutdown so the
+        Clock is kept. Raises whatever the sink or callback raises (e.g. StateStoreError)."""
         self.state.clock_ms = self.clock_now()
         self.volatile.clock_base_ms = self._clock_ms()
         self.dirty = False
@@ -298,9 +305,11 @@ class Tpm:
 
     @property
     def dictionary_attack(self) -> DictionaryAttack:
+        """The dictionary-attack rules (lockout counter, healing) applied to this TPM's state."""
         return DictionaryAttack(self)
 
     def random(self, n: int) -> bytes:
+        """``n`` bytes from the OS CSPRNG: the TPM's RNG for nonces, keys and GetRandom."""
         return os.urandom(n)  # what secrets.token_bytes returns, without its two extra calls
 
 

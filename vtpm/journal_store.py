@@ -76,8 +76,13 @@ class JournalRollbackError(StateStoreError):
 class PositionLog(Protocol):
     """Where a store's journal position is recorded outside its directory (a VM's key provider)."""
 
-    def recorded(self) -> int | None: ...
-    def record(self, position: int, *, allow_lower: bool = False) -> None: ...
+    def recorded(self) -> int | None:
+        """The last position recorded (base generation << 32 | record count), or None if none was."""
+        ...
+
+    def record(self, position: int, *, allow_lower: bool = False) -> None:
+        """Record ``position``; a lower one is ignored unless ``allow_lower`` (an accepted rollback)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -95,14 +100,22 @@ class JournalBinding:
 class JournalBase(Protocol):
     """A store that a journal sits on: full reads and writes with generations."""
 
-    def describe(self) -> str: ...
+    def describe(self) -> str:
+        """Names the store (its path) for messages."""
+        ...
+
     def load_raw(self) -> tuple[bytes | None, int]:
         """The stored full state (None when there is none) and the store's generation."""
     def save(self, raw: bytes) -> None:
         """Write a full state, atomically, at a higher generation where the store has generations."""
     @property
-    def generation(self) -> int: ...
-    def journal_binding(self) -> JournalBinding: ...
+    def generation(self) -> int:
+        """The generation of the full state last read or written (0 where the store keeps none)."""
+        ...
+
+    def journal_binding(self) -> JournalBinding:
+        """Where this store's journal lives, what keys and binds its records, where positions go."""
+        ...
 
 
 def _read_journal(path: Path) -> bytes | None:
@@ -248,9 +261,13 @@ class JournaledStore:
     # ------------------------------------------------------------------ StateStore
 
     def describe(self) -> str:
+        """The base's description and the journal's file name, for messages."""
         return f"{self.base.describe()} (journal {self.binding.path.name})"
 
     def load(self) -> TpmState | None:
+        """The stored state with the journal replayed and folded (None: no state yet), then tracked and a
+        fresh journal started. StateStoreError if the state or the journal is unreadable or does not
+        apply (nothing changed); JournalRollbackError if the journal ends before the recorded position."""
         raw = recover(self.base, accept_rollback=self._accept_rollback)
         if raw is None:
             return None
@@ -310,6 +327,7 @@ class JournaledStore:
 
     @property
     def pending(self) -> bool:
+        """Sealed records are waiting to be written (a deferred store before its group's commit)."""
         return bool(self._pending)
 
     def write_pending(self) -> int:
@@ -488,11 +506,14 @@ class JournalGroup:
         self.records = 0
 
     def add(self, store: JournaledStore) -> JournaledStore:
+        """Put ``store`` in deferred mode: its records wait for ``commit``; returned for chaining."""
         store.deferred = True
         self._stores.append(store)
         return store
 
     def remove(self, store: JournaledStore) -> None:
+        """Take ``store`` out of the group and commit what it has pending (ValueError if not in the group;
+        the store's write and sync errors propagate)."""
         self._stores.remove(store)
         store.deferred = False
         store.commit()
@@ -553,6 +574,7 @@ class JournalGroup:
         return folded
 
     def close(self) -> None:
+        """Close every store of the group (each folds what it holds) and stop the sync threads."""
         for store in list(self._stores):
             store.close()
         self._stores.clear()

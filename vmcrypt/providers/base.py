@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 
 class KeyState(str, enum.Enum):
+    """Whether a KEK can still be fetched; a destroyed key is listed but its material is gone."""
+
     ACTIVE = "active"
     DESTROYED = "destroyed"
 

@@ -298,9 +298,15 @@ class KmipKeyProvider(KeyProvider):
     # ------------------------------------------------------------------ interface
 
     def create_key(self) -> str:
+        """Create and activate an AES-256 key on the first server that answers; the id names it and its uid.
+
+        KeyProviderError if PyKMIP is missing or no server answered (each server tried is named)."""
         return self._call("create", self._create)
 
     def get_key(self, key_id: str) -> bytes:
+        """The KEK, from the memory cache or the cluster (one Get at the creating server's uid when it answers).
+
+        KeyNotFoundError if the server holds no key of that name; KeyProviderError if no server answered."""
         material = self._cached(key_id)
         if material is not None:
             return material
@@ -313,6 +319,8 @@ class KmipKeyProvider(KeyProvider):
         return material
 
     def get_key_again(self, key_id: str) -> bytes:
+        """Bypass the cache and the uid hint: Locate the key by name, then Get it (a uid may name another key
+        on another server). Raises as get_key."""
         self._cache.pop(key_id, None)
         try:
             material = self._call("get", lambda client: self._fetch(client, key_id, use_hint=False))
@@ -323,6 +331,9 @@ class KmipKeyProvider(KeyProvider):
         return material
 
     def destroy_key(self, key_id: str) -> None:
+        """Revoke and destroy every server object with the key's name and drop it from the cache.
+
+        KeyNotFoundError if the server holds no key of that name; KeyProviderError if no server answered."""
         self._cache.pop(key_id, None)
         try:
             self._call("destroy", lambda client: self._destroy(client, key_id))
@@ -331,6 +342,8 @@ class KmipKeyProvider(KeyProvider):
                 f"key {key_id} is unknown to KMIP server {self.last_server} of provider {self.name!r}") from None
 
     def list_keys(self) -> list[KeyInfo]:
+        """The keys on the answering server whose Name is one of our ids, all shown active (a destroyed key
+        is gone from the server); KeyProviderError if no server answered."""
         return self._call("list", self._names)
 
     # ------------------------------------------------------------------ high-water marks

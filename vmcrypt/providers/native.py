@@ -62,10 +62,12 @@ class NativeKeyProvider(KeyProvider):
 
     @property
     def keystore_path(self) -> Path:
+        """The encrypted key store file holding every KEK of this provider."""
         return self.directory / KEYSTORE_FILE
 
     @property
     def master_key_path(self) -> Path:
+        """The 0600 file holding the 32-byte master key (absent when the store is under a passphrase)."""
         return self.directory / MASTER_KEY_FILE
 
     @contextlib.contextmanager
@@ -135,6 +137,7 @@ class NativeKeyProvider(KeyProvider):
     # ------------------------------------------------------------------ interface
 
     def create_key(self) -> str:
+        """Add a random 256-bit KEK to the key store (created with its master key on first use); its id."""
         key_id = str(uuid.uuid4())
         with self._locked():
             store = self._load()
@@ -147,6 +150,8 @@ class NativeKeyProvider(KeyProvider):
         return key_id
 
     def get_key(self, key_id: str) -> bytes:
+        """The KEK's material. KeyNotFoundError if the id is unknown or destroyed; WrongKeyError if the master
+        key (or passphrase) does not open the key store; KeyProviderError if the store is unreadable."""
         entry = self._load()["keys"].get(key_id)
         if entry is None or entry["state"] != KeyState.ACTIVE.value:
             state = "destroyed" if entry else "unknown"
@@ -154,6 +159,7 @@ class NativeKeyProvider(KeyProvider):
         return base64.b64decode(entry["material"])
 
     def destroy_key(self, key_id: str) -> None:
+        """Erase the KEK's material and mark it destroyed (it stays listed); KeyNotFoundError if unknown."""
         with self._locked():
             store = self._load()
             entry = store["keys"].get(key_id)
@@ -164,6 +170,7 @@ class NativeKeyProvider(KeyProvider):
             self._save(store)
 
     def list_keys(self) -> list[KeyInfo]:
+        """Every key in the store, oldest first, without material; an empty list before the first key."""
         return [
             KeyInfo(key_id, entry["created"], KeyState(entry["state"]))
             for key_id, entry in sorted(self._load()["keys"].items(), key=lambda kv: kv[1]["created"])
@@ -188,6 +195,7 @@ class NativeKeyProvider(KeyProvider):
             self._save(store)
 
     def generation(self, key_id: str, file_role: str) -> int | None:
+        """The high-water mark kept in the key's entry, or None; KeyNotFoundError if the key is not active."""
         return self._active_entry(self._load(), key_id).get("generations", {}).get(file_role)
 
     def _active_entry(self, store: dict[str, Any], key_id: str) -> dict[str, Any]:

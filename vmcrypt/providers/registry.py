@@ -27,6 +27,8 @@ DEFAULT_NATIVE_NAME = "native"
 
 @dataclass
 class ProviderConfig:
+    """One entry of providers.json: which provider, of which kind, with which (secret-free) settings."""
+
     provider_id: str
     name: str
     kind: str
@@ -75,6 +77,7 @@ class ProviderRegistry:
 
     @property
     def config_path(self) -> Path:
+        """``providers.json`` in the home: the configured providers and the default."""
         return self.home / CONFIG_FILE
 
     def _read(self) -> dict[str, Any]:
@@ -92,12 +95,16 @@ class ProviderRegistry:
         write_atomic(self.config_path, json.dumps(config, indent=2, sort_keys=True).encode(), mode=0o600)
 
     def configs(self) -> list[ProviderConfig]:
+        """Every configured provider, in the order added; KeyProviderError if providers.json is unreadable."""
         return [ProviderConfig(**entry) for entry in self._read()["providers"]]
 
     def default_id(self) -> str | None:
+        """The id of the default provider, or None before one is configured (nothing is created here)."""
         return self._read()["default"]
 
     def add_native(self, name: str = DEFAULT_NATIVE_NAME, *, make_default: bool = False) -> KeyProvider:
+        """Configure a new native provider and create its key store; it becomes the default if asked or if
+        there is none yet. KeyProviderError if ``name`` is taken (providers.json is then left unchanged)."""
         config = self._read()
         if any(p["name"] == name for p in config["providers"]):
             raise KeyProviderError(f"a key provider named {name!r} already exists")
@@ -194,6 +201,7 @@ class ProviderRegistry:
         return self.get(default_id)
 
     def get(self, id_or_name: str) -> KeyProvider:
+        """The provider with this id or name, built once per registry; KeyProviderError if none matches."""
         for entry in self.configs():
             if id_or_name in (entry.provider_id, entry.name):
                 return self._build(entry)

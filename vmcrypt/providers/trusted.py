@@ -34,6 +34,8 @@ def on_host(host: str | None) -> Iterator[None]:
 
 
 class TrustedKeyProvider(KeyProvider):
+    """Keys of a Trust Authority: created by the management plane, released only to attested hosts."""
+
     kind = "trusted"
 
     def __init__(self, home: Path, provider_id: str, name: str, authority: str) -> None:
@@ -42,10 +44,15 @@ class TrustedKeyProvider(KeyProvider):
         self.authority_name = authority
 
     def authority(self):  # noqa: ANN201 - AuthorityIdentity; imported late (vmcrypt.trust imports providers)
+        """The Trust Authority this provider is bound to, loaded from the home on each call (WorkloadTrustError if
+        it is not imported)."""
         from vmcrypt.trust.workload import AuthorityIdentity
         return AuthorityIdentity.load(self.home, self.authority_name)
 
     def create_key(self) -> str:
+        """Ask the Trust Authority's key provider service (mutual TLS) for a new key; only its id comes back.
+
+        KeyProviderError if the service is unreachable or does not return a key id."""
         authority = self.authority()
         try:
             with httpx.Client(base_url=authority.key_provider_url, verify=authority.management_context(),
@@ -74,6 +81,9 @@ class TrustedKeyProvider(KeyProvider):
             return {"ok": False, "authority": self.authority_name, "detail": f"{type(exc).__name__}: {exc}"[:200]}
 
     def get_key(self, key_id: str) -> bytes:
+        """The key, released through the agent of the host chosen by ``on_host`` or the host it is placed on.
+
+        KeyProviderError when no host is chosen, the service refuses the host or cannot be reached."""
         from vmcrypt.trust.agent import agent_for
         from vmcrypt.trust.workload import placed_host
         host = _CURRENT_HOST.get() or placed_host(self.home, key_id)
@@ -83,8 +93,10 @@ class TrustedKeyProvider(KeyProvider):
         return agent_for(self.home, host, self.authority()).fetch_key(key_id)
 
     def destroy_key(self, key_id: str) -> None:
+        """Always raises KeyProviderError: these keys are destroyed by the Trust Authority's administrators."""
         raise KeyProviderError(f"keys of the trusted key provider {self.name} are destroyed at its Trust Authority's "
                                "KMIP cluster, by its administrators")
 
     def list_keys(self) -> list[KeyInfo]:
+        """Always empty: the Trust Authority does not list its keys to the management plane."""
         return []

@@ -46,6 +46,10 @@ class TpmDevice:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def execute(self, command: bytes, locality: int | None = None) -> bytes:
+        """Run one command at ``locality`` (default: the device's) under the device lock; the response.
+
+        A stopped device answers TPM_RC_FAILURE; so does one whose state lock went to another server
+        (it then shuts down, as swtpm does); a command over the buffer size gets TPM_RC_COMMAND_SIZE."""
         with self.lock:
             if not self.running:
                 return FAILURE_RESPONSE
@@ -82,6 +86,7 @@ class TpmDevice:
             self.last_command = 0
 
     def stop(self) -> None:
+        """CMD_STOP: send Shutdown(CLEAR) if the OS did not, then refuse commands until the next init."""
         with self.lock:
             self._orderly_stop()
             self.running = False
@@ -93,10 +98,12 @@ class TpmDevice:
             self.on_terminate()
 
     def store_volatile(self) -> None:
+        """CMD_STORE_VOLATILE: save the persistent state now (the volatile state travels as a state blob)."""
         with self.lock:
             self.tpm.flush_state()
 
     def set_buffer_size(self, requested: int) -> int:
+        """CMD_SET_BUFFERSIZE: clamp ``requested`` to 1024..4096 and use it (0 only asks); the size in force."""
         with self.lock:
             if requested:
                 self.buffer_size = max(BUFFER_MIN, min(BUFFER_MAX, requested))

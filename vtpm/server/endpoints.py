@@ -35,6 +35,7 @@ class Endpoints:
     tcp_host: str = "127.0.0.1"
 
     def describe(self) -> str:
+        """The endpoints in words, for logs and status output ("" when there are none)."""
         parts = []
         if self.tcp_port is not None:
             parts.append(f"swtpm tcp {self.tcp_host}:{self.tcp_port} (ctrl {self.tcp_port + 1})")

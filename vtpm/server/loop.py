@@ -93,11 +93,13 @@ class Connection:
         raise NotImplementedError
 
     def receive(self) -> bytes:
+        """One non-blocking read (b"" when the peer closed); subclasses may also take passed descriptors."""
         return self.sock.recv(RECV_SIZE)
 
     # ------------------------------------------------------------------ events
 
     def on_readable(self) -> None:
+        """Read what arrived and process complete requests; a closed peer or a read error closes it."""
         try:
             data = self.receive()
         except (BlockingIOError, InterruptedError):
@@ -137,6 +139,7 @@ class Connection:
         self.loop.schedule(self)
 
     def on_deadline(self) -> None:
+        """The deadline passed (a request left unfinished, or idle too long): drop the connection."""
         log.info("connection timed out%s", " mid-request" if self.holds_partial() else " (idle)")
         self.close()
 
@@ -159,6 +162,7 @@ class Connection:
         self.loop.want_write(self, True)
 
     def on_writable(self) -> None:
+        """Send more of the pending output; once it is all out, resume the requests that waited."""
         try:
             sent = self.sock.send(self.outbuf)
         except (BlockingIOError, InterruptedError):
@@ -179,6 +183,7 @@ class Connection:
         return bool(self.outbuf)
 
     def close(self) -> None:
+        """Leave the loop, close the socket, drop the buffers and tell ``on_close``; repeated calls do nothing."""
         if self.closed:
             return
         self.closed = True
@@ -201,6 +206,8 @@ class DataConnection(Connection):
         self.drop_after_reply = False
 
     def process(self) -> None:
+        """Run every complete command in the buffer on the device and queue its response; a size field out
+        of range is answered TPM_RC_COMMAND_SIZE and the connection dropped after that answer."""
         buf = self.inbuf
         while len(buf) >= HEADER_SIZE and not self.outbuf and not self.closed and not self.drop_after_reply:
             size = (buf[2] << 24) | (buf[3] << 16) | (buf[4] << 8) | buf[5]
@@ -253,6 +260,7 @@ class ControlConnection(Connection):
         self.reader = swtpm_ctrl.RequestReader()
 
     def receive(self) -> bytes:
+        """One read; on a Unix socket the descriptors passed with it are kept for the request."""
         if not self.unix:
             return self.sock.recv(RECV_SIZE)
         data, fds = recv_with_fds(self.sock, RECV_SIZE)
@@ -260,15 +268,19 @@ class ControlConnection(Connection):
         return data
 
     def holds_partial(self) -> bool:
+        """Unread bytes are buffered, or the request reader holds part of a request."""
         return bool(self.inbuf) or self.reader.partial
 
     def rearm(self) -> None:
+        """While a state blob's data arrives each read gets the blob timeout; otherwise as any connection."""
         if not self.closed and self.reader.in_blob_data:
             self._set_deadline(swtpm_ctrl.CTRL_BLOB_TIMEOUT, partial=True)  # renewed by every read of blob data
             return
         super().rearm()
 
     def process(self) -> None:
+        """Answer each complete request with ``swtpm_ctrl.handle``; after one that closes or terminates,
+        nothing more is read."""
         if self.inbuf:
             self.reader.feed(bytes(self.inbuf))
             self.inbuf.clear()
@@ -302,6 +314,7 @@ class ControlConnection(Connection):
         swtpm_ctrl.close_fds(self.passed_fds)
 
     def close(self) -> None:
+        """Close descriptors passed and not taken, then the connection."""
         self._close_fds()
         super().close()
 
@@ -319,6 +332,7 @@ class Listener:
         sock.setblocking(False)
 
     def on_readable(self) -> None:
+        """Accept up to 64 waiting connections; past the loop's connection limit they are closed at once."""
         for _ in range(64):
             try:
                 conn, _ = self.sock.accept()
@@ -335,6 +349,7 @@ class Listener:
                 self.loop.add(made)
 
     def close(self) -> None:
+        """Stop listening; a Unix socket's path is removed if a socket still stands there."""
         if self.closed:
             return
         self.closed = True
@@ -376,6 +391,7 @@ class Loop:
         self._items[fd] = item
 
     def add(self, item: Connection | Listener) -> Connection | Listener:
+        """Watch ``item``'s socket for input (a connection also gets its deadline); returned for chaining."""
         self._register(item.sock.fileno(), item)
         if isinstance(item, Connection):
             self.connection_count += 1
@@ -383,6 +399,7 @@ class Loop:
         return item
 
     def forget(self, item: Connection | Listener) -> None:
+        """Stop watching ``item`` (called by its ``close``); an item not registered is ignored."""
         fd = item.sock.fileno()
         if fd < 0 or self._items.get(fd) is not item:
             return
@@ -399,11 +416,13 @@ class Loop:
 
     def listen(self, sock: socket.socket, factory: Callable[[socket.socket], Connection | None],
                path: str | None = None) -> Listener:
+        """Accept on ``sock`` in this loop, each connection made by ``factory``; ``path`` is removed on close."""
         listener = Listener(self, sock, factory, path)
         self.add(listener)
         return listener
 
     def schedule(self, conn: Connection) -> None:
+        """Queue ``conn``'s current deadline; a superseded entry is skipped when it comes due."""
         if conn.deadline is not None:
             heapq.heappush(self._deadlines, (conn.deadline, next(self._seq), conn))
 
@@ -412,6 +431,7 @@ class Loop:
         self._tasks.append([time.monotonic() + seconds, seconds, function])
 
     def reply(self, reply: Reply) -> None:
+        """Hold ``reply`` until the end of this iteration: it is sent after the commit hook."""
         self._replies.append(reply)
 
     def wake(self) -> None:
@@ -420,6 +440,7 @@ class Loop:
             self._wake_w.send(b"\0")
 
     def stop(self) -> None:
+        """Make ``run`` return after the current iteration (safe from other threads and signal handlers)."""
         self._stopping = True
         self.wake()
 
@@ -434,6 +455,8 @@ class Loop:
         return nearest
 
     def run_once(self, timeout: float | None = None) -> None:
+        """One iteration: wait for events (until ``timeout``, else the next deadline or task), serve them,
+        commit and send the replies, then run what came due. A connection's failure closes only it."""
         timed = bool(self._deadlines or self._tasks)
         due = self._next_due() if timed else 0.0
         if timeout is None:
@@ -495,11 +518,13 @@ class Loop:
                 r.after()
 
     def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Iterate until ``stop`` is called or ``until()`` is true."""
         self._stopping = False
         while not self._stopping and not (until is not None and until()):
             self.run_once()
 
     def close(self) -> None:
+        """Close every listener and connection and the poller; repeated calls do nothing."""
         if self._closed:
             return
         self._closed = True
@@ -515,6 +540,8 @@ class Loop:
 
 
 def bind_tcp(host: str, port: int, backlog: int = 64) -> socket.socket:
+    """A listening TCP socket (IPv6 when ``host`` has a colon, SO_REUSEADDR, TCP_NODELAY); OSError naming
+    the address when it cannot be bound, with the socket closed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -578,10 +605,12 @@ class SwtpmEndpoints:
         self.loop.add(self._data(sock))
 
     def drop_connections(self) -> None:
+        """Close every connection of this vTPM; the listeners stay."""
         for conn in list(self.connections):
             conn.close()
 
     def close(self) -> None:
+        """Close the listeners (removing their Unix paths) and every connection."""
         for listener in self.listeners:
             listener.close()
         self.listeners.clear()
@@ -610,11 +639,13 @@ class SwtpmLoopServer:
         self.terminated.set()
 
     def start(self) -> "SwtpmLoopServer":
+        """Run the loop in a daemon thread; returned for chaining."""
         self.thread = threading.Thread(target=self.loop.run, name="vtpm-loop", daemon=True)
         self.thread.start()
         return self
 
     def close(self) -> None:
+        """Stop the loop (waiting up to 10 s for its thread), then close the endpoints and the loop."""
         self.loop.stop()
         if self.thread is not None:
             self.thread.join(10.0)

@@ -11,6 +11,8 @@ import enum
 # ----------------------------------------------------------------------------- swtpm control channel
 
 class Ctrl(enum.IntEnum):
+    """swtpm's control-channel command codes (CMD_*), as its ``tpm_ioctl.h`` numbers them."""
+
     GET_CAPABILITY = 0x01
     INIT = 0x02
     SHUTDOWN = 0x03

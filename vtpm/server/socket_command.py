@@ -56,6 +56,7 @@ STARTUP_COMMANDS = {Startup.CLEAR: wire.STARTUP_CLEAR, Startup.STATE: wire.START
 
 
 def version() -> str:
+    """The installed package's version, reported as swtpm reports its own ("0+unknown" from a checkout)."""
     try:
         return importlib.metadata.version("vmcrypt")
     except importlib.metadata.PackageNotFoundError:  # running from a checkout that is not installed
@@ -63,6 +64,8 @@ def version() -> str:
 
 
 def capabilities_json() -> str:
+    """``--print-capabilities``' JSON: the swtpm feature names this server implements, so that libvirt and
+    swtpm_setup choose only options it takes."""
     return json.dumps({"type": "swtpm", "features": list(FEATURES), "version": version()})
 
 

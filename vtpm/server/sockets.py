@@ -44,10 +44,12 @@ _SIZE_FIELD = struct.Struct(">I")  # commandSize, at offset 2 of the header
 
 
 class ConnectionClosed(Exception):
-    pass
+    """The peer closed or stalled mid-request: the connection ends, the server goes on."""
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``sock``, however many reads it takes; ConnectionClosed if the peer closes
+    first (OSError and socket timeouts propagate)."""
     parts, left = [], n
     while left:
         chunk = sock.recv(left)
@@ -147,6 +149,8 @@ class SwtpmControlSession:
         return request
 
     def run(self) -> None:
+        """Answer requests until the peer closes, stalls or errs, or a request ends the connection or the
+        server (CMD_SHUTDOWN or a lost state lock calls ``on_terminate``); the socket and any passed descriptors are closed."""
         with contextlib.closing(self.sock):
             while True:
                 fds: list[int] = []
@@ -181,6 +185,7 @@ class Listener:
     closed: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
+        """Accept connections in a daemon thread until ``close``."""
         self.thread = threading.Thread(target=self._accept_loop, name=f"{self.name}-accept", daemon=True)
         self.thread.start()
 
@@ -195,6 +200,7 @@ class Listener:
             threading.Thread(target=self.serve, args=(conn,), name=f"{self.name}-conn", daemon=True).start()
 
     def close(self) -> None:
+        """Stop accepting and close the listening socket; connections already accepted run on."""
         self.closed.set()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -202,6 +208,8 @@ class Listener:
 
 
 def tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (IPv6 when ``host`` has a colon), with SO_REUSEADDR so a
+    restart can rebind at once and TCP_NODELAY so small responses are not delayed; OSError if taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

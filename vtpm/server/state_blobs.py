@@ -49,6 +49,8 @@ SHORT_BYTES = 128  # nonces, digests, session keys, auth values
 
 
 class BlobType(enum.IntEnum):
+    """Which state blob CMD_GET/SET_STATEBLOB moves (swtpm's PTM_BLOB_TYPE_* numbers)."""
+
     PERMANENT = 1
     VOLATILE = 2
     SAVESTATE = 3
@@ -304,6 +306,7 @@ def restore(tpm: Tpm, blob: VolatileBlob) -> None:
 
 
 def decode_permanent(raw: bytes) -> TpmState:
+    """The persistent state from a permanent blob; BlobError if it is over the size limit or unreadable."""
     _need(len(raw) <= MAX_BLOB, "the permanent blob is too large")
     try:
         return TpmState.from_bytes(raw)

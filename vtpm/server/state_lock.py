@@ -44,6 +44,7 @@ class StateLock:
 
     @property
     def held(self) -> bool:
+        """This object holds the lock now."""
         return self._fd is not None
 
     def acquire(self, retries: int = 0) -> bool:
@@ -65,11 +66,13 @@ class StateLock:
         return False
 
     def acquire_or_raise(self) -> None:
+        """Take the lock at once or raise StateInUseError naming the state directory and the lock file."""
         if not self.acquire():
             raise StateInUseError(f"{self.directory}: the vTPM state is in use by another server "
                                   f"(it holds {self.path})")
 
     def release(self) -> None:
+        """Let go of the lock (another server may take it); does nothing when it is not held."""
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -103,9 +106,12 @@ class GuardedStore:
 
     @property
     def held(self) -> bool:
+        """Saves go through now: the lock is held, or the store locks by itself."""
         return self.lock is None or self.lock.held
 
     def ensure_locked(self, retries: int | None = None) -> bool:
+        """Hold the lock, taking it back if it was given away (waiting up to ``retries`` × 10 ms, default the
+        wait set by ``release``, capped by ``max_retries``); False, logged, if another server keeps it."""
         if self.lock is None or self.lock.held:
             return True
         wait = self.retries if retries is None else retries
@@ -131,6 +137,7 @@ class GuardedStore:
         return True
 
     def save(self, raw: bytes) -> None:
+        """Write a full state (through the journal, if any) while the lock is held; dropped otherwise."""
         if not self._dropped():
             (self.journal or self.store).save(raw)
 
@@ -153,4 +160,5 @@ class GuardedStore:
             self.journal.abandon()
 
     def describe(self) -> str:
+        """The guarded store's description, for messages."""
         return self.store.describe()

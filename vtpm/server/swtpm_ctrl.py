@@ -132,6 +132,7 @@ class RequestReader:
         self.pending = bytearray()  # bytes that arrived after it: the next read(s)
 
     def feed(self, data: bytes) -> None:
+        """Add what one read delivered; ``next_request`` frames it."""
         self.pending += data
 
     @property
@@ -166,12 +167,15 @@ class RequestReader:
         return request
 
     def clear(self) -> None:
+        """Forget the partial request and everything buffered after it (the connection is closing)."""
         self.message.clear()
         self.pending.clear()
 
 
 @dataclass
 class CtrlResult:
+    """A control request's answer and what the transport must do after sending it."""
+
     response: bytes
     terminate: bool = False  # CMD_SHUTDOWN (or a lost lock): the serving process should end
     accept_data_fd: bool = False  # CMD_SET_DATAFD: the transport must take the passed descriptor
@@ -214,6 +218,8 @@ def capabilities(unix: bool) -> int:
 
 
 def info_json(flags: int) -> str:
+    """CMD_GET_INFO's JSON for the ``flags`` asked (TPM specification level, manufacturer and version), as
+    swtpm_setup reads it when it writes the EK certificate."""
     doc: dict[str, object] = {}
     if flags & INFO_TPMSPECIFICATION:
         doc["TPMSpecification"] = {"family": "2.0", "level": SPEC_LEVEL, "revision": SPEC_REVISION}

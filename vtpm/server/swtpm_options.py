@@ -24,6 +24,8 @@ class OptionError(ValueError):
 
 
 class Kind(enum.Enum):
+    """How an option key's value is checked and converted (see ``parse_options``)."""
+
     STRING = "string"
     INT = "int"
     PORT = "port"
@@ -87,21 +89,27 @@ def _value(option: str, key: str, kind: Kind, raw: str | None) -> object:
 
 @dataclass(frozen=True)
 class TcpEndpoint:
+    """``type=tcp``: listen on ``bindaddr``:``port``."""
+
     port: int
     bindaddr: str = DEFAULT_BINDADDR
 
     def describe(self) -> str:
+        """The endpoint in words, for logs."""
         return f"tcp {self.bindaddr}:{self.port}"
 
 
 @dataclass(frozen=True)
 class UnixEndpoint:
+    """``type=unixio,path=P``: listen on a Unix socket, with its mode and optional owner."""
+
     path: str
     mode: int = 0o600  # owner only unless asked: the socket gives full control of the TPM
     uid: int | None = None
     gid: int | None = None
 
     def describe(self) -> str:
+        """The endpoint in words, for logs."""
         return f"unix {self.path}"
 
 
@@ -113,6 +121,7 @@ class FdEndpoint:
     connected: bool = False
 
     def describe(self) -> str:
+        """The endpoint in words, for logs."""
         return f"{'connection' if self.connected else 'listening socket'} on fd {self.fd}"
 
 
@@ -161,17 +170,22 @@ def _endpoint(option: str, values: dict[str, object], *, default_port: int | Non
 
 @dataclass(frozen=True)
 class CtrlOption:
+    """``--ctrl``: where the control channel listens (or the connection it is given)."""
+
     endpoint: Endpoint
     terminate: bool = False  # end the process when the control connection closes
 
 
 @dataclass(frozen=True)
 class ServerOption:
+    """``--server``: where the data channel listens (or the connection it is given)."""
+
     endpoint: Endpoint
     disconnect: bool = False  # close the data connection after each response
 
 
 def parse_ctrl(text: str) -> CtrlOption:
+    """``--ctrl type=unixio|tcp,...``; OptionError if ``type`` is missing or a key does not fit the type."""
     values = parse_options("--ctrl", text, CTRL_KEYS)
     if "type" not in values:
         raise OptionError("--ctrl: give type=unixio or type=tcp")
@@ -179,6 +193,7 @@ def parse_ctrl(text: str) -> CtrlOption:
 
 
 def parse_server(text: str) -> ServerOption:
+    """``--server ...`` (type=tcp, port 6321 by default, as swtpm); OptionError for keys that do not fit."""
     values = parse_options("--server", text, SERVER_KEYS)
     return ServerOption(_endpoint("--server", values, default_port=DEFAULT_SERVER_PORT),
                         bool(values.get("disconnect", False)))
@@ -189,10 +204,14 @@ def parse_server(text: str) -> ServerOption:
 
 @dataclass(frozen=True)
 class TpmStateOption:
+    """``--tpmstate``: the state directory."""
+
     directory: Path
 
 
 def parse_tpmstate(text: str) -> TpmStateOption:
+    """``--tpmstate dir=DIR`` or ``backend-uri=dir://DIR``; OptionError for any other backend, a mode other
+    than 0600 or ``lock=false`` (what this server would not honour)."""
     values = parse_options("--tpmstate", text, {"dir": Kind.STRING, "backend-uri": Kind.STRING, "mode": Kind.MODE,
                                                  "lock": Kind.FLAG, "fsync": Kind.FLAG})
     if ("dir" in values) == ("backend-uri" in values):
@@ -215,6 +234,8 @@ def parse_tpmstate(text: str) -> TpmStateOption:
 
 
 class Startup(enum.Enum):
+    """Which TPM2_Startup the server sends by itself (``--flags startup-*``); NONE leaves it to the OS."""
+
     NONE = "none"
     CLEAR = "clear"
     STATE = "state"
@@ -222,12 +243,16 @@ class Startup(enum.Enum):
 
 @dataclass(frozen=True)
 class FlagsOption:
+    """``--flags``: power-on behaviour."""
+
     need_init: bool = True  # wait for CMD_INIT before accepting TPM commands
     startup: Startup = Startup.NONE  # TPM2_Startup sent by the server itself
     auto_shutdown: bool = True  # send TPM2_Shutdown(CLEAR) before a reset or the end, if the OS did not
 
 
 def parse_flags(text: str | None) -> FlagsOption:
+    """``--flags`` (None: swtpm's defaults); a startup flag implies not-need-init. OptionError for more than
+    one startup flag or for startup-deactivated (TPM 1.2 only)."""
     if text is None:
         return FlagsOption()
     values = parse_options("--flags", text, {"not-need-init": Kind.FLAG, "startup-clear": Kind.FLAG,
@@ -245,6 +270,8 @@ def parse_flags(text: str | None) -> FlagsOption:
 
 @dataclass(frozen=True)
 class FileOrFd:
+    """A file given by path or an inherited descriptor: exactly one is set."""
+
     path: Path | None = None
     fd: int | None = None
 
@@ -258,11 +285,14 @@ def _file_or_fd(option: str, values: dict[str, object]) -> FileOrFd:
 
 
 def parse_pid(text: str) -> FileOrFd:
+    """``--pid file=PATH|fd=N``; OptionError unless exactly one is given."""
     return _file_or_fd("--pid", parse_options("--pid", text, {"file": Kind.STRING, "fd": Kind.INT}))
 
 
 @dataclass(frozen=True)
 class LogOption:
+    """``--log``: where log lines go, how detailed, with which prefix."""
+
     target: FileOrFd
     level: int = 1  # swtpm's levels: 1 is errors and notices; 2 and higher add per-connection detail
     prefix: str = ""
@@ -270,10 +300,12 @@ class LogOption:
 
     @property
     def discard(self) -> bool:
+        """``file=-``: log nothing."""
         return self.target.path is not None and str(self.target.path) == "-"
 
 
 def parse_log(text: str) -> LogOption:
+    """``--log file=PATH|fd=N[,level=N][,prefix=P][,truncate]``; OptionError unless one target is given."""
     values = parse_options("--log", text, {"file": Kind.STRING, "fd": Kind.INT, "level": Kind.INT,
                                            "prefix": Kind.STRING, "truncate": Kind.FLAG})
     return LogOption(_file_or_fd("--log", values), int(values.get("level", 1)),  # type: ignore[call-overload]
@@ -282,11 +314,14 @@ def parse_log(text: str) -> LogOption:
 
 @dataclass(frozen=True)
 class MigrationOption:
+    """``--migration``: how the state's lock moves during a live migration."""
+
     incoming: bool = False  # take the storage lock only when the state arrives (or QEMU asks)
     release_lock_outgoing: bool = False  # accepted; the lock is always released after the last blob
 
 
 def parse_migration(text: str | None) -> MigrationOption:
+    """``--migration incoming,release-lock-outgoing`` (None: neither); OptionError for other keys."""
     if text is None:
         return MigrationOption()
     values = parse_options("--migration", text, {"incoming": Kind.FLAG, "release-lock-outgoing": Kind.FLAG})

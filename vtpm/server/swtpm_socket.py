@@ -74,6 +74,8 @@ class SocketServer:
         return self
 
     def start(self) -> "SocketServer":
+        """Serve: one accept thread per listener, plus one for a control connection given by ``clientfd``;
+        call ``bind`` first. Returned for chaining."""
         for listener in self.listeners:
             listener.start()
         if self._ctrl_client is not None:
@@ -82,6 +84,7 @@ class SocketServer:
         return self
 
     def close(self) -> None:
+        """Stop accepting and remove the Unix socket paths this server bound; open connections run on."""
         for listener in self.listeners:
             listener.close()
         for path in self._unlink:
