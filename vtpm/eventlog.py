@@ -31,6 +31,14 @@ from typing import Any, NamedTuple
 from vtpm.constants import ALG
 from vtpm.crypto import HASHES, digest
 
+try:  # the parse and replay loops compiled over OpenSSL (vtpm/_measure.c); this module stays the reference
+    from vtpm import _measure
+
+    BACKEND = "openssl"
+except ImportError:  # extension not built (no compiler or OpenSSL headers)
+    _measure = None  # type: ignore[assignment]
+    BACKEND = "python"
+
 PCR_COUNT = 24
 DRTM_PCRS = range(17, 23)  # reset to all ones, not zeros
 SPEC_ID_SIGNATURE = b"Spec ID Event03\0"
@@ -256,6 +264,16 @@ def parse_event_log(data: bytes) -> EventLog:
     header_data = reader.take(size, "the Spec ID event data")
     spec_id = _parse_spec_id(header_data)
     sizes = spec_id.digest_sizes
+    events = None
+    if _measure is not None:  # None when an entry is malformed: the Python parser below says why
+        events = _measure.parse_events(reader.data, reader.offset, tuple(sizes), tuple(sizes.values()), Event)
+    if events is None:
+        events = _parse_events(reader, sizes)
+    return EventLog(spec_id, header_data, events)
+
+
+def _parse_events(reader: _Reader, sizes: Mapping[int, int]) -> tuple[Event, ...]:
+    """The TCG_PCR_EVENT2 entries after the Spec ID event (the reference the compiled loop follows)."""
     algs = tuple(sizes)
     # The usual entry has one digest per bank in the Spec ID's order: one struct reads the whole
     # TPML_DIGEST_VALUES and the event size; anything else takes the general path below.
@@ -279,7 +297,7 @@ def parse_event_log(data: bytes) -> EventLog:
                     reader.offset = end
                     continue
         append(_parse_event2(reader, number, sizes))  # unusual layout, or an error to report
-    return EventLog(spec_id, header_data, tuple(events))
+    return tuple(events)
 
 
 # ----------------------------------------------------------------------------- replay
@@ -326,6 +344,15 @@ def replay(log: EventLog, algorithms: Iterable[int] | None = None) -> dict[int, 
     pcrs = {alg: {index: initial_value(index, HASHES[alg].size, locality) for index in range(PCR_COUNT)}
             for alg in banks}
     no_action = int(EventType.EV_NO_ACTION)
+    if _measure is not None and type(log.events) is tuple:
+        compiled = {}
+        for alg in banks:  # None for anything irregular: the loop below then raises what is wrong
+            values = _measure.replay_bank(log.events, alg, no_action, list(pcrs[alg].values()))
+            if values is None:
+                break
+            compiled[alg] = dict(enumerate(values))
+        else:
+            return compiled
     hashers = [(alg, pcrs[alg], _hash_constructor(alg)) for alg in banks]
     for event in log.events:
         if event.event_type == no_action:
