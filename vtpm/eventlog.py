@@ -308,16 +308,20 @@ HCRTM_LOCALITY = 4
 
 def startup_locality(log: EventLog) -> int | None:
     """PCR 0's starting locality: 4 after an H-CRTM event, else a StartupLocality event's, else None."""
-    if any(event.pcr == 0 and event.event_type == EventType.EV_EFI_HCRTM_EVENT for event in log.events):
-        return HCRTM_LOCALITY
+    first = None  # the first StartupLocality event, used only when there is no H-CRTM event
+    hcrtm, no_action = EventType.EV_EFI_HCRTM_EVENT, EventType.EV_NO_ACTION
     for event in log.events:
-        if (event.pcr == 0 and event.event_type == EventType.EV_NO_ACTION
-                and event.data.startswith(STARTUP_LOCALITY_SIGNATURE)):
-            if len(event.data) != len(STARTUP_LOCALITY_SIGNATURE) + 1:
-                raise EventLogError(f"event {event.number}: StartupLocality data is {len(event.data)} bytes, "
-                                    f"not {len(STARTUP_LOCALITY_SIGNATURE) + 1}")
-            return event.data[-1]
-    return None
+        if event.pcr == 0:
+            if event.event_type == hcrtm:
+                return HCRTM_LOCALITY
+            if first is None and event.event_type == no_action and event.data.startswith(STARTUP_LOCALITY_SIGNATURE):
+                first = event
+    if first is None:
+        return None
+    if len(first.data) != len(STARTUP_LOCALITY_SIGNATURE) + 1:
+        raise EventLogError(f"event {first.number}: StartupLocality data is {len(first.data)} bytes, "
+                            f"not {len(STARTUP_LOCALITY_SIGNATURE) + 1}")
+    return first.data[-1]
 
 
 def initial_value(pcr: int, size: int, locality: int | None = None) -> bytes:
