@@ -18,7 +18,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#define OPENSSL_SUPPRESS_DEPRECATED /* SHA256_Init & co.: see hash2 */
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -55,14 +57,29 @@ le16(const unsigned char *p)
     return (uint16_t)(p[0] | (p[1] << 8));
 }
 
-/* out = H(a || b); returns 0 on success, -1 with a Python error set. */
+/* out = H(a || b); returns 0 on success, -1 with a Python error set. The one-shot SHA functions hash on
+ * the stack: EVP_DigestInit_ex of OpenSSL 3.0 allocates and frees a provider context per digest, which
+ * costs as much as hashing the 64 bytes of an extend. */
 static int
 hash2(EVP_MD_CTX *ctx, const EVP_MD *md, const void *a, size_t a_len, const void *b, size_t b_len,
       unsigned char *out)
 {
-    unsigned int out_len = 0;
-    if (EVP_DigestInit_ex(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, a, a_len) != 1 ||
-        (b_len && EVP_DigestUpdate(ctx, b, b_len) != 1) || EVP_DigestFinal_ex(ctx, out, &out_len) != 1) {
+    int ok;
+    (void)ctx;
+    if (md == md_sha256) {
+        SHA256_CTX c;
+        ok = SHA256_Init(&c) && SHA256_Update(&c, a, a_len) && SHA256_Update(&c, b, b_len) && SHA256_Final(out, &c);
+    } else if (md == md_sha1) {
+        SHA_CTX c;
+        ok = SHA1_Init(&c) && SHA1_Update(&c, a, a_len) && SHA1_Update(&c, b, b_len) && SHA1_Final(out, &c);
+    } else if (md == md_sha384) {
+        SHA512_CTX c;
+        ok = SHA384_Init(&c) && SHA384_Update(&c, a, a_len) && SHA384_Update(&c, b, b_len) && SHA384_Final(out, &c);
+    } else {
+        SHA512_CTX c;
+        ok = SHA512_Init(&c) && SHA512_Update(&c, a, a_len) && SHA512_Update(&c, b, b_len) && SHA512_Final(out, &c);
+    }
+    if (!ok) {
         PyErr_SetString(PyExc_RuntimeError, "OpenSSL digest failed");
         return -1;
     }
@@ -219,7 +236,7 @@ error:
 PyDoc_STRVAR(replay_bank_doc,
 "replay_bank(events, algorithm, no_action, initial) -> list | None\n\n"
 "The 24 PCR values of one bank after extending every event that is not of type no_action\n"
-"(its digests[algorithm]), from the 24 initial values; None when the bank has no compiled\n"
+"(its digests[algorithm]), from the tuple of 24 initial values; None when the bank has no compiled\n"
 "hash or an event is not a well-formed record with a digest for it.");
 
 static PyObject *
@@ -228,7 +245,7 @@ replay_bank(PyObject *module, PyObject *args)
     PyObject *events, *alg_obj, *initial;
     long no_action;
     if (!PyArg_ParseTuple(args, "O!O!lO!:replay_bank", &PyTuple_Type, &events, &PyLong_Type, &alg_obj, &no_action,
-                          &PyList_Type, &initial))
+                          &PyTuple_Type, &initial))
         return NULL;
     unsigned long alg = PyLong_AsUnsignedLong(alg_obj);
     if (PyErr_Occurred()) {
@@ -236,13 +253,13 @@ replay_bank(PyObject *module, PyObject *args)
         Py_RETURN_NONE;
     }
     const EVP_MD *md = md_for(alg);
-    if (md == NULL || PyList_GET_SIZE(initial) != PCR_COUNT)
+    if (md == NULL || PyTuple_GET_SIZE(initial) != PCR_COUNT)
         Py_RETURN_NONE;
     size_t out_size = (size_t)EVP_MD_get_size(md);
     unsigned char values[PCR_COUNT][MAX_DIGEST];
     size_t lengths[PCR_COUNT];
     for (int i = 0; i < PCR_COUNT; i++) {
-        PyObject *value = PyList_GET_ITEM(initial, i);
+        PyObject *value = PyTuple_GET_ITEM(initial, i);
         if (!PyBytes_Check(value) || (size_t)PyBytes_GET_SIZE(value) > MAX_DIGEST)
             Py_RETURN_NONE;
         lengths[i] = (size_t)PyBytes_GET_SIZE(value);

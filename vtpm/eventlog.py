@@ -22,6 +22,7 @@ sequence reset it to 4 first (TPM 2.0 Part 1, 34.3).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping
@@ -333,6 +334,12 @@ def initial_value(pcr: int, size: int, locality: int | None = None) -> bytes:
     return bytes(size)
 
 
+@functools.lru_cache(maxsize=64)
+def _initial_values(size: int, locality: int | None) -> tuple[bytes, ...]:
+    """All 24 initial values of a bank (constants, made once)."""
+    return tuple(initial_value(index, size, locality) for index in range(PCR_COUNT))
+
+
 def replay(log: EventLog, algorithms: Iterable[int] | None = None) -> dict[int, dict[int, bytes]]:
     """The PCR values (bank TPM_ALG_ID -> PCR index -> digest, all 24 PCRs) the log's events produce.
 
@@ -345,18 +352,18 @@ def replay(log: EventLog, algorithms: Iterable[int] | None = None) -> dict[int, 
         if alg not in HASHES:
             raise EventLogError(f"cannot replay the {_alg_name(alg)} bank: no hash implementation")
     locality = startup_locality(log)
-    pcrs = {alg: {index: initial_value(index, HASHES[alg].size, locality) for index in range(PCR_COUNT)}
-            for alg in banks}
     no_action = int(EventType.EV_NO_ACTION)
     if _measure is not None and type(log.events) is tuple:
         compiled = {}
         for alg in banks:  # None for anything irregular: the loop below then raises what is wrong
-            values = _measure.replay_bank(log.events, alg, no_action, list(pcrs[alg].values()))
+            values = _measure.replay_bank(log.events, alg, no_action, _initial_values(HASHES[alg].size, locality))
             if values is None:
                 break
             compiled[alg] = dict(enumerate(values))
         else:
             return compiled
+    pcrs = {alg: {index: initial_value(index, HASHES[alg].size, locality) for index in range(PCR_COUNT)}
+            for alg in banks}
     hashers = [(alg, pcrs[alg], _hash_constructor(alg)) for alg in banks]
     for event in log.events:
         if event.event_type == no_action:
