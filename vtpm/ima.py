@@ -117,7 +117,7 @@ def boot_aggregate(pcrs: Mapping[int, bytes], alg: int = ALG.SHA256) -> bytes:
     """boot_aggregate for a TPM 2.0 bank: the hash of PCRs 0-9 of that bank, in order."""
     if alg == ALG.SHA1:
         raise ImaLogError("the SHA-1 boot_aggregate covers PCRs 0-7 only; not used here")
-    return hashlib.new(_HASHLIB[alg], b"".join(pcrs[i] for i in BOOT_AGGREGATE_PCRS)).digest()
+    return getattr(hashlib, _HASHLIB[alg])(b"".join(map(pcrs.__getitem__, BOOT_AGGREGATE_PCRS))).digest()
 
 
 _SHA256_D_NG = _U32.pack(40) + b"sha256:\0"  # the d-ng field's length and prefix for a SHA-256 file digest

@@ -84,25 +84,23 @@ def read_boot_log(events: Iterable[Event]) -> BootFacts:
     problems, measured, signature_checks = facts.problems, facts.measured, facts.signature_checks
     append, sha256 = measured.append, hashlib.sha256
     for event in events:
-        kind = event.event_type
-        pcr = event.pcr
+        _, _, pcr, kind, digests, data = event
         if kind == _IPL and pcr == 9:
-            label, _, name = event.data.partition(b":")  # ':' is ASCII: as partitioning the decoded text
+            label, _, name = data.partition(b":")  # ':' is ASCII: as partitioning the decoded text
             component = _MODULE_KINDS.get(label)
             if component is None:
                 problems.append(f"event log: {_where(event)} loads an unknown kind of module "
                                 f"'{label.decode('utf-8', 'replace')}'")
             else:
-                append((component, name.decode("utf-8", "replace"), event.digests[_SHA256]))
+                append((component, name.decode("utf-8", "replace"), digests[_SHA256]))
         elif kind == _IPL and pcr == 8:
             # a string ``prefix value\0``, believed only if its SHA-256 digest is the value's hash
-            data = event.data
             space = data.find(b" ")
             if space < 0 or data[-1:] != b"\0":
                 problems.append(f"event log: {_where(event)} is not a 'prefix: value' string")
                 continue
             raw = data[space + 1:-1]
-            if sha256(raw).digest() != event.digests.get(_SHA256):
+            if sha256(raw).digest() != digests.get(_SHA256):
                 problems.append(f"event log: {_where(event)} data does not match its sha256 digest")
                 continue
             try:
@@ -121,13 +119,12 @@ def read_boot_log(events: Iterable[Event]) -> BootFacts:
             elif prefix == _CMDLINE_PREFIX:
                 facts.cmdline = value
         elif pcr == 0 and kind == _BLOB2:
-            facts.measured.append((ComponentKind.FIRMWARE, _firmware_name(event.data) or f"blob at event "
-                                   f"{event.number}", event.digests[_SHA256]))
+            append((ComponentKind.FIRMWARE, _firmware_name(data) or f"blob at event {event.number}",
+                    digests[_SHA256]))
         elif pcr == 4 and kind == _APPLICATION:
-            facts.measured.append((ComponentKind.BOOTLOADER, _image_path(event.data) or f"application at event "
-                                   f"{event.number}", event.digests[_SHA256]))
+            append((ComponentKind.BOOTLOADER, _image_path(data) or f"application at event {event.number}",
+                    digests[_SHA256]))
         elif pcr == 7 and kind == _VARIABLE:
-            data = event.data
             if len(data) < _VARIABLE_HEAD.size:
                 problems.append(f"event log: {_where(event)} is not a UEFI_VARIABLE_DATA")
                 continue
@@ -138,7 +135,7 @@ def read_boot_log(events: Iterable[Event]) -> BootFacts:
                 continue
             if data[_VARIABLE_HEAD.size:name_end] != _SECURE_BOOT_NAME:
                 continue
-            if hashlib.sha256(data).digest() != event.digests.get(_SHA256):
+            if sha256(data).digest() != digests.get(_SHA256):
                 problems.append(f"event log: {_where(event)} SecureBoot data does not match its sha256 digest")
                 continue
             facts.secure_boot = data[name_end:] == b"\x01"
