@@ -464,4 +464,5 @@ class EventLogWriter:
         self.record(pcr, EventType.EV_NO_ACTION, data, {alg: bytes(HASHES[alg].size) for alg in self.algorithms})
 
     def to_bytes(self) -> bytes:
+        """The log as firmware leaves it (binary_bios_measurements): header, then every event."""
         return b"".join(self._parts)

@@ -328,4 +328,5 @@ class ImaLogWriter:
         return {alg: template_digest(alg, data) for alg in self.algorithms}
 
     def to_bytes(self) -> bytes:
+        """The list as the kernel exports it (binary_runtime_measurements), every entry so far."""
         return b"".join(self._parts)
