@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from vmcrypt.trust.images import ComponentKind
+from vmcrypt.trust.images import ComponentKind, ImageManifest
 from vmcrypt.trust.policy import ImageIndex
 from vtpm.constants import ALG
 from vtpm.eventlog import Event, EventType
@@ -77,9 +78,31 @@ def _image_path(data: bytes) -> str | None:
     return text.rsplit("\\", 1)[-1]
 
 
-def read_boot_log(events: Iterable[Event]) -> BootFacts:
-    """The facts of a parsed boot log. (Runs for every attestation: the usual events, PCR 8 and 9
-    strings, are handled first, and prefixes and labels compared as bytes.)"""
+def reference_strings(manifests: Iterable[ImageManifest]) -> dict[bytes, tuple[bytes, str, bytes]]:
+    """Reference values of the PCR 8 strings trusted images make their hosts log (version, kernel
+    command line, a valid signature check per VIB): event data -> (prefix, value, SHA-256 of the
+    value), read as ``read_boot_log`` reads a string. Computed once per policy, so a boot log's
+    usual strings are checked by comparing digests instead of being split and hashed again."""
+    table: dict[bytes, tuple[bytes, str, bytes]] = {}
+    for manifest in manifests:
+        strings = [(VERSION_PREFIX, manifest.version), (CMDLINE_PREFIX, manifest.kernel_cmdline)]
+        strings += [(SIGNATURE_PREFIX, f"{c.name} valid") for c in manifest.components if c.kind == ComponentKind.VIB]
+        for prefix, value in strings:
+            data = (prefix + value).encode() + b"\0"
+            space = data.find(b" ")
+            if space < 0 or data[-1:] != b"\0":
+                continue  # not a well-formed string: such an event takes the full path
+            raw = data[space + 1:-1]
+            table[data] = data[:space + 1], raw.decode("utf-8"), hashlib.sha256(raw).digest()
+    return table
+
+
+def read_boot_log(events: Iterable[Event],
+                  strings: Mapping[bytes, tuple[bytes, str, bytes]] = MappingProxyType({})) -> BootFacts:
+    """The facts of a parsed boot log. ``strings`` are ``reference_strings`` of the trusted images:
+    a PCR 8 string found there has its digest compared with the reference SHA-256 of its value,
+    which is the check the full path makes by hashing. (Runs for every attestation: the usual
+    events, PCR 8 and 9 strings, are handled first, and prefixes and labels compared as bytes.)"""
     facts = BootFacts()
     problems, measured, signature_checks = facts.problems, facts.measured, facts.signature_checks
     append, sha256 = measured.append, hashlib.sha256
@@ -95,20 +118,27 @@ def read_boot_log(events: Iterable[Event]) -> BootFacts:
                 append((component, name.decode("utf-8", "replace"), digests[_SHA256]))
         elif kind == _IPL and pcr == 8:
             # a string ``prefix value\0``, believed only if its SHA-256 digest is the value's hash
-            space = data.find(b" ")
-            if space < 0 or data[-1:] != b"\0":
-                problems.append(f"event log: {_where(event)} is not a 'prefix: value' string")
-                continue
-            raw = data[space + 1:-1]
-            if sha256(raw).digest() != digests.get(_SHA256):
-                problems.append(f"event log: {_where(event)} data does not match its sha256 digest")
-                continue
-            try:
-                value = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                problems.append(f"event log: {_where(event)} is not UTF-8")
-                continue
-            prefix = data[:space + 1]
+            known = strings.get(data)
+            if known is not None:
+                prefix, value, value_digest = known
+                if value_digest != digests.get(_SHA256):
+                    problems.append(f"event log: {_where(event)} data does not match its sha256 digest")
+                    continue
+            else:
+                space = data.find(b" ")
+                if space < 0 or data[-1:] != b"\0":
+                    problems.append(f"event log: {_where(event)} is not a 'prefix: value' string")
+                    continue
+                raw = data[space + 1:-1]
+                if sha256(raw).digest() != digests.get(_SHA256):
+                    problems.append(f"event log: {_where(event)} data does not match its sha256 digest")
+                    continue
+                try:
+                    value = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    problems.append(f"event log: {_where(event)} is not UTF-8")
+                    continue
+                prefix = data[:space + 1]
             if prefix == _SIGNATURE_PREFIX:
                 name, _, verdict = value.rpartition(" ")
                 signature_checks[name] = verdict
