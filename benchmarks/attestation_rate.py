@@ -9,7 +9,9 @@ signed digest, replay of the boot log and of the IMA list against the signed val
 policy check of every component, VIB signature check, runtime file and Secure Boot against
 the trusted image. Every IMA entry's framing is parsed and every entry extended; entries whose
 template data is exactly one of the trusted image's files take their SHA-256 from the image's
-reference values (computed once per policy) instead of being parsed and hashed again.
+reference values (computed once per policy) instead of being parsed and hashed again; likewise
+a PCR 8 string that is one of a trusted image's has its digest compared with the reference
+SHA-256 of its value.
 
 Single use: a nonce is consumed by ``verify``. The reports are made once (each a real
 ActivateCredential and Quote, each with its own nonce, so the quotes and signatures differ);
@@ -116,7 +118,8 @@ class Bench:
         replay_ima(parse_ima_log(self.reports[0].ima_log), (ALG.SHA256,))
 
     def step_policy(self) -> None:
-        facts = read_boot_log(self.events)  # the logs parsed already (counted in the steps above)
+        strings = self.verifier._reference_strings(self.verifier.policy)  # made once per policy
+        facts = read_boot_log(self.events, strings)  # the logs parsed already (counted in the steps above)
         aggregate = boot_aggregate(self.reports[0].pcr_values[ALG.SHA256], ALG.SHA256)
         assert not check_image(facts, self.verifier.policy.index[facts.version], self.ima_unknown, aggregate)
 
