@@ -1,8 +1,9 @@
-"""Build hook for the one compiled part: the AES-XTS data-unit loop over OpenSSL.
+"""Build hook for the compiled parts, both over OpenSSL: the AES-XTS data-unit loop
+(vmcrypt._xts) and the event log / IMA list parse and replay loops (vtpm._measure).
 
-Everything else is declared in setup.cfg. The extension is optional: without
-OpenSSL headers the package still installs and vmcrypt.xts falls back to a
-slower pure-`cryptography` path (vmcrypt.xts.BACKEND says which one runs).
+Everything else is declared in setup.cfg. The extensions are optional: without
+OpenSSL headers the package still installs and falls back to slower pure-Python
+paths (vmcrypt.xts.BACKEND and vtpm.eventlog.BACKEND say which one runs).
 """
 from setuptools import Extension, setup
 
@@ -14,6 +15,13 @@ setup(
             libraries=["crypto"],
             extra_compile_args=["-O2", "-Wall"],
             optional=True,
-        )
+        ),
+        Extension(
+            "vtpm._measure",
+            sources=["vtpm/_measure.c"],
+            libraries=["crypto"],
+            extra_compile_args=["-O2", "-Wall"],
+            optional=True,
+        ),
     ]
 )

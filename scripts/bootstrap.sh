@@ -32,7 +32,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.vmcrypt-installed
-want=$(cat setup.cfg setup.py pyproject.toml vmcrypt/_xts.c | sha256sum | cut -d' ' -f1)
+want=$(cat setup.cfg setup.py pyproject.toml vmcrypt/_xts.c vtpm/_measure.c | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log=.venv/install.log
     if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[test,bench,kmip,postgres]"; } >"$log" 2>&1; then

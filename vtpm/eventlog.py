@@ -22,6 +22,7 @@ sequence reset it to 4 first (TPM 2.0 Part 1, 34.3).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Mapping
@@ -30,6 +31,14 @@ from typing import Any, NamedTuple
 
 from vtpm.constants import ALG
 from vtpm.crypto import HASHES, digest
+
+try:  # the parse and replay loops compiled over OpenSSL (vtpm/_measure.c); this module stays the reference
+    from vtpm import _measure
+
+    BACKEND = "openssl"
+except ImportError:  # extension not built (no compiler or OpenSSL headers)
+    _measure = None  # type: ignore[assignment]
+    BACKEND = "python"
 
 PCR_COUNT = 24
 DRTM_PCRS = range(17, 23)  # reset to all ones, not zeros
@@ -256,6 +265,16 @@ def parse_event_log(data: bytes) -> EventLog:
     header_data = reader.take(size, "the Spec ID event data")
     spec_id = _parse_spec_id(header_data)
     sizes = spec_id.digest_sizes
+    events = None
+    if _measure is not None:  # None when an entry is malformed: the Python parser below says why
+        events = _measure.parse_events(reader.data, reader.offset, tuple(sizes), tuple(sizes.values()), Event)
+    if events is None:
+        events = _parse_events(reader, sizes)
+    return EventLog(spec_id, header_data, events)
+
+
+def _parse_events(reader: _Reader, sizes: Mapping[int, int]) -> tuple[Event, ...]:
+    """The TCG_PCR_EVENT2 entries after the Spec ID event (the reference the compiled loop follows)."""
     algs = tuple(sizes)
     # The usual entry has one digest per bank in the Spec ID's order: one struct reads the whole
     # TPML_DIGEST_VALUES and the event size; anything else takes the general path below.
@@ -279,7 +298,7 @@ def parse_event_log(data: bytes) -> EventLog:
                     reader.offset = end
                     continue
         append(_parse_event2(reader, number, sizes))  # unusual layout, or an error to report
-    return EventLog(spec_id, header_data, tuple(events))
+    return tuple(events)
 
 
 # ----------------------------------------------------------------------------- replay
@@ -290,16 +309,20 @@ HCRTM_LOCALITY = 4
 
 def startup_locality(log: EventLog) -> int | None:
     """PCR 0's starting locality: 4 after an H-CRTM event, else a StartupLocality event's, else None."""
-    if any(event.pcr == 0 and event.event_type == EventType.EV_EFI_HCRTM_EVENT for event in log.events):
-        return HCRTM_LOCALITY
+    first = None  # the first StartupLocality event, used only when there is no H-CRTM event
+    hcrtm, no_action = EventType.EV_EFI_HCRTM_EVENT, EventType.EV_NO_ACTION
     for event in log.events:
-        if (event.pcr == 0 and event.event_type == EventType.EV_NO_ACTION
-                and event.data.startswith(STARTUP_LOCALITY_SIGNATURE)):
-            if len(event.data) != len(STARTUP_LOCALITY_SIGNATURE) + 1:
-                raise EventLogError(f"event {event.number}: StartupLocality data is {len(event.data)} bytes, "
-                                    f"not {len(STARTUP_LOCALITY_SIGNATURE) + 1}")
-            return event.data[-1]
-    return None
+        if event.pcr == 0:
+            if event.event_type == hcrtm:
+                return HCRTM_LOCALITY
+            if first is None and event.event_type == no_action and event.data.startswith(STARTUP_LOCALITY_SIGNATURE):
+                first = event
+    if first is None:
+        return None
+    if len(first.data) != len(STARTUP_LOCALITY_SIGNATURE) + 1:
+        raise EventLogError(f"event {first.number}: StartupLocality data is {len(first.data)} bytes, "
+                            f"not {len(STARTUP_LOCALITY_SIGNATURE) + 1}")
+    return first.data[-1]
 
 
 def initial_value(pcr: int, size: int, locality: int | None = None) -> bytes:
@@ -309,6 +332,12 @@ def initial_value(pcr: int, size: int, locality: int | None = None) -> bytes:
     if pcr == 0 and locality is not None:
         return bytes(size - 1) + bytes([locality])
     return bytes(size)
+
+
+@functools.lru_cache(maxsize=64)
+def _initial_values(size: int, locality: int | None) -> tuple[bytes, ...]:
+    """All 24 initial values of a bank (constants, made once)."""
+    return tuple(initial_value(index, size, locality) for index in range(PCR_COUNT))
 
 
 def replay(log: EventLog, algorithms: Iterable[int] | None = None) -> dict[int, dict[int, bytes]]:
@@ -323,9 +352,18 @@ def replay(log: EventLog, algorithms: Iterable[int] | None = None) -> dict[int, 
         if alg not in HASHES:
             raise EventLogError(f"cannot replay the {_alg_name(alg)} bank: no hash implementation")
     locality = startup_locality(log)
+    no_action = int(EventType.EV_NO_ACTION)
+    if _measure is not None and type(log.events) is tuple:
+        compiled = {}
+        for alg in banks:  # None for anything irregular: the loop below then raises what is wrong
+            values = _measure.replay_bank(log.events, alg, no_action, _initial_values(HASHES[alg].size, locality))
+            if values is None:
+                break
+            compiled[alg] = dict(enumerate(values))
+        else:
+            return compiled
     pcrs = {alg: {index: initial_value(index, HASHES[alg].size, locality) for index in range(PCR_COUNT)}
             for alg in banks}
-    no_action = int(EventType.EV_NO_ACTION)
     hashers = [(alg, pcrs[alg], _hash_constructor(alg)) for alg in banks]
     for event in log.events:
         if event.event_type == no_action:

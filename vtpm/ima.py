@@ -30,6 +30,11 @@ from typing import NamedTuple
 from vtpm.constants import ALG
 from vtpm.crypto import HASHES
 
+try:  # the replay loop compiled over OpenSSL (vtpm/_measure.c); this module stays the reference
+    from vtpm import _measure
+except ImportError:  # extension not built (no compiler or OpenSSL headers)
+    _measure = None  # type: ignore[assignment]
+
 IMA_PCR = 10
 TEMPLATE_NAME = b"ima-ng"
 BOOT_AGGREGATE = "boot_aggregate"
@@ -112,7 +117,7 @@ def boot_aggregate(pcrs: Mapping[int, bytes], alg: int = ALG.SHA256) -> bytes:
     """boot_aggregate for a TPM 2.0 bank: the hash of PCRs 0-9 of that bank, in order."""
     if alg == ALG.SHA1:
         raise ImaLogError("the SHA-1 boot_aggregate covers PCRs 0-7 only; not used here")
-    return hashlib.new(_HASHLIB[alg], b"".join(pcrs[i] for i in BOOT_AGGREGATE_PCRS)).digest()
+    return getattr(hashlib, _HASHLIB[alg])(b"".join(map(pcrs.__getitem__, BOOT_AGGREGATE_PCRS))).digest()
 
 
 _SHA256_D_NG = _U32.pack(40) + b"sha256:\0"  # the d-ng field's length and prefix for a SHA-256 file digest
@@ -237,6 +242,24 @@ def replay_ima_with_reference(data: bytes, reference: Mapping[bytes, bytes], alg
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError("the IMA log must be bytes")
     data = bytes(data)
+    if _measure is not None and type(reference) is dict:
+        # None when an entry's framing is malformed: the loop below then says where and why. Otherwise
+        # the entries it returns are parsed here in order, as the loop below would meet them.
+        compiled = _measure.ima_replay_reference(data, reference, alg, pcr, MAX_ENTRY_DATA)
+        if compiled is not None:
+            value, raw, number = compiled
+            unknown = []
+            for entry_number, offset, entry_pcr, template_hash, body in raw:
+                alg_id, file_digest, path = _parse_template(body, _Where(entry_number, offset))
+                unknown.append(ImaEntry(entry_number, offset, entry_pcr, template_hash, body, alg_id, file_digest,
+                                        path))
+            return value, tuple(unknown), number
+    return _replay_ima_with_reference(data, reference, alg, pcr)
+
+
+def _replay_ima_with_reference(data: bytes, reference: Mapping[bytes, bytes], alg: int,
+                               pcr: int) -> tuple[bytes, tuple[ImaEntry, ...], int]:
+    """The reference loop of ``replay_ima_with_reference`` (the compiled one follows it)."""
     new = getattr(hashlib, _HASHLIB[alg])
     ones = b"\xff" * HASHES[alg].size
     value = bytes(HASHES[alg].size)

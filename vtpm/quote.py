@@ -154,10 +154,13 @@ def parse_quote(attest: bytes) -> Quote:
                  firmware, tuple(selection), pcr_digest)
 
 
+_SIG_HEAD = struct.Struct(">HH")  # TPMT_SIGNATURE: sigAlg, hashAlg
+
+
 def parse_signature(data: bytes) -> Signature:
     """A TPMT_SIGNATURE of RSASSA, RSAPSS or ECDSA."""
     c = _Cursor(bytes(data), "TPMT_SIGNATURE")
-    sig_alg, hash_alg = c.unpack(struct.Struct(">HH"), "sigAlg")
+    sig_alg, hash_alg = c.unpack(_SIG_HEAD, "sigAlg")
     if hash_alg not in _HASHLIB:
         raise QuoteError(f"TPMT_SIGNATURE: unsupported hash 0x{hash_alg:04x}")
     if sig_alg in (ALG.RSASSA, ALG.RSAPSS):

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from vmcrypt.trust.images import ComponentKind
+from vmcrypt.trust.images import ComponentKind, ImageManifest
 from vmcrypt.trust.policy import ImageIndex
 from vtpm.constants import ALG
 from vtpm.eventlog import Event, EventType
@@ -26,13 +27,18 @@ VERSION_PREFIX = "esxi-version: "
 CMDLINE_PREFIX = "kernel_cmdline: "
 SIGNATURE_PREFIX = "vib-signature: "
 
-_SHA256 = ALG.SHA256
-_IPL = EventType.EV_IPL
-_VARIABLE = EventType.EV_EFI_VARIABLE_DRIVER_CONFIG
-_BLOB2 = EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2
-_APPLICATION = EventType.EV_EFI_BOOT_SERVICES_APPLICATION
+# plain ints: compared and looked up for every event of every attestation, where enum members cost more
+_SHA256 = int(ALG.SHA256)
+_IPL = int(EventType.EV_IPL)
+_VARIABLE = int(EventType.EV_EFI_VARIABLE_DRIVER_CONFIG)
+_BLOB2 = int(EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2)
+_APPLICATION = int(EventType.EV_EFI_BOOT_SERVICES_APPLICATION)
 _VARIABLE_HEAD = struct.Struct("<16sQQ")
 _SECURE_BOOT_NAME = "SecureBoot".encode("utf-16-le")
+_MODULE_KINDS = {b"kernel": ComponentKind.KERNEL, b"vib": ComponentKind.VIB}
+_SIGNATURE_PREFIX = SIGNATURE_PREFIX.encode()
+_VERSION_PREFIX = VERSION_PREFIX.encode()
+_CMDLINE_PREFIX = CMDLINE_PREFIX.encode()
 _KIND_LABEL = {ComponentKind.FIRMWARE: "firmware", ComponentKind.BOOTLOADER: "boot loader",
                ComponentKind.KERNEL: "kernel", ComponentKind.VIB: "VIB"}
 
@@ -51,24 +57,6 @@ class BootFacts:
 
 def _where(event: Event) -> str:
     return f"event {event.number} (PCR {event.pcr} {event.type_name})"
-
-
-def _ipl_value(event: Event, problems: list[str]) -> str | None:
-    """The value of a PCR 8 string ``prefix value\\0`` if its SHA-256 digest is the value's hash."""
-    data = event.data
-    space = data.find(b" ")
-    if space < 0 or not data.endswith(b"\0"):
-        problems.append(f"event log: {_where(event)} is not a 'prefix: value' string")
-        return None
-    value = data[space + 1:-1]
-    if hashlib.sha256(value).digest() != event.digests.get(_SHA256):
-        problems.append(f"event log: {_where(event)} data does not match its sha256 digest")
-        return None
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        problems.append(f"event log: {_where(event)} is not UTF-8")
-        return None
 
 
 def _firmware_name(data: bytes) -> str | None:
@@ -90,41 +78,83 @@ def _image_path(data: bytes) -> str | None:
     return text.rsplit("\\", 1)[-1]
 
 
-def read_boot_log(events: Iterable[Event]) -> BootFacts:
+def reference_strings(manifests: Iterable[ImageManifest]) -> dict[bytes, tuple[bytes, str, bytes]]:
+    """Reference values of the PCR 8 strings trusted images make their hosts log (version, kernel
+    command line, a valid signature check per VIB): event data -> (prefix, value, SHA-256 of the
+    value), read as ``read_boot_log`` reads a string. Computed once per policy, so a boot log's
+    usual strings are checked by comparing digests instead of being split and hashed again."""
+    table: dict[bytes, tuple[bytes, str, bytes]] = {}
+    for manifest in manifests:
+        strings = [(VERSION_PREFIX, manifest.version), (CMDLINE_PREFIX, manifest.kernel_cmdline)]
+        strings += [(SIGNATURE_PREFIX, f"{c.name} valid") for c in manifest.components if c.kind == ComponentKind.VIB]
+        for prefix, value in strings:
+            data = (prefix + value).encode() + b"\0"
+            space = data.find(b" ")
+            if space < 0 or data[-1:] != b"\0":
+                continue  # not a well-formed string: such an event takes the full path
+            raw = data[space + 1:-1]
+            table[data] = data[:space + 1], raw.decode("utf-8"), hashlib.sha256(raw).digest()
+    return table
+
+
+def read_boot_log(events: Iterable[Event],
+                  strings: Mapping[bytes, tuple[bytes, str, bytes]] = MappingProxyType({})) -> BootFacts:
+    """The facts of a parsed boot log. ``strings`` are ``reference_strings`` of the trusted images:
+    a PCR 8 string found there has its digest compared with the reference SHA-256 of its value,
+    which is the check the full path makes by hashing. (Runs for every attestation: the usual
+    events, PCR 8 and 9 strings, are handled first, and prefixes and labels compared as bytes.)"""
     facts = BootFacts()
-    problems = facts.problems
+    problems, measured, signature_checks = facts.problems, facts.measured, facts.signature_checks
+    append, sha256 = measured.append, hashlib.sha256
     for event in events:
-        kind = event.event_type
-        pcr = event.pcr
-        if pcr == 9 and kind == _IPL:
-            label, _, name = event.data.decode("utf-8", "replace").partition(":")
-            component = ComponentKind.KERNEL if label == "kernel" else ComponentKind.VIB if label == "vib" else None
+        _, _, pcr, kind, digests, data = event
+        if kind == _IPL and pcr == 9:
+            label, _, name = data.partition(b":")  # ':' is ASCII: as partitioning the decoded text
+            component = _MODULE_KINDS.get(label)
             if component is None:
-                problems.append(f"event log: {_where(event)} loads an unknown kind of module '{label}'")
+                problems.append(f"event log: {_where(event)} loads an unknown kind of module "
+                                f"'{label.decode('utf-8', 'replace')}'")
             else:
-                facts.measured.append((component, name, event.digests[_SHA256]))
-        elif pcr == 8 and kind == _IPL:
-            value = _ipl_value(event, problems)
-            if value is None:
-                continue
-            prefix = event.data[:event.data.find(b" ") + 1].decode("utf-8", "replace")
-            if prefix == SIGNATURE_PREFIX:
+                append((component, name.decode("utf-8", "replace"), digests[_SHA256]))
+        elif kind == _IPL and pcr == 8:
+            # a string ``prefix value\0``, believed only if its SHA-256 digest is the value's hash
+            known = strings.get(data)
+            if known is not None:
+                prefix, value, value_digest = known
+                if value_digest != digests.get(_SHA256):
+                    problems.append(f"event log: {_where(event)} data does not match its sha256 digest")
+                    continue
+            else:
+                space = data.find(b" ")
+                if space < 0 or data[-1:] != b"\0":
+                    problems.append(f"event log: {_where(event)} is not a 'prefix: value' string")
+                    continue
+                raw = data[space + 1:-1]
+                if sha256(raw).digest() != digests.get(_SHA256):
+                    problems.append(f"event log: {_where(event)} data does not match its sha256 digest")
+                    continue
+                try:
+                    value = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    problems.append(f"event log: {_where(event)} is not UTF-8")
+                    continue
+                prefix = data[:space + 1]
+            if prefix == _SIGNATURE_PREFIX:
                 name, _, verdict = value.rpartition(" ")
-                facts.signature_checks[name] = verdict
-            elif prefix == VERSION_PREFIX:
+                signature_checks[name] = verdict
+            elif prefix == _VERSION_PREFIX:
                 if facts.version is not None:
                     problems.append(f"version: the event log names a version twice ({_where(event)})")
                 facts.version = value
-            elif prefix == CMDLINE_PREFIX:
+            elif prefix == _CMDLINE_PREFIX:
                 facts.cmdline = value
         elif pcr == 0 and kind == _BLOB2:
-            facts.measured.append((ComponentKind.FIRMWARE, _firmware_name(event.data) or f"blob at event "
-                                   f"{event.number}", event.digests[_SHA256]))
+            append((ComponentKind.FIRMWARE, _firmware_name(data) or f"blob at event {event.number}",
+                    digests[_SHA256]))
         elif pcr == 4 and kind == _APPLICATION:
-            facts.measured.append((ComponentKind.BOOTLOADER, _image_path(event.data) or f"application at event "
-                                   f"{event.number}", event.digests[_SHA256]))
+            append((ComponentKind.BOOTLOADER, _image_path(data) or f"application at event {event.number}",
+                    digests[_SHA256]))
         elif pcr == 7 and kind == _VARIABLE:
-            data = event.data
             if len(data) < _VARIABLE_HEAD.size:
                 problems.append(f"event log: {_where(event)} is not a UEFI_VARIABLE_DATA")
                 continue
@@ -135,7 +165,7 @@ def read_boot_log(events: Iterable[Event]) -> BootFacts:
                 continue
             if data[_VARIABLE_HEAD.size:name_end] != _SECURE_BOOT_NAME:
                 continue
-            if hashlib.sha256(data).digest() != event.digests.get(_SHA256):
+            if sha256(data).digest() != digests.get(_SHA256):
                 problems.append(f"event log: {_where(event)} SecureBoot data does not match its sha256 digest")
                 continue
             facts.secure_boot = data[name_end:] == b"\x01"
@@ -152,6 +182,25 @@ def check_image(facts: BootFacts, image: ImageIndex, ima: Iterable[ImaEntry], bo
             reasons.append("Secure Boot: the event log has no SecureBoot variable (PCR 7)")
         elif not facts.secure_boot:
             reasons.append("Secure Boot: off (the SecureBoot variable measured into PCR 7 is not 1)")
+    if image.components and image.components == set(facts.measured):
+        # exactly the image's components with its digests: only the VIB signature checks can fail
+        signature_checks = facts.signature_checks
+        for kind, name, _ in facts.measured:
+            if kind == ComponentKind.VIB:
+                verdict = signature_checks.get(name)
+                if verdict is None:
+                    reasons.append(f"VIB '{name}': no vendor signature check was measured")
+                elif verdict != "valid":
+                    reasons.append(f"VIB '{name}': vendor signature check at boot: {verdict}")
+    else:
+        _check_components(facts, image, reasons)
+    _check_runtime(facts, image, ima, boot_aggregate, reasons)
+    return reasons
+
+
+def _check_components(facts: BootFacts, image: ImageIndex, reasons: list[str]) -> None:
+    """Every measured component against the image, and every image component measured."""
+    version = image.manifest.version
     seen: dict[ComponentKind, set[str]] = {kind: set() for kind in ComponentKind}
     for kind, name, digest in facts.measured:
         label = _KIND_LABEL[kind]
@@ -171,6 +220,12 @@ def check_image(facts: BootFacts, image: ImageIndex, ima: Iterable[ImaEntry], bo
     for kind, names in image.by_kind.items():
         for name in names.keys() - seen[kind]:
             reasons.append(f"{_KIND_LABEL[kind]} '{name}' of trusted image {version} was not measured")
+
+
+def _check_runtime(facts: BootFacts, image: ImageIndex, ima: Iterable[ImaEntry], boot_aggregate: bytes | None,
+                   reasons: list[str]) -> None:
+    """The kernel command line and the IMA entries the image check still needs."""
+    version = image.manifest.version
     if facts.cmdline != image.manifest.kernel_cmdline:
         reasons.append(f"kernel command line: '{facts.cmdline}' is not the trusted image {version}'s")
     files = image.manifest.runtime_files
@@ -184,4 +239,3 @@ def check_image(facts: BootFacts, image: ImageIndex, ima: Iterable[ImaEntry], bo
             reasons.append(f"IMA: file {entry.path} is not part of trusted image {version}")
         elif trusted_file != entry.file_digest:
             reasons.append(f"IMA: file {entry.path} does not match trusted image {version}")
-    return reasons

@@ -47,13 +47,16 @@ class ImageIndex:
     by_kind: Mapping[ComponentKind, Mapping[str, bytes]]
     # reference values of the runtime files: ima-ng template data -> its SHA-256 (what PCR 10 gets)
     ima_reference: Mapping[bytes, bytes]
+    # every (kind, name, SHA-256) of by_kind: a boot that measured exactly these matches every component
+    components: frozenset[tuple[ComponentKind, str, bytes]] = frozenset()
 
     @classmethod
     def of(cls, manifest: ImageManifest) -> "ImageIndex":
         table: dict[ComponentKind, dict[str, bytes]] = {kind: {} for kind in ComponentKind}
         for component in manifest.components:
             table[component.kind][component.name] = component.sha256
-        return cls(manifest, table, reference_templates(manifest.runtime_files, ALG.SHA256))
+        components = frozenset((kind, name, digest) for kind, names in table.items() for name, digest in names.items())
+        return cls(manifest, table, reference_templates(manifest.runtime_files, ALG.SHA256), components)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -36,7 +36,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from certs.validate import EkCertificateError, validate_ek_certificate
 from vmcrypt.errors import VmcryptError
 from vmcrypt.trust.evidence import AttestationReport, Challenge, Verdict
-from vmcrypt.trust.measurements import check_image, read_boot_log
+from vmcrypt.trust.measurements import check_image, read_boot_log, reference_strings
 from vmcrypt.trust.policy import NAMES_BY_BANK, ImageIndex, TrustPolicy, ek_fingerprint
 from vtpm.constants import ALG
 from vtpm.credential import CredentialError, ek_public_from_key, make_credential
@@ -99,6 +99,8 @@ class Verifier:
         self._lock = threading.Lock()
         # SHA-256 of an EK certificate's DER -> (reason or None, until when that verdict holds)
         self._ek_verdicts: dict[bytes, tuple[str | None, datetime.datetime]] = {}
+        # the policy and the reference values of its images' PCR 8 strings (made once per policy)
+        self._strings: tuple[TrustPolicy, Mapping[bytes, tuple[bytes, str, bytes]]] | None = None
 
     @property
     def policy(self) -> TrustPolicy:
@@ -237,7 +239,7 @@ class Verifier:
                                        "the signed value")
 
         # what the boot log says; then the IMA list, against the image it names when that is trusted
-        facts = read_boot_log(log.events) if log is not None else None
+        facts = read_boot_log(log.events, self._reference_strings(policy)) if log is not None else None
         image = policy.index.get(facts.version) if facts is not None and facts.version is not None else None
         ima = self._check_ima(report, selection, proven, image, reasons)
         if facts is None:
@@ -258,6 +260,12 @@ class Verifier:
             aggregate = boot_aggregate(boot_pcrs[ALG.SHA256], ALG.SHA256)
         reasons.extend(check_image(facts, image, ima, aggregate, policy.require_secure_boot))
         return facts.version
+
+    def _reference_strings(self, policy: TrustPolicy) -> Mapping[bytes, tuple[bytes, str, bytes]]:
+        strings = self._strings
+        if strings is None or strings[0] is not policy:
+            strings = self._strings = (policy, reference_strings(policy.images.values()))
+        return strings[1]
 
     def _check_ima(self, report: AttestationReport, selection, proven, image: ImageIndex | None,  # noqa: ANN001
                    reasons: list[str]) -> tuple[ImaEntry, ...]:
