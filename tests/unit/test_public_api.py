@@ -1,8 +1,8 @@
 """The library surface: every name in ``vtpm.__all__`` and ``vmcrypt.__all__`` resolves and says what it is for.
 
 Also: the session operations a library user calls (Management, UserSession and
-the administration half) all carry docstrings, every public definition of ``certs``
-and ``durable`` does, and ``py.typed`` ships in both packages.
+the administration half) all carry docstrings, every public definition of ``certs``,
+``durable`` and ``vtpm`` (subpackages included) does, and ``py.typed`` ships in both packages.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def test_every_public_method_of_an_exported_class_is_documented() -> None:
 
 
 def _modules(package: ModuleType) -> list[ModuleType]:
-    return [package] + [importlib.import_module(f"{package.__name__}.{info.name}")
-                        for info in pkgutil.iter_modules(package.__path__)]
+    """The package and every public module under it, subpackages included (``__main__`` would run a command line)."""
+    return [package] + [importlib.import_module(info.name)
+                        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+                        if not any(part.startswith("_") for part in info.name.split("."))]
 
 
 def _undocumented_in(module: ModuleType) -> list[str]:
@@ -97,11 +99,30 @@ def _undocumented_in(module: ModuleType) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("package", [certs, durable], ids=lambda p: p.__name__)
-def test_every_public_definition_of_certs_and_durable_is_documented(package: ModuleType) -> None:
+# Modules of vtpm not walked yet; the set may only shrink (an entry with nothing missing fails too).
+_NOT_YET_WALKED = frozenset({"vtpm.eventlog", "vtpm.ima", "vtpm.quote"})
+
+
+@pytest.mark.parametrize("package", [certs, durable, vtpm], ids=lambda p: p.__name__)
+def test_every_public_definition_of_the_package_is_documented(package: ModuleType) -> None:
     modules = _modules(package)
     assert len(modules) > 1
-    assert [name for module in modules for name in _undocumented_in(module)] == []
+    walked = [module for module in modules if module.__name__ not in _NOT_YET_WALKED]
+    assert [name for module in walked for name in _undocumented_in(module)] == []
+
+
+def test_modules_not_yet_walked_still_lack_docstrings() -> None:
+    modules = {module.__name__: module for module in _modules(vtpm)}
+    assert _NOT_YET_WALKED <= set(modules)
+    assert [name for name in sorted(_NOT_YET_WALKED) if not _undocumented_in(modules[name])] == [], \
+        "documented now: drop them from _NOT_YET_WALKED"
+
+
+def test_the_walk_reaches_subpackages() -> None:
+    names = {module.__name__ for module in _modules(vtpm)}
+    assert {"vtpm.commands.nv", "vtpm.commands.ea.signed", "vtpm.entities.pcr", "vtpm.marshal.fast",
+            "vtpm.server.loop"} <= names
+    assert not any(part.startswith("_") for name in names for part in name.split("."))
 
 
 def test_an_undocumented_definition_is_found() -> None:
