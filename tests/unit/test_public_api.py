@@ -111,6 +111,29 @@ def test_every_public_definition_of_the_package_is_documented(package: ModuleTyp
     assert [name for module in walked for name in _undocumented_in(module)] == []
 
 
+# Modules (and packages) of vmcrypt whose docstrings are not complete yet; they are changed elsewhere now, so
+# this set is not checked for staleness. Every other vmcrypt module is walked. (The migrations' Alembic env module
+# runs only inside Alembic.)
+_VMCRYPT_NOT_WALKED = frozenset({
+    "vmcrypt.cli", "vmcrypt.cli_common", "vmcrypt.cli_host", "vmcrypt.cli_inventory", "vmcrypt.cli_trust",
+    "vmcrypt.inventory", "vmcrypt.inventory_db", "vmcrypt.inventory_schema", "vmcrypt.management",
+    "vmcrypt.migrations", "vmcrypt.service", "vmcrypt.service_app", "vmcrypt.trust",
+})
+
+
+def _walked_in_vmcrypt(name: str) -> bool:
+    parts = name.split(".")
+    return (not any(part.startswith("_") for part in parts)
+            and not any(".".join(parts[:n]) in _VMCRYPT_NOT_WALKED for n in range(2, len(parts) + 1)))
+
+
+def test_every_public_definition_of_the_rest_of_vmcrypt_is_documented() -> None:
+    names = [info.name for info in pkgutil.walk_packages(vmcrypt.__path__, "vmcrypt.") if _walked_in_vmcrypt(info.name)]
+    assert {"vmcrypt.container", "vmcrypt.service_client", "vmcrypt.vm_vtpm", "vmcrypt.providers.native"} <= set(names)
+    modules = [vmcrypt] + [importlib.import_module(name) for name in names]
+    assert [name for module in modules for name in _undocumented_in(module)] == []
+
+
 def test_modules_not_yet_walked_still_lack_docstrings() -> None:
     modules = {module.__name__: module for module in _modules(vtpm)}
     assert _NOT_YET_WALKED <= set(modules)
