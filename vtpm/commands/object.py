@@ -214,7 +214,8 @@ def make_credential(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.Unseal, handles=[handle_spec("itemHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])],
          response_tpm2b=True)
 def unseal(tpm: Tpm, cmd: Command) -> Response:
-    """TPM2_Unseal (Part 3 12.7): the data of a loaded sealed data object; TPM_RC_TYPE for any other object."""
+    """TPM2_Unseal (Part 3 12.7): the data of a loaded sealed data object; TPM_RC_TYPE for an object that is not a
+    keyed-hash one, TPM_RC_ATTRIBUTES for a keyed-hash key (sign, decrypt or restricted)."""
     obj = get_object(tpm, cmd.handles[0])
     if obj.public.type != ALG.KEYEDHASH:
         raise TpmError(RC.TYPE, handle=1)

@@ -99,8 +99,8 @@ def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PCR_Event, handles=[PCR_HANDLE], params=[("eventData", TPM2B_EVENT)])
 def pcr_event(tpm: Tpm, cmd: Command) -> Response:
-    """TPM2_PCR_Event (Part 3 22.3): hash eventData in every bank, extend the PCR with those digests (unless
-    TPM_RH_NULL) and return them."""
+    """TPM2_PCR_Event (Part 3 22.3): hash eventData with every hash algorithm implemented, extend the PCR with those
+    digests (unless TPM_RH_NULL) and return them."""
     data = cmd.params.eventData
     digests = [(alg, digest(alg, data)) for alg in sorted(HASHES)]
     if cmd.handles[0] != RH.NULL:
