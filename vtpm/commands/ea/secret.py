@@ -57,7 +57,7 @@ def hierarchy_of(tpm: Tpm, handle: int) -> int:
 )
 def policy_secret(tpm: Tpm, cmd: Command) -> Response:
     """TPM2_PolicySecret (Part 3 23.4): an assertion authorized by an entity's authorization, with an optional
-    expiration and a ticket for later PolicyTicket."""
+    expiration; a negative expiration also returns a ticket for PolicyTicket."""
     auth_handle = cmd.handles[0]
     session = session_of(tpm, cmd.handles[1], 2)
     p = cmd.params
