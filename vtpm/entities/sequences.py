@@ -24,7 +24,7 @@ class HashSequence:
 
     @property
     def is_event(self) -> bool:
-        """Whether this is an event sequence (hash algorithm TPM_ALG_NULL: every bank)."""
+        """Whether this is an event sequence (hash algorithm TPM_ALG_NULL: every hash algorithm at once)."""
         return self.hash_alg == ALG.NULL
 
     def update(self, data: bytes) -> None:
