@@ -46,6 +46,8 @@ T = TypeVar("T")
 
 
 def provider_rows(keys: KeyManager) -> list[dict[str, Any]]:
+    """Every configured key provider as a row (id, name, kind, whether it is the default); the embedded default provider
+    is created on first use."""
     keys.registry.default()  # the embedded default exists from first use
     default_id = keys.registry.default_id()
     return [{"id": c.provider_id, "name": c.name, "kind": c.kind, "default": c.provider_id == default_id}
@@ -53,10 +55,12 @@ def provider_rows(keys: KeyManager) -> list[dict[str, Any]]:
 
 
 def key_rows(provider: KeyProvider) -> list[dict[str, Any]]:
+    """The keys of ``provider`` as rows (key id, creation time, state): identifiers only, never key material."""
     return [{"key_id": k.key_id, "created": k.created, "state": k.state.value} for k in provider.list_keys()]
 
 
 def provider_row(provider: KeyProvider) -> dict[str, Any]:
+    """One key provider as a row (id, name, kind)."""
     return {"id": provider.provider_id, "name": provider.name, "kind": provider.kind}
 
 
@@ -77,6 +81,8 @@ def probe_provider(provider: KeyProvider) -> dict[str, Any]:
 
 
 def native_provider(keys: KeyManager, name: str | None) -> NativeKeyProvider:
+    """The key provider ``name`` (the default for None) if it is a native one; KeyProviderError if it is of another
+    kind."""
     provider = keys.provider(name)
     if not isinstance(provider, NativeKeyProvider):
         raise KeyProviderError(f"key provider {provider.name!r} is not a native key provider")
@@ -84,11 +90,13 @@ def native_provider(keys: KeyManager, name: str | None) -> NativeKeyProvider:
 
 
 def ek_rows(eks: list[ProvisionedEk]) -> list[dict[str, Any]]:
+    """The EK certificates provisioned into a vTPM as rows (EK kind, NV index, serial, issuer)."""
     return [{"ek": e.kind.value, "nv_index": f"0x{e.nv_index:08x}", "serial": f"{e.certificate.serial_number:x}",
              "issuer": e.certificate.issuer.rfc4514_string()} for e in eks]
 
 
 def verify_eks(ca: CertificateAuthority, keys: KeyManager, vm: VmHome) -> list[dict[str, Any]]:
+    """Check each EK certificate in the VM's vTPM against its EK and this CA's chain and CRL; one row per EK."""
     chain = ca.chain()
     return verify_ek_certificates(vm, keys, [chain[-1]], chain[:-1], [ca.crl()])
 
@@ -120,20 +128,27 @@ def pem(*items: Any) -> bytes:
 
 
 def root_pem(ca: CertificateAuthority, chain: bool) -> bytes:
+    """The CA's root certificate, or its whole chain, as PEM."""
     return pem(*(ca.chain() if chain else [ca.root()]))
 
 
 def import_ca(ca: CertificateAuthority, certificate: bytes, key: bytes | None, password: bytes | None) -> dict:
+    """Replace the CA's certificate and key by imported ones (a PEM chain and key, or a PKCS#12 bundle when ``key`` is
+    None; ``password`` decrypts the key); CaError when they do not fit. Returns the CA's new description."""
     ca.import_files(certificate, key, password)
     return ca.describe()
 
 
 def import_signed_ca(ca: CertificateAuthority, chain: bytes) -> dict:
+    """Finish a CSR: install the certificate (and chain) an outside CA signed for the pending key; CaError when it does
+    not match. Returns the CA's new description."""
     ca.import_signed(chain)
     return ca.describe()
 
 
 def revoke(ca: CertificateAuthority, serial: str) -> dict:
+    """Revoke the certificate with hexadecimal serial ``serial``; CaError when it is not hexadecimal or this CA never
+    issued it."""
     try:
         number = int(serial, 16)
     except ValueError:

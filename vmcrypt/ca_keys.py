@@ -18,13 +18,18 @@ KEY_LABEL = "ca-private-key"
 
 
 class ContainerKeyStore:
+    """The CA's key storage (certs.ca.CaKeyStore): each private key a vmcrypt container, mode 0600, under a new DEK
+    wrapped by the default key provider."""
     def __init__(self, keys: KeyManager) -> None:
         self.keys = keys
 
     def seal(self, path: Path, secret: bytes) -> None:
+        """Write ``secret`` to ``path`` as a container under a new data key."""
         container.write_file(path, secret, self.keys.new_data_key(), label=KEY_LABEL, mode=0o600)
 
     def unseal(self, path: Path) -> bytes:
+        """The secret in the container at ``path``; container errors when it is damaged or its key cannot be unwrapped.
+        """
         return container.read_file(path, self.keys.header_key)
 
 

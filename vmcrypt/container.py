@@ -69,10 +69,12 @@ KeySource = Union[bytes, DataKey, Callable[["ContainerHeader"], bytes]]
 
 
 class Cipher(enum.IntEnum):
+    """The data cipher of a container (the one this format version knows: AES-256-XTS)."""
     AES_XTS_256 = 1
 
 
 class Mac(enum.IntEnum):
+    """The integrity check after the ciphertext: none, or HMAC-SHA-256 over header and ciphertext."""
     NONE = 0
     HMAC_SHA256 = 1
 
@@ -132,10 +134,12 @@ class ContainerHeader:
 
     @property
     def ciphertext_length(self) -> int:
+        """The ciphertext's length: the plaintext padded to a multiple of 16 bytes (the AES block)."""
         return _padded(self.plaintext_length)
 
     @property
     def file_length(self) -> int:
+        """The length a complete container file has: header, ciphertext and MAC."""
         mac = MAC_SIZE if self.mac == Mac.HMAC_SHA256 else 0
         return self.header_length + self.ciphertext_length + mac
 

@@ -248,6 +248,8 @@ def _show_ek_certificate(tool, root_pem: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo from the command line (``python -m vmcrypt.demo``): 0 on success, 1 on a failure (one ``error:``
+    line), 2 on a usage error."""
     parser = argparse.ArgumentParser(prog="python -m vmcrypt.demo", description=__doc__.splitlines()[0],
                                      epilog=f"Management home: ${ENV_HOME} if set (new or empty), else OUT/home.")
     parser.add_argument("--out", metavar="DIR",

@@ -23,6 +23,8 @@ from vmcrypt.vm_record import check_binding
 
 
 def write_home_json(vm: VmHome, target: VmFile, body: dict[str, Any], key: DataKey | None) -> None:
+    """Write ``body`` as JSON to ``target``: a container under the VM's DEK with the file's label and the VM's id,
+    listed in the encryption record, when ``key`` is given; an atomic plain write otherwise."""
     raw = json.dumps(body).encode()
     if key is None:
         write_atomic(target.path, raw)

@@ -30,10 +30,12 @@ class WrapAlgorithm(enum.IntEnum):
 
     @property
     def label(self) -> str:
+        """The algorithm's name in a key safe (lower case, hyphens)."""
         return self.name.lower().replace("_", "-")
 
     @classmethod
     def from_label(cls, label: str) -> "WrapAlgorithm":
+        """The algorithm with key-safe name ``label``; ValueError for an unknown one."""
         for member in cls:
             if member.label == label:
                 return member
@@ -63,6 +65,8 @@ class KeyReference:
 
     @classmethod
     def from_keysafe(cls, text: str) -> "KeyReference":
+        """The reference a key safe string names; VmcryptError when it is not a key safe of this format or lacks a
+        field."""
         if not isinstance(text, str):
             raise VmcryptError(f"a key safe is text, not {type(text).__name__}")
         scheme, sep, query = text.partition("?")

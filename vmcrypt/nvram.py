@@ -45,6 +45,7 @@ _EFI_STORE = cs.Struct("variables" / cs.PrefixedArray(cs.Int32ub, _VARIABLE), cs
 
 @dataclass(frozen=True)
 class EfiVariable:
+    """One UEFI variable of the EFIV section: vendor GUID, name, attributes and data."""
     vendor: uuid.UUID
     name: str
     attributes: int
@@ -59,6 +60,7 @@ class Nvram:
 
     @classmethod
     def parse(cls, raw: bytes, name: str = "<nvram>") -> "Nvram":
+        """The sections of ``.nvram`` bytes; VmError naming ``name`` when they are not a valid file."""
         try:
             parsed = _FILE.parse(raw)
         except cs.ConstructError as exc:
@@ -66,6 +68,7 @@ class Nvram:
         return cls({s.tag: s.data for s in parsed.sections})
 
     def build(self) -> bytes:
+        """The ``.nvram`` file bytes, sections in order."""
         return _FILE.build({"sections": [{"tag": t, "data": d} for t, d in self.sections.items()]})
 
     @property
@@ -91,6 +94,7 @@ class Nvram:
 
     @property
     def vtpm_state(self) -> bytes | None:
+        """The vTPM's serialized state (the VTPM section), or None when no vTPM is attached."""
         return self.sections.get(SECTION_VTPM)
 
     @vtpm_state.setter

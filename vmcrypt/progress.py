@@ -34,6 +34,7 @@ class FileProgress:
         self._done: dict[object, int] = {}
 
     def plan(self, sizes: dict[VmFile, int]) -> None:
+        """Announce the files and their sizes, so the bar's total and ETA cover the whole operation."""
         for vm_file, size in sizes.items():
             self._sizes[vm_file.path] = size
 
@@ -61,6 +62,7 @@ class FileProgress:
             bar.update(step)
 
     def close(self) -> None:
+        """Close the bar (if one is shown); calling it again does nothing."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None

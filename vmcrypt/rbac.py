@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 
 class Privilege(str, enum.Enum):
+    """The privileges, with vSphere's names; ``Cryptographer.*`` ones guard what touches keys."""
     CRYPTO_ACCESS = "Cryptographer.Access"
     CRYPTO_ENCRYPT = "Cryptographer.Encrypt"
     CRYPTO_ENCRYPT_NEW = "Cryptographer.EncryptNew"
@@ -61,6 +62,8 @@ READ_ONLY = frozenset({Privilege.SYSTEM_VIEW, Privilege.SYSTEM_READ})
 
 @dataclass(frozen=True)
 class Role:
+    """A named set of privileges; ``builtin`` marks the predefined ones (Administrator, No Cryptography Administrator).
+    """
     name: str
     privileges: frozenset[Privilege]
     builtin: bool = False
@@ -165,10 +168,12 @@ class Operation(str, enum.Enum):
         return member
 
     def required(self, encrypted: bool) -> frozenset[Privilege]:
+        """The privileges the operation needs: its base set, plus the cryptographic ones on an encrypted VM."""
         return self.base | self.on_encrypted if encrypted else self.base
 
 
 def required_privileges(operation: Operation, encrypted: bool) -> frozenset[Privilege]:
+    """The privileges ``operation`` needs on a VM that is (or is not) encrypted."""
     return operation.required(encrypted)
 
 

@@ -24,6 +24,8 @@ def vm_row(record: VmRecord) -> dict[str, Any]:
 
 
 def operation_row(result: OperationResult, home: VmHome) -> dict[str, Any]:
+    """The JSON row of a VM operation's result: operation, VM, whether it resumed, changed files, key provider and key
+    id."""
     return {
         "operation": result.operation.value,
         "vm": home.name,
@@ -36,6 +38,7 @@ def operation_row(result: OperationResult, home: VmHome) -> dict[str, Any]:
 
 
 def operation_text(data: dict[str, Any], verb: str) -> str:
+    """The text a person reads for an ``operation_row``, headed by ``verb``."""
     lines = [f"{verb} {data['vm']}" + (" (resumed an interrupted run)" if data["resumed"] else "")]
     for kind, path in zip(data["changed_kinds"], data["changed"]):
         lines.append(f"  {kind:16} {path}")
@@ -47,12 +50,15 @@ def operation_text(data: dict[str, Any], verb: str) -> str:
 
 
 def created_row(home: VmHome) -> dict[str, Any]:
+    """The JSON row of a newly created VM: name, .vmx path and the files of its home."""
     return {"vm": home.name, "vmx": str(home.vmx_path), "files": sorted(p.name for p in home.directory.iterdir())}
 
 
 def manifest_row(manifest: Manifest) -> dict[str, Any]:
+    """A backup manifest as a JSON row, its files included."""
     return {**manifest.__dict__, "files": [e.__dict__ for e in manifest.files]}
 
 
 def audit_rows(entries: list[AuditEntry]) -> list[dict[str, Any]]:
+    """Audit log entries as JSON rows."""
     return [e.__dict__ for e in entries]

@@ -35,6 +35,8 @@ class ServiceUnreachable(VmcryptError):
 
 
 class ServiceClient:
+    """A client of the management service over its Unix socket or HTTPS; VmcryptError for an HTTPS URL without the
+    service CA."""
     def __init__(self, url: str, ca_file: str | os.PathLike[str] | None = None) -> None:
         """``url``: ``unix:PATH`` or ``https://HOST:PORT``; ``ca_file`` verifies an HTTPS server."""
         self.url = url
@@ -51,6 +53,7 @@ class ServiceClient:
             raise VmcryptError(f"the management service is reached at unix:PATH or https://HOST:PORT, not {url!r}")
 
     def close(self) -> None:
+        """End the session on the service (if logged in) and close the connection."""
         if self.token:
             try:
                 self.request("DELETE", "/session")
@@ -66,6 +69,8 @@ class ServiceClient:
         self.close()
 
     def login(self, user: str, password: str) -> None:
+        """Log in as ``user``; the session token goes with every later request. VmcryptError when the service refuses.
+        """
         self.token = self.request("POST", "/session", json={"user": user, "password": password})["token"]
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,

@@ -47,6 +47,7 @@ _guard = threading.Lock()
 
 
 def vtpm_marker(vm: VmHome) -> Path:
+    """The marker file a running vTPM holds locked, so other processes see the VM's vTPM is in use."""
     return vm.directory / f".{vm.name}.vtpm.lock"
 
 
@@ -99,6 +100,8 @@ class VmLock:
             held.marker_fd = fd
 
     def release(self) -> None:
+        """Release this hold on the VM; the lock is freed when the last hold in the process goes. Calling it again does
+        nothing."""
         with _guard:
             if self._released:
                 return

@@ -35,10 +35,13 @@ from vmcrypt.vmx import VmxConfig
 
 @dataclass(frozen=True)
 class EncryptionRecord:
+    """The list of a VM's encrypted home files (relative path and kind) under its id: what encrypt, decrypt and rekey
+    must cover, and what a swapped or missing file is checked against."""
     vm_id: str
     files: dict[str, str] = field(default_factory=dict)  # relative path -> FileKind value
 
     def to_json(self) -> dict:
+        """The record as it goes into ``encryption.data`` (files sorted by path)."""
         return {"vm_id": self.vm_id, "files": [[path, kind] for path, kind in sorted(self.files.items())]}
 
     @classmethod
@@ -61,6 +64,7 @@ def _safe_relative(path: str) -> bool:
 
 
 def relative_name(home: VmHome, path: Path) -> str:
+    """``path`` relative to the VM's home directory, with forward slashes (the record's key)."""
     return path.relative_to(home.directory).as_posix()
 
 
@@ -74,10 +78,12 @@ def vm_id_from_settings(settings: VmxConfig) -> str:
 
 
 def record_for(home: VmHome, vm_id: str, files: list[VmFile]) -> EncryptionRecord:
+    """The encryption record of ``files`` for the VM with id ``vm_id``."""
     return EncryptionRecord(vm_id, {relative_name(home, f.path): f.kind.value for f in files})
 
 
 def listed_files(home: VmHome, record: EncryptionRecord) -> list[VmFile]:
+    """The files an encryption record lists, as VmFiles of ``home``, sorted by path."""
     return [VmFile(home.directory / Path(*PurePosixPath(path).parts), FileKind(kind))
             for path, kind in sorted(record.files.items())]
 

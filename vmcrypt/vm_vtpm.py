@@ -54,13 +54,17 @@ class ProviderPositions:
         self._key_id = key.reference.key_id
 
     def recorded(self) -> int | None:
+        """The journal position last recorded at the key provider, or None when none is."""
         return self._provider.generation(self._key_id, NVRAM_JOURNAL_ROLE)
 
     def record(self, position: int, *, allow_lower: bool = False) -> None:
+        """Record ``position`` at the key provider; the recorded position never goes lower unless ``allow_lower``
+        (a rollback an administrator accepted)."""
         self._provider.record_generation(self._key_id, NVRAM_JOURNAL_ROLE, position, allow_lower=allow_lower)
 
 
 def journal_path(vm: VmHome) -> Path:
+    """The vTPM state journal beside the VM's .nvram."""
     return vm.nvram_path.with_name(vm.nvram_path.name + JOURNAL_SUFFIX)
 
 
@@ -146,6 +150,7 @@ class VmNvramStore:
         return self._generation
 
     def describe(self) -> str:
+        """The .nvram path and whether it is encrypted, for messages (no secret)."""
         kind = "encrypted" if self.key else "unencrypted"
         return f"{self.vm.nvram_path} (vTPM section, {kind})"
 
@@ -159,6 +164,7 @@ class VmNvramStore:
         return JournalBinding(journal_path(self.vm), self.key.dek, context, positions)
 
     def load_raw(self) -> tuple[bytes | None, int]:
+        """The vTPM section as stored (None without one) and the .nvram's generation, without the journal applied."""
         self._nvram = self._read_nvram()
         return self._nvram.vtpm_state, self._generation
 
@@ -198,6 +204,8 @@ class VmNvramStore:
                                                                          header.generation)
 
     def load(self) -> TpmState | None:
+        """The vTPM state in the .nvram, or None when no vTPM is attached; StateStoreError when the section is not a
+        valid state."""
         self._nvram = self._read_nvram()
         section = self._nvram.vtpm_state
         if section is None:

@@ -64,6 +64,7 @@ def is_sensitive(key: str) -> bool:
 
 
 def escape_value(value: str) -> str:
+    """A value escaped for a .vmx line: ``"``, ``|`` and control characters as ``|XX`` (hex)."""
     out = []
     for ch in value:
         if ch in '"|' or ord(ch) < 0x20 or ord(ch) == 0x7F:
@@ -74,6 +75,7 @@ def escape_value(value: str) -> str:
 
 
 def unescape_value(value: str) -> str:
+    """A .vmx value with its ``|XX`` escapes decoded."""
     return _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), value)
 
 
@@ -85,6 +87,8 @@ class VmxConfig:
 
     @classmethod
     def parse(cls, text: str, name: str = "<vmx>") -> "VmxConfig":
+        """The settings of .vmx text (blank and ``#`` lines skipped); VmError naming ``name`` and the line for one that
+        is not ``key = "value"``."""
         config = cls()
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip() or line.lstrip().startswith("#"):
@@ -97,12 +101,14 @@ class VmxConfig:
 
     @classmethod
     def from_items(cls, items: Iterable[tuple[str, str]]) -> "VmxConfig":
+        """A configuration from (key, value) pairs, a later key replacing an earlier one."""
         config = cls()
         for key, value in items:
             config[key] = value
         return config
 
     def render(self) -> str:
+        """The configuration as .vmx text, one ``key = "value"`` line per setting, in order."""
         return "".join(f'{key} = "{escape_value(value)}"\n' for key, value in self.items())
 
     def __getitem__(self, key: str) -> str:
@@ -125,10 +131,12 @@ class VmxConfig:
         return len(self._items)
 
     def get(self, key: str, default: str | None = None) -> str | None:
+        """The value of ``key`` (keys are case-insensitive), or ``default``."""
         entry = self._items.get(key.lower())
         return entry[1] if entry else default
 
     def items(self) -> list[tuple[str, str]]:
+        """The (key, value) pairs in order, keys as first written."""
         return list(self._items.values())
 
     def split_sensitive(self) -> tuple["VmxConfig", "VmxConfig"]:
@@ -139,6 +147,7 @@ class VmxConfig:
         return clear, sensitive
 
     def merged(self, other: "VmxConfig") -> "VmxConfig":
+        """A new configuration: these settings with ``other``'s added or replacing them."""
         result = VmxConfig.from_items(self.items())
         for key, value in other.items():
             result[key] = value

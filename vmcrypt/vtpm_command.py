@@ -29,13 +29,17 @@ class EngineStoreOptions:
     failures: tuple[type[Exception], ...] = (VmcryptError,)
 
     def add_global_options(self, parser: argparse.ArgumentParser) -> None:
+        """``--home``: the management home whose key providers open ``--vm`` stores."""
         parser.add_argument("--home", help="management home (for --vm: key providers)")
 
     def add_store_options(self, command: argparse.ArgumentParser, where: Any) -> None:
+        """``--vm`` (the vTPM in a VM's .nvram) and ``--key-file`` (a state directory encrypted under a 32-byte key)."""
         where.add_argument("--vm", metavar="VMX", help="serve the vTPM stored in this VM's .nvram")
         command.add_argument("--key-file", help="encrypt the state directory's file under this 32-byte key")
 
     def open(self, args: argparse.Namespace) -> StateStore:
+        """The store the options name: a VM's .nvram, an encrypted or a plain state directory; StateStoreError (or a
+        key-file error) when none is named or it cannot be opened."""
         if args.vm:
             return VmNvramStore.open(args.vm, home=args.home)
         if not args.state:
@@ -53,6 +57,7 @@ def command_line(*args: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `vtpm` console script: ``vtpm.cli`` with the encrypted stores."""
     return cli.main(argv, EngineStoreOptions())
 
 

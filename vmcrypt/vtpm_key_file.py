@@ -36,6 +36,8 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
 
 
 class EncryptedStateStore:
+    """A vTPM state directory whose state file is a vmcrypt container under a key from ``--key-file`` (the key is
+    identified by a fingerprint, never stored)."""
     def __init__(self, directory: str | os.PathLike[str], key: bytes) -> None:
         self.directory = Path(directory)
         self.path = self.directory / ENCRYPTED_STATE_FILE
@@ -45,6 +47,7 @@ class EncryptedStateStore:
         self._generation = 0
 
     def describe(self) -> str:
+        """The state file's path, for messages."""
         return str(self.path)
 
     @property
@@ -57,6 +60,8 @@ class EncryptedStateStore:
         return JournalBinding(self.directory / JOURNAL_FILE, self.key.dek, f"{STATE_LABEL}:key-file".encode())
 
     def load_raw(self) -> tuple[bytes | None, int]:
+        """The decrypted state bytes (None when there is no state yet) and the container's generation; StateStoreError
+        for a directory with plain state or a container that does not open under the key."""
         if not self.path.exists():
             if (self.directory / PLAIN_STATE_FILE).exists():
                 raise StateStoreError(f"{self.directory}: holds unencrypted state; drop --key-file")
@@ -69,10 +74,12 @@ class EncryptedStateStore:
         return raw, self._generation
 
     def load(self) -> TpmState | None:
+        """The state with its journal recovered, or None when there is none."""
         raw = recover(self)
         return None if raw is None else parse_state(raw, self.path)
 
     def save(self, raw: bytes) -> None:
+        """Write ``raw`` as a new container generation (mode 0600, directory 0700)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         header = container.write_file(self.path, raw, self.key, label=STATE_LABEL, mode=0o600,
                                       min_generation=self._generation + 1)

@@ -41,6 +41,7 @@ IDENTITY = TpmIdentity(int.from_bytes(MANUFACTURER, "big"), "vmcrypt-vtpm", FIRM
 
 @dataclass(frozen=True)
 class ProvisionedEk:
+    """An EK certificate written into a vTPM: the EK kind, its NV index and the certificate."""
     kind: EkKind
     nv_index: int
     certificate: x509.Certificate
@@ -56,6 +57,8 @@ def ek_public_key(client: TpmClient, kind: EkKind) -> Any:
 def provision_ek_certificates(client: TpmClient, ca: CertificateAuthority, subject: str,
                               kinds: tuple[EkKind, ...] = DEFAULT_EKS, *, replace: bool = False,
                               vm_path: str | None = None) -> list[ProvisionedEk]:
+    """Issue a certificate for each EK kind from ``ca`` and write it into the EK certificate index of the vTPM behind
+    ``client``; with ``replace``, a certificate already there is superseded first."""
     done = []
     for kind in kinds:
         template = ek_template(kind)

@@ -74,6 +74,8 @@ def wants_json(request: Request) -> bool:
 
 
 def security_headers(nonce: str) -> dict[str, str]:
+    """The headers of every page: a CSP allowing only styles with ``nonce``, no framing, no sniffing, no referrer and no
+    caching."""
     return {
         "Content-Security-Policy": (f"default-src 'none'; style-src 'nonce-{nonce}'; form-action 'self'; "
                                     "frame-ancestors 'none'; base-uri 'none'"),
@@ -93,6 +95,7 @@ def render(template: str, status: int = 200, **context: Any) -> Response:
 
 
 def error_page(status: int, message: str, user: str | None) -> Response:
+    """The error page for ``status`` with ``message`` (the page names the logged-in ``user``, if any)."""
     titles = {401: "Login required", 403: "Not allowed", 404: "Not found", 409: "Refused", 422: "Bad request"}
     return render("error.html", status, title=titles.get(status, "Error"), message=message, user=user)
 
@@ -105,6 +108,7 @@ def safe_next(target: str | None) -> str:
 
 
 def login_redirect(request: Request) -> Response:
+    """A redirect to the login page that returns to the requested path afterwards."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303,
                             headers=security_headers(secrets.token_urlsafe(16)))
@@ -116,6 +120,7 @@ def _set_cookie(response: Response, request: Request, name: str, value: str, max
 
 
 def login_form(request: Request, error: str = "", status: int = 200) -> Response:
+    """The login page with a new CSRF token (also set as a short-lived cookie)."""
     csrf = secrets.token_urlsafe(32)
     response = render("login.html", status, csrf=csrf, error=error,
                       next=safe_next(request.query_params.get("next")))
@@ -161,6 +166,7 @@ async def login_submit(request: Request, authenticate: Authenticate, open_sessio
 
 
 def logout(request: Request, close_session: Callable[[str], bool]) -> Response:
+    """End the browser's session and redirect to the login page, dropping the session cookie."""
     close_session(request.cookies.get(SESSION_COOKIE, ""))
     response = RedirectResponse("/login", status_code=303, headers=security_headers(secrets.token_urlsafe(16)))
     response.delete_cookie(SESSION_COOKIE, path="/")

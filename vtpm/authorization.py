@@ -62,9 +62,12 @@ class SessionUse:
 
     @property
     def attributes(self) -> int:
+        """The TPMA_SESSION byte the caller sent for this session."""
         return self.wire.attributes
 
     def includes_auth_value(self) -> bool:
+        """Whether the HMAC key includes the entity's authValue: a policy session that asserted PolicyAuthValue, an HMAC
+        session not bound to this very entity."""
         if self.entity is None or self.session is None:
             return False
         if self.session.is_policy:
@@ -88,6 +91,8 @@ class SessionUse:
 
 @dataclass
 class AuthContext:
+    """The sessions of one command: who authorizes which handle, which session decrypts the first parameter, encrypts
+    the response, audits it, and the command's cpHash."""
     uses: list[SessionUse] = field(default_factory=list)
     decrypt: SessionUse | None = None
     encrypt: SessionUse | None = None
@@ -490,4 +495,5 @@ def _current_auth(tpm: "Tpm", use: SessionUse) -> bytes:
 
 
 def session_kind_matches(handle: int, session: AuthSession) -> bool:
+    """Whether a session handle's type (HMAC or policy) is the type of the session it names."""
     return (handle >> 24 == HT.POLICY_SESSION) == session.is_policy

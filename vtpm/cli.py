@@ -42,10 +42,12 @@ class StoreOptions(Protocol):
     #: exceptions of the stores, reported as ``error: vtpm COMMAND: ...`` with exit status 1
     failures: tuple[type[Exception], ...]
 
-    def add_global_options(self, parser: argparse.ArgumentParser) -> None: ...
+    def add_global_options(self, parser: argparse.ArgumentParser) -> None:
+        """Options before the subcommand that every store-opening command shares."""
     def add_store_options(self, command: argparse.ArgumentParser, where: Any) -> None:
         """Options of `serve` and `info`; ``where`` is the group of mutually exclusive ones (``--state``)."""
-    def open(self, args: argparse.Namespace) -> StateStore: ...
+    def open(self, args: argparse.Namespace) -> StateStore:
+        """The store the parsed options name; one of ``failures`` (or StateStoreError) when it cannot be opened."""
 
 
 class _NeedsEngine(argparse.Action):
@@ -61,13 +63,18 @@ class PlainStoreOptions:
     failures: tuple[type[Exception], ...] = ()
 
     def add_global_options(self, parser: argparse.ArgumentParser) -> None:
+        """Accept ``--home`` (hidden) so that command lines written for the `vtpm` command still parse."""
         parser.add_argument("--home", help=argparse.SUPPRESS)  # only --vm uses it; accepted as before
 
     def add_store_options(self, command: argparse.ArgumentParser, where: Any) -> None:
+        """Hidden ``--vm`` and ``--key-file`` that stop with a usage error pointing to the `vtpm` command, which opens
+        encrypted stores."""
         where.add_argument("--vm", action=_NeedsEngine, help=argparse.SUPPRESS)
         command.add_argument("--key-file", action=_NeedsEngine, help=argparse.SUPPRESS)
 
     def open(self, args: argparse.Namespace) -> StateStore:
+        """The plain store of ``--state DIR``; StateStoreError without ``--state``, or for a directory that does not
+        exist."""
         if not args.state:
             raise StateStoreError("give --state DIR")
         refuse_missing_state(args)
@@ -75,6 +82,7 @@ class PlainStoreOptions:
 
 
 def load_or_manufacture(store: StateStore) -> tuple[TpmState, bool]:
+    """The state in ``store`` and False, or a newly manufactured TPM, saved there first, and True."""
     state = store.load()
     if state is not None:
         return state, False
@@ -84,6 +92,8 @@ def load_or_manufacture(store: StateStore) -> tuple[TpmState, bool]:
 
 
 def cmd_serve(args: argparse.Namespace, store: StateStore) -> int:
+    """`vtpm serve`: load (or manufacture) the TPM, serve it over the swtpm or mssim protocol until SIGTERM, SIGINT or a
+    client's terminate, then save its state; StateStoreError when no port or socket is given."""
     lock = lock_for(store)
     if lock is not None:
         lock.acquire_or_raise()  # one server per state directory; held until the process ends
@@ -168,6 +178,8 @@ def describe_state(state: TpmState) -> dict[str, Any]:
 
 
 def cmd_info(args: argparse.Namespace, store: StateStore) -> int:
+    """`vtpm info`: what a stored TPM holds, without secrets, as text or JSON; StateStoreError when the store has no
+    TPM."""
     state = store.load()
     if state is None:
         raise StateStoreError(f"{store.describe()}: no TPM state stored there")
@@ -233,6 +245,8 @@ def _socket_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def cmd_socket(args: argparse.Namespace, store: StateStore) -> int:
+    """`vtpm socket`: serve the store with swtpm's `socket` command line; its failures also go into ``--log`` when one
+    is given."""
     try:
         return socket_command.run(args.socket, store)
     except (StateStoreError, OSError) as exc:
@@ -271,6 +285,7 @@ def refuse_missing_state(args: argparse.Namespace) -> None:
 
 
 def build_parser(stores: StoreOptions) -> argparse.ArgumentParser:
+    """The `vtpm` argument parser, with the store options ``stores`` adds."""
     parser = argparse.ArgumentParser(prog="vtpm", description="Serve and inspect virtual TPM 2.0 devices.",
                                      epilog="Exit status: 0 success, 1 failed, 2 usage error.")
     parser.add_argument("--version", action="version", version=f"vtpm {package_version()}")
@@ -343,6 +358,7 @@ def open_hosted_store(stores: StoreOptions, args: argparse.Namespace, request: h
 
 
 def main(argv: Sequence[str] | None = None, stores: StoreOptions | None = None) -> int:
+    """Run the `vtpm` command line: 0 on success, 1 on a failure (one ``error:`` line), 2 on a usage error."""
     stores = stores or PlainStoreOptions()
     parser = build_parser(stores)
     args = parser.parse_args(argv)

@@ -47,6 +47,7 @@ def one_line(text: str) -> str:
 
 
 def print_error(message: str) -> None:
+    """Print ``message`` as the one ``error:`` line on stderr."""
     print(f"error: {one_line(message)}", file=sys.stderr)
 
 

@@ -51,6 +51,7 @@ class HandleSpec:
     permanent: frozenset[int] = frozenset()
 
     def accepts(self, handle: int) -> bool:
+        """Whether ``handle`` is of a type (and, for permanent handles, one of the handles) this role accepts."""
         kind = handle >> 24
         if kind not in self.types:
             return False
@@ -58,6 +59,8 @@ class HandleSpec:
 
 
 def handle_spec(name: str, auth: Auth = Auth.NONE, *, types: Iterable[int] = (), permanent: Iterable[int] = ()) -> HandleSpec:
+    """A HandleSpec from types and permanent handles given as any ints; naming permanent handles accepts
+    TPM_HT_PERMANENT."""
     permanent = frozenset(int(h) for h in permanent)
     kinds = {int(t) for t in types} | ({HT.PERMANENT} if permanent else set())
     return HandleSpec(name, auth, frozenset(kinds), permanent)
@@ -88,6 +91,7 @@ class Command:
 
 @dataclass(slots=True)
 class Response:
+    """What a handler returns: the response parameters marshalled and the handles that precede them."""
     params: bytes = b""
     handles: tuple[int, ...] = ()
 
@@ -97,6 +101,8 @@ Handler = Callable[["Tpm", Command], Response]
 
 @dataclass(frozen=True)
 class CommandSpec:
+    """A registered command: its handler, handle roles, parameter layout, when it may run, and the readers the engine
+    unmarshals the parameters with."""
     code: CC
     handler: Handler
     handles: tuple[HandleSpec, ...]
@@ -195,6 +201,7 @@ def cached_entity(tpm: "Tpm", handle: int, parts: tuple[object, ...]) -> Entity 
 
 
 def remember_entity(tpm: "Tpm", handle: int, parts: tuple[object, ...], entity: Entity) -> Entity:
+    """Cache ``entity`` for ``handle`` with what it was made from (see ``cached_entity``); returns it."""
     tpm.entity_cache[handle] = (parts, entity)
     return entity
 

@@ -18,6 +18,7 @@ from vtpm.constants import ALG
 
 @dataclass(frozen=True)
 class HashAlg:
+    """A hash algorithm of the TPM: its TPM_ALG_ID, hashlib name, digest size and block size."""
     alg: ALG
     name: str  # hashlib name
     size: int
@@ -41,6 +42,7 @@ _KBKDF_HASHES: dict[int, type[hashes.HashAlgorithm]] = {
 
 
 def digest_size(alg: int) -> int:
+    """The digest size of hash algorithm ``alg``; KeyError for one this TPM does not implement."""
     return HASHES[alg].size
 
 
@@ -49,14 +51,17 @@ _CONSTRUCTORS = {alg: getattr(hashlib, info.name) for alg, info in HASHES.items(
 
 
 def new_hash(alg: int) -> "hashlib._Hash":
+    """A new hashlib object for ``alg``, for digests fed in parts (sequences, audit)."""
     return _CONSTRUCTORS[alg]()
 
 
 def digest(alg: int, *parts: bytes) -> bytes:
+    """The ``alg`` digest of the parts concatenated."""
     return _CONSTRUCTORS[alg](b"".join(parts)).digest()
 
 
 def hmac_digest(alg: int, key: bytes, *parts: bytes) -> bytes:
+    """The ``alg`` HMAC of the parts concatenated under ``key``."""
     # hmac.digest: OpenSSL's one-shot HMAC, without the Python HMAC object
     return hmac.digest(key, b"".join(parts), HASHES[alg].name)
 

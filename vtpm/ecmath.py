@@ -48,13 +48,17 @@ class Curve:
 
     @property
     def order_bytes(self) -> int:
+        """Bytes of the group order n: the size of a signature's r and s and of a private scalar."""
         return (self.n.bit_length() + 7) // 8
 
     @property
     def g(self) -> tuple[int, int]:
+        """The base point G as an affine point."""
         return (self.gx, self.gy)
 
     def on_curve(self, point: Point) -> bool:
+        """Whether ``point`` is a finite point with coordinates below p that satisfies the curve equation; the check
+        every point from outside must pass before it is used."""
         if point is None:
             return False
         x, y = point
@@ -117,6 +121,7 @@ class Curve:
         return (1, 1, 0) if point is None else (point[0], point[1], 1)
 
     def add(self, P: Point, Q: Point) -> Point:
+        """P + Q in affine form (either may be the point at infinity, ``None``)."""
         return self._affine(self._add(self._jacobian(P), self._jacobian(Q)))
 
     def multiply(self, k: int, point: Point = None) -> Point:
@@ -140,6 +145,7 @@ class Curve:
     # ------------------------------------------------------------------ encodings
 
     def to_bytes(self, value: int) -> bytes:
+        """A field element or scalar as a big-endian integer of the curve's size (a TPM2B_ECC_PARAMETER buffer)."""
         return value.to_bytes(self.size, "big")
 
     def point_bytes(self, point: tuple[int, int]) -> dict[str, bytes]:
@@ -242,10 +248,12 @@ CURVES: dict[int, Curve] = {
 
 
 def curve(curve_id: int) -> Curve:
+    """The curve with TPM_ECC_CURVE ``curve_id``; KeyError for one this TPM does not implement."""
     return CURVES[curve_id]
 
 
 def scalar(data: bytes) -> int:
+    """A TPM2B_ECC_PARAMETER buffer (big-endian) as an integer."""
     return int.from_bytes(data, "big")
 
 
@@ -299,6 +307,8 @@ def ecdsa_sign(curve: Curve, d: int, data_digest: bytes) -> tuple[int, int]:
 
 
 def ecdsa_verify(curve: Curve, q: tuple[int, int], data_digest: bytes, r: int, s: int) -> bool:
+    """Whether (r, s) is an ECDSA signature by public point ``q`` over ``data_digest``; out-of-range r or s is False,
+    never an exception."""
     if not (0 < r < curve.n and 0 < s < curve.n):
         return False
     w = pow(s, -1, curve.n)
@@ -308,6 +318,7 @@ def ecdsa_verify(curve: Curve, q: tuple[int, int], data_digest: bytes, r: int, s
 
 @dataclass(frozen=True)
 class SoftPublicNumbers:
+    """The coordinates and curve of a SoftPublicKey, shaped like cryptography's EllipticCurvePublicNumbers."""
     x: int
     y: int
     curve: Curve
@@ -322,9 +333,11 @@ class SoftPublicKey:
 
     @property
     def key_size(self) -> int:
+        """The curve's key size in bits."""
         return self.curve.key_bits
 
     def public_numbers(self) -> SoftPublicNumbers:
+        """The point and curve, as cryptography's ``public_numbers()`` gives them."""
         return SoftPublicNumbers(self.point[0], self.point[1], self.curve)
 
     def verify(self, signature: bytes, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> None:
@@ -336,6 +349,8 @@ class SoftPublicKey:
 
 @dataclass(frozen=True)
 class SoftPrivateNumbers:
+    """The private scalar and public numbers of a SoftPrivateKey, shaped like cryptography's
+    EllipticCurvePrivateNumbers."""
     private_value: int
     public_numbers: SoftPublicNumbers
 
@@ -350,12 +365,15 @@ class SoftPrivateKey:
 
     @property
     def key_size(self) -> int:
+        """The curve's key size in bits."""
         return self.curve.key_bits
 
     def public_key(self) -> SoftPublicKey:
+        """The matching public key."""
         return self.public
 
     def private_numbers(self) -> SoftPrivateNumbers:
+        """The private scalar and public numbers, as cryptography's ``private_numbers()`` gives them."""
         return SoftPrivateNumbers(self.d, self.public.public_numbers())
 
     def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:

@@ -31,6 +31,7 @@ POLICY_B_SHA512 = bytes.fromhex(
 
 
 class EkKind(str, enum.Enum):
+    """The EK kinds of the TCG EK Credential Profile's templates this TPM can create."""
     RSA2048 = "rsa2048"
     ECC_P256 = "ecc-p256"
     ECC_P384 = "ecc-p384"
@@ -41,6 +42,7 @@ class EkKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class EkTemplate:
+    """One EK template: the TPMT_PUBLIC, the NV index of its certificate, and whether it is a high-range one."""
     kind: EkKind
     cert_index: int  # NV index of the EK certificate
     high_range: bool
@@ -48,6 +50,7 @@ class EkTemplate:
 
     @property
     def is_rsa(self) -> bool:
+        """Whether the EK is an RSA key."""
         return self.kind in (EkKind.RSA2048, EkKind.RSA3072, EkKind.RSA4096)
 
 
@@ -97,4 +100,5 @@ EK_TEMPLATES: dict[EkKind, EkTemplate] = {
 
 
 def ek_template(kind: EkKind | str) -> EkTemplate:
+    """The EK template of ``kind``; ValueError for a name that is no EkKind."""
     return EK_TEMPLATES[EkKind(kind)]

@@ -58,6 +58,7 @@ class JournalError(ValueError):
 
 
 class Mode(IntEnum):
+    """How records are protected: CHECKSUM (plain stores, a SHA-256 chain) or SEALED (encrypted stores, AES-256-GCM)."""
     CHECKSUM = 0
     SEALED = 1
 
@@ -71,11 +72,13 @@ class Base:
 
     @classmethod
     def of(cls, generation: int, raw: bytes) -> "Base":
+        """The Base for state bytes ``raw`` written at container generation ``generation``."""
         return cls(generation, hashlib.sha256(raw).digest())
 
 
 @dataclass(frozen=True)
 class Header:
+    """A journal's header block: mode, journal id, salt, the base it applies to, and the tag over them."""
     mode: Mode
     journal_id: bytes
     salt: bytes
@@ -110,6 +113,8 @@ class Sealer:
             self._aead, self._mac_key = AESGCM(keys[:32]), keys[32:]
 
     def header_tag(self, fields: bytes) -> bytes:
+        """The tag over the header fields: an HMAC under the header key when sealed, a SHA-256 with the context
+        otherwise."""
         if self._aead is None:
             return hashlib.sha256(b"header\0" + self.context + b"\0" + fields).digest()
         return hmac.new(self._mac_key, b"header\0" + fields, hashlib.sha256).digest()
@@ -198,6 +203,7 @@ class Replay:
 
     @property
     def position(self) -> int:
+        """The position after the last good record (see ``position``)."""
         return position(self.header.base.generation, len(self.payloads))
 
 

@@ -28,6 +28,7 @@ SPLIT_SCHEMES = {ALG.ECDAA}  # a signature that needs a commitment (Commit) made
 
 
 def hash_class(alg: int) -> hashes.HashAlgorithm:
+    """cryptography's hash class for TPM hash ``alg``; TPM_RC_HASH for one it does not implement."""
     try:
         return _HASH_CLASSES[alg]()
     except KeyError:

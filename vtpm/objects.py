@@ -44,36 +44,47 @@ class Public:
 
     @classmethod
     def from_container(cls, area: Any) -> "Public":
+        """A Public from a parsed TPMT_PUBLIC container, marshalled again to keep the exact bytes its Name is computed
+        over."""
         return cls(area, TPMT_PUBLIC.build(area))
 
     @classmethod
     def parse(cls, raw: bytes) -> "Public":
+        """A Public from marshalled TPMT_PUBLIC bytes; construct's errors for bytes that are not one."""
         return cls.from_container(TPMT_PUBLIC.parse(raw))
 
     @property
     def type(self) -> int:
+        """The object's TPMI_ALG_PUBLIC (RSA, ECC, KEYEDHASH, SYMCIPHER)."""
         return self.area.type
 
     @property
     def name_alg(self) -> int:
+        """The nameAlg that computes the object's Name."""
         return self.area.nameAlg
 
     @property
     def attributes(self) -> int:
+        """The TPMA_OBJECT bits."""
         return self.area.objectAttributes
 
     def has(self, flag: int) -> bool:
+        """Whether the TPMA_OBJECT bit ``flag`` is set (any of them, for several bits)."""
         return bool(self.attributes & flag)
 
     @property
     def name(self) -> bytes:
+        """The object's Name: nameAlg followed by the nameAlg digest of the marshalled TPMT_PUBLIC."""
         return self.name_alg.to_bytes(2, "big") + digest(self.name_alg, self.raw)
 
     @property
     def is_storage_parent(self) -> bool:
+        """Whether this is a storage key (restricted, decrypt, not sign): one that may be a parent."""
         return self.has(A.RESTRICTED) and self.has(A.DECRYPT) and not self.has(A.SIGN_ENCRYPT)
 
     def symmetric(self) -> Any:
+        """The TPMT_SYM_DEF_OBJECT of the object (a SYMCIPHER's own, a parent's protection scheme), or None for a type
+        that has none."""
         params = self.area.parameters
         return params.sym if self.type == ALG.SYMCIPHER else getattr(params, "symmetric", None)
 
@@ -88,6 +99,7 @@ class Sensitive:
     secret: bytes = field(repr=False)  # RSA prime p, ECC private scalar, symmetric key or keyed-hash data
 
     def build(self) -> bytes:
+        """The TPM2B_SENSITIVE holding this TPMT_SENSITIVE."""
         return TPM2B_SENSITIVE.build({
             "sensitiveType": self.sensitive_type,
             "authValue": self.auth_value,
@@ -97,6 +109,7 @@ class Sensitive:
 
     @classmethod
     def parse_tpm2b(cls, raw: bytes) -> "Sensitive":
+        """A Sensitive from TPM2B_SENSITIVE bytes; construct's errors for bytes that are not one."""
         parsed = TPM2B_SENSITIVE.parse(raw)
         return cls(parsed.sensitiveType, parsed.authValue, parsed.seedValue, parsed.sensitive)
 
@@ -302,9 +315,13 @@ class LoadedObject:
 
     @property
     def name(self) -> bytes:
+        """The loaded object's Name (its public area's)."""
         return self.public.name
 
     def entity(self) -> Entity:
+        """The object as an authorization entity: its authValue, authPolicy, DA protection and the
+        userWithAuth/adminWithPolicy rules; an object loaded without its sensitive area offers neither authValue nor
+        policy."""
         auth = self.sensitive.auth_value if self.sensitive else b""
         return Entity(
             auth,
@@ -341,6 +358,8 @@ class LoadedObject:
         raise TpmError(RC.TYPE)
 
     def private_key(self) -> Any:
+        """The RSA or ECC private key rebuilt (once) from the sensitive prime or scalar; TPM_RC_KEY without a sensitive
+        area, TPM_RC_BINDING when it does not match the public area, TPM_RC_TYPE for other types."""
         if self._private_key is not None:
             return self._private_key
         if self.sensitive is None:

@@ -27,6 +27,7 @@ MAX_LOADED_SESSIONS = 3  # as libtpms: a client without a resource manager flush
 
 
 class SessionType:
+    """The TPM_SE session types StartAuthSession accepts (HMAC, policy, trial policy)."""
     HMAC = 0x00
     POLICY = 0x01
     TRIAL = 0x03
@@ -34,6 +35,7 @@ class SessionType:
 
 @dataclass
 class SymDef:
+    """The TPMT_SYM_DEF a session uses for parameter encryption (TPM_ALG_NULL: none)."""
     algorithm: int = ALG.NULL
     key_bits: int = 0
     mode: int = ALG.NULL  # for XOR: the hash algorithm
@@ -74,9 +76,12 @@ class AuthSession:
 
     @property
     def is_policy(self) -> bool:
+        """Whether this is a policy or trial session (not an HMAC session)."""
         return self.session_type in (SessionType.POLICY, SessionType.TRIAL)
 
     def reset_policy(self) -> None:
+        """Back to the state after StartAuthSession: a zero policy digest and no recorded assertion (PolicyRestart, and
+        a policy session after a use without continueSession)."""
         self.policy_digest = bytes(HASHES[self.auth_hash].size)
         self.needs_auth_value = self.needs_password = False
         self.command_code = self.cp_hash = self.name_hash = self.locality = None
@@ -99,6 +104,7 @@ class AuthSession:
         self.audit_digest = bytes(HASHES[self.auth_hash].size)
 
     def extend_audit(self, cp: bytes, rp: bytes) -> None:
+        """Extend the session's audit digest with one command's cpHash and rpHash."""
         self.audit_digest = digest(self.auth_hash, self.audit_digest, cp, rp)
 
 
@@ -120,10 +126,12 @@ def session_key(auth_hash: int, bind_auth: bytes, salt: bytes, nonce_tpm: bytes,
 
 
 def cp_hash(alg: int, command_code: int, names: list[bytes], params: bytes) -> bytes:
+    """cpHash: H(commandCode || Names of the handles || parameters)."""
     return digest(alg, command_code.to_bytes(4, "big"), *names, params)
 
 
 def rp_hash(alg: int, command_code: int, params: bytes) -> bytes:
+    """rpHash: H(responseCode (0) || commandCode || parameters)."""
     return digest(alg, (0).to_bytes(4, "big"), command_code.to_bytes(4, "big"), params)
 
 
@@ -141,6 +149,7 @@ def session_hmac(session: AuthSession, auth_value: bytes, p_hash: bytes, nonce_n
 
 
 def check_hmac(expected: bytes, provided: bytes) -> bool:
+    """Compare two HMACs in constant time."""
     return hmac_mod.compare_digest(expected, provided)
 
 
@@ -172,6 +181,7 @@ def crypt_parameter(session: AuthSession, session_value: bytes, nonce_newer: byt
 
 
 def is_session_handle(handle: int) -> bool:
+    """Whether ``handle`` is an HMAC or policy session handle."""
     return handle >> 24 in (HT.HMAC_SESSION, HT.POLICY_SESSION)
 
 

@@ -122,6 +122,7 @@ class Response(NamedTuple):
 
     @property
     def ok(self) -> bool:
+        """Whether the response code is TPM_RC_SUCCESS."""
         return self.rc == RC.SUCCESS
 
     def split(self, handles: int = 0) -> tuple[tuple[int, ...], bytes, bytes]:
@@ -145,6 +146,7 @@ class Response(NamedTuple):
         return values, self.body[start : start + size], self.body[start + size :]
 
     def parameters(self, handles: int = 0) -> bytes:
+        """The response parameters only (see ``split``); WireError if the frame is too short for them."""
         return self.split(handles)[1]
 
 
@@ -181,6 +183,8 @@ def describe_rc(rc: int) -> str:
 
 
 def pcr_bitmap(pcrs: Iterable[int], size_of_select: int = PCR_SELECT_SIZE) -> bytes:
+    """The pcrSelect bitmap of a TPMS_PCR_SELECTION (PCR n is bit n % 8 of byte n // 8); IndexError for a PCR beyond
+    ``size_of_select`` bytes."""
     bits = bytearray(size_of_select)
     for pcr in pcrs:
         bits[pcr // 8] |= 1 << (pcr % 8)
@@ -214,10 +218,12 @@ PCR_READ_OUT = cs.Struct("pcrUpdateCounter" / U32, "pcrSelectionOut" / PCR_SELEC
 
 
 def startup(su: int = SU.CLEAR) -> bytes:
+    """A TPM2_Startup command frame (Part 3 9.3) with startupType ``su``."""
     return build_command(CC.Startup, params=U16.build(su))
 
 
 def shutdown(su: int = SU.CLEAR) -> bytes:
+    """A TPM2_Shutdown command frame (Part 3 9.4) with shutdownType ``su``."""
     return build_command(CC.Shutdown, params=U16.build(su))
 
 
@@ -228,18 +234,22 @@ SHUTDOWN_STATE = shutdown(SU.STATE)
 
 
 def get_random(count: int) -> bytes:
+    """A TPM2_GetRandom command frame (Part 3 16.1) asking for ``count`` bytes."""
     return build_command(CC.GetRandom, params=U16.build(count))
 
 
 def get_capability(capability: int, prop: int, count: int) -> bytes:
+    """A TPM2_GetCapability command frame (Part 3 30.2)."""
     return build_command(CC.GetCapability, params=U32.build(capability) + U32.build(prop) + U32.build(count))
 
 
 def flush_context(handle: int) -> bytes:
+    """A TPM2_FlushContext command frame (Part 3 28.4) for a loaded object or session handle."""
     return build_command(CC.FlushContext, params=U32.build(handle))
 
 
 def pcr_read(selections: PcrSelections, size_of_select: int = PCR_SELECT_SIZE) -> bytes:
+    """A TPM2_PCR_Read command frame (Part 3 22.4) for the banks and PCRs selected."""
     return build_command(CC.PCR_Read, params=pcr_selection(selections, size_of_select))
 
 
@@ -252,10 +262,12 @@ def pcr_extend(pcr: int, digests: Mapping[int, bytes] | Iterable[tuple[int, byte
 
 
 def pcr_reset(pcr: int, password: bytes = b"") -> bytes:
+    """A TPM2_PCR_Reset command frame (Part 3 22.8) authorized with a password session."""
     return build_command(CC.PCR_Reset, [pcr], sessions=password_session(password))
 
 
 def pcr_allocate(selections: PcrSelections, auth_handle: int = RH.PLATFORM, password: bytes = b"") -> bytes:
+    """A TPM2_PCR_Allocate command frame (Part 3 22.5), by default with platformAuth."""
     return build_command(CC.PCR_Allocate, [auth_handle], pcr_selection(selections), password_session(password))
 
 
@@ -267,15 +279,19 @@ def nv_public(index: int, attributes: int, size: int, name_alg: int = ALG.SHA256
 
 def nv_define_space(index: int, attributes: int, size: int, *, auth: bytes = b"", name_alg: int = ALG.SHA256,
                     policy: bytes = b"", auth_handle: int = RH.OWNER, password: bytes = b"") -> bytes:
+    """A TPM2_NV_DefineSpace command frame (Part 3 31.3) with a TPMS_NV_PUBLIC built from the arguments, by default
+    under ownerAuth."""
     params = tpm2b(auth) + tpm2b(nv_public(index, attributes, size, name_alg, policy))
     return build_command(CC.NV_DefineSpace, [auth_handle], params, password_session(password))
 
 
 def nv_undefine_space(index: int, auth_handle: int = RH.OWNER, password: bytes = b"") -> bytes:
+    """A TPM2_NV_UndefineSpace command frame (Part 3 31.4), by default under ownerAuth."""
     return build_command(CC.NV_UndefineSpace, [auth_handle, index], sessions=password_session(password))
 
 
 def nv_read_public(index: int) -> bytes:
+    """A TPM2_NV_ReadPublic command frame (Part 3 31.6)."""
     return build_command(CC.NV_ReadPublic, [index])
 
 

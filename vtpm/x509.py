@@ -69,6 +69,7 @@ USAGE_NEEDS_DECRYPT = {KEY_ENCIPHERMENT, DATA_ENCIPHERMENT, KEY_AGREEMENT, ENCIP
 
 
 def length(n: int) -> bytes:
+    """A DER length: short form below 128, else one or two length octets (all this TPM writes)."""
     if n < 0x80:
         return bytes([n])
     if n < 0x100:
@@ -77,6 +78,7 @@ def length(n: int) -> bytes:
 
 
 def tlv(tag: int, value: bytes) -> bytes:
+    """A DER element: one-byte tag, length, value."""
     return bytes([tag]) + length(len(value)) + value
 
 
@@ -89,14 +91,18 @@ def integer(value: bytes) -> bytes:
 
 
 def bit_string(value: bytes) -> bytes:
+    """A DER BIT STRING of whole octets (no unused bits)."""
     return tlv(BIT_STRING, b"\x00" + value)
 
 
 def algorithm_identifier(oid: bytes) -> bytes:
+    """An AlgorithmIdentifier with the OID ``oid`` and NULL parameters."""
     return tlv(SEQUENCE, oid + tlv(NULL, b""))
 
 
 def pss_salt_size(hash_size: int, key_bytes: int) -> int:
+    """The RSASSA-PSS salt length the reference implementation uses: the hash size, capped at what the key leaves room
+    for."""
     return max(0, min(hash_size, key_bytes - hash_size - 2))
 
 
@@ -119,11 +125,13 @@ def signing_algorithm(key_type: int, scheme: int, hash_alg: int, key_bytes: int,
 
 
 def rsa_public_key(modulus: bytes, exponent: int) -> bytes:
+    """The SubjectPublicKeyInfo of an RSA key (exponent 0 means the default 65537)."""
     key = tlv(SEQUENCE, integer(modulus) + integer((exponent or 65537).to_bytes(4, "big")))
     return tlv(SEQUENCE, algorithm_identifier(OID_RSA_ENCRYPTION) + bit_string(key))
 
 
 def ecc_public_key(curve_id: int, x: bytes, y: bytes) -> bytes | None:
+    """The SubjectPublicKeyInfo of an ECC point (uncompressed), or None for a curve without an OID here."""
     oid = CURVE_OIDS.get(curve_id)
     if oid is None:
         return None
@@ -135,15 +143,18 @@ def ecc_public_key(curve_id: int, x: bytes, y: bytes) -> bytes | None:
 
 @dataclass
 class Element:
+    """One DER element found in a buffer: its tag and where its tag, value and end lie."""
     tag: int
     start: int  # offset of the tag
     value_start: int
     end: int
 
     def raw(self, data: bytes) -> bytes:
+        """The whole element (tag, length and value) from ``data``."""
         return data[self.start : self.end]
 
     def value(self, data: bytes) -> bytes:
+        """The element's value octets from ``data``."""
         return data[self.value_start : self.end]
 
 
@@ -177,6 +188,7 @@ def next_element(data: bytes, offset: int, end: int) -> Element:
 
 
 def children(data: bytes, element: Element) -> list[Element]:
+    """The elements inside a constructed ``element``; ValueError when one is not DER the TPM reads."""
     items, offset = [], element.value_start
     while offset < element.end:
         item = next_element(data, offset, element.end)
@@ -213,6 +225,8 @@ def extension_bits(data: bytes, extensions: list[Element], oid: bytes) -> int | 
 
 
 def usage_bits(value: int) -> set[int]:
+    """The KeyUsage bit numbers set in a BIT STRING value read as 32 bits, most significant first (bit 0 is
+    digitalSignature)."""
     return {bit for bit in range(32) if value >> (31 - bit) & 1}
 
 
@@ -255,6 +269,8 @@ class Partial:
 
 
 def parse_partial(data: bytes) -> Partial:
+    """Split the partialCertificate of TPM2_CertifyX509 into its parts; TPM_RC_SIZE when it is not one SEQUENCE filling
+    the buffer, TPM_RC_VALUE (parameter 3) when it does not hold 3 or 4 SEQUENCEs and one extensions element."""
     if not data:
         raise TpmError(RC.VALUE, param=3)
     try:

@@ -1,8 +1,9 @@
 """The library surface: every name in ``vtpm.__all__`` and ``vmcrypt.__all__`` resolves and says what it is for.
 
 Also: the session operations a library user calls (Management, UserSession and
-the administration half) all carry docstrings, every public definition of ``certs``
-and ``durable`` does, and ``py.typed`` ships in both packages.
+the administration half) all carry docstrings, every public definition of ``certs``,
+``durable``, ``vtpm`` (subpackages included) and vmcrypt but the modules changed elsewhere does, and
+``py.typed`` ships in both packages.
 """
 
 from __future__ import annotations
@@ -73,8 +74,11 @@ def test_every_public_method_of_an_exported_class_is_documented() -> None:
 
 
 def _modules(package: ModuleType) -> list[ModuleType]:
-    return [package] + [importlib.import_module(f"{package.__name__}.{info.name}")
-                        for info in pkgutil.iter_modules(package.__path__)]
+    """The package and every public module under it, subpackages included, but those in ``_NOT_WALKED``
+    (private modules are left out: ``__main__`` would run a command line)."""
+    return [package] + [importlib.import_module(info.name)
+                        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+                        if not any(part.startswith("_") for part in info.name.split(".")) and _walked(info.name)]
 
 
 def _undocumented_in(module: ModuleType) -> list[str]:
@@ -97,11 +101,41 @@ def _undocumented_in(module: ModuleType) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("package", [certs, durable], ids=lambda p: p.__name__)
-def test_every_public_definition_of_certs_and_durable_is_documented(package: ModuleType) -> None:
+# Modules (and packages) whose docstrings are not complete yet and that are being changed elsewhere, so the set is
+# not checked for staleness: drop an entry once its module is documented. Every other module is walked. (vmcrypt's
+# migrations: their Alembic env module runs only inside Alembic.)
+_NOT_WALKED = frozenset({
+    "vtpm.eventlog", "vtpm.ima", "vtpm.quote",
+    "vmcrypt.cli", "vmcrypt.cli_common", "vmcrypt.cli_host", "vmcrypt.cli_inventory", "vmcrypt.cli_trust",
+    "vmcrypt.inventory", "vmcrypt.inventory_db", "vmcrypt.inventory_schema", "vmcrypt.management",
+    "vmcrypt.migrations", "vmcrypt.service", "vmcrypt.service_app", "vmcrypt.trust",
+})
+
+
+def _walked(name: str) -> bool:
+    parts = name.split(".")
+    return not any(".".join(parts[:n]) in _NOT_WALKED for n in range(2, len(parts) + 1))
+
+
+@pytest.mark.parametrize("package", [certs, durable, vtpm, vmcrypt], ids=lambda p: p.__name__)
+def test_every_public_definition_of_the_package_is_documented(package: ModuleType) -> None:
     modules = _modules(package)
     assert len(modules) > 1
     assert [name for module in modules for name in _undocumented_in(module)] == []
+
+
+def test_the_modules_left_out_exist() -> None:
+    names = {info.name for package in (vtpm, vmcrypt)
+             for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")}
+    assert _NOT_WALKED <= names
+
+
+def test_the_walk_reaches_subpackages() -> None:
+    names = {module.__name__ for package in (vtpm, vmcrypt) for module in _modules(package)}
+    assert {"vtpm.commands.nv", "vtpm.commands.ea.signed", "vtpm.entities.pcr", "vtpm.marshal.fast",
+            "vtpm.server.loop", "vmcrypt.container", "vmcrypt.providers.native"} <= names
+    assert not any(part.startswith("_") for name in names for part in name.split("."))
+    assert not {"vtpm.quote", "vmcrypt.trust.pki", "vmcrypt.cli_inventory"} & names
 
 
 def test_an_undocumented_definition_is_found() -> None:

@@ -56,6 +56,8 @@ def _label(label: bytes) -> bytes:
          params=[("message", TPM2B_PUBLIC_KEY_RSA), ("inScheme", TPMT_ASYM_SCHEME), ("label", TPM2B_DATA)],
          response_tpm2b=True)
 def rsa_encrypt(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_RSA_Encrypt (Part 3 14.2): encrypt with the public part of a loaded RSA decryption key under the key's or
+    the caller's scheme (OAEP, RSAES or none)."""
     key = _decryption_key(tpm, cmd.handles[0], ALG.RSA)
     scheme, alg = _rsa_scheme(key, cmd.params.inScheme)
     public = key.public_key()
@@ -80,6 +82,8 @@ def rsa_encrypt(tpm: Tpm, cmd: Command) -> Response:
          params=[("cipherText", TPM2B_PUBLIC_KEY_RSA), ("inScheme", TPMT_ASYM_SCHEME), ("label", TPM2B_DATA)],
          response_tpm2b=True)
 def rsa_decrypt(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_RSA_Decrypt (Part 3 14.3): decrypt with a loaded RSA decryption key under the key's or the caller's scheme;
+    the key's authorization is required."""
     key = _decryption_key(tpm, cmd.handles[0], ALG.RSA)
     scheme, alg = _rsa_scheme(key, cmd.params.inScheme)
     private = key.private_key()
@@ -136,6 +140,8 @@ def ecdh_keygen(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.ECDH_ZGen, handles=[KEY], params=[("inPoint", TPM2B_ECC_POINT)], response_tpm2b=True)
 def ecdh_zgen(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ECDH_ZGen (Part 3 14.5): Z = [d]inPoint with a loaded ECC decryption key; TPM_RC_ECC_POINT for a point not
+    on the key's curve."""
     key = _decryption_key(tpm, cmd.handles[0], ALG.ECC)
     p = cmd.params.inPoint
     scalar = key.private_key().private_numbers().private_value

@@ -35,6 +35,8 @@ SIGN_HANDLE = handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSI
                   handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL])],
          params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME)], response_tpm2b=True)
 def certify(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Certify (Part 3 18.2): sign a TPMS_CERTIFY_INFO (Name and qualified name) of a loaded object with a signing
+    key, or return it unsigned under TPM_RH_NULL."""
     obj = get_object(tpm, cmd.handles[0])
     key = optional_signer(tpm, cmd.handles[1], 2)
     info = {"name": obj.name, "qualifiedName": obj.qualified_name}
@@ -67,6 +69,8 @@ def certify_creation(tpm: Tpm, cmd: Command) -> Response:
          params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME), ("PCRselect", TPML_PCR_SELECTION)],
          response_tpm2b=True)
 def quote(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Quote (Part 3 18.4): sign the selection and digest of the PCRs selected, with qualifyingData, under a
+    signing key (or TPM_RH_NULL for an unsigned one)."""
     key = optional_signer(tpm, cmd.handles[0], 1)
     p = cmd.params
     alg = select_sign_scheme(key, p.inScheme, 2)[1] if key else ALG.SHA256
@@ -80,6 +84,8 @@ def quote(tpm: Tpm, cmd: Command) -> Response:
                   handle_spec("signHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT], permanent=[RH.NULL])],
          params=[("qualifyingData", TPM2B_DATA), ("inScheme", TPMT_ASYM_SCHEME)], response_tpm2b=True)
 def get_time(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_GetTime (Part 3 18.7): sign the TPM's time and clock (TPMS_TIME_ATTEST_INFO) under endorsement
+    authorization."""
     key = optional_signer(tpm, cmd.handles[1], 2)
     info = {"time": time_info(tpm), "firmwareVersion": FIRMWARE_VERSION}
     return Response(params=signed_attestation(tpm, key, cmd.params.inScheme, 2, ST.ATTEST_TIME,

@@ -118,6 +118,7 @@ def command_attributes(code: int) -> int:
 
 
 def tpm_properties(tpm: Tpm) -> dict[int, int]:
+    """The TPM_PT values of this TPM (fixed and variable), as TPM_CAP_TPM_PROPERTIES reports them."""
     state, volatile = tpm.state, tpm.volatile
     permanent = 0
     if state.owner.auth:
@@ -212,6 +213,8 @@ def tpm_properties(tpm: Tpm) -> dict[int, int]:
 
 
 def pcr_properties() -> dict[int, int]:
+    """The TPM_PT_PCR values: for each property the bitmap of the PCRs that have it (saved, resettable and extendable by
+    locality, in the authorization and policy groups)."""
     def bitmap(predicate: Callable[[int], bool]) -> int:
         return sum(1 << i for i in range(PCR_COUNT) if predicate(i))
 
@@ -227,6 +230,8 @@ def pcr_properties() -> dict[int, int]:
 
 
 def handles_of_type(tpm: Tpm, kind: int) -> list[int]:
+    """The handles of type ``kind`` in use (PCRs, NV indices, permanent handles, loaded and saved sessions, loaded and
+    persistent objects), sorted, as TPM_CAP_HANDLES lists them."""
     if kind == HT.PCR:
         return list(range(PCR_COUNT))
     if kind == HT.NV_INDEX:
@@ -256,6 +261,8 @@ def _page(items: list[int], start: int, count: int, limit: int) -> tuple[list[in
 
 @command(CC.GetCapability, params=[("capability", U32), ("property", U32), ("propertyCount", U32)])
 def get_capability(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_GetCapability (Part 3 30.2): one page of algorithms, handles, commands, PP or audited commands, TPM or PCR
+    properties, PCR allocation or ECC curves, with moreData when the page stops early."""
     cap, prop, count = cmd.params.capability, cmd.params.property, cmd.params.propertyCount
     if cap == CAP.ALGS:
         algs, more = _page(sorted(ALGORITHMS), prop, count, 127)
@@ -358,6 +365,8 @@ def _scheme(reader: _Reader, allowed: set[int]) -> None:
 
 @command(CC.TestParms, params=[("raw", cs.GreedyBytes)])
 def test_parms(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_TestParms (Part 3 30.3): whether a TPMT_PUBLIC_PARMS is one this TPM supports; the error names the first
+    part that is not."""
     reader = _Reader(cmd.params.raw)
     kind = reader.u16()
     if kind == ALG.RSA:

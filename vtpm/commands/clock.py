@@ -24,11 +24,14 @@ CLOCK_AUTH = handle_spec("auth", Auth.USER, permanent=(RH.OWNER, RH.PLATFORM))
 
 @command(CC.ReadClock)
 def read_clock(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ReadClock (Part 3 29.2): the TPMS_TIME_INFO (time, clock, resets, restarts, safe)."""
     return Response(params=TPMS_TIME_INFO.build(time_info(tpm)))
 
 
 @command(CC.ClockSet, handles=[CLOCK_AUTH], params=[("newTime", U64)])
 def clock_set(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ClockSet (Part 3 29.3): advance Clock; TPM_RC_VALUE for a time before the current Clock or past its maximum.
+    """
     new_time = cmd.params.newTime
     if new_time > MAX_CLOCK or new_time < tpm.clock_now():
         raise TpmError(RC.VALUE, param=1)
@@ -40,6 +43,8 @@ def clock_set(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.ClockRateAdjust, handles=[CLOCK_AUTH], params=[("rateAdjust", OneOf(cs.Int8sb, range(-3, 4), RC.VALUE))])
 def clock_rate_adjust(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ClockRateAdjust (Part 3 29.4): speed Clock up or slow it down by the step asked for, within the allowed
+    limit; the time elapsed so far is folded in first, so the new rate applies from now on."""
     adjust = cmd.params.rateAdjust
     if adjust:
         # Fold elapsed time into the clock first so the new rate only applies from now on.

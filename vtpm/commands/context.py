@@ -108,6 +108,8 @@ def _object_payload(obj: LoadedObject) -> bytes:
 
 @command(CC.ContextSave, handles=[handle_spec("saveHandle", types=[HT.TRANSIENT, HT.HMAC_SESSION, HT.POLICY_SESSION])])
 def context_save(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ContextSave (Part 3 28.2): seal a loaded object or session into a TPMS_CONTEXT (a saved session leaves the
+    loaded set but keeps its slot); TPM_RC_TYPE for a sequence object, which this TPM does not save."""
     handle = cmd.handles[0]
     if handle >> 24 == HT.TRANSIENT:
         obj = tpm.volatile.objects.get(handle)
@@ -124,6 +126,8 @@ def context_save(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.ContextLoad, params=[("context", TPMS_CONTEXT)])
 def context_load(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ContextLoad (Part 3 28.3): verify and decrypt a TPMS_CONTEXT and load what it holds; a context that does not
+    verify, is of a disabled hierarchy or replays an older save of a session is refused."""
     context = cmd.params.context
     saved = context.savedHandle
     kind = saved >> 24
@@ -151,6 +155,8 @@ def context_load(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.FlushContext, params=[("flushHandle", U32)])
 def flush_context(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_FlushContext (Part 3 28.4): drop a loaded object or a loaded or saved session; TPM_RC_HANDLE when nothing is
+    there, TPM_RC_VALUE for a handle of another type."""
     handle = cmd.params.flushHandle
     kind = handle >> 24
     if kind == HT.TRANSIENT:
@@ -174,6 +180,8 @@ def flush_context(tpm: Tpm, cmd: Command) -> Response:
     params=[("persistentHandle", U32)],
 )
 def evict_control(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_EvictControl (Part 3 28.5): make a loaded object persistent at ``persistentHandle`` or remove a persistent
+    one, within the owner's or platform's range of persistent handles."""
     auth, handle = cmd.handles
     target = cmd.params.persistentHandle
     allowed = OWNER_PERSISTENT if auth == RH.OWNER else PLATFORM_PERSISTENT

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 @command(CC.DictionaryAttackLockReset, handles=[handle_spec("lockHandle", Auth.USER, permanent=[RH.LOCKOUT])])
 def lock_reset(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_DictionaryAttackLockReset (Part 3 25.2): clear the failure count and leave lockout mode."""
     tpm.state.failed_tries = 0
     tpm.volatile.da_last_decrement_ms = tpm.now_ms()
     tpm.mark_dirty()
@@ -27,6 +28,7 @@ def lock_reset(tpm: Tpm, cmd: Command) -> Response:
     params=[("newMaxTries", U32), ("newRecoveryTime", U32), ("lockoutRecovery", U32)],
 )
 def parameters(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_DictionaryAttackParameters (Part 3 25.3): set maxTries, recoveryTime and lockoutRecovery."""
     state = tpm.state
     state.max_tries = cmd.params.newMaxTries
     state.recovery_time = cmd.params.newRecoveryTime

@@ -57,6 +57,8 @@ def _outer_keys(parent: LoadedObject, seed: bytes, name: bytes) -> tuple[bytes, 
     response_tpm2b=True,
 )
 def duplicate(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Duplicate (Part 3 13.1): wrap a loaded object for a new parent, with the inner and outer wrappers the
+    object's attributes and the caller ask for; TPM_RC_ATTRIBUTES for a fixedParent object."""
     obj = get_object(tpm, cmd.handles[0])
     if obj.public.has(A.FIXED_PARENT):
         raise TpmError(RC.ATTRIBUTES, handle=1)
@@ -154,6 +156,8 @@ def rewrap(tpm: Tpm, cmd: Command) -> Response:
     response_tpm2b=True,
 )
 def import_object(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Import (Part 3 13.3): unwrap a duplicated object under a storage parent and return it as a TPM2B_PRIVATE of
+    that parent."""
     parent = storage_parent(tpm, cmd.handles[0])
     p = cmd.params
     public = Public.from_container(p.objectPublic)

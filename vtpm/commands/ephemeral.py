@@ -37,6 +37,7 @@ def point_of(curve: ecmath.Curve, point: Any) -> tuple[int, int] | None:
 
 
 def point_out(curve: ecmath.Curve, point: tuple[int, int] | None) -> bytes:
+    """A point as a TPM2B_ECC_POINT; TPM_RC_NO_RESULT for the point at infinity."""
     if point is None:
         raise TpmError(RC.NO_RESULT)
     return TPM2B_ECC_POINT.build(curve.point_bytes(point))

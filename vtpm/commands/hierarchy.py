@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     response_tpm2b=True,
 )
 def create_primary(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_CreatePrimary (Part 3 24.1): derive a primary object from the hierarchy's seed and the template, load it,
+    and return it with its creation data and ticket."""
     hierarchy = cmd.handles[0]
     p = cmd.params
     template = Public.from_container(p.inPublic)
@@ -67,6 +69,8 @@ ENABLE_TARGETS = (RH.ENDORSEMENT, RH.OWNER, RH.PLATFORM, RH.PLATFORM_NV)
     params=[("enable", OneOf(U32, ENABLE_TARGETS, RC.VALUE)), ("state", TPMI_YES_NO)],
 )
 def hierarchy_control(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_HierarchyControl (Part 3 24.2): enable or disable a hierarchy (or platform NV); the owner and endorsement
+    may only disable their own, TPM_RC_AUTH_TYPE otherwise."""
     auth, target, enable = cmd.handles[0], cmd.params.enable, bool(cmd.params.state)
     volatile = tpm.volatile
     if auth != RH.PLATFORM:
@@ -87,6 +91,8 @@ def hierarchy_control(tpm: Tpm, cmd: Command) -> Response:
     params=[("authPolicy", TPM2B_DIGEST), ("hashAlg", TPMI_ALG_HASH_NULL)],
 )
 def set_primary_policy(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_SetPrimaryPolicy (Part 3 24.3): set a hierarchy's authPolicy; TPM_RC_SIZE when its size is not the digest
+    size of hashAlg."""
     policy, alg = cmd.params.authPolicy, cmd.params.hashAlg
     expected = 0 if alg == ALG.NULL else HASHES[alg].size
     if len(policy) != expected:
@@ -99,6 +105,7 @@ def set_primary_policy(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.ChangePPS, handles=[handle_spec("authHandle", Auth.USER, permanent=[RH.PLATFORM])])
 def change_pps(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ChangePPS (Part 3 24.4): a new platform seed; platform objects loaded or persistent are gone."""
     renew(tpm, RH.PLATFORM)
     clear_hierarchy_objects(tpm, (RH.PLATFORM,))
     return Response()
@@ -114,6 +121,8 @@ def change_eps(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.Clear, handles=[handle_spec("authHandle", Auth.USER, permanent=(RH.LOCKOUT, RH.PLATFORM))])
 def clear(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Clear (Part 3 24.6): a new storage seed and proofs, empty owner and endorsement and lockout authorizations,
+    owner NV indices and objects removed; TPM_RC_DISABLED after ClearControl(YES)."""
     state = tpm.state
     if state.disable_clear:
         raise TpmError(RC.DISABLED)
@@ -138,6 +147,7 @@ def clear(tpm: Tpm, cmd: Command) -> Response:
     params=[("disable", TPMI_YES_NO)],
 )
 def clear_control(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ClearControl (Part 3 24.7): disable or (platform only) enable TPM2_Clear."""
     disable = bool(cmd.params.disable)
     if cmd.handles[0] == RH.LOCKOUT and not disable:
         raise TpmError(RC.AUTH_FAIL, handle=1)
@@ -152,6 +162,8 @@ def clear_control(tpm: Tpm, cmd: Command) -> Response:
     params=[("newAuth", TPM2B_AUTH)],
 )
 def hierarchy_change_auth(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_HierarchyChangeAuth (Part 3 24.8): set the authValue of a hierarchy (lockout, owner, endorsement, platform).
+    """
     handle = cmd.handles[0]
     set_auth(tpm, handle, cmd.params.newAuth.rstrip(b"\x00"))
     if handle != RH.PLATFORM:  # platformAuth is volatile

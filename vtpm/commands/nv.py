@@ -126,6 +126,8 @@ def nv_define_space(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_UndefineSpace, handles=[handle_spec("authHandle", Auth.USER, permanent=PROVISION), NV_INDEX])
 def nv_undefine_space(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_UndefineSpace (Part 3 31.4): remove an index with owner or platform authorization; TPM_RC_ATTRIBUTES for
+    a POLICY_DELETE index."""
     index = nv_index(tpm, cmd.handles[1])
     if index.has(TPMA_NV.POLICY_DELETE):
         raise TpmError(RC.ATTRIBUTES, handle=2)
@@ -142,6 +144,8 @@ def nv_undefine_space(tpm: Tpm, cmd: Command) -> Response:
              handle_spec("platform", Auth.USER, permanent=[RH.PLATFORM])],
 )
 def nv_undefine_space_special(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_UndefineSpaceSpecial (Part 3 31.5): remove a POLICY_DELETE index with its policy and platform
+    authorization."""
     index = nv_index(tpm, cmd.handles[0])
     if not index.has(TPMA_NV.POLICY_DELETE):
         raise TpmError(RC.ATTRIBUTES, handle=1)
@@ -151,6 +155,7 @@ def nv_undefine_space_special(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_ReadPublic, handles=[NV_INDEX], response_tpm2b=True)
 def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_ReadPublic (Part 3 31.6): the index's TPMS_NV_PUBLIC and Name."""
     index = nv_index(tpm, cmd.handles[0])
     public = {
         "nvIndex": index.index,
@@ -167,6 +172,7 @@ def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_Write, handles=[NV_AUTH, NV_INDEX], params=[("data", TPM2B_MAX_NV_BUFFER), ("offset", U16)])
 def nv_write(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_Write (Part 3 31.7): write data at an offset of an ordinary index."""
     index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
     if index.kind in _NOT_WRITABLE:  # ordinary and PIN indices take NV_Write
@@ -190,6 +196,7 @@ def nv_write(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_Increment, handles=[NV_AUTH, NV_INDEX])
 def nv_increment(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_Increment (Part 3 31.8): add one to a counter index."""
     index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
     _require_kind(index, NT.COUNTER)
@@ -205,6 +212,7 @@ def nv_increment(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_Extend, handles=[NV_AUTH, NV_INDEX], params=[("data", TPM2B_MAX_NV_BUFFER)])
 def nv_extend(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_Extend (Part 3 31.9): extend an extend index with data under its nameAlg."""
     index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
     _require_kind(index, NT.EXTEND)
@@ -215,6 +223,7 @@ def nv_extend(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_SetBits, handles=[NV_AUTH, NV_INDEX], params=[("bits", U64)])
 def nv_set_bits(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_SetBits (Part 3 31.10): OR bits into a bit-field index."""
     index = nv_index(tpm, cmd.handles[1])
     check_write_access(tpm, cmd, cmd.handles[0], index)
     _require_kind(index, NT.BITS)
@@ -225,6 +234,7 @@ def nv_set_bits(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_WriteLock, handles=[NV_AUTH, NV_INDEX])
 def nv_write_lock(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_WriteLock (Part 3 31.11): lock an index with WRITEDEFINE or WRITE_STCLEAR against writes."""
     index = nv_index(tpm, cmd.handles[1])
     try:
         check_write_access(tpm, cmd, cmd.handles[0], index)
@@ -241,6 +251,8 @@ def nv_write_lock(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_GlobalWriteLock, handles=[handle_spec("authHandle", Auth.USER, permanent=PROVISION)])
 def nv_global_write_lock(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_GlobalWriteLock (Part 3 31.12): lock every GLOBALLOCK index against writes until the next
+    TPM2_Startup(CLEAR)."""
     for index in tpm.state.nv.values():
         if index.has(TPMA_NV.GLOBALLOCK):
             index.attributes |= TPMA_NV.WRITELOCKED
@@ -255,6 +267,8 @@ def nv_global_write_lock(tpm: Tpm, cmd: Command) -> Response:
     params=[("newAuth", TPM2B_AUTH)],
 )
 def nv_change_auth(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_ChangeAuth (Part 3 31.15): set an index's authValue (ADMIN role: a policy session); TPM_RC_SIZE for a
+    value longer than its nameAlg's digest."""
     index = nv_index(tpm, cmd.handles[0])
     if len(cmd.params.newAuth) > HASHES[index.name_alg].size:
         raise TpmError(RC.SIZE, param=1)
@@ -268,6 +282,7 @@ def nv_change_auth(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_Read, handles=[NV_AUTH, NV_INDEX], params=[("size", U16), ("offset", U16)], response_tpm2b=True)
 def nv_read(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_Read (Part 3 31.13): read size bytes at an offset of a written index."""
     index = nv_index(tpm, cmd.handles[1])
     check_read_access(tpm, cmd, cmd.handles[0], index)
     params = cmd.params
@@ -285,6 +300,7 @@ def nv_read(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.NV_ReadLock, handles=[NV_AUTH, NV_INDEX])
 def nv_read_lock(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_NV_ReadLock (Part 3 31.14): lock a READ_STCLEAR index against reads until the next TPM2_Startup(CLEAR)."""
     index = nv_index(tpm, cmd.handles[1])
     try:
         check_read_access(tpm, cmd, cmd.handles[0], index)

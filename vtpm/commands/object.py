@@ -66,6 +66,8 @@ def _check_parent_rules(parent: LoadedObject, public: Public, param: int) -> Non
     response_tpm2b=True,
 )
 def create(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Create (Part 3 12.1): create an ordinary object under a storage parent and return its private area wrapped
+    by the parent, its public area and creation data and ticket."""
     parent = storage_parent(tpm, cmd.handles[0])
     p = cmd.params
     template = Public.from_container(p.inPublic)
@@ -84,6 +86,8 @@ def create(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.Load, handles=[PARENT], params=[("inPrivate", TPM2B_PRIVATE), ("inPublic", TPM2B_PUBLIC)],
          response_tpm2b=True)
 def load(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Load (Part 3 12.2): unwrap an object's private area under its parent, check it binds to the public area, and
+    load it."""
     parent = storage_parent(tpm, cmd.handles[0])
     public = Public.from_container(cmd.params.inPublic)
     check_template(public, param=2, primary=False)
@@ -105,6 +109,9 @@ def load(tpm: Tpm, cmd: Command) -> Response:
     response_tpm2b=True,
 )
 def load_external(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_LoadExternal (Part 3 12.3): load a public area, with a sensitive area in clear or without one, into a
+    hierarchy; one with a sensitive area must be in TPM_RH_NULL (TPM_RC_HIERARCHY) and neither fixedTPM nor
+    fixedParent (TPM_RC_ATTRIBUTES)."""
     p = cmd.params
     public = Public.from_container(p.inPublic)
     check_template(public, param=2, primary=False)
@@ -131,6 +138,7 @@ def load_external(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.ReadPublic, handles=[OBJECT_HANDLE], response_tpm2b=True)
 def read_public(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ReadPublic (Part 3 12.4): the public area, Name and qualified name of a loaded object."""
     obj = get_object(tpm, cmd.handles[0])
     raw = obj.public.raw
     body = len(raw).to_bytes(2, "big") + raw + TPM2B_NAME.build(obj.name) + TPM2B_NAME.build(obj.qualified_name)
@@ -156,6 +164,8 @@ def _credential_keys(alg: int, seed: bytes, name: bytes, bits: int) -> tuple[byt
     response_tpm2b=True,
 )
 def activate_credential(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ActivateCredential (Part 3 12.5): recover the credential that MakeCredential sealed to a key and the Name of
+    the object loaded here."""
     activated = get_object(tpm, cmd.handles[0])
     key = get_object(tpm, cmd.handles[1], 2)
     try:
@@ -187,6 +197,8 @@ def activate_credential(tpm: Tpm, cmd: Command) -> Response:
     response_tpm2b=True,
 )
 def make_credential(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_MakeCredential (Part 3 12.6): seal a credential to an encryption key's public part and an object Name
+    (credentialBlob and secret)."""
     key = get_object(tpm, cmd.handles[0])
     alg, bits = _protection_key(key)
     name = cmd.params.objectName
@@ -202,6 +214,8 @@ def make_credential(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.Unseal, handles=[handle_spec("itemHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])],
          response_tpm2b=True)
 def unseal(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Unseal (Part 3 12.7): the data of a loaded sealed data object; TPM_RC_TYPE for an object that is not a
+    keyed-hash one, TPM_RC_ATTRIBUTES for a keyed-hash key (sign, decrypt or restricted)."""
     obj = get_object(tpm, cmd.handles[0])
     if obj.public.type != ALG.KEYEDHASH:
         raise TpmError(RC.TYPE, handle=1)
@@ -219,6 +233,8 @@ def unseal(tpm: Tpm, cmd: Command) -> Response:
     response_tpm2b=True,
 )
 def object_change_auth(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_ObjectChangeAuth (Part 3 12.8): a new private area with a new authValue for a loaded object, wrapped for its
+    parent (the loaded object keeps the old one); TPM_RC_TYPE when that parent is not the object's."""
     obj = get_object(tpm, cmd.handles[0])
     parent = storage_parent(tpm, cmd.handles[1])
     if obj.qualified_name != qualified_name(parent.qualified_name, obj.public):

@@ -45,6 +45,8 @@ _SELECTION_HEAD = struct.Struct(">HB")  # TPMS_PCR_SELECTION: hash, sizeofSelect
 @command(CC.PCR_SetAuthValue, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])],
          params=[("auth", TPM2B_DIGEST)])
 def pcr_set_auth_value(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PCR_SetAuthValue (Part 3 22.7): set the authValue of a PCR in the authorization group; TPM_RC_VALUE for any
+    other PCR."""
     if cmd.handles[0] not in PCR_GROUP:
         raise TpmError(RC.VALUE, handle=1)
     tpm.volatile.pcr_group_auth = cmd.params.auth.rstrip(b"\x00")
@@ -57,6 +59,8 @@ def pcr_set_auth_value(tpm: Tpm, cmd: Command) -> Response:
     params=[("authPolicy", TPM2B_DIGEST), ("hashAlg", TPMI_ALG_HASH_NULL), ("pcrNum", U32)],
 )
 def pcr_set_auth_policy(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PCR_SetAuthPolicy (Part 3 22.6): set the authPolicy of a PCR in the policy group, with platform
+    authorization."""
     p = cmd.params
     if p.pcrNum not in PCR_GROUP:
         raise TpmError(RC.VALUE, param=3)
@@ -84,6 +88,7 @@ PCR_HANDLE = handle_spec("pcrHandle", Auth.USER, types=[HT.PCR], permanent=[RH.N
 
 @command(CC.PCR_Extend, handles=[PCR_HANDLE], params=[("digests", TPML_DIGEST_VALUES)])
 def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PCR_Extend (Part 3 22.2): extend a PCR in each bank named by a digest; TPM_RH_NULL extends nothing."""
     handle = cmd.handles[0]
     if handle == _RH_NULL:
         return Response()
@@ -94,6 +99,8 @@ def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PCR_Event, handles=[PCR_HANDLE], params=[("eventData", TPM2B_EVENT)])
 def pcr_event(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PCR_Event (Part 3 22.3): hash eventData with every hash algorithm implemented, extend the PCR with those
+    digests (unless TPM_RH_NULL) and return them."""
     data = cmd.params.eventData
     digests = [(alg, digest(alg, data)) for alg in sorted(HASHES)]
     if cmd.handles[0] != RH.NULL:
@@ -104,6 +111,7 @@ def pcr_event(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PCR_Reset, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])])
 def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PCR_Reset (Part 3 22.8): reset a PCR that the current locality may reset; TPM_RC_LOCALITY otherwise."""
     index = cmd.handles[0]
     attributes = PCR_ATTRIBUTES[index]
     if not attributes.reset_localities:
@@ -120,6 +128,8 @@ def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PCR_Read, params=[("pcrSelectionIn", TPML_PCR_SELECTION)])
 def pcr_read(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PCR_Read (Part 3 22.4): the values of the PCRs selected in allocated banks, the selection actually read and
+    the update counter."""
     volatile = tpm.volatile
     pcrs = volatile.pcrs
     selections = cmd.params["pcrSelectionIn"]

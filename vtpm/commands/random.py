@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 @command(CC.GetRandom, params=[("bytesRequested", U16)], response_tpm2b=True)
 def get_random(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_GetRandom (Part 3 16.1): random bytes, at most one digest's worth (a larger request gets that)."""
     # The TPM returns at most one digest's worth (TPM2B_DIGEST), as the spec allows.
     count = cmd.params["bytesRequested"]
     if count > MAX_DIGEST:
@@ -25,5 +26,6 @@ def get_random(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.StirRandom, params=[("inData", Tpm2b(128))])
 def stir_random(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_StirRandom (Part 3 16.2): accepted and discarded, as the operating system's CSPRNG needs no stirring."""
     # The operating system's CSPRNG needs no stirring; the input is accepted and discarded.
     return Response()

@@ -37,6 +37,8 @@ def hmac_start(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.HashSequenceStart, params=[("auth", TPM2B_AUTH), ("hashAlg", TPMI_ALG_HASH_NULL)])
 def hash_sequence_start(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_HashSequenceStart (Part 3, section 17): start a hash sequence, or for TPM_ALG_NULL an event sequence
+    (every hash algorithm)."""
     alg = cmd.params.hashAlg
     algs = sorted(HASHES) if alg == ALG.NULL else [alg]
     sequence = HashSequence(alg, cmd.params.auth.rstrip(b"\x00"), {a: new_hash(a) for a in algs})
@@ -55,6 +57,7 @@ SEQUENCE = handle_spec("sequenceHandle", Auth.USER, types=[HT.TRANSIENT])
 
 @command(CC.SequenceUpdate, handles=[SEQUENCE], params=[("buffer", TPM2B_MAX_BUFFER)])
 def sequence_update(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_SequenceUpdate (Part 3, section 17): add data to a hash, HMAC or event sequence."""
     _sequence(tpm, cmd.handles[0], 1).update(cmd.params.buffer)
     return Response()
 
@@ -66,6 +69,8 @@ def sequence_update(tpm: Tpm, cmd: Command) -> Response:
     response_tpm2b=True,
 )
 def sequence_complete(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_SequenceComplete (Part 3, section 17): the digest or HMAC of a sequence with the last data added and, for
+    a hash the TPM may sign, a hashcheck ticket; the sequence object is flushed. TPM_RC_MODE for an event sequence."""
     sequence = _sequence(tpm, cmd.handles[0], 1)
     if sequence.is_event:
         raise TpmError(RC.MODE, handle=1)
@@ -84,6 +89,9 @@ def sequence_complete(tpm: Tpm, cmd: Command) -> Response:
     params=[("buffer", TPM2B_MAX_BUFFER)],
 )
 def event_sequence_complete(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_EventSequenceComplete (Part 3, section 17): the digests of an event sequence under every hash algorithm,
+    extended into the PCR named (unless TPM_RH_NULL); the sequence object is flushed. TPM_RC_MODE for a hash or HMAC
+    sequence."""
     sequence = _sequence(tpm, cmd.handles[1], 2)
     if not sequence.is_event:
         raise TpmError(RC.MODE, handle=2)

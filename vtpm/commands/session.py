@@ -91,6 +91,8 @@ def _free_handle(tpm: Tpm, policy: bool) -> int:
     response_tpm2b=True,
 )
 def start_auth_session(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_StartAuthSession (Part 3 11.1): start an HMAC, policy or trial session, salted by a loaded key and/or bound
+    to an entity, with the symmetric algorithm for parameter encryption."""
     p = cmd.params
     key_handle, bind_handle = cmd.handles
     auth_hash = p.authHash
@@ -135,6 +137,8 @@ def start_auth_session(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PolicyRestart, handles=[handle_spec("sessionHandle", types=[HT.POLICY_SESSION])])
 def policy_restart(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicyRestart (Part 3 11.2): reset a policy session's digest and recorded assertions; TPM_RC_HANDLE when the
+    handle is no loaded policy session."""
     session = tpm.volatile.sessions.get(cmd.handles[0])
     if session is None or not session.is_policy:
         raise TpmError(RC.HANDLE, handle=1)

@@ -41,6 +41,8 @@ def check_hash_ticket(tpm: Tpm, key: LoadedObject, data_digest: bytes, ticket: A
 @command(CC.VerifySignature, handles=[handle_spec("keyHandle", types=[HT.TRANSIENT, HT.PERSISTENT])],
          params=[("digest", TPM2B_DIGEST), ("signature", TPMT_SIGNATURE)])
 def verify_signature(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_VerifySignature (Part 3 20.1): check a signature over a digest with a loaded key and return a verified
+    ticket; TPM_RC_SIGNATURE when it does not verify."""
     key = signing_key(tpm, cmd.handles[0])
     verify_digest(key, cmd.params.signature, cmd.params.digest, 2)
     hierarchy = key.hierarchy
@@ -57,6 +59,7 @@ def verify_signature(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.Sign, handles=[KEY],
          params=[("digest", TPM2B_DIGEST), ("inScheme", TPMT_ASYM_SCHEME), ("validation", TPMT_TK)])
 def sign(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Sign (Part 3 20.2): sign a digest with a loaded signing key under its or the caller's scheme."""
     key = signing_key(tpm, cmd.handles[0])
     if key.public.has(A.X509_SIGN):  # such a key signs only what CertifyX509 builds
         raise TpmError(RC.ATTRIBUTES, handle=1)

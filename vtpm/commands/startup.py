@@ -21,6 +21,8 @@ TPM_SU = OneOf(U16, [SU.CLEAR, SU.STATE], RC.VALUE)
 
 @command(CC.Startup, params=[("startupType", TPM_SU)], before_startup=True, allow_sessions=False)
 def startup(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Startup (Part 3 9.3): TPM Reset, Restart or Resume, from the last shutdown's type and what it saved;
+    TPM_RC_INITIALIZE when already started, TPM_RC_VALUE for STATE without a saved state."""
     volatile, state = tpm.volatile, tpm.state
     if volatile.started:
         raise TpmError(RC.INITIALIZE)
@@ -76,6 +78,7 @@ def startup(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.Shutdown, params=[("shutdownType", TPM_SU)])
 def shutdown(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Shutdown (Part 3 9.4): record an orderly shutdown, saving the state Startup(STATE) restores."""
     state = tpm.state
     if cmd.params.shutdownType == SU.STATE:
         pcrs = tpm.volatile.pcrs

@@ -108,6 +108,7 @@ TPMI_ALG_SYM_MODE = OneOf(U16, SYM_MODES, RC.MODE)
          params=[("decrypt", TPMI_YES_NO), ("mode", TPMI_ALG_SYM_MODE), ("ivIn", TPM2B_IV), ("inData", TPM2B_MAX_BUFFER)],
          response_tpm2b=True)
 def encrypt_decrypt(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_EncryptDecrypt (Part 3 15.2): encrypt or decrypt with a loaded symmetric key."""
     p = cmd.params
     return _encrypt_decrypt(tpm, cmd, p.inData, bool(p.decrypt), p.mode, p.ivIn, {"mode": 2, "iv": 3, "data": 4})
 
@@ -116,6 +117,8 @@ def encrypt_decrypt(tpm: Tpm, cmd: Command) -> Response:
          params=[("inData", TPM2B_MAX_BUFFER), ("decrypt", TPMI_YES_NO), ("mode", TPMI_ALG_SYM_MODE), ("ivIn", TPM2B_IV)],
          response_tpm2b=True)
 def encrypt_decrypt2(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_EncryptDecrypt2 (Part 3 15.3): EncryptDecrypt with the data first, so that it can be encrypted by a session.
+    """
     p = cmd.params
     return _encrypt_decrypt(tpm, cmd, p.inData, bool(p.decrypt), p.mode, p.ivIn, {"mode": 3, "iv": 4, "data": 1})
 
@@ -126,6 +129,8 @@ def encrypt_decrypt2(tpm: Tpm, cmd: Command) -> Response:
     response_tpm2b=True,
 )
 def hash_command(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_Hash (Part 3 15.4): the digest of data and, when the TPM may sign it, a hashcheck ticket for the hierarchy
+    given."""
     p = cmd.params
     check_ticket_hierarchy(tpm, p.hierarchy, 3)
     hasher = new_hash(p.hashAlg)
@@ -137,5 +142,6 @@ def hash_command(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.HMAC, handles=[handle_spec("handle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])],
          params=[("buffer", TPM2B_MAX_BUFFER), ("hashAlg", TPMI_ALG_HASH_NULL)], response_tpm2b=True)
 def hmac_command(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_HMAC (Part 3 15.5): the HMAC of a buffer under a loaded keyed-hash key."""
     key, alg = hmac_key(tpm, cmd.handles[0], cmd.params.hashAlg)
     return Response(params=TPM2B_DIGEST.build(hmac_digest(alg, key, cmd.params.buffer)))

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 @command(CC.SelfTest, params=[("fullTest", U8)])
 def self_test(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_SelfTest (Part 3 10.2): marks every algorithm tested; there is nothing to test in software."""
     tpm.volatile.self_tested.update(HASHES)
     return Response()
 
@@ -25,10 +26,12 @@ TPML_ALG = counted(U16, 64)
 
 @command(CC.IncrementalSelfTest, params=[("toTest", TPML_ALG)])
 def incremental_self_test(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_IncrementalSelfTest (Part 3 10.3): an empty toDoList, as everything is tested."""
     # Every algorithm is tested at power-on, so nothing remains to be tested.
     return Response(params=(0).to_bytes(4, "big"))
 
 
 @command(CC.GetTestResult, response_tpm2b=True)
 def get_test_result(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_GetTestResult (Part 3 10.4): no outData and TPM_RC_SUCCESS."""
     return Response(params=(0).to_bytes(2, "big") + RC.SUCCESS.to_bytes(4, "big"))

@@ -21,6 +21,8 @@ FIRMWARE_VERSION = 0x0001000000000000
 
 
 def optional_signer(tpm: Tpm, handle: int, number: int) -> LoadedObject | None:
+    """The signing key at ``handle`` (TPM_RC_KEY, for handle ``number``, if it cannot sign), or None for TPM_RH_NULL: an
+    attestation left unsigned."""
     return None if handle == RH.NULL else signing_key(tpm, handle, number)
 
 
@@ -29,6 +31,8 @@ ANONYMOUS_SCHEMES = {ALG.ECDAA}  # an anonymous signature does not name its sign
 
 def attest(tpm: Tpm, key: LoadedObject, kind: int, extra: bytes, attested: dict[str, Any], *,
            anonymous: bool = False) -> bytes:
+    """A marshalled TPMS_ATTEST of type ``kind``: TPM_GENERATED_VALUE, the signer's qualified name (empty when
+    anonymous), extraData, the clock and firmware version, and the attested structure."""
     clock = time_info(tpm)["clockInfo"]
     return TPMS_ATTEST.build({
         "magic": TPM_GENERATED_VALUE,

@@ -24,6 +24,7 @@ NEVER_AUDITED = CC.Shutdown
 
 
 def is_audited(tpm: Tpm, code: int) -> bool:
+    """Whether command ``code`` is on the command audit list."""
     return code in tpm.state.audit_commands
 
 
@@ -46,6 +47,7 @@ def clear_audited(tpm: Tpm, code: int) -> bool:
 
 
 def audited_commands(tpm: Tpm) -> list[int]:
+    """The audited commands this TPM implements, in order (TPM_CAP_AUDIT_COMMANDS, the audit digest's command list)."""
     return sorted(c for c in tpm.state.audit_commands if c in COMMANDS)
 
 

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
 
 
 def time_info(tpm: Tpm) -> dict[str, object]:
+    """The TPMS_TIME_INFO of now: time (ms since _TPM_Init), Clock, resetCount, restartCount and safe."""
     state = tpm.state
     return {
         "time": tpm.now_ms(),

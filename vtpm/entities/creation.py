@@ -23,11 +23,15 @@ PRIMARY_CACHE_SIZE = 16
 
 
 def qualified_name(parent_qn: bytes, public: Public) -> bytes:
+    """An object's qualified name: nameAlg || H(parent's qualified name || the object's Name)."""
     alg = public.name_alg
     return alg.to_bytes(2, "big") + digest(alg, parent_qn, public.name)
 
 
 def check_sensitive_data(public: Public, data: bytes) -> None:
+    """The rules for a TPMS_SENSITIVE_CREATE's data: none for RSA and ECC (which need sensitiveDataOrigin), never
+    both data and sensitiveDataOrigin otherwise, and one of them for a keyed-hash object; TPM_RC_VALUE or
+    TPM_RC_ATTRIBUTES."""
     origin = public.has(A.SENSITIVE_DATA_ORIGIN)
     if public.type in (ALG.RSA, ALG.ECC):
         if data:
@@ -41,6 +45,8 @@ def check_sensitive_data(public: Public, data: bytes) -> None:
 
 
 def primary_material(tpm: Tpm, hierarchy: int, template: Public, data: bytes) -> tuple[Public, bytes, bytes]:
+    """The public area, sensitive secret and seed value of a primary object, derived from the hierarchy's seed and the
+    template; an RSA primary's prime is cached in the state, since finding it is slow."""
     seed = hierarchy_seed(tpm, hierarchy)
     context = primary_context(template, data)
     cache_key = digest(ALG.SHA256, seed, context).hex()

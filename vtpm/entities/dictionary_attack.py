@@ -40,11 +40,14 @@ class DictionaryAttack:
             volatile.da_last_decrement_ms = now
 
     def in_lockout(self) -> bool:
+        """Whether DA-protected entities are locked out now (after healing by the time elapsed)."""
         self.heal()
         state = self.tpm.state
         return state.max_tries == 0 or state.failed_tries >= state.max_tries
 
     def lockout_auth_blocked(self) -> bool:
+        """Whether lockoutAuth is blocked by a failure less than lockoutRecovery ago (until TPM Reset when
+        lockoutRecovery is 0)."""
         failed = self.tpm.volatile.lockout_auth_failed_ms
         if failed is None:
             return False
@@ -55,6 +58,8 @@ class DictionaryAttack:
         return True
 
     def check_allowed(self, entity: Entity) -> None:
+        """TPM_RC_LOCKOUT when ``entity`` may not be authorized now: lockoutAuth while blocked, a DA-protected entity in
+        lockout."""
         if entity.is_lockout:
             if self.lockout_auth_blocked():
                 raise TpmError(RC.LOCKOUT)

@@ -93,6 +93,7 @@ def hierarchy_seed(tpm: Tpm, hierarchy: int) -> bytes:
 
 
 def hierarchy_enabled(tpm: Tpm, handle: int) -> bool:
+    """Whether the hierarchy of ``handle`` is enabled; handles without an enable flag always are."""
     row = HIERARCHIES.get(handle)
     if row is None or not row.enabled:
         return True
@@ -101,6 +102,7 @@ def hierarchy_enabled(tpm: Tpm, handle: int) -> bool:
 
 
 def set_enabled(tpm: Tpm, handle: int, enable: bool) -> None:
+    """Set the enable flag (phEnable, shEnable, ehEnable, phEnableNV) of the hierarchy ``handle``."""
     _write(tpm, _path(handle, "enabled"), enable)
 
 
@@ -111,6 +113,7 @@ def stored_hierarchy(tpm: Tpm, handle: int) -> Hierarchy:
 
 
 def set_auth(tpm: Tpm, handle: int, auth: bytes) -> None:
+    """Set the authValue of the hierarchy ``handle``."""
     _write(tpm, _path(handle, "auth"), auth)
 
 
@@ -136,6 +139,8 @@ _ENTITY_GETTERS = {handle: (_getter(row.enabled), _getter(row.auth), _getter(row
 
 @entity_resolver(HT.PERMANENT)
 def permanent_entity(tpm: Tpm, handle: int) -> Entity:
+    """The entity of a permanent handle: a hierarchy's authValue and policy (TPM_RC_HIERARCHY when it is disabled), no
+    authorization for the other permanent handles."""
     getters = _ENTITY_GETTERS.get(handle)
     if getters is None:  # not a hierarchy: always enabled, no authValue
         return _NO_AUTH

@@ -19,6 +19,7 @@ KEY = handle_spec("keyHandle", Auth.USER, types=[HT.TRANSIENT, HT.PERSISTENT])
 
 
 def signing_key(tpm: Tpm, handle: int, number: int = 1) -> LoadedObject:
+    """The loaded object at ``handle`` if it is a signing key; TPM_RC_KEY (for handle ``number``) if not."""
     key = get_object(tpm, handle, number)
     if not key.public.has(A.SIGN_ENCRYPT):
         raise TpmError(RC.KEY, handle=number)
@@ -45,6 +46,8 @@ def hmac_key(tpm: Tpm, handle: int, requested: int) -> tuple[bytes, int]:
 
 
 def storage_parent(tpm: Tpm, handle: int) -> LoadedObject:
+    """The loaded object at ``handle`` if it can be a parent (a storage key with its sensitive area); TPM_RC_TYPE
+    otherwise."""
     parent = get_object(tpm, handle)
     if not parent.public.is_storage_parent or parent.sensitive is None:
         raise TpmError(RC.TYPE, handle=1)

@@ -45,6 +45,7 @@ def _index_name(handle: int, name_alg: int, attributes: int, auth_policy: bytes,
 
 
 def index_name(index: NvIndex) -> bytes:
+    """The Name of an NV index: nameAlg || H(its TPMS_NV_PUBLIC)."""
     return _index_name(index.index, index.name_alg, index.attributes, index.auth_policy, index.data_size)
 
 
@@ -119,6 +120,8 @@ def _pin_counter(tpm: Tpm, index: NvIndex) -> Callable[[bool], None] | None:
 
 @entity_resolver(HT.NV_INDEX)
 def nv_entity(tpm: Tpm, handle: int) -> Entity:
+    """The authorization entity of an NV index: its authValue and authPolicy, with its read and write rules for
+    authorizations that are allowed."""
     index = nv_index(tpm, handle)
     # what the entity holds by value, and the index its callbacks read
     parts = (index, index.auth_value, index.attributes, index.auth_policy, index.name_alg, index.data_size)
@@ -166,6 +169,7 @@ def _check_hierarchy_access(auth: int, index: NvIndex, pp: int, owner: int) -> N
 
 
 def remove_index(tpm: Tpm, index: NvIndex) -> None:
+    """Delete an NV index, remembering a written counter's value so no later counter starts below it."""
     if index.kind == NT.COUNTER and index.has(TPMA_NV.WRITTEN):
         tpm.state.max_nv_counter = max(tpm.state.max_nv_counter, int.from_bytes(index.data, "big"))
     del tpm.state.nv[index.index]
@@ -198,6 +202,7 @@ def clear_owner_indices(tpm: Tpm) -> None:
 
 
 def nv_handles(tpm: Tpm) -> list[int]:
+    """The defined NV indices visible now (platform indices hidden while phEnableNV is clear), sorted."""
     return sorted(
         i.index for i in tpm.state.nv.values() if not (i.has(TPMA_NV.PLATFORMCREATE) and not tpm.volatile.ph_enable_nv)
     )

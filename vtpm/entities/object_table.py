@@ -44,6 +44,7 @@ def _persistent(tpm: Tpm, handle: int) -> LoadedObject:
 
 @entity_resolver(HT.PERSISTENT)
 def persistent_entity(tpm: Tpm, handle: int) -> Entity:
+    """The entity of a persistent object; TPM_RC_HANDLE while its hierarchy is disabled."""
     obj = _persistent(tpm, handle)
     if not hierarchy_enabled(tpm, obj.hierarchy):
         raise TpmError(RC.HANDLE)
@@ -51,6 +52,7 @@ def persistent_entity(tpm: Tpm, handle: int) -> Entity:
 
 
 def allocate_transient(tpm: Tpm, obj: Any) -> int:
+    """Load ``obj`` into the lowest free transient handle; TPM_RC_OBJECT_MEMORY when every slot is taken."""
     objects = tpm.volatile.objects
     if len(objects) >= MAX_LOADED_OBJECTS:
         raise TpmError(RC.OBJECT_MEMORY)
@@ -63,6 +65,8 @@ def allocate_transient(tpm: Tpm, obj: Any) -> int:
 
 @entity_resolver(HT.TRANSIENT)
 def transient_entity(tpm: Tpm, handle: int) -> Entity:
+    """The entity of a loaded object or sequence object (a sequence's Name is empty); TPM_RC_REFERENCE_H0 for a handle
+    with nothing loaded."""
     obj = tpm.volatile.objects.get(handle)
     if obj is None:
         raise TpmError(RC.REFERENCE_H0)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PcrAttributes:
+    """Which PCR attributes a PCR has: saved across Shutdown(STATE), and the localities that may reset or extend it."""
     save: bool
     reset_localities: int  # bit n: locality n may reset
     extend_localities: int  # bit n: locality n may extend
@@ -45,6 +46,8 @@ PCR_GROUP = frozenset({20, 21, 22})
 
 @entity_resolver(HT.PCR)
 def pcr_entity(tpm: Tpm, handle: int) -> Entity:
+    """The entity of a PCR: the group's authValue and authPolicy for the PCRs in a group, no authorization for the
+    others; TPM_RC_VALUE for a PCR this TPM does not have."""
     if handle >= PCR_COUNT:
         raise TpmError(RC.VALUE)
     if handle in PCR_GROUP:
@@ -76,10 +79,12 @@ def bank_mask(tpm: Tpm, bank: int) -> int:
 
 
 def allocated(tpm: Tpm, bank: int, index: int) -> bool:
+    """Whether PCR ``index`` is allocated in ``bank``."""
     return bool(bank_mask(tpm, bank) >> index & 1)
 
 
 def locality_bit(locality: int) -> int:
+    """The bit of ``locality`` in a PCR's locality mask (none for the extended localities 5 and up)."""
     return 1 << locality if locality < 5 else 0
 
 

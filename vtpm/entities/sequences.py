@@ -24,9 +24,12 @@ class HashSequence:
 
     @property
     def is_event(self) -> bool:
+        """Whether this is an event sequence (hash algorithm TPM_ALG_NULL: every hash algorithm at once)."""
         return self.hash_alg == ALG.NULL
 
     def update(self, data: bytes) -> None:
+        """Add data to every running hash; the first four bytes are kept for the hashcheck ticket decision (is it
+        TPM_GENERATED_VALUE)."""
         if len(self.first_bytes) < 4:
             self.first_bytes += data[: 4 - len(self.first_bytes)]
         for hasher in self.hashers.values():

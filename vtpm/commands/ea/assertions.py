@@ -28,6 +28,7 @@ TPML_DIGEST_OR = cs.PrefixedArray(OneOf(U32, range(2, 9), RC.SIZE), TPM2B_DIGEST
 
 @command(CC.PolicyAuthValue, handles=[POLICY_SESSION])
 def policy_auth_value(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicyAuthValue (Part 3 23.17): the authorized entity's authValue goes into the session HMAC."""
     session = session_of(tpm, cmd.handles[0])
     extend(session, CC.PolicyAuthValue)
     session.needs_auth_value, session.needs_password = True, False
@@ -45,6 +46,8 @@ def policy_password(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PolicyCommandCode, handles=[POLICY_SESSION], params=[("code", U32)])
 def policy_command_code(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicyCommandCode (Part 3 23.11): limit the policy to one command; TPM_RC_VALUE when another was already
+    set, TPM_RC_POLICY_CC for a command this TPM does not implement."""
     session = session_of(tpm, cmd.handles[0])
     code = cmd.params.code
     if session.command_code is not None and session.command_code != code:
@@ -104,6 +107,8 @@ def policy_template(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PolicyCpHash, handles=[POLICY_SESSION], params=[("cpHashA", TPM2B_DIGEST)])
 def policy_cp_hash(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicyCpHash (Part 3 23.13): limit the policy to one cpHash; TPM_RC_CPHASH when another or a nameHash was
+    already set, TPM_RC_SIZE for a size other than the session's digest."""
     session = session_of(tpm, cmd.handles[0])
     cp_hash = cmd.params.cpHashA
     if len(cp_hash) != HASHES[session.auth_hash].size:
@@ -117,6 +122,8 @@ def policy_cp_hash(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PolicyNameHash, handles=[POLICY_SESSION], params=[("nameHash", TPM2B_DIGEST)])
 def policy_name_hash(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicyNameHash (Part 3 23.14): limit the policy to the handles whose Names hash to nameHash; TPM_RC_CPHASH
+    when a cpHash or nameHash was already set."""
     session = session_of(tpm, cmd.handles[0])
     name_hash = cmd.params.nameHash
     if len(name_hash) != HASHES[session.auth_hash].size:
@@ -150,6 +157,8 @@ def policy_duplication_select(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PolicyNvWritten, handles=[POLICY_SESSION], params=[("writtenSet", TPMI_YES_NO)])
 def policy_nv_written(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicyNvWritten (Part 3 23.20): require the NV index used to be written (or not); TPM_RC_VALUE when the
+    opposite was already asserted."""
     session = session_of(tpm, cmd.handles[0])
     written = bool(cmd.params.writtenSet)
     if session.nv_written is not None and session.nv_written != written:
@@ -173,4 +182,5 @@ def policy_or(tpm: Tpm, cmd: Command) -> Response:
 
 @command(CC.PolicyGetDigest, handles=[POLICY_SESSION], response_tpm2b=True)
 def policy_get_digest(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicyGetDigest (Part 3 23.19): the session's current policy digest."""
     return Response(params=TPM2B_DIGEST.build(session_of(tpm, cmd.handles[0]).policy_digest))

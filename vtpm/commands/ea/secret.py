@@ -56,6 +56,8 @@ def hierarchy_of(tpm: Tpm, handle: int) -> int:
     response_tpm2b=True,
 )
 def policy_secret(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicySecret (Part 3 23.4): an assertion authorized by an entity's authorization, with an optional
+    expiration; a negative expiration also returns a ticket for PolicyTicket."""
     auth_handle = cmd.handles[0]
     session = session_of(tpm, cmd.handles[1], 2)
     p = cmd.params

@@ -67,6 +67,8 @@ def _signature_hash(signature: object) -> int:
     response_tpm2b=True,
 )
 def policy_signed(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicySigned (Part 3 23.3): an assertion signed by a key over the session's nonce, expiration, cpHash
+    and policyRef; a negative expiration also returns a ticket for PolicyTicket."""
     key = get_object(tpm, cmd.handles[0])
     session = session_of(tpm, cmd.handles[1], 2)
     p = cmd.params
@@ -123,6 +125,8 @@ def policy_ticket(tpm: Tpm, cmd: Command) -> Response:
             ("checkTicket", TPMT_TK)],
 )
 def policy_authorize(tpm: Tpm, cmd: Command) -> Response:
+    """TPM2_PolicyAuthorize (Part 3 23.16): replace the policy digest by one of the authorizing key's Name and
+    policyRef when a verified ticket says that key signed the current digest; TPM_RC_VALUE when it does not."""
     session = session_of(tpm, cmd.handles[0])
     p = cmd.params
     key_name = p.keySign
