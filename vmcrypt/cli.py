@@ -80,6 +80,9 @@ class CommandFailed(Exception):
 
 
 def cmd_vm_create(args: argparse.Namespace) -> None:
+    """`vm create PATH`: lay out a new unencrypted VM (its .vmx and home files, a flat disk with --disk); with
+    --user the service creates it (PATH directly in a datastore's directory) and registers it in the inventory.
+    Prints the VM's name, its directory and its files; --json: ``{vm, vmx, files}``."""
     path = Path(args.path)
     spec = VmSpec(name=args.name or path.name, hw_version=args.hw_version, firmware=args.firmware,
                   memory_mb=args.memory, cpus=args.cpus, disk_bytes=args.disk or 0)
@@ -114,19 +117,31 @@ def _run_vm_operation(args: argparse.Namespace, verb: str, operation: Operation,
 
 
 def cmd_encrypt(args: argparse.Namespace) -> None:
+    """`encrypt PATH`: encrypt the VM's home files (and its disks with --disks) under a new DEK wrapped by a new KEK
+    of --provider (default: the default provider); an interrupted encryption is resumed. Prints the files changed
+    and the key; --json: the operation row (operation, vm, resumed, changed, changed_kinds, key_provider_id,
+    key_id)."""
     _run_vm_operation(args, "encrypted", Operation.ENCRYPT, encrypt_vm, provider=args.provider, include_disks=args.disks)
 
 
 def cmd_decrypt(args: argparse.Namespace) -> None:
+    """`decrypt PATH`: decrypt every encrypted file of the VM (an interrupted run is rolled back first). Prints the
+    files changed; --json: the operation row, as for `encrypt`."""
     _run_vm_operation(args, "decrypted", Operation.DECRYPT, decrypt_vm)
 
 
 def cmd_rekey(args: argparse.Namespace) -> None:
+    """`rekey PATH`: a new KEK wrapping the same DEK (shallow), or with --deep a new DEK and every file re-encrypted;
+    --provider moves the VM to that provider. Prints which rekey ran and the files changed; --json: the operation
+    row, as for `encrypt`."""
     verb = "deep-rekeyed (new DEK and KEK)" if args.deep else "shallow-rekeyed (new KEK)"
     _run_vm_operation(args, verb, Operation.REKEY, rekey_vm, deep=args.deep, provider=args.provider)
 
 
 def cmd_describe(args: argparse.Namespace) -> None:
+    """`describe PATH`: whether and how the VM is encrypted (cipher, key provider, key id, DEK wrap, where the .vmx
+    secrets are), an interrupted operation, and each file's state; needs no key material. Prints a table;
+    --json: the whole description, each file's container header fields included."""
     client = remote(args)
     if client:
         info = client.request("GET", f"/vms/{remote_vm(client, args.path)}")
@@ -159,6 +174,8 @@ def cmd_describe(args: argparse.Namespace) -> None:
 
 
 def cmd_provider_list(args: argparse.Namespace) -> None:
+    """`provider list`: the configured key providers, one line each (``*`` marks the default: name, kind, id);
+    --json: rows of ``{id, name, kind, default}``. The embedded default provider is created on first use."""
     client = remote(args)
     rows = client.request("GET", "/providers") if client else provider_rows(key_manager(args))
     text = "\n".join(f"{'*' if r['default'] else ' '} {r['name']:16} {r['kind']:8} {r['id']}" for r in rows)
@@ -166,6 +183,8 @@ def cmd_provider_list(args: argparse.Namespace) -> None:
 
 
 def cmd_provider_keys(args: argparse.Namespace) -> None:
+    """`provider keys [PROVIDER]`: the keys of a provider (default: the default provider), one line each with id,
+    creation time and state, or ``no keys``; --json: rows of ``{key_id, created, state}``. Never key material."""
     client = remote(args)
     if client:
         rows = client.request("GET", "/providers/keys", params={"provider": args.provider} if args.provider else None)
@@ -176,6 +195,8 @@ def cmd_provider_keys(args: argparse.Namespace) -> None:
 
 
 def cmd_provider_add_native(args: argparse.Namespace) -> None:
+    """`provider add-native NAME`: add a native key provider with a key store of its own; it becomes the default
+    with --default or when there is none yet. Prints its name and id; --json: ``{id, name, kind}``."""
     client = remote(args)
     if client:
         data = client.request("POST", "/providers/native", json={"name": args.name, "default": args.default})
@@ -185,6 +206,9 @@ def cmd_provider_add_native(args: argparse.Namespace) -> None:
 
 
 def cmd_provider_add_kmip(args: argparse.Namespace) -> None:
+    """`provider add-kmip NAME --server ... --ca --cert --key`: add a KMIP key server cluster reached over mutual
+    TLS, its servers tried in order (--id reuses another home's provider id). Prints its name, id and servers;
+    --json: ``{id, name, kind, servers}``."""
     client = remote(args)
     if client:
         data = client.request("POST", "/providers/kmip", json={
@@ -214,6 +238,8 @@ def cmd_provider_test(args: argparse.Namespace) -> None:
 
 
 def cmd_provider_set_default(args: argparse.Namespace) -> None:
+    """`provider set-default NAME`: make a provider (name or id) the one new encryptions use. Prints the new
+    default; --json: ``{id, name, kind}``."""
     client = remote(args)
     if client:
         data = client.request("POST", f"/providers/{quote(args.name, safe='')}/default")
@@ -223,6 +249,9 @@ def cmd_provider_set_default(args: argparse.Namespace) -> None:
 
 
 def cmd_provider_export(args: argparse.Namespace) -> None:
+    """`provider export FILE`: write a backup of a native key store, encrypted under the backup passphrase
+    (--passphrase-file or $VMCRYPT_BACKUP_PASSPHRASE or a prompt), to FILE. Prints how many keys of which
+    provider; --json: ``{file, keys}``."""
     passphrase = obtain_passphrase(args.passphrase_file, BACKUP_PASSPHRASE_ENV, "Backup passphrase: ")
     client = remote(args)
     if client:
@@ -237,6 +266,8 @@ def cmd_provider_export(args: argparse.Namespace) -> None:
 
 
 def cmd_provider_import(args: argparse.Namespace) -> None:
+    """`provider import FILE`: merge the keys of a native key store backup into a native provider, keeping the
+    keys it has. Prints how many keys were new; --json: ``{file, added}``."""
     passphrase = obtain_passphrase(args.passphrase_file, BACKUP_PASSPHRASE_ENV, "Backup passphrase: ")
     client = remote(args)
     if client:
@@ -258,6 +289,9 @@ def _ca(args: argparse.Namespace) -> tuple[CertificateAuthority, KeyManager]:
 
 
 def cmd_vtpm_add(args: argparse.Namespace) -> None:
+    """`vtpm add PATH`: give the VM a vTPM (EFI firmware and hardware version 14 or later), encrypting the VM
+    and putting EK certificates from the management home's CA into its NV. Prints each EK's NV index and serial;
+    --json: ``{vm, eks}``, a row per EK (ek, nv_index, serial, issuer)."""
     client = remote(args)
     if client:
         data = client.request("POST", f"/vms/{remote_vm(client, args.path)}/vtpm")
@@ -270,6 +304,8 @@ def cmd_vtpm_add(args: argparse.Namespace) -> None:
 
 
 def cmd_ca_show(args: argparse.Namespace) -> None:
+    """`ca show`: the issuing CA's public facts (subject, issuer, serial, expiry, key, chain, fingerprint,
+    certificates issued and revoked), one ``name value`` line each; --json: the same as an object."""
     client = remote(args)
     info = client.request("GET", "/ca") if client else _ca(args)[0].describe()
     emit(args, info, "\n".join(f"{k:20} {v}" for k, v in info.items()))
@@ -286,6 +322,8 @@ def _write_or_print(data: bytes, out: str | None) -> None:
 
 
 def cmd_ca_export_root(args: argparse.Namespace) -> None:
+    """`ca export-root`: the root certificate (with --chain the whole chain, issuing certificate first) as PEM,
+    on stdout or written to --out. No --json."""
     client = remote(args)
     if client:
         data = client.request("GET", "/ca/root", params={"chain": "1"} if args.chain else None)
@@ -295,6 +333,9 @@ def cmd_ca_export_root(args: argparse.Namespace) -> None:
 
 
 def cmd_ca_verify_ek(args: argparse.Namespace) -> None:
+    """`ca verify-ek PATH`: check each EK certificate in the VM's vTPM against its EK and this CA's chain and CRL.
+    Prints ``OK`` or ``INVALID: reason`` per EK; --json: ``{vm, certificates}``. Exits 1 (CommandFailed) after
+    printing when any certificate does not validate."""
     client = remote(args)
     if client:
         data = client.request("POST", "/ca/verify-ek", json={"vm": remote_vm(client, args.path)})
@@ -310,6 +351,9 @@ def cmd_ca_verify_ek(args: argparse.Namespace) -> None:
 
 
 def cmd_ca_reissue_ek(args: argparse.Namespace) -> None:
+    """`ca reissue-ek PATH... | --all`: new certificates from the current CA for the same EKs, of the VMs named or
+    (--all) every VM this CA certified, skipping with a reason a VM that fails under --all. Prints a line per
+    certificate and per skipped VM; --json: ``{reissued, skipped}``."""
     client = remote(args)
     if client:
         data = client.request("POST", "/ca/reissue-ek", json={
@@ -327,6 +371,8 @@ def _ca_now(args: argparse.Namespace, info: dict[str, Any]) -> None:
 
 
 def cmd_ca_import(args: argparse.Namespace) -> None:
+    """`ca import --cert [--key] [--password-file]`: replace the CA by a third-party one (a PEM chain and key, or a
+    PKCS#12 file). Prints the new CA's subject and chain; --json: the CA's description, as `ca show`."""
     client = remote(args)
     if client:
         info = client.request("POST", "/ca/import", json={
@@ -339,12 +385,16 @@ def cmd_ca_import(args: argparse.Namespace) -> None:
 
 
 def cmd_ca_csr(args: argparse.Namespace) -> None:
+    """`ca csr --cn NAME`: a CSR for a subordinate CA for an outside CA to sign (finished by `ca import-signed`),
+    as PEM on stdout or written to --out. No --json."""
     client = remote(args)
     data = client.request("POST", "/ca/csr", json={"cn": args.cn}) if client else _ca(args)[0].create_csr(args.cn)
     _write_or_print(data, args.out)
 
 
 def cmd_ca_import_signed(args: argparse.Namespace) -> None:
+    """`ca import-signed --chain FILE`: install the certificate an outside CA signed for the pending CSR, and its
+    chain. Prints the new CA's subject and chain; --json: the CA's description, as `ca show`."""
     client = remote(args)
     if client:
         info = client.request("POST", "/ca/import-signed", json={"chain": _b64_file(args.chain)})
@@ -354,12 +404,15 @@ def cmd_ca_import_signed(args: argparse.Namespace) -> None:
 
 
 def cmd_ca_revoke(args: argparse.Namespace) -> None:
+    """`ca revoke SERIAL`: revoke a certificate this CA issued (hexadecimal serial). Prints ``revoked SERIAL``;
+    --json: ``{revoked}``."""
     client = remote(args)
     data = client.request("POST", "/ca/revoke", json={"serial": args.serial}) if client else revoke(_ca(args)[0], args.serial)
     emit(args, data, f"revoked {data['revoked']}")
 
 
 def cmd_ca_crl(args: argparse.Namespace) -> None:
+    """`ca crl`: the CA's current CRL as PEM, on stdout or written to --out. No --json."""
     client = remote(args)
     _write_or_print(client.request("GET", "/ca/crl") if client else pem(_ca(args)[0].crl()), args.out)
 
@@ -368,6 +421,9 @@ def cmd_ca_crl(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `vmcrypt` argument parser: the global options, then every command (those of cli_inventory, cli_trust
+    and cli_host included); each command sets ``func``, its management-plane ``operation`` and whether it prints
+    JSON."""
     parser = argparse.ArgumentParser(
         prog="vmcrypt",
         description="Encrypt VM home files and disks with AES-XTS-256 under keys from a key provider.",
@@ -511,10 +567,16 @@ def _describe_failure(args: argparse.Namespace) -> str:
 
 
 def cmd_server(args: argparse.Namespace) -> None:
+    """`server`: run the management service for --home until SIGTERM or SIGINT, on the Unix socket (--socket,
+    default HOME/run/vmcrypt.sock) and with --listen also over HTTPS. Prints one ready line naming where it serves.
+    No --json."""
     serve(resolve_home(args.home), args.listen, Path(args.socket) if args.socket else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `vmcrypt` command line on ``argv`` (default: the process's arguments) and return its exit status:
+    0 done; 1 refused or failed, with one ``error: COMMAND [PATH]: why`` line (and ``note:`` lines) on stderr;
+    2 a usage error (argparse exits); 130 interrupted; 141 when the reader of stdout went away."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.json and not args.prints_json:

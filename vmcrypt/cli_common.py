@@ -66,6 +66,8 @@ def key_manager(args: argparse.Namespace) -> KeyManager:
 
 
 def password(env: str, prompt: str) -> str:
+    """A password from ``$env``, else asked on the terminal with ``prompt`` (not echoed); VmcryptError when the
+    variable is unset and stdin is not a terminal, rather than waiting for input that never comes."""
     value = os.environ.get(env)
     if value:
         return value
@@ -75,6 +77,7 @@ def password(env: str, prompt: str) -> str:
 
 
 def server_url(args: argparse.Namespace) -> str:
+    """The management service to talk to: --server, else ``$VMCRYPT_SERVER``, else the Unix socket of --home."""
     return args.service_url or os.environ.get(SERVER_ENV) or f"unix:{default_socket(home_path(args.home))}"
 
 

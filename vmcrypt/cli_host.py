@@ -40,6 +40,9 @@ def _spec(args: argparse.Namespace) -> Any:
 
 
 def cmd_host_run(args: argparse.Namespace) -> None:
+    """`host run NAME`: boot host NAME (the image of --image or a fresh one of --version, optionally --tamper'ed or
+    with Secure Boot off) and serve its endpoint until SIGTERM or SIGINT. Prints one ready line on stdout and
+    ``stopped`` on stderr at the end; VmcryptError when the host cannot boot or already runs. No --json."""
     from vmcrypt.trust.host_boot import HostBootError
     from vmcrypt.trust.host_daemon import HostDaemon
     daemon = HostDaemon(resolve_home(args.home), args.name, _spec(args))
@@ -61,6 +64,8 @@ def cmd_host_run(args: argparse.Namespace) -> None:
 
 
 def cmd_host_describe(args: argparse.Namespace) -> None:
+    """`host describe NAME`: ask the running host what it booted. Prints its version, boot time, Secure Boot state
+    and pid; --json: ``{host, version, booted_at, secure_boot, pid}``. VmcryptError when the host is not running."""
     from vmcrypt.trust.host_attestation import host_directory
     from vmcrypt.trust.host_endpoint import HostNotRunning, RemoteHost
     try:

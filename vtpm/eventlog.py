@@ -93,6 +93,7 @@ class EventType(enum.IntEnum):
 
 
 def event_type_name(event_type: int) -> str:
+    """The PFP name of ``event_type`` (``EV_IPL``), or its hex value for a type the profile does not define."""
     try:
         return EventType(event_type).name
     except ValueError:
@@ -140,6 +141,7 @@ class Event(NamedTuple):
 
     @property
     def type_name(self) -> str:
+        """The event type's PFP name, or its hex value if unknown (see ``event_type_name``)."""
         return event_type_name(self.event_type)
 
 
@@ -153,6 +155,7 @@ class EventLog:
 
     @property
     def algorithms(self) -> tuple[int, ...]:
+        """The TPM_ALG_IDs of the banks the log carries a digest for, in the Spec ID's order."""
         return tuple(self.spec_id.digest_sizes)
 
 

@@ -86,6 +86,7 @@ class ImaEntry(NamedTuple):
 
     @property
     def violation(self) -> bool:
+        """Whether this is a violation (a file measured while open for writing): all-zero hash, all ones extended."""
         return self.template_hash == _ZERO_HASH
 
 

@@ -47,6 +47,8 @@ class QuoteError(ValueError):
 
 @dataclass(frozen=True)
 class ClockInfo:
+    """A quote's TPMS_CLOCK_INFO: a verifier compares the counts across quotes to see a reset or restart."""
+
     clock: int
     reset_count: int
     restart_count: int
@@ -216,9 +218,11 @@ class AttestationKey:
 
     @property
     def is_attestation_key(self) -> bool:
+        """Whether the attributes are an AK's: fixedTPM, fixedParent, restricted, sign set, decrypt clear."""
         return self.attributes & AK_REQUIRED == AK_REQUIRED and not self.attributes & AK_FORBIDDEN
 
     def attribute_problems(self) -> list[str]:
+        """What keeps the key from being an AK, one phrase per attribute (empty for an attestation key)."""
         problems = [f"{flag.name.lower()} is not set" for flag in (TPMA_OBJECT.FIXED_TPM, TPMA_OBJECT.FIXED_PARENT,
                                                                   TPMA_OBJECT.RESTRICTED, TPMA_OBJECT.SIGN_ENCRYPT)
                     if not self.attributes & flag]

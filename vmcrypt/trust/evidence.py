@@ -92,11 +92,13 @@ class Challenge:
     expires: datetime.datetime  # after this the nonce is refused
 
     def to_json(self) -> str:
+        """The challenge as JSON (bytes in base64, ``expires`` in ISO 8601) for the host."""
         return json.dumps({"nonce": _b64(self.nonce), "credential_blob": _b64(self.credential_blob),
                            "encrypted_secret": _b64(self.encrypted_secret), "expires": self.expires.isoformat()})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Challenge":
+        """Read a challenge; EvidenceError when it is not a JSON object or a field is missing, unknown or mistyped."""
         data = _check_keys("challenge", _load("challenge", text), {f.name for f in fields(cls)})
         return cls(nonce=_unb64("nonce", data["nonce"]), credential_blob=_unb64("credential_blob", data["credential_blob"]),
                    encrypted_secret=_unb64("encrypted_secret", data["encrypted_secret"]),
@@ -122,6 +124,7 @@ class AttestationReport:
     ima_log: bytes = b""  # IMA runtime measurement list, ima-ng template
 
     def to_json(self) -> str:
+        """The report as JSON: bytes and logs in base64, PCR values as ``{bank: {index: base64}}``."""
         return json.dumps({
             "host": self.host, "version": self.version, "ek_certificate": _b64(self.ek_certificate),
             "ak_public": _b64(self.ak_public), "activated_secret": _b64(self.activated_secret),
@@ -132,6 +135,9 @@ class AttestationReport:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "AttestationReport":
+        """Read a report; EvidenceError when it is not a JSON object or a field is missing, unknown or mistyped
+        (bytes not base64, a PCR bank or index not an integer). Only the form is checked here: what the report
+        proves is the verifier's job."""
         data = _check_keys("report", _load("report", text), {f.name for f in fields(cls)})
         raw_pcrs = data["pcr_values"]
         if not isinstance(raw_pcrs, dict) or not all(isinstance(v, dict) for v in raw_pcrs.values()):
@@ -164,11 +170,14 @@ class Verdict:
     checked_at: datetime.datetime
 
     def to_json(self) -> str:
+        """The verdict as JSON (``checked_at`` in ISO 8601)."""
         return json.dumps({"host": self.host, "passed": self.passed, "reasons": list(self.reasons),
                            "version": self.version, "checked_at": self.checked_at.isoformat()})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Verdict":
+        """Read a verdict; EvidenceError when it is not a JSON object or a field is missing, unknown or mistyped
+        (``passed`` not a boolean, ``reasons`` not a list of text, ``checked_at`` not a zoned ISO 8601 time)."""
         data = _check_keys("verdict", _load("verdict", text), {f.name for f in fields(cls)})
         if not isinstance(data["passed"], bool):
             raise EvidenceError("passed: expected true or false")

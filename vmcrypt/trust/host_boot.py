@@ -101,10 +101,12 @@ class BootedHost:
 
     @property
     def event_log(self) -> bytes:
+        """The TCG event log of the last boot, read from disk (what the host hands a verifier)."""
         return self.event_log_path.read_bytes()
 
     @property
     def ima_log(self) -> bytes:
+        """The binary IMA runtime list of the last boot, read from disk."""
         return self.ima_log_path.read_bytes()
 
 
@@ -125,6 +127,7 @@ def signature_list(hashes: list[bytes]) -> bytes:
 
 
 def firmware_blob2(description: str, base: int, length: int) -> bytes:
+    """UEFI_PLATFORM_FIRMWARE_BLOB2: description length (one byte), ASCII description, base and length."""
     text = description.encode("ascii")
     return bytes([len(text)]) + text + struct.pack("<QQ", base, length)
 
@@ -143,6 +146,8 @@ def ipl_string(prefix: str, value: str) -> tuple[bytes, bytes]:
 
 
 def secure_boot_variables(image: BootImage, enabled: bool) -> list[bytes]:
+    """The UEFI_VARIABLE_DATA PCR 7 gets, in order: SecureBoot (1 or 0 by ``enabled``), PK, KEK, db (the
+    image vendor key's SHA-256) and dbx; the verifier reads SecureBoot back from the log."""
     vendor = hashlib.sha256(image.manifest.vendor_key).digest()
     values = {"SecureBoot": b"\x01" if enabled else b"\x00",
               "PK": signature_list([hashlib.sha256(b"HWTP platform key").digest()]),
@@ -183,6 +188,8 @@ def _start_tpm(directory: Path, name: str, manufacturer: ManufacturerCA | None) 
 
 
 def read_ek_certificates(client: TpmClient) -> dict[EkKind, bytes]:
+    """The DER EK certificates in the TPM's EK Credential Profile NV indices (RSA 2048, ECC P-256); an index
+    the TPM does not have is left out, one that holds no readable certificate raises ValueError."""
     found = {}
     for kind in HOST_EKS:
         index = ek_template(kind).cert_index

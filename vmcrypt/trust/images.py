@@ -39,6 +39,8 @@ class ImageError(VmcryptError):
 
 
 class ComponentKind(str, enum.Enum):
+    """What a boot component is; it decides how the host measures it and whether it must be vendor-signed (VIBs)."""
+
     FIRMWARE = "firmware"
     BOOTLOADER = "bootloader"
     KERNEL = "kernel"
@@ -47,6 +49,8 @@ class ComponentKind(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Component:
+    """One boot component of a manifest: its kind, name, SHA-256 and (VIBs only) the vendor's signature."""
+
     kind: ComponentKind
     name: str
     sha256: bytes
@@ -64,9 +68,12 @@ class ImageManifest:
     kernel_cmdline: str = ""
 
     def by_kind(self, kind: ComponentKind) -> tuple[Component, ...]:
+        """The components of ``kind``, in boot order."""
         return tuple(c for c in self.components if c.kind == kind)
 
     def vendor_public_key(self) -> ec.EllipticCurvePublicKey:
+        """The VIB signing key; ImageError when it is not ECDSA P-256 (cryptography's ValueError when the bytes
+        are not a DER SubjectPublicKeyInfo at all)."""
         key = serialization.load_der_public_key(self.vendor_key)
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             raise ImageError(f"image {self.version}: the vendor key is not ECDSA P-256")
@@ -82,6 +89,7 @@ class ImageManifest:
                 raise ImageError(f"image {self.version}: VIB '{vib.name}' has an invalid vendor signature")
 
     def to_json(self) -> str:
+        """The manifest as JSON (digests in hex, keys and signatures in base64) that ``from_json`` reads back."""
         return json.dumps({
             "version": self.version, "vendor_key": _b64(self.vendor_key), "kernel_cmdline": self.kernel_cmdline,
             "components": [{"kind": c.kind.value, "name": c.name, "sha256": c.sha256.hex(),
@@ -91,6 +99,8 @@ class ImageManifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ImageManifest":
+        """Read a manifest written by ``to_json`` and ``check`` its VIB signatures: ImageError when the text is
+        not JSON, a key is missing or extra, a digest is not 32 bytes, or a VIB is unsigned or badly signed."""
         try:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -160,14 +170,17 @@ class VendorKey:
 
     @classmethod
     def generate(cls) -> "VendorKey":
+        """A fresh P-256 key, held in memory only."""
         return cls(ec.generate_private_key(ec.SECP256R1()))
 
     @property
     def public_der(self) -> bytes:
+        """The public key as SubjectPublicKeyInfo DER, the form a manifest's ``vendor_key`` takes."""
         return self._key.public_key().public_bytes(serialization.Encoding.DER,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
 
     def sign(self, vib: bytes) -> bytes:
+        """The ECDSA-SHA256 signature (DER) over the VIB's bytes that ``vib_signature_valid`` accepts."""
         return self._key.sign(vib, ec.ECDSA(VIB_SIGNATURE_HASH))
 
 
@@ -181,6 +194,7 @@ class BootImage:
 
     @property
     def version(self) -> str:
+        """The manifest's version."""
         return self.manifest.version
 
 

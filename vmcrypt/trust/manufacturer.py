@@ -46,6 +46,7 @@ class ManufacturerCA:
         self._ca = CertificateAuthority(self.directory, _FileKeyStore())
 
     def ensure(self) -> "ManufacturerCA":
+        """Create the root key and certificate in ``directory`` (0700, key 0600) unless they exist; itself."""
         if not self._ca.exists():
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._ca.create_root(self.name)
@@ -58,6 +59,7 @@ class ManufacturerCA:
         return self._ca.root()
 
     def certificate_pem(self) -> bytes:
+        """The root certificate in PEM, as a TrustedAdmin imports it."""
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     def issue_ek(self, ek_public: Any, subject: str) -> x509.Certificate:

@@ -52,6 +52,7 @@ class ImageIndex:
 
     @classmethod
     def of(cls, manifest: ImageManifest) -> "ImageIndex":
+        """Index ``manifest``: its digests by kind and name, and the ima-ng reference of each runtime file."""
         table: dict[ComponentKind, dict[str, bytes]] = {kind: {} for kind in ComponentKind}
         for component in manifest.components:
             table[component.kind][component.name] = component.sha256
@@ -61,6 +62,12 @@ class ImageIndex:
 
 @dataclass(frozen=True)
 class TrustPolicy:
+    """What one Trust Authority accepts: whose EKs (manufacturer CAs or single EKs), which image versions,
+    which PCRs in which banks a quote must cover, and whether Secure Boot must be on.
+
+    Immutable; each change returns a new policy. PolicyError when the banks lack sha256 or name one other
+    than sha1/256/384/512, a PCR is above 23, or an image is filed under another version than its own."""
+
     manufacturer_cas: tuple[bytes, ...] = ()  # DER certificates of trusted TPM manufacturer CAs
     trusted_eks: frozenset[str] = frozenset()  # ek_fingerprint of EKs trusted without a certificate chain
     images: Mapping[str, ImageManifest] = field(default_factory=dict)  # version -> trusted manifest
@@ -81,15 +88,19 @@ class TrustPolicy:
 
     @functools.cached_property
     def anchors(self) -> tuple[x509.Certificate, ...]:
+        """The manufacturer CA certificates, parsed once: the roots an EK certificate chain must end in."""
         return tuple(x509.load_der_x509_certificate(der) for der in self.manufacturer_cas)
 
     @functools.cached_property
     def index(self) -> Mapping[str, ImageIndex]:
+        """Each trusted version's ``ImageIndex``, built once per policy."""
         return {version: ImageIndex.of(manifest) for version, manifest in self.images.items()}
 
     # ------------------------------------------------------------------ changes (a new policy each)
 
     def with_manufacturer_ca(self, certificate: x509.Certificate | bytes) -> "TrustPolicy":
+        """This policy also trusting EKs certified under ``certificate`` (a certificate or its DER); the same
+        policy if it is there already. PolicyError when it is not a CA certificate (no basicConstraints cA)."""
         der = certificate if isinstance(certificate, bytes) else certificate.public_bytes(serialization.Encoding.DER)
         try:
             cert = x509.load_der_x509_certificate(der)
@@ -103,10 +114,14 @@ class TrustPolicy:
         return dataclasses.replace(self, manufacturer_cas=self.manufacturer_cas + (der,))
 
     def with_trusted_ek(self, ek: x509.Certificate | Any) -> "TrustPolicy":
+        """This policy also trusting one EK by its public key (given as the key or a certificate holding it),
+        for a TPM whose EK has no certificate under a trusted manufacturer CA."""
         key = ek.public_key() if isinstance(ek, x509.Certificate) else ek
         return dataclasses.replace(self, trusted_eks=self.trusted_eks | {ek_fingerprint(key)})
 
     def with_image(self, manifest: ImageManifest) -> "TrustPolicy":
+        """This policy also trusting ``manifest``'s version (replacing a manifest of the same version).
+        PolicyError when a VIB of it is unsigned or its vendor signature does not verify."""
         try:
             manifest.check()
         except ImageError as exc:
@@ -114,6 +129,7 @@ class TrustPolicy:
         return dataclasses.replace(self, images={**self.images, manifest.version: manifest})
 
     def without_image(self, version: str) -> "TrustPolicy":
+        """This policy no longer trusting ``version``; PolicyError when it is not trusted now."""
         if version not in self.images:
             raise PolicyError(f"version {version} is not trusted")
         return dataclasses.replace(self, images={v: m for v, m in self.images.items() if v != version})
@@ -121,6 +137,7 @@ class TrustPolicy:
     # ------------------------------------------------------------------ JSON
 
     def to_json(self) -> str:
+        """The policy as JSON (CAs in PEM, banks by name, images as their manifests) for ``from_json``."""
         return json.dumps({
             "manufacturer_cas": [x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM).decode()
                                  for der in self.manufacturer_cas],
@@ -131,6 +148,9 @@ class TrustPolicy:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "TrustPolicy":
+        """Read a policy written by ``to_json``. PolicyError, naming the problem, when the text is not JSON, a
+        key is missing or extra, a CA is not a CA certificate, an EK fingerprint is not lowercase hex SHA-256,
+        a bank or PCR is unknown, or an image manifest is malformed or badly signed."""
         try:
             data = json.loads(text)
         except (ValueError, UnicodeDecodeError):

@@ -33,5 +33,6 @@ def build_policy(manufacturer_cas: list[bytes], trusted_eks: list[bytes], images
 
 
 def make_verifier(policy: Any) -> Any:
+    """A ``Verifier`` judging reports by ``policy``; the attestation service makes one per configuration version."""
     from vmcrypt.trust.verifier import Verifier
     return Verifier(policy)

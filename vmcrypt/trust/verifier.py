@@ -104,6 +104,7 @@ class Verifier:
 
     @property
     def policy(self) -> TrustPolicy:
+        """The trust policy reports are judged by; setting another drops the EK verdicts judged under this one."""
         return self._policy
 
     @policy.setter
