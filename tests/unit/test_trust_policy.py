@@ -32,6 +32,13 @@ def test_manifest_json_round_trips_and_refuses_a_bad_vib_signature() -> None:
     data["components"][0]["sha256"] = "00"
     with pytest.raises(ImageError, match="32 bytes"):
         ImageManifest.from_json(json.dumps(data))
+    for key in ("AAAA", "MAA="):  # valid base64, not a DER SubjectPublicKeyInfo
+        data = json.loads(manifest.to_json())
+        data["vendor_key"] = key
+        with pytest.raises(ImageError, match="vendor key is not a DER public key"):
+            ImageManifest.from_json(json.dumps(data))
+        with pytest.raises(PolicyError):
+            TrustPolicy.from_json(json.dumps({**json.loads(TrustPolicy().to_json()), "images": [data]}))
 
 
 def test_policy_json_round_trips_and_changes_make_new_policies() -> None:

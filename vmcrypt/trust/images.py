@@ -72,9 +72,12 @@ class ImageManifest:
         return tuple(c for c in self.components if c.kind == kind)
 
     def vendor_public_key(self) -> ec.EllipticCurvePublicKey:
-        """The VIB signing key; ImageError when it is not ECDSA P-256 (cryptography's ValueError when the bytes
-        are not a DER SubjectPublicKeyInfo at all)."""
-        key = serialization.load_der_public_key(self.vendor_key)
+        """The VIB signing key; ImageError when the bytes are not a DER SubjectPublicKeyInfo or the key is not
+        ECDSA P-256."""
+        try:
+            key = serialization.load_der_public_key(self.vendor_key)
+        except (ValueError, TypeError) as exc:  # cryptography's message names no file: say which image
+            raise ImageError(f"image {self.version}: the vendor key is not a DER public key") from exc
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
             raise ImageError(f"image {self.version}: the vendor key is not ECDSA P-256")
         return key
