@@ -50,6 +50,14 @@ class TrustAdminDenied(TrustAuthorityError):
     """A configuration change by someone who is not an authenticated member of TrustedAdmins."""
 
 
+def plain_name(what: str, name: str) -> str:
+    """``name`` when it is one plain file name (it becomes one: ``attestations/NAME.json``, a certificate's CN)."""
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0:") \
+            or len(name) > 255 or not name.isprintable():
+        raise TrustAuthorityError(f"{what} name {name!r} is not a plain name")
+    return name
+
+
 def _now_text() -> str:
     return utc_now().isoformat(timespec="seconds")
 
@@ -119,13 +127,15 @@ def parse_cluster_bundle(data: Any) -> tuple[str, bytes, list[HostIdentity]]:
         for entry in data["hosts"]:
             if set(entry) != {"name", "ek_certificates", "csr"} or not isinstance(entry["ek_certificates"], list):
                 raise TypeError("each host needs exactly name, a list of ek_certificates and csr")
-            hosts.append(HostIdentity(str(entry["name"]), tuple(base64.b64decode(e, validate=True)
+            hosts.append(HostIdentity(plain_name("host", entry["name"]), tuple(base64.b64decode(e, validate=True)
                                                                 for e in entry["ek_certificates"]),
                                       str(entry["csr"]).encode()))
         cluster, csr = data["cluster"], data["management_csr"]
         if not isinstance(cluster, str) or not cluster or not isinstance(csr, str):
             raise TypeError("cluster and management_csr must be text")
-        return cluster, csr.encode(), hosts
+        return plain_name("cluster", cluster), csr.encode(), hosts
+    except TrustAuthorityError as exc:
+        raise TrustAuthorityError(f"the host identity export is malformed: {exc}") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise TrustAuthorityError(f"the host identity export is malformed: {exc}") from None
 
@@ -198,7 +208,10 @@ class TrustAuthority:
                            lifetime=datetime.timedelta(minutes=config["token_minutes"]))
 
     def token_verifier(self) -> TokenVerifier:
-        return TokenVerifier(load_key(self.token_key_path).public_key(), self.issuer_name)
+        """Accepts no token that lives longer than this Trust Authority issues them."""
+        minutes = self.config()["token_minutes"]
+        return TokenVerifier(load_key(self.token_key_path).public_key(), self.issuer_name,
+                             max_lifetime=datetime.timedelta(minutes=minutes))
 
     # ----------------------------------------------------------------- policy
 
@@ -226,10 +239,10 @@ class TrustAuthority:
     def record_attestation(self, host: str, record: dict[str, Any]) -> None:
         directory = self.root / "attestations"
         directory.mkdir(mode=0o700, exist_ok=True)
-        write_atomic(directory / f"{host}.json", json.dumps(record, indent=2, sort_keys=True).encode(), mode=0o600)
+        write_atomic(directory / f"{plain_name('host', host)}.json", json.dumps(record, indent=2, sort_keys=True).encode(), mode=0o600)
 
     def attestation(self, host: str) -> dict[str, Any] | None:
-        path = self.root / "attestations" / f"{host}.json"
+        path = self.root / "attestations" / f"{plain_name('host', host)}.json"
         return json.loads(path.read_bytes()) if path.exists() else None
 
     # ----------------------------------------------------------------- identity export
