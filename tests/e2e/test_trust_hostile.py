@@ -19,6 +19,8 @@ import shutil
 import socket
 import ssl
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -383,13 +385,25 @@ def test_files_at_rest_are_private(world: World) -> None:
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
 
 
-def test_an_edited_or_deleted_audit_line_breaks_the_chain(world: World, tmp_path: Path) -> None:
-    copy = tmp_path / "audit.jsonl"
-    shutil.copy(world.ta.audit.path, copy)
-    from vmcrypt.trust.authority import AuditLog
-    lines = copy.read_bytes().splitlines(keepends=True)
-    assert len(lines) > 3 and AuditLog(copy).verify()
-    copy.write_bytes(b"".join(lines[:1] + lines[2:]))  # a refusal deleted from the middle
-    assert not AuditLog(copy).verify()
-    copy.write_bytes(b"".join(lines[:-2]))  # the tail cut: not detectable without an outside anchor (SECURITY.md)
-    assert AuditLog(copy).verify()
+def test_an_edited_deleted_or_cut_audit_line_is_reported(world: World, tmp_path: Path) -> None:
+    home = tmp_path / "copy"
+    shutil.copytree(world.ta.root, home / "trust-authority")
+    audit = TrustAuthority(home).audit
+    lines = audit.path.read_bytes().splitlines(keepends=True)
+    anchor = audit.head()  # what an operator keeps outside the Trust Authority's home
+    assert len(lines) > 3 and audit.verify(anchor) and anchor == f"{len(lines)}:{hashlib.sha256(lines[-1].rstrip()).hexdigest()}"
+    audit.path.write_bytes(b"".join(lines[:1] + lines[2:]))  # a refusal deleted from the middle
+    assert not audit.verify()
+    audit.path.write_bytes(b"".join(lines[:-2]))  # the tail cut: the chain alone still holds ...
+    assert audit.verify()
+    assert not audit.verify(anchor)  # ... the anchor kept elsewhere does not
+    done = subprocess.run([sys.executable, "-m", "vmcrypt", "--home", str(home), "trust", "audit", "--json",
+                           "--anchor", anchor], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and json.loads(done.stdout)["intact"] is False
+    audit.path.write_bytes(b"".join(lines) + lines[-1])  # appended lines keep an older anchor valid
+    assert not audit.verify()  # (a duplicated line breaks the chain)
+    audit.path.write_bytes(b"".join(lines))
+    audit.append("someone", "later event", "ok")
+    assert audit.verify(anchor)
+    with pytest.raises(TrustAuthorityError, match="not COUNT:SHA256"):
+        audit.verify("the last line")

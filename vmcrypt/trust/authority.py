@@ -19,6 +19,7 @@ import base64
 import datetime
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterator
@@ -86,17 +87,36 @@ class AuditLog:
             return []
         return [json.loads(line) for line in self.path.read_bytes().splitlines() if line]
 
-    def verify(self) -> bool:
-        """Whether every line names the digest of the line before it (nothing edited or removed inside)."""
+    def _lines(self) -> list[bytes]:
+        return [line for line in self.path.read_bytes().splitlines() if line] if self.path.exists() else []
+
+    def head(self) -> str:
+        """``COUNT:SHA256`` of the last line: an anchor to keep outside the Trust Authority's home. The chain
+        alone cannot show that its tail was cut; ``verify(anchor)`` can, against an anchor kept elsewhere."""
+        lines = self._lines()
+        return f"{len(lines)}:{hashlib.sha256(lines[-1] if lines else b'').hexdigest()}"
+
+    def verify(self, anchor: str | None = None) -> bool:
+        """Whether every line names the digest of the line before it (nothing edited or removed inside) and,
+        given an ``anchor`` from ``head()``, whether the line it names is still there unchanged (nothing cut)."""
+        lines = self._lines()
         previous = b""
-        for line in self.path.read_bytes().splitlines() if self.path.exists() else []:
+        for line in lines:
             try:
                 if json.loads(line)["prev"] != hashlib.sha256(previous).hexdigest():
                     return False
             except (ValueError, KeyError, TypeError):
                 return False
             previous = line
-        return True
+        if anchor is None:
+            return True
+        count, _, digest = anchor.partition(":")
+        if not count.isdigit() or len(digest) != 64:
+            raise TrustAuthorityError(f"audit anchor {anchor[:80]!r} is not COUNT:SHA256 (from `trust audit`)")
+        number = int(count)
+        if number == 0:
+            return True
+        return number <= len(lines) and hmac.compare_digest(hashlib.sha256(lines[number - 1]).hexdigest(), digest)
 
 
 def _last_line(fd: int) -> bytes:
