@@ -336,6 +336,25 @@ def test_slow_clients_are_cut_off(world: World, monkeypatch: pytest.MonkeyPatch)
     assert _good_token(world, A)
 
 
+def test_connections_beyond_the_limit_are_answered_503(world: World) -> None:
+    url = world.running.key_provider_url
+    held = [world.tls_socket(url, A) for _ in range(serving.MAX_CONNECTIONS)]  # idle, holding their places
+    try:
+        with world.client(url, A) as client:
+            assert client.get("/health").status_code == 503
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # the server notices the closed connections on its next loop turns
+        with world.client(url, A) as client:
+            status = client.get("/health").status_code
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert status == 200
+
+
 # ------------------------------------------------------------------------------------------ key release
 
 def test_key_ids_of_another_cluster_and_unknown_ones_answer_alike(world: World) -> None:
