@@ -254,6 +254,8 @@ def test_a_host_flooding_challenges_is_bounded_and_does_not_starve_another(world
                            ).status_code == 200
     assert _challenge(world, B, B).status_code == 200
     assert _challenge(world, B, B).status_code == 429
+    world.ta._write_config(world.ta.config())  # a configuration change: a new verifier, the old challenges void
+    assert _challenge(world, B, B).status_code == 200
 
 
 # -------------------------------------------------------------------------------- oversized and slow

@@ -160,6 +160,13 @@ class _Outstanding:
     def __init__(self, limit: int = MAX_CHALLENGES_PER_HOST) -> None:
         self.limit = limit
         self._by_host: dict[str, deque[tuple[bytes, datetime.datetime]]] = {}
+        self._verifier: Any = None
+
+    def follow(self, verifier: Any) -> None:
+        """A new verifier (the configuration changed) holds none of the old challenges: neither do we."""
+        if verifier is not self._verifier:
+            self._by_host.clear()
+            self._verifier = verifier
 
     def _live(self, host: str) -> deque[tuple[bytes, datetime.datetime]]:
         now = utc_now()
@@ -195,9 +202,11 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
             raise Refused(403, "attestation refused", [f"host {host}: the EK certificate is not the one imported "
                                                        "for this host"])
         with verifiers.lock:
+            verifier = verifiers.get()
+            outstanding.follow(verifier)
             outstanding.admit(host)
             try:
-                issued = verifiers.get().challenge(ek, ak)
+                issued = verifier.challenge(ek, ak)
             except (VmcryptError, ValueError) as exc:
                 raise Refused(403, "attestation refused", [f"host {host}: {exc}"]) from None
             outstanding.issued(host, issued.nonce, issued.expires)
