@@ -299,6 +299,24 @@ def test_an_oversized_body_is_refused_before_it_is_read(world: World) -> None:
     assert _good_token(world, A)
 
 
+def test_long_strings_from_a_host_do_not_break_or_bloat_the_audit_chain(world: World) -> None:
+    """Refusals are audited with what the caller sent in them; a megabyte of it must neither break the
+    chain (each line hashes the whole previous line) nor land whole in the log."""
+    size_before = world.ta.audit.path.stat().st_size
+    answer = _release(world, B, None, "k" * 100_000)
+    assert answer.status_code == 422 and "at most 256 characters" in answer.text
+    report = json.loads(_report(world, A))
+    report["host"] = "h" * 1_000_000
+    with world.client(world.running.attestation_url, A) as client:
+        refused = client.post("/attest", content=json.dumps(report), headers={"content-type": "application/json"})
+    assert refused.status_code == 403 and "the report names host" in refused.text
+    assert _good_token(world, A)
+    assert world.ta.audit.verify()
+    assert world.ta.audit.path.stat().st_size - size_before < 50_000
+    last = world.ta.audit.entries()[-2]
+    assert last["outcome"] == "refused" and "more characters)" in last["detail"]
+
+
 def test_deeply_nested_json_is_refused_as_malformed_everywhere(world: World) -> None:
     nested = b"[" * 200_000 + b"]" * 200_000
     token = _good_token(world, A)

@@ -41,6 +41,7 @@ from vmcrypt.trust.token import TokenIssuer, TokenVerifier, fingerprint, utc_now
 
 DIRECTORY = "trust-authority"
 CONFIG_VERSION = 1
+MAX_DETAIL = 4096  # characters of an audit line's detail: callers' strings (a key id, a host name) can be long
 
 
 class TrustAuthorityError(VmcryptError):
@@ -75,7 +76,10 @@ class AuditLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             previous = _last_line(fd)
-            entry = {"time": _now_text(), "actor": actor, "action": action, "outcome": outcome, "detail": detail,
+            if len(detail) > MAX_DETAIL:
+                detail = detail[:MAX_DETAIL] + f"... ({len(detail) - MAX_DETAIL} more characters)"
+            entry = {"time": _now_text(), "actor": actor[:MAX_DETAIL], "action": action, "outcome": outcome,
+                     "detail": detail,
                      "prev": hashlib.sha256(previous).hexdigest()}
             os.write(fd, json.dumps(entry, sort_keys=True).encode() + b"\n")
             os.fsync(fd)
@@ -120,13 +124,17 @@ class AuditLog:
 
 
 def _last_line(fd: int) -> bytes:
+    """The whole last line, however long (read backwards until the newline before it)."""
     size = os.lseek(fd, 0, os.SEEK_END)
-    if size == 0:
-        return b""
-    chunk = min(size, 65536)
-    data = os.pread(fd, chunk, size - chunk)
-    lines = data.rstrip(b"\n").rsplit(b"\n", 1)
-    return lines[-1]
+    data = b""
+    position = size
+    while position > 0:
+        chunk = min(position, 65536)
+        position -= chunk
+        data = os.pread(fd, chunk, position) + data
+        if b"\n" in data.rstrip(b"\n"):
+            break
+    return data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
 
 
 @dataclass(frozen=True)

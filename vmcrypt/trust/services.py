@@ -45,6 +45,7 @@ from vmcrypt.trust.token import TokenError, fingerprint, utc_now
 
 MAX_BODY = 4 * 1024 * 1024  # an attestation report with both logs is tens of KiB
 BODY_TIMEOUT = 10.0  # seconds to receive a whole body: a client dripping bytes is cut off (408)
+MAX_KEY_ID = 256  # characters; key ids are UUIDs or short names
 MAX_CHALLENGES_PER_HOST = 8  # outstanding (unanswered, unexpired) challenges a host may hold
 
 
@@ -293,8 +294,8 @@ def build_key_provider_app(ta: TrustAuthority) -> Starlette:
         host, config = _host_of(call.client, ta)
         data = call.json()
         key_id = data.get("key_id") if isinstance(data, dict) else None
-        if not isinstance(key_id, str):
-            raise Refused(422, "the request needs 'key_id'")
+        if not isinstance(key_id, str) or not 0 < len(key_id) <= MAX_KEY_ID or not key_id.isprintable():
+            raise Refused(422, f"the request needs 'key_id' (printable, at most {MAX_KEY_ID} characters)")
         header = call.headers.get("authorization", "")
         if not header.startswith("Bearer "):
             raise Refused(401, f"key {key_id}: no attestation token")
