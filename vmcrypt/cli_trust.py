@@ -157,8 +157,10 @@ def cmd_audit(args: argparse.Namespace) -> None:
     ta.config()  # a home without a Trust Authority has no audit log to show
     audit = ta.audit
     entries = audit.entries()
-    emit(args, {"intact": audit.verify(), "entries": entries}, "\n".join(
-        f"{e['time']}  {e['outcome']:8} {e['actor']:24} {e['action']}: {e['detail']}" for e in entries) or "empty")
+    intact, head = audit.verify(args.anchor), audit.head()
+    lines = [f"{e['time']}  {e['outcome']:8} {e['actor']:24} {e['action']}: {e['detail']}" for e in entries]
+    emit(args, {"intact": intact, "head": head, "entries": entries}, "\n".join(
+        [*lines, f"head {head} ({'intact' if intact else 'NOT INTACT: edited, removed or cut lines'})"]))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -219,5 +221,8 @@ def register(commands: Any, command: Callable[..., argparse.ArgumentParser]) -> 
                   "attest to a Trust Authority; its agent keeps the token")
     ath.add_argument("name", help="the host's name")
     ath.add_argument("--authority", required=True, help="the imported Trust Authority's name")
-    command(sub, "audit", cmd_audit, "Trust Authority home: print the audit log (and whether its chain is intact)")
+    aud = command(sub, "audit", cmd_audit, "Trust Authority home: print the audit log, whether its chain is intact "
+                  "and its head (COUNT:SHA256, to keep outside this home)")
+    aud.add_argument("--anchor", metavar="COUNT:SHA256", help="a head printed before and kept elsewhere: also "
+                     "check that the line it names is still there (a cut tail is not intact)")
 

@@ -96,6 +96,31 @@ def test_the_report_page_over_https(tmp_path: Path) -> None:
             assert client.post("/logout").status_code == 303
             assert client.get("/security-report").status_code == 303
 
+            # session fixation: a session id planted before login is not accepted, and the login issues its own
+            def form_token() -> str:
+                found = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)
+                assert found is not None
+                client.cookies.clear()  # the cookies below are set by hand
+                return found.group(1)
+            planted = "vmcrypt_session=planted-by-attacker"
+            client.cookies.clear()
+            assert client.get("/security-report", headers={"cookie": planted}).status_code == 303
+            csrf = form_token()
+            login = {"user": ADMIN, "password": ADMIN_PASSWORD, "next": "/security-report"}
+            fresh = client.post("/login", data={**login, "csrf": csrf},
+                                headers={"cookie": f"vmcrypt_login_csrf={csrf}; {planted}"})
+            assert fresh.status_code == 303 and "vmcrypt_session=" in fresh.headers["set-cookie"]
+            assert "planted-by-attacker" not in fresh.headers["set-cookie"]
+            # login CSRF: a form token that is not the one of this browser's form cookie is refused
+            mine, theirs = form_token(), form_token()
+            crossed = client.post("/login", data={**login, "csrf": theirs}, headers={"cookie": f"vmcrypt_login_csrf={mine}"})
+            assert crossed.status_code == 403 and "vmcrypt_session=" not in crossed.headers.get("set-cookie", "")
+            # the JSON form is served as JSON (a browser does not render it as a page)
+            json_answer = client.get("/security-report", params={"format": "json"},
+                                     headers=_bearer(client, ADMIN, ADMIN_PASSWORD))
+            assert json_answer.headers["content-type"] == "application/json"
+            client.cookies.clear()
+
             # No Access: 403 as a page and as JSON, naming the privilege, audited
             client.cookies.clear()
             assert _browser_login(client, NOBODY, NOBODY_PASSWORD).status_code == 303

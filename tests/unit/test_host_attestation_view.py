@@ -73,3 +73,35 @@ def test_page_helpers_negotiate_escape_and_stay_on_the_site() -> None:
     assert f'<style nonce="{nonce}">' in body and page.status_code == 403
     assert web.render("error.html", title="t", message="m").headers["content-security-policy"] != \
         page.headers["content-security-policy"]  # a fresh nonce each time
+
+
+def test_hostile_names_and_reasons_render_as_text_in_the_report() -> None:
+    """Stored XSS: a host name, a reason naming a VIB and a provider's error are what hostile hosts and
+    peers control; the page shows them as text, and no element or attribute comes out of them."""
+    from html.parser import HTMLParser
+    payloads = ['<script>alert(1)</script>', '"><img src=x onerror=alert(2)>', "' onmouseover='alert(3)"]
+    report = {"generated_at": "2026-01-01T00:00:00+00:00", "host_summary": {"Failed": 1},
+              "hosts": [{"host": p, "status": "Failed", "reasons": [f"VIB {p!r}: vendor signature check at boot: invalid"],
+                         "version": p, "attested_at": None} for p in payloads],
+              "key_providers": [{"id": p, "name": p, "kind": "kmip", "default": False, "health": "Unhealthy",
+                                 "reason": p} for p in payloads]}
+    body = web.render("security_report.html", report=report, user=payloads[0]).body.decode()
+
+    class Elements(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+            self.attributes: list[str] = []
+            self.text = ""
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.tags.append(tag)
+            self.attributes.extend(name for name, _ in attrs)
+
+        def handle_data(self, data: str) -> None:
+            self.text += data
+    parsed = Elements()
+    parsed.feed(body)
+    assert "script" not in parsed.tags and "img" not in parsed.tags
+    assert not [a for a in parsed.attributes if a.startswith("on")]
+    assert all(p in parsed.text for p in payloads)  # shown, as text

@@ -60,3 +60,18 @@ def test_only_trusted_admins_configure_and_every_outcome_is_audited(ta: TrustAut
     assert not ta.audit.verify()
 
 
+
+
+def test_the_chain_holds_across_a_line_longer_than_one_read(tmp_path: Path) -> None:
+    """The previous line is hashed whole, however long it is (a line left by an older version, a long reason)."""
+    from vmcrypt.trust.authority import AuditLog
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append("a", "first", "ok")
+    long_line = {**log.entries()[0], "detail": "x" * 200_000, "prev": __import__("hashlib").sha256(
+        log.path.read_bytes().rstrip(b"\n")).hexdigest()}
+    with open(log.path, "ab") as handle:
+        handle.write(json.dumps(long_line, sort_keys=True).encode() + b"\n")
+    log.append("b", "after the long line", "ok")
+    log.append("c", "a long detail", "refused", "y" * 100_000)
+    assert log.verify() and len(log.entries()) == 4
+    assert len(log.entries()[-1]["detail"]) < 5000

@@ -98,3 +98,17 @@ def test_failed_verdict_is_not_a_pass(key: ec.EllipticCurvePrivateKey) -> None:
     with pytest.raises(TokenError) as refused:
         verifier.verify(token)
     assert refused.value.refusal is TokenRefusal.NOT_PASSED
+
+
+def test_far_future_expiry_is_refused_even_when_signed(key: ec.EllipticCurvePrivateKey) -> None:
+    """The lifetime is bounded on verification: a validly signed ten-year token is not honoured."""
+    clock = Clock()
+    long_lived = TokenIssuer(key, "ta-1", clock=clock, lifetime=datetime.timedelta(days=3650))
+    verifier = TokenVerifier(key.public_key(), "ta-1", clock=clock, max_lifetime=datetime.timedelta(minutes=5))
+    with pytest.raises(TokenError) as refused:
+        verifier.verify(issue(long_lived))
+    assert refused.value.refusal is TokenRefusal.LIFETIME
+    with pytest.raises(TokenError) as default:  # the default ceiling (an hour) holds without configuration
+        TokenVerifier(key.public_key(), "ta-1", clock=clock).verify(issue(long_lived))
+    assert default.value.refusal is TokenRefusal.LIFETIME
+    assert verifier.verify(issue(TokenIssuer(key, "ta-1", clock=clock))).host == "esx1"  # 5 minutes passes

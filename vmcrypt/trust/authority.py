@@ -19,6 +19,7 @@ import base64
 import datetime
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from vmcrypt.trust.token import TokenIssuer, TokenVerifier, fingerprint, utc_now
 
 DIRECTORY = "trust-authority"
 CONFIG_VERSION = 1
+MAX_DETAIL = 4096  # characters of an audit line's detail: callers' strings (a key id, a host name) can be long
 
 
 class TrustAuthorityError(VmcryptError):
@@ -48,6 +50,14 @@ class TrustAuthorityError(VmcryptError):
 
 class TrustAdminDenied(TrustAuthorityError):
     """A configuration change by someone who is not an authenticated member of TrustedAdmins."""
+
+
+def plain_name(what: str, name: str) -> str:
+    """``name`` when it is one plain file name (it becomes one: ``attestations/NAME.json``, a certificate's CN)."""
+    if not isinstance(name, str) or not name or name.startswith(".") or any(c in name for c in "/\\\0:") \
+            or len(name) > 255 or not name.isprintable():
+        raise TrustAuthorityError(f"{what} name {name!r} is not a plain name")
+    return name
 
 
 def _now_text() -> str:
@@ -66,7 +76,10 @@ class AuditLog:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             previous = _last_line(fd)
-            entry = {"time": _now_text(), "actor": actor, "action": action, "outcome": outcome, "detail": detail,
+            if len(detail) > MAX_DETAIL:
+                detail = detail[:MAX_DETAIL] + f"... ({len(detail) - MAX_DETAIL} more characters)"
+            entry = {"time": _now_text(), "actor": actor[:MAX_DETAIL], "action": action, "outcome": outcome,
+                     "detail": detail,
                      "prev": hashlib.sha256(previous).hexdigest()}
             os.write(fd, json.dumps(entry, sort_keys=True).encode() + b"\n")
             os.fsync(fd)
@@ -78,27 +91,50 @@ class AuditLog:
             return []
         return [json.loads(line) for line in self.path.read_bytes().splitlines() if line]
 
-    def verify(self) -> bool:
-        """Whether every line names the digest of the line before it (nothing edited or removed inside)."""
+    def _lines(self) -> list[bytes]:
+        return [line for line in self.path.read_bytes().splitlines() if line] if self.path.exists() else []
+
+    def head(self) -> str:
+        """``COUNT:SHA256`` of the last line: an anchor to keep outside the Trust Authority's home. The chain
+        alone cannot show that its tail was cut; ``verify(anchor)`` can, against an anchor kept elsewhere."""
+        lines = self._lines()
+        return f"{len(lines)}:{hashlib.sha256(lines[-1] if lines else b'').hexdigest()}"
+
+    def verify(self, anchor: str | None = None) -> bool:
+        """Whether every line names the digest of the line before it (nothing edited or removed inside) and,
+        given an ``anchor`` from ``head()``, whether the line it names is still there unchanged (nothing cut)."""
+        lines = self._lines()
         previous = b""
-        for line in self.path.read_bytes().splitlines() if self.path.exists() else []:
+        for line in lines:
             try:
                 if json.loads(line)["prev"] != hashlib.sha256(previous).hexdigest():
                     return False
             except (ValueError, KeyError, TypeError):
                 return False
             previous = line
-        return True
+        if anchor is None:
+            return True
+        count, _, digest = anchor.partition(":")
+        if not count.isdigit() or len(digest) != 64:
+            raise TrustAuthorityError(f"audit anchor {anchor[:80]!r} is not COUNT:SHA256 (from `trust audit`)")
+        number = int(count)
+        if number == 0:
+            return True
+        return number <= len(lines) and hmac.compare_digest(hashlib.sha256(lines[number - 1]).hexdigest(), digest)
 
 
 def _last_line(fd: int) -> bytes:
+    """The whole last line, however long (read backwards until the newline before it)."""
     size = os.lseek(fd, 0, os.SEEK_END)
-    if size == 0:
-        return b""
-    chunk = min(size, 65536)
-    data = os.pread(fd, chunk, size - chunk)
-    lines = data.rstrip(b"\n").rsplit(b"\n", 1)
-    return lines[-1]
+    data = b""
+    position = size
+    while position > 0:
+        chunk = min(position, 65536)
+        position -= chunk
+        data = os.pread(fd, chunk, position) + data
+        if b"\n" in data.rstrip(b"\n"):
+            break
+    return data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -119,13 +155,15 @@ def parse_cluster_bundle(data: Any) -> tuple[str, bytes, list[HostIdentity]]:
         for entry in data["hosts"]:
             if set(entry) != {"name", "ek_certificates", "csr"} or not isinstance(entry["ek_certificates"], list):
                 raise TypeError("each host needs exactly name, a list of ek_certificates and csr")
-            hosts.append(HostIdentity(str(entry["name"]), tuple(base64.b64decode(e, validate=True)
+            hosts.append(HostIdentity(plain_name("host", entry["name"]), tuple(base64.b64decode(e, validate=True)
                                                                 for e in entry["ek_certificates"]),
                                       str(entry["csr"]).encode()))
         cluster, csr = data["cluster"], data["management_csr"]
         if not isinstance(cluster, str) or not cluster or not isinstance(csr, str):
             raise TypeError("cluster and management_csr must be text")
-        return cluster, csr.encode(), hosts
+        return plain_name("cluster", cluster), csr.encode(), hosts
+    except TrustAuthorityError as exc:
+        raise TrustAuthorityError(f"the host identity export is malformed: {exc}") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise TrustAuthorityError(f"the host identity export is malformed: {exc}") from None
 
@@ -198,7 +236,10 @@ class TrustAuthority:
                            lifetime=datetime.timedelta(minutes=config["token_minutes"]))
 
     def token_verifier(self) -> TokenVerifier:
-        return TokenVerifier(load_key(self.token_key_path).public_key(), self.issuer_name)
+        """Accepts no token that lives longer than this Trust Authority issues them."""
+        minutes = self.config()["token_minutes"]
+        return TokenVerifier(load_key(self.token_key_path).public_key(), self.issuer_name,
+                             max_lifetime=datetime.timedelta(minutes=minutes))
 
     # ----------------------------------------------------------------- policy
 
@@ -226,10 +267,10 @@ class TrustAuthority:
     def record_attestation(self, host: str, record: dict[str, Any]) -> None:
         directory = self.root / "attestations"
         directory.mkdir(mode=0o700, exist_ok=True)
-        write_atomic(directory / f"{host}.json", json.dumps(record, indent=2, sort_keys=True).encode(), mode=0o600)
+        write_atomic(directory / f"{plain_name('host', host)}.json", json.dumps(record, indent=2, sort_keys=True).encode(), mode=0o600)
 
     def attestation(self, host: str) -> dict[str, Any] | None:
-        path = self.root / "attestations" / f"{host}.json"
+        path = self.root / "attestations" / f"{plain_name('host', host)}.json"
         return json.loads(path.read_bytes()) if path.exists() else None
 
     # ----------------------------------------------------------------- identity export

@@ -78,7 +78,7 @@ def _time(name: str, value: Any) -> datetime.datetime:
 def _load(kind: str, text: str | bytes) -> Any:
     try:
         return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested past the stack
         raise EvidenceError(f"{kind}: not JSON") from exc
 
 

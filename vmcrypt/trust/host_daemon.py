@@ -17,11 +17,14 @@ import json
 import os
 import socket
 import socketserver
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from durable.atomic import write_atomic
 from vmcrypt.errors import VmcryptError
 from vmcrypt.trust.collect import CollectionError, HostEvidence
 from vmcrypt.trust.evidence import Challenge, EvidenceError
@@ -32,7 +35,7 @@ from vtpm.host_protocol import MAX_LINE
 from vtpm.server.endpoints import reachable
 from vtpm.storage import PlainStateStore
 
-CONNECTION_TIMEOUT = 10.0  # a client that sends no full line in this time is dropped
+CONNECTION_TIMEOUT = 10.0  # a client that sends no full line in this time is dropped (in total, not per byte)
 OPS = ("ping", "describe", "identity", "answer", "attest")
 
 
@@ -67,12 +70,12 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         server = self.server
         assert isinstance(server, _Server)
-        try:
-            line = self.rfile.readline(MAX_LINE + 1)
-        except (OSError, socket.timeout):
-            return
+        if not _peer_allowed(self.connection):
+            return  # another local user: closed without an answer
+        line = _read_line(self.connection, time.monotonic() + CONNECTION_TIMEOUT)
         if not line:
             return
+        self.connection.settimeout(CONNECTION_TIMEOUT)  # for the answer
         if len(line) > MAX_LINE:
             answer: dict[str, Any] = {"ok": False, "error": f"request longer than {MAX_LINE} bytes"}
         else:
@@ -81,6 +84,37 @@ class _Handler(socketserver.StreamRequestHandler):
             self.wfile.write(json.dumps(answer).encode() + b"\n")
         except OSError:
             pass  # the client went away; nothing was changed for it
+
+
+def _peer_allowed(connection: socket.socket) -> bool:
+    """Only this process's own user or root may talk to the host (the socket's 0600 mode says the same;
+    this holds even if the mode is loosened or the socket is handed on)."""
+    try:
+        creds = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return False
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid in (0, os.getuid())
+
+
+def _read_line(connection: socket.socket, deadline: float) -> bytes:
+    """One request line, at most MAX_LINE + 1 bytes, all of it before ``deadline``: a client dripping a
+    byte at a time cannot hold the daemon (it serves one connection at a time) past it. b"" if it fails."""
+    data = bytearray()
+    while b"\n" not in data and len(data) <= MAX_LINE:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b""
+        connection.settimeout(left)
+        try:
+            chunk = connection.recv(65536)
+        except (OSError, socket.timeout):
+            return b""
+        if not chunk:
+            break
+        data += chunk
+    end = data.find(b"\n")
+    return bytes(data[:end + 1] if end >= 0 else data)
 
 
 class HostDaemon:
@@ -110,8 +144,13 @@ class HostDaemon:
         self.directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.directory.mkdir(mode=0o700, exist_ok=True)
         run.mkdir(mode=0o700, exist_ok=True)
+        if run.is_symlink() or not run.is_dir():
+            raise VmcryptError(f"{run} is not a directory (a link planted there is not followed)")
         os.chmod(run, 0o700)
-        fd = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise VmcryptError(f"cannot open the host's lock file {run / LOCK_FILE}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -124,8 +163,7 @@ class HostDaemon:
                                     tamper=self.spec.tamper, name=self.name)
             self.booted_at = datetime.datetime.now(datetime.timezone.utc)
             self._listen()
-            (run / PID_FILE).write_text(f"{os.getpid()}\n")
-            os.chmod(run / PID_FILE, 0o600)
+            write_atomic(run / PID_FILE, f"{os.getpid()}\n".encode(), mode=0o600)  # replaces a planted link
         except BaseException:
             self.close()
             raise

@@ -19,10 +19,13 @@ Every refusal is written to the Trust Authority's audit log with its reason.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import datetime
 import json
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +43,10 @@ from vmcrypt.trust.pki import HOST_PREFIX, MANAGEMENT_PREFIX
 from vmcrypt.trust.serving import client_name
 from vmcrypt.trust.token import TokenError, fingerprint, utc_now
 
-MAX_BODY = 4 * 1024 * 1024
+MAX_BODY = 4 * 1024 * 1024  # an attestation report with both logs is tens of KiB
+BODY_TIMEOUT = 10.0  # seconds to receive a whole body: a client dripping bytes is cut off (408)
+MAX_KEY_ID = 256  # characters; key ids are UUIDs or short names
+MAX_CHALLENGES_PER_HOST = 8  # outstanding (unanswered, unexpired) challenges a host may hold
 
 
 class Refused(Exception):
@@ -64,7 +70,7 @@ class Call:
     def json(self) -> Any:
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser's stack
             raise Refused(422, "the request is not JSON") from None
 
 
@@ -82,13 +88,31 @@ def _route(ta: TrustAuthority, action: str, handler: Callable[[Call], Any]) -> C
             ta.audit.append(call.client or "unauthenticated client", action, "failed", str(exc))
             return JSONResponse({"error": str(exc), "reasons": []}, status_code=409)
 
-    async def endpoint(request: Request) -> JSONResponse:
-        body = b""
+    def refuse(client: str, status: int, error: str) -> JSONResponse:
+        ta.audit.append(client or "unauthenticated client", action, "refused", error)
+        return JSONResponse({"error": error, "reasons": []}, status_code=status,
+                            headers={"connection": "close"})
+
+    async def read(request: Request) -> bytes | None:
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY:
-                return JSONResponse({"error": "the request is too large", "reasons": []}, status_code=413)
-        return await run_in_threadpool(run, Call(client_name(request), body, dict(request.headers)))
+                return None
+        return bytes(body)
+
+    async def endpoint(request: Request) -> JSONResponse:
+        client = client_name(request)
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            return refuse(client, 413, f"the request is larger than {MAX_BODY} bytes")  # before reading any of it
+        try:
+            body = await asyncio.wait_for(read(request), BODY_TIMEOUT)
+        except asyncio.TimeoutError:
+            return refuse(client, 408, f"the request body did not arrive within {BODY_TIMEOUT:.0f} s")
+        if body is None:
+            return refuse(client, 413, f"the request is larger than {MAX_BODY} bytes")
+        return await run_in_threadpool(run, Call(client, body, dict(request.headers)))
     return endpoint
 
 
@@ -128,8 +152,48 @@ def _b64_field(data: Any, name: str) -> bytes:
         raise Refused(422, f"the request needs '{name}' as base64") from None
 
 
+class _Outstanding:
+    """The challenges each host holds and has not answered yet, so that one host cannot flood the
+    verifier's store (and push other hosts' challenges out of it): at most ``limit`` per host, each
+    forgotten when answered or when it expires. Only imported hosts reach it, so the whole is bounded by
+    hosts x limit. Callers hold the verifier lock."""
+
+    def __init__(self, limit: int = MAX_CHALLENGES_PER_HOST) -> None:
+        self.limit = limit
+        self._by_host: dict[str, deque[tuple[bytes, datetime.datetime]]] = {}
+        self._verifier: Any = None
+
+    def follow(self, verifier: Any) -> None:
+        """A new verifier (the configuration changed) holds none of the old challenges: neither do we."""
+        if verifier is not self._verifier:
+            self._by_host.clear()
+            self._verifier = verifier
+
+    def _live(self, host: str) -> deque[tuple[bytes, datetime.datetime]]:
+        now = utc_now()
+        held = self._by_host.setdefault(host, deque())
+        while held and held[0][1] <= now:
+            held.popleft()
+        return held
+
+    def admit(self, host: str) -> None:
+        if len(self._live(host)) >= self.limit:
+            raise Refused(429, "attestation refused", [f"host {host}: already holds {self.limit} unanswered "
+                                                       "challenges; answer one or wait for them to expire"])
+
+    def issued(self, host: str, nonce: bytes, expires: datetime.datetime) -> None:
+        self._live(host).append((nonce, expires))
+
+    def answered(self, host: str, nonce: bytes) -> None:
+        held = self._live(host)
+        for entry in list(held):
+            if entry[0] == nonce:
+                held.remove(entry)
+
+
 def build_attestation_app(ta: TrustAuthority) -> Starlette:
     verifiers = _VerifierCache(ta)
+    outstanding = _Outstanding()
 
     def challenge(call: Call) -> Any:
         host, config = _host_of(call.client, ta)
@@ -139,10 +203,14 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
             raise Refused(403, "attestation refused", [f"host {host}: the EK certificate is not the one imported "
                                                        "for this host"])
         with verifiers.lock:
+            verifier = verifiers.get()
+            outstanding.follow(verifier)
+            outstanding.admit(host)
             try:
-                issued = verifiers.get().challenge(ek, ak)
+                issued = verifier.challenge(ek, ak)
             except (VmcryptError, ValueError) as exc:
                 raise Refused(403, "attestation refused", [f"host {host}: {exc}"]) from None
+            outstanding.issued(host, issued.nonce, issued.expires)
         return json.loads(issued.to_json())
 
     def attest(call: Call) -> Any:
@@ -157,7 +225,8 @@ def build_attestation_app(ta: TrustAuthority) -> Starlette:
         if fingerprint(report.ek_certificate) not in config["hosts"][host]:
             reasons.append(f"host {host}: the EK certificate is not the one imported for this host")
         with verifiers.lock:
-            verdict = verifiers.get().verify(report)
+            verdict = verifiers.get().verify(report)  # the nonce is used up whatever the verdict
+            outstanding.answered(host, report.nonce)
         reasons.extend(verdict.reasons)
         record = {"host": host, "passed": verdict.passed and not reasons, "reasons": reasons,
                   "version": verdict.version, "checked_at": verdict.checked_at.isoformat()}
@@ -225,8 +294,8 @@ def build_key_provider_app(ta: TrustAuthority) -> Starlette:
         host, config = _host_of(call.client, ta)
         data = call.json()
         key_id = data.get("key_id") if isinstance(data, dict) else None
-        if not isinstance(key_id, str):
-            raise Refused(422, "the request needs 'key_id'")
+        if not isinstance(key_id, str) or not 0 < len(key_id) <= MAX_KEY_ID or not key_id.isprintable():
+            raise Refused(422, f"the request needs 'key_id' (printable, at most {MAX_KEY_ID} characters)")
         header = call.headers.get("authorization", "")
         if not header.startswith("Bearer "):
             raise Refused(401, f"key {key_id}: no attestation token")

@@ -26,12 +26,21 @@ from vmcrypt.trust.pki import common_name
 
 READY_LINE = "vmcrypt trust services: serving"
 
+# Limits against a peer that holds connections open (slow-loris) or sends oversized heads; the body's own
+# size and time limits are the routes' (``services.MAX_BODY``, ``services.BODY_TIMEOUT``).
+HEAD_TIMEOUT = 10.0  # seconds from connecting (or from the last answer) to a complete request head
+KEEP_ALIVE = 5  # seconds an idle kept-alive connection stays open
+MAX_HEAD = 16 * 1024  # bytes of request line and headers
+MAX_CONNECTIONS = 64  # open connections and running requests; beyond this the answer is 503
+
 
 class PeerCertProtocol(H11Protocol):
     """uvicorn's h11 protocol, plus the verified client certificate in the ASGI TLS extension."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm_head_timer()
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         chain = [ssl.DER_cert_to_PEM_cert(der)] if der else []
@@ -43,6 +52,29 @@ class PeerCertProtocol(H11Protocol):
                                                   "tls": {"client_cert_chain": chain}}}
             await inner(scope, receive, send)
         self.app = app
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        """Close a connection still waiting for a complete request head (uvicorn has no such deadline)."""
+        self._head_timer = None
+        if self.cycle is None or self.cycle.response_complete:
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
 
 def client_name(request: Request) -> str:
@@ -57,7 +89,8 @@ def mtls_config(app: Any, cert: Path, key: Path, client_ca: Path) -> uvicorn.Con
     """A uvicorn configuration that demands a client certificate issued by ``client_ca``."""
     return uvicorn.Config(app=app, lifespan="off", log_level="warning", access_log=False, http=PeerCertProtocol,
                           ssl_certfile=str(cert), ssl_keyfile=str(key), ssl_ca_certs=str(client_ca),
-                          ssl_cert_reqs=ssl.CERT_REQUIRED)
+                          ssl_cert_reqs=ssl.CERT_REQUIRED, timeout_keep_alive=KEEP_ALIVE,
+                          h11_max_incomplete_event_size=MAX_HEAD, limit_concurrency=MAX_CONNECTIONS)
 
 
 def serve_mtls(apps: list[tuple[Any, str]], issue: Callable[[str, str], tuple[Path, Path]], client_ca: Path,

@@ -29,6 +29,9 @@ from vmcrypt.errors import VmcryptError
 
 ALGORITHM = "ES256"
 DEFAULT_LIFETIME = datetime.timedelta(minutes=5)
+# The longest lifetime a verifier accepts (exp - iat), whatever the token says: a token minted with a
+# far-future expiry (a leaked signing key, a misconfigured issuer) is refused rather than honoured for years.
+MAX_LIFETIME = datetime.timedelta(hours=1)
 AUDIENCE = "vmcrypt-trusted-key-provider"
 PASSED = "passed"
 Clock = Callable[[], datetime.datetime]
@@ -47,6 +50,7 @@ class TokenRefusal(str, enum.Enum):
     FORGED = "the token's signature does not verify with the Trust Authority's key (forged or altered)"
     EXPIRED = "the token has expired"
     NOT_YET_VALID = "the token is not valid yet"
+    LIFETIME = "the token's lifetime is longer than the Trust Authority issues"
     AUDIENCE = "the token is meant for another audience"
     CLAIMS = "the token lacks a required claim"
     NOT_PASSED = "the token does not carry a passed verdict"
@@ -110,12 +114,14 @@ class TokenVerifier:
     REQUIRED = ("iss", "aud", "sub", "ek", "ver", "verdict", "cluster", "iat", "exp", "jti")
 
     def __init__(self, public_key: ec.EllipticCurvePublicKey, issuer: str, *, clock: Clock = utc_now,
-                 leeway: datetime.timedelta = datetime.timedelta(seconds=0)) -> None:
+                 leeway: datetime.timedelta = datetime.timedelta(seconds=0),
+                 max_lifetime: datetime.timedelta = MAX_LIFETIME) -> None:
         self._key = public_key
         self.issuer = issuer
         self.key_id = public_key_fingerprint(public_key)
         self.clock = clock
         self.leeway = leeway
+        self.max_lifetime = max_lifetime
 
     def verify(self, token: str) -> TokenClaims:
         """The claims of a valid token; ``TokenError`` naming the first check that fails."""
@@ -149,6 +155,8 @@ class TokenVerifier:
             raise TokenError(TokenRefusal.EXPIRED)
         if now + self.leeway.total_seconds() < claims["iat"]:
             raise TokenError(TokenRefusal.NOT_YET_VALID)
+        if claims["exp"] - claims["iat"] > self.max_lifetime.total_seconds():
+            raise TokenError(TokenRefusal.LIFETIME, f"{claims['exp'] - claims['iat']} s")
         if claims["verdict"] != PASSED:
             raise TokenError(TokenRefusal.NOT_PASSED)
         for name in ("sub", "ek", "ver", "cluster", "jti"):

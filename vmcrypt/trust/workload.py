@@ -59,6 +59,10 @@ def hosts_dir(home: Path) -> Path:
 
 
 def agent_dir(home: Path, host: str) -> Path:
+    """``HOME/hosts/HOST/agent``; a host name that is not one plain directory name (``../x``) is refused, so a
+    name from an imported identity or a request never reaches outside ``HOME/hosts``."""
+    if not isinstance(host, str) or not host or host.startswith(".") or any(c in host for c in "/\\\0"):
+        raise WorkloadTrustError(f"host name {host!r} is not a plain name")
     return hosts_dir(home) / host / "agent"
 
 
