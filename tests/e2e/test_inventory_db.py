@@ -160,7 +160,7 @@ def test_postgresql_refuses_a_newer_tampered_or_foreign_database(home: Path, pg_
         with _superuser(pg_url) as db:
             db.execute("UPDATE alembic_version SET version_num = '0099'" if damage == "newer"
                        else "DELETE FROM roles WHERE name = 'Administrator'")
-    reason = {"newer": "schema version 99; this build knows up to 2", "roles": "lacks the built-in roles Administrator",
+    reason = {"newer": "schema version 99; this build knows up to 3", "roles": "lacks the built-in roles Administrator",
               "foreign": "a PostgreSQL database but not an inventory"}[damage]
     for create in (False, True):
         with pytest.raises(InventoryError, match=reason) as refused:
