@@ -336,10 +336,15 @@ class Inventory:
         raise AssertionError("unreachable")
 
     def _run(self, statement: sa.Executable, params: Any = None) -> sa.CursorResult:
+        """One statement: in the current operation, else a transaction of its own (run again on contention)."""
+        if not self._depth:
+            return self.attempt(lambda: self._run(statement, params))
         with self.operation() as conn:
             return conn.execute(statement, params) if params is not None else conn.execute(statement)
 
     def _rows(self, statement: sa.Executable) -> list[sa.Row]:
+        if not self._depth:
+            return self.attempt(lambda: self._rows(statement))
         with self.operation() as conn:
             return list(conn.execute(statement))
 
