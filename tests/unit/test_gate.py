@@ -30,7 +30,7 @@ from vmcrypt.power import TRANSITIONS, PowerEvent, PowerState, PowerStateError
 from vmcrypt.rbac import Operation, Privilege
 from vmcrypt.service_app import PUBLIC_ROUTES, ROUTES, build_app, error_response
 
-LOCAL_ONLY_COMMANDS = {"server", "inventory init"}  # the local administrator's, on the files themselves
+LOCAL_ONLY_COMMANDS = {"server", "inventory init", "inventory move-to"}  # the local administrator's, on the files themselves
 # `vmcrypt trust ...` acts on a Trust Authority (or the workload home's trust files), not through the
 # management plane: its own gate is TrustedAdmins membership (vmcrypt.trust.authority.TrustAuthority.admin)
 TRUST_PREFIX = "trust "
