@@ -61,6 +61,7 @@ ATTEMPTS = 5
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0  # seconds: doubled per attempt, then jittered
 BUSY_STATES = {"40P01": "deadlock detected", "40001": "serialization failure"}  # PostgreSQL SQLSTATEs
 T = TypeVar("T")
+LAST_USED_STEP = datetime.timedelta(seconds=30)  # a session's last use is noted to this precision
 
 
 class InventoryError(VmcryptError):
@@ -553,22 +554,25 @@ class Inventory:
         return token, expires
 
     def session_user(self, token: str) -> str | None:
-        """The user of a live session (its last use noted), or None: unknown, ended or expired."""
+        """The user of a live session (its last use noted, to ``LAST_USED_STEP``), or None: unknown, ended or
+        expired."""
         if not token:
             return None
         digest = _token_digest(token)
-        now = _stamp(datetime.datetime.now(datetime.timezone.utc))
+        moment = datetime.datetime.now(datetime.timezone.utc)
+        now, stale = _stamp(moment), _stamp(moment - LAST_USED_STEP)
         table = schema.sessions
 
         def look() -> str | None:
-            row = self._run(sa.select(table.c.digest, table.c.user, table.c.expires)
+            row = self._run(sa.select(table.c.digest, table.c.user, table.c.expires, table.c.last_used)
                             .where(table.c.digest == digest)).first()
             if row is None or not hmac.compare_digest(bytes(row[0]), digest):
                 return None
             if row[2] <= now:
                 self._run(table.delete().where(table.c.digest == digest))
                 return None
-            self._run(table.update().where(table.c.digest == digest).values(last_used=now))
+            if row[3] <= stale:  # a write per request would queue every request behind SQLite's one writer
+                self._run(table.update().where(table.c.digest == digest).values(last_used=now))
             return str(row[1])
         return self.attempt(look)
 
