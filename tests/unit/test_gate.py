@@ -201,6 +201,10 @@ def test_session_tokens_expire_and_are_kept_as_digests(tmp_path: Path) -> None:
         assert [(bytes(r.digest), r.user) for r in rows] == [(hashlib.sha256(token.encode()).digest(), "admin")]
         assert token.encode() not in repr(rows).encode()
         assert inv.close_session(token) and inv.session_user(token) is None and not inv.close_session(token)
+        inv.open_session("admin", datetime.timedelta(seconds=-1))  # never looked up again: the next login purges it
+        inv.open_session("other", datetime.timedelta(minutes=1))
+        with inv.operation() as conn:
+            assert conn.execute(sa.select(sessions_table.c.user)).scalars().all() == ["other"]
 
 
 def test_database_contention_is_a_503_that_names_the_cause() -> None:
