@@ -10,9 +10,10 @@ in ``ROUTES`` with the ``Operation`` it runs; its handler calls the one
 ``{"error": ..., "privilege": ...}`` with 401 (no or bad session), 403 (a
 privilege is missing), 404 (no such object), 409 (refused in this state), 422
 (a malformed request) or 503 (the database gave up for contention and the
-operation could not be run again; nothing was changed). The handlers run one at a time on one worker thread, which
-owns the inventory's database connection (several service processes may share one
-PostgreSQL inventory: see ``vmcrypt.inventory``).
+operation could not be run again; nothing was changed). The handlers run one at
+a time on one worker thread, which owns the inventory's database connections
+(several service processes may share one PostgreSQL inventory: see
+``vmcrypt.inventory``).
 """
 
 from __future__ import annotations
@@ -356,7 +357,8 @@ class SessionStore:
 class Worker:
     """One thread on which every request acts, each on the management home opened afresh (as a command line
     run would): the inventory is checked at every open, so a damaged one is refused saying why, and its
-    database connection lives and dies on this thread (PostgreSQL's returns to the process's pool)."""
+    database connection lives and dies on this thread (PostgreSQL's returns to the process's pool). Session
+    look-ups, one per request, use one connection kept open on the same thread instead."""
 
     def __init__(self, home: Path, keys: KeyManager | None = None) -> None:
         self.home = home
