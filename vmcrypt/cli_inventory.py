@@ -25,6 +25,7 @@ from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
 from vmcrypt import inventory_db
 from vmcrypt.inventory_db import DB_FILE
+from vmcrypt.inventory_move import move_to, target_url
 from vmcrypt.management import Management
 from vmcrypt.password_policy import MIN_LENGTH, check_new_password
 from vmcrypt.progress import FileProgress
@@ -82,6 +83,23 @@ def cmd_init(args: argparse.Namespace) -> None:
         inventory_db.record(home, database)  # the service and later commands of this home find it there
     emit(args, {"admin": args.admin, "inventory": m.inventory.where},
          f"inventory {m.inventory.where} created; {args.admin} is Administrator")
+
+
+def cmd_move_to(args: argparse.Namespace) -> None:
+    result = move_to(resolve_home(args.home), args.db_url)
+    emit(args, {"inventory": result.target, "kept": str(result.kept),
+                "tables": {t.name: {"rows": t.rows, "sha256": t.digest} for t in result.tables}},
+         "\n".join([f"inventory moved to {result.target}; the SQLite file is kept as {result.kept}"]
+                   + [f"  {t.name:16} {t.rows:8} rows  sha256 {t.digest[:16]}" for t in result.tables]))
+
+
+def _check_move_to(args: argparse.Namespace) -> str | None:
+    """A URL that cannot name a PostgreSQL inventory is a usage error (exit 2)."""
+    try:
+        target_url(args.db_url)
+    except VmcryptError as exc:
+        return f"--db-url: {exc}"
+    return None
 
 
 def _check_db_url_for(home: Path, database: inventory_db.Database) -> None:
@@ -363,6 +381,15 @@ def register(commands: Any, vm_commands: Any, vtpm_commands: Any, command: Calla
     init.add_argument("--db-url", metavar="URL", help="keep the inventory in this database instead of HOME/inventory.db: "
                       "postgresql+psycopg://USER[:PASSWORD]@HOST:PORT/DB (recorded in HOME/inventory.url, the password "
                       f"apart in HOME/inventory.password, 0600; or ${inventory_db.ENV_DB_URL})")
+    move = command(inv_commands, "move-to", cmd_move_to,
+                   "move this home's SQLite inventory to an empty PostgreSQL database (local administrator; the "
+                   "management services of the home must be stopped): every table copied, the audit log in order, "
+                   "row counts and digests compared; the URL is recorded for the home and the SQLite file kept as "
+                   "inventory.db.moved-TIMESTAMP (0600). Exit 1 when refused, nothing changed")
+    move.add_argument("--db-url", metavar="URL", required=True,
+                      help="the empty target database: postgresql+psycopg://USER[:PASSWORD]@HOST:PORT/DB (the "
+                      "password, if given, is kept apart in HOME/inventory.password, 0600)")
+    move.set_defaults(check=_check_move_to)
     user_add = command(inv_commands, "user-add", cmd_user_add, f"add a user (password: ${NEW_PASSWORD_ENV}, at least {MIN_LENGTH} characters, "
                        "not containing the name)",
                        operation=O.MANAGE_USERS)

@@ -31,12 +31,14 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import secrets
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
@@ -49,15 +51,51 @@ from vmcrypt.inventory_db import DB_FILE, Database, engine, resolve, sqlite_even
 from vmcrypt.power import PowerState
 from vmcrypt.rbac import BUILTIN_ROLES, Privilege, Role
 
-__all__ = ["DB_FILE", "ROOT", "AuditEntry", "Inventory", "InventoryError", "VmRecord"]
+__all__ = ["DB_FILE", "ROOT", "AuditEntry", "Inventory", "InventoryBusy", "InventoryError", "VmRecord"]
 
 ROOT = ("root", "")
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 DATABASE_ERRORS = (sa.exc.SQLAlchemyError, sqlite3.Error)
+# a transaction the database gave up on for contention is run again, whole, this many times at most
+ATTEMPTS = 5
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 1.0  # seconds: doubled per attempt, then jittered
+BUSY_STATES = {"40P01": "deadlock detected", "40001": "serialization failure"}  # PostgreSQL SQLSTATEs
+T = TypeVar("T")
+LAST_USED_STEP = datetime.timedelta(seconds=30)  # a session's last use is noted to this precision
 
 
 class InventoryError(VmcryptError):
     """The inventory cannot do what was asked (unknown object, duplicate name, bad login)."""
+
+
+class InventoryBusy(InventoryError):
+    """The database gave up on the operation for contention (deadlock, serialization failure, locked), and it
+    could not be run again: retries ran out, or it had already acted outside the database. Nothing of it
+    was committed."""
+
+    def __init__(self, cause: str, attempts: int, acted_outside: bool) -> None:
+        self.cause = cause
+        self.attempts = attempts
+        why = ("it had already changed files, so it was not run again" if acted_outside
+               else f"gave up after {attempts} attempts")
+        super().__init__(f"the inventory database is busy ({cause}): {why}; nothing was changed in the "
+                         "inventory, try again")
+
+
+def busy_cause(exc: BaseException) -> str | None:
+    """What made the database give up on a transaction that may succeed when run again; None for other errors."""
+    inner = getattr(exc, "orig", None) or exc
+    state = getattr(inner, "sqlstate", None)
+    if state in BUSY_STATES:
+        return BUSY_STATES[state]
+    if isinstance(inner, sqlite3.OperationalError) and "database is locked" in str(inner):
+        return "database is locked"
+    return None
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: exponential, full jitter (two losers do not meet again)."""
+    return random.uniform(0, min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (attempt - 1)))
 
 
 @dataclass(frozen=True)
@@ -106,6 +144,7 @@ class Inventory:
         self.path = self.database.sqlite_path
         self.where = str(self.path) if self.path else self.database.shown
         self._depth = 0
+        self._outside = False  # the current operation changed something outside the database: no retry
         self.engine = engine(self.database)
         if self.path is not None:
             self.conn = self._open_sqlite(create)
@@ -263,11 +302,50 @@ class Inventory:
         finally:
             self._depth = 0
 
+    @property
+    def in_operation(self) -> bool:
+        return self._depth > 0
+
+    def acting_outside(self) -> None:
+        """Say that the current operation is about to change files or processes: a database failure from
+        now on rolls back only its inventory part, so it is not run again (see ``attempt``)."""
+        self._outside = True
+
+    def attempt(self, body: Callable[[], T], attempts: int | None = None) -> T:
+        """``body`` in one transaction; run again whole (jittered backoff, at most ``ATTEMPTS`` times) when
+        the database gives up on it for contention (PostgreSQL 40P01 deadlock, 40001 serialization
+        failure; SQLite ``database is locked``), unless it said ``acting_outside`` first. Raises
+        InventoryBusy when it cannot be run again; inside another operation it joins that one (which
+        decides for both)."""
+        if self._depth:
+            return body()
+        limit = attempts or ATTEMPTS
+        for number in range(1, limit + 1):
+            self._outside = False
+            try:
+                with self.operation():
+                    return body()
+            except DATABASE_ERRORS as exc:
+                cause = busy_cause(exc)
+                if cause is None:
+                    raise
+                if self._outside or number == limit:
+                    raise InventoryBusy(cause, number, self._outside) from None
+            finally:
+                self._outside = False
+            time.sleep(backoff(number))
+        raise AssertionError("unreachable")
+
     def _run(self, statement: sa.Executable, params: Any = None) -> sa.CursorResult:
+        """One statement: in the current operation, else a transaction of its own (run again on contention)."""
+        if not self._depth:
+            return self.attempt(lambda: self._run(statement, params))
         with self.operation() as conn:
             return conn.execute(statement, params) if params is not None else conn.execute(statement)
 
     def _rows(self, statement: sa.Executable) -> list[sa.Row]:
+        if not self._depth:
+            return self.attempt(lambda: self._rows(statement))
         with self.operation() as conn:
             return list(conn.execute(statement))
 
@@ -458,6 +536,54 @@ class Inventory:
             raise InventoryError("the console ticket has expired")
         return row[0], row[1]
 
+    # ------------------------------------------------------------------ sessions of the management service
+
+    def open_session(self, user: str, lifetime: datetime.timedelta) -> tuple[str, datetime.datetime]:
+        """A new bearer token for ``user`` and when it expires. Only its SHA-256 digest is stored, so every
+        service process of this inventory accepts it; expired sessions are purged here."""
+        token = secrets.token_urlsafe(32)  # 256 random bits
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expires = now + lifetime
+        table = schema.sessions
+
+        def write() -> None:
+            self._run(table.delete().where(table.c.expires <= _stamp(now)))
+            self._run(table.insert().values(digest=_token_digest(token), user=user, created=_stamp(now),
+                                            expires=_stamp(expires), last_used=_stamp(now)))
+        self.attempt(write)
+        return token, expires
+
+    def session_user(self, token: str) -> str | None:
+        """The user of a live session (its last use noted, to ``LAST_USED_STEP``), or None: unknown, ended or
+        expired."""
+        if not token:
+            return None
+        digest = _token_digest(token)
+        moment = datetime.datetime.now(datetime.timezone.utc)
+        now, stale = _stamp(moment), _stamp(moment - LAST_USED_STEP)
+        table = schema.sessions
+
+        def look() -> str | None:
+            row = self._run(sa.select(table.c.digest, table.c.user, table.c.expires, table.c.last_used)
+                            .where(table.c.digest == digest)).first()
+            if row is None or not hmac.compare_digest(bytes(row[0]), digest):
+                return None
+            if row[2] <= now:
+                self._run(table.delete().where(table.c.digest == digest))
+                return None
+            if row[3] <= stale:  # a write per request would queue every request behind SQLite's one writer
+                self._run(table.update().where(table.c.digest == digest).values(last_used=now))
+            return str(row[1])
+        return self.attempt(look)
+
+    def close_session(self, token: str) -> bool:
+        """End the session everywhere (every service process); whether there was one."""
+        if not token:
+            return False
+        table = schema.sessions
+        return self.attempt(lambda: self._run(table.delete().where(table.c.digest == _token_digest(token))).rowcount
+                            == 1)
+
     # ------------------------------------------------------------------ audit
 
     def audit(self, user: str, action: str, entity: str, outcome: str, detail: str = "") -> None:
@@ -468,6 +594,15 @@ class Inventory:
         a = schema.audit
         return [AuditEntry(*row) for row in self._rows(
             sa.select(a.c.at, a.c.user, a.c.action, a.c.entity, a.c.outcome, a.c.detail).order_by(a.c.id))]
+
+
+def _token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _stamp(moment: datetime.datetime) -> str:
+    """A UTC time as fixed-width ISO 8601 text, so that text order is time order in both databases."""
+    return moment.astimezone(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _vm_record(row: tuple) -> VmRecord:

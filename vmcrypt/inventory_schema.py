@@ -59,6 +59,8 @@ audit = sa.Table("audit", metadata, sa.Column("id", sa.Integer, primary_key=True
                  _text("action"), _text("entity"), _text("outcome"), _text("detail"))
 console_tickets = sa.Table("console_tickets", metadata, sa.Column("digest", sa.LargeBinary, primary_key=True),
                            _text("vm"), _text("user"), _text("expires"))
+sessions = sa.Table("sessions", metadata, sa.Column("digest", sa.LargeBinary, primary_key=True), _text("user"),
+                    _text("created"), _text("expires"), _text("last_used"))
 
 
 class SchemaProblem(Exception):

@@ -177,7 +177,7 @@ class UserSession(AdminOperations):
     def _on_vm(self, operation: Operation, name: str, act: Callable[[VmRecord, VmHome], T],
                detail: str | Callable[[], str] = "") -> T:
         """``operation`` on the inventory's VM ``name``; an unknown or unreadable VM is a failure, audited."""
-        with self.inventory.operation():  # the VM's row stays locked until the operation is audited
+        def once() -> T:  # one transaction: the VM's row stays locked until the operation is audited
             try:
                 self.inventory.vm(name, lock=True)
                 record, vm = self._vm(name)
@@ -185,6 +185,7 @@ class UserSession(AdminOperations):
                 self.inventory.audit(self.user, operation.value, f"vm {name}", "failed", str(exc))
                 raise
             return self.run(operation, vm_target(name, record.encrypted), lambda: act(record, vm), detail)
+        return self.m.gate.attempt(self.user, operation, f"vm {name}", once)
 
     def _vm(self, name: str) -> tuple[VmRecord, VmHome]:
         record = self.inventory.vm(name)

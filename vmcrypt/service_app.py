@@ -1,16 +1,19 @@
 """The management service's HTTP API (a Starlette app): one route, one gate operation.
 
 ``build_app(home)`` serves a management home. ``POST /session`` with a user and
-password gives a short-lived random token (kept server-side as a digest,
-compared with ``hmac.compare_digest``, expiring, ended by ``DELETE /session``);
+password gives a short-lived random token (kept in the inventory as a digest,
+so every service process of one inventory accepts it; compared with
+``hmac.compare_digest``, expiring, ended everywhere by ``DELETE /session``);
 every other route needs ``Authorization: Bearer TOKEN``. Each route is declared
 in ``ROUTES`` with the ``Operation`` it runs; its handler calls the one
 ``UserSession`` method that passes the gate. JSON in and out; errors are
 ``{"error": ..., "privilege": ...}`` with 401 (no or bad session), 403 (a
-privilege is missing), 404 (no such object), 409 (refused in this state) or 422
-(a malformed request). The handlers run one at a time on one worker thread, which
-owns the inventory's database connection (several service processes may share one
-PostgreSQL inventory: see ``vmcrypt.inventory``).
+privilege is missing), 404 (no such object), 409 (refused in this state), 422
+(a malformed request) or 503 (the database gave up for contention and the
+operation could not be run again; nothing was changed). The handlers run one at
+a time on one worker thread, which owns the inventory's database connections
+(several service processes may share one PostgreSQL inventory: see
+``vmcrypt.inventory``).
 """
 
 from __future__ import annotations
@@ -18,14 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import datetime
-import hashlib
-import hmac
 import json
 import os
-import secrets
-import threading
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from vmcrypt.admin_operations import ek_rows, scratch_file
 from vmcrypt import web
 from vmcrypt.errors import VmcryptError
 from vmcrypt.gate import PermissionDenied, datastore_target
-from vmcrypt.inventory import InventoryError
+from vmcrypt.inventory import DATABASE_ERRORS, Inventory, InventoryBusy, InventoryError
 from vmcrypt.keys import KeyManager
 from vmcrypt.management import Management, UserSession
 from vmcrypt.rbac import Operation
@@ -331,42 +330,25 @@ ROUTES: list[ApiRoute] = [
 # ----------------------------------------------------------------------------- sessions
 
 
-@dataclass
-class _Session:
-    user: str
-    digest: bytes
-    expires: float
-
-
 class SessionStore:
-    """Bearer tokens: random, kept only as SHA-256 digests, compared in constant time, expiring."""
+    """Bearer tokens kept in the inventory (``Inventory.open_session``: a SHA-256 digest of a 256-bit random
+    token, with user, creation, expiry and last use), so a token from one service process works on every
+    other of the same inventory and a logout anywhere ends it everywhere. Runs on the worker's thread."""
 
-    def __init__(self, lifetime: datetime.timedelta = SESSION_LIFETIME) -> None:
+    def __init__(self, worker: "Worker", lifetime: datetime.timedelta = SESSION_LIFETIME) -> None:
+        self.worker = worker
         self.lifetime = lifetime.total_seconds()
-        self._sessions: dict[bytes, _Session] = {}
-        self._lock = threading.Lock()
+        self._lifetime = lifetime
 
-    def open(self, user: str) -> tuple[str, float]:
-        token = secrets.token_urlsafe(32)
-        digest = hashlib.sha256(token.encode()).digest()
-        expires = time.time() + self.lifetime
-        with self._lock:
-            self._sessions = {k: v for k, v in self._sessions.items() if v.expires > time.time()}
-            self._sessions[digest] = _Session(user, digest, expires)
-        return token, expires
+    async def open(self, user: str) -> tuple[str, float]:
+        token, expires = await self.worker.sessions(lambda inv: inv.open_session(user, self._lifetime))
+        return token, expires.timestamp()
 
-    def user(self, token: str) -> str | None:
-        digest = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            found = self._sessions.get(digest)
-        if found is None or not hmac.compare_digest(found.digest, digest) or found.expires <= time.time():
-            return None
-        return found.user
+    async def user(self, token: str) -> str | None:
+        return await self.worker.sessions(lambda inv: inv.session_user(token)) if token else None
 
-    def close(self, token: str) -> bool:
-        digest = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            return self._sessions.pop(digest, None) is not None
+    async def close(self, token: str) -> bool:
+        return await self.worker.sessions(lambda inv: inv.close_session(token)) if token else False
 
 
 # ----------------------------------------------------------------------------- the app
@@ -375,12 +357,36 @@ class SessionStore:
 class Worker:
     """One thread on which every request acts, each on the management home opened afresh (as a command line
     run would): the inventory is checked at every open, so a damaged one is refused saying why, and its
-    database connection lives and dies on this thread (PostgreSQL's returns to the process's pool)."""
+    database connection lives and dies on this thread (PostgreSQL's returns to the process's pool). Session
+    look-ups, one per request, use one connection kept open on the same thread instead."""
 
     def __init__(self, home: Path, keys: KeyManager | None = None) -> None:
         self.home = home
         self.keys = keys
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vmcrypt-gate")
+        self._sessions: Inventory | None = None  # one connection for session look-ups, kept on this thread
+
+    def _session_call(self, function: Callable[[Inventory], Any]) -> Any:
+        """``function`` on the kept session connection; a connection the database dropped is opened afresh once."""
+        for last in (False, True):
+            if self._sessions is None:
+                self._sessions = Inventory(self.home, create=False)
+            try:
+                return function(self._sessions)
+            except DATABASE_ERRORS:
+                self._close_sessions()
+                if last:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _close_sessions(self) -> None:
+        if self._sessions is not None:
+            with contextlib.suppress(*DATABASE_ERRORS):
+                self._sessions.close()
+            self._sessions = None
+
+    async def sessions(self, function: Callable[[Inventory], Any]) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._session_call, function)
 
     def _call(self, function: Callable[[Management], Any]) -> Any:
         management = Management(self.home, create_inventory=False, keys=self.keys)
@@ -393,6 +399,7 @@ class Worker:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, function)
 
     def close(self) -> None:
+        self.executor.submit(self._close_sessions).result()
         self.executor.shutdown()
 
 
@@ -406,6 +413,8 @@ def error_response(exc: BaseException) -> Response:
         return _json({"error": str(exc), "privilege": ", ".join(p.value for p in exc.missing)}, 403)
     if isinstance(exc, RequestError):
         return _json({"error": str(exc), "privilege": None}, 422)
+    if isinstance(exc, InventoryBusy):  # contention: nothing was committed, the client may try again
+        return _json({"error": str(exc), "privilege": None}, 503)
     if isinstance(exc, InventoryError) and str(exc).startswith("no "):
         return _json({"error": str(exc), "privilege": None}, 404)
     if isinstance(exc, (VmcryptError, CaError, OSError, ValueError)):
@@ -447,7 +456,10 @@ def _endpoint(route: ApiRoute, sessions: SessionStore, worker: Worker) -> Callab
     async def endpoint(request: Request) -> Response:
         html = route.page is not None and not web.wants_json(request)
         token = _bearer(request) or (request.cookies.get(web.SESSION_COOKIE, "") if route.page else "")
-        user = sessions.user(token) if token else None
+        try:
+            user = await sessions.user(token)
+        except Exception as exc:  # noqa: BLE001 - the inventory cannot be read: say why
+            return error_response(exc)
         if user is None:
             if html:
                 return web.login_redirect(request)
@@ -495,8 +507,8 @@ def _upload_target(route: ApiRoute, call: Call):  # noqa: ANN202 - a gate Target
 
 def build_app(home: str | os.PathLike[str], keys: KeyManager | None = None) -> Starlette:
     """The API of the management home ``home`` (which must have an inventory)."""
-    sessions = SessionStore()
     worker = Worker(Path(home), keys)
+    sessions = SessionStore(worker)
 
     async def login(request: Request) -> Response:
         try:
@@ -509,12 +521,18 @@ def build_app(home: str | os.PathLike[str], keys: KeyManager | None = None) -> S
             return _json({"error": str(exc), "privilege": None}, 401)
         except Exception as exc:  # noqa: BLE001
             return error_response(exc)
-        token, expires = sessions.open(user)
+        try:
+            token, expires = await sessions.open(user)
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)
         return _json({"token": token, "user": user,
                       "expires": datetime.datetime.fromtimestamp(expires, datetime.timezone.utc).isoformat()})
 
     async def logout(request: Request) -> Response:
-        closed = sessions.close(_bearer(request))
+        try:
+            closed = await sessions.close(_bearer(request))
+        except Exception as exc:  # noqa: BLE001
+            return error_response(exc)
         return _json({"logged_out": closed}, 200 if closed else 401)
 
     async def health(request: Request) -> Response:
@@ -534,7 +552,7 @@ def build_app(home: str | os.PathLike[str], keys: KeyManager | None = None) -> S
         return await web.login_submit(request, authenticate, sessions.open, int(sessions.lifetime))
 
     async def logout_form(request: Request) -> Response:
-        return web.logout(request, sessions.close)
+        return await web.logout(request, sessions.close)
 
     routes = [Route("/session", login, methods=["POST"]), Route("/session", logout, methods=["DELETE"]),
               Route("/health", health, methods=["GET"]), Route("/login", login_page, methods=["GET"]),

@@ -141,7 +141,7 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 Authenticate = Callable[[str, str], Awaitable[bool]]
-OpenSession = Callable[[str], tuple[str, float]]
+OpenSession = Callable[[str], Awaitable[tuple[str, float]]]
 
 
 async def login_submit(request: Request, authenticate: Authenticate, open_session: OpenSession,
@@ -157,7 +157,7 @@ async def login_submit(request: Request, authenticate: Authenticate, open_sessio
     user, password = form.get("user", ""), form.get("password", "")
     if not user or not password or not await authenticate(user, password):
         return login_form(request, "Login failed: wrong user name or password.", 401)
-    token, _ = open_session(user)
+    token, _ = await open_session(user)
     response = RedirectResponse(safe_next(form.get("next")), status_code=303,
                                 headers=security_headers(secrets.token_urlsafe(16)))
     _set_cookie(response, request, SESSION_COOKIE, token, lifetime_seconds)
@@ -165,9 +165,9 @@ async def login_submit(request: Request, authenticate: Authenticate, open_sessio
     return response
 
 
-def logout(request: Request, close_session: Callable[[str], bool]) -> Response:
+async def logout(request: Request, close_session: Callable[[str], Awaitable[bool]]) -> Response:
     """End the browser's session and redirect to the login page, dropping the session cookie."""
-    close_session(request.cookies.get(SESSION_COOKIE, ""))
+    await close_session(request.cookies.get(SESSION_COOKIE, ""))
     response = RedirectResponse("/login", status_code=303, headers=security_headers(secrets.token_urlsafe(16)))
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

@@ -129,7 +129,7 @@ def _arguments(parser: argparse.ArgumentParser, value: Path) -> list[str]:
 
 
 #: what a command needs besides its positionals and required options to get past usage checks
-EXTRA = {("restore",): ["--to", "{tmp}/restored"], ("serve",): ["--port", "1", "--state", "{tmp}/absent"],
+EXTRA = {("restore",): ["--to", "{tmp}/restored"], ("inventory", "move-to"): ["--db-url", "postgresql://u@127.0.0.1:1/db"], ("serve",): ["--port", "1", "--state", "{tmp}/absent"],
          ("info",): ["--state", "{tmp}/absent"],
          ("socket",): ["--tpm2", "--ctrl", "type=unixio,path={tmp}/c", "--tpmstate", "dir={file}"]}
 

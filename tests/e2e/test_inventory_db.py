@@ -85,7 +85,7 @@ def _legacy_inventory(home: Path, version: int) -> Path:
 def test_an_inventory_of_an_earlier_build_migrates_forward(home: Path, version: int) -> None:
     path = _legacy_inventory(home, version)
     with Inventory(home, create=False) as inv:
-        assert inv.schema_version == latest() == 2
+        assert inv.schema_version == latest() == 3
         assert inv.users() == ["old"]
         assert inv.vm("vm1").nvram_generation is None and inv.vm("vm1").datastore == "ds"
         assert [e.action for e in inv.audit_log()] == ["x"]
@@ -93,8 +93,9 @@ def test_an_inventory_of_an_earlier_build_migrates_forward(home: Path, version: 
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             inv.db.execute("DELETE FROM audit")
     raw = sqlite3.connect(path)
-    assert raw.execute("SELECT version_num FROM alembic_version").fetchone() == ("0002",)
-    assert raw.execute("PRAGMA user_version").fetchone() == (2,)
+    assert raw.execute("SELECT version_num FROM alembic_version").fetchone() == ("0003",)
+    assert raw.execute("PRAGMA user_version").fetchone() == (3,)
+    assert raw.execute("SELECT count(*) FROM sessions").fetchone() == (0,)  # made by migration 0003
     raw.close()
     with Inventory(home, create=False) as inv:  # and opens again, as it is now
         assert [e.action for e in inv.audit_log()] == ["x", "after"]
@@ -160,7 +161,7 @@ def test_postgresql_refuses_a_newer_tampered_or_foreign_database(home: Path, pg_
         with _superuser(pg_url) as db:
             db.execute("UPDATE alembic_version SET version_num = '0099'" if damage == "newer"
                        else "DELETE FROM roles WHERE name = 'Administrator'")
-    reason = {"newer": "schema version 99; this build knows up to 2", "roles": "lacks the built-in roles Administrator",
+    reason = {"newer": "schema version 99; this build knows up to 3", "roles": "lacks the built-in roles Administrator",
               "foreign": "a PostgreSQL database but not an inventory"}[damage]
     for create in (False, True):
         with pytest.raises(InventoryError, match=reason) as refused:

@@ -236,7 +236,7 @@ def test_refusals_and_audit(mgmt: Management, home: Path) -> None:
 
 def test_permission_propagation_and_groups(home: Path, tmp_path: Path) -> None:
     with Inventory(home) as inv:
-        assert inv.schema_version == 2
+        assert inv.schema_version == 3
         inv.add_user("ann", "pw")
         inv.add_datastore("ds", tmp_path / "ds")
         inv.add_group("ops")

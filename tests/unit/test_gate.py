@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import hashlib
 from pathlib import Path
+
+import sqlalchemy as sa
 
 import pytest
 from starlette.routing import Route
@@ -20,14 +23,15 @@ from starlette.testclient import TestClient
 from support.files import snapshot
 from vmcrypt.cli import build_parser
 from vmcrypt.gate import INVENTORY_ROOT, PermissionDenied
-from vmcrypt.inventory import ROOT
+from vmcrypt.inventory import ROOT, Inventory, InventoryBusy
+from vmcrypt.inventory_schema import sessions as sessions_table
 from vmcrypt.management import Management
 from vmcrypt.power import TRANSITIONS, PowerEvent, PowerState, PowerStateError
 from vmcrypt.rbac import Operation, Privilege
-from vmcrypt.service_app import PUBLIC_ROUTES, ROUTES, SessionStore, build_app
+from vmcrypt.service_app import PUBLIC_ROUTES, ROUTES, build_app, error_response
 
 # the local administrator's, on the files themselves; `host ...` is the host's own process, not the management plane
-LOCAL_ONLY_COMMANDS = {"server", "inventory init", "host run", "host describe"}
+LOCAL_ONLY_COMMANDS = {"server", "inventory init", "inventory move-to", "host run", "host describe"}
 # `vmcrypt trust ...` acts on a Trust Authority (or the workload home's trust files), not through the
 # management plane: its own gate is TrustedAdmins membership (vmcrypt.trust.authority.TrustAuthority.admin)
 TRUST_PREFIX = "trust "
@@ -186,15 +190,27 @@ def test_sessions_and_errors(client: TestClient) -> None:
     assert client.get("/vms", headers=headers).status_code == 401
 
 
-def test_session_tokens_expire_and_are_kept_as_digests() -> None:
-    store = SessionStore(datetime.timedelta(seconds=-1))
-    token, _ = store.open("admin")
-    assert store.user(token) is None  # expired at once
-    store = SessionStore()
-    token, _ = store.open("admin")
-    assert store.user(token) == "admin" and store.user(token + "x") is None
-    assert token.encode() not in repr(store.__dict__).encode()
-    assert store.close(token) and store.user(token) is None
+def test_session_tokens_expire_and_are_kept_as_digests(tmp_path: Path) -> None:
+    with Inventory(tmp_path / "home") as inv:
+        token, _ = inv.open_session("admin", datetime.timedelta(seconds=-1))
+        assert inv.session_user(token) is None  # expired at once, and purged
+        token, expires = inv.open_session("admin", datetime.timedelta(minutes=15))
+        assert inv.session_user(token) == "admin" and inv.session_user(token + "x") is None
+        assert expires > datetime.datetime.now(datetime.timezone.utc)
+        with inv.operation() as conn:
+            rows = conn.execute(sa.select(sessions_table)).all()
+        assert [(bytes(r.digest), r.user) for r in rows] == [(hashlib.sha256(token.encode()).digest(), "admin")]
+        assert token.encode() not in repr(rows).encode()
+        assert inv.close_session(token) and inv.session_user(token) is None and not inv.close_session(token)
+        inv.open_session("admin", datetime.timedelta(seconds=-1))  # never looked up again: the next login purges it
+        inv.open_session("other", datetime.timedelta(minutes=1))
+        with inv.operation() as conn:
+            assert conn.execute(sa.select(sessions_table.c.user)).scalars().all() == ["other"]
+
+
+def test_database_contention_is_a_503_that_names_the_cause() -> None:
+    response = error_response(InventoryBusy("deadlock detected", 5, False))
+    assert response.status_code == 503 and b"deadlock detected" in response.body and b"5 attempts" in response.body
 
 
 # ----------------------------------------------------------------------------- power states
