@@ -44,6 +44,8 @@ class InventoryMoveError(InventoryError):
 
 @dataclass(frozen=True)
 class TableCopy:
+    """One table as copied: its row count and the digest of its rows, equal on both sides."""
+
     name: str
     rows: int
     digest: str  # SHA-256, hex
@@ -51,6 +53,8 @@ class TableCopy:
 
 @dataclass(frozen=True)
 class MoveResult:
+    """What ``move-to`` did: where the inventory went, each table copied, and where the SQLite file is kept."""
+
     target: str  # the URL, password masked
     tables: tuple[TableCopy, ...]
     kept: Path  # the SQLite file, renamed
