@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -505,6 +506,27 @@ def _upload_target(route: ApiRoute, call: Call):  # noqa: ANN202 - a gate Target
     return datastore_target(call.query.get("datastore") or _missing("datastore"))
 
 
+class NoSniff:
+    """ASGI middleware: every answer says ``X-Content-Type-Options: nosniff``, so a browser never
+    reads a JSON answer (which may carry host names and reasons a host chose) as a page."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-content-type-options"]
+                message = {**message, "headers": [*headers, (b"x-content-type-options", b"nosniff")]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
 def build_app(home: str | os.PathLike[str], keys: KeyManager | None = None) -> Starlette:
     """The API of the management home ``home`` (which must have an inventory)."""
     worker = Worker(Path(home), keys)
@@ -558,7 +580,7 @@ def build_app(home: str | os.PathLike[str], keys: KeyManager | None = None) -> S
               Route("/health", health, methods=["GET"]), Route("/login", login_page, methods=["GET"]),
               Route("/login", login_form, methods=["POST"]), Route("/logout", logout_form, methods=["POST"])]
     routes += [Route(r.path, _endpoint(r, sessions, worker), methods=[r.method]) for r in ROUTES]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(NoSniff)])
     app.state.worker = worker
     app.state.sessions = sessions
     return app

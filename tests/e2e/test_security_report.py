@@ -119,6 +119,9 @@ def test_the_report_page_over_https(tmp_path: Path) -> None:
             json_answer = client.get("/security-report", params={"format": "json"},
                                      headers=_bearer(client, ADMIN, ADMIN_PASSWORD))
             assert json_answer.headers["content-type"] == "application/json"
+            assert json_answer.headers["x-content-type-options"] == "nosniff"  # every answer, API ones too
+            assert client.get("/health").headers["x-content-type-options"] == "nosniff"
+            assert client.get("/vms").headers["x-content-type-options"] == "nosniff"  # 401 too
             client.cookies.clear()
 
             # No Access: 403 as a page and as JSON, naming the privilege, audited
