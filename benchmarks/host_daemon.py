@@ -17,29 +17,18 @@ Wall-clock medians of ``--number`` runs; printed as milliseconds and as ratios t
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # support/ (-> tests/support)
 
 from support.host_daemon import start_host  # noqa: E402
+from support.timing import median_ms  # noqa: E402
 from support.trust import boot_trusted_host, image, manufacturer  # noqa: E402
 from vmcrypt.trust.host_attestation import HostAttestationSettings, host_directory, tpm_attester  # noqa: E402
 from vmcrypt.trust.host_endpoint import RemoteHost  # noqa: E402
-
-
-def median_ms(action: Callable[[], object], number: int) -> float:
-    times = []
-    for _ in range(number):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
 
 
 def run(number: int) -> dict[str, float]:

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import secrets
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 if __name__ == "__main__":
@@ -33,9 +30,8 @@ if __name__ == "__main__":
 
 import httpx  # noqa: E402
 
+from support.timing import median_ms  # noqa: E402
 from support.trust import boot_trusted_host, image, manufacturer  # noqa: E402
-from vmcrypt.inventory import Inventory  # noqa: E402
-from vmcrypt.rbac import TRUSTED_ADMINS_GROUP  # noqa: E402
 from vmcrypt.trust.agent import HostAgent  # noqa: E402
 from vmcrypt.trust.authority import TrustAuthority  # noqa: E402
 from vmcrypt.trust.collect import HostEvidence  # noqa: E402
@@ -45,26 +41,15 @@ from vmcrypt.trust.workload import export_host_identities, hosts_dir, import_aut
 from vmcrypt.providers.trusted import TrustedKeyProvider  # noqa: E402
 
 
-def median_ms(action: Callable[[], object], number: int) -> float:
-    times = []
-    for _ in range(number):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
-
-
 def run(number: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
         workload, ta_home = root / "workload", root / "ta"
         booted = boot_trusted_host(workload, "esx-01")
         password = secrets.token_urlsafe(16)
-        with Inventory(ta_home) as inventory:
-            inventory.add_user("ta-admin", password)
-            inventory.add_to_group(TRUSTED_ADMINS_GROUP, "ta-admin")
         ta = TrustAuthority(ta_home)
         ta.enable("bench")
+        ta.add_admin("ta-admin", password=password)
         admin = ta.admin("ta-admin", password)
         admin.import_hosts(export_host_identities(workload, "wl", {"esx-01": host_ek_certificates(
             hosts_dir(workload) / "esx-01")}))

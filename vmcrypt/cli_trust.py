@@ -30,7 +30,6 @@ from durable.atomic import write_atomic
 from vmcrypt.cli_common import PASSWORD_ENV, emit, password
 from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
-from vmcrypt.inventory import Inventory
 from vmcrypt.providers.registry import ProviderRegistry
 from vmcrypt.rbac import TRUSTED_ADMINS_GROUP
 from vmcrypt.trust.authority import TrustAdmin, TrustAuthority
@@ -73,11 +72,7 @@ def cmd_enable(args: argparse.Namespace) -> None:
 
 
 def cmd_admin_add(args: argparse.Namespace) -> None:
-    home = resolve_home(args.home)
-    with Inventory(home, create=False) as inventory:
-        inventory.add_to_group(TRUSTED_ADMINS_GROUP, args.name)
-        inventory.audit("local administrator", "add to TrustedAdmins", "root", "ok", args.name)
-    TrustAuthority(home).audit.append("local administrator", "add to TrustedAdmins", "ok", args.name)
+    TrustAuthority(resolve_home(args.home)).add_admin(args.name)
     emit(args, {"user": args.name, "group": TRUSTED_ADMINS_GROUP}, f"{args.name} is in {TRUSTED_ADMINS_GROUP}")
 
 

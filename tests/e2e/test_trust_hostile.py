@@ -36,7 +36,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from support.trust import boot_trusted_host, image, manufacturer
 from vmcrypt.inventory import Inventory
 from vmcrypt.errors import KeyProviderError
-from vmcrypt.rbac import TRUSTED_ADMINS_GROUP
 from vmcrypt.trust import serving, services
 from vmcrypt.trust.agent import HostAgent
 from vmcrypt.trust.authority import TrustAuthority, TrustAuthorityError
@@ -93,12 +92,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ta_home.mkdir(mode=0o700)
     hosts = {name: boot_trusted_host(workload, name) for name in (A, B)}
     bundle = export_host_identities(workload, "wl", {n: host_ek_certificates(workload / "hosts" / n) for n in hosts})
-    with Inventory(ta_home) as inventory:
-        for user in ("ta-admin", "operator"):
-            inventory.add_user(user, PASSWORD)
-        inventory.add_to_group(TRUSTED_ADMINS_GROUP, "ta-admin")
     ta = TrustAuthority(ta_home)
     ta.enable("ta1")
+    ta.add_admin("ta-admin", password=PASSWORD)
+    with Inventory(ta_home, create=False) as inventory:
+        inventory.add_user("operator", PASSWORD)
     admin = ta.admin("ta-admin", PASSWORD)
     admin.import_hosts(bundle)
     admin.add_image(image().manifest.to_json())

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from vmcrypt.inventory import Inventory
-from vmcrypt.rbac import TRUSTED_ADMINS_GROUP
 from vmcrypt.trust.authority import TrustAdminDenied, TrustAuthority, TrustAuthorityError
 
 PASSWORD = "a long enough password"
@@ -17,12 +16,11 @@ PASSWORD = "a long enough password"
 
 @pytest.fixture
 def ta(tmp_path: Path) -> TrustAuthority:
-    with Inventory(tmp_path) as inventory:
-        for user in ("alice", "bob"):
-            inventory.add_user(user, PASSWORD)
-        inventory.add_to_group(TRUSTED_ADMINS_GROUP, "alice")
     authority = TrustAuthority(tmp_path)
     authority.enable("ta1")
+    authority.add_admin("alice", password=PASSWORD)
+    with Inventory(tmp_path, create=False) as inventory:
+        inventory.add_user("bob", PASSWORD)
     return authority
 
 
@@ -46,16 +44,18 @@ def test_only_trusted_admins_configure_and_every_outcome_is_audited(ta: TrustAut
     admin.add_manufacturer_ca(ta_cert)
     assert len(ta.config()["manufacturer_cas"]) == 1
     outcomes = [(e["actor"], e["outcome"]) for e in ta.audit.entries()]
-    assert outcomes == [("local administrator", "ok"), ("bob", "denied"), ("alice", "denied"), ("alice", "failed"),
+    # enable, then alice added to TrustedAdmins (the fixture), then the sessions
+    assert outcomes == [("local administrator", "ok"), ("local administrator", "ok"), ("bob", "denied"), ("alice", "denied"), ("alice", "failed"),
                         ("alice", "failed"), ("alice", "failed"), ("alice", "ok")]
     assert oct(ta.config_path.stat().st_mode & 0o777) == "0o600"
     assert oct(ta.audit.path.stat().st_mode & 0o777) == "0o600"
     # an edited line (a denial made to look like success) breaks the chain
     assert ta.audit.verify()
     lines = ta.audit.path.read_bytes().splitlines()
-    entry = json.loads(lines[1])
+    entry = json.loads(lines[2])  # bob's denial
+    assert entry["outcome"] == "denied"
     entry["outcome"] = "ok"
-    lines[1] = json.dumps(entry, sort_keys=True).encode()
+    lines[2] = json.dumps(entry, sort_keys=True).encode()
     ta.audit.path.write_bytes(b"\n".join(lines) + b"\n")
     assert not ta.audit.verify()
 

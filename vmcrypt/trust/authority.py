@@ -289,6 +289,17 @@ class TrustAuthority:
                 "attestation_url": services["attestation"], "key_provider_url": services["keys"],
                 "management_certificate": issued["management"], "host_certificates": issued["hosts"]}
 
+    def add_admin(self, user: str, *, password: str | None = None) -> None:
+        """Put ``user`` into TrustedAdmins, audited in the inventory's log and the Trust Authority's.
+        With ``password`` the user is created first (and the home's inventory, if it has none yet);
+        without it the user must exist in an existing inventory."""
+        with Inventory(self.home, create=password is not None) as inventory:
+            if password is not None:
+                inventory.add_user(user, password)
+            inventory.add_to_group(TRUSTED_ADMINS_GROUP, user)
+            inventory.audit("local administrator", "add to TrustedAdmins", "root", "ok", user)
+        self.audit.append("local administrator", "add to TrustedAdmins", "ok", user)
+
     def admin(self, user: str, password: str) -> "TrustAdmin":
         """A configuration session; refused (and audited) unless ``user`` logs in and is in TrustedAdmins."""
         try:

@@ -14,10 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmcrypt.errors import VmcryptError
-from vmcrypt.inventory import Inventory
 from vmcrypt.management import Management, UserSession
 from vmcrypt.providers.registry import ProviderRegistry
-from vmcrypt.rbac import TRUSTED_ADMINS_GROUP
 from vmcrypt.trust.agent import AttestationRefused, HostAgent
 from vmcrypt.trust.authority import TrustAuthority
 from vmcrypt.trust.collect import HostEvidence
@@ -42,11 +40,9 @@ def trust_story(home: Path, out: Path, management: Management, session: UserSess
 
     ta_home = out / "trust-authority"
     password = secrets.token_urlsafe(16)
-    with Inventory(ta_home) as inventory:
-        inventory.add_user("ta-admin", password)
-        inventory.add_to_group(TRUSTED_ADMINS_GROUP, "ta-admin")
     ta = TrustAuthority(ta_home)
     ta.enable("ta1")
+    ta.add_admin("ta-admin", password=password)
     admin = ta.admin("ta-admin", password)
     admin.import_hosts(export_host_identities(home, "workload", {
         name: host_ek_certificates(hosts_dir(home) / name) for name in ("esx-01", "esx-02")}))
