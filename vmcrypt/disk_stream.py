@@ -345,15 +345,19 @@ def encrypt_disk(
 def _decryptor(xts: XtsCipher, unit_size: int) -> Transform:
     """Decrypt units; an all-zero ciphertext unit (a hole) decrypts to zeros."""
     def transform(unit: int, data: memoryview) -> bytearray:
-        plain = bytearray(xts.decrypt_units(unit, data, unit_size))
-        zero = bytes(unit_size)
-        for offset in _zero_units(data, unit_size):
-            plain[offset : offset + unit_size] = zero
-        tail = _zero_tail(data, unit_size)
-        if tail:
-            plain[len(plain) - tail :] = bytes(tail)
-        return plain
+        return _holes_kept(bytearray(xts.decrypt_units(unit, data, unit_size)), data, unit_size)
     return transform
+
+
+def _holes_kept(out: bytearray, data: memoryview, unit_size: int) -> bytearray:
+    """``out`` with zeros wherever the input ``data`` had an all-zero unit or tail (a hole stays a hole)."""
+    zero = bytes(unit_size)
+    for offset in _zero_units(data, unit_size):
+        out[offset : offset + unit_size] = zero
+    tail = _zero_tail(data, unit_size)
+    if tail:
+        out[len(out) - tail :] = bytes(tail)
+    return out
 
 
 def decrypt_disk(
@@ -447,13 +451,7 @@ def recrypt_disk(
             encrypt = new_keys.xts
 
             def transform(unit: int, data: memoryview) -> bytearray:  # type: ignore[misc]
-                out = bytearray(encrypt.encrypt_units(unit, decrypt(unit, data), unit_size))
-                zero = bytes(unit_size)
-                for offset in _zero_units(data, unit_size):
-                    out[offset : offset + unit_size] = zero
-                tail = _zero_tail(data, unit_size)
-                if tail:
-                    out[len(out) - tail :] = bytes(tail)
-                return out
+                return _holes_kept(bytearray(encrypt.encrypt_units(unit, decrypt(unit, data), unit_size)),
+                                   data, unit_size)
         return _copy(src.fileno(), old.header_length, dst, new.header_length, old.ciphertext_length,
                      old.ciphertext_length, unit_size, transform, resume, progress)
