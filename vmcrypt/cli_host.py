@@ -22,7 +22,8 @@ from vmcrypt.errors import VmcryptError
 from vmcrypt.home import resolve_home
 
 DEFAULT_VERSION = "8.0.2"
-TAMPERS = ("modified-vib", "unsigned-vib", "secure-boot-off", "old-version")  # images.Tamper's values
+# images.Tamper's values
+TAMPERS = ("modified-vib", "unsigned-vib", "secure-boot-off", "old-version", "foreign-db-key")
 
 
 def _spec(args: argparse.Namespace) -> Any:

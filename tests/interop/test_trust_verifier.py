@@ -11,7 +11,7 @@ import pytest
 from support.trust import attest, boot_tampered_host, boot_trusted_host, image, trusted_policy
 from vmcrypt.trust.collect import HostEvidence
 from vmcrypt.trust.evidence import AttestationReport
-from vmcrypt.trust.host_boot import boot_host
+from vmcrypt.trust.host_boot import FOREIGN_DB_KEY, boot_host
 from vmcrypt.trust.manufacturer import ManufacturerCA
 from vmcrypt.trust.verifier import Verifier, VerifierError
 from vtpm.constants import ALG
@@ -152,6 +152,8 @@ def test_a_quote_with_an_invalid_signature_alone_is_refused(home: Path, verifier
 @pytest.mark.parametrize("tamper, reasons", [
     ("old-version", ("version: 7.0.3 is not a trusted version",)),
     ("secure-boot-off", ("Secure Boot: off (the SecureBoot variable measured into PCR 7 is not 1)",)),
+    ("foreign-db-key", (f"Secure Boot: db trusts {FOREIGN_DB_KEY.hex()[:16]}..., which trusted image 8.0.2 "
+                        "does not name",)),
     ("unsigned-vib", ("VIB 'unsigned-community-driver' is not part of trusted image 8.0.2",
                       "VIB 'unsigned-community-driver': vendor signature check at boot: unsigned")),
 ])

@@ -38,7 +38,8 @@ def boot_trusted_host(home: Path, name: str = "esx-01", version: str = TRUSTED_V
 
 def boot_tampered_host(home: Path, tamper: Tamper | str, name: str = "esx-bad",
                        version: str = TRUSTED_VERSION) -> BootedHost:
-    """A host booted with one tamper: modified-vib, unsigned-vib, secure-boot-off, old-version."""
+    """A host booted with one tamper: modified-vib, unsigned-vib, secure-boot-off, old-version,
+    foreign-db-key."""
     return boot_host(Path(home) / "hosts" / name, image(version), tamper=tamper)
 
 

@@ -145,14 +145,17 @@ def ipl_string(prefix: str, value: str) -> tuple[bytes, bytes]:
     return (prefix + value).encode() + b"\0", value.encode()
 
 
-def secure_boot_variables(image: BootImage, enabled: bool) -> list[bytes]:
+FOREIGN_DB_KEY = hashlib.sha256(b"key enrolled by someone else").digest()  # what Tamper.FOREIGN_DB_KEY adds to db
+
+
+def secure_boot_variables(image: BootImage, enabled: bool, extra_db: tuple[bytes, ...] = ()) -> list[bytes]:
     """The UEFI_VARIABLE_DATA PCR 7 gets, in order: SecureBoot (1 or 0 by ``enabled``), PK, KEK, db (the
-    image vendor key's SHA-256) and dbx; the verifier reads SecureBoot back from the log."""
+    image vendor key's SHA-256, then ``extra_db``) and dbx; the verifier reads them back from the log."""
     vendor = hashlib.sha256(image.manifest.vendor_key).digest()
     values = {"SecureBoot": b"\x01" if enabled else b"\x00",
               "PK": signature_list([hashlib.sha256(b"HWTP platform key").digest()]),
               "KEK": signature_list([hashlib.sha256(b"HWTP key exchange key").digest()]),
-              "db": signature_list([vendor]),
+              "db": signature_list([vendor, *extra_db]),
               "dbx": signature_list([hashlib.sha256(b"revoked boot loader").digest()])}
     return [variable_data(name, guid, values[name]) for name, guid in SECURE_BOOT_VARIABLES]
 
@@ -216,7 +219,7 @@ class _Measurer:
         self.client.pcr_extend(pcr, self.log.measure(pcr, event_type, data, measured))
 
 
-def _measure_boot(measure: _Measurer, image: BootImage, secure_boot: bool) -> None:
+def _measure_boot(measure: _Measurer, image: BootImage, secure_boot: bool, extra_db: tuple[bytes, ...] = ()) -> None:
     manifest = image.manifest
     measure(0, EventType.EV_S_CRTM_VERSION, (FIRMWARE_VERSION + "\0").encode("utf-16-le"))
     base = 0xFF000000
@@ -225,7 +228,7 @@ def _measure_boot(measure: _Measurer, image: BootImage, secure_boot: bool) -> No
         measure(0, EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2, firmware_blob2(component.name, base, len(content)),
                 content)
         base += len(content)
-    for variable in secure_boot_variables(image, secure_boot):
+    for variable in secure_boot_variables(image, secure_boot, extra_db):
         measure(7, EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, variable)
     measure(4, EventType.EV_EFI_ACTION, BOOT_OPTION_ACTION)
     for pcr in range(8):
@@ -272,10 +275,13 @@ def boot_host(host_dir: str | os.PathLike[str], image: BootImage, *, secure_boot
     are written to the host's directory (0600)."""
     directory = Path(host_dir)
     name = name or directory.name
+    extra_db: tuple[bytes, ...] = ()
     if tamper is not None:
         tamper = Tamper(tamper)
         if tamper == Tamper.SECURE_BOOT_OFF:
             secure_boot = False
+        elif tamper == Tamper.FOREIGN_DB_KEY:
+            extra_db = (FOREIGN_DB_KEY,)
         elif tamper == Tamper.OLD_VERSION:
             image = make_image(OLD_VERSION)
         else:
@@ -283,7 +289,7 @@ def boot_host(host_dir: str | os.PathLike[str], image: BootImage, *, secure_boot
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     tpm, client = _start_tpm(directory, name, manufacturer)
     measure = _Measurer(client)
-    _measure_boot(measure, image, secure_boot)
+    _measure_boot(measure, image, secure_boot, extra_db)
     ima_log = _measure_runtime(client, image)
     event_log_path, ima_log_path = directory / EVENT_LOG_FILE, directory / IMA_LOG_FILE
     write_atomic(event_log_path, measure.log.to_bytes(), mode=0o600)

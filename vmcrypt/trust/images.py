@@ -255,6 +255,7 @@ class Tamper(str, enum.Enum):
     UNSIGNED_VIB = "unsigned-vib"  # an extra VIB without a vendor signature
     SECURE_BOOT_OFF = "secure-boot-off"  # handled by boot_host: the firmware boots with Secure Boot disabled
     OLD_VERSION = "old-version"  # handled by the caller: boot an image of an older version
+    FOREIGN_DB_KEY = "foreign-db-key"  # handled by boot_host: the firmware's db also trusts a key the image does not name
 
 
 def tampered(image: BootImage, tamper: Tamper | str, vib: str | None = None) -> BootImage:

@@ -35,6 +35,12 @@ _BLOB2 = int(EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2)
 _APPLICATION = int(EventType.EV_EFI_BOOT_SERVICES_APPLICATION)
 _VARIABLE_HEAD = struct.Struct("<16sQQ")
 _SECURE_BOOT_NAME = "SecureBoot".encode("utf-16-le")
+# The Secure Boot policy variables PCR 7 holds besides SecureBoot: UTF-16LE name -> name.
+SECURE_BOOT_DATABASES = ("PK", "KEK", "db", "dbx")
+_DATABASE_NAMES = {name.encode("utf-16-le"): name for name in SECURE_BOOT_DATABASES}
+_SIGNATURE_LIST_HEAD = struct.Struct("<16sIII")  # SignatureType, ListSize, HeaderSize, SignatureSize
+_SIGNATURE_OWNER_SIZE = 16
+_EFI_CERT_SHA256 = bytes.fromhex("2616c4c14c509240aca941f936934328")  # EFI_CERT_SHA256_GUID, as stored (LE)
 _MODULE_KINDS = {b"kernel": ComponentKind.KERNEL, b"vib": ComponentKind.VIB}
 _SIGNATURE_PREFIX = SIGNATURE_PREFIX.encode()
 _VERSION_PREFIX = VERSION_PREFIX.encode()
@@ -49,6 +55,9 @@ class BootFacts:
 
     version: str | None = None
     secure_boot: bool | None = None
+    # PK, KEK, db, dbx as measured: each signature as a SHA-256 (an EFI_CERT_SHA256 entry's hash, the
+    # hash of any other entry's data, e.g. a certificate's DER); a variable the log does not measure is missing.
+    secure_boot_databases: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     cmdline: str | None = None
     measured: list[tuple[ComponentKind, str, bytes]] = field(default_factory=list)  # kind, name, SHA-256
     signature_checks: dict[str, str] = field(default_factory=dict)  # VIB -> valid / invalid / unsigned
@@ -163,13 +172,75 @@ def read_boot_log(events: Iterable[Event],
             if name_end + data_size != len(data):
                 problems.append(f"event log: {_where(event)} sizes do not add up")
                 continue
-            if data[_VARIABLE_HEAD.size:name_end] != _SECURE_BOOT_NAME:
+            name = data[_VARIABLE_HEAD.size:name_end]
+            database = _DATABASE_NAMES.get(name)
+            if name != _SECURE_BOOT_NAME and database is None:
                 continue
+            label = "SecureBoot" if database is None else database
             if sha256(data).digest() != digests.get(_SHA256):
-                problems.append(f"event log: {_where(event)} SecureBoot data does not match its sha256 digest")
+                problems.append(f"event log: {_where(event)} {label} data does not match its sha256 digest")
                 continue
-            facts.secure_boot = data[name_end:] == b"\x01"
+            if database is None:
+                facts.secure_boot = data[name_end:] == b"\x01"
+                continue
+            entries = signature_list_entries(data[name_end:])
+            if entries is None:
+                problems.append(f"event log: {_where(event)} {label} is not a list of EFI_SIGNATURE_LISTs")
+                continue
+            facts.secure_boot_databases[database] = entries
     return facts
+
+
+def signature_list_entries(data: bytes) -> tuple[bytes, ...] | None:
+    """Every signature in a run of EFI_SIGNATURE_LISTs (UEFI 2.8, 32.4.1) as a SHA-256, in order: an
+    EFI_CERT_SHA256 entry is one already, any other entry's data is hashed; None when the lists do not
+    parse (sizes out of bounds or not adding up)."""
+    entries: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < _SIGNATURE_LIST_HEAD.size:
+            return None
+        kind, list_size, header_size, signature_size = _SIGNATURE_LIST_HEAD.unpack_from(data, pos)
+        body = list_size - _SIGNATURE_LIST_HEAD.size - header_size
+        if (list_size > len(data) - pos or body < 0 or signature_size <= _SIGNATURE_OWNER_SIZE
+                or body % signature_size):
+            return None
+        if kind == _EFI_CERT_SHA256 and signature_size != _SIGNATURE_OWNER_SIZE + 32:
+            return None
+        start = pos + _SIGNATURE_LIST_HEAD.size + header_size
+        for offset in range(start, start + body, signature_size):
+            signature = data[offset + _SIGNATURE_OWNER_SIZE:offset + signature_size]
+            entries.append(signature if kind == _EFI_CERT_SHA256 else hashlib.sha256(signature).digest())
+        pos += list_size
+    return tuple(entries)
+
+
+def check_secure_boot_databases(facts: BootFacts, manifest: ImageManifest) -> list[str]:
+    """PCR 7's policy variables against the trusted image: PK, KEK, db and dbx measured, a platform key
+    enrolled (no setup mode, where anyone may enroll keys), the image vendor's key in db and nothing
+    else (a key enrolled by someone else would let the firmware run what they sign), and that key not
+    revoked in dbx. A log that replays is no proof of a sane policy: each of these changes PCR 7
+    consistently, so only reading the variables finds them."""
+    reasons: list[str] = []
+    databases = facts.secure_boot_databases
+    for name in SECURE_BOOT_DATABASES:
+        if name not in databases:
+            reasons.append(f"Secure Boot: the event log has no {name} variable (PCR 7)")
+    vendor = hashlib.sha256(manifest.vendor_key).digest()
+    version = manifest.version
+    if databases.get("PK") == ():
+        reasons.append("Secure Boot: PK is empty (setup mode: any key can be enrolled)")
+    db = databases.get("db")
+    if db is not None:
+        if vendor not in db:
+            reasons.append(f"Secure Boot: db does not hold trusted image {version}'s vendor key")
+        for entry in dict.fromkeys(db):
+            if entry != vendor:
+                reasons.append(f"Secure Boot: db trusts {entry.hex()[:16]}..., which trusted image {version} "
+                               "does not name")
+    if vendor in databases.get("dbx", ()):
+        reasons.append(f"Secure Boot: dbx revokes trusted image {version}'s vendor key")
+    return reasons
 
 
 def check_image(facts: BootFacts, image: ImageIndex, ima: Iterable[ImaEntry], boot_aggregate: bytes | None,
@@ -182,6 +253,8 @@ def check_image(facts: BootFacts, image: ImageIndex, ima: Iterable[ImaEntry], bo
             reasons.append("Secure Boot: the event log has no SecureBoot variable (PCR 7)")
         elif not facts.secure_boot:
             reasons.append("Secure Boot: off (the SecureBoot variable measured into PCR 7 is not 1)")
+        else:
+            reasons.extend(check_secure_boot_databases(facts, image.manifest))
     if image.components and image.components == set(facts.measured):
         # exactly the image's components with its digests: only the VIB signature checks can fail
         signature_checks = facts.signature_checks
