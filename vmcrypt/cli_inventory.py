@@ -68,8 +68,8 @@ def _tcti(record: dict[str, Any]) -> str:
 
 def cmd_init(args: argparse.Namespace) -> None:
     """`inventory init --admin NAME [--db-url URL]` (local administrator): create the inventory and its first
-    Administrator. A new inventory's password is checked before anything is created; a PostgreSQL URL is recorded for
-    the home, which keeps one inventory only."""
+    Administrator. A new inventory's password is checked before anything is created; ``--db-url`` is recorded for the
+    home, which keeps one inventory (a PostgreSQL one is refused next to its SQLite file or another recorded URL)."""
     home = resolve_home(args.home)
     database = inventory_db.resolve(home, args.db_url)
     if args.db_url and database.dialect != "sqlite":
@@ -322,7 +322,7 @@ def cmd_clone(args: argparse.Namespace) -> None:
 
 def cmd_migrate(args: argparse.Namespace) -> None:
     """`vm migrate NAME --datastore DS [--host H]`: cold-migrate to another datastore; with ``--to-home`` to a datastore
-    of another home, logging in there as ``--to-user`` (password: ``$VMCRYPT_TO_PASSWORD`` or a prompt)."""
+    of another home, logging in there as ``--to-user`` (password: ``$VMCRYPT_TO_PASSWORD``, else as for ``--user``)."""
     client = service(args)
     if args.to_home:
         target_user = args.to_user or args.user

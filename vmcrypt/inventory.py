@@ -384,8 +384,8 @@ class Inventory:
                                                    params=json.dumps(SCRYPT)), f"user '{name}' already exists")
 
     def authenticate(self, name: str, password: str) -> None:
-        """Check ``name``'s password; InventoryError otherwise. An unknown user gets the same error after the same
-        scrypt work as a wrong password, so neither answer nor timing tells which names exist."""
+        """Check ``name``'s password; InventoryError otherwise. An unknown user gets the same error, after the same
+        scrypt work, as a wrong password, so the answer does not tell which names exist."""
         users = schema.users
         row = self._run(sa.select(users.c.salt, users.c.hash, users.c.params).where(users.c.name == name)).first()
         # an unknown user costs the same scrypt as a wrong password
