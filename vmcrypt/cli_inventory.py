@@ -40,7 +40,7 @@ TO_PASSWORD_ENV = "VMCRYPT_TO_PASSWORD"
 
 
 class NeedsUser(VmcryptError):
-    pass
+    """An inventory command run without ``--user``: only the management service serves the inventory."""
 
 
 def service(args: argparse.Namespace) -> ServiceClient:
@@ -67,6 +67,9 @@ def _tcti(record: dict[str, Any]) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
+    """`inventory init --admin NAME [--db-url URL]` (local administrator): create the inventory and its first
+    Administrator. A new inventory's password is checked before anything is created; ``--db-url`` is recorded for the
+    home, which keeps one inventory (a PostgreSQL one is refused next to its SQLite file or another recorded URL)."""
     home = resolve_home(args.home)
     database = inventory_db.resolve(home, args.db_url)
     if args.db_url and database.dialect != "sqlite":
@@ -86,6 +89,8 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_move_to(args: argparse.Namespace) -> None:
+    """`inventory move-to --db-url URL` (local administrator): move the home's SQLite inventory to an empty PostgreSQL
+    database; prints each table's row count and digest and where the SQLite file is kept."""
     result = move_to(resolve_home(args.home), args.db_url)
     emit(args, {"inventory": result.target, "kept": str(result.kept),
                 "tables": {t.name: {"rows": t.rows, "sha256": t.digest} for t in result.tables}},
@@ -115,6 +120,8 @@ def _check_db_url_for(home: Path, database: inventory_db.Database) -> None:
 
 
 def cmd_user_add(args: argparse.Namespace) -> None:
+    """`inventory user-add NAME [--role ROLE]`: add a user; the new password (``$VMCRYPT_NEW_PASSWORD`` or a prompt) is
+    checked here before it is sent."""
     client = service(args)
     new_password = password(NEW_PASSWORD_ENV, f"New password for {args.name}: ")
     check_new_password(args.name, new_password)
@@ -123,22 +130,27 @@ def cmd_user_add(args: argparse.Namespace) -> None:
 
 
 def cmd_users(args: argparse.Namespace) -> None:
+    """`inventory users`: each user and their groups."""
     rows = service(args).request("GET", "/users")
     emit(args, rows, "\n".join(f"{r['user']:16} {', '.join(r['groups'])}".rstrip() for r in rows))
 
 
 def cmd_roles(args: argparse.Namespace) -> None:
+    """`inventory roles`: each role, built-in or custom, with its number of privileges."""
     rows = service(args).request("GET", "/roles")
     emit(args, rows, "\n".join(f"{r['role']:32} {'built-in' if r['builtin'] else 'custom  '}  "
                                f"{len(r['privileges'])} privileges" for r in rows))
 
 
 def cmd_role_add(args: argparse.Namespace) -> None:
+    """`inventory role-add NAME [--privilege P ...]`: add a custom role."""
     data = service(args).request("POST", "/roles", json={"name": args.name, "privileges": args.privilege or []})
     emit(args, data, f"added role {args.name} ({len(args.privilege or [])} privileges)")
 
 
 def cmd_grant(args: argparse.Namespace) -> None:
+    """`inventory grant PRINCIPAL ROLE [--entity TYPE:NAME] [--group]`: give a user or group a role on an object (the
+    root by default)."""
     kind, _, name = args.entity.partition(":")
     data = service(args).request("POST", "/permissions", json={
         "entity_type": kind, "entity": name, "principal": args.principal, "role": args.role, "group": args.group})
@@ -146,21 +158,26 @@ def cmd_grant(args: argparse.Namespace) -> None:
 
 
 def cmd_datastore_add(args: argparse.Namespace) -> None:
+    """`inventory datastore-add NAME PATH`: add a datastore; the path is made absolute here, since the service has its
+    own working directory."""
     data = service(args).request("POST", "/datastores", json={"name": args.name, "path": os.path.abspath(args.path)})
     emit(args, data, f"added datastore {args.name}")
 
 
 def cmd_datastores(args: argparse.Namespace) -> None:
+    """`inventory datastores`: each datastore and its directory."""
     rows = service(args).request("GET", "/datastores")
     emit(args, rows, "\n".join(f"{r['datastore']:16} {r['path']}" for r in rows) or "no datastores")
 
 
 def cmd_host_add(args: argparse.Namespace) -> None:
+    """`inventory host-add NAME`: add a host."""
     data = service(args).request("POST", "/hosts", json={"name": args.name})
     emit(args, data, f"added host {args.name}")
 
 
 def cmd_hosts(args: argparse.Namespace) -> None:
+    """`inventory hosts`: the hosts' names."""
     rows = service(args).request("GET", "/hosts")
     emit(args, rows, "\n".join(rows) or "no hosts")
 
@@ -175,11 +192,15 @@ def _attestation_text(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_host_attest(args: argparse.Namespace) -> None:
+    """`inventory host-attest [NAME ...]`: attest the hosts now (every host by default) and show each outcome with its
+    reasons."""
     rows = service(args).request("POST", "/hosts/attest", json={"hosts": args.names})
     emit(args, rows, _attestation_text(rows))
 
 
 def cmd_host_attestation_trust(args: argparse.Namespace) -> None:
+    """`inventory host-attestation-trust [--manufacturer-ca PEM ...] [--image MANIFEST ...]`: replace what host
+    attestation trusts with the files' contents."""
     cas = [Path(path).read_text() for path in args.manufacturer_ca or []]
     images = [Path(path).read_text() for path in args.image or []]
     data = service(args).request("POST", "/hosts/attestation/settings", json={"manufacturer_cas": cas, "images": images})
@@ -188,11 +209,13 @@ def cmd_host_attestation_trust(args: argparse.Namespace) -> None:
 
 
 def cmd_host_attestation(args: argparse.Namespace) -> None:
+    """`inventory host-attestation`: each host's last attestation, with every reason it failed."""
     rows = service(args).request("GET", "/hosts/attestation")
     emit(args, rows, _attestation_text(rows))
 
 
 def cmd_security_report(args: argparse.Namespace) -> None:
+    """`inventory security-report`: the hosts' attestation and the key providers' health."""
     report = service(args).request("GET", "/security-report", params={"format": "json"})
     providers = "\n".join(f"{p['name']:16} {p['kind']:8} {p['health']:10} {p['reason']}".rstrip()
                            for p in report["key_providers"]) or "no key providers"
@@ -201,23 +224,27 @@ def cmd_security_report(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
+    """`inventory audit`: the management audit log, denials included."""
     entries = service(args).request("GET", "/audit")
     emit(args, entries, "\n".join(f"{e['at']}  {e['user']:12} {e['outcome']:7} {e['action']} {e['entity']}  "
                                   f"{e['detail']}" for e in entries))
 
 
 def cmd_vm_register(args: argparse.Namespace) -> None:
+    """`vm register PATH --datastore DS`: add an existing VM to the inventory."""
     record = service(args).request("POST", "/vms/register", json={"path": os.path.abspath(args.path),
                                                                    "datastore": args.datastore})
     emit(args, record, f"registered {record['name']} ({'encrypted' if record['encrypted'] else 'not encrypted'})")
 
 
 def cmd_vm_unregister(args: argparse.Namespace) -> None:
+    """`vm unregister NAME`: remove a VM from the inventory; its files stay on the datastore."""
     data = service(args).request("POST", f"{_vm(args)}/unregister")
     emit(args, data, f"unregistered {args.name} (its files stay on the datastore)")
 
 
 def cmd_vm_list(args: argparse.Namespace) -> None:
+    """`vm list`: the VMs the user may see, with power state, encryption and vTPM."""
     rows = service(args).request("GET", "/vms")
     emit(args, rows, "\n".join(
         f"{r['name']:16} {r['power_state']:3}  {'encrypted' if r['encrypted'] else 'clear    '}  "
@@ -225,6 +252,8 @@ def cmd_vm_list(args: argparse.Namespace) -> None:
 
 
 def cmd_power_on(args: argparse.Namespace) -> None:
+    """`vm power-on NAME [--accept-rollback] [--port P] [--data-unix] [--host H]`: power on and print where the VM's
+    vTPM is served."""
     action = "power-on-accepting-rollback" if args.accept_rollback else "power-on"
     endpoints = {"port": args.port, "data_unix": args.data_unix, "host": args.host}
     record = service(args).request("POST", f"{_vm(args)}/{action}", json=endpoints)
@@ -233,31 +262,37 @@ def cmd_power_on(args: argparse.Namespace) -> None:
 
 
 def cmd_power_off(args: argparse.Namespace) -> None:
+    """`vm power-off NAME`: power off (the vTPM stops)."""
     record = service(args).request("POST", f"{_vm(args)}/power-off")
     emit(args, record, f"{record['name']} powered off")
 
 
 def cmd_suspend(args: argparse.Namespace) -> None:
+    """`vm suspend NAME`: suspend; the vTPM's state goes into the encrypted .vmss."""
     record = service(args).request("POST", f"{_vm(args)}/suspend")
     emit(args, record, f"{record['name']} suspended (vTPM state in {record['name']}.vmss)")
 
 
 def cmd_resume(args: argparse.Namespace) -> None:
+    """`vm resume NAME`: resume a suspended VM and print where its vTPM is served."""
     record = service(args).request("POST", f"{_vm(args)}/resume")
     emit(args, record, f"{record['name']} resumed{_tcti(record)}")
 
 
 def cmd_console(args: argparse.Namespace) -> None:
+    """`vm console NAME`: print a one-time console ticket."""
     data = service(args).request("POST", f"{_vm(args)}/console")
     emit(args, data, f"console ticket for {args.name}: {data['ticket']}")
 
 
 def cmd_browse(args: argparse.Namespace) -> None:
+    """`vm browse NAME`: the VM's files on its datastore."""
     files = service(args).request("GET", f"{_vm(args)}/files")
     emit(args, files, "\n".join(files))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
+    """`vm download NAME FILE [--out PATH]`: write one of the VM's files here (to FILE by default)."""
     data = service(args).request("GET", f"{_vm(args)}/files/{quote(args.file, safe='')}")
     out = Path(args.out or args.file)
     out.write_bytes(data)
@@ -266,16 +301,19 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> None:
+    """`vm snapshot NAME`: snapshot the VM's vTPM and EFI state into an encrypted .vmsn."""
     data = service(args).request("POST", f"{_vm(args)}/snapshot")
     emit(args, data, f"snapshot {data['snapshot']} of {args.name} in {Path(data['file']).name}")
 
 
 def cmd_revert(args: argparse.Namespace) -> None:
+    """`vm revert NAME [--number N]`: revert to a snapshot (the latest by default)."""
     data = service(args).request("POST", f"{_vm(args)}/revert", json={"number": args.number})
     emit(args, data, f"{args.name} reverted to snapshot {data['snapshot']}")
 
 
 def cmd_clone(args: argparse.Namespace) -> None:
+    """`vm clone NAME NEW_NAME [--exact] [--host H]`: clone a powered-off VM, with a new identity unless ``--exact``."""
     record = service(args).request("POST", f"{_vm(args)}/{'clone-exact' if args.exact else 'clone'}",
                                    json={"new_name": args.new_name, "host": args.host})
     identity = "the same vTPM" if args.exact else "a new identity"
@@ -283,6 +321,8 @@ def cmd_clone(args: argparse.Namespace) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
+    """`vm migrate NAME --datastore DS [--host H]`: cold-migrate to another datastore; with ``--to-home`` to a datastore
+    of another home, logging in there as ``--to-user`` (password: ``$VMCRYPT_TO_PASSWORD``, else as for ``--user``)."""
     client = service(args)
     if args.to_home:
         target_user = args.to_user or args.user
@@ -298,6 +338,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
+    """`vm delete NAME [--destroy-key]`: delete the VM's inventory entry and files; its key stays for backups unless
+    ``--destroy-key``."""
     client = service(args)
     data = client.request("POST", f"{_vm(args)}/delete-with-key") if args.destroy_key else client.request(
         "DELETE", _vm(args))
@@ -364,6 +406,7 @@ def cmd_vtpm_accept_rollback(args: argparse.Namespace) -> None:
 
 
 def cmd_vtpm_remove(args: argparse.Namespace) -> None:
+    """`vtpm remove NAME`: remove the VM's vTPM (its keys and NV data are gone)."""
     record = service(args).request("DELETE", f"{_vm(args)}/vtpm")
     emit(args, record, f"removed the vTPM of {record['name']}")
 

@@ -53,6 +53,8 @@ def _write_out(args: argparse.Namespace, data: Any) -> None:
 
 
 def cmd_export_hosts(args: argparse.Namespace) -> None:
+    """`trust export-hosts --cluster C [--host H ...] --out FILE` (workload home): write the hosts' EK certificates and
+    new client CSRs (every host under ``HOME/hosts`` by default) for the Trust Authority; the keys stay here."""
     from vmcrypt.trust.host_identity import host_ek_certificates
     from vmcrypt.trust.workload import export_host_identities, hosts_dir
     home = resolve_home(args.home)
@@ -66,37 +68,44 @@ def cmd_export_hosts(args: argparse.Namespace) -> None:
 
 
 def cmd_enable(args: argparse.Namespace) -> None:
+    """`trust enable --name N` (Trust Authority home): create its CA, token key and configuration, once."""
     ta = TrustAuthority(resolve_home(args.home))
     ta.enable(args.name)
     emit(args, {"name": args.name, "ca": str(ta.ca.cert_path)}, f"trust services enabled: Trust Authority {args.name}")
 
 
 def cmd_admin_add(args: argparse.Namespace) -> None:
+    """`trust admin-add USER` (local administrator): put an inventory user into TrustedAdmins."""
     TrustAuthority(resolve_home(args.home)).add_admin(args.name)
     emit(args, {"user": args.name, "group": TRUSTED_ADMINS_GROUP}, f"{args.name} is in {TRUSTED_ADMINS_GROUP}")
 
 
 def cmd_import_hosts(args: argparse.Namespace) -> None:
+    """`trust import-hosts FILE` (TrustedAdmins): import the workload cluster's host identities."""
     names = _admin(args).import_hosts(_read_json(args.file))
     emit(args, {"hosts": names}, f"imported hosts: {', '.join(names)}")
 
 
 def cmd_import_image(args: argparse.Namespace) -> None:
+    """`trust import-image FILE` (TrustedAdmins): trust an image manifest's version."""
     version = _admin(args).add_image(Path(args.file).read_text())
     emit(args, {"version": version}, f"trusted image version {version}")
 
 
 def cmd_remove_image(args: argparse.Namespace) -> None:
+    """`trust remove-image VERSION` (TrustedAdmins): stop trusting an image version."""
     _admin(args).remove_image(args.version)
     emit(args, {"version": args.version, "trusted": False}, f"version {args.version} is no longer trusted")
 
 
 def cmd_add_manufacturer_ca(args: argparse.Namespace) -> None:
+    """`trust add-manufacturer-ca FILE` (TrustedAdmins): trust a TPM manufacturer CA."""
     subject = _admin(args).add_manufacturer_ca(Path(args.file).read_bytes())
     emit(args, {"subject": subject}, f"trusted TPM manufacturer CA {subject}")
 
 
 def cmd_add_trusted_ek(args: argparse.Namespace) -> None:
+    """`trust add-trusted-ek FILE` (TrustedAdmins): trust one EK certificate, given in PEM or DER (kept as DER)."""
     data = Path(args.file).read_bytes()
     if data.startswith(b"-----BEGIN"):
         from cryptography import x509
@@ -107,6 +116,8 @@ def cmd_add_trusted_ek(args: argparse.Namespace) -> None:
 
 
 def cmd_set_kmip(args: argparse.Namespace) -> None:
+    """`trust set-kmip --server HOST:PORT ... --ca --cert --key` (TrustedAdmins): the KMIP cluster behind the key
+    provider service."""
     settings = {"servers": args.server, "ca": args.ca, "cert": args.cert, "key": args.key,
                 "timeout": args.timeout, "cache_seconds": 0.0}
     _admin(args).set_kmip(settings)
@@ -114,6 +125,8 @@ def cmd_set_kmip(args: argparse.Namespace) -> None:
 
 
 def cmd_export_identity(args: argparse.Namespace) -> None:
+    """`trust export-identity --out FILE` (Trust Authority home): write what the workload cluster imports (CA, token
+    key, service URLs, issued certificates), 0600."""
     identity = TrustAuthority(resolve_home(args.home)).identity(
         {"attestation": args.attestation_url, "keys": args.key_provider_url})
     _write_out(args, identity)
@@ -122,6 +135,7 @@ def cmd_export_identity(args: argparse.Namespace) -> None:
 
 
 def cmd_import_identity(args: argparse.Namespace) -> None:
+    """`trust import-identity FILE` (workload home): import a Trust Authority's identity."""
     from vmcrypt.trust.workload import import_authority
     identity = import_authority(resolve_home(args.home), _read_json(args.file))
     emit(args, {"name": identity.name, "cluster": identity.cluster},
@@ -129,6 +143,8 @@ def cmd_import_identity(args: argparse.Namespace) -> None:
 
 
 def cmd_add_provider(args: argparse.Namespace) -> None:
+    """`trust add-provider NAME --authority TA [--default]` (workload home): add a ``trusted`` key provider backed by an
+    imported Trust Authority."""
     provider = ProviderRegistry(resolve_home(args.home)).add_trusted(args.name, args.authority,
                                                                        make_default=args.default)
     emit(args, {"name": provider.name, "id": provider.provider_id, "kind": provider.kind, "default": args.default},
@@ -137,6 +153,8 @@ def cmd_add_provider(args: argparse.Namespace) -> None:
 
 
 def cmd_attest_host(args: argparse.Namespace) -> None:
+    """`trust attest-host NAME --authority TA` (workload home): have a running host attest through its daemon, whose
+    agent keeps the token; refused with a hint when the host is not running."""
     from vmcrypt.trust.host_attestation import host_directory
     from vmcrypt.trust.host_endpoint import HostNotRunning, RemoteHost
     try:
@@ -148,6 +166,8 @@ def cmd_attest_host(args: argparse.Namespace) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
+    """`trust audit [--anchor COUNT:SHA256]`: the Trust Authority's audit log, whether its chain is intact (and still
+    holds the anchor's line), and its head to keep as the next anchor."""
     ta = TrustAuthority(resolve_home(args.home))
     ta.config()  # a home without a Trust Authority has no audit log to show
     audit = ta.audit
@@ -159,6 +179,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    """`trust serve` (Trust Authority home): run the attestation and key provider services until stopped."""
     from vmcrypt.trust.services import serve_authority
     serve_authority(TrustAuthority(resolve_home(args.home)), args.attestation, args.keys)
 

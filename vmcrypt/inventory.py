@@ -100,6 +100,9 @@ def backoff(attempt: int) -> float:
 
 @dataclass(frozen=True)
 class VmRecord:
+    """What the inventory holds about one VM: its files and datastore, its key, its vTPM, and its power state with the
+    running vTPM's process and port."""
+
     name: str
     vmx_path: str
     datastore: str
@@ -117,6 +120,8 @@ class VmRecord:
 
 @dataclass(frozen=True)
 class AuditEntry:
+    """One row of the management audit log, which the database keeps append-only."""
+
     at: str
     user: str
     action: str
@@ -246,6 +251,7 @@ class Inventory:
                 raise InventoryError(str(exc), self.where) from None
 
     def close(self) -> None:
+        """Give back the database connection; the inventory is not usable afterwards."""
         self.conn.close()
 
     def __enter__(self) -> "Inventory":
@@ -261,10 +267,12 @@ class Inventory:
 
     @property
     def dialect(self) -> str:
+        """The database's kind: ``sqlite`` or ``postgresql``."""
         return self.conn.dialect.name
 
     @property
     def schema_version(self) -> int:
+        """The schema version the database is at (0 when none is recorded)."""
         with self.operation() as conn:
             return int(schema.current(conn) or 0)
 
@@ -304,6 +312,7 @@ class Inventory:
 
     @property
     def in_operation(self) -> bool:
+        """Whether an ``operation()`` is open: a statement run now joins its transaction."""
         return self._depth > 0
 
     def acting_outside(self) -> None:
@@ -366,6 +375,8 @@ class Inventory:
     # ------------------------------------------------------------------ principals
 
     def add_user(self, name: str, password: str) -> None:
+        """Add a user, storing a salted scrypt hash of the password; InventoryError when the name is taken or the name
+        or password is empty."""
         if not name or not password:
             raise InventoryError("a user needs a name and a password")
         salt = secrets.token_bytes(16)
@@ -373,6 +384,8 @@ class Inventory:
                                                    params=json.dumps(SCRYPT)), f"user '{name}' already exists")
 
     def authenticate(self, name: str, password: str) -> None:
+        """Check ``name``'s password; InventoryError otherwise. An unknown user gets the same error, after the same
+        scrypt work, as a wrong password, so the answer does not tell which names exist."""
         users = schema.users
         row = self._run(sa.select(users.c.salt, users.c.hash, users.c.params).where(users.c.name == name)).first()
         # an unknown user costs the same scrypt as a wrong password
@@ -382,22 +395,28 @@ class Inventory:
             raise InventoryError(f"login failed for '{name}'")
 
     def users(self) -> list[str]:
+        """Every user's name, sorted."""
         return [r[0] for r in self._rows(sa.select(schema.users.c.name).order_by(schema.users.c.name))]
 
     def add_group(self, name: str) -> None:
+        """Add a group; one that exists already is left as it is."""
         self._run(self._insert(schema.groups).values(name=name).on_conflict_do_nothing())
 
     def add_to_group(self, group: str, user: str) -> None:
+        """Make ``user`` a member of ``group`` (a member already stays one); InventoryError when either does not
+        exist."""
         self._guarded(self._insert(schema.group_members).values(grp=group, user=user).on_conflict_do_nothing(),
                       f"no group '{group}' or no user '{user}'")
 
     def groups_of(self, user: str) -> list[str]:
+        """The groups ``user`` belongs to, sorted."""
         members = schema.group_members
         return [r[0] for r in self._rows(sa.select(members.c.grp).where(members.c.user == user).order_by(members.c.grp))]
 
     # ------------------------------------------------------------------ roles and permissions
 
     def add_role(self, name: str, privileges: set[Privilege]) -> None:
+        """Add a custom role holding ``privileges``; InventoryError when the name is taken."""
         self._guarded(schema.roles.insert().values(name=name, privileges=json.dumps(sorted(p.value for p in privileges)),
                                                    builtin=0), f"role '{name}' already exists")
 
@@ -412,12 +431,15 @@ class Inventory:
         return Role(name, frozenset(Privilege(p) for p in json.loads(row[0])), bool(row[1]))
 
     def roles(self) -> list[Role]:
+        """Every role: the built-in ones first, then by name."""
         roles = schema.roles
         return [self.role(r[0]) for r in self._rows(sa.select(roles.c.name).order_by(roles.c.builtin.desc(),
                                                                                      roles.c.name))]
 
     def grant(self, entity: tuple[str, str], principal: str, role: str, *, group: bool = False,
               propagate: bool = True) -> None:
+        """Give ``principal`` (a group with ``group``) ``role`` on ``entity``, replacing what it held there;
+        ``propagate``: the role also holds on the objects below. InventoryError for an unknown role, user or group."""
         self.role(role)
         table = schema.groups if group else schema.users
         if self._run(sa.select(table.c.name).where(table.c.name == principal)).first() is None:
@@ -463,11 +485,14 @@ class Inventory:
     # ------------------------------------------------------------------ objects
 
     def add_datastore(self, name: str, path: str | os.PathLike[str]) -> None:
+        """Add a datastore, making its directory (0700) if needed; InventoryError when the name or the directory is
+        already in the inventory."""
         Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._guarded(schema.datastores.insert().values(name=name, path=str(Path(path).resolve())),
                       f"datastore '{name}' (or its directory) is already in the inventory")
 
     def datastore_path(self, name: str) -> Path:
+        """The directory of datastore ``name``; InventoryError when there is none."""
         stores = schema.datastores
         row = self._run(sa.select(stores.c.path).where(stores.c.name == name)).first()
         if row is None:
@@ -480,9 +505,11 @@ class Inventory:
         return [(r[0], r[1]) for r in self._rows(sa.select(stores.c.name, stores.c.path).order_by(stores.c.name))]
 
     def add_host(self, name: str) -> None:
+        """Add a host; one that exists already is left as it is."""
         self._run(self._insert(schema.hosts).values(name=name).on_conflict_do_nothing())
 
     def hosts(self) -> list[str]:
+        """Every host's name, sorted."""
         return [r[0] for r in self._rows(sa.select(schema.hosts.c.name).order_by(schema.hosts.c.name))]
 
     def put_vm(self, record: VmRecord) -> None:
@@ -506,9 +533,11 @@ class Inventory:
         return _vm_record(tuple(row))
 
     def vms(self) -> list[VmRecord]:
+        """Every VM's record, by name."""
         return [_vm_record(tuple(row)) for row in self._rows(sa.select(schema.vms).order_by(schema.vms.c.name))]
 
     def remove_vm(self, name: str) -> None:
+        """Drop the VM's record and the permissions on it, in one transaction; its files are not touched."""
         perms = schema.permissions
         with self.operation():
             self._run(schema.vms.delete().where(schema.vms.c.name == name))
@@ -517,6 +546,8 @@ class Inventory:
     # ------------------------------------------------------------------ console tickets
 
     def issue_console_ticket(self, vm: str, user: str, lifetime: datetime.timedelta) -> str:
+        """A new one-time console ticket for ``user`` on ``vm``, valid for ``lifetime``; only its SHA-256 digest is
+        stored (see ``redeem_console_ticket``)."""
         ticket = secrets.token_urlsafe(32)
         expires = datetime.datetime.now(datetime.timezone.utc) + lifetime
         self._run(schema.console_tickets.insert().values(
@@ -587,10 +618,12 @@ class Inventory:
     # ------------------------------------------------------------------ audit
 
     def audit(self, user: str, action: str, entity: str, outcome: str, detail: str = "") -> None:
+        """Append a row to the audit log, stamped with the current UTC time."""
         self._run(schema.audit.insert().values(at=_now(), user=user, action=action, entity=entity, outcome=outcome,
                                                detail=detail))
 
     def audit_log(self) -> list[AuditEntry]:
+        """The whole audit log, oldest first."""
         a = schema.audit
         return [AuditEntry(*row) for row in self._rows(
             sa.select(a.c.at, a.c.user, a.c.action, a.c.entity, a.c.outcome, a.c.detail).order_by(a.c.id))]

@@ -52,6 +52,7 @@ class Database:
 
     @property
     def dialect(self) -> str:
+        """The database's kind: ``sqlite`` or ``postgresql``."""
         return self.url.get_backend_name()
 
     @property
@@ -61,6 +62,7 @@ class Database:
 
     @property
     def sqlite_path(self) -> Path | None:
+        """The SQLite file, or None for a PostgreSQL database."""
         return Path(self.url.database) if self.dialect == "sqlite" and self.url.database else None
 
 

@@ -100,6 +100,8 @@ def current(connection: sa.Connection) -> int | None:
 
 
 def is_empty(connection: sa.Connection) -> bool:
+    """Whether the database has no tables at all: a PostgreSQL database without a schema version may take a new
+    inventory only then."""
     return not sa.inspect(connection).get_table_names()
 
 

@@ -165,6 +165,7 @@ class UserSession(AdminOperations):
 
     @property
     def inventory(self) -> Inventory:
+        """The inventory of the management service this session acts through."""
         return self.m.inventory
 
     # ------------------------------------------------------------------ the one gate

@@ -42,10 +42,12 @@ READY_LINE = "vmcrypt server: serving"
 
 
 def default_socket(home: Path) -> Path:
+    """``HOME/run/vmcrypt.sock``: where the service listens and where clients look by default."""
     return home / "run" / SOCKET_NAME
 
 
 def service_ca_path(home: Path) -> Path:
+    """``HOME/service-ca.pem``: the service CA's certificate, with which clients verify the HTTPS server."""
     return home / SERVICE_CA_FILE
 
 

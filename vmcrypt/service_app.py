@@ -92,11 +92,14 @@ class Call:
             raise RequestError(f"'{name}' is not base64") from None
 
     def flag(self, name: str) -> bool:
+        """Whether query parameter ``name`` is 1, true or yes (in any case); an absent one is False."""
         return self.query.get(name, "").lower() in ("1", "true", "yes")
 
 
 @dataclass
 class Binary:
+    """A handler's answer sent as raw bytes, with its media type and extra headers, instead of JSON."""
+
     data: bytes
     media_type: str = BINARY
     headers: dict[str, str] = field(default_factory=dict)
@@ -115,6 +118,9 @@ Handler = Callable[[UserSession, Call], Any]
 
 @dataclass(frozen=True)
 class ApiRoute:
+    """One route of the REST API: method and path, the operation whose privileges it needs, its handler, how the request
+    body is read and, for a browser, its HTML view."""
+
     method: str
     path: str
     operation: Operation
@@ -342,13 +348,16 @@ class SessionStore:
         self._lifetime = lifetime
 
     async def open(self, user: str) -> tuple[str, float]:
+        """A new session for ``user``: its bearer token and when it expires (UNIX time)."""
         token, expires = await self.worker.sessions(lambda inv: inv.open_session(user, self._lifetime))
         return token, expires.timestamp()
 
     async def user(self, token: str) -> str | None:
+        """The user of a live session, or None (also for an empty token)."""
         return await self.worker.sessions(lambda inv: inv.session_user(token)) if token else None
 
     async def close(self, token: str) -> bool:
+        """End the session for every service process; whether there was one."""
         return await self.worker.sessions(lambda inv: inv.close_session(token)) if token else False
 
 
@@ -387,6 +396,7 @@ class Worker:
             self._sessions = None
 
     async def sessions(self, function: Callable[[Inventory], Any]) -> Any:
+        """``function`` on the kept session connection, run on the worker's thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._session_call, function)
 
     def _call(self, function: Callable[[Management], Any]) -> Any:
@@ -397,9 +407,11 @@ class Worker:
             management.close()
 
     async def run(self, function: Callable[[Management], Any]) -> Any:
+        """``function`` on the management home opened afresh, run on the worker's thread; closed afterwards."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, self._call, function)
 
     def close(self) -> None:
+        """Close the session connection on the worker's thread, then stop the thread once queued calls are done."""
         self.executor.submit(self._close_sessions).result()
         self.executor.shutdown()
 

@@ -32,9 +32,14 @@ RENEW_BEFORE = datetime.timedelta(seconds=30)
 
 
 class Evidence(Protocol):
-    def identity(self) -> tuple[bytes, bytes]: ...
+    """What the agent attests with: the host's TPM identity and its answers to challenges (``HostEvidence`` in this
+    process, ``RemoteHost`` through a running host's daemon)."""
 
-    def answer(self, challenge: Challenge, *, host: str, version: str) -> AttestationReport: ...
+    def identity(self) -> tuple[bytes, bytes]:
+        """(EK certificate DER, AK TPM2B_PUBLIC) of the host's TPM."""
+
+    def answer(self, challenge: Challenge, *, host: str, version: str) -> AttestationReport:
+        """The host's report for ``challenge``: what its TPM quotes and the logs of what it booted."""
 
 
 class AttestationRefused(VmcryptError):
@@ -64,6 +69,9 @@ class _Refusal(Exception):
 
 
 class HostAgent:
+    """The agent of one host for one imported Trust Authority: attests with the host's evidence and keeps the token,
+    then fetches keys against it (see the module's docstring)."""
+
     def __init__(self, home: Path, host: str, authority: AuthorityIdentity, evidence: Evidence | None = None,
                  *, version: str = "") -> None:
         self.home = Path(home)
@@ -74,6 +82,7 @@ class HostAgent:
 
     @property
     def directory(self) -> Path:
+        """``HOME/hosts/HOST/agent``: the host's client key and certificate, its token and its last attestation."""
         return agent_dir(self.home, self.host)
 
     def _client(self, base: str) -> httpx.Client:

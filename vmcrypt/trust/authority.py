@@ -71,6 +71,8 @@ class AuditLog:
         self.path = path
 
     def append(self, actor: str, action: str, outcome: str, detail: str = "") -> None:
+        """Append one entry chained to the last line by its SHA-256, under an exclusive lock, then fsync; a detail over
+        ``MAX_DETAIL`` characters is cut."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
@@ -87,6 +89,7 @@ class AuditLog:
             os.close(fd)
 
     def entries(self) -> list[dict[str, Any]]:
+        """Every entry, oldest first (none before the first append); the chain is not checked here, see ``verify``."""
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_bytes().splitlines() if line]
@@ -181,17 +184,23 @@ class TrustAuthority:
 
     @property
     def config_path(self) -> Path:
+        """``trust-authority/config.json``: name, cluster, imported hosts, trusted CAs, EKs and images, KMIP settings,
+        token lifetime."""
         return self.root / "config.json"
 
     @property
     def keys_path(self) -> Path:
+        """``trust-authority/keys.json``: each key created through the key provider service and the cluster it was
+        created for."""
         return self.root / "keys.json"
 
     @property
     def token_key_path(self) -> Path:
+        """``trust-authority/token-key.pem`` (0600): the P-256 key that signs attestation tokens."""
         return self.root / "token-key.pem"
 
     def enabled(self) -> bool:
+        """Whether ``enable`` has run in this home (its configuration exists)."""
         return self.config_path.exists()
 
     def enable(self, name: str) -> dict[str, Any]:
@@ -211,6 +220,8 @@ class TrustAuthority:
         return config
 
     def config(self) -> dict[str, Any]:
+        """The configuration; TrustAuthorityError when the services are not enabled or the file is not a configuration
+        of this version."""
         if not self.enabled():
             raise TrustAuthorityError(f"the trust services are not enabled in {self.home} (run `vmcrypt trust enable`)")
         try:
@@ -228,9 +239,11 @@ class TrustAuthority:
 
     @property
     def issuer_name(self) -> str:
+        """The ``iss`` of this Trust Authority's tokens: ``vmcrypt-trust-authority:NAME``."""
         return f"vmcrypt-trust-authority:{self.config()['name']}"
 
     def token_issuer(self) -> TokenIssuer:
+        """Signs tokens with the token key, each living the configured number of minutes."""
         config = self.config()
         return TokenIssuer(load_key(self.token_key_path), self.issuer_name,
                            lifetime=datetime.timedelta(minutes=config["token_minutes"]))
@@ -253,11 +266,14 @@ class TrustAuthority:
     # ----------------------------------------------------------------- keys issued
 
     def issued_keys(self) -> dict[str, dict[str, str]]:
+        """Each key id created through the key provider service, with its cluster and creation time."""
         if not self.keys_path.exists():
             return {}
         return json.loads(self.keys_path.read_bytes())
 
     def record_key(self, key_id: str, cluster: str) -> None:
+        """Remember that ``key_id`` was created for ``cluster``: the key is released only to that cluster's attested
+        hosts. Read, change, write: the caller keeps writers apart."""
         keys = self.issued_keys()
         keys[key_id] = {"cluster": cluster, "created": _now_text()}
         write_atomic(self.keys_path, json.dumps(keys, indent=2, sort_keys=True).encode(), mode=0o600)
@@ -265,11 +281,14 @@ class TrustAuthority:
     # ----------------------------------------------------------------- attestation records
 
     def record_attestation(self, host: str, record: dict[str, Any]) -> None:
+        """Keep ``record`` as the last attestation of ``host`` (``attestations/HOST.json``, 0600); TrustAuthorityError
+        when the host's name is not a plain name."""
         directory = self.root / "attestations"
         directory.mkdir(mode=0o700, exist_ok=True)
         write_atomic(directory / f"{plain_name('host', host)}.json", json.dumps(record, indent=2, sort_keys=True).encode(), mode=0o600)
 
     def attestation(self, host: str) -> dict[str, Any] | None:
+        """The last attestation record of ``host``, or None when it never attested here."""
         path = self.root / "attestations" / f"{plain_name('host', host)}.json"
         return json.loads(path.read_bytes()) if path.exists() else None
 

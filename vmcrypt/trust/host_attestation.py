@@ -60,6 +60,8 @@ class HostAttestationError(VmcryptError):
 
 
 class AttestationStatus(str, enum.Enum):
+    """A host's attestation outcome as the management plane shows it: Passed, Failed, or N/A (no TPM 2.0)."""
+
     PASSED = "Passed"
     FAILED = "Failed"
     NOT_APPLICABLE = "N/A"
@@ -80,11 +82,14 @@ class HostAttestation:
     attested_at: datetime.datetime
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form kept in the results file (the time in UTC, ISO 8601)."""
         return {"host": self.host, "status": self.status.value, "reasons": list(self.reasons),
                 "version": self.version, "attested_at": _utc(self.attested_at).isoformat()}
 
     @classmethod
     def from_dict(cls, data: Any) -> "HostAttestation":
+        """Read the JSON form back; ValueError saying which field is wrong (exactly these keys, a time with its
+        zone)."""
         if not isinstance(data, dict) or set(data) != {"host", "status", "reasons", "version", "attested_at"}:
             raise ValueError("a result must have exactly host, status, reasons, version and attested_at")
         reasons, version = data["reasons"], data["version"]
@@ -109,6 +114,8 @@ class AttestationResults:
         self.path = Path(home) / RESULTS_FILE
 
     def read(self) -> dict[str, HostAttestation]:
+        """Each host's last result by name (none while there is no file); HostAttestationError when the file is
+        unreadable."""
         if not self.path.exists():
             return {}
         try:
@@ -141,6 +148,8 @@ class HostAttestationSettings:
 
     @classmethod
     def load(cls, home: str | os.PathLike[str]) -> "HostAttestationSettings":
+        """The settings kept in ``home`` (empty ones while there is no file); HostAttestationError when the file is
+        malformed."""
         path = Path(home) / SETTINGS_FILE
         if not path.exists():
             return cls()
@@ -189,10 +198,12 @@ class HostAttestationSettings:
         return policy
 
     def verifier(self) -> Verifier:
+        """A verifier holding ``policy()``."""
         from vmcrypt.trust.verifier import Verifier
         return Verifier(self.policy())
 
     def save(self, home: str | os.PathLike[str]) -> None:
+        """Write the settings into ``home`` (one atomic write, 0600)."""
         body = {"manufacturer_cas": [c.decode() for c in self.manufacturer_cas], "images": list(self.images)}
         write_atomic(Path(home) / SETTINGS_FILE, json.dumps(body, indent=2).encode(), mode=0o600)
 
@@ -208,6 +219,9 @@ class Attester(Protocol):
 
 @dataclass(frozen=True)
 class Outcome:
+    """What attesting one host found: passed or not, every reason, the version the log proves and when it was
+    checked."""
+
     passed: bool
     reasons: tuple[str, ...]
     version: str | None
@@ -345,5 +359,6 @@ def untrusted_version(version: str | None) -> str:
 
 
 def parse_image(text: str) -> ImageManifest:
+    """An image manifest from its JSON text, its VIB signatures checked; ImageError when it is not one."""
     from vmcrypt.trust.images import ImageManifest
     return ImageManifest.from_json(text)

@@ -134,6 +134,7 @@ class HostDaemon:
 
     @property
     def socket_path(self) -> Path:
+        """``HOST_DIR/run/host.sock``: the Unix socket the daemon answers on."""
         return socket_path(self.directory)
 
     # ------------------------------------------------------------------ life
@@ -247,6 +248,8 @@ class HostDaemon:
         return self.booted
 
     def evidence(self) -> HostEvidence:
+        """The booted host's TPM as evidence, made on first use; RequestError when the host is not booted or its TPM
+        cannot give evidence."""
         if self._evidence is None:
             try:
                 self._evidence = HostEvidence(self._host())

@@ -48,10 +48,12 @@ class HostNotRunning(HostDaemonError):
 
 
 def run_dir(host_dir: str | os.PathLike[str]) -> Path:
+    """``HOST_DIR/run``: where a running host's daemon keeps its socket."""
     return Path(host_dir) / RUN_DIR
 
 
 def socket_path(host_dir: str | os.PathLike[str]) -> Path:
+    """``HOST_DIR/run/host.sock``: the Unix socket of the host's daemon."""
     return run_dir(host_dir) / SOCKET_FILE
 
 
@@ -82,6 +84,7 @@ class RemoteHost:
             raise HostDaemonError(f"host {self.name}: {exc}") from None
 
     def ping(self) -> dict[str, Any]:
+        """The daemon's name and process id: proof that it runs; HostNotRunning when none answers."""
         return self._request(op="ping")
 
     def describe(self) -> dict[str, Any]:

@@ -40,14 +40,17 @@ def _now() -> datetime.datetime:
 
 
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM (callers write it 0600)."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
+    """A certificate as PEM."""
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The ECC private key in a PEM file; PkiError when the file holds another kind of key."""
     key = serialization.load_pem_private_key(path.read_bytes(), None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PkiError(f"{path} is not an ECC private key")
@@ -64,6 +67,7 @@ def new_client_key(directory: Path, common_name: str) -> bytes:
 
 
 def common_name(cert: x509.Certificate) -> str:
+    """The subject's common name ('' when there is none): how the trust services name their clients."""
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(names[0].value) if names else ""
 
@@ -76,16 +80,21 @@ class TlsCa:
 
     @property
     def cert_path(self) -> Path:
+        """``ca.pem``: the CA's certificate."""
         return self.directory / "ca.pem"
 
     @property
     def key_path(self) -> Path:
+        """``ca-key.pem`` (0600): the CA's private key."""
         return self.directory / "ca-key.pem"
 
     def exists(self) -> bool:
+        """Whether both the certificate and the key are there."""
         return self.cert_path.exists() and self.key_path.exists()
 
     def create(self, common_name: str) -> x509.Certificate:
+        """Make the CA: a self-signed P-256 certificate for ``common_name``, ten years, no intermediate CAs below it;
+        PkiError when one exists already."""
         if self.exists():
             raise PkiError(f"a CA already exists in {self.directory}")
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -102,6 +111,7 @@ class TlsCa:
         return cert
 
     def certificate(self) -> x509.Certificate:
+        """The CA's certificate, read from ``cert_path``."""
         return x509.load_pem_x509_certificate(self.cert_path.read_bytes())
 
     def _issue(self, subject: str, public_key: ec.EllipticCurvePublicKey, eku: x509.ObjectIdentifier,

@@ -20,6 +20,8 @@ from vmcrypt.trust.workload import NOT_TRUSTED, HostNotTrusted, check_attested, 
 
 
 def trusted_provider(keys: KeyManager, provider_id: str | None) -> TrustedKeyProvider | None:
+    """The VM's key provider when it is a ``trusted`` one configured here, else None (no provider, another kind, or one
+    unknown here: the operation itself says so when it needs the key)."""
     if provider_id is None:
         return None
     try:

@@ -68,6 +68,7 @@ class Call:
     headers: Mapping[str, str]
 
     def json(self) -> Any:
+        """The body as JSON; Refused (422) when it is not JSON."""
         try:
             return json.loads(self.body)
         except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser's stack
@@ -192,6 +193,9 @@ class _Outstanding:
 
 
 def build_attestation_app(ta: TrustAuthority) -> Starlette:
+    """The attestation service: ``POST /challenge`` (an imported host's EK and AK, answered with a challenge), ``POST
+    /attest`` (its report, answered with the verdict and, when passed, a token) and ``GET /health``; clients are
+    named by their verified certificates, refusals audited."""
     verifiers = _VerifierCache(ta)
     outstanding = _Outstanding()
 
@@ -276,6 +280,9 @@ class _Kmip:
 
 
 def build_key_provider_app(ta: TrustAuthority) -> Starlette:
+    """The key provider service: ``POST /keys`` (the trusted cluster's management plane creates a key), ``POST
+    /keys/release`` (an attested host presents its token and gets the key; the management plane never does) and ``GET
+    /health``."""
     kmip = _Kmip(ta)
 
     def create(call: Call) -> Any:
@@ -340,6 +347,7 @@ class RunningServices:
     _thread: threading.Thread
 
     def stop(self) -> None:
+        """Ask both servers to exit and wait up to 10 s for their thread."""
         for server in self._servers:
             server.should_exit = True
         self._thread.join(10)

@@ -38,6 +38,8 @@ class PeerCertProtocol(H11Protocol):
     """uvicorn's h11 protocol, plus the verified client certificate in the ASGI TLS extension."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the request-head deadline and hand the verified client certificate to the app in the ASGI ``tls``
+        extension."""
         super().connection_made(transport)
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()
@@ -66,11 +68,13 @@ class PeerCertProtocol(H11Protocol):
                 self.transport.close()
 
     def on_response_complete(self) -> None:
+        """Start the head deadline again for the next request on a kept-alive connection."""
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """Cancel the head deadline: the connection is gone."""
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None

@@ -38,6 +38,7 @@ Clock = Callable[[], datetime.datetime]
 
 
 def utc_now() -> datetime.datetime:
+    """The current time in UTC (time-zone aware): the default clock of issuers and verifiers."""
     return datetime.datetime.now(datetime.timezone.utc)
 
 
@@ -70,6 +71,7 @@ def fingerprint(der: bytes) -> str:
 
 
 def public_key_fingerprint(key: ec.EllipticCurvePublicKey) -> str:
+    """``fingerprint`` of a public key's DER SubjectPublicKeyInfo: a token's ``kid``."""
     return fingerprint(key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
@@ -101,6 +103,8 @@ class TokenIssuer:
         self.key_id = public_key_fingerprint(key.public_key())
 
     def issue(self, *, host: str, ek_fingerprint: str, version: str, cluster: str, verdict: str = PASSED) -> str:
+        """A signed ES256 token for ``host``: issuer, audience, EK fingerprint, version, verdict and cluster, issued
+        now, expiring after ``lifetime``, with a random id."""
         now = self.clock()
         claims = {"iss": self.issuer, "aud": AUDIENCE, "sub": host, "ek": ek_fingerprint, "ver": version,
                   "verdict": verdict, "cluster": cluster, "iat": int(now.timestamp()),

@@ -47,14 +47,17 @@ class WorkloadTrustError(VmcryptError):
 
 
 def trust_dir(home: Path) -> Path:
+    """``HOME/trust``: the workload side's trust state (the cluster, imported authorities, key placements)."""
     return Path(home) / "trust"
 
 
 def cluster_dir(home: Path) -> Path:
+    """``HOME/trust/cluster``: the cluster's name and the management plane's client key and certificate."""
     return trust_dir(home) / "cluster"
 
 
 def hosts_dir(home: Path) -> Path:
+    """``HOME/hosts``: one directory per host."""
     return Path(home) / "hosts"
 
 
@@ -141,6 +144,8 @@ class AuthorityIdentity:
 
     @classmethod
     def load(cls, home: Path, name: str) -> "AuthorityIdentity":
+        """The identity of Trust Authority ``name`` as imported into ``home``; WorkloadTrustError when none is or its
+        file is not JSON."""
         path = trust_dir(home) / "authorities" / name / "identity.json"
         try:
             data = json.loads(path.read_bytes())
@@ -153,6 +158,7 @@ class AuthorityIdentity:
 
     @property
     def ca_path(self) -> Path:
+        """The Trust Authority's CA certificate as a file (written on first use, 0600), for ``ssl`` to load."""
         path = trust_dir(self.home) / "authorities" / self.name / "ca.pem"
         if not path.exists():
             write_atomic(path, self.ca_pem.encode(), mode=0o600)
@@ -169,9 +175,12 @@ class AuthorityIdentity:
         return context
 
     def management_context(self) -> ssl.SSLContext:
+        """TLS to the Trust Authority's services as the cluster's management plane."""
         return self.ssl_context(cluster_dir(self.home))
 
     def token_verifier(self) -> TokenVerifier:
+        """Accepts only this Trust Authority's tokens (its issuer name and token key); WorkloadTrustError when the key
+        is not an ECC key."""
         key = serialization.load_pem_public_key(self.token_key_pem.encode())
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise WorkloadTrustError("the Trust Authority's token key is not an ECC key")
@@ -179,11 +188,13 @@ class AuthorityIdentity:
 
 
 def host_token(home: Path, host: str) -> str | None:
+    """The token the host's agent keeps, or None."""
     path = agent_dir(home, host) / "token.jwt"
     return path.read_text().strip() if path.exists() else None
 
 
 def last_attestation(home: Path, host: str) -> dict[str, Any] | None:
+    """What the host's agent recorded of its last attestation (passed, reasons, time), or None."""
     path = agent_dir(home, host) / "last-attestation.json"
     return json.loads(path.read_bytes()) if path.exists() else None
 
@@ -212,6 +223,7 @@ def place(home: Path, key_id: str, host: str) -> None:
 
 
 def placed_host(home: Path, key_id: str) -> str | None:
+    """The host ``key_id`` is used on now (see ``place``), or None."""
     path = trust_dir(home) / "placements" / f"{_safe(key_id)}.json"
     return json.loads(path.read_bytes())["host"] if path.exists() else None
 
@@ -221,11 +233,13 @@ def _safe(key_id: str) -> str:
 
 
 def known_hosts(home: Path) -> list[str]:
+    """The hosts under ``HOME/hosts`` that have an agent directory, sorted."""
     directory = hosts_dir(home)
     return sorted(p.name for p in directory.iterdir() if (p / "agent").is_dir()) if directory.is_dir() else []
 
 
 def remove_token(home: Path, host: str) -> None:
+    """Drop the host's token if it holds one (after a refused attestation)."""
     try:
         os.unlink(agent_dir(home, host) / "token.jwt")
     except FileNotFoundError:

@@ -25,6 +25,8 @@ def _text(name: str, **kw) -> sa.Column:  # noqa: ANN003
 
 
 def upgrade() -> None:
+    """Create every table, the triggers that keep the audit log append-only, the built-in roles and the TrustedAdmins
+    group."""
     op.create_table("datastores", _text("name", primary_key=True), _text("path", unique=True))
     op.create_table("hosts", _text("name", primary_key=True),
                     sa.Column("trusted", sa.Integer, nullable=False, server_default="0"))
@@ -75,4 +77,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Refused: the inventory migrates forward only."""
     raise NotImplementedError("the inventory migrates forward only")

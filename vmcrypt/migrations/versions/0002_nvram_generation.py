@@ -10,8 +10,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    """Add ``vms.nvram_generation`` (NULL until a generation of the VM's .nvram is recorded)."""
     op.add_column("vms", sa.Column("nvram_generation", sa.Integer))
 
 
 def downgrade() -> None:
+    """Refused: the inventory migrates forward only."""
     raise NotImplementedError("the inventory migrates forward only")

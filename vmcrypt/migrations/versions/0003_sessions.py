@@ -15,6 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    """Create the sessions table, indexed by expiry so that expired sessions are purged cheaply."""
     op.create_table("sessions", sa.Column("digest", sa.LargeBinary, primary_key=True),
                     sa.Column("user", sa.Text, nullable=False), sa.Column("created", sa.Text, nullable=False),
                     sa.Column("expires", sa.Text, nullable=False), sa.Column("last_used", sa.Text, nullable=False))
@@ -22,4 +23,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """Refused: the inventory migrates forward only."""
     raise NotImplementedError("the inventory migrates forward only")
