@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support.files import refuse_writes
 from support.servers import REPO_ROOT
 from vmcrypt.errors import RollbackError
 from vmcrypt.keys import KeyManager
@@ -375,7 +376,9 @@ def test_drop_unacknowledged_erases_records_written_but_not_synced(tmp_path: Pat
     group = JournalGroup(parallel=False)
     group.add(store)
     _write(store, state, 2)
-    assert store.write_pending() == 1  # on disk (page cache), never synced: a commit that failed at the sync
+    assert store.write_pending() == 1
+    assert store._file is not None
+    store._file.sync()  # the blocks reached the disk but the store's sync reported a failure: never acknowledged
     journal = (tmp_path / JOURNAL_FILE).read_bytes()
     store.drop_unacknowledged()
     assert not store.loaded and (tmp_path / JOURNAL_FILE).read_bytes() != journal
@@ -408,9 +411,7 @@ def test_group_commit_names_the_journal_that_failed_and_commits_the_others(tmp_p
     group.add(ok_store)
     group.add(bad_store)
     assert bad_store._file is not None
-    good_fd = bad_store._file._fd
-    bad_store._file._fd = os.open(bad_store._file.path, os.O_RDONLY)  # the disk refuses writes (EBADF)
-    os.close(good_fd)
+    refuse_writes(bad_store._file)  # the disk refuses writes (EBADF)
     _write(ok_store, ok_state, 3)
     _write(bad_store, bad_state, 3)
     with pytest.raises(GroupCommitError) as failed:
