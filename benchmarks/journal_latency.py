@@ -5,8 +5,7 @@ so that machine noise hits all alike):
 
 - ``fdatasync 4 KiB``: the reference: a preallocated, zero-filled file, 4 KiB pwrite + os.fdatasync;
 - ``O_DSYNC direct 4 KiB``: the same block written by one pwrite on an ``O_DIRECT | O_DSYNC`` descriptor
-  (what the journal does where the file system allows it: ``durable.prealloc``), the physical floor of
-  the journal's acknowledgement;
+  (what ``durable.prealloc``'s direct mode does);
 - ``in-process plain`` / ``in-process sealed``: ``Tpm.execute(NV_Write)`` with a JournaledStore over a
   plain state directory / over a key-file directory (AES-GCM records); durable on return;
 - ``in-process not persisted``: the same command with no store: the engine's own CPU time, the floor
@@ -19,7 +18,9 @@ so that machine noise hits all alike):
 - ``served before`` (with ``--baseline DIR``): ``vtpm serve`` of the checkout DIR, in the same rounds.
 
 Also: the append strategies the journal could use (append + fdatasync, overwrite of preallocated
-zero-filled blocks + fdatasync, overwrite of fallocate'd blocks + fdatasync), and group commit: 8 vTPMs
+zero-filled blocks + fdatasync, overwrite of fallocate'd blocks + fdatasync; a journal record of 282
+bytes appended to a ``PreallocatedFile`` through the page cache + fdatasync, its default, and in direct
+mode, one O_DIRECT | O_DSYNC write of the tail blocks), and group commit: 8 vTPMs
 in one process, each round one NV_Write on each (deferred) then one ``JournalGroup.commit()``, with the
 syncs in parallel threads and one after the other; printed as vTPM commits per fdatasync-time.
 
@@ -52,6 +53,7 @@ from support.servers import (
     use_ports_from,
 )
 from support.tpm_helpers import TpmConnection, latency_commands, prepare_latency_target
+from durable.prealloc import PreallocatedFile
 from vmcrypt.vtpm_key_file import EncryptedStateStore
 from vtpm import wire
 from vtpm.engine import Tpm
@@ -97,6 +99,18 @@ class Reference:
             os.pwrite(self.fd, self.data, (self.i % 256) * BLOCK)
         os.fdatasync(self.fd)
         self.i += 1
+
+
+def record_appender(path: Path, *, direct: bool) -> Callable[[], None]:
+    """One journal-sized record (282 bytes) appended to a ``PreallocatedFile`` and synced, per call."""
+    file = PreallocatedFile.create(path, bytes(4096), size=1 << 22, direct=direct)
+    record = os.urandom(282)
+
+    def append() -> None:
+        file.append(record)
+        file.sync()
+
+    return append
 
 
 def in_process(store: JournaledStore | None) -> Callable[[], None]:
@@ -231,6 +245,8 @@ def main() -> int:
             "overwrite preallocated": Reference(base, "s1.bin"),
             "append": Reference(base, "s2.bin", "append"),
             "overwrite fallocated": Reference(base, "s3.bin", "fallocate"),
+            "record, page cache": record_appender(base / "s4.bin", direct=False),
+            "record, direct": record_appender(base / "s5.bin", direct=True),
         }, max(args.rounds // 2, 1), args.warmup)
         group_rounds = max(args.rounds // 8, 1)
         reference_again = measure({"fdatasync": Reference(base, "r2.bin")}, group_rounds, 10)["fdatasync"]

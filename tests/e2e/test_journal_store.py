@@ -251,7 +251,6 @@ def test_decrypt_after_a_crash_keeps_the_journaled_writes(tmp_path: Path, home: 
 WRITER = textwrap.dedent(
     """
     import os, signal, sys
-    from durable import prealloc
     from vtpm.journal_store import JournaledStore
     from vtpm.state import NvIndex, TpmState
     from vtpm.storage import PlainStateStore
@@ -260,8 +259,6 @@ WRITER = textwrap.dedent(
     directory, kind, step, when, start = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     after = step.endswith("-after")  # killed when the call has returned, before its caller goes on
     step = step.removesuffix("-after")
-    if step == "fdatasync":  # records are synced by fdatasync only where O_DIRECT is refused: be that file system
-        prealloc._open_direct = lambda path: -1
     calls = {"pwrite": 0, "fdatasync": 0, "fsync": 0, "replace": 0}
     real = {name: getattr(os, name) for name in calls}
 
@@ -304,10 +301,9 @@ def _kill_at(directory: Path, kind: str, step: str, when: int, start: int) -> li
 @pytest.mark.parametrize("kind", ["plain", "key-file"])
 def test_sigkill_at_every_step_of_appends_and_folds(tmp_path: Path, kind: str) -> None:
     """The writer journals one NV change after another, folding every few records; it is killed at
-    the n-th pwrite (record or zero fill; before it and, for the records' O_DIRECT | O_DSYNC writes that
-    are the acknowledgement, just after it returned), fdatasync (the acknowledgement where O_DIRECT is
-    refused), fsync (fold's state file or new journal) and rename (fold), for each n in a range covering
-    several folds. After each kill the store must open and hold the last acknowledged value, or the one
+    the n-th pwrite (record or zero fill; before it, and just after it returned), fdatasync
+    (acknowledgement), fsync (fold's state file or new journal) and rename (fold), for each n in a range
+    covering several folds. After each kill the store must open and hold the last acknowledged value, or the one
     after it (written, not yet acknowledged)."""
     from vmcrypt.vtpm_key_file import EncryptedStateStore
 

@@ -1,5 +1,6 @@
-"""PreallocatedFile: appends written as whole blocks through O_DIRECT | O_DSYNC from a buffer holding
-the last partial block, or through the page cache where the file system refuses O_DIRECT. Every test
+"""PreallocatedFile: appends written through the page cache (the default), or in direct mode as whole
+blocks through O_DIRECT | O_DSYNC from a buffer holding the last partial block, falling back to the
+page cache where the file system refuses O_DIRECT. Every test
 reads the file back through a separate descriptor and compares it byte for byte."""
 
 from __future__ import annotations
@@ -27,18 +28,25 @@ def _expect(path: Path, body: bytes) -> None:
     assert not any(data[len(body):]), "bytes after the end are not zeros"
 
 
+def test_the_page_cache_is_the_default(tmp_path: Path) -> None:
+    with PreallocatedFile.create(tmp_path / "j", HEAD, size=2 * BLOCK) as file:
+        assert not file.direct
+
+
 def _require_direct(file: PreallocatedFile) -> None:
     if not file.direct:
         pytest.skip("this file system refuses O_DIRECT (the fallback tests cover it)")
 
 
-def test_records_across_block_boundaries_are_written_whole_and_in_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+def test_records_across_block_boundaries_are_written_whole_and_in_place(tmp_path: Path, direct: bool) -> None:
     """Random record sizes, one to three appends per sync: after every sync the file is the head,
     every record in order and zeros, its size unchanged (the blocks were preallocated)."""
     path = tmp_path / "j"
     rng = random.Random(3)
-    with PreallocatedFile.create(path, HEAD, size=64 * BLOCK) as file:
-        _require_direct(file)
+    with PreallocatedFile.create(path, HEAD, size=64 * BLOCK, direct=direct) as file:
+        if direct:
+            _require_direct(file)
         body = bytearray(HEAD)
         crossed = 0
         for _ in range(40):
@@ -57,7 +65,7 @@ def test_records_across_block_boundaries_are_written_whole_and_in_place(tmp_path
 
 def test_a_record_ending_exactly_on_a_block_boundary_then_the_next(tmp_path: Path) -> None:
     path = tmp_path / "j"
-    with PreallocatedFile.create(path, HEAD, size=8 * BLOCK) as file:
+    with PreallocatedFile.create(path, HEAD, size=8 * BLOCK, direct=True) as file:
         _require_direct(file)
         first = b"a" * (2 * BLOCK - len(HEAD))  # ends at 8192: the next append starts a fresh block
         file.append(first)
@@ -70,9 +78,10 @@ def test_a_record_ending_exactly_on_a_block_boundary_then_the_next(tmp_path: Pat
         _expect(path, HEAD + first + b"b" * 10)
 
 
-def test_growth_past_the_preallocated_size_adds_whole_chunks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+def test_growth_past_the_preallocated_size_adds_whole_chunks(tmp_path: Path, direct: bool) -> None:
     path = tmp_path / "j"
-    with PreallocatedFile.create(path, HEAD, size=2 * BLOCK, chunk=4 * BLOCK) as file:
+    with PreallocatedFile.create(path, HEAD, size=2 * BLOCK, chunk=4 * BLOCK, direct=direct) as file:
         body = HEAD
         for size in (3000, 9000, 20000):
             record = os.urandom(size)
@@ -87,18 +96,19 @@ def test_growth_past_the_preallocated_size_adds_whole_chunks(tmp_path: Path) -> 
 def test_reopening_mid_block_keeps_the_bytes_before_the_end(tmp_path: Path) -> None:
     """``open(end=...)`` reads the partial block back: the next block-sized write rewrites it as it was."""
     path = tmp_path / "j"
-    with PreallocatedFile.create(path, HEAD, size=4 * BLOCK) as file:
+    with PreallocatedFile.create(path, HEAD, size=4 * BLOCK, direct=True) as file:
         file.append(b"x" * 5000)
         file.sync()
-    with PreallocatedFile.open(path, end=len(HEAD) + 5000, chunk=4 * BLOCK) as file:
+    with PreallocatedFile.open(path, end=len(HEAD) + 5000, chunk=4 * BLOCK, direct=True) as file:
         file.append(b"y" * 50)
         file.sync()
     _expect(path, HEAD + b"x" * 5000 + b"y" * 50)
 
 
-def test_erase_from_zeroes_what_followed_and_the_next_append_goes_there(tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+def test_erase_from_zeroes_what_followed_and_the_next_append_goes_there(tmp_path: Path, direct: bool) -> None:
     path = tmp_path / "j"
-    with PreallocatedFile.create(path, HEAD, size=4 * BLOCK) as file:
+    with PreallocatedFile.create(path, HEAD, size=4 * BLOCK, direct=direct) as file:
         file.append(b"a" * 200)
         file.sync()
         kept = file.end
@@ -129,7 +139,7 @@ def test_a_file_system_refusing_o_direct_at_open_gets_page_cache_writes(tmp_path
     written and fdatasync'ed through the page cache."""
     _refuse_direct_open(monkeypatch)
     path = tmp_path / "j"
-    with PreallocatedFile.create(path, HEAD, size=2 * BLOCK, chunk=BLOCK) as file:
+    with PreallocatedFile.create(path, HEAD, size=2 * BLOCK, chunk=BLOCK, direct=True) as file:
         assert not file.direct
         file.append(b"p" * 6000)
         file.sync()
@@ -144,7 +154,7 @@ def test_a_direct_write_refused_falls_back_and_loses_nothing(tmp_path: Path, mon
     """Open took O_DIRECT but the write answers EINVAL: what was appended is written through the page
     cache and synced, and the file stays in that mode."""
     path = tmp_path / "j"
-    with PreallocatedFile.create(path, HEAD, size=2 * BLOCK) as file:
+    with PreallocatedFile.create(path, HEAD, size=2 * BLOCK, direct=True) as file:
         _require_direct(file)
         file.append(b"1" * 100)
         file.sync()
