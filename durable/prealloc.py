@@ -26,9 +26,9 @@ being written whole or not at all by the disk. Where ``O_DIRECT`` is refused
 (``EINVAL``: ramfs, some FUSE and overlay file systems), at open or at the
 first write, the file is written through the page cache and synced with
 ``fdatasync`` instead. It is not the default: for records of a few hundred
-bytes it measured 2-5 % slower than the page cache and ``fdatasync`` on the
-disk of the machine it was built on (docs/persistence.md), where the disk has
-no FUA and both end in the same cache flush.
+bytes it measured 2-5 % slower than the page cache and ``fdatasync`` on a
+virtio disk without FUA, where both end in the same cache flush
+(docs/persistence.md).
 """
 
 from __future__ import annotations
