@@ -4,6 +4,8 @@ What is timed (medians over ``--rounds``, every kind taking one turn per round, 
 so that machine noise hits all alike):
 
 - ``fdatasync 4 KiB``: the reference: a preallocated, zero-filled file, 4 KiB pwrite + os.fdatasync;
+- ``O_DSYNC direct 4 KiB``: the same block written by one pwrite on an ``O_DIRECT | O_DSYNC`` descriptor
+  (what ``durable.prealloc``'s direct mode does);
 - ``in-process plain`` / ``in-process sealed``: ``Tpm.execute(NV_Write)`` with a JournaledStore over a
   plain state directory / over a key-file directory (AES-GCM records); durable on return;
 - ``in-process not persisted``: the same command with no store: the engine's own CPU time, the floor
@@ -12,10 +14,13 @@ so that machine noise hits all alike):
 - ``host (journal)``: the same to one vTPM of a real ``vtpm host`` (group commit on its event loop);
 - ``socket (journal)``: the same to a real ``vtpm socket --flags not-need-init,startup-clear``;
 - ``served (no journal)``: the same with ``--no-journal`` (the whole state rewritten atomically);
-- ``swtpm``: swtpm's NV_Write over TCP. swtpm does not fsync: its writes are NOT durable.
+- ``swtpm``: swtpm's NV_Write over TCP. swtpm does not fsync: its writes are NOT durable;
+- ``served before`` (with ``--baseline DIR``): ``vtpm serve`` of the checkout DIR, in the same rounds.
 
 Also: the append strategies the journal could use (append + fdatasync, overwrite of preallocated
-zero-filled blocks + fdatasync, overwrite of fallocate'd blocks + fdatasync), and group commit: 8 vTPMs
+zero-filled blocks + fdatasync, overwrite of fallocate'd blocks + fdatasync; a journal record of 282
+bytes appended to a ``PreallocatedFile`` through the page cache + fdatasync, its default, and in direct
+mode, one O_DIRECT | O_DSYNC write of the tail blocks), and group commit: 8 vTPMs
 in one process, each round one NV_Write on each (deferred) then one ``JournalGroup.commit()``, with the
 syncs in parallel threads and one after the other; printed as vTPM commits per fdatasync-time.
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import mmap
 import os
 import random
 import statistics
@@ -47,6 +53,7 @@ from support.servers import (
     use_ports_from,
 )
 from support.tpm_helpers import TpmConnection, latency_commands, prepare_latency_target
+from durable.prealloc import PreallocatedFile
 from vmcrypt.vtpm_key_file import EncryptedStateStore
 from vtpm import wire
 from vtpm.engine import Tpm
@@ -66,15 +73,24 @@ class Reference:
         self.path = directory / name
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self.mode = mode
-        if mode == "overwrite":
+        if mode in ("overwrite", "direct"):
             os.write(self.fd, bytes(256 * BLOCK))
         elif mode == "fallocate":
             os.posix_fallocate(self.fd, 0, 1 << 24)
         os.fsync(self.fd)
         self.i = 0
         self.data = os.urandom(BLOCK)
+        if mode == "direct":  # an aligned buffer (anonymous mmap) on an O_DIRECT | O_DSYNC descriptor
+            os.close(self.fd)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | os.O_DSYNC)
+            self.data = mmap.mmap(-1, BLOCK)
+            self.data[:] = os.urandom(BLOCK)
 
     def __call__(self) -> None:
+        if self.mode == "direct":
+            os.pwrite(self.fd, self.data, (self.i % 256) * BLOCK)
+            self.i += 1
+            return
         if self.mode == "append":
             os.write(self.fd, self.data)
         elif self.mode == "fallocate":
@@ -83,6 +99,18 @@ class Reference:
             os.pwrite(self.fd, self.data, (self.i % 256) * BLOCK)
         os.fdatasync(self.fd)
         self.i += 1
+
+
+def record_appender(path: Path, *, direct: bool) -> Callable[[], None]:
+    """One journal-sized record (282 bytes) appended to a ``PreallocatedFile`` and synced, per call."""
+    file = PreallocatedFile.create(path, bytes(4096), size=1 << 22, direct=direct)
+    record = os.urandom(282)
+
+    def append() -> None:
+        file.append(record)
+        file.sync()
+
+    return append
 
 
 def in_process(store: JournaledStore | None) -> Callable[[], None]:
@@ -162,6 +190,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--dir", type=Path, default=None, help="directory to measure in (default: a temp dir)")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="also time `vtpm serve` of the checkout DIR in the same rounds (before/after)")
     add_endpoint_options(parser, directory=False)
     args = parser.parse_args()
     use_ports_from(args.port_base)
@@ -171,6 +201,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="journal-bench-", dir=args.dir) as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
         served = stack.enter_context(start_vtpm(["--state", str(base / "served"), "--startup-clear"], base / "s.log"))
+        before = None
+        if args.baseline is not None:
+            launcher = base / "baseline-python"  # runs in the checkout, its package first on the path
+            checkout = args.baseline.resolve()
+            launcher.write_text(f'#!/bin/sh\ncd "{checkout}" || exit 1\nexport PYTHONPATH="{checkout}"\n'
+                                f'exec "{sys.executable}" "$@"\n')
+            launcher.chmod(0o700)
+            before = stack.enter_context(start_vtpm(["--state", str(base / "before"), "--startup-clear"],
+                                                    base / "b.log", python=str(launcher)))
         unjournaled = stack.enter_context(start_vtpm(["--state", str(base / "plain"), "--startup-clear", "--no-journal"],
                                                      base / "p.log"))
         swtpm = stack.enter_context(start_swtpm(base / "swtpm-state"))
@@ -184,7 +223,10 @@ def main() -> int:
              "--ctrl", f"type=unixio,path={base / 'socket.ctrl'}", "--flags", "not-need-init,startup-clear"],
             base / "k.log", unix_socket_ready(base / "socket.ctrl")))
         conns = {}
-        for name, server in (("served (journal)", served), ("served (no journal)", unjournaled), ("swtpm", swtpm)):
+        servers = [("served (journal)", served), ("served (no journal)", unjournaled), ("swtpm", swtpm)]
+        if before is not None:
+            servers.append(("served before", before))
+        for name, server in servers:
             conns[name] = stack.enter_context(contextlib.closing(server.connect()))
         conns["host (journal)"] = stack.enter_context(contextlib.closing(TpmConnection(host_port)))
         conns["socket (journal)"] = stack.enter_context(contextlib.closing(TpmConnection(socket_port)))
@@ -192,6 +234,7 @@ def main() -> int:
             prepare_latency_target(conn)
         kinds = {
             "fdatasync 4 KiB": Reference(base),
+            "O_DSYNC direct 4 KiB": Reference(base, "direct.bin", "direct"),
             "in-process plain": in_process(JournaledStore(PlainStateStore(base / "inproc"))),
             "in-process sealed": in_process(JournaledStore(EncryptedStateStore(base / "sealed", os.urandom(32)))),
             "in-process not persisted": in_process(None),
@@ -202,6 +245,8 @@ def main() -> int:
             "overwrite preallocated": Reference(base, "s1.bin"),
             "append": Reference(base, "s2.bin", "append"),
             "overwrite fallocated": Reference(base, "s3.bin", "fallocate"),
+            "record, page cache": record_appender(base / "s4.bin", direct=False),
+            "record, direct": record_appender(base / "s5.bin", direct=True),
         }, max(args.rounds // 2, 1), args.warmup)
         group_rounds = max(args.rounds // 8, 1)
         reference_again = measure({"fdatasync": Reference(base, "r2.bin")}, group_rounds, 10)["fdatasync"]
@@ -229,6 +274,8 @@ def main() -> int:
     print(f"host ratio: {medians['host (journal)'] / reference:.2f}")
     print(f"socket ratio: {medians['socket (journal)'] / reference:.2f}")
     print(f"swtpm ratio (not durable): {medians['swtpm'] / reference:.2f}")
+    if "served before" in medians:
+        print(f"served after/before: {medians['served (journal)'] / medians['served before']:.2f}")
     print(f"ratio: {medians['served (journal)'] / reference:.2f}")
     return 0
 

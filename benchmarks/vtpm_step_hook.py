@@ -70,6 +70,8 @@ def install() -> None:
     engine.Tpm.flush_state = timed("flush", engine.Tpm.flush_state)
     if hasattr(journal_store, "changes"):
         journal_store.changes = timed("changes", journal_store.changes)
+    if hasattr(journal_store, "nv_change_json"):  # NV_Write & co.: changes and encoding in one step
+        journal_store.nv_change_json = timed("changes", journal_store.nv_change_json)
     if hasattr(journal_store, "encode_delta"):
         journal_store.encode_delta = timed("encode", journal_store.encode_delta)
     else:  # before encode_delta: the encoder object

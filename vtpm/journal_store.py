@@ -43,7 +43,7 @@ from durable.atomic import fsync_directory
 from durable.prealloc import PreallocatedFile
 from vtpm import journal
 from vtpm.journal import Base, JournalError, Sealer
-from vtpm.state import StateError, TpmState, apply_delta, changes, load_parts, snapshot
+from vtpm.state import StateError, TpmState, apply_delta, changes, load_parts, nv_change_json, snapshot
 
 log = logging.getLogger(__name__)
 
@@ -311,11 +311,17 @@ class JournaledStore:
             self._track(state)
             self._fold_raw(state.to_bytes())
             return
-        delta, after = changes(self._snapshot, state, nv)
-        if not delta:
-            return
+        fast = None if nv is None else nv_change_json(self._snapshot, state, nv)
+        if fast is not None:  # NV_Write & co.: the record's JSON built directly, no delta tree
+            payload, after = fast
+            if not payload:
+                return
+        else:
+            delta, after = changes(self._snapshot, state, nv)
+            if not delta:
+                return
+            payload = encode_delta(delta)
         assert self._sealer is not None
-        payload = encode_delta(delta)
         record = self._sealer.seal(self._generation, self._seq + 1, self._prev_tag, payload)
         self._pending.append(record)
         self._seq += 1

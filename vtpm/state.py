@@ -8,6 +8,7 @@ counters, PCR allocation and, after Shutdown(STATE), the saved PCRs.
 
 from __future__ import annotations
 
+import binascii
 import json
 import operator
 import secrets
@@ -258,40 +259,45 @@ def _scalar_getter() -> Any:
     return _scalars
 
 
-def _frozen_pairs(value: list[list[int]] | None) -> Any:
-    return None if value is None else tuple(map(tuple, value))
-
-
 def _nv_entry(i: NvIndex) -> tuple[Any, ...]:
     return (i.index, i.name_alg, i.attributes, i.auth_policy, i.data_size, i.auth_value, i.data)
 
 
-_UNKEYED = (*_HIERARCHIES, *_LISTS, "saved")  # the order of a snapshot's "~" tuple
-_get_hierarchies = operator.attrgetter(*_HIERARCHIES)
-_get_hierarchy_fields = operator.attrgetter("auth", "policy", "policy_alg")
-_get_lists = operator.attrgetter(*_LISTS)
+_HIERARCHY_FIELDS = ("auth", "policy", "policy_alg")
+# Every field of the unkeyed parts in one C call, as live references: the hierarchies' fields (three
+# each), the lists, the saved PCRs. A snapshot keeps a deep copy of this tuple; comparing the live
+# tuple with it (in C, list by list) is the usual case "nothing changed among them" in one step.
+_get_unkeyed = operator.attrgetter(*(f"{h}.{f}" for h in _HIERARCHIES for f in _HIERARCHY_FIELDS), *_LISTS, "saved")
+_UNKEYED_OF = (*(h for h in _HIERARCHIES for _ in _HIERARCHY_FIELDS), *_LISTS, "saved")  # each element's part
 
 
-def _snapshot_unkeyed(state: TpmState) -> dict[str, Any]:
-    """The snapshot of every part but the keyed collections: "" the scalars (``_scalar_getter``),
-    "~" the hierarchies, lists and saved PCRs (``_UNKEYED``), each as one tuple so that the usual
-    case, nothing changed among them, is one comparison."""
-    banks, banks_pending, partial, partial_pending, audit, pp = _get_lists(state)
-    saved = state.saved
-    return {"": _scalar_getter()[1](state),
-            "~": (*map(_get_hierarchy_fields, _get_hierarchies(state)),
-                  tuple(banks), None if banks_pending is None else tuple(banks_pending),
-                  _frozen_pairs(partial), _frozen_pairs(partial_pending), tuple(audit), tuple(pp),
-                  None if saved is None else {k: tuple(v) for k, v in saved.pcrs.items()})}
+def _copy_value(value: Any) -> Any:
+    """A copy that later in-place changes of ``value`` do not reach (lists, lists of pairs, saved PCRs)."""
+    if isinstance(value, list):
+        return [list(v) if isinstance(v, list) else v for v in value]
+    if isinstance(value, SavedState):
+        return SavedState({k: list(v) for k, v in value.pcrs.items()})
+    return value  # bytes, int, None: immutable
+
+
+def _copy_unkeyed(live: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_copy_value(v) for v in live)
 
 
 def snapshot(state: TpmState) -> dict[str, Any]:
-    """A copy of ``state`` to compare a later state with (``changes``)."""
-    snap = _snapshot_unkeyed(state)
-    snap["nv"] = {k: _nv_entry(i) for k, i in state.nv.items()}
-    snap["persistent"] = {k: dict(v) for k, v in state.persistent.items()}
-    snap["primary_cache"] = {k: dict(v) for k, v in state.primary_cache.items()}
-    return snap
+    """A copy of ``state`` to compare a later state with (``changes``): "" the scalars
+    (``_scalar_getter``), "~" the unkeyed parts (``_get_unkeyed``, copied), then the keyed collections."""
+    return {"": _scalar_getter()[1](state),
+            "~": _copy_unkeyed(_get_unkeyed(state)),
+            "nv": {k: _nv_entry(i) for k, i in state.nv.items()},
+            "persistent": {k: dict(v) for k, v in state.persistent.items()},
+            "primary_cache": {k: dict(v) for k, v in state.primary_cache.items()}}
+
+
+def _unkeyed_after(before: dict[str, Any], state: TpmState) -> tuple[Any, ...]:
+    """The "~" of ``snapshot(state)``: ``before``'s own when nothing among the unkeyed parts changed."""
+    live, old = _get_unkeyed(state), before.get("~")
+    return old if live == old else _copy_unkeyed(live)
 
 
 def _snapshot_nv(before: dict[str, Any], state: TpmState, nv: Collection[int]) -> dict[str, Any] | None:
@@ -308,11 +314,8 @@ def _snapshot_nv(before: dict[str, Any], state: TpmState, nv: Collection[int]) -
         if index is None or key not in entries:
             return None
         entries[key] = _nv_entry(index)
-    snap = _snapshot_unkeyed(state)
-    snap["nv"] = entries
-    snap["persistent"] = before["persistent"]
-    snap["primary_cache"] = before["primary_cache"]
-    return snap
+    return {"": _scalar_getter()[1](state), "~": _unkeyed_after(before, state), "nv": entries,
+            "persistent": before["persistent"], "primary_cache": before["primary_cache"]}
 
 
 def changes(before: dict[str, Any], state: TpmState,
@@ -337,11 +340,11 @@ def changes(before: dict[str, Any], state: TpmState,
                 if old != new or type(old) is not type(new):
                     changed[name] = _encode_field(name, new)
     new_parts, old_parts = after["~"], before.get("~")
-    if new_parts != old_parts:
-        if old_parts is None or len(old_parts) != len(_UNKEYED):
-            old_parts = (object(),) * len(_UNKEYED)
-        for name, old, new in zip(_UNKEYED, old_parts, new_parts):
-            if old != new:
+    if new_parts is not old_parts and new_parts != old_parts:
+        if old_parts is None or len(old_parts) != len(_UNKEYED_OF):
+            old_parts = (object(),) * len(_UNKEYED_OF)
+        for name, old, new in zip(_UNKEYED_OF, old_parts, new_parts):
+            if name not in changed and old != new:
                 changed[name] = _encode_field(name, getattr(state, name))
     if changed:
         delta["set"] = changed
@@ -359,6 +362,50 @@ def changes(before: dict[str, Any], state: TpmState,
             entries.update({str(key): None for key in old if key not in new})
         delta[name] = entries
     return delta, after
+
+
+# One NV index entry of a delta as JSON, byte for byte what the journal's encoder writes for
+# ``{str(handle): _nv_index(index)}``: _nv_index's keys in its order, bytes as lowercase hex.
+_NV_ENTRY_JSON = (b'"%d":{"index":%d,"name_alg":%d,"attributes":%d,"auth_policy":{"hex":"%b"},"data_size":%d,'
+                  b'"auth_value":{"hex":"%b"},"data":{"hex":"%b"}}')
+_hexlify = binascii.hexlify
+
+
+def nv_change_json(before: dict[str, Any], state: TpmState,
+                   nv: Collection[int]) -> tuple[bytes, dict[str, Any]] | None:
+    """``changes(before, state, nv)`` for NV_Write & co., already encoded and without building the
+    delta: the compact JSON of the delta (b"" when nothing changed) and the snapshot of ``state``,
+    when nothing but the clock and fields of the existing NV indices ``nv`` changed; None otherwise
+    (the caller takes the general path). Byte for byte the JSON of ``changes``'s delta (tested)."""
+    old_nv, old_scalars, indices = before.get("nv"), before.get(""), state.nv
+    if old_nv is None or old_scalars is None or len(old_nv) != len(indices) or "persistent" not in before:
+        return None
+    scalars = _scalar_getter()[1](state)
+    if scalars[1:] != old_scalars[1:] or _get_unkeyed(state) != before["~"]:
+        return None
+    entries: dict[int, tuple[Any, ...]] = {}
+    for key in nv:
+        index = indices.get(key)
+        old = old_nv.get(key)
+        if index is None or old is None:
+            return None
+        entry = _nv_entry(index)
+        if entry != old:
+            entries[key] = entry
+    clock = scalars[0]
+    clock_changed = clock != old_scalars[0] or type(clock) is not type(old_scalars[0])
+    after = dict(before)
+    after[""] = scalars
+    if not entries:
+        return (b'{"set":{"clock_ms":%d}}' % clock if clock_changed else b""), after
+    new_nv = dict(old_nv)
+    new_nv.update(entries)
+    after["nv"] = new_nv
+    body = b",".join([_NV_ENTRY_JSON % (key, e[0], e[1], e[2], _hexlify(e[3]), e[4], _hexlify(e[5]), _hexlify(e[6]))
+                      for key, e in entries.items()])
+    if clock_changed:
+        return b'{"set":{"clock_ms":%d},"nv":{%b}}' % (clock, body), after
+    return b'{"nv":{%b}}' % body, after
 
 
 def _parts_to_body(parts: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support.files import refuse_writes
 from support.servers import REPO_ROOT
 from vmcrypt.errors import RollbackError
 from vmcrypt.keys import KeyManager
@@ -256,15 +257,21 @@ WRITER = textwrap.dedent(
     from vmcrypt.vtpm_key_file import EncryptedStateStore
 
     directory, kind, step, when, start = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    after = step.endswith("-after")  # killed when the call has returned, before its caller goes on
+    step = step.removesuffix("-after")
     calls = {"pwrite": 0, "fdatasync": 0, "fsync": 0, "replace": 0}
     real = {name: getattr(os, name) for name in calls}
 
     def hooked(name):
         def call(*args):
             calls[name] += 1
-            if name == step and calls[name] == when:
+            kill = name == step and calls[name] == when
+            if kill and not after:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return real[name](*args)
+            result = real[name](*args)
+            if kill:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
         return call
 
     base = PlainStateStore(directory) if kind == "plain" else EncryptedStateStore(directory, bytes(range(32)))
@@ -294,9 +301,10 @@ def _kill_at(directory: Path, kind: str, step: str, when: int, start: int) -> li
 @pytest.mark.parametrize("kind", ["plain", "key-file"])
 def test_sigkill_at_every_step_of_appends_and_folds(tmp_path: Path, kind: str) -> None:
     """The writer journals one NV change after another, folding every few records; it is killed at
-    the n-th pwrite (record or zero fill), fdatasync (acknowledgement), fsync (fold's state file or new
-    journal) and rename (fold), for each n in a range covering several folds. After each kill the store
-    must open and hold the last acknowledged value, or the one after it (written, not yet acknowledged)."""
+    the n-th pwrite (record or zero fill; before it, and just after it returned), fdatasync
+    (acknowledgement), fsync (fold's state file or new journal) and rename (fold), for each n in a range
+    covering several folds. After each kill the store must open and hold the last acknowledged value, or the one
+    after it (written, not yet acknowledged)."""
     from vmcrypt.vtpm_key_file import EncryptedStateStore
 
     directory = tmp_path / "state"
@@ -305,8 +313,8 @@ def test_sigkill_at_every_step_of_appends_and_folds(tmp_path: Path, kind: str) -
     store.save(TpmState.manufacture().to_bytes())
     store.close()
     value, kills = 0, 0
-    for step, counts in (("pwrite", range(1, 16)), ("fdatasync", range(1, 12)), ("fsync", range(1, 10)),
-                         ("replace", range(1, 6))):
+    for step, counts in (("pwrite", range(1, 16)), ("pwrite-after", range(1, 12)), ("fdatasync", range(1, 12)),
+                         ("fsync", range(1, 10)), ("replace", range(1, 6))):
         for when in counts:
             acked = _kill_at(directory, kind, step, when, value)
             kills += 1
@@ -315,7 +323,7 @@ def test_sigkill_at_every_step_of_appends_and_folds(tmp_path: Path, kind: str) -
             last = acked[-1] if acked else value
             assert found in (last, last + 1), (step, when, acked, found)
             value = found
-    assert kills == 40 and value > 20
+    assert kills == 51 and value > 25
 
 
 @pytest.mark.slow
@@ -364,7 +372,9 @@ def test_drop_unacknowledged_erases_records_written_but_not_synced(tmp_path: Pat
     group = JournalGroup(parallel=False)
     group.add(store)
     _write(store, state, 2)
-    assert store.write_pending() == 1  # on disk (page cache), never synced: a commit that failed at the sync
+    assert store.write_pending() == 1
+    assert store._file is not None
+    store._file.sync()  # the blocks reached the disk but the store's sync reported a failure: never acknowledged
     journal = (tmp_path / JOURNAL_FILE).read_bytes()
     store.drop_unacknowledged()
     assert not store.loaded and (tmp_path / JOURNAL_FILE).read_bytes() != journal
@@ -397,9 +407,7 @@ def test_group_commit_names_the_journal_that_failed_and_commits_the_others(tmp_p
     group.add(ok_store)
     group.add(bad_store)
     assert bad_store._file is not None
-    good_fd = bad_store._file._fd
-    bad_store._file._fd = os.open(bad_store._file.path, os.O_RDONLY)  # the disk refuses writes (EBADF)
-    os.close(good_fd)
+    refuse_writes(bad_store._file)  # the disk refuses writes (EBADF)
     _write(ok_store, ok_state, 3)
     _write(bad_store, bad_state, 3)
     with pytest.raises(GroupCommitError) as failed:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from support.files import refuse_writes
 from support.servers import start_vtpm_host
 from vtpm import wire
 from vtpm.client import TpmClient, TpmCommandError
@@ -86,9 +87,7 @@ def test_a_failed_commit_answers_nv_unavailable_and_never_persists_that_change(t
         store = daemon.vtpms["a"].journaled
         assert store is not None and store._file is not None
         # the storage fails: the journal's descriptor now refuses writes (EBADF), as a dead disk would
-        good = store._file._fd
-        store._file._fd = os.open(store._file.path, os.O_RDONLY)
-        os.close(good)
+        refuse_writes(store._file)
         with pytest.raises(TpmCommandError) as failed:
             a.nv_write(NV_INDEX, b"second!!", auth_handle=RH.OWNER)
         assert failed.value.rc == RC.NV_UNAVAILABLE
@@ -125,9 +124,7 @@ def test_failed_commit_with_an_unerasable_journal_keeps_the_vtpm_out_of_service(
 
             def failing_sync() -> None:
                 assert store._file is not None
-                good = store._file._fd
-                store._file._fd = os.open(store._file.path, os.O_RDONLY)
-                os.close(good)
+                refuse_writes(store._file, every=True)
                 raise OSError(5, "Input/output error")
 
             store.sync = failing_sync  # type: ignore[method-assign]

@@ -16,7 +16,9 @@ import pytest
 
 from vtpm import journal
 from vtpm.journal import Base, JournalError, RECORDS_OFFSET
-from vtpm.state import NvIndex, TpmState, apply_delta, changes, diff_parts, encode_parts, load_parts, snapshot
+from vtpm.journal_store import encode_delta
+from vtpm.state import (NvIndex, TpmState, apply_delta, changes, diff_parts, encode_parts, load_parts, nv_change_json,
+                        snapshot)
 
 SECRET = bytes(range(32))
 CONTEXT = b"nvram:vm1.nvram\0vm-id"
@@ -126,14 +128,22 @@ def test_change_tracking_matches_the_encoded_difference_and_replays_to_the_same_
     state = TpmState.manufacture()
     parts, snap = encode_parts(state), snapshot(state)
     base = load_parts(state.to_bytes())
+    fast_taken = 0
     for _ in range(200):
         _mutate(state, rng)
+        hint = list(state.nv)  # as if the engine said these indices changed: the fast form is the hinted one
+        fast = nv_change_json(snap, state, hint)  # None unless only NV fields (and the clock) changed
+        if fast is not None:
+            hinted, hinted_after = changes(snap, state, hint)
+            assert fast == ((encode_delta(hinted) if hinted else b""), hinted_after)
+            fast_taken += 1
         delta, snap = changes(snap, state)
         encoded = encode_parts(state)
         assert delta == diff_parts(parts, encoded)
         apply_delta(base, delta)
         parts = encoded
     assert TpmState.from_parts(base).to_bytes() == state.to_bytes()
+    assert fast_taken > 10
 
 
 @pytest.mark.parametrize("secret", [SECRET, None], ids=["sealed", "checksum"])
@@ -197,6 +207,7 @@ class _CheckingSink:
     def __init__(self, state: TpmState) -> None:
         self.snap = snapshot(state)
         self.hints: list[object] = []
+        self.fast = 0
         self.mismatches: list[str] = []
 
     def persist_state(self, state: TpmState, nv: object = None) -> None:
@@ -205,6 +216,12 @@ class _CheckingSink:
             narrowed, narrowed_after = changes(self.snap, state, nv)  # type: ignore[arg-type]
             if narrowed != full or narrowed_after != after:
                 self.mismatches.append(f"hint {nv}: {narrowed} != {full}")
+            fast = nv_change_json(self.snap, state, nv)  # type: ignore[arg-type]
+            if fast is not None:
+                self.fast += 1
+                payload, fast_after = fast
+                if payload != (encode_delta(full) if full else b"") or fast_after != after:
+                    self.mismatches.append(f"hint {nv}: fast JSON {payload!r} != {encode_delta(full)!r}")
         self.hints.append(nv)
         self.snap = after
 
@@ -238,4 +255,5 @@ def test_nv_write_hints_journal_what_a_full_comparison_finds() -> None:
         tpm.execute(0, command)
     assert sink.mismatches == []
     assert sum(hint is not None for hint in sink.hints) >= 12  # the narrowed path was taken
+    assert sink.fast >= 12  # and the JSON built directly, byte for byte the general encoding
     assert None in sink.hints  # and the full one for the others
