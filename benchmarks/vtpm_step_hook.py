@@ -3,7 +3,7 @@
 Used as the server's interpreter entry point (``python vtpm_step_hook.py -m
 vmcrypt.vtpm_command serve ...``): it wraps, in this process only, the data
 channel's socket (``recv``, ``sendall``), ``TpmDevice.execute``, the engine
-(``Tpm.execute``, ``Tpm._execute`` and ``Tpm.flush_state``) and the journal's steps
+(``Tpm.execute``, ``Tpm._execute``, ``Tpm._execute_parsed`` and ``Tpm.flush_state``) and the journal's steps
 (``changes``, the JSON encoding, ``Sealer.seal``, ``PreallocatedFile.append``
 and ``.sync``, the position recorder's ``note``), then runs the module as
 ``python -m`` would. Every timed call appends ``(step, start_ns, end_ns)``
@@ -67,6 +67,8 @@ def install() -> None:
     device.TpmDevice.execute = timed("device", device.TpmDevice.execute)
     engine.Tpm.execute = timed("execute", engine.Tpm.execute)
     engine.Tpm._execute = timed("engine", engine.Tpm._execute)
+    if "_execute_parsed" in engine.Tpm.execute.__code__.co_names:  # a kept command runs there, not in _execute
+        engine.Tpm._execute_parsed = timed("engine", engine.Tpm._execute_parsed)
     engine.Tpm.flush_state = timed("flush", engine.Tpm.flush_state)
     if hasattr(journal_store, "changes"):
         journal_store.changes = timed("changes", journal_store.changes)

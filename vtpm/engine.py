@@ -41,6 +41,7 @@ from vtpm.core import (
     Command,
     CommandSpec,
     Entity,
+    EntityResolver,
     HandleSpec,
     Handler,
     Response,
@@ -57,6 +58,7 @@ from vtpm.state import TpmState, Volatile
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">HII")  # tag, commandSize, commandCode
+_HEADER_PSIZE = struct.Struct(">HIII")  # a response header and parameterSize (tag TPM_ST_SESSIONS)
 _U32 = struct.Struct(">I")
 # Enum members looked up on every command cost a class attribute lookup each: plain ints instead.
 _SESSIONS, _NO_SESSIONS = int(ST.SESSIONS), int(ST.NO_SESSIONS)
@@ -71,9 +73,12 @@ MAX_SESSIONS = 3
 
 PersistCallback = Callable[[bytes], None]
 
-# A parsed command: spec, tag, code, handles, its one password session (None: no sessions), the
-# parameter area and the parameters.
-_Parsed = tuple[CommandSpec, int, int, tuple[int, ...], Session | None, bytes, cs.Container]
+# A parsed command as kept for its bytes: its spec, code, the Command handed to the handler (only
+# ``locality`` changes between runs), each handle's entity resolver, the password check (handle
+# position, its HandleSpec, the password) or None without sessions, and the password session's
+# response area (None without sessions): what ``_execute_parsed`` needs and nothing to look up.
+_Parsed = tuple[CommandSpec, int, Command, tuple["EntityResolver", ...],
+                tuple[int, HandleSpec, bytes] | None, bytes | None]
 
 # Commands whose parsed form a Tpm keeps, by their bytes, and reuses when the same bytes come again
 # (a client polling PCRs, extending measurements, reading an NV index): parsing the header, handles,
@@ -172,8 +177,11 @@ class Tpm:
     def execute(self, locality: int, command: bytes) -> bytes:
         """Run one command; always returns a well-formed response, never raises."""
         self.locality = locality
+        if command.__class__ is not bytes:
+            command = bytes(command)
         try:
-            response = self._execute(bytes(command))
+            parsed = self._parsed.get(command)
+            response = self._execute(command) if parsed is None else self._execute_parsed(parsed)
         except TpmError as exc:
             response = wire.error_response(exc.code)
         except Exception:  # a bug must not take the TPM (or its server) down
@@ -188,9 +196,7 @@ class Tpm:
         return response
 
     def _execute(self, data: bytes) -> bytes:
-        parsed = self._parsed.get(data)
-        if parsed is not None:
-            return self._execute_parsed(parsed)
+        """Parse and run a command not kept parsed (see ``REPEATABLE``); raises TpmError for the error response."""
         length = len(data)
         if length < HEADER_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
@@ -236,9 +242,10 @@ class Tpm:
         raw_params = data[offset:] if offset != length else b""
         if not sessions:  # nothing to authorize, no session to answer: the short way
             params = _parse_params(spec, raw_params)
+            cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
             if code in REPEATABLE and length <= PARSED_MAX_BYTES:
-                self._remember(data, (spec, tag, code, tuple(handles), None, raw_params, params))
-            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+                self._remember(data, (spec, code, cmd, _resolvers(handles), None, None))
+            result = spec.handler(self, cmd)
             finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
             return _response(tag, result.handles, result.params)
         if _one_password(sessions, auth_handles):
@@ -247,12 +254,15 @@ class Tpm:
             session, index = sessions[0], auth_handles[0]
             authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
             params = _parse_params(spec, raw_params)
+            cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
+            tail = password_response(session.attributes)
             if code in REPEATABLE and length <= PARSED_MAX_BYTES and not session.hmac:  # no password kept
-                self._remember(data, (spec, tag, code, tuple(handles), session, raw_params, params))
-            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+                self._remember(data, (spec, code, cmd, _resolvers(handles),
+                                      (index, spec.handles[index], session.hmac), tail))
+            result = spec.handler(self, cmd)
             out = result.params
             finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
-            return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
+            return _response(tag, result.handles, _U32.pack(len(out)) + out + tail)
         ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
         cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
@@ -285,23 +295,52 @@ class Tpm:
     def _execute_parsed(self, parsed: _Parsed) -> bytes:
         """A command whose bytes were parsed before (``REPEATABLE``): what ``_execute`` does after
         parsing, in the same order: started, the entities, the password if any, handler, response."""
-        spec, tag, code, cached_handles, session, raw_params, params = parsed
+        spec, code, cmd, resolvers, password, tail = parsed
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
             raise TpmError(RC.INITIALIZE)
         volatile.commands_since_startup += 1
-        handles = list(cached_handles)
-        entities = self._entities(handles) if handles else []
-        if session is None:
-            result = spec.handler(self, Command(code, self.locality, handles, params, [], raw_params, tag))
-            finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
-            return _response(tag, result.handles, result.params)
-        index = spec.auth_handles[0]
-        authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
-        result = spec.handler(self, Command(code, self.locality, handles, params, [session], raw_params, tag))
+        cmd.locality = self.locality
+        handles = cmd.handles
+        entities = self._resolved(resolvers, handles) if resolvers else _NO_ENTITIES
+        if password is not None:
+            index, hspec, value = password
+            authorize_password(self, code, handles[index], hspec, entities[index], value)
+        result = spec.handler(self, cmd)
         out = result.params
-        finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
-        return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
+        if spec.allow_sessions:
+            volatile.exclusive_audit_session = None  # finish_without_sessions, inline
+        if code in self.state.audit_commands:
+            finish_without_sessions(self, spec, code, entities, handles, cmd.raw_params, out)
+        if result.handles:
+            return _response(cmd.tag, result.handles, out if tail is None else _U32.pack(len(out)) + out + tail)
+        if tail is None:  # _response, inline
+            size = HEADER_SIZE + len(out)
+            if size > MAX_RESPONSE_SIZE:
+                raise TpmError(RC.SIZE)
+            return _HEADER.pack(cmd.tag, size, 0) + out
+        size = HEADER_SIZE + 4 + len(out) + len(tail)
+        if size > MAX_RESPONSE_SIZE:
+            raise TpmError(RC.SIZE)
+        return _HEADER_PSIZE.pack(cmd.tag, size, 0, len(out)) + out + tail
+
+    def _resolved(self, resolvers: tuple[EntityResolver, ...], handles: list[int]) -> list[Entity]:
+        """``_entities`` with each handle's resolver known (a kept command's)."""
+        number = 0
+        try:
+            if len(resolvers) == 1:
+                return [resolvers[0](self, handles[0])]
+            entities = []
+            for number, resolver in enumerate(resolvers):
+                entities.append(resolver(self, handles[number]))
+            return entities
+        except TpmError as exc:
+            number += 1
+            if exc.rc == RC.REFERENCE_H0:
+                exc.rc = RC.REFERENCE_H0 + number - 1
+            elif not (exc.handle or exc.param or exc.session):
+                exc.handle = number
+            raise
 
     @property
     def dictionary_attack(self) -> DictionaryAttack:
@@ -311,6 +350,14 @@ class Tpm:
     def random(self, n: int) -> bytes:
         """``n`` bytes from the OS CSPRNG: the TPM's RNG for nonces, keys and GetRandom."""
         return os.urandom(n)  # what secrets.token_bytes returns, without its two extra calls
+
+
+_NO_ENTITIES: list[Entity] = []
+
+
+def _resolvers(handles: list[int]) -> tuple[EntityResolver, ...]:
+    """Each handle's entity resolver (all exist: ``_entities`` resolved the handles already)."""
+    return tuple(ENTITY_RESOLVERS[handle >> 24] for handle in handles)
 
 
 def _one_password(sessions: list[Session], auth_handles: tuple[int, ...]) -> bool:

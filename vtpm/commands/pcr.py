@@ -40,6 +40,7 @@ DRTM_LOCALITY = 4  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
 _RH_NULL = int(RH.NULL)
 _U16, _U32 = struct.Struct(">H"), struct.Struct(">I")
 _SELECTION_HEAD = struct.Struct(">HB")  # TPMS_PCR_SELECTION: hash, sizeofSelect
+_TWO_U32 = struct.Struct(">II")  # PCR_Read's pcrUpdateCounter and the selection's count
 
 
 @command(CC.PCR_SetAuthValue, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])],
@@ -134,7 +135,7 @@ def pcr_read(tpm: Tpm, cmd: Command) -> Response:
     pcrs = volatile.pcrs
     selections = cmd.params["pcrSelectionIn"]
     # pcrUpdateCounter, then TPML_PCR_SELECTION (what was read) and TPML_DIGEST (the values), laid out directly
-    parts = [_U32.pack(volatile.pcr_update_counter), _U32.pack(len(selections))]
+    heads: list[bytes] = []
     values: list[bytes] = []
     for selection in selections:
         alg, select = selection["hash"], selection["pcrSelect"]
@@ -147,10 +148,10 @@ def pcr_read(tpm: Tpm, cmd: Command) -> Response:
             out |= low
             values.append(bank[low.bit_length() - 1])
             wanted ^= low
-        parts.append(_SELECTION_HEAD.pack(alg, len(select)) + out.to_bytes(len(select), "little"))
-    parts.append(_U32.pack(len(values)))
-    parts.extend(_U16.pack(len(value)) + value for value in values)
-    return Response(b"".join(parts))
+        heads.append(_SELECTION_HEAD.pack(alg, len(select)) + out.to_bytes(len(select), "little"))
+    return Response(b"".join([
+        _TWO_U32.pack(volatile.pcr_update_counter, len(selections)), *heads, _U32.pack(len(values)),
+        *[_U16.pack(len(value)) + value for value in values]]))
 
 
 @command(

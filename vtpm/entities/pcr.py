@@ -101,12 +101,12 @@ def extend(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> None:
 
     Each bank extended counts once in pcrUpdateCounter, as the reference implementation does.
     """
-    attributes = PCR_ATTRIBUTES[index]
-    if not attributes.extend_localities & locality_bit(tpm.locality):
+    locality = tpm.locality
+    if locality >= 5 or not PCR_ATTRIBUTES[index].extend_localities >> locality & 1:  # locality_bit, inline
         raise TpmError(RC.LOCALITY)
     volatile = tpm.volatile
     pcrs = volatile.pcrs
-    counts = counts_update(index)
+    counts = index not in NO_INCREMENT  # counts_update, inline
     for bank, value in digests:
         values = pcrs.get(bank)
         if values is None or not bank_mask(tpm, bank) >> index & 1:
