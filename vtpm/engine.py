@@ -79,12 +79,17 @@ PersistCallback = Callable[[bytes], None]
 # response area (None without sessions): what ``_execute_parsed`` needs and nothing to look up.
 _Parsed = tuple[CommandSpec, int, Command, tuple["EntityResolver", ...],
                 tuple[int, HandleSpec, bytes] | None, bytes | None]
+# A kept command's shape: the same without the Command, its handles and sessions instead.
+_Shape = tuple[CommandSpec, int, list[int], list[Session], tuple["EntityResolver", ...],
+               tuple[int, HandleSpec, bytes] | None, bytes | None]
 
 # Commands whose parsed form a Tpm keeps, by their bytes, and reuses when the same bytes come again
 # (a client polling PCRs, extending measurements, reading an NV index): parsing the header, handles,
 # authorization area and parameters depends on the bytes alone, and these handlers only read their
 # parameters. Kept: commands without sessions or with one empty password session (no secret is
-# kept), at most PARSED_MAX_BYTES long, PARSED_ENTRIES of them (then the cache starts over).
+# kept), at most PARSED_MAX_BYTES long, PARSED_ENTRIES of them (then the cache starts over). Their
+# shapes (the bytes before the parameters) are kept as well: a command that differs from one kept
+# only in its parameters (a PCR_Extend of a new digest) parses just those.
 REPEATABLE = frozenset(int(c) for c in (
     CC.GetRandom, CC.PCR_Read, CC.PCR_Extend, CC.NV_Read, CC.NV_Write, CC.NV_ReadPublic, CC.ReadClock,
     CC.GetCapability, CC.ReadPublic, CC.NV_Increment, CC.NV_Extend, CC.NV_SetBits, CC.GetTestResult))
@@ -129,6 +134,9 @@ class Tpm:
         self.entity_cache: dict[int, tuple[tuple[object, ...], Entity]] = {}
         # Commands seen before, by their bytes, as parsed then (see REPEATABLE).
         self._parsed: dict[bytes, _Parsed] = {}
+        # Their shapes, by the bytes before the parameters (header, handles, authorization area): a
+        # command with the same shape and new parameters (a PCR_Extend of a new digest) parses only those.
+        self._shapes: dict[bytes, _Shape] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -211,6 +219,17 @@ class Tpm:
         spec = COMMANDS.get(code)
         if spec is None:
             raise TpmError(RC.COMMAND_CODE)
+        if self._shapes:
+            end = HEADER_SIZE + 4 * len(spec.handles)
+            if tag == _SESSIONS and length >= end + 4:
+                end += 4 + _U32.unpack_from(data, end)[0]
+            if end <= length:
+                shape = self._shapes.get(data[:end])
+                if shape is not None:  # the same header, handles and sessions as a command kept: new parameters
+                    spec, code, handles, sessions, resolvers, password, tail = shape
+                    raw = data[end:] if end != length else b""
+                    cmd = Command(code, self.locality, handles, None, sessions, raw, tag)
+                    return self._execute_parsed((spec, code, cmd, resolvers, password, tail), data)
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
             raise TpmError(RC.INITIALIZE)
@@ -244,7 +263,7 @@ class Tpm:
             params = _parse_params(spec, raw_params)
             cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
             if code in REPEATABLE and length <= PARSED_MAX_BYTES:
-                self._remember(data, (spec, code, cmd, _resolvers(handles), None, None))
+                self._remember(data, offset, (spec, code, cmd, _resolvers(handles), None, None))
             result = spec.handler(self, cmd)
             finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
             return _response(tag, result.handles, result.params)
@@ -257,8 +276,8 @@ class Tpm:
             cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
             tail = password_response(session.attributes)
             if code in REPEATABLE and length <= PARSED_MAX_BYTES and not session.hmac:  # no password kept
-                self._remember(data, (spec, code, cmd, _resolvers(handles),
-                                      (index, spec.handles[index], session.hmac), tail))
+                self._remember(data, offset, (spec, code, cmd, _resolvers(handles),
+                                              (index, spec.handles[index], session.hmac), tail))
             result = spec.handler(self, cmd)
             out = result.params
             finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
@@ -286,15 +305,21 @@ class Tpm:
                 raise
         return entities
 
-    def _remember(self, data: bytes, parsed: _Parsed) -> None:
-        cache = self._parsed
+    def _remember(self, data: bytes, params_at: int, parsed: _Parsed) -> None:
+        """Keep a command parsed by its bytes, and its shape by the bytes before its parameters."""
+        cache, shapes = self._parsed, self._shapes
         if len(cache) >= PARSED_ENTRIES:
             cache.clear()
         cache[data] = parsed
+        if len(shapes) >= PARSED_ENTRIES:
+            shapes.clear()
+        spec, code, cmd, resolvers, password, tail = parsed
+        shapes[data[:params_at]] = (spec, code, cmd.handles, cmd.sessions, resolvers, password, tail)
 
-    def _execute_parsed(self, parsed: _Parsed) -> bytes:
+    def _execute_parsed(self, parsed: _Parsed, parse: bytes | None = None) -> bytes:
         """A command whose bytes were parsed before (``REPEATABLE``): what ``_execute`` does after
-        parsing, in the same order: started, the entities, the password if any, handler, response."""
+        parsing, in the same order: started, the entities, the password if any, the parameters
+        (``parse``: a kept shape with new parameters, these command bytes then kept), handler, response."""
         spec, code, cmd, resolvers, password, tail = parsed
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
@@ -306,6 +331,12 @@ class Tpm:
         if password is not None:
             index, hspec, value = password
             authorize_password(self, code, handles[index], hspec, entities[index], value)
+        if parse is not None:
+            cmd.params = _parse_params(spec, cmd.raw_params)
+            cache = self._parsed
+            if len(cache) >= PARSED_ENTRIES:
+                cache.clear()
+            cache[parse] = parsed
         result = spec.handler(self, cmd)
         out = result.params
         if spec.allow_sessions:
@@ -357,7 +388,9 @@ _NO_ENTITIES: list[Entity] = []
 
 def _resolvers(handles: list[int]) -> tuple[EntityResolver, ...]:
     """Each handle's entity resolver (all exist: ``_entities`` resolved the handles already)."""
-    return tuple(ENTITY_RESOLVERS[handle >> 24] for handle in handles)
+    if len(handles) == 1:
+        return (ENTITY_RESOLVERS[handles[0] >> 24],)
+    return tuple([ENTITY_RESOLVERS[handle >> 24] for handle in handles])
 
 
 def _one_password(sessions: list[Session], auth_handles: tuple[int, ...]) -> bool:

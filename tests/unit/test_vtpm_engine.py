@@ -372,6 +372,13 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
         (0, wire.nv_write(index, b"abcdefgh", offset=1)), (0, wire.SHUTDOWN_CLEAR), (0, read), (0, extend),
     ]
     script += [(0, wire.nv_read(index, 8, password=b"bad"))] * 4 + [(0, wire.nv_read(index, 8, password=b"pin"))] * 2
+    # the same shape (header, handles, sessions) with new parameters: only those are parsed anew
+    script += [(0, wire.STARTUP_CLEAR), *((0, wire.pcr_extend(16, [(ALG.SHA256, bytes([n]) * 32)])) for n in range(3)),
+               (3, wire.pcr_extend(16, [(ALG.SHA256, bytes(32))])), (0, wire.pcr_extend(16, [(ALG.SHA1, bytes(20))])),
+               (0, wire.pcr_extend(16, [(0x0099, bytes(32))])), (0, wire.pcr_read([(ALG.SHA256, [1, 2])])),
+               (0, wire.nv_read(index, 8, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 4, 2, auth_handle=RH.OWNER)),
+               (0, wire.nv_read(index, 4, 5, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 1000, auth_handle=RH.OWNER)),
+               (0, wire.get_random(4)), (0, wire.get_random(64))]
     manufactured = TpmState.manufacture().to_bytes()
 
     def run() -> tuple[list[bytes], dict[str, object], int]:
@@ -382,11 +389,12 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
         del state["commit_nonce"]  # drawn afresh at every Startup
         return responses, state, len(engine._parsed)
 
-    reused: list[int] = []
+    reused: list[bool] = []
     original = Tpm._execute_parsed
-    monkeypatch.setattr(Tpm, "_execute_parsed", lambda self, parsed: reused.append(1) or original(self, parsed))
+    monkeypatch.setattr(Tpm, "_execute_parsed", lambda self, parsed, parse=None: reused.append(parse is not None)
+                        or original(self, parsed, parse))
     cached_responses, cached_state, kept = run()
-    assert len(reused) >= 10 and kept >= 5
+    assert reused.count(False) >= 10 and reused.count(True) >= 8 and kept >= 1
     monkeypatch.setattr(engine_module, "REPEATABLE", frozenset())
     fresh_responses, fresh_state, none_kept = run()
     assert none_kept == 0
