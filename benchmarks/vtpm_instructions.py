@@ -17,7 +17,10 @@ Paths (``--path``, repeatable):
   on a thread, blocking socketpair, the client in the main thread: the
   round trip, both sides of the socket, as the benchmark's server runs it);
 - ``loop``: the event loop of `vtpm host`/``SwtpmLoopServer`` (``Loop`` and
-  ``DataConnection`` over a socketpair, one ``run_once`` per command).
+  ``DataConnection`` over a socketpair, one ``run_once`` per command);
+- ``echo``: the floor of ``loop``: the same client, and a server that only
+  receives and sends a fixed 10-byte answer in the same thread (what the
+  socket and the client cost whatever the server does).
 
 ``--child PATH NAMES N`` is the measured process itself (not for direct use).
 """
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
     from vtpm.engine import Tpm
     from vtpm.server.device import TpmDevice
 
-PATHS = ("inprocess", "device", "serve", "loop")
+PATHS = ("inprocess", "device", "serve", "loop", "echo")
 
 
 def child(path: str, names: list[str], count: int) -> None:
@@ -101,6 +104,16 @@ def _sender(path: str, tpm: "Tpm", device: "TpmDevice") -> Callable[[bytes], obj
             return _read_response(client)
 
         return send_loop
+    if path == "echo":  # the floor: the same client, a server that only reads and writes a fixed answer
+        answer = bytes.fromhex("80010000000a00000000")
+
+        def send_echo(command: bytes) -> bytes:
+            client.sendall(command)
+            server.recv(65536)
+            server.send(answer)
+            return _read_response(client)
+
+        return send_echo
     raise SystemExit(f"unknown path {path!r}")
 
 

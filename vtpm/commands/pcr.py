@@ -135,7 +135,7 @@ def pcr_read(tpm: Tpm, cmd: Command) -> Response:
     pcrs = volatile.pcrs
     selections = cmd.params["pcrSelectionIn"]
     # pcrUpdateCounter, then TPML_PCR_SELECTION (what was read) and TPML_DIGEST (the values), laid out directly
-    heads: list[bytes] = []
+    head = _TWO_U32.pack(volatile.pcr_update_counter, len(selections))
     values: list[bytes] = []
     for selection in selections:
         alg, select = selection["hash"], selection["pcrSelect"]
@@ -148,10 +148,11 @@ def pcr_read(tpm: Tpm, cmd: Command) -> Response:
             out |= low
             values.append(bank[low.bit_length() - 1])
             wanted ^= low
-        heads.append(_SELECTION_HEAD.pack(alg, len(select)) + out.to_bytes(len(select), "little"))
-    return Response(b"".join([
-        _TWO_U32.pack(volatile.pcr_update_counter, len(selections)), *heads, _U32.pack(len(values)),
-        *[_U16.pack(len(value)) + value for value in values]]))
+        head += _SELECTION_HEAD.pack(alg, len(select)) + out.to_bytes(len(select), "little")
+    head += _U32.pack(len(values))
+    if not values:
+        return Response(head)
+    return Response(head + b"".join([_U16.pack(len(value)) + value for value in values]))
 
 
 @command(

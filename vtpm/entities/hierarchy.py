@@ -132,8 +132,17 @@ def _getter(path: str) -> attrgetter | None:
     return attrgetter(path) if path else None
 
 
-# Per permanent handle of the table: getters of its enable flag, authValue and stored record, made once.
-_ENTITY_GETTERS = {handle: (_getter(row.enabled), _getter(row.auth), _getter(row.stored))
+def _auth_getter(row: HierarchyRow) -> attrgetter | None:
+    """The authValue's getter from the stored record when it lives there (all but the platform's)."""
+    if row.auth and row.stored and row.auth == row.stored + ".auth":
+        return attrgetter("auth")
+    return _getter(row.auth)
+
+
+# Per permanent handle of the table: getters of its enable flag, authValue (from the Tpm, or from the
+# stored record when it lives there: one attribute instead of a path) and stored record, made once.
+_ENTITY_GETTERS = {handle: (_getter(row.enabled), _auth_getter(row), _getter(row.stored),
+                            bool(row.auth) and row.auth == row.stored + ".auth")
                    for handle, row in HIERARCHIES.items()}
 
 
@@ -144,13 +153,13 @@ def permanent_entity(tpm: Tpm, handle: int) -> Entity:
     getters = _ENTITY_GETTERS.get(handle)
     if getters is None:  # not a hierarchy: always enabled, no authValue
         return _NO_AUTH
-    enabled, auth, stored = getters
+    enabled, auth, stored, in_record = getters
     if enabled is not None and not enabled(tpm):
         raise TpmError(RC.HIERARCHY)
     if auth is None or stored is None:
         return _NO_AUTH
     record = stored(tpm)
-    value = auth(tpm)
+    value = auth(record if in_record else tpm)
     hit = tpm.entity_cache.get(handle)
     if hit is not None:  # cached_entity, inline and without building the tuple of parts first
         kept = hit[0]
