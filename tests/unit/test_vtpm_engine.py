@@ -351,6 +351,29 @@ def test_password_short_path_matches_the_generic_authorization(clock: FakeClock,
     assert short_state == generic_state
 
 
+def test_kept_pcr_read_follows_a_new_allocation(clock: FakeClock) -> None:
+    """A PCR_Read kept with what it derived from its selection (Command.memo) answers from the
+    allocation in force: after PCR_Allocate and a TPM Reset the same bytes read what a fresh parse reads."""
+    read = wire.pcr_read([(ALG.SHA256, [1, 16]), (ALG.SHA1, [16])])
+    extend = wire.pcr_extend(16, [(ALG.SHA256, bytes(range(32)))])
+    engine = Tpm(TpmState.manufacture(), clock_ms=clock)
+    engine.execute(0, wire.STARTUP_CLEAR)
+    engine.execute(0, extend)
+    before = engine.execute(0, read)
+    assert engine.execute(0, read) == before and read in engine._parsed
+    assert rc(engine.execute(0, wire.pcr_allocate({ALG.SHA256: [0, 1, 17], ALG.SHA1: list(range(24))}))) == RC.SUCCESS
+    engine.execute(0, wire.SHUTDOWN_CLEAR)
+    engine.power_cycle()
+    engine.execute(0, wire.STARTUP_CLEAR)
+    engine.execute(0, extend)
+    after = engine.execute(0, read)
+    fresh = Tpm(engine.state, clock_ms=clock)
+    fresh.execute(0, wire.STARTUP_CLEAR)
+    fresh.execute(0, extend)
+    assert after == fresh.execute(0, read)
+    assert after != before and engine.execute(0, read) == after
+
+
 def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command whose bytes come again reuses their parse (engine.REPEATABLE): every response, and
     the state after the script, are what parsing every command anew gives, through errors before
