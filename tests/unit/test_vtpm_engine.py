@@ -352,19 +352,30 @@ def test_password_short_path_matches_the_generic_authorization(clock: FakeClock,
 
 
 def test_kept_pcr_read_follows_a_new_allocation(clock: FakeClock) -> None:
-    """A PCR_Read kept with what it derived from its selection (Command.memo) answers from the
-    allocation in force: after PCR_Allocate and a TPM Reset the same bytes read what a fresh parse reads."""
+    """A PCR_Read and a PCR_Extend kept with what they derived from their parameters (Command.memo) work
+    on the PCR banks and allocation in force: after a TPM Reset, and after PCR_Allocate and a TPM Reset,
+    the same bytes do what a fresh parse does."""
     read = wire.pcr_read([(ALG.SHA256, [1, 16]), (ALG.SHA1, [16])])
     extend = wire.pcr_extend(16, [(ALG.SHA256, bytes(range(32)))])
     engine = Tpm(TpmState.manufacture(), clock_ms=clock)
     engine.execute(0, wire.STARTUP_CLEAR)
     engine.execute(0, extend)
     before = engine.execute(0, read)
-    assert engine.execute(0, read) == before and read in engine._parsed
+    assert engine.execute(0, read) == before and read in engine._parsed and extend in engine._parsed
+
+    def reset() -> None:
+        engine.execute(0, wire.SHUTDOWN_CLEAR)
+        engine.power_cycle()
+        engine.execute(0, wire.STARTUP_CLEAR)
+
+    reset()  # new PCR banks: the kept PCR_Read and PCR_Extend work on them
+    initial = Tpm(engine.state, clock_ms=clock)
+    initial.execute(0, wire.STARTUP_CLEAR)
+    assert engine.execute(0, read) == initial.execute(0, read) != before
+    engine.execute(0, extend)
+    assert engine.execute(0, read) == before
     assert rc(engine.execute(0, wire.pcr_allocate({ALG.SHA256: [0, 1, 17], ALG.SHA1: list(range(24))}))) == RC.SUCCESS
-    engine.execute(0, wire.SHUTDOWN_CLEAR)
-    engine.power_cycle()
-    engine.execute(0, wire.STARTUP_CLEAR)
+    reset()
     engine.execute(0, extend)
     after = engine.execute(0, read)
     fresh = Tpm(engine.state, clock_ms=clock)

@@ -19,6 +19,8 @@ from vtpm.entities.pcr import (
     bank_mask,
     counts_update,
     extend,
+    extend_plan,
+    extend_planned,
     locality_bit,
 )
 from vtpm.errors import TpmError
@@ -93,11 +95,14 @@ def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
     handle = cmd.handles[0]
     if handle == _RH_NULL:
         return Response()
-    digests = cmd.memo  # the (bank, digest) pairs, kept with a kept command
-    if digests is None:
+    plan = cmd.memo  # kept with a kept command: what the extend does under the allocation it was made for
+    state = tpm.state
+    if (plan is None or plan[0] is not tpm.volatile.pcrs or plan[1] is not state.pcr_banks
+            or plan[2] is not state.pcr_partial):  # pcr.plan_current, inline
         # item access: a Container's attribute access is a Python-level __getattr__ per field
-        digests = cmd.memo = [(entry["hashAlg"], entry["digest"]) for entry in cmd.params["digests"]]
-    extend(tpm, handle, digests)
+        plan = cmd.memo = extend_plan(tpm, handle, [(entry["hashAlg"], entry["digest"])
+                                                    for entry in cmd.params["digests"]])
+    extend_planned(tpm, handle, plan)
     return _EMPTY
 
 
