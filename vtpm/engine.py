@@ -359,8 +359,13 @@ class Tpm:
         """``_entities`` with each handle's resolver known (a kept command's)."""
         number = 0
         try:
-            if len(resolvers) == 1:
+            count = len(resolvers)
+            if count == 1:
                 return [resolvers[0](self, handles[0])]
+            if count == 2:  # NV_Read, NV_Write: the authorizing handle, then the index
+                first = resolvers[0](self, handles[0])
+                number = 1
+                return [first, resolvers[1](self, handles[1])]
             entities = []
             for number, resolver in enumerate(resolvers):
                 entities.append(resolver(self, handles[number]))

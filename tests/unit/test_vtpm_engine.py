@@ -412,7 +412,9 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
                (0, wire.pcr_extend(16, [(0x0099, bytes(32))])), (0, wire.pcr_read([(ALG.SHA256, [1, 2])])),
                (0, wire.nv_read(index, 8, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 4, 2, auth_handle=RH.OWNER)),
                (0, wire.nv_read(index, 4, 5, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 1000, auth_handle=RH.OWNER)),
-               (0, wire.get_random(4)), (0, wire.get_random(64))]
+               (0, wire.get_random(4)), (0, wire.get_random(64)),
+               (0, wire.nv_undefine_space(index)), (0, wire.nv_read(index, 8, auth_handle=RH.OWNER)),
+               (0, wire.nv_read(index, 4, 2, auth_handle=RH.OWNER))]  # a kept NV_Read of an index gone
     manufactured = TpmState.manufacture().to_bytes()
 
     def run() -> tuple[list[bytes], dict[str, object], int]:
