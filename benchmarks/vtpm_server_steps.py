@@ -13,7 +13,8 @@ and when the response was in; both processes read the same clock
   (socket, scheduler wake-up of the server's thread);
 - ``loop in``: from there to ``TpmDevice.execute`` (framing in the data loop);
 - ``device``: ``TpmDevice.execute`` apart from the engine (lock, power, size);
-- ``engine``: ``Tpm._execute`` (parse, authorize, handler, response);
+- ``engine``: ``Tpm._execute`` or, for a command kept parsed, ``Tpm._execute_parsed``
+  (parse, authorize, handler, response);
 - ``flush``: ``Tpm.flush_state`` (only for commands that changed persistent
   state), split into ``changes`` (what changed since the last record),
   ``encode`` (JSON), ``seal``, ``pwrite``, ``fdatasync`` and the rest;

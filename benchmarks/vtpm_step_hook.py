@@ -3,7 +3,7 @@
 Used as the server's interpreter entry point (``python vtpm_step_hook.py -m
 vmcrypt.vtpm_command serve ...``): it wraps, in this process only, the data
 channel's socket (``recv``, ``sendall``), ``TpmDevice.execute``, the engine
-(``Tpm.execute``, ``Tpm._execute`` and ``Tpm.flush_state``) and the journal's steps
+(``Tpm.execute``, ``Tpm._execute``, ``Tpm._execute_parsed`` and ``Tpm.flush_state``) and the journal's steps
 (``changes``, the JSON encoding, ``Sealer.seal``, ``PreallocatedFile.append``
 and ``.sync``, the position recorder's ``note``), then runs the module as
 ``python -m`` would. Every timed call appends ``(step, start_ns, end_ns)``
@@ -41,6 +41,29 @@ def timed(step: str, function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+_DEPTH = {"engine": 0}
+
+
+def timed_outermost(step: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``timed``, but a call inside another timed call of the same step is not recorded apart (a command
+    of a kept shape runs ``Tpm._execute_parsed`` inside ``Tpm._execute``: one engine time, not two)."""
+    append = EVENTS.append
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if _DEPTH[step]:
+            return function(*args, **kwargs)
+        _DEPTH[step] += 1
+        start = perf_counter_ns()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            append((step, start, perf_counter_ns()))
+            _DEPTH[step] -= 1
+
+    wrapper.__wrapped__ = function  # type: ignore[attr-defined]
+    return wrapper
+
+
 class TimedSocket:
     """The data connection, with its ``recv`` and ``sendall`` timed; everything else passed through."""
 
@@ -65,8 +88,11 @@ def install() -> None:
 
     sockets.serve_tpm_commands = serve_timed
     device.TpmDevice.execute = timed("device", device.TpmDevice.execute)
+    kept_apart = "_execute_parsed" in engine.Tpm.execute.__code__.co_names  # a kept command runs there, not in _execute
     engine.Tpm.execute = timed("execute", engine.Tpm.execute)
-    engine.Tpm._execute = timed("engine", engine.Tpm._execute)
+    engine.Tpm._execute = timed_outermost("engine", engine.Tpm._execute)
+    if kept_apart:
+        engine.Tpm._execute_parsed = timed_outermost("engine", engine.Tpm._execute_parsed)
     engine.Tpm.flush_state = timed("flush", engine.Tpm.flush_state)
     if hasattr(journal_store, "changes"):
         journal_store.changes = timed("changes", journal_store.changes)

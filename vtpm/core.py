@@ -87,6 +87,10 @@ class Command:
     sessions: list[Session]
     raw_params: bytes
     tag: int
+    # What a handler derived from the parameters alone and keeps for the next run of the same command
+    # (the engine runs a kept command's Command again, see engine.REPEATABLE); the handler checks
+    # that what it derived it from is still current.
+    memo: Any = None
 
 
 @dataclass(slots=True)

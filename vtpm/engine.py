@@ -41,6 +41,7 @@ from vtpm.core import (
     Command,
     CommandSpec,
     Entity,
+    EntityResolver,
     HandleSpec,
     Handler,
     Response,
@@ -57,6 +58,7 @@ from vtpm.state import TpmState, Volatile
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">HII")  # tag, commandSize, commandCode
+_HEADER_PSIZE = struct.Struct(">HIII")  # a response header and parameterSize (tag TPM_ST_SESSIONS)
 _U32 = struct.Struct(">I")
 # Enum members looked up on every command cost a class attribute lookup each: plain ints instead.
 _SESSIONS, _NO_SESSIONS = int(ST.SESSIONS), int(ST.NO_SESSIONS)
@@ -71,15 +73,23 @@ MAX_SESSIONS = 3
 
 PersistCallback = Callable[[bytes], None]
 
-# A parsed command: spec, tag, code, handles, its one password session (None: no sessions), the
-# parameter area and the parameters.
-_Parsed = tuple[CommandSpec, int, int, tuple[int, ...], Session | None, bytes, cs.Container]
+# A parsed command as kept for its bytes: its spec, code, the Command handed to the handler (only
+# ``locality`` changes between runs), each handle's entity resolver, the password check (handle
+# position, its HandleSpec, the password) or None without sessions, and the password session's
+# response area (None without sessions): what ``_execute_parsed`` needs and nothing to look up.
+_Parsed = tuple[CommandSpec, int, Command, tuple["EntityResolver", ...],
+                tuple[int, HandleSpec, bytes] | None, bytes | None]
+# A kept command's shape: the same without the Command, its handles and sessions instead.
+_Shape = tuple[CommandSpec, int, list[int], list[Session], tuple["EntityResolver", ...],
+               tuple[int, HandleSpec, bytes] | None, bytes | None]
 
 # Commands whose parsed form a Tpm keeps, by their bytes, and reuses when the same bytes come again
 # (a client polling PCRs, extending measurements, reading an NV index): parsing the header, handles,
 # authorization area and parameters depends on the bytes alone, and these handlers only read their
 # parameters. Kept: commands without sessions or with one empty password session (no secret is
-# kept), at most PARSED_MAX_BYTES long, PARSED_ENTRIES of them (then the cache starts over).
+# kept), at most PARSED_MAX_BYTES long, PARSED_ENTRIES of them (then the cache starts over). Their
+# shapes (the bytes before the parameters) are kept as well: a command that differs from one kept
+# only in its parameters (a PCR_Extend of a new digest) parses just those.
 REPEATABLE = frozenset(int(c) for c in (
     CC.GetRandom, CC.PCR_Read, CC.PCR_Extend, CC.NV_Read, CC.NV_Write, CC.NV_ReadPublic, CC.ReadClock,
     CC.GetCapability, CC.ReadPublic, CC.NV_Increment, CC.NV_Extend, CC.NV_SetBits, CC.GetTestResult))
@@ -124,6 +134,9 @@ class Tpm:
         self.entity_cache: dict[int, tuple[tuple[object, ...], Entity]] = {}
         # Commands seen before, by their bytes, as parsed then (see REPEATABLE).
         self._parsed: dict[bytes, _Parsed] = {}
+        # Their shapes, by the bytes before the parameters (header, handles, authorization area): a
+        # command with the same shape and new parameters (a PCR_Extend of a new digest) parses only those.
+        self._shapes: dict[bytes, _Shape] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,8 +185,11 @@ class Tpm:
     def execute(self, locality: int, command: bytes) -> bytes:
         """Run one command; always returns a well-formed response, never raises."""
         self.locality = locality
+        if command.__class__ is not bytes:
+            command = bytes(command)
         try:
-            response = self._execute(bytes(command))
+            parsed = self._parsed.get(command)
+            response = self._execute(command) if parsed is None else self._execute_parsed(parsed)
         except TpmError as exc:
             response = wire.error_response(exc.code)
         except Exception:  # a bug must not take the TPM (or its server) down
@@ -188,9 +204,7 @@ class Tpm:
         return response
 
     def _execute(self, data: bytes) -> bytes:
-        parsed = self._parsed.get(data)
-        if parsed is not None:
-            return self._execute_parsed(parsed)
+        """Parse and run a command not kept parsed (see ``REPEATABLE``); raises TpmError for the error response."""
         length = len(data)
         if length < HEADER_SIZE:
             raise TpmError(RC.COMMAND_SIZE)
@@ -205,6 +219,17 @@ class Tpm:
         spec = COMMANDS.get(code)
         if spec is None:
             raise TpmError(RC.COMMAND_CODE)
+        if self._shapes:
+            end = HEADER_SIZE + 4 * len(spec.handles)
+            if tag == _SESSIONS and length >= end + 4:
+                end += 4 + _U32.unpack_from(data, end)[0]
+            if end <= length:
+                shape = self._shapes.get(data[:end])
+                if shape is not None:  # the same header, handles and sessions as a command kept: new parameters
+                    spec, code, handles, sessions, resolvers, password, tail = shape
+                    raw = data[end:] if end != length else b""
+                    cmd = Command(code, self.locality, handles, None, sessions, raw, tag)
+                    return self._execute_parsed((spec, code, cmd, resolvers, password, tail), data)
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
             raise TpmError(RC.INITIALIZE)
@@ -236,9 +261,10 @@ class Tpm:
         raw_params = data[offset:] if offset != length else b""
         if not sessions:  # nothing to authorize, no session to answer: the short way
             params = _parse_params(spec, raw_params)
+            cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
             if code in REPEATABLE and length <= PARSED_MAX_BYTES:
-                self._remember(data, (spec, tag, code, tuple(handles), None, raw_params, params))
-            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+                self._remember(data, offset, (spec, code, cmd, _resolvers(handles), None, None))
+            result = spec.handler(self, cmd)
             finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
             return _response(tag, result.handles, result.params)
         if _one_password(sessions, auth_handles):
@@ -247,12 +273,15 @@ class Tpm:
             session, index = sessions[0], auth_handles[0]
             authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
             params = _parse_params(spec, raw_params)
+            cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
+            tail = password_response(session.attributes)
             if code in REPEATABLE and length <= PARSED_MAX_BYTES and not session.hmac:  # no password kept
-                self._remember(data, (spec, tag, code, tuple(handles), session, raw_params, params))
-            result = spec.handler(self, Command(code, self.locality, handles, params, sessions, raw_params, tag))
+                self._remember(data, offset, (spec, code, cmd, _resolvers(handles),
+                                              (index, spec.handles[index], session.hmac), tail))
+            result = spec.handler(self, cmd)
             out = result.params
             finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
-            return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
+            return _response(tag, result.handles, _U32.pack(len(out)) + out + tail)
         ctx, raw_params = authorize(self, spec, code, handles, entities, sessions, raw_params, auth_handles)
         params = _parse_params(spec, raw_params)
         cmd = Command(code, self.locality, handles, params, sessions, raw_params, tag)
@@ -276,32 +305,78 @@ class Tpm:
                 raise
         return entities
 
-    def _remember(self, data: bytes, parsed: _Parsed) -> None:
-        cache = self._parsed
+    def _remember(self, data: bytes, params_at: int, parsed: _Parsed) -> None:
+        """Keep a command parsed by its bytes, and its shape by the bytes before its parameters."""
+        cache, shapes = self._parsed, self._shapes
         if len(cache) >= PARSED_ENTRIES:
             cache.clear()
         cache[data] = parsed
+        if len(shapes) >= PARSED_ENTRIES:
+            shapes.clear()
+        spec, code, cmd, resolvers, password, tail = parsed
+        shapes[data[:params_at]] = (spec, code, cmd.handles, cmd.sessions, resolvers, password, tail)
 
-    def _execute_parsed(self, parsed: _Parsed) -> bytes:
+    def _execute_parsed(self, parsed: _Parsed, parse: bytes | None = None) -> bytes:
         """A command whose bytes were parsed before (``REPEATABLE``): what ``_execute`` does after
-        parsing, in the same order: started, the entities, the password if any, handler, response."""
-        spec, tag, code, cached_handles, session, raw_params, params = parsed
+        parsing, in the same order: started, the entities, the password if any, the parameters
+        (``parse``: a kept shape with new parameters, these command bytes then kept), handler, response."""
+        spec, code, cmd, resolvers, password, tail = parsed
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
             raise TpmError(RC.INITIALIZE)
         volatile.commands_since_startup += 1
-        handles = list(cached_handles)
-        entities = self._entities(handles) if handles else []
-        if session is None:
-            result = spec.handler(self, Command(code, self.locality, handles, params, [], raw_params, tag))
-            finish_without_sessions(self, spec, code, entities, handles, raw_params, result.params)
-            return _response(tag, result.handles, result.params)
-        index = spec.auth_handles[0]
-        authorize_password(self, code, handles[index], spec.handles[index], entities[index], session.hmac)
-        result = spec.handler(self, Command(code, self.locality, handles, params, [session], raw_params, tag))
+        cmd.locality = self.locality
+        handles = cmd.handles
+        entities = self._resolved(resolvers, handles) if resolvers else _NO_ENTITIES
+        if password is not None:
+            index, hspec, value = password
+            authorize_password(self, code, handles[index], hspec, entities[index], value)
+        if parse is not None:
+            cmd.params = _parse_params(spec, cmd.raw_params)
+            cache = self._parsed
+            if len(cache) >= PARSED_ENTRIES:
+                cache.clear()
+            cache[parse] = parsed
+        result = spec.handler(self, cmd)
         out = result.params
-        finish_without_sessions(self, spec, code, entities, handles, raw_params, out)
-        return _response(tag, result.handles, _U32.pack(len(out)) + out + password_response(session.attributes))
+        if spec.allow_sessions:
+            volatile.exclusive_audit_session = None  # finish_without_sessions, inline
+        if code in self.state.audit_commands:
+            finish_without_sessions(self, spec, code, entities, handles, cmd.raw_params, out)
+        if result.handles:
+            return _response(cmd.tag, result.handles, out if tail is None else _U32.pack(len(out)) + out + tail)
+        if tail is None:  # _response, inline
+            size = HEADER_SIZE + len(out)
+            if size > MAX_RESPONSE_SIZE:
+                raise TpmError(RC.SIZE)
+            return _HEADER.pack(cmd.tag, size, 0) + out
+        size = HEADER_SIZE + 4 + len(out) + len(tail)
+        if size > MAX_RESPONSE_SIZE:
+            raise TpmError(RC.SIZE)
+        return _HEADER_PSIZE.pack(cmd.tag, size, 0, len(out)) + out + tail
+
+    def _resolved(self, resolvers: tuple[EntityResolver, ...], handles: list[int]) -> list[Entity]:
+        """``_entities`` with each handle's resolver known (a kept command's)."""
+        number = 0
+        try:
+            count = len(resolvers)
+            if count == 1:
+                return [resolvers[0](self, handles[0])]
+            if count == 2:  # NV_Read, NV_Write: the authorizing handle, then the index
+                first = resolvers[0](self, handles[0])
+                number = 1
+                return [first, resolvers[1](self, handles[1])]
+            entities = []
+            for number, resolver in enumerate(resolvers):
+                entities.append(resolver(self, handles[number]))
+            return entities
+        except TpmError as exc:
+            number += 1
+            if exc.rc == RC.REFERENCE_H0:
+                exc.rc = RC.REFERENCE_H0 + number - 1
+            elif not (exc.handle or exc.param or exc.session):
+                exc.handle = number
+            raise
 
     @property
     def dictionary_attack(self) -> DictionaryAttack:
@@ -311,6 +386,16 @@ class Tpm:
     def random(self, n: int) -> bytes:
         """``n`` bytes from the OS CSPRNG: the TPM's RNG for nonces, keys and GetRandom."""
         return os.urandom(n)  # what secrets.token_bytes returns, without its two extra calls
+
+
+_NO_ENTITIES: list[Entity] = []
+
+
+def _resolvers(handles: list[int]) -> tuple[EntityResolver, ...]:
+    """Each handle's entity resolver (all exist: ``_entities`` resolved the handles already)."""
+    if len(handles) == 1:
+        return (ENTITY_RESOLVERS[handles[0] >> 24],)
+    return tuple([ENTITY_RESOLVERS[handle >> 24] for handle in handles])
 
 
 def _one_password(sessions: list[Session], auth_handles: tuple[int, ...]) -> bool:

@@ -351,6 +351,40 @@ def test_password_short_path_matches_the_generic_authorization(clock: FakeClock,
     assert short_state == generic_state
 
 
+def test_kept_pcr_read_follows_a_new_allocation(clock: FakeClock) -> None:
+    """A PCR_Read and a PCR_Extend kept with what they derived from their parameters (Command.memo) work
+    on the PCR banks and allocation in force: after a TPM Reset, and after PCR_Allocate and a TPM Reset,
+    the same bytes do what a fresh parse does."""
+    read = wire.pcr_read([(ALG.SHA256, [1, 16]), (ALG.SHA1, [16])])
+    extend = wire.pcr_extend(16, [(ALG.SHA256, bytes(range(32)))])
+    engine = Tpm(TpmState.manufacture(), clock_ms=clock)
+    engine.execute(0, wire.STARTUP_CLEAR)
+    engine.execute(0, extend)
+    before = engine.execute(0, read)
+    assert engine.execute(0, read) == before and read in engine._parsed and extend in engine._parsed
+
+    def reset() -> None:
+        engine.execute(0, wire.SHUTDOWN_CLEAR)
+        engine.power_cycle()
+        engine.execute(0, wire.STARTUP_CLEAR)
+
+    reset()  # new PCR banks: the kept PCR_Read and PCR_Extend work on them
+    initial = Tpm(engine.state, clock_ms=clock)
+    initial.execute(0, wire.STARTUP_CLEAR)
+    assert engine.execute(0, read) == initial.execute(0, read) != before
+    engine.execute(0, extend)
+    assert engine.execute(0, read) == before
+    assert rc(engine.execute(0, wire.pcr_allocate({ALG.SHA256: [0, 1, 17], ALG.SHA1: list(range(24))}))) == RC.SUCCESS
+    reset()
+    engine.execute(0, extend)
+    after = engine.execute(0, read)
+    fresh = Tpm(engine.state, clock_ms=clock)
+    fresh.execute(0, wire.STARTUP_CLEAR)
+    fresh.execute(0, extend)
+    assert after == fresh.execute(0, read)
+    assert after != before and engine.execute(0, read) == after
+
+
 def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command whose bytes come again reuses their parse (engine.REPEATABLE): every response, and
     the state after the script, are what parsing every command anew gives, through errors before
@@ -372,6 +406,15 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
         (0, wire.nv_write(index, b"abcdefgh", offset=1)), (0, wire.SHUTDOWN_CLEAR), (0, read), (0, extend),
     ]
     script += [(0, wire.nv_read(index, 8, password=b"bad"))] * 4 + [(0, wire.nv_read(index, 8, password=b"pin"))] * 2
+    # the same shape (header, handles, sessions) with new parameters: only those are parsed anew
+    script += [(0, wire.STARTUP_CLEAR), *((0, wire.pcr_extend(16, [(ALG.SHA256, bytes([n]) * 32)])) for n in range(3)),
+               (3, wire.pcr_extend(16, [(ALG.SHA256, bytes(32))])), (0, wire.pcr_extend(16, [(ALG.SHA1, bytes(20))])),
+               (0, wire.pcr_extend(16, [(0x0099, bytes(32))])), (0, wire.pcr_read([(ALG.SHA256, [1, 2])])),
+               (0, wire.nv_read(index, 8, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 4, 2, auth_handle=RH.OWNER)),
+               (0, wire.nv_read(index, 4, 5, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 1000, auth_handle=RH.OWNER)),
+               (0, wire.get_random(4)), (0, wire.get_random(64)),
+               (0, wire.nv_undefine_space(index)), (0, wire.nv_read(index, 8, auth_handle=RH.OWNER)),
+               (0, wire.nv_read(index, 4, 2, auth_handle=RH.OWNER))]  # a kept NV_Read of an index gone
     manufactured = TpmState.manufacture().to_bytes()
 
     def run() -> tuple[list[bytes], dict[str, object], int]:
@@ -382,11 +425,12 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
         del state["commit_nonce"]  # drawn afresh at every Startup
         return responses, state, len(engine._parsed)
 
-    reused: list[int] = []
+    reused: list[bool] = []
     original = Tpm._execute_parsed
-    monkeypatch.setattr(Tpm, "_execute_parsed", lambda self, parsed: reused.append(1) or original(self, parsed))
+    monkeypatch.setattr(Tpm, "_execute_parsed", lambda self, parsed, parse=None: reused.append(parse is not None)
+                        or original(self, parsed, parse))
     cached_responses, cached_state, kept = run()
-    assert len(reused) >= 10 and kept >= 5
+    assert reused.count(False) >= 10 and reused.count(True) >= 8 and kept >= 1
     monkeypatch.setattr(engine_module, "REPEATABLE", frozenset())
     fresh_responses, fresh_state, none_kept = run()
     assert none_kept == 0

@@ -283,8 +283,11 @@ def nv_change_auth(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.NV_Read, handles=[NV_AUTH, NV_INDEX], params=[("size", U16), ("offset", U16)], response_tpm2b=True)
 def nv_read(tpm: Tpm, cmd: Command) -> Response:
     """TPM2_NV_Read (Part 3 31.13): read size bytes at an offset of a written index."""
-    index = nv_index(tpm, cmd.handles[1])
-    check_read_access(tpm, cmd, cmd.handles[0], index)
+    handles = cmd.handles
+    # The engine resolved the index a moment ago (nv_entity: it exists, its hierarchy is enabled) and
+    # checking the password changes neither: the index itself, without nv_index's checks again.
+    index = tpm.state.nv[handles[1]]
+    check_read_access(tpm, cmd, handles[0], index)
     params = cmd.params
     size, offset = params["size"], params["offset"]  # item access: no Python-level __getattr__
     data_size = index.data_size

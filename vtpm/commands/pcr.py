@@ -19,6 +19,8 @@ from vtpm.entities.pcr import (
     bank_mask,
     counts_update,
     extend,
+    extend_plan,
+    extend_planned,
     locality_bit,
 )
 from vtpm.errors import TpmError
@@ -40,6 +42,7 @@ DRTM_LOCALITY = 4  # digests per PCR_Read answer (TPML_DIGEST holds at most 8)
 _RH_NULL = int(RH.NULL)
 _U16, _U32 = struct.Struct(">H"), struct.Struct(">I")
 _SELECTION_HEAD = struct.Struct(">HB")  # TPMS_PCR_SELECTION: hash, sizeofSelect
+_EMPTY = Response()  # no handles, no parameters: one instance serves every such answer (the engine only reads it)
 
 
 @command(CC.PCR_SetAuthValue, handles=[handle_spec("pcrHandle", Auth.USER, types=[HT.PCR])],
@@ -92,9 +95,15 @@ def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
     handle = cmd.handles[0]
     if handle == _RH_NULL:
         return Response()
-    # item access: a Container's attribute access is a Python-level __getattr__ per field
-    extend(tpm, handle, [(entry["hashAlg"], entry["digest"]) for entry in cmd.params["digests"]])
-    return Response()
+    plan = cmd.memo  # kept with a kept command: what the extend does under the allocation it was made for
+    state = tpm.state
+    if (plan is None or plan[0] is not tpm.volatile.pcrs or plan[1] is not state.pcr_banks
+            or plan[2] is not state.pcr_partial):  # pcr.plan_current, inline
+        # item access: a Container's attribute access is a Python-level __getattr__ per field
+        plan = cmd.memo = extend_plan(tpm, handle, [(entry["hashAlg"], entry["digest"])
+                                                    for entry in cmd.params["digests"]])
+    extend_planned(tpm, handle, plan)
+    return _EMPTY
 
 
 @command(CC.PCR_Event, handles=[PCR_HANDLE], params=[("eventData", TPM2B_EVENT)])
@@ -130,27 +139,40 @@ def pcr_reset(tpm: Tpm, cmd: Command) -> Response:
 def pcr_read(tpm: Tpm, cmd: Command) -> Response:
     """TPM2_PCR_Read (Part 3 22.4): the values of the PCRs selected in allocated banks, the selection actually read and
     the update counter."""
-    volatile = tpm.volatile
+    volatile, state = tpm.volatile, tpm.state
     pcrs = volatile.pcrs
-    selections = cmd.params["pcrSelectionIn"]
-    # pcrUpdateCounter, then TPML_PCR_SELECTION (what was read) and TPML_DIGEST (the values), laid out directly
-    parts = [_U32.pack(volatile.pcr_update_counter), _U32.pack(len(selections))]
-    values: list[bytes] = []
+    memo = cmd.memo  # what the selection reads, for these PCR banks and this allocation
+    if memo is None or memo[0] is not pcrs or memo[1] is not state.pcr_banks or memo[2] is not state.pcr_partial:
+        memo = cmd.memo = (pcrs, state.pcr_banks, state.pcr_partial, *_read_plan(tpm, cmd.params["pcrSelectionIn"]))
+    picks = memo[4]
+    # pcrUpdateCounter, then TPML_PCR_SELECTION (what was read) and the TPML_DIGEST of the values
+    if len(picks) == 1:
+        values, index, prefix = picks[0]
+        return Response(_U32.pack(volatile.pcr_update_counter) + memo[3] + prefix + values[index])
+    return Response(_U32.pack(volatile.pcr_update_counter) + memo[3]
+                    + b"".join([prefix + values[index] for values, index, prefix in picks]))
+
+
+def _read_plan(tpm: Tpm, selections: list) -> tuple[bytes, list[tuple[list[bytes], int, bytes]]]:
+    """What PCR_Read answers for ``selections`` whatever the PCR values: the TPML_PCR_SELECTION of the PCRs
+    read and the TPML_DIGEST count, and which value goes where (bank's list, PCR number, size prefix)."""
+    pcrs = tpm.volatile.pcrs
+    layout = _U32.pack(len(selections))
+    picks: list[tuple[list[bytes], int, bytes]] = []
     for selection in selections:
         alg, select = selection["hash"], selection["pcrSelect"]
         bank = pcrs.get(alg)
         # the selected PCRs that are allocated, lowest first, until the answer holds MAX_PCR_READ digests
         wanted = int.from_bytes(select, "little") & bank_mask(tpm, alg) if bank is not None else 0
         out = 0
-        while wanted and len(values) < MAX_PCR_READ:
+        while wanted and len(picks) < MAX_PCR_READ:
             low = wanted & -wanted
             out |= low
-            values.append(bank[low.bit_length() - 1])
+            index = low.bit_length() - 1
+            picks.append((bank, index, _U16.pack(len(bank[index]))))
             wanted ^= low
-        parts.append(_SELECTION_HEAD.pack(alg, len(select)) + out.to_bytes(len(select), "little"))
-    parts.append(_U32.pack(len(values)))
-    parts.extend(_U16.pack(len(value)) + value for value in values)
-    return Response(b"".join(parts))
+        layout += _SELECTION_HEAD.pack(alg, len(select)) + out.to_bytes(len(select), "little")
+    return layout + _U32.pack(len(picks)), picks
 
 
 @command(

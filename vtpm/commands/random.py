@@ -18,10 +18,11 @@ if TYPE_CHECKING:
 def get_random(tpm: Tpm, cmd: Command) -> Response:
     """TPM2_GetRandom (Part 3 16.1): random bytes, at most one digest's worth (a larger request gets that)."""
     # The TPM returns at most one digest's worth (TPM2B_DIGEST), as the spec allows.
-    count = cmd.params["bytesRequested"]
-    if count > MAX_DIGEST:
-        count = MAX_DIGEST
-    return Response(count.to_bytes(2, "big") + tpm.random(count))  # TPM2B_DIGEST
+    memo = cmd.memo  # the count and its size field, kept with a kept command
+    if memo is None:
+        count = min(cmd.params["bytesRequested"], MAX_DIGEST)
+        memo = cmd.memo = (count, count.to_bytes(2, "big"))
+    return Response(memo[1] + tpm.random(memo[0]))  # TPM2B_DIGEST
 
 
 @command(CC.StirRandom, params=[("inData", Tpm2b(128))])

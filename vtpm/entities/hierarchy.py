@@ -14,7 +14,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from vtpm.constants import HT, RC, RH
-from vtpm.core import Entity, cached_entity, entity_resolver, remember_entity
+from vtpm.core import Entity, entity_resolver, remember_entity
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32, OneOf
 from vtpm.state import PROOF_SIZE, SEED_SIZE, Hierarchy
@@ -132,8 +132,17 @@ def _getter(path: str) -> attrgetter | None:
     return attrgetter(path) if path else None
 
 
-# Per permanent handle of the table: getters of its enable flag, authValue and stored record, made once.
-_ENTITY_GETTERS = {handle: (_getter(row.enabled), _getter(row.auth), _getter(row.stored))
+def _auth_getter(row: HierarchyRow) -> attrgetter | None:
+    """The authValue's getter from the stored record when it lives there (all but the platform's)."""
+    if row.auth and row.stored and row.auth == row.stored + ".auth":
+        return attrgetter("auth")
+    return _getter(row.auth)
+
+
+# Per permanent handle of the table: getters of its enable flag, authValue (from the Tpm, or from the
+# stored record when it lives there: one attribute instead of a path) and stored record, made once.
+_ENTITY_GETTERS = {handle: (_getter(row.enabled), _auth_getter(row), _getter(row.stored),
+                            bool(row.auth) and row.auth == row.stored + ".auth")
                    for handle, row in HIERARCHIES.items()}
 
 
@@ -144,17 +153,19 @@ def permanent_entity(tpm: Tpm, handle: int) -> Entity:
     getters = _ENTITY_GETTERS.get(handle)
     if getters is None:  # not a hierarchy: always enabled, no authValue
         return _NO_AUTH
-    enabled, auth, stored = getters
+    enabled, auth, stored, in_record = getters
     if enabled is not None and not enabled(tpm):
         raise TpmError(RC.HIERARCHY)
     if auth is None or stored is None:
         return _NO_AUTH
     record = stored(tpm)
-    value = auth(tpm)
+    value = auth(record if in_record else tpm)
+    hit = tpm.entity_cache.get(handle)
+    if hit is not None:  # cached_entity, inline and without building the tuple of parts first
+        kept = hit[0]
+        if kept[0] is value and kept[1] is record.policy and kept[2] is record.policy_alg:
+            return hit[1]
     parts = (value, record.policy, record.policy_alg)
-    entity = cached_entity(tpm, handle, parts)
-    if entity is not None:
-        return entity
     lockout = handle == _LOCKOUT  # only lockoutAuth is protected against dictionary attacks
     return remember_entity(tpm, handle, parts, Entity(value, da_protected=lockout, is_lockout=lockout,
                                                       auth_policy=record.policy, auth_policy_alg=record.policy_alg))

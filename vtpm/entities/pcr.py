@@ -4,6 +4,7 @@ selection, and the PCR entity resolver. The PCR commands are in vtpm.commands.pc
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,19 +102,36 @@ def extend(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> None:
 
     Each bank extended counts once in pcrUpdateCounter, as the reference implementation does.
     """
-    attributes = PCR_ATTRIBUTES[index]
-    if not attributes.extend_localities & locality_bit(tpm.locality):
-        raise TpmError(RC.LOCALITY)
-    volatile = tpm.volatile
-    pcrs = volatile.pcrs
-    counts = counts_update(index)
+    extend_planned(tpm, index, extend_plan(tpm, index, digests))
+
+
+ExtendPlan = tuple[object, object, object, list[tuple[list[bytes], Callable[[bytes], Any], bytes]]]
+
+
+def extend_plan(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> ExtendPlan:
+    """What an extend of PCR ``index`` with ``digests`` does under the allocation in force: for each
+    allocated bank named, its values, its hash constructor and the digest. The plan holds the
+    objects it was made from (the PCR banks, the allocation): a kept plan is current while they are the
+    objects in force (each is replaced, never changed in place)."""
+    pcrs, state = tpm.volatile.pcrs, tpm.state
+    steps = []
     for bank, value in digests:
         values = pcrs.get(bank)
-        if values is None or not bank_mask(tpm, bank) >> index & 1:
-            continue
-        values[index] = _HASH_NEW[bank](values[index] + value).digest()
-        if counts:
-            volatile.pcr_update_counter += 1
+        if values is not None and bank_mask(tpm, bank) >> index & 1:
+            steps.append((values, _HASH_NEW[bank], value))
+    return pcrs, state.pcr_banks, state.pcr_partial, steps
+
+
+def extend_planned(tpm: Tpm, index: int, plan: ExtendPlan) -> None:
+    """``extend`` with its plan made (``extend_plan``): the locality check, then each step."""
+    locality = tpm.locality
+    if locality >= 5 or not PCR_ATTRIBUTES[index].extend_localities >> locality & 1:  # locality_bit, inline
+        raise TpmError(RC.LOCALITY)
+    steps = plan[3]
+    for values, new, value in steps:
+        values[index] = new(values[index] + value).digest()
+    if steps and index not in NO_INCREMENT:  # counts_update, inline: once per bank extended
+        tpm.volatile.pcr_update_counter += len(steps)
 
 
 # hashlib's named constructors by bank: a PCR_Extend hashes old value || digest once per bank.

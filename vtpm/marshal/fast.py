@@ -28,6 +28,7 @@ from vtpm.marshal.structures import PCR_SELECT_MAX, PCR_SELECT_MIN, PcrSelectByt
 
 Reader = Callable[[bytes, int], tuple[Any, int]]
 DIGEST_SIZES = {alg: info.size for alg, info in HASHES.items()}
+_ALG_NULL = int(ALG.NULL)  # a plain int: an enum member costs a class attribute lookup per read
 
 
 def _short() -> cs.StreamError:
@@ -122,6 +123,33 @@ def _counted(count: Reader, element: Reader) -> Reader:
     return read
 
 
+def _counted_ha(count: Reader, allow_null: bool) -> Reader:
+    """A TPML of TPMT_HA (TPML_DIGEST_VALUES: every PCR_Extend): ``_tpmt_ha`` read in the list's loop."""
+    def read(data: bytes, pos: int) -> tuple[cs.ListContainer, int]:
+        n, pos = count(data, pos)
+        items = cs.ListContainer()
+        length = len(data)
+        for _ in range(n):
+            start = pos + 2
+            if start > length:
+                raise _short()
+            alg = (data[pos] << 8) | data[pos + 1]
+            if alg == _ALG_NULL and allow_null:
+                items.append(cs.Container(hashAlg=alg, digest=b""))
+                pos = start
+                continue
+            size = DIGEST_SIZES.get(alg)
+            if size is None:
+                raise TpmError(RC.HASH)
+            pos = start + size
+            if pos > length:
+                raise _short()
+            items.append(cs.Container(hashAlg=alg, digest=data[start:pos]))
+        return items, pos
+
+    return read
+
+
 def _struct(fields: list[tuple[str, Reader]]) -> Reader:
     def read(data: bytes, pos: int) -> tuple[cs.Container, int]:
         obj = cs.Container()
@@ -150,7 +178,7 @@ def _tpmt_ha(allow_null: bool) -> Reader:
         if start > len(data):
             raise _short()
         alg = (data[pos] << 8) | data[pos + 1]
-        if alg == ALG.NULL and allow_null:
+        if alg == _ALG_NULL and allow_null:
             return cs.Container(hashAlg=alg, digest=b""), start
         size = DIGEST_SIZES.get(alg)
         if size is None:
@@ -229,6 +257,8 @@ def compile_reader(construct: cs.Construct) -> Reader | None:
     parts = _counted_parts(construct)
     if parts is not None:
         count = compile_reader(parts[0])
+        if count is not None and isinstance(parts[1], TpmtHa):
+            return _counted_ha(count, parts[1].allow_null)
         if count is not None and isinstance(parts[1], cs.Struct):
             fields = _struct_fields(parts[1])
             return _counted_structs(count, fields) if fields is not None else None

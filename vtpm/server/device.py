@@ -56,11 +56,12 @@ class TpmDevice:
             if self.storage is not None and not self.storage.ensure_locked():
                 self.shutdown()  # another server owns the state now (swtpm ends in this case too)
                 return FAILURE_RESPONSE
-            length = len(command)
-            if length > self.buffer_size:
+            if len(command) > self.buffer_size:
                 return wire.error_response(RC.COMMAND_SIZE)
-            if length >= wire.HEADER_SIZE:
+            try:
                 self.last_command = _CODE.unpack_from(command, 6)[0]
+            except struct.error:  # shorter than a header: the engine answers TPM_RC_COMMAND_SIZE
+                pass
             return self.tpm.execute(self.locality if locality is None else locality, command)
 
     def _orderly_stop(self) -> None:

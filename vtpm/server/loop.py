@@ -10,7 +10,9 @@ The persistence seam: a command's response is not written at once. Each
 loop iteration executes every command that became complete, collects the
 answers as ``Reply`` objects, calls the loop's ``commit`` hook once with all
 of them, and only then sends them. The default hook does nothing (a
-``Tpm.execute`` that saves its own state); `vtpm host` passes its journal
+``Tpm.execute`` that saves its own state): with it, a data connection that
+reads one whole command with nothing else held answers it at once, without a
+``Reply`` (the common case, and the shortest path); `vtpm host` passes its journal
 group's commit: every vTPM dirtied in the iteration has staged one journal
 record, the hook writes and syncs them in one round (``JournalGroup.commit``)
 and, where that fails, replaces the replies of the vTPMs concerned with
@@ -204,6 +206,39 @@ class DataConnection(Connection):
         super().__init__(loop, sock)
         self.device = device
         self.drop_after_reply = False
+
+    def on_readable(self) -> None:
+        """Read what arrived; the usual case (one whole command, nothing held or pending, the default commit
+        hook) is executed and answered at once, without a queued ``Reply``; anything else is buffered and
+        goes through ``process`` and the loop's commit seam."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        loop = self.loop
+        if (loop.commit is no_commit and not self.inbuf and not self.outbuf and not self.drop_after_reply
+                and len(data) >= HEADER_SIZE and (data[2] << 24 | data[3] << 16 | data[4] << 8 | data[5]) == len(data)):
+            self._partial_deadline = False
+            try:
+                device = self.device()
+            except Exception as exc:  # the state cannot be loaded: the client gets a TPM failure
+                log.error("vTPM state not available: %s", exc)
+                self.write(wire.error_response(RC.FAILURE))
+            else:
+                self.write(device.execute(data))
+            if self.deadline is not None or loop.idle_timeout is not None:
+                self.rearm()
+            return
+        self.inbuf += data
+        self.process()
+        if self.holds_partial() or self.deadline is not None or loop.idle_timeout is not None:
+            self.rearm()
 
     def process(self) -> None:
         """Run every complete command in the buffer on the device and queue its response; a size field out
