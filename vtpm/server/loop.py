@@ -102,16 +102,27 @@ class Connection:
 
     def on_readable(self) -> None:
         """Read what arrived and process complete requests; a closed peer or a read error closes it."""
+        data = self.read()
+        if data is not None:
+            self.take(data)
+
+    def read(self) -> bytes | None:
+        """One non-blocking ``receive``; None when nothing came, or when the peer closed or the read
+        failed (the connection is then closed)."""
         try:
             data = self.receive()
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             self.close()
-            return
+            return None
         if not data:
             self.close()
-            return
+            return None
+        return data
+
+    def take(self, data: bytes) -> None:
+        """Buffer ``data``, process the complete requests, and set the deadline the rest needs."""
         self.inbuf += data
         self.process()
         if self.holds_partial() or self.deadline is not None or self.loop.idle_timeout is not None:
@@ -211,34 +222,28 @@ class DataConnection(Connection):
         """Read what arrived; the usual case (one whole command, nothing held or pending, the default commit
         hook) is executed and answered at once, without a queued ``Reply``; anything else is buffered and
         goes through ``process`` and the loop's commit seam."""
-        try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self.close()
-            return
-        if not data:
-            self.close()
+        data = self.read()
+        if data is None:
             return
         loop = self.loop
         if (loop.commit is no_commit and not self.inbuf and not self.outbuf and not self.drop_after_reply
                 and len(data) >= HEADER_SIZE and (data[2] << 24 | data[3] << 16 | data[4] << 8 | data[5]) == len(data)):
             self._partial_deadline = False
-            try:
-                device = self.device()
-            except Exception as exc:  # the state cannot be loaded: the client gets a TPM failure
-                log.error("vTPM state not available: %s", exc)
-                self.write(wire.error_response(RC.FAILURE))
-            else:
-                self.write(device.execute(data))
+            self.write(self._execute(data)[0])
             if self.deadline is not None or loop.idle_timeout is not None:
                 self.rearm()
             return
-        self.inbuf += data
-        self.process()
-        if self.holds_partial() or self.deadline is not None or loop.idle_timeout is not None:
-            self.rearm()
+        self.take(data)
+
+    def _execute(self, command: bytes) -> tuple[bytes, TpmDevice | None]:
+        """The response to ``command`` and the device that ran it; TPM_RC_FAILURE (no device) when the
+        vTPM's state cannot be loaded."""
+        try:
+            device = self.device()
+        except Exception as exc:
+            log.error("vTPM state not available: %s", exc)
+            return wire.error_response(RC.FAILURE), None
+        return device.execute(command), device
 
     def process(self) -> None:
         """Run every complete command in the buffer on the device and queue its response; a size field out
@@ -261,13 +266,8 @@ class DataConnection(Connection):
                 command = bytes(buf[:size])
                 del buf[:size]
             self._partial_deadline = False  # the next command gets its own deadline
-            try:
-                device = self.device()
-            except Exception as exc:  # the state cannot be loaded: the client gets a TPM failure
-                log.error("vTPM state not available: %s", exc)
-                self.loop.reply(Reply(self, wire.error_response(RC.FAILURE)))
-                continue
-            self.loop.reply(Reply(self, device.execute(command), device))
+            response, device = self._execute(command)
+            self.loop.reply(Reply(self, response, device))
 
 
 class ControlConnection(Connection):
