@@ -58,7 +58,6 @@ from vtpm.state import TpmState, Volatile
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">HII")  # tag, commandSize, commandCode
-_HEADER_PSIZE = struct.Struct(">HIII")  # a response header and parameterSize (tag TPM_ST_SESSIONS)
 _U32 = struct.Struct(">I")
 # Enum members looked up on every command cost a class attribute lookup each: plain ints instead.
 _SESSIONS, _NO_SESSIONS = int(ST.SESSIONS), int(ST.NO_SESSIONS)
@@ -298,19 +297,20 @@ class Tpm:
             try:
                 entities.append(resolver(self, handle))
             except TpmError as exc:
-                if exc.rc == RC.REFERENCE_H0:
-                    exc.rc = RC.REFERENCE_H0 + number - 1
-                elif not (exc.handle or exc.param or exc.session):
-                    exc.handle = number
-                raise
+                raise _at_handle(exc, number)
         return entities
 
-    def _remember(self, data: bytes, params_at: int, parsed: _Parsed) -> None:
-        """Keep a command parsed by its bytes, and its shape by the bytes before its parameters."""
-        cache, shapes = self._parsed, self._shapes
+    def _keep(self, data: bytes, parsed: _Parsed) -> None:
+        """Keep a command parsed by its bytes (PARSED_ENTRIES of them, then the cache starts over)."""
+        cache = self._parsed
         if len(cache) >= PARSED_ENTRIES:
             cache.clear()
         cache[data] = parsed
+
+    def _remember(self, data: bytes, params_at: int, parsed: _Parsed) -> None:
+        """Keep a command parsed by its bytes, and its shape by the bytes before its parameters."""
+        self._keep(data, parsed)
+        shapes = self._shapes
         if len(shapes) >= PARSED_ENTRIES:
             shapes.clear()
         spec, code, cmd, resolvers, password, tail = parsed
@@ -333,27 +333,11 @@ class Tpm:
             authorize_password(self, code, handles[index], hspec, entities[index], value)
         if parse is not None:
             cmd.params = _parse_params(spec, cmd.raw_params)
-            cache = self._parsed
-            if len(cache) >= PARSED_ENTRIES:
-                cache.clear()
-            cache[parse] = parsed
+            self._keep(parse, parsed)  # as long as the kept command: the shape holds commandSize
         result = spec.handler(self, cmd)
         out = result.params
-        if spec.allow_sessions:
-            volatile.exclusive_audit_session = None  # finish_without_sessions, inline
-        if code in self.state.audit_commands:
-            finish_without_sessions(self, spec, code, entities, handles, cmd.raw_params, out)
-        if result.handles:
-            return _response(cmd.tag, result.handles, out if tail is None else _U32.pack(len(out)) + out + tail)
-        if tail is None:  # _response, inline
-            size = HEADER_SIZE + len(out)
-            if size > MAX_RESPONSE_SIZE:
-                raise TpmError(RC.SIZE)
-            return _HEADER.pack(cmd.tag, size, 0) + out
-        size = HEADER_SIZE + 4 + len(out) + len(tail)
-        if size > MAX_RESPONSE_SIZE:
-            raise TpmError(RC.SIZE)
-        return _HEADER_PSIZE.pack(cmd.tag, size, 0, len(out)) + out + tail
+        finish_without_sessions(self, spec, code, entities, handles, cmd.raw_params, out)
+        return _response(cmd.tag, result.handles, out if tail is None else _U32.pack(len(out)) + out + tail)
 
     def _resolved(self, resolvers: tuple[EntityResolver, ...], handles: list[int]) -> list[Entity]:
         """``_entities`` with each handle's resolver known (a kept command's)."""
@@ -371,12 +355,7 @@ class Tpm:
                 entities.append(resolver(self, handles[number]))
             return entities
         except TpmError as exc:
-            number += 1
-            if exc.rc == RC.REFERENCE_H0:
-                exc.rc = RC.REFERENCE_H0 + number - 1
-            elif not (exc.handle or exc.param or exc.session):
-                exc.handle = number
-            raise
+            raise _at_handle(exc, number + 1)
 
     @property
     def dictionary_attack(self) -> DictionaryAttack:
@@ -389,6 +368,16 @@ class Tpm:
 
 
 _NO_ENTITIES: list[Entity] = []
+
+
+def _at_handle(exc: TpmError, number: int) -> TpmError:
+    """A resolver's error for handle ``number`` (1-based): TPM_RC_REFERENCE_H0 becomes that handle's
+    reference code; an error that names no handle, parameter or session names this handle."""
+    if exc.rc == RC.REFERENCE_H0:
+        exc.rc = RC.REFERENCE_H0 + number - 1
+    elif not (exc.handle or exc.param or exc.session):
+        exc.handle = number
+    return exc
 
 
 def _resolvers(handles: list[int]) -> tuple[EntityResolver, ...]:

@@ -438,3 +438,21 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
     assert cached_responses == fresh_responses
     assert cached_state == fresh_state
     assert rc(cached_responses[0]) == RC.INITIALIZE and rc(cached_responses[1]) == RC.INITIALIZE
+
+
+def test_a_command_matched_by_shape_is_kept_only_within_the_size_bound(clock: FakeClock) -> None:
+    """A command longer than PARSED_MAX_BYTES is never kept, not even through the shape of a shorter
+    kept command with the same handles and session: a shape holds the header, commandSize included,
+    so only a command as long as the kept one matches it."""
+    index = 0x01000321
+    engine = Tpm(TpmState.manufacture(), clock_ms=clock)
+    engine.execute(0, wire.STARTUP_CLEAR)
+    attributes = TPMA_NV.OWNERREAD | TPMA_NV.OWNERWRITE
+    assert rc(engine.execute(0, wire.nv_define_space(index, attributes, 512))) == RC.SUCCESS
+    small, large = wire.nv_write(index, b"s" * 8, auth_handle=RH.OWNER), wire.nv_write(index, b"L" * 400,
+                                                                                      auth_handle=RH.OWNER)
+    assert len(small) <= engine_module.PARSED_MAX_BYTES < len(large)
+    assert rc(engine.execute(0, small)) == RC.SUCCESS and small in engine._parsed
+    assert rc(engine.execute(0, large)) == RC.SUCCESS and large not in engine._parsed
+    read = engine.execute(0, wire.nv_read(index, 400, auth_handle=RH.OWNER))
+    assert rc(read) == RC.SUCCESS and b"L" * 400 in read

@@ -124,13 +124,12 @@ def extend_plan(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> Exten
 
 def extend_planned(tpm: Tpm, index: int, plan: ExtendPlan) -> None:
     """``extend`` with its plan made (``extend_plan``): the locality check, then each step."""
-    locality = tpm.locality
-    if locality >= 5 or not PCR_ATTRIBUTES[index].extend_localities >> locality & 1:  # locality_bit, inline
+    if not PCR_ATTRIBUTES[index].extend_localities & locality_bit(tpm.locality):
         raise TpmError(RC.LOCALITY)
     steps = plan[3]
     for values, new, value in steps:
         values[index] = new(values[index] + value).digest()
-    if steps and index not in NO_INCREMENT:  # counts_update, inline: once per bank extended
+    if steps and counts_update(index):  # once per bank extended
         tpm.volatile.pcr_update_counter += len(steps)
 
 
