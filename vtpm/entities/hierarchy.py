@@ -14,7 +14,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from vtpm.constants import HT, RC, RH
-from vtpm.core import Entity, cached_entity, entity_resolver, remember_entity
+from vtpm.core import Entity, entity_resolver, remember_entity
 from vtpm.errors import TpmError
 from vtpm.marshal.primitives import U32, OneOf
 from vtpm.state import PROOF_SIZE, SEED_SIZE, Hierarchy
@@ -160,10 +160,12 @@ def permanent_entity(tpm: Tpm, handle: int) -> Entity:
         return _NO_AUTH
     record = stored(tpm)
     value = auth(record if in_record else tpm)
+    hit = tpm.entity_cache.get(handle)
+    if hit is not None:  # cached_entity's check, written out: every owner-authorized command passes here
+        kept = hit[0]
+        if kept[0] is value and kept[1] is record.policy and kept[2] is record.policy_alg:
+            return hit[1]
     parts = (value, record.policy, record.policy_alg)
-    entity = cached_entity(tpm, handle, parts)
-    if entity is not None:
-        return entity
     lockout = handle == _LOCKOUT  # only lockoutAuth is protected against dictionary attacks
     return remember_entity(tpm, handle, parts, Entity(value, da_protected=lockout, is_lockout=lockout,
                                                       auth_policy=record.policy, auth_policy_alg=record.policy_alg))

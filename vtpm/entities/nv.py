@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vtpm.constants import CC, HT, NT, RC, RH, TPMA_NV
-from vtpm.core import Command, Entity, cached_entity, entity_resolver, remember_entity
+from vtpm.core import Command, Entity, entity_resolver, remember_entity
 from vtpm.crypto import digest
 from vtpm.errors import TpmError
 from vtpm.state import NvIndex
@@ -123,11 +123,14 @@ def nv_entity(tpm: Tpm, handle: int) -> Entity:
     """The authorization entity of an NV index: its authValue and authPolicy, with its read and write rules for
     authorizations that are allowed."""
     index = nv_index(tpm, handle)
+    hit = tpm.entity_cache.get(handle)
+    if hit is not None:  # cached_entity's check, written out: every NV command resolves its index here
+        kept = hit[0]    # (docs/architecture.md: what calling it costs)
+        if (kept[0] is index and kept[1] is index.auth_value and kept[2] is index.attributes
+                and kept[3] is index.auth_policy and kept[4] is index.name_alg and kept[5] is index.data_size):
+            return hit[1]
     # what the entity holds by value, and the index its callbacks read
     parts = (index, index.auth_value, index.attributes, index.auth_policy, index.name_alg, index.data_size)
-    entity = cached_entity(tpm, handle, parts)
-    if entity is not None:
-        return entity
     return remember_entity(tpm, handle, parts, Entity(
         index.auth_value,
         da_protected=not int(index.attributes) & _NO_DA,
