@@ -44,7 +44,9 @@ _NOT_WRITABLE = frozenset({int(NT.COUNTER), int(NT.BITS), int(NT.EXTEND)})
 
 def _set_written(tpm: Tpm, index: NvIndex, data: bytes) -> None:
     index.data = data
-    index.attributes = int(index.attributes) | _WRITTEN  # a plain int: IntFlag arithmetic is slow
+    attributes = index.attributes
+    if not attributes & _WRITTEN:  # set once: the same attributes object keeps the index's entity cached
+        index.attributes = int(attributes) | _WRITTEN  # a plain int: IntFlag arithmetic is slow
     tpm.mark_nv_dirty(index.index)
 
 
