@@ -415,6 +415,19 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
                (0, wire.get_random(4)), (0, wire.get_random(64)),
                (0, wire.nv_undefine_space(index)), (0, wire.nv_read(index, 8, auth_handle=RH.OWNER)),
                (0, wire.nv_read(index, 4, 2, auth_handle=RH.OWNER))]  # a kept NV_Read of an index gone
+    # a kept NV_Read keeps its answer (Command.memo) only while the index, its data and attributes stand
+    locked = 0x01000321
+    read_locked = wire.nv_read(locked, 4, auth_handle=RH.OWNER)
+    owner = wire.password_session()
+    script += [(0, wire.nv_define_space(locked, TPMA_NV.OWNERREAD | TPMA_NV.OWNERWRITE | TPMA_NV.READ_STCLEAR, 4)),
+               (0, wire.nv_write(locked, b"wxyz", auth_handle=RH.OWNER)), (0, read_locked), (0, read_locked),
+               (0, wire.nv_write(locked, b"WXYZ", auth_handle=RH.OWNER)), (0, read_locked),
+               (0, wire.build_command(CC.NV_ReadLock, [RH.OWNER, locked], sessions=owner)), (0, read_locked),
+               (0, wire.nv_undefine_space(locked)),
+               (0, wire.nv_define_space(locked, TPMA_NV.OWNERREAD | TPMA_NV.OWNERWRITE, 4)),
+               (0, wire.nv_write(locked, b"4321", auth_handle=RH.OWNER)), (0, read_locked),
+               (0, wire.build_command(CC.HierarchyControl, [RH.OWNER], struct.pack(">IB", RH.OWNER, 0), owner)),
+               (0, read_locked)]
     manufactured = TpmState.manufacture().to_bytes()
 
     def run() -> tuple[list[bytes], dict[str, object], int]:
@@ -438,6 +451,10 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
     assert cached_responses == fresh_responses
     assert cached_state == fresh_state
     assert rc(cached_responses[0]) == RC.INITIALIZE and rc(cached_responses[1]) == RC.INITIALIZE
+    answers = [r for (_, command), r in zip(script, cached_responses) if command == read_locked]
+    data = [wire.parse_response(r).parameters()[2:] if rc(r) == RC.SUCCESS else rc(r) for r in answers]
+    # locked until the next Startup(CLEAR); redefined; then its hierarchy disabled (handle 1: TPM_RC_1 = 0x100)
+    assert data == [b"wxyz", b"wxyz", b"WXYZ", RC.NV_LOCKED, b"4321", RC.HIERARCHY + 0x100]
 
 
 def test_a_command_matched_by_shape_is_kept_only_within_the_size_bound(clock: FakeClock) -> None:

@@ -289,6 +289,9 @@ def nv_read(tpm: Tpm, cmd: Command) -> Response:
     # The engine resolved the index a moment ago (nv_entity: it exists, its hierarchy is enabled) and
     # checking the password changes neither: the index itself, without nv_index's checks again.
     index = tpm.state.nv[handles[1]]
+    memo = cmd.memo  # a kept command's answer, while the index, its data and its attributes are those objects
+    if memo is not None and memo[0] is index and memo[1] is index.data and memo[2] is index.attributes:
+        return Response(memo[3])
     check_read_access(tpm, cmd, handles[0], index)
     params = cmd.params
     size, offset = params["size"], params["offset"]  # item access: no Python-level __getattr__
@@ -300,7 +303,11 @@ def nv_read(tpm: Tpm, cmd: Command) -> Response:
     if offset + size > data_size:
         raise TpmError(RC.NV_RANGE)
     data = index.data[offset : offset + size]  # at most MAX_NV_BUFFER_SIZE: a TPM2B_MAX_NV_BUFFER
-    return Response(len(data).to_bytes(2, "big") + data)
+    out = len(data).to_bytes(2, "big") + data
+    # the answer depends on nothing else: the handles and parameters are the command's, the data size
+    # and name are fixed for an index object, data and attributes are replaced, never changed in place
+    cmd.memo = (index, index.data, index.attributes, out)
+    return Response(out)
 
 
 @command(CC.NV_ReadLock, handles=[NV_AUTH, NV_INDEX])
