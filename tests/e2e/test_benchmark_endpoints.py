@@ -21,10 +21,12 @@ def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_side_by_side_benchmark_listens_where_told(tmp_path: Path) -> None:
     require_swtpm()
     port, work = free_port_pair(), tmp_path / "bench"
-    done = _bench("vtpm_vs_swtpm.py", "--rounds", "3", "--warmup", "0", "--cold-rounds", "1", "--floor-rounds", "1",
+    done = _bench("vtpm_vs_swtpm.py", "--rounds", "3", "--warmup", "0", "--cold-rounds", "1",
                   "--port-base", str(port), "--dir", str(work))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1].startswith("ratio: ")
+    assert "NV_Write ours / durable floor: " in done.stdout  # the floor took its turns in the NV_Write rounds
+    assert not (work / "vtpm-state" / ".fdatasync-floor").exists()
     assert f"serving on swtpm tcp 127.0.0.1:{port} (ctrl {port + 1})" in (work / "vtpm.log").read_text()
     assert (work / "swtpm-state").is_dir()  # the reference's state is kept with it
 
@@ -38,3 +40,19 @@ def test_migration_benchmark_puts_its_unix_sockets_in_dir(tmp_path: Path) -> Non
     done = _bench("migration_vs_swtpm.py", "--rounds", "1", "--dir", str(work))
     assert done.returncode == 0, done.stderr
     assert {p.name for p in work.glob("*.log")} >= {"vtpm-a.log", "vtpm-b.log", "swtpm-a.log", "swtpm-b.log"}
+
+
+def test_journal_benchmark_times_the_durable_echo_floor_beside_the_served_write(tmp_path: Path) -> None:
+    """The acceptance pass of journal_latency.py: reference, durable echo, served NV_Write and swtpm in the
+    same rounds, each a real process; every kind printed with its ratio, the last line the served one."""
+    require_swtpm()
+    done = _bench("journal_latency.py", "--rounds", "3", "--warmup", "1", "--dir", str(tmp_path),
+                  "--port-base", str(free_port_pair()))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    acceptance = lines[lines.index("acceptance pass (like for like):") + 2:][:4]
+    assert [line.split()[0] for line in acceptance] == ["fdatasync", "durable", "served", "swtpm"]
+    assert float(acceptance[0].split()[-1]) == 1.0
+    assert any(line.startswith("durable echo ratio (the socket's floor): ") for line in lines)
+    assert lines[-1].startswith("ratio: ") and float(lines[-1].split()[-1]) > 0
+    assert not list(tmp_path.iterdir())  # the temporary directory inside --dir is gone

@@ -251,6 +251,17 @@ def start_vtpm(args: Sequence[str | os.PathLike[str]], log: Path, protocol: str 
     return _launch("vtpm", argv, log, _logged_serving, protocol=protocol, port=port, env=env, timeout=timeout)
 
 
+def start_durable_echo(directory: Path, log: Path) -> TpmServer:
+    """``benchmarks/durable_echo_server.py``: one pwrite + fdatasync per command, a fixed answer (the floor
+    under a served durable write), its file in ``directory``."""
+    script = REPO_ROOT / "benchmarks" / "durable_echo_server.py"
+
+    def argv(chosen: int) -> list[str]:
+        return [sys.executable, str(script), "--port", str(chosen), "--file", str(directory / "durable-echo.bin")]
+
+    return _launch("durable echo", argv, log, _logged_serving)
+
+
 # ----------------------------------------------------------------------------- swtpm
 
 
