@@ -276,6 +276,7 @@ class VtpmHost:
         self.group = JournalGroup()
         self.loop = Loop(idle_timeout=idle_timeout, commit=self.commit)
         self.vtpms: dict[str, HostedVtpm] = {}
+        self._by_journal: dict[JournaledStore, HostedVtpm] = {}  # whose journal it is (a commit's dirty stores)
         self.idle_fold_seconds = IDLE_FOLD_SECONDS
         self._lock_fd: int | None = None
         self._control = None
@@ -396,6 +397,7 @@ class VtpmHost:
                 hosted.take_lock()
             if hasattr(store, "journal_binding"):
                 hosted.journal_with(self.group.add(JournaledStore(store)))  # type: ignore[arg-type]
+                self._by_journal[hosted.journaled] = hosted  # type: ignore[index]
             hosted.endpoints = SwtpmEndpoints(self.loop, hosted.device, request.endpoints,
                                               on_terminate=hosted.terminate)
         except BaseException:
@@ -418,14 +420,18 @@ class VtpmHost:
     def _close(self, hosted: HostedVtpm) -> str | None:
         if hosted.journaled is not None:
             self.group.discard(hosted.journaled)  # its close folds the whole state, pending records included
+            self._by_journal.pop(hosted.journaled, None)
         return hosted.close()
 
     def commit(self, replies: list[Reply]) -> None:
         """The loop's commit hook: send the replies of vTPMs with nothing to commit, then write and
         sync every dirty journal at once; the replies of a vTPM whose commit failed become
         NV_UNAVAILABLE (and it drops its state, see ``HostedVtpm.commit_failed``)."""
-        dirty = {id(h.loaded) for h in self.vtpms.values()
-                 if h.loaded is not None and h.journaled is not None and h.journaled.pending}
+        dirty = set()
+        for store in self.group.pending_stores():  # the vTPMs changed in this iteration, not all of them
+            hosted = self._by_journal.get(store)
+            if hosted is not None and hosted.loaded is not None:
+                dirty.add(id(hosted.loaded))
         if not dirty:
             return
         waiting = []
@@ -442,8 +448,9 @@ class VtpmHost:
         except GroupCommitError as exc:
             log.error("%s", exc)
             failed_devices = set()
-            for hosted in self.vtpms.values():
-                if hosted.journaled is not None and hosted.journaled in exc.failed:
+            for store in exc.failed:
+                hosted = self._by_journal.get(store)
+                if hosted is not None:
                     failed_devices.add(id(hosted.loaded))
                     hosted.commit_failed()
             failed = wire.error_response(RC.NV_UNAVAILABLE)

@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,6 +257,8 @@ class JournaledStore:
                           else _PositionRecorder(self.binding.positions, record_interval))
         self.folds = 0
         self.syncs = 0
+        # called with this store when a deferred record starts waiting (its group's list of dirty stores)
+        self.on_pending: Callable[[JournaledStore], None] | None = None
 
     # ------------------------------------------------------------------ StateStore
 
@@ -330,6 +332,8 @@ class JournaledStore:
         self._last_change = time.monotonic()
         if not self.deferred:
             self.commit()
+        elif len(self._pending) == 1 and self.on_pending is not None:
+            self.on_pending(self)
 
     @property
     def pending(self) -> bool:
@@ -506,6 +510,9 @@ class JournalGroup:
 
     def __init__(self, *, parallel: bool = True, max_threads: int = 16) -> None:
         self._stores: list[JournaledStore] = []
+        # the stores whose records wait, in the order they started to: a commit visits these, not every
+        # store of a host serving a thousand vTPMs
+        self._dirty: dict[JournaledStore, None] = {}
         self._parallel = parallel
         self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="journal-sync") if parallel else None
         self.rounds = 0
@@ -514,27 +521,42 @@ class JournalGroup:
     def add(self, store: JournaledStore) -> JournaledStore:
         """Put ``store`` in deferred mode: its records wait for ``commit``; returned for chaining."""
         store.deferred = True
+        store.on_pending = self._note_pending
         self._stores.append(store)
+        if store.pending:
+            self._note_pending(store)
         return store
+
+    def _note_pending(self, store: JournaledStore) -> None:
+        self._dirty[store] = None
+
+    def pending_stores(self) -> list[JournaledStore]:
+        """The stores with records waiting for ``commit``."""
+        return [store for store in self._dirty if store.pending]
 
     def remove(self, store: JournaledStore) -> None:
         """Take ``store`` out of the group and commit what it has pending (ValueError if not in the group;
         the store's write and sync errors propagate)."""
         self._stores.remove(store)
+        self._dirty.pop(store, None)
         store.deferred = False
+        store.on_pending = None
         store.commit()
 
     def discard(self, store: JournaledStore) -> None:
         """Take ``store`` out of the group without committing (its ``close`` folds what it holds)."""
         if store in self._stores:
             self._stores.remove(store)
+        self._dirty.pop(store, None)
         store.deferred = False
+        store.on_pending = None
 
     def commit(self) -> int:
         """Write every pending record, then sync every journal written (in threads when several);
         the number of records made durable. Raises ``GroupCommitError`` naming the journals that
         failed, after the others were committed."""
-        dirty = [store for store in self._stores if store.pending]
+        dirty = self.pending_stores()
+        self._dirty.clear()
         if not dirty:
             return 0
         failed: dict[JournaledStore, BaseException] = {}
@@ -564,6 +586,9 @@ class JournalGroup:
                     log.warning("folding %s failed; the journal keeps growing", store.binding.path.name)
         self.rounds += 1
         self.records += written
+        for store in failed:
+            if store.pending:  # records that could not be written wait for the next commit
+                self._note_pending(store)
         if failed:
             raise GroupCommitError(failed)
         return written

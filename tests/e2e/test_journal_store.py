@@ -99,6 +99,26 @@ def test_group_commit_defers_until_commit_and_syncs_each_journal_once(tmp_path: 
     group.close()
 
 
+def test_group_commit_visits_only_the_journals_written_since_the_last_one(tmp_path: Path) -> None:
+    """A host's group holds every vTPM's journal; a commit looks at the ones that have records waiting
+    (in the order they started to wait), not at all of them."""
+    group = JournalGroup(parallel=False)
+    members = [_plain(tmp_path / str(i)) for i in range(40)]
+    for store, _ in members:
+        group.add(store)
+    assert group.pending_stores() == []
+    for value, i in enumerate((17, 3, 17), 1):
+        _write(*members[i], value)
+    assert group.pending_stores() == [members[17][0], members[3][0]]
+    assert group.commit() == 3
+    assert group.pending_stores() == [] and group.commit() == 0
+    assert [store.syncs for store, _ in members].count(1) == 2 and sum(store.syncs for store, _ in members) == 2
+    group.discard(members[5][0])
+    _write(*members[5], 5)  # out of the group: committed at once, never waiting
+    assert members[5][0].syncs == 1 and group.pending_stores() == []
+    group.close()
+
+
 # ----------------------------------------------------------------------------- a VM's encrypted .nvram
 
 
@@ -414,6 +434,7 @@ def test_group_commit_names_the_journal_that_failed_and_commits_the_others(tmp_p
         group.commit()
     assert list(failed.value.failed) == [bad_store]
     assert _value(PlainStateStore(tmp_path / "ok").load()) == 3  # committed (recover folds it on open)
+    assert group.pending_stores() == [bad_store]  # its record waits for the next commit
     group.discard(ok_store)
     group.discard(bad_store)
     bad_store.abandon()
