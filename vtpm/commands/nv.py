@@ -175,22 +175,27 @@ def nv_read_public(tpm: Tpm, cmd: Command) -> Response:
 @command(CC.NV_Write, handles=[NV_AUTH, NV_INDEX], params=[("data", TPM2B_MAX_NV_BUFFER), ("offset", U16)])
 def nv_write(tpm: Tpm, cmd: Command) -> Response:
     """TPM2_NV_Write (Part 3 31.7): write data at an offset of an ordinary index."""
-    index = nv_index(tpm, cmd.handles[1])
-    check_write_access(tpm, cmd, cmd.handles[0], index)
-    if index.kind in _NOT_WRITABLE:  # ordinary and PIN indices take NV_Write
-        raise TpmError(RC.ATTRIBUTES)
-    data, offset = cmd.params.data, cmd.params.offset
-    if offset > index.data_size:
-        raise TpmError(RC.VALUE, param=2)
-    if offset + len(data) > index.data_size:
-        raise TpmError(RC.NV_RANGE)
+    handles = cmd.handles
+    # The engine resolved the index a moment ago (nv_entity: it exists, its hierarchy is enabled) and
+    # checking the authorization changes neither: the index itself, as NV_Read takes it.
+    index = tpm.state.nv[handles[1]]
+    check_write_access(tpm, cmd, handles[0], index)
     attributes = int(index.attributes)
-    if attributes & _WRITEALL and len(data) != index.data_size:
+    if (attributes >> 4) & 0xF in _NOT_WRITABLE:  # NvIndex.kind: ordinary and PIN indices take NV_Write
+        raise TpmError(RC.ATTRIBUTES)
+    params = cmd.params
+    data, offset = params["data"], params["offset"]  # item access: no Python-level __getattr__
+    size = index.data_size
+    if offset > size:
+        raise TpmError(RC.VALUE, param=2)
+    if offset + len(data) > size:
         raise TpmError(RC.NV_RANGE)
-    if offset == 0 and len(data) == index.data_size:  # the whole index: nothing of the old data is kept
+    if attributes & _WRITEALL and len(data) != size:
+        raise TpmError(RC.NV_RANGE)
+    if offset == 0 and len(data) == size:  # the whole index: nothing of the old data is kept
         _set_written(tpm, index, bytes(data))
         return Response()
-    current = bytearray(index.data if attributes & _WRITTEN else b"\xff" * index.data_size)
+    current = bytearray(index.data if attributes & _WRITTEN else b"\xff" * size)
     current[offset : offset + len(data)] = data
     _set_written(tpm, index, bytes(current))
     return Response()
