@@ -392,8 +392,7 @@ def nv_change_json(before: dict[str, Any], state: TpmState,
         old = old_nv.get(key)
         if index is None or old is None:
             return None
-        entry = (index.index, index.name_alg, index.attributes, index.auth_policy, index.data_size,
-                 index.auth_value, index.data)  # _nv_entry, inline
+        entry = _nv_entry(index)
         if entry != old:
             entries[key] = entry
     clock, old_clock = state.clock_ms, old_scalars[0]
