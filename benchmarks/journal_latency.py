@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import mmap
 import os
 import random
 import statistics
@@ -65,6 +64,7 @@ from support.servers import (
     next_port_pair,
     use_ports_from,
 )
+from support.timing import FdatasyncReference
 from support.tpm_helpers import TpmConnection, latency_commands, prepare_latency_target
 from durable.prealloc import PreallocatedFile
 from vmcrypt.vtpm_key_file import EncryptedStateStore
@@ -76,42 +76,6 @@ from vtpm.storage import PlainStateStore
 from vtpm.transport import InProcessTransport
 
 NV_WRITES = latency_commands()["NV_Write(32 B)"]
-BLOCK = 4096
-
-
-class Reference:
-    """One fdatasync of 4 KiB into a preallocated file (the acceptance reference)."""
-
-    def __init__(self, directory: Path, name: str = "reference.bin", mode: str = "overwrite") -> None:
-        self.path = directory / name
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.mode = mode
-        if mode in ("overwrite", "direct"):
-            os.write(self.fd, bytes(256 * BLOCK))
-        elif mode == "fallocate":
-            os.posix_fallocate(self.fd, 0, 1 << 24)
-        os.fsync(self.fd)
-        self.i = 0
-        self.data = os.urandom(BLOCK)
-        if mode == "direct":  # an aligned buffer (anonymous mmap) on an O_DIRECT | O_DSYNC descriptor
-            os.close(self.fd)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_DIRECT | os.O_DSYNC)
-            self.data = mmap.mmap(-1, BLOCK)
-            self.data[:] = os.urandom(BLOCK)
-
-    def __call__(self) -> None:
-        if self.mode == "direct":
-            os.pwrite(self.fd, self.data, (self.i % 256) * BLOCK)
-            self.i += 1
-            return
-        if self.mode == "append":
-            os.write(self.fd, self.data)
-        elif self.mode == "fallocate":
-            os.pwrite(self.fd, self.data, (self.i % 4096) * BLOCK)
-        else:
-            os.pwrite(self.fd, self.data, (self.i % 256) * BLOCK)
-        os.fdatasync(self.fd)
-        self.i += 1
 
 
 def record_appender(path: Path, *, direct: bool) -> Callable[[], None]:
@@ -252,27 +216,27 @@ def main() -> int:
                 prepare_latency_target(conn)
         senders = {name: sender(conn.transact) for name, conn in conns.items()}
         served_send, swtpm_send, echo_send = (senders.pop(name) for name in ("served (journal)", "swtpm", "durable echo"))
-        acceptance = [measure({"fdatasync 4 KiB": Reference(base, f"reference{run}.bin"), "served (journal)": served_send,
+        acceptance = [measure({"fdatasync 4 KiB": FdatasyncReference(base, f"reference{run}.bin"), "served (journal)": served_send,
                                "swtpm": swtpm_send}, args.rounds, args.warmup) for run in range(args.repeat)]
-        floor = measure({"fdatasync 4 KiB": Reference(base, "floor.bin"), "durable echo": echo_send,
+        floor = measure({"fdatasync 4 KiB": FdatasyncReference(base, "floor.bin"), "durable echo": echo_send,
                          "served (journal)": served_send, "swtpm": swtpm_send}, args.rounds, args.warmup)
         others = measure({
-            "fdatasync 4 KiB": Reference(base, "others.bin"),
-            "O_DSYNC direct 4 KiB": Reference(base, "direct.bin", "direct"),
+            "fdatasync 4 KiB": FdatasyncReference(base, "others.bin"),
+            "O_DSYNC direct 4 KiB": FdatasyncReference(base, "direct.bin", "direct"),
             "in-process plain": in_process(JournaledStore(PlainStateStore(base / "inproc"))),
             "in-process sealed": in_process(JournaledStore(EncryptedStateStore(base / "sealed", os.urandom(32)))),
             "in-process not persisted": in_process(None),
             **senders,
         }, args.rounds, args.warmup)
         strategies = measure({
-            "overwrite preallocated": Reference(base, "s1.bin"),
-            "append": Reference(base, "s2.bin", "append"),
-            "overwrite fallocated": Reference(base, "s3.bin", "fallocate"),
+            "overwrite preallocated": FdatasyncReference(base, "s1.bin"),
+            "append": FdatasyncReference(base, "s2.bin", "append"),
+            "overwrite fallocated": FdatasyncReference(base, "s3.bin", "fallocate"),
             "record, page cache": record_appender(base / "s4.bin", direct=False),
             "record, direct": record_appender(base / "s5.bin", direct=True),
         }, max(args.rounds // 2, 1), args.warmup)
         group_rounds = max(args.rounds // 8, 1)
-        reference_again = measure({"fdatasync": Reference(base, "r2.bin")}, group_rounds, 10)["fdatasync"]
+        reference_again = measure({"fdatasync": FdatasyncReference(base, "r2.bin")}, group_rounds, 10)["fdatasync"]
         parallel, parallel_commit, syncs = group_commit(base, group_rounds, parallel=True)
         sequential, sequential_commit, _ = group_commit(base, group_rounds, parallel=False)
 

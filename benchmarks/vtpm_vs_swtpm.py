@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import itertools
 import math
-import os
 import statistics
 import sys
 import time
@@ -54,6 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from support.servers import add_endpoint_options, side_by_side, require_swtpm_or_exit, start_vtpm, working_directory
+from support.timing import FdatasyncReference
 from support.tpm_helpers import (
     TpmConnection,
     command_sender,
@@ -66,7 +66,6 @@ from support.tpm_key_helpers import UniqueSource, check, create_primary, out_han
 NV_WRITE = "NV_Write(32 B)"
 FLOOR = "durable floor"
 COLD_RSA = "CreatePrimary RSA 2048 cold"
-FLOOR_BYTES = 4096
 FLOOR_ANSWER = bytes.fromhex("80010000000a00000000")
 CONNECTION_TIMEOUT = 120.0  # seconds: a cold RSA primary may take long on a loaded machine
 clock = time.perf_counter
@@ -111,30 +110,6 @@ def measure_cold_primaries(conns: dict[str, TpmConnection], rounds: int) -> dict
     return samples
 
 
-class DurableFloor:
-    """One turn of the durable floor: 4 KiB pwrite into a preallocated file + os.fdatasync, answered like a
-    successful command (so that it takes its turns in ``measure`` with the servers)."""
-
-    BLOCKS = 256
-
-    def __init__(self, directory: Path) -> None:
-        self.path = directory / ".fdatasync-floor"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.pwrite(self.fd, bytes(FLOOR_BYTES * self.BLOCKS), 0)
-        os.fsync(self.fd)  # allocated and its size recorded: what follows only overwrites data
-        self.turn = 0
-
-    def __call__(self) -> bytes:
-        os.pwrite(self.fd, bytes([self.turn & 0xFF]) * FLOOR_BYTES, FLOOR_BYTES * (self.turn % self.BLOCKS))
-        os.fdatasync(self.fd)
-        self.turn += 1
-        return FLOOR_ANSWER
-
-    def close(self) -> None:
-        os.close(self.fd)
-        self.path.unlink()
-
-
 def fmt(seconds: float) -> str:
     if seconds >= 0.01:
         return f"{seconds * 1e3:8.1f} ms"
@@ -175,7 +150,13 @@ def main() -> int:
                 conns[name] = server.connect(timeout=CONNECTION_TIMEOUT)
                 prepare_latency_target(conns[name])
             results = {}
-            durable_floor = stack.enter_context(contextlib.closing(DurableFloor(Path(tmp) / "vtpm-state")))
+            reference = stack.enter_context(contextlib.closing(
+                FdatasyncReference(Path(tmp) / "vtpm-state", ".fdatasync-floor")))
+
+            def durable_floor() -> bytes:  # a turn in ``measure`` with the servers: answered like a success
+                reference()
+                return FLOOR_ANSWER
+
             for command, variants in latency_commands().items():
                 senders = {name: command_sender(conn, variants) for name, conn in conns.items()}
                 if command == NV_WRITE:

@@ -147,10 +147,11 @@ class Tpm:
         """Milliseconds since the last _TPM_Init."""
         return self._clock_ms() - self.volatile.init_time_ms
 
-    def clock_now(self) -> int:
-        """TPM Clock: persistent milliseconds, advancing while powered."""
-        elapsed = self._clock_ms() - self.volatile.clock_base_ms
-        return self.state.clock_ms + elapsed * self.volatile.clock_rate // 1_000_000
+    def clock_now(self, now_ms: int | None = None) -> int:
+        """TPM Clock: persistent milliseconds, advancing while powered (at ``now_ms``, a reading of the
+        clock the caller took; default: now)."""
+        now = self._clock_ms() if now_ms is None else now_ms
+        return self.state.clock_ms + (now - self.volatile.clock_base_ms) * self.volatile.clock_rate // 1_000_000
 
     def mark_dirty(self) -> None:
         """Something the spec makes persistent changed: save it after this command."""
@@ -170,9 +171,9 @@ class Tpm:
 
         ``execute`` calls it after a command that changed the state; servers call it on shutdown so the
         Clock is kept. Raises whatever the sink or callback raises (e.g. StateStoreError)."""
-        now, volatile = self._clock_ms(), self.volatile  # clock_now, with one reading of the clock for both
-        self.state.clock_ms += (now - volatile.clock_base_ms) * volatile.clock_rate // 1_000_000
-        volatile.clock_base_ms = now
+        now = self._clock_ms()  # one reading of the clock for both
+        self.state.clock_ms = self.clock_now(now)
+        self.volatile.clock_base_ms = now
         self.dirty = False
         nv, self._dirty_nv = self._dirty_nv, set()
         if self._persist_state is not None:

@@ -538,15 +538,17 @@ class JournalGroup:
         """Take ``store`` out of the group and commit what it has pending (ValueError if not in the group;
         the store's write and sync errors propagate)."""
         self._stores.remove(store)
-        self._dirty.pop(store, None)
-        store.deferred = False
-        store.on_pending = None
+        self._take_out(store)
         store.commit()
 
     def discard(self, store: JournaledStore) -> None:
         """Take ``store`` out of the group without committing (its ``close`` folds what it holds)."""
         if store in self._stores:
             self._stores.remove(store)
+        self._take_out(store)
+
+    def _take_out(self, store: JournaledStore) -> None:
+        """Out of the group: nothing of it waits for a commit, its records are committed as they come."""
         self._dirty.pop(store, None)
         store.deferred = False
         store.on_pending = None

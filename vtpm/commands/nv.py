@@ -180,9 +180,9 @@ def nv_write(tpm: Tpm, cmd: Command) -> Response:
     # checking the authorization changes neither: the index itself, as NV_Read takes it.
     index = tpm.state.nv[handles[1]]
     check_write_access(tpm, cmd, handles[0], index)
-    attributes = int(index.attributes)
-    if (attributes >> 4) & 0xF in _NOT_WRITABLE:  # NvIndex.kind: ordinary and PIN indices take NV_Write
+    if index.kind in _NOT_WRITABLE:  # ordinary and PIN indices take NV_Write
         raise TpmError(RC.ATTRIBUTES)
+    attributes = int(index.attributes)
     params = cmd.params
     data, offset = params["data"], params["offset"]  # item access: no Python-level __getattr__
     size = index.data_size
