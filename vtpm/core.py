@@ -120,6 +120,10 @@ class CommandSpec:
     auth_handles: tuple[int, ...] = ()
     # The whole parameter area as one struct layout and the names, when every parameter is a plain integer.
     fixed: Fixed | None = None
+    # Parameters of new bytes in a kept command's layout, without the readers: ``reparse(cmd, kept)`` fills
+    # ``cmd`` (params, memo) from ``kept``, a command parsed before with the same header, handles and
+    # sessions, when ``cmd.raw_params`` would parse to kept's structure; False: the readers parse them.
+    reparse: Callable[["Command", "Command"], bool] | None = None
 
 
 COMMANDS: dict[int, CommandSpec] = {}
@@ -133,6 +137,7 @@ def command(
     before_startup: bool = False,
     allow_sessions: bool = True,
     response_tpm2b: bool = False,
+    reparse: Callable[[Command, Command], bool] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register a command handler; used by the modules in ``vtpm.commands``."""
 
@@ -143,7 +148,7 @@ def command(
         COMMANDS[code] = CommandSpec(
             code, handler, specs, declared, before_startup, allow_sessions, response_tpm2b,
             compile_params(declared), tuple(i for i, h in enumerate(specs) if h.auth != Auth.NONE),
-            compile_fixed(declared),
+            compile_fixed(declared), reparse,
         )
         return handler
 

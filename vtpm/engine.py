@@ -27,6 +27,7 @@ from vtpm import wire
 from vtpm.authorization import (
     PASSWORD_FORBIDDEN,
     AuthContext,
+    audit_without_sessions,
     authorize,
     authorize_password,
     finish_without_sessions,
@@ -76,11 +77,10 @@ PersistCallback = Callable[[bytes], None]
 # ``locality`` changes between runs), each handle's entity resolver, the password check (handle
 # position, its HandleSpec, the password) or None without sessions, and the password session's
 # response area (None without sessions): what ``_execute_parsed`` needs and nothing to look up.
+# A kept command's shape (the bytes before its parameters) maps to the same tuple: its Command
+# lends the handles and sessions, and its parameters to ``CommandSpec.reparse``.
 _Parsed = tuple[CommandSpec, int, Command, tuple["EntityResolver", ...],
                 tuple[int, HandleSpec, bytes] | None, bytes | None]
-# A kept command's shape: the same without the Command, its handles and sessions instead.
-_Shape = tuple[CommandSpec, int, list[int], list[Session], tuple["EntityResolver", ...],
-               tuple[int, HandleSpec, bytes] | None, bytes | None]
 
 # Commands whose parsed form a Tpm keeps, by their bytes, and reuses when the same bytes come again
 # (a client polling PCRs, extending measurements, reading an NV index): parsing the header, handles,
@@ -135,7 +135,7 @@ class Tpm:
         self._parsed: dict[bytes, _Parsed] = {}
         # Their shapes, by the bytes before the parameters (header, handles, authorization area): a
         # command with the same shape and new parameters (a PCR_Extend of a new digest) parses only those.
-        self._shapes: dict[bytes, _Shape] = {}
+        self._shapes: dict[bytes, _Parsed] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -227,10 +227,10 @@ class Tpm:
             if end <= length:
                 shape = self._shapes.get(data[:end])
                 if shape is not None:  # the same header, handles and sessions as a command kept: new parameters
-                    spec, code, handles, sessions, resolvers, password, tail = shape
+                    spec, code, kept, resolvers, password, tail = shape
                     raw = data[end:] if end != length else b""
-                    cmd = Command(code, self.locality, handles, None, sessions, raw, tag)
-                    return self._execute_parsed((spec, code, cmd, resolvers, password, tail), data)
+                    cmd = Command(code, self.locality, kept.handles, None, kept.sessions, raw, tag)
+                    return self._execute_parsed((spec, code, cmd, resolvers, password, tail), data, kept)
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
             raise TpmError(RC.INITIALIZE)
@@ -315,13 +315,12 @@ class Tpm:
         shapes = self._shapes
         if len(shapes) >= PARSED_ENTRIES:
             shapes.clear()
-        spec, code, cmd, resolvers, password, tail = parsed
-        shapes[data[:params_at]] = (spec, code, cmd.handles, cmd.sessions, resolvers, password, tail)
+        shapes[data[:params_at]] = parsed
 
-    def _execute_parsed(self, parsed: _Parsed, parse: bytes | None = None) -> bytes:
+    def _execute_parsed(self, parsed: _Parsed, parse: bytes | None = None, kept: Command | None = None) -> bytes:
         """A command whose bytes were parsed before (``REPEATABLE``): what ``_execute`` does after
         parsing, in the same order: started, the entities, the password if any, the parameters
-        (``parse``: a kept shape with new parameters, these command bytes then kept), handler, response."""
+        (``parse``: new parameters in the shape of ``kept``, these command bytes then kept), handler, response."""
         spec, code, cmd, resolvers, password, tail = parsed
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
@@ -334,12 +333,26 @@ class Tpm:
             index, hspec, value = password
             authorize_password(self, code, handles[index], hspec, entities[index], value)
         if parse is not None:
-            cmd.params = _parse_params(spec, cmd.raw_params)
-            self._keep(parse, parsed)  # as long as the kept command: the shape holds commandSize
+            reparse = spec.reparse
+            # Built from the kept layout, a command is not kept itself: its shape serves it as quickly,
+            # and new digest after new digest (a measured boot) would only push the others out.
+            if reparse is None or not reparse(cmd, kept):  # type: ignore[arg-type]  (kept comes with parse)
+                cmd.params = _parse_params(spec, cmd.raw_params)
+                self._keep(parse, parsed)  # as long as the kept command: the shape holds commandSize
         result = spec.handler(self, cmd)
         out = result.params
-        finish_without_sessions(self, spec, code, entities, handles, cmd.raw_params, out)
-        return _response(cmd.tag, result.handles, out if tail is None else _U32.pack(len(out)) + out + tail)
+        # finish_without_sessions, inline: the end of an exclusive audit session, then command audit if on
+        if spec.allow_sessions:
+            volatile.exclusive_audit_session = None
+        if code in self.state.audit_commands:
+            audit_without_sessions(self, code, entities, handles, cmd.raw_params, out)
+        rest = out if tail is None else _U32.pack(len(out)) + out + tail
+        if result.handles:
+            return _response(cmd.tag, result.handles, rest)
+        size = HEADER_SIZE + len(rest)  # _response without handles, inline
+        if size > MAX_RESPONSE_SIZE:
+            raise TpmError(RC.SIZE)
+        return _HEADER.pack(cmd.tag, size, 0) + rest  # TPM_RC_SUCCESS
 
     def _resolved(self, resolvers: tuple[EntityResolver, ...], handles: list[int]) -> list[Entity]:
         """``_entities`` with each handle's resolver known (a kept command's)."""

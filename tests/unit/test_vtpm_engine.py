@@ -385,6 +385,24 @@ def test_kept_pcr_read_follows_a_new_allocation(clock: FakeClock) -> None:
     assert after != before and engine.execute(0, read) == after
 
 
+def _two_bank_extends() -> list[bytes]:
+    """PCR_Extends of PCR 16 in one shape: sha256 then sha1, new digests (parameters built from the kept
+    layout, CommandSpec.reparse), then the same length with a count, an algorithm or the order changed
+    (parsed anew: TPM_RC_SIZE, TPM_RC_HASH, or another plan), a PCR_Read after each."""
+    def extend(sha256: bytes, sha1: bytes) -> bytes:
+        return wire.pcr_extend(16, [(ALG.SHA256, sha256), (ALG.SHA1, sha1)])
+
+    params_at = len(extend(bytes(32), bytes(20))) - (4 + 2 + 32 + 2 + 20)
+    first = extend(bytes(32), bytes(20))
+    one_entry = first[:params_at] + (1).to_bytes(4, "big") + first[params_at + 4:]  # then 22 bytes too many
+    bad_second = first[:params_at + 38] + (0x0099).to_bytes(2, "big") + first[params_at + 40:]
+    sha256_first_alg_second = first[:params_at + 4] + ALG.SHA1.to_bytes(2, "big") + first[params_at + 6:]
+    read = wire.pcr_read([(ALG.SHA256, [16]), (ALG.SHA1, [16])])
+    commands = [first, extend(b"\x01" * 32, b"\x02" * 20), extend(b"\x03" * 32, b"\x04" * 20), one_entry,
+                bad_second, sha256_first_alg_second, extend(b"\x05" * 32, b"\x06" * 20)]
+    return [item for command in commands for item in (command, read)]
+
+
 def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command whose bytes come again reuses their parse (engine.REPEATABLE): every response, and
     the state after the script, are what parsing every command anew gives, through errors before
@@ -410,6 +428,7 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
     script += [(0, wire.STARTUP_CLEAR), *((0, wire.pcr_extend(16, [(ALG.SHA256, bytes([n]) * 32)])) for n in range(3)),
                (3, wire.pcr_extend(16, [(ALG.SHA256, bytes(32))])), (0, wire.pcr_extend(16, [(ALG.SHA1, bytes(20))])),
                (0, wire.pcr_extend(16, [(0x0099, bytes(32))])), (0, wire.pcr_read([(ALG.SHA256, [1, 2])])),
+               *((0, command) for command in _two_bank_extends()),
                (0, wire.nv_read(index, 8, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 4, 2, auth_handle=RH.OWNER)),
                (0, wire.nv_read(index, 4, 5, auth_handle=RH.OWNER)), (0, wire.nv_read(index, 1000, auth_handle=RH.OWNER)),
                (0, wire.get_random(4)), (0, wire.get_random(64)),
@@ -440,8 +459,8 @@ def test_repeated_commands_answer_as_when_parsed_anew(clock: FakeClock, monkeypa
 
     reused: list[bool] = []
     original = Tpm._execute_parsed
-    monkeypatch.setattr(Tpm, "_execute_parsed", lambda self, parsed, parse=None: reused.append(parse is not None)
-                        or original(self, parsed, parse))
+    monkeypatch.setattr(Tpm, "_execute_parsed", lambda self, parsed, parse=None, kept=None:
+                        reused.append(parse is not None) or original(self, parsed, parse, kept))
     cached_responses, cached_state, kept = run()
     assert reused.count(False) >= 10 and reused.count(True) >= 8 and kept >= 1
     monkeypatch.setattr(engine_module, "REPEATABLE", frozenset())

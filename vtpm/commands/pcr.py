@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+import construct as cs
+
 from vtpm.constants import CC, HT, RC, RH
 from vtpm.core import Auth, Command, Response, command, handle_spec
 from vtpm.crypto import HASHES, digest
@@ -89,20 +91,42 @@ def _selected(select: bytes) -> list[int]:
 PCR_HANDLE = handle_spec("pcrHandle", Auth.USER, types=[HT.PCR], permanent=[RH.NULL])
 
 
-@command(CC.PCR_Extend, handles=[PCR_HANDLE], params=[("digests", TPML_DIGEST_VALUES)])
+def _digests_in_kept_layout(cmd: Command, kept: Command) -> bool:
+    """PCR_Extend of new digests in the layout of a kept one (``CommandSpec.reparse``): with the same
+    length, count and hash algorithms, the readers would parse kept's structure with these digests
+    (each digest's size follows from its algorithm, and kept's parse used up exactly its bytes). The
+    parameters are then built directly and kept's plan serves, as it names banks, not digests."""
+    raw, old = cmd.raw_params, kept.raw_params
+    if len(raw) != len(old) or raw[:4] != old[:4]:  # TPML_DIGEST_VALUES.count
+        return False
+    entries = cs.ListContainer()
+    pos = 4
+    for entry in kept.params["digests"]:
+        start = pos + 2
+        pos = start + len(entry["digest"])
+        if raw[start - 2:start] != old[start - 2:start]:  # TPMT_HA.hashAlg
+            return False
+        entries.append(cs.Container(hashAlg=entry["hashAlg"], digest=raw[start:pos]))
+    cmd.params = cs.Container(digests=entries)
+    cmd.memo = kept.memo
+    return True
+
+
+@command(CC.PCR_Extend, handles=[PCR_HANDLE], params=[("digests", TPML_DIGEST_VALUES)],
+         reparse=_digests_in_kept_layout)
 def pcr_extend(tpm: Tpm, cmd: Command) -> Response:
     """TPM2_PCR_Extend (Part 3 22.2): extend a PCR in each bank named by a digest; TPM_RH_NULL extends nothing."""
     handle = cmd.handles[0]
     if handle == _RH_NULL:
         return Response()
+    # item access: a Container's attribute access is a Python-level __getattr__ per field
+    digests = cmd.params["digests"]
     plan = cmd.memo  # kept with a kept command: what the extend does under the allocation it was made for
     state = tpm.state
     if (plan is None or plan[0] is not tpm.volatile.pcrs or plan[1] is not state.pcr_banks
             or plan[2] is not state.pcr_partial):  # pcr.plan_current, inline
-        # item access: a Container's attribute access is a Python-level __getattr__ per field
-        plan = cmd.memo = extend_plan(tpm, handle, [(entry["hashAlg"], entry["digest"])
-                                                    for entry in cmd.params["digests"]])
-    extend_planned(tpm, handle, plan)
+        plan = cmd.memo = extend_plan(tpm, handle, [entry["hashAlg"] for entry in digests])
+    extend_planned(tpm, handle, plan, digests)
     return _EMPTY
 
 

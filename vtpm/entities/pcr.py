@@ -4,7 +4,7 @@ selection, and the PCR entity resolver. The PCR commands are in vtpm.commands.pc
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,36 +102,42 @@ def extend(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> None:
 
     Each bank extended counts once in pcrUpdateCounter, as the reference implementation does.
     """
-    extend_planned(tpm, index, extend_plan(tpm, index, digests))
+    plan = extend_plan(tpm, index, [bank for bank, _ in digests])
+    extend_planned(tpm, index, plan, [{"hashAlg": bank, "digest": value} for bank, value in digests])
 
 
-ExtendPlan = tuple[object, object, object, list[tuple[list[bytes], Callable[[bytes], Any], bytes]]]
+# What an extend does: the objects it was made from, then (bank values, hash constructor, which digest).
+ExtendPlan = tuple[object, object, object, list[tuple[list[bytes], Callable[[bytes], Any], int]]]
 
 
-def extend_plan(tpm: Tpm, index: int, digests: list[tuple[int, bytes]]) -> ExtendPlan:
-    """What an extend of PCR ``index`` with ``digests`` does under the allocation in force: for each
-    allocated bank named, its values, its hash constructor and the digest. The plan holds the
+def extend_plan(tpm: Tpm, index: int, banks: list[int]) -> ExtendPlan:
+    """What an extend of PCR ``index`` with digests for ``banks`` (in that order) does under the allocation
+    in force: for each allocated bank named, its values, its hash constructor and the position of its
+    digest. It names banks, not digests, so it holds for any digests of those banks. The plan holds the
     objects it was made from (the PCR banks, the allocation): a kept plan is current while they are the
     objects in force (each is replaced, never changed in place)."""
     pcrs, state = tpm.volatile.pcrs, tpm.state
     steps = []
-    for bank, value in digests:
+    for position, bank in enumerate(banks):
         values = pcrs.get(bank)
         if values is not None and bank_mask(tpm, bank) >> index & 1:
-            steps.append((values, _HASH_NEW[bank], value))
+            steps.append((values, _HASH_NEW[bank], position))
     return pcrs, state.pcr_banks, state.pcr_partial, steps
 
 
-def extend_planned(tpm: Tpm, index: int, plan: ExtendPlan) -> None:
-    """``extend`` with its plan made (``extend_plan``): the locality check, then each step."""
-    if not PCR_ATTRIBUTES[index].extend_localities & locality_bit(tpm.locality):
+def extend_planned(tpm: Tpm, index: int, plan: ExtendPlan, digests: Sequence[Mapping[str, Any]]) -> None:
+    """``extend`` with its plan made (``extend_plan``): the locality check, then each step with its digest
+    (``digests``: TPMT_HA entries as the parameters hold them, in the order the plan was made for)."""
+    if not _EXTEND_LOCALITIES[index] >> tpm.locality & 1:  # locality_bit, inline: none for localities 5 and up
         raise TpmError(RC.LOCALITY)
     steps = plan[3]
-    for values, new, value in steps:
-        values[index] = new(values[index] + value).digest()
-    if steps and counts_update(index):  # once per bank extended
+    for values, new, position in steps:
+        values[index] = new(values[index] + digests[position]["digest"]).digest()
+    if steps and index not in NO_INCREMENT:  # counts_update, inline: once per bank extended
         tpm.volatile.pcr_update_counter += len(steps)
 
+
+_EXTEND_LOCALITIES = tuple(attributes.extend_localities & 0x1F for attributes in PCR_ATTRIBUTES)
 
 # hashlib's named constructors by bank: a PCR_Extend hashes old value || digest once per bank.
 _HASH_NEW = {alg: getattr(hashlib, info.name) for alg, info in HASHES.items()}
