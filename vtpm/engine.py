@@ -320,7 +320,8 @@ class Tpm:
     def _execute_parsed(self, parsed: _Parsed, parse: bytes | None = None, kept: Command | None = None) -> bytes:
         """A command whose bytes were parsed before (``REPEATABLE``): what ``_execute`` does after
         parsing, in the same order: started, the entities, the password if any, the parameters
-        (``parse``: new parameters in the shape of ``kept``, these command bytes then kept), handler, response."""
+        (``parse``: new parameters in the shape of ``kept``; these command bytes are then kept unless
+        ``CommandSpec.reparse`` built them), handler, response."""
         spec, code, cmd, resolvers, password, tail = parsed
         volatile = self.volatile
         if not volatile.started and not spec.before_startup:
