@@ -394,15 +394,9 @@ def finish_without_sessions(tpm: "Tpm", spec: "CommandSpec", code: int, entities
     if spec.allow_sessions:
         tpm.volatile.exclusive_audit_session = None
     if is_audited(tpm, code):
-        audit_without_sessions(tpm, code, entities, handles, raw_params, params)
-
-
-def audit_without_sessions(tpm: "Tpm", code: int, entities: Sequence["Entity"], handles: Sequence[int],
-                           raw_params: bytes, params: bytes) -> None:
-    """Extend the command audit digest for an audited command that had no HMAC or policy session."""
-    alg = tpm.state.audit_hash_alg
-    names = [entity.name_for(handle) for entity, handle in zip(entities, handles)]
-    record_command(tpm, cp_hash(alg, code, names, raw_params), rp_hash(alg, code, params))
+        alg = tpm.state.audit_hash_alg
+        names = [entity.name_for(handle) for entity, handle in zip(entities, handles)]
+        record_command(tpm, cp_hash(alg, code, names, raw_params), rp_hash(alg, code, params))
 
 
 def respond(tpm: "Tpm", ctx: AuthContext, code: int, params: bytes, tag: int) -> tuple[bytes, bytes]:

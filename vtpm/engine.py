@@ -27,7 +27,6 @@ from vtpm import wire
 from vtpm.authorization import (
     PASSWORD_FORBIDDEN,
     AuthContext,
-    audit_without_sessions,
     authorize,
     authorize_password,
     finish_without_sessions,
@@ -342,18 +341,8 @@ class Tpm:
                 self._keep(parse, parsed)  # as long as the kept command: the shape holds commandSize
         result = spec.handler(self, cmd)
         out = result.params
-        # finish_without_sessions, inline: the end of an exclusive audit session, then command audit if on
-        if spec.allow_sessions:
-            volatile.exclusive_audit_session = None
-        if code in self.state.audit_commands:
-            audit_without_sessions(self, code, entities, handles, cmd.raw_params, out)
-        rest = out if tail is None else _U32.pack(len(out)) + out + tail
-        if result.handles:
-            return _response(cmd.tag, result.handles, rest)
-        size = HEADER_SIZE + len(rest)  # _response without handles, inline
-        if size > MAX_RESPONSE_SIZE:
-            raise TpmError(RC.SIZE)
-        return _HEADER.pack(cmd.tag, size, 0) + rest  # TPM_RC_SUCCESS
+        finish_without_sessions(self, spec, code, entities, handles, cmd.raw_params, out)
+        return _response(cmd.tag, result.handles, out if tail is None else _U32.pack(len(out)) + out + tail)
 
     def _resolved(self, resolvers: tuple[EntityResolver, ...], handles: list[int]) -> list[Entity]:
         """``_entities`` with each handle's resolver known (a kept command's)."""

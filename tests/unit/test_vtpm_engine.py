@@ -392,8 +392,8 @@ def _two_bank_extends() -> list[bytes]:
     def extend(sha256: bytes, sha1: bytes) -> bytes:
         return wire.pcr_extend(16, [(ALG.SHA256, sha256), (ALG.SHA1, sha1)])
 
-    params_at = len(extend(bytes(32), bytes(20))) - (4 + 2 + 32 + 2 + 20)
     first = extend(bytes(32), bytes(20))
+    params_at = len(first) - (4 + 2 + 32 + 2 + 20)
     one_entry = first[:params_at] + (1).to_bytes(4, "big") + first[params_at + 4:]  # then 22 bytes too many
     bad_second = first[:params_at + 38] + (0x0099).to_bytes(2, "big") + first[params_at + 40:]
     sha256_first_alg_second = first[:params_at + 4] + ALG.SHA1.to_bytes(2, "big") + first[params_at + 6:]

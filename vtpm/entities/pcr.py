@@ -128,16 +128,14 @@ def extend_plan(tpm: Tpm, index: int, banks: list[int]) -> ExtendPlan:
 def extend_planned(tpm: Tpm, index: int, plan: ExtendPlan, digests: Sequence[Mapping[str, Any]]) -> None:
     """``extend`` with its plan made (``extend_plan``): the locality check, then each step with its digest
     (``digests``: TPMT_HA entries as the parameters hold them, in the order the plan was made for)."""
-    if not _EXTEND_LOCALITIES[index] >> tpm.locality & 1:  # locality_bit, inline: none for localities 5 and up
+    if not PCR_ATTRIBUTES[index].extend_localities & locality_bit(tpm.locality):
         raise TpmError(RC.LOCALITY)
     steps = plan[3]
     for values, new, position in steps:
         values[index] = new(values[index] + digests[position]["digest"]).digest()
-    if steps and index not in NO_INCREMENT:  # counts_update, inline: once per bank extended
+    if steps and counts_update(index):  # once per bank extended
         tpm.volatile.pcr_update_counter += len(steps)
 
-
-_EXTEND_LOCALITIES = tuple(attributes.extend_localities & 0x1F for attributes in PCR_ATTRIBUTES)
 
 # hashlib's named constructors by bank: a PCR_Extend hashes old value || digest once per bank.
 _HASH_NEW = {alg: getattr(hashlib, info.name) for alg, info in HASHES.items()}
