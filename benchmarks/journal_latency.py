@@ -14,7 +14,9 @@ The acceptance pass, ``--repeat`` times (like for like, nothing else in the roun
 
 The floor pass: the same three and ``durable echo``, ``durable_echo_server.py``: a Python TCP server
 that makes one 273-byte record durable (pwrite + fdatasync) per request and answers a fixed
-response; no TPM: what the socket round trip costs here around the journal's write.
+response; no TPM: what the socket round trip costs here around the journal's write; and
+``durable echo (C)``, the same server in C (``durable_echo.c``, built with Python's C compiler): the
+round trip with no interpreter either, the floor of any server, however it is written.
 
 The other kinds, with their own reference:
 
@@ -202,9 +204,10 @@ def main() -> int:
              "--ctrl", f"type=unixio,path={base / 'socket.ctrl'}", "--flags", "not-need-init,startup-clear"],
             base / "k.log", unix_socket_ready(base / "socket.ctrl")))
         echo = stack.enter_context(start_durable_echo(base, base / "e.log"))
+        native_echo = stack.enter_context(start_durable_echo(base, base / "c.log", native=True))
         conns = {}
         servers = [("served (journal)", served), ("served (no journal)", unjournaled), ("swtpm", swtpm),
-                   ("durable echo", echo)]
+                   ("durable echo", echo), ("durable echo (C)", native_echo)]
         if before is not None:
             servers.append(("served before", before))
         for name, server in servers:
@@ -212,13 +215,15 @@ def main() -> int:
         conns["host (journal)"] = stack.enter_context(contextlib.closing(TpmConnection(host_port)))
         conns["socket (journal)"] = stack.enter_context(contextlib.closing(TpmConnection(socket_port)))
         for name, conn in conns.items():
-            if name != "durable echo":
+            if not name.startswith("durable echo"):
                 prepare_latency_target(conn)
         senders = {name: sender(conn.transact) for name, conn in conns.items()}
-        served_send, swtpm_send, echo_send = (senders.pop(name) for name in ("served (journal)", "swtpm", "durable echo"))
+        served_send, swtpm_send, echo_send, native_echo_send = (
+            senders.pop(name) for name in ("served (journal)", "swtpm", "durable echo", "durable echo (C)"))
         acceptance = [measure({"fdatasync 4 KiB": FdatasyncReference(base, f"reference{run}.bin"), "served (journal)": served_send,
                                "swtpm": swtpm_send}, args.rounds, args.warmup) for run in range(args.repeat)]
         floor = measure({"fdatasync 4 KiB": FdatasyncReference(base, "floor.bin"), "durable echo": echo_send,
+                         "durable echo (C)": native_echo_send,
                          "served (journal)": served_send, "swtpm": swtpm_send}, args.rounds, args.warmup)
         others = measure({
             "fdatasync 4 KiB": FdatasyncReference(base, "others.bin"),
@@ -269,7 +274,8 @@ def main() -> int:
     if "served before" in others:
         print(f"served before ratio: {others['served before'] / second:.2f}")
     floor_reference = floor["fdatasync 4 KiB"]
-    print(f"durable echo ratio (the socket's floor): {floor['durable echo'] / floor_reference:.2f}, served beside it "
+    print(f"durable echo ratio (the socket's floor): {floor['durable echo'] / floor_reference:.2f}, in C "
+          f"{floor['durable echo (C)'] / floor_reference:.2f}, served beside them "
           f"{floor['served (journal)'] / floor_reference:.2f}, swtpm {floor['swtpm'] / floor_reference:.2f}")
     served = [medians["served (journal)"] / medians["fdatasync 4 KiB"] for medians in acceptance]
     swtpm = [medians["swtpm"] / medians["fdatasync 4 KiB"] for medians in acceptance]

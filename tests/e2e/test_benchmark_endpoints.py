@@ -44,8 +44,9 @@ def test_migration_benchmark_puts_its_unix_sockets_in_dir(tmp_path: Path) -> Non
 
 
 def test_journal_benchmark_times_the_durable_echo_floor_beside_the_served_write(tmp_path: Path) -> None:
-    """The acceptance pass of journal_latency.py: reference, durable echo, served NV_Write and swtpm in the
-    same rounds, each a real process; every kind printed with its ratio, the last line the served one."""
+    """The acceptance pass of journal_latency.py: reference, served NV_Write and swtpm in the same rounds,
+    and the floor pass with the durable echo servers (Python and C, built by the benchmark), each a real
+    process; every kind printed with its ratio, the last line the served one."""
     require_swtpm()
     done = _bench("journal_latency.py", "--rounds", "3", "--warmup", "1", "--repeat", "2", "--dir", str(tmp_path),
                   "--port-base", str(free_port_pair()))
@@ -54,9 +55,11 @@ def test_journal_benchmark_times_the_durable_echo_floor_beside_the_served_write(
     first = lines[lines.index("acceptance pass 1 of 2 (like for like):") + 2:][:3]
     assert [line.split()[0] for line in first] == ["fdatasync", "served", "swtpm"]
     assert float(first[0].split()[-1]) == 1.0
-    floor = lines[[i for i, line in enumerate(lines) if line.startswith("floor pass")][0] + 2:][:4]
-    assert [line.split()[0] for line in floor] == ["fdatasync", "durable", "served", "swtpm"]
-    assert any(line.startswith("durable echo ratio (the socket's floor): ") for line in lines)
+    floor = lines[[i for i, line in enumerate(lines) if line.startswith("floor pass")][0] + 2:][:5]
+    assert [line[2:26].strip() for line in floor] == [
+        "fdatasync 4 KiB", "durable echo", "durable echo (C)", "served (journal)", "swtpm"]
+    assert all(float(line[26:].split()[2]) > 0 for line in floor)  # median, "us", then the ratio
+    assert any(line.startswith("durable echo ratio (the socket's floor): ") and ", in C " in line for line in lines)
     served = [float(r) for r in lines[-2].split(": ")[1].split(", ")]
     assert len(served) == 2 and lines[-1].startswith("ratio: ")
     assert abs(float(lines[-1].split()[-1]) - statistics.median(served)) <= 0.01  # the median of the passes

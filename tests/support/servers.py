@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -251,15 +253,35 @@ def start_vtpm(args: Sequence[str | os.PathLike[str]], log: Path, protocol: str 
     return _launch("vtpm", argv, log, _logged_serving, protocol=protocol, port=port, env=env, timeout=timeout)
 
 
-def start_durable_echo(directory: Path, log: Path) -> TpmServer:
+def start_durable_echo(directory: Path, log: Path, *, native: bool = False) -> TpmServer:
     """``benchmarks/durable_echo_server.py``: one pwrite + fdatasync per command, a fixed answer (the floor
-    under a served durable write), its file in ``directory``."""
-    script = REPO_ROOT / "benchmarks" / "durable_echo_server.py"
+    under a served durable write), its file in ``directory``. ``native``: the same server in C
+    (``benchmarks/durable_echo.c``, built in ``directory`` by ``build_durable_echo``)."""
+    if native:
+        program = [str(build_durable_echo(directory))]
+        name = "durable-echo-c.bin"
+    else:
+        program = [sys.executable, str(REPO_ROOT / "benchmarks" / "durable_echo_server.py")]
+        name = "durable-echo.bin"
 
     def argv(chosen: int) -> list[str]:
-        return [sys.executable, str(script), "--port", str(chosen), "--file", str(directory / "durable-echo.bin")]
+        return [*program, "--port", str(chosen), "--file", str(directory / name)]
 
-    return _launch("durable echo", argv, log, _logged_serving)
+    return _launch("durable echo (C)" if native else "durable echo", argv, log, _logged_serving)
+
+
+def build_durable_echo(directory: Path) -> Path:
+    """``benchmarks/durable_echo.c`` compiled with the C compiler Python was built with (``cc`` when it
+    names none) into ``directory``; ServerError with the compiler's output when it cannot be built."""
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "") or ["cc"]
+    if shutil.which(compiler[0]) is None:
+        raise ServerError(f"no C compiler ({compiler[0]}) to build the C durable echo server; install gcc")
+    program = directory / "durable-echo"
+    done = subprocess.run([*compiler, "-O2", "-o", str(program), str(REPO_ROOT / "benchmarks" / "durable_echo.c")],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ServerError(f"building the C durable echo server failed:\n{done.stdout}{done.stderr}")
+    return program
 
 
 # ----------------------------------------------------------------------------- swtpm
