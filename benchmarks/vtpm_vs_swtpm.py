@@ -1,7 +1,7 @@
-"""Side by side in one run: command latency of our vTPM server against swtpm over TCP.
+"""Side by side in one run: command latency of our vTPM server against swtpm over TCP or Unix sockets.
 
-Starts both servers on 127.0.0.1 (fresh state in a temporary directory), opens
-one persistent connection to each and, after a warm-up, times N round trips of
+Starts both servers (fresh state in a temporary directory), opens one
+persistent connection to each and, after a warm-up, times N round trips of
 each of these commands (the acceptance set of the vTPM's hot path):
 
 - GetRandom(16)
@@ -32,7 +32,14 @@ and no cache can answer; same server process and state throughout, both
 servers get the same sequence of templates (their seeds differ, so their
 prime searches differ: the median over many calls is what compares).
 
-``--baseline DIR`` also serves the vtpm package of another checkout DIR (a
+``--transport`` chooses the servers and the socket: ``tcp`` (the default),
+`vtpm serve` and `swtpm socket` on 127.0.0.1; ``unix``, the path QEMU drives:
+`vtpm socket` and `swtpm socket` with libvirt's options and a Unix data socket
+(the same kernel path as the socketpair QEMU passes with CMD_SET_DATAFD). A
+Unix round trip is shorter than a TCP one, so the same work in the server is
+a larger share of it.
+
+``--baseline DIR`` (TCP only) also serves the vtpm package of another checkout DIR (a
 third server, alternating with the other two: a before/after comparison in
 one run) and prints its medians and ratios as well.
 
@@ -52,16 +59,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from support.servers import add_endpoint_options, side_by_side, require_swtpm_or_exit, start_vtpm, working_directory
+from support.servers import (
+    add_endpoint_options,
+    require_swtpm_or_exit,
+    side_by_side,
+    side_by_side_unix,
+    start_vtpm,
+    working_directory,
+)
 from support.timing import FdatasyncReference
 from support.tpm_helpers import (
-    TpmConnection,
     command_sender,
     flush_context,
     latency_commands,
     prepare_latency_target,
 )
 from support.tpm_key_helpers import UniqueSource, check, create_primary, out_handle, rsa_storage_template
+from vtpm.transport import SocketTransport
 
 NV_WRITE = "NV_Write(32 B)"
 FLOOR = "durable floor"
@@ -95,7 +109,7 @@ def measure(senders: dict[str, Callable[[], bytes]], rounds: int, warmup: int) -
     return samples
 
 
-def measure_cold_primaries(conns: dict[str, TpmConnection], rounds: int) -> dict[str, list[float]]:
+def measure_cold_primaries(conns: dict[str, SocketTransport], rounds: int) -> dict[str, list[float]]:
     """Seconds per cold CreatePrimary; the template is built and the previous handle flushed off the clock."""
     uniques = UniqueSource()
     samples: dict[str, list[float]] = {name: [] for name in conns}
@@ -122,6 +136,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200, help="untimed round trips first")
     parser.add_argument("--cold-rounds", type=int, default=30, help="timed cold RSA 2048 CreatePrimary per server")
     add_endpoint_options(parser)
+    parser.add_argument("--transport", choices=("tcp", "unix"), default="tcp",
+                        help="tcp: vtpm serve and swtpm socket over TCP; unix: vtpm socket and swtpm socket "
+                             "in libvirt's shape over Unix data sockets (default: tcp)")
     parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
                         help="also serve the vtpm package of the checkout DIR (before/after in one run)")
     args = parser.parse_args()
@@ -129,9 +146,12 @@ def main() -> int:
         parser.error("--rounds must be 1..1000000 and --warmup 0..1000000")
     if not 0 <= args.cold_rounds <= 10_000:
         parser.error("--cold-rounds must be 0..10000")
+    if args.baseline is not None and args.transport != "tcp":
+        parser.error("--baseline serves the other checkout with `vtpm serve`: use it with --transport tcp")
     require_swtpm_or_exit(parser)
+    servers_of = side_by_side if args.transport == "tcp" else side_by_side_unix
 
-    with working_directory(args, "vtpm-vs-swtpm-") as tmp, side_by_side(tmp) as servers, \
+    with working_directory(args, "vtpm-vs-swtpm-") as tmp, servers_of(tmp) as servers, \
             contextlib.ExitStack() as stack:
         ours, ref = servers["vtpm"], servers["swtpm"]
         if args.baseline is not None:
@@ -144,7 +164,7 @@ def main() -> int:
             servers = {**servers, "before": stack.enter_context(start_vtpm(
                 ["--state", str(Path(tmp) / "before-state"), "--startup-clear"], Path(tmp) / "before.log",
                 python=str(launcher)))}
-        conns: dict[str, TpmConnection] = {}
+        conns: dict[str, SocketTransport] = {}
         try:
             for name, server in servers.items():
                 conns[name] = server.connect(timeout=CONNECTION_TIMEOUT)
@@ -170,7 +190,9 @@ def main() -> int:
             for conn in conns.values():
                 conn.close()
 
-    print(f"{args.rounds} round trips per command and server after {args.warmup} warm-up, one TCP connection each,"
+    shape = ("vtpm serve and swtpm socket, one TCP connection each" if args.transport == "tcp" else
+             "vtpm socket and swtpm socket in libvirt's shape, one Unix data socket each")
+    print(f"{args.rounds} round trips per command and server after {args.warmup} warm-up, {shape},"
           f" servers alternating")
     header = (f"{'command':30} {'n':>5} {'vtpm median':>12} {'vtpm p90':>11} {'swtpm median':>13} {'swtpm p90':>11}"
               f" {'ours/swtpm':>11}")

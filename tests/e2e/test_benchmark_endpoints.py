@@ -35,6 +35,30 @@ def test_side_by_side_benchmark_listens_where_told(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "--port-base: must be between 1024 and 65534" in refused.stderr
 
 
+def test_side_by_side_benchmark_over_unix_sockets_runs_both_socket_commands(tmp_path: Path) -> None:
+    """``--transport unix``: `vtpm socket` and `swtpm socket` in libvirt's shape, each with its Unix data and
+    control sockets and its state in --dir; every command row and the durable floor printed; --baseline
+    (a `vtpm serve` of another checkout) is refused with it."""
+    require_swtpm()
+    work = tmp_path / "bench"
+    done = _bench("vtpm_vs_swtpm.py", "--transport", "unix", "--rounds", "3", "--warmup", "0", "--cold-rounds", "1",
+                  "--dir", str(work))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "vtpm socket and swtpm socket in libvirt's shape, one Unix data socket each" in lines[0]
+    rows = [line.split()[0] for line in lines[3:10]]
+    assert rows == ["GetRandom(16)", "PCR_Read(sha256,", "PCR_Extend(sha256,", "PCR_Extend(new", "NV_Read(32",
+                    "NV_Write(32", "CreatePrimary"]
+    assert "NV_Write ours / durable floor: " in done.stdout and lines[-1].startswith("ratio: ")
+    assert {p.name for p in work.iterdir()} >= {"vtpm-state", "swtpm-state", "vtpm.log", "swtpm.log"}
+    assert f"serving on data unix {work / 'vtpm.sock'} and ctrl unix {work / 'vtpm.ctrl'}" in (
+        work / "vtpm.log").read_text()
+    assert (work / "vtpm-state" / "tpm2-state.json").is_file()  # our state went where --tpmstate named it
+
+    refused = _bench("vtpm_vs_swtpm.py", "--transport", "unix", "--baseline", str(tmp_path))
+    assert refused.returncode == 2 and "use it with --transport tcp" in refused.stderr
+
+
 def test_migration_benchmark_puts_its_unix_sockets_in_dir(tmp_path: Path) -> None:
     require_swtpm()
     work = tmp_path / "m"

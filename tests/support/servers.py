@@ -35,6 +35,7 @@ from pathlib import Path
 from support.tpm_helpers import HOST, ServerError, TpmConnection
 from vtpm.host_protocol import HostClient
 from vtpm.server.sockets import free_port_pair
+from vtpm.transport import SocketTransport
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0  # seconds; a loaded 2-core machine starts a Python server in well under that
@@ -422,6 +423,36 @@ def start_swtpm_socket(args: Sequence[str | os.PathLike[str]], log: Path, ready:
                        *, timeout: float = READY_TIMEOUT) -> SocketProcess:
     return start_socket_process("swtpm socket", [swtpm_path(), "socket", *map(str, args)], log, ready,
                                 timeout=timeout)
+
+
+@dataclass
+class UnixTpmServer(SocketProcess):
+    """A `swtpm socket`-shaped process whose data channel is a Unix stream socket (``data_path``)."""
+
+    data_path: Path = Path()
+
+    def connect(self, timeout: float = 10.0) -> SocketTransport:
+        return SocketTransport.unix(str(self.data_path), timeout)
+
+
+@contextlib.contextmanager
+def side_by_side_unix(base: Path) -> Iterator[dict[str, UnixTpmServer]]:
+    """``side_by_side`` on the path QEMU drives: `vtpm socket` and `swtpm socket` with the options libvirt
+    passes (``--tpm2 --tpmstate dir= --ctrl type=unixio,path=``) and a Unix data socket (``--server
+    type=unixio,path=``: the same kernel path as the socketpair QEMU hands over with CMD_SET_DATAFD),
+    each on fresh state under ``base`` (``vtpm-state``, ``swtpm-state``) after Startup(CLEAR); keyed "vtpm"
+    and "swtpm"."""
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name, start in (("vtpm", start_vtpm_socket), ("swtpm", start_swtpm_socket)):
+            state, data = base / f"{name}-state", base / f"{name}.sock"
+            state.mkdir(parents=True, exist_ok=True)
+            started = stack.enter_context(start(
+                ["--tpm2", "--tpmstate", f"dir={state},mode=0600", "--server", f"type=unixio,path={data}",
+                 "--ctrl", f"type=unixio,path={base / f'{name}.ctrl'},mode=0600",
+                 "--flags", "not-need-init,startup-clear"], base / f"{name}.log", unix_socket_ready(data)))
+            servers[name] = UnixTpmServer(started.name, started.proc, started.log_path, data_path=data)
+        yield servers
 
 
 # ----------------------------------------------------------------------------- vtpm host (many vTPMs, one process)
