@@ -27,7 +27,13 @@ if command -v apt-get >/dev/null; then
     bash scripts/guest_kernel.sh || echo "bootstrap: no guest kernel for the QEMU boot tests" >&2
 fi
 
-PYTHON=${PYTHON:-python3}
+# The interpreter the packages above belong to (python3-venv, python3-dev): Debian's /usr/bin/python3,
+# which Debian builds with profile-guided and link-time optimization. A python3 found earlier on PATH
+# (pyenv, a build by hand) serves only where there is none; PYTHON=... chooses another. An existing
+# .venv is kept whatever made it.
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
